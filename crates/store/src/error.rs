@@ -1,0 +1,77 @@
+//! The store's error type.
+
+use cairn_core::{Cid, ManifestError, MerkleError};
+
+/// Errors from the block store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Writing would take the store over its quota. Nothing was written.
+    #[error("storage quota exceeded: {needed} more bytes needed, {used} of {quota} bytes used")]
+    QuotaExceeded {
+        /// Bytes the write needed.
+        needed: u64,
+        /// Bytes in use (including reservations of uploads in progress).
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
+    /// A stored block no longer matches its CID. It is not served.
+    #[error("stored block {cid} is corrupt (its bytes no longer match the CID)")]
+    Corrupt {
+        /// The corrupt block.
+        cid: Cid,
+    },
+    /// The block belongs to a dataset and cannot be deleted on its own.
+    #[error("block {cid} is part of a dataset; delete the dataset's manifest instead")]
+    InUse {
+        /// The block.
+        cid: Cid,
+    },
+    /// A dataset needs at least one block.
+    #[error("a dataset needs at least one block")]
+    EmptyDataset,
+    /// A leaf delivered for a dataset does not belong to it.
+    #[error("leaf {index} does not belong to dataset {tree}: {source}")]
+    BadLeaf {
+        /// Tree CID.
+        tree: Box<Cid>,
+        /// Leaf index.
+        index: u64,
+        /// Why.
+        source: MerkleError,
+    },
+    /// A manifest could not be decoded.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// A Merkle tree could not be built.
+    #[error(transparent)]
+    Merkle(#[from] MerkleError),
+    /// The index holds a value cairn cannot read.
+    #[error("store index is damaged: {0}")]
+    IndexDamaged(&'static str),
+    /// The index database failed.
+    #[error("index database error: {0}")]
+    Db(#[from] Box<redb::Error>),
+    /// File I/O failed.
+    #[error("store I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> StoreError {
+                StoreError::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);

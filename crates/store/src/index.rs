@@ -1,0 +1,431 @@
+//! The index tables and the bookkeeping rules that keep them consistent.
+//!
+//! Every change to the index goes through [`Tables`], which opens all tables of one write
+//! transaction and applies the refcount, quota and segment-liveness rules described in the crate
+//! docs. Deltas to the counters are accumulated and written once, in [`Tables::finish`].
+
+use std::collections::{HashMap, HashSet};
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use crate::StoreError;
+
+/// A `blocks` row: (segment, offset, length, dataset refs, standalone, expiry).
+pub(crate) type BlockRow = (u64, u64, u64, u64, u64, u64);
+/// A `leaves` key: (tree CID bytes, index).
+pub(crate) type LeafKey = (&'static [u8], u64);
+/// A `leaves` row: (block CID bytes, proof bytes).
+pub(crate) type LeafRow = (&'static [u8], &'static [u8]);
+
+/// `blocks`: CID bytes → [`BlockRow`].
+pub(crate) const BLOCKS: TableDefinition<&[u8], BlockRow> = TableDefinition::new("blocks");
+/// `leaves`: [`LeafKey`] → [`LeafRow`].
+pub(crate) const LEAVES: TableDefinition<LeafKey, LeafRow> = TableDefinition::new("leaves");
+/// `datasets`: tree CID bytes → (leaf count, manifest refs, state, session).
+pub(crate) const DATASETS: TableDefinition<&[u8], (u64, u64, u64, u64)> =
+    TableDefinition::new("datasets");
+/// `manifests`: manifest CID bytes → tree CID bytes.
+pub(crate) const MANIFESTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("manifests");
+/// `expiry`: (unix seconds, CID bytes) → ().
+pub(crate) const EXPIRY: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("expiry");
+/// `segments`: id → (live bytes, sealed).
+pub(crate) const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segments");
+/// `sessions`: id → (segment id, tree CID bytes or empty).
+pub(crate) const SESSIONS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("sessions");
+/// `deleting`: tree CID bytes → ().
+pub(crate) const DELETING: TableDefinition<&[u8], ()> = TableDefinition::new("deleting");
+/// `meta`: counter name → value.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub(crate) const META_USED: &str = "used_bytes";
+pub(crate) const META_TOTAL_BLOCKS: &str = "total_blocks";
+pub(crate) const META_NEXT_ID: &str = "next_id";
+
+/// Dataset states.
+pub(crate) const DS_ACTIVE: u64 = 0;
+pub(crate) const DS_WRITING: u64 = 1;
+pub(crate) const DS_DELETING: u64 = 2;
+
+/// A row of `blocks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockRec {
+    pub(crate) seg: u64,
+    pub(crate) off: u64,
+    pub(crate) len: u64,
+    pub(crate) refs: u64,
+    pub(crate) standalone: bool,
+    pub(crate) expiry: u64,
+}
+
+impl BlockRec {
+    pub(crate) fn from_tuple(t: BlockRow) -> BlockRec {
+        BlockRec {
+            seg: t.0,
+            off: t.1,
+            len: t.2,
+            refs: t.3,
+            standalone: t.4 != 0,
+            expiry: t.5,
+        }
+    }
+
+    fn to_tuple(self) -> BlockRow {
+        (
+            self.seg,
+            self.off,
+            self.len,
+            self.refs,
+            u64::from(self.standalone),
+            self.expiry,
+        )
+    }
+}
+
+/// A row of `datasets`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DatasetRec {
+    pub(crate) nleaves: u64,
+    pub(crate) manifest_refs: u64,
+    pub(crate) state: u64,
+    pub(crate) session: u64,
+}
+
+impl DatasetRec {
+    pub(crate) fn from_tuple(t: (u64, u64, u64, u64)) -> DatasetRec {
+        DatasetRec {
+            nleaves: t.0,
+            manifest_refs: t.1,
+            state: t.2,
+            session: t.3,
+        }
+    }
+
+    fn to_tuple(self) -> (u64, u64, u64, u64) {
+        (self.nleaves, self.manifest_refs, self.state, self.session)
+    }
+}
+
+/// Where the bytes of a block that may be new are.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Loc {
+    pub(crate) seg: u64,
+    pub(crate) off: u64,
+    pub(crate) len: u64,
+}
+
+/// Quota inputs for one transaction.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Quota {
+    /// The store's quota in bytes.
+    pub(crate) max: u64,
+    /// Bytes reserved by uploads in progress other than the one writing now.
+    pub(crate) reserved: u64,
+}
+
+/// All tables of one write transaction plus the counter deltas it accumulates.
+pub(crate) struct Tables<'txn> {
+    pub(crate) blocks: Table<'txn, &'static [u8], BlockRow>,
+    pub(crate) leaves: Table<'txn, LeafKey, LeafRow>,
+    pub(crate) datasets: Table<'txn, &'static [u8], (u64, u64, u64, u64)>,
+    pub(crate) manifests: Table<'txn, &'static [u8], &'static [u8]>,
+    pub(crate) expiry_idx: Table<'txn, (u64, &'static [u8]), ()>,
+    pub(crate) segments: Table<'txn, u64, (u64, u64)>,
+    pub(crate) sessions: Table<'txn, u64, (u64, &'static [u8])>,
+    pub(crate) deleting: Table<'txn, &'static [u8], ()>,
+    pub(crate) meta: Table<'txn, &'static str, u64>,
+    used: u64,
+    total_blocks: u64,
+    seg_delta: HashMap<u64, i128>,
+    quota: Quota,
+}
+
+impl<'txn> Tables<'txn> {
+    pub(crate) fn open(
+        txn: &'txn WriteTransaction,
+        quota: Quota,
+    ) -> Result<Tables<'txn>, StoreError> {
+        let meta = txn.open_table(META)?;
+        let used = meta.get(META_USED)?.map_or(0, |v| v.value());
+        let total_blocks = meta.get(META_TOTAL_BLOCKS)?.map_or(0, |v| v.value());
+        Ok(Tables {
+            blocks: txn.open_table(BLOCKS)?,
+            leaves: txn.open_table(LEAVES)?,
+            datasets: txn.open_table(DATASETS)?,
+            manifests: txn.open_table(MANIFESTS)?,
+            expiry_idx: txn.open_table(EXPIRY)?,
+            segments: txn.open_table(SEGMENTS)?,
+            sessions: txn.open_table(SESSIONS)?,
+            deleting: txn.open_table(DELETING)?,
+            meta,
+            used,
+            total_blocks,
+            seg_delta: HashMap::new(),
+            quota,
+        })
+    }
+
+    /// Bytes used after this transaction's changes so far.
+    pub(crate) fn used(&self) -> u64 {
+        self.used
+    }
+
+    /// Takes the next id from the shared counter (sessions and segments).
+    pub(crate) fn next_id(&mut self) -> Result<u64, StoreError> {
+        let id = self.meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
+        self.meta.insert(META_NEXT_ID, id + 1)?;
+        Ok(id)
+    }
+
+    pub(crate) fn get_block(&self, cid: &[u8]) -> Result<Option<BlockRec>, StoreError> {
+        Ok(self
+            .blocks
+            .get(cid)?
+            .map(|v| BlockRec::from_tuple(v.value())))
+    }
+
+    fn put_rec(&mut self, cid: &[u8], rec: BlockRec) -> Result<(), StoreError> {
+        self.blocks.insert(cid, rec.to_tuple())?;
+        Ok(())
+    }
+
+    fn set_expiry(&mut self, cid: &[u8], old: u64, new: u64) -> Result<(), StoreError> {
+        if old == new {
+            return Ok(());
+        }
+        if old != 0 {
+            self.expiry_idx.remove((old, cid))?;
+        }
+        if new != 0 {
+            self.expiry_idx.insert((new, cid), ())?;
+        }
+        Ok(())
+    }
+
+    /// Adds a reference to block `cid`: a dataset reference, or the standalone flag. If the block
+    /// is not stored yet it is inserted at `loc` (which must then be given), subject to quota.
+    /// Returns whether the block was new. `expiry` (unix seconds, 0 = none) only applies to
+    /// standalone references and only ever moves later.
+    pub(crate) fn add_ref(
+        &mut self,
+        cid: &[u8],
+        loc: Option<Loc>,
+        standalone: bool,
+        expiry: u64,
+    ) -> Result<bool, StoreError> {
+        if let Some(mut rec) = self.get_block(cid)? {
+            if standalone {
+                // Expiry only moves later; 0 means "never", which is the latest of all.
+                let new_exp = if !rec.standalone {
+                    expiry
+                } else if expiry == 0 || rec.expiry == 0 {
+                    0
+                } else {
+                    expiry.max(rec.expiry)
+                };
+                self.set_expiry(cid, rec.expiry, new_exp)?;
+                rec.expiry = new_exp;
+                rec.standalone = true;
+            } else {
+                rec.refs += 1;
+            }
+            self.put_rec(cid, rec)?;
+            return Ok(false);
+        }
+        let loc = loc.ok_or(StoreError::IndexDamaged("new block without data"))?;
+        let would = self
+            .used
+            .saturating_add(self.quota.reserved)
+            .saturating_add(loc.len);
+        if would > self.quota.max {
+            return Err(StoreError::QuotaExceeded {
+                needed: loc.len,
+                used: self.used.saturating_add(self.quota.reserved),
+                quota: self.quota.max,
+            });
+        }
+        let expiry = if standalone { expiry } else { 0 };
+        let rec = BlockRec {
+            seg: loc.seg,
+            off: loc.off,
+            len: loc.len,
+            refs: u64::from(!standalone),
+            standalone,
+            expiry,
+        };
+        self.put_rec(cid, rec)?;
+        self.set_expiry(cid, 0, expiry)?;
+        self.used += loc.len;
+        self.total_blocks += 1;
+        *self.seg_delta.entry(loc.seg).or_default() += i128::from(loc.len);
+        Ok(true)
+    }
+
+    /// Drops a dataset reference (or the standalone flag) of block `cid`, deleting the block when
+    /// nothing references it any more. A missing block is not an error.
+    pub(crate) fn drop_ref(&mut self, cid: &[u8], standalone: bool) -> Result<(), StoreError> {
+        let Some(mut rec) = self.get_block(cid)? else {
+            return Ok(());
+        };
+        if standalone {
+            rec.standalone = false;
+            self.set_expiry(cid, rec.expiry, 0)?;
+            rec.expiry = 0;
+        } else {
+            rec.refs = rec.refs.saturating_sub(1);
+        }
+        if rec.refs == 0 && !rec.standalone {
+            self.blocks.remove(cid)?;
+            self.used = self.used.saturating_sub(rec.len);
+            self.total_blocks = self.total_blocks.saturating_sub(1);
+            *self.seg_delta.entry(rec.seg).or_default() -= i128::from(rec.len);
+        } else {
+            self.put_rec(cid, rec)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn get_dataset(&self, tree: &[u8]) -> Result<Option<DatasetRec>, StoreError> {
+        Ok(self
+            .datasets
+            .get(tree)?
+            .map(|v| DatasetRec::from_tuple(v.value())))
+    }
+
+    pub(crate) fn put_dataset(&mut self, tree: &[u8], rec: DatasetRec) -> Result<(), StoreError> {
+        self.datasets.insert(tree, rec.to_tuple())?;
+        Ok(())
+    }
+
+    /// Adds a manifest to the listing and a manifest reference to its dataset.
+    pub(crate) fn add_manifest(
+        &mut self,
+        manifest_cid: &[u8],
+        tree: &[u8],
+        nleaves: u64,
+    ) -> Result<(), StoreError> {
+        if self.manifests.get(manifest_cid)?.is_some() {
+            return Ok(());
+        }
+        self.reclaim_tree_fully(tree)?;
+        self.manifests.insert(manifest_cid, tree)?;
+        let mut ds = self.get_dataset(tree)?.unwrap_or(DatasetRec {
+            nleaves,
+            manifest_refs: 0,
+            state: DS_ACTIVE,
+            session: 0,
+        });
+        ds.manifest_refs += 1;
+        self.put_dataset(tree, ds)
+    }
+
+    /// Removes a manifest from the listing, drops its block, and marks its dataset for deletion
+    /// when no other manifest names it. Returns whether the manifest was listed.
+    pub(crate) fn remove_manifest(&mut self, manifest_cid: &[u8]) -> Result<bool, StoreError> {
+        let tree = match self.manifests.remove(manifest_cid)? {
+            Some(t) => t.value().to_vec(),
+            None => return Ok(false),
+        };
+        self.drop_ref(manifest_cid, true)?;
+        if let Some(mut ds) = self.get_dataset(&tree)? {
+            ds.manifest_refs = ds.manifest_refs.saturating_sub(1);
+            if ds.manifest_refs == 0 {
+                self.mark_deleting(&tree, ds)?;
+            } else {
+                self.put_dataset(&tree, ds)?;
+            }
+        }
+        Ok(true)
+    }
+
+    pub(crate) fn mark_deleting(
+        &mut self,
+        tree: &[u8],
+        mut ds: DatasetRec,
+    ) -> Result<(), StoreError> {
+        ds.state = DS_DELETING;
+        self.put_dataset(tree, ds)?;
+        self.deleting.insert(tree, ())?;
+        Ok(())
+    }
+
+    /// Drops up to `budget` leaves of the first dataset being deleted. Returns the number of
+    /// leaves dropped and whether more work remains.
+    pub(crate) fn reclaim_some(&mut self, budget: usize) -> Result<(usize, bool), StoreError> {
+        let tree = match self.deleting.first()? {
+            Some((k, _)) => k.value().to_vec(),
+            None => return Ok((0, false)),
+        };
+        let done = self.reclaim_tree(&tree, budget)?;
+        let more = self.deleting.first()?.is_some();
+        Ok((done, more))
+    }
+
+    /// Drops up to `budget` leaves of `tree`; when none are left, removes the dataset.
+    fn reclaim_tree(&mut self, tree: &[u8], budget: usize) -> Result<usize, StoreError> {
+        let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+        for entry in self
+            .leaves
+            .range((tree, 0)..=(tree, u64::MAX))?
+            .take(budget)
+        {
+            let (k, v) = entry?;
+            batch.push((k.value().1, v.value().0.to_vec()));
+        }
+        for (index, cid) in &batch {
+            self.leaves.remove((tree, *index))?;
+            self.drop_ref(cid, false)?;
+        }
+        if batch.len() < budget {
+            self.datasets.remove(tree)?;
+            self.deleting.remove(tree)?;
+        }
+        Ok(batch.len())
+    }
+
+    /// If `tree` is being deleted, finishes that deletion now (a re-upload of the same data).
+    pub(crate) fn reclaim_tree_fully(&mut self, tree: &[u8]) -> Result<(), StoreError> {
+        if self
+            .get_dataset(tree)?
+            .is_some_and(|d| d.state == DS_DELETING)
+        {
+            while self.deleting.get(tree)?.is_some() {
+                self.reclaim_tree(tree, 4096)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a new segment (live 0, not sealed).
+    pub(crate) fn add_segment(&mut self, id: u64) -> Result<(), StoreError> {
+        self.segments.insert(id, (0, 0))?;
+        Ok(())
+    }
+
+    /// Marks a segment sealed (no more appends).
+    pub(crate) fn seal_segment(&mut self, id: u64) -> Result<(), StoreError> {
+        let live = self.segments.get(id)?.map_or(0, |v| v.value().0);
+        self.segments.insert(id, (live, 1))?;
+        Ok(())
+    }
+
+    /// Writes the counters and segment liveness; returns sealed segments that became empty (their
+    /// files can be deleted once the transaction has committed).
+    pub(crate) fn finish(mut self) -> Result<Vec<u64>, StoreError> {
+        self.meta.insert(META_USED, self.used)?;
+        self.meta.insert(META_TOTAL_BLOCKS, self.total_blocks)?;
+        let mut dead = Vec::new();
+        let touched: HashSet<u64> = self.seg_delta.keys().copied().collect();
+        for seg in touched {
+            let delta = self.seg_delta.get(&seg).copied().unwrap_or(0);
+            let (live, sealed) = self.segments.get(seg)?.map_or((0, 1), |v| v.value());
+            let live = u64::try_from((i128::from(live) + delta).max(0)).unwrap_or(0);
+            if live == 0 && sealed == 1 {
+                self.segments.remove(seg)?;
+                dead.push(seg);
+            } else {
+                self.segments.insert(seg, (live, sealed))?;
+            }
+        }
+        Ok(dead)
+    }
+}

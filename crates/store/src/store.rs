@@ -1,0 +1,748 @@
+//! The [`Store`] handle: opening and recovery, reads, puts, deletion, maintenance.
+
+use std::{
+    path::Path,
+    sync::{
+        Arc, Weak,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use cairn_core::{
+    Block, Cid, CodexProof, Manifest,
+    cid::{Codec, cid_digest, cid_from_bytes, empty_block_cid},
+};
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use tracing::{debug, info, warn};
+
+use crate::{
+    StoreError,
+    index::{
+        BLOCKS, BlockRec, DATASETS, DELETING, DS_ACTIVE, DS_WRITING, DatasetRec, EXPIRY, LEAVES,
+        Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS, SESSIONS, Tables,
+    },
+    segments::{SegmentWriter, Segments},
+};
+
+/// Default quota: 20 GiB, as the reference (`--storage-quota`).
+pub const DEFAULT_QUOTA: u64 = 20 * 1024 * 1024 * 1024;
+/// Default block TTL: 30 days, as the reference (`--block-ttl`).
+pub const DEFAULT_BLOCK_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default maintenance interval: 10 minutes, as the reference (`--block-mi`).
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
+/// Expired blocks handled per maintenance pass, as the reference (`--block-mn`).
+pub const DEFAULT_MAINTENANCE_BATCH: usize = 1000;
+/// Leaves dropped per reclaim transaction: large enough to amortise a commit (one fsync), small
+/// enough that a transaction stays a few MiB and never holds the writer lock for long.
+pub const DEFAULT_RECLAIM_BATCH: usize = 4096;
+/// Leaves written per transaction when an upload finishes (same reasoning as the reclaim batch).
+pub const DEFAULT_LEAF_BATCH: usize = 8192;
+/// The shared segment for single puts rolls over at this size, so dead space in one segment
+/// stays bounded and whole segments can be freed.
+const SEGMENT_ROLL_BYTES: u64 = 1024 * 1024 * 1024;
+/// How often the background reclaimer looks for work without being woken.
+const RECLAIM_POLL: Duration = Duration::from_secs(5);
+/// redb page cache size: 64 MiB keeps the hot index in memory without a large RSS.
+const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Store settings.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// Quota in bytes of live block data (`--storage-quota`).
+    pub quota_bytes: u64,
+    /// Time to live of standalone blocks and manifests; [`Duration::ZERO`] disables expiry.
+    /// A dataset expires as a unit when its manifest does.
+    pub block_ttl: Duration,
+    /// Expired blocks handled per maintenance pass.
+    pub maintenance_batch: usize,
+    /// Leaves dropped per reclaim transaction.
+    pub reclaim_batch: usize,
+    /// Leaves written per transaction when an upload finishes.
+    pub leaf_batch: usize,
+    /// Run a background thread that reclaims deleted datasets.
+    pub background_reclaim: bool,
+    /// Test hook called at named points of an upload's finish (crash-safety tests abort the
+    /// process there). Not for production use.
+    #[doc(hidden)]
+    pub crash_hook: Option<fn(&'static str)>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            quota_bytes: DEFAULT_QUOTA,
+            block_ttl: DEFAULT_BLOCK_TTL,
+            maintenance_batch: DEFAULT_MAINTENANCE_BATCH,
+            reclaim_batch: DEFAULT_RECLAIM_BATCH,
+            leaf_batch: DEFAULT_LEAF_BATCH,
+            background_reclaim: true,
+            crash_hook: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("quota_bytes", &self.quota_bytes)
+            .field("block_ttl", &self.block_ttl)
+            .field("maintenance_batch", &self.maintenance_batch)
+            .field("reclaim_batch", &self.reclaim_batch)
+            .field("leaf_batch", &self.leaf_batch)
+            .field("background_reclaim", &self.background_reclaim)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Space accounting, as `GET /space` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// Blocks stored (data blocks and manifests).
+    pub total_blocks: u64,
+    /// The quota.
+    pub quota_max_bytes: u64,
+    /// Bytes of live block data.
+    pub quota_used_bytes: u64,
+    /// Bytes reserved by uploads in progress.
+    pub quota_reserved_bytes: u64,
+}
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Expired entries handled (manifests and standalone blocks).
+    pub expired: usize,
+    /// Dataset leaves reclaimed.
+    pub reclaimed: usize,
+}
+
+/// A consistency report: what the counters say against what the index holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Audit {
+    /// `used_bytes` counter.
+    pub used_recorded: u64,
+    /// Sum of the lengths of all blocks in the index.
+    pub used_actual: u64,
+    /// `total_blocks` counter.
+    pub blocks_recorded: u64,
+    /// Blocks in the index.
+    pub blocks_actual: u64,
+    /// Whether every segment's live-bytes counter equals the bytes of the blocks in it.
+    pub segments_consistent: bool,
+    /// Upload sessions still open.
+    pub open_sessions: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: Database,
+    pub(crate) segs: Segments,
+    pub(crate) cfg: StoreConfig,
+    /// Bytes reserved by uploads in progress.
+    pub(crate) reserved: Mutex<u64>,
+    /// Mirror of the `used_bytes` counter, updated after every commit.
+    pub(crate) used: AtomicU64,
+    /// The shared segment for single puts.
+    misc: Mutex<Option<SegmentWriter>>,
+    /// Serialises upload finishes (two uploads of the same data must not interleave).
+    pub(crate) finish_lock: Mutex<()>,
+    reclaim_wake: Mutex<Option<SyncSender<()>>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("segments", &self.segs)
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+/// A cheap-to-clone handle to a block store. See the crate docs for the design.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Store {
+    /// Opens (or creates) the on-disk store in `dir`, rolling back uploads a crash interrupted.
+    pub fn open(dir: &Path, cfg: StoreConfig) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = Database::builder()
+            .set_cache_size(DB_CACHE_BYTES)
+            .create(dir.join("index.redb"))?;
+        let segs = Segments::dir(dir.join("blocks"))?;
+        Store::start(db, segs, cfg)
+    }
+
+    /// An in-memory store (index and data in memory; nothing survives the process).
+    pub fn in_memory(cfg: StoreConfig) -> Result<Store, StoreError> {
+        let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
+        Store::start(db, Segments::mem(), cfg)
+    }
+
+    fn start(db: Database, segs: Segments, cfg: StoreConfig) -> Result<Store, StoreError> {
+        let inner = Arc::new(Inner {
+            db,
+            segs,
+            cfg,
+            reserved: Mutex::new(0),
+            used: AtomicU64::new(0),
+            misc: Mutex::new(None),
+            finish_lock: Mutex::new(()),
+            reclaim_wake: Mutex::new(None),
+        });
+        let store = Store { inner };
+        store.recover()?;
+        if store.inner.cfg.background_reclaim {
+            store.spawn_reclaimer()?;
+        }
+        Ok(store)
+    }
+
+    /// Rolls back interrupted uploads, seals segments left open, deletes empty and orphan
+    /// segment files.
+    fn recover(&self) -> Result<(), StoreError> {
+        let (rolled_back, dead) = self.write(0, |t| {
+            let sessions: Vec<(u64, u64, Vec<u8>)> = t
+                .sessions
+                .iter()?
+                .map(|e| e.map(|(k, v)| (k.value(), v.value().0, v.value().1.to_vec())))
+                .collect::<Result<_, _>>()?;
+            for (session, _seg, tree) in &sessions {
+                if !tree.is_empty()
+                    && let Some(ds) = t.get_dataset(tree)?
+                    && ds.state == DS_WRITING
+                    && ds.session == *session
+                {
+                    t.mark_deleting(tree, ds)?;
+                }
+                t.sessions.remove(*session)?;
+            }
+            let segs: Vec<(u64, u64, u64)> = t
+                .segments
+                .iter()?
+                .map(|e| e.map(|(k, v)| (k.value(), v.value().0, v.value().1)))
+                .collect::<Result<_, _>>()?;
+            let mut dead = Vec::new();
+            for (id, live, _sealed) in segs {
+                if live == 0 {
+                    t.segments.remove(id)?;
+                    dead.push(id);
+                } else {
+                    t.segments.insert(id, (live, 1))?;
+                }
+            }
+            Ok((sessions.len(), dead))
+        })?;
+        for id in dead {
+            self.inner.segs.remove(id)?;
+        }
+        // Segment files the index does not know (created just before a crash).
+        let known: std::collections::HashSet<u64> = {
+            let r = self.inner.db.begin_read()?;
+            let segs = r.open_table(SEGMENTS)?;
+            segs.iter()?
+                .map(|e| e.map(|(k, _)| k.value()))
+                .collect::<Result<_, _>>()?
+        };
+        for id in self.inner.segs.list()? {
+            if !known.contains(&id) {
+                self.inner.segs.remove(id)?;
+            }
+        }
+        if rolled_back > 0 {
+            info!(
+                sessions = rolled_back,
+                "rolled back uploads interrupted by a crash"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in one write transaction and commits it. `own_reservation` is the caller's own
+    /// quota reservation (excluded from the reservations `f`'s writes must fit beside).
+    pub(crate) fn write<T>(
+        &self,
+        own_reservation: u64,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let reserved = self.inner.reserved.lock().saturating_sub(own_reservation);
+        let quota = Quota {
+            max: self.inner.cfg.quota_bytes,
+            reserved,
+        };
+        let txn = self.inner.db.begin_write()?;
+        let (out, used, dead) = {
+            let mut t = Tables::open(&txn, quota)?;
+            let out = f(&mut t)?;
+            let used = t.used();
+            (out, used, t.finish()?)
+        };
+        txn.commit()?;
+        self.inner.used.store(used, Ordering::Relaxed);
+        for seg in dead {
+            if let Err(e) = self.inner.segs.remove(seg) {
+                warn!(seg, error = %e, "could not delete an empty segment");
+            }
+        }
+        Ok(out)
+    }
+
+    /// The expiry (unix seconds, 0 = never) for a block stored now.
+    pub(crate) fn expiry_from_now(&self) -> u64 {
+        let ttl = self.inner.cfg.block_ttl.as_secs();
+        if ttl == 0 {
+            0
+        } else {
+            now_secs().saturating_add(ttl)
+        }
+    }
+
+    /// Whether block `cid` is stored (the empty block always is).
+    pub fn has_block(&self, cid: &Cid) -> Result<bool, StoreError> {
+        if *cid == empty_block_cid() {
+            return Ok(true);
+        }
+        let r = self.inner.db.begin_read()?;
+        Ok(r.open_table(BLOCKS)?
+            .get(cid.to_bytes().as_slice())?
+            .is_some())
+    }
+
+    /// Reads block `cid`, verifying its bytes against the CID.
+    pub fn get_block(&self, cid: &Cid) -> Result<Option<Block>, StoreError> {
+        if *cid == empty_block_cid() {
+            return Ok(Some(Block::from_parts_unchecked(*cid, Bytes::new())));
+        }
+        let rec = {
+            let r = self.inner.db.begin_read()?;
+            let blocks = r.open_table(BLOCKS)?;
+            blocks
+                .get(cid.to_bytes().as_slice())?
+                .map(|v| BlockRec::from_tuple(v.value()))
+        };
+        let Some(rec) = rec else { return Ok(None) };
+        self.read_verified(cid, rec).map(Some)
+    }
+
+    fn read_verified(&self, cid: &Cid, rec: BlockRec) -> Result<Block, StoreError> {
+        let len = usize::try_from(rec.len).map_err(|_| StoreError::IndexDamaged("block length"))?;
+        let data = match self.inner.segs.read(rec.seg, rec.off, len) {
+            Ok(d) => d,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
+                ) =>
+            {
+                warn!(%cid, error = %e, "block bytes missing from its segment");
+                return Err(StoreError::Corrupt { cid: *cid });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Block::verified(*cid, data.into()).map_err(|_| {
+            warn!(%cid, "stored block is corrupt; not serving it");
+            StoreError::Corrupt { cid: *cid }
+        })
+    }
+
+    fn with_misc<T>(
+        &self,
+        f: impl FnOnce(&mut SegmentWriter) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut misc = self.inner.misc.lock();
+        if misc.as_ref().is_some_and(|w| w.len() >= SEGMENT_ROLL_BYTES)
+            && let Some(old) = misc.take()
+        {
+            self.write(0, |t| t.seal_segment(old.id()))?;
+        }
+        if misc.is_none() {
+            let id = self.write(0, |t| {
+                let id = t.next_id()?;
+                t.add_segment(id)?;
+                Ok(id)
+            })?;
+            let w = self.inner.segs.create(id)?;
+            self.inner.segs.sync_dir()?;
+            *misc = Some(w);
+        }
+        match misc.as_mut() {
+            Some(w) => f(w),
+            None => Err(StoreError::IndexDamaged("no shared segment")),
+        }
+    }
+
+    fn check_quota(&self, len: u64) -> Result<(), StoreError> {
+        let used = self.inner.used.load(Ordering::Relaxed) + *self.inner.reserved.lock();
+        if used.saturating_add(len) > self.inner.cfg.quota_bytes {
+            return Err(StoreError::QuotaExceeded {
+                needed: len,
+                used,
+                quota: self.inner.cfg.quota_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Stores a standalone block (refreshing its expiry if it is already stored). A manifest
+    /// block is also listed as a dataset. Returns whether the block was new.
+    pub fn put_block(&self, block: &Block) -> Result<bool, StoreError> {
+        let cid = *block.cid();
+        if cid == empty_block_cid() {
+            return Ok(false);
+        }
+        let manifest = if cid.codec() == Codec::Manifest.code() {
+            Some(Manifest::from_block(block)?)
+        } else {
+            None
+        };
+        let key = cid.to_bytes();
+        let expiry = self.expiry_from_now();
+        let loc = if self.has_block(&cid)? {
+            None
+        } else {
+            self.check_quota(block.data().len() as u64)?;
+            Some(self.with_misc(|w| {
+                let off = w.append(block.data())?;
+                w.sync()?;
+                Ok(Loc {
+                    seg: w.id(),
+                    off,
+                    len: block.data().len() as u64,
+                })
+            })?)
+        };
+        self.write(0, |t| {
+            let new = t.add_ref(&key, loc, true, expiry)?;
+            if let Some(m) = &manifest {
+                t.add_manifest(&key, &m.tree_cid.to_bytes(), m.blocks_count())?;
+            }
+            Ok(new)
+        })
+    }
+
+    /// Stores leaves of dataset `tree` delivered with their proofs (network downloads). Each
+    /// proof is checked against the tree root; leaves already stored are skipped.
+    pub fn put_leaves(
+        &self,
+        tree: &Cid,
+        leaves: &[(u64, Block, CodexProof)],
+    ) -> Result<(), StoreError> {
+        let root = cid_digest(tree).map_err(|_| StoreError::IndexDamaged("tree CID hash"))?;
+        for (index, block, proof) in leaves {
+            let leaf =
+                cid_digest(block.cid()).map_err(|_| StoreError::IndexDamaged("leaf hash"))?;
+            proof
+                .verify_leaf(&leaf, &root, *index, proof.nleaves)
+                .map_err(|source| StoreError::BadLeaf {
+                    tree: Box::new(*tree),
+                    index: *index,
+                    source,
+                })?;
+        }
+        let tree_key = tree.to_bytes();
+        let mut locs = Vec::with_capacity(leaves.len());
+        let new_bytes: u64 = leaves.iter().map(|(_, b, _)| b.data().len() as u64).sum();
+        self.check_quota(new_bytes)?;
+        self.with_misc(|w| {
+            for (_, block, _) in leaves {
+                let off = w.append(block.data())?;
+                locs.push(Loc {
+                    seg: w.id(),
+                    off,
+                    len: block.data().len() as u64,
+                });
+            }
+            w.sync()?;
+            Ok(())
+        })?;
+        self.write(0, |t| {
+            t.reclaim_tree_fully(&tree_key)?;
+            if t.get_dataset(&tree_key)?.is_none() {
+                let nleaves = leaves.first().map_or(0, |(_, _, p)| p.nleaves);
+                t.put_dataset(
+                    &tree_key,
+                    DatasetRec {
+                        nleaves,
+                        manifest_refs: 0,
+                        state: DS_ACTIVE,
+                        session: 0,
+                    },
+                )?;
+            }
+            for ((index, block, proof), loc) in leaves.iter().zip(locs) {
+                if t.leaves.get((tree_key.as_slice(), *index))?.is_some() {
+                    continue;
+                }
+                let cid = block.cid().to_bytes();
+                t.add_ref(&cid, Some(loc), false, 0)?;
+                t.leaves.insert(
+                    (tree_key.as_slice(), *index),
+                    (cid.as_slice(), &proof.encode()[..]),
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether leaf `index` of dataset `tree` is stored.
+    pub fn has_leaf(&self, tree: &Cid, index: u64) -> Result<bool, StoreError> {
+        Ok(self.leaf_entry(tree, index)?.is_some())
+    }
+
+    fn leaf_entry(&self, tree: &Cid, index: u64) -> Result<Option<(Cid, Vec<u8>)>, StoreError> {
+        let key = tree.to_bytes();
+        let r = self.inner.db.begin_read()?;
+        let active = r
+            .open_table(DATASETS)?
+            .get(key.as_slice())?
+            .is_some_and(|v| DatasetRec::from_tuple(v.value()).state == DS_ACTIVE);
+        if !active {
+            return Ok(None);
+        }
+        let leaves = r.open_table(LEAVES)?;
+        let Some(v) = leaves.get((key.as_slice(), index))? else {
+            return Ok(None);
+        };
+        let (cid, proof) = v.value();
+        let cid = cid_from_bytes(cid).map_err(|_| StoreError::IndexDamaged("leaf CID"))?;
+        Ok(Some((cid, proof.to_vec())))
+    }
+
+    /// Reads leaf `index` of dataset `tree` with its proof, verifying the block bytes.
+    pub fn get_leaf(
+        &self,
+        tree: &Cid,
+        index: u64,
+    ) -> Result<Option<(Block, CodexProof)>, StoreError> {
+        let Some((cid, proof)) = self.leaf_entry(tree, index)? else {
+            return Ok(None);
+        };
+        let proof =
+            CodexProof::decode(&proof).map_err(|_| StoreError::IndexDamaged("stored proof"))?;
+        match self.get_block(&cid)? {
+            Some(block) => Ok(Some((block, proof))),
+            None => Err(StoreError::IndexDamaged("leaf names a missing block")),
+        }
+    }
+
+    /// Reads and decodes manifest `cid`, if stored.
+    pub fn get_manifest(&self, cid: &Cid) -> Result<Option<Manifest>, StoreError> {
+        if cid.codec() != Codec::Manifest.code() {
+            return Ok(None);
+        }
+        match self.get_block(cid)? {
+            Some(block) => Ok(Some(Manifest::from_block(&block)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every listed dataset: manifest CID and manifest. A manifest that cannot be read is
+    /// skipped with a warning (one damaged entry does not hide the others).
+    pub fn list_manifests(&self) -> Result<Vec<(Cid, Manifest)>, StoreError> {
+        let keys: Vec<Vec<u8>> = {
+            let r = self.inner.db.begin_read()?;
+            let m = r.open_table(MANIFESTS)?;
+            m.iter()?
+                .map(|e| e.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()?
+        };
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let Ok(cid) = cid_from_bytes(&key) else {
+                continue;
+            };
+            match self.get_manifest(&cid) {
+                Ok(Some(m)) => out.push((cid, m)),
+                Ok(None) => {}
+                Err(e) => warn!(%cid, error = %e, "skipping unreadable manifest"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes `cid`. For a listed manifest this deletes the dataset: the call is one small
+    /// transaction whatever the dataset's size, and the blocks are reclaimed in the background.
+    /// A block that belongs to a dataset cannot be deleted on its own ([`StoreError::InUse`]).
+    /// Deleting something absent succeeds.
+    pub fn delete(&self, cid: &Cid) -> Result<(), StoreError> {
+        if *cid == empty_block_cid() {
+            return Ok(());
+        }
+        let key = cid.to_bytes();
+        let dataset = self.write(0, |t| {
+            if t.remove_manifest(&key)? {
+                return Ok(true);
+            }
+            match t.get_block(&key)? {
+                None => Ok(false),
+                Some(rec) if rec.refs > 0 => Err(StoreError::InUse { cid: *cid }),
+                Some(_) => t.drop_ref(&key, true).map(|()| false),
+            }
+        })?;
+        if dataset {
+            debug!(%cid, "dataset deleted; reclaiming its blocks in the background");
+            self.wake_reclaimer();
+        }
+        Ok(())
+    }
+
+    /// Space accounting.
+    pub fn space(&self) -> Result<Space, StoreError> {
+        let r = self.inner.db.begin_read()?;
+        let meta = r.open_table(META)?;
+        Ok(Space {
+            total_blocks: meta.get(META_TOTAL_BLOCKS)?.map_or(0, |v| v.value()),
+            quota_max_bytes: self.inner.cfg.quota_bytes,
+            quota_used_bytes: meta.get(META_USED)?.map_or(0, |v| v.value()),
+            quota_reserved_bytes: *self.inner.reserved.lock(),
+        })
+    }
+
+    /// Bytes the segments occupy (live and not yet compacted dead bytes).
+    pub fn disk_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.inner.segs.disk_bytes()?)
+    }
+
+    /// Whether deleted datasets are still being reclaimed.
+    pub fn reclaim_pending(&self) -> Result<bool, StoreError> {
+        let r = self.inner.db.begin_read()?;
+        Ok(!r.open_table(DELETING)?.is_empty()?)
+    }
+
+    /// Reclaims deleted datasets until none is left. Returns the leaves dropped.
+    pub fn reclaim_now(&self) -> Result<usize, StoreError> {
+        let batch = self.inner.cfg.reclaim_batch.max(1);
+        let mut total = 0;
+        loop {
+            let (done, more) = self.write(0, |t| t.reclaim_some(batch))?;
+            total += done;
+            if !more {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// One maintenance pass at time `now` (unix seconds): expires up to `maintenance_batch`
+    /// manifests and standalone blocks whose TTL has passed, then reclaims deleted datasets.
+    pub fn maintenance(&self, now: u64) -> Result<MaintenanceReport, StoreError> {
+        let batch = self.inner.cfg.maintenance_batch.max(1);
+        let expired = self.write(0, |t| {
+            let due: Vec<Vec<u8>> = t
+                .expiry_idx
+                .range((0u64, &[][..])..=(now, &[0xffu8; 64][..]))?
+                .take(batch)
+                .map(|e| e.map(|(k, _)| k.value().1.to_vec()))
+                .collect::<Result<_, _>>()?;
+            for key in &due {
+                if !t.remove_manifest(key)? {
+                    t.drop_ref(key, true)?;
+                }
+            }
+            Ok(due.len())
+        })?;
+        let reclaimed = self.reclaim_now()?;
+        Ok(MaintenanceReport { expired, reclaimed })
+    }
+
+    /// Checks the counters against the index (for tests and `cairn` diagnostics).
+    pub fn audit(&self) -> Result<Audit, StoreError> {
+        let r = self.inner.db.begin_read()?;
+        let blocks = r.open_table(BLOCKS)?;
+        let mut used_actual = 0;
+        let mut blocks_actual = 0;
+        let mut per_seg = std::collections::HashMap::<u64, u64>::new();
+        for e in blocks.iter()? {
+            let rec = BlockRec::from_tuple(e?.1.value());
+            used_actual += rec.len;
+            blocks_actual += 1;
+            *per_seg.entry(rec.seg).or_default() += rec.len;
+        }
+        let segs = r.open_table(SEGMENTS)?;
+        let mut segments_consistent = true;
+        for e in segs.iter()? {
+            let (k, v) = e?;
+            if per_seg.remove(&k.value()).unwrap_or(0) != v.value().0 {
+                segments_consistent = false;
+            }
+        }
+        if !per_seg.is_empty() {
+            segments_consistent = false;
+        }
+        let meta = r.open_table(META)?;
+        Ok(Audit {
+            used_recorded: meta.get(META_USED)?.map_or(0, |v| v.value()),
+            used_actual,
+            blocks_recorded: meta.get(META_TOTAL_BLOCKS)?.map_or(0, |v| v.value()),
+            blocks_actual,
+            segments_consistent,
+            open_sessions: r.open_table(SESSIONS)?.len()?,
+        })
+    }
+
+    /// Number of entries in the expiry index (for tests).
+    #[doc(hidden)]
+    pub fn expiry_entries(&self) -> Result<u64, StoreError> {
+        let r = self.inner.db.begin_read()?;
+        Ok(r.open_table(EXPIRY)?.len()?)
+    }
+
+    fn wake_reclaimer(&self) {
+        if let Some(tx) = self.inner.reclaim_wake.lock().as_ref() {
+            match tx.try_send(()) {
+                Ok(()) | Err(TrySendError::Full(())) => {}
+                Err(TrySendError::Disconnected(())) => warn!("block reclaimer has stopped"),
+            }
+        }
+    }
+
+    fn spawn_reclaimer(&self) -> Result<(), StoreError> {
+        // Capacity 1: a pending wake-up already means "there is work"; more would add nothing.
+        let (tx, rx) = sync_channel(1);
+        *self.inner.reclaim_wake.lock() = Some(tx);
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("cairn-reclaim".into())
+            .spawn(move || reclaim_loop(&weak, &rx))?;
+        self.wake_reclaimer();
+        Ok(())
+    }
+}
+
+fn reclaim_loop(weak: &Weak<Inner>, rx: &Receiver<()>) {
+    loop {
+        match rx.recv_timeout(RECLAIM_POLL) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        let store = Store { inner };
+        match store.reclaim_now() {
+            Ok(0) => {}
+            Ok(n) => debug!(leaves = n, "reclaimed deleted datasets"),
+            Err(e) => warn!(error = %e, "reclaiming deleted datasets failed"),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropping the sender stops the reclaimer thread.
+        self.reclaim_wake.lock().take();
+        if let Some(mut w) = self.misc.lock().take()
+            && let Err(e) = w.sync()
+        {
+            warn!(error = %e, "could not sync the shared segment at close");
+        }
+    }
+}
