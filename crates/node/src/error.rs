@@ -1,0 +1,27 @@
+//! The node's error type.
+
+use cairn_store::StoreError;
+
+/// Errors from node operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The CID is not stored locally.
+    #[error("not found")]
+    NotFound,
+    /// The CID names a block that is not a manifest.
+    #[error("not a manifest")]
+    NotAManifest,
+    /// An upload had no bytes.
+    #[error("the upload is empty")]
+    EmptyUpload,
+    /// Reading the upload stream failed (e.g. the client disconnected).
+    #[error("reading the upload failed: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A background task died.
+    #[error("internal task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}

@@ -1,0 +1,292 @@
+//! The [`Node`] handle.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_core::{Cid, Manifest, cid::Codec};
+use cairn_store::{Space, Store};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    NodeError,
+    ingest::{UploadInfo, ingest},
+};
+
+/// Blocks read ahead of a streaming download: 8 × 64 KiB keeps the disk busy while the client
+/// drains the previous blocks, and bounds memory per download to half a MiB.
+pub const DOWNLOAD_READAHEAD_BLOCKS: usize = 8;
+
+/// Node settings.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// How often the maintenance worker expires blocks (`--block-mi`).
+    pub maintenance_interval: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            maintenance_interval: cairn_store::DEFAULT_MAINTENANCE_INTERVAL,
+        }
+    }
+}
+
+/// A stored dataset: its manifest CID and manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDataset {
+    /// Manifest CID.
+    pub cid: Cid,
+    /// Manifest.
+    pub manifest: Manifest,
+}
+
+/// A cheap-to-clone handle to a running node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    store: Store,
+    config: NodeConfig,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, cairn_store::StoreError> + Send + 'static,
+) -> Result<T, NodeError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+impl Node {
+    /// A node over `store`.
+    pub fn new(store: Store, config: NodeConfig) -> Node {
+        Node { store, config }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stores the dataset read from `body` (see the ingest pipeline in the crate docs).
+    pub async fn store_dataset<S, E>(
+        &self,
+        body: S,
+        filename: Option<String>,
+        mimetype: Option<String>,
+    ) -> Result<StoredDataset, NodeError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let stored = ingest(&self.store, body, UploadInfo { filename, mimetype }).await?;
+        info!(cid = %stored.cid, size = stored.manifest.dataset_size, "stored dataset");
+        Ok(stored)
+    }
+
+    /// The manifest `cid`, if stored locally. A stored block that is not a manifest is
+    /// [`NodeError::NotAManifest`].
+    pub async fn manifest(&self, cid: Cid) -> Result<Manifest, NodeError> {
+        let store = self.store.clone();
+        let block = blocking(move || store.get_block(&cid))
+            .await?
+            .ok_or(NodeError::NotFound)?;
+        if cid.codec() != Codec::Manifest.code() {
+            return Err(NodeError::NotAManifest);
+        }
+        Manifest::from_block(&block).map_err(|e| NodeError::Store(e.into()))
+    }
+
+    /// Streams the bytes of a locally stored dataset in order, truncated to its size. Blocks are
+    /// read (and verified) on a blocking thread, [`DOWNLOAD_READAHEAD_BLOCKS`] ahead.
+    pub fn stream_dataset(
+        &self,
+        manifest: &Manifest,
+    ) -> impl Stream<Item = Result<Bytes, NodeError>> + Send + 'static {
+        let (tx, rx) = mpsc::channel(DOWNLOAD_READAHEAD_BLOCKS);
+        let store = self.store.clone();
+        let tree = manifest.tree_cid;
+        let count = manifest.blocks_count();
+        let mut remaining = manifest.download_size();
+        tokio::task::spawn_blocking(move || {
+            for index in 0..count {
+                if remaining == 0 {
+                    break;
+                }
+                let item = match store.get_leaf(&tree, index) {
+                    Ok(Some((block, _))) => {
+                        let mut data = block.data().clone();
+                        let keep =
+                            usize::try_from(remaining.min(data.len() as u64)).unwrap_or(data.len());
+                        data.truncate(keep);
+                        remaining -= keep as u64;
+                        Ok(data)
+                    }
+                    Ok(None) => Err(NodeError::NotFound),
+                    Err(e) => Err(NodeError::Store(e)),
+                };
+                let stop = item.is_err();
+                if tx.blocking_send(item).is_err() || stop {
+                    return; // the reader went away, or we reported an error
+                }
+            }
+        });
+        tokio_stream_from(rx)
+    }
+
+    /// Every locally listed dataset.
+    pub async fn list(&self) -> Result<Vec<(Cid, Manifest)>, NodeError> {
+        let store = self.store.clone();
+        blocking(move || store.list_manifests()).await
+    }
+
+    /// Deletes `cid` (a whole dataset when it is a manifest).
+    pub async fn delete(&self, cid: Cid) -> Result<(), NodeError> {
+        let store = self.store.clone();
+        blocking(move || store.delete(&cid)).await
+    }
+
+    /// Whether block `cid` is stored locally.
+    pub async fn has_block(&self, cid: Cid) -> Result<bool, NodeError> {
+        let store = self.store.clone();
+        blocking(move || store.has_block(&cid)).await
+    }
+
+    /// Space accounting.
+    pub async fn space(&self) -> Result<Space, NodeError> {
+        let store = self.store.clone();
+        blocking(move || store.space()).await
+    }
+
+    /// Runs the maintenance worker until `cancel` fires: every `maintenance_interval` it expires
+    /// blocks whose TTL passed and reclaims deleted datasets.
+    pub async fn run_maintenance(&self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.maintenance_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let store = self.store.clone();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match blocking(move || store.maintenance(now)).await {
+                Ok(r) if r.expired > 0 || r.reclaimed > 0 => {
+                    info!(
+                        expired = r.expired,
+                        reclaimed = r.reclaimed,
+                        "maintenance pass"
+                    );
+                }
+                Ok(_) => debug!("maintenance pass: nothing to do"),
+                Err(e) => warn!(error = %e, "maintenance pass failed"),
+            }
+        }
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_store::StoreConfig;
+    use futures::{StreamExt, TryStreamExt};
+
+    use super::*;
+
+    fn node() -> Node {
+        Node::new(
+            Store::in_memory(StoreConfig::default()).unwrap(),
+            NodeConfig::default(),
+        )
+    }
+
+    fn body(
+        parts: Vec<Result<Bytes, std::io::Error>>,
+    ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+        futures::stream::iter(parts)
+    }
+
+    #[tokio::test]
+    async fn upload_then_stream_back() {
+        let n = node();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let parts = data
+            .chunks(7777)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let s = n
+            .store_dataset(body(parts), Some("x.bin".into()), None)
+            .await
+            .unwrap();
+        assert_eq!(s.manifest.dataset_size, data.len() as u64);
+        let m = n.manifest(s.cid).await.unwrap();
+        let got: Vec<Bytes> = n.stream_dataset(&m).try_collect().await.unwrap();
+        assert_eq!(got.concat(), data);
+    }
+
+    /// codex-protocol.md §11.2: the reference's CID for "some file contents".
+    #[tokio::test]
+    async fn reference_cid_through_the_pipeline() {
+        let n = node();
+        let s = n
+            .store_dataset(
+                body(vec![Ok(Bytes::from_static(b"some file contents"))]),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            s.cid.to_string(),
+            "zDvZRwzm1ePSzKSXt57D5YxHwcSDmsCyYN65wW4HT7fuX9HrzFXy"
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_body_leaves_nothing() {
+        let n = node();
+        let parts = vec![
+            Ok(Bytes::from(vec![1u8; 200_000])),
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "gone",
+            )),
+        ];
+        let err = n.store_dataset(body(parts), None, None).await.unwrap_err();
+        assert!(matches!(err, NodeError::Body(_)), "{err}");
+        assert!(n.list().await.unwrap().is_empty());
+        let s = n.space().await.unwrap();
+        assert_eq!((s.quota_used_bytes, s.quota_reserved_bytes), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn empty_upload_is_refused() {
+        let n = node();
+        let err = n.store_dataset(body(vec![]), None, None).await.unwrap_err();
+        assert!(matches!(err, NodeError::EmptyUpload));
+        assert_eq!(n.space().await.unwrap().quota_used_bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn not_found_and_not_a_manifest() {
+        let n = node();
+        let block = cairn_core::Block::data_block(Bytes::from_static(b"b"));
+        assert!(matches!(
+            n.manifest(*block.cid()).await,
+            Err(NodeError::NotFound)
+        ));
+        n.store().put_block(&block).unwrap();
+        assert!(matches!(
+            n.manifest(*block.cid()).await,
+            Err(NodeError::NotAManifest)
+        ));
+        let s = n.stream_dataset(&Manifest::default()).next().await;
+        assert!(matches!(s, None | Some(Err(NodeError::NotFound))));
+    }
+}
