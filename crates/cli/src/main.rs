@@ -1,1 +1,179 @@
-fn main() {}
+//! `cairn`: run a storage node, or talk to one.
+//!
+//! `cairn start` composes the node (store, node, REST API), runs until SIGINT/SIGTERM and shuts
+//! down in order: stop accepting requests and finish those in flight (bounded by
+//! [`SHUTDOWN_GRACE`]), stop the workers, then close the store (syncing its open segment).
+//! The other commands are clients of a running node's REST API.
+
+mod client;
+mod config;
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use cairn_node::{Node, NodeConfig, Store, StoreConfig};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How long shutdown waits for requests in flight before giving up on them (an upload cut off
+/// here is rolled back, never half-stored).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Default REST endpoint of the client commands.
+const DEFAULT_API: &str = "http://127.0.0.1:8080";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "A peer-to-peer storage node speaking the Codex protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node (embedded store; no server needed).
+    Start(config::StartArgs),
+    /// Upload files to a node; prints one CID per file.
+    Upload {
+        /// Files to upload.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// MIME type to record (must be one the reference node accepts).
+        #[arg(long)]
+        mime: Option<String>,
+        /// Do not record the file name in the manifest.
+        #[arg(long)]
+        no_filename: bool,
+        /// The node's REST endpoint.
+        #[arg(long, env = "CAIRN_API", default_value = DEFAULT_API)]
+        api: String,
+    },
+    /// Download a dataset by its CID.
+    Download {
+        /// The dataset's (manifest) CID.
+        cid: String,
+        /// Output file (written to a temporary name and renamed when complete); stdout if
+        /// omitted.
+        #[arg(long, short = 'o')]
+        output: Option<std::path::PathBuf>,
+        /// The node's REST endpoint.
+        #[arg(long, env = "CAIRN_API", default_value = DEFAULT_API)]
+        api: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Start(args) => rt.block_on(start(args.resolve()?)),
+        Command::Upload {
+            files,
+            mime,
+            no_filename,
+            api,
+        } => rt.block_on(client::upload(&api, &files, mime.as_deref(), !no_filename)),
+        Command::Download { cid, output, api } => {
+            rt.block_on(client::download(&api, &cid, output.as_deref()))
+        }
+    }
+}
+
+fn init_logging(cfg: &config::Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .with_context(|| format!("invalid --log-level '{}'", cfg.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log_json {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
+    Ok(())
+}
+
+async fn start(cfg: config::Config) -> anyhow::Result<()> {
+    init_logging(&cfg)?;
+    let store_cfg = StoreConfig {
+        quota_bytes: cfg.storage_quota,
+        block_ttl: cfg.block_ttl,
+        ..StoreConfig::default()
+    };
+    let repo = cfg.data_dir.join("repo");
+    let store = {
+        let at = repo.clone();
+        tokio::task::spawn_blocking(move || Store::open(&at, store_cfg))
+            .await?
+            .with_context(|| format!("cannot open the block store in {}", repo.display()))?
+    };
+    let node = Node::new(
+        store,
+        NodeConfig {
+            maintenance_interval: cfg.block_mi,
+        },
+    );
+    let addr = SocketAddr::new(cfg.api_bindaddr, cfg.api_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (--api-bindaddr/--api-port)"))?;
+    let local = listener.local_addr()?;
+    info!(data_dir = %cfg.data_dir.display(), quota = cfg.storage_quota, "cairn node started");
+    // A stable line on stdout for scripts and tests.
+    println!(
+        "cairn: REST API listening on http://{local}{}",
+        cairn_api::API_BASE
+    );
+
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let node = node.clone();
+        let cancel = cancel.clone();
+        tasks.spawn(async move { node.run_maintenance(cancel).await });
+    }
+    let api = tokio::spawn(cairn_api::serve(listener, node.clone(), cancel.clone()));
+
+    shutdown_signal().await;
+    info!("shutting down");
+    cancel.cancel();
+    match tokio::time::timeout(SHUTDOWN_GRACE, api).await {
+        Ok(joined) => joined??,
+        Err(_) => warn!("requests still running after the grace period were cut off"),
+    }
+    while tasks.join_next().await.is_some() {}
+    drop(node);
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            warn!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -81,10 +81,10 @@ where
         }
     }
     let (last, dataset_size) = chunker.finish();
-    if body_error.is_none() {
-        if let Some(b) = last {
-            let _ = raw_tx.send(b).await;
-        }
+    if body_error.is_none()
+        && let Some(b) = last
+    {
+        let _ = raw_tx.send(b).await;
     }
     drop(raw_tx);
     hasher.await?;

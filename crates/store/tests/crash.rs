@@ -30,7 +30,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc::{Receiver, RecvTimeoutError, channel},
+        mpsc::{Receiver, RecvTimeoutError, sync_channel},
     },
     time::{Duration, Instant},
 };
@@ -70,6 +70,9 @@ const CHILD_TEST: &str = "crash_child";
 /// Prefix of the child's event lines (libtest may print "test crash_child ... " on the same line,
 /// so the parent looks for the marker anywhere in a line).
 const MARKER: &str = "CAIRN-CRASH-EVENT:";
+/// Child stdout lines buffered between the reader thread and the parent (the child prints a
+/// handful; after the kill the parent stops reading and the thread ends on the dropped receiver).
+const CHILD_LINES_BUFFERED: usize = 64;
 
 // ---------------------------------------------------------------------------------------------
 // Deterministic data
@@ -255,7 +258,7 @@ impl Crashee {
             .spawn()
             .expect("spawn the crash child");
         let stdout = child.stdout.take().expect("child stdout is piped");
-        let (tx, lines) = channel();
+        let (tx, lines) = sync_channel(CHILD_LINES_BUFFERED);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };

@@ -1,0 +1,258 @@
+//! `cairn start` options: flags, `CAIRN_*` environment variables, a TOML file, defaults.
+//!
+//! Precedence, highest first: command-line flag, environment variable, `--config-file` TOML key,
+//! built-in default. The TOML keys are the flag names without dashes prefix (`data-dir`,
+//! `api-port`, …); an unknown key is an error that names it, so a typo never silently falls back
+//! to a default.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Deserialize;
+
+/// Default REST API address, as the reference (`--api-bindaddr`).
+pub(crate) const DEFAULT_API_BINDADDR: &str = "127.0.0.1";
+/// Default REST API port, as the reference (`--api-port`).
+pub(crate) const DEFAULT_API_PORT: u16 = 8080;
+/// Default log filter.
+pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
+
+/// Options of `cairn start`.
+#[derive(Debug, Args, Default)]
+pub(crate) struct StartArgs {
+    /// Directory for the block store and node state [default: the per-user data directory,
+    /// e.g. ~/.local/share/cairn]
+    #[arg(long, short = 'd', env = "CAIRN_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address the REST API listens on [default: 127.0.0.1]
+    #[arg(long, env = "CAIRN_API_BINDADDR")]
+    pub(crate) api_bindaddr: Option<IpAddr>,
+    /// Port of the REST API; 0 picks a free port [default: 8080]
+    #[arg(long, short = 'p', env = "CAIRN_API_PORT")]
+    pub(crate) api_port: Option<u16>,
+    /// Storage quota: bytes, or with a binary unit (20GiB, 500M, 1T) [default: 20GiB]
+    #[arg(long, short = 'q', env = "CAIRN_STORAGE_QUOTA", value_parser = parse_size)]
+    pub(crate) storage_quota: Option<u64>,
+    /// Time to live of stored datasets: seconds, or with a unit (30d, 12h, 90m); 0 = never
+    /// expire [default: 30d]
+    #[arg(long, short = 't', env = "CAIRN_BLOCK_TTL", value_parser = parse_duration)]
+    pub(crate) block_ttl: Option<Duration>,
+    /// How often expired datasets are removed (same units as --block-ttl) [default: 10m]
+    #[arg(long = "block-mi", env = "CAIRN_BLOCK_MI", value_parser = parse_duration)]
+    pub(crate) block_mi: Option<Duration>,
+    /// Log filter: a level (error, warn, info, debug, trace) or per-module directives as in
+    /// RUST_LOG, e.g. "info,cairn_store=debug" [default: info]
+    #[arg(long, env = "CAIRN_LOG_LEVEL")]
+    pub(crate) log_level: Option<String>,
+    /// Log format [default: text]
+    #[arg(long, env = "CAIRN_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub(crate) log_format: Option<String>,
+    /// A TOML file with any of these options (keys as the long flag names)
+    #[arg(long, env = "CAIRN_CONFIG_FILE")]
+    pub(crate) config_file: Option<PathBuf>,
+}
+
+/// The TOML file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    api_bindaddr: Option<IpAddr>,
+    api_port: Option<u16>,
+    storage_quota: Option<toml::Value>,
+    block_ttl: Option<toml::Value>,
+    block_mi: Option<toml::Value>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) api_bindaddr: IpAddr,
+    pub(crate) api_port: u16,
+    pub(crate) storage_quota: u64,
+    pub(crate) block_ttl: Duration,
+    pub(crate) block_mi: Duration,
+    pub(crate) log_level: String,
+    pub(crate) log_json: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_dir().map_or_else(|| PathBuf::from("cairn-data"), |d| d.join("cairn"))
+}
+
+/// Parses a size: a number of bytes, optionally with a binary unit (K, M, G, T, P; `iB`/`B`
+/// suffixes allowed), as the reference's `--storage-quota`.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (e.g. 20GiB)"))?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.trim_end_matches('b').trim_end_matches('i');
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        "p" => 1 << 50,
+        _ => return Err(format!("'{text}': unknown size unit (use K, M, G, T or P)")),
+    };
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("'{text}' is out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// Parses a duration: seconds, or a number with a unit (`30d`, `12h`, `10m`, `1w`, `90s`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t).map_err(|e| format!("'{text}' is not a duration (e.g. 30d): {e}"))
+}
+
+fn toml_size(v: &toml::Value, key: &str) -> anyhow::Result<u64> {
+    match v {
+        toml::Value::Integer(i) => u64::try_from(*i).with_context(|| format!("{key}: negative")),
+        toml::Value::String(s) => parse_size(s).map_err(|e| anyhow::anyhow!("{key}: {e}")),
+        _ => bail!("{key}: expected a number or a string"),
+    }
+}
+
+fn toml_duration(v: &toml::Value, key: &str) -> anyhow::Result<Duration> {
+    match v {
+        toml::Value::Integer(i) => Ok(Duration::from_secs(
+            u64::try_from(*i).with_context(|| format!("{key}: negative"))?,
+        )),
+        toml::Value::String(s) => parse_duration(s).map_err(|e| anyhow::anyhow!("{key}: {e}")),
+        _ => bail!("{key}: expected a number of seconds or a string"),
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+impl StartArgs {
+    /// Resolves flags/env (already merged by clap) over the file over the defaults.
+    pub(crate) fn resolve(self) -> anyhow::Result<Config> {
+        let file = match &self.config_file {
+            Some(p) => load_file(p)?,
+            None => FileConfig::default(),
+        };
+        let storage_quota = match (self.storage_quota, &file.storage_quota) {
+            (Some(q), _) => q,
+            (None, Some(v)) => toml_size(v, "storage-quota")?,
+            (None, None) => cairn_node::StoreConfig::default().quota_bytes,
+        };
+        let block_ttl = match (self.block_ttl, &file.block_ttl) {
+            (Some(d), _) => d,
+            (None, Some(v)) => toml_duration(v, "block-ttl")?,
+            (None, None) => cairn_node::StoreConfig::default().block_ttl,
+        };
+        let block_mi = match (self.block_mi, &file.block_mi) {
+            (Some(d), _) => d,
+            (None, Some(v)) => toml_duration(v, "block-mi")?,
+            (None, None) => cairn_node::NodeConfig::default().maintenance_interval,
+        };
+        if block_mi.is_zero() {
+            bail!("--block-mi must be greater than zero");
+        }
+        let log_format = self
+            .log_format
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            bail!("--log-format must be 'text' or 'json', not '{log_format}'");
+        }
+        Ok(Config {
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(default_data_dir),
+            api_bindaddr: match self.api_bindaddr.or(file.api_bindaddr) {
+                Some(a) => a,
+                None => DEFAULT_API_BINDADDR.parse()?,
+            },
+            api_port: self.api_port.or(file.api_port).unwrap_or(DEFAULT_API_PORT),
+            storage_quota,
+            block_ttl,
+            block_mi,
+            log_level: self
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into()),
+            log_json: log_format == "json",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
+        assert_eq!(parse_size("10G"), Ok(10 << 30));
+        assert_eq!(parse_size("10gb"), Ok(10 << 30));
+        assert_eq!(parse_size("1.5K"), Ok(1536));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("10X").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn file_is_below_flags_and_unknown_keys_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "api-port = 9000\nstorage-quota = \"1GiB\"\nblock-ttl = 60\n",
+        )
+        .unwrap();
+        let args = StartArgs {
+            config_file: Some(f.clone()),
+            api_port: Some(9100),
+            ..Default::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(
+            (c.api_port, c.storage_quota, c.block_ttl),
+            (9100, 1 << 30, Duration::from_secs(60))
+        );
+        std::fs::write(&f, "api-prot = 1\n").unwrap();
+        let err = StartArgs {
+            config_file: Some(f),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("api-prot"), "{err:#}");
+    }
+}
