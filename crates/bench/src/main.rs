@@ -49,9 +49,12 @@
 //! ### What is printed
 //!
 //! Human-readable lines, then one JSON line with every figure (to paste into `BENCHMARKS.md`):
-//! ingest and SHA-256 throughput and their ratio, peak RSS (`VmHWM` of the whole process,
-//! including the pool), process CPU time during the upload, and the store's space accounting,
-//! which must equal `blocks × 65536 + manifest length` exactly or the run fails.
+//! ingest and SHA-256 throughput and their ratio; how long the body took to drain and how long
+//! the node's finish step took after it; peak RSS (`VmHWM` of the whole process, including the
+//! pool), also as it stood when the body was drained; the process's CPU time during the upload,
+//! and the CPU other processes used meanwhile (a run on a busy machine is flagged, since its
+//! figures understate the machine); and the store's space accounting, which must equal
+//! `blocks × 65536 + manifest length` exactly or the run fails.
 
 use std::{
     hint::black_box,
@@ -121,6 +124,10 @@ const USER_HZ: f64 = 100.0;
 /// Above this many cores used by other processes (or stolen by the hypervisor) during the
 /// upload, the run is flagged as disturbed.
 const OTHER_LOAD_WARN: f64 = 0.1;
+
+/// Shortest upload for which other processes' CPU use is reported: the counters tick at
+/// [`USER_HZ`], so a shorter window would be mostly rounding.
+const MIN_LOAD_WINDOW_S: f64 = 0.1;
 
 /// The issue's targets, printed next to the figures (not asserted: a benchmark is not a test).
 const TARGET_RATIO: f64 = 0.8;
@@ -194,11 +201,13 @@ struct Body {
     marks: Arc<Marks>,
 }
 
-/// When the node pulled the first chunk, and when it found the body exhausted.
+/// When the node pulled the first chunk, when it found the body exhausted, and the process's
+/// peak RSS at that moment (MiB; what streaming cost, before the node's finish step).
 #[derive(Debug, Default)]
 struct Marks {
     first_byte: OnceLock<Instant>,
     drained: OnceLock<Instant>,
+    peak_rss_at_drain: OnceLock<f64>,
 }
 
 impl Body {
@@ -221,6 +230,9 @@ impl Iterator for Body {
         let left = self.size - self.pos;
         if left == 0 {
             let _ = self.marks.drained.set(Instant::now());
+            if let Ok(mib) = proc_status_mib("VmHWM") {
+                let _ = self.marks.peak_rss_at_drain.set(mib);
+            }
             return None;
         }
         // `left` may exceed usize on 32-bit targets only when it is larger than a chunk.
@@ -440,17 +452,23 @@ fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
     let drain_mb_s = mb_per_s(size, drained - first_byte);
     let finish = returned - drained;
     let (user, sys) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
-    let busy = (user + sys) / took.as_secs_f64();
-    // Other processes' CPU during the upload (the window from `called` is a little longer than
-    // `took`; both are dominated by the same seconds).
+    // CPU counters cover the call (a few ms longer than `took`: begin_dataset comes first).
     let window = (returned - called).as_secs_f64();
-    let other = ((machine_after.0 - machine_before.0) - (user + sys)).max(0.0) / window;
-    let steal = (machine_after.1 - machine_before.1) / window;
+    let busy = (user + sys) / window;
+    // Other processes' CPU (and the hypervisor's steal) during the upload, when the window is
+    // long enough for the counters' resolution.
+    let load = (window >= MIN_LOAD_WINDOW_S).then(|| {
+        (
+            ((machine_after.0 - machine_before.0) - (user + sys)).max(0.0) / window,
+            (machine_after.1 - machine_before.1) / window,
+        )
+    });
 
     let sha_after = measure_sha256(&pool, ceiling_bytes);
     let sha_mb_s = sha_before.max(sha_after);
     let ratio = ingest_mb_s / sha_mb_s;
     let peak_rss = proc_status_mib("VmHWM")?;
+    let peak_rss_at_drain = marks.peak_rss_at_drain.get().copied().unwrap_or(f64::NAN);
 
     println!("sha256 after upload: {sha_after:.1} MB/s; ceiling = the faster: {sha_mb_s:.1} MB/s");
     println!(
@@ -470,19 +488,26 @@ fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
     println!(
         "  process CPU during the upload: {user:.2} s user + {sys:.2} s system = {busy:.2} cores busy on average"
     );
-    println!(
-        "  other processes during the upload: {other:.2} cores busy on average, steal {steal:.2} cores"
-    );
-    if other > OTHER_LOAD_WARN || steal > OTHER_LOAD_WARN {
-        println!(
-            "  WARNING: the machine was not quiet (> {OTHER_LOAD_WARN} cores used elsewhere): \
-             the figures understate what this machine can do"
-        );
+    match load {
+        Some((other, steal)) => {
+            println!(
+                "  other processes during the upload: {other:.2} cores busy on average, steal {steal:.2} cores"
+            );
+            if other > OTHER_LOAD_WARN || steal > OTHER_LOAD_WARN {
+                println!(
+                    "  WARNING: the machine was not quiet (> {OTHER_LOAD_WARN} cores used elsewhere): \
+                     the figures understate what this machine can do"
+                );
+            }
+        }
+        None => println!(
+            "  other processes during the upload: not measured (upload shorter than {MIN_LOAD_WINDOW_S} s)"
+        ),
     }
     println!("  cid: {}", stored.cid);
     println!("ratio ingest / sha256: {ratio:.3} (target >= {TARGET_RATIO})");
     println!(
-        "peak RSS (VmHWM): {peak_rss:.1} MiB, RSS before the upload {rss_before:.1} MiB (includes the \
+        "peak RSS (VmHWM): {peak_rss:.1} MiB ({peak_rss_at_drain:.1} MiB when the body was drained), RSS before the upload {rss_before:.1} MiB (includes the \
          {} pool; target < {TARGET_PEAK_RSS_MIB} MiB)",
         ByteSize::b(POOL_SIZE as u64).display().iec()
     );
@@ -517,11 +542,20 @@ fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
         );
     }
 
+    let peak_rss_at_drain_json = if peak_rss_at_drain.is_finite() {
+        format!("{peak_rss_at_drain:.1}")
+    } else {
+        "null".to_owned()
+    };
+    let (other_json, steal_json) = load.map_or_else(
+        || ("null".to_owned(), "null".to_owned()),
+        |(other, steal)| (format!("{other:.2}"), format!("{steal:.2}")),
+    );
     let json = format!(
         "{{\"bench\":\"ingest\",\"size_bytes\":{size},\"blocks\":{blocks},\"ingest_mb_s\":{ingest_mb_s:.1},\
          \"sha256_mb_s\":{sha_mb_s:.1},\"sha256_before_mb_s\":{sha_before:.1},\"sha256_after_mb_s\":{sha_after:.1},\
          \"ratio\":{ratio:.3},\"ingest_s\":{:.3},\"drain_s\":{:.3},\"finish_s\":{:.3},\"cpu_user_s\":{user:.2},\
-         \"cpu_sys_s\":{sys:.2},\"other_cores_busy\":{other:.2},\"steal_cores\":{steal:.2},\"peak_rss_mib\":{peak_rss:.1},\"rss_before_mib\":{rss_before:.1},\
+         \"cpu_sys_s\":{sys:.2},\"other_cores_busy\":{other_json},\"steal_cores\":{steal_json},\"peak_rss_mib\":{peak_rss:.1},\"peak_rss_at_drain_mib\":{peak_rss_at_drain_json},\"rss_before_mib\":{rss_before:.1},\
          \"generator_mb_s\":{gen_mb_s:.0},\"used_bytes\":{},\"expected_used_bytes\":{expected_used},\
          \"worker_threads\":{WORKER_THREADS},\"mb\":1000000}}",
         took.as_secs_f64(),
