@@ -451,21 +451,44 @@ impl Store {
                 })?;
         }
         let tree_key = tree.to_bytes();
-        let mut locs = Vec::with_capacity(leaves.len());
-        let new_bytes: u64 = leaves.iter().map(|(_, b, _)| b.data().len() as u64).sum();
-        self.check_quota(new_bytes)?;
-        self.with_misc(|w| {
-            for (_, block, _) in leaves {
-                let off = w.append(block.data())?;
-                locs.push(Loc {
-                    seg: w.id(),
-                    off,
-                    len: block.data().len() as u64,
-                });
+        // Only bytes not stored yet are appended and counted against the quota: a leaf already
+        // in the index, or a block another dataset holds, costs no disk.
+        let needs_data: Vec<bool> = {
+            let r = self.inner.db.begin_read()?;
+            let stored_leaves = r.open_table(LEAVES)?;
+            let blocks = r.open_table(BLOCKS)?;
+            let mut out = Vec::with_capacity(leaves.len());
+            for (index, block, _) in leaves {
+                let have_leaf = stored_leaves.get((tree_key.as_slice(), *index))?.is_some();
+                let have_block = blocks.get(block.cid().to_bytes().as_slice())?.is_some();
+                out.push(!have_leaf && !have_block);
             }
-            w.sync()?;
-            Ok(())
-        })?;
+            out
+        };
+        let new_bytes: u64 = leaves
+            .iter()
+            .zip(&needs_data)
+            .filter(|(_, need)| **need)
+            .map(|((_, b, _), _)| b.data().len() as u64)
+            .sum();
+        let mut locs: Vec<Option<Loc>> = vec![None; leaves.len()];
+        if new_bytes > 0 {
+            self.check_quota(new_bytes)?;
+            self.with_misc(|w| {
+                for (((_, block, _), need), loc) in leaves.iter().zip(&needs_data).zip(&mut locs) {
+                    if *need {
+                        let off = w.append(block.data())?;
+                        *loc = Some(Loc {
+                            seg: w.id(),
+                            off,
+                            len: block.data().len() as u64,
+                        });
+                    }
+                }
+                w.sync()?;
+                Ok(())
+            })?;
+        }
         self.write(0, |t| {
             t.reclaim_tree_fully(&tree_key)?;
             if t.get_dataset(&tree_key)?.is_none() {
@@ -485,7 +508,7 @@ impl Store {
                     continue;
                 }
                 let cid = block.cid().to_bytes();
-                t.add_ref(&cid, Some(loc), false, 0)?;
+                t.add_ref(&cid, loc, false, 0)?;
                 t.leaves.insert(
                     (tree_key.as_slice(), *index),
                     (cid.as_slice(), &proof.encode()[..]),

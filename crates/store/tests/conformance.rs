@@ -386,6 +386,12 @@ fn network_leaves_are_checked_and_served() {
             .unwrap();
         b.store.put_leaves(&m.tree_cid, &leaves[..2]).unwrap();
         b.store.put_leaves(&m.tree_cid, &leaves[1..]).unwrap(); // overlap is skipped
+        // Leaves already stored cost no disk: segment bytes equal the live bytes.
+        assert_eq!(
+            b.store.disk_bytes().unwrap(),
+            b.store.space().unwrap().quota_used_bytes,
+            "{name}: re-delivered leaves were written again"
+        );
         assert_eq!(download(&b.store, &m), bytes, "{name}");
         assert_consistent(&b.store, name);
         b.store.delete(&mcid).unwrap();
