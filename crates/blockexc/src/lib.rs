@@ -1,0 +1,112 @@
+//! # cairn-blockexc: `/codex/blockexc/1.0.0` for rust-libp2p
+//!
+//! The Codex block-exchange protocol, wire-compatible with the reference node, shaped like a
+//! rust-libp2p protocol crate:
+//!
+//! * [`proto`]: the protobuf messages as they are on the wire (§2.2 of `codex-protocol.md`).
+//! * [`message`]: checked messages — parsed CIDs, closed enums, hashed deliveries, bounded
+//!   counts — and the reference's exact encoding.
+//! * [`codec`]: varint length-prefixed frames with a receive limit.
+//! * [`handler`]: per connection — inbound streams read until they end, one lazily opened
+//!   outbound stream for writing (and reading).
+//! * [`behaviour`]: per swarm — routes frames to connections, bounds bytes queued per peer,
+//!   reports messages, send completions and violations.
+//!
+//! The crate moves and checks messages; it never touches a store and keeps no want lists. The
+//! node's engine (in `cairn-node`) decides what to ask for and what to serve.
+//!
+//! ## Limits
+//!
+//! Every count a peer controls has a named bound below. A peer that breaks one gets the stream
+//! it used closed and an [`Event::Violation`] (the node penalises it); its other streams, its
+//! connection and every other peer are unaffected.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod behaviour;
+pub mod codec;
+pub mod handler;
+pub mod message;
+pub mod proto;
+
+pub use crate::{
+    behaviour::{Behaviour, Event, SendError},
+    codec::{Frame, FrameError},
+    handler::SendId,
+    message::{BlockPresence, DecodeError, Delivery, Message, Presence, WantEntry, WantType},
+};
+
+/// The protocol id.
+pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/codex/blockexc/1.0.0");
+
+/// Largest frame accepted on receive. The reference accepts 100 MiB, but nothing it sends comes
+/// near that: its largest message is 20 blocks of 64 KiB with proofs (about 1.3 MB), and a full
+/// 1024-entry want list is about 60 KB. 8 MiB leaves six times the largest legitimate message
+/// (room for larger block sizes) while bounding what one stream can make us buffer to 8 MiB
+/// rather than 100 MiB. Bodies are buffered as they arrive, never pre-allocated from the prefix.
+pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
+
+/// Want-list entries accepted in one message: the reference sends at most 1024
+/// (`MaxWantListBatchSize`), so a compliant peer never exceeds it.
+pub const MAX_WANTLIST_ENTRIES: usize = 1024;
+
+/// Presences accepted in one message: the reference batches presences by 1024 too.
+pub const MAX_PRESENCES_PER_MESSAGE: usize = 1024;
+
+/// Blocks per message, sent and accepted: the reference's `DefaultMaxBlocksPerMessage`.
+pub const MAX_BLOCKS_PER_MESSAGE: usize = 20;
+
+/// Concurrent inbound block-exchange streams per connection. The reference opens one stream per
+/// peer and a new one only after the old one closed, so a handful is plenty; at most
+/// [`MAX_FRAME_BYTES`] is buffered per stream, so this also bounds memory per connection.
+pub const MAX_INBOUND_STREAMS_PER_CONNECTION: usize = 8;
+
+/// Bytes queued for one peer and not yet written: 16 delivery messages. The serving engine keeps
+/// far less in flight per peer; this is the hard stop behind it.
+pub const MAX_QUEUED_BYTES_PER_PEER: usize = 24 * 1024 * 1024;
+
+/// How a peer broke the protocol.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A frame over [`Config::max_frame_bytes`] was announced.
+    #[error("frame of {len} bytes announced, limit {max}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: u64,
+        /// The limit.
+        max: usize,
+    },
+    /// A length prefix that is not a varint.
+    #[error("bad frame length prefix")]
+    BadFramePrefix,
+    /// A frame that did not decode or broke a per-message limit.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// More inbound streams than [`Config::max_inbound_streams`].
+    #[error("more than {max} concurrent inbound streams")]
+    TooManyStreams {
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Protocol limits (defaults: the constants above).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest frame accepted.
+    pub max_frame_bytes: usize,
+    /// Inbound streams per connection.
+    pub max_inbound_streams: usize,
+    /// Bytes queued per peer.
+    pub max_queued_bytes_per_peer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_frame_bytes: MAX_FRAME_BYTES,
+            max_inbound_streams: MAX_INBOUND_STREAMS_PER_CONNECTION,
+            max_queued_bytes_per_peer: MAX_QUEUED_BYTES_PER_PEER,
+        }
+    }
+}
