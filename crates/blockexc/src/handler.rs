@@ -88,6 +88,30 @@ enum ReadItem {
     },
 }
 
+/// Something frames are read from, which can be closed after a violation. Closing explicitly
+/// (rather than only dropping) makes the muxer tell the peer at once — a Yamux FIN or an Mplex
+/// close, as the reference sends — so the peer reopens before its next write.
+trait Closable: futures::AsyncRead + Unpin + Send + 'static {
+    fn close_stream(&mut self) -> BoxFuture<'_, ()>;
+}
+
+impl Closable for Stream {
+    fn close_stream(&mut self) -> BoxFuture<'_, ()> {
+        async move {
+            let _ = futures::AsyncWriteExt::close(self).await;
+        }
+        .boxed()
+    }
+}
+
+impl Closable for futures::io::ReadHalf<Stream> {
+    fn close_stream(&mut self) -> BoxFuture<'_, ()> {
+        // The write half is ours and closes when the handler drops it (it learns of the end
+        // through the `End` item).
+        futures::future::ready(()).boxed()
+    }
+}
+
 type WriteResult = (WriteHalf<Stream>, SendId, io::Result<()>);
 
 enum Outbound {
@@ -152,7 +176,7 @@ impl Handler {
 
     fn add_reader<R>(&mut self, reader: R, generation: Option<u64>)
     where
-        R: futures::AsyncRead + Unpin + Send + 'static,
+        R: Closable,
     {
         let max = self.config.max_frame_bytes;
         let stream = futures::stream::unfold(Some(reader), move |state| async move {
@@ -169,13 +193,20 @@ impl Handler {
             match read_frame(&mut reader, max).await {
                 Ok(Some(body)) => match Message::decode(body) {
                     Ok(m) => Some((ReadItem::Message(Box::new(m)), Some(reader))),
-                    Err(e) => end(Some(Violation::Decode(e))),
+                    Err(e) => {
+                        reader.close_stream().await;
+                        end(Some(Violation::Decode(e)))
+                    }
                 },
                 Ok(None) => end(None),
                 Err(FrameError::TooLarge { len, max }) => {
+                    reader.close_stream().await;
                     end(Some(Violation::FrameTooLarge { len, max }))
                 }
-                Err(FrameError::BadPrefix) => end(Some(Violation::BadFramePrefix)),
+                Err(FrameError::BadPrefix) => {
+                    reader.close_stream().await;
+                    end(Some(Violation::BadFramePrefix))
+                }
                 Err(FrameError::Io(e)) => {
                     debug!(error = %e, "blockexc stream read failed");
                     end(None)

@@ -1,1 +1,93 @@
-//! x
+//! # cairn-net: the node's libp2p swarm
+//!
+//! * [`identity`]: the secp256k1 key in the data directory, in the reference's key-file format.
+//! * [`transport`]: TCP + Noise + Yamux/Mplex.
+//! * [`service`]: one task owns the swarm (block exchange, identify, ping, connection limits,
+//!   bans); the rest of the node talks to it through a [`NetworkHandle`] over bounded channels
+//!   and receives [`NetEvent`]s.
+//! * [`reputation`]: peer scores, fed by every protocol's complaints ([`PeerAction`]).
+//!
+//! The swarm task does no disk I/O and no hashing of its own; block-exchange frames are decoded
+//! and checked on each connection's task (`cairn-blockexc`), and everything that needs the
+//! store happens in the node's engine.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod identity;
+pub mod reputation;
+pub mod service;
+pub mod transport;
+
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+
+pub use crate::{
+    identity::{KeyError, load_or_create_key},
+    reputation::PeerAction,
+    service::{Direction, NetEvent, NetworkHandle, PeerInfo, start},
+    transport::Muxers,
+};
+
+/// Default listen address: all interfaces, a port chosen by the system (as the reference).
+pub const DEFAULT_LISTEN_ADDR: &str = "/ip4/0.0.0.0/tcp/0";
+
+/// Default connection cap (`--max-peers`, as the reference).
+pub const DEFAULT_MAX_PEERS: u32 = 160;
+
+/// Network settings.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap nodes (`/…/p2p/<peer id>`), dialled at start and redialled with backoff.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Multiplexers offered.
+    pub muxers: Muxers,
+    /// Most connections in total.
+    pub max_peers: u32,
+    /// Identify agent string.
+    pub agent: String,
+    /// Block-exchange limits.
+    pub blockexc: cairn_blockexc::Config,
+}
+
+impl Default for NetConfig {
+    fn default() -> NetConfig {
+        NetConfig {
+            listen: DEFAULT_LISTEN_ADDR.parse().into_iter().collect(),
+            bootstrap: Vec::new(),
+            muxers: Muxers::default(),
+            max_peers: DEFAULT_MAX_PEERS,
+            agent: format!("cairn/{}", env!("CARGO_PKG_VERSION")),
+            blockexc: cairn_blockexc::Config::default(),
+        }
+    }
+}
+
+/// Network errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The network task has stopped.
+    #[error("the network service has stopped")]
+    Stopped,
+    /// Building the transport failed.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(Multiaddr, String),
+    /// A bootstrap address without `/p2p/<peer id>`.
+    #[error("bootstrap address {0} must end in /p2p/<peer id>")]
+    BadBootstrap(Multiaddr),
+    /// Dialling failed.
+    #[error("dial failed: {0}")]
+    Dial(String),
+    /// The peer is banned.
+    #[error("peer {0} is banned")]
+    Banned(PeerId),
+    /// The block-exchange behaviour refused a frame.
+    #[error(transparent)]
+    Send(#[from] cairn_blockexc::SendError),
+    /// A frame was not written.
+    #[error("sending to {0} failed")]
+    SendFailed(PeerId),
+}

@@ -1,0 +1,691 @@
+//! The task that owns the swarm, and the handle the rest of the node uses.
+//!
+//! [`start`] builds the swarm, binds the listen addresses and spawns [`run`]; it returns a
+//! [`NetworkHandle`] (cheap to clone; every method sends a [`Command`] over a bounded channel
+//! and awaits a oneshot answer) and the receiver of [`NetEvent`]s.
+//!
+//! ## No deadlock between the two channels
+//! The engine sends commands and receives events; the swarm task does the opposite. Both
+//! channels are bounded, so the swarm task never *awaits* room in the event channel while
+//! ignoring commands: when the channel is full it parks the event and, until the event is
+//! taken, stops polling the swarm but keeps serving commands. An engine blocked on a full
+//! command channel is therefore always released, and a slow engine slows the swarm (and, through
+//! it, TCP) instead of growing a queue.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use cairn_blockexc::{self as blockexc, Message, SendId};
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, allow_block_list, connection_limits,
+    core::ConnectedPoint,
+    identify,
+    identity::Keypair,
+    multiaddr::Protocol,
+    ping,
+    swarm::{
+        ConnectionId, NetworkBehaviour, SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    NetConfig, NetError,
+    reputation::{PeerAction, Reputation, Verdict},
+    transport,
+};
+
+/// Commands queued to the swarm task. Senders wait when it is full.
+pub const COMMAND_CHANNEL_CAPACITY: usize = 256;
+/// Events queued to the node. The swarm pauses when it is full.
+pub const EVENT_CHANNEL_CAPACITY: usize = 256;
+/// How often bootstrap peers and bans are checked.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+/// First redial delay for a bootstrap node; doubled after each failure.
+pub const BOOTSTRAP_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Longest redial delay for a bootstrap node.
+pub const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+/// How long [`start`] waits for the listeners to report their addresses.
+pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections to one peer (one each way when both dial at once).
+pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Connections still in their handshake, inbound.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Identify protocol version string, as the reference sends it.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "ipfs/0.1.0";
+
+/// The composed behaviour.
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+pub(crate) struct Behaviour {
+    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    blockexc: blockexc::Behaviour,
+}
+
+/// Whether we dialled the peer or it dialled us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We dialled.
+    Outbound,
+    /// It dialled.
+    Inbound,
+}
+
+/// A connected peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Its id.
+    pub peer: PeerId,
+    /// Its address on the first connection.
+    pub address: Multiaddr,
+    /// Who dialled.
+    pub direction: Direction,
+    /// Identify agent version, once known.
+    pub agent: Option<String>,
+    /// Its score.
+    pub score: f64,
+}
+
+/// What the network tells the node.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// First connection to a peer.
+    PeerConnected {
+        /// The peer.
+        peer: PeerId,
+        /// Who dialled.
+        direction: Direction,
+    },
+    /// Last connection to a peer closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A checked block-exchange message.
+    Message {
+        /// Sender.
+        peer: PeerId,
+        /// The message.
+        message: Box<Message>,
+    },
+}
+
+/// Requests to the swarm task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Send {
+        peer: PeerId,
+        frame: blockexc::Frame,
+        done: oneshot::Sender<Result<(), NetError>>,
+    },
+    Dial {
+        peer: Option<PeerId>,
+        addrs: Vec<Multiaddr>,
+        done: oneshot::Sender<Result<PeerId, NetError>>,
+    },
+    Peers {
+        done: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    ListenAddrs {
+        done: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    Report {
+        peer: PeerId,
+        action: PeerAction,
+        reason: String,
+    },
+    Disconnect {
+        peer: PeerId,
+    },
+}
+
+/// A cheap-to-clone handle to the swarm task.
+#[derive(Debug, Clone)]
+pub struct NetworkHandle {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+}
+
+impl NetworkHandle {
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Sends `message` to `peer` and waits until it is written to the stream.
+    pub async fn send(&self, peer: PeerId, message: &Message) -> Result<(), NetError> {
+        let frame = message.to_frame();
+        self.send_frame(peer, frame).await
+    }
+
+    /// Sends a pre-built frame (test doubles use this to send garbage).
+    pub async fn send_frame(&self, peer: PeerId, frame: blockexc::Frame) -> Result<(), NetError> {
+        self.ask(|done| Command::Send { peer, frame, done }).await?
+    }
+
+    /// Connects to `peer` at `addrs` (or any known address); returns when connected.
+    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
+        self.ask(|done| Command::Dial {
+            peer: Some(peer),
+            addrs,
+            done,
+        })
+        .await?
+        .map(|_| ())
+    }
+
+    /// Dials `addr`; a `/p2p/<id>` suffix names the expected peer. Returns the peer's id.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NetError> {
+        let peer = match addr.iter().last() {
+            Some(Protocol::P2p(p)) => Some(p),
+            _ => None,
+        };
+        self.ask(|done| Command::Dial {
+            peer,
+            addrs: vec![addr],
+            done,
+        })
+        .await?
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetError> {
+        self.ask(|done| Command::Peers { done }).await
+    }
+
+    /// Addresses we listen on.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.ask(|done| Command::ListenAddrs { done }).await
+    }
+
+    /// Reports misbehaviour of `peer`.
+    pub async fn report(&self, peer: PeerId, action: PeerAction, reason: impl Into<String>) {
+        let _ = self
+            .commands
+            .send(Command::Report {
+                peer,
+                action,
+                reason: reason.into(),
+            })
+            .await;
+    }
+
+    /// Closes every connection to `peer`.
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Disconnect { peer }).await;
+    }
+}
+
+type DialReply = (Option<PeerId>, oneshot::Sender<Result<PeerId, NetError>>);
+
+struct Bootstrap {
+    peer: PeerId,
+    addr: Multiaddr,
+    next_attempt: Instant,
+    backoff: Duration,
+    dialing: bool,
+}
+
+struct Connected {
+    info: PeerInfo,
+    connections: usize,
+}
+
+struct Service {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    parked: Option<NetEvent>,
+    sends: HashMap<SendId, oneshot::Sender<Result<(), NetError>>>,
+    dials: HashMap<ConnectionId, DialReply>,
+    connected: HashMap<PeerId, Connected>,
+    reputation: Reputation,
+    bootstrap: Vec<Bootstrap>,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+/// Builds the swarm, binds `config.listen`, and spawns the task that runs it until `cancel`.
+pub async fn start(
+    key: Keypair,
+    config: NetConfig,
+    cancel: CancellationToken,
+) -> Result<
+    (
+        NetworkHandle,
+        mpsc::Receiver<NetEvent>,
+        tokio::task::JoinHandle<()>,
+    ),
+    NetError,
+> {
+    let peer_id = key.public().to_peer_id();
+    let transport =
+        transport::build(&key, config.muxers).map_err(|e| NetError::Transport(e.to_string()))?;
+    let behaviour = Behaviour {
+        blocked: allow_block_list::Behaviour::default(),
+        limits: connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(config.max_peers))
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
+        ),
+        identify: identify::Behaviour::new(
+            identify::Config::new_with_signed_peer_record(
+                IDENTIFY_PROTOCOL_VERSION.to_string(),
+                &key,
+            )
+            .with_agent_version(config.agent.clone()),
+        ),
+        ping: ping::Behaviour::default(),
+        blockexc: blockexc::Behaviour::new(config.blockexc.clone()),
+    };
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        peer_id,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(60)),
+    );
+    let mut pending = Vec::new();
+    for addr in &config.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen(addr.clone(), e.to_string()))?;
+        pending.push((id, addr.clone()));
+    }
+    let mut listen_addrs = Vec::new();
+    let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+    while !pending.is_empty() {
+        let ev = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| NetError::Listen(pending[0].1.clone(), "timed out".into()))?;
+        match ev {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                listen_addrs.push(address);
+                pending.retain(|(id, _)| *id != listener_id);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                reason,
+                ..
+            } => {
+                if let Some((_, addr)) = pending.iter().find(|(id, _)| *id == listener_id) {
+                    let reason = match reason {
+                        Ok(()) => "closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(NetError::Listen(addr.clone(), reason));
+                }
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(NetError::Listen(pending[0].1.clone(), error.to_string()));
+            }
+            _ => {}
+        }
+    }
+    for addr in &listen_addrs {
+        info!(%addr, %peer_id, "libp2p listening");
+    }
+    let now = Instant::now();
+    let mut bootstrap = Vec::new();
+    for addr in &config.bootstrap {
+        match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => bootstrap.push(Bootstrap {
+                peer,
+                addr: addr.clone(),
+                next_attempt: now,
+                backoff: BOOTSTRAP_BACKOFF_MIN,
+                dialing: false,
+            }),
+            _ => return Err(NetError::BadBootstrap(addr.clone())),
+        }
+    }
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+    let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
+    let service = Service {
+        swarm,
+        commands: cmd_rx,
+        events: ev_tx,
+        parked: None,
+        sends: HashMap::new(),
+        dials: HashMap::new(),
+        connected: HashMap::new(),
+        reputation: Reputation::default(),
+        bootstrap,
+        listen_addrs,
+    };
+    let task = tokio::spawn(service.run(cancel));
+    Ok((
+        NetworkHandle {
+            peer_id,
+            commands: cmd_tx,
+        },
+        ev_rx,
+        task,
+    ))
+}
+
+impl Service {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if let Some(ev) = self.parked.take() {
+                // The node is behind: wait for room, keep serving commands, don't poll the swarm.
+                let events = self.events.clone();
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    permit = events.reserve() => match permit {
+                        Ok(p) => p.send(ev),
+                        Err(_) => break,
+                    },
+                    cmd = self.commands.recv() => {
+                        self.parked = Some(ev);
+                        match cmd {
+                            Some(c) => self.command(c),
+                            None => break,
+                        }
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                cmd = self.commands.recv() => match cmd {
+                    Some(c) => self.command(c),
+                    None => break,
+                },
+                ev = self.swarm.select_next_some() => self.swarm_event(ev),
+                _ = housekeeping.tick() => self.housekeeping(),
+            }
+        }
+        debug!("network task stopped");
+    }
+
+    fn emit(&mut self, ev: NetEvent) {
+        match self.events.try_send(ev) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(ev)) => self.parked = Some(ev),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Send { peer, frame, done } => {
+                match self.swarm.behaviour_mut().blockexc.send(&peer, frame) {
+                    Ok(id) => {
+                        self.sends.insert(id, done);
+                    }
+                    Err(e) => {
+                        let _ = done.send(Err(e.into()));
+                    }
+                }
+            }
+            Command::Dial { peer, addrs, done } => self.dial(peer, addrs, done),
+            Command::Peers { done } => {
+                let now = Instant::now();
+                let peers = self
+                    .connected
+                    .values()
+                    .map(|c| PeerInfo {
+                        score: self.reputation.score(&c.info.peer, now),
+                        ..c.info.clone()
+                    })
+                    .collect();
+                let _ = done.send(peers);
+            }
+            Command::ListenAddrs { done } => {
+                let _ = done.send(self.listen_addrs.clone());
+            }
+            Command::Report {
+                peer,
+                action,
+                reason,
+            } => self.report(peer, action, &reason),
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+    }
+
+    fn dial(
+        &mut self,
+        peer: Option<PeerId>,
+        addrs: Vec<Multiaddr>,
+        done: oneshot::Sender<Result<PeerId, NetError>>,
+    ) {
+        if let Some(p) = peer {
+            if self.connected.contains_key(&p) {
+                let _ = done.send(Ok(p));
+                return;
+            }
+            if self.reputation.is_banned(&p, Instant::now()) {
+                let _ = done.send(Err(NetError::Banned(p)));
+                return;
+            }
+        }
+        let opts = match peer {
+            Some(p) => DialOpts::peer_id(p)
+                .addresses(addrs)
+                .condition(PeerCondition::Always)
+                .build(),
+            None => match addrs.into_iter().next() {
+                Some(a) => DialOpts::unknown_peer_id().address(a).build(),
+                None => {
+                    let _ = done.send(Err(NetError::Dial("no address to dial".into())));
+                    return;
+                }
+            },
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.insert(id, (peer, done));
+            }
+            Err(e) => {
+                let _ = done.send(Err(NetError::Dial(e.to_string())));
+            }
+        }
+    }
+
+    fn report(&mut self, peer: PeerId, action: PeerAction, reason: &str) {
+        let verdict = self.reputation.report(peer, action, Instant::now());
+        warn!(%peer, ?action, ?verdict, reason, "peer penalised");
+        match verdict {
+            Verdict::Keep => {}
+            Verdict::Disconnect => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Verdict::Ban => {
+                self.swarm.behaviour_mut().blocked.block_peer(peer);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        for peer in self.reputation.expired_bans(now) {
+            info!(%peer, "ban expired");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        let mut to_dial = Vec::new();
+        for b in &mut self.bootstrap {
+            if !b.dialing && !self.connected.contains_key(&b.peer) && now >= b.next_attempt {
+                b.dialing = true;
+                to_dial.push((b.peer, b.addr.clone()));
+            }
+        }
+        for (peer, addr) in to_dial {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![addr])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, error = %e, "bootstrap dial not started");
+                self.bootstrap_failed(peer);
+            }
+        }
+    }
+
+    fn bootstrap_failed(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer) {
+            if b.dialing {
+                b.dialing = false;
+                b.next_attempt = now + b.backoff;
+                debug!(%peer, retry_in = ?b.backoff, "bootstrap node unreachable");
+                b.backoff = (b.backoff * 2).min(BOOTSTRAP_BACKOFF_MAX);
+            }
+        }
+    }
+
+    fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::Behaviour(BehaviourEvent::Blockexc(ev)) => self.blockexc_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+                if let Some(c) = self.connected.get_mut(&peer_id) {
+                    c.info.agent = Some(info.agent_version);
+                }
+            }
+            SwarmEvent::Behaviour(_) => {}
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if let Some((_, done)) = self.dials.remove(&connection_id) {
+                    let _ = done.send(Ok(peer_id));
+                }
+                for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer_id) {
+                    b.dialing = false;
+                    b.backoff = BOOTSTRAP_BACKOFF_MIN;
+                }
+                match self.connected.get_mut(&peer_id) {
+                    Some(c) => c.connections += 1,
+                    None => {
+                        let (direction, address) = match endpoint {
+                            ConnectedPoint::Dialer { address, .. } => {
+                                (Direction::Outbound, address)
+                            }
+                            ConnectedPoint::Listener { send_back_addr, .. } => {
+                                (Direction::Inbound, send_back_addr)
+                            }
+                        };
+                        info!(peer = %peer_id, %address, ?direction, "peer connected");
+                        self.connected.insert(
+                            peer_id,
+                            Connected {
+                                info: PeerInfo {
+                                    peer: peer_id,
+                                    address,
+                                    direction,
+                                    agent: None,
+                                    score: 0.0,
+                                },
+                                connections: 1,
+                            },
+                        );
+                        self.emit(NetEvent::PeerConnected {
+                            peer: peer_id,
+                            direction,
+                        });
+                    }
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                if num_established == 0 {
+                    self.connected.remove(&peer_id);
+                    info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
+                    self.emit(NetEvent::PeerDisconnected { peer: peer_id });
+                    for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer_id) {
+                        b.next_attempt = Instant::now() + b.backoff;
+                    }
+                } else if let Some(c) = self.connected.get_mut(&peer_id) {
+                    c.connections = num_established as usize;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                debug!(peer = ?peer_id, %error, "dial failed");
+                if let Some((_, done)) = self.dials.remove(&connection_id) {
+                    let _ = done.send(Err(NetError::Dial(error.to_string())));
+                }
+                if let Some(p) = peer_id {
+                    self.bootstrap_failed(p);
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            _ => {}
+        }
+    }
+
+    fn blockexc_event(&mut self, ev: blockexc::Event) {
+        match ev {
+            blockexc::Event::Message { peer, message } => {
+                self.emit(NetEvent::Message { peer, message });
+            }
+            blockexc::Event::Sent { id, .. } => {
+                if let Some(done) = self.sends.remove(&id) {
+                    let _ = done.send(Ok(()));
+                }
+            }
+            blockexc::Event::SendFailed { peer, id } => {
+                if let Some(done) = self.sends.remove(&id) {
+                    let _ = done.send(Err(NetError::SendFailed(peer)));
+                }
+            }
+            blockexc::Event::Violation { peer, violation } => {
+                let action = match &violation {
+                    blockexc::Violation::Decode(blockexc::DecodeError::DataMismatch(_)) => {
+                        PeerAction::Fatal
+                    }
+                    _ => PeerAction::LowTolerance,
+                };
+                self.report(peer, action, &violation.to_string());
+            }
+        }
+    }
+}
