@@ -110,6 +110,12 @@ pub enum NetEvent {
         /// The peer.
         peer: PeerId,
     },
+    /// The peer broke the block-exchange protocol (it has been penalised, and the stream it
+    /// used closed): whatever was asked of it will not come.
+    Violation {
+        /// The peer.
+        peer: PeerId,
+    },
     /// A checked block-exchange message.
     Message {
         /// Sender.
@@ -256,7 +262,9 @@ struct Service {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
-    parked: Option<NetEvent>,
+    /// Events the node has not taken yet; while any wait, the swarm is not polled (so this
+    /// holds at most the few events one swarm event produces).
+    parked: std::collections::VecDeque<NetEvent>,
     sends: HashMap<SendId, oneshot::Sender<Result<(), NetError>>>,
     dials: HashMap<ConnectionId, DialReply>,
     connected: HashMap<PeerId, Connected>,
@@ -369,7 +377,7 @@ pub async fn start(
         swarm,
         commands: cmd_rx,
         events: ev_tx,
-        parked: None,
+        parked: std::collections::VecDeque::new(),
         sends: HashMap::new(),
         dials: HashMap::new(),
         connected: HashMap::new(),
@@ -393,7 +401,7 @@ impl Service {
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            if let Some(ev) = self.parked.take() {
+            if let Some(ev) = self.parked.pop_front() {
                 // The node is behind: wait for room, keep serving commands, don't poll the swarm.
                 let events = self.events.clone();
                 tokio::select! {
@@ -403,7 +411,7 @@ impl Service {
                         Err(_) => break,
                     },
                     cmd = self.commands.recv() => {
-                        self.parked = Some(ev);
+                        self.parked.push_front(ev);
                         match cmd {
                             Some(c) => self.command(c),
                             None => break,
@@ -426,9 +434,13 @@ impl Service {
     }
 
     fn emit(&mut self, ev: NetEvent) {
+        if !self.parked.is_empty() {
+            self.parked.push_back(ev);
+            return;
+        }
         match self.events.try_send(ev) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(ev)) => self.parked = Some(ev),
+            Err(mpsc::error::TrySendError::Full(ev)) => self.parked.push_back(ev),
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
@@ -685,6 +697,7 @@ impl Service {
                     _ => PeerAction::LowTolerance,
                 };
                 self.report(peer, action, &violation.to_string());
+                self.emit(NetEvent::Violation { peer });
             }
         }
     }

@@ -21,6 +21,15 @@ pub enum NodeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Fetching from the network failed.
+    #[error(transparent)]
+    Fetch(#[from] crate::engine::FetchError),
+    /// The node runs without a network.
+    #[error("this node has no network")]
+    NoNetwork,
+    /// A network operation failed.
+    #[error(transparent)]
+    Net(#[from] cairn_net::NetError),
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

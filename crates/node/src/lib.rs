@@ -18,16 +18,27 @@
 //! body fails (client gone) or the store refuses (quota), the pipeline stops and the upload is
 //! rolled back: nothing partial is listed or counted.
 //!
+//! ## The network
+//!
+//! A node built with [`Node::with_network`] also runs the block-exchange [`engine`] over a
+//! `cairn-net` swarm: it serves what it stores, fetches manifests and datasets it does not have
+//! (verifying every block against its CID and Merkle proof before storing it), and streams a
+//! dataset while fetching it, with a window of blocks in flight sized from the measured
+//! bandwidth-delay product (see `fetch.rs`).
+//!
 //! Store calls are blocking I/O, so every one of them runs on a blocking thread
 //! (`spawn_blocking`), never on a runtime worker.
 
+pub mod engine;
 mod error;
+pub mod fetch;
 mod ingest;
 mod node;
 
 pub use crate::{
     error::NodeError,
     ingest::INGEST_QUEUE_BLOCKS,
-    node::{DOWNLOAD_READAHEAD_BLOCKS, Node, NodeConfig, StoredDataset},
+    node::{ByteStream, DOWNLOAD_READAHEAD_BLOCKS, Node, NodeConfig, StoredDataset},
 };
+pub use cairn_net as net;
 pub use cairn_store::{Space, Store, StoreConfig, StoreError};

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_core::{Cid, Manifest, cid::Codec};
+use cairn_core::{BlockAddress, Cid, Manifest, cid::Codec};
+use cairn_net::{Multiaddr, NetEvent, NetworkHandle, PeerId};
 use cairn_store::{Space, Store};
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -12,6 +13,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     NodeError,
+    engine::{self, EngineHandle, FetchError},
+    fetch,
     ingest::{UploadInfo, ingest},
 };
 
@@ -48,7 +51,18 @@ pub struct StoredDataset {
 pub struct Node {
     store: Store,
     config: NodeConfig,
+    network: Option<Network>,
 }
+
+/// The node's network side: the swarm handle and the block-exchange engine.
+#[derive(Debug, Clone)]
+struct Network {
+    net: NetworkHandle,
+    engine: EngineHandle,
+}
+
+/// Streamed dataset bytes.
+pub type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, NodeError>> + Send>>;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, cairn_store::StoreError> + Send + 'static,
@@ -59,7 +73,108 @@ async fn blocking<T: Send + 'static>(
 impl Node {
     /// A node over `store`.
     pub fn new(store: Store, config: NodeConfig) -> Node {
-        Node { store, config }
+        Node {
+            store,
+            config,
+            network: None,
+        }
+    }
+
+    /// A node over `store` that exchanges blocks over the swarm behind `net`, whose events
+    /// arrive on `events`. The block-exchange engine runs until `cancel`.
+    pub fn with_network(
+        store: Store,
+        config: NodeConfig,
+        net: NetworkHandle,
+        events: mpsc::Receiver<NetEvent>,
+        cancel: CancellationToken,
+    ) -> Node {
+        let (engine, _task) = engine::spawn(store.clone(), net.clone(), events, cancel);
+        Node {
+            store,
+            config,
+            network: Some(Network { net, engine }),
+        }
+    }
+
+    fn network(&self) -> Result<&Network, NodeError> {
+        self.network.as_ref().ok_or(NodeError::NoNetwork)
+    }
+
+    /// The swarm handle, if the node has a network.
+    pub fn net(&self) -> Option<&NetworkHandle> {
+        self.network.as_ref().map(|n| &n.net)
+    }
+
+    /// The block-exchange engine, if the node has a network.
+    pub fn engine(&self) -> Option<&EngineHandle> {
+        self.network.as_ref().map(|n| &n.engine)
+    }
+
+    /// The manifest `cid`: from the store, or else fetched from connected peers (and stored).
+    pub async fn fetch_manifest(&self, cid: Cid) -> Result<Manifest, NodeError> {
+        match self.manifest(cid).await {
+            Err(NodeError::NotFound) => {}
+            other => return other,
+        }
+        if cid.codec() != Codec::Manifest.code() {
+            return Err(NodeError::NotAManifest);
+        }
+        let block = self
+            .network()?
+            .engine
+            .want(BlockAddress::Block(cid), None)
+            .await
+            .map_err(|e| match e {
+                FetchError::NotFound => NodeError::NotFound,
+                e => NodeError::Fetch(e),
+            })?;
+        Manifest::from_block(&block).map_err(|e| NodeError::Store(e.into()))
+    }
+
+    /// Streams dataset `manifest` in order, fetching the blocks that are not stored locally
+    /// from peers (and storing them) as it goes.
+    pub fn stream_network(&self, manifest: &Manifest) -> Result<ByteStream, NodeError> {
+        let engine = self.network()?.engine.clone();
+        let (tx, rx) = mpsc::channel(DOWNLOAD_READAHEAD_BLOCKS);
+        let store = self.store.clone();
+        let manifest = manifest.clone();
+        tokio::spawn(async move {
+            if let Err(e) = fetch::fetch_dataset(store, engine, manifest, Some(tx.clone())).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(Box::pin(tokio_stream_from(rx)))
+    }
+
+    /// Fetches dataset `cid` (manifest and every block) in the background; returns the manifest
+    /// once it is known.
+    pub async fn download(&self, cid: Cid) -> Result<Manifest, NodeError> {
+        let manifest = self.fetch_manifest(cid).await?;
+        let engine = self.network()?.engine.clone();
+        let store = self.store.clone();
+        let m = manifest.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match fetch::fetch_dataset(store, engine, m, None).await {
+                Ok(()) => info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded"),
+                Err(e) => warn!(%cid, error = %e, "background download failed"),
+            }
+        });
+        Ok(manifest)
+    }
+
+    /// Fetches dataset `cid` and waits until every block is stored.
+    pub async fn download_and_wait(&self, cid: Cid) -> Result<Manifest, NodeError> {
+        let manifest = self.fetch_manifest(cid).await?;
+        let engine = self.network()?.engine.clone();
+        fetch::fetch_dataset(self.store.clone(), engine, manifest.clone(), None).await?;
+        Ok(manifest)
+    }
+
+    /// Connects to `peer` at `addrs`.
+    pub async fn connect(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NodeError> {
+        Ok(self.network()?.net.connect(peer, addrs).await?)
     }
 
     /// The store.
@@ -80,6 +195,11 @@ impl Node {
     {
         let stored = ingest(&self.store, body, UploadInfo { filename, mimetype }).await?;
         info!(cid = %stored.cid, size = stored.manifest.dataset_size, "stored dataset");
+        if let Some(n) = &self.network {
+            n.engine
+                .stored_locally(stored.manifest.tree_cid, stored.cid)
+                .await;
+        }
         Ok(stored)
     }
 

@@ -1,0 +1,1078 @@
+//! The block-exchange engine: what to ask which peer for, what to accept, what to serve.
+//!
+//! One task ([`Engine::run`]) owns all exchange state; the node talks to it through an
+//! [`EngineHandle`]. It never blocks: store reads and writes and every network send run as
+//! tasks in a [`JoinSet`] whose completions come back into the same loop, so the loop only
+//! moves state.
+//!
+//! ## Downloading (`codex-protocol.md` §3.2, with cairn's improvements)
+//! * A **want** is keyed by [`BlockAddress`]; concurrent requesters of one address share it.
+//!   New wants are announced to every connected peer as `WantHave` (and to peers that connect
+//!   later). Wants still without a holder are asked again every [`REQUERY_INTERVAL`] — the
+//!   reference does not remember `WantHave` — and fail after [`NO_HOLDER_TIMEOUT`].
+//! * A `Have` makes the address *ready*. Ready addresses go, as `WantBlock`, to the holder with
+//!   the fewest outstanding requests (at most [`MAX_OUTSTANDING_PER_PEER`] each), which spreads
+//!   a dataset over every peer that has it.
+//! * A delivery is accepted only from the peer it was requested from and only while the want is
+//!   pending; anything else is counted as a duplicate and dropped. Accepted blocks are verified
+//!   before they are stored: the data already hashes to its CID (checked on the connection
+//!   task); a non-leaf must be the CID asked for; a leaf's proof must lead to the tree root for
+//!   exactly the requested index and the manifest's leaf count. A peer that fails this is
+//!   penalised as [`PeerAction::Fatal`] and the want goes to another holder.
+//! * A peer with outstanding requests that delivers nothing for [`ACTIVITY_TIMEOUT`] loses them
+//!   to other holders (the reference disconnects it after a minute).
+//! * Verified blocks are written in batches ([`STORE_BATCH_BLOCKS`], at most
+//!   [`STORE_TASKS`] at once) so one `fdatasync` covers many blocks; waiters get the block when
+//!   it is durable. Other peers still asked for it get a cancel.
+//!
+//! ## Serving (§3.3)
+//! * `WantHave` is answered with `Have` for blocks we hold and with `DontHave` only when the
+//!   peer asked for it (the reference reads any presence as "has").
+//! * `WantBlock` adds the address to the peer's wanted queue (at most
+//!   [`MAX_WANTED_PER_PEER`]). Serving tasks take up to [`cairn_blockexc::MAX_BLOCKS_PER_MESSAGE`]
+//!   addresses from one peer at a time, round-robin over peers, at most [`SERVE_TASKS`] in all
+//!   and [`SERVE_TASKS_PER_PEER`] per peer, and wait until the message is written — so a greedy
+//!   peer gets its share and no more, and the bytes queued per peer stay bounded.
+//! * Wanted blocks we do not have are parked and sent when they arrive (downloaded or
+//!   uploaded here); a cancel removes them.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    time::{Duration, Instant},
+};
+
+use cairn_blockexc::{
+    BlockPresence, Delivery, MAX_BLOCKS_PER_MESSAGE, MAX_WANTLIST_ENTRIES, Message, Presence,
+    WantEntry, WantType,
+};
+use cairn_core::{Block, BlockAddress, Cid, CodexProof, cid::Codec, cid::cid_digest};
+use cairn_net::{NetEvent, NetworkHandle, PeerAction, PeerId};
+use cairn_store::{Store, StoreError};
+use tokio::{
+    sync::{mpsc, oneshot},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Commands queued to the engine.
+pub const ENGINE_CHANNEL_CAPACITY: usize = 256;
+/// How often timeouts and re-queries are checked.
+pub const TICK: Duration = Duration::from_millis(200);
+/// Requests outstanding at one peer: 256 blocks (16 MiB) keeps a fast loopback or LAN peer
+/// busy, and limits what one stalled peer can hold up before [`ACTIVITY_TIMEOUT`].
+pub const MAX_OUTSTANDING_PER_PEER: usize = 256;
+/// A peer with outstanding requests that delivers nothing for this long loses them. The
+/// reference waits a minute and disconnects; cairn moves the requests and keeps the peer.
+pub const ACTIVITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A want nobody has claimed is asked again this often (the reference retries every 0–2 s).
+pub const REQUERY_INTERVAL: Duration = Duration::from_secs(2);
+/// A want nobody has claimed fails after this long.
+pub const NO_HOLDER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Wants pending at once across all downloads; more are refused with [`FetchError::Busy`].
+pub const MAX_PENDING_WANTS: usize = 16 * 1024;
+/// Blocks written per store call: one `fdatasync` per batch.
+pub const STORE_BATCH_BLOCKS: usize = 256;
+/// Store writes in flight (one writing while the next batch gathers).
+pub const STORE_TASKS: usize = 2;
+/// Addresses one peer may have asked for and not yet received. The reference keeps up to 1024
+/// requests in flight per download; four downloads' worth.
+pub const MAX_WANTED_PER_PEER: usize = 4096;
+/// Serving tasks in flight in all.
+pub const SERVE_TASKS: usize = 8;
+/// Serving tasks in flight per peer: two, so one message is read from the store while the
+/// previous one is written.
+pub const SERVE_TASKS_PER_PEER: usize = 2;
+
+/// Why a want failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No connected peer claimed the block in time.
+    #[error("no peer has the block")]
+    NotFound,
+    /// Too many wants are pending.
+    #[error("too many blocks are being fetched")]
+    Busy,
+    /// A leaf was wanted without its dataset's leaf count.
+    #[error("leaf wanted without the dataset's leaf count")]
+    NoLeafCount,
+    /// Storing the block failed.
+    #[error("storing the block failed: {0}")]
+    Store(String),
+    /// The engine stopped.
+    #[error("the block exchange has stopped")]
+    Stopped,
+}
+
+/// Counters (for metrics and benchmarks).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Blocks accepted from the network.
+    pub blocks_received: u64,
+    /// Deliveries dropped as unsolicited or duplicate.
+    pub duplicates: u64,
+    /// Deliveries that failed verification.
+    pub rejected: u64,
+    /// Blocks sent to peers.
+    pub blocks_sent: u64,
+    /// Requests moved away from a silent peer.
+    pub timeouts: u64,
+    /// Wants pending now.
+    pub pending: usize,
+}
+
+type Reply = oneshot::Sender<Result<Block, FetchError>>;
+
+enum Command {
+    Want {
+        wants: Vec<(BlockAddress, Option<u64>, Reply)>,
+    },
+    StoredLocally {
+        tree: Cid,
+        manifest: Cid,
+    },
+    Stats {
+        done: oneshot::Sender<EngineStats>,
+    },
+}
+
+/// Handle to the engine task.
+#[derive(Debug, Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Want { wants } => write!(f, "Want({})", wants.len()),
+            Command::StoredLocally { tree, .. } => write!(f, "StoredLocally({tree})"),
+            Command::Stats { .. } => write!(f, "Stats"),
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Wants every `(address, leaf count)`; returns one receiver per want, in order. Leaf
+    /// addresses need the dataset's leaf count (from its manifest) to verify proofs.
+    pub async fn want_many(
+        &self,
+        wants: Vec<(BlockAddress, Option<u64>)>,
+    ) -> Vec<oneshot::Receiver<Result<Block, FetchError>>> {
+        let mut rxs = Vec::with_capacity(wants.len());
+        let mut cmd = Vec::with_capacity(wants.len());
+        for (a, n) in wants {
+            let (tx, rx) = oneshot::channel();
+            cmd.push((a, n, tx));
+            rxs.push(rx);
+        }
+        // If the engine is gone the senders drop and every receiver reports it.
+        let _ = self.tx.send(Command::Want { wants: cmd }).await;
+        rxs
+    }
+
+    /// Wants one block.
+    pub async fn want(
+        &self,
+        address: BlockAddress,
+        nleaves: Option<u64>,
+    ) -> Result<Block, FetchError> {
+        let rx = self.want_many(vec![(address, nleaves)]).await;
+        match rx.into_iter().next() {
+            Some(rx) => rx.await.unwrap_or(Err(FetchError::Stopped)),
+            None => Err(FetchError::Stopped),
+        }
+    }
+
+    /// Tells the engine a dataset was stored locally (peers waiting for its blocks get them).
+    pub async fn stored_locally(&self, tree: Cid, manifest: Cid) {
+        let _ = self
+            .tx
+            .send(Command::StoredLocally { tree, manifest })
+            .await;
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> Result<EngineStats, FetchError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Stats { done: tx })
+            .await
+            .map_err(|_| FetchError::Stopped)?;
+        rx.await.map_err(|_| FetchError::Stopped)
+    }
+}
+
+struct Pending {
+    waiters: Vec<Reply>,
+    nleaves: Option<u64>,
+    requested_from: Option<PeerId>,
+    excluded: Vec<PeerId>,
+    storing: bool,
+    queued: bool,
+    created: Instant,
+    last_query: Instant,
+}
+
+struct Peer {
+    haves: HashSet<BlockAddress>,
+    outstanding: HashMap<BlockAddress, Instant>,
+    last_delivery: Instant,
+    wanted: VecDeque<BlockAddress>,
+    wanted_set: HashSet<BlockAddress>,
+    parked: HashSet<BlockAddress>,
+    in_rr: bool,
+    serve_tasks: usize,
+    outbox_wants: Vec<WantEntry>,
+    outbox_presences: Vec<BlockPresence>,
+    control_in_flight: bool,
+}
+
+impl Peer {
+    fn new(now: Instant) -> Peer {
+        Peer {
+            haves: HashSet::new(),
+            outstanding: HashMap::new(),
+            last_delivery: now,
+            wanted: VecDeque::new(),
+            wanted_set: HashSet::new(),
+            parked: HashSet::new(),
+            in_rr: false,
+            serve_tasks: 0,
+            outbox_wants: Vec::new(),
+            outbox_presences: Vec::new(),
+            control_in_flight: false,
+        }
+    }
+}
+
+enum Done {
+    Stored(Vec<(BlockAddress, Result<Block, FetchError>)>),
+    Served {
+        peer: PeerId,
+        sent: usize,
+        missing: Vec<BlockAddress>,
+    },
+    Presences {
+        peer: PeerId,
+        presences: Vec<BlockPresence>,
+    },
+    ControlSent {
+        peer: PeerId,
+    },
+    Reported,
+}
+
+struct ToStore {
+    address: BlockAddress,
+    block: Block,
+    proof: Option<CodexProof>,
+}
+
+/// The engine task's state. See the module docs.
+pub struct Engine {
+    store: Store,
+    net: NetworkHandle,
+    peers: HashMap<PeerId, Peer>,
+    pending: HashMap<BlockAddress, Pending>,
+    ready: VecDeque<BlockAddress>,
+    unannounced: Vec<BlockAddress>,
+    parked: HashMap<BlockAddress, HashSet<PeerId>>,
+    to_store: VecDeque<ToStore>,
+    storing: usize,
+    serve_rr: VecDeque<PeerId>,
+    serving: usize,
+    tasks: JoinSet<Done>,
+    stats: EngineStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("peers", &self.peers.len())
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts the engine task.
+pub fn spawn(
+    store: Store,
+    net: NetworkHandle,
+    events: mpsc::Receiver<NetEvent>,
+    cancel: CancellationToken,
+) -> (EngineHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(ENGINE_CHANNEL_CAPACITY);
+    let engine = Engine {
+        store,
+        net,
+        peers: HashMap::new(),
+        pending: HashMap::new(),
+        ready: VecDeque::new(),
+        unannounced: Vec::new(),
+        parked: HashMap::new(),
+        to_store: VecDeque::new(),
+        storing: 0,
+        serve_rr: VecDeque::new(),
+        serving: 0,
+        tasks: JoinSet::new(),
+        stats: EngineStats::default(),
+    };
+    let task = tokio::spawn(engine.run(rx, events, cancel));
+    (EngineHandle { tx }, task)
+}
+
+impl Engine {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<NetEvent>,
+        cancel: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                ev = events.recv() => match ev {
+                    Some(ev) => self.on_net(ev),
+                    None => break,
+                },
+                cmd = commands.recv() => match cmd {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                Some(done) = self.tasks.join_next() => match done {
+                    Ok(d) => self.on_done(d),
+                    Err(e) => warn!(error = %e, "engine task failed"),
+                },
+                _ = tick.tick() => self.on_tick(Instant::now()),
+            }
+            self.schedule(Instant::now());
+        }
+        for (_, p) in self.pending.drain() {
+            for w in p.waiters {
+                let _ = w.send(Err(FetchError::Stopped));
+            }
+        }
+        self.tasks.abort_all();
+        debug!("engine stopped");
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Want { wants } => {
+                for (address, nleaves, reply) in wants {
+                    self.add_want(address, nleaves, reply, now);
+                }
+            }
+            Command::StoredLocally { tree, manifest } => {
+                let hits: Vec<BlockAddress> = self
+                    .parked
+                    .keys()
+                    .filter(|a| match a {
+                        BlockAddress::Block(c) => *c == manifest,
+                        BlockAddress::Leaf { tree: t, .. } => *t == tree,
+                    })
+                    .copied()
+                    .collect();
+                for a in hits {
+                    self.unpark(a);
+                }
+            }
+            Command::Stats { done } => {
+                let mut s = self.stats.clone();
+                s.pending = self.pending.len();
+                let _ = done.send(s);
+            }
+        }
+    }
+
+    fn add_want(
+        &mut self,
+        address: BlockAddress,
+        nleaves: Option<u64>,
+        reply: Reply,
+        now: Instant,
+    ) {
+        if let Some(p) = self.pending.get_mut(&address) {
+            if p.nleaves.is_none() {
+                p.nleaves = nleaves;
+            }
+            p.waiters.push(reply);
+            return;
+        }
+        if matches!(address, BlockAddress::Leaf { .. }) && nleaves.is_none() {
+            let _ = reply.send(Err(FetchError::NoLeafCount));
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_WANTS {
+            let _ = reply.send(Err(FetchError::Busy));
+            return;
+        }
+        self.pending.insert(
+            address,
+            Pending {
+                waiters: vec![reply],
+                nleaves,
+                requested_from: None,
+                excluded: Vec::new(),
+                storing: false,
+                queued: false,
+                created: now,
+                last_query: now,
+            },
+        );
+        self.unannounced.push(address);
+        // Peers that already told us they have it (a re-want after a failure) are used at once.
+        if self.peers.values().any(|p| p.haves.contains(&address)) {
+            self.make_ready(address);
+        }
+    }
+
+    fn make_ready(&mut self, address: BlockAddress) {
+        if let Some(p) = self.pending.get_mut(&address)
+            && !p.queued
+            && !p.storing
+            && p.requested_from.is_none()
+        {
+            p.queued = true;
+            self.ready.push_back(address);
+        }
+    }
+
+    fn on_net(&mut self, ev: NetEvent) {
+        let now = Instant::now();
+        match ev {
+            NetEvent::PeerConnected { peer, .. } => {
+                let mut state = Peer::new(now);
+                // Tell the newcomer everything we are still looking for.
+                state.outbox_wants = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| !p.storing)
+                    .map(|(a, _)| WantEntry::have(*a))
+                    .collect();
+                self.peers.insert(peer, state);
+            }
+            NetEvent::PeerDisconnected { peer } => {
+                if let Some(state) = self.peers.remove(&peer) {
+                    for a in state.outstanding.into_keys() {
+                        self.release(a, peer, false);
+                    }
+                    for a in state.parked {
+                        if let Some(set) = self.parked.get_mut(&a) {
+                            set.remove(&peer);
+                            if set.is_empty() {
+                                self.parked.remove(&a);
+                            }
+                        }
+                    }
+                }
+                self.serve_rr.retain(|p| *p != peer);
+            }
+            NetEvent::Violation { peer } => {
+                let addrs: Vec<BlockAddress> = match self.peers.get_mut(&peer) {
+                    Some(st) => st.outstanding.drain().map(|(a, _)| a).collect(),
+                    None => return,
+                };
+                for a in addrs {
+                    self.release(a, peer, true);
+                }
+            }
+            NetEvent::Message { peer, message } => self.on_message(peer, *message, now),
+        }
+    }
+
+    /// A request for `address` to `peer` ended without a block: make it ready for another
+    /// holder (excluding `peer` when it failed).
+    fn release(&mut self, address: BlockAddress, peer: PeerId, exclude: bool) {
+        if let Some(p) = self.pending.get_mut(&address)
+            && p.requested_from == Some(peer)
+            && !p.storing
+        {
+            p.requested_from = None;
+            if exclude {
+                p.excluded.push(peer);
+            }
+            self.make_ready(address);
+        }
+    }
+
+    fn on_message(&mut self, peer: PeerId, m: Message, now: Instant) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        // Presences.
+        for p in m.presences {
+            if p.presence == Presence::Have && self.pending.contains_key(&p.address) {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.haves.insert(p.address);
+                }
+                self.make_ready(p.address);
+            }
+        }
+        // Deliveries.
+        for d in m.deliveries {
+            self.on_delivery(peer, d, now);
+        }
+        // Want list (serving).
+        if !m.wantlist.is_empty() {
+            self.on_wantlist(peer, m.wantlist);
+        }
+    }
+
+    fn on_delivery(&mut self, peer: PeerId, d: Delivery, now: Instant) {
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if state.outstanding.remove(&d.address).is_none() {
+            self.stats.duplicates += 1;
+            return;
+        }
+        state.last_delivery = now;
+        let Some(pending) = self.pending.get_mut(&d.address) else {
+            self.stats.duplicates += 1;
+            return;
+        };
+        if pending.storing || pending.requested_from != Some(peer) {
+            self.stats.duplicates += 1;
+            return;
+        }
+        if let Err(reason) = verify(&d, pending.nleaves) {
+            self.stats.rejected += 1;
+            let reason = format!("bad block for {}: {reason}", d.address);
+            warn!(%peer, %reason, "rejected delivery");
+            self.report(peer, PeerAction::Fatal, reason);
+            self.release(d.address, peer, true);
+            return;
+        }
+        pending.storing = true;
+        self.stats.blocks_received += 1;
+        // Anyone else we asked (after a timeout) can stop.
+        for (other, st) in &mut self.peers {
+            if *other != peer && st.outstanding.remove(&d.address).is_some() {
+                st.outbox_wants.push(WantEntry::cancel(d.address));
+            }
+        }
+        self.to_store.push_back(ToStore {
+            address: d.address,
+            block: d.block,
+            proof: d.proof,
+        });
+    }
+
+    fn on_wantlist(&mut self, peer: PeerId, entries: Vec<WantEntry>) {
+        let mut have_queries = Vec::new();
+        let mut over_limit = false;
+        let Some(state) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        for e in entries {
+            if e.cancel {
+                if state.wanted_set.remove(&e.address) {
+                    state.wanted.retain(|a| *a != e.address);
+                }
+                if state.parked.remove(&e.address)
+                    && let Some(set) = self.parked.get_mut(&e.address)
+                {
+                    set.remove(&peer);
+                    if set.is_empty() {
+                        self.parked.remove(&e.address);
+                    }
+                }
+                continue;
+            }
+            match e.want_type {
+                WantType::Have => have_queries.push((e.address, e.send_dont_have)),
+                WantType::Block => {
+                    if state.wanted_set.contains(&e.address) || state.parked.contains(&e.address) {
+                        continue;
+                    }
+                    if state.wanted_set.len() + state.parked.len() >= MAX_WANTED_PER_PEER {
+                        over_limit = true;
+                        continue;
+                    }
+                    state.wanted_set.insert(e.address);
+                    state.wanted.push_back(e.address);
+                }
+            }
+        }
+        if !state.wanted.is_empty() && !state.in_rr {
+            state.in_rr = true;
+            self.serve_rr.push_back(peer);
+        }
+        if over_limit {
+            self.report(
+                peer,
+                PeerAction::LowTolerance,
+                format!("more than {MAX_WANTED_PER_PEER} blocks wanted"),
+            );
+        }
+        if !have_queries.is_empty() {
+            let store = self.store.clone();
+            self.tasks.spawn(async move {
+                let presences = tokio::task::spawn_blocking(move || {
+                    have_queries
+                        .into_iter()
+                        .filter_map(|(address, send_dont_have)| {
+                            let has = match &address {
+                                BlockAddress::Block(c) => store.has_block(c).unwrap_or(false),
+                                BlockAddress::Leaf { tree, index } => {
+                                    store.has_leaf(tree, *index).unwrap_or(false)
+                                }
+                            };
+                            match (has, send_dont_have) {
+                                (true, _) => Some(BlockPresence {
+                                    address,
+                                    presence: Presence::Have,
+                                }),
+                                (false, true) => Some(BlockPresence {
+                                    address,
+                                    presence: Presence::DontHave,
+                                }),
+                                (false, false) => None,
+                            }
+                        })
+                        .collect()
+                })
+                .await
+                .unwrap_or_default();
+                Done::Presences { peer, presences }
+            });
+        }
+    }
+
+    fn report(&mut self, peer: PeerId, action: PeerAction, reason: String) {
+        let net = self.net.clone();
+        self.tasks.spawn(async move {
+            net.report(peer, action, reason).await;
+            Done::Reported
+        });
+    }
+
+    fn unpark(&mut self, address: BlockAddress) {
+        let Some(peers) = self.parked.remove(&address) else {
+            return;
+        };
+        for peer in peers {
+            if let Some(state) = self.peers.get_mut(&peer)
+                && state.parked.remove(&address)
+                && state.wanted_set.insert(address)
+            {
+                state.wanted.push_back(address);
+                if !state.in_rr {
+                    state.in_rr = true;
+                    self.serve_rr.push_back(peer);
+                }
+            }
+        }
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Stored(results) => {
+                self.storing -= 1;
+                for (address, result) in results {
+                    if result.is_ok() {
+                        self.unpark(address);
+                    }
+                    if let Some(p) = self.pending.remove(&address) {
+                        for w in p.waiters {
+                            let _ = w.send(result.clone());
+                        }
+                    }
+                    for st in self.peers.values_mut() {
+                        st.haves.remove(&address);
+                    }
+                }
+            }
+            Done::Served {
+                peer,
+                sent,
+                missing,
+            } => {
+                self.serving -= 1;
+                self.stats.blocks_sent += sent as u64;
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.serve_tasks -= 1;
+                    for a in missing {
+                        if state.wanted_set.contains(&a) {
+                            continue; // asked again meanwhile
+                        }
+                        if state.parked.insert(a) {
+                            self.parked.entry(a).or_default().insert(peer);
+                        }
+                    }
+                    if !state.wanted.is_empty() && !state.in_rr {
+                        state.in_rr = true;
+                        self.serve_rr.push_back(peer);
+                    }
+                }
+            }
+            Done::Presences { peer, presences } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.outbox_presences.extend(presences);
+                }
+            }
+            Done::ControlSent { peer } => {
+                if let Some(state) = self.peers.get_mut(&peer) {
+                    state.control_in_flight = false;
+                }
+            }
+            Done::Reported => {}
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        // Silent peers lose their requests.
+        let mut silent = Vec::new();
+        for (peer, st) in &self.peers {
+            if let Some(oldest) = st.outstanding.values().min() {
+                let since = (*oldest).max(st.last_delivery);
+                if now.duration_since(since) > ACTIVITY_TIMEOUT {
+                    silent.push(*peer);
+                }
+            }
+        }
+        for peer in silent {
+            let addrs: Vec<BlockAddress> = match self.peers.get_mut(&peer) {
+                Some(st) => st.outstanding.drain().map(|(a, _)| a).collect(),
+                None => continue,
+            };
+            self.stats.timeouts += addrs.len() as u64;
+            debug!(%peer, requests = addrs.len(), "peer silent; moving its requests");
+            for a in addrs {
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.outbox_wants.push(WantEntry::cancel(a));
+                    st.haves.remove(&a);
+                }
+                self.release(a, peer, true);
+            }
+            self.report(peer, PeerAction::HighTolerance, "requests timed out".into());
+        }
+        // Abandoned wants, wants without holders.
+        let mut drop_list = Vec::new();
+        let mut requery = Vec::new();
+        let mut failed = Vec::new();
+        for (a, p) in &mut self.pending {
+            if p.storing {
+                continue;
+            }
+            p.waiters.retain(|w| !w.is_closed());
+            if p.waiters.is_empty() {
+                drop_list.push((*a, p.requested_from));
+                continue;
+            }
+            if p.requested_from.is_some() || p.queued {
+                continue;
+            }
+            if now.duration_since(p.created) > NO_HOLDER_TIMEOUT {
+                failed.push(*a);
+            } else if now.duration_since(p.last_query) > REQUERY_INTERVAL {
+                p.last_query = now;
+                p.excluded.clear();
+                requery.push(*a);
+            }
+        }
+        for (a, from) in drop_list {
+            self.pending.remove(&a);
+            if let Some(peer) = from
+                && let Some(st) = self.peers.get_mut(&peer)
+                && st.outstanding.remove(&a).is_some()
+            {
+                st.outbox_wants.push(WantEntry::cancel(a));
+            }
+        }
+        for a in failed {
+            if let Some(p) = self.pending.remove(&a) {
+                for w in p.waiters {
+                    let _ = w.send(Err(FetchError::NotFound));
+                }
+            }
+        }
+        for a in requery {
+            let holders = self.peers.values().any(|p| p.haves.contains(&a));
+            if holders {
+                self.make_ready(a);
+            } else {
+                self.unannounced.push(a);
+            }
+        }
+    }
+
+    fn schedule(&mut self, now: Instant) {
+        self.assign(now);
+        self.start_store();
+        self.start_serving();
+        self.announce();
+        self.flush_control();
+    }
+
+    fn assign(&mut self, now: Instant) {
+        let mut deferred = Vec::new();
+        while let Some(address) = self.ready.pop_front() {
+            let Some(p) = self.pending.get_mut(&address) else {
+                continue;
+            };
+            p.queued = false;
+            if p.storing || p.requested_from.is_some() {
+                continue;
+            }
+            let mut best: Option<(usize, PeerId)> = None;
+            let mut any_holder = false;
+            for (peer, st) in &self.peers {
+                if !st.haves.contains(&address) || p.excluded.contains(peer) {
+                    continue;
+                }
+                any_holder = true;
+                let load = st.outstanding.len();
+                if load < MAX_OUTSTANDING_PER_PEER && best.is_none_or(|(l, _)| load < l) {
+                    best = Some((load, *peer));
+                }
+            }
+            match best {
+                Some((_, peer)) => {
+                    p.requested_from = Some(peer);
+                    if let Some(st) = self.peers.get_mut(&peer) {
+                        st.outstanding.insert(address, now);
+                        st.outbox_wants.push(WantEntry::block(address));
+                    }
+                }
+                None if any_holder => {
+                    // Every holder is busy: keep it ready for when one has room.
+                    p.queued = true;
+                    deferred.push(address);
+                    if deferred.len() > MAX_OUTSTANDING_PER_PEER {
+                        break;
+                    }
+                }
+                None => {} // re-queried on a tick
+            }
+        }
+        for a in deferred.into_iter().rev() {
+            self.ready.push_front(a);
+        }
+    }
+
+    fn start_store(&mut self) {
+        while self.storing < STORE_TASKS && !self.to_store.is_empty() {
+            let n = self.to_store.len().min(STORE_BATCH_BLOCKS);
+            let batch: Vec<ToStore> = self.to_store.drain(..n).collect();
+            let store = self.store.clone();
+            self.storing += 1;
+            self.tasks.spawn(async move {
+                let addresses: Vec<BlockAddress> = batch.iter().map(|b| b.address).collect();
+                match tokio::task::spawn_blocking(move || store_batch(&store, batch)).await {
+                    Ok(results) => Done::Stored(results),
+                    Err(e) => Done::Stored(
+                        addresses
+                            .into_iter()
+                            .map(|a| (a, Err(FetchError::Store(e.to_string()))))
+                            .collect(),
+                    ),
+                }
+            });
+        }
+    }
+
+    fn start_serving(&mut self) {
+        let mut rounds = self.serve_rr.len();
+        while self.serving < SERVE_TASKS && rounds > 0 {
+            rounds -= 1;
+            let Some(peer) = self.serve_rr.pop_front() else {
+                break;
+            };
+            let Some(st) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            if st.wanted.is_empty() {
+                st.in_rr = false;
+                continue;
+            }
+            if st.serve_tasks >= SERVE_TASKS_PER_PEER {
+                self.serve_rr.push_back(peer);
+                continue;
+            }
+            let n = st.wanted.len().min(MAX_BLOCKS_PER_MESSAGE);
+            let addrs: Vec<BlockAddress> = st.wanted.drain(..n).collect();
+            for a in &addrs {
+                st.wanted_set.remove(a);
+            }
+            st.serve_tasks += 1;
+            if st.wanted.is_empty() {
+                st.in_rr = false;
+            } else {
+                self.serve_rr.push_back(peer);
+            }
+            self.serving += 1;
+            let store = self.store.clone();
+            let net = self.net.clone();
+            self.tasks.spawn(serve(store, net, peer, addrs));
+        }
+    }
+
+    fn announce(&mut self) {
+        if self.unannounced.is_empty() {
+            return;
+        }
+        let addrs = std::mem::take(&mut self.unannounced);
+        for st in self.peers.values_mut() {
+            st.outbox_wants
+                .extend(addrs.iter().map(|a| WantEntry::have(*a)));
+        }
+    }
+
+    fn flush_control(&mut self) {
+        for (peer, st) in &mut self.peers {
+            if st.control_in_flight
+                || (st.outbox_wants.is_empty() && st.outbox_presences.is_empty())
+            {
+                continue;
+            }
+            st.control_in_flight = true;
+            let mut messages = Vec::new();
+            // Kinds are not mixed in one message, as the reference does; block requests first.
+            let wants = std::mem::take(&mut st.outbox_wants);
+            let (blocks, others): (Vec<_>, Vec<_>) = wants
+                .into_iter()
+                .partition(|w| w.want_type == WantType::Block && !w.cancel);
+            for chunk in blocks.chunks(MAX_WANTLIST_ENTRIES) {
+                messages.push(Message::wants(chunk.to_vec(), false));
+            }
+            for chunk in others.chunks(MAX_WANTLIST_ENTRIES) {
+                messages.push(Message::wants(chunk.to_vec(), false));
+            }
+            let presences = std::mem::take(&mut st.outbox_presences);
+            for chunk in presences.chunks(cairn_blockexc::MAX_PRESENCES_PER_MESSAGE) {
+                messages.push(Message::presences(chunk.to_vec()));
+            }
+            let net = self.net.clone();
+            let peer = *peer;
+            self.tasks.spawn(async move {
+                for m in messages {
+                    if let Err(e) = net.send(peer, &m).await {
+                        debug!(%peer, error = %e, "control message not sent");
+                        break;
+                    }
+                }
+                Done::ControlSent { peer }
+            });
+        }
+    }
+}
+
+/// Checks a delivery against what was asked (see the module docs).
+fn verify(d: &Delivery, nleaves: Option<u64>) -> Result<(), String> {
+    match d.address {
+        BlockAddress::Block(cid) => {
+            if *d.block.cid() == cid {
+                Ok(())
+            } else {
+                Err(format!("got block {}", d.block.cid()))
+            }
+        }
+        BlockAddress::Leaf { tree, index } => {
+            if d.block.cid().codec() != Codec::Block.code() {
+                return Err("leaf is not a codex-block".into());
+            }
+            let proof = d.proof.as_ref().ok_or("no proof")?;
+            let nleaves = nleaves.ok_or("leaf count unknown")?;
+            let root = cid_digest(&tree).map_err(|e| e.to_string())?;
+            let leaf = cid_digest(d.block.cid()).map_err(|e| e.to_string())?;
+            proof
+                .verify_leaf(&leaf, &root, index, nleaves)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn store_batch(
+    store: &Store,
+    batch: Vec<ToStore>,
+) -> Vec<(BlockAddress, Result<Block, FetchError>)> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut by_tree: HashMap<Cid, Vec<(u64, Block, CodexProof)>> = HashMap::new();
+    for item in batch {
+        match (item.address, item.proof) {
+            (BlockAddress::Leaf { tree, index }, Some(proof)) => {
+                by_tree
+                    .entry(tree)
+                    .or_default()
+                    .push((index, item.block, proof));
+            }
+            (address, _) => {
+                let r = store
+                    .put_block(&item.block)
+                    .map(|_| item.block)
+                    .map_err(|e| store_error(&e));
+                out.push((address, r));
+            }
+        }
+    }
+    for (tree, leaves) in by_tree {
+        let r = store
+            .put_leaves(&tree, &leaves)
+            .map_err(|e| store_error(&e));
+        for (index, block, _) in leaves {
+            out.push((
+                BlockAddress::Leaf { tree, index },
+                r.clone().map(|()| block),
+            ));
+        }
+    }
+    out
+}
+
+fn store_error(e: &StoreError) -> FetchError {
+    FetchError::Store(e.to_string())
+}
+
+async fn serve(store: Store, net: NetworkHandle, peer: PeerId, addrs: Vec<BlockAddress>) -> Done {
+    let read = tokio::task::spawn_blocking(move || {
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for address in addrs {
+            let r = match &address {
+                BlockAddress::Block(cid) => store.get_block(cid).map(|b| b.map(|b| (b, None))),
+                BlockAddress::Leaf { tree, index } => store
+                    .get_leaf(tree, *index)
+                    .map(|l| l.map(|(b, p)| (b, Some(p)))),
+            };
+            match r {
+                Ok(Some((block, proof))) => found.push(Delivery {
+                    block,
+                    address,
+                    proof,
+                }),
+                Ok(None) => missing.push(address),
+                Err(e) => {
+                    // A corrupt or unreadable block is never served.
+                    warn!(%address, error = %e, "cannot serve block");
+                    missing.push(address);
+                }
+            }
+        }
+        (found, missing)
+    })
+    .await;
+    let (found, missing) = read.unwrap_or_default();
+    let sent = found.len();
+    if !found.is_empty()
+        && let Err(e) = net.send(peer, &Message::deliveries(found)).await
+    {
+        debug!(%peer, error = %e, "delivery not sent");
+        return Done::Served {
+            peer,
+            sent: 0,
+            missing,
+        };
+    }
+    Done::Served {
+        peer,
+        sent,
+        missing,
+    }
+}

@@ -1,0 +1,451 @@
+//! Multi-node block exchange in one process, over loopback TCP with the real swarm: downloads
+//! from one and several providers, a provider killed mid-transfer, and a malicious peer that
+//! speaks the real protocol (a bare `cairn-net` swarm driven by the test).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_blockexc::{Delivery, Frame, Message, WantEntry, WantType};
+use cairn_core::{Block, BlockAddress};
+use cairn_node::{
+    Node, NodeConfig, Store, StoreConfig,
+    net::{Keypair, NetConfig, NetEvent, NetworkHandle, start},
+};
+use futures::TryStreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn net_config() -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..NetConfig::default()
+    }
+}
+
+async fn node(cancel: &CancellationToken) -> (Node, NetworkHandle) {
+    let (net, events, _) = start(Keypair::generate_secp256k1(), net_config(), cancel.clone())
+        .await
+        .unwrap();
+    let store = Store::in_memory(StoreConfig::default()).unwrap();
+    let node = Node::with_network(
+        store,
+        NodeConfig::default(),
+        net.clone(),
+        events,
+        cancel.clone(),
+    );
+    (node, net)
+}
+
+async fn connect(from: &NetworkHandle, to: &NetworkHandle) {
+    let addrs = to.listen_addrs().await.unwrap();
+    from.connect(to.local_peer_id(), addrs).await.unwrap();
+}
+
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+async fn upload(node: &Node, bytes: &[u8]) -> cairn_core::Cid {
+    let body = futures::stream::iter(
+        bytes
+            .chunks(100_000)
+            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    node.store_dataset(body, Some("f.bin".into()), None)
+        .await
+        .unwrap()
+        .cid
+}
+
+async fn network_bytes(node: &Node, cid: cairn_core::Cid) -> Vec<u8> {
+    tokio::time::timeout(WAIT, async {
+        let m = node.fetch_manifest(cid).await.unwrap();
+        let parts: Vec<Bytes> = node
+            .stream_network(&m)
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        parts.concat()
+    })
+    .await
+    .expect("download timed out")
+}
+
+async fn local_bytes(node: &Node, cid: cairn_core::Cid) -> Vec<u8> {
+    let m = node.manifest(cid).await.unwrap();
+    let parts: Vec<Bytes> = node.stream_dataset(&m).try_collect().await.unwrap();
+    parts.concat()
+}
+
+/// Upload on A; B downloads; C downloads from A and B at once; all bytes equal, and both A and
+/// B served blocks to C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_download_from_one_and_two_providers() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (b, nb) = node(&cancel).await;
+    let (c, nc) = node(&cancel).await;
+    let original = data(300 * 65536 + 12345, 1);
+    let cid = upload(&a, &original).await;
+
+    connect(&nb, &na).await;
+    let got_b = tokio::time::timeout(WAIT, b.download_and_wait(cid))
+        .await
+        .expect("B timed out")
+        .unwrap();
+    assert_eq!(got_b.dataset_size, original.len() as u64);
+    assert_eq!(local_bytes(&b, cid).await, original, "B's stored copy");
+    assert_eq!(b.list().await.unwrap().len(), 1, "B lists the dataset");
+
+    let sent_a_before = a.engine().unwrap().stats().await.unwrap().blocks_sent;
+    let sent_b_before = b.engine().unwrap().stats().await.unwrap().blocks_sent;
+    connect(&nc, &na).await;
+    connect(&nc, &nb).await;
+    assert_eq!(network_bytes(&c, cid).await, original, "C's stream");
+    assert_eq!(local_bytes(&c, cid).await, original, "C's stored copy");
+    let sent_a = a.engine().unwrap().stats().await.unwrap().blocks_sent - sent_a_before;
+    let sent_b = b.engine().unwrap().stats().await.unwrap().blocks_sent - sent_b_before;
+    assert!(
+        sent_a > 0 && sent_b > 0,
+        "C fetched from both: A sent {sent_a}, B sent {sent_b}"
+    );
+    let stats = c.engine().unwrap().stats().await.unwrap();
+    assert_eq!(
+        stats.blocks_received, 302,
+        "300 full blocks + 1 partial + the manifest"
+    );
+    assert_eq!(stats.rejected, 0);
+    cancel.cancel();
+}
+
+/// A provider is stopped mid-transfer while another holds the data: the download completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_killed_mid_transfer() {
+    let cancel = CancellationToken::new();
+    let a_cancel = CancellationToken::new();
+    let (a, na) = node(&a_cancel).await;
+    let (b, nb) = node(&cancel).await;
+    let (c, nc) = node(&cancel).await;
+    let original = data(400 * 65536, 2);
+    let cid = upload(&a, &original).await;
+    connect(&nb, &na).await;
+    tokio::time::timeout(WAIT, b.download_and_wait(cid))
+        .await
+        .expect("B timed out")
+        .unwrap();
+
+    connect(&nc, &na).await;
+    connect(&nc, &nb).await;
+    let m = c.fetch_manifest(cid).await.unwrap();
+    let mut stream = c.stream_network(&m).unwrap();
+    let mut got = Vec::new();
+    let result = tokio::time::timeout(WAIT, async {
+        let mut killed = false;
+        while let Some(part) = stream.try_next().await.unwrap() {
+            got.extend_from_slice(&part);
+            if !killed && got.len() >= 50 * 65536 {
+                killed = true;
+                a_cancel.cancel(); // A's swarm and engine stop; its connections drop
+            }
+        }
+        killed
+    })
+    .await;
+    assert_eq!(result, Ok(true), "download did not finish after the kill");
+    assert_eq!(got, original);
+    drop(a);
+    cancel.cancel();
+}
+
+/// What the malicious peer does when asked for a block.
+#[derive(Debug, Clone, Copy)]
+enum Attack {
+    WrongData,
+    BadProof,
+    ProofForOtherIndex,
+    OversizedFrame,
+    GarbageProtobuf,
+    WantListFlood,
+}
+
+/// A test double: a bare swarm that claims to have everything and answers block requests with
+/// `attack`. It holds a real copy of the dataset so its lies are well-formed.
+async fn malicious_peer(
+    mut events: mpsc::Receiver<NetEvent>,
+    net: NetworkHandle,
+    honest: Store,
+    attack: Attack,
+) {
+    while let Some(ev) = events.recv().await {
+        let NetEvent::Message { peer, message } = ev else {
+            continue;
+        };
+        let haves: Vec<_> = message
+            .wantlist
+            .iter()
+            .filter(|e| e.want_type == WantType::Have && !e.cancel)
+            .map(|e| cairn_blockexc::BlockPresence {
+                address: e.address,
+                presence: cairn_blockexc::Presence::Have,
+            })
+            .collect();
+        if !haves.is_empty() {
+            let _ = net.send(peer, &Message::presences(haves)).await;
+        }
+        for e in message
+            .wantlist
+            .iter()
+            .filter(|e| e.want_type == WantType::Block && !e.cancel)
+        {
+            let BlockAddress::Leaf { tree, index } = e.address else {
+                // Serve the manifest honestly so the victim proceeds to leaves.
+                if let BlockAddress::Block(cid) = e.address
+                    && let Ok(Some(b)) = honest.get_block(&cid)
+                {
+                    let _ = net
+                        .send(
+                            peer,
+                            &Message::deliveries(vec![Delivery {
+                                block: b,
+                                address: e.address,
+                                proof: None,
+                            }]),
+                        )
+                        .await;
+                }
+                continue;
+            };
+            let Ok(Some((block, proof))) = honest.get_leaf(&tree, index) else {
+                continue;
+            };
+            let lie = match attack {
+                Attack::WrongData => Some(Delivery {
+                    block: Block::from_parts_unchecked(
+                        *block.cid(),
+                        Bytes::from(vec![0xee; 65536]),
+                    ),
+                    address: e.address,
+                    proof: Some(proof),
+                }),
+                Attack::BadProof => {
+                    let mut p = proof.clone();
+                    if let Some(n) = p.path.first_mut() {
+                        n[0] ^= 1;
+                    } else {
+                        p.path.push([7; 32]);
+                    }
+                    Some(Delivery {
+                        block,
+                        address: e.address,
+                        proof: Some(p),
+                    })
+                }
+                Attack::ProofForOtherIndex => {
+                    // A valid block and proof, but of another index, under this address.
+                    let other = (index + 1) % proof.nleaves;
+                    let Ok(Some((ob, op))) = honest.get_leaf(&tree, other) else {
+                        continue;
+                    };
+                    Some(Delivery {
+                        block: ob,
+                        address: e.address,
+                        proof: Some(op),
+                    })
+                }
+                Attack::OversizedFrame => {
+                    let _ = net
+                        .send_frame(
+                            peer,
+                            Frame::from_body(&vec![0u8; cairn_blockexc::MAX_FRAME_BYTES + 1]),
+                        )
+                        .await;
+                    None
+                }
+                Attack::GarbageProtobuf => {
+                    let _ = net
+                        .send_frame(peer, Frame::from_body(&[0x0f, 0xff, 0xff, 0xff, 0x0a]))
+                        .await;
+                    None
+                }
+                Attack::WantListFlood => {
+                    let flood: Vec<WantEntry> = (0..2000)
+                        .map(|i| {
+                            WantEntry::block(BlockAddress::Leaf {
+                                tree,
+                                index: 1_000_000 + i,
+                            })
+                        })
+                        .collect();
+                    let body = Message::wants(flood, false).encode();
+                    let _ = net.send_frame(peer, Frame::from_body(&body)).await;
+                    None
+                }
+            };
+            if let Some(d) = lie {
+                let _ = net.send(peer, &Message::deliveries(vec![d])).await;
+            }
+        }
+    }
+}
+
+async fn run_attack(attack: Attack) {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (v, nv) = node(&cancel).await;
+    let original = data(40 * 65536 + 7, 3);
+    let cid = upload(&a, &original).await;
+
+    let (nm, m_events, _) = start(Keypair::generate_secp256k1(), net_config(), cancel.clone())
+        .await
+        .unwrap();
+    tokio::spawn(malicious_peer(
+        m_events,
+        nm.clone(),
+        a.store().clone(),
+        attack,
+    ));
+    // The victim meets the liar first, then the honest node.
+    connect(&nv, &nm).await;
+    connect(&nv, &na).await;
+    assert_eq!(
+        network_bytes(&v, cid).await,
+        original,
+        "{attack:?}: download"
+    );
+    assert_eq!(
+        local_bytes(&v, cid).await,
+        original,
+        "{attack:?}: stored copy"
+    );
+    // Nothing but the dataset was stored: 41 leaves and the manifest, counters exact.
+    let audit = v.store().audit().unwrap();
+    assert_eq!(audit.blocks_actual, 42, "{attack:?}: {audit:?}");
+    assert_eq!(
+        audit.used_actual, audit.used_recorded,
+        "{attack:?}: {audit:?}"
+    );
+    // The liar was penalised.
+    let score = tokio::time::timeout(WAIT, async {
+        loop {
+            let peers = nv.peers().await.unwrap();
+            match peers.iter().find(|p| p.peer == nm.local_peer_id()) {
+                None => return f64::NEG_INFINITY, // disconnected (banned)
+                Some(p) if p.score < 0.0 => return p.score,
+                Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{attack:?}: liar never penalised"));
+    assert!(score < 0.0);
+    let stats = v.engine().unwrap().stats().await.unwrap();
+    if matches!(attack, Attack::BadProof | Attack::ProofForOtherIndex) {
+        assert!(
+            stats.rejected > 0,
+            "{attack:?}: rejected {}",
+            stats.rejected
+        );
+    }
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_wrong_data() {
+    run_attack(Attack::WrongData).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_bad_proof() {
+    run_attack(Attack::BadProof).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_proof_for_other_index() {
+    run_attack(Attack::ProofForOtherIndex).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_oversized_frame() {
+    run_attack(Attack::OversizedFrame).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_garbage_protobuf() {
+    run_attack(Attack::GarbageProtobuf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_want_list_flood() {
+    run_attack(Attack::WantListFlood).await;
+}
+
+/// A `WantBlock` for a block the node does not have yet is remembered and answered when the
+/// block arrives (the reference's behaviour, `blockexc-verified.md` §3.3). A bare swarm asks A
+/// for a manifest A will only get later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wanted_block_is_sent_when_it_arrives() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (nm, mut m_events, _) = start(Keypair::generate_secp256k1(), net_config(), cancel.clone())
+        .await
+        .unwrap();
+    connect(&nm, &na).await;
+    let original = data(3 * 65536, 4);
+    // The manifest CID A will have, computed on a scratch node.
+    let scratch = Node::new(
+        Store::in_memory(StoreConfig::default()).unwrap(),
+        NodeConfig::default(),
+    );
+    let cid = upload(&scratch, &original).await;
+    let address = BlockAddress::Block(cid);
+    // WantBlock, then a WantHave that asks for DontHave: A's DontHave proves it processed the
+    // WantBlock (messages from one peer are handled in order) before the upload below.
+    let mut probe = WantEntry::have(address);
+    probe.send_dont_have = true;
+    nm.send(
+        na.local_peer_id(),
+        &Message::wants(vec![WantEntry::block(address), probe], false),
+    )
+    .await
+    .unwrap();
+    let m = next_message(&mut m_events)
+        .await
+        .expect("no presence reply");
+    assert_eq!(m.presences[0].presence, cairn_blockexc::Presence::DontHave);
+    assert!(m.deliveries.is_empty());
+    upload(&a, &original).await;
+    let m = next_message(&mut m_events)
+        .await
+        .expect("parked want not served");
+    assert_eq!(m.deliveries.len(), 1);
+    assert_eq!(*m.deliveries[0].block.cid(), cid);
+    cancel.cancel();
+}
+
+async fn next_message(
+    events: &mut mpsc::Receiver<NetEvent>,
+) -> Result<Message, tokio::time::error::Elapsed> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.recv().await {
+                Some(NetEvent::Message { message, .. }) => return *message,
+                Some(_) => continue,
+                None => panic!("events closed"),
+            }
+        }
+    })
+    .await
+}
