@@ -20,6 +20,8 @@ pub enum ApiError {
     Unprocessable(String),
     /// 507: the store is full.
     InsufficientStorage(String),
+    /// 503.
+    Unavailable(String),
     /// 500.
     Internal(String),
 }
@@ -60,6 +62,7 @@ impl IntoResponse for ApiError {
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.to_owned()),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
             ApiError::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Internal(m) => {
                 tracing::warn!(error = %m, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, m)

@@ -13,6 +13,7 @@
 mod dto;
 mod error;
 mod headers;
+mod network;
 mod routes;
 
 pub use crate::{

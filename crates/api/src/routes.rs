@@ -20,6 +20,7 @@ use crate::{
     ApiError,
     dto::{DataItem, DataList, SpaceJson},
     headers::{parse_content_disposition_filename, valid_filename, valid_mimetype},
+    network,
 };
 
 /// The API's base path, as the reference's.
@@ -31,6 +32,18 @@ pub fn router(node: Node) -> Router {
         .route("/data", get(list).post(upload))
         .route("/data/{cid}", get(download).delete(delete))
         .route("/data/{cid}/exists", get(exists))
+        .route(
+            "/data/{cid}/network",
+            axum::routing::post(network::download_background),
+        )
+        .route("/data/{cid}/network/stream", get(network::network_stream))
+        .route(
+            "/data/{cid}/network/manifest",
+            get(network::network_manifest),
+        )
+        .route("/connect/{peer}", get(network::connect))
+        .route("/peerid", get(network::peer_id))
+        .route("/debug/info", get(network::debug_info))
         .route("/space", get(space))
         .with_state(node);
     Router::new().nest(API_BASE, api)
@@ -48,7 +61,7 @@ pub async fn serve(
         .await
 }
 
-fn cid_param(text: &str) -> Result<Cid, ApiError> {
+pub(crate) fn cid_param(text: &str) -> Result<Cid, ApiError> {
     parse_cid(text).map_err(|_| ApiError::BadCid)
 }
 
@@ -109,6 +122,12 @@ async fn list(State(node): State<Node>) -> Result<Json<DataList>, ApiError> {
 async fn download(State(node): State<Node>, Path(cid): Path<String>) -> Result<Response, ApiError> {
     let cid = cid_param(&cid)?;
     let manifest = node.manifest(cid).await?;
+    let body = Body::from_stream(node.stream_dataset(&manifest));
+    Ok(dataset_response(&manifest, body))
+}
+
+/// A dataset download response: the reference's headers around `body`.
+pub(crate) fn dataset_response(manifest: &cairn_core::Manifest, body: Body) -> Response {
     let content_type = manifest
         .mimetype
         .clone()
@@ -117,7 +136,7 @@ async fn download(State(node): State<Node>, Path(cid): Path<String>) -> Result<R
         Some(name) => format!("attachment; filename=\"{name}\""),
         None => "attachment".to_owned(),
     };
-    let mut resp = Response::new(Body::from_stream(node.stream_dataset(&manifest)));
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     let value = |s: String| {
         HeaderValue::from_str(&s)
@@ -133,7 +152,7 @@ async fn download(State(node): State<Node>, Path(cid): Path<String>) -> Result<R
         header::CONTENT_LENGTH,
         HeaderValue::from(manifest.download_size()),
     );
-    Ok(resp)
+    resp
 }
 
 async fn delete(State(node): State<Node>, Path(cid): Path<String>) -> Result<StatusCode, ApiError> {

@@ -83,8 +83,10 @@ pub(crate) async fn upload(
 }
 
 /// Downloads a dataset to `output` (atomically: a `.part` file renamed at the end) or stdout.
+/// The node serves what it has and fetches the rest from its peers
+/// (`/data/{cid}/network/stream`).
 pub(crate) async fn download(api: &str, cid: &str, output: Option<&Path>) -> anyhow::Result<()> {
-    let resp = reqwest::get(format!("{}/data/{cid}", base(api)))
+    let resp = reqwest::get(format!("{}/data/{cid}/network/stream", base(api)))
         .await
         .with_context(|| format!("cannot reach the node at {api}"))?;
     if !resp.status().is_success() {

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use cairn_node::net::{Multiaddr, Muxers};
 use clap::Args;
 use serde::Deserialize;
 
@@ -19,6 +20,8 @@ use serde::Deserialize;
 pub(crate) const DEFAULT_API_BINDADDR: &str = "127.0.0.1";
 /// Default REST API port, as the reference (`--api-port`).
 pub(crate) const DEFAULT_API_PORT: u16 = 8080;
+/// Default key file name, in the data directory (as the reference's `--net-privkey`).
+pub(crate) const DEFAULT_KEY_FILE: &str = "key";
 /// Default log filter.
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
 
@@ -52,6 +55,34 @@ pub(crate) struct StartArgs {
     /// Log format [default: text]
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_parser = ["text", "json"])]
     pub(crate) log_format: Option<String>,
+    /// libp2p listen address, repeatable [default: /ip4/0.0.0.0/tcp/0]
+    #[arg(
+        long = "listen-addrs",
+        short = 'i',
+        env = "CAIRN_LISTEN_ADDRS",
+        value_delimiter = ','
+    )]
+    pub(crate) listen_addrs: Vec<Multiaddr>,
+    /// A node to connect to at start (a multiaddr ending in /p2p/<peer id>), repeatable;
+    /// redialled with backoff while unreachable
+    #[arg(
+        long = "bootstrap-node",
+        short = 'b',
+        env = "CAIRN_BOOTSTRAP_NODE",
+        value_delimiter = ','
+    )]
+    pub(crate) bootstrap_node: Vec<Multiaddr>,
+    /// Most libp2p connections [default: 160]
+    #[arg(long, env = "CAIRN_MAX_PEERS")]
+    pub(crate) max_peers: Option<u32>,
+    /// Private key file, relative to the data directory unless absolute; created on first
+    /// start [default: key]
+    #[arg(long, env = "CAIRN_NET_PRIVKEY")]
+    pub(crate) net_privkey: Option<PathBuf>,
+    /// Stream multiplexers offered: "yamux,mplex" (Yamux preferred), "yamux" or "mplex"
+    /// [default: yamux,mplex]
+    #[arg(long, env = "CAIRN_MUXERS", value_parser = parse_muxers)]
+    pub(crate) muxers: Option<Muxers>,
     /// A TOML file with any of these options (keys as the long flag names)
     #[arg(long, env = "CAIRN_CONFIG_FILE")]
     pub(crate) config_file: Option<PathBuf>,
@@ -69,6 +100,11 @@ struct FileConfig {
     block_mi: Option<toml::Value>,
     log_level: Option<String>,
     log_format: Option<String>,
+    listen_addrs: Option<Vec<String>>,
+    bootstrap_node: Option<Vec<String>>,
+    max_peers: Option<u32>,
+    net_privkey: Option<PathBuf>,
+    muxers: Option<String>,
 }
 
 /// The resolved configuration.
@@ -82,6 +118,38 @@ pub(crate) struct Config {
     pub(crate) block_mi: Duration,
     pub(crate) log_level: String,
     pub(crate) log_json: bool,
+    pub(crate) listen_addrs: Vec<Multiaddr>,
+    pub(crate) bootstrap_nodes: Vec<Multiaddr>,
+    pub(crate) max_peers: u32,
+    pub(crate) key_file: PathBuf,
+    pub(crate) muxers: Muxers,
+}
+
+/// Parses `--muxers`.
+pub(crate) fn parse_muxers(text: &str) -> Result<Muxers, String> {
+    match text.trim() {
+        "yamux,mplex" | "yamux, mplex" => Ok(Muxers::YamuxThenMplex),
+        "yamux" => Ok(Muxers::Yamux),
+        "mplex" => Ok(Muxers::Mplex),
+        other => Err(format!("'{other}': expected yamux,mplex, yamux or mplex")),
+    }
+}
+
+fn multiaddrs(list: &[String], key: &str) -> anyhow::Result<Vec<Multiaddr>> {
+    list.iter()
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("{key}: '{a}' is not a multiaddr"))
+        })
+        .collect()
+}
+
+/// Checks a bootstrap address names its peer.
+fn check_bootstrap(addr: &Multiaddr) -> anyhow::Result<()> {
+    match addr.iter().last() {
+        Some(cairn_node::net::Protocol::P2p(_)) => Ok(()),
+        _ => bail!("--bootstrap-node {addr}: must end in /p2p/<peer id>"),
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -182,11 +250,51 @@ impl StartArgs {
         if log_format != "text" && log_format != "json" {
             bail!("--log-format must be 'text' or 'json', not '{log_format}'");
         }
+        let listen_addrs = match (self.listen_addrs.is_empty(), &file.listen_addrs) {
+            (false, _) => self.listen_addrs,
+            (true, Some(l)) => multiaddrs(l, "listen-addrs")?,
+            (true, None) => vec![cairn_node::net::DEFAULT_LISTEN_ADDR.parse()?],
+        };
+        let bootstrap_nodes = match (self.bootstrap_node.is_empty(), &file.bootstrap_node) {
+            (false, _) => self.bootstrap_node,
+            (true, Some(l)) => multiaddrs(l, "bootstrap-node")?,
+            (true, None) => Vec::new(),
+        };
+        for b in &bootstrap_nodes {
+            check_bootstrap(b)?;
+        }
+        let muxers = match (self.muxers, &file.muxers) {
+            (Some(m), _) => m,
+            (None, Some(m)) => parse_muxers(m).map_err(|e| anyhow::anyhow!("muxers: {e}"))?,
+            (None, None) => Muxers::default(),
+        };
+        let max_peers = self
+            .max_peers
+            .or(file.max_peers)
+            .unwrap_or(cairn_node::net::DEFAULT_MAX_PEERS);
+        if max_peers == 0 {
+            bail!("--max-peers must be at least 1");
+        }
+        let data_dir = self
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(default_data_dir);
+        let key = self
+            .net_privkey
+            .or(file.net_privkey)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_KEY_FILE));
+        let key_file = if key.is_absolute() {
+            key
+        } else {
+            data_dir.join(key)
+        };
         Ok(Config {
-            data_dir: self
-                .data_dir
-                .or(file.data_dir)
-                .unwrap_or_else(default_data_dir),
+            data_dir,
+            listen_addrs,
+            bootstrap_nodes,
+            max_peers,
+            key_file,
+            muxers,
             api_bindaddr: match self.api_bindaddr.or(file.api_bindaddr) {
                 Some(a) => a,
                 None => DEFAULT_API_BINDADDR.parse()?,

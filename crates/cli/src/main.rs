@@ -114,11 +114,31 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("cannot open the block store in {}", repo.display()))?
     };
-    let node = Node::new(
+    let cancel = CancellationToken::new();
+    let key = {
+        let path = cfg.key_file.clone();
+        tokio::task::spawn_blocking(move || cairn_node::net::load_or_create_key(&path)).await??
+    };
+    let net_config = cairn_node::net::NetConfig {
+        listen: cfg.listen_addrs.clone(),
+        bootstrap: cfg.bootstrap_nodes.clone(),
+        muxers: cfg.muxers,
+        max_peers: cfg.max_peers,
+        ..cairn_node::net::NetConfig::default()
+    };
+    let (net, events, net_task) = cairn_node::net::start(key, net_config, cancel.clone())
+        .await
+        .context("cannot start the network (--listen-addrs)")?;
+    info!(peer_id = %net.local_peer_id(), "libp2p identity");
+    let node = Node::with_network(
         store,
         NodeConfig {
             maintenance_interval: cfg.block_mi,
+            data_dir: Some(cfg.data_dir.clone()),
         },
+        net,
+        events,
+        cancel.clone(),
     );
     let addr = SocketAddr::new(cfg.api_bindaddr, cfg.api_port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -132,7 +152,6 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         cairn_api::API_BASE
     );
 
-    let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     {
         let node = node.clone();
@@ -149,6 +168,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         Err(_) => warn!("requests still running after the grace period were cut off"),
     }
     while tasks.join_next().await.is_some() {}
+    let _ = net_task.await;
     drop(node);
     info!("stopped");
     Ok(())

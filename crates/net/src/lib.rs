@@ -17,7 +17,7 @@ pub mod reputation;
 pub mod service;
 pub mod transport;
 
-pub use libp2p::{Multiaddr, PeerId, identity::Keypair};
+pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 
 pub use crate::{
     identity::{KeyError, load_or_create_key},

@@ -27,12 +27,15 @@ pub const DOWNLOAD_READAHEAD_BLOCKS: usize = 8;
 pub struct NodeConfig {
     /// How often the maintenance worker expires blocks (`--block-mi`).
     pub maintenance_interval: Duration,
+    /// The node's data directory, for diagnostics (`/debug/info`).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for NodeConfig {
     fn default() -> NodeConfig {
         NodeConfig {
             maintenance_interval: cairn_store::DEFAULT_MAINTENANCE_INTERVAL,
+            data_dir: None,
         }
     }
 }
@@ -99,6 +102,11 @@ impl Node {
 
     fn network(&self) -> Result<&Network, NodeError> {
         self.network.as_ref().ok_or(NodeError::NoNetwork)
+    }
+
+    /// The data directory, if configured.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.config.data_dir.as_deref()
     }
 
     /// The swarm handle, if the node has a network.

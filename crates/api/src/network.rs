@@ -1,0 +1,223 @@
+//! Network routes: fetching datasets from peers, connecting, and the node's identity
+//! (`codex-protocol.md` §9.1–9.2).
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use cairn_node::{
+    Node, NodeError,
+    net::{Multiaddr, PeerId},
+};
+use serde::Serialize;
+
+use crate::{
+    ApiError,
+    dto::DataItem,
+    routes::{cid_param, dataset_response},
+};
+
+/// The reference's 404 body when a manifest cannot be fetched from the network.
+const NOT_FOUND_NETWORK: &str = "The requested CID could not be retrieved from the network.";
+
+fn network_error(e: NodeError) -> ApiError {
+    match e {
+        NodeError::NotFound => ApiError::NotFound(NOT_FOUND_NETWORK),
+        NodeError::NoNetwork => ApiError::Unavailable("This node has no network.".into()),
+        other => other.into(),
+    }
+}
+
+/// `POST /data/{cid}/network`: fetch the manifest, start a background download, answer the
+/// manifest at once.
+pub(crate) async fn download_background(
+    State(node): State<Node>,
+    Path(cid): Path<String>,
+) -> Result<Json<DataItem>, ApiError> {
+    let cid = cid_param(&cid)?;
+    let manifest = node.download(cid).await.map_err(network_error)?;
+    Ok(Json(DataItem::new(&cid, &manifest)))
+}
+
+/// `GET /data/{cid}/network/manifest`.
+pub(crate) async fn network_manifest(
+    State(node): State<Node>,
+    Path(cid): Path<String>,
+) -> Result<Json<DataItem>, ApiError> {
+    let cid = cid_param(&cid)?;
+    let manifest = node.fetch_manifest(cid).await.map_err(network_error)?;
+    Ok(Json(DataItem::new(&cid, &manifest)))
+}
+
+/// `GET /data/{cid}/network/stream`: stream the dataset in order, fetching what is missing.
+pub(crate) async fn network_stream(
+    State(node): State<Node>,
+    Path(cid): Path<String>,
+) -> Result<Response, ApiError> {
+    let cid = cid_param(&cid)?;
+    let manifest = node.fetch_manifest(cid).await.map_err(network_error)?;
+    let stream = node.stream_network(&manifest).map_err(network_error)?;
+    let mut resp = dataset_response(&manifest, Body::from_stream(stream));
+    resp.headers_mut().insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        header::HeaderValue::from_static("Content-Disposition"),
+    );
+    Ok(resp)
+}
+
+/// `GET /connect/{peerId}?addrs=<multiaddr>&addrs=…`.
+pub(crate) async fn connect(
+    State(node): State<Node>,
+    Path(peer): Path<String>,
+    Query(query): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let peer: PeerId = peer
+        .parse()
+        .map_err(|_| ApiError::BadRequest("Invalid peer id".into()))?;
+    let mut addrs = Vec::new();
+    for (k, v) in query {
+        if k == "addrs" {
+            let a: Multiaddr = v
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("Invalid address: {v}")))?;
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        // Without addresses the reference asks the DHT; cairn has no DHT yet.
+        return Err(ApiError::BadRequest("Unable to find Peer!".into()));
+    }
+    match node.connect(peer, addrs).await {
+        Ok(()) => Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "Successfully connected to peer",
+        )
+            .into_response()),
+        Err(NodeError::NoNetwork) => Err(ApiError::Unavailable("This node has no network.".into())),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "connect failed");
+            Err(ApiError::BadRequest("Unable to dial peer".into()))
+        }
+    }
+}
+
+fn wants_text(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .is_some_and(|first| first.trim().starts_with("text/plain"))
+}
+
+/// `GET /peerid`: text/plain when preferred by `Accept`, else JSON `{"id": …}`.
+pub(crate) async fn peer_id(
+    State(node): State<Node>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = node
+        .net()
+        .ok_or_else(|| ApiError::Unavailable("This node has no network.".into()))?
+        .local_peer_id()
+        .to_string();
+    if wants_text(&headers) {
+        Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], id).into_response())
+    } else {
+        Ok(Json(HashMap::from([("id", id)])).into_response())
+    }
+}
+
+/// Block-exchange counters in `/debug/info` (a cairn extension).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ExchangeJson {
+    blocks_received: u64,
+    duplicates: u64,
+    rejected: u64,
+    blocks_sent: u64,
+    timeouts: u64,
+    pending: usize,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PeerJson {
+    peer_id: String,
+    address: String,
+    direction: &'static str,
+    agent: Option<String>,
+    score: f64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DebugInfo {
+    id: String,
+    addrs: Vec<String>,
+    repo: Option<String>,
+    announce_addresses: Vec<String>,
+    peers: Vec<PeerJson>,
+    exchange: ExchangeJson,
+    codex: HashMap<&'static str, &'static str>,
+}
+
+/// `GET /debug/info`.
+pub(crate) async fn debug_info(State(node): State<Node>) -> Result<Response, ApiError> {
+    let unavailable = || ApiError::Unavailable("This node has no network.".into());
+    let net = node.net().ok_or_else(unavailable)?;
+    let engine = node.engine().ok_or_else(unavailable)?;
+    let addrs: Vec<String> = net
+        .listen_addrs()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let peers = net
+        .peers()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .into_iter()
+        .map(|p| PeerJson {
+            peer_id: p.peer.to_string(),
+            address: p.address.to_string(),
+            direction: match p.direction {
+                cairn_node::net::Direction::Inbound => "inbound",
+                cairn_node::net::Direction::Outbound => "outbound",
+            },
+            agent: p.agent,
+            score: p.score,
+        })
+        .collect();
+    let s = engine
+        .stats()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let info = DebugInfo {
+        id: net.local_peer_id().to_string(),
+        announce_addresses: addrs.clone(),
+        addrs,
+        repo: node.data_dir().map(|d| d.display().to_string()),
+        peers,
+        exchange: ExchangeJson {
+            blocks_received: s.blocks_received,
+            duplicates: s.duplicates,
+            rejected: s.rejected,
+            blocks_sent: s.blocks_sent,
+            timeouts: s.timeouts,
+            pending: s.pending,
+        },
+        codex: HashMap::from([
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("revision", "cairn"),
+        ]),
+    };
+    let body =
+        serde_json::to_string_pretty(&info).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
