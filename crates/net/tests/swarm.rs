@@ -109,3 +109,44 @@ async fn mplex_only_peer_negotiates_mplex() {
     // B offers only Mplex, as the reference does.
     exchange(Muxers::YamuxThenMplex, Muxers::Mplex).await;
 }
+
+/// A node started with a bootstrap address connects to it by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_node_is_dialled_at_start() {
+    let cancel = CancellationToken::new();
+    let (a, _ev_a) = node(Muxers::default(), &cancel).await;
+    let addr = a.listen_addrs().await.unwrap()[0]
+        .clone()
+        .with(cairn_net::Protocol::P2p(a.local_peer_id()));
+    let config = NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![addr],
+        ..NetConfig::default()
+    };
+    let (b, mut ev_b, _) = start(Keypair::generate_secp256k1(), config, cancel.child_token())
+        .await
+        .unwrap();
+    let connected = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(NetEvent::PeerConnected { peer, .. }) = ev_b.recv().await {
+                return peer;
+            }
+        }
+    })
+    .await
+    .expect("bootstrap node not dialled");
+    assert_eq!(connected, a.local_peer_id());
+    assert_eq!(b.peers().await.unwrap().len(), 1);
+    // A bootstrap address without /p2p/ is refused at start.
+    let bad = NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
+        ..NetConfig::default()
+    };
+    assert!(
+        start(Keypair::generate_secp256k1(), bad, cancel.child_token())
+            .await
+            .is_err()
+    );
+    cancel.cancel();
+}

@@ -179,6 +179,9 @@ enum Attack {
     OversizedFrame,
     GarbageProtobuf,
     WantListFlood,
+    /// Claims every block and never delivers: its requests must move to the honest peer after
+    /// the engine's activity timeout.
+    Silent,
 }
 
 /// A test double: a bare swarm that claims to have everything and answers block requests with
@@ -232,6 +235,7 @@ async fn malicious_peer(
                 continue;
             };
             let lie = match attack {
+                Attack::Silent => None,
                 Attack::WrongData => Some(Delivery {
                     block: Block::from_parts_unchecked(
                         *block.cid(),
@@ -385,6 +389,33 @@ async fn malicious_oversized_frame() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malicious_garbage_protobuf() {
     run_attack(Attack::GarbageProtobuf).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_peer_loses_its_requests() {
+    run_attack(Attack::Silent).await;
+}
+
+/// Two concurrent downloads of one dataset on the same node share every fetch: each block
+/// crosses the network once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requesters_share_fetches() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (b, nb) = node(&cancel).await;
+    let original = data(120 * 65536, 5);
+    let cid = upload(&a, &original).await;
+    connect(&nb, &na).await;
+    let (x, y) = tokio::join!(network_bytes(&b, cid), network_bytes(&b, cid));
+    assert_eq!(x, original);
+    assert_eq!(y, original);
+    let stats = b.engine().unwrap().stats().await.unwrap();
+    assert_eq!(
+        stats.blocks_received, 121,
+        "120 leaves + the manifest, each once"
+    );
+    assert_eq!(stats.duplicates, 0);
+    cancel.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
