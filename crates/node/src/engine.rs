@@ -78,6 +78,12 @@ pub const STORE_TASKS: usize = 2;
 /// Addresses one peer may have asked for and not yet received. The reference keeps up to 1024
 /// requests in flight per download; four downloads' worth.
 pub const MAX_WANTED_PER_PEER: usize = 4096;
+/// `WantHave` entries queued per peer and not yet answered: sixteen full want lists (a 1 GiB
+/// dataset's worth from the reference's refresh). More is a flood.
+pub const MAX_QUEUED_HAVE_QUERIES: usize = 16 * 1024;
+/// Penalty reports on their way to the swarm task; more are dropped (the offender is already
+/// being dealt with).
+pub const MAX_REPORTS_IN_FLIGHT: usize = 64;
 /// Serving tasks in flight in all.
 pub const SERVE_TASKS: usize = 8;
 /// Serving tasks in flight per peer: two, so one message is read from the store while the
@@ -227,6 +233,8 @@ struct Peer {
     outbox_wants: Vec<WantEntry>,
     outbox_presences: Vec<BlockPresence>,
     control_in_flight: bool,
+    have_queries: VecDeque<(BlockAddress, bool)>,
+    presence_in_flight: bool,
 }
 
 impl Peer {
@@ -243,6 +251,8 @@ impl Peer {
             outbox_wants: Vec::new(),
             outbox_presences: Vec::new(),
             control_in_flight: false,
+            have_queries: VecDeque::new(),
+            presence_in_flight: false,
         }
     }
 }
@@ -284,6 +294,7 @@ pub struct Engine {
     serve_rr: VecDeque<PeerId>,
     serving: usize,
     tasks: JoinSet<Done>,
+    reports_in_flight: usize,
     stats: EngineStats,
 }
 
@@ -317,6 +328,7 @@ pub fn spawn(
         serve_rr: VecDeque::new(),
         serving: 0,
         tasks: JoinSet::new(),
+        reports_in_flight: 0,
         stats: EngineStats::default(),
     };
     let task = tokio::spawn(engine.run(rx, events, cancel));
@@ -611,11 +623,42 @@ impl Engine {
                 format!("more than {MAX_WANTED_PER_PEER} blocks wanted"),
             );
         }
-        if !have_queries.is_empty() {
+        if have_queries.is_empty() {
+            return;
+        }
+        let queued = self.peers.get(&peer).map_or(0, |st| st.have_queries.len());
+        let room = MAX_QUEUED_HAVE_QUERIES.saturating_sub(queued);
+        if have_queries.len() > room {
+            have_queries.truncate(room);
+            self.report(
+                peer,
+                PeerAction::LowTolerance,
+                format!("more than {MAX_QUEUED_HAVE_QUERIES} presence queries queued"),
+            );
+        }
+        if let Some(state) = self.peers.get_mut(&peer) {
+            state.have_queries.extend(have_queries);
+        }
+    }
+
+    /// Answers queued `WantHave`s: one store lookup task per peer at a time, up to a message's
+    /// worth of entries each.
+    fn start_presences(&mut self) {
+        for (peer, st) in &mut self.peers {
+            if st.presence_in_flight || st.have_queries.is_empty() {
+                continue;
+            }
+            st.presence_in_flight = true;
+            let n = st
+                .have_queries
+                .len()
+                .min(cairn_blockexc::MAX_PRESENCES_PER_MESSAGE);
+            let queries: Vec<(BlockAddress, bool)> = st.have_queries.drain(..n).collect();
             let store = self.store.clone();
+            let peer = *peer;
             self.tasks.spawn(async move {
                 let presences = tokio::task::spawn_blocking(move || {
-                    have_queries
+                    queries
                         .into_iter()
                         .filter_map(|(address, send_dont_have)| {
                             let has = match &address {
@@ -646,6 +689,11 @@ impl Engine {
     }
 
     fn report(&mut self, peer: PeerId, action: PeerAction, reason: String) {
+        if self.reports_in_flight >= MAX_REPORTS_IN_FLIGHT {
+            debug!(%peer, %reason, "report dropped: too many in flight");
+            return;
+        }
+        self.reports_in_flight += 1;
         let net = self.net.clone();
         self.tasks.spawn(async move {
             net.report(peer, action, reason).await;
@@ -714,6 +762,7 @@ impl Engine {
             }
             Done::Presences { peer, presences } => {
                 if let Some(state) = self.peers.get_mut(&peer) {
+                    state.presence_in_flight = false;
                     state.outbox_presences.extend(presences);
                 }
             }
@@ -722,7 +771,7 @@ impl Engine {
                     state.control_in_flight = false;
                 }
             }
-            Done::Reported => {}
+            Done::Reported => self.reports_in_flight -= 1,
         }
     }
 
@@ -779,6 +828,9 @@ impl Engine {
         }
         for (a, from) in drop_list {
             self.pending.remove(&a);
+            for st in self.peers.values_mut() {
+                st.haves.remove(&a);
+            }
             if let Some(peer) = from
                 && let Some(st) = self.peers.get_mut(&peer)
                 && st.outstanding.remove(&a).is_some()
@@ -787,6 +839,9 @@ impl Engine {
             }
         }
         for a in failed {
+            for st in self.peers.values_mut() {
+                st.haves.remove(&a);
+            }
             if let Some(p) = self.pending.remove(&a) {
                 for w in p.waiters {
                     let _ = w.send(Err(FetchError::NotFound));
@@ -807,6 +862,7 @@ impl Engine {
         self.assign(now);
         self.start_store();
         self.start_serving();
+        self.start_presences();
         self.announce();
         self.flush_control();
     }
