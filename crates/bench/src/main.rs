@@ -55,6 +55,19 @@
 //! and the CPU other processes used meanwhile (a run on a busy machine is flagged, since its
 //! figures understate the machine); and the store's space accounting, which must equal
 //! `blocks × 65536 + manifest length` exactly or the run fails.
+//!
+//! ## `transfer`
+//!
+//! ```text
+//! cargo build --release -p cairn -p cairn-bench
+//! target/release/cairn-bench transfer --size 1GiB [--muxer yamux|mplex|both] [--keep]
+//! ```
+//!
+//! Downloads a dataset from one `cairn` node process to another over libp2p on loopback and
+//! compares the throughput with one raw libp2p stream over the same transport: see
+//! [`transfer`].
+
+mod transfer;
 
 use std::{
     hint::black_box,
@@ -148,6 +161,13 @@ enum Command {
     /// Upload pseudo-random data through the node into an on-disk store; compare the throughput
     /// with single-core SHA-256 measured in the same run.
     Ingest(IngestArgs),
+    /// Download a dataset from one `cairn` node process to another over libp2p; compare the
+    /// throughput with one raw libp2p stream on the same transport measured in the same run.
+    Transfer(transfer::TransferArgs),
+    /// One side of `transfer`'s ceiling in its own process (started by `transfer
+    /// --ceiling-mode processes`).
+    #[command(hide = true)]
+    CeilingPeer(transfer::PeerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +187,8 @@ struct IngestArgs {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest(args) => ingest(&args),
+        Command::Transfer(args) => transfer::transfer(&args),
+        Command::CeilingPeer(args) => transfer::ceiling_peer(&args),
     }
 }
 
@@ -299,12 +321,17 @@ fn mb_per_s(bytes: u64, took: Duration) -> f64 {
 
 /// A number from `/proc/self/status` (in kB), e.g. `VmHWM`, in MiB.
 fn proc_status_mib(field: &str) -> anyhow::Result<f64> {
-    let status =
-        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status_field_mib("self", field)
+}
+
+/// A number from `/proc/<pid>/status` (in kB; `pid` may be `self`), e.g. `VmHWM`, in MiB.
+fn status_field_mib(pid: &str, field: &str) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     let line = status
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .with_context(|| format!("{field} missing from /proc/self/status"))?;
+        .with_context(|| format!("{field} missing from {path}"))?;
     let kb: u64 = line
         .trim()
         .trim_end_matches("kB")
@@ -316,20 +343,26 @@ fn proc_status_mib(field: &str) -> anyhow::Result<f64> {
 
 /// User and system CPU seconds the process (all threads, live or gone) has used so far.
 fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").context("reading /proc/self/stat")?;
+    cpu_seconds_of("self")
+}
+
+/// User and system CPU seconds process `pid` (or `self`) has used so far, all threads.
+fn cpu_seconds_of(pid: &str) -> anyhow::Result<(f64, f64)> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // Fields after the command name (which is in parentheses and may contain spaces); the first
     // of them is field 3 (state), so utime (field 14) is at index 11 and stime at 12.
     let rest = stat
         .rsplit_once(')')
         .map(|(_, r)| r)
-        .context("parsing /proc/self/stat")?;
+        .with_context(|| format!("parsing {path}"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let tick = |i: usize| -> anyhow::Result<f64> {
         let v: u64 = fields
             .get(i)
-            .context("short /proc/self/stat")?
+            .with_context(|| format!("short {path}"))?
             .parse()
-            .context("parsing /proc/self/stat")?;
+            .with_context(|| format!("parsing {path}"))?;
         Ok(v as f64 / USER_HZ)
     };
     Ok((tick(11)?, tick(12)?))
@@ -339,6 +372,22 @@ fn cpu_seconds() -> anyhow::Result<(f64, f64)> {
 /// nice, system, irq and softirq time of all CPUs; steal is time the hypervisor ran something
 /// else. Used to see whether other processes competed with the run.
 fn machine_cpu_seconds() -> anyhow::Result<(f64, f64)> {
+    let cpu = machine_cpu()?;
+    Ok((cpu.busy, cpu.steal))
+}
+
+/// Machine-wide CPU seconds from the first line of `/proc/stat`, all CPUs.
+#[derive(Debug, Clone, Copy)]
+struct MachineCpu {
+    /// User, nice, system, irq and softirq time.
+    busy: f64,
+    /// Softirq time (part of `busy`): charged to no process, e.g. loopback TCP processing.
+    softirq: f64,
+    /// Time the hypervisor ran something else.
+    steal: f64,
+}
+
+fn machine_cpu() -> anyhow::Result<MachineCpu> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
     let fields: Vec<u64> = stat
         .lines()
@@ -351,7 +400,11 @@ fn machine_cpu_seconds() -> anyhow::Result<(f64, f64)> {
         .context("parsing /proc/stat")?;
     let get = |i: usize| fields.get(i).copied().unwrap_or(0) as f64 / USER_HZ;
     // user nice system idle iowait irq softirq steal
-    Ok((get(0) + get(1) + get(2) + get(5) + get(6), get(7)))
+    Ok(MachineCpu {
+        busy: get(0) + get(1) + get(2) + get(5) + get(6),
+        softirq: get(6),
+        steal: get(7),
+    })
 }
 
 fn ingest(args: &IngestArgs) -> anyhow::Result<()> {
