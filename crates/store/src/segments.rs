@@ -8,11 +8,34 @@
 //!
 //! Two media implement the same interface: files in a directory (`<dir>/<id>.seg`), and byte
 //! vectors in memory for the in-memory store.
+//!
+//! ## How file segments are written
+//!
+//! An upload streams gigabytes through its segment, so how the bytes reach the disk decides how
+//! much CPU ingest needs besides hashing. A plain buffered `write` copies every byte into the
+//! page cache (about half a CPU-second per GiB on the reference machine), and leaves all of it
+//! dirty for the final `fdatasync` to write back while the client waits. A segment created with
+//! [`WriteMode::Bulk`] therefore bypasses the page cache (`O_DIRECT`, Linux): appends are
+//! gathered in an aligned staging buffer of [`DIRECT_STAGE_BYTES`] and each full buffer is
+//! handed to the device with one `pwrite`, so the data is on its way to the disk while the upload
+//! runs and the final `fdatasync` only has to flush the device cache and the file's metadata.
+//!
+//! Direct I/O wants aligned memory, offsets and lengths, so [`SegmentWriter::sync`] writes the
+//! aligned part of what is staged directly and the short unaligned tail (the manifest, typically)
+//! through the page cache, and the segment stays buffered from then on. Where direct I/O is not
+//! available (another OS, or a file system that refuses `O_DIRECT` at `open` or at the first
+//! write), the segment falls back to buffered writes, with *write-behind*: every
+//! [`WRITE_BEHIND_BYTES`] the kernel is told to start writing back what was appended
+//! (`posix_fadvise(DONTNEED)`, which on Linux starts asynchronous writeback of dirty pages and
+//! drops the clean ones), so the final `fdatasync` still finds little to do.
+//!
+//! None of this changes durability: staged or dirty bytes may be lost in a crash until
+//! [`SegmentWriter::sync`] returns, and the store commits no index entry naming them before that.
 
 use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Write},
+    io,
     os::unix::fs::FileExt,
     path::PathBuf,
     sync::Arc,
@@ -20,12 +43,32 @@ use std::{
 
 use parking_lot::{Mutex, RwLock};
 
-/// Size of the write buffer in front of a segment file: 16 blocks of 64 KiB per `write` call.
-const WRITE_BUFFER: usize = 1024 * 1024;
+/// Alignment of direct-I/O memory, file offsets and lengths. 4 KiB satisfies devices with
+/// 512-byte and with 4 KiB logical sectors.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Staging buffer of a [`WriteMode::Bulk`] segment: each direct `pwrite` hands the device this
+/// much. 4 MiB (64 blocks): on the reference VM, direct writes of 4 MiB ran at 4.5 GB/s against
+/// 1.6 GB/s with 1 MiB, and the buffer is allocated once per upload. A multiple of
+/// [`DIRECT_ALIGN`].
+const DIRECT_STAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Buffered segments start writeback of what was appended every this many bytes (see the module
+/// docs), so the final `fdatasync` does not have to write a whole upload at once.
+const WRITE_BEHIND_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Open read handles kept at most; beyond this the cache is cleared (segments are large, so a
 /// node touches few of them at once and reopening is cheap).
 const MAX_OPEN_READERS: usize = 64;
+
+/// How a new segment file is written (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteMode {
+    /// Small appends, each followed by a sync (single puts): through the page cache.
+    Buffered,
+    /// A large stream of appends with one sync at the end (uploads): direct I/O where available.
+    Bulk,
+}
 
 /// Where segments live.
 #[derive(Debug)]
@@ -45,11 +88,7 @@ pub(crate) enum Segments {
 #[derive(Debug)]
 pub(crate) enum SegmentWriter {
     /// A file segment.
-    File {
-        id: u64,
-        file: BufWriter<File>,
-        len: u64,
-    },
+    File { id: u64, file: FileAppender },
     /// A memory segment.
     Mem { id: u64, data: Arc<RwLock<Vec<u8>>> },
 }
@@ -74,18 +113,27 @@ impl Segments {
     }
 
     /// Creates segment `id` (truncating any leftover of the same id) and opens it for appending.
-    pub(crate) fn create(&self, id: u64) -> io::Result<SegmentWriter> {
+    pub(crate) fn create(&self, id: u64, mode: WriteMode) -> io::Result<SegmentWriter> {
         match self {
             Segments::Dir { dir, .. } => {
+                let path = Self::path(dir, id);
                 let file = OpenOptions::new()
                     .create(true)
                     .write(true)
                     .truncate(true)
-                    .open(Self::path(dir, id))?;
+                    .open(&path)?;
+                let direct = match mode {
+                    WriteMode::Bulk => Direct::open(&path),
+                    WriteMode::Buffered => None,
+                };
                 Ok(SegmentWriter::File {
                     id,
-                    file: BufWriter::with_capacity(WRITE_BUFFER, file),
-                    len: 0,
+                    file: FileAppender {
+                        file,
+                        direct,
+                        len: 0,
+                        behind: 0,
+                    },
                 })
             }
             Segments::Mem { segs } => {
@@ -215,7 +263,7 @@ impl SegmentWriter {
     /// Bytes appended so far.
     pub(crate) fn len(&self) -> u64 {
         match self {
-            SegmentWriter::File { len, .. } => *len,
+            SegmentWriter::File { file, .. } => file.len,
             SegmentWriter::Mem { data, .. } => data.read().len() as u64,
         }
     }
@@ -223,12 +271,7 @@ impl SegmentWriter {
     /// Appends `bytes`, returning the offset they start at.
     pub(crate) fn append(&mut self, bytes: &[u8]) -> io::Result<u64> {
         match self {
-            SegmentWriter::File { file, len, .. } => {
-                let at = *len;
-                file.write_all(bytes)?;
-                *len += bytes.len() as u64;
-                Ok(at)
-            }
+            SegmentWriter::File { file, .. } => file.append(bytes),
             SegmentWriter::Mem { data, .. } => {
                 let mut d = data.write();
                 let at = d.len() as u64;
@@ -238,14 +281,227 @@ impl SegmentWriter {
         }
     }
 
-    /// Flushes buffered bytes and makes them durable (`fdatasync`).
+    /// Writes out everything appended and makes it durable (`fdatasync`). A bulk segment is
+    /// buffered from here on (see the module docs).
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         match self {
-            SegmentWriter::File { file, .. } => {
-                file.flush()?;
-                file.get_ref().sync_data()
-            }
+            SegmentWriter::File { file, .. } => file.sync(),
             SegmentWriter::Mem { .. } => Ok(()),
         }
+    }
+}
+
+/// The writing side of a file segment: the page-cache handle, and direct-I/O state while appends
+/// bypass the page cache.
+#[derive(Debug)]
+pub(crate) struct FileAppender {
+    /// Buffered handle: appends once direct I/O is over (or unavailable), the unaligned tail, and
+    /// `fdatasync`.
+    file: File,
+    /// Direct-I/O state, while appends go through it.
+    direct: Option<Direct>,
+    /// Bytes appended (the file's logical length).
+    len: u64,
+    /// Buffered appends: offset up to which writeback has been started.
+    behind: u64,
+}
+
+impl FileAppender {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<u64> {
+        let at = self.len;
+        if let Some(d) = &mut self.direct {
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let take = d.stage_some(rest);
+                rest = &rest[take..];
+                if d.fill == DIRECT_STAGE_BYTES && !d.flush_aligned(&self.file)? {
+                    // Direct writes refused: everything staged went through the page cache.
+                    self.direct = None;
+                    self.file
+                        .write_all_at(rest, at + (bytes.len() - rest.len()) as u64)?;
+                    break;
+                }
+            }
+        } else {
+            self.file.write_all_at(bytes, at)?;
+        }
+        self.len += bytes.len() as u64;
+        if self.direct.is_none() {
+            self.write_behind();
+        }
+        Ok(at)
+    }
+
+    /// Starts writeback of buffered appends once [`WRITE_BEHIND_BYTES`] have accumulated: the
+    /// window just completed is written back asynchronously, and the clean pages of the one
+    /// before it are dropped from the page cache.
+    fn write_behind(&mut self) {
+        if self.len - self.behind < WRITE_BEHIND_BYTES {
+            return;
+        }
+        let from = self.behind.saturating_sub(WRITE_BEHIND_BYTES);
+        // Advice only: if the kernel ignores or refuses it, the final fdatasync does the work.
+        let _ = rustix::fs::fadvise(
+            &self.file,
+            from,
+            std::num::NonZeroU64::new(self.len - from),
+            rustix::fs::Advice::DontNeed,
+        );
+        self.behind = self.len;
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if let Some(mut d) = self.direct.take() {
+            d.flush_rest(&self.file)?;
+        }
+        self.file.sync_data()
+    }
+}
+
+/// Direct-I/O state of a bulk segment: the `O_DIRECT` handle and the aligned staging buffer.
+struct Direct {
+    file: File,
+    /// Holds `DIRECT_STAGE_BYTES` aligned bytes from `start` on.
+    stage: Vec<u8>,
+    /// Offset in `stage` of the first aligned byte.
+    start: usize,
+    /// Bytes staged.
+    fill: usize,
+    /// File offset of the first staged byte (a multiple of [`DIRECT_ALIGN`]).
+    base: u64,
+}
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("fill", &self.fill)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Direct {
+    /// Opens a second, `O_DIRECT` handle on the (new, empty) segment file, or `None` where direct
+    /// I/O is not available; the segment is then written through the page cache.
+    #[cfg(target_os = "linux")]
+    fn open(path: &std::path::Path) -> Option<Direct> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            path,
+            OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let stage = vec![0u8; DIRECT_STAGE_BYTES + DIRECT_ALIGN];
+        let start = stage.as_ptr().align_offset(DIRECT_ALIGN);
+        (start < DIRECT_ALIGN).then(|| Direct {
+            file: File::from(fd),
+            stage,
+            start,
+            fill: 0,
+            base: 0,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open(_path: &std::path::Path) -> Option<Direct> {
+        None
+    }
+
+    /// Copies as much of `bytes` as fits into the stage; returns how much.
+    fn stage_some(&mut self, bytes: &[u8]) -> usize {
+        let take = (DIRECT_STAGE_BYTES - self.fill).min(bytes.len());
+        let at = self.start + self.fill;
+        self.stage[at..at + take].copy_from_slice(&bytes[..take]);
+        self.fill += take;
+        take
+    }
+
+    /// Writes the aligned prefix of the stage directly and keeps the rest staged. Returns `false`
+    /// if the file system refused the direct write; the whole stage was then written through
+    /// `buffered` instead, and the caller must stop using direct I/O.
+    fn flush_aligned(&mut self, buffered: &File) -> io::Result<bool> {
+        let n = self.fill - self.fill % DIRECT_ALIGN;
+        if n == 0 {
+            return Ok(true);
+        }
+        let chunk = &self.stage[self.start..self.start + n];
+        match self.file.write_all_at(chunk, self.base) {
+            Ok(()) => {}
+            // EINVAL: this file system (or this offset/length) does not do direct I/O.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                buffered
+                    .write_all_at(&self.stage[self.start..self.start + self.fill], self.base)?;
+                self.base += self.fill as u64;
+                self.fill = 0;
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        self.stage
+            .copy_within(self.start + n..self.start + self.fill, self.start);
+        self.fill -= n;
+        self.base += n as u64;
+        Ok(true)
+    }
+
+    /// Writes everything staged: the aligned part directly, the tail through `buffered`.
+    fn flush_rest(&mut self, buffered: &File) -> io::Result<()> {
+        self.flush_aligned(buffered)?;
+        if self.fill > 0 {
+            buffered.write_all_at(&self.stage[self.start..self.start + self.fill], self.base)?;
+            self.base += self.fill as u64;
+            self.fill = 0;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `len` bytes of a pattern that differs at every offset modulo 251.
+    fn pattern(seed: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((seed * 31 + i) % 251) as u8).collect()
+    }
+
+    /// Appends pieces of awkward sizes (crossing stage boundaries, unaligned), syncs, appends
+    /// more after the sync, and reads everything back at the offsets `append` returned.
+    fn round_trip(mode: WriteMode, sizes: &[usize]) {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::dir(dir.path().join("blocks")).unwrap();
+        let mut w = segs.create(7, mode).unwrap();
+        let mut written = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let data = pattern(i, size);
+            let off = w.append(&data).unwrap();
+            written.push((off, data));
+            if i == sizes.len() - 2 {
+                w.sync().unwrap();
+            }
+        }
+        w.sync().unwrap();
+        let total: usize = sizes.iter().sum();
+        assert_eq!(w.len(), total as u64);
+        assert_eq!(segs.disk_bytes().unwrap(), total as u64);
+        for (off, data) in written {
+            assert_eq!(segs.read(7, off, data.len()).unwrap(), data, "at {off}");
+        }
+    }
+
+    #[test]
+    fn bulk_segment_reads_back_across_stage_boundaries() {
+        let block = 64 * 1024;
+        let mut sizes = vec![block; DIRECT_STAGE_BYTES / block * 2 + 3];
+        sizes.extend([1, 4095, DIRECT_STAGE_BYTES + 17, 300, 5]);
+        round_trip(WriteMode::Bulk, &sizes);
+    }
+
+    #[test]
+    fn buffered_segment_reads_back_across_write_behind_windows() {
+        let piece = 1024 * 1024 + 3;
+        let n = usize::try_from(WRITE_BEHIND_BYTES * 2).unwrap() / piece + 2;
+        round_trip(WriteMode::Buffered, &vec![piece; n]);
     }
 }

@@ -25,7 +25,7 @@ use crate::{
         BLOCKS, BlockRec, DATASETS, DELETING, DS_ACTIVE, DS_WRITING, DatasetRec, EXPIRY, LEAVES,
         Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS, SESSIONS, Tables,
     },
-    segments::{SegmentWriter, Segments},
+    segments::{SegmentWriter, Segments, WriteMode},
 };
 
 /// Default quota: 20 GiB, as the reference (`--storage-quota`).
@@ -372,7 +372,7 @@ impl Store {
                 t.add_segment(id)?;
                 Ok(id)
             })?;
-            let w = self.inner.segs.create(id)?;
+            let w = self.inner.segs.create(id, WriteMode::Buffered)?;
             self.inner.segs.sync_dir()?;
             *misc = Some(w);
         }

@@ -21,7 +21,7 @@ use tracing::warn;
 use crate::{
     Store, StoreError,
     index::{DS_ACTIVE, DS_WRITING, DatasetRec, Loc},
-    segments::SegmentWriter,
+    segments::{SegmentWriter, WriteMode},
 };
 
 /// What the uploader says about a dataset.
@@ -67,7 +67,7 @@ impl Store {
             t.sessions.insert(id, (id, &[][..]))?;
             Ok(id)
         })?;
-        let seg = self.inner.segs.create(session)?;
+        let seg = self.inner.segs.create(session, WriteMode::Bulk)?;
         Ok(DatasetWriter {
             store: self.clone(),
             session,
@@ -165,13 +165,11 @@ impl DatasetWriter {
         })?;
         let batch = cfg.leaf_batch.max(1);
         let mut start = 0u64;
+        let mut proof = Vec::new();
         while start < nleaves {
             let end = (start + batch as u64).min(nleaves);
             store.write(self.reserved, |t| {
                 for index in start..end {
-                    if t.leaves.get((tree_key.as_slice(), index))?.is_some() {
-                        continue;
-                    }
                     let i =
                         usize::try_from(index).map_err(|_| StoreError::IndexDamaged("index"))?;
                     let (off, len) = self.locs[i];
@@ -180,15 +178,28 @@ impl DatasetWriter {
                         &tree.leaves()[i],
                     )
                     .to_bytes();
+                    proof.clear();
+                    tree.encode_proof_into(index, &mut proof)?;
+                    let key = (tree_key.as_slice(), index);
+                    // Insert first and look at what was there: one B-tree walk instead of a
+                    // lookup plus an insert for the (usual) new leaf.
+                    let old = t
+                        .leaves
+                        .insert(key, (cid.as_slice(), &proof[..]))?
+                        .map(|v| (v.value().0.to_vec(), v.value().1.to_vec()));
+                    if let Some((old_cid, old_proof)) = old {
+                        // Already stored (e.g. by a network download of the same dataset): keep
+                        // that entry and its block reference as they were.
+                        t.leaves
+                            .insert(key, (old_cid.as_slice(), old_proof.as_slice()))?;
+                        continue;
+                    }
                     let loc = Loc {
                         seg: session,
                         off,
                         len: u64::from(len),
                     };
                     t.add_ref(&cid, Some(loc), false, 0)?;
-                    let proof = tree.proof(index)?.encode();
-                    t.leaves
-                        .insert((tree_key.as_slice(), index), (cid.as_slice(), &proof[..]))?;
                 }
                 Ok(())
             })?;
