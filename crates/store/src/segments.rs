@@ -16,15 +16,18 @@
 //! page cache (about half a CPU-second per GiB on the reference machine), and leaves all of it
 //! dirty for the final `fdatasync` to write back while the client waits. A segment created with
 //! [`WriteMode::Bulk`] therefore bypasses the page cache (`O_DIRECT`, Linux): appends are
-//! gathered in an aligned staging buffer of [`DIRECT_STAGE_BYTES`] and each full buffer is
-//! handed to the device with one `pwrite`, so the data is on its way to the disk while the upload
-//! runs and the final `fdatasync` only has to flush the device cache and the file's metadata.
+//! gathered in an aligned staging buffer of [`DIRECT_STAGE_BYTES`], and each full buffer is
+//! handed to the device with one `pwrite` by a per-segment I/O thread while the writer fills the
+//! next one. The data is on its way to the disk while the upload runs, the writer does not wait
+//! for the device unless the disk is slower than the stream, and the final `fdatasync` only has
+//! to flush the device cache and the file's metadata.
 //!
 //! Direct I/O wants aligned memory, offsets and lengths, so [`SegmentWriter::sync`] writes the
 //! aligned part of what is staged directly and the short unaligned tail (the manifest, typically)
 //! through the page cache, and the segment stays buffered from then on. Where direct I/O is not
 //! available (another OS, or a file system that refuses `O_DIRECT` at `open` or at the first
-//! write), the segment falls back to buffered writes, with *write-behind*: every
+//! write; the I/O thread then writes its buffers through the page cache), the segment falls back
+//! to buffered writes, with *write-behind*: every
 //! [`WRITE_BEHIND_BYTES`] the kernel is told to start writing back what was appended
 //! (`posix_fadvise(DONTNEED)`, which on Linux starts asynchronous writeback of dirty pages and
 //! drops the clean ones), so the final `fdatasync` still finds little to do.
@@ -38,7 +41,11 @@ use std::{
     io,
     os::unix::fs::FileExt,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        mpsc::{Receiver, SyncSender, sync_channel},
+    },
+    thread::JoinHandle,
 };
 
 use parking_lot::{Mutex, RwLock};
@@ -123,7 +130,7 @@ impl Segments {
                     .truncate(true)
                     .open(&path)?;
                 let direct = match mode {
-                    WriteMode::Bulk => Direct::open(&path),
+                    WriteMode::Bulk => Direct::open(&path, &file),
                     WriteMode::Buffered => None,
                 };
                 Ok(SegmentWriter::File {
@@ -310,81 +317,91 @@ impl FileAppender {
     fn append(&mut self, bytes: &[u8]) -> io::Result<u64> {
         let at = self.len;
         if let Some(d) = &mut self.direct {
-            let mut rest = bytes;
-            while !rest.is_empty() {
-                let take = d.stage_some(rest);
-                rest = &rest[take..];
-                if d.fill == DIRECT_STAGE_BYTES && !d.flush_aligned(&self.file)? {
-                    // Direct writes refused: everything staged went through the page cache.
-                    self.direct = None;
-                    self.file
-                        .write_all_at(rest, at + (bytes.len() - rest.len()) as u64)?;
-                    break;
-                }
-            }
+            d.append(bytes)?;
         } else {
             self.file.write_all_at(bytes, at)?;
+            write_behind(&self.file, &mut self.behind, at + bytes.len() as u64);
         }
         self.len += bytes.len() as u64;
-        if self.direct.is_none() {
-            self.write_behind();
-        }
         Ok(at)
     }
 
-    /// Starts writeback of buffered appends once [`WRITE_BEHIND_BYTES`] have accumulated: the
-    /// window just completed is written back asynchronously, and the clean pages of the one
-    /// before it are dropped from the page cache.
-    fn write_behind(&mut self) {
-        if self.len - self.behind < WRITE_BEHIND_BYTES {
-            return;
-        }
-        let from = self.behind.saturating_sub(WRITE_BEHIND_BYTES);
-        // Advice only: if the kernel ignores or refuses it, the final fdatasync does the work.
-        let _ = rustix::fs::fadvise(
-            &self.file,
-            from,
-            std::num::NonZeroU64::new(self.len - from),
-            rustix::fs::Advice::DontNeed,
-        );
-        self.behind = self.len;
-    }
-
     fn sync(&mut self) -> io::Result<()> {
-        if let Some(mut d) = self.direct.take() {
-            d.flush_rest(&self.file)?;
+        if let Some(d) = self.direct.take() {
+            d.finish(&self.file)?;
         }
         self.file.sync_data()
     }
 }
 
-/// Direct-I/O state of a bulk segment: the `O_DIRECT` handle and the aligned staging buffer.
+/// Direct-I/O state of a bulk segment: the staging buffer being filled, and the thread that
+/// hands full buffers to the device.
+///
+/// There are [`DIRECT_STAGES`] buffers: while the I/O thread waits for the device to take one,
+/// the writer fills the next, so the device is kept busy and the writer (and the hasher behind
+/// it) only waits when the disk is slower than the stream. Buffers go to the I/O thread with
+/// their length and file offset, and come back, in order, with the outcome of the write.
 struct Direct {
-    file: File,
-    /// Holds `DIRECT_STAGE_BYTES` aligned bytes from `start` on.
-    stage: Vec<u8>,
-    /// Offset in `stage` of the first aligned byte.
-    start: usize,
-    /// Bytes staged.
+    /// The buffer being filled.
+    stage: AlignedBuf,
+    /// Bytes staged in it.
     fill: usize,
-    /// File offset of the first staged byte (a multiple of [`DIRECT_ALIGN`]).
+    /// File offset of its first byte (a multiple of [`DIRECT_ALIGN`]).
     base: u64,
+    /// Buffers back from the I/O thread, ready to fill.
+    spare: Vec<AlignedBuf>,
+    /// Buffers handed to the I/O thread and not back yet.
+    in_flight: usize,
+    /// To the I/O thread: (buffer, bytes to write, file offset). `None` once shut down.
+    jobs: Option<SyncSender<(AlignedBuf, usize, u64)>>,
+    /// From the I/O thread: each buffer back, or the error writing it.
+    done: Receiver<io::Result<AlignedBuf>>,
+    thread: Option<JoinHandle<()>>,
 }
+
+/// Staging buffers per bulk segment: one filling, one being written.
+const DIRECT_STAGES: usize = 2;
 
 impl std::fmt::Debug for Direct {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Direct")
             .field("fill", &self.fill)
             .field("base", &self.base)
+            .field("in_flight", &self.in_flight)
             .finish_non_exhaustive()
     }
 }
 
+/// [`DIRECT_STAGE_BYTES`] of memory aligned to [`DIRECT_ALIGN`], found inside a slightly larger
+/// vector (no `unsafe` needed).
+struct AlignedBuf {
+    mem: Vec<u8>,
+    start: usize,
+}
+
+impl AlignedBuf {
+    fn new() -> Option<AlignedBuf> {
+        let mem = vec![0u8; DIRECT_STAGE_BYTES + DIRECT_ALIGN];
+        let start = mem.as_ptr().align_offset(DIRECT_ALIGN);
+        (start < DIRECT_ALIGN).then_some(AlignedBuf { mem, start })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.mem[self.start..self.start + DIRECT_STAGE_BYTES]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + DIRECT_STAGE_BYTES]
+    }
+}
+
 impl Direct {
-    /// Opens a second, `O_DIRECT` handle on the (new, empty) segment file, or `None` where direct
-    /// I/O is not available; the segment is then written through the page cache.
+    /// Opens an `O_DIRECT` handle on the (new, empty) segment file and starts its I/O thread, or
+    /// returns `None` where direct I/O is not available; the segment is then written through the
+    /// page cache. `buffered` is cloned for the I/O thread, which falls back to it if the file
+    /// system refuses a direct write.
     #[cfg(target_os = "linux")]
-    fn open(path: &std::path::Path) -> Option<Direct> {
+    fn open(path: &std::path::Path, buffered: &File) -> Option<Direct> {
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::open(
             path,
@@ -392,69 +409,151 @@ impl Direct {
             Mode::empty(),
         )
         .ok()?;
-        let stage = vec![0u8; DIRECT_STAGE_BYTES + DIRECT_ALIGN];
-        let start = stage.as_ptr().align_offset(DIRECT_ALIGN);
-        (start < DIRECT_ALIGN).then(|| Direct {
-            file: File::from(fd),
+        let direct = File::from(fd);
+        let buffered = buffered.try_clone().ok()?;
+        let stage = AlignedBuf::new()?;
+        let spare = (1..DIRECT_STAGES)
+            .map(|_| AlignedBuf::new())
+            .collect::<Option<Vec<_>>>()?;
+        let (jobs, jobs_rx) = sync_channel::<(AlignedBuf, usize, u64)>(DIRECT_STAGES);
+        let (done_tx, done) = sync_channel(DIRECT_STAGES);
+        let thread = std::thread::Builder::new()
+            .name("cairn-segment-io".into())
+            .spawn(move || {
+                let mut direct_ok = true;
+                let mut behind = 0;
+                for (buf, len, off) in jobs_rx {
+                    let data = &buf.bytes()[..len];
+                    let mut res = if direct_ok {
+                        direct.write_all_at(data, off)
+                    } else {
+                        buffered.write_all_at(data, off)
+                    };
+                    // EINVAL: this file system does not do direct I/O after all. Write this and
+                    // every later buffer through the page cache (with write-behind).
+                    if direct_ok
+                        && matches!(&res, Err(e) if e.kind() == io::ErrorKind::InvalidInput)
+                    {
+                        direct_ok = false;
+                        res = buffered.write_all_at(data, off);
+                    }
+                    if !direct_ok && res.is_ok() {
+                        write_behind(&buffered, &mut behind, off + len as u64);
+                    }
+                    // The receiver only goes away with the writer; nothing is left to report to.
+                    if done_tx.send(res.map(|()| buf)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Direct {
             stage,
-            start,
             fill: 0,
             base: 0,
+            spare,
+            in_flight: 0,
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
         })
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn open(_path: &std::path::Path) -> Option<Direct> {
+    fn open(_path: &std::path::Path, _buffered: &File) -> Option<Direct> {
         None
     }
 
-    /// Copies as much of `bytes` as fits into the stage; returns how much.
-    fn stage_some(&mut self, bytes: &[u8]) -> usize {
-        let take = (DIRECT_STAGE_BYTES - self.fill).min(bytes.len());
-        let at = self.start + self.fill;
-        self.stage[at..at + take].copy_from_slice(&bytes[..take]);
-        self.fill += take;
-        take
-    }
-
-    /// Writes the aligned prefix of the stage directly and keeps the rest staged. Returns `false`
-    /// if the file system refused the direct write; the whole stage was then written through
-    /// `buffered` instead, and the caller must stop using direct I/O.
-    fn flush_aligned(&mut self, buffered: &File) -> io::Result<bool> {
-        let n = self.fill - self.fill % DIRECT_ALIGN;
-        if n == 0 {
-            return Ok(true);
-        }
-        let chunk = &self.stage[self.start..self.start + n];
-        match self.file.write_all_at(chunk, self.base) {
-            Ok(()) => {}
-            // EINVAL: this file system (or this offset/length) does not do direct I/O.
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                buffered
-                    .write_all_at(&self.stage[self.start..self.start + self.fill], self.base)?;
-                self.base += self.fill as u64;
+    /// Stages `bytes`, handing each buffer that fills to the I/O thread.
+    fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let take = (DIRECT_STAGE_BYTES - self.fill).min(bytes.len());
+            self.stage.bytes_mut()[self.fill..self.fill + take].copy_from_slice(&bytes[..take]);
+            self.fill += take;
+            bytes = &bytes[take..];
+            if self.fill == DIRECT_STAGE_BYTES {
+                let next = match self.spare.pop() {
+                    Some(b) => b,
+                    None => self.wait_one()?,
+                };
+                let full = std::mem::replace(&mut self.stage, next);
+                self.submit(full, DIRECT_STAGE_BYTES)?;
+                self.base += DIRECT_STAGE_BYTES as u64;
                 self.fill = 0;
-                return Ok(false);
             }
-            Err(e) => return Err(e),
-        }
-        self.stage
-            .copy_within(self.start + n..self.start + self.fill, self.start);
-        self.fill -= n;
-        self.base += n as u64;
-        Ok(true)
-    }
-
-    /// Writes everything staged: the aligned part directly, the tail through `buffered`.
-    fn flush_rest(&mut self, buffered: &File) -> io::Result<()> {
-        self.flush_aligned(buffered)?;
-        if self.fill > 0 {
-            buffered.write_all_at(&self.stage[self.start..self.start + self.fill], self.base)?;
-            self.base += self.fill as u64;
-            self.fill = 0;
         }
         Ok(())
     }
+
+    fn submit(&mut self, buf: AlignedBuf, len: usize) -> io::Result<()> {
+        let jobs = self.jobs.as_ref().ok_or_else(io_thread_gone)?;
+        jobs.send((buf, len, self.base))
+            .map_err(|_| io_thread_gone())?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Waits for the oldest buffer in flight to be written; returns it.
+    fn wait_one(&mut self) -> io::Result<AlignedBuf> {
+        let buf = self.done.recv().map_err(|_| io_thread_gone())??;
+        self.in_flight -= 1;
+        Ok(buf)
+    }
+
+    /// Writes everything staged, the aligned part directly and the tail through `buffered`,
+    /// waits for every write, and stops the I/O thread.
+    fn finish(mut self, buffered: &File) -> io::Result<()> {
+        let aligned = self.fill - self.fill % DIRECT_ALIGN;
+        let tail_at = self.base + aligned as u64;
+        let tail = self.stage.bytes()[aligned..self.fill].to_vec();
+        if aligned > 0 {
+            let next = match self.spare.pop() {
+                Some(b) => b,
+                None => self.wait_one()?,
+            };
+            let last = std::mem::replace(&mut self.stage, next);
+            self.submit(last, aligned)?;
+        }
+        while self.in_flight > 0 {
+            let buf = self.wait_one()?;
+            self.spare.push(buf);
+        }
+        buffered.write_all_at(&tail, tail_at)?;
+        Ok(())
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after its current write (its answers never block:
+        // the answer queue holds every buffer there is).
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn io_thread_gone() -> io::Error {
+    io::Error::other("segment I/O thread stopped")
+}
+
+/// Write-behind for buffered appends (see the module docs): once [`WRITE_BEHIND_BYTES`] have
+/// accumulated past `behind`, start writeback of them and drop the clean pages of the window
+/// before. `end` is the offset written up to.
+fn write_behind(file: &File, behind: &mut u64, end: u64) {
+    if end.saturating_sub(*behind) < WRITE_BEHIND_BYTES {
+        return;
+    }
+    let from = behind.saturating_sub(WRITE_BEHIND_BYTES);
+    // Advice only: if the kernel ignores or refuses it, the final fdatasync does the work.
+    let _ = rustix::fs::fadvise(
+        file,
+        from,
+        std::num::NonZeroU64::new(end - from),
+        rustix::fs::Advice::DontNeed,
+    );
+    *behind = end;
 }
 
 #[cfg(test)]
@@ -496,6 +595,22 @@ mod tests {
         let mut sizes = vec![block; DIRECT_STAGE_BYTES / block * 2 + 3];
         sizes.extend([1, 4095, DIRECT_STAGE_BYTES + 17, 300, 5]);
         round_trip(WriteMode::Bulk, &sizes);
+    }
+
+    /// An abandoned upload drops its writer with buffers in flight: the I/O thread stops and the
+    /// segment can be removed.
+    #[test]
+    fn bulk_segment_dropped_unsynced_stops_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::dir(dir.path().join("blocks")).unwrap();
+        let mut w = segs.create(3, WriteMode::Bulk).unwrap();
+        let data = pattern(1, 1024 * 1024);
+        for _ in 0..(DIRECT_STAGE_BYTES * DIRECT_STAGES * 2) / data.len() + 1 {
+            w.append(&data).unwrap();
+        }
+        drop(w);
+        segs.remove(3).unwrap();
+        assert_eq!(segs.list().unwrap(), Vec::<u64>::new());
     }
 
     #[test]

@@ -47,7 +47,7 @@ const SEGMENT_ROLL_BYTES: u64 = 1024 * 1024 * 1024;
 /// How often the background reclaimer looks for work without being woken.
 const RECLAIM_POLL: Duration = Duration::from_secs(5);
 /// redb page cache size: 64 MiB keeps the hot index in memory without a large RSS.
-const DB_CACHE_BYTES: usize = 64 * 1024 * 1024;
+const DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Store settings.
 #[derive(Clone)]
