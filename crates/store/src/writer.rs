@@ -208,6 +208,10 @@ impl DatasetWriter {
         while start < nleaves {
             let end = (start + batch as u64).min(nleaves);
             store.write(self.reserved, |t| {
+                // New blocks of the batch, referenced in CID order once the leaves are in: the
+                // `blocks` table is keyed by CID (random), and sorted inserts walk its pages in
+                // order instead of jumping around a table larger than the page cache.
+                let mut new_refs: Vec<(Vec<u8>, Loc)> = Vec::with_capacity(batch);
                 for index in start..end {
                     let i =
                         usize::try_from(index).map_err(|_| StoreError::IndexDamaged("index"))?;
@@ -240,6 +244,10 @@ impl DatasetWriter {
                         off,
                         len: u64::from(len),
                     };
+                    new_refs.push((cid, loc));
+                }
+                new_refs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                for (cid, loc) in new_refs {
                     t.add_ref(&cid, Some(loc), false, 0)?;
                 }
                 Ok(())
