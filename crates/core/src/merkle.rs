@@ -193,6 +193,67 @@ impl CodexTree {
             path,
         })
     }
+
+    /// Appends the encoding of leaf `index`'s proof to `out`: the same bytes as
+    /// `self.proof(index)?.encode()`, without building the proof (no allocation besides `out`'s
+    /// growth). Finishing an upload encodes one proof per block, so this is on the ingest path.
+    pub fn encode_proof_into(&self, index: u64, out: &mut Vec<u8>) -> Result<(), MerkleError> {
+        let nleaves = self.leaves_count();
+        if index >= nleaves {
+            return Err(MerkleError::IndexOutOfRange { index, nleaves });
+        }
+        let depth = self.layers.len() - 1;
+        let mut j = index as usize;
+        let path = self.layers[..depth].iter().map(|layer| {
+            let node = layer.get(j ^ 1).unwrap_or(&ZERO);
+            j >>= 1;
+            node
+        });
+        encode_proof(SHA2_256, index, nleaves, path, out);
+        Ok(())
+    }
+}
+
+/// Protobuf tags of the proof message (§5.4): field number << 3 | wire type.
+const TAG_MCODEC: u8 = 0x08;
+const TAG_INDEX: u8 = 0x10;
+const TAG_NLEAVES: u8 = 0x18;
+const TAG_PATH: u8 = 0x22;
+/// The one field of a path node message: bytes, field 1.
+const TAG_NODE: u8 = 0x0a;
+/// Length of an encoded path node message: tag, length byte, 32 digest bytes.
+const NODE_MSG_LEN: u8 = 34;
+
+/// Writes `v` as a protobuf varint.
+fn put_varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// The protobuf encoding of a proof (§5.4), written directly: fields 1–3 always, then one
+/// length-delimited node message per path node. Byte-identical to the prost messages in [`pb`]
+/// (a test checks this), which are kept for decoding.
+fn encode_proof<'a>(
+    mcodec: u64,
+    index: u64,
+    nleaves: u64,
+    path: impl ExactSizeIterator<Item = &'a Digest>,
+    out: &mut Vec<u8>,
+) {
+    out.reserve(3 * 11 + path.len() * (2 + usize::from(NODE_MSG_LEN)));
+    out.push(TAG_MCODEC);
+    put_varint(mcodec, out);
+    out.push(TAG_INDEX);
+    put_varint(index, out);
+    out.push(TAG_NLEAVES);
+    put_varint(nleaves, out);
+    for node in path {
+        out.extend_from_slice(&[TAG_PATH, NODE_MSG_LEN, TAG_NODE, 32]);
+        out.extend_from_slice(node);
+    }
 }
 
 /// An inclusion proof: leaf `index` of a tree of `nleaves` leaves, with the sibling path.
@@ -279,6 +340,20 @@ impl CodexProof {
 
     /// The protobuf encoding (§5.4): fields 1–3 always emitted, one sub-message per path node.
     pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_proof(
+            self.mcodec,
+            self.index,
+            self.nleaves,
+            self.path.iter(),
+            &mut out,
+        );
+        out
+    }
+
+    /// The encoding through the prost messages (the reference for [`CodexProof::encode`]).
+    #[cfg(test)]
+    fn encode_prost(&self) -> Vec<u8> {
         pb::Proof {
             mcodec: Some(self.mcodec),
             index: Some(self.index),
@@ -451,6 +526,20 @@ mod tests {
         }
     }
 
+    /// Large indices and leaf counts take multi-byte varints.
+    #[test]
+    fn encoding_matches_prost_for_large_values() {
+        let p = CodexProof {
+            mcodec: SHA2_256,
+            index: u64::MAX - 1,
+            nleaves: u64::MAX,
+            path: vec![[7; 32]; 3],
+        };
+        assert_eq!(p.encode(), p.encode_prost());
+        let t = CodexTree::new(ascii_leaves(3)).unwrap();
+        assert!(t.encode_proof_into(3, &mut Vec::new()).is_err());
+    }
+
     #[test]
     fn decode_rejects_junk() {
         assert!(CodexProof::decode(&[0xff, 0xff]).is_err());
@@ -484,6 +573,11 @@ mod tests {
                 prop_assert_eq!(p.verify_leaf(leaf, &root, i as u64, leaves.len() as u64), Ok(()));
                 let q = CodexProof::decode(&p.encode()).unwrap();
                 prop_assert_eq!(&q, &p);
+                // The hand-written encoder matches prost, and the tree encodes without a proof.
+                prop_assert_eq!(p.encode(), p.encode_prost());
+                let mut direct = vec![0xAA];
+                tree.encode_proof_into(i as u64, &mut direct).unwrap();
+                prop_assert_eq!(&direct[1..], &p.encode()[..]);
             }
         }
 

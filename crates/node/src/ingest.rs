@@ -10,9 +10,16 @@ use tokio::sync::mpsc;
 
 use crate::{NodeError, node::StoredDataset};
 
-/// Blocks queued between pipeline stages (each queue): 16 × 64 KiB = 1 MiB per queue, enough to
-/// absorb jitter between the stages without letting a slow disk grow memory.
+/// Blocks queued between the chunker and the hasher: 16 × 64 KiB = 1 MiB, enough to absorb
+/// jitter between the stages without letting a slow disk grow memory.
 pub const INGEST_QUEUE_BLOCKS: usize = 16;
+
+/// Blocks queued between the hasher and the writer: 64 × 64 KiB = 4 MiB. The store hands an
+/// upload's bytes to the device in 4 MiB direct writes, and the writer thread waits for each one;
+/// this queue lets the hasher keep going meanwhile (measured before the store's I/O thread
+/// existed: with 16 blocks a quiet 1 GiB run reached 0.70 of the SHA-256 rate, with 64 blocks
+/// 0.82–0.83).
+pub const WRITE_QUEUE_BLOCKS: usize = 64;
 
 /// What the uploader says besides the bytes.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +43,7 @@ where
         tokio::task::spawn_blocking(move || store.begin_dataset()).await??
     };
     let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(INGEST_QUEUE_BLOCKS);
-    let (hashed_tx, hashed_rx) = std_mpsc::sync_channel::<Block>(INGEST_QUEUE_BLOCKS);
+    let (hashed_tx, hashed_rx) = std_mpsc::sync_channel::<Block>(WRITE_QUEUE_BLOCKS);
 
     // Stage 2: hash each block (the CPU floor) on its own thread.
     let hasher = tokio::task::spawn_blocking(move || {
@@ -67,7 +74,7 @@ where
     'read: while let Some(item) = body.next().await {
         match item {
             Ok(bytes) => {
-                chunker.push(&bytes, |b| blocks.push(b));
+                chunker.push_bytes(&bytes, |b| blocks.push(b));
                 for b in blocks.drain(..) {
                     if raw_tx.send(b).await.is_err() {
                         break 'read; // a later stage stopped

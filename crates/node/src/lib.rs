@@ -8,7 +8,7 @@
 //! ## The ingest pipeline
 //!
 //! ```text
-//!  async body stream ──► chunker ──[INGEST_QUEUE_BLOCKS]──► hasher thread ──[INGEST_QUEUE_BLOCKS]──► writer thread
+//!  async body stream ──► chunker ──[INGEST_QUEUE_BLOCKS]──► hasher thread ──[WRITE_QUEUE_BLOCKS]──► writer thread
 //!   (runtime task)        64 KiB        bounded                sha2-256          bounded            segment append
 //! ```
 //!
@@ -37,7 +37,7 @@ mod node;
 
 pub use crate::{
     error::NodeError,
-    ingest::INGEST_QUEUE_BLOCKS,
+    ingest::{INGEST_QUEUE_BLOCKS, WRITE_QUEUE_BLOCKS},
     node::{ByteStream, DOWNLOAD_READAHEAD_BLOCKS, Node, NodeConfig, StoredDataset},
 };
 pub use cairn_net as net;

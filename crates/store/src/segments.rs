@@ -8,24 +8,74 @@
 //!
 //! Two media implement the same interface: files in a directory (`<dir>/<id>.seg`), and byte
 //! vectors in memory for the in-memory store.
+//!
+//! ## How file segments are written
+//!
+//! An upload streams gigabytes through its segment, so how the bytes reach the disk decides how
+//! much CPU ingest needs besides hashing. A plain buffered `write` copies every byte into the
+//! page cache (about half a CPU-second per GiB on the reference machine), and leaves all of it
+//! dirty for the final `fdatasync` to write back while the client waits. A segment created with
+//! [`WriteMode::Bulk`] therefore bypasses the page cache (`O_DIRECT`, Linux): appends are
+//! gathered in an aligned staging buffer of [`DIRECT_STAGE_BYTES`], and each full buffer is
+//! handed to the device with one `pwrite` by a per-segment I/O thread while the writer fills the
+//! next one. The data is on its way to the disk while the upload runs, the writer does not wait
+//! for the device unless the disk is slower than the stream, and the final `fdatasync` only has
+//! to flush the device cache and the file's metadata.
+//!
+//! Direct I/O wants aligned memory, offsets and lengths, so [`SegmentWriter::sync`] writes the
+//! aligned part of what is staged directly and the short unaligned tail (the manifest, typically)
+//! through the page cache, and the segment stays buffered from then on. Where direct I/O is not
+//! available (another OS, or a file system that refuses `O_DIRECT` at `open` or at the first
+//! write; the I/O thread then writes its buffers through the page cache), the segment falls back
+//! to buffered writes, with *write-behind*: every
+//! [`WRITE_BEHIND_BYTES`] the kernel is told to start writing back what was appended
+//! (`posix_fadvise(DONTNEED)`, which on Linux starts asynchronous writeback of dirty pages and
+//! drops the clean ones), so the final `fdatasync` still finds little to do.
+//!
+//! None of this changes durability: staged or dirty bytes may be lost in a crash until
+//! [`SegmentWriter::sync`] returns, and the store commits no index entry naming them before that.
 
 use std::{
     collections::HashMap,
     fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Write},
+    io,
     os::unix::fs::FileExt,
     path::PathBuf,
-    sync::Arc,
+    sync::{
+        Arc,
+        mpsc::{Receiver, SyncSender, sync_channel},
+    },
+    thread::JoinHandle,
 };
 
 use parking_lot::{Mutex, RwLock};
 
-/// Size of the write buffer in front of a segment file: 16 blocks of 64 KiB per `write` call.
-const WRITE_BUFFER: usize = 1024 * 1024;
+/// Alignment of direct-I/O memory, file offsets and lengths. 4 KiB satisfies devices with
+/// 512-byte and with 4 KiB logical sectors.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Staging buffer of a [`WriteMode::Bulk`] segment: each direct `pwrite` hands the device this
+/// much. 4 MiB (64 blocks): on the reference VM, direct writes of 4 MiB ran at 4.5 GB/s against
+/// 1.6 GB/s with 1 MiB, and the buffer is allocated once per upload. A multiple of
+/// [`DIRECT_ALIGN`].
+const DIRECT_STAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Buffered segments start writeback of what was appended every this many bytes (see the module
+/// docs), so the final `fdatasync` does not have to write a whole upload at once.
+const WRITE_BEHIND_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Open read handles kept at most; beyond this the cache is cleared (segments are large, so a
 /// node touches few of them at once and reopening is cheap).
 const MAX_OPEN_READERS: usize = 64;
+
+/// How a new segment file is written (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteMode {
+    /// Small appends, each followed by a sync (single puts): through the page cache.
+    Buffered,
+    /// A large stream of appends with one sync at the end (uploads): direct I/O where available.
+    Bulk,
+}
 
 /// Where segments live.
 #[derive(Debug)]
@@ -45,11 +95,7 @@ pub(crate) enum Segments {
 #[derive(Debug)]
 pub(crate) enum SegmentWriter {
     /// A file segment.
-    File {
-        id: u64,
-        file: BufWriter<File>,
-        len: u64,
-    },
+    File { id: u64, file: FileAppender },
     /// A memory segment.
     Mem { id: u64, data: Arc<RwLock<Vec<u8>>> },
 }
@@ -74,18 +120,27 @@ impl Segments {
     }
 
     /// Creates segment `id` (truncating any leftover of the same id) and opens it for appending.
-    pub(crate) fn create(&self, id: u64) -> io::Result<SegmentWriter> {
+    pub(crate) fn create(&self, id: u64, mode: WriteMode) -> io::Result<SegmentWriter> {
         match self {
             Segments::Dir { dir, .. } => {
+                let path = Self::path(dir, id);
                 let file = OpenOptions::new()
                     .create(true)
                     .write(true)
                     .truncate(true)
-                    .open(Self::path(dir, id))?;
+                    .open(&path)?;
+                let direct = match mode {
+                    WriteMode::Bulk => Direct::open(&path, &file),
+                    WriteMode::Buffered => None,
+                };
                 Ok(SegmentWriter::File {
                     id,
-                    file: BufWriter::with_capacity(WRITE_BUFFER, file),
-                    len: 0,
+                    file: FileAppender {
+                        file,
+                        direct,
+                        len: 0,
+                        behind: 0,
+                    },
                 })
             }
             Segments::Mem { segs } => {
@@ -215,7 +270,7 @@ impl SegmentWriter {
     /// Bytes appended so far.
     pub(crate) fn len(&self) -> u64 {
         match self {
-            SegmentWriter::File { len, .. } => *len,
+            SegmentWriter::File { file, .. } => file.len,
             SegmentWriter::Mem { data, .. } => data.read().len() as u64,
         }
     }
@@ -223,12 +278,7 @@ impl SegmentWriter {
     /// Appends `bytes`, returning the offset they start at.
     pub(crate) fn append(&mut self, bytes: &[u8]) -> io::Result<u64> {
         match self {
-            SegmentWriter::File { file, len, .. } => {
-                let at = *len;
-                file.write_all(bytes)?;
-                *len += bytes.len() as u64;
-                Ok(at)
-            }
+            SegmentWriter::File { file, .. } => file.append(bytes),
             SegmentWriter::Mem { data, .. } => {
                 let mut d = data.write();
                 let at = d.len() as u64;
@@ -238,14 +288,335 @@ impl SegmentWriter {
         }
     }
 
-    /// Flushes buffered bytes and makes them durable (`fdatasync`).
+    /// Writes out everything appended and makes it durable (`fdatasync`). A bulk segment is
+    /// buffered from here on (see the module docs).
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         match self {
-            SegmentWriter::File { file, .. } => {
-                file.flush()?;
-                file.get_ref().sync_data()
-            }
+            SegmentWriter::File { file, .. } => file.sync(),
             SegmentWriter::Mem { .. } => Ok(()),
         }
+    }
+}
+
+/// The writing side of a file segment: the page-cache handle, and direct-I/O state while appends
+/// bypass the page cache.
+#[derive(Debug)]
+pub(crate) struct FileAppender {
+    /// Buffered handle: appends once direct I/O is over (or unavailable), the unaligned tail, and
+    /// `fdatasync`.
+    file: File,
+    /// Direct-I/O state, while appends go through it.
+    direct: Option<Direct>,
+    /// Bytes appended (the file's logical length).
+    len: u64,
+    /// Buffered appends: offset up to which writeback has been started.
+    behind: u64,
+}
+
+impl FileAppender {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<u64> {
+        let at = self.len;
+        if let Some(d) = &mut self.direct {
+            d.append(bytes)?;
+        } else {
+            self.file.write_all_at(bytes, at)?;
+            write_behind(&self.file, &mut self.behind, at + bytes.len() as u64);
+        }
+        self.len += bytes.len() as u64;
+        Ok(at)
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        if let Some(d) = self.direct.take() {
+            d.finish(&self.file)?;
+        }
+        self.file.sync_data()
+    }
+}
+
+/// Direct-I/O state of a bulk segment: the staging buffer being filled, and the thread that
+/// hands full buffers to the device.
+///
+/// There are [`DIRECT_STAGES`] buffers: while the I/O thread waits for the device to take one,
+/// the writer fills the next, so the device is kept busy and the writer (and the hasher behind
+/// it) only waits when the disk is slower than the stream. Buffers go to the I/O thread with
+/// their length and file offset, and come back, in order, with the outcome of the write.
+struct Direct {
+    /// The buffer being filled.
+    stage: AlignedBuf,
+    /// Bytes staged in it.
+    fill: usize,
+    /// File offset of its first byte (a multiple of [`DIRECT_ALIGN`]).
+    base: u64,
+    /// Buffers back from the I/O thread, ready to fill.
+    spare: Vec<AlignedBuf>,
+    /// Buffers handed to the I/O thread and not back yet.
+    in_flight: usize,
+    /// To the I/O thread: (buffer, bytes to write, file offset). `None` once shut down.
+    jobs: Option<SyncSender<(AlignedBuf, usize, u64)>>,
+    /// From the I/O thread: each buffer back, or the error writing it.
+    done: Receiver<io::Result<AlignedBuf>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Staging buffers per bulk segment: one filling, one being written.
+const DIRECT_STAGES: usize = 2;
+
+impl std::fmt::Debug for Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Direct")
+            .field("fill", &self.fill)
+            .field("base", &self.base)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`DIRECT_STAGE_BYTES`] of memory aligned to [`DIRECT_ALIGN`], found inside a slightly larger
+/// vector (no `unsafe` needed).
+struct AlignedBuf {
+    mem: Vec<u8>,
+    start: usize,
+}
+
+impl AlignedBuf {
+    fn new() -> Option<AlignedBuf> {
+        let mem = vec![0u8; DIRECT_STAGE_BYTES + DIRECT_ALIGN];
+        let start = mem.as_ptr().align_offset(DIRECT_ALIGN);
+        (start < DIRECT_ALIGN).then_some(AlignedBuf { mem, start })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.mem[self.start..self.start + DIRECT_STAGE_BYTES]
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.mem[self.start..self.start + DIRECT_STAGE_BYTES]
+    }
+}
+
+impl Direct {
+    /// Opens an `O_DIRECT` handle on the (new, empty) segment file and starts its I/O thread, or
+    /// returns `None` where direct I/O is not available; the segment is then written through the
+    /// page cache. `buffered` is cloned for the I/O thread, which falls back to it if the file
+    /// system refuses a direct write.
+    #[cfg(target_os = "linux")]
+    fn open(path: &std::path::Path, buffered: &File) -> Option<Direct> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            path,
+            OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let direct = File::from(fd);
+        let buffered = buffered.try_clone().ok()?;
+        let stage = AlignedBuf::new()?;
+        let spare = (1..DIRECT_STAGES)
+            .map(|_| AlignedBuf::new())
+            .collect::<Option<Vec<_>>>()?;
+        let (jobs, jobs_rx) = sync_channel::<(AlignedBuf, usize, u64)>(DIRECT_STAGES);
+        let (done_tx, done) = sync_channel(DIRECT_STAGES);
+        let thread = std::thread::Builder::new()
+            .name("cairn-segment-io".into())
+            .spawn(move || {
+                let mut direct_ok = true;
+                let mut behind = 0;
+                for (buf, len, off) in jobs_rx {
+                    let data = &buf.bytes()[..len];
+                    let mut res = if direct_ok {
+                        direct.write_all_at(data, off)
+                    } else {
+                        buffered.write_all_at(data, off)
+                    };
+                    // EINVAL: this file system does not do direct I/O after all. Write this and
+                    // every later buffer through the page cache (with write-behind).
+                    if direct_ok
+                        && matches!(&res, Err(e) if e.kind() == io::ErrorKind::InvalidInput)
+                    {
+                        direct_ok = false;
+                        res = buffered.write_all_at(data, off);
+                    }
+                    if !direct_ok && res.is_ok() {
+                        write_behind(&buffered, &mut behind, off + len as u64);
+                    }
+                    // The receiver only goes away with the writer; nothing is left to report to.
+                    if done_tx.send(res.map(|()| buf)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Direct {
+            stage,
+            fill: 0,
+            base: 0,
+            spare,
+            in_flight: 0,
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open(_path: &std::path::Path, _buffered: &File) -> Option<Direct> {
+        None
+    }
+
+    /// Stages `bytes`, handing each buffer that fills to the I/O thread.
+    fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let take = (DIRECT_STAGE_BYTES - self.fill).min(bytes.len());
+            self.stage.bytes_mut()[self.fill..self.fill + take].copy_from_slice(&bytes[..take]);
+            self.fill += take;
+            bytes = &bytes[take..];
+            if self.fill == DIRECT_STAGE_BYTES {
+                let next = match self.spare.pop() {
+                    Some(b) => b,
+                    None => self.wait_one()?,
+                };
+                let full = std::mem::replace(&mut self.stage, next);
+                self.submit(full, DIRECT_STAGE_BYTES)?;
+                self.base += DIRECT_STAGE_BYTES as u64;
+                self.fill = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, buf: AlignedBuf, len: usize) -> io::Result<()> {
+        let jobs = self.jobs.as_ref().ok_or_else(io_thread_gone)?;
+        jobs.send((buf, len, self.base))
+            .map_err(|_| io_thread_gone())?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Waits for the oldest buffer in flight to be written; returns it.
+    fn wait_one(&mut self) -> io::Result<AlignedBuf> {
+        let buf = self.done.recv().map_err(|_| io_thread_gone())??;
+        self.in_flight -= 1;
+        Ok(buf)
+    }
+
+    /// Writes everything staged, the aligned part directly and the tail through `buffered`,
+    /// waits for every write, and stops the I/O thread.
+    fn finish(mut self, buffered: &File) -> io::Result<()> {
+        let aligned = self.fill - self.fill % DIRECT_ALIGN;
+        let tail_at = self.base + aligned as u64;
+        let tail = self.stage.bytes()[aligned..self.fill].to_vec();
+        if aligned > 0 {
+            let next = match self.spare.pop() {
+                Some(b) => b,
+                None => self.wait_one()?,
+            };
+            let last = std::mem::replace(&mut self.stage, next);
+            self.submit(last, aligned)?;
+        }
+        while self.in_flight > 0 {
+            let buf = self.wait_one()?;
+            self.spare.push(buf);
+        }
+        buffered.write_all_at(&tail, tail_at)?;
+        Ok(())
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after its current write (its answers never block:
+        // the answer queue holds every buffer there is).
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn io_thread_gone() -> io::Error {
+    io::Error::other("segment I/O thread stopped")
+}
+
+/// Write-behind for buffered appends (see the module docs): once [`WRITE_BEHIND_BYTES`] have
+/// accumulated past `behind`, start writeback of them and drop the clean pages of the window
+/// before. `end` is the offset written up to.
+fn write_behind(file: &File, behind: &mut u64, end: u64) {
+    if end.saturating_sub(*behind) < WRITE_BEHIND_BYTES {
+        return;
+    }
+    let from = behind.saturating_sub(WRITE_BEHIND_BYTES);
+    // Advice only: if the kernel ignores or refuses it, the final fdatasync does the work.
+    let _ = rustix::fs::fadvise(
+        file,
+        from,
+        std::num::NonZeroU64::new(end - from),
+        rustix::fs::Advice::DontNeed,
+    );
+    *behind = end;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `len` bytes of a pattern that differs at every offset modulo 251.
+    fn pattern(seed: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((seed * 31 + i) % 251) as u8).collect()
+    }
+
+    /// Appends pieces of awkward sizes (crossing stage boundaries, unaligned), syncs, appends
+    /// more after the sync, and reads everything back at the offsets `append` returned.
+    fn round_trip(mode: WriteMode, sizes: &[usize]) {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::dir(dir.path().join("blocks")).unwrap();
+        let mut w = segs.create(7, mode).unwrap();
+        let mut written = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let data = pattern(i, size);
+            let off = w.append(&data).unwrap();
+            written.push((off, data));
+            if i == sizes.len() - 2 {
+                w.sync().unwrap();
+            }
+        }
+        w.sync().unwrap();
+        let total: usize = sizes.iter().sum();
+        assert_eq!(w.len(), total as u64);
+        assert_eq!(segs.disk_bytes().unwrap(), total as u64);
+        for (off, data) in written {
+            assert_eq!(segs.read(7, off, data.len()).unwrap(), data, "at {off}");
+        }
+    }
+
+    #[test]
+    fn bulk_segment_reads_back_across_stage_boundaries() {
+        let block = 64 * 1024;
+        let mut sizes = vec![block; DIRECT_STAGE_BYTES / block * 2 + 3];
+        sizes.extend([1, 4095, DIRECT_STAGE_BYTES + 17, 300, 5]);
+        round_trip(WriteMode::Bulk, &sizes);
+    }
+
+    /// An abandoned upload drops its writer with buffers in flight: the I/O thread stops and the
+    /// segment can be removed.
+    #[test]
+    fn bulk_segment_dropped_unsynced_stops_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::dir(dir.path().join("blocks")).unwrap();
+        let mut w = segs.create(3, WriteMode::Bulk).unwrap();
+        let data = pattern(1, 1024 * 1024);
+        for _ in 0..(DIRECT_STAGE_BYTES * DIRECT_STAGES * 2) / data.len() + 1 {
+            w.append(&data).unwrap();
+        }
+        drop(w);
+        segs.remove(3).unwrap();
+        assert_eq!(segs.list().unwrap(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn buffered_segment_reads_back_across_write_behind_windows() {
+        let piece = 1024 * 1024 + 3;
+        let n = usize::try_from(WRITE_BEHIND_BYTES * 2).unwrap() / piece + 2;
+        round_trip(WriteMode::Buffered, &vec![piece; n]);
     }
 }
