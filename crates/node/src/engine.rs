@@ -21,9 +21,10 @@
 //!   penalised as [`PeerAction::Fatal`] and the want goes to another holder.
 //! * A peer with outstanding requests that delivers nothing for [`ACTIVITY_TIMEOUT`] loses them
 //!   to other holders (the reference disconnects it after a minute).
-//! * Verified blocks are written in batches ([`STORE_BATCH_BLOCKS`], at most
-//!   [`STORE_TASKS`] at once) so one `fdatasync` covers many blocks; waiters get the block when
-//!   it is durable. Other peers still asked for it get a cancel.
+//! * Verified blocks go to their requesters at once and are written behind them in batches
+//!   ([`STORE_BATCH_BLOCKS`], at most [`STORE_TASKS`] at once) so one `fdatasync` covers many
+//!   blocks; at most [`MAX_UNSTORED_BLOCKS`] wait for the disk before requests pause.
+//!   [`EngineHandle::flush`] waits for the writes. Other peers still asked for it get a cancel.
 //!
 //! ## Serving (§3.3)
 //! * `WantHave` is answered with `Have` for blocks we hold and with `DontHave` only when the
@@ -73,6 +74,9 @@ pub const NO_HOLDER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_PENDING_WANTS: usize = 16 * 1024;
 /// Blocks written per store call: one `fdatasync` per batch.
 pub const STORE_BATCH_BLOCKS: usize = 256;
+/// Verified blocks waiting for or in a store write. Past this no new block is requested, so a
+/// slow disk slows the download instead of filling memory (1024 blocks = 64 MiB).
+pub const MAX_UNSTORED_BLOCKS: usize = 1024;
 /// Store writes in flight (one writing while the next batch gathers).
 pub const STORE_TASKS: usize = 2;
 /// Addresses one peer may have asked for and not yet received. The reference keeps up to 1024
@@ -124,6 +128,8 @@ pub struct EngineStats {
     pub blocks_sent: u64,
     /// Requests moved away from a silent peer.
     pub timeouts: u64,
+    /// Verified blocks the store refused (quota, I/O).
+    pub store_failures: u64,
     /// Wants pending now.
     pub pending: usize,
 }
@@ -141,6 +147,9 @@ enum Command {
     Stats {
         done: oneshot::Sender<EngineStats>,
     },
+    Flush {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// Handle to the engine task.
@@ -155,6 +164,7 @@ impl std::fmt::Debug for Command {
             Command::Want { wants } => write!(f, "Want({})", wants.len()),
             Command::StoredLocally { tree, .. } => write!(f, "StoredLocally({tree})"),
             Command::Stats { .. } => write!(f, "Stats"),
+            Command::Flush { .. } => write!(f, "Flush"),
         }
     }
 }
@@ -197,6 +207,17 @@ impl EngineHandle {
             .tx
             .send(Command::StoredLocally { tree, manifest })
             .await;
+    }
+
+    /// Waits until every block accepted so far has been written (or failed to be). Under a
+    /// steady stream of new blocks this waits for a moment when the write queue is empty.
+    pub async fn flush(&self) -> Result<(), FetchError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Flush { done: tx })
+            .await
+            .map_err(|_| FetchError::Stopped)?;
+        rx.await.map_err(|_| FetchError::Stopped)
     }
 
     /// Counters.
@@ -294,6 +315,8 @@ pub struct Engine {
     serve_rr: VecDeque<PeerId>,
     serving: usize,
     tasks: JoinSet<Done>,
+    storing_blocks: usize,
+    flush_waiters: Vec<oneshot::Sender<()>>,
     reports_in_flight: usize,
     stats: EngineStats,
 }
@@ -328,6 +351,8 @@ pub fn spawn(
         serve_rr: VecDeque::new(),
         serving: 0,
         tasks: JoinSet::new(),
+        storing_blocks: 0,
+        flush_waiters: Vec::new(),
         reports_in_flight: 0,
         stats: EngineStats::default(),
     };
@@ -398,6 +423,13 @@ impl Engine {
                 let mut s = self.stats.clone();
                 s.pending = self.pending.len();
                 let _ = done.send(s);
+            }
+            Command::Flush { done } => {
+                if self.to_store.is_empty() && self.storing == 0 {
+                    let _ = done.send(());
+                } else {
+                    self.flush_waiters.push(done);
+                }
             }
         }
     }
@@ -563,6 +595,11 @@ impl Engine {
         }
         pending.storing = true;
         self.stats.blocks_received += 1;
+        // Verified: the requesters get it now; the write is batched behind them (the window of
+        // a download does not have to cover a disk sync).
+        for w in pending.waiters.drain(..) {
+            let _ = w.send(Ok(d.block.clone()));
+        }
         // Anyone else we asked (after a timeout) can stop.
         for (other, st) in &mut self.peers {
             if *other != peer && st.outstanding.remove(&d.address).is_some() {
@@ -723,9 +760,14 @@ impl Engine {
         match done {
             Done::Stored(results) => {
                 self.storing -= 1;
+                self.storing_blocks -= results.len();
                 for (address, result) in results {
-                    if result.is_ok() {
-                        self.unpark(address);
+                    match &result {
+                        Ok(_) => self.unpark(address),
+                        Err(e) => {
+                            self.stats.store_failures += 1;
+                            warn!(%address, error = %e, "verified block not stored");
+                        }
                     }
                     if let Some(p) = self.pending.remove(&address) {
                         for w in p.waiters {
@@ -734,6 +776,11 @@ impl Engine {
                     }
                     for st in self.peers.values_mut() {
                         st.haves.remove(&address);
+                    }
+                }
+                if self.to_store.is_empty() && self.storing == 0 {
+                    for done in self.flush_waiters.drain(..) {
+                        let _ = done.send(());
                     }
                 }
             }
@@ -868,6 +915,9 @@ impl Engine {
     }
 
     fn assign(&mut self, now: Instant) {
+        if self.to_store.len() + self.storing_blocks >= MAX_UNSTORED_BLOCKS {
+            return; // the disk is behind: request nothing more until it catches up
+        }
         let mut deferred = Vec::new();
         while let Some(address) = self.ready.pop_front() {
             let Some(p) = self.pending.get_mut(&address) else {
@@ -919,6 +969,7 @@ impl Engine {
             let batch: Vec<ToStore> = self.to_store.drain(..n).collect();
             let store = self.store.clone();
             self.storing += 1;
+            self.storing_blocks += n;
             self.tasks.spawn(async move {
                 let addresses: Vec<BlockAddress> = batch.iter().map(|b| b.address).collect();
                 match tokio::task::spawn_blocking(move || store_batch(&store, batch)).await {

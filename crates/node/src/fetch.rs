@@ -17,6 +17,9 @@
 //! product queued), so letting the minimum age out would feed that queue back into the
 //! estimate and grow the window without bound — the reason BBR needs its "probe RTT" phase.
 //!
+//! The engine hands over each block as soon as it is verified and writes it behind; a
+//! background download ends with [`check_stored`], which waits for those writes.
+//!
 //! Blocks are handed on in order; the consumer (an HTTP body, or nothing for a background
 //! download) pulls through a bounded channel, so a slow reader slows the download instead of
 //! buffering it.
@@ -183,6 +186,28 @@ pub(crate) async fn fetch_dataset(
         }
     }
     Ok(())
+}
+
+/// After a download: waits for the engine's writes and checks every leaf is stored.
+pub(crate) async fn check_stored(
+    store: &Store,
+    engine: &EngineHandle,
+    manifest: &Manifest,
+) -> Result<(), NodeError> {
+    engine.flush().await?;
+    let store = store.clone();
+    let tree = manifest.tree_cid;
+    let count = manifest.blocks_count();
+    let missing = tokio::task::spawn_blocking(move || {
+        (0..count).find(|i| !store.has_leaf(&tree, *i).unwrap_or(false))
+    })
+    .await?;
+    match missing {
+        None => Ok(()),
+        Some(i) => Err(NodeError::Fetch(FetchError::Store(format!(
+            "leaf {i} of {tree} was fetched but is not stored"
+        )))),
+    }
 }
 
 #[cfg(test)]

@@ -148,7 +148,20 @@ impl Node {
         let store = self.store.clone();
         let manifest = manifest.clone();
         tokio::spawn(async move {
-            if let Err(e) = fetch::fetch_dataset(store, engine, manifest, Some(tx.clone())).await {
+            // The stream ends only once every block is also stored, so a completed download is
+            // local (a later `GET /data/{cid}` finds it).
+            let r = match fetch::fetch_dataset(
+                store.clone(),
+                engine.clone(),
+                manifest.clone(),
+                Some(tx.clone()),
+            )
+            .await
+            {
+                Ok(()) => fetch::check_stored(&store, &engine, &manifest).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
                 let _ = tx.send(Err(e)).await;
             }
         });
@@ -164,7 +177,12 @@ impl Node {
         let m = manifest.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            match fetch::fetch_dataset(store, engine, m, None).await {
+            let r = match fetch::fetch_dataset(store.clone(), engine.clone(), m.clone(), None).await
+            {
+                Ok(()) => fetch::check_stored(&store, &engine, &m).await,
+                Err(e) => Err(e),
+            };
+            match r {
                 Ok(()) => info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded"),
                 Err(e) => warn!(%cid, error = %e, "background download failed"),
             }
@@ -176,7 +194,8 @@ impl Node {
     pub async fn download_and_wait(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
         let engine = self.network()?.engine.clone();
-        fetch::fetch_dataset(self.store.clone(), engine, manifest.clone(), None).await?;
+        fetch::fetch_dataset(self.store.clone(), engine.clone(), manifest.clone(), None).await?;
+        fetch::check_stored(&self.store, &engine, &manifest).await?;
         Ok(manifest)
     }
 
