@@ -98,12 +98,16 @@ type BlockFuture = BoxFuture<'static, (Result<Bytes, NodeError>, Option<Duration
 
 /// Downloads every block of `manifest`, in order, into `out` (each item truncated so the total
 /// is the dataset size). With `out = None` blocks are only stored.
+///
+/// The last chunk is not sent but returned: the caller sends it after [`check_stored`], so a
+/// client that has received every byte can rely on the dataset being stored. `Ok(None)` when
+/// the reader went away.
 pub(crate) async fn fetch_dataset(
     store: Store,
     engine: EngineHandle,
     manifest: Manifest,
     out: Option<mpsc::Sender<Result<Bytes, NodeError>>>,
-) -> Result<(), NodeError> {
+) -> Result<Option<Bytes>, NodeError> {
     let tree = manifest.tree_cid;
     let count = manifest.blocks_count();
     let mut remaining = manifest.download_size();
@@ -179,13 +183,16 @@ pub(crate) async fn fetch_dataset(
         let keep = usize::try_from(remaining.min(data.len() as u64)).unwrap_or(data.len());
         data.truncate(keep);
         remaining -= keep as u64;
+        if next >= count && inflight.is_empty() {
+            return Ok(Some(data)); // the last chunk: the caller sends it once stored
+        }
         if let Some(tx) = &out
             && tx.send(Ok(data)).await.is_err()
         {
-            return Ok(()); // the reader went away; pending wants are dropped by the engine
+            return Ok(None); // the reader went away; pending wants are dropped by the engine
         }
     }
-    Ok(())
+    Ok(Some(Bytes::new()))
 }
 
 /// After a download: waits for the engine's writes and checks every leaf is stored.

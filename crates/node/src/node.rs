@@ -148,8 +148,8 @@ impl Node {
         let store = self.store.clone();
         let manifest = manifest.clone();
         tokio::spawn(async move {
-            // The stream ends only once every block is also stored, so a completed download is
-            // local (a later `GET /data/{cid}` finds it).
+            // The last chunk goes out only once every block is stored, so a client that got
+            // every byte finds the dataset local (a later `GET /data/{cid}` serves it).
             let r = match fetch::fetch_dataset(
                 store.clone(),
                 engine.clone(),
@@ -158,11 +158,20 @@ impl Node {
             )
             .await
             {
-                Ok(()) => fetch::check_stored(&store, &engine, &manifest).await,
+                Ok(Some(last)) => fetch::check_stored(&store, &engine, &manifest)
+                    .await
+                    .map(|()| Some(last)),
+                Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
-            if let Err(e) = r {
-                let _ = tx.send(Err(e)).await;
+            match r {
+                Ok(Some(last)) if !last.is_empty() => {
+                    let _ = tx.send(Ok(last)).await;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                }
             }
         });
         Ok(Box::pin(tokio_stream_from(rx)))
@@ -179,7 +188,7 @@ impl Node {
             let started = std::time::Instant::now();
             let r = match fetch::fetch_dataset(store.clone(), engine.clone(), m.clone(), None).await
             {
-                Ok(()) => fetch::check_stored(&store, &engine, &m).await,
+                Ok(_) => fetch::check_stored(&store, &engine, &m).await,
                 Err(e) => Err(e),
             };
             match r {
@@ -194,7 +203,9 @@ impl Node {
     pub async fn download_and_wait(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
         let engine = self.network()?.engine.clone();
-        fetch::fetch_dataset(self.store.clone(), engine.clone(), manifest.clone(), None).await?;
+        let _last =
+            fetch::fetch_dataset(self.store.clone(), engine.clone(), manifest.clone(), None)
+                .await?;
         fetch::check_stored(&self.store, &engine, &manifest).await?;
         Ok(manifest)
     }
