@@ -336,6 +336,57 @@ mod tests {
     }
 
     #[test]
+    fn network_options_resolve_and_bad_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "listen-addrs = [\"/ip4/127.0.0.1/tcp/9\"]\nmuxers = \"mplex\"\nnet-privkey = \"k\"\n",
+        )
+        .unwrap();
+        let c = StartArgs {
+            config_file: Some(f.clone()),
+            data_dir: Some(dir.path().join("d")),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.listen_addrs[0].to_string(), "/ip4/127.0.0.1/tcp/9");
+        assert_eq!(c.muxers, Muxers::Mplex);
+        assert_eq!(c.key_file, dir.path().join("d").join("k"));
+        assert_eq!(c.max_peers, cairn_node::net::DEFAULT_MAX_PEERS);
+        // Defaults.
+        let c = StartArgs::default().resolve().unwrap();
+        assert_eq!(c.listen_addrs[0].to_string(), "/ip4/0.0.0.0/tcp/0");
+        assert_eq!(c.muxers, Muxers::YamuxThenMplex);
+        // A bootstrap address without /p2p/ is refused, naming the option.
+        let err = StartArgs {
+            bootstrap_node: vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("--bootstrap-node"), "{err:#}");
+        std::fs::write(&f, "listen-addrs = [\"not an addr\"]\n").unwrap();
+        let err = StartArgs {
+            config_file: Some(f.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("listen-addrs"), "{err:#}");
+        assert!(parse_muxers("quic").is_err());
+        assert_eq!(parse_muxers("yamux"), Ok(Muxers::Yamux));
+        let err = StartArgs {
+            max_peers: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("--max-peers"), "{err:#}");
+    }
+
+    #[test]
     fn file_is_below_flags_and_unknown_keys_fail() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
