@@ -21,7 +21,7 @@ use tracing::warn;
 
 use crate::{
     Store, StoreError,
-    index::{DS_ACTIVE, DS_WRITING, DatasetRec, Loc},
+    index::{DS_ACTIVE, DS_WRITING, DatasetRec, Loc, checksum},
     segments::{SegmentWriter, WriteMode},
 };
 
@@ -54,6 +54,8 @@ pub struct DatasetWriter {
     session: u64,
     seg: SegmentWriter,
     locs: Extents,
+    /// CRC32C of every block written, in order (4 bytes per block).
+    checksums: Vec<u32>,
     digests: Vec<Digest>,
     reserved: u64,
     done: bool,
@@ -110,6 +112,7 @@ impl Store {
             session,
             seg,
             locs: Extents::default(),
+            checksums: Vec::new(),
             digests: Vec::new(),
             reserved: 0,
             done: false,
@@ -145,6 +148,7 @@ impl DatasetWriter {
         }
         let off = self.seg.append(block.data())?;
         self.locs.push(off, len32);
+        self.checksums.push(checksum(block.data()));
         self.digests.push(digest);
         Ok(())
     }
@@ -176,6 +180,7 @@ impl DatasetWriter {
             seg: self.session,
             off: moff,
             len: mblock.data().len() as u64,
+            checksum: checksum(mblock.data()),
         };
         self.seg.sync()?;
         store.inner.segs.sync_dir()?;
@@ -243,6 +248,11 @@ impl DatasetWriter {
                         seg: session,
                         off,
                         len: u64::from(len),
+                        checksum: self
+                            .checksums
+                            .get(i)
+                            .copied()
+                            .ok_or(StoreError::IndexDamaged("block checksums"))?,
                     };
                     new_refs.push((cid, loc));
                 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_core::{Block, Chunker, Manifest, cid::empty_block_cid};
+use cairn_core::{Block, Chunker, CodexTree, Manifest, cid::empty_block_cid};
 use cairn_store::{DatasetMeta, Store, StoreConfig, StoreError};
 use tempfile::TempDir;
 
@@ -437,6 +437,100 @@ fn corrupt_block_is_reported_not_served() {
         Err(StoreError::Corrupt { .. })
     ));
     assert!(store.get_leaf(&m.tree_cid, 1).unwrap().is_some());
+}
+
+/// Every way a block reaches the disk (upload, network leaves, single put) stores a checksum
+/// that catches a single flipped bit anywhere in the block when it is read back.
+#[test]
+fn any_flipped_bit_is_caught_on_read() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path(), quiet()).unwrap();
+    let (_, m) = upload(&store, &data(2 * BS, 12), None).unwrap();
+    // A second dataset stored the way downloads store it: leaves with proofs.
+    let blocks: Vec<Block> = (0..3u8)
+        .map(|k| Block::data_block(Bytes::from(data(BS, 20 + k))))
+        .collect();
+    let tree = CodexTree::new(
+        blocks
+            .iter()
+            .map(|b| cairn_core::cid::cid_digest(b.cid()).unwrap())
+            .collect(),
+    )
+    .unwrap();
+    let leaves: Vec<_> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i as u64, b.clone(), tree.proof(i as u64).unwrap()))
+        .collect();
+    store.put_leaves(&tree.cid(), &leaves).unwrap();
+    let single = Block::data_block(Bytes::from(data(1000, 30)));
+    store.put_block(&single).unwrap();
+    drop(store);
+
+    // Where each block's bytes are: found by content in the segment files.
+    let segments: Vec<_> = std::fs::read_dir(dir.path().join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let find = |bytes: &[u8]| {
+        for p in &segments {
+            let d = std::fs::read(p).unwrap();
+            if let Some(off) = d.windows(bytes.len()).position(|w| w == bytes) {
+                return (p.clone(), off);
+            }
+        }
+        panic!("block bytes not found in any segment");
+    };
+    let up = data(2 * BS, 12);
+    type Read = Box<dyn Fn(&Store) -> Result<bool, StoreError>>;
+    let mut cases: Vec<(Vec<u8>, Read)> = Vec::new();
+    for i in 0..2u64 {
+        let tree = m.tree_cid;
+        let b = up[i as usize * BS..(i as usize + 1) * BS].to_vec();
+        cases.push((
+            b,
+            Box::new(move |s| s.get_leaf(&tree, i).map(|l| l.is_some())),
+        ));
+    }
+    for (i, b) in blocks.iter().enumerate() {
+        let tree = tree.cid();
+        cases.push((
+            b.data().to_vec(),
+            Box::new(move |s| s.get_leaf(&tree, i as u64).map(|l| l.is_some())),
+        ));
+    }
+    let single_cid = *single.cid();
+    cases.push((
+        single.data().to_vec(),
+        Box::new(move |s| s.get_block(&single_cid).map(|b| b.is_some())),
+    ));
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    for (n, (bytes, read)) in cases.iter().enumerate() {
+        let (path, off) = find(bytes);
+        for _ in 0..4 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let bit = rng % (bytes.len() as u64 * 8);
+            let at = off + (bit / 8) as usize;
+            let mut d = std::fs::read(&path).unwrap();
+            d[at] ^= 1 << (bit % 8);
+            std::fs::write(&path, &d).unwrap();
+            let store = Store::open(dir.path(), quiet()).unwrap();
+            assert!(
+                matches!(read(&store), Err(StoreError::Corrupt { .. })),
+                "case {n}: bit {bit} flipped and the read was not refused"
+            );
+            for (k, (_, other)) in cases.iter().enumerate() {
+                if k != n {
+                    assert!(other(&store).unwrap(), "case {k} damaged by case {n}");
+                }
+            }
+            drop(store);
+            d[at] ^= 1 << (bit % 8);
+            std::fs::write(&path, &d).unwrap();
+        }
+    }
 }
 
 #[test]
