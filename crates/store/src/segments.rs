@@ -22,8 +22,10 @@
 //! for the device unless the disk is slower than the stream, and the final `fdatasync` only has
 //! to flush the device cache and the file's metadata.
 //!
-//! Direct I/O wants aligned memory, offsets and lengths, so [`SegmentWriter::sync`] writes the
-//! aligned part of what is staged directly and the short unaligned tail (the manifest, typically)
+//! Direct I/O wants aligned memory, offsets and lengths. When everything appended is a multiple of
+//! [`DIRECT_ALIGN`] (whole 64 KiB blocks, as in the store's segment for network downloads),
+//! [`SegmentWriter::sync`] writes the staged bytes directly and the segment stays direct; otherwise
+//! it writes the aligned part directly and the short unaligned tail (the manifest, typically)
 //! through the page cache, and the segment stays buffered from then on. Where direct I/O is not
 //! available (another OS, or a file system that refuses `O_DIRECT` at `open` or at the first
 //! write; the I/O thread then writes its buffers through the page cache), the segment falls back
@@ -288,8 +290,9 @@ impl SegmentWriter {
         }
     }
 
-    /// Writes out everything appended and makes it durable (`fdatasync`). A bulk segment is
-    /// buffered from here on (see the module docs).
+    /// Writes out everything appended and makes it durable (`fdatasync`). A bulk segment stays
+    /// direct if everything appended so far was a multiple of 4 KiB (whole blocks), and is
+    /// buffered from here on otherwise (see the module docs).
     pub(crate) fn sync(&mut self) -> io::Result<()> {
         match self {
             SegmentWriter::File { file, .. } => file.sync(),
@@ -327,8 +330,15 @@ impl FileAppender {
     }
 
     fn sync(&mut self) -> io::Result<()> {
-        if let Some(d) = self.direct.take() {
-            d.finish(&self.file)?;
+        match self.direct.take() {
+            // Everything staged is aligned: write it directly and stay direct (a segment that
+            // takes whole blocks batch after batch, like the network-leaves segment).
+            Some(mut d) if d.fill % DIRECT_ALIGN == 0 => {
+                d.flush()?;
+                self.direct = Some(d);
+            }
+            Some(d) => d.finish(&self.file)?,
+            None => {}
         }
         self.file.sync_data()
     }
@@ -500,6 +510,27 @@ impl Direct {
         Ok(buf)
     }
 
+    /// Writes everything staged (which must be a multiple of [`DIRECT_ALIGN`]) and waits for
+    /// every write; appends continue directly after it.
+    fn flush(&mut self) -> io::Result<()> {
+        debug_assert_eq!(self.fill % DIRECT_ALIGN, 0);
+        if self.fill > 0 {
+            let next = match self.spare.pop() {
+                Some(b) => b,
+                None => self.wait_one()?,
+            };
+            let staged = std::mem::replace(&mut self.stage, next);
+            self.submit(staged, self.fill)?;
+            self.base += self.fill as u64;
+            self.fill = 0;
+        }
+        while self.in_flight > 0 {
+            let buf = self.wait_one()?;
+            self.spare.push(buf);
+        }
+        Ok(())
+    }
+
     /// Writes everything staged, the aligned part directly and the tail through `buffered`,
     /// waits for every write, and stops the I/O thread.
     fn finish(mut self, buffered: &File) -> io::Result<()> {
@@ -595,6 +626,45 @@ mod tests {
         let mut sizes = vec![block; DIRECT_STAGE_BYTES / block * 2 + 3];
         sizes.extend([1, 4095, DIRECT_STAGE_BYTES + 17, 300, 5]);
         round_trip(WriteMode::Bulk, &sizes);
+    }
+
+    /// The network-leaves segment syncs after every batch of whole blocks: it stays direct
+    /// through aligned syncs, turns buffered at the first unaligned one, and every byte reads
+    /// back at its offset either way.
+    #[test]
+    fn bulk_segment_stays_direct_through_aligned_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::dir(dir.path().join("blocks")).unwrap();
+        let mut w = segs.create(9, WriteMode::Bulk).unwrap();
+        let is_direct = |w: &SegmentWriter| match w {
+            SegmentWriter::File { file, .. } => file.direct.is_some(),
+            SegmentWriter::Mem { .. } => false,
+        };
+        let direct_available = is_direct(&w);
+        let block = 64 * 1024;
+        let mut written = Vec::new();
+        // Batches of 3 and of 70 blocks (the latter crosses stage boundaries).
+        for (batch, n) in [3, 70, 3, 1, 70].into_iter().enumerate() {
+            for k in 0..n {
+                let data = pattern(batch * 100 + k, block);
+                written.push((w.append(&data).unwrap(), data));
+            }
+            w.sync().unwrap();
+            assert_eq!(is_direct(&w), direct_available, "after batch {batch}");
+            for (off, data) in &written {
+                assert_eq!(&segs.read(9, *off, data.len()).unwrap(), data, "at {off}");
+            }
+        }
+        let small = pattern(7, 100);
+        written.push((w.append(&small).unwrap(), small));
+        w.sync().unwrap();
+        assert!(!is_direct(&w));
+        let more = pattern(8, block);
+        written.push((w.append(&more).unwrap(), more));
+        w.sync().unwrap();
+        for (off, data) in &written {
+            assert_eq!(&segs.read(9, *off, data.len()).unwrap(), data, "at {off}");
+        }
     }
 
     /// An abandoned upload drops its writer with buffers in flight: the I/O thread stops and the

@@ -151,6 +151,10 @@ pub(crate) struct Inner {
     pub(crate) used: AtomicU64,
     /// The shared segment for single puts.
     misc: Mutex<Option<SegmentWriter>>,
+    /// The shared segment for network leaves ([`Store::put_leaves`]): whole blocks in batches,
+    /// written with direct I/O (see `segments.rs`), apart from the small puts that would break
+    /// its alignment.
+    leaves_seg: Mutex<Option<SegmentWriter>>,
     /// Serialises upload finishes (two uploads of the same data must not interleave).
     pub(crate) finish_lock: Mutex<()>,
     reclaim_wake: Mutex<Option<SyncSender<()>>>,
@@ -202,6 +206,7 @@ impl Store {
             reserved: Mutex::new(0),
             used: AtomicU64::new(0),
             misc: Mutex::new(None),
+            leaves_seg: Mutex::new(None),
             finish_lock: Mutex::new(()),
             reclaim_wake: Mutex::new(None),
         });
@@ -373,23 +378,35 @@ impl Store {
         &self,
         f: impl FnOnce(&mut SegmentWriter) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut misc = self.inner.misc.lock();
-        if misc.as_ref().is_some_and(|w| w.len() >= SEGMENT_ROLL_BYTES)
-            && let Some(old) = misc.take()
+        self.with_shared(&self.inner.misc, WriteMode::Buffered, f)
+    }
+
+    /// Runs `f` on a shared segment (creating it, or rolling it over at
+    /// [`SEGMENT_ROLL_BYTES`]).
+    fn with_shared<T>(
+        &self,
+        slot: &Mutex<Option<SegmentWriter>>,
+        mode: WriteMode,
+        f: impl FnOnce(&mut SegmentWriter) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut seg = slot.lock();
+        if seg.as_ref().is_some_and(|w| w.len() >= SEGMENT_ROLL_BYTES)
+            && let Some(mut old) = seg.take()
         {
+            old.sync()?;
             self.write(0, |t| t.seal_segment(old.id()))?;
         }
-        if misc.is_none() {
+        if seg.is_none() {
             let id = self.write(0, |t| {
                 let id = t.next_id()?;
                 t.add_segment(id)?;
                 Ok(id)
             })?;
-            let w = self.inner.segs.create(id, WriteMode::Buffered)?;
+            let w = self.inner.segs.create(id, mode)?;
             self.inner.segs.sync_dir()?;
-            *misc = Some(w);
+            *seg = Some(w);
         }
-        match misc.as_mut() {
+        match seg.as_mut() {
             Some(w) => f(w),
             None => Err(StoreError::IndexDamaged("no shared segment")),
         }
@@ -488,7 +505,7 @@ impl Store {
         let mut locs: Vec<Option<Loc>> = vec![None; leaves.len()];
         if new_bytes > 0 {
             self.check_quota(new_bytes)?;
-            self.with_misc(|w| {
+            self.with_shared(&self.inner.leaves_seg, WriteMode::Bulk, |w| {
                 for (((_, block, _), need), loc) in leaves.iter().zip(&needs_data).zip(&mut locs) {
                     if *need {
                         let off = w.append(block.data())?;
@@ -777,10 +794,12 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Dropping the sender stops the reclaimer thread.
         self.reclaim_wake.lock().take();
-        if let Some(mut w) = self.misc.lock().take()
-            && let Err(e) = w.sync()
-        {
-            warn!(error = %e, "could not sync the shared segment at close");
+        for slot in [&self.misc, &self.leaves_seg] {
+            if let Some(mut w) = slot.lock().take()
+                && let Err(e) = w.sync()
+            {
+                warn!(error = %e, "could not sync a shared segment at close");
+            }
         }
     }
 }
