@@ -10,6 +10,7 @@
 //! (the reference answers `500`), a full store is `507 Insufficient Storage` (the reference
 //! answers `500`).
 
+mod admin;
 mod dto;
 mod error;
 mod headers;
@@ -17,9 +18,10 @@ mod network;
 mod routes;
 
 pub use crate::{
+    admin::{LogLevelSetter, MAX_LEVEL_LEN},
     error::ApiError,
     headers::{
         MAX_FILENAME_LEN, parse_content_disposition_filename, valid_filename, valid_mimetype,
     },
-    routes::{API_BASE, router, serve},
+    routes::{API_BASE, ApiOptions, router, router_with, serve},
 };

@@ -18,6 +18,7 @@ use tracing::info;
 
 use crate::{
     ApiError,
+    admin::{self, LogLevelSetter},
     dto::{DataItem, DataList, SpaceJson},
     headers::{parse_content_disposition_filename, valid_filename, valid_mimetype},
     network,
@@ -26,8 +27,29 @@ use crate::{
 /// The API's base path, as the reference's.
 pub const API_BASE: &str = "/api/codex/v1";
 
-/// The API router over `node`.
+/// What the API needs from the process besides the node.
+#[derive(Clone, Default)]
+pub struct ApiOptions {
+    /// Changes the log filter (`POST /debug/chronicles/loglevel`); without it that endpoint
+    /// answers 503.
+    pub log_level: Option<LogLevelSetter>,
+}
+
+impl std::fmt::Debug for ApiOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiOptions")
+            .field("log_level", &self.log_level.is_some())
+            .finish()
+    }
+}
+
+/// The API router over `node`, without process options.
 pub fn router(node: Node) -> Router {
+    router_with(node, ApiOptions::default())
+}
+
+/// The API router over `node`.
+pub fn router_with(node: Node, options: ApiOptions) -> Router {
     let api = Router::new()
         .route("/data", get(list).post(upload))
         .route("/data/{cid}", get(download).delete(delete))
@@ -45,7 +67,8 @@ pub fn router(node: Node) -> Router {
         .route("/peerid", get(network::peer_id))
         .route("/debug/info", get(network::debug_info))
         .route("/space", get(space))
-        .with_state(node);
+        .with_state(node)
+        .merge(admin::routes(options.log_level));
     Router::new().nest(API_BASE, api)
 }
 
@@ -53,10 +76,11 @@ pub fn router(node: Node) -> Router {
 pub async fn serve(
     listener: TcpListener,
     node: Node,
+    options: ApiOptions,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     info!(addr = %listener.local_addr()?, "REST API listening");
-    axum::serve(listener, router(node))
+    axum::serve(listener, router_with(node, options))
         .with_graceful_shutdown(async move { cancel.cancelled().await })
         .await
 }

@@ -86,22 +86,37 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(cfg: &config::Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+/// Installs the log subscriber; returns the setter `POST /debug/chronicles/loglevel` uses to
+/// change its filter while the node runs.
+fn init_logging(cfg: &config::Config) -> anyhow::Result<cairn_api::LogLevelSetter> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&cfg.log_level)
         .with_context(|| format!("invalid --log-level '{}'", cfg.log_level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if cfg.log_json {
-        builder.json().init()
+    let setter: cairn_api::LogLevelSetter = if cfg.log_json {
+        let builder = builder.json().with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.init();
+        std::sync::Arc::new(move |d: &str| {
+            let f = EnvFilter::try_new(d).map_err(|e| e.to_string())?;
+            handle.reload(f).map_err(|e| e.to_string())
+        })
     } else {
-        builder.init()
-    }
-    Ok(())
+        let builder = builder.with_filter_reloading();
+        let handle = builder.reload_handle();
+        builder.init();
+        std::sync::Arc::new(move |d: &str| {
+            let f = EnvFilter::try_new(d).map_err(|e| e.to_string())?;
+            handle.reload(f).map_err(|e| e.to_string())
+        })
+    };
+    Ok(setter)
 }
 
 async fn start(cfg: config::Config) -> anyhow::Result<()> {
-    init_logging(&cfg)?;
+    let set_log_level = init_logging(&cfg)?;
     let store_cfg = StoreConfig {
         quota_bytes: cfg.storage_quota,
         block_ttl: cfg.block_ttl,
@@ -158,7 +173,15 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         let cancel = cancel.clone();
         tasks.spawn(async move { node.run_maintenance(cancel).await });
     }
-    let api = tokio::spawn(cairn_api::serve(listener, node.clone(), cancel.clone()));
+    let options = cairn_api::ApiOptions {
+        log_level: Some(set_log_level),
+    };
+    let api = tokio::spawn(cairn_api::serve(
+        listener,
+        node.clone(),
+        options,
+        cancel.clone(),
+    ));
 
     shutdown_signal().await;
     info!("shutting down");

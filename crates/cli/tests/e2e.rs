@@ -242,6 +242,24 @@ fn bad_input_gets_clear_answers_and_changes_nothing() {
         list["content"][0]["manifest"]["mimetype"],
         serde_json::Value::Null
     );
+    // The log level changes while the node runs (the real subscriber's reload handle); a
+    // directive it cannot parse is refused and leaves the filter as it was.
+    let level = |q: &str| {
+        c.post(n.url(&format!("/debug/chronicles/loglevel{q}")))
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(level("?level=DEBUG;TRACE:cairn_node"), 200);
+    assert_eq!(level("?level=cairn_node=loudest"), 400);
+    assert_eq!(level(""), 400);
+    assert_eq!(level("?level=warn"), 200);
+    let r = c.get(n.url("/sales/slots")).send().unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().unwrap().as_str()),
+        (503, "Persistence is not enabled")
+    );
     n.stop();
 }
 
