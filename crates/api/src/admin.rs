@@ -37,7 +37,10 @@ pub(crate) fn routes(log_level: Option<LogLevelSetter>) -> Router {
     Router::new()
         .route(
             "/debug/chronicles/loglevel",
-            post(move |q: Query<HashMap<String, String>>| set_level(log_level.clone(), q)),
+            post(move |q: Query<HashMap<String, String>>| {
+                let answer = set_level(log_level.as_ref(), q);
+                async move { answer }
+            }),
         )
         .route("/sales/slots", get(unavailable))
         .route("/sales/slots/{id}", get(unavailable))
@@ -52,8 +55,8 @@ pub(crate) fn routes(log_level: Option<LogLevelSetter>) -> Router {
         .route("/storage/purchases/{id}", get(unavailable))
 }
 
-async fn set_level(
-    setter: Option<LogLevelSetter>,
+fn set_level(
+    setter: Option<&LogLevelSetter>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<StatusCode, ApiError> {
     let level = q
