@@ -120,6 +120,9 @@ pub enum FetchError {
 pub struct EngineStats {
     /// Blocks accepted from the network.
     pub blocks_received: u64,
+    /// Block requests (`WantBlock`) made to peers; a block asked again after a timeout or a
+    /// rejected delivery counts again.
+    pub blocks_requested: u64,
     /// Deliveries dropped as unsolicited or duplicate.
     pub duplicates: u64,
     /// Deliveries that failed verification.
@@ -942,6 +945,7 @@ impl Engine {
             match best {
                 Some((_, peer)) => {
                     p.requested_from = Some(peer);
+                    self.stats.blocks_requested += 1;
                     if let Some(st) = self.peers.get_mut(&peer) {
                         st.outstanding.insert(address, now);
                         st.outbox_wants.push(WantEntry::block(address));

@@ -69,8 +69,11 @@ pub struct StoreConfig {
     pub leaf_batch: usize,
     /// Run a background thread that reclaims deleted datasets.
     pub background_reclaim: bool,
-    /// Test hook called at named points of an upload's finish (crash-safety tests abort the
-    /// process there). Not for production use.
+    /// Test hook called at named points: in an upload's finish (`"finish:synced"`,
+    /// `"finish:leaf-batch"`; crash-safety tests abort the process there), and on entry to
+    /// [`Store::put_block`], [`Store::put_leaves`], [`Store::has_block`] and [`Store::has_leaf`]
+    /// (`"put_block"`, `"put_leaves"`, `"has_block"`, `"has_leaf"`; the node's tests block there
+    /// to stand in for a slow disk). It runs on the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
 }
@@ -307,6 +310,13 @@ impl Store {
         Ok(out)
     }
 
+    /// Calls the test hook ([`StoreConfig::crash_hook`]), if any, at `point`.
+    fn hook(&self, point: &'static str) {
+        if let Some(h) = self.inner.cfg.crash_hook {
+            h(point);
+        }
+    }
+
     /// The expiry (unix seconds, 0 = never) for a block stored now.
     pub(crate) fn expiry_from_now(&self) -> u64 {
         let ttl = self.inner.cfg.block_ttl.as_secs();
@@ -319,6 +329,7 @@ impl Store {
 
     /// Whether block `cid` is stored (the empty block always is).
     pub fn has_block(&self, cid: &Cid) -> Result<bool, StoreError> {
+        self.hook("has_block");
         if *cid == empty_block_cid() {
             return Ok(true);
         }
@@ -427,6 +438,7 @@ impl Store {
     /// Stores a standalone block (refreshing its expiry if it is already stored). A manifest
     /// block is also listed as a dataset. Returns whether the block was new.
     pub fn put_block(&self, block: &Block) -> Result<bool, StoreError> {
+        self.hook("put_block");
         let cid = *block.cid();
         if cid == empty_block_cid() {
             return Ok(false);
@@ -469,6 +481,7 @@ impl Store {
         tree: &Cid,
         leaves: &[(u64, Block, CodexProof)],
     ) -> Result<(), StoreError> {
+        self.hook("put_leaves");
         let root = cid_digest(tree).map_err(|_| StoreError::IndexDamaged("tree CID hash"))?;
         for (index, block, proof) in leaves {
             let leaf =
@@ -552,6 +565,7 @@ impl Store {
 
     /// Whether leaf `index` of dataset `tree` is stored.
     pub fn has_leaf(&self, tree: &Cid, index: u64) -> Result<bool, StoreError> {
+        self.hook("has_leaf");
         Ok(self.leaf_entry(tree, index)?.is_some())
     }
 
