@@ -136,6 +136,7 @@ pub(crate) async fn peer_id(
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct ExchangeJson {
+    blocks_requested: u64,
     blocks_received: u64,
     duplicates: u64,
     rejected: u64,
@@ -205,6 +206,7 @@ pub(crate) async fn debug_info(State(node): State<Node>) -> Result<Response, Api
         repo: node.data_dir().map(|d| d.display().to_string()),
         peers,
         exchange: ExchangeJson {
+            blocks_requested: s.blocks_requested,
             blocks_received: s.blocks_received,
             duplicates: s.duplicates,
             rejected: s.rejected,
