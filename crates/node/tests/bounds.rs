@@ -30,11 +30,14 @@ use cairn_core::{BlockAddress, Cid};
 use cairn_node::{
     Node, NodeConfig, Store, StoreConfig,
     engine::{MAX_OUTSTANDING_PER_PEER, MAX_QUEUED_HAVE_QUERIES, MAX_UNSTORED_BLOCKS, STORE_TASKS},
-    net::{Keypair, NetConfig, NetEvent, NetworkHandle, reputation::DISCONNECT_SCORE, start},
+    net::{NetEvent, NetworkHandle, reputation::DISCONNECT_SCORE},
 };
 use futures::TryStreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+mod common;
+use common::{bare, connect, data, node_with as node, upload};
 
 /// Deadline of every wait (and of a store call held by a [`Gate`]).
 const WAIT: Duration = Duration::from_secs(60);
@@ -125,67 +128,6 @@ fn stall_one_lookup(point: &'static str) {
 
 // ---------------------------------------------------------------------------------------------
 // Nodes, data
-
-fn net_config() -> NetConfig {
-    NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..NetConfig::default()
-    }
-}
-
-async fn node(cancel: &CancellationToken, store: StoreConfig) -> (Node, NetworkHandle) {
-    let (net, events, _) = start(Keypair::generate_secp256k1(), net_config(), cancel.clone())
-        .await
-        .unwrap();
-    let store = Store::in_memory(store).unwrap();
-    let node = Node::with_network(
-        store,
-        NodeConfig::default(),
-        net.clone(),
-        events,
-        cancel.clone(),
-    );
-    (node, net)
-}
-
-/// A bare swarm for a test double.
-async fn bare(cancel: &CancellationToken) -> (NetworkHandle, mpsc::Receiver<NetEvent>) {
-    let (net, events, _) = start(Keypair::generate_secp256k1(), net_config(), cancel.clone())
-        .await
-        .unwrap();
-    (net, events)
-}
-
-async fn connect(from: &NetworkHandle, to: &NetworkHandle) {
-    let addrs = to.listen_addrs().await.unwrap();
-    from.connect(to.local_peer_id(), addrs).await.unwrap();
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-async fn upload(node: &Node, bytes: &[u8]) -> Cid {
-    let body = futures::stream::iter(
-        bytes
-            .chunks(1 << 20)
-            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
-            .collect::<Vec<_>>(),
-    );
-    node.store_dataset(body, Some("f.bin".into()), None)
-        .await
-        .unwrap()
-        .cid
-}
 
 /// Polls `probe` every [`POLL`] until it returns `Some`; panics naming `what` after [`WAIT`].
 async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {

@@ -9,65 +9,16 @@ use cairn_blockexc::{Delivery, Frame, Message, WantEntry, WantType};
 use cairn_core::{Block, BlockAddress};
 use cairn_node::{
     Node, NodeConfig, Store, StoreConfig,
-    net::{Keypair, NetConfig, NetEvent, NetworkHandle, start},
+    net::{NetEvent, NetworkHandle},
 };
 use futures::TryStreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::{bare, connect, data, node, upload};
+
 const WAIT: Duration = Duration::from_secs(60);
-
-fn net_config() -> NetConfig {
-    NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        ..NetConfig::default()
-    }
-}
-
-async fn node(cancel: &CancellationToken) -> (Node, NetworkHandle) {
-    let (net, events, _) = start(Keypair::generate_secp256k1(), net_config(), cancel.clone())
-        .await
-        .unwrap();
-    let store = Store::in_memory(StoreConfig::default()).unwrap();
-    let node = Node::with_network(
-        store,
-        NodeConfig::default(),
-        net.clone(),
-        events,
-        cancel.clone(),
-    );
-    (node, net)
-}
-
-async fn connect(from: &NetworkHandle, to: &NetworkHandle) {
-    let addrs = to.listen_addrs().await.unwrap();
-    from.connect(to.local_peer_id(), addrs).await.unwrap();
-}
-
-fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-async fn upload(node: &Node, bytes: &[u8]) -> cairn_core::Cid {
-    let body = futures::stream::iter(
-        bytes
-            .chunks(100_000)
-            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
-            .collect::<Vec<_>>(),
-    );
-    node.store_dataset(body, Some("f.bin".into()), None)
-        .await
-        .unwrap()
-        .cid
-}
 
 async fn network_bytes(node: &Node, cid: cairn_core::Cid) -> Vec<u8> {
     tokio::time::timeout(WAIT, async {
@@ -312,9 +263,7 @@ async fn run_attack(attack: Attack) {
     let original = data(40 * 65536 + 7, 3);
     let cid = upload(&a, &original).await;
 
-    let (nm, m_events, _) = start(Keypair::generate_secp256k1(), net_config(), cancel.clone())
-        .await
-        .unwrap();
+    let (nm, m_events) = bare(&cancel).await;
     tokio::spawn(malicious_peer(
         m_events,
         nm.clone(),
@@ -430,9 +379,7 @@ async fn malicious_want_list_flood() {
 async fn wanted_block_is_sent_when_it_arrives() {
     let cancel = CancellationToken::new();
     let (a, na) = node(&cancel).await;
-    let (nm, mut m_events, _) = start(Keypair::generate_secp256k1(), net_config(), cancel.clone())
-        .await
-        .unwrap();
+    let (nm, mut m_events) = bare(&cancel).await;
     connect(&nm, &na).await;
     let original = data(3 * 65536, 4);
     // The manifest CID A will have, computed on a scratch node.

@@ -1,0 +1,82 @@
+//! Helpers shared by the node's multi-node tests (`exchange.rs`, `bounds.rs`): loopback nodes
+//! and swarms, pseudo-random data, uploads.
+
+#![allow(dead_code, unreachable_pub)] // each test file uses a different subset
+
+use bytes::Bytes;
+use cairn_core::Cid;
+use cairn_node::{
+    Node, NodeConfig, Store, StoreConfig,
+    net::{Keypair, NetConfig, NetEvent, NetworkHandle, start},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Network settings of every test node: one loopback TCP listener on a free port.
+pub fn net_config() -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..NetConfig::default()
+    }
+}
+
+/// A node with an in-memory store configured by `store`, on loopback.
+pub async fn node_with(cancel: &CancellationToken, store: StoreConfig) -> (Node, NetworkHandle) {
+    let (net, events) = bare(cancel).await;
+    let store = Store::in_memory(store).unwrap();
+    let node = Node::with_network(
+        store,
+        NodeConfig::default(),
+        net.clone(),
+        events,
+        cancel.clone(),
+    );
+    (node, net)
+}
+
+/// A node with a default in-memory store, on loopback.
+pub async fn node(cancel: &CancellationToken) -> (Node, NetworkHandle) {
+    node_with(cancel, StoreConfig::default()).await
+}
+
+/// A bare swarm (no engine) for a test double speaking the protocol itself.
+pub async fn bare(cancel: &CancellationToken) -> (NetworkHandle, mpsc::Receiver<NetEvent>) {
+    let (net, events, _) = start(Keypair::generate_secp256k1(), net_config(), cancel.clone())
+        .await
+        .unwrap();
+    (net, events)
+}
+
+/// Connects `from` to `to` at `to`'s listen addresses.
+pub async fn connect(from: &NetworkHandle, to: &NetworkHandle) {
+    let addrs = to.listen_addrs().await.unwrap();
+    from.connect(to.local_peer_id(), addrs).await.unwrap();
+}
+
+/// `len` pseudo-random bytes (xorshift64 from `seed`).
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Uploads `bytes` to `node` as a dataset named `f.bin`; returns the manifest CID.
+pub async fn upload(node: &Node, bytes: &[u8]) -> Cid {
+    let body = futures::stream::iter(
+        bytes
+            .chunks(1 << 20)
+            .map(|c| Ok::<_, std::io::Error>(Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    node.store_dataset(body, Some("f.bin".into()), None)
+        .await
+        .unwrap()
+        .cid
+}
