@@ -95,24 +95,29 @@ fn init_logging(cfg: &config::Config) -> anyhow::Result<cairn_api::LogLevelSette
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let setter: cairn_api::LogLevelSetter = if cfg.log_json {
+    let setter = if cfg.log_json {
         let builder = builder.json().with_filter_reloading();
-        let handle = builder.reload_handle();
+        let setter = level_setter(builder.reload_handle());
         builder.init();
-        std::sync::Arc::new(move |d: &str| {
-            let f = EnvFilter::try_new(d).map_err(|e| e.to_string())?;
-            handle.reload(f).map_err(|e| e.to_string())
-        })
+        setter
     } else {
         let builder = builder.with_filter_reloading();
-        let handle = builder.reload_handle();
+        let setter = level_setter(builder.reload_handle());
         builder.init();
-        std::sync::Arc::new(move |d: &str| {
-            let f = EnvFilter::try_new(d).map_err(|e| e.to_string())?;
-            handle.reload(f).map_err(|e| e.to_string())
-        })
+        setter
     };
     Ok(setter)
+}
+
+/// A log-level setter over a subscriber's reload handle: parses the directives, then swaps the
+/// filter (a directive that does not parse leaves the filter as it was).
+fn level_setter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> cairn_api::LogLevelSetter {
+    std::sync::Arc::new(move |d: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(d).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    })
 }
 
 async fn start(cfg: config::Config) -> anyhow::Result<()> {

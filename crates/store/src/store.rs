@@ -401,10 +401,11 @@ impl Store {
         f: impl FnOnce(&mut SegmentWriter) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let mut seg = slot.lock();
+        // Every put syncs what it appended before it commits, so a full segment is already
+        // durable here.
         if seg.as_ref().is_some_and(|w| w.len() >= SEGMENT_ROLL_BYTES)
-            && let Some(mut old) = seg.take()
+            && let Some(old) = seg.take()
         {
-            old.sync()?;
             self.write(0, |t| t.seal_segment(old.id()))?;
         }
         if seg.is_none() {
