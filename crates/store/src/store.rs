@@ -155,8 +155,8 @@ pub(crate) struct Inner {
     /// The shared segment for single puts.
     misc: Mutex<Option<SegmentWriter>>,
     /// The shared segment for network leaves ([`Store::put_leaves`]): whole blocks in batches,
-    /// written with direct I/O (see `segments.rs`), apart from the small puts that would break
-    /// its alignment.
+    /// written with direct I/O across batch syncs (see `segments.rs`); a leaf whose size is not
+    /// a multiple of 4 KiB turns it buffered from then on.
     leaves_seg: Mutex<Option<SegmentWriter>>,
     /// Serialises upload finishes (two uploads of the same data must not interleave).
     pub(crate) finish_lock: Mutex<()>,
