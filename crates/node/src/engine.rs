@@ -1,6 +1,6 @@
 //! The block-exchange engine: what to ask which peer for, what to accept, what to serve.
 //!
-//! One task ([`Engine::run`]) owns all exchange state; the node talks to it through an
+//! One task (`Engine::run`) owns all exchange state; the node talks to it through an
 //! [`EngineHandle`]. It never blocks: store reads and writes and every network send run as
 //! tasks in a [`JoinSet`] whose completions come back into the same loop, so the loop only
 //! moves state.

@@ -34,7 +34,7 @@
 //! caps what one provider is asked for at once.
 //!
 //! The engine hands over each block as soon as it is verified and writes it behind; a
-//! background download ends with [`check_stored`], which waits for those writes.
+//! background download ends with `check_stored`, which waits for those writes.
 //!
 //! Blocks are handed on in order; the consumer (an HTTP body, or nothing for a background
 //! download) pulls through a bounded channel, so a slow reader slows the download instead of

@@ -8,15 +8,22 @@
 //! ## The ingest pipeline
 //!
 //! ```text
-//!  async body stream ──► chunker ──[INGEST_QUEUE_BLOCKS]──► hasher thread ──[WRITE_QUEUE_BLOCKS]──► writer thread
-//!   (runtime task)        64 KiB        bounded                sha2-256          bounded            segment append
+//!                                      ┌─[lane 0]─► hasher 0 ─[lane 0]─┐
+//!  async body stream ──► chunker ──────┤                               ├──► writer thread
+//!   (runtime task)        64 KiB       └─[lane 1]─► hasher 1 ─[lane 1]─┘     segment append
+//!                      block k goes     bounded      sha2-256    bounded    takes block k
+//!                      to lane k mod n                                      from lane k mod n
 //! ```
 //!
-//! Hashing (the CPU floor of ingest) runs on its own blocking thread and the segment append on
-//! another, so on two cores they overlap. Both queues are bounded, so memory stays at a few MiB
-//! however large the upload, and a slow disk slows the reader instead of growing a buffer. If the
-//! body fails (client gone) or the store refuses (quota), the pipeline stops and the upload is
-//! rolled back: nothing partial is listed or counted.
+//! Hashing is the CPU floor of ingest and blocks hash independently, so the chunker deals the
+//! blocks round-robin over one hashing thread per core (at most [`MAX_INGEST_HASHERS`]), and the
+//! writer takes them back in the same rotation, so they reach the segment in upload order with
+//! no reordering buffer. The segment append runs on its own thread and overlaps the hashing. All
+//! queues are bounded ([`INGEST_QUEUE_BLOCKS`] and [`WRITE_QUEUE_BLOCKS`] in total, split over
+//! the lanes), so memory stays at a few MiB however large the upload, and a slow disk slows the
+//! reader instead of growing a buffer. If the body fails (client gone) or the store refuses
+//! (quota), the pipeline stops and the upload is rolled back: nothing partial is listed or
+//! counted.
 //!
 //! ## The network
 //!
@@ -37,7 +44,7 @@ mod node;
 
 pub use crate::{
     error::NodeError,
-    ingest::{INGEST_QUEUE_BLOCKS, WRITE_QUEUE_BLOCKS},
+    ingest::{INGEST_QUEUE_BLOCKS, MAX_INGEST_HASHERS, WRITE_QUEUE_BLOCKS},
     node::{ByteStream, DOWNLOAD_READAHEAD_BLOCKS, Node, NodeConfig, StoredDataset},
 };
 pub use cairn_net as net;
