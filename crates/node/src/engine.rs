@@ -153,6 +153,10 @@ enum Command {
     Flush {
         done: oneshot::Sender<()>,
     },
+    Holders {
+        tree: Cid,
+        done: oneshot::Sender<usize>,
+    },
 }
 
 /// Handle to the engine task.
@@ -168,6 +172,7 @@ impl std::fmt::Debug for Command {
             Command::StoredLocally { tree, .. } => write!(f, "StoredLocally({tree})"),
             Command::Stats { .. } => write!(f, "Stats"),
             Command::Flush { .. } => write!(f, "Flush"),
+            Command::Holders { tree, .. } => write!(f, "Holders({tree})"),
         }
     }
 }
@@ -218,6 +223,17 @@ impl EngineHandle {
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Command::Flush { done: tx })
+            .await
+            .map_err(|_| FetchError::Stopped)?;
+        rx.await.map_err(|_| FetchError::Stopped)
+    }
+
+    /// Connected peers known to hold blocks of dataset `tree` (they answered `Have` for one
+    /// of its leaves, or have one of its leaves requested from them).
+    pub async fn holders(&self, tree: Cid) -> Result<usize, FetchError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Holders { tree, done: tx })
             .await
             .map_err(|_| FetchError::Stopped)?;
         rx.await.map_err(|_| FetchError::Stopped)
@@ -426,6 +442,15 @@ impl Engine {
                 let mut s = self.stats.clone();
                 s.pending = self.pending.len();
                 let _ = done.send(s);
+            }
+            Command::Holders { tree, done } => {
+                let of_tree = |a: &BlockAddress| matches!(a, BlockAddress::Leaf { tree: t, .. } if *t == tree);
+                let n = self
+                    .peers
+                    .values()
+                    .filter(|p| p.haves.iter().any(of_tree) || p.outstanding.keys().any(of_tree))
+                    .count();
+                let _ = done.send(n);
             }
             Command::Flush { done } => {
                 if self.to_store.is_empty() && self.storing == 0 {

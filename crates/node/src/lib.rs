@@ -33,9 +33,14 @@
 //! dataset while fetching it, with a window of blocks in flight sized from the measured
 //! bandwidth-delay product (see `fetch.rs`).
 //!
+//! With [`Node::with_discovery`] the node also uses the discovery DHT (`cairn-discovery`): it
+//! announces every dataset it stores and searches the DHT for providers of what it downloads
+//! (see `discover.rs`).
+//!
 //! Store calls are blocking I/O, so every one of them runs on a blocking thread
 //! (`spawn_blocking`), never on a runtime worker.
 
+mod discover;
 pub mod engine;
 mod error;
 pub mod fetch;
@@ -43,9 +48,14 @@ mod ingest;
 mod node;
 
 pub use crate::{
+    discover::{
+        ADVERTISE_CONCURRENCY, ADVERTISE_QUEUE, DEFAULT_REANNOUNCE_INTERVAL, MAX_DIALS_PER_SEARCH,
+        MIN_HOLDERS, MIN_SEARCH_INTERVAL, PROVIDER_CHECK_INTERVAL,
+    },
     error::NodeError,
     ingest::{INGEST_QUEUE_BLOCKS, MAX_INGEST_HASHERS, WRITE_QUEUE_BLOCKS},
     node::{ByteStream, DOWNLOAD_READAHEAD_BLOCKS, Node, NodeConfig, StoredDataset},
 };
+pub use cairn_discovery as discovery;
 pub use cairn_net as net;
 pub use cairn_store::{Space, Store, StoreConfig, StoreError};

@@ -8,11 +8,14 @@ use cairn_net::{Multiaddr, NetEvent, NetworkHandle, PeerId};
 use cairn_store::{Space, Store};
 use futures::Stream;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
+
+use cairn_discovery::Discovery;
 
 use crate::{
     NodeError,
+    discover::Discoverer,
     engine::{self, EngineHandle, FetchError},
     fetch,
     ingest::{UploadInfo, ingest},
@@ -57,11 +60,13 @@ pub struct Node {
     network: Option<Network>,
 }
 
-/// The node's network side: the swarm handle and the block-exchange engine.
+/// The node's network side: the swarm handle, the block-exchange engine and, when the node
+/// runs the DHT, the discovery glue.
 #[derive(Debug, Clone)]
 struct Network {
     net: NetworkHandle,
     engine: EngineHandle,
+    discoverer: Option<Discoverer>,
 }
 
 /// Streamed dataset bytes.
@@ -96,8 +101,56 @@ impl Node {
         Node {
             store,
             config,
-            network: Some(Network { net, engine }),
+            network: Some(Network {
+                net,
+                engine,
+                discoverer: None,
+            }),
         }
+    }
+
+    /// Adds the discovery DHT: stored datasets are announced (again every `reannounce`), and
+    /// downloads search it for providers (see `discover.rs`). Needs a network.
+    pub fn with_discovery(
+        mut self,
+        dht: Discovery,
+        reannounce: Duration,
+        cancel: CancellationToken,
+    ) -> Node {
+        if let Some(n) = &mut self.network {
+            n.discoverer = Some(Discoverer::spawn(
+                dht,
+                n.net.clone(),
+                self.store.clone(),
+                reannounce,
+                cancel,
+            ));
+        }
+        self
+    }
+
+    /// The discovery DHT, if the node runs it.
+    pub fn discovery(&self) -> Option<&Discovery> {
+        self.discoverer().map(Discoverer::dht)
+    }
+
+    fn discoverer(&self) -> Option<&Discoverer> {
+        self.network.as_ref().and_then(|n| n.discoverer.as_ref())
+    }
+
+    /// Announces a stored dataset to the DHT, if the node runs it.
+    fn announce(&self, manifest_cid: Cid, manifest: &Manifest) {
+        if let Some(d) = self.discoverer() {
+            d.announce(manifest_cid, manifest.tree_cid);
+        }
+    }
+
+    /// While the returned guard lives, a download of `manifest` searches the DHT for more
+    /// providers when it has too few.
+    fn watch_providers(&self, manifest: &Manifest) -> Option<DropGuard> {
+        let n = self.network.as_ref()?;
+        let d = n.discoverer.as_ref()?;
+        Some(d.watch(n.engine.clone(), manifest.tree_cid))
     }
 
     fn network(&self) -> Result<&Network, NodeError> {
@@ -128,6 +181,11 @@ impl Node {
         if cid.codec() != Codec::Manifest.code() {
             return Err(NodeError::NotAManifest);
         }
+        // Search the DHT beside asking the connected peers; a provider it dials gets the want
+        // as soon as it connects.
+        if let Some(d) = self.discoverer().cloned() {
+            tokio::spawn(async move { d.search_and_dial(cid).await });
+        }
         let block = self
             .network()?
             .engine
@@ -147,7 +205,9 @@ impl Node {
         let (tx, rx) = mpsc::channel(DOWNLOAD_READAHEAD_BLOCKS);
         let store = self.store.clone();
         let manifest = manifest.clone();
+        let node = self.clone();
         tokio::spawn(async move {
+            let _watch = node.watch_providers(&manifest);
             // The last chunk goes out only once every block is stored, so a client that got
             // every byte finds the dataset local (a later `GET /data/{cid}` serves it).
             let r = match fetch::fetch_dataset(
@@ -164,6 +224,9 @@ impl Node {
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
+            if r.is_ok() {
+                node.announce(manifest.cid(), &manifest);
+            }
             match r {
                 Ok(Some(last)) if !last.is_empty() => {
                     let _ = tx.send(Ok(last)).await;
@@ -184,7 +247,9 @@ impl Node {
         let engine = self.network()?.engine.clone();
         let store = self.store.clone();
         let m = manifest.clone();
+        let node = self.clone();
         tokio::spawn(async move {
+            let _watch = node.watch_providers(&m);
             let started = std::time::Instant::now();
             let r = match fetch::fetch_dataset(store.clone(), engine.clone(), m.clone(), None).await
             {
@@ -192,7 +257,10 @@ impl Node {
                 Err(e) => Err(e),
             };
             match r {
-                Ok(()) => info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded"),
+                Ok(()) => {
+                    info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded");
+                    node.announce(cid, &m);
+                }
                 Err(e) => warn!(%cid, error = %e, "background download failed"),
             }
         });
@@ -203,10 +271,12 @@ impl Node {
     pub async fn download_and_wait(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
         let engine = self.network()?.engine.clone();
+        let _watch = self.watch_providers(&manifest);
         let _last =
             fetch::fetch_dataset(self.store.clone(), engine.clone(), manifest.clone(), None)
                 .await?;
         fetch::check_stored(&self.store, &engine, &manifest).await?;
+        self.announce(cid, &manifest);
         Ok(manifest)
     }
 
@@ -238,6 +308,7 @@ impl Node {
                 .stored_locally(stored.manifest.tree_cid, stored.cid)
                 .await;
         }
+        self.announce(stored.cid, &stored.manifest);
         Ok(stored)
     }
 

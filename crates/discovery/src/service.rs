@@ -1,0 +1,1085 @@
+//! The DHT service: one task that owns the UDP socket, the sessions and the in-flight requests.
+//!
+//! ```text
+//!   Discovery (handle, Clone) ──[COMMAND_QUEUE]──► Service task ◄──► UdpSocket
+//!      lookup / provide / find_providers               │  sessions, handshakes, challenges,
+//!      (async, run on the caller's task)               │  pending requests (all bounded)
+//!                         └──── Arc<Shared>: routing table, provider records, own records
+//! ```
+//!
+//! The task is the only one that touches packets: it answers requests (PING, FINDNODE,
+//! FINDNODEFAST, TALKREQ, ADDPROVIDER, GETPROVIDERS), runs handshakes in both directions, and
+//! matches responses to the requests the handle asked it to send. Everything multi-step
+//! (iterative lookups, `provide`, `find_providers`) is plain async code on the handle, built from
+//! the one primitive "send this request to that node and give me the answer"; so the task never
+//! waits for anything but its socket and its queue.
+//!
+//! **Handshake** (codex-protocol.md §7.3). A request to a node with no session goes out as an
+//! ordinary packet with random bytes; the node answers WHOAREYOU echoing our nonce; we answer
+//! with a handshake packet that carries the request, our ephemeral key and id signature (and our
+//! record when its WHOAREYOU shows an older sequence number). Requests made meanwhile wait in a
+//! bounded queue. The other way round, any packet we cannot decrypt gets a WHOAREYOU, and the
+//! handshake that answers it is checked (signature against the record's key, record's node id
+//! against the packet's source) before its message is read. A WHOAREYOU that answers a packet
+//! sent under an existing session (the peer forgot it) restarts the handshake and resends that
+//! request.
+//!
+//! **Liveness.** A node that answers is marked *seen* in the table (only seen nodes are given to
+//! others in NODES replies, as the reference does); a request that times out counts as a failure
+//! and the table replaces the node (never a bootstrap node). A background loop pings the least
+//! recently seen node of a random bucket every few seconds, and another runs a random lookup
+//! every [`DiscoveryConfig::refresh_interval`] (the reference's `revalidateLoop` and
+//! `refreshLoop`).
+
+use std::{
+    collections::{HashMap, hash_map::Entry as MapEntry},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
+use parking_lot::Mutex;
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, oneshot},
+    time::Instant,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, trace, warn};
+
+use crate::{
+    NodeId,
+    ids::MAX_LOG_DISTANCE,
+    providers::ProviderStore,
+    session::{Session, Sessions},
+    spr::Spr,
+    table::RoutingTable,
+    wire::{
+        crypto,
+        message::{Message, RequestId},
+        packet::{MAX_PACKET_SIZE, Nonce, Packet, PacketKind},
+    },
+};
+
+/// Commands queued from handles to the service task. A full queue makes callers wait.
+pub const COMMAND_QUEUE: usize = 256;
+
+/// Requests in flight at once; beyond this a new request fails with [`RequestError::Busy`].
+pub const MAX_PENDING_REQUESTS: usize = 2048;
+
+/// Handshakes we started and are waiting on (a WHOAREYOU), at once.
+pub const MAX_HANDSHAKES_OUT: usize = 1024;
+
+/// Requests queued behind one handshake in progress.
+pub const MAX_QUEUED_PER_HANDSHAKE: usize = 16;
+
+/// WHOAREYOU challenges we sent and keep for the handshake that should answer them. One per
+/// `(node, address)`; when full, the oldest is dropped.
+pub const MAX_CHALLENGES: usize = 1024;
+
+/// Packets whose nonce we remember, so that a WHOAREYOU answering one can be matched to the
+/// request it carried.
+pub const MAX_TRACKED_NONCES: usize = 4096;
+
+/// Messages of one multi-part answer (NODES, PROVIDERS) accepted. The reference splits 16 nodes
+/// into 6 messages of 3.
+pub const MAX_RESPONSE_PARTS: u32 = 8;
+
+/// SPRs per NODES message, as the reference splits its replies (codex-protocol.md §7.4).
+pub const NODES_PER_MESSAGE: usize = 3;
+
+/// Most nodes in a FINDNODE reply (the bucket size).
+pub const MAX_FINDNODE_RESULTS: usize = 16;
+
+/// Most nodes in a FINDNODEFAST reply (the reference's `findNodeFast` answers 6).
+pub const MAX_FINDNODEFAST_RESULTS: usize = 6;
+
+/// Random bytes in the packet that opens a handshake (the discv5 spec's minimum message size).
+pub const RANDOM_PACKET_BYTES: usize = 20;
+
+/// Bytes a packet adds around its plaintext: masking IV 16, static header 23, ordinary authdata
+/// 32, GCM tag 16. Replies are cut so a packet never exceeds [`MAX_PACKET_SIZE`].
+const PACKET_OVERHEAD: usize = 16 + 23 + 32 + 16;
+
+/// How often the task sweeps timed-out requests, handshakes and challenges.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Settings of a DHT node.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// UDP address to bind (`--disc-port`; the reference's default port is 8090).
+    pub listen: SocketAddr,
+    /// IP put into our DHT record. `None`: the bound IP, or 127.0.0.1 when bound to an
+    /// unspecified address (the reference uses its NAT setting here).
+    pub announce_ip: Option<IpAddr>,
+    /// libp2p addresses put into our provider record (where downloaders dial us).
+    pub provider_addrs: Vec<Multiaddr>,
+    /// Nodes to join through; never evicted from the table.
+    pub bootstrap: Vec<Spr>,
+    /// Time to wait for a response (the reference: 1 s).
+    pub request_timeout: Duration,
+    /// Extra time allowed when the request needs a handshake first (the reference: 500 ms).
+    pub handshake_timeout: Duration,
+    /// Interval of random lookups that keep the table fresh (the reference: 5 min).
+    pub refresh_interval: Duration,
+    /// Liveness pings go out at a random interval in this range (the reference: 5–10 s).
+    pub revalidate_interval: (Duration, Duration),
+    /// Whether to accept loopback and private addresses from any sender (tests, local
+    /// networks). Off: the reference's rule (only from senders in the same scope).
+    pub allow_local_addrs: bool,
+}
+
+impl DiscoveryConfig {
+    /// Defaults as the reference, listening on `listen`.
+    pub fn new(listen: SocketAddr) -> DiscoveryConfig {
+        DiscoveryConfig {
+            listen,
+            announce_ip: None,
+            provider_addrs: Vec::new(),
+            bootstrap: Vec::new(),
+            request_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_millis(500),
+            refresh_interval: Duration::from_secs(5 * 60),
+            revalidate_interval: (Duration::from_secs(5), Duration::from_secs(10)),
+            allow_local_addrs: false,
+        }
+    }
+}
+
+/// Why a DHT node could not start or an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// The UDP socket could not be bound.
+    #[error("cannot bind the discovery UDP socket on {addr}: {source}")]
+    Bind {
+        /// Address asked for.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Our own record could not be built (the key is not secp256k1, or an address is bad).
+    #[error("cannot build our signed peer record: {0}")]
+    Record(String),
+    /// The service task has stopped.
+    #[error("the discovery service has stopped")]
+    Stopped,
+}
+
+/// Why one request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// No answer in time.
+    #[error("no answer in time")]
+    Timeout,
+    /// The node's record has no IPv4/UDP address.
+    #[error("the node's record has no UDP address")]
+    NoAddress,
+    /// Too many requests or handshakes in flight.
+    #[error("too many requests in flight")]
+    Busy,
+    /// The answer did not make sense (wrong kind).
+    #[error("unexpected answer")]
+    BadResponse,
+    /// The service task has stopped.
+    #[error("the discovery service has stopped")]
+    Stopped,
+}
+
+/// Our two records: the DHT record (UDP address) and the provider record (libp2p addresses).
+#[derive(Debug, Clone)]
+pub struct LocalRecords {
+    /// Sent in handshakes and NODES replies; `GET /spr`.
+    pub dht: Spr,
+    /// Sent in ADDPROVIDER.
+    pub provider: Spr,
+}
+
+/// State shared between the task and its handles; every lock is held for a few operations and
+/// never across an `.await`.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) table: Mutex<RoutingTable<Spr>>,
+    pub(crate) providers: Mutex<ProviderStore<Spr>>,
+    pub(crate) records: Mutex<LocalRecords>,
+    pub(crate) keypair: Keypair,
+    pub(crate) local_id: NodeId,
+    pub(crate) dht_addr: SocketAddr,
+}
+
+impl Shared {
+    pub(crate) fn local_records(&self) -> LocalRecords {
+        self.records.lock().clone()
+    }
+
+    /// Re-signs the provider record with `addrs` and a higher sequence number.
+    pub(crate) fn set_provider_addrs(&self, addrs: Vec<Multiaddr>) -> Result<(), DiscoveryError> {
+        let mut r = self.records.lock();
+        if r.provider.addrs() == addrs.as_slice() {
+            return Ok(());
+        }
+        let seq = next_seq(r.provider.seq().max(r.dht.seq()));
+        r.provider = Spr::sign(&self.keypair, seq, addrs)
+            .map_err(|e| DiscoveryError::Record(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// A sequence number for a new signing: the Unix time in seconds (as libp2p and the reference
+/// do), or one more than `previous` when the clock has not moved past it.
+fn next_seq(previous: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now.max(previous.saturating_add(1))
+}
+
+/// The multiaddr of a DHT record: `/ip4/<ip>/udp/<port>`.
+pub fn udp_multiaddr(addr: SocketAddr) -> Multiaddr {
+    let mut m = Multiaddr::empty();
+    match addr.ip() {
+        IpAddr::V4(ip) => m.push(Protocol::Ip4(ip)),
+        IpAddr::V6(ip) => m.push(Protocol::Ip6(ip)),
+    }
+    m.push(Protocol::Udp(addr.port()));
+    m
+}
+
+/// A request queued by a handle.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send `msg` to `node` and answer with every message of its response.
+    Request {
+        node: Spr,
+        msg: Message,
+        reply: oneshot::Sender<Result<Vec<Message>, RequestError>>,
+    },
+    /// Send `msg` to `node`; no response is expected (ADDPROVIDER).
+    Notify { node: Spr, msg: Message },
+}
+
+/// A request waiting for its response.
+#[derive(Debug)]
+struct Pending {
+    node: NodeId,
+    addr: SocketAddr,
+    /// Collected response messages.
+    parts: Vec<Message>,
+    /// Parts announced by the first NODES/PROVIDERS message.
+    expected: u32,
+    /// Nonce of the last packet that carried the request.
+    nonce: Option<Nonce>,
+    deadline: Instant,
+    reply: Option<oneshot::Sender<Result<Vec<Message>, RequestError>>>,
+}
+
+/// A handshake we started: the random packet is out, the WHOAREYOU not yet in.
+#[derive(Debug)]
+struct HandshakeOut {
+    node: Spr,
+    queue: Vec<(RequestId, Message)>,
+    deadline: Instant,
+}
+
+/// What a nonce we sent belongs to.
+#[derive(Debug, Clone)]
+struct SentPacket {
+    node: Spr,
+    addr: SocketAddr,
+    /// The request it carried (none for the random packet of a handshake).
+    request: Option<(RequestId, Message)>,
+    deadline: Instant,
+}
+
+/// A WHOAREYOU we sent.
+#[derive(Debug)]
+struct Challenge {
+    data: Vec<u8>,
+    created: Instant,
+}
+
+/// The task.
+struct Service {
+    socket: Arc<UdpSocket>,
+    shared: Arc<Shared>,
+    static_secret: k256::SecretKey,
+    config: DiscoveryConfig,
+    sessions: Sessions,
+    handshakes: HashMap<(NodeId, SocketAddr), HandshakeOut>,
+    sent: HashMap<Nonce, SentPacket>,
+    challenges: HashMap<(NodeId, SocketAddr), Challenge>,
+    pending: HashMap<RequestId, Pending>,
+    commands: mpsc::Receiver<Command>,
+}
+
+/// Binds the socket, builds our records and starts the task. Returns the shared state and the
+/// command sender for the handle.
+pub(crate) async fn start(
+    keypair: Keypair,
+    config: DiscoveryConfig,
+    cancel: CancellationToken,
+) -> Result<(Arc<Shared>, mpsc::Sender<Command>), DiscoveryError> {
+    let socket = UdpSocket::bind(config.listen)
+        .await
+        .map_err(|source| DiscoveryError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let bound = socket.local_addr().map_err(|source| DiscoveryError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let ip = config.announce_ip.unwrap_or(if bound.ip().is_unspecified() {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        bound.ip()
+    });
+    let dht_addr = SocketAddr::new(ip, bound.port());
+    let static_secret =
+        crypto::static_secret(&keypair).map_err(|e| DiscoveryError::Record(e.to_string()))?;
+    let seq = next_seq(0);
+    let dht = Spr::sign(&keypair, seq, vec![udp_multiaddr(dht_addr)])
+        .map_err(|e| DiscoveryError::Record(e.to_string()))?;
+    let provider = Spr::sign(&keypair, seq, config.provider_addrs.clone())
+        .map_err(|e| DiscoveryError::Record(e.to_string()))?;
+    let local_id = NodeId::from_peer_id(&keypair.public().to_peer_id());
+    let mut table = RoutingTable::new(local_id);
+    for b in &config.bootstrap {
+        if let Some(addr) = b.udp_addr() {
+            table.insert(b.node_id(), addr, b.seq(), b.clone(), true);
+        } else {
+            warn!(peer = %b.peer_id(), "bootstrap record without an IPv4/UDP address; ignored");
+        }
+    }
+    let shared = Arc::new(Shared {
+        table: Mutex::new(table),
+        providers: Mutex::new(ProviderStore::new()),
+        records: Mutex::new(LocalRecords { dht, provider }),
+        keypair,
+        local_id,
+        dht_addr,
+    });
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let service = Service {
+        socket: Arc::new(socket),
+        shared: shared.clone(),
+        static_secret,
+        config,
+        sessions: Sessions::default(),
+        handshakes: HashMap::new(),
+        sent: HashMap::new(),
+        challenges: HashMap::new(),
+        pending: HashMap::new(),
+        commands: rx,
+    };
+    tokio::spawn(service.run(cancel));
+    Ok((shared, tx))
+}
+
+impl Service {
+    async fn run(mut self, cancel: CancellationToken) {
+        let mut buf = vec![0u8; MAX_PACKET_SIZE + 1];
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let socket = self.socket.clone();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        if let Some(packet) = buf.get(..n) {
+                            self.on_packet(packet, from).await;
+                        }
+                    }
+                    Err(e) => {
+                        // ICMP port unreachable and the like surface here on some systems.
+                        trace!(error = %e, "discovery socket receive error");
+                    }
+                },
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => break,
+                },
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+        for (_, p) in self.pending.drain() {
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Err(RequestError::Stopped));
+            }
+        }
+    }
+
+    // ---- outgoing ----------------------------------------------------------------------
+
+    async fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Request { node, msg, reply } => {
+                let Some(addr) = node.udp_addr() else {
+                    let _ = reply.send(Err(RequestError::NoAddress));
+                    return;
+                };
+                if self.pending.len() >= MAX_PENDING_REQUESTS {
+                    let _ = reply.send(Err(RequestError::Busy));
+                    return;
+                }
+                let id = RequestId::random();
+                let now = Instant::now();
+                self.pending.insert(
+                    id.clone(),
+                    Pending {
+                        node: node.node_id(),
+                        addr,
+                        parts: Vec::new(),
+                        expected: 0,
+                        nonce: None,
+                        deadline: now
+                            + self.config.request_timeout
+                            + self.config.handshake_timeout,
+                        reply: Some(reply),
+                    },
+                );
+                if let Err(e) = self.send_request(node, addr, id.clone(), msg).await {
+                    self.fail(&id, e);
+                }
+            }
+            Command::Notify { node, msg } => {
+                let Some(addr) = node.udp_addr() else { return };
+                let _ = self.send_request(node, addr, RequestId::random(), msg).await;
+            }
+        }
+    }
+
+    /// Sends a request over the session with `node`, or starts (or joins) a handshake.
+    async fn send_request(
+        &mut self,
+        node: Spr,
+        addr: SocketAddr,
+        id: RequestId,
+        msg: Message,
+    ) -> Result<(), RequestError> {
+        let node_id = node.node_id();
+        let now = Instant::now();
+        if let Some(h) = self.handshakes.get_mut(&(node_id, addr)) {
+            if h.queue.len() >= MAX_QUEUED_PER_HANDSHAKE {
+                return Err(RequestError::Busy);
+            }
+            h.queue.push((id, msg));
+            return Ok(());
+        }
+        let deadline = now + self.config.request_timeout + self.config.handshake_timeout;
+        if let Some(session) = self.sessions.get(&node_id, addr, now) {
+            let write_key = session.write_key;
+            let nonce: Nonce = rand::random();
+            let plaintext = msg.encode(&id);
+            let bytes = self.seal_message(&node_id, nonce, &write_key, &plaintext);
+            self.track_nonce(
+                nonce,
+                SentPacket {
+                    node,
+                    addr,
+                    request: Some((id, msg)),
+                    deadline,
+                },
+            );
+            self.send(&bytes, addr).await;
+            return Ok(());
+        }
+        if self.handshakes.len() >= MAX_HANDSHAKES_OUT {
+            return Err(RequestError::Busy);
+        }
+        // No session: a packet of random bytes makes the node challenge us.
+        let nonce: Nonce = rand::random();
+        let mut packet = Packet::new(
+            PacketKind::Message {
+                src: self.shared.local_id,
+            },
+            nonce,
+        );
+        packet.message = (0..RANDOM_PACKET_BYTES).map(|_| rand::random()).collect();
+        let bytes = packet.encode(&node_id);
+        self.handshakes.insert(
+            (node_id, addr),
+            HandshakeOut {
+                node: node.clone(),
+                queue: vec![(id, msg)],
+                deadline,
+            },
+        );
+        self.track_nonce(
+            nonce,
+            SentPacket {
+                node,
+                addr,
+                request: None,
+                deadline,
+            },
+        );
+        self.send(&bytes, addr).await;
+        Ok(())
+    }
+
+    fn track_nonce(&mut self, nonce: Nonce, sent: SentPacket) {
+        if let Some((id, _)) = &sent.request
+            && let Some(p) = self.pending.get_mut(id)
+        {
+            p.nonce = Some(nonce);
+        }
+        if self.sent.len() >= MAX_TRACKED_NONCES
+            && let Some(oldest) = self
+                .sent
+                .iter()
+                .min_by_key(|(_, s)| s.deadline)
+                .map(|(n, _)| *n)
+        {
+            self.sent.remove(&oldest);
+        }
+        self.sent.insert(nonce, sent);
+    }
+
+    /// An ordinary packet from us to `dest` carrying `plaintext` encrypted with `key`.
+    fn seal_message(&self, dest: &NodeId, nonce: Nonce, key: &[u8; 16], plaintext: &[u8]) -> Vec<u8> {
+        let mut packet = Packet::new(
+            PacketKind::Message {
+                src: self.shared.local_id,
+            },
+            nonce,
+        );
+        let ad = packet.authenticated_data();
+        packet.message = crypto::encrypt(key, &nonce, plaintext, &ad);
+        packet.encode(dest)
+    }
+
+    async fn send(&self, bytes: &[u8], to: SocketAddr) {
+        if let Err(e) = self.socket.send_to(bytes, to).await {
+            debug!(%to, error = %e, "discovery send failed");
+        }
+    }
+
+    /// Answers `msg` to `(node, addr)` over the existing session (responses never start a
+    /// handshake: the requester just made one).
+    async fn respond(&mut self, node: &NodeId, addr: SocketAddr, id: &RequestId, msg: &Message) {
+        let Some(session) = self.sessions.get(node, addr, Instant::now()) else {
+            return;
+        };
+        let key = session.write_key;
+        let bytes = self.seal_message(node, rand::random(), &key, &msg.encode(id));
+        self.send(&bytes, addr).await;
+    }
+
+    // ---- incoming ----------------------------------------------------------------------
+
+    async fn on_packet(&mut self, bytes: &[u8], from: SocketAddr) {
+        let packet = match Packet::decode(&self.shared.local_id, bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                trace!(%from, error = %e, "undecodable discovery packet");
+                return;
+            }
+        };
+        match packet.kind.clone() {
+            PacketKind::Message { src } => self.on_message_packet(&packet, src, from).await,
+            PacketKind::WhoAreYou { enr_seq, .. } => {
+                self.on_whoareyou(&packet, enr_seq, from).await;
+            }
+            PacketKind::Handshake {
+                src,
+                id_signature,
+                eph_pubkey,
+                spr,
+            } => {
+                self.on_handshake(&packet, src, &id_signature, &eph_pubkey, spr.as_deref(), from)
+                    .await;
+            }
+        }
+    }
+
+    async fn on_message_packet(&mut self, packet: &Packet, src: NodeId, from: SocketAddr) {
+        let now = Instant::now();
+        let plaintext = self.sessions.get(&src, from, now).and_then(|s| {
+            crypto::decrypt(
+                &s.read_key,
+                &packet.nonce,
+                &packet.message,
+                &packet.authenticated_data(),
+            )
+            .ok()
+        });
+        match plaintext {
+            Some(pt) => self.on_plaintext(&pt, src, from).await,
+            None => self.challenge(src, from, packet.nonce).await,
+        }
+    }
+
+    /// Sends WHOAREYOU for a packet we could not read.
+    async fn challenge(&mut self, src: NodeId, from: SocketAddr, nonce: Nonce) {
+        let now = Instant::now();
+        // One live challenge per node: a burst of unreadable packets gets one answer.
+        if let Some(c) = self.challenges.get(&(src, from))
+            && now.saturating_duration_since(c.created) < self.config.handshake_timeout
+        {
+            return;
+        }
+        let enr_seq = self
+            .shared
+            .table
+            .lock()
+            .get(&src)
+            .map_or(0, |e| e.seq);
+        let packet = Packet::new(
+            PacketKind::WhoAreYou {
+                id_nonce: rand::random(),
+                enr_seq,
+            },
+            nonce,
+        );
+        let bytes = packet.encode(&src);
+        if self.challenges.len() >= MAX_CHALLENGES
+            && let Some(oldest) = self
+                .challenges
+                .iter()
+                .min_by_key(|(_, c)| c.created)
+                .map(|(k, _)| *k)
+        {
+            self.challenges.remove(&oldest);
+        }
+        self.challenges.insert(
+            (src, from),
+            Challenge {
+                data: packet.authenticated_data(),
+                created: now,
+            },
+        );
+        self.send(&bytes, from).await;
+    }
+
+    /// A WHOAREYOU answering one of our packets: complete the handshake and send the request(s).
+    async fn on_whoareyou(&mut self, packet: &Packet, enr_seq: u64, from: SocketAddr) {
+        let Some(sent) = self.sent.remove(&packet.nonce) else {
+            trace!(%from, "WHOAREYOU for a nonce we did not send");
+            return;
+        };
+        if sent.addr != from {
+            return;
+        }
+        let node_id = sent.node.node_id();
+        let mut queue = match self.handshakes.remove(&(node_id, from)) {
+            Some(h) => h.queue,
+            None => sent.request.clone().into_iter().collect(),
+        };
+        if queue.is_empty() {
+            return;
+        }
+        self.sessions.remove(&node_id, from);
+        let first = queue.remove(0);
+        let Some(session) = self.handshake_to(&sent.node, packet, enr_seq, from, &first).await
+        else {
+            for (id, _) in std::iter::once(first).chain(queue) {
+                self.fail(&id, RequestError::BadResponse);
+            }
+            return;
+        };
+        self.sessions.insert(node_id, from, session);
+        let deadline = Instant::now() + self.config.request_timeout;
+        for (id, msg) in queue {
+            let Some(s) = self.sessions.get(&node_id, from, Instant::now()) else {
+                break;
+            };
+            let key = s.write_key;
+            let nonce: Nonce = rand::random();
+            let bytes = self.seal_message(&node_id, nonce, &key, &msg.encode(&id));
+            self.track_nonce(
+                nonce,
+                SentPacket {
+                    node: sent.node.clone(),
+                    addr: from,
+                    request: Some((id, msg)),
+                    deadline,
+                },
+            );
+            self.send(&bytes, from).await;
+        }
+    }
+
+    /// Builds and sends the handshake packet carrying `first`; returns the new session.
+    async fn handshake_to(
+        &mut self,
+        node: &Spr,
+        whoareyou: &Packet,
+        enr_seq: u64,
+        to: SocketAddr,
+        first: &(RequestId, Message),
+    ) -> Option<Session> {
+        let node_id = node.node_id();
+        let remote = crypto::k256_public(node.public_key()).ok()?;
+        let eph = ephemeral_secret()?;
+        let eph_pub = crypto::encode_eph_pubkey(&eph.public_key());
+        let challenge = whoareyou.authenticated_data();
+        let shared = crypto::ecdh(&remote, &eph);
+        let keys = crypto::derive_keys(&shared, &self.shared.local_id, &node_id, &challenge);
+        let sig = crypto::id_sign(&self.shared.keypair, &challenge, &eph_pub, &node_id).ok()?;
+        let own = self.shared.records.lock().dht.clone();
+        let spr = (enr_seq < own.seq()).then(|| own.encoded().to_vec());
+        let nonce: Nonce = rand::random();
+        let mut packet = Packet::new(
+            PacketKind::Handshake {
+                src: self.shared.local_id,
+                id_signature: sig,
+                eph_pubkey: eph_pub,
+                spr,
+            },
+            nonce,
+        );
+        let ad = packet.authenticated_data();
+        packet.message = crypto::encrypt(&keys.initiator, &nonce, &first.1.encode(&first.0), &ad);
+        let bytes = packet.encode(&node_id);
+        self.track_nonce(
+            nonce,
+            SentPacket {
+                node: node.clone(),
+                addr: to,
+                request: Some(first.clone()),
+                deadline: Instant::now() + self.config.request_timeout,
+            },
+        );
+        self.send(&bytes, to).await;
+        Some(Session::new(keys.initiator, keys.recipient, Instant::now()))
+    }
+
+    /// A handshake answering our WHOAREYOU.
+    async fn on_handshake(
+        &mut self,
+        packet: &Packet,
+        src: NodeId,
+        id_signature: &[u8],
+        eph_pubkey: &[u8],
+        spr: Option<&[u8]>,
+        from: SocketAddr,
+    ) {
+        let Some(challenge) = self.challenges.remove(&(src, from)) else {
+            trace!(%from, "handshake without a challenge");
+            return;
+        };
+        // The sender's key: from the record it sent, or from our table.
+        let record = match spr {
+            Some(bytes) => match Spr::decode(bytes) {
+                Ok(r) if r.node_id() == src => Some(r),
+                Ok(_) => {
+                    debug!(%from, "handshake record is not the sender's");
+                    return;
+                }
+                Err(e) => {
+                    debug!(%from, error = %e, "bad record in handshake");
+                    return;
+                }
+            },
+            None => None,
+        };
+        let key = match &record {
+            Some(r) => r.public_key().clone(),
+            None => match self.shared.table.lock().get(&src) {
+                Some(e) => e.record.public_key().clone(),
+                None => {
+                    debug!(%from, "handshake from an unknown node without its record");
+                    return;
+                }
+            },
+        };
+        if !crypto::id_verify(
+            &key,
+            id_signature,
+            &challenge.data,
+            eph_pubkey,
+            &self.shared.local_id,
+        ) {
+            debug!(%from, "handshake with a bad id signature");
+            return;
+        }
+        let Ok(eph) = crypto::decode_eph_pubkey(eph_pubkey) else {
+            return;
+        };
+        let shared = crypto::ecdh(&eph, &self.static_secret);
+        let keys = crypto::derive_keys(&shared, &src, &self.shared.local_id, &challenge.data);
+        let Ok(plaintext) = crypto::decrypt(
+            &keys.initiator,
+            &packet.nonce,
+            &packet.message,
+            &packet.authenticated_data(),
+        ) else {
+            debug!(%from, "handshake message does not decrypt");
+            return;
+        };
+        self.sessions.insert(
+            src,
+            from,
+            Session::new(keys.recipient, keys.initiator, Instant::now()),
+        );
+        if let Some(r) = record
+            && let Some(addr) = r.udp_addr()
+            && addr == from
+            && self.acceptable(addr, from)
+        {
+            // The reference adds a node to its table once it completed a handshake with us, if
+            // its record's address is the one the packet came from (a record with a bogus
+            // address would otherwise be planted by a single packet).
+            self.shared
+                .table
+                .lock()
+                .insert(src, addr, r.seq(), r.clone(), false);
+        }
+        self.on_plaintext(&plaintext, src, from).await;
+    }
+
+    /// Whether a record address may be used, given who told us (codex-protocol.md §7.4).
+    fn acceptable(&self, addr: SocketAddr, sender: SocketAddr) -> bool {
+        address_acceptable(addr, sender, self.config.allow_local_addrs)
+    }
+
+    async fn on_plaintext(&mut self, plaintext: &[u8], src: NodeId, from: SocketAddr) {
+        let (id, msg) = match Message::decode(plaintext) {
+            Ok(m) => m,
+            Err(e) => {
+                debug!(%from, error = %e, "undecodable discovery message");
+                return;
+            }
+        };
+        if msg.is_request() {
+            self.on_request(src, from, id, msg).await;
+        } else {
+            self.on_response(src, from, id, msg);
+        }
+    }
+
+    async fn on_request(&mut self, src: NodeId, from: SocketAddr, id: RequestId, msg: Message) {
+        match msg {
+            Message::Ping { .. } => {
+                let spr_seq = self.shared.records.lock().dht.seq();
+                let pong = Message::Pong {
+                    spr_seq,
+                    ip: from.ip(),
+                    port: from.port(),
+                };
+                self.respond(&src, from, &id, &pong).await;
+            }
+            Message::FindNode { distances } => {
+                // As the reference's handleFindNode: distance 0 asks for our own record only;
+                // any distance above 256 gets an empty answer; otherwise the *seen* nodes at
+                // those distances. An empty list cannot be decoded by the reference: silence.
+                if distances.is_empty() {
+                    return;
+                }
+                let sprs = if distances.contains(&0) {
+                    vec![self.shared.records.lock().dht.encoded().to_vec()]
+                } else if distances.iter().any(|d| *d > MAX_LOG_DISTANCE) {
+                    Vec::new()
+                } else {
+                    self.shared
+                        .table
+                        .lock()
+                        .at_distances(&distances, MAX_FINDNODE_RESULTS)
+                        .into_iter()
+                        .map(|e| e.record.encoded().to_vec())
+                        .collect()
+                };
+                self.send_nodes(&src, from, &id, sprs).await;
+            }
+            Message::FindNodeFast { target } => {
+                let sprs = self
+                    .shared
+                    .table
+                    .lock()
+                    .closest(&target, MAX_FINDNODEFAST_RESULTS, true)
+                    .into_iter()
+                    .map(|e| e.record.encoded().to_vec())
+                    .collect();
+                self.send_nodes(&src, from, &id, sprs).await;
+            }
+            Message::TalkReq { .. } => {
+                // No talk protocols: the reference answers an empty TALKRESP.
+                let resp = Message::TalkResp {
+                    response: Vec::new(),
+                };
+                self.respond(&src, from, &id, &resp).await;
+            }
+            Message::AddProvider { content, provider } => match Spr::decode(&provider) {
+                Ok(record) => {
+                    let peer = record.peer_id();
+                    let seq = record.seq();
+                    self.shared
+                        .providers
+                        .lock()
+                        .add(content, peer, seq, record, Instant::now().into_std());
+                }
+                Err(e) => debug!(%from, error = %e, "bad provider record"),
+            },
+            Message::GetProviders { content } => {
+                let records = self
+                    .shared
+                    .providers
+                    .lock()
+                    .get(&content, Instant::now().into_std());
+                // One PROVIDERS message (total 1), as the reference; cut to fit one packet.
+                let mut providers = Vec::new();
+                let mut size = 0usize;
+                for r in records {
+                    let len = r.encoded().len() + 4;
+                    if size + len > MAX_PACKET_SIZE - PACKET_OVERHEAD - 32 {
+                        break;
+                    }
+                    size += len;
+                    providers.push(r.encoded().to_vec());
+                }
+                let resp = Message::Providers {
+                    total: 1,
+                    providers,
+                };
+                self.respond(&src, from, &id, &resp).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers a FINDNODE(FAST) with `sprs` split into NODES messages of
+    /// [`NODES_PER_MESSAGE`]; an empty answer is one message with `total = 1`.
+    async fn send_nodes(&mut self, src: &NodeId, from: SocketAddr, id: &RequestId, sprs: Vec<Vec<u8>>) {
+        if sprs.is_empty() {
+            let msg = Message::Nodes {
+                total: 1,
+                sprs: Vec::new(),
+            };
+            self.respond(src, from, id, &msg).await;
+            return;
+        }
+        let chunks: Vec<Vec<Vec<u8>>> = sprs
+            .chunks(NODES_PER_MESSAGE)
+            .map(<[Vec<u8>]>::to_vec)
+            .collect();
+        let total = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
+        for chunk in chunks {
+            let msg = Message::Nodes { total, sprs: chunk };
+            self.respond(src, from, id, &msg).await;
+        }
+    }
+
+    fn on_response(&mut self, src: NodeId, from: SocketAddr, id: RequestId, msg: Message) {
+        let MapEntry::Occupied(mut entry) = self.pending.entry(id) else {
+            trace!(%from, "response to no request of ours");
+            return;
+        };
+        let p = entry.get_mut();
+        if p.node != src || p.addr != from {
+            return;
+        }
+        let done = match &msg {
+            Message::Nodes { total, .. } | Message::Providers { total, .. } => {
+                if p.expected == 0 {
+                    p.expected = (*total).clamp(1, MAX_RESPONSE_PARTS);
+                }
+                p.parts.push(msg);
+                p.parts.len() as u32 >= p.expected
+            }
+            _ => {
+                p.parts.push(msg);
+                true
+            }
+        };
+        if done {
+            let p = entry.remove();
+            self.shared.table.lock().mark_seen(&src);
+            // The packet that carried the request is answered: a late WHOAREYOU for it must
+            // not resend it.
+            if let Some(nonce) = p.nonce {
+                self.sent.remove(&nonce);
+            }
+            if let Some(reply) = p.reply {
+                let _ = reply.send(Ok(p.parts));
+            }
+        }
+    }
+
+    fn fail(&mut self, id: &RequestId, error: RequestError) {
+        if let Some(p) = self.pending.remove(id)
+            && let Some(reply) = p.reply
+        {
+            let _ = reply.send(Err(error));
+        }
+    }
+
+    /// Times out requests, handshakes, challenges and nonces.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<RequestId> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(p) = self.pending.remove(&id) {
+                // A node that does not answer is replaced (never a bootstrap node). A partial
+                // multi-part answer still counts as an answer.
+                if p.parts.is_empty() {
+                    self.shared.table.lock().on_failure(&p.node);
+                }
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(if p.parts.is_empty() {
+                        Err(RequestError::Timeout)
+                    } else {
+                        Ok(p.parts)
+                    });
+                }
+            }
+        }
+        self.handshakes.retain(|_, h| h.deadline > now);
+        self.sent.retain(|_, s| s.deadline > now);
+        let ttl = self.config.handshake_timeout + self.config.request_timeout;
+        self.challenges
+            .retain(|_, c| now.saturating_duration_since(c.created) < ttl);
+    }
+}
+
+/// A fresh ephemeral secp256k1 key for one handshake.
+fn ephemeral_secret() -> Option<k256::SecretKey> {
+    for _ in 0..8 {
+        let bytes: [u8; 32] = rand::random();
+        if let Ok(k) = k256::SecretKey::from_slice(&bytes) {
+            return Some(k);
+        }
+    }
+    None
+}
+
+/// The reference's address rule for records learned from others (codex-protocol.md §7.4): an
+/// IPv4 address that is not unspecified or multicast; loopback only from a loopback sender;
+/// private only from a private or loopback sender. `allow_local` lifts the last two (tests and
+/// local networks).
+pub fn address_acceptable(addr: SocketAddr, sender: SocketAddr, allow_local: bool) -> bool {
+    let IpAddr::V4(ip) = addr.ip() else {
+        return false;
+    };
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || addr.port() == 0 {
+        return false;
+    }
+    if allow_local {
+        return true;
+    }
+    let sender_ip = match sender.ip() {
+        IpAddr::V4(s) => s,
+        IpAddr::V6(s) => match s.to_ipv4_mapped() {
+            Some(s) => s,
+            None => return !ip.is_loopback() && !ip.is_private(),
+        },
+    };
+    if ip.is_loopback() && !sender_ip.is_loopback() {
+        return false;
+    }
+    if ip.is_private() && !(sender_ip.is_private() || sender_ip.is_loopback()) {
+        return false;
+    }
+    true
+}
+
+/// The peer id of a record's key, for filtering our own records out of answers.
+pub(crate) fn is_own(shared: &Shared, peer: &PeerId) -> bool {
+    shared.keypair.public().to_peer_id() == *peer
+}

@@ -1,0 +1,149 @@
+//! Session keys per remote node (codex-protocol.md §7.3).
+//!
+//! After a handshake both sides hold two AES-128 keys: the initiator writes with the
+//! *initiator key* and reads with the *recipient key*, the recipient the other way round.
+//! Sessions are keyed by `(node id, socket address)`, as the reference keys them, so a node that
+//! moves to a new address gets a new handshake.
+//!
+//! The cache is bounded ([`MAX_SESSIONS`]): when full, the least recently used session is
+//! dropped; its peer simply answers our next packet with WHOAREYOU and we redo the handshake.
+//! Idle sessions expire after [`SESSION_IDLE_TIMEOUT`].
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use tokio::time::Instant;
+
+use crate::NodeId;
+
+/// Most sessions kept at once. A session costs about 100 bytes; the reference keeps an LRU
+/// cache of the same order. Far above the routing table's 256 × 16 useful peers in practice.
+pub const MAX_SESSIONS: usize = 4096;
+
+/// A session unused for this long is dropped (rust-discv5 uses a day; the peer re-handshakes).
+pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The keys of one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// Key we encrypt with.
+    pub write_key: [u8; 16],
+    /// Key we decrypt with.
+    pub read_key: [u8; 16],
+    last_used: Instant,
+}
+
+impl Session {
+    /// A session with these keys, used now.
+    pub fn new(write_key: [u8; 16], read_key: [u8; 16], now: Instant) -> Session {
+        Session {
+            write_key,
+            read_key,
+            last_used: now,
+        }
+    }
+}
+
+/// The bounded session cache.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    map: HashMap<(NodeId, SocketAddr), Session>,
+}
+
+impl Sessions {
+    /// The session with `(id, addr)`, if any and not expired; marks it used.
+    pub fn get(&mut self, id: &NodeId, addr: SocketAddr, now: Instant) -> Option<&Session> {
+        let key = (*id, addr);
+        let expired = match self.map.get(&key) {
+            None => return None,
+            Some(s) => now.saturating_duration_since(s.last_used) > SESSION_IDLE_TIMEOUT,
+        };
+        if expired {
+            self.map.remove(&key);
+            return None;
+        }
+        let s = self.map.get_mut(&key)?;
+        s.last_used = now;
+        Some(s)
+    }
+
+    /// Stores (or replaces) the session with `(id, addr)`, evicting the least recently used one
+    /// when the cache is full.
+    pub fn insert(&mut self, id: NodeId, addr: SocketAddr, session: Session) {
+        if self.map.len() >= MAX_SESSIONS
+            && !self.map.contains_key(&(id, addr))
+            && let Some(oldest) = self
+                .map
+                .iter()
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| *k)
+        {
+            self.map.remove(&oldest);
+        }
+        self.map.insert((id, addr), session);
+    }
+
+    /// Forgets the session with `(id, addr)` (its keys stopped working).
+    pub fn remove(&mut self, id: &NodeId, addr: SocketAddr) {
+        self.map.remove(&(*id, addr));
+    }
+
+    /// Sessions held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn keyed_by_id_and_address() {
+        let now = Instant::now();
+        let mut s = Sessions::default();
+        let id = NodeId::random();
+        s.insert(id, addr(1), Session::new([1; 16], [2; 16], now));
+        assert!(s.get(&id, addr(1), now).is_some());
+        assert!(s.get(&id, addr(2), now).is_none());
+        assert!(s.get(&NodeId::random(), addr(1), now).is_none());
+        s.remove(&id, addr(1));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn idle_sessions_expire() {
+        let now = Instant::now();
+        let mut s = Sessions::default();
+        let id = NodeId::random();
+        s.insert(id, addr(1), Session::new([1; 16], [2; 16], now));
+        let later = now + SESSION_IDLE_TIMEOUT + Duration::from_secs(1);
+        assert!(s.get(&id, addr(1), later).is_none());
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
+    fn full_cache_drops_the_least_recently_used() {
+        let t0 = Instant::now();
+        let mut s = Sessions::default();
+        let first = NodeId::random();
+        s.insert(first, addr(1), Session::new([0; 16], [0; 16], t0));
+        for i in 1..MAX_SESSIONS {
+            let t = t0 + Duration::from_millis(i as u64);
+            s.insert(NodeId::random(), addr(1), Session::new([0; 16], [0; 16], t));
+        }
+        assert_eq!(s.len(), MAX_SESSIONS);
+        let t = t0 + Duration::from_secs(10);
+        s.insert(NodeId::random(), addr(2), Session::new([0; 16], [0; 16], t));
+        assert_eq!(s.len(), MAX_SESSIONS);
+        assert!(s.get(&first, addr(1), t).is_none(), "the oldest was evicted");
+    }
+}

@@ -1,0 +1,223 @@
+//! The node's use of the discovery DHT: announcing what it stores, and finding and dialling the
+//! providers of what it downloads (codex-protocol.md §3.5–3.6, §7.7).
+//!
+//! * **Advertiser.** When a dataset is stored (uploaded, or downloaded in full) its manifest CID
+//!   and tree CID are queued ([`ADVERTISE_QUEUE`]) and announced with `provide`, at most
+//!   [`ADVERTISE_CONCURRENCY`] at a time. Every `reannounce_interval` (30 min by default, as the
+//!   reference) every stored dataset is announced again, because provider records expire after
+//!   24 h on the nodes that hold them. A full queue drops the announcement (the next round
+//!   repeats it) rather than make an upload wait for the DHT.
+//! * **Provider search.** Fetching a manifest that is not local starts a provider search for it
+//!   beside the block-exchange want; while a dataset downloads, a watcher checks every
+//!   [`PROVIDER_CHECK_INTERVAL`] how many connected peers hold its blocks and, when fewer than
+//!   [`MIN_HOLDERS`], searches the DHT for the tree's providers and dials them. Searches for one
+//!   CID are at least [`MIN_SEARCH_INTERVAL`] apart, and each dials at most
+//!   [`MAX_DIALS_PER_SEARCH`] providers. The engine announces its wants to every peer that
+//!   connects, so a dialled provider starts serving without anything else to do.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use cairn_core::Cid;
+use cairn_discovery::Discovery;
+use cairn_net::NetworkHandle;
+use cairn_store::Store;
+use futures::{StreamExt, stream::FuturesUnordered};
+use parking_lot::Mutex;
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{debug, info};
+
+use crate::engine::EngineHandle;
+
+/// CIDs waiting to be announced. Beyond this an announcement is dropped (the periodic round
+/// repeats it).
+pub const ADVERTISE_QUEUE: usize = 1024;
+
+/// Announcements (each a DHT lookup plus ADDPROVIDER messages) running at once.
+pub const ADVERTISE_CONCURRENCY: usize = 4;
+
+/// Default interval of the re-announce round (the reference: 30 minutes).
+pub const DEFAULT_REANNOUNCE_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
+/// A download with fewer connected holders than this searches the DHT for more (issue 4).
+pub const MIN_HOLDERS: usize = 3;
+
+/// How often a running download checks its number of holders.
+pub const PROVIDER_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Minimum time between two DHT searches for the same CID.
+pub const MIN_SEARCH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Providers dialled per search.
+pub const MAX_DIALS_PER_SEARCH: usize = 8;
+
+/// CIDs whose last search time is remembered (for [`MIN_SEARCH_INTERVAL`]); the oldest is
+/// forgotten beyond this.
+pub const MAX_TRACKED_SEARCHES: usize = 4096;
+
+/// The node's DHT side.
+#[derive(Debug, Clone)]
+pub(crate) struct Discoverer {
+    dht: Discovery,
+    net: NetworkHandle,
+    announce: mpsc::Sender<Cid>,
+    searches: Arc<Mutex<HashMap<Cid, Instant>>>,
+}
+
+impl Discoverer {
+    /// Starts the advertiser over `dht` until `cancel`.
+    pub(crate) fn spawn(
+        dht: Discovery,
+        net: NetworkHandle,
+        store: Store,
+        reannounce: Duration,
+        cancel: CancellationToken,
+    ) -> Discoverer {
+        let (tx, rx) = mpsc::channel(ADVERTISE_QUEUE);
+        tokio::spawn(advertise(dht.clone(), store, rx, reannounce, cancel));
+        Discoverer {
+            dht,
+            net,
+            announce: tx,
+            searches: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// The DHT handle.
+    pub(crate) fn dht(&self) -> &Discovery {
+        &self.dht
+    }
+
+    /// Queues the announcement of a stored dataset (its manifest and tree CIDs).
+    pub(crate) fn announce(&self, manifest: Cid, tree: Cid) {
+        for cid in [manifest, tree] {
+            if self.announce.try_send(cid).is_err() {
+                debug!(%cid, "announce queue full; the next round announces it");
+            }
+        }
+    }
+
+    /// Searches the DHT for providers of `cid` and dials those not connected; returns how many
+    /// were dialled successfully. Does nothing if the last search for `cid` was less than
+    /// [`MIN_SEARCH_INTERVAL`] ago.
+    pub(crate) async fn search_and_dial(&self, cid: Cid) -> usize {
+        {
+            let now = Instant::now();
+            let mut s = self.searches.lock();
+            if s.get(&cid)
+                .is_some_and(|t| now.duration_since(*t) < MIN_SEARCH_INTERVAL)
+            {
+                return 0;
+            }
+            if s.len() >= MAX_TRACKED_SEARCHES
+                && let Some(oldest) = s.iter().min_by_key(|(_, t)| **t).map(|(c, _)| *c)
+            {
+                s.remove(&oldest);
+            }
+            s.insert(cid, now);
+        }
+        let providers = self.dht.find_providers(&cid.to_bytes()).await;
+        let connected: Vec<_> = match self.net.peers().await {
+            Ok(p) => p.into_iter().map(|i| i.peer).collect(),
+            Err(_) => return 0,
+        };
+        let mut dials: FuturesUnordered<_> = providers
+            .into_iter()
+            .filter(|p| !connected.contains(&p.peer_id()) && !p.addrs().is_empty())
+            .take(MAX_DIALS_PER_SEARCH)
+            .map(|p| {
+                let net = self.net.clone();
+                async move {
+                    let peer = p.peer_id();
+                    let r = net.connect(peer, p.addrs().to_vec()).await;
+                    if let Err(e) = &r {
+                        debug!(%peer, error = %e, "cannot dial a provider");
+                    }
+                    r.is_ok()
+                }
+            })
+            .collect();
+        let mut ok = 0;
+        while let Some(r) = dials.next().await {
+            ok += usize::from(r);
+        }
+        if ok > 0 {
+            info!(%cid, dialled = ok, "connected to providers found in the DHT");
+        }
+        ok
+    }
+
+    /// Watches a running download of dataset `tree`: while fewer than [`MIN_HOLDERS`]
+    /// connected peers hold its blocks, searches for providers. Stops when the guard drops.
+    pub(crate) fn watch(&self, engine: EngineHandle, tree: Cid) -> DropGuard {
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let holders = engine.holders(tree).await.unwrap_or(0);
+                if holders < MIN_HOLDERS {
+                    me.search_and_dial(tree).await;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(PROVIDER_CHECK_INTERVAL) => {}
+                }
+            }
+        });
+        token.drop_guard()
+    }
+}
+
+/// The advertiser task.
+async fn advertise(
+    dht: Discovery,
+    store: Store,
+    mut queue: mpsc::Receiver<Cid>,
+    reannounce: Duration,
+    cancel: CancellationToken,
+) {
+    let mut running = JoinSet::new();
+    let mut round = tokio::time::interval(reannounce);
+    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    round.tick().await; // the first tick is immediate; the first round is one interval away
+    let mut backlog: Vec<Cid> = Vec::new();
+    loop {
+        // Start what fits.
+        while running.len() < ADVERTISE_CONCURRENCY
+            && let Some(cid) = backlog.pop()
+        {
+            let dht = dht.clone();
+            running.spawn(async move {
+                let told = dht.provide(&cid.to_bytes()).await;
+                debug!(%cid, told, "announced");
+            });
+        }
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+            cid = queue.recv(), if backlog.len() < ADVERTISE_QUEUE => match cid {
+                Some(cid) => backlog.push(cid),
+                None => break,
+            },
+            _ = round.tick() => {
+                let s = store.clone();
+                let listed = tokio::task::spawn_blocking(move || s.list_manifests()).await;
+                if let Ok(Ok(list)) = listed {
+                    for (cid, m) in list {
+                        if backlog.len() + 2 > ADVERTISE_QUEUE {
+                            break;
+                        }
+                        backlog.push(cid);
+                        backlog.push(m.tree_cid);
+                    }
+                }
+            }
+        }
+    }
+    running.shutdown().await;
+}
