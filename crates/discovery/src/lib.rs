@@ -7,7 +7,14 @@
 //!
 //! Layout (bottom up):
 //! - [`ids`]: node and content ids, the XOR metric.
+//! - [`spr`]: Signed Peer Records, the signed node records (domain `libp2p-peer-record`).
+//! - [`wire`]: the wire layer: [`wire::packet`] (UDP framing and header masking),
+//!   [`wire::crypto`] (handshake ECDH, key derivation, id signatures, AES-GCM) and
+//!   [`wire::message`] (the protobuf message plaintexts).
 
 pub mod ids;
+pub mod spr;
+pub mod wire;
 
 pub use ids::NodeId;
+pub use spr::Spr;
