@@ -325,6 +325,22 @@ mod tests {
         ));
     }
 
+    /// The reference verifies with libsecp256k1, which refuses high-S signatures: ours must
+    /// always be low-S (k256 normalises; this guards against a regression).
+    #[test]
+    fn id_signatures_are_low_s() {
+        let kp = keypair(STATIC_OR_EPH_SECRET);
+        for i in 0..64u8 {
+            let sig = id_sign(&kp, &[i; 40], &h(EPH_PUBKEY), &id(NODE_ID_B)).unwrap();
+            let parsed = k256::ecdsa::Signature::from_der(&sig).unwrap();
+            assert_eq!(
+                parsed.normalize_s(),
+                parsed,
+                "high-S signature for challenge {i}"
+            );
+        }
+    }
+
     #[test]
     fn id_verify_rejects_changes() {
         let kp = keypair(STATIC_OR_EPH_SECRET);

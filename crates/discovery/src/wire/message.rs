@@ -486,12 +486,10 @@ impl Message {
             request_id: Some(id.0.clone()),
             message: Some(self.encode_inner()),
         };
-        let mut out = Vec::with_capacity(1 + envelope.encoded_len());
+        let body = envelope.encode_to_vec();
+        let mut out = Vec::with_capacity(1 + body.len());
         out.push(self.kind());
-        envelope.encode(&mut out).unwrap_or_else(|_| {
-            // A Vec grows as needed, so encoding into it cannot run out of room.
-            debug_assert!(false, "encoding into a Vec failed");
-        });
+        out.extend_from_slice(&body);
         out
     }
 
