@@ -10,6 +10,12 @@
 //!
 //! Layout (bottom up):
 //! - [`ids`]: node and content ids, the XOR metric.
+//! - [`spr`]: Signed Peer Records, the signed node records (domain `libp2p-peer-record`).
+//! - [`wire`]: the wire layer: [`wire::packet`] (UDP framing and header masking),
+//!   [`wire::crypto`] (handshake ECDH, key derivation, id signatures, AES-GCM) and
+//!   [`wire::message`] (the protobuf message plaintexts).
+//! - [`table`]: the routing table; [`lookup`]: the iterative lookup as a state machine;
+//!   [`providers`]: provider records of others. Pure logic, no I/O.
 //! - [`session`]: session keys per remote node, bounded.
 //! - [`service`]: the task owning the socket: handshakes, answering requests, matching
 //!   responses, timeouts.
@@ -18,9 +24,15 @@
 
 pub mod handle;
 pub mod ids;
+pub mod lookup;
+pub mod providers;
 pub mod service;
 pub mod session;
+pub mod spr;
+pub mod table;
+pub mod wire;
 
 pub use handle::{Discovery, NodeInfo};
 pub use ids::NodeId;
 pub use service::{DiscoveryConfig, DiscoveryError, LocalRecords, RequestError};
+pub use spr::Spr;
