@@ -180,6 +180,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     }
     let options = cairn_api::ApiOptions {
         log_level: Some(set_log_level),
+        cors_origin: cfg.api_cors_origin.clone(),
     };
     let api = tokio::spawn(cairn_api::serve(
         listener,
