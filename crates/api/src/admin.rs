@@ -183,6 +183,7 @@ mod tests {
             node(),
             ApiOptions {
                 log_level: Some(setter),
+                ..ApiOptions::default()
             },
         );
         let path = "/debug/chronicles/loglevel";

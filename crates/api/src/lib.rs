@@ -6,22 +6,35 @@
 //! of errors lives in [`ApiError`]. Bodies stream both ways: an upload is never buffered whole,
 //! and a download is read from the store a few blocks ahead of the client.
 //!
+//! Both download endpoints serve HTTP ranges (`206`/`416`), `HEAD`, and entity tags (the
+//! manifest CID; `If-None-Match` → `304`, `If-Range`), reading or fetching only the blocks that
+//! hold the requested bytes (`range.rs`, `download.rs`). With `--api-cors-origin` the API adds
+//! the reference's CORS headers (`cors.rs`).
+//!
 //! Where the reference answers badly, cairn answers better and says so: an empty upload is `400`
 //! (the reference answers `500`), a full store is `507 Insufficient Storage` (the reference
 //! answers `500`).
 
 mod admin;
+mod cors;
+mod download;
 mod dto;
 mod error;
 mod headers;
 mod network;
+mod range;
 mod routes;
 
 pub use crate::{
     admin::{LogLevelSetter, MAX_LEVEL_LEN},
+    cors::{CORS_MAX_AGE_SECS, CorsOrigin, InvalidCorsOrigin},
     error::ApiError,
     headers::{
         MAX_FILENAME_LEN, parse_content_disposition_filename, valid_filename, valid_mimetype,
+    },
+    range::{
+        MAX_RANGE_HEADER_LEN, MAX_RANGE_SPECS, RangeAnswer, RangeRequest, RangeSpec, content_range,
+        etag, none_match, parse_range, range_answer, unsatisfied_range,
     },
     routes::{API_BASE, ApiOptions, router, router_with, serve},
 };

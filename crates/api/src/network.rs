@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use axum::{
     Json,
-    body::Body,
     extract::{Path, Query, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use cairn_node::{
@@ -18,14 +17,15 @@ use serde::Serialize;
 
 use crate::{
     ApiError,
+    download::{self, Source},
     dto::DataItem,
-    routes::{cid_param, dataset_response},
+    routes::cid_param,
 };
 
 /// The reference's 404 body when a manifest cannot be fetched from the network.
 const NOT_FOUND_NETWORK: &str = "The requested CID could not be retrieved from the network.";
 
-fn network_error(e: NodeError) -> ApiError {
+pub(crate) fn network_error(e: NodeError) -> ApiError {
     match e {
         NodeError::NotFound => ApiError::NotFound(NOT_FOUND_NETWORK),
         NodeError::NoNetwork => ApiError::Unavailable("This node has no network.".into()),
@@ -54,20 +54,15 @@ pub(crate) async fn network_manifest(
     Ok(Json(DataItem::new(&cid, &manifest)))
 }
 
-/// `GET /data/{cid}/network/stream`: stream the dataset in order, fetching what is missing.
+/// `GET|HEAD /data/{cid}/network/stream`: stream the dataset (or the requested range) in
+/// order, fetching what is missing.
 pub(crate) async fn network_stream(
     State(node): State<Node>,
     Path(cid): Path<String>,
+    method: Method,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let cid = cid_param(&cid)?;
-    let manifest = node.fetch_manifest(cid).await.map_err(network_error)?;
-    let stream = node.stream_network(&manifest).map_err(network_error)?;
-    let mut resp = dataset_response(&manifest, Body::from_stream(stream));
-    resp.headers_mut().insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        header::HeaderValue::from_static("Content-Disposition"),
-    );
-    Ok(resp)
+    download::serve(&node, &method, &headers, &cid, Source::Network).await
 }
 
 /// `GET /connect/{peerId}?addrs=<multiaddr>&addrs=…`.

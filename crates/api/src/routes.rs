@@ -6,7 +6,7 @@ use axum::{
     Json, Router,
     body::Body,
     extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, Method, StatusCode, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -19,6 +19,8 @@ use tracing::info;
 use crate::{
     ApiError,
     admin::{self, LogLevelSetter},
+    cors::{self, CorsOrigin},
+    download::{self, Source},
     dto::{DataItem, DataList, SpaceJson},
     headers::{parse_content_disposition_filename, valid_filename, valid_mimetype},
     network,
@@ -33,12 +35,16 @@ pub struct ApiOptions {
     /// Changes the log filter (`POST /debug/chronicles/loglevel`); without it that endpoint
     /// answers 503.
     pub log_level: Option<LogLevelSetter>,
+    /// `--api-cors-origin`: with it, the API adds the reference's CORS headers and answers
+    /// preflights (see `cors.rs`); without it, no CORS header is sent.
+    pub cors_origin: Option<CorsOrigin>,
 }
 
 impl std::fmt::Debug for ApiOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiOptions")
             .field("log_level", &self.log_level.is_some())
+            .field("cors_origin", &self.cors_origin)
             .finish()
     }
 }
@@ -69,7 +75,10 @@ pub fn router_with(node: Node, options: ApiOptions) -> Router {
         .route("/space", get(space))
         .with_state(node)
         .merge(admin::routes(options.log_level));
-    Router::new().nest(API_BASE, api)
+    let cors = std::sync::Arc::new(options.cors_origin);
+    Router::new()
+        .nest(API_BASE, api)
+        .layer(axum::middleware::from_fn_with_state(cors, cors::layer))
 }
 
 /// Serves the API on `listener` until `cancel` fires, then finishes in-flight requests.
@@ -143,40 +152,13 @@ async fn list(State(node): State<Node>) -> Result<Json<DataList>, ApiError> {
     }))
 }
 
-async fn download(State(node): State<Node>, Path(cid): Path<String>) -> Result<Response, ApiError> {
-    let cid = cid_param(&cid)?;
-    let manifest = node.manifest(cid).await?;
-    let body = Body::from_stream(node.stream_dataset(&manifest));
-    Ok(dataset_response(&manifest, body))
-}
-
-/// A dataset download response: the reference's headers around `body`.
-pub(crate) fn dataset_response(manifest: &cairn_core::Manifest, body: Body) -> Response {
-    let content_type = manifest
-        .mimetype
-        .clone()
-        .unwrap_or_else(|| "application/octet-stream".into());
-    let disposition = match &manifest.filename {
-        Some(name) => format!("attachment; filename=\"{name}\""),
-        None => "attachment".to_owned(),
-    };
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    let value = |s: String| {
-        HeaderValue::from_str(&s)
-            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
-    };
-    h.insert(header::CONTENT_TYPE, value(content_type));
-    h.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&disposition)
-            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
-    );
-    h.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(manifest.download_size()),
-    );
-    resp
+async fn download(
+    State(node): State<Node>,
+    Path(cid): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    download::serve(&node, &method, &headers, &cid, Source::Local).await
 }
 
 async fn delete(State(node): State<Node>, Path(cid): Path<String>) -> Result<StatusCode, ApiError> {
@@ -209,6 +191,8 @@ mod tests {
     use axum::http::Request;
     use cairn_node::{NodeConfig, Store, StoreConfig};
     use http_body_util::BodyExt;
+
+    use crate::CorsOrigin;
     use tower::ServiceExt;
 
     use super::*;
@@ -377,6 +361,314 @@ mod tests {
         assert_eq!(
             h[header::CONTENT_DISPOSITION],
             "attachment; filename=\"hello.txt\""
+        );
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    async fn upload_bytes(app: &Router, bytes: Vec<u8>) -> String {
+        let req = Request::post(format!("{API_BASE}/data"))
+            .body(Body::from(bytes))
+            .unwrap();
+        let (s, _, cid) = call(app, req).await;
+        assert_eq!(s, StatusCode::OK);
+        String::from_utf8(cid).unwrap()
+    }
+
+    fn get_with(path: &str, headers: &[(&str, &str)]) -> Request<Body> {
+        let mut b = Request::get(format!("{API_BASE}{path}"));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    /// Single ranges of every form, across block boundaries and at both ends, answer 206 with
+    /// the right bytes and headers; what cannot be satisfied is 416; what does not parse, and
+    /// several ranges, get the whole dataset.
+    #[tokio::test]
+    async fn range_requests() {
+        let app = app();
+        let bytes = data(3 * 65536 + 1000);
+        let size = bytes.len();
+        let cid = upload_bytes(&app, bytes.clone()).await;
+        let path = format!("/data/{cid}");
+        for (spec, first, last) in [
+            ("bytes=0-65535".to_owned(), 0, 65535),
+            ("bytes=65530-65545".to_owned(), 65530, 65545),
+            ("bytes=70000-70000".to_owned(), 70000, 70000),
+            ("bytes=-100".to_owned(), size - 100, size - 1),
+            ("bytes=196000-".to_owned(), 196000, size - 1),
+            (format!("bytes=10-{}", size * 2), 10, size - 1),
+        ] {
+            let (s, h, body) = call(&app, get_with(&path, &[("range", &spec)])).await;
+            assert_eq!(s, StatusCode::PARTIAL_CONTENT, "{spec}");
+            assert_eq!(
+                h[header::CONTENT_RANGE],
+                format!("bytes {first}-{last}/{size}"),
+                "{spec}"
+            );
+            assert_eq!(h[header::CONTENT_LENGTH], (last - first + 1).to_string());
+            assert_eq!(h[header::ETAG], format!("\"{cid}\""));
+            assert!(body == bytes[first..=last], "{spec}: bytes differ");
+        }
+        for spec in [
+            format!("bytes={size}-"),
+            "bytes=-0".into(),
+            format!("bytes={size}-,{}-", size + 5),
+        ] {
+            let (s, h, _) = call(&app, get_with(&path, &[("range", &spec)])).await;
+            assert_eq!(s, StatusCode::RANGE_NOT_SATISFIABLE, "{spec}");
+            assert_eq!(h[header::CONTENT_RANGE], format!("bytes */{size}"));
+        }
+        for spec in ["bytes=5-2", "bytes=x-", "lines=0-1", "bytes=0-1,10-20"] {
+            let (s, h, body) = call(&app, get_with(&path, &[("range", spec)])).await;
+            assert_eq!(s, StatusCode::OK, "{spec}");
+            assert_eq!(h[header::ACCEPT_RANGES], "bytes");
+            assert!(!h.contains_key(header::CONTENT_RANGE));
+            assert!(body == bytes, "{spec}");
+        }
+    }
+
+    /// HEAD answers GET's headers without a body (and ignores Range); the ETag is the quoted
+    /// manifest CID; If-None-Match gives 304; If-Range with another tag gives the whole body.
+    #[tokio::test]
+    async fn head_etag_and_conditionals() {
+        let app = app();
+        let bytes = data(70_000);
+        let cid = upload_bytes(&app, bytes.clone()).await;
+        let path = format!("/data/{cid}");
+        let tag = format!("\"{cid}\"");
+        let (_, get_h, _) = call(&app, get_with(&path, &[])).await;
+        for range in [None, Some("bytes=0-9")] {
+            let mut b = Request::head(format!("{API_BASE}{path}"));
+            if let Some(r) = range {
+                b = b.header("range", r);
+            }
+            let (s, h, body) = call(&app, b.body(Body::empty()).unwrap()).await;
+            assert_eq!(s, StatusCode::OK);
+            assert!(body.is_empty());
+            for name in [
+                header::CONTENT_LENGTH,
+                header::CONTENT_TYPE,
+                header::CONTENT_DISPOSITION,
+                header::ACCEPT_RANGES,
+                header::ETAG,
+            ] {
+                assert_eq!(h.get(&name), get_h.get(&name), "{name}");
+            }
+        }
+        assert_eq!(get_h[header::CONTENT_LENGTH], "70000");
+        assert_eq!(get_h[header::ETAG], tag.as_str());
+        let (s, h, body) = call(&app, get_with(&path, &[("if-none-match", &tag)])).await;
+        assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
+        assert_eq!(h[header::ETAG], tag.as_str());
+        let list = format!("\"other\", W/{tag}");
+        let (s, _, _) = call(&app, get_with(&path, &[("if-none-match", &list)])).await;
+        assert_eq!(s, StatusCode::NOT_MODIFIED);
+        let (s, _, _) = call(&app, get_with(&path, &[("if-none-match", "*")])).await;
+        assert_eq!(s, StatusCode::NOT_MODIFIED);
+        let (s, _, _) = call(&app, get_with(&path, &[("if-none-match", "\"other\"")])).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _, body) = call(
+            &app,
+            get_with(&path, &[("range", "bytes=0-9"), ("if-range", "\"other\"")]),
+        )
+        .await;
+        assert_eq!((s, body.len()), (StatusCode::OK, 70_000));
+        let (s, _, body) = call(
+            &app,
+            get_with(&path, &[("range", "bytes=0-9"), ("if-range", &tag)]),
+        )
+        .await;
+        assert_eq!(
+            (s, body.as_slice()),
+            (StatusCode::PARTIAL_CONTENT, &bytes[..10])
+        );
+        // Preconditions do not hide a missing dataset.
+        let unknown = "zDvZRwzm1ePSzKSXt57D5YxHwcSDmsCyYN65wW4HT7fuX9HrzFXy";
+        let (s, _, _) = call(
+            &app,
+            get_with(&format!("/data/{unknown}"), &[("if-none-match", "*")]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+
+    fn cors_app(origin: &str) -> Router {
+        router_with(
+            Node::new(
+                Store::in_memory(StoreConfig::default()).unwrap(),
+                NodeConfig::default(),
+            ),
+            ApiOptions {
+                cors_origin: Some(CorsOrigin::new(origin).unwrap()),
+                ..ApiOptions::default()
+            },
+        )
+    }
+
+    fn options(path: &str, origin: Option<&str>) -> Request<Body> {
+        let mut b = Request::options(format!("{API_BASE}{path}"));
+        if let Some(o) = origin {
+            b = b.header("origin", o);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    fn cors_of(h: &HeaderMap) -> Vec<(String, String)> {
+        let mut v: Vec<_> = h
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("access-control-") || *k == header::VARY)
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut v: Vec<_> = p
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// With `--api-cors-origin`, the headers of the reference for each kind of answer (see
+    /// `cors.rs`); without it, none.
+    #[tokio::test]
+    async fn cors_as_the_reference() {
+        const O: &str = "https://app.example";
+        let app = cors_app(O);
+        let cid = upload_bytes(&app, data(1000)).await;
+        let set = |m: &'static str| {
+            vec![
+                ("access-control-allow-origin", O),
+                ("access-control-allow-methods", m),
+                ("access-control-max-age", "86400"),
+            ]
+        };
+        // Preflights.
+        let (s, h, _) = call(&app, options("/data", Some(O))).await;
+        let mut want = set("POST, OPTIONS");
+        want.push((
+            "access-control-allow-headers",
+            "content-type, content-disposition",
+        ));
+        assert_eq!((s, cors_of(&h)), (StatusCode::NO_CONTENT, pairs(&want)));
+        let (s, h, _) = call(&app, options(&format!("/data/{cid}"), None)).await;
+        let mut want = set("GET,DELETE, OPTIONS");
+        want.push((
+            "access-control-allow-headers",
+            "Range, If-None-Match, If-Range",
+        ));
+        assert_eq!((s, cors_of(&h)), (StatusCode::NO_CONTENT, pairs(&want)));
+        let (s, h, _) = call(&app, options("/space", Some(O))).await;
+        assert_eq!(
+            (s, cors_of(&h)),
+            (
+                StatusCode::OK,
+                pairs(&[("access-control-allow-origin", O), ("vary", "Origin")])
+            )
+        );
+        let (s, h, _) = call(&app, options("/space", Some("https://evil.example"))).await;
+        assert_eq!((s, cors_of(&h)), (StatusCode::OK, vec![]));
+        let (s, _, _) = call(&app, options("/nowhere", Some(O))).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        // Downloads: set(GET) and the reference's misspelt header, whatever the Origin.
+        let (s, h, _) = call(&app, get_with(&format!("/data/{cid}"), &[])).await;
+        let mut want = set("GET, OPTIONS");
+        want.push(("access-control-headers", "X-Requested-With"));
+        want.push((
+            "access-control-expose-headers",
+            "Content-Disposition, Content-Range, Accept-Ranges, ETag",
+        ));
+        assert_eq!((s, cors_of(&h)), (StatusCode::OK, pairs(&want)));
+        let (s, h, _) = call(&app, get_with("/data/not-a-cid", &[])).await;
+        assert_eq!(
+            (s, cors_of(&h)),
+            (StatusCode::BAD_REQUEST, pairs(&set("GET, OPTIONS")))
+        );
+        let del = Request::delete(format!("{API_BASE}/data/{cid}"))
+            .body(Body::empty())
+            .unwrap();
+        let (s, h, _) = call(&app, del).await;
+        assert_eq!(
+            (s, cors_of(&h)),
+            (StatusCode::NO_CONTENT, pairs(&set("DELETE, OPTIONS")))
+        );
+        // Ordinary answers reflect a matching Origin; errors of those routes carry nothing.
+        let (_, h, _) = call(&app, get_with("/space", &[("origin", O)])).await;
+        assert_eq!(
+            cors_of(&h),
+            pairs(&[("access-control-allow-origin", O), ("vary", "Origin")])
+        );
+        let (_, h, _) = call(&app, get_with("/space", &[])).await;
+        assert_eq!(cors_of(&h), vec![]);
+        let (s, h, _) = call(&app, post(b"", &[("origin", O)])).await;
+        assert_eq!((s, cors_of(&h)), (StatusCode::BAD_REQUEST, vec![]));
+        let (s, h, _) = call(
+            &app,
+            get_with(&format!("/data/{cid}/exists"), &[("origin", O)]),
+        )
+        .await;
+        assert_eq!(
+            (s, cors_of(&h)),
+            (
+                StatusCode::OK,
+                pairs(&[("access-control-allow-origin", O), ("vary", "Origin")])
+            )
+        );
+        let (s, h, _) = call(&app, get_with("/data/bad/exists", &[("origin", O)])).await;
+        assert_eq!(
+            (s, cors_of(&h)),
+            (StatusCode::BAD_REQUEST, pairs(&set("GET, OPTIONS")))
+        );
+        let (s, h, _) = call(&app, get_with("/sales/slots", &[])).await;
+        assert_eq!(
+            (s, cors_of(&h)),
+            (StatusCode::SERVICE_UNAVAILABLE, pairs(&set("GET, OPTIONS")))
+        );
+        // Two Origin headers on an answer the server library decorates: 400.
+        let (s, _, body) = call(&app, get_with("/space", &[("origin", O), ("origin", O)])).await;
+        assert_eq!(
+            (s, body.as_slice()),
+            (
+                StatusCode::BAD_REQUEST,
+                &b"Only a single Origin header must be specified"[..]
+            )
+        );
+        // A host without scheme matches both schemes; `*` answers `*` without Vary.
+        let app = cors_app("app.example");
+        let (_, h, _) = call(
+            &app,
+            get_with("/space", &[("origin", "http://app.example")]),
+        )
+        .await;
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "http://app.example");
+        let app = cors_app("*");
+        let (_, h, _) = call(&app, get_with("/space", &[("origin", O)])).await;
+        assert_eq!(cors_of(&h), pairs(&[("access-control-allow-origin", "*")]));
+
+        // Without the option: no CORS header anywhere; the explicit preflight routes answer 204.
+        let app = self::app();
+        let cid = upload_bytes(&app, data(1000)).await;
+        for req in [
+            options("/data", Some(O)),
+            options(&format!("/data/{cid}"), Some(O)),
+            get_with(&format!("/data/{cid}"), &[("origin", O)]),
+            get_with("/space", &[("origin", O)]),
+            get_with("/sales/slots", &[("origin", O)]),
+        ] {
+            let (s, h, _) = call(&app, req).await;
+            assert_eq!(cors_of(&h), vec![], "{s}");
+        }
+        assert_eq!(
+            call(&app, options("/data", None)).await.0,
+            StatusCode::NO_CONTENT
         );
     }
 }

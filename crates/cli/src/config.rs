@@ -38,6 +38,11 @@ pub(crate) struct StartArgs {
     /// Port of the REST API; 0 picks a free port [default: 8080]
     #[arg(long, short = 'p', env = "CAIRN_API_PORT")]
     pub(crate) api_port: Option<u16>,
+    /// Allowed origin for cross-origin (CORS) requests from web pages, as the reference's
+    /// option: an origin (https://app.example), a host matching both schemes (app.example),
+    /// or '*'. Without it no CORS header is sent [default: none]
+    #[arg(long, env = "CAIRN_API_CORS_ORIGIN")]
+    pub(crate) api_cors_origin: Option<String>,
     /// Storage quota: bytes, or with a binary unit (20GiB, 500M, 1T) [default: 20GiB]
     #[arg(long, short = 'q', env = "CAIRN_STORAGE_QUOTA", value_parser = parse_size)]
     pub(crate) storage_quota: Option<u64>,
@@ -95,6 +100,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     api_bindaddr: Option<IpAddr>,
     api_port: Option<u16>,
+    api_cors_origin: Option<String>,
     storage_quota: Option<toml::Value>,
     block_ttl: Option<toml::Value>,
     block_mi: Option<toml::Value>,
@@ -113,6 +119,7 @@ pub(crate) struct Config {
     pub(crate) data_dir: PathBuf,
     pub(crate) api_bindaddr: IpAddr,
     pub(crate) api_port: u16,
+    pub(crate) api_cors_origin: Option<cairn_api::CorsOrigin>,
     pub(crate) storage_quota: u64,
     pub(crate) block_ttl: Duration,
     pub(crate) block_mi: Duration,
@@ -275,6 +282,12 @@ impl StartArgs {
         if max_peers == 0 {
             bail!("--max-peers must be at least 1");
         }
+        let api_cors_origin = self
+            .api_cors_origin
+            .or(file.api_cors_origin)
+            .map(|o| cairn_api::CorsOrigin::new(&o))
+            .transpose()
+            .context("--api-cors-origin")?;
         let data_dir = self
             .data_dir
             .or(file.data_dir)
@@ -300,6 +313,7 @@ impl StartArgs {
                 None => DEFAULT_API_BINDADDR.parse()?,
             },
             api_port: self.api_port.or(file.api_port).unwrap_or(DEFAULT_API_PORT),
+            api_cors_origin,
             storage_quota,
             block_ttl,
             block_mi,
@@ -404,6 +418,30 @@ mod tests {
         assert_eq!(
             (c.api_port, c.storage_quota, c.block_ttl),
             (9100, 1 << 30, Duration::from_secs(60))
+        );
+        // The CORS origin: flag over file; none by default; an impossible value is refused.
+        std::fs::write(&f, "api-cors-origin = \"https://file.example\"\n").unwrap();
+        let from_file = |flag: Option<&str>| {
+            StartArgs {
+                config_file: Some(f.clone()),
+                api_cors_origin: flag.map(str::to_owned),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        assert_eq!(
+            from_file(None).unwrap().api_cors_origin,
+            Some(cairn_api::CorsOrigin::new("https://file.example").unwrap())
+        );
+        assert_eq!(
+            from_file(Some("*")).unwrap().api_cors_origin,
+            Some(cairn_api::CorsOrigin::new("*").unwrap())
+        );
+        let err = from_file(Some("a b")).unwrap_err();
+        assert!(format!("{err:#}").contains("--api-cors-origin"), "{err:#}");
+        assert_eq!(
+            StartArgs::default().resolve().unwrap().api_cors_origin,
+            None
         );
         std::fs::write(&f, "api-prot = 1\n").unwrap();
         let err = StartArgs {

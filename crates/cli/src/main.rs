@@ -57,10 +57,14 @@ enum Command {
     Download {
         /// The dataset's (manifest) CID.
         cid: String,
-        /// Output file (written to a temporary name and renamed when complete); stdout if
-        /// omitted.
+        /// Output file (written to FILE.part and renamed when complete); stdout if omitted.
+        /// A FILE.part left by an interrupted download, or a FILE shorter than the dataset,
+        /// is resumed: only the missing bytes are asked for and appended.
         #[arg(long, short = 'o')]
         output: Option<std::path::PathBuf>,
+        /// Download the whole dataset even if a partial output file exists.
+        #[arg(long)]
+        no_resume: bool,
         /// The node's REST endpoint.
         #[arg(long, env = "CAIRN_API", default_value = DEFAULT_API)]
         api: String,
@@ -80,9 +84,12 @@ fn main() -> anyhow::Result<()> {
             no_filename,
             api,
         } => rt.block_on(client::upload(&api, &files, mime.as_deref(), !no_filename)),
-        Command::Download { cid, output, api } => {
-            rt.block_on(client::download(&api, &cid, output.as_deref()))
-        }
+        Command::Download {
+            cid,
+            output,
+            no_resume,
+            api,
+        } => rt.block_on(client::download(&api, &cid, output.as_deref(), !no_resume)),
     }
 }
 
@@ -180,6 +187,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     }
     let options = cairn_api::ApiOptions {
         log_level: Some(set_log_level),
+        cors_origin: cfg.api_cors_origin.clone(),
     };
     let api = tokio::spawn(cairn_api::serve(
         listener,

@@ -453,3 +453,326 @@ fn download_from_another_node() {
     a.stop();
     b.stop();
 }
+
+const BLOCK: usize = 65536;
+
+/// `GET path` with `headers`; status, headers and body.
+fn fetch(
+    c: &reqwest::blocking::Client,
+    method: reqwest::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut req = c.request(method, url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().unwrap();
+    let status = r.status().as_u16();
+    let h = r.headers().clone();
+    (status, h, r.bytes().unwrap().to_vec())
+}
+
+fn exchange(c: &reqwest::blocking::Client, n: &NodeProc) -> serde_json::Value {
+    let info: serde_json::Value = c.get(n.url("/debug/info")).send().unwrap().json().unwrap();
+    info["exchange"].clone()
+}
+
+/// Checks the ranged GETs `ranges` (first, last inclusive) of `url` against `original`.
+fn check_ranges(
+    c: &reqwest::blocking::Client,
+    url: &str,
+    original: &[u8],
+    ranges: &[(usize, usize)],
+) {
+    let size = original.len();
+    for &(first, last) in ranges {
+        let spec = format!("bytes={first}-{last}");
+        let (s, h, body) = fetch(c, reqwest::Method::GET, url, &[("range", &spec)]);
+        assert_eq!(s, 206, "{url} {spec}");
+        assert_eq!(
+            h["content-range"].to_str().unwrap(),
+            format!("bytes {first}-{last}/{size}")
+        );
+        assert_eq!(
+            h["content-length"].to_str().unwrap(),
+            (last - first + 1).to_string()
+        );
+        assert!(body == original[first..=last], "{url} {spec}: bytes differ");
+    }
+}
+
+/// Ranges, HEAD, ETag and CORS against the real binary: local ranges on A (first, middle and
+/// last block, across a boundary, suffix, 416); B fetches ranges of A's dataset over the
+/// network, receiving only the covering blocks; HEAD on the network endpoint fetches the
+/// manifest and no block; CORS headers with `--api-cors-origin` (A, flag), with
+/// `CAIRN_API_CORS_ORIGIN` (C) and without (B).
+#[test]
+fn ranges_head_etag_and_cors() {
+    const ORIGIN: &str = "https://app.example";
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProc::start(&dir.path().join("a"), &["--api-cors-origin", ORIGIN], &[]);
+    let b = NodeProc::start(&dir.path().join("b"), &[], &[]);
+    let c = client();
+    let data = random(6 * BLOCK + 777, 91);
+    let size = data.len();
+    let cid = c
+        .post(a.url("/data"))
+        .body(data.clone())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let local = a.url(&format!("/data/{cid}"));
+    check_ranges(
+        &c,
+        &local,
+        &data,
+        &[
+            (0, BLOCK - 1),                   // the first block
+            (3 * BLOCK + 5, 3 * BLOCK + 500), // inside a middle block
+            (6 * BLOCK, size - 1),            // the last, partial block
+            (2 * BLOCK - 3, 2 * BLOCK + 3),   // across a boundary
+            (0, size - 1),                    // everything, as a range
+        ],
+    );
+    let (s, h, body) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &local,
+        &[("range", "bytes=-1000")],
+    );
+    assert_eq!(s, 206);
+    assert_eq!(
+        h["content-range"].to_str().unwrap(),
+        format!("bytes {}-{}/{size}", size - 1000, size - 1)
+    );
+    assert!(body == data[size - 1000..], "suffix bytes differ");
+    let (s, h, _) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &local,
+        &[("range", &format!("bytes={size}-"))],
+    );
+    assert_eq!(s, 416);
+    assert_eq!(
+        h["content-range"].to_str().unwrap(),
+        format!("bytes */{size}")
+    );
+    // Full answers advertise ranges and carry the ETag; If-None-Match with it is 304.
+    let (s, h, body) = fetch(&c, reqwest::Method::GET, &local, &[]);
+    assert_eq!((s, body.len()), (200, size));
+    assert_eq!(h["accept-ranges"], "bytes");
+    let etag = h["etag"].to_str().unwrap().to_owned();
+    assert_eq!(etag, format!("\"{cid}\""));
+    let (s, _, body) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &local,
+        &[("if-none-match", &etag)],
+    );
+    assert_eq!((s, body.len()), (304, 0));
+    let (s, h, body) = fetch(&c, reqwest::Method::HEAD, &local, &[]);
+    assert_eq!((s, body.len()), (200, 0));
+    assert_eq!(h["content-length"].to_str().unwrap(), size.to_string());
+    assert_eq!(h["etag"].to_str().unwrap(), etag);
+    // CORS on A (flag): the reference's download headers, and its preflight.
+    assert_eq!(h["access-control-allow-origin"], ORIGIN);
+    assert_eq!(h["access-control-allow-methods"], "GET, OPTIONS");
+    assert_eq!(h["access-control-max-age"], "86400");
+    assert_eq!(h["access-control-headers"], "X-Requested-With");
+    let (s, h, _) = fetch(
+        &c,
+        reqwest::Method::OPTIONS,
+        &a.url("/data"),
+        &[("origin", ORIGIN)],
+    );
+    assert_eq!(s, 204);
+    assert_eq!(h["access-control-allow-origin"], ORIGIN);
+    assert_eq!(h["access-control-allow-methods"], "POST, OPTIONS");
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "content-type, content-disposition"
+    );
+    let (s, h, _) = fetch(&c, reqwest::Method::OPTIONS, &local, &[("origin", ORIGIN)]);
+    assert_eq!(s, 204);
+    assert_eq!(h["access-control-allow-methods"], "GET,DELETE, OPTIONS");
+    let (_, h, _) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &a.url("/space"),
+        &[("origin", ORIGIN)],
+    );
+    assert_eq!(h["access-control-allow-origin"], ORIGIN);
+    assert_eq!(h["vary"], "Origin");
+
+    // B, without the option: no CORS header; the explicit preflight still answers 204.
+    let (s, h, _) = fetch(
+        &c,
+        reqwest::Method::OPTIONS,
+        &b.url("/data"),
+        &[("origin", ORIGIN)],
+    );
+    assert_eq!(s, 204);
+    assert!(
+        !h.keys().any(|k| k.as_str().starts_with("access-control-")),
+        "{h:?}"
+    );
+    let (_, h, _) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &b.url("/space"),
+        &[("origin", ORIGIN)],
+    );
+    assert!(
+        !h.keys().any(|k| k.as_str().starts_with("access-control-")),
+        "{h:?}"
+    );
+
+    // B fetches ranges over the network: only the covering blocks.
+    let info: serde_json::Value = c.get(a.url("/debug/info")).send().unwrap().json().unwrap();
+    let peer = info["id"].as_str().unwrap().to_owned();
+    let addr = info["addrs"][0].as_str().unwrap().to_owned();
+    let r = c
+        .get(b.url(&format!("/connect/{peer}?addrs={addr}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let stream = b.url(&format!("/data/{cid}/network/stream"));
+    // HEAD: the manifest only.
+    let (s, h, body) = fetch(&c, reqwest::Method::HEAD, &stream, &[]);
+    assert_eq!((s, body.len()), (200, 0));
+    assert_eq!(h["content-length"].to_str().unwrap(), size.to_string());
+    assert_eq!(h["etag"].to_str().unwrap(), etag);
+    assert_eq!(h["access-control-expose-headers"], "Content-Disposition");
+    let received = |n: &NodeProc| exchange(&c, n)["blocksReceived"].as_u64().unwrap();
+    assert_eq!(received(&b), 1, "HEAD fetched the manifest and no block");
+    // Across a boundary in the middle: blocks 2 and 3.
+    check_ranges(&c, &stream, &data, &[(3 * BLOCK - 10, 3 * BLOCK + 10)]);
+    assert_eq!(received(&b), 3, "the two covering blocks");
+    // The last block, a suffix in it, the first block, and a middle block already held.
+    check_ranges(
+        &c,
+        &stream,
+        &data,
+        &[
+            (6 * BLOCK, size - 1),
+            (0, BLOCK - 1),
+            (2 * BLOCK + 1, 2 * BLOCK + 2),
+        ],
+    );
+    let (s, _, body) = fetch(&c, reqwest::Method::GET, &stream, &[("range", "bytes=-10")]);
+    assert!(s == 206 && body == data[size - 10..], "network suffix");
+    assert_eq!(
+        received(&b),
+        5,
+        "blocks 6 and 0 more; 2 and 6 again from B's store"
+    );
+    let (s, h, _) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &stream,
+        &[("range", &format!("bytes={}-", size + 1))],
+    );
+    assert_eq!(
+        (s, h["content-range"].to_str().unwrap()),
+        (416, format!("bytes */{size}").as_str())
+    );
+    // Then the rest, whole.
+    let (s, _, body) = fetch(&c, reqwest::Method::GET, &stream, &[]);
+    assert!(s == 200 && body == data, "full network download");
+    assert_eq!(received(&b), 8);
+    assert_eq!(exchange(&c, &b)["rejected"], 0);
+
+    // C takes the origin from the environment.
+    let n = NodeProc::start(
+        &dir.path().join("c"),
+        &[],
+        &[("CAIRN_API_CORS_ORIGIN", "*")],
+    );
+    let (_, h, _) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &n.url("/space"),
+        &[("origin", ORIGIN)],
+    );
+    assert_eq!(h["access-control-allow-origin"], "*");
+    n.stop();
+    a.stop();
+    b.stop();
+}
+
+/// `cairn download -o FILE` continues a partial output: FILE (whose first bytes are made
+/// different from the dataset's, so a fresh download would show) gets only the missing bytes
+/// appended; a FILE.part left by an interrupted download is completed and renamed; a complete
+/// FILE is left alone; a FILE longer than the dataset, and `--no-resume`, download it whole.
+#[test]
+fn download_resumes_a_partial_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+    let data = random(5 * BLOCK + 4321, 17);
+    let cid = c
+        .post(n.url("/data"))
+        .body(data.clone())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let out = dir.path().join("out.bin");
+    let part = dir.path().join("out.bin.part");
+    let download = |extra: &[&str]| {
+        let mut args = vec![
+            "download",
+            cid.as_str(),
+            "-o",
+            out.to_str().unwrap(),
+            "--api",
+            &n.api,
+        ];
+        args.extend_from_slice(extra);
+        let o = cli(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+
+    // FILE holds 100 000 bytes (not a block boundary), all of them different from the data's.
+    let prefix: Vec<u8> = data[..100_000].iter().map(|b| !b).collect();
+    std::fs::write(&out, &prefix).unwrap();
+    download(&[]);
+    let got = std::fs::read(&out).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(
+        got[..100_000] == prefix[..],
+        "the existing bytes were rewritten"
+    );
+    assert!(
+        got[100_000..] == data[100_000..],
+        "the appended bytes differ"
+    );
+    assert!(!part.exists());
+
+    // Complete: left alone.
+    let stderr = download(&[]);
+    assert!(stderr.contains("already holds"), "{stderr}");
+    assert!(std::fs::read(&out).unwrap()[..100_000] == prefix[..]);
+
+    // --no-resume: the whole dataset.
+    download(&["--no-resume"]);
+    assert!(std::fs::read(&out).unwrap() == data);
+
+    // A FILE.part from an interrupted download is preferred, completed and renamed.
+    std::fs::write(&out, b"old").unwrap();
+    std::fs::write(&part, &data[..3 * BLOCK + 1]).unwrap();
+    download(&[]);
+    assert!(std::fs::read(&out).unwrap() == data);
+    assert!(!part.exists());
+
+    // Longer than the dataset: not a piece of it; downloaded whole.
+    let mut longer = data.clone();
+    longer.extend_from_slice(b"trailing");
+    std::fs::write(&out, &longer).unwrap();
+    download(&[]);
+    assert!(std::fs::read(&out).unwrap() == data);
+    n.stop();
+}

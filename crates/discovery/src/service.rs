@@ -58,7 +58,7 @@ use crate::{
     wire::{
         crypto,
         message::{Message, RequestId},
-        packet::{MAX_PACKET_SIZE, Nonce, Packet, PacketKind},
+        packet::{MAX_INBOUND_PACKET_SIZE, MAX_PACKET_SIZE, Nonce, Packet, PacketKind},
     },
 };
 
@@ -378,7 +378,7 @@ pub(crate) async fn start(
 
 impl Service {
     async fn run(mut self, cancel: CancellationToken) {
-        let mut buf = vec![0u8; MAX_PACKET_SIZE + 1];
+        let mut buf = vec![0u8; MAX_INBOUND_PACKET_SIZE + 1];
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let socket = self.socket.clone();
@@ -472,7 +472,9 @@ impl Service {
             let write_key = session.write_key;
             let nonce: Nonce = rand::random();
             let plaintext = msg.encode(&id);
-            let bytes = self.seal_message(&node_id, nonce, &write_key, &plaintext);
+            let bytes = self
+                .seal_message(&node_id, nonce, &write_key, &plaintext)
+                .ok_or(RequestError::BadResponse)?;
             self.track_nonce(
                 nonce,
                 SentPacket {
@@ -497,7 +499,9 @@ impl Service {
             nonce,
         );
         packet.message = (0..RANDOM_PACKET_BYTES).map(|_| rand::random()).collect();
-        let bytes = packet.encode(&node_id);
+        let bytes = packet
+            .encode(&node_id)
+            .map_err(|_| RequestError::BadResponse)?;
         self.handshakes.insert(
             (node_id, addr),
             HandshakeOut {
@@ -537,17 +541,24 @@ impl Service {
         self.sent.insert(nonce, sent);
     }
 
-    /// An ordinary packet from us to `dest` carrying `plaintext` encrypted with `key`.
-    fn seal_message(&self, dest: &NodeId, nonce: Nonce, key: &[u8; 16], plaintext: &[u8]) -> Vec<u8> {
+    /// An ordinary packet from us to `dest` carrying `plaintext` encrypted with `key` (`None`
+    /// only if encryption or framing fails, which our own packets never should).
+    fn seal_message(
+        &self,
+        dest: &NodeId,
+        nonce: Nonce,
+        key: &[u8; 16],
+        plaintext: &[u8],
+    ) -> Option<Vec<u8>> {
         let mut packet = Packet::new(
             PacketKind::Message {
                 src: self.shared.local_id,
             },
             nonce,
         );
-        let ad = packet.authenticated_data();
-        packet.message = crypto::encrypt(key, &nonce, plaintext, &ad);
-        packet.encode(dest)
+        let ad = packet.authenticated_data().ok()?;
+        packet.message = crypto::encrypt(key, &nonce, plaintext, &ad).ok()?;
+        packet.encode(dest).ok()
     }
 
     async fn send(&self, bytes: &[u8], to: SocketAddr) {
@@ -563,8 +574,9 @@ impl Service {
             return;
         };
         let key = session.write_key;
-        let bytes = self.seal_message(node, rand::random(), &key, &msg.encode(id));
-        self.send(&bytes, addr).await;
+        if let Some(bytes) = self.seal_message(node, rand::random(), &key, &msg.encode(id)) {
+            self.send(&bytes, addr).await;
+        }
     }
 
     // ---- incoming ----------------------------------------------------------------------
@@ -596,14 +608,9 @@ impl Service {
 
     async fn on_message_packet(&mut self, packet: &Packet, src: NodeId, from: SocketAddr) {
         let now = Instant::now();
+        let ad = packet.authenticated_data().ok();
         let plaintext = self.sessions.get(&src, from, now).and_then(|s| {
-            crypto::decrypt(
-                &s.read_key,
-                &packet.nonce,
-                &packet.message,
-                &packet.authenticated_data(),
-            )
-            .ok()
+            crypto::decrypt(&s.read_key, &packet.nonce, &packet.message, ad.as_deref()?).ok()
         });
         match plaintext {
             Some(pt) => self.on_plaintext(&pt, src, from).await,
@@ -633,7 +640,9 @@ impl Service {
             },
             nonce,
         );
-        let bytes = packet.encode(&src);
+        let (Ok(bytes), Ok(data)) = (packet.encode(&src), packet.authenticated_data()) else {
+            return;
+        };
         if self.challenges.len() >= MAX_CHALLENGES
             && let Some(oldest) = self
                 .challenges
@@ -645,10 +654,7 @@ impl Service {
         }
         self.challenges.insert(
             (src, from),
-            Challenge {
-                data: packet.authenticated_data(),
-                created: now,
-            },
+            Challenge { data, created: now },
         );
         self.send(&bytes, from).await;
     }
@@ -687,7 +693,9 @@ impl Service {
             };
             let key = s.write_key;
             let nonce: Nonce = rand::random();
-            let bytes = self.seal_message(&node_id, nonce, &key, &msg.encode(&id));
+            let Some(bytes) = self.seal_message(&node_id, nonce, &key, &msg.encode(&id)) else {
+                continue;
+            };
             self.track_nonce(
                 nonce,
                 SentPacket {
@@ -712,9 +720,9 @@ impl Service {
     ) -> Option<Session> {
         let node_id = node.node_id();
         let remote = crypto::k256_public(node.public_key()).ok()?;
-        let eph = ephemeral_secret()?;
+        let eph = crypto::ephemeral_secret();
         let eph_pub = crypto::encode_eph_pubkey(&eph.public_key());
-        let challenge = whoareyou.authenticated_data();
+        let challenge = whoareyou.authenticated_data().ok()?;
         let shared = crypto::ecdh(&remote, &eph);
         let keys = crypto::derive_keys(&shared, &self.shared.local_id, &node_id, &challenge);
         let sig = crypto::id_sign(&self.shared.keypair, &challenge, &eph_pub, &node_id).ok()?;
@@ -730,9 +738,10 @@ impl Service {
             },
             nonce,
         );
-        let ad = packet.authenticated_data();
-        packet.message = crypto::encrypt(&keys.initiator, &nonce, &first.1.encode(&first.0), &ad);
-        let bytes = packet.encode(&node_id);
+        let ad = packet.authenticated_data().ok()?;
+        packet.message =
+            crypto::encrypt(&keys.initiator, &nonce, &first.1.encode(&first.0), &ad).ok()?;
+        let bytes = packet.encode(&node_id).ok()?;
         self.track_nonce(
             nonce,
             SentPacket {
@@ -800,12 +809,11 @@ impl Service {
         };
         let shared = crypto::ecdh(&eph, &self.static_secret);
         let keys = crypto::derive_keys(&shared, &src, &self.shared.local_id, &challenge.data);
-        let Ok(plaintext) = crypto::decrypt(
-            &keys.initiator,
-            &packet.nonce,
-            &packet.message,
-            &packet.authenticated_data(),
-        ) else {
+        let Ok(ad) = packet.authenticated_data() else {
+            return;
+        };
+        let Ok(plaintext) = crypto::decrypt(&keys.initiator, &packet.nonce, &packet.message, &ad)
+        else {
             debug!(%from, "handshake message does not decrypt");
             return;
         };
@@ -1036,17 +1044,6 @@ impl Service {
         self.challenges
             .retain(|_, c| now.saturating_duration_since(c.created) < ttl);
     }
-}
-
-/// A fresh ephemeral secp256k1 key for one handshake.
-fn ephemeral_secret() -> Option<k256::SecretKey> {
-    for _ in 0..8 {
-        let bytes: [u8; 32] = rand::random();
-        if let Ok(k) = k256::SecretKey::from_slice(&bytes) {
-            return Some(k);
-        }
-    }
-    None
 }
 
 /// The reference's address rule for records learned from others (codex-protocol.md §7.4): an

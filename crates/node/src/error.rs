@@ -30,6 +30,27 @@ pub enum NodeError {
     /// A network operation failed.
     #[error(transparent)]
     Net(#[from] cairn_net::NetError),
+    /// A requested byte range reaches past the end of the dataset.
+    #[error("bytes {start}..{end} are outside the dataset of {size} bytes")]
+    RangeOutOfBounds {
+        /// First byte asked for.
+        start: u64,
+        /// One past the last byte asked for.
+        end: u64,
+        /// The dataset's size.
+        size: u64,
+    },
+    /// A stored or fetched block is shorter than its place in the dataset needs (a damaged
+    /// manifest or dataset).
+    #[error("block {index} has {len} bytes, {needed} are needed")]
+    ShortBlock {
+        /// The block's index in the dataset.
+        index: u64,
+        /// Its length.
+        len: u64,
+        /// The length its place in the dataset needs.
+        needed: u64,
+    },
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -36,11 +36,18 @@
 //! The engine hands over each block as soon as it is verified and writes it behind; a
 //! background download ends with `check_stored`, which waits for those writes.
 //!
+//! A download covers a [`ByteRange`] of the dataset (all of it, or what an HTTP `Range` asks
+//! for): only the blocks that hold those bytes are read or wanted, and only their parts inside
+//! the range are handed on.
+//!
 //! Blocks are handed on in order; the consumer (an HTTP body, or nothing for a background
 //! download) pulls through a bounded channel, so a slow reader slows the download instead of
 //! buffering it.
 
-use std::time::{Duration, Instant};
+use std::{
+    ops::Range,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use cairn_core::{BlockAddress, Manifest};
@@ -51,6 +58,7 @@ use tokio::sync::mpsc;
 use crate::{
     NodeError,
     engine::{EngineHandle, FetchError},
+    range::ByteRange,
 };
 
 /// Window at the start of a download.
@@ -175,98 +183,102 @@ impl WindowEstimator {
 
 type BlockFuture = BoxFuture<'static, (Result<Bytes, NodeError>, Option<Duration>, Instant)>;
 
-/// Downloads every block of `manifest`, in order, into `out` (each item truncated so the total
-/// is the dataset size). With `out = None` blocks are only stored.
+/// Downloads the blocks of `manifest` that hold `range`, in order, into `out`: each item is
+/// the part of its block inside the range. No block outside the range is read or wanted. With
+/// `out = None` blocks are only stored.
 ///
 /// The last chunk is not sent but returned: the caller sends it after [`check_stored`], so a
-/// client that has received every byte can rely on the dataset being stored. `Ok(None)` when
+/// client that has received every byte can rely on those blocks being stored. `Ok(None)` when
 /// the reader went away.
 pub(crate) async fn fetch_dataset(
     store: Store,
     engine: EngineHandle,
     manifest: Manifest,
+    range: ByteRange,
     out: Option<mpsc::Sender<Result<Bytes, NodeError>>>,
 ) -> Result<Option<Bytes>, NodeError> {
     let tree = manifest.tree_cid;
-    let count = manifest.blocks_count();
-    let mut remaining = manifest.download_size();
+    let leaves = manifest.blocks_count();
+    let block_size = manifest.block_size;
+    let span = range.blocks(block_size);
     let mut est = WindowEstimator::new(Instant::now());
     let mut inflight: FuturesOrdered<BlockFuture> = FuturesOrdered::new();
-    let mut next: u64 = 0;
-    while next < count || !inflight.is_empty() {
+    let mut next = span.start;
+    // Index of the next block handed on (blocks complete in order).
+    let mut done = span.start;
+    while next < span.end || !inflight.is_empty() {
         // Fill the window.
-        while inflight.len() < est.window() && next < count {
-            {
-                let room = (est.window() - inflight.len()).min(LOCAL_CHECK_BATCH) as u64;
-                let n = (count - next).min(room);
-                let s = store.clone();
-                let start = next;
-                let found = tokio::task::spawn_blocking(move || {
-                    (start..start + n)
-                        .map(|i| match s.get_leaf(&tree, i) {
-                            Ok(Some((b, _))) => (i, Some(b.data().clone())),
-                            _ => (i, None),
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .await?;
-                next += n;
-                // Missing blocks are wanted together, in one engine command.
-                let missing: Vec<u64> = found
-                    .iter()
-                    .filter(|(_, d)| d.is_none())
-                    .map(|(i, _)| *i)
-                    .collect();
-                let mut rxs = engine
-                    .want_many(
-                        missing
-                            .iter()
-                            .map(|i| (BlockAddress::Leaf { tree, index: *i }, Some(count)))
-                            .collect(),
-                    )
-                    .await
-                    .into_iter();
-                let asked = Instant::now();
-                for (_, data) in found {
-                    let fut: BlockFuture = match (data, rxs.next()) {
-                        (Some(d), _) => Box::pin(async move { (Ok(d), None, Instant::now()) }),
-                        (None, Some(rx)) => Box::pin(async move {
-                            let r = match rx.await {
-                                Ok(Ok(b)) => Ok(b.data().clone()),
-                                Ok(Err(FetchError::NotFound)) => Err(NodeError::NotFound),
-                                Ok(Err(e)) => Err(NodeError::Fetch(e)),
-                                Err(_) => Err(NodeError::Fetch(FetchError::Stopped)),
-                            };
-                            let now = Instant::now();
-                            (r, Some(now.duration_since(asked)), now)
-                        }),
-                        (None, None) => Box::pin(async move {
-                            (
-                                Err(NodeError::Fetch(FetchError::Stopped)),
-                                None,
-                                Instant::now(),
-                            )
-                        }),
-                    };
-                    inflight.push_back(fut);
-                }
+        while inflight.len() < est.window() && next < span.end {
+            let room = (est.window() - inflight.len()).min(LOCAL_CHECK_BATCH) as u64;
+            let n = (span.end - next).min(room);
+            let s = store.clone();
+            let start = next;
+            let found = tokio::task::spawn_blocking(move || {
+                (start..start + n)
+                    .map(|i| match s.get_leaf(&tree, i) {
+                        Ok(Some((b, _))) => (i, Some(b.data().clone())),
+                        _ => (i, None),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+            next += n;
+            // Missing blocks are wanted together, in one engine command.
+            let missing: Vec<u64> = found
+                .iter()
+                .filter(|(_, d)| d.is_none())
+                .map(|(i, _)| *i)
+                .collect();
+            let mut rxs = engine
+                .want_many(
+                    missing
+                        .iter()
+                        .map(|i| (BlockAddress::Leaf { tree, index: *i }, Some(leaves)))
+                        .collect(),
+                )
+                .await
+                .into_iter();
+            let asked = Instant::now();
+            for (_, data) in found {
+                // A receiver per missing block, in order: only a missing block takes one.
+                let rx = if data.is_none() { rxs.next() } else { None };
+                let fut: BlockFuture = match (data, rx) {
+                    (Some(d), _) => Box::pin(async move { (Ok(d), None, Instant::now()) }),
+                    (None, Some(rx)) => Box::pin(async move {
+                        let r = match rx.await {
+                            Ok(Ok(b)) => Ok(b.data().clone()),
+                            Ok(Err(FetchError::NotFound)) => Err(NodeError::NotFound),
+                            Ok(Err(e)) => Err(NodeError::Fetch(e)),
+                            Err(_) => Err(NodeError::Fetch(FetchError::Stopped)),
+                        };
+                        let now = Instant::now();
+                        (r, Some(now.duration_since(asked)), now)
+                    }),
+                    (None, None) => Box::pin(async move {
+                        (
+                            Err(NodeError::Fetch(FetchError::Stopped)),
+                            None,
+                            Instant::now(),
+                        )
+                    }),
+                };
+                inflight.push_back(fut);
             }
         }
         let Some((result, latency, at)) = inflight.next().await else {
             continue;
         };
-        let mut data = result?;
+        let data = result?;
         if let Some(l) = latency {
             est.record(l, at);
         }
-        let keep = usize::try_from(remaining.min(data.len() as u64)).unwrap_or(data.len());
-        data.truncate(keep);
-        remaining -= keep as u64;
-        if next >= count && inflight.is_empty() {
-            return Ok(Some(data)); // the last chunk: the caller sends it once stored
+        let part = block_part(&data, &range, done, block_size)?;
+        done += 1;
+        if next >= span.end && inflight.is_empty() {
+            return Ok(Some(part)); // the last chunk: the caller sends it once stored
         }
         if let Some(tx) = &out
-            && tx.send(Ok(data)).await.is_err()
+            && tx.send(Ok(part)).await.is_err()
         {
             return Ok(None); // the reader went away; pending wants are dropped by the engine
         }
@@ -274,18 +286,43 @@ pub(crate) async fn fetch_dataset(
     Ok(Some(Bytes::new()))
 }
 
-/// After a download: waits for the engine's writes and checks every leaf is stored.
+/// The part of block `index` (its bytes `data`) inside `range`; a block too short to hold that
+/// part is [`NodeError::ShortBlock`].
+pub(crate) fn block_part(
+    data: &Bytes,
+    range: &ByteRange,
+    index: u64,
+    block_size: u64,
+) -> Result<Bytes, NodeError> {
+    let part = range.within_block(index, block_size);
+    let short = || NodeError::ShortBlock {
+        index,
+        len: data.len() as u64,
+        needed: part.end,
+    };
+    let from = usize::try_from(part.start).map_err(|_| short())?;
+    let to = usize::try_from(part.end).map_err(|_| short())?;
+    if to > data.len() {
+        return Err(short());
+    }
+    Ok(data.slice(from..to))
+}
+
+/// After a download: waits for the engine's writes and checks every leaf in `blocks` is
+/// stored.
 pub(crate) async fn check_stored(
     store: &Store,
     engine: &EngineHandle,
     manifest: &Manifest,
+    blocks: Range<u64>,
 ) -> Result<(), NodeError> {
     engine.flush().await?;
     let store = store.clone();
     let tree = manifest.tree_cid;
-    let count = manifest.blocks_count();
     let missing = tokio::task::spawn_blocking(move || {
-        (0..count).find(|i| !store.has_leaf(&tree, *i).unwrap_or(false))
+        blocks
+            .into_iter()
+            .find(|i| !store.has_leaf(&tree, *i).unwrap_or(false))
     })
     .await?;
     match missing {

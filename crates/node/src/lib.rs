@@ -37,6 +37,13 @@
 //! announces every dataset it stores and searches the DHT for providers of what it downloads
 //! (see `discover.rs`).
 //!
+//! ## Ranges
+//!
+//! Every read of a dataset — local ([`Node::stream_dataset_range`]) or from the network
+//! ([`Node::stream_network_range`]) — covers a [`ByteRange`]: only the blocks holding those
+//! bytes are read, or wanted from peers and verified, so serving the last megabyte of a large
+//! dataset costs one megabyte of work.
+//!
 //! Store calls are blocking I/O, so every one of them runs on a blocking thread
 //! (`spawn_blocking`), never on a runtime worker.
 
@@ -46,6 +53,7 @@ mod error;
 pub mod fetch;
 mod ingest;
 mod node;
+mod range;
 
 pub use crate::{
     discover::{
@@ -55,6 +63,7 @@ pub use crate::{
     error::NodeError,
     ingest::{INGEST_QUEUE_BLOCKS, MAX_INGEST_HASHERS, WRITE_QUEUE_BLOCKS},
     node::{ByteStream, DOWNLOAD_READAHEAD_BLOCKS, Node, NodeConfig, StoredDataset},
+    range::{ByteRange, InvertedRange},
 };
 pub use cairn_discovery as discovery;
 pub use cairn_net as net;

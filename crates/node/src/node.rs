@@ -19,6 +19,7 @@ use crate::{
     engine::{self, EngineHandle, FetchError},
     fetch,
     ingest::{UploadInfo, ingest},
+    range::ByteRange,
 };
 
 /// Blocks read ahead of a streaming download: 8 × 64 KiB keeps the disk busy while the client
@@ -201,6 +202,18 @@ impl Node {
     /// Streams dataset `manifest` in order, fetching the blocks that are not stored locally
     /// from peers (and storing them) as it goes.
     pub fn stream_network(&self, manifest: &Manifest) -> Result<ByteStream, NodeError> {
+        self.stream_network_range(manifest, ByteRange::full(manifest.download_size()))
+    }
+
+    /// Streams the bytes `range` of dataset `manifest`, fetching the blocks that hold them and
+    /// are not stored locally from peers (verified, and stored) as it goes. No other block is
+    /// read or fetched. A range past the dataset's end is [`NodeError::RangeOutOfBounds`].
+    pub fn stream_network_range(
+        &self,
+        manifest: &Manifest,
+        range: ByteRange,
+    ) -> Result<ByteStream, NodeError> {
+        check_range(manifest, &range)?;
         let engine = self.network()?.engine.clone();
         let (tx, rx) = mpsc::channel(DOWNLOAD_READAHEAD_BLOCKS);
         let store = self.store.clone();
@@ -208,23 +221,30 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let _watch = node.watch_providers(&manifest);
-            // The last chunk goes out only once every block is stored, so a client that got
-            // every byte finds the dataset local (a later `GET /data/{cid}` serves it).
+            // The last chunk goes out only once every block of the range is stored, so a client
+            // that got every byte finds them local (a later `GET /data/{cid}` serves them).
             let r = match fetch::fetch_dataset(
                 store.clone(),
                 engine.clone(),
                 manifest.clone(),
+                range,
                 Some(tx.clone()),
             )
             .await
             {
-                Ok(Some(last)) => fetch::check_stored(&store, &engine, &manifest)
-                    .await
-                    .map(|()| Some(last)),
+                Ok(Some(last)) => fetch::check_stored(
+                    &store,
+                    &engine,
+                    &manifest,
+                    range.blocks(manifest.block_size),
+                )
+                .await
+                .map(|()| Some(last)),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
-            if r.is_ok() {
+            // Only a whole dataset is announced: a provider must serve every block.
+            if r.is_ok() && range.blocks(manifest.block_size) == (0..manifest.blocks_count()) {
                 node.announce(manifest.cid(), &manifest);
             }
             match r {
@@ -251,9 +271,11 @@ impl Node {
         tokio::spawn(async move {
             let _watch = node.watch_providers(&m);
             let started = std::time::Instant::now();
-            let r = match fetch::fetch_dataset(store.clone(), engine.clone(), m.clone(), None).await
+            let all = ByteRange::full(m.download_size());
+            let r = match fetch::fetch_dataset(store.clone(), engine.clone(), m.clone(), all, None)
+                .await
             {
-                Ok(_) => fetch::check_stored(&store, &engine, &m).await,
+                Ok(_) => fetch::check_stored(&store, &engine, &m, 0..m.blocks_count()).await,
                 Err(e) => Err(e),
             };
             match r {
@@ -272,10 +294,16 @@ impl Node {
         let manifest = self.fetch_manifest(cid).await?;
         let engine = self.network()?.engine.clone();
         let _watch = self.watch_providers(&manifest);
-        let _last =
-            fetch::fetch_dataset(self.store.clone(), engine.clone(), manifest.clone(), None)
-                .await?;
-        fetch::check_stored(&self.store, &engine, &manifest).await?;
+        let all = ByteRange::full(manifest.download_size());
+        let _last = fetch::fetch_dataset(
+            self.store.clone(),
+            engine.clone(),
+            manifest.clone(),
+            all,
+            None,
+        )
+        .await?;
+        fetch::check_stored(&self.store, &engine, &manifest, 0..manifest.blocks_count()).await?;
         self.announce(cid, &manifest);
         Ok(manifest)
     }
@@ -327,28 +355,32 @@ impl Node {
 
     /// Streams the bytes of a locally stored dataset in order, truncated to its size. Blocks are
     /// read (and verified) on a blocking thread, [`DOWNLOAD_READAHEAD_BLOCKS`] ahead.
-    pub fn stream_dataset(
+    pub fn stream_dataset(&self, manifest: &Manifest) -> ByteStream {
+        self.read_blocks(manifest, ByteRange::full(manifest.download_size()))
+    }
+
+    /// Streams the bytes `range` of a locally stored dataset: reads (and verifies) only the
+    /// blocks that hold them, [`DOWNLOAD_READAHEAD_BLOCKS`] ahead, on a blocking thread. A range
+    /// past the dataset's end is [`NodeError::RangeOutOfBounds`].
+    pub fn stream_dataset_range(
         &self,
         manifest: &Manifest,
-    ) -> impl Stream<Item = Result<Bytes, NodeError>> + Send + 'static {
+        range: ByteRange,
+    ) -> Result<ByteStream, NodeError> {
+        check_range(manifest, &range)?;
+        Ok(self.read_blocks(manifest, range))
+    }
+
+    fn read_blocks(&self, manifest: &Manifest, range: ByteRange) -> ByteStream {
         let (tx, rx) = mpsc::channel(DOWNLOAD_READAHEAD_BLOCKS);
         let store = self.store.clone();
         let tree = manifest.tree_cid;
-        let count = manifest.blocks_count();
-        let mut remaining = manifest.download_size();
+        let block_size = manifest.block_size;
         tokio::task::spawn_blocking(move || {
-            for index in 0..count {
-                if remaining == 0 {
-                    break;
-                }
+            for index in range.blocks(block_size) {
                 let item = match store.get_leaf(&tree, index) {
                     Ok(Some((block, _))) => {
-                        let mut data = block.data().clone();
-                        let keep =
-                            usize::try_from(remaining.min(data.len() as u64)).unwrap_or(data.len());
-                        data.truncate(keep);
-                        remaining -= keep as u64;
-                        Ok(data)
+                        fetch::block_part(block.data(), &range, index, block_size)
                     }
                     Ok(None) => Err(NodeError::NotFound),
                     Err(e) => Err(NodeError::Store(e)),
@@ -359,7 +391,7 @@ impl Node {
                 }
             }
         });
-        tokio_stream_from(rx)
+        Box::pin(tokio_stream_from(rx))
     }
 
     /// Every locally listed dataset.
@@ -413,6 +445,19 @@ impl Node {
             }
         }
     }
+}
+
+/// Checks `range` lies within the bytes a download of `manifest` yields.
+fn check_range(manifest: &Manifest, range: &ByteRange) -> Result<(), NodeError> {
+    let size = manifest.download_size();
+    if range.end() > size {
+        return Err(NodeError::RangeOutOfBounds {
+            start: range.start(),
+            end: range.end(),
+            size,
+        });
+    }
+    Ok(())
 }
 
 fn tokio_stream_from<T: Send + 'static>(

@@ -1,0 +1,145 @@
+//! The two download endpoints, `GET|HEAD /data/{cid}` (local) and
+//! `GET|HEAD /data/{cid}/network/stream` (fetching what is missing): the reference's headers,
+//! plus ranges, entity tags and `HEAD` (see [`crate::range`] for the rules).
+//!
+//! Order of evaluation, as RFC 9110 §13.2.2 wants it: the CID and the manifest first (a `400`
+//! or `404` ignores every precondition), then `If-None-Match` (`304`), then `Range` with
+//! `If-Range` (`206`/`416`). Only then is a body stream made, over the blocks that hold the
+//! answer's bytes; a `HEAD`, a `304` and a `416` read or fetch no block at all (the network
+//! endpoint does fetch the manifest, which every answer's headers need).
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
+    response::Response,
+};
+use cairn_core::{Cid, Manifest};
+use cairn_node::{ByteRange, Node};
+
+use crate::{
+    ApiError,
+    network::network_error,
+    range::{RangeAnswer, content_range, etag, none_match, range_answer, unsatisfied_range},
+    routes::cid_param,
+};
+
+/// Where a download's blocks come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The local store only (`/data/{cid}`).
+    Local,
+    /// The local store, and peers for what is missing (`/data/{cid}/network/stream`).
+    Network,
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Answers a download request for `cid`.
+pub(crate) async fn serve(
+    node: &Node,
+    method: &Method,
+    headers: &HeaderMap,
+    cid: &str,
+    source: Source,
+) -> Result<Response, ApiError> {
+    let cid = cid_param(cid)?;
+    let manifest = match source {
+        Source::Local => node.manifest(cid).await?,
+        Source::Network => node.fetch_manifest(cid).await.map_err(network_error)?,
+    };
+    let tag = etag(&cid);
+    if header_str(headers, &header::IF_NONE_MATCH).is_some_and(|v| none_match(v, &cid)) {
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r.headers_mut().insert(header::ETAG, value(&tag));
+        return Ok(r);
+    }
+    let size = manifest.download_size();
+    let head = method == Method::HEAD;
+    let answer = if head {
+        RangeAnswer::Full // RFC 9110 §14.2: range handling is defined for GET only
+    } else {
+        range_answer(
+            header_str(headers, &header::RANGE),
+            header_str(headers, &header::IF_RANGE),
+            &cid,
+            size,
+        )
+    };
+    let (status, range) = match answer {
+        RangeAnswer::Unsatisfiable => return Ok(unsatisfiable(size, &tag)),
+        RangeAnswer::Full => (StatusCode::OK, ByteRange::full(size)),
+        RangeAnswer::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
+    };
+    let body = if head {
+        Body::empty()
+    } else {
+        match source {
+            Source::Local => Body::from_stream(node.stream_dataset_range(&manifest, range)?),
+            Source::Network => Body::from_stream(
+                node.stream_network_range(&manifest, range)
+                    .map_err(network_error)?,
+            ),
+        }
+    };
+    let mut resp = dataset_response(&manifest, &cid, body, range.len());
+    *resp.status_mut() = status;
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp.headers_mut()
+            .insert(header::CONTENT_RANGE, value(&content_range(&range, size)));
+    }
+    Ok(resp)
+}
+
+/// A header value made by cairn from a CID or numbers (always valid).
+fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn unsatisfiable(size: u64, tag: &str) -> Response {
+    let mut r = Response::new(Body::from(format!(
+        "The requested range is not satisfiable: the dataset has {size} bytes."
+    )));
+    *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONTENT_RANGE, value(&unsatisfied_range(size)));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, value(tag));
+    r
+}
+
+/// A dataset download response: the reference's headers (`Content-Type`,
+/// `Content-Disposition`, `Content-Length` of `len` bytes) plus `Accept-Ranges` and `ETag`,
+/// around `body`.
+fn dataset_response(manifest: &Manifest, cid: &Cid, body: Body, len: u64) -> Response {
+    let content_type = manifest
+        .mimetype
+        .clone()
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let disposition = match &manifest.filename {
+        Some(name) => format!("attachment; filename=\"{name}\""),
+        None => "attachment".to_owned(),
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(&content_type)
+            .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_str(&disposition)
+            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::ETAG, value(&etag(cid)));
+    resp
+}
