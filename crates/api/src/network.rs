@@ -84,8 +84,24 @@ pub(crate) async fn connect(
         }
     }
     if addrs.is_empty() {
-        // Without addresses the reference asks the DHT; cairn has no DHT yet.
-        return Err(ApiError::BadRequest("Unable to find Peer!".into()));
+        // Without addresses, ask the DHT for the peer's record (as the reference's findPeer).
+        // That record carries the UDP discovery address; only its TCP addresses can be dialled,
+        // so without any the swarm tries the addresses it already knows for the peer.
+        let Some(dht) = node.discovery() else {
+            return Err(ApiError::BadRequest("Unable to find Peer!".into()));
+        };
+        let Some(record) = dht.find_peer(&peer).await else {
+            return Err(ApiError::BadRequest("Unable to find Peer!".into()));
+        };
+        addrs = record
+            .addrs()
+            .iter()
+            .filter(|a| {
+                a.iter()
+                    .any(|p| matches!(p, cairn_node::net::Protocol::Tcp(_)))
+            })
+            .cloned()
+            .collect();
     }
     match node.connect(peer, addrs).await {
         Ok(()) => Ok((
@@ -108,6 +124,21 @@ fn wants_text(headers: &HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
         .is_some_and(|first| first.trim().starts_with("text/plain"))
+}
+
+/// `GET /spr`: the node's DHT record (`spr:…`), text/plain when preferred by `Accept`, else
+/// JSON `{"spr": …}`; 503 when the node runs no DHT (the reference: not ready).
+pub(crate) async fn spr(State(node): State<Node>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let spr = node
+        .discovery()
+        .ok_or_else(|| ApiError::Unavailable("No signed peer record: the DHT is not running.".into()))?
+        .local_spr()
+        .to_uri();
+    if wants_text(&headers) {
+        Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], spr).into_response())
+    } else {
+        Ok(Json(HashMap::from([("spr", spr)])).into_response())
+    }
 }
 
 /// `GET /peerid`: text/plain when preferred by `Accept`, else JSON `{"id": …}`.
@@ -159,7 +190,54 @@ struct DebugInfo {
     announce_addresses: Vec<String>,
     peers: Vec<PeerJson>,
     exchange: ExchangeJson,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    table: Option<TableJson>,
     codex: HashMap<&'static str, &'static str>,
+}
+
+/// The DHT routing table in `/debug/info` (codex-protocol.md §9.2).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TableJson {
+    local_node: DhtNodeJson,
+    nodes: Vec<DhtNodeJson>,
+}
+
+/// One DHT node, with the reference's keys.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DhtNodeJson {
+    node_id: String,
+    peer_id: String,
+    record: String,
+    address: String,
+    seen: bool,
+}
+
+fn table_json(dht: &cairn_node::discovery::Discovery) -> TableJson {
+    let own = dht.local_spr();
+    TableJson {
+        local_node: DhtNodeJson {
+            node_id: dht.local_id().to_string(),
+            peer_id: dht.peer_id().to_string(),
+            record: own.to_uri(),
+            address: dht.dht_addr().to_string(),
+            seen: false,
+        },
+        nodes: dht
+            .table()
+            .into_iter()
+            .map(|n| DhtNodeJson {
+                node_id: n.node_id.to_string(),
+                peer_id: n.peer_id.to_string(),
+                record: n.record.to_uri(),
+                address: n.address.map(|a| a.to_string()).unwrap_or_default(),
+                seen: n.seen,
+            })
+            .collect(),
+    }
 }
 
 /// `GET /debug/info`.
@@ -209,6 +287,8 @@ pub(crate) async fn debug_info(State(node): State<Node>) -> Result<Response, Api
             timeouts: s.timeouts,
             pending: s.pending,
         },
+        spr: node.discovery().map(|d| d.local_spr().to_uri()),
+        table: node.discovery().map(table_json),
         codex: HashMap::from([
             ("version", env!("CARGO_PKG_VERSION")),
             ("revision", "cairn"),

@@ -71,6 +71,7 @@ pub fn router_with(node: Node, options: ApiOptions) -> Router {
         )
         .route("/connect/{peer}", get(network::connect))
         .route("/peerid", get(network::peer_id))
+        .route("/spr", get(network::spr))
         .route("/debug/info", get(network::debug_info))
         .route("/space", get(space))
         .with_state(node)

@@ -1047,6 +1047,8 @@ impl NodeProc {
             // between picking a port here and the node binding it).
             .args(["--api-port", "0"])
             .args(["--listen-addrs", LOOPBACK_LISTEN])
+            // A free UDP port for the DHT too: two nodes run on one machine.
+            .args(["--disc-port", "0"])
             .args(["--muxers", muxer.name])
             .args(["--log-level", "warn"])
             .stderr(Stdio::from(stderr));

@@ -12,7 +12,10 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use cairn_node::net::{Multiaddr, Muxers};
+use cairn_node::{
+    discovery::Spr,
+    net::{Multiaddr, Muxers},
+};
 use clap::Args;
 use serde::Deserialize;
 
@@ -68,15 +71,29 @@ pub(crate) struct StartArgs {
         value_delimiter = ','
     )]
     pub(crate) listen_addrs: Vec<Multiaddr>,
-    /// A node to connect to at start (a multiaddr ending in /p2p/<peer id>), repeatable;
-    /// redialled with backoff while unreachable
+    /// A node to join through, repeatable: a signed peer record (`spr:…`, as `GET /spr`
+    /// prints it) joins the DHT through that node; a multiaddr ending in /p2p/<peer id> is
+    /// dialled at start and redialled with backoff while unreachable
     #[arg(
         long = "bootstrap-node",
         short = 'b',
         env = "CAIRN_BOOTSTRAP_NODE",
         value_delimiter = ','
     )]
-    pub(crate) bootstrap_node: Vec<Multiaddr>,
+    pub(crate) bootstrap_node: Vec<String>,
+    /// UDP port of the discovery DHT (binds all interfaces); 0 picks a free port
+    /// [default: 8090]
+    #[arg(long, short = 'u', env = "CAIRN_DISC_PORT")]
+    pub(crate) disc_port: Option<u16>,
+    /// Which IP the node announces in its records: "any" or "none" (the first non-loopback
+    /// IPv4 address it listens on, else 127.0.0.1) or "extip:<IP>" (that address, e.g. the
+    /// public IP in front of a NAT) [default: any]
+    #[arg(long, env = "CAIRN_NAT")]
+    pub(crate) nat: Option<String>,
+    /// How often every stored dataset is announced to the DHT again (same units as
+    /// --block-ttl) [default: 30m]
+    #[arg(long, env = "CAIRN_ANNOUNCE_INTERVAL", value_parser = parse_duration)]
+    pub(crate) announce_interval: Option<Duration>,
     /// Most libp2p connections [default: 160]
     #[arg(long, env = "CAIRN_MAX_PEERS")]
     pub(crate) max_peers: Option<u32>,
@@ -108,6 +125,9 @@ struct FileConfig {
     log_format: Option<String>,
     listen_addrs: Option<Vec<String>>,
     bootstrap_node: Option<Vec<String>>,
+    disc_port: Option<u16>,
+    nat: Option<String>,
+    announce_interval: Option<toml::Value>,
     max_peers: Option<u32>,
     net_privkey: Option<PathBuf>,
     muxers: Option<String>,
@@ -127,6 +147,10 @@ pub(crate) struct Config {
     pub(crate) log_json: bool,
     pub(crate) listen_addrs: Vec<Multiaddr>,
     pub(crate) bootstrap_nodes: Vec<Multiaddr>,
+    pub(crate) bootstrap_sprs: Vec<Spr>,
+    pub(crate) disc_port: u16,
+    pub(crate) nat: Nat,
+    pub(crate) announce_interval: Duration,
     pub(crate) max_peers: u32,
     pub(crate) key_file: PathBuf,
     pub(crate) muxers: Muxers,
@@ -151,12 +175,55 @@ fn multiaddrs(list: &[String], key: &str) -> anyhow::Result<Vec<Multiaddr>> {
         .collect()
 }
 
-/// Checks a bootstrap address names its peer.
-fn check_bootstrap(addr: &Multiaddr) -> anyhow::Result<()> {
-    match addr.iter().last() {
-        Some(cairn_node::net::Protocol::P2p(_)) => Ok(()),
-        _ => bail!("--bootstrap-node {addr}: must end in /p2p/<peer id>"),
+/// Default DHT port, as the reference (`--disc-port`).
+pub(crate) const DEFAULT_DISC_PORT: u16 = 8090;
+
+/// `--nat`: which IP goes into the node's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Nat {
+    /// Pick from the listen addresses (`any`, `none`; cairn does no UPnP/PMP mapping).
+    Auto,
+    /// `extip:<IP>`.
+    ExtIp(IpAddr),
+}
+
+/// Parses `--nat`.
+pub(crate) fn parse_nat(text: &str) -> anyhow::Result<Nat> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("any") || t.eq_ignore_ascii_case("none") {
+        return Ok(Nat::Auto);
     }
+    if let Some(ip) = t.strip_prefix("extip:") {
+        return ip
+            .parse()
+            .map(Nat::ExtIp)
+            .with_context(|| format!("--nat: '{ip}' is not an IP address"));
+    }
+    bail!("--nat: '{t}': expected any, none or extip:<IP> (UPnP and NAT-PMP are not supported)")
+}
+
+/// Splits `--bootstrap-node` values into libp2p addresses (checked to name their peer) and
+/// signed peer records.
+fn parse_bootstraps(list: &[String]) -> anyhow::Result<(Vec<Multiaddr>, Vec<Spr>)> {
+    let mut addrs = Vec::new();
+    let mut sprs = Vec::new();
+    for b in list {
+        let b = b.trim();
+        if b.starts_with("spr:") {
+            sprs.push(
+                Spr::from_uri(b).with_context(|| format!("--bootstrap-node {b}: bad record"))?,
+            );
+            continue;
+        }
+        let addr: Multiaddr = b.parse().with_context(|| {
+            format!("--bootstrap-node {b}: neither an spr: record nor a multiaddr")
+        })?;
+        match addr.iter().last() {
+            Some(cairn_node::net::Protocol::P2p(_)) => addrs.push(addr),
+            _ => bail!("--bootstrap-node {addr}: must end in /p2p/<peer id>"),
+        }
+    }
+    Ok((addrs, sprs))
 }
 
 fn default_data_dir() -> PathBuf {
@@ -262,13 +329,23 @@ impl StartArgs {
             (true, Some(l)) => multiaddrs(l, "listen-addrs")?,
             (true, None) => vec![cairn_node::net::DEFAULT_LISTEN_ADDR.parse()?],
         };
-        let bootstrap_nodes = match (self.bootstrap_node.is_empty(), &file.bootstrap_node) {
-            (false, _) => self.bootstrap_node,
-            (true, Some(l)) => multiaddrs(l, "bootstrap-node")?,
-            (true, None) => Vec::new(),
+        let (bootstrap_nodes, bootstrap_sprs) =
+            match (self.bootstrap_node.is_empty(), &file.bootstrap_node) {
+                (false, _) => parse_bootstraps(&self.bootstrap_node)?,
+                (true, Some(l)) => parse_bootstraps(l)?,
+                (true, None) => (Vec::new(), Vec::new()),
+            };
+        let nat = match self.nat.or(file.nat) {
+            Some(n) => parse_nat(&n)?,
+            None => Nat::Auto,
         };
-        for b in &bootstrap_nodes {
-            check_bootstrap(b)?;
+        let announce_interval = match (self.announce_interval, &file.announce_interval) {
+            (Some(d), _) => d,
+            (None, Some(v)) => toml_duration(v, "announce-interval")?,
+            (None, None) => cairn_node::DEFAULT_REANNOUNCE_INTERVAL,
+        };
+        if announce_interval.is_zero() {
+            bail!("--announce-interval must be greater than zero");
         }
         let muxers = match (self.muxers, &file.muxers) {
             (Some(m), _) => m,
@@ -305,6 +382,13 @@ impl StartArgs {
             data_dir,
             listen_addrs,
             bootstrap_nodes,
+            bootstrap_sprs,
+            disc_port: self
+                .disc_port
+                .or(file.disc_port)
+                .unwrap_or(DEFAULT_DISC_PORT),
+            nat,
+            announce_interval,
             max_peers,
             key_file,
             muxers,
@@ -375,7 +459,7 @@ mod tests {
         assert_eq!(c.muxers, Muxers::YamuxThenMplex);
         // A bootstrap address without /p2p/ is refused, naming the option.
         let err = StartArgs {
-            bootstrap_node: vec!["/ip4/127.0.0.1/tcp/1".parse().unwrap()],
+            bootstrap_node: vec!["/ip4/127.0.0.1/tcp/1".into()],
             ..Default::default()
         }
         .resolve()

@@ -153,10 +153,13 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         max_peers: cfg.max_peers,
         ..cairn_node::net::NetConfig::default()
     };
-    let (net, events, net_task) = cairn_node::net::start(key, net_config, cancel.clone())
+    let (net, events, net_task) = cairn_node::net::start(key.clone(), net_config, cancel.clone())
         .await
         .context("cannot start the network (--listen-addrs)")?;
     info!(peer_id = %net.local_peer_id(), "libp2p identity");
+    let listening = net.listen_addrs().await.context("the network stopped")?;
+    let dht = start_dht(&cfg, key, &listening, cancel.clone()).await?;
+    info!(spr = %dht.local_spr().to_uri(), addr = %dht.dht_addr(), "discovery DHT started");
     let node = Node::with_network(
         store,
         NodeConfig {
@@ -166,7 +169,8 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         net,
         events,
         cancel.clone(),
-    );
+    )
+    .with_discovery(dht, cfg.announce_interval, cancel.clone());
     let addr = SocketAddr::new(cfg.api_bindaddr, cfg.api_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -208,6 +212,61 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     drop(node);
     info!("stopped");
     Ok(())
+}
+
+/// Most addresses put into the provider record.
+const MAX_ANNOUNCED_ADDRS: usize = 16;
+
+/// Starts the discovery DHT on `--disc-port`, announcing the IP chosen by `--nat` in the DHT
+/// record and the libp2p listen addresses (with that IP when `extip:` is given) in the
+/// provider record.
+async fn start_dht(
+    cfg: &config::Config,
+    key: cairn_node::net::Keypair,
+    listening: &[cairn_node::net::Multiaddr],
+    cancel: CancellationToken,
+) -> anyhow::Result<cairn_node::discovery::Discovery> {
+    use cairn_node::net::Protocol;
+    let ip_of = |a: &cairn_node::net::Multiaddr| {
+        a.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        })
+    };
+    let announce_ip = match cfg.nat {
+        config::Nat::ExtIp(ip) => ip,
+        config::Nat::Auto => listening
+            .iter()
+            .filter_map(ip_of)
+            .find(|ip| ip.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+    };
+    let provider_addrs: Vec<_> = listening
+        .iter()
+        .filter(|a| ip_of(a).is_some_and(|ip| !ip.is_unspecified()))
+        .map(|a| match (cfg.nat, announce_ip) {
+            (config::Nat::ExtIp(_), std::net::IpAddr::V4(ip)) => a
+                .iter()
+                .map(|p| match p {
+                    Protocol::Ip4(_) | Protocol::Ip6(_) => Protocol::Ip4(ip),
+                    p => p,
+                })
+                .collect(),
+            _ => a.clone(),
+        })
+        .take(MAX_ANNOUNCED_ADDRS)
+        .collect();
+    let mut dcfg = cairn_node::discovery::DiscoveryConfig::new(SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        cfg.disc_port,
+    ));
+    dcfg.announce_ip = Some(announce_ip);
+    dcfg.provider_addrs = provider_addrs;
+    dcfg.bootstrap = cfg.bootstrap_sprs.clone();
+    cairn_node::discovery::Discovery::start(key, dcfg, cancel)
+        .await
+        .with_context(|| format!("cannot start the discovery DHT on UDP port {} (--disc-port)", cfg.disc_port))
 }
 
 async fn shutdown_signal() {

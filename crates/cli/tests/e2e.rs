@@ -31,6 +31,8 @@ impl NodeProc {
             "warn",
             "--listen-addrs",
             "/ip4/127.0.0.1/tcp/0",
+            "--disc-port",
+            "0",
             "--data-dir",
         ])
         .arg(data)
@@ -775,4 +777,117 @@ fn download_resumes_a_partial_file() {
     download(&[]);
     assert!(std::fs::read(&out).unwrap() == data);
     n.stop();
+}
+
+/// Polls `GET /debug/info` of `n` until `cond` holds for it, within [`WAIT`].
+fn wait_info(
+    c: &reqwest::blocking::Client,
+    n: &NodeProc,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let info: serde_json::Value = c.get(n.url("/debug/info")).send().unwrap().json().unwrap();
+        if cond(&info) {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {info:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue 4: five nodes on loopback, each started with only the first one's signed peer record
+/// as bootstrap. Node 2 uploads; node 5 streams the dataset by CID with no `connect` call: it
+/// finds node 2 as a provider through the DHT, dials it and downloads.
+#[test]
+fn five_nodes_find_a_dataset_through_the_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let first = NodeProc::start(&dir.path().join("n1"), &[], &[]);
+    // GET /spr: text when asked for, JSON otherwise; debug/info carries the same record.
+    let spr = c
+        .get(first.url("/spr"))
+        .header("Accept", "text/plain")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(spr.starts_with("spr:"), "{spr}");
+    let json: serde_json::Value = c.get(first.url("/spr")).send().unwrap().json().unwrap();
+    assert_eq!(json["spr"], spr.as_str());
+    let info = wait_info(&c, &first, "the first node's table", |i| {
+        i["table"]["localNode"]["record"].is_string()
+    });
+    assert_eq!(info["spr"], spr.as_str());
+    assert_eq!(
+        info["table"]["localNode"]["peerId"],
+        info["id"],
+        "the DHT record is the node's identity"
+    );
+
+    let mut nodes = vec![first];
+    for i in 2..=5 {
+        let n = NodeProc::start(
+            &dir.path().join(format!("n{i}")),
+            &["--bootstrap-node", spr.as_str()],
+            &[],
+        );
+        nodes.push(n);
+    }
+    // Each joined: its table holds the first node, which answered it.
+    let first_id = info["table"]["localNode"]["nodeId"].as_str().unwrap().to_owned();
+    for n in &nodes[1..] {
+        wait_info(&c, n, "the bootstrap node in the table", |i| {
+            i["table"]["nodes"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|x| x["nodeId"] == first_id.as_str() && x["seen"] == true)
+            })
+        });
+    }
+    // No libp2p connection exists between the nodes: only DHT traffic so far.
+    for n in &nodes {
+        let info: serde_json::Value = c.get(n.url("/debug/info")).send().unwrap().json().unwrap();
+        assert_eq!(info["peers"].as_array().map(Vec::len), Some(0), "{info:#}");
+    }
+
+    let data = random(5 * 65536 + 999, 42);
+    let cid = c
+        .post(nodes[1].url("/data"))
+        .body(data.clone())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    // Node 5 streams it by CID. The provider record may take a moment to land (node 2
+    // announces it in the background), so a "not found" is retried within the deadline.
+    let deadline = Instant::now() + WAIT * 2;
+    let got = loop {
+        let r = c
+            .get(nodes[4].url(&format!("/data/{cid}/network/stream")))
+            .send()
+            .unwrap();
+        if r.status().is_success() {
+            break r.bytes().unwrap().to_vec();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 5 could not fetch {cid}: {} {}",
+            r.status(),
+            r.text().unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "downloaded bytes differ");
+    // It got them from node 2, whom it dialled itself.
+    let info: serde_json::Value = c.get(nodes[4].url("/debug/info")).send().unwrap().json().unwrap();
+    let uploader: serde_json::Value = c.get(nodes[1].url("/debug/info")).send().unwrap().json().unwrap();
+    let peers = info["peers"].as_array().unwrap();
+    assert!(
+        peers
+            .iter()
+            .any(|p| p["peerId"] == uploader["id"] && p["direction"] == "outbound"),
+        "{info:#}"
+    );
 }

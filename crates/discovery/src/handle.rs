@@ -28,7 +28,7 @@ use crate::{
         address_acceptable, is_own,
     },
     spr::Spr,
-    table::BUCKET_SIZE,
+    table::{BUCKET_SIZE, Origin},
     wire::message::Message,
 };
 
@@ -140,7 +140,7 @@ impl Discovery {
         self.shared
             .table
             .lock()
-            .insert(spr.node_id(), addr, spr.seq(), spr.clone(), false);
+            .insert(spr.node_id(), addr, spr.seq(), spr.clone(), Origin::Discovered);
         self.ping(&spr).await.map(|_| ())
     }
 
@@ -216,7 +216,7 @@ impl Discovery {
             .into_iter()
             .map(|e| (e.id, e.record))
             .collect();
-        let mut lookup = Lookup::new(target, seeds);
+        let mut lookup = Lookup::new(self.shared.local_id, target, seeds);
         let mut inflight = FuturesUnordered::new();
         let run = async {
             loop {
@@ -236,7 +236,13 @@ impl Discovery {
                             let mut table = self.shared.table.lock();
                             for s in &found {
                                 if let Some(addr) = s.udp_addr() {
-                                    table.insert(s.node_id(), addr, s.seq(), s.clone(), false);
+                                    table.insert(
+                                        s.node_id(),
+                                        addr,
+                                        s.seq(),
+                                        s.clone(),
+                                        Origin::Discovered,
+                                    );
                                 }
                             }
                         }
@@ -305,7 +311,7 @@ impl Discovery {
     pub async fn find_providers(&self, cid: &[u8]) -> Vec<Spr> {
         let key = NodeId::from_cid_bytes(cid);
         let mut found: HashMap<PeerId, Spr> = HashMap::new();
-        let mut merge = |found: &mut HashMap<PeerId, Spr>, s: Spr| {
+        let merge = |found: &mut HashMap<PeerId, Spr>, s: Spr| {
             if is_own(&self.shared, &s.peer_id()) || found.len() >= MAX_PROVIDERS_FOUND {
                 return;
             }
@@ -419,7 +425,7 @@ impl Discovery {
             self.shared
                 .table
                 .lock()
-                .insert(fresh.node_id(), addr, fresh.seq(), fresh, false);
+                .insert(fresh.node_id(), addr, fresh.seq(), fresh, Origin::Discovered);
         }
     }
 }

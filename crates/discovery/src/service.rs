@@ -54,7 +54,7 @@ use crate::{
     providers::ProviderStore,
     session::{Session, Sessions},
     spr::Spr,
-    table::RoutingTable,
+    table::{Origin, RoutingTable},
     wire::{
         crypto,
         message::{Message, RequestId},
@@ -269,6 +269,9 @@ struct Pending {
     expected: u32,
     /// Nonce of the last packet that carried the request.
     nonce: Option<Nonce>,
+    /// A FINDNODE: a node that fails one is replaced at once (the reference's `replaceNode`);
+    /// other requests only count a miss.
+    find_node: bool,
     deadline: Instant,
     reply: Option<oneshot::Sender<Result<Vec<Message>, RequestError>>>,
 }
@@ -276,7 +279,6 @@ struct Pending {
 /// A handshake we started: the random packet is out, the WHOAREYOU not yet in.
 #[derive(Debug)]
 struct HandshakeOut {
-    node: Spr,
     queue: Vec<(RequestId, Message)>,
     deadline: Instant,
 }
@@ -346,7 +348,7 @@ pub(crate) async fn start(
     let mut table = RoutingTable::new(local_id);
     for b in &config.bootstrap {
         if let Some(addr) = b.udp_addr() {
-            table.insert(b.node_id(), addr, b.seq(), b.clone(), true);
+            table.insert(b.node_id(), addr, b.seq(), b.clone(), Origin::Bootstrap);
         } else {
             warn!(peer = %b.peer_id(), "bootstrap record without an IPv4/UDP address; ignored");
         }
@@ -433,6 +435,10 @@ impl Service {
                         parts: Vec::new(),
                         expected: 0,
                         nonce: None,
+                        find_node: matches!(
+                            msg,
+                            Message::FindNode { .. } | Message::FindNodeFast { .. }
+                        ),
                         deadline: now
                             + self.config.request_timeout
                             + self.config.handshake_timeout,
@@ -505,7 +511,6 @@ impl Service {
         self.handshakes.insert(
             (node_id, addr),
             HandshakeOut {
-                node: node.clone(),
                 queue: vec![(id, msg)],
                 deadline,
             },
@@ -833,7 +838,7 @@ impl Service {
             self.shared
                 .table
                 .lock()
-                .insert(src, addr, r.seq(), r.clone(), false);
+                .insert(src, addr, r.seq(), r.clone(), Origin::Handshake);
         }
         self.on_plaintext(&plaintext, src, from).await;
     }
@@ -1027,7 +1032,12 @@ impl Service {
                 // A node that does not answer is replaced (never a bootstrap node). A partial
                 // multi-part answer still counts as an answer.
                 if p.parts.is_empty() {
-                    self.shared.table.lock().on_failure(&p.node);
+                    let mut table = self.shared.table.lock();
+                    if p.find_node {
+                        table.on_failure(&p.node);
+                    } else {
+                        table.on_no_reply(&p.node);
+                    }
                 }
                 if let Some(reply) = p.reply {
                     let _ = reply.send(if p.parts.is_empty() {

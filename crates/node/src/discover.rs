@@ -8,7 +8,8 @@
 //!   24 h on the nodes that hold them. A full queue drops the announcement (the next round
 //!   repeats it) rather than make an upload wait for the DHT.
 //! * **Provider search.** Fetching a manifest that is not local starts a provider search for it
-//!   beside the block-exchange want; while a dataset downloads, a watcher checks every
+//!   beside the block-exchange want, retried every [`EMPTY_SEARCH_RETRY`] until a provider is
+//!   dialled or the want ends; while a dataset downloads, a watcher checks every
 //!   [`PROVIDER_CHECK_INTERVAL`] how many connected peers hold its blocks and, when fewer than
 //!   [`MIN_HOLDERS`], searches the DHT for the tree's providers and dials them. Searches for one
 //!   CID are at least [`MIN_SEARCH_INTERVAL`] apart, and each dials at most
@@ -49,8 +50,12 @@ pub const MIN_HOLDERS: usize = 3;
 /// How often a running download checks its number of holders.
 pub const PROVIDER_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Minimum time between two DHT searches for the same CID.
+/// Minimum time between two DHT searches for the same CID after one that found providers.
 pub const MIN_SEARCH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Minimum time between two searches for the same CID after one that found none (the record
+/// may not have landed yet: an uploader announces in the background).
+pub const EMPTY_SEARCH_RETRY: Duration = Duration::from_secs(2);
 
 /// Providers dialled per search.
 pub const MAX_DIALS_PER_SEARCH: usize = 8;
@@ -65,7 +70,8 @@ pub(crate) struct Discoverer {
     dht: Discovery,
     net: NetworkHandle,
     announce: mpsc::Sender<Cid>,
-    searches: Arc<Mutex<HashMap<Cid, Instant>>>,
+    /// Per CID: when it was last searched and whether that found providers.
+    searches: Arc<Mutex<HashMap<Cid, (Instant, bool)>>>,
 }
 
 impl Discoverer {
@@ -102,25 +108,35 @@ impl Discoverer {
     }
 
     /// Searches the DHT for providers of `cid` and dials those not connected; returns how many
-    /// were dialled successfully. Does nothing if the last search for `cid` was less than
-    /// [`MIN_SEARCH_INTERVAL`] ago.
+    /// were dialled successfully. Does nothing if `cid` was searched less than
+    /// [`MIN_SEARCH_INTERVAL`] ago with success, or [`EMPTY_SEARCH_RETRY`] ago without.
     pub(crate) async fn search_and_dial(&self, cid: Cid) -> usize {
         {
             let now = Instant::now();
             let mut s = self.searches.lock();
-            if s.get(&cid)
-                .is_some_and(|t| now.duration_since(*t) < MIN_SEARCH_INTERVAL)
-            {
-                return 0;
+            if let Some((t, found)) = s.get(&cid) {
+                let gap = if *found {
+                    MIN_SEARCH_INTERVAL
+                } else {
+                    EMPTY_SEARCH_RETRY
+                };
+                if now.duration_since(*t) < gap {
+                    return 0;
+                }
             }
             if s.len() >= MAX_TRACKED_SEARCHES
-                && let Some(oldest) = s.iter().min_by_key(|(_, t)| **t).map(|(c, _)| *c)
+                && let Some(oldest) = s.iter().min_by_key(|(_, (t, _))| *t).map(|(c, _)| *c)
             {
                 s.remove(&oldest);
             }
-            s.insert(cid, now);
+            s.insert(cid, (now, false));
         }
         let providers = self.dht.find_providers(&cid.to_bytes()).await;
+        if !providers.is_empty()
+            && let Some(entry) = self.searches.lock().get_mut(&cid)
+        {
+            entry.1 = true;
+        }
         let connected: Vec<_> = match self.net.peers().await {
             Ok(p) => p.into_iter().map(|i| i.peer).collect(),
             Err(_) => return 0,
@@ -149,6 +165,27 @@ impl Discoverer {
             info!(%cid, dialled = ok, "connected to providers found in the DHT");
         }
         ok
+    }
+
+    /// Searches for providers of `cid` until one is dialled or the guard drops (a manifest
+    /// fetch: the want itself gives up after the engine's no-holder timeout).
+    pub(crate) fn search_until_found(&self, cid: Cid) -> DropGuard {
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    n = me.search_and_dial(cid) => if n > 0 { return },
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(EMPTY_SEARCH_RETRY) => {}
+                }
+            }
+        });
+        token.drop_guard()
     }
 
     /// Watches a running download of dataset `tree`: while fewer than [`MIN_HOLDERS`]

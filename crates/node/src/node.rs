@@ -182,11 +182,9 @@ impl Node {
         if cid.codec() != Codec::Manifest.code() {
             return Err(NodeError::NotAManifest);
         }
-        // Search the DHT beside asking the connected peers; a provider it dials gets the want
-        // as soon as it connects.
-        if let Some(d) = self.discoverer().cloned() {
-            tokio::spawn(async move { d.search_and_dial(cid).await });
-        }
+        // Search the DHT beside asking the connected peers, until the want ends; a provider it
+        // dials gets the want as soon as it connects.
+        let _search = self.discoverer().map(|d| d.search_until_found(cid));
         let block = self
             .network()?
             .engine
