@@ -7,7 +7,14 @@
 //!
 //! Layout (bottom up):
 //! - [`ids`]: node and content ids, the XOR metric.
+//! - [`table`]: the routing table (256 log-distance buckets of 16, replacement caches, liveness),
+//!   generic over the record type.
+//!
+//! The table reads no clock and do no I/O: the caller passes `now` and
+//! reports each request's outcome, so every rule is unit-tested on its own.
 
 pub mod ids;
+pub mod table;
 
 pub use ids::NodeId;
+pub use table::{Entry, InsertOutcome, Origin, RoutingTable};
