@@ -9,12 +9,16 @@
 //! - [`ids`]: node and content ids, the XOR metric.
 //! - [`table`]: the routing table (256 log-distance buckets of 16, replacement caches, liveness),
 //!   generic over the record type.
+//! - [`lookup`]: the iterative node lookup as a state machine without I/O, and the FINDNODE
+//!   distances it asks for.
 //!
-//! The table reads no clock and do no I/O: the caller passes `now` and
-//! reports each request's outcome, so every rule is unit-tested on its own.
+//! The table and the lookup read no clock and do no I/O: the caller reports each request's
+//! outcome, so every rule is unit-tested on its own.
 
 pub mod ids;
+pub mod lookup;
 pub mod table;
 
 pub use ids::NodeId;
+pub use lookup::{Lookup, lookup_distances};
 pub use table::{Entry, InsertOutcome, Origin, RoutingTable};
