@@ -11,14 +11,17 @@
 //!   generic over the record type.
 //! - [`lookup`]: the iterative node lookup as a state machine without I/O, and the FINDNODE
 //!   distances it asks for.
+//! - [`providers`]: provider records of others, in memory, with the reference's TTL and limits.
 //!
-//! The table and the lookup read no clock and do no I/O: the caller reports each request's
-//! outcome, so every rule is unit-tested on its own.
+//! The table, the lookup and the provider store read no clock and do no I/O: the caller passes
+//! `now` and reports each request's outcome, so every rule is unit-tested on its own.
 
 pub mod ids;
 pub mod lookup;
+pub mod providers;
 pub mod table;
 
 pub use ids::NodeId;
 pub use lookup::{Lookup, lookup_distances};
+pub use providers::{AddOutcome, ProviderStore};
 pub use table::{Entry, InsertOutcome, Origin, RoutingTable};
