@@ -14,25 +14,41 @@
 //! - [`wire`]: the wire layer: [`wire::packet`] (UDP framing and header masking),
 //!   [`wire::crypto`] (handshake ECDH, key derivation, id signatures, AES-GCM) and
 //!   [`wire::message`] (the protobuf message plaintexts).
-//! - [`table`]: the routing table; [`lookup`]: the iterative lookup as a state machine;
-//!   [`providers`]: provider records of others. Pure logic, no I/O.
+//! - [`table`]: the routing table (256 log-distance buckets of 16, replacement caches, liveness),
+//!   generic over the record type.
+//! - [`lookup`]: the iterative node lookup as a state machine without I/O, and the FINDNODE
+//!   distances it asks for.
+//! - [`providers`]: provider records of others, in memory, with the reference's TTL and limits.
 //! - [`session`]: session keys per remote node, bounded.
 //! - [`service`]: the task owning the socket: handshakes, answering requests, matching
 //!   responses, timeouts.
 //! - [`handle`]: [`Discovery`], and the DHT operations built on single requests (lookup,
 //!   provide, find providers, find peer) and the maintenance loops.
+//!
+//! The table, the lookup and the provider store read no clock and do no I/O: the caller passes
+//! `now` and reports each request's outcome, so every rule is unit-tested on its own.
 
 pub mod handle;
 pub mod ids;
 pub mod lookup;
 pub mod providers;
+<<<<<<< HEAD
 pub mod service;
 pub mod session;
 pub mod spr;
 pub mod table;
 pub mod wire;
+=======
+pub mod table;
+>>>>>>> dht-table
 
 pub use handle::{Discovery, NodeInfo};
 pub use ids::NodeId;
+<<<<<<< HEAD
 pub use service::{DiscoveryConfig, DiscoveryError, LocalRecords, RequestError};
 pub use spr::Spr;
+=======
+pub use lookup::{Lookup, lookup_distances};
+pub use providers::{AddOutcome, ProviderStore};
+pub use table::{Entry, InsertOutcome, Origin, RoutingTable};
+>>>>>>> dht-table

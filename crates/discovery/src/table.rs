@@ -15,8 +15,9 @@
 //!   nodes and its own lookups need fewer hops. We keep the flat layout discv5 describes: it needs
 //!   no splitting, a FINDNODE reply is "read the requested buckets", and the wire behaviour is the
 //!   same (a FINDNODE reply holds at most 16 nodes either way; `bitsPerHop` never appears on the
-//!   wire). The cost is a smaller table in sparse far ranges, which only matters for networks far
-//!   larger than 16 × 256 nodes.
+//!   wire). The cost: at the far distances, where a network of more than a few dozen nodes has
+//!   more than 16 nodes per log-distance, we remember 16 where the reference remembers up to
+//!   256, so our own lookups may take a hop more. What we answer others is not affected.
 //! * **IP limits are off**, as Codex runs the reference: `routing_table.nim` has
 //!   `DefaultTableIpLimits` (2 per bucket, 10 per table), but nim-codex `codex/discovery.nim`
 //!   passes `high(uint)` for both ("FIXME disable IP limits temporarily"). So there is no

@@ -1,0 +1,364 @@
+//! Provider records that other nodes stored with us (ADD_PROVIDER), kept in memory with the
+//! reference's limits (codex-protocol.md §7.4), generic over the record type `R`.
+//!
+//! Reference: nim-codex-dht `codexdht/private/eth/p2p/discoveryv5/providers/manager.nim`
+//! (`DefaultProviderTTL`, `add`, `get`) and `providers/cache.nim` (`MaxProvidersEntries`,
+//! `MaxProvidersPerEntry`, an LRU of keys each holding an LRU of providers by PeerId).
+//!
+//! # Rules
+//!
+//! * Per content key, one record per provider `PeerId`: a provider's new record takes the place
+//!   of its old one.
+//! * **The record with the higher seq wins.** A higher seq replaces the record and restarts its
+//!   [`PROVIDER_TTL`]; an equal seq (the provider announcing again) keeps the record and restarts
+//!   the TTL; a lower seq changes nothing. The reference means to do this ("keeps the existing
+//!   one if its seqNo is ≥ the new one") but its guard never fires: `getProvByKey` fails whenever
+//!   a record exists (an inverted length check), so every ADD_PROVIDER overwrites, and a replayed
+//!   old record replaces a newer one (dht-verified.md, correction 4).
+//! * A record expires [`PROVIDER_TTL`] after it was stored or last refreshed; expired records are
+//!   never returned and count as absent. ([`ProviderStore::expire`] frees their memory.) The
+//!   reference's in-memory cache does not look at the TTL at all; only its persistent store
+//!   is cleaned, once a day.
+//! * At most [`MAX_PROVIDERS_PER_KEY`] providers per key: a new provider for a full key drops
+//!   the one closest to expiry, that is the one stored or refreshed longest ago. With one TTL for
+//!   all records this is the reference's LRU order by last store.
+//! * At most [`MAX_PROVIDER_KEYS`] keys: a new key when all are in use drops the key whose newest
+//!   record is the oldest. The reference's key LRU also counts reads (`get` moves a key to the
+//!   front); ours counts only stores, so a read does not need `&mut`, and a key nobody announces
+//!   any more goes first even if it is read often.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+use crate::ids::NodeId;
+
+/// How long a provider record is kept after it was stored or refreshed (reference
+/// `DefaultProviderTTL`, providers/manager.nim; seen as expiry = now + 24 h in dht-verified.md).
+pub const PROVIDER_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Most providers kept per content key (reference `MaxProvidersPerEntry`, providers/cache.nim).
+pub const MAX_PROVIDERS_PER_KEY: usize = 200;
+
+/// Most content keys kept (reference `MaxProvidersEntries`, providers/cache.nim).
+pub const MAX_PROVIDER_KEYS: usize = 1000;
+
+/// What [`ProviderStore::add`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// A provider new for this key (or whose record had expired) was stored.
+    Added,
+    /// The provider's record was replaced by one with a higher seq; its TTL restarts.
+    Updated,
+    /// Same seq as the stored record: the record stays, its TTL restarts.
+    Refreshed,
+    /// Lower seq than the stored record: ignored.
+    Stale,
+}
+
+#[derive(Clone, Debug)]
+struct Stored<R> {
+    seq: u64,
+    record: R,
+    /// When it was stored or last refreshed; it expires `ttl` later.
+    stored: Instant,
+}
+
+impl<R> Stored<R> {
+    fn expired(&self, now: Instant, ttl: Duration) -> bool {
+        now.saturating_duration_since(self.stored) >= ttl
+    }
+}
+
+#[derive(Clone, Debug)]
+struct KeyProviders<R> {
+    providers: HashMap<PeerId, Stored<R>>,
+    /// When the most recent of its records was stored or refreshed. Only ever moves forward:
+    /// evicting a provider removes the oldest, and expiry removes a key's newest record only
+    /// with all the others.
+    newest: Instant,
+}
+
+/// Provider records of others, by content key (module docs).
+#[derive(Clone, Debug)]
+pub struct ProviderStore<R> {
+    keys: HashMap<NodeId, KeyProviders<R>>,
+    max_keys: usize,
+    max_per_key: usize,
+    ttl: Duration,
+}
+
+impl<R: Clone> Default for ProviderStore<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<R: Clone> ProviderStore<R> {
+    /// An empty store with the reference's limits: [`MAX_PROVIDER_KEYS`],
+    /// [`MAX_PROVIDERS_PER_KEY`], [`PROVIDER_TTL`].
+    pub fn new() -> Self {
+        Self::with_limits(MAX_PROVIDER_KEYS, MAX_PROVIDERS_PER_KEY, PROVIDER_TTL)
+    }
+
+    /// An empty store with other limits (tests, configuration). A limit of 0 is raised to 1.
+    pub fn with_limits(max_keys: usize, max_per_key: usize, ttl: Duration) -> Self {
+        ProviderStore {
+            keys: HashMap::new(),
+            max_keys: max_keys.max(1),
+            max_per_key: max_per_key.max(1),
+            ttl,
+        }
+    }
+
+    /// Stores `provider`'s record (sequence number `seq`) for content `key`, received at `now`
+    /// (rules in the module docs).
+    pub fn add(
+        &mut self,
+        key: NodeId,
+        provider: PeerId,
+        seq: u64,
+        record: R,
+        now: Instant,
+    ) -> AddOutcome {
+        let ttl = self.ttl;
+        if !self.keys.contains_key(&key) && self.keys.len() >= self.max_keys {
+            self.drop_oldest_key();
+        }
+        let entry = self.keys.entry(key).or_insert_with(|| KeyProviders {
+            providers: HashMap::new(),
+            newest: now,
+        });
+
+        if let Some(s) = entry.providers.get_mut(&provider) {
+            let outcome = if s.expired(now, ttl) {
+                AddOutcome::Added
+            } else if seq > s.seq {
+                AddOutcome::Updated
+            } else if seq == s.seq {
+                AddOutcome::Refreshed
+            } else {
+                return AddOutcome::Stale;
+            };
+            if outcome != AddOutcome::Refreshed {
+                s.seq = seq;
+                s.record = record;
+            }
+            s.stored = now;
+            entry.newest = entry.newest.max(now);
+            return outcome;
+        }
+
+        if entry.providers.len() >= self.max_per_key {
+            let oldest = entry
+                .providers
+                .iter()
+                .min_by_key(|(_, s)| s.stored)
+                .map(|(p, _)| *p);
+            if let Some(p) = oldest {
+                entry.providers.remove(&p);
+            }
+        }
+        entry.providers.insert(
+            provider,
+            Stored {
+                seq,
+                record,
+                stored: now,
+            },
+        );
+        entry.newest = entry.newest.max(now);
+        AddOutcome::Added
+    }
+
+    /// Drops the key whose newest record is the oldest.
+    fn drop_oldest_key(&mut self) {
+        let oldest = self
+            .keys
+            .iter()
+            .min_by_key(|(_, k)| k.newest)
+            .map(|(key, _)| *key);
+        if let Some(key) = oldest {
+            self.keys.remove(&key);
+        }
+    }
+
+    /// The unexpired records for `key`, most recently stored first.
+    pub fn get(&self, key: &NodeId, now: Instant) -> Vec<R> {
+        let Some(k) = self.keys.get(key) else {
+            return Vec::new();
+        };
+        let mut live: Vec<&Stored<R>> = k
+            .providers
+            .values()
+            .filter(|s| !s.expired(now, self.ttl))
+            .collect();
+        live.sort_by_key(|s| std::cmp::Reverse(s.stored));
+        live.into_iter().map(|s| s.record.clone()).collect()
+    }
+
+    /// Removes every record expired at `now` and keys left empty; returns how many records went.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let ttl = self.ttl;
+        let mut removed = 0;
+        self.keys.retain(|_, k| {
+            let before = k.providers.len();
+            k.providers.retain(|_, s| !s.expired(now, ttl));
+            removed += before - k.providers.len();
+            !k.providers.is_empty()
+        });
+        removed
+    }
+
+    /// Records held, expired ones not yet removed by [`ProviderStore::expire`] included.
+    pub fn len(&self) -> usize {
+        self.keys.values().map(|k| k.providers.len()).sum()
+    }
+
+    /// No record held.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Content keys held.
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn key(b: u8) -> NodeId {
+        NodeId([b; 32])
+    }
+
+    #[test]
+    fn records_expire_after_the_ttl() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::new();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        assert_eq!(s.add(key(1), p, 1, "p", t0), AddOutcome::Added);
+        assert_eq!(s.add(key(1), q, 1, "q", t0 + 10 * SEC), AddOutcome::Added);
+        assert_eq!(s.get(&key(1), t0 + PROVIDER_TTL - SEC), vec!["q", "p"]);
+        assert_eq!(s.get(&key(1), t0 + PROVIDER_TTL), vec!["q"]);
+        assert!(s.get(&key(1), t0 + PROVIDER_TTL + 10 * SEC).is_empty());
+        assert_eq!(s.len(), 2, "expired records stay until expire()");
+        assert_eq!(s.expire(t0 + PROVIDER_TTL), 1);
+        assert_eq!((s.len(), s.keys()), (1, 1));
+        assert_eq!(s.expire(t0 + PROVIDER_TTL + 10 * SEC), 1);
+        assert_eq!((s.len(), s.keys()), (0, 0));
+        assert!(s.is_empty());
+        // An expired record counts as absent: any seq is taken, as new.
+        assert_eq!(s.add(key(2), p, 9, "p9", t0), AddOutcome::Added);
+        let later = t0 + PROVIDER_TTL;
+        assert_eq!(s.add(key(2), p, 3, "p3", later), AddOutcome::Added);
+        assert_eq!(s.get(&key(2), later), vec!["p3"]);
+    }
+
+    #[test]
+    fn a_full_key_drops_the_provider_closest_to_expiry() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::with_limits(10, 3, PROVIDER_TTL);
+        let p: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        for (i, peer) in p.iter().take(3).enumerate() {
+            s.add(key(1), *peer, 1, i, t0 + i as u32 * SEC);
+        }
+        // p0 re-announces: now p1 is the oldest.
+        assert_eq!(
+            s.add(key(1), p[0], 1, 0, t0 + 3 * SEC),
+            AddOutcome::Refreshed
+        );
+        assert_eq!(s.add(key(1), p[3], 1, 3, t0 + 4 * SEC), AddOutcome::Added);
+        assert_eq!(s.get(&key(1), t0 + 4 * SEC), vec![3, 0, 2]);
+        assert_eq!(s.add(key(1), p[4], 1, 4, t0 + 5 * SEC), AddOutcome::Added);
+        assert_eq!(s.get(&key(1), t0 + 5 * SEC), vec![4, 3, 0]);
+        assert_eq!(s.len(), 3);
+        // The default cap is the reference's 200.
+        let mut s = ProviderStore::new();
+        for i in 0..MAX_PROVIDERS_PER_KEY + 5 {
+            s.add(key(1), PeerId::random(), 1, i, t0 + i as u32 * SEC);
+        }
+        assert_eq!(s.len(), MAX_PROVIDERS_PER_KEY);
+        assert_eq!(s.get(&key(1), t0 + 300 * SEC)[0], MAX_PROVIDERS_PER_KEY + 4);
+    }
+
+    #[test]
+    fn a_full_store_drops_the_key_whose_newest_record_is_oldest() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::with_limits(2, 10, PROVIDER_TTL);
+        let p = PeerId::random();
+        s.add(key(1), p, 1, "a", t0);
+        s.add(key(2), p, 1, "b", t0 + SEC);
+        // Key 1 gets a newer record than key 2's.
+        s.add(key(1), PeerId::random(), 1, "a2", t0 + 2 * SEC);
+        assert_eq!(s.add(key(3), p, 1, "c", t0 + 3 * SEC), AddOutcome::Added);
+        assert_eq!(s.keys(), 2);
+        assert!(s.get(&key(2), t0 + 3 * SEC).is_empty());
+        assert_eq!(s.get(&key(1), t0 + 3 * SEC), vec!["a2", "a"]);
+        assert_eq!(s.get(&key(3), t0 + 3 * SEC), vec!["c"]);
+        // Adding to a key already held never drops another key.
+        s.add(key(3), PeerId::random(), 1, "c2", t0 + 4 * SEC);
+        assert_eq!(s.keys(), 2);
+        // The default cap is the reference's 1000.
+        let mut s = ProviderStore::new();
+        for i in 0..MAX_PROVIDER_KEYS + 3 {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            s.add(NodeId(k), p, 1, i, t0 + i as u32 * SEC);
+        }
+        assert_eq!(s.keys(), MAX_PROVIDER_KEYS);
+        assert!(s.get(&NodeId([0; 32]), t0 + 2000 * SEC).is_empty());
+    }
+
+    #[test]
+    fn the_higher_seq_wins() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::new();
+        let p = PeerId::random();
+        assert_eq!(s.add(key(1), p, 5, "seq5", t0), AddOutcome::Added);
+        // A lower seq (say, a replayed old record) is ignored: the reference would take it.
+        assert_eq!(s.add(key(1), p, 4, "seq4", t0 + SEC), AddOutcome::Stale);
+        assert_eq!(s.get(&key(1), t0 + SEC), vec!["seq5"]);
+        assert_eq!(
+            s.add(key(1), p, 6, "seq6", t0 + 2 * SEC),
+            AddOutcome::Updated
+        );
+        assert_eq!(s.get(&key(1), t0 + 2 * SEC), vec!["seq6"]);
+        // The same seq keeps the record and restarts the TTL.
+        assert_eq!(
+            s.add(key(1), p, 6, "other", t0 + 3 * SEC),
+            AddOutcome::Refreshed
+        );
+        assert_eq!(s.get(&key(1), t0 + 3 * SEC), vec!["seq6"]);
+        assert_eq!(
+            s.get(&key(1), t0 + 3 * SEC + PROVIDER_TTL - SEC),
+            vec!["seq6"]
+        );
+        // A stale record does not restart it.
+        assert_eq!(
+            s.add(key(1), p, 1, "seq1", t0 + 10 * SEC),
+            AddOutcome::Stale
+        );
+        assert!(s.get(&key(1), t0 + 3 * SEC + PROVIDER_TTL).is_empty());
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_provider_replaces_its_own_record_per_key() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::new();
+        let p = PeerId::random();
+        s.add(key(1), p, 1, "old address", t0);
+        s.add(key(1), p, 2, "new address", t0 + SEC);
+        s.add(key(2), p, 1, "other key", t0 + SEC);
+        assert_eq!(s.get(&key(1), t0 + SEC), vec!["new address"]);
+        assert_eq!(s.get(&key(2), t0 + SEC), vec!["other key"]);
+        assert_eq!((s.len(), s.keys()), (2, 2));
+        assert!(s.get(&key(3), t0).is_empty());
+    }
+}
