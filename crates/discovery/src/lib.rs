@@ -32,23 +32,16 @@ pub mod handle;
 pub mod ids;
 pub mod lookup;
 pub mod providers;
-<<<<<<< HEAD
 pub mod service;
 pub mod session;
 pub mod spr;
 pub mod table;
 pub mod wire;
-=======
-pub mod table;
->>>>>>> dht-table
 
 pub use handle::{Discovery, NodeInfo};
 pub use ids::NodeId;
-<<<<<<< HEAD
-pub use service::{DiscoveryConfig, DiscoveryError, LocalRecords, RequestError};
-pub use spr::Spr;
-=======
 pub use lookup::{Lookup, lookup_distances};
 pub use providers::{AddOutcome, ProviderStore};
+pub use service::{DiscoveryConfig, DiscoveryError, LocalRecords, RequestError};
+pub use spr::Spr;
 pub use table::{Entry, InsertOutcome, Origin, RoutingTable};
->>>>>>> dht-table
