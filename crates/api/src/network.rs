@@ -128,10 +128,15 @@ fn wants_text(headers: &HeaderMap) -> bool {
 
 /// `GET /spr`: the node's DHT record (`spr:…`), text/plain when preferred by `Accept`, else
 /// JSON `{"spr": …}`; 503 when the node runs no DHT (the reference: not ready).
-pub(crate) async fn spr(State(node): State<Node>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub(crate) async fn spr(
+    State(node): State<Node>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let spr = node
         .discovery()
-        .ok_or_else(|| ApiError::Unavailable("No signed peer record: the DHT is not running.".into()))?
+        .ok_or_else(|| {
+            ApiError::Unavailable("No signed peer record: the DHT is not running.".into())
+        })?
         .local_spr()
         .to_uri();
     if wants_text(&headers) {

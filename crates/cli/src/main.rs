@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node (embedded store; no server needed).
-    Start(config::StartArgs),
+    Start(Box<config::StartArgs>),
     /// Upload files to a node; prints one CID per file.
     Upload {
         /// Files to upload.
@@ -266,7 +266,12 @@ async fn start_dht(
     dcfg.bootstrap = cfg.bootstrap_sprs.clone();
     cairn_node::discovery::Discovery::start(key, dcfg, cancel)
         .await
-        .with_context(|| format!("cannot start the discovery DHT on UDP port {} (--disc-port)", cfg.disc_port))
+        .with_context(|| {
+            format!(
+                "cannot start the discovery DHT on UDP port {} (--disc-port)",
+                cfg.disc_port
+            )
+        })
 }
 
 async fn shutdown_signal() {

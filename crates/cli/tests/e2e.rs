@@ -792,7 +792,10 @@ fn wait_info(
         if cond(&info) {
             return info;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {info:#}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {info:#}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -821,8 +824,7 @@ fn five_nodes_find_a_dataset_through_the_dht() {
     });
     assert_eq!(info["spr"], spr.as_str());
     assert_eq!(
-        info["table"]["localNode"]["peerId"],
-        info["id"],
+        info["table"]["localNode"]["peerId"], info["id"],
         "the DHT record is the node's identity"
     );
 
@@ -836,7 +838,10 @@ fn five_nodes_find_a_dataset_through_the_dht() {
         nodes.push(n);
     }
     // Each joined: its table holds the first node, which answered it.
-    let first_id = info["table"]["localNode"]["nodeId"].as_str().unwrap().to_owned();
+    let first_id = info["table"]["localNode"]["nodeId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for n in &nodes[1..] {
         wait_info(&c, n, "the bootstrap node in the table", |i| {
             i["table"]["nodes"].as_array().is_some_and(|a| {
@@ -881,8 +886,18 @@ fn five_nodes_find_a_dataset_through_the_dht() {
     assert_eq!(got.len(), data.len());
     assert!(got == data, "downloaded bytes differ");
     // It got them from node 2, whom it dialled itself.
-    let info: serde_json::Value = c.get(nodes[4].url("/debug/info")).send().unwrap().json().unwrap();
-    let uploader: serde_json::Value = c.get(nodes[1].url("/debug/info")).send().unwrap().json().unwrap();
+    let info: serde_json::Value = c
+        .get(nodes[4].url("/debug/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let uploader: serde_json::Value = c
+        .get(nodes[1].url("/debug/info"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     let peers = info["peers"].as_array().unwrap();
     assert!(
         peers

@@ -137,10 +137,13 @@ impl Discovery {
     /// Adds a node (e.g. a bootstrap record given later) and pings it.
     pub async fn add_node(&self, spr: Spr) -> Result<(), RequestError> {
         let addr = spr.udp_addr().ok_or(RequestError::NoAddress)?;
-        self.shared
-            .table
-            .lock()
-            .insert(spr.node_id(), addr, spr.seq(), spr.clone(), Origin::Discovered);
+        self.shared.table.lock().insert(
+            spr.node_id(),
+            addr,
+            spr.seq(),
+            spr.clone(),
+            Origin::Discovered,
+        );
         self.ping(&spr).await.map(|_| ())
     }
 
@@ -170,7 +173,11 @@ impl Discovery {
 
     /// FINDNODE: the valid records `node` gives for `distances` (each at one of those distances
     /// from it, with an acceptable address, at most [`BUCKET_SIZE`]).
-    pub async fn find_node(&self, node: &Spr, distances: Vec<u16>) -> Result<Vec<Spr>, RequestError> {
+    pub async fn find_node(
+        &self,
+        node: &Spr,
+        distances: Vec<u16>,
+    ) -> Result<Vec<Spr>, RequestError> {
         let from = node.udp_addr().ok_or(RequestError::NoAddress)?;
         let parts = self
             .request(
@@ -422,10 +429,13 @@ impl Discovery {
             && let Some(fresh) = found.into_iter().find(|s| s.node_id() == spr.node_id())
             && let Some(addr) = fresh.udp_addr()
         {
-            self.shared
-                .table
-                .lock()
-                .insert(fresh.node_id(), addr, fresh.seq(), fresh, Origin::Discovered);
+            self.shared.table.lock().insert(
+                fresh.node_id(),
+                addr,
+                fresh.seq(),
+                fresh,
+                Origin::Discovered,
+            );
         }
     }
 }

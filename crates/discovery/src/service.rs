@@ -331,11 +331,13 @@ pub(crate) async fn start(
         addr: config.listen,
         source,
     })?;
-    let ip = config.announce_ip.unwrap_or(if bound.ip().is_unspecified() {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
-    } else {
-        bound.ip()
-    });
+    let ip = config
+        .announce_ip
+        .unwrap_or(if bound.ip().is_unspecified() {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            bound.ip()
+        });
     let dht_addr = SocketAddr::new(ip, bound.port());
     let static_secret =
         crypto::static_secret(&keypair).map_err(|e| DiscoveryError::Record(e.to_string()))?;
@@ -439,9 +441,7 @@ impl Service {
                             msg,
                             Message::FindNode { .. } | Message::FindNodeFast { .. }
                         ),
-                        deadline: now
-                            + self.config.request_timeout
-                            + self.config.handshake_timeout,
+                        deadline: now + self.config.request_timeout + self.config.handshake_timeout,
                         reply: Some(reply),
                     },
                 );
@@ -451,7 +451,9 @@ impl Service {
             }
             Command::Notify { node, msg } => {
                 let Some(addr) = node.udp_addr() else { return };
-                let _ = self.send_request(node, addr, RequestId::random(), msg).await;
+                let _ = self
+                    .send_request(node, addr, RequestId::random(), msg)
+                    .await;
             }
         }
     }
@@ -605,8 +607,15 @@ impl Service {
                 eph_pubkey,
                 spr,
             } => {
-                self.on_handshake(&packet, src, &id_signature, &eph_pubkey, spr.as_deref(), from)
-                    .await;
+                self.on_handshake(
+                    &packet,
+                    src,
+                    &id_signature,
+                    &eph_pubkey,
+                    spr.as_deref(),
+                    from,
+                )
+                .await;
             }
         }
     }
@@ -632,12 +641,7 @@ impl Service {
         {
             return;
         }
-        let enr_seq = self
-            .shared
-            .table
-            .lock()
-            .get(&src)
-            .map_or(0, |e| e.seq);
+        let enr_seq = self.shared.table.lock().get(&src).map_or(0, |e| e.seq);
         let packet = Packet::new(
             PacketKind::WhoAreYou {
                 id_nonce: rand::random(),
@@ -657,10 +661,8 @@ impl Service {
         {
             self.challenges.remove(&oldest);
         }
-        self.challenges.insert(
-            (src, from),
-            Challenge { data, created: now },
-        );
+        self.challenges
+            .insert((src, from), Challenge { data, created: now });
         self.send(&bytes, from).await;
     }
 
@@ -683,7 +685,9 @@ impl Service {
         }
         self.sessions.remove(&node_id, from);
         let first = queue.remove(0);
-        let Some(session) = self.handshake_to(&sent.node, packet, enr_seq, from, &first).await
+        let Some(session) = self
+            .handshake_to(&sent.node, packet, enr_seq, from, &first)
+            .await
         else {
             for (id, _) in std::iter::once(first).chain(queue) {
                 self.fail(&id, RequestError::BadResponse);
@@ -918,10 +922,13 @@ impl Service {
                 Ok(record) => {
                     let peer = record.peer_id();
                     let seq = record.seq();
-                    self.shared
-                        .providers
-                        .lock()
-                        .add(content, peer, seq, record, Instant::now().into_std());
+                    self.shared.providers.lock().add(
+                        content,
+                        peer,
+                        seq,
+                        record,
+                        Instant::now().into_std(),
+                    );
                 }
                 Err(e) => debug!(%from, error = %e, "bad provider record"),
             },
@@ -954,7 +961,13 @@ impl Service {
 
     /// Answers a FINDNODE(FAST) with `sprs` split into NODES messages of
     /// [`NODES_PER_MESSAGE`]; an empty answer is one message with `total = 1`.
-    async fn send_nodes(&mut self, src: &NodeId, from: SocketAddr, id: &RequestId, sprs: Vec<Vec<u8>>) {
+    async fn send_nodes(
+        &mut self,
+        src: &NodeId,
+        from: SocketAddr,
+        id: &RequestId,
+        sprs: Vec<Vec<u8>>,
+    ) {
         if sprs.is_empty() {
             let msg = Message::Nodes {
                 total: 1,

@@ -144,6 +144,9 @@ mod tests {
         let t = t0 + Duration::from_secs(10);
         s.insert(NodeId::random(), addr(2), Session::new([0; 16], [0; 16], t));
         assert_eq!(s.len(), MAX_SESSIONS);
-        assert!(s.get(&first, addr(1), t).is_none(), "the oldest was evicted");
+        assert!(
+            s.get(&first, addr(1), t).is_none(),
+            "the oldest was evicted"
+        );
     }
 }
