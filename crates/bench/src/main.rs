@@ -67,6 +67,7 @@
 //! compares the throughput with one raw libp2p stream over the same transport: see
 //! [`transfer`].
 
+mod dht;
 mod transfer;
 
 use std::{
@@ -164,6 +165,9 @@ enum Command {
     /// Download a dataset from one `cairn` node process to another over libp2p; compare the
     /// throughput with one raw libp2p stream on the same transport measured in the same run.
     Transfer(transfer::TransferArgs),
+    /// An in-process network of DHT nodes on loopback UDP: convergence, lookups and provider
+    /// records; PING round trips compared with a raw UDP echo measured in the same run.
+    Dht(dht::DhtArgs),
     /// One side of `transfer`'s ceiling in its own process (started by `transfer
     /// --ceiling-mode processes`).
     #[command(hide = true)]
@@ -188,6 +192,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Ingest(args) => ingest(&args),
         Command::Transfer(args) => transfer::transfer(&args),
+        Command::Dht(args) => dht::dht(&args),
         Command::CeilingPeer(args) => transfer::ceiling_peer(&args),
     }
 }

@@ -1103,3 +1103,57 @@ pub fn address_acceptable(addr: SocketAddr, sender: SocketAddr, allow_local: boo
 pub(crate) fn is_own(shared: &Shared, peer: &PeerId) -> bool {
     shared.keypair.public().to_peer_id() == *peer
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    /// codex-protocol.md §7.4: records learned from others must name a usable IPv4/UDP
+    /// address; loopback only from a loopback sender, private only from a private or loopback
+    /// sender.
+    #[test]
+    fn record_addresses_follow_the_reference_scope_rules() {
+        let public = a("8.8.8.8:9000");
+        let private = a("10.0.0.2:9000");
+        let lo = a("127.0.0.1:9000");
+        for bad in [
+            "0.0.0.0:9000",
+            "224.0.0.1:9000",
+            "255.255.255.255:9000",
+            "8.8.8.8:0",
+            "[::1]:9000",
+        ] {
+            assert!(!address_acceptable(a(bad), lo, true), "{bad}");
+        }
+        assert!(address_acceptable(public, public, false));
+        assert!(address_acceptable(public, lo, false));
+        assert!(!address_acceptable(lo, public, false));
+        assert!(!address_acceptable(lo, private, false));
+        assert!(address_acceptable(lo, lo, false));
+        assert!(!address_acceptable(private, public, false));
+        assert!(address_acceptable(private, private, false));
+        assert!(address_acceptable(private, lo, false));
+        // The setting for local networks lifts the scope rules only.
+        assert!(address_acceptable(lo, public, true));
+        assert!(address_acceptable(private, public, true));
+    }
+
+    #[test]
+    fn sequence_numbers_only_grow() {
+        let now = next_seq(0);
+        assert!(now > 1_700_000_000, "Unix time in seconds");
+        assert_eq!(next_seq(now + 100), now + 101);
+    }
+
+    #[test]
+    fn dht_record_address_is_ip_and_udp() {
+        assert_eq!(
+            udp_multiaddr(a("127.0.0.1:8090")).to_string(),
+            "/ip4/127.0.0.1/udp/8090"
+        );
+    }
+}

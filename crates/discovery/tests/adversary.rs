@@ -1,0 +1,214 @@
+//! A DHT node against a hand-driven peer on loopback UDP: the peer is built only from the wire
+//! layer (packets, handshake crypto, messages), so these tests check the service's handshake
+//! and input handling from the outside (codex-protocol.md §7.3):
+//! - a correct handshake gets its PING answered and puts the peer in the table;
+//! - a handshake whose id signature is wrong, or whose record is someone else's, is dropped:
+//!   no answer, nothing added, and the node keeps serving others;
+//! - garbage datagrams change nothing.
+//!
+//! Waiting for an answer that must come uses a deadline; checking that none comes waits
+//! [`SILENCE`] (a bounded wait for an absence, after which a positive check follows).
+
+use std::{net::SocketAddr, time::Duration};
+
+use cairn_discovery::{
+    Discovery, DiscoveryConfig, NodeId, Spr,
+    service::udp_multiaddr,
+    wire::{
+        Message, Packet, PacketKind, RequestId,
+        crypto::{self, SessionKeys},
+    },
+};
+use libp2p::identity::Keypair;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+/// How long a reply may take on loopback.
+const REPLY_DEADLINE: Duration = Duration::from_secs(3);
+/// How long to listen to be sure no reply comes.
+const SILENCE: Duration = Duration::from_millis(700);
+
+/// What the hand-driven peer gets wrong in its handshake.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    None,
+    /// The id signature covers a different challenge.
+    BadSignature,
+    /// The record in the handshake belongs to another key.
+    ForeignRecord,
+}
+
+struct Peer {
+    sock: UdpSocket,
+    key: Keypair,
+    id: NodeId,
+    spr: Spr,
+}
+
+impl Peer {
+    async fn new() -> Peer {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let key = Keypair::generate_secp256k1();
+        let id = NodeId::from_peer_id(&key.public().to_peer_id());
+        let addr = sock.local_addr().unwrap();
+        let spr = Spr::sign(&key, 1, vec![udp_multiaddr(addr)]).unwrap();
+        Peer { sock, key, id, spr }
+    }
+
+    async fn recv(&self, within: Duration) -> Option<Packet> {
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = tokio::time::timeout(within, self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Packet::decode(&self.id, &buf[..n]).ok()
+    }
+
+    /// Opens a session with `node` by handshake, carrying a PING; returns the session keys and
+    /// the PONG if one came.
+    async fn ping_with_handshake(
+        &self,
+        node: &Spr,
+        fault: Fault,
+    ) -> (SessionKeys, Option<Message>) {
+        let to = node.udp_addr().unwrap();
+        let node_id = node.node_id();
+        // 1. Random bytes: the node does not know us and challenges.
+        let nonce: [u8; 12] = rand::random();
+        let mut p = Packet::new(PacketKind::Message { src: self.id }, nonce);
+        p.message = vec![7u8; 20];
+        self.sock
+            .send_to(&p.encode(&node_id).unwrap(), to)
+            .await
+            .unwrap();
+        let who = self.recv(REPLY_DEADLINE).await.expect("WHOAREYOU");
+        assert!(
+            matches!(who.kind, PacketKind::WhoAreYou { .. }),
+            "{:?}",
+            who.kind
+        );
+        assert_eq!(who.nonce, nonce, "the challenge echoes our nonce");
+        let challenge = who.authenticated_data().unwrap();
+
+        // 2. The handshake, with the fault asked for.
+        let eph = crypto::ephemeral_secret();
+        let eph_pub = crypto::encode_eph_pubkey(&eph.public_key());
+        let remote = crypto::k256_public(node.public_key()).unwrap();
+        let keys =
+            crypto::derive_keys(&crypto::ecdh(&remote, &eph), &self.id, &node_id, &challenge);
+        let signed_over = if fault == Fault::BadSignature {
+            let mut c = challenge.clone();
+            c[0] ^= 1;
+            c
+        } else {
+            challenge.clone()
+        };
+        let sig = crypto::id_sign(&self.key, &signed_over, &eph_pub, &node_id).unwrap();
+        let record = if fault == Fault::ForeignRecord {
+            let other = Keypair::generate_secp256k1();
+            Spr::sign(
+                &other,
+                1,
+                vec![udp_multiaddr(self.sock.local_addr().unwrap())],
+            )
+            .unwrap()
+        } else {
+            self.spr.clone()
+        };
+        let nonce: [u8; 12] = rand::random();
+        let mut hs = Packet::new(
+            PacketKind::Handshake {
+                src: self.id,
+                id_signature: sig,
+                eph_pubkey: eph_pub,
+                spr: Some(record.encoded().to_vec()),
+            },
+            nonce,
+        );
+        let ad = hs.authenticated_data().unwrap();
+        let ping = Message::Ping { spr_seq: 1 }.encode(&RequestId::random());
+        hs.message = crypto::encrypt(&keys.initiator, &nonce, &ping, &ad).unwrap();
+        self.sock
+            .send_to(&hs.encode(&node_id).unwrap(), to)
+            .await
+            .unwrap();
+
+        // 3. The answer, if any, under the recipient key.
+        let wait = if fault == Fault::None {
+            REPLY_DEADLINE
+        } else {
+            SILENCE
+        };
+        let reply = match self.recv(wait).await {
+            Some(p) if matches!(p.kind, PacketKind::Message { .. }) => {
+                let ad = p.authenticated_data().unwrap();
+                crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad)
+                    .ok()
+                    .and_then(|pt| Message::decode(&pt).ok())
+                    .map(|(_, m)| m)
+            }
+            _ => None,
+        };
+        (keys, reply)
+    }
+}
+
+async fn node(cancel: &CancellationToken) -> Discovery {
+    let c = DiscoveryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    Discovery::start(Keypair::generate_secp256k1(), c, cancel.clone())
+        .await
+        .unwrap()
+}
+
+fn in_table(d: &Discovery, id: &NodeId) -> bool {
+    d.table().iter().any(|n| n.node_id == *id)
+}
+
+#[tokio::test]
+async fn a_correct_handshake_is_answered_and_the_peer_added() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let peer = Peer::new().await;
+    let (_, reply) = peer.ping_with_handshake(&d.local_spr(), Fault::None).await;
+    match reply {
+        Some(Message::Pong { spr_seq, ip, port }) => {
+            assert_eq!(spr_seq, d.local_spr().seq());
+            // The PONG tells us the address the node saw.
+            assert_eq!(SocketAddr::new(ip, port), peer.sock.local_addr().unwrap());
+        }
+        other => panic!("expected a PONG, got {other:?}"),
+    }
+    // The record came from the address it names: the node keeps it, as seen.
+    let entry = d.table().into_iter().find(|n| n.node_id == peer.id);
+    assert!(entry.is_some_and(|e| e.seen));
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn bad_handshakes_are_dropped_and_change_nothing() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    for fault in [Fault::BadSignature, Fault::ForeignRecord] {
+        let peer = Peer::new().await;
+        let (_, reply) = peer.ping_with_handshake(&d.local_spr(), fault).await;
+        assert!(reply.is_none(), "{fault:?} was answered: {reply:?}");
+        assert!(
+            !in_table(&d, &peer.id),
+            "{fault:?} put the peer in the table"
+        );
+    }
+    // Garbage of every size the socket can carry, then the node still serves an honest peer.
+    let junk = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = d.local_spr().udp_addr().unwrap();
+    for len in [0usize, 1, 62, 63, 64, 100, 1280, 1500, 9000] {
+        let bytes: Vec<u8> = (0..len).map(|_| rand::random()).collect();
+        junk.send_to(&bytes, to).await.unwrap();
+    }
+    let honest = Peer::new().await;
+    let (_, reply) = honest
+        .ping_with_handshake(&d.local_spr(), Fault::None)
+        .await;
+    assert!(matches!(reply, Some(Message::Pong { .. })), "{reply:?}");
+    assert!(in_table(&d, &honest.id));
+    cancel.cancel();
+}
