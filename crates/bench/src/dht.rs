@@ -181,6 +181,22 @@ async fn run(args: &DhtArgs) -> anyhow::Result<()> {
         udp_rtt.as_secs_f64() / ping_rtt.as_secs_f64()
     );
 
+    // FINDNODE over the same session (one request, a multi-part answer).
+    let t = Instant::now();
+    let mut got = 0usize;
+    for _ in 0..PINGS / 10 {
+        got += nodes[0]
+            .find_node(&target, vec![256, 255, 254])
+            .await
+            .map_or(0, |v| v.len());
+    }
+    let find_rtt = t.elapsed() / (PINGS / 10) as u32;
+    println!(
+        "DHT FINDNODE RTT (3 distances): {:.3} ms ({:.1} records per answer)",
+        ms(find_rtt),
+        got as f64 / (PINGS / 10) as f64
+    );
+
     // Lookups of existing node ids from random nodes.
     let pairs: Vec<(usize, usize)> = (0..args.lookups)
         .map(|k| {

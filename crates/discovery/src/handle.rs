@@ -194,7 +194,7 @@ impl Discovery {
                 return Err(RequestError::BadResponse);
             };
             for bytes in sprs {
-                let Ok(spr) = Spr::decode(&bytes) else {
+                let Ok(spr) = self.shared.decode_record(&bytes) else {
                     continue;
                 };
                 let d = spr.node_id().log_distance(&responder);
@@ -348,7 +348,11 @@ impl Discovery {
                 let Ok(parts) = r else { continue };
                 for part in parts {
                     if let Message::Providers { providers, .. } = part {
-                        records.extend(providers.iter().filter_map(|b| Spr::decode(b).ok()));
+                        records.extend(
+                            providers
+                                .iter()
+                                .filter_map(|b| self.shared.decode_record(b).ok()),
+                        );
                     }
                 }
             }

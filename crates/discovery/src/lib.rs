@@ -19,6 +19,8 @@
 //! - [`lookup`]: the iterative node lookup as a state machine without I/O, and the FINDNODE
 //!   distances it asks for.
 //! - [`providers`]: provider records of others, in memory, with the reference's TTL and limits.
+//! - [`records`]: a bounded cache of records already verified (a byte-identical copy skips the
+//!   signature check).
 //! - [`session`]: session keys per remote node, bounded.
 //! - [`service`]: the task owning the socket: handshakes, answering requests, matching
 //!   responses, timeouts.
@@ -32,6 +34,7 @@ pub mod handle;
 pub mod ids;
 pub mod lookup;
 pub mod providers;
+pub mod records;
 pub mod service;
 pub mod session;
 pub mod spr;

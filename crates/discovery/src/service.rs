@@ -52,6 +52,7 @@ use crate::{
     NodeId,
     ids::MAX_LOG_DISTANCE,
     providers::ProviderStore,
+    records::VerifiedRecords,
     session::{Session, Sessions},
     spr::Spr,
     table::{Origin, RoutingTable},
@@ -202,12 +203,20 @@ pub(crate) struct Shared {
     pub(crate) table: Mutex<RoutingTable<Spr>>,
     pub(crate) providers: Mutex<ProviderStore<Spr>>,
     pub(crate) records: Mutex<LocalRecords>,
+    /// Records of others already verified (see `records.rs`).
+    pub(crate) verified: Mutex<VerifiedRecords>,
     pub(crate) keypair: Keypair,
     pub(crate) local_id: NodeId,
     pub(crate) dht_addr: SocketAddr,
 }
 
 impl Shared {
+    /// Decodes and verifies a record of another node, skipping the signature check for a
+    /// byte-identical copy of one already verified.
+    pub(crate) fn decode_record(&self, bytes: &[u8]) -> Result<Spr, crate::spr::SprError> {
+        self.verified.lock().decode(bytes)
+    }
+
     pub(crate) fn local_records(&self) -> LocalRecords {
         self.records.lock().clone()
     }
@@ -359,6 +368,7 @@ pub(crate) async fn start(
         table: Mutex::new(table),
         providers: Mutex::new(ProviderStore::new()),
         records: Mutex::new(LocalRecords { dht, provider }),
+        verified: Mutex::new(VerifiedRecords::default()),
         keypair,
         local_id,
         dht_addr,
@@ -624,7 +634,13 @@ impl Service {
         let now = Instant::now();
         let ad = packet.authenticated_data().ok();
         let plaintext = self.sessions.get(&src, from, now).and_then(|s| {
-            crypto::decrypt(&s.read_key, &packet.nonce, &packet.message, ad.as_deref()?).ok()
+            let ad = ad.as_deref()?;
+            crypto::decrypt(&s.read_key, &packet.nonce, &packet.message, ad)
+                .ok()
+                .or_else(|| {
+                    let prev = s.previous_read_key?;
+                    crypto::decrypt(&prev, &packet.nonce, &packet.message, ad).ok()
+                })
         });
         match plaintext {
             Some(pt) => self.on_plaintext(&pt, src, from).await,
@@ -780,7 +796,7 @@ impl Service {
         };
         // The sender's key: from the record it sent, or from our table.
         let record = match spr {
-            Some(bytes) => match Spr::decode(bytes) {
+            Some(bytes) => match self.shared.decode_record(bytes) {
                 Ok(r) if r.node_id() == src => Some(r),
                 Ok(_) => {
                     debug!(%from, "handshake record is not the sender's");
@@ -918,20 +934,22 @@ impl Service {
                 };
                 self.respond(&src, from, &id, &resp).await;
             }
-            Message::AddProvider { content, provider } => match Spr::decode(&provider) {
-                Ok(record) => {
-                    let peer = record.peer_id();
-                    let seq = record.seq();
-                    self.shared.providers.lock().add(
-                        content,
-                        peer,
-                        seq,
-                        record,
-                        Instant::now().into_std(),
-                    );
+            Message::AddProvider { content, provider } => {
+                match self.shared.decode_record(&provider) {
+                    Ok(record) => {
+                        let peer = record.peer_id();
+                        let seq = record.seq();
+                        self.shared.providers.lock().add(
+                            content,
+                            peer,
+                            seq,
+                            record,
+                            Instant::now().into_std(),
+                        );
+                    }
+                    Err(e) => debug!(%from, error = %e, "bad provider record"),
                 }
-                Err(e) => debug!(%from, error = %e, "bad provider record"),
-            },
+            }
             Message::GetProviders { content } => {
                 let records = self
                     .shared

@@ -29,6 +29,11 @@ pub struct Session {
     pub write_key: [u8; 16],
     /// Key we decrypt with.
     pub read_key: [u8; 16],
+    /// The read key of the session this one replaced, if any. When two nodes start handshakes
+    /// with each other at the same moment, each ends up holding the session the *other*
+    /// initiated while packets of the crossed one are still in flight; reading with either key
+    /// lets those through instead of losing a response and waiting for a timeout.
+    pub previous_read_key: Option<[u8; 16]>,
     last_used: Instant,
 }
 
@@ -38,6 +43,7 @@ impl Session {
         Session {
             write_key,
             read_key,
+            previous_read_key: None,
             last_used: now,
         }
     }
@@ -67,8 +73,12 @@ impl Sessions {
     }
 
     /// Stores (or replaces) the session with `(id, addr)`, evicting the least recently used one
-    /// when the cache is full.
-    pub fn insert(&mut self, id: NodeId, addr: SocketAddr, session: Session) {
+    /// when the cache is full. A replaced session's read key stays usable as
+    /// [`Session::previous_read_key`].
+    pub fn insert(&mut self, id: NodeId, addr: SocketAddr, mut session: Session) {
+        if let Some(old) = self.map.get(&(id, addr)) {
+            session.previous_read_key = Some(old.read_key);
+        }
         if self.map.len() >= MAX_SESSIONS
             && !self.map.contains_key(&(id, addr))
             && let Some(oldest) = self
@@ -117,6 +127,19 @@ mod tests {
         assert!(s.get(&NodeId::random(), addr(1), now).is_none());
         s.remove(&id, addr(1));
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_replaced_session_keeps_its_read_key_as_the_previous_one() {
+        let now = Instant::now();
+        let mut s = Sessions::default();
+        let id = NodeId::random();
+        s.insert(id, addr(1), Session::new([1; 16], [2; 16], now));
+        assert_eq!(s.get(&id, addr(1), now).unwrap().previous_read_key, None);
+        s.insert(id, addr(1), Session::new([3; 16], [4; 16], now));
+        let got = s.get(&id, addr(1), now).unwrap();
+        assert_eq!((got.write_key, got.read_key), ([3; 16], [4; 16]));
+        assert_eq!(got.previous_read_key, Some([2; 16]));
     }
 
     #[test]
