@@ -88,6 +88,14 @@ pub(crate) async fn upload(
         )
         .into());
     }
+    if let Some(n) = options.filename.filter(|n| !cairn_api::valid_filename(n)) {
+        // Refused here rather than by the node: a `"` would end the header's quoted name.
+        return Err(Failure::new(
+            exit::INVALID,
+            format!("--filename '{n}' is not a file name the node accepts"),
+        )
+        .into());
+    }
     for path in inputs {
         let shown = path.display().to_string();
         let (reader, len, own_name): (Box<dyn AsyncRead + Send + Unpin>, _, _) = if is_stdin(path) {
@@ -104,8 +112,7 @@ pub(crate) async fn upload(
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
             (Box::new(file), Some(len), name)
         };
-        // An explicit --filename goes to the node as given (it answers 422 if it is not a
-        // valid name); a file's own name is left out when the node would refuse it.
+        // A file's own name is left out when the node would refuse it.
         let name = match options.filename {
             Some(n) => Some(n.to_owned()),
             None => own_name.filter(|n| cairn_api::valid_filename(n)),
