@@ -83,19 +83,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Completions { shell } = cli.command {
-        let mut script = Vec::new();
-        clap_complete::generate(shell, &mut cli_command(), BIN_NAME, &mut script);
-        return output::print(&String::from_utf8_lossy(&script));
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+    };
     match cli.command {
-        Command::Start(args) => rt.block_on(start(args.resolve()?)),
-        Command::Client(command) => rt.block_on(command.run()),
-        Command::Completions { .. } => Ok(()),
+        Command::Start(args) => runtime()?.block_on(start(args.resolve()?)),
+        Command::Client(command) => runtime()?.block_on(command.run()),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), BIN_NAME, &mut script);
+            output::print(&String::from_utf8_lossy(&script))
+        }
     }
 }
 
@@ -301,5 +302,17 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clap's own consistency checks of the whole command line (argument ids named by
+    /// `conflicts_with`, duplicate flags, …), which otherwise only fire when a command is used.
+    #[test]
+    fn command_line_is_consistent() {
+        cli_command().debug_assert();
     }
 }
