@@ -33,7 +33,7 @@ const BIN_NAME: &str = "cairn";
 
 #[derive(Debug, Parser)]
 #[command(
-    name = "cairn",
+    name = BIN_NAME,
     version,
     about = "A peer-to-peer storage node speaking the Codex protocol"
 )]
