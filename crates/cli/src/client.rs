@@ -1,14 +1,40 @@
-//! Client commands: talk to a running node over its REST API.
+//! The transfer commands, `upload` and `download`: stream bytes to and from a running node over
+//! its REST API, with a progress bar on stderr (drawn only when stderr is a terminal).
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use reqwest::Method;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt};
+
+use crate::{
+    api::Api,
+    exit::{self, Failure},
+    output,
+};
 
 const BAR_TEMPLATE: &str = "{spinner} {msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
 
+/// Bytes read from a file or stdin at a time while uploading.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// Characters of a CID shown as a download's progress message.
+const BAR_CID_CHARS: usize = 12;
+
+/// The input name that means stdin.
+const STDIN: &str = "-";
+
+/// A progress bar on stderr; indicatif hides it when stderr is not a terminal, so it never
+/// mixes with output that is piped or captured.
 fn bar(len: Option<u64>, msg: String) -> ProgressBar {
     let pb = match len {
         Some(l) => ProgressBar::new(l),
@@ -21,63 +47,122 @@ fn bar(len: Option<u64>, msg: String) -> ProgressBar {
     pb
 }
 
-fn base(api: &str) -> String {
-    format!("{}{}", api.trim_end_matches('/'), cairn_api::API_BASE)
+/// Options of `cairn upload`.
+#[derive(Debug)]
+pub(crate) struct UploadOptions<'a> {
+    /// `--mime`.
+    pub(crate) mime: Option<&'a str>,
+    /// Record a file name (not `--no-filename`).
+    pub(crate) with_filename: bool,
+    /// `--filename`: the name to record instead of the file's own.
+    pub(crate) filename: Option<&'a str>,
 }
 
-async fn error_text(resp: reqwest::Response) -> String {
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    format!("{status}: {}", body.trim())
+/// One upload in `cairn upload --json`.
+#[derive(Debug, Serialize)]
+struct UploadOut<'a> {
+    cid: &'a str,
+    file: &'a str,
+    bytes: u64,
 }
 
-/// Uploads each file; prints its CID.
+fn is_stdin(path: &Path) -> bool {
+    path.as_os_str() == STDIN
+}
+
+/// Uploads each input (`-` is stdin) in turn; prints its CID (with `json`, a JSON line) as
+/// soon as the node has stored it. Stops at the first failure.
 pub(crate) async fn upload(
-    api: &str,
-    files: &[std::path::PathBuf],
-    mime: Option<&str>,
-    with_filename: bool,
+    api: &Api,
+    inputs: &[std::path::PathBuf],
+    options: &UploadOptions<'_>,
+    json: bool,
 ) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
-    for path in files {
-        let file = tokio::fs::File::open(path)
-            .await
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        let len = file.metadata().await?.len();
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let pb = bar(Some(len), name.clone().unwrap_or_default());
-        let counter = pb.clone();
-        let stream =
-            tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024).inspect(move |chunk| {
-                if let Ok(c) = chunk {
-                    counter.inc(c.len() as u64);
-                }
-            });
-        let mut req = client
-            .post(format!("{}/data", base(api)))
-            .body(reqwest::Body::wrap_stream(stream));
-        if let Some(m) = mime {
-            req = req.header("content-type", m);
+    if inputs.iter().filter(|p| is_stdin(p)).count() > 1 {
+        return Err(Failure::new(exit::USAGE, "'-' (stdin) can be uploaded only once").into());
+    }
+    if options.filename.is_some() && inputs.len() > 1 {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("--filename names one input, not {}", inputs.len()),
+        )
+        .into());
+    }
+    if let Some(n) = options.filename.filter(|n| !cairn_api::valid_filename(n)) {
+        // Refused here rather than by the node: a `"` would end the header's quoted name.
+        return Err(Failure::new(
+            exit::INVALID,
+            format!("--filename '{n}' is not a file name the node accepts"),
+        )
+        .into());
+    }
+    for path in inputs {
+        let shown = path.display().to_string();
+        let (reader, len, own_name): (Box<dyn AsyncRead + Send + Unpin>, _, _) = if is_stdin(path) {
+            (Box::new(tokio::io::stdin()), None, None)
+        } else {
+            let file = tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open {shown}"))?;
+            let len = file
+                .metadata()
+                .await
+                .with_context(|| format!("cannot read {shown}"))?
+                .len();
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            (Box::new(file), Some(len), name)
+        };
+        // A file's own name is left out when the node would refuse it.
+        let name = match options.filename {
+            Some(n) => Some(n.to_owned()),
+            None => own_name.filter(|n| cairn_api::valid_filename(n)),
         }
-        if let Some(n) = name.filter(|n| with_filename && cairn_api::valid_filename(n)) {
+        .filter(|_| options.with_filename);
+        let pb = bar(len, name.clone().unwrap_or_else(|| shown.clone()));
+        let sent = Arc::new(AtomicU64::new(0));
+        let stream = {
+            let (pb, sent) = (pb.clone(), sent.clone());
+            tokio_util::io::ReaderStream::with_capacity(reader, UPLOAD_CHUNK).inspect(
+                move |chunk| {
+                    if let Ok(c) = chunk {
+                        pb.inc(c.len() as u64);
+                        sent.fetch_add(c.len() as u64, Ordering::Relaxed);
+                    }
+                },
+            )
+        };
+        let mut req = api
+            .request(Method::POST, &["data"])
+            .body(reqwest::Body::wrap_stream(stream));
+        if let Some(m) = options.mime {
+            req = req.header(reqwest::header::CONTENT_TYPE, m);
+        }
+        if let Some(n) = name {
             req = req.header(
-                "content-disposition",
+                reqwest::header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{n}\""),
             );
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the node at {api}"))?;
+        let what = format!("uploading {shown}");
+        let answer = api.send(req, &what).await;
         pb.finish_and_clear();
-        if !resp.status().is_success() {
-            bail!(
-                "uploading {} failed: {}",
-                path.display(),
-                error_text(resp).await
-            );
+        let cid = answer?
+            .text()
+            .await
+            .with_context(|| format!("{what}: the node's answer was cut off"))?;
+        let cid = cid.trim();
+        if cid.is_empty() {
+            bail!("{what}: the node answered no CID");
         }
-        println!("{}", resp.text().await?.trim());
+        if json {
+            output::print_json_line(&UploadOut {
+                cid,
+                file: &shown,
+                bytes: sent.load(Ordering::Relaxed),
+            })?;
+        } else {
+            output::print(&format!("{cid}\n"))?;
+        }
     }
     Ok(())
 }
@@ -144,8 +229,31 @@ fn content_range(resp: &reqwest::Response) -> Option<(Option<u64>, u64)> {
         .and_then(parse_content_range)
 }
 
+/// Options of `cairn download`.
+#[derive(Debug)]
+pub(crate) struct DownloadOptions {
+    /// Continue a partial output file (not `--no-resume`).
+    pub(crate) resume: bool,
+    /// `--local`: only from the node's own store.
+    pub(crate) local: bool,
+    /// `--json`: print a JSON summary (needs an output file).
+    pub(crate) json: bool,
+}
+
+/// A finished download in `cairn download --json`.
+#[derive(Debug, Serialize)]
+struct DownloadOut<'a> {
+    cid: &'a str,
+    file: String,
+    /// The dataset's size (the output file's).
+    bytes: u64,
+    /// Bytes transferred this time (less than `bytes` when resumed).
+    fetched: u64,
+}
+
 /// Downloads a dataset to `output` or stdout. The node serves what it has and fetches the rest
-/// from its peers (`/data/{cid}/network/stream`).
+/// from its peers (`/data/{cid}/network/stream`), or with `local` serves only what it has
+/// (`/data/{cid}`).
 ///
 /// To a file, the bytes go to `FILE.part`, renamed to `FILE` once its size is the dataset's.
 /// With `resume`, a `FILE.part` left by an interrupted download, or else an existing `FILE`
@@ -154,27 +262,47 @@ fn content_range(resp: &reqwest::Response) -> Option<(Option<u64>, u64)> {
 /// file as long as the dataset is left alone; a longer one, or a node that ignores `Range`
 /// (`200`), means a download from the start.
 pub(crate) async fn download(
-    api: &str,
+    api: &Api,
     cid: &str,
     output: Option<&Path>,
-    resume: bool,
+    options: &DownloadOptions,
 ) -> anyhow::Result<()> {
-    let url = format!("{}/data/{cid}/network/stream", base(api));
-    let client = reqwest::Client::new();
-    let Some(path) = output else {
-        return download_to_stdout(&client, &url, cid).await;
+    let segments: &[&str] = if options.local {
+        &["data", cid]
+    } else {
+        &["data", cid, "network", "stream"]
     };
-    let mut target = target(path, resume).await?;
-    let mut resp = get_from(&client, &url, target.offset).await?;
+    let what = format!("downloading {cid}");
+    let Some(path) = output else {
+        if options.json {
+            return Err(Failure::new(
+                exit::USAGE,
+                "--json needs --output: without it the dataset itself goes to stdout",
+            )
+            .into());
+        }
+        return download_to_stdout(api, segments, cid, &what).await;
+    };
+    let mut target = target(path, options.resume).await?;
+    let mut resp = get_from(api, segments, target.offset, &what).await?;
     if resp.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
         let total = content_range(&resp).map(|(_, t)| t);
         if total == Some(target.offset) {
             finish(&target.file, path).await?;
-            eprintln!(
-                "{} already holds all {} bytes of {cid}",
-                path.display(),
-                target.offset
-            );
+            if options.json {
+                output::print_json(&DownloadOut {
+                    cid,
+                    file: path.display().to_string(),
+                    bytes: target.offset,
+                    fetched: 0,
+                })?;
+            } else {
+                eprintln!(
+                    "{} already holds all {} bytes of {cid}",
+                    path.display(),
+                    target.offset
+                );
+            }
             return Ok(());
         }
         // Longer than the dataset: not a piece of it. Start over.
@@ -182,21 +310,19 @@ pub(crate) async fn download(
             file: part_path(path),
             offset: 0,
         };
-        resp = get_from(&client, &url, 0).await?;
+        resp = get_from(api, segments, 0, &what).await?;
     }
-    if !resp.status().is_success() {
-        bail!("downloading {cid} failed: {}", error_text(resp).await);
-    }
+    let resp = Api::check(resp, &what).await?;
     let (from, total) = if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
         match content_range(&resp) {
             Some((Some(first), total)) if first == target.offset => (first, total),
-            other => bail!("the node answered another range than asked: {other:?}"),
+            other => bail!("{what}: the node answered another range than asked: {other:?}"),
         }
     } else {
         // The whole dataset (no range asked, or the node ignored it).
         let total = resp
             .content_length()
-            .context("the node did not say how long the dataset is")?;
+            .with_context(|| format!("{what}: the node did not say how long the dataset is"))?;
         (0, total)
     };
     let mut f = tokio::fs::OpenOptions::new()
@@ -208,12 +334,16 @@ pub(crate) async fn download(
         .with_context(|| format!("cannot open {}", target.file.display()))?;
     f.set_len(from).await?;
     f.seek(std::io::SeekFrom::Start(from)).await?;
-    let pb = bar(Some(total), cid.chars().take(12).collect());
+    let pb = bar(Some(total), cid.chars().take(BAR_CID_CHARS).collect());
     pb.set_position(from);
     let mut body = resp.bytes_stream();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("the download was interrupted (run it again to resume)")?;
-        f.write_all(&chunk).await?;
+        let chunk = chunk.with_context(|| {
+            format!("{what}: the download was interrupted (run it again to resume)")
+        })?;
+        f.write_all(&chunk)
+            .await
+            .with_context(|| format!("cannot write {}", target.file.display()))?;
         pb.inc(chunk.len() as u64);
     }
     f.sync_all().await?;
@@ -222,26 +352,34 @@ pub(crate) async fn download(
     pb.finish_and_clear();
     if written != total {
         bail!(
-            "{} has {written} bytes, the dataset {total} (run it again to resume)",
+            "{what}: {} has {written} bytes, the dataset {total} (run it again to resume)",
             target.file.display()
         );
     }
-    finish(&target.file, path).await
+    finish(&target.file, path).await?;
+    if options.json {
+        output::print_json(&DownloadOut {
+            cid,
+            file: path.display().to_string(),
+            bytes: total,
+            fetched: total - from,
+        })?;
+    }
+    Ok(())
 }
 
-/// `GET url`, from byte `offset` on when it is not 0.
+/// `GET` the API path made of `segments`, from byte `offset` on when it is not 0.
 async fn get_from(
-    client: &reqwest::Client,
-    url: &str,
+    api: &Api,
+    segments: &[&str],
     offset: u64,
+    what: &str,
 ) -> anyhow::Result<reqwest::Response> {
-    let mut req = client.get(url);
+    let mut req = api.request(Method::GET, segments);
     if offset > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
     }
-    req.send()
-        .await
-        .with_context(|| format!("cannot reach the node at {url}"))
+    api.send_raw(req, what).await
 }
 
 /// Moves the finished `file` to `path` (nothing to do when resumed in place).
@@ -254,20 +392,28 @@ async fn finish(file: &Path, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn download_to_stdout(client: &reqwest::Client, url: &str, cid: &str) -> anyhow::Result<()> {
-    let resp = get_from(client, url, 0).await?;
-    if !resp.status().is_success() {
-        bail!("downloading {cid} failed: {}", error_text(resp).await);
-    }
-    let pb = bar(resp.content_length(), cid.chars().take(12).collect());
+async fn download_to_stdout(
+    api: &Api,
+    segments: &[&str],
+    cid: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let resp = get_from(api, segments, 0, what).await?;
+    let resp = Api::check(resp, what).await?;
+    let pb = bar(
+        resp.content_length(),
+        cid.chars().take(BAR_CID_CHARS).collect(),
+    );
     let mut body = resp.bytes_stream();
     let mut out = tokio::io::stdout();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.context("the download was interrupted")?;
-        out.write_all(&chunk).await?;
+        let chunk = chunk.with_context(|| format!("{what}: the download was interrupted"))?;
+        out.write_all(&chunk)
+            .await
+            .context("cannot write to stdout")?;
         pb.inc(chunk.len() as u64);
     }
-    out.flush().await?;
+    out.flush().await.context("cannot write to stdout")?;
     pb.finish_and_clear();
     Ok(())
 }

@@ -3,16 +3,24 @@
 //! `cairn start` composes the node (store, node, REST API), runs until SIGINT/SIGTERM and shuts
 //! down in order: stop accepting requests and finish those in flight (bounded by
 //! [`SHUTDOWN_GRACE`]), stop the workers, then close the store (syncing its open segment).
-//! The other commands are clients of a running node's REST API.
+//! The other commands are clients of a running node's REST API (`commands.rs`, `client.rs`),
+//! except `completions`, which prints a shell completion script.
+//!
+//! Every failure ends in one line on stderr, `cairn: <what failed>: <why>`, and an exit code
+//! from `exit.rs` (listed by `cairn --help`).
 
+mod api;
 mod client;
+mod commands;
 mod config;
+mod exit;
+mod output;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use cairn_node::{Node, NodeConfig, Store, StoreConfig};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -20,12 +28,12 @@ use tracing::{info, warn};
 /// here is rolled back, never half-stored).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// Default REST endpoint of the client commands.
-const DEFAULT_API: &str = "http://127.0.0.1:8080";
+/// The binary's name, in messages and completion scripts.
+const BIN_NAME: &str = "cairn";
 
 #[derive(Debug, Parser)]
 #[command(
-    name = "cairn",
+    name = BIN_NAME,
     version,
     about = "A peer-to-peer storage node speaking the Codex protocol"
 )]
@@ -38,58 +46,57 @@ struct Cli {
 enum Command {
     /// Run a node (embedded store; no server needed).
     Start(Box<config::StartArgs>),
-    /// Upload files to a node; prints one CID per file.
-    Upload {
-        /// Files to upload.
-        #[arg(required = true)]
-        files: Vec<std::path::PathBuf>,
-        /// MIME type to record (must be one the reference node accepts).
-        #[arg(long)]
-        mime: Option<String>,
-        /// Do not record the file name in the manifest.
-        #[arg(long)]
-        no_filename: bool,
-        /// The node's REST endpoint.
-        #[arg(long, env = "CAIRN_API", default_value = DEFAULT_API)]
-        api: String,
-    },
-    /// Download a dataset by its CID.
-    Download {
-        /// The dataset's (manifest) CID.
-        cid: String,
-        /// Output file (written to FILE.part and renamed when complete); stdout if omitted.
-        /// A FILE.part left by an interrupted download, or a FILE shorter than the dataset,
-        /// is resumed: only the missing bytes are asked for and appended.
-        #[arg(long, short = 'o')]
-        output: Option<std::path::PathBuf>,
-        /// Download the whole dataset even if a partial output file exists.
-        #[arg(long)]
-        no_resume: bool,
-        /// The node's REST endpoint.
-        #[arg(long, env = "CAIRN_API", default_value = DEFAULT_API)]
-        api: String,
+    #[command(flatten)]
+    Client(commands::ClientCommand),
+    /// Print a shell completion script.
+    ///
+    /// For example: `cairn completions bash > ~/.local/share/bash-completion/completions/cairn`,
+    /// `cairn completions zsh > ~/.zfunc/_cairn` (with `~/.zfunc` in `fpath`),
+    /// `cairn completions fish > ~/.config/fish/completions/cairn.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+/// The command-line interface, with the exit codes in its help.
+fn cli_command() -> clap::Command {
+    Cli::command().after_help(exit::help())
+}
+
+fn main() -> ExitCode {
+    let matches = cli_command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::from(exit::SUCCESS),
+        Err(e) => {
+            eprintln!(
+                "{BIN_NAME}: {}",
+                output::one_line(&format!("{e:#}"), usize::MAX)
+            );
+            ExitCode::from(exit::code_of(&e))
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")
+    };
     match cli.command {
-        Command::Start(args) => rt.block_on(start(args.resolve()?)),
-        Command::Upload {
-            files,
-            mime,
-            no_filename,
-            api,
-        } => rt.block_on(client::upload(&api, &files, mime.as_deref(), !no_filename)),
-        Command::Download {
-            cid,
-            output,
-            no_resume,
-            api,
-        } => rt.block_on(client::download(&api, &cid, output.as_deref(), !no_resume)),
+        Command::Start(args) => runtime()?.block_on(start(args.resolve()?)),
+        Command::Client(command) => runtime()?.block_on(command.run()),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli_command(), BIN_NAME, &mut script);
+            output::print(&String::from_utf8_lossy(&script))
+        }
     }
 }
 
@@ -295,5 +302,17 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clap's own consistency checks of the whole command line (argument ids named by
+    /// `conflicts_with`, duplicate flags, …), which otherwise only fire when a command is used.
+    #[test]
+    fn command_line_is_consistent() {
+        cli_command().debug_assert();
     }
 }

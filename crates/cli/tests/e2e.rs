@@ -2,121 +2,15 @@
 //! Every wait is on an event (a line printed, a process exit, a condition polled) with a timeout.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
-const WAIT: Duration = Duration::from_secs(30);
-/// Stdout lines of a node queued for the test (it prints one).
-const STDOUT_QUEUE: usize = 16;
+mod common;
 
-struct NodeProc {
-    child: Child,
-    api: String,
-}
-
-impl NodeProc {
-    fn start(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> NodeProc {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "start",
-            "--api-port",
-            "0",
-            "--log-level",
-            "warn",
-            "--listen-addrs",
-            "/ip4/127.0.0.1/tcp/0",
-            "--disc-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start cairn");
-        let stdout = child.stdout.take().expect("stdout");
-        // Lines past the first are not needed; try_send drops them when the queue is full so
-        // the reader keeps draining the pipe.
-        let (tx, rx) = mpsc::sync_channel(STDOUT_QUEUE);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.try_send(line);
-            }
-        });
-        let line = rx.recv_timeout(WAIT).expect("node printed its API address");
-        let url = line
-            .split("listening on ")
-            .nth(1)
-            .expect("address line")
-            .trim();
-        let api = url.trim_end_matches("/api/codex/v1").to_owned();
-        NodeProc { child, api }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/codex/v1{path}", self.api)
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "node exited with {status}");
-                return;
-            }
-            assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(WAIT)
-        .build()
-        .unwrap()
-}
-
-fn random(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn cli(args: &[&str]) -> std::process::Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
+use common::{BIN, NodeProc, WAIT, cli, client, random};
 
 fn space(c: &reqwest::blocking::Client, n: &NodeProc) -> serde_json::Value {
     c.get(n.url("/space")).send().unwrap().json().unwrap()

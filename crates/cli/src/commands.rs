@@ -1,0 +1,577 @@
+//! The client commands: each a thin client of a running node's REST API
+//! (`codex-protocol.md` §9). They share [`ClientArgs`] (`--api`, `--json`), print a readable
+//! form or, with `--json`, JSON and nothing else on stdout, and fail with the exit codes of
+//! [`crate::exit`].
+//!
+//! JSON shapes (keys in snake_case; sizes in bytes):
+//! * `upload`: one line per input as it completes, `{"cid", "file", "bytes"}`.
+//! * `download -o FILE`: `{"cid", "file", "bytes", "fetched"}`.
+//! * `ls`: an array of `{"cid", "filename", "mimetype", "size", "block_size", "tree_cid",
+//!   "protected"}`.
+//! * `rm`: one line per CID, `{"cid", "removed"}` (`removed` is false for an absent CID with
+//!   `--force`).
+//! * `info`: `{"peer_id", "version", "revision", "data_dir", "addrs", "announce_addrs", "spr",
+//!   "peers", "dht_nodes", "exchange": {…counters}}`.
+//! * `peers`: `{"peers": [{"peer_id", "address", "direction", "agent", "score"}], "dht":
+//!   {"node_id", "size", "nodes": [{"node_id", "peer_id", "address", "seen", "record"}]} or
+//!   null}`.
+//! * `connect`: `{"peer_id", "addrs", "connected"}`.
+//! * `space`: `{"total_bytes", "used_bytes", "reserved_bytes", "free_bytes", "blocks"}`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use reqwest::{Method, Url};
+use serde::Serialize;
+
+use crate::{
+    api::{self, Api, DataList, DebugInfo, DhtNodeJson, ExchangeJson, PeerJson, SpaceJson},
+    client,
+    exit::{self, Failure},
+    output::{self, Align},
+};
+
+/// Options every client command takes.
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// The node's REST endpoint (its API base path is appended)
+    #[arg(
+        long,
+        env = "CAIRN_API",
+        default_value = api::DEFAULT_API,
+        value_parser = api::parse_api_url,
+        value_name = "URL"
+    )]
+    api: Url,
+    /// Print machine-readable JSON on stdout, and nothing else
+    #[arg(long)]
+    json: bool,
+}
+
+/// The client commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientCommand {
+    /// Upload files to a node (`-` reads stdin); prints one CID per file.
+    Upload {
+        /// Files to upload; `-` is stdin.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// MIME type to record (must be one the reference node accepts).
+        #[arg(long)]
+        mime: Option<String>,
+        /// Do not record the file name in the manifest.
+        #[arg(long, conflicts_with = "filename")]
+        no_filename: bool,
+        /// File name to record instead of the file's own (the only way to record one for `-`);
+        /// only with a single input.
+        #[arg(long, value_name = "NAME")]
+        filename: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Download a dataset by its CID (from the node, which fetches what it lacks from peers).
+    Download {
+        /// The dataset's (manifest) CID.
+        cid: String,
+        /// Output file (written to FILE.part and renamed when complete); stdout if omitted.
+        /// A FILE.part left by an interrupted download, or a FILE shorter than the dataset,
+        /// is resumed: only the missing bytes are asked for and appended.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        /// Download the whole dataset even if a partial output file exists.
+        #[arg(long)]
+        no_resume: bool,
+        /// Only what the node holds itself: no fetching from peers (an unknown CID fails at
+        /// once instead of after the network search).
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the node's datasets: CID, size, MIME type, file name.
+    #[command(visible_alias = "list")]
+    Ls {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete datasets (or single blocks) from the node.
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// Manifest CIDs of the datasets (or CIDs of blocks) to delete.
+        #[arg(required = true, value_name = "CID")]
+        cids: Vec<String>,
+        /// Succeed even if the node does not hold a CID (otherwise: exit code 4).
+        #[arg(long, short = 'f')]
+        force: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the node's identity and state: peer id, addresses, signed peer record, data
+    /// directory, version, counters.
+    Info {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the node's connected peers and its DHT routing table.
+    Peers {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Connect the node to a peer, at the given addresses or else found through the DHT.
+    Connect {
+        /// The peer's id.
+        peer: String,
+        /// Its libp2p addresses (e.g. /ip4/1.2.3.4/tcp/8070); without any the node looks the
+        /// peer up in the DHT.
+        #[arg(value_name = "ADDR")]
+        addrs: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the node's storage quota: total, used, reserved, free.
+    Space {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+impl ClientCommand {
+    /// Runs the command against the node.
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        match self {
+            ClientCommand::Upload {
+                files,
+                mime,
+                no_filename,
+                filename,
+                client,
+            } => {
+                let api = Api::new(client.api)?;
+                let options = client::UploadOptions {
+                    mime: mime.as_deref(),
+                    with_filename: !no_filename,
+                    filename: filename.as_deref(),
+                };
+                client::upload(&api, &files, &options, client.json).await
+            }
+            ClientCommand::Download {
+                cid,
+                output,
+                no_resume,
+                local,
+                client,
+            } => {
+                let api = Api::new(client.api)?;
+                let options = client::DownloadOptions {
+                    resume: !no_resume,
+                    local,
+                    json: client.json,
+                };
+                client::download(&api, &cid, output.as_deref(), &options).await
+            }
+            ClientCommand::Ls { client } => ls(&Api::new(client.api)?, client.json).await,
+            ClientCommand::Rm {
+                cids,
+                force,
+                client,
+            } => rm(&Api::new(client.api)?, &cids, force, client.json).await,
+            ClientCommand::Info { client } => info(&Api::new(client.api)?, client.json).await,
+            ClientCommand::Peers { client } => peers(&Api::new(client.api)?, client.json).await,
+            ClientCommand::Connect {
+                peer,
+                addrs,
+                client,
+            } => connect(&Api::new(client.api)?, &peer, &addrs, client.json).await,
+            ClientCommand::Space { client } => space(&Api::new(client.api)?, client.json).await,
+        }
+    }
+}
+
+/// One dataset in `ls --json`.
+#[derive(Debug, Serialize)]
+struct DatasetOut {
+    cid: String,
+    filename: Option<String>,
+    mimetype: Option<String>,
+    size: u64,
+    block_size: Option<u64>,
+    tree_cid: Option<String>,
+    protected: bool,
+}
+
+/// `cairn ls`.
+async fn ls(api: &Api, json: bool) -> anyhow::Result<()> {
+    let list: DataList = api.get_json(&["data"], "listing the datasets").await?;
+    let datasets: Vec<DatasetOut> = list
+        .content
+        .into_iter()
+        .map(|d| DatasetOut {
+            cid: d.cid,
+            filename: d.manifest.filename,
+            mimetype: d.manifest.mimetype,
+            size: d.manifest.dataset_size,
+            block_size: d.manifest.block_size,
+            tree_cid: d.manifest.tree_cid,
+            protected: d.manifest.protected,
+        })
+        .collect();
+    if json {
+        return output::print_json(&datasets);
+    }
+    if datasets.is_empty() {
+        return output::print("no datasets\n");
+    }
+    let rows: Vec<Vec<String>> = datasets
+        .iter()
+        .map(|d| {
+            vec![
+                d.cid.clone(),
+                output::size(d.size),
+                d.mimetype.clone().unwrap_or_else(|| "-".into()),
+                d.filename.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    output::print(&output::table(
+        &[
+            ("CID", Align::Left),
+            ("SIZE", Align::Right),
+            ("MIMETYPE", Align::Left),
+            ("FILENAME", Align::Left),
+        ],
+        &rows,
+    ))
+}
+
+/// One CID in `rm --json`.
+#[derive(Debug, Serialize)]
+struct RemovedOut<'a> {
+    cid: &'a str,
+    removed: bool,
+}
+
+/// `cairn rm`: each CID in turn; one the node does not hold is an error unless `force` (the
+/// node's `DELETE` itself succeeds for absent data, as the reference's).
+async fn rm(api: &Api, cids: &[String], force: bool, json: bool) -> anyhow::Result<()> {
+    for cid in cids {
+        let what = format!("deleting {cid}");
+        let held = exists(api, cid, &what).await?;
+        if !held && !force {
+            return Err(Failure::new(
+                exit::NOT_FOUND,
+                format!("{what}: the node does not hold it (--force to ignore)"),
+            )
+            .into());
+        }
+        if held {
+            let req = api
+                .request(Method::DELETE, &["data", cid])
+                .timeout(api::REQUEST_TIMEOUT);
+            api.send(req, &what).await?;
+        }
+        if json {
+            output::print_json_line(&RemovedOut { cid, removed: held })?;
+        } else if held {
+            output::print(&format!("removed {cid}\n"))?;
+        } else {
+            output::print(&format!("not held: {cid}\n"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `GET /data/{cid}/exists`. The answer is keyed by the node's spelling of the CID (the
+/// reference's actual shape), which may differ from the one given; `{"has": …}` (the
+/// reference's documented shape) is accepted too.
+async fn exists(api: &Api, cid: &str, what: &str) -> anyhow::Result<bool> {
+    let answer: std::collections::BTreeMap<String, bool> =
+        api.get_json(&["data", cid, "exists"], what).await?;
+    match (answer.get("has"), answer.values().next()) {
+        (Some(has), _) | (None, Some(has)) => Ok(*has),
+        (None, None) => anyhow::bail!("{what}: the node's answer to exists is empty"),
+    }
+}
+
+/// `cairn info --json`.
+#[derive(Debug, Serialize)]
+struct InfoOut {
+    peer_id: String,
+    version: Option<String>,
+    revision: Option<String>,
+    data_dir: Option<String>,
+    addrs: Vec<String>,
+    announce_addrs: Vec<String>,
+    spr: Option<String>,
+    peers: usize,
+    dht_nodes: Option<usize>,
+    exchange: ExchangeJson,
+}
+
+/// `cairn info`.
+async fn info(api: &Api, json: bool) -> anyhow::Result<()> {
+    let d: DebugInfo = api
+        .get_json(&["debug", "info"], "reading the node's info")
+        .await?;
+    let (version, revision) = d.codex.map_or((None, None), |c| (c.version, c.revision));
+    let out = InfoOut {
+        peer_id: d.id,
+        version,
+        revision,
+        data_dir: d.repo,
+        addrs: d.addrs,
+        announce_addrs: d.announce_addresses,
+        spr: d.spr,
+        peers: d.peers.len(),
+        dht_nodes: d.table.map(|t| t.nodes.len()),
+        exchange: d.exchange.unwrap_or_default(),
+    };
+    if json {
+        return output::print_json(&out);
+    }
+    let one = |v: Option<String>| v.into_iter().collect::<Vec<_>>();
+    let version = match (&out.version, &out.revision) {
+        (Some(v), Some(r)) => Some(format!("{v} ({r})")),
+        (v, _) => v.clone(),
+    };
+    let e = &out.exchange;
+    output::print(&output::fields(&[
+        ("peer id", vec![out.peer_id.clone()]),
+        ("version", one(version)),
+        ("data dir", one(out.data_dir.clone())),
+        ("addresses", out.addrs.clone()),
+        ("announced", out.announce_addrs.clone()),
+        ("spr", one(out.spr.clone())),
+        ("peers", vec![out.peers.to_string()]),
+        (
+            "dht nodes",
+            vec![
+                out.dht_nodes
+                    .map_or_else(|| "DHT not running".into(), |n| n.to_string()),
+            ],
+        ),
+        (
+            "blocks",
+            vec![format!(
+                "{} requested, {} received, {} sent",
+                e.blocks_requested, e.blocks_received, e.blocks_sent
+            )],
+        ),
+        (
+            "exchange",
+            vec![format!(
+                "{} pending, {} duplicates, {} rejected, {} timeouts",
+                e.pending, e.duplicates, e.rejected, e.timeouts
+            )],
+        ),
+    ]))
+}
+
+/// `cairn peers --json`.
+#[derive(Debug, Serialize)]
+struct PeersOut {
+    peers: Vec<PeerJson>,
+    dht: Option<DhtOut>,
+}
+
+/// The DHT routing table in `cairn peers --json`.
+#[derive(Debug, Serialize)]
+struct DhtOut {
+    /// This node's DHT id.
+    node_id: String,
+    /// Nodes in the table.
+    size: usize,
+    nodes: Vec<DhtNodeJson>,
+}
+
+/// Digits of a score in `cairn peers`.
+const SCORE_DECIMALS: usize = 2;
+
+/// `cairn peers`.
+async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
+    let d: DebugInfo = api
+        .get_json(&["debug", "info"], "reading the node's peers")
+        .await?;
+    let out = PeersOut {
+        peers: d.peers,
+        dht: d.table.map(|t| DhtOut {
+            node_id: t.local_node.node_id,
+            size: t.nodes.len(),
+            nodes: t.nodes,
+        }),
+    };
+    if json {
+        return output::print_json(&out);
+    }
+    let mut text = String::new();
+    if out.peers.is_empty() {
+        text.push_str("no connected peers\n");
+    } else {
+        let rows: Vec<Vec<String>> = out
+            .peers
+            .iter()
+            .map(|p| {
+                vec![
+                    p.peer_id.clone(),
+                    p.direction.clone(),
+                    format!("{:.*}", SCORE_DECIMALS, p.score),
+                    p.agent.clone().unwrap_or_else(|| "-".into()),
+                    p.address.clone(),
+                ]
+            })
+            .collect();
+        text.push_str(&output::table(
+            &[
+                ("PEER ID", Align::Left),
+                ("DIRECTION", Align::Left),
+                ("SCORE", Align::Right),
+                ("AGENT", Align::Left),
+                ("ADDRESS", Align::Left),
+            ],
+            &rows,
+        ));
+    }
+    text.push('\n');
+    match &out.dht {
+        None => text.push_str("DHT not running\n"),
+        Some(dht) => {
+            let plural = if dht.size == 1 { "" } else { "s" };
+            text.push_str(&format!("DHT routing table: {} node{plural}\n", dht.size));
+            if !dht.nodes.is_empty() {
+                let rows: Vec<Vec<String>> = dht
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.peer_id.clone(),
+                            if n.seen { "yes" } else { "no" }.into(),
+                            n.address.clone(),
+                        ]
+                    })
+                    .collect();
+                text.push_str(&output::table(
+                    &[
+                        ("PEER ID", Align::Left),
+                        ("SEEN", Align::Left),
+                        ("ADDRESS", Align::Left),
+                    ],
+                    &rows,
+                ));
+            }
+        }
+    }
+    output::print(&text)
+}
+
+/// `cairn connect --json`.
+#[derive(Debug, Serialize)]
+struct ConnectOut<'a> {
+    peer_id: &'a str,
+    addrs: &'a [String],
+    connected: bool,
+}
+
+/// `cairn connect`: `GET /connect/{peer}?addrs=…&addrs=…`.
+async fn connect(api: &Api, peer: &str, addrs: &[String], json: bool) -> anyhow::Result<()> {
+    let mut url = api.url(&["connect", peer]);
+    if !addrs.is_empty() {
+        url.query_pairs_mut()
+            .extend_pairs(addrs.iter().map(|a| ("addrs", a)));
+    }
+    let req = api
+        .request_to(Method::GET, url)
+        .timeout(api::REQUEST_TIMEOUT);
+    api.send(req, &format!("connecting to {peer}")).await?;
+    if json {
+        output::print_json(&ConnectOut {
+            peer_id: peer,
+            addrs,
+            connected: true,
+        })
+    } else {
+        output::print(&format!("connected to {peer}\n"))
+    }
+}
+
+/// `cairn space --json`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+struct SpaceOut {
+    total_bytes: u64,
+    used_bytes: u64,
+    reserved_bytes: u64,
+    free_bytes: u64,
+    blocks: u64,
+}
+
+impl From<&SpaceJson> for SpaceOut {
+    fn from(s: &SpaceJson) -> SpaceOut {
+        SpaceOut {
+            total_bytes: s.quota_max_bytes,
+            used_bytes: s.quota_used_bytes,
+            reserved_bytes: s.quota_reserved_bytes,
+            free_bytes: s
+                .quota_max_bytes
+                .saturating_sub(s.quota_used_bytes)
+                .saturating_sub(s.quota_reserved_bytes),
+            blocks: s.total_blocks,
+        }
+    }
+}
+
+/// `cairn space`.
+async fn space(api: &Api, json: bool) -> anyhow::Result<()> {
+    let s: SpaceJson = api.get_json(&["space"], "reading the node's space").await?;
+    let out = SpaceOut::from(&s);
+    if json {
+        return output::print_json(&out);
+    }
+    output::print(&space_text(&out))
+}
+
+/// The readable form of `cairn space`.
+fn space_text(s: &SpaceOut) -> String {
+    let sized = |b: u64| vec![format!("{:>10}  ({b} bytes)", output::size(b))];
+    output::fields(&[
+        ("total", sized(s.total_bytes)),
+        ("used", sized(s.used_bytes)),
+        ("reserved", sized(s.reserved_bytes)),
+        ("free", sized(s.free_bytes)),
+        ("blocks", vec![s.blocks.to_string()]),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_never_underflows() {
+        let s = |max, used, reserved| SpaceJson {
+            total_blocks: 3,
+            quota_max_bytes: max,
+            quota_used_bytes: used,
+            quota_reserved_bytes: reserved,
+        };
+        assert_eq!(SpaceOut::from(&s(100, 30, 20)).free_bytes, 50);
+        // Over quota (a smaller quota after a restart): nothing free, not a wrap.
+        assert_eq!(SpaceOut::from(&s(100, 90, 20)).free_bytes, 0);
+    }
+
+    #[test]
+    fn space_reads_well() {
+        let text = space_text(&SpaceOut {
+            total_bytes: 20 << 30,
+            used_bytes: 65592,
+            reserved_bytes: 0,
+            free_bytes: (20 << 30) - 65592,
+            blocks: 2,
+        });
+        assert_eq!(
+            text,
+            "total       20.0 GiB  (21474836480 bytes)\n\
+             used        64.1 KiB  (65592 bytes)\n\
+             reserved         0 B  (0 bytes)\n\
+             free        20.0 GiB  (21474770888 bytes)\n\
+             blocks    2\n"
+        );
+    }
+}

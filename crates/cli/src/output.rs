@@ -1,0 +1,183 @@
+//! What the client commands print: human-readable tables, field lists and sizes, or JSON
+//! (`--json`). Everything meant for stdout goes through [`print`], [`print_json`] or
+//! [`print_json_line`], so a closed pipe is an error that names stdout rather than a panic.
+
+use std::io::Write;
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// Spaces between table columns and between a field's name and its value.
+pub(crate) const COLUMN_GAP: usize = 2;
+
+/// A human-readable size in binary units ("64.1 KiB", "0 B").
+pub(crate) fn size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
+/// How a table column is aligned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Align {
+    /// Padded on the right (text).
+    Left,
+    /// Padded on the left (numbers).
+    Right,
+}
+
+/// A table: a header row and `rows`, columns as wide as their widest cell, separated by
+/// [`COLUMN_GAP`] spaces. The last column is not padded (it may be long: a file name, an
+/// address), and no line ends in spaces. Every line ends in a newline.
+pub(crate) fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+    let width = |s: &str| s.chars().count();
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| width(h)).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(width(cell));
+        }
+    }
+    let header: Vec<String> = columns.iter().map(|(h, _)| (*h).to_owned()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, ((cell, w), (_, align))) in row.iter().zip(&widths).zip(columns).enumerate() {
+            if i > 0 {
+                line.push_str(&" ".repeat(COLUMN_GAP));
+            }
+            let pad = " ".repeat(w.saturating_sub(width(cell)));
+            let last = i + 1 == columns.len();
+            match align {
+                Align::Left if last => line.push_str(cell),
+                Align::Left => {
+                    line.push_str(cell);
+                    line.push_str(&pad);
+                }
+                Align::Right => {
+                    line.push_str(&pad);
+                    line.push_str(cell);
+                }
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Named fields, one per line, values aligned; a field with several values continues on
+/// indented lines, one without any shows `-`.
+pub(crate) fn fields(rows: &[(&str, Vec<String>)]) -> String {
+    let width = rows
+        .iter()
+        .map(|(name, _)| name.chars().count())
+        .max()
+        .unwrap_or(0)
+        + COLUMN_GAP;
+    let mut out = String::new();
+    for (name, values) in rows {
+        let mut lines = values.iter();
+        let first = lines.next().map_or("-", String::as_str);
+        out.push_str(format!("{name:width$}{first}").trim_end());
+        out.push('\n');
+        for more in lines {
+            out.push_str(&format!("{:width$}{more}\n", ""));
+        }
+    }
+    out
+}
+
+/// `text` on one line: whitespace runs become one space; cut to `max` characters with `…`.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if joined.chars().count() <= max {
+        return joined;
+    }
+    let mut cut: String = joined.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// Writes `text` to stdout as it is.
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")
+}
+
+/// Writes `value` to stdout as pretty-printed JSON and a newline.
+pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value).context("cannot encode the JSON output")?;
+    print(&format!("{text}\n"))
+}
+
+/// Writes `value` to stdout as JSON on one line (for commands that print one object per
+/// operand, as they complete: JSON Lines).
+pub(crate) fn print_json_line(value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string(value).context("cannot encode the JSON output")?;
+    print(&format!("{text}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(20 << 30), "20.0 GiB");
+    }
+
+    #[test]
+    fn tables_align_and_do_not_pad_the_last_column() {
+        let t = table(
+            &[
+                ("CID", Align::Left),
+                ("SIZE", Align::Right),
+                ("NAME", Align::Left),
+            ],
+            &[
+                vec!["zA".into(), "1.5 KiB".into(), "a file.txt".into()],
+                vec!["zBBBB".into(), "0 B".into(), String::new()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "CID       SIZE  NAME\n\
+             zA     1.5 KiB  a file.txt\n\
+             zBBBB      0 B\n"
+        );
+        // Widths count characters, not bytes.
+        let t = table(
+            &[("N", Align::Left), ("X", Align::Left)],
+            &[vec!["é".into(), "1".into()]],
+        );
+        assert_eq!(t, "N  X\né  1\n");
+        assert_eq!(table(&[("ONLY", Align::Left)], &[]), "ONLY\n");
+    }
+
+    #[test]
+    fn fields_align_and_continue() {
+        let f = fields(&[
+            ("peer id", vec!["16U".into()]),
+            ("addresses", vec!["/a".into(), "/b".into()]),
+            ("spr", vec![]),
+        ]);
+        assert_eq!(
+            f,
+            "peer id    16U\n\
+             addresses  /a\n\
+             \x20          /b\n\
+             spr        -\n"
+        );
+    }
+
+    #[test]
+    fn one_line_collapses_and_cuts() {
+        assert_eq!(one_line(" a\n b\t c ", 100), "a b c");
+        assert_eq!(one_line("abcdef", 4), "abc…");
+        assert_eq!(one_line("abcd", 4), "abcd");
+        assert_eq!(one_line("", 4), "");
+    }
+}

@@ -1,0 +1,554 @@
+//! End-to-end tests of the client commands (`upload`, `download`, `ls`, `rm`, `info`, `peers`,
+//! `connect`, `space`, `completions`): the real binary against real nodes on loopback. Each
+//! `--json` answer is parsed whole (so anything else on stdout fails the test) and checked
+//! against the REST API's own answer; each failure against its exit code. Every wait is on a
+//! condition polled with a timeout.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use common::{NodeProc, WAIT, cli, cli_stdin, client, random};
+use serde_json::Value;
+
+/// The exit codes the CLI documents (`cairn --help`).
+const UNREACHABLE: i32 = 3;
+const NOT_FOUND: i32 = 4;
+const INVALID: i32 = 5;
+const NO_SPACE: i32 = 6;
+const USAGE: i32 = 2;
+
+/// How often a polled condition is checked.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A manifest CID no test node holds.
+const UNKNOWN_CID: &str = "zDvZRwzm1ePSzKSXt57D5YxHwcSDmsCyYN65wW4HT7fuX9HrzFXy";
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts `o` succeeded; its stdout.
+fn ok(o: &Output) -> String {
+    assert!(o.status.success(), "{:?}: {}", o.status, stderr(o));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// Runs `args` with `--api` of `n` and `--json`; its stdout, parsed whole as one JSON value.
+fn json(n: &NodeProc, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--api", &n.api, "--json"]);
+    let out = ok(&cli(&all));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
+}
+
+/// Each line of `stdout` parsed as JSON (JSON Lines).
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Asserts `o` failed with `code`, said so in one line on stderr naming the program, and
+/// printed nothing on stdout; that line.
+fn fails(o: &Output, code: i32) -> String {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    assert!(o.stdout.is_empty(), "stdout: {:?}", o.stdout);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("cairn: "), "{err}");
+    err
+}
+
+fn get_json(c: &reqwest::blocking::Client, n: &NodeProc, path: &str) -> Value {
+    c.get(n.url(path)).send().unwrap().json().unwrap()
+}
+
+/// The CIDs the API lists.
+fn api_cids(c: &reqwest::blocking::Client, n: &NodeProc) -> BTreeSet<String> {
+    get_json(c, n, "/data")["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["cid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// One node: `upload` (files, and stdin) → `ls` → `download` → `rm` → `ls`, with `space` and
+/// `info` between, every answer in JSON and checked against the API's.
+#[test]
+fn one_node_upload_ls_download_rm_space_info() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+
+    // Two files in one `upload --json`: one JSON line each, with the bytes sent.
+    let a = dir.path().join("a.bin");
+    let b = dir.path().join("notes.txt");
+    let a_bytes = random(3 * 65536 + 5, 1);
+    std::fs::write(&a, &a_bytes).unwrap();
+    std::fs::write(&b, b"some notes").unwrap();
+    let out = ok(&cli(&[
+        "upload",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--json",
+        "--api",
+        &n.api,
+    ]));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["file"], a.to_str().unwrap());
+    assert_eq!(lines[0]["bytes"], a_bytes.len());
+    assert_eq!(lines[1]["file"], b.to_str().unwrap());
+    assert_eq!(lines[1]["bytes"], 10);
+    let a_cid = lines[0]["cid"].as_str().unwrap().to_owned();
+    let b_cid = lines[1]["cid"].as_str().unwrap().to_owned();
+
+    // `upload -`: stdin, with a file name given for it.
+    let piped = random(70_000, 2);
+    let o = cli_stdin(
+        &[
+            "upload",
+            "-",
+            "--filename",
+            "piped.bin",
+            "--json",
+            "--api",
+            &n.api,
+        ],
+        &piped,
+    );
+    let lines = json_lines(&ok(&o));
+    assert_eq!(lines.len(), 1);
+    assert_eq!(
+        (&lines[0]["file"], &lines[0]["bytes"]),
+        (&"-".into(), &piped.len().into())
+    );
+    let p_cid = lines[0]["cid"].as_str().unwrap().to_owned();
+    let got = c
+        .get(n.url(&format!("/data/{p_cid}")))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(got.as_ref() == piped.as_slice(), "stdin upload differs");
+    // Without --json: just the CID, as before.
+    let o = cli_stdin(&["upload", "-", "--api", &n.api], b"plain stdin");
+    let plain_cid = ok(&o).trim().to_owned();
+    assert!(api_cids(&c, &n).contains(&plain_cid));
+
+    // `ls --json` lists what the API lists, with each manifest's size, name and type.
+    let listed = json(&n, &["ls"]);
+    let listed = listed.as_array().unwrap();
+    let api_list = get_json(&c, &n, "/data");
+    let api_list = api_list["content"].as_array().unwrap();
+    assert_eq!(listed.len(), api_list.len());
+    for item in api_list {
+        let m = &item["manifest"];
+        let d = listed
+            .iter()
+            .find(|d| d["cid"] == item["cid"])
+            .unwrap_or_else(|| panic!("{} not listed", item["cid"]));
+        assert_eq!(d["size"], m["datasetSize"]);
+        assert_eq!(d["filename"], m["filename"]);
+        assert_eq!(d["mimetype"], m["mimetype"]);
+        assert_eq!(d["tree_cid"], m["treeCid"]);
+    }
+    let names: BTreeSet<Option<&str>> = listed.iter().map(|d| d["filename"].as_str()).collect();
+    let want = BTreeSet::from([None, Some("a.bin"), Some("notes.txt"), Some("piped.bin")]);
+    assert_eq!(names, want);
+    // The readable table: a header and one row per dataset.
+    let table = ok(&cli(&["ls", "--api", &n.api]));
+    assert!(table.starts_with("CID "), "{table}");
+    assert_eq!(table.lines().count(), 1 + listed.len(), "{table}");
+    assert!(
+        table.contains(&a_cid) && table.contains("notes.txt"),
+        "{table}"
+    );
+
+    // `space --json` is `/space`, with the free bytes worked out.
+    let space = json(&n, &["space"]);
+    let api_space = get_json(&c, &n, "/space");
+    assert_eq!(space["total_bytes"], api_space["quotaMaxBytes"]);
+    assert_eq!(space["used_bytes"], api_space["quotaUsedBytes"]);
+    assert_eq!(space["reserved_bytes"], api_space["quotaReservedBytes"]);
+    assert_eq!(space["blocks"], api_space["totalBlocks"]);
+    let (total, used, reserved) = (
+        space["total_bytes"].as_u64().unwrap(),
+        space["used_bytes"].as_u64().unwrap(),
+        space["reserved_bytes"].as_u64().unwrap(),
+    );
+    assert!(used > 0);
+    assert_eq!(
+        space["free_bytes"].as_u64().unwrap(),
+        total - used - reserved
+    );
+    let text = ok(&cli(&["space", "--api", &n.api]));
+    assert!(
+        text.contains("GiB") && text.contains(&format!("({total} bytes)")),
+        "{text}"
+    );
+
+    // `info --json`: the peer id is `/peerid`'s, the record `/spr`'s, the rest `/debug/info`'s.
+    let info = json(&n, &["info"]);
+    let peer_id = c
+        .get(n.url("/peerid"))
+        .header("accept", "text/plain")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(info["peer_id"], peer_id.as_str());
+    let spr = c
+        .get(n.url("/spr"))
+        .header("accept", "text/plain")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert_eq!(info["spr"], spr.as_str());
+    let debug = get_json(&c, &n, "/debug/info");
+    assert_eq!(info["addrs"], debug["addrs"]);
+    assert_eq!(info["data_dir"], debug["repo"]);
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["peers"], 0);
+    assert_eq!(
+        info["exchange"]["blocks_received"],
+        debug["exchange"]["blocksReceived"]
+    );
+    let text = ok(&cli(&["info", "--api", &n.api]));
+    assert!(text.contains(&peer_id) && text.contains(&spr), "{text}");
+
+    // `download --json -o`: the bytes, and a summary.
+    let back = dir.path().join("back.bin");
+    let d = json(&n, &["download", &a_cid, "-o", back.to_str().unwrap()]);
+    assert_eq!(d["cid"], a_cid.as_str());
+    assert_eq!(
+        (&d["bytes"], &d["fetched"]),
+        (&a_bytes.len().into(), &a_bytes.len().into())
+    );
+    assert!(
+        std::fs::read(&back).unwrap() == a_bytes,
+        "downloaded bytes differ"
+    );
+    // From the node's store only: the same bytes.
+    let o = cli(&["download", &b_cid, "--local", "--api", &n.api]);
+    assert_eq!(ok(&o), "some notes");
+
+    // `rm --json`, then `ls` no longer has it and the API says it is gone.
+    let lines = json_lines(&ok(&cli(&["rm", &a_cid, "--json", "--api", &n.api])));
+    assert_eq!(
+        lines,
+        vec![serde_json::json!({"cid": a_cid, "removed": true})]
+    );
+    let listed: BTreeSet<String> = json(&n, &["ls"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["cid"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!listed.contains(&a_cid));
+    assert_eq!(listed, api_cids(&c, &n));
+    let exists = get_json(&c, &n, &format!("/data/{a_cid}/exists"));
+    assert_eq!(exists[&a_cid], false);
+    // Again: not held (4); with --force that is fine and says so.
+    fails(&cli(&["rm", &a_cid, "--api", &n.api]), NOT_FOUND);
+    let lines = json_lines(&ok(&cli(&["rm", &a_cid, "-f", "--json", "--api", &n.api])));
+    assert_eq!(lines[0]["removed"], false);
+    // Several at once, in the readable form.
+    let text = ok(&cli(&["rm", &b_cid, &p_cid, "--api", &n.api]));
+    assert_eq!(text, format!("removed {b_cid}\nremoved {p_cid}\n"));
+    assert_eq!(api_cids(&c, &n), BTreeSet::from([plain_cid]));
+    n.stop();
+}
+
+/// The failures and their exit codes: a node that is not running (3), unknown CIDs (4),
+/// malformed CIDs and peer ids and an empty upload (5), a full quota (6), and command lines
+/// clap cannot refuse by itself (2). Each prints one line on stderr and nothing on stdout,
+/// `--json` or not.
+#[test]
+fn failures_have_their_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = format!("http://127.0.0.1:{port}");
+    let file = dir.path().join("f.txt");
+    std::fs::write(&file, b"data").unwrap();
+    for args in [
+        vec!["ls"],
+        vec!["ls", "--json"],
+        vec!["space"],
+        vec!["info", "--json"],
+        vec!["peers"],
+        vec!["rm", UNKNOWN_CID],
+        vec!["upload", file.to_str().unwrap()],
+        vec!["download", UNKNOWN_CID],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--api", &down]);
+        let err = fails(&cli(&all), UNREACHABLE);
+        assert!(
+            err.contains(&format!("cannot reach the node at {down}")) && err.contains("--api"),
+            "{args:?}: {err}"
+        );
+    }
+
+    let n = NodeProc::start(
+        &dir.path().join("node"),
+        &["--storage-quota", "256KiB"],
+        &[],
+    );
+    let api = n.api.as_str();
+    // Unknown CIDs: 4, at once (`--local` does not search the network).
+    let err = fails(&cli(&["rm", UNKNOWN_CID, "--api", api]), NOT_FOUND);
+    assert!(err.contains(UNKNOWN_CID), "{err}");
+    fails(
+        &cli(&["download", UNKNOWN_CID, "--local", "--api", api]),
+        NOT_FOUND,
+    );
+    let out = dir.path().join("out.bin");
+    fails(
+        &cli(&[
+            "download",
+            UNKNOWN_CID,
+            "--local",
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+            "--api",
+            api,
+        ]),
+        NOT_FOUND,
+    );
+    // Malformed input the node refuses: 5.
+    let err = fails(&cli(&["rm", "not-a-cid", "--json", "--api", api]), INVALID);
+    assert!(err.contains("Incorrect Cid"), "{err}");
+    fails(
+        &cli(&[
+            "download",
+            "not-a-cid",
+            "-o",
+            out.to_str().unwrap(),
+            "--api",
+            api,
+        ]),
+        INVALID,
+    );
+    fails(&cli(&["download", "not-a-cid", "--api", api]), INVALID);
+    fails(
+        &cli(&["connect", "notapeer", "/ip4/127.0.0.1/tcp/1", "--api", api]),
+        INVALID,
+    );
+    let err = fails(&cli_stdin(&["upload", "-", "--api", api], b""), INVALID);
+    assert!(err.contains("uploading -"), "{err}");
+    fails(
+        &cli(&[
+            "upload",
+            file.to_str().unwrap(),
+            "--filename",
+            "exam\"ple.txt",
+            "--api",
+            api,
+        ]),
+        INVALID,
+    );
+    // A MIME type the node refuses (its 422).
+    let err = fails(
+        &cli(&[
+            "upload",
+            file.to_str().unwrap(),
+            "--mime",
+            "application/x-www-form-urlencoded",
+            "--api",
+            api,
+        ]),
+        INVALID,
+    );
+    assert!(err.contains("422"), "{err}");
+    // Over the quota: 6, and nothing is kept.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, random(1 << 20, 5)).unwrap();
+    let err = fails(
+        &cli(&["upload", big.to_str().unwrap(), "--json", "--api", api]),
+        NO_SPACE,
+    );
+    assert!(err.contains("quota"), "{err}");
+    assert_eq!(json(&n, &["ls"]), serde_json::json!([]));
+    // Usage errors clap cannot see: 2.
+    fails(
+        &cli(&["download", UNKNOWN_CID, "--json", "--api", api]),
+        USAGE,
+    );
+    fails(&cli_stdin(&["upload", "-", "-", "--api", api], b"x"), USAGE);
+    let two = [file.to_str().unwrap(), big.to_str().unwrap()];
+    fails(
+        &cli(&["upload", two[0], two[1], "--filename", "x", "--api", api]),
+        USAGE,
+    );
+    // … and those it can (its own message spans lines).
+    for args in [
+        vec!["ls", "--api", "localhost:8080"],
+        vec!["rm"],
+        vec!["frobnicate"],
+        vec!["completions", "tcsh"],
+    ] {
+        let o = cli(&args);
+        assert_eq!(o.status.code(), Some(USAGE), "{args:?}");
+        assert!(o.stdout.is_empty(), "{args:?}");
+    }
+    // A file that does not exist: a plain failure naming it.
+    let missing = dir.path().join("missing.bin");
+    let err = fails(
+        &cli(&["upload", missing.to_str().unwrap(), "--api", api]),
+        1,
+    );
+    assert!(err.contains("missing.bin"), "{err}");
+    n.stop();
+}
+
+/// Polls `cairn peers --json` on `n` until `cond` holds, within [`WAIT`].
+fn wait_peers(n: &NodeProc, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let peers = json(n, &["peers"]);
+        if cond(&peers) {
+            return peers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {peers:#}"
+        );
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Two nodes: `cairn connect` joins B to A at A's address (from `cairn info`); `cairn peers`
+/// then shows each to the other, as `/debug/info` does; B downloads A's dataset through the
+/// connection.
+#[test]
+fn two_nodes_connect_and_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProc::start(&dir.path().join("a"), &[], &[]);
+    let b = NodeProc::start(&dir.path().join("b"), &[], &[]);
+    let c = client();
+    let a_info = json(&a, &["info"]);
+    let b_info = json(&b, &["info"]);
+    let a_id = a_info["peer_id"].as_str().unwrap().to_owned();
+    let b_id = b_info["peer_id"].as_str().unwrap().to_owned();
+    let a_addr = a_info["addrs"][0].as_str().unwrap().to_owned();
+    let before = json(&b, &["peers"]);
+    assert_eq!(before["peers"], serde_json::json!([]));
+
+    let connected = json(&b, &["connect", &a_id, &a_addr]);
+    assert_eq!(
+        connected,
+        serde_json::json!({"peer_id": a_id, "addrs": [a_addr], "connected": true})
+    );
+    // B dialled A: outbound on B, at A's address; inbound on A (which may take a moment to
+    // see it).
+    let peers = json(&b, &["peers"]);
+    let list = peers["peers"].as_array().unwrap();
+    let p = list
+        .iter()
+        .find(|p| p["peer_id"] == a_id.as_str())
+        .unwrap_or_else(|| panic!("A not among B's peers: {peers:#}"));
+    assert_eq!(p["direction"], "outbound");
+    assert!(p["address"].as_str().unwrap().starts_with(&a_addr), "{p}");
+    let debug = get_json(&c, &b, "/debug/info");
+    assert_eq!(list.len(), debug["peers"].as_array().unwrap().len());
+    let dht = &peers["dht"];
+    assert_eq!(dht["node_id"], debug["table"]["localNode"]["nodeId"]);
+    assert_eq!(
+        dht["size"].as_u64().unwrap() as usize,
+        dht["nodes"].as_array().unwrap().len()
+    );
+    wait_peers(&a, "B among A's peers", |v| {
+        v["peers"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|p| p["peer_id"] == b_id.as_str() && p["direction"] == "inbound")
+        })
+    });
+    let text = ok(&cli(&["peers", "--api", &b.api]));
+    assert!(
+        text.starts_with("PEER ID") && text.contains(&a_id) && text.contains("DHT routing table"),
+        "{text}"
+    );
+    let text = ok(&cli(&["connect", &a_id, &a_addr, "--api", &b.api]));
+    assert_eq!(text, format!("connected to {a_id}\n"));
+    assert_eq!(json(&b, &["info"])["peers"], 1);
+
+    // The connection carries a download: A's dataset, by CID, through B.
+    let data = random(2 * 65536 + 3, 9);
+    let file = dir.path().join("x.bin");
+    std::fs::write(&file, &data).unwrap();
+    let up = json_lines(&ok(&cli(&[
+        "upload",
+        file.to_str().unwrap(),
+        "--json",
+        "--api",
+        &a.api,
+    ])));
+    let cid = up[0]["cid"].as_str().unwrap().to_owned();
+    let out = dir.path().join("out.bin");
+    let d = json(&b, &["download", &cid, "-o", out.to_str().unwrap()]);
+    assert_eq!(d["bytes"], data.len());
+    assert!(std::fs::read(&out).unwrap() == data, "bytes differ");
+    let received = json(&b, &["info"])["exchange"]["blocks_received"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        received >= 3,
+        "B fetched the manifest and blocks from A: {received}"
+    );
+    a.stop();
+    b.stop();
+}
+
+/// `cairn completions SHELL` prints a script for each shell clap_complete knows, naming the
+/// commands; `--help` documents the exit codes.
+#[test]
+fn completions_and_help() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = ok(&cli(&["completions", shell]));
+        assert!(!script.trim().is_empty(), "{shell}");
+        for word in ["cairn", "upload", "connect", "space"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    assert!(ok(&cli(&["completions", "bash"])).contains("complete "));
+    assert!(ok(&cli(&["completions", "zsh"])).starts_with("#compdef cairn"));
+    let help = ok(&cli(&["--help"]));
+    for line in [
+        "Exit codes:",
+        "0  success",
+        "2  usage error",
+        "3  the node cannot be reached",
+        "4  not found",
+        "5  the node refused the request as invalid",
+        "6  the node's storage quota is exhausted",
+    ] {
+        assert!(help.contains(line), "{line}: {help}");
+    }
+    for cmd in [
+        "ls",
+        "rm",
+        "info",
+        "peers",
+        "connect",
+        "space",
+        "completions",
+    ] {
+        assert!(help.contains(&format!("  {cmd} ")), "{cmd}: {help}");
+    }
+}

@@ -1,0 +1,148 @@
+//! What the end-to-end test files share: a `cairn start` child process on loopback
+//! ([`NodeProc`]), an HTTP client, test data, and running the CLI.
+//!
+//! Each test file compiles this module on its own and uses part of it.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+/// The binary under test.
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+/// Longest any wait in a test may take (a node starting, an answer, a condition polled).
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
+/// Stdout lines of a node queued for the test (it prints one).
+const STDOUT_QUEUE: usize = 16;
+
+/// A `cairn start` child process on loopback (API, libp2p and DHT on free ports); killed
+/// when dropped.
+pub(crate) struct NodeProc {
+    child: Child,
+    /// The node's REST endpoint, as `--api` takes it.
+    pub(crate) api: String,
+}
+
+impl NodeProc {
+    pub(crate) fn start(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> NodeProc {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "start",
+            "--api-port",
+            "0",
+            "--log-level",
+            "warn",
+            "--listen-addrs",
+            "/ip4/127.0.0.1/tcp/0",
+            "--disc-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start cairn");
+        let stdout = child.stdout.take().expect("stdout");
+        // Lines past the first are not needed; try_send drops them when the queue is full so
+        // the reader keeps draining the pipe.
+        let (tx, rx) = mpsc::sync_channel(STDOUT_QUEUE);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.try_send(line);
+            }
+        });
+        let line = rx.recv_timeout(WAIT).expect("node printed its API address");
+        let url = line
+            .split("listening on ")
+            .nth(1)
+            .expect("address line")
+            .trim();
+        let api = url.trim_end_matches("/api/codex/v1").to_owned();
+        NodeProc { child, api }
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}/api/codex/v1{path}", self.api)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub(crate) fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "node exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+pub(crate) fn random(size: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub(crate) fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+/// Runs the CLI with `input` on its stdin.
+pub(crate) fn cli_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // Written from another thread so a large input cannot deadlock against the output pipes;
+    // dropping `stdin` at the end closes it (end of input). A command that exits without
+    // reading it all makes the write fail; what it printed is what the test checks.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
+}
