@@ -81,13 +81,15 @@ struct HistogramInner {
 }
 
 impl DurationHistogram {
-    /// A histogram with buckets up to each of `bounds` (seconds, increasing) and `+Inf`.
+    /// A histogram with buckets up to each of `bounds` (seconds: positive, finite,
+    /// increasing) and `+Inf`.
     pub fn new(bounds: &'static [f64]) -> DurationHistogram {
         debug_assert!(bounds.windows(2).all(|w| w[0] < w[1]), "{bounds:?}");
         let bounds_nanos = bounds
             .iter()
             .map(|s| {
-                Duration::from_secs_f64(*s)
+                Duration::try_from_secs_f64(*s)
+                    .unwrap_or(Duration::MAX)
                     .as_nanos()
                     .try_into()
                     .unwrap_or(u64::MAX)
