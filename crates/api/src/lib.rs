@@ -11,6 +11,9 @@
 //! hold the requested bytes (`range.rs`, `download.rs`). With `--api-cors-origin` the API adds
 //! the reference's CORS headers (`cors.rs`).
 //!
+//! The node's Prometheus metrics are served apart from the API, on a listener of their own
+//! (`metrics.rs`: [`serve_metrics`]).
+//!
 //! Where the reference answers badly, cairn answers better and says so: an empty upload is `400`
 //! (the reference answers `500`), a full store is `507 Insufficient Storage` (the reference
 //! answers `500`).
@@ -21,6 +24,7 @@ mod download;
 mod dto;
 mod error;
 mod headers;
+mod metrics;
 mod network;
 mod range;
 mod routes;
@@ -31,6 +35,10 @@ pub use crate::{
     error::ApiError,
     headers::{
         MAX_FILENAME_LEN, parse_content_disposition_filename, valid_filename, valid_mimetype,
+    },
+    metrics::{
+        MAX_CONCURRENT_SCRAPES, METRICS_PATH, OPENMETRICS_CONTENT_TYPE, metrics_router,
+        serve_metrics,
     },
     range::{
         MAX_RANGE_HEADER_LEN, MAX_RANGE_SPECS, RangeAnswer, RangeRequest, RangeSpec, content_range,

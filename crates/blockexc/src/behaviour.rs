@@ -25,7 +25,7 @@ use libp2p::{
 };
 
 use crate::{
-    Config, Frame, Message, Violation,
+    Config, Frame, Message, Metrics, Violation,
     handler::{FromBehaviour, Handler, SendId, ToBehaviour},
 };
 
@@ -93,6 +93,7 @@ struct InFlight {
 #[derive(Debug)]
 pub struct Behaviour {
     config: Config,
+    metrics: Metrics,
     /// Open connections per peer, oldest first.
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     queued: HashMap<PeerId, usize>,
@@ -102,10 +103,16 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
-    /// A behaviour with `config`.
+    /// A behaviour with `config`, counting its traffic in handles registered nowhere.
     pub fn new(config: Config) -> Behaviour {
+        Behaviour::with_metrics(config, Metrics::default())
+    }
+
+    /// A behaviour with `config` that counts its traffic in `metrics`.
+    pub fn with_metrics(config: Config, metrics: Metrics) -> Behaviour {
         Behaviour {
             config,
+            metrics,
             connections: HashMap::new(),
             queued: HashMap::new(),
             in_flight: HashMap::new(),
@@ -172,7 +179,7 @@ impl Behaviour {
 
     fn new_handler(&mut self, peer: PeerId, connection: ConnectionId) -> Handler {
         self.connections.entry(peer).or_default().push(connection);
-        Handler::new(self.config.clone())
+        Handler::new(self.config.clone(), self.metrics.clone())
     }
 }
 

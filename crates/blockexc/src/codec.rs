@@ -116,6 +116,13 @@ where
     Ok(Some(body.freeze()))
 }
 
+/// Bytes a frame with a body of `body_len` bytes takes on the wire: the varint prefix and the
+/// body (what the traffic counters count for a frame read).
+pub fn wire_len(body_len: usize) -> usize {
+    let mut prefix = unsigned_varint::encode::usize_buffer();
+    unsigned_varint::encode::usize(body_len, &mut prefix).len() + body_len
+}
+
 /// Writes one frame and flushes.
 pub async fn write_frame<W>(io: &mut W, frame: &Frame) -> io::Result<()>
 where
@@ -163,6 +170,14 @@ mod tests {
             Some(300)
         );
         assert!(matches!(got[3], Ok(None)));
+    }
+
+    #[test]
+    fn wire_len_counts_the_prefix() {
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, 1 << 21] {
+            let body = vec![0u8; len];
+            assert_eq!(wire_len(len), Frame::from_body(&body).len(), "{len}");
+        }
     }
 
     #[test]

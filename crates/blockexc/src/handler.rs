@@ -44,8 +44,8 @@ use libp2p::{
 use tracing::debug;
 
 use crate::{
-    Config, Frame, Message, PROTOCOL, Violation,
-    codec::{FrameError, read_frame, write_frame},
+    Config, Frame, Message, Metrics, PROTOCOL, Violation,
+    codec::{FrameError, read_frame, wire_len, write_frame},
 };
 
 /// Identifies one send request until it is written or has failed.
@@ -112,7 +112,8 @@ impl Closable for futures::io::ReadHalf<Stream> {
     }
 }
 
-type WriteResult = (WriteHalf<Stream>, SendId, io::Result<()>);
+/// A finished write: the writer back, the send, and the bytes written.
+type WriteResult = (WriteHalf<Stream>, SendId, io::Result<usize>);
 
 enum Outbound {
     /// No stream; one is opened when a frame is queued.
@@ -134,6 +135,7 @@ enum Outbound {
 /// The connection handler. See the module docs.
 pub struct Handler {
     config: Config,
+    metrics: Metrics,
     readers: SelectAll<BoxStream<'static, ReadItem>>,
     inbound_streams: usize,
     outbound: Outbound,
@@ -160,9 +162,10 @@ impl std::fmt::Debug for Handler {
 }
 
 impl Handler {
-    pub(crate) fn new(config: Config) -> Handler {
+    pub(crate) fn new(config: Config, metrics: Metrics) -> Handler {
         Handler {
             config,
+            metrics,
             readers: SelectAll::new(),
             inbound_streams: 0,
             outbound: Outbound::Idle,
@@ -179,8 +182,9 @@ impl Handler {
         R: Closable,
     {
         let max = self.config.max_frame_bytes;
-        let stream = futures::stream::unfold(Some(reader), move |state| async move {
-            let mut reader = state?;
+        let metrics = self.metrics.clone();
+        let stream = futures::stream::unfold(Some((reader, metrics)), move |state| async move {
+            let (mut reader, metrics) = state?;
             let end = |violation| {
                 Some((
                     ReadItem::End {
@@ -190,9 +194,14 @@ impl Handler {
                     None,
                 ))
             };
-            match read_frame(&mut reader, max).await {
+            let read = read_frame(&mut reader, max).await;
+            if let Ok(Some(body)) = &read {
+                metrics.bytes_received.inc_by(wire_len(body.len()) as u64);
+                metrics.messages_received.inc();
+            }
+            match read {
                 Ok(Some(body)) => match Message::decode(body) {
-                    Ok(m) => Some((ReadItem::Message(Box::new(m)), Some(reader))),
+                    Ok(m) => Some((ReadItem::Message(Box::new(m)), Some((reader, metrics)))),
                     Err(e) => {
                         reader.close_stream().await;
                         end(Some(Violation::Decode(e)))
@@ -333,7 +342,7 @@ impl ConnectionHandler for Handler {
                     Some((id, frame)) => {
                         let write = async move {
                             let r = write_frame(&mut writer, &frame).await;
-                            (writer, id, r)
+                            (writer, id, r.map(|()| frame.len()))
                         }
                         .boxed();
                         self.outbound = Outbound::Writing { write, generation };
@@ -345,7 +354,9 @@ impl ConnectionHandler for Handler {
                     mut write,
                     generation,
                 } => match write.poll_unpin(cx) {
-                    Poll::Ready((writer, id, Ok(()))) => {
+                    Poll::Ready((writer, id, Ok(len))) => {
+                        self.metrics.bytes_sent.inc_by(len as u64);
+                        self.metrics.messages_sent.inc();
                         self.outbound = Outbound::Ready { writer, generation };
                         return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
                             ToBehaviour::Sent(id),

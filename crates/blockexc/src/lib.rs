@@ -11,6 +11,8 @@
 //!   outbound stream for writing (and reading).
 //! * [`behaviour`]: per swarm — routes frames to connections, bounds bytes queued per peer,
 //!   reports messages, send completions and violations.
+//! * [`metrics`]: traffic counters (bytes and messages each way), counted on the connection
+//!   tasks as frames are written and read.
 //!
 //! The crate moves and checks messages; it never touches a store and keeps no want lists. The
 //! node's engine (in `cairn-node`) decides what to ask for and what to serve.
@@ -26,6 +28,7 @@ pub mod behaviour;
 pub mod codec;
 pub mod handler;
 pub mod message;
+pub mod metrics;
 pub mod proto;
 
 pub use crate::{
@@ -33,6 +36,7 @@ pub use crate::{
     codec::{Frame, FrameError},
     handler::SendId,
     message::{BlockPresence, DecodeError, Delivery, Message, Presence, WantEntry, WantType},
+    metrics::Metrics,
 };
 
 /// The protocol id.

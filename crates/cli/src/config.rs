@@ -27,6 +27,11 @@ pub(crate) const DEFAULT_API_PORT: u16 = 8080;
 pub(crate) const DEFAULT_KEY_FILE: &str = "key";
 /// Default log filter.
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default address of the metrics server, as the reference (`--metrics-address`): loopback,
+/// since the metrics describe the node's traffic to anyone who can read them.
+pub(crate) const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1";
+/// Default port of the metrics server, as the reference (`--metrics-port`).
+pub(crate) const DEFAULT_METRICS_PORT: u16 = 8008;
 
 /// Options of `cairn start`.
 #[derive(Debug, Args, Default)]
@@ -105,6 +110,23 @@ pub(crate) struct StartArgs {
     /// [default: yamux,mplex]
     #[arg(long, env = "CAIRN_MUXERS", value_parser = parse_muxers)]
     pub(crate) muxers: Option<Muxers>,
+    /// Serve Prometheus metrics at http://<metrics-address>:<metrics-port>/metrics
+    /// (`--metrics` or `--metrics=true`; `--metrics=false` turns it off) [default: off]
+    #[arg(
+        long,
+        env = "CAIRN_METRICS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub(crate) metrics: Option<bool>,
+    /// Address the metrics server listens on [default: 127.0.0.1]
+    #[arg(long, env = "CAIRN_METRICS_ADDRESS")]
+    pub(crate) metrics_address: Option<IpAddr>,
+    /// Port of the metrics server; 0 picks a free port [default: 8008]
+    #[arg(long, env = "CAIRN_METRICS_PORT")]
+    pub(crate) metrics_port: Option<u16>,
     /// A TOML file with any of these options (keys as the long flag names)
     #[arg(long, env = "CAIRN_CONFIG_FILE")]
     pub(crate) config_file: Option<PathBuf>,
@@ -131,6 +153,9 @@ struct FileConfig {
     max_peers: Option<u32>,
     net_privkey: Option<PathBuf>,
     muxers: Option<String>,
+    metrics: Option<bool>,
+    metrics_address: Option<IpAddr>,
+    metrics_port: Option<u16>,
 }
 
 /// The resolved configuration.
@@ -154,6 +179,10 @@ pub(crate) struct Config {
     pub(crate) max_peers: u32,
     pub(crate) key_file: PathBuf,
     pub(crate) muxers: Muxers,
+    /// Whether `cairn start` serves `/metrics`.
+    pub(crate) metrics: bool,
+    pub(crate) metrics_address: IpAddr,
+    pub(crate) metrics_port: u16,
 }
 
 /// Parses `--muxers`.
@@ -406,6 +435,15 @@ impl StartArgs {
                 .or(file.log_level)
                 .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into()),
             log_json: log_format == "json",
+            metrics: self.metrics.or(file.metrics).unwrap_or(false),
+            metrics_address: match self.metrics_address.or(file.metrics_address) {
+                Some(a) => a,
+                None => DEFAULT_METRICS_ADDRESS.parse()?,
+            },
+            metrics_port: self
+                .metrics_port
+                .or(file.metrics_port)
+                .unwrap_or(DEFAULT_METRICS_PORT),
         })
     }
 }
@@ -535,5 +573,61 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("api-prot"), "{err:#}");
+    }
+
+    #[test]
+    fn metrics_options_resolve_flag_over_file_over_default() {
+        let c = StartArgs::default().resolve().unwrap();
+        assert_eq!(
+            (c.metrics, c.metrics_address.to_string(), c.metrics_port),
+            (false, "127.0.0.1".into(), 8008)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "metrics = true\nmetrics-address = \"0.0.0.0\"\nmetrics-port = 9100\n",
+        )
+        .unwrap();
+        let c = StartArgs {
+            config_file: Some(f.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (c.metrics, c.metrics_address.to_string(), c.metrics_port),
+            (true, "0.0.0.0".into(), 9100)
+        );
+        // A flag (or environment variable, which clap merges into it) wins, `false` included.
+        let c = StartArgs {
+            config_file: Some(f),
+            metrics: Some(false),
+            metrics_port: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((c.metrics, c.metrics_port), (false, 0));
+    }
+
+    /// `--metrics` alone turns metrics on without taking the next argument; `--metrics=false`
+    /// and the environment's boolish words work too.
+    #[test]
+    fn metrics_flag_parses() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: StartArgs,
+        }
+        let parse =
+            |args: &[&str]| Cmd::try_parse_from([&["cairn"], args].concat()).map(|c| c.args);
+        let a = parse(&["--metrics", "--metrics-port", "0"]).unwrap();
+        assert_eq!((a.metrics, a.metrics_port), (Some(true), Some(0)));
+        assert_eq!(parse(&["--metrics=false"]).unwrap().metrics, Some(false));
+        assert_eq!(parse(&["--metrics=yes"]).unwrap().metrics, Some(true));
+        assert_eq!(parse(&[]).unwrap().metrics, None);
+        assert!(parse(&["--metrics=maybe"]).is_err());
     }
 }

@@ -148,6 +148,8 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
             .await?
             .with_context(|| format!("cannot open the block store in {}", repo.display()))?
     };
+    let mut registry = cairn_node::metrics::Registry::default();
+    let metrics = cairn_node::metrics::Metrics::register(&mut registry, store.clone());
     let cancel = CancellationToken::new();
     let key = {
         let path = cfg.key_file.clone();
@@ -158,6 +160,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         bootstrap: cfg.bootstrap_nodes.clone(),
         muxers: cfg.muxers,
         max_peers: cfg.max_peers,
+        metrics: metrics.net.clone(),
         ..cairn_node::net::NetConfig::default()
     };
     let (net, events, net_task) = cairn_node::net::start(key.clone(), net_config, cancel.clone())
@@ -165,13 +168,14 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         .context("cannot start the network (--listen-addrs)")?;
     info!(peer_id = %net.local_peer_id(), "libp2p identity");
     let listening = net.listen_addrs().await.context("the network stopped")?;
-    let dht = start_dht(&cfg, key, &listening, cancel.clone()).await?;
+    let dht = start_dht(&cfg, key, &listening, metrics.discovery, cancel.clone()).await?;
     info!(spr = %dht.local_spr().to_uri(), addr = %dht.dht_addr(), "discovery DHT started");
     let node = Node::with_network(
         store,
         NodeConfig {
             maintenance_interval: cfg.block_mi,
             data_dir: Some(cfg.data_dir.clone()),
+            metrics: metrics.node,
         },
         net,
         events,
@@ -183,12 +187,40 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr} (--api-bindaddr/--api-port)"))?;
     let local = listener.local_addr()?;
+    let metrics_listener = if cfg.metrics {
+        let addr = SocketAddr::new(cfg.metrics_address, cfg.metrics_port);
+        let bound = tokio::net::TcpListener::bind(addr).await;
+        Some(bound.with_context(|| {
+            format!("cannot listen on {addr} (--metrics-address/--metrics-port)")
+        })?)
+    } else {
+        None
+    };
     info!(data_dir = %cfg.data_dir.display(), quota = cfg.storage_quota, "cairn node started");
     // A stable line on stdout for scripts and tests.
     println!(
         "cairn: REST API listening on http://{local}{}",
         cairn_api::API_BASE
     );
+    // After the REST line, which scripts read first.
+    let metrics_server = match metrics_listener {
+        Some(l) => {
+            println!(
+                "cairn: metrics listening on http://{}{}",
+                l.local_addr()?,
+                cairn_api::METRICS_PATH
+            );
+            Some(tokio::spawn(cairn_api::serve_metrics(
+                l,
+                registry,
+                cancel.clone(),
+            )))
+        }
+        None => {
+            drop(registry); // its store collector holds a store handle
+            None
+        }
+    };
 
     let mut tasks = tokio::task::JoinSet::new();
     {
@@ -214,6 +246,12 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         Ok(joined) => joined??,
         Err(_) => warn!("requests still running after the grace period were cut off"),
     }
+    if let Some(m) = metrics_server {
+        match tokio::time::timeout(SHUTDOWN_GRACE, m).await {
+            Ok(joined) => joined??,
+            Err(_) => warn!("metrics scrapes still running after the grace period were cut off"),
+        }
+    }
     while tasks.join_next().await.is_some() {}
     let _ = net_task.await;
     drop(node);
@@ -231,6 +269,7 @@ async fn start_dht(
     cfg: &config::Config,
     key: cairn_node::net::Keypair,
     listening: &[cairn_node::net::Multiaddr],
+    metrics: cairn_node::discovery::Metrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<cairn_node::discovery::Discovery> {
     use cairn_node::net::Protocol;
@@ -271,6 +310,7 @@ async fn start_dht(
     dcfg.announce_ip = Some(announce_ip);
     dcfg.provider_addrs = provider_addrs;
     dcfg.bootstrap = cfg.bootstrap_sprs.clone();
+    dcfg.metrics = metrics;
     cairn_node::discovery::Discovery::start(key, dcfg, cancel)
         .await
         .with_context(|| {

@@ -11,7 +11,11 @@
 //!   [`FIND_PROVIDERS_TIMEOUT`].
 //! * [`Discovery::find_peer`]: a node's DHT record by peer id.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::{StreamExt, stream::FuturesUnordered};
 use libp2p::{Multiaddr, PeerId, identity::Keypair};
@@ -149,16 +153,22 @@ impl Discovery {
 
     /// Sends `msg` to `node` and waits for the whole response.
     async fn request(&self, node: &Spr, msg: Message) -> Result<Vec<Message>, RequestError> {
+        let started = Instant::now();
         let (tx, rx) = oneshot::channel();
-        self.commands
+        let sent = self
+            .commands
             .send(Command::Request {
                 node: node.clone(),
                 msg,
                 reply: tx,
             })
-            .await
-            .map_err(|_| RequestError::Stopped)?;
-        rx.await.map_err(|_| RequestError::Stopped)?
+            .await;
+        let r = match sent {
+            Ok(()) => rx.await.unwrap_or(Err(RequestError::Stopped)),
+            Err(_) => Err(RequestError::Stopped),
+        };
+        self.config.metrics.request_done(&r, started.elapsed());
+        r
     }
 
     /// PING: answers the node's record sequence number.
@@ -215,6 +225,7 @@ impl Discovery {
 
     /// The (up to [`BUCKET_SIZE`]) nodes closest to `target` that answered, found iteratively.
     pub async fn lookup(&self, target: NodeId) -> Vec<Spr> {
+        let started = Instant::now();
         let seeds: Vec<(NodeId, Spr)> = self
             .shared
             .table
@@ -270,15 +281,23 @@ impl Discovery {
                 }
             }
         };
+        let metrics = &self.config.metrics;
         if tokio::time::timeout(LOOKUP_TIMEOUT, run).await.is_err() {
             debug!(%target, "lookup timed out; returning what it found");
+            metrics.lookups_timed_out.inc();
+        } else {
+            metrics.lookups_completed.inc();
         }
+        metrics
+            .lookup_duration
+            .observe(started.elapsed().as_secs_f64());
         lookup.result().into_iter().map(|(_, s)| s).collect()
     }
 
     /// Announces that we provide `cid` (binary CID bytes): ADDPROVIDER to the closest nodes.
     /// Returns how many nodes were told.
     pub async fn provide(&self, cid: &[u8]) -> usize {
+        self.config.metrics.announcements.inc();
         let key = NodeId::from_cid_bytes(cid);
         let nodes = self.lookup(key).await;
         let record = self.shared.local_records().provider;
@@ -365,6 +384,11 @@ impl Discovery {
                 }
             }
             Err(_) => debug!("find_providers timed out"),
+        }
+        if found.is_empty() {
+            self.config.metrics.provider_searches_empty.inc();
+        } else {
+            self.config.metrics.provider_searches_found.inc();
         }
         found.into_values().collect()
     }

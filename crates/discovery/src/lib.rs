@@ -26,6 +26,7 @@
 //!   responses, timeouts.
 //! - [`handle`]: [`Discovery`], and the DHT operations built on single requests (lookup,
 //!   provide, find providers, find peer) and the maintenance loops.
+//! - [`metrics`]: traffic, requests, lookups, table and provider-store sizes.
 //!
 //! The table, the lookup and the provider store read no clock and do no I/O: the caller passes
 //! `now` and reports each request's outcome, so every rule is unit-tested on its own.
@@ -33,6 +34,7 @@
 pub mod handle;
 pub mod ids;
 pub mod lookup;
+pub mod metrics;
 pub mod providers;
 pub mod records;
 pub mod service;
@@ -44,6 +46,7 @@ pub mod wire;
 pub use handle::{Discovery, NodeInfo};
 pub use ids::NodeId;
 pub use lookup::{Lookup, lookup_distances};
+pub use metrics::Metrics;
 pub use providers::{AddOutcome, ProviderStore};
 pub use service::{DiscoveryConfig, DiscoveryError, LocalRecords, RequestError};
 pub use spr::Spr;

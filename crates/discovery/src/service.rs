@@ -49,7 +49,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace, warn};
 
 use crate::{
-    NodeId,
+    Metrics, NodeId,
     ids::MAX_LOG_DISTANCE,
     providers::ProviderStore,
     records::VerifiedRecords,
@@ -129,6 +129,8 @@ pub struct DiscoveryConfig {
     /// Whether to accept loopback and private addresses from any sender (tests, local
     /// networks). Off: the reference's rule (only from senders in the same scope).
     pub allow_local_addrs: bool,
+    /// Where the DHT counts what it does (registered by the caller, or nowhere).
+    pub metrics: Metrics,
 }
 
 impl DiscoveryConfig {
@@ -144,6 +146,7 @@ impl DiscoveryConfig {
             refresh_interval: Duration::from_secs(5 * 60),
             revalidate_interval: (Duration::from_secs(5), Duration::from_secs(10)),
             allow_local_addrs: false,
+            metrics: Metrics::default(),
         }
     }
 }
@@ -401,6 +404,8 @@ impl Service {
                 () = cancel.cancelled() => break,
                 r = socket.recv_from(&mut buf) => match r {
                     Ok((n, from)) => {
+                        self.config.metrics.packets_received.inc();
+                        self.config.metrics.bytes_received.inc_by(n as u64);
                         if let Some(packet) = buf.get(..n) {
                             self.on_packet(packet, from).await;
                         }
@@ -579,8 +584,12 @@ impl Service {
     }
 
     async fn send(&self, bytes: &[u8], to: SocketAddr) {
-        if let Err(e) = self.socket.send_to(bytes, to).await {
-            debug!(%to, error = %e, "discovery send failed");
+        match self.socket.send_to(bytes, to).await {
+            Ok(n) => {
+                self.config.metrics.packets_sent.inc();
+                self.config.metrics.bytes_sent.inc_by(n as u64);
+            }
+            Err(e) => debug!(%to, error = %e, "discovery send failed"),
         }
     }
 
@@ -884,6 +893,7 @@ impl Service {
     }
 
     async fn on_request(&mut self, src: NodeId, from: SocketAddr, id: RequestId, msg: Message) {
+        self.config.metrics.requests_received.inc();
         match msg {
             Message::Ping { .. } => {
                 let spr_seq = self.shared.records.lock().dht.seq();
@@ -1079,12 +1089,24 @@ impl Service {
                 }
             }
         }
+        let metrics = &self.config.metrics;
+        metrics
+            .table_nodes
+            .set(gauge_value(self.shared.table.lock().len()));
+        metrics
+            .provider_records
+            .set(gauge_value(self.shared.providers.lock().len()));
         self.handshakes.retain(|_, h| h.deadline > now);
         self.sent.retain(|_, s| s.deadline > now);
         let ttl = self.config.handshake_timeout + self.config.request_timeout;
         self.challenges
             .retain(|_, c| now.saturating_duration_since(c.created) < ttl);
     }
+}
+
+/// A count as a gauge value (saturating; no table comes near `i64::MAX`).
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 /// The reference's address rule for records learned from others (codex-protocol.md §7.4): an

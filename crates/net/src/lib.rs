@@ -6,6 +6,7 @@
 //!   bans); the rest of the node talks to it through a [`NetworkHandle`] over bounded channels
 //!   and receives [`NetEvent`]s.
 //! * [`reputation`]: peer scores, fed by every protocol's complaints ([`PeerAction`]).
+//! * [`metrics`]: connected peers by direction, penalties, and the block-exchange traffic.
 //!
 //! The swarm task does no disk I/O and no hashing of its own; block-exchange frames are decoded
 //! and checked on each connection's task (`cairn-blockexc`), and everything that needs the
@@ -13,6 +14,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod identity;
+pub mod metrics;
 pub mod reputation;
 pub mod service;
 pub mod transport;
@@ -21,6 +23,7 @@ pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 
 pub use crate::{
     identity::{KeyError, load_or_create_key},
+    metrics::Metrics,
     reputation::PeerAction,
     service::{Direction, NetEvent, NetworkHandle, PeerInfo, start},
     transport::Muxers,
@@ -47,6 +50,8 @@ pub struct NetConfig {
     pub agent: String,
     /// Block-exchange limits.
     pub blockexc: cairn_blockexc::Config,
+    /// Where the swarm counts what it does (registered by the caller, or nowhere).
+    pub metrics: Metrics,
 }
 
 impl Default for NetConfig {
@@ -58,6 +63,7 @@ impl Default for NetConfig {
             max_peers: DEFAULT_MAX_PEERS,
             agent: format!("cairn/{}", env!("CARGO_PKG_VERSION")),
             blockexc: cairn_blockexc::Config::default(),
+            metrics: Metrics::default(),
         }
     }
 }

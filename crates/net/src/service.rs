@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    NetConfig, NetError,
+    Metrics, NetConfig, NetError,
     reputation::{PeerAction, Reputation, Verdict},
     transport,
 };
@@ -271,6 +271,7 @@ struct Service {
     reputation: Reputation,
     bootstrap: Vec<Bootstrap>,
     listen_addrs: Vec<Multiaddr>,
+    metrics: Metrics,
 }
 
 /// Builds the swarm, binds `config.listen`, and spawns the task that runs it until `cancel`.
@@ -305,7 +306,10 @@ pub async fn start(
             .with_agent_version(config.agent.clone()),
         ),
         ping: ping::Behaviour::default(),
-        blockexc: blockexc::Behaviour::new(config.blockexc.clone()),
+        blockexc: blockexc::Behaviour::with_metrics(
+            config.blockexc.clone(),
+            config.metrics.blockexc.clone(),
+        ),
     };
     let mut swarm = Swarm::new(
         transport,
@@ -384,6 +388,7 @@ pub async fn start(
         reputation: Reputation::default(),
         bootstrap,
         listen_addrs,
+        metrics: config.metrics.clone(),
     };
     let task = tokio::spawn(service.run(cancel));
     Ok((
@@ -525,6 +530,7 @@ impl Service {
     }
 
     fn report(&mut self, peer: PeerId, action: PeerAction, reason: &str) {
+        self.metrics.penalties.of(action).inc();
         let verdict = self.reputation.report(peer, action, Instant::now());
         warn!(%peer, ?action, ?verdict, reason, "peer penalised");
         match verdict {
@@ -614,6 +620,7 @@ impl Service {
                             }
                         };
                         info!(peer = %peer_id, %address, ?direction, "peer connected");
+                        self.metrics.peers(direction).inc();
                         self.connected.insert(
                             peer_id,
                             Connected {
@@ -641,7 +648,9 @@ impl Service {
                 ..
             } => {
                 if num_established == 0 {
-                    self.connected.remove(&peer_id);
+                    if let Some(c) = self.connected.remove(&peer_id) {
+                        self.metrics.peers(c.info.direction).dec();
+                    }
                     info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
                     self.emit(NetEvent::PeerDisconnected { peer: peer_id });
                     for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer_id) {

@@ -150,3 +150,73 @@ async fn bootstrap_node_is_dialled_at_start() {
     );
     cancel.cancel();
 }
+
+/// The metric handles follow the swarm: peers by direction while connected and after, the
+/// block-exchange bytes and frames each way exactly as framed, and a penalty by its severity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_peers_by_direction_and_traffic() {
+    let cancel = CancellationToken::new();
+    let metered = |m: &cairn_net::Metrics| NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        metrics: m.clone(),
+        ..NetConfig::default()
+    };
+    let (ma, mb) = (cairn_net::Metrics::default(), cairn_net::Metrics::default());
+    let (a, mut ev_a, _) = start(Keypair::generate_secp256k1(), metered(&ma), cancel.clone())
+        .await
+        .unwrap();
+    let (b, mut ev_b, _) = start(Keypair::generate_secp256k1(), metered(&mb), cancel.clone())
+        .await
+        .unwrap();
+    let b_id = a
+        .dial(b.listen_addrs().await.unwrap()[0].clone())
+        .await
+        .unwrap();
+    a.send(b_id, &want(1)).await.unwrap();
+    assert_eq!(next_message(&mut ev_b).await, want(1));
+    let frame = want(1).to_frame().len() as u64;
+    // Counted before the send completes and before the message is handed up.
+    assert_eq!(
+        (
+            ma.blockexc.bytes_sent.get(),
+            ma.blockexc.messages_sent.get()
+        ),
+        (frame, 1)
+    );
+    assert_eq!(
+        (
+            mb.blockexc.bytes_received.get(),
+            mb.blockexc.messages_received.get()
+        ),
+        (frame, 1)
+    );
+    assert_eq!(ma.blockexc.bytes_received.get(), 0);
+    // B saw A connect first (its PeerConnected came before the message): gauges are set.
+    assert_eq!((ma.peers_outbound.get(), ma.peers_inbound.get()), (1, 0));
+    assert_eq!((mb.peers_outbound.get(), mb.peers_inbound.get()), (0, 1));
+
+    // A penalty is counted by its severity.
+    b.report(
+        a.local_peer_id(),
+        cairn_net::PeerAction::HighTolerance,
+        "test",
+    )
+    .await;
+    let _ = b.peers().await.unwrap(); // the report was handled before this answer
+    assert_eq!(mb.penalties.high_tolerance.get(), 1);
+    assert_eq!(mb.penalties.fatal.get(), 0);
+
+    // Disconnected: both gauges back to zero once each side has seen the close.
+    a.disconnect(b_id).await;
+    for ev in [&mut ev_a, &mut ev_b] {
+        tokio::time::timeout(WAIT, async {
+            while !matches!(ev.recv().await, Some(NetEvent::PeerDisconnected { .. })) {}
+        })
+        .await
+        .expect("no disconnect");
+    }
+    for m in [&ma, &mb] {
+        assert_eq!((m.peers_outbound.get(), m.peers_inbound.get()), (0, 0));
+    }
+    cancel.cancel();
+}

@@ -36,6 +36,12 @@
 //!   peer gets its share and no more, and the bytes queued per peer stay bounded.
 //! * Wanted blocks we do not have are parked and sent when they arrive (downloaded or
 //!   uploaded here); a cancel removes them.
+//!
+//! ## Metrics
+//! Besides its own [`EngineStats`] (for `/debug/info` and benchmarks), the engine counts in the
+//! [`NodeMetrics`] it is given: blocks received by outcome, sent and requested, timeouts, the
+//! latency of every answered `WantBlock` (one histogram over all peers), and gauges of the
+//! want lists, the blocks in flight and those waiting for the disk, set every [`TICK`].
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -49,6 +55,8 @@ use cairn_blockexc::{
 use cairn_core::{Block, BlockAddress, Cid, CodexProof, cid::Codec, cid::cid_digest};
 use cairn_net::{NetEvent, NetworkHandle, PeerAction, PeerId};
 use cairn_store::{Store, StoreError};
+
+use crate::metrics::{NodeMetrics, gauge_value};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinSet,
@@ -338,6 +346,7 @@ pub struct Engine {
     flush_waiters: Vec<oneshot::Sender<()>>,
     reports_in_flight: usize,
     stats: EngineStats,
+    metrics: NodeMetrics,
 }
 
 impl std::fmt::Debug for Engine {
@@ -354,6 +363,7 @@ pub fn spawn(
     store: Store,
     net: NetworkHandle,
     events: mpsc::Receiver<NetEvent>,
+    metrics: NodeMetrics,
     cancel: CancellationToken,
 ) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(ENGINE_CHANNEL_CAPACITY);
@@ -374,6 +384,7 @@ pub fn spawn(
         flush_waiters: Vec::new(),
         reports_in_flight: 0,
         stats: EngineStats::default(),
+        metrics,
     };
     let task = tokio::spawn(engine.run(rx, events, cancel));
     (EngineHandle { tx }, task)
@@ -403,7 +414,10 @@ impl Engine {
                     Ok(d) => self.on_done(d),
                     Err(e) => warn!(error = %e, "engine task failed"),
                 },
-                _ = tick.tick() => self.on_tick(Instant::now()),
+                _ = tick.tick() => {
+                    self.on_tick(Instant::now());
+                    self.sample_gauges();
+                }
             }
             self.schedule(Instant::now());
         }
@@ -600,21 +614,28 @@ impl Engine {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
-        if state.outstanding.remove(&d.address).is_none() {
+        let Some(asked) = state.outstanding.remove(&d.address) else {
             self.stats.duplicates += 1;
+            self.metrics.blocks_duplicate.inc();
             return;
-        }
+        };
+        self.metrics
+            .block_request_duration
+            .observe(now.saturating_duration_since(asked));
         state.last_delivery = now;
         let Some(pending) = self.pending.get_mut(&d.address) else {
             self.stats.duplicates += 1;
+            self.metrics.blocks_duplicate.inc();
             return;
         };
         if pending.storing || pending.requested_from != Some(peer) {
             self.stats.duplicates += 1;
+            self.metrics.blocks_duplicate.inc();
             return;
         }
         if let Err(reason) = verify(&d, pending.nleaves) {
             self.stats.rejected += 1;
+            self.metrics.blocks_rejected.inc();
             let reason = format!("bad block for {}: {reason}", d.address);
             warn!(%peer, %reason, "rejected delivery");
             self.report(peer, PeerAction::Fatal, reason);
@@ -623,6 +644,7 @@ impl Engine {
         }
         pending.storing = true;
         self.stats.blocks_received += 1;
+        self.metrics.blocks_accepted.inc();
         // Verified: the requesters get it now; the write is batched behind them (the window of
         // a download does not have to cover a disk sync).
         for w in pending.waiters.drain(..) {
@@ -794,6 +816,7 @@ impl Engine {
                         Ok(_) => self.unpark(address),
                         Err(e) => {
                             self.stats.store_failures += 1;
+                            self.metrics.store_failures.inc();
                             warn!(%address, error = %e, "verified block not stored");
                         }
                     }
@@ -819,6 +842,7 @@ impl Engine {
             } => {
                 self.serving -= 1;
                 self.stats.blocks_sent += sent as u64;
+                self.metrics.blocks_sent.inc_by(sent as u64);
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.serve_tasks -= 1;
                     for a in missing {
@@ -867,6 +891,7 @@ impl Engine {
                 None => continue,
             };
             self.stats.timeouts += addrs.len() as u64;
+            self.metrics.request_timeouts.inc_by(addrs.len() as u64);
             debug!(%peer, requests = addrs.len(), "peer silent; moving its requests");
             for a in addrs {
                 if let Some(st) = self.peers.get_mut(&peer) {
@@ -933,6 +958,21 @@ impl Engine {
         }
     }
 
+    /// Sets the gauges (every [`TICK`]: they sum over peers, too much work for every event).
+    fn sample_gauges(&self) {
+        let (mut in_flight, mut remote) = (0, 0);
+        for p in self.peers.values() {
+            in_flight += p.outstanding.len();
+            remote += p.wanted.len() + p.parked.len();
+        }
+        let m = &self.metrics;
+        m.wants_local.set(gauge_value(self.pending.len()));
+        m.wants_remote.set(gauge_value(remote));
+        m.blocks_in_flight.set(gauge_value(in_flight));
+        m.blocks_unstored
+            .set(gauge_value(self.to_store.len() + self.storing_blocks));
+    }
+
     fn schedule(&mut self, now: Instant) {
         self.assign(now);
         self.start_store();
@@ -971,6 +1011,7 @@ impl Engine {
                 Some((_, peer)) => {
                     p.requested_from = Some(peer);
                     self.stats.blocks_requested += 1;
+                    self.metrics.block_requests.inc();
                     if let Some(st) = self.peers.get_mut(&peer) {
                         st.outstanding.insert(address, now);
                         st.outbox_wants.push(WantEntry::block(address));

@@ -58,6 +58,7 @@ use tokio::sync::mpsc;
 use crate::{
     NodeError,
     engine::{EngineHandle, FetchError},
+    metrics::DownloadMetrics,
     range::ByteRange,
 };
 
@@ -196,6 +197,7 @@ pub(crate) async fn fetch_dataset(
     manifest: Manifest,
     range: ByteRange,
     out: Option<mpsc::Sender<Result<Bytes, NodeError>>>,
+    metrics: &DownloadMetrics,
 ) -> Result<Option<Bytes>, NodeError> {
     let tree = manifest.tree_cid;
     let leaves = manifest.blocks_count();
@@ -229,6 +231,8 @@ pub(crate) async fn fetch_dataset(
                 .filter(|(_, d)| d.is_none())
                 .map(|(i, _)| *i)
                 .collect();
+            metrics.blocks_network.inc_by(missing.len() as u64);
+            metrics.blocks_local.inc_by(n - missing.len() as u64);
             let mut rxs = engine
                 .want_many(
                     missing

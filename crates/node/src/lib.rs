@@ -52,6 +52,7 @@ pub mod engine;
 mod error;
 pub mod fetch;
 mod ingest;
+pub mod metrics;
 mod node;
 mod range;
 

@@ -19,6 +19,7 @@ use crate::{
     engine::{self, EngineHandle, FetchError},
     fetch,
     ingest::{UploadInfo, ingest},
+    metrics::{Download, DownloadOutcome, NodeMetrics},
     range::ByteRange,
 };
 
@@ -33,6 +34,9 @@ pub struct NodeConfig {
     pub maintenance_interval: Duration,
     /// The node's data directory, for diagnostics (`/debug/info`).
     pub data_dir: Option<std::path::PathBuf>,
+    /// Where the engine and downloads count (see [`crate::metrics`]); by default handles
+    /// registered nowhere.
+    pub metrics: NodeMetrics,
 }
 
 impl Default for NodeConfig {
@@ -40,6 +44,7 @@ impl Default for NodeConfig {
         NodeConfig {
             maintenance_interval: cairn_store::DEFAULT_MAINTENANCE_INTERVAL,
             data_dir: None,
+            metrics: NodeMetrics::default(),
         }
     }
 }
@@ -98,7 +103,13 @@ impl Node {
         events: mpsc::Receiver<NetEvent>,
         cancel: CancellationToken,
     ) -> Node {
-        let (engine, _task) = engine::spawn(store.clone(), net.clone(), events, cancel);
+        let (engine, _task) = engine::spawn(
+            store.clone(),
+            net.clone(),
+            events,
+            config.metrics.clone(),
+            cancel,
+        );
         Node {
             store,
             config,
@@ -217,8 +228,10 @@ impl Node {
         let store = self.store.clone();
         let manifest = manifest.clone();
         let node = self.clone();
+        let metrics = self.config.metrics.downloads.clone();
         tokio::spawn(async move {
             let _watch = node.watch_providers(&manifest);
+            let mut download = Download::start(&metrics);
             // The last chunk goes out only once every block of the range is stored, so a client
             // that got every byte finds them local (a later `GET /data/{cid}` serves them).
             let r = match fetch::fetch_dataset(
@@ -227,6 +240,7 @@ impl Node {
                 manifest.clone(),
                 range,
                 Some(tx.clone()),
+                &metrics,
             )
             .await
             {
@@ -241,6 +255,12 @@ impl Node {
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
+            download.finish(match &r {
+                Ok(Some(_)) => DownloadOutcome::Completed,
+                Ok(None) => DownloadOutcome::Cancelled,
+                Err(_) => DownloadOutcome::Failed,
+            });
+            drop(download);
             // Only a whole dataset is announced: a provider must serve every block.
             if r.is_ok() && range.blocks(manifest.block_size) == (0..manifest.blocks_count()) {
                 node.announce(manifest.cid(), &manifest);
@@ -266,16 +286,30 @@ impl Node {
         let store = self.store.clone();
         let m = manifest.clone();
         let node = self.clone();
+        let metrics = self.config.metrics.downloads.clone();
         tokio::spawn(async move {
             let _watch = node.watch_providers(&m);
             let started = std::time::Instant::now();
+            let mut download = Download::start(&metrics);
             let all = ByteRange::full(m.download_size());
-            let r = match fetch::fetch_dataset(store.clone(), engine.clone(), m.clone(), all, None)
-                .await
+            let r = match fetch::fetch_dataset(
+                store.clone(),
+                engine.clone(),
+                m.clone(),
+                all,
+                None,
+                &metrics,
+            )
+            .await
             {
                 Ok(_) => fetch::check_stored(&store, &engine, &m, 0..m.blocks_count()).await,
                 Err(e) => Err(e),
             };
+            download.finish(match &r {
+                Ok(()) => DownloadOutcome::Completed,
+                Err(_) => DownloadOutcome::Failed,
+            });
+            drop(download);
             match r {
                 Ok(()) => {
                     info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded");
@@ -292,16 +326,28 @@ impl Node {
         let manifest = self.fetch_manifest(cid).await?;
         let engine = self.network()?.engine.clone();
         let _watch = self.watch_providers(&manifest);
+        let metrics = &self.config.metrics.downloads;
+        let mut download = Download::start(metrics);
         let all = ByteRange::full(manifest.download_size());
-        let _last = fetch::fetch_dataset(
-            self.store.clone(),
-            engine.clone(),
-            manifest.clone(),
-            all,
-            None,
-        )
-        .await?;
-        fetch::check_stored(&self.store, &engine, &manifest, 0..manifest.blocks_count()).await?;
+        let r = async {
+            fetch::fetch_dataset(
+                self.store.clone(),
+                engine.clone(),
+                manifest.clone(),
+                all,
+                None,
+                metrics,
+            )
+            .await?;
+            fetch::check_stored(&self.store, &engine, &manifest, 0..manifest.blocks_count()).await
+        }
+        .await;
+        download.finish(match &r {
+            Ok(()) => DownloadOutcome::Completed,
+            Err(_) => DownloadOutcome::Failed,
+        });
+        drop(download);
+        r?;
         self.announce(cid, &manifest);
         Ok(manifest)
     }

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{bare, connect, data, node, upload};
+use common::{bare, connect, data, node, node_with_metrics, upload};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -312,6 +312,66 @@ async fn run_attack(attack: Attack) {
             stats.rejected
         );
     }
+    cancel.cancel();
+}
+
+/// The metric handles see what the engine and the swarm see: a download from an honest
+/// provider beside a liar sending bad proofs counts its blocks as accepted (as many as the
+/// engine's own counter) and the lies as rejected, a request latency per answered request, the
+/// liar's fatal penalty, two outbound peers, one completed download with every block from the
+/// network; the provider counts the blocks it sent and its inbound peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_download_beside_a_liar() {
+    let cancel = CancellationToken::new();
+    let (a, na, a_net, a_node) = node_with_metrics(&cancel).await;
+    let (v, nv, v_net, v_node) = node_with_metrics(&cancel).await;
+    let original = data(40 * 65536 + 7, 5);
+    let cid = upload(&a, &original).await;
+    let (nm, m_events) = bare(&cancel).await;
+    tokio::spawn(malicious_peer(
+        m_events,
+        nm.clone(),
+        a.store().clone(),
+        Attack::BadProof,
+    ));
+    connect(&nv, &nm).await;
+    connect(&nv, &na).await;
+    assert_eq!(network_bytes(&v, cid).await, original);
+
+    let stats = v.engine().unwrap().stats().await.unwrap();
+    assert_eq!(v_node.blocks_accepted.get(), stats.blocks_received);
+    assert_eq!(stats.blocks_received, 42, "41 leaves and the manifest");
+    assert_eq!(v_node.blocks_rejected.get(), stats.rejected);
+    assert!(stats.rejected > 0, "the liar's proofs were not rejected");
+    assert_eq!(v_node.block_requests.get(), stats.blocks_requested);
+    assert!(
+        v_node.block_request_duration.count() >= stats.blocks_received + stats.rejected,
+        "a latency per answered request"
+    );
+    assert_eq!(v_node.downloads.completed.count(), 1);
+    assert_eq!(v_node.downloads.failed.count(), 0);
+    assert_eq!(v_node.downloads.active.get(), 0);
+    assert_eq!(v_node.downloads.blocks_network.get(), 41);
+    assert_eq!(v_node.downloads.blocks_local.get(), 0);
+    assert!(v_net.penalties.fatal.get() >= 1);
+    assert_eq!(v_net.peers_inbound.get(), 0);
+    assert!(v_net.blockexc.bytes_received.get() >= original.len() as u64);
+    // The liar may be banned and disconnected by now.
+    let outbound = v_net.peers_outbound.get();
+    assert!((1..=2).contains(&outbound), "{outbound}");
+    assert_eq!(a_net.peers_inbound.get(), 1);
+    assert_eq!(a_net.peers_outbound.get(), 0);
+    // Every leaf came from the provider (the liar's were all rejected); its count of blocks
+    // sent lands when each write completes.
+    tokio::time::timeout(WAIT, async {
+        while a_node.blocks_sent.get() < 41 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the provider never counted its blocks");
+    assert!(a_net.blockexc.bytes_sent.get() > 0);
+    assert_eq!(a_node.blocks_accepted.get(), 0);
     cancel.cancel();
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use cairn_core::Cid;
 use cairn_node::{
     Node, NodeConfig, Store, StoreConfig,
+    metrics::NodeMetrics,
     net::{Keypair, NetConfig, NetEvent, NetworkHandle, start},
 };
 use tokio::sync::mpsc;
@@ -32,6 +33,31 @@ pub async fn node_with(cancel: &CancellationToken, store: StoreConfig) -> (Node,
         cancel.clone(),
     );
     (node, net)
+}
+
+/// A node like [`node`] whose swarm and engine count in metric handles the test reads.
+pub async fn node_with_metrics(
+    cancel: &CancellationToken,
+) -> (Node, NetworkHandle, cairn_node::net::Metrics, NodeMetrics) {
+    let (net_metrics, node_metrics) = (cairn_node::net::Metrics::default(), NodeMetrics::default());
+    let config = NetConfig {
+        metrics: net_metrics.clone(),
+        ..net_config()
+    };
+    let (net, events, _) = start(Keypair::generate_secp256k1(), config, cancel.clone())
+        .await
+        .unwrap();
+    let node = Node::with_network(
+        Store::in_memory(StoreConfig::default()).unwrap(),
+        NodeConfig {
+            metrics: node_metrics.clone(),
+            ..NodeConfig::default()
+        },
+        net.clone(),
+        events,
+        cancel.clone(),
+    );
+    (node, net, net_metrics, node_metrics)
 }
 
 /// A node with a default in-memory store, on loopback.
