@@ -800,3 +800,72 @@ fn five_nodes_find_a_dataset_through_the_dht() {
         "{info:#}"
     );
 }
+
+/// Sends raw request bytes and returns the status line of the answer (or what the server did).
+fn raw_status(addr: &str, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    // The server may answer and close before it has read everything: a failed write is fine.
+    let _ = s.write_all(request);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Oversized and malformed requests get a 4xx answer (or the connection closed), never a 5xx
+/// or a hang, and the node keeps serving.
+#[test]
+fn oversized_and_malformed_headers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+    let addr = n
+        .url("")
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+
+    // One 1 MiB header value.
+    let mut big = b"GET /api/codex/v1/space HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 1 << 20));
+    big.extend_from_slice(b"\r\n\r\n");
+    let status = raw_status(&addr, &big);
+    assert!(
+        status.is_empty() || status.contains(" 431 ") || status.contains(" 400 "),
+        "1 MiB header: {status:?}"
+    );
+
+    // A thousand headers.
+    let mut many = b"GET /api/codex/v1/space HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..1000 {
+        many.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let status = raw_status(&addr, &many);
+    assert!(
+        status.is_empty() || status.contains(" 431 ") || status.contains(" 400 "),
+        "1000 headers: {status:?}"
+    );
+
+    // Not HTTP at all, and a header value that is not valid.
+    let status = raw_status(&addr, b"\x16\x03\x01garbage\r\n\r\n");
+    assert!(
+        status.is_empty() || status.contains(" 400 "),
+        "garbage: {status:?}"
+    );
+    let status = raw_status(
+        &addr,
+        b"GET /api/codex/v1/data/zDvZRwzm1ePSzKSXt57D5YxHwcSDmsCyYN65wW4HT7fuX9HrzFXy HTTP/1.1\r\nHost: x\r\nRange: bytes=\xff\xfe\r\nConnection: close\r\n\r\n",
+    );
+    assert!(!status.contains(" 5"), "bad Range bytes: {status:?}");
+
+    // Still serving.
+    let r = c.get(n.url("/space")).send().unwrap();
+    assert!(r.status().is_success());
+}
