@@ -1,0 +1,255 @@
+//! Checked messages: parsed peer ids and multiaddrs, bounded counts.
+
+use libp2p::{Multiaddr, PeerId};
+use prost::Message as _;
+
+use crate::{MAX_ADDR_BYTES, MAX_ADDRS_PER_PEER, MAX_PEERS_PER_MESSAGE, proto};
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a protobuf message of the expected shape.
+    #[error("malformed protobuf: {0}")]
+    Protobuf(String),
+    /// A request that is neither a `GetAddrs` nor a push, or both.
+    #[error("a request must be exactly one of get_addrs and push")]
+    BadRequestKind,
+    /// More peers than [`MAX_PEERS_PER_MESSAGE`].
+    #[error("{0} peers in one list (at most {MAX_PEERS_PER_MESSAGE})")]
+    TooManyPeers(usize),
+    /// More addresses for one peer than [`MAX_ADDRS_PER_PEER`].
+    #[error("{0} addresses for one peer (at most {MAX_ADDRS_PER_PEER})")]
+    TooManyAddrs(usize),
+    /// A peer id that does not parse.
+    #[error("invalid peer id")]
+    PeerId,
+    /// A multiaddr that does not parse or is longer than [`MAX_ADDR_BYTES`].
+    #[error("invalid multiaddr")]
+    Multiaddr,
+}
+
+/// One peer and where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddrs {
+    /// The peer.
+    pub peer: PeerId,
+    /// Its addresses (without a `/p2p/` suffix; at most [`MAX_ADDRS_PER_PEER`]).
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// An address list: the answer to a `GetAddrs`, or a push.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addrs(pub Vec<PeerAddrs>);
+
+/// A PEX request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Ask for up to `max` addresses.
+    GetAddrs {
+        /// How many at most.
+        max: u32,
+    },
+    /// An address list sent without being asked (a violation the receiver penalises).
+    Push(Addrs),
+}
+
+impl Addrs {
+    fn to_proto(&self) -> proto::AddrList {
+        proto::AddrList {
+            peers: self
+                .0
+                .iter()
+                .map(|p| proto::PeerAddrs {
+                    peer_id: p.peer.to_bytes(),
+                    addrs: p.addrs.iter().map(|a| a.to_vec()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn from_proto(list: proto::AddrList) -> Result<Addrs, DecodeError> {
+        if list.peers.len() > MAX_PEERS_PER_MESSAGE {
+            return Err(DecodeError::TooManyPeers(list.peers.len()));
+        }
+        let mut out = Vec::with_capacity(list.peers.len());
+        for p in list.peers {
+            if p.addrs.len() > MAX_ADDRS_PER_PEER {
+                return Err(DecodeError::TooManyAddrs(p.addrs.len()));
+            }
+            let peer = PeerId::from_bytes(&p.peer_id).map_err(|_| DecodeError::PeerId)?;
+            let mut addrs = Vec::with_capacity(p.addrs.len());
+            for a in p.addrs {
+                if a.len() > MAX_ADDR_BYTES {
+                    return Err(DecodeError::Multiaddr);
+                }
+                addrs.push(Multiaddr::try_from(a).map_err(|_| DecodeError::Multiaddr)?);
+            }
+            out.push(PeerAddrs { peer, addrs });
+        }
+        Ok(Addrs(out))
+    }
+
+    /// The protobuf bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_proto().encode_to_vec()
+    }
+
+    /// Parses and checks an address list.
+    pub fn decode(bytes: &[u8]) -> Result<Addrs, DecodeError> {
+        let list =
+            proto::AddrList::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+        Addrs::from_proto(list)
+    }
+}
+
+impl Request {
+    /// The protobuf bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let p = match self {
+            Request::GetAddrs { max } => proto::Request {
+                get_addrs: Some(proto::GetAddrs { max: *max }),
+                push: None,
+            },
+            Request::Push(list) => proto::Request {
+                get_addrs: None,
+                push: Some(list.to_proto()),
+            },
+        };
+        p.encode_to_vec()
+    }
+
+    /// Parses and checks a request.
+    pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
+        let p = proto::Request::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
+        match (p.get_addrs, p.push) {
+            (Some(g), None) => Ok(Request::GetAddrs { max: g.max }),
+            (None, Some(list)) => Ok(Request::Push(Addrs::from_proto(list)?)),
+            _ => Err(DecodeError::BadRequestKind),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::identity::Keypair;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn peer() -> PeerId {
+        Keypair::generate_ed25519().public().to_peer_id()
+    }
+
+    fn addr(i: u16) -> Multiaddr {
+        format!("/ip4/10.0.{}.{}/tcp/{}", i / 256, i % 256, 1000 + i)
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn requests_and_lists_round_trip() {
+        let list = Addrs(vec![
+            PeerAddrs {
+                peer: peer(),
+                addrs: vec![addr(1), addr(2)],
+            },
+            PeerAddrs {
+                peer: peer(),
+                addrs: vec![],
+            },
+        ]);
+        assert_eq!(Addrs::decode(&list.encode()).unwrap(), list);
+        let get = Request::GetAddrs { max: 250 };
+        assert_eq!(Request::decode(&get.encode()).unwrap(), get);
+        let push = Request::Push(list);
+        assert_eq!(Request::decode(&push.encode()).unwrap(), push);
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        let one = PeerAddrs {
+            peer: peer(),
+            addrs: vec![addr(1)],
+        };
+        let too_many = Addrs(vec![one.clone(); MAX_PEERS_PER_MESSAGE + 1]);
+        assert_eq!(
+            Addrs::decode(&too_many.encode()),
+            Err(DecodeError::TooManyPeers(MAX_PEERS_PER_MESSAGE + 1))
+        );
+        let full = Addrs(vec![one; MAX_PEERS_PER_MESSAGE]);
+        assert!(Addrs::decode(&full.encode()).is_ok());
+        let wide = Addrs(vec![PeerAddrs {
+            peer: peer(),
+            addrs: (0..=MAX_ADDRS_PER_PEER as u16).map(addr).collect(),
+        }]);
+        assert_eq!(
+            Addrs::decode(&wide.encode()),
+            Err(DecodeError::TooManyAddrs(MAX_ADDRS_PER_PEER + 1))
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_refused() {
+        let bad_peer = proto::AddrList {
+            peers: vec![proto::PeerAddrs {
+                peer_id: vec![1, 2, 3],
+                addrs: vec![],
+            }],
+        };
+        assert_eq!(
+            Addrs::decode(&bad_peer.encode_to_vec()),
+            Err(DecodeError::PeerId)
+        );
+        let bad_addr = proto::AddrList {
+            peers: vec![proto::PeerAddrs {
+                peer_id: peer().to_bytes(),
+                addrs: vec![vec![0xff; 4]],
+            }],
+        };
+        assert_eq!(
+            Addrs::decode(&bad_addr.encode_to_vec()),
+            Err(DecodeError::Multiaddr)
+        );
+        let long_addr = proto::AddrList {
+            peers: vec![proto::PeerAddrs {
+                peer_id: peer().to_bytes(),
+                addrs: vec![vec![4; MAX_ADDR_BYTES + 1]],
+            }],
+        };
+        assert_eq!(
+            Addrs::decode(&long_addr.encode_to_vec()),
+            Err(DecodeError::Multiaddr)
+        );
+        // Neither or both kinds.
+        let neither = proto::Request::default();
+        assert_eq!(
+            Request::decode(&neither.encode_to_vec()),
+            Err(DecodeError::BadRequestKind)
+        );
+        let both = proto::Request {
+            get_addrs: Some(proto::GetAddrs { max: 1 }),
+            push: Some(proto::AddrList::default()),
+        };
+        assert_eq!(
+            Request::decode(&both.encode_to_vec()),
+            Err(DecodeError::BadRequestKind)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Addrs::decode(&bytes);
+            let _ = Request::decode(&bytes);
+        }
+
+        #[test]
+        fn lists_round_trip(n in 0usize..20, k in 0usize..=MAX_ADDRS_PER_PEER) {
+            let list = Addrs((0..n).map(|i| PeerAddrs {
+                peer: peer(),
+                addrs: (0..k).map(|j| addr((i * 10 + j) as u16)).collect(),
+            }).collect());
+            prop_assert_eq!(Addrs::decode(&list.encode()).unwrap(), list);
+        }
+    }
+}
