@@ -54,7 +54,7 @@ async fn get_addrs_is_answered_and_a_push_is_seen_as_a_push() {
     };
     let b_id = *b.local_peer_id();
     a.dial(addr.clone()).unwrap();
-    a.behaviour_mut().add_address(&b_id, addr);
+    a.add_peer_address(b_id, addr);
     let answer = sample();
 
     let run = async {
@@ -69,13 +69,13 @@ async fn get_addrs_is_answered_and_a_push_is_seen_as_a_push() {
                 ev = a.select_next_some() => {
                     if let SwarmEvent::Behaviour(request_response::Event::Message {
                         message: Message::Response { request_id, response }, ..
-                    }) = ev {
-                        if request_id == asked {
-                            got_list = Some(response);
-                            if !pushed {
-                                pushed = true;
-                                a.behaviour_mut().send_request(&b_id, Request::Push(sample()));
-                            }
+                    }) = ev
+                        && request_id == asked
+                    {
+                        got_list = Some(response);
+                        if !pushed {
+                            pushed = true;
+                            a.behaviour_mut().send_request(&b_id, Request::Push(sample()));
                         }
                     }
                 }
