@@ -864,3 +864,921 @@ fn index(hash: u64, n: usize) -> usize {
     let n64 = u64::try_from(n).unwrap_or(u64::MAX);
     usize::try_from(hash % n64).unwrap_or(0)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use libp2p::multihash::Multihash;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::group::InvalidAddr;
+    use crate::params::{
+        DEFAULT_BAN, MAX_BOOK_SIZE, MAX_NEW_PEERS_PER_SOURCE_GROUP, NEW_BUCKETS_PER_SOURCE_GROUP,
+    };
+
+    /// A deterministic peer id (a sha2-256 multihash of `n`).
+    pub(crate) fn peer(n: u64) -> PeerId {
+        let mut digest = [0xa5u8; 32];
+        digest[..8].copy_from_slice(&n.to_be_bytes());
+        PeerId::from_multihash(Multihash::wrap(0x12, &digest).unwrap()).unwrap()
+    }
+
+    pub(crate) fn local_id() -> PeerId {
+        peer(u64::MAX)
+    }
+
+    pub(crate) fn ma(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    pub(crate) fn ip4(a: u8, b: u8, c: u8, d: u8) -> Multiaddr {
+        ma(&format!("/ip4/{a}.{b}.{c}.{d}/tcp/4001"))
+    }
+
+    /// A source peer `n` connected from a public address in the /16 `a.b`.
+    pub(crate) fn src(n: u64, a: u8, b: u8) -> Source {
+        Source::Peer {
+            id: peer(1_000_000 + n),
+            addr: ip4(a, b, 9, 9),
+        }
+    }
+
+    pub(crate) fn book() -> AddrBook {
+        AddrBook::with_seed(Config::new(local_id()), 7)
+    }
+
+    /// Panics unless every internal index agrees with every other (see the module docs).
+    pub(crate) fn check_invariants(book: &AddrBook) {
+        let (mut n_new, mut n_old) = (0, 0);
+        for (p, e) in &book.entries {
+            assert!(
+                !e.addrs.is_empty() && e.addrs.len() <= MAX_ADDRS_PER_PEER,
+                "{p}: addrs"
+            );
+            let distinct: BTreeSet<_> = e.buckets.iter().collect();
+            assert_eq!(distinct.len(), e.buckets.len(), "{p}: a bucket twice");
+            let table = match e.kind {
+                BucketKind::New => {
+                    n_new += 1;
+                    assert!(
+                        (1..=MAX_NEW_BUCKETS_PER_PEER).contains(&e.buckets.len()),
+                        "{p}"
+                    );
+                    &book.new_buckets
+                }
+                BucketKind::Old => {
+                    n_old += 1;
+                    assert_eq!(e.buckets.len(), 1, "{p}: old in one bucket");
+                    &book.old_buckets
+                }
+            };
+            for b in &e.buckets {
+                let count = table[*b].iter().filter(|q| *q == p).count();
+                assert_eq!(count, 1, "{p} listed {count} times in its bucket {b}");
+            }
+            assert!(
+                !book.bans.contains_key(p),
+                "{p} both banned and in the book"
+            );
+            assert_ne!(*p, book.config.local_peer_id);
+        }
+        for (kind, table, size) in [
+            (BucketKind::New, &book.new_buckets, NEW_BUCKET_SIZE),
+            (BucketKind::Old, &book.old_buckets, OLD_BUCKET_SIZE),
+        ] {
+            for (b, members) in table.iter().enumerate() {
+                assert!(members.len() <= size, "{kind:?} bucket {b} over its size");
+                for p in members {
+                    let e = book.entries.get(p).expect("bucket member without an entry");
+                    assert_eq!(e.kind, kind, "{p} in a bucket of the other kind");
+                    assert!(e.buckets.contains(&b), "{p} in bucket {b} it does not name");
+                }
+            }
+        }
+        assert_eq!(book.n_new, n_new, "n_new");
+        assert_eq!(book.n_old, n_old, "n_old");
+        assert_eq!(book.size(), book.entries.len());
+        assert!(book.size() <= MAX_BOOK_SIZE);
+        assert!(book.bans.len() <= MAX_BANS);
+        for ban in book.bans.values() {
+            if let Some(e) = &ban.entry {
+                assert!(e.buckets.is_empty());
+            }
+        }
+    }
+
+    /// The whole state, order-free (for comparing a book with its reloaded copy).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn snapshot(
+        book: &AddrBook,
+    ) -> (
+        [u8; KEY_LEN],
+        BTreeMap<String, Entry>,
+        Vec<BTreeSet<String>>,
+        Vec<BTreeSet<String>>,
+        BTreeMap<String, Ban>,
+    ) {
+        let set = |m: &Vec<PeerId>| m.iter().map(|p| p.to_base58()).collect::<BTreeSet<_>>();
+        (
+            book.key,
+            book.entries
+                .iter()
+                .map(|(p, e)| (p.to_base58(), e.clone()))
+                .collect(),
+            book.new_buckets.iter().map(set).collect(),
+            book.old_buckets.iter().map(set).collect(),
+            book.bans
+                .iter()
+                .map(|(p, b)| (p.to_base58(), b.clone()))
+                .collect(),
+        )
+    }
+
+    fn new_buckets_used(book: &AddrBook) -> usize {
+        book.new_buckets.iter().filter(|b| !b.is_empty()).count()
+    }
+
+    // ------------------------------------------------------------------------ placement
+
+    #[test]
+    fn placement_is_deterministic_for_a_key_and_spreads_over_buckets() {
+        let a = book();
+        let b = AddrBook::with_key(Config::new(local_id()), a.key);
+        let c = AddrBook::with_seed(Config::new(local_id()), 8);
+        let groups: Vec<NetGroup> = (0..=255u8).flat_map(|x| [NetGroup::Ip4([x, 1])]).collect();
+        let mut differs = 0;
+        for (i, ag) in groups.iter().enumerate() {
+            let sg = &groups[(i * 7 + 3) % groups.len()];
+            assert_eq!(a.new_bucket_for(ag, sg), a.new_bucket_for(ag, sg));
+            assert_eq!(
+                a.new_bucket_for(ag, sg),
+                b.new_bucket_for(ag, sg),
+                "same key"
+            );
+            assert_eq!(
+                a.old_bucket_for(&peer(i as u64), ag),
+                b.old_bucket_for(&peer(i as u64), ag)
+            );
+            differs += usize::from(a.new_bucket_for(ag, sg) != c.new_bucket_for(ag, sg));
+        }
+        assert!(
+            differs > 200,
+            "another key, another placement ({differs}/256 differ)"
+        );
+
+        // Many (address group, source group) pairs reach nearly every new bucket.
+        let mut hit = BTreeSet::new();
+        for x in 0..=255u8 {
+            for y in 0..8u8 {
+                hit.insert(a.new_bucket_for(&NetGroup::Ip4([x, y]), &NetGroup::Ip4([y, x])));
+            }
+        }
+        assert!(
+            hit.len() >= 250,
+            "2048 pairs hit only {} new buckets",
+            hit.len()
+        );
+
+        // One source group: at most 32 new buckets however many address groups, but not one.
+        let sg = NetGroup::Ip4([8, 8]);
+        let one_source: BTreeSet<usize> = (0..=255u8)
+            .flat_map(|x| (0..4u8).map(move |y| NetGroup::Ip4([x, y])))
+            .map(|ag| a.new_bucket_for(&ag, &sg))
+            .collect();
+        assert!(one_source.len() <= NEW_BUCKETS_PER_SOURCE_GROUP as usize);
+        assert!(
+            one_source.len() >= 20,
+            "one source spreads over {}",
+            one_source.len()
+        );
+
+        // One address group: at most 4 old buckets however many peers.
+        let ag = NetGroup::Ip4([8, 8]);
+        let old: BTreeSet<usize> = (0..1000).map(|i| a.old_bucket_for(&peer(i), &ag)).collect();
+        assert!(
+            old.len() <= OLD_BUCKETS_PER_GROUP as usize && old.len() >= 2,
+            "{old:?}"
+        );
+        let all_old: BTreeSet<usize> = (0..=255u8)
+            .map(|x| a.old_bucket_for(&peer(u64::from(x)), &NetGroup::Ip4([x, 0])))
+            .collect();
+        assert!(
+            all_old.len() >= 60,
+            "old placement spreads: {}",
+            all_old.len()
+        );
+    }
+
+    /// The flood bound: one source sends 10,000 peers, each in its own /16. Everything it says
+    /// lands in the (at most) 32 new buckets of its source group, so it holds at most
+    /// 32 * 64 = 2048 peers (1/8 of the new table), and honest peers heard later from another
+    /// source all get in.
+    #[test]
+    fn one_source_flooding_10000_addresses_holds_at_most_its_share() {
+        let mut book = book();
+        let attacker = src(1, 8, 8);
+        for i in 0..10_000u32 {
+            let addr = ip4(11 + (i / 250) as u8, (i % 250) as u8, 1, 1);
+            book.add_address(peer(u64::from(i)), &addr, &attacker, 1_000)
+                .unwrap();
+        }
+        check_invariants(&book);
+        assert!(
+            book.size() <= MAX_NEW_PEERS_PER_SOURCE_GROUP,
+            "one source holds {} peers, more than its share {MAX_NEW_PEERS_PER_SOURCE_GROUP}",
+            book.size()
+        );
+        assert!(new_buckets_used(&book) <= NEW_BUCKETS_PER_SOURCE_GROUP as usize);
+        // The bound is reached, not vacuous: it fills most of its buckets.
+        assert!(book.size() >= 1_000, "flood kept {} peers", book.size());
+
+        let honest = src(2, 9, 9);
+        for i in 0..100u8 {
+            book.add_address(
+                peer(50_000 + u64::from(i)),
+                &ip4(60, i, 1, 1),
+                &honest,
+                2_000,
+            )
+            .unwrap();
+        }
+        check_invariants(&book);
+        for i in 0..100u8 {
+            assert!(
+                book.contains(&peer(50_000 + u64::from(i))),
+                "honest peer {i} evicted"
+            );
+        }
+    }
+
+    // ------------------------------------------------------------------------ adding
+
+    #[test]
+    fn add_refuses_own_id_bans_invalid_and_non_routable() {
+        let mut strict = AddrBook::with_seed(
+            Config::new(local_id()).with_routability(Routability::Strict),
+            1,
+        );
+        let s = src(1, 8, 8);
+        assert_eq!(
+            strict.add_address(local_id(), &ip4(1, 2, 3, 4), &s, 0),
+            Err(AddrBookError::OwnId)
+        );
+        assert!(matches!(
+            strict.add_address(peer(1), &ma("/ip4/0.0.0.0/tcp/1"), &s, 0),
+            Err(AddrBookError::InvalidAddress(InvalidAddr::ReservedIp(_)))
+        ));
+        assert!(matches!(
+            strict.add_address(
+                peer(1),
+                &ma(&format!("/ip4/1.2.3.4/tcp/1/p2p/{}", peer(2))),
+                &s,
+                0
+            ),
+            Err(AddrBookError::InvalidAddress(InvalidAddr::OtherPeer { .. }))
+        ));
+        for private in [
+            "/ip4/127.0.0.1/tcp/1",
+            "/ip4/10.0.0.1/tcp/1",
+            "/ip6/fd00::1/tcp/1",
+        ] {
+            assert!(matches!(
+                strict.add_address(peer(1), &ma(private), &Source::Local, 0),
+                Err(AddrBookError::NonRoutable { .. })
+            ));
+        }
+        assert_eq!(
+            strict.add_address(peer(1), &ip4(1, 2, 3, 4), &s, 0),
+            Ok(AddOutcome::Added)
+        );
+        assert_eq!(strict.size(), 1);
+
+        // AllowLocal: private addresses from us or from a private source, not from a public one.
+        let mut allow = book();
+        let lan_src = Source::Peer {
+            id: peer(900),
+            addr: ma("/ip4/192.168.1.2/tcp/5555"),
+        };
+        assert!(matches!(
+            allow.add_address(peer(1), &ma("/ip4/10.0.0.1/tcp/1"), &s, 0),
+            Err(AddrBookError::PrivateFromPublicSource { .. })
+        ));
+        assert!(
+            allow
+                .add_address(peer(1), &ma("/ip4/10.0.0.1/tcp/1"), &lan_src, 0)
+                .is_ok()
+        );
+        assert!(
+            allow
+                .add_address(peer(2), &ma("/ip4/127.0.0.1/tcp/1"), &Source::Local, 0)
+                .is_ok()
+        );
+        assert!(
+            allow
+                .add_address(peer(3), &ma("/memory/5"), &Source::Local, 0)
+                .is_ok()
+        );
+        assert_eq!(allow.size(), 3);
+        check_invariants(&allow);
+    }
+
+    #[test]
+    fn addresses_per_peer_are_capped_and_deduplicated() {
+        let mut book = book();
+        let p = peer(1);
+        let s = Source::Local;
+        for port in 0..20u16 {
+            let a = ma(&format!("/ip4/1.2.3.4/tcp/{}", 1000 + port));
+            book.add_address(p, &a, &s, 0).unwrap();
+            book.add_address(p, &a, &s, 0).unwrap();
+        }
+        let with_suffix = ma(&format!("/ip4/1.2.3.4/tcp/1000/p2p/{p}"));
+        assert_eq!(
+            book.add_address(p, &with_suffix, &s, 0),
+            Ok(AddOutcome::Unchanged)
+        );
+        let info = book.get(&p).unwrap();
+        assert_eq!(info.addrs.len(), MAX_ADDRS_PER_PEER);
+        assert_eq!(info.addrs[0], ma("/ip4/1.2.3.4/tcp/1000"));
+        check_invariants(&book);
+    }
+
+    #[test]
+    fn a_peer_heard_from_many_sources_is_in_at_most_four_new_buckets() {
+        let mut book = book();
+        let p = peer(1);
+        for s in 0..500u16 {
+            let source = src(u64::from(s), 20 + (s / 200) as u8, (s % 200) as u8);
+            book.add_address(p, &ip4(1, 2, 3, 4), &source, 0).unwrap();
+        }
+        let info = book.get(&p).unwrap();
+        assert_eq!(info.buckets, MAX_NEW_BUCKETS_PER_PEER);
+        assert_eq!(book.size(), 1);
+        check_invariants(&book);
+    }
+
+    // ------------------------------------------------------------------------ good, old
+
+    #[test]
+    fn mark_good_promotes_new_to_old() {
+        let mut book = book();
+        let p = peer(1);
+        book.add_address(p, &ip4(1, 2, 3, 4), &src(1, 8, 8), 10)
+            .unwrap();
+        book.mark_attempt(&p, 20);
+        book.mark_attempt(&p, 30);
+        assert_eq!(book.get(&p).unwrap().attempts, 2);
+        assert_eq!(
+            book.stats(),
+            Stats {
+                new: 1,
+                old: 0,
+                banned: 0
+            }
+        );
+
+        assert!(book.mark_good(&p, 40));
+        let info = book.get(&p).unwrap();
+        assert_eq!(info.kind, BucketKind::Old);
+        assert_eq!(info.buckets, 1);
+        assert_eq!(info.attempts, 0);
+        assert_eq!((info.last_attempt, info.last_success), (Some(40), Some(40)));
+        assert_eq!(
+            book.stats(),
+            Stats {
+                new: 0,
+                old: 1,
+                banned: 0
+            }
+        );
+        assert_eq!(new_buckets_used(&book), 0);
+        check_invariants(&book);
+
+        // Gossip does not change an old peer; the peer itself may add an address.
+        let other = ip4(5, 6, 7, 8);
+        assert_eq!(
+            book.add_address(p, &other, &src(2, 9, 9), 50),
+            Ok(AddOutcome::Unchanged)
+        );
+        let itself = Source::Peer {
+            id: p,
+            addr: ip4(1, 2, 3, 4),
+        };
+        assert_eq!(
+            book.add_address(p, &other, &itself, 50),
+            Ok(AddOutcome::Updated {
+                addr_added: true,
+                bucket_added: false
+            })
+        );
+        assert_eq!(book.get(&p).unwrap().kind, BucketKind::Old);
+        assert!(!book.mark_good(&peer(2), 60));
+        assert!(!book.mark_attempt(&peer(2), 60));
+        check_invariants(&book);
+    }
+
+    /// CometBFT `moveToOld`: promoting into a full old bucket sends that bucket's oldest entry
+    /// back to a new bucket.
+    #[test]
+    fn full_old_bucket_moves_its_oldest_back_to_new() {
+        let mut book = book();
+        let group = NetGroup::Ip4([8, 8]);
+        // Peers in one /16 share at most 4 old buckets: collect 65 aimed at the same one.
+        let target = book.old_bucket_for(&peer(0), &group);
+        let peers: Vec<PeerId> = (0..10_000)
+            .map(peer)
+            .filter(|p| book.old_bucket_for(p, &group) == target)
+            .take(OLD_BUCKET_SIZE + 1)
+            .collect();
+        assert_eq!(peers.len(), OLD_BUCKET_SIZE + 1);
+        for (i, p) in peers.iter().enumerate() {
+            // Sources in distinct groups so new buckets never fill here.
+            let s = src(i as u64, 30 + (i / 200) as u8, (i % 200) as u8);
+            book.add_address(*p, &ip4(8, 8, (i / 200) as u8, (i % 200) as u8 + 1), &s, 0)
+                .unwrap();
+        }
+        for (i, p) in peers.iter().take(OLD_BUCKET_SIZE).enumerate() {
+            book.mark_good(p, 100 + i as u64);
+        }
+        assert_eq!(book.old_buckets[target].len(), OLD_BUCKET_SIZE);
+        assert_eq!(
+            book.stats(),
+            Stats {
+                new: 1,
+                old: OLD_BUCKET_SIZE,
+                banned: 0
+            }
+        );
+
+        book.mark_good(&peers[OLD_BUCKET_SIZE], 1_000);
+        check_invariants(&book);
+        let first = book.get(&peers[0]).unwrap();
+        assert_eq!(
+            first.kind,
+            BucketKind::New,
+            "the oldest success went back to new"
+        );
+        assert_eq!(first.buckets, 1);
+        assert_eq!(
+            book.get(&peers[OLD_BUCKET_SIZE]).unwrap().kind,
+            BucketKind::Old
+        );
+        assert!(book.old_buckets[target].contains(&peers[OLD_BUCKET_SIZE]));
+        assert_eq!(book.old_buckets[target].len(), OLD_BUCKET_SIZE);
+        assert_eq!(
+            book.stats(),
+            Stats {
+                new: 1,
+                old: OLD_BUCKET_SIZE,
+                banned: 0
+            }
+        );
+    }
+
+    // ------------------------------------------------------------------------ bad, eviction
+
+    #[test]
+    fn bad_rules_follow_cometbft_is_bad() {
+        const DAY: u64 = 24 * 60 * 60;
+        let t0 = 100 * DAY;
+        let fresh = Entry::new(ip4(1, 2, 3, 4), NetGroup::Ourselves, t0);
+        assert!(!fresh.is_bad(t0));
+        let with = |attempts, last_attempt, last_success| Entry {
+            attempts,
+            last_attempt,
+            last_success,
+            ..fresh.clone()
+        };
+        // 3 failures, never a success: bad, but not within a minute of the last attempt.
+        assert!(with(3, Some(t0), None).is_bad(t0 + 61));
+        assert!(!with(3, Some(t0), None).is_bad(t0 + 30));
+        assert!(!with(2, Some(t0), None).is_bad(t0 + 61));
+        // 10 failures and no success for a week: bad; a recent success or fewer failures: not.
+        assert!(with(10, Some(t0), Some(t0 - 8 * DAY)).is_bad(t0 + 61));
+        assert!(!with(10, Some(t0), Some(t0 - DAY)).is_bad(t0 + 61));
+        assert!(!with(9, Some(t0), Some(t0 - 8 * DAY)).is_bad(t0 + 61));
+        // Neither announced nor attempted for a week: bad; announced again: not.
+        assert!(fresh.is_bad(t0 + 7 * DAY + 1));
+        assert!(
+            !Entry {
+                last_seen: t0 + 7 * DAY,
+                ..fresh.clone()
+            }
+            .is_bad(t0 + 7 * DAY + 1)
+        );
+        // Old entries are never bad.
+        let old = Entry {
+            kind: BucketKind::Old,
+            ..with(50, Some(t0), None)
+        };
+        assert!(!old.is_bad(t0 + 30 * DAY));
+    }
+
+    /// CometBFT `expireNew`: a full new bucket drops a bad entry first, else the oldest.
+    #[test]
+    fn full_new_bucket_drops_a_bad_entry_first_then_the_oldest() {
+        let mut book = book();
+        let s = src(1, 8, 8);
+        // One address group and one source group: one bucket.
+        let addr = |i: u64| ip4(20, 1, (i / 250) as u8, (i % 250) as u8 + 1);
+        for i in 0..NEW_BUCKET_SIZE as u64 {
+            book.add_address(peer(i), &addr(i), &s, 1_000 + i).unwrap();
+        }
+        assert_eq!(new_buckets_used(&book), 1);
+        assert_eq!(book.size(), NEW_BUCKET_SIZE);
+
+        // Peer 10 fails three times: bad. Peer 0 is the oldest but not bad.
+        for t in [2_000, 2_001, 2_002] {
+            book.mark_attempt(&peer(10), t);
+        }
+        book.add_address(peer(100), &addr(100), &s, 2_100).unwrap();
+        check_invariants(&book);
+        assert!(!book.contains(&peer(10)), "the bad entry goes first");
+        assert!(book.contains(&peer(0)));
+        assert!(book.contains(&peer(100)));
+
+        // No bad entry left: the oldest goes.
+        book.add_address(peer(101), &addr(101), &s, 2_200).unwrap();
+        check_invariants(&book);
+        assert!(!book.contains(&peer(0)), "then the oldest");
+        assert!(book.contains(&peer(1)));
+        assert_eq!(book.size(), NEW_BUCKET_SIZE);
+    }
+
+    #[test]
+    fn remove_bad_sweeps_failing_new_entries_only() {
+        let mut book = book();
+        for i in 0..10 {
+            book.add_address(peer(i), &ip4(1, i as u8, 1, 1), &src(i, 8, 8), 0)
+                .unwrap();
+        }
+        book.mark_good(&peer(0), 1);
+        for t in 0..5 {
+            book.mark_attempt(&peer(0), 10 + t); // old: never bad
+            book.mark_attempt(&peer(1), 10 + t); // new, never succeeded: bad
+        }
+        book.mark_attempt(&peer(2), 10); // one failure: not bad
+        assert_eq!(book.remove_bad(1_000), 1);
+        assert!(!book.contains(&peer(1)));
+        assert_eq!(book.size(), 9);
+        assert!(book.remove(&peer(2)));
+        assert!(!book.remove(&peer(2)));
+        assert_eq!(book.size(), 8);
+        check_invariants(&book);
+    }
+
+    // ------------------------------------------------------------------------ bans
+
+    #[test]
+    fn ban_removes_refuses_and_expires() {
+        let mut book = book();
+        let (p, a, s) = (peer(1), ip4(1, 2, 3, 4), src(1, 8, 8));
+        book.add_address(p, &a, &s, 0).unwrap();
+        book.mark_good(&p, 5);
+        book.ban(p, 1_000);
+        check_invariants(&book);
+        assert!(!book.contains(&p));
+        assert!(book.is_banned(&p, 999));
+        assert_eq!(book.banned_until(&p, 999), Some(1_000));
+        assert_eq!(
+            book.stats(),
+            Stats {
+                new: 0,
+                old: 0,
+                banned: 1
+            }
+        );
+        assert_eq!(
+            book.add_address(p, &a, &s, 999),
+            Err(AddrBookError::Banned { until: 1_000 })
+        );
+        // A later ban extends it, an earlier one does not shorten it.
+        book.ban(p, 2_000);
+        book.ban(p, 1_500);
+        assert_eq!(book.banned_until(&p, 0), Some(2_000));
+        assert_eq!(book.lift_expired_bans(1_999), 0);
+
+        assert!(!book.is_banned(&p, 2_000));
+        assert_eq!(book.lift_expired_bans(2_000), 1);
+        let info = book.get(&p).expect("reinstated");
+        assert_eq!(info.kind, BucketKind::New, "reinstated as new");
+        assert_eq!(info.addrs, vec![a.clone()]);
+        assert_eq!(
+            book.stats(),
+            Stats {
+                new: 1,
+                old: 0,
+                banned: 0
+            }
+        );
+        check_invariants(&book);
+
+        // A peer the book never had can be banned; adding after the end lifts the ban.
+        let q = peer(2);
+        book.ban(q, 3_000);
+        assert!(book.is_banned(&q, 2_999));
+        assert!(matches!(
+            book.add_address(q, &a, &s, 2_999),
+            Err(AddrBookError::Banned { .. })
+        ));
+        assert_eq!(book.add_address(q, &a, &s, 3_000), Ok(AddOutcome::Added));
+        assert_eq!(book.stats().banned, 0);
+        check_invariants(&book);
+        let _ = DEFAULT_BAN;
+    }
+
+    #[test]
+    fn bans_are_bounded_and_forget_the_one_ending_first() {
+        let mut book = book();
+        for i in 0..(MAX_BANS + 10) as u64 {
+            book.ban(peer(i), 10_000 + (i * 7919) % 100_000);
+        }
+        assert_eq!(book.stats().banned, MAX_BANS);
+        let mut ends: Vec<u64> = (0..(MAX_BANS + 10) as u64)
+            .map(|i| 10_000 + (i * 7919) % 100_000)
+            .collect();
+        ends.sort_unstable();
+        let cut = ends[10];
+        for i in 0..(MAX_BANS + 10) as u64 {
+            let until = 10_000 + (i * 7919) % 100_000;
+            assert_eq!(
+                book.is_banned(&peer(i), 0),
+                until >= cut,
+                "ban {i} ending {until}"
+            );
+        }
+    }
+
+    // ------------------------------------------------------------------------ selection
+
+    #[test]
+    fn selection_size_is_23_percent_at_least_32_at_most_250() {
+        for (n, want) in [
+            (0, 0),
+            (1, 1),
+            (31, 31),
+            (32, 32),
+            (100, 32),
+            (139, 32),
+            (140, 32),
+            (200, 46),
+            (1_000, 230),
+            (1_086, 249),
+            (1_087, 250),
+            (2_000, 250),
+            (20_000, 250),
+        ] {
+            assert_eq!(selection_size(n), want, "book of {n}");
+        }
+    }
+
+    fn spread_book(n: u64) -> AddrBook {
+        let mut book = book();
+        for i in 0..n {
+            let s = src(i, 20 + (i / 250) as u8, (i % 250) as u8);
+            book.add_address(
+                peer(i),
+                &ip4(60 + (i / 250) as u8, (i % 250) as u8, 1, 1),
+                &s,
+                0,
+            )
+            .unwrap();
+        }
+        book
+    }
+
+    #[test]
+    fn selections_have_the_right_size_and_are_random() {
+        for n in [0, 10, 100, 1_000, 3_000] {
+            let mut book = spread_book(n);
+            let size = book.size();
+            assert!(size as u64 >= n * 95 / 100, "book of {n} kept {size}");
+            let sel = book.get_selection();
+            assert_eq!(sel.len(), selection_size(size), "book of {size}");
+            let distinct: BTreeSet<_> = sel.iter().map(|s| s.peer).collect();
+            assert_eq!(distinct.len(), sel.len(), "no peer twice");
+            assert!(
+                sel.iter()
+                    .all(|s| book.contains(&s.peer) && !s.addrs.is_empty())
+            );
+        }
+        let mut book = spread_book(1_000);
+        let a: BTreeSet<_> = book.get_selection().into_iter().map(|s| s.peer).collect();
+        let b: BTreeSet<_> = book.get_selection().into_iter().map(|s| s.peer).collect();
+        assert_ne!(a, b, "two selections from 1000 peers differ");
+    }
+
+    #[test]
+    fn selections_keep_private_addresses_and_private_ids_from_public_requesters() {
+        let private_ids: Vec<PeerId> = (300..305).map(peer).collect();
+        let mut book = AddrBook::with_seed(
+            Config::new(local_id()).with_private_peer_ids(private_ids.clone()),
+            3,
+        );
+        let public_src = src(1, 8, 8);
+        for i in 0..10 {
+            book.add_address(peer(i), &ip4(1, i as u8, 1, 1), &public_src, 0)
+                .unwrap();
+        }
+        for i in 100..110 {
+            let a = ma(&format!("/ip4/127.0.0.{}/tcp/4001", i - 99));
+            book.add_address(peer(i), &a, &Source::Local, 0).unwrap();
+        }
+        for i in 200..205 {
+            book.add_address(peer(i), &ip4(2, i as u8, 1, 1), &Source::Local, 0)
+                .unwrap();
+            book.add_address(peer(i), &ma("/ip4/192.168.1.1/tcp/4001"), &Source::Local, 0)
+                .unwrap();
+        }
+        for p in &private_ids {
+            book.add_address(*p, &ip4(3, 3, 3, 3), &public_src, 0)
+                .unwrap();
+        }
+        assert_eq!(book.size(), 30);
+        assert!(book.is_private(&private_ids[0]));
+
+        // Public requester: 15 eligible (10 public + 5 mixed), all given (fewer than 32).
+        let public = book.get_selection_for(Audience::Public);
+        assert_eq!(public.len(), 15);
+        for s in &public {
+            assert!(
+                !private_ids.contains(&s.peer),
+                "private id {} gossiped",
+                s.peer
+            );
+            assert!(
+                s.addrs.iter().all(is_public),
+                "non-public address to a public peer"
+            );
+        }
+        let mixed = public
+            .iter()
+            .find(|s| s.peer == peer(200))
+            .expect("mixed peer given");
+        assert_eq!(mixed.addrs, vec![ip4(2, 200, 1, 1)]);
+        assert_eq!(book.get_selection().len(), 15);
+
+        // Local requester: loopback peers and private addresses too, still no private ids.
+        let local = book.get_selection_for(Audience::Local);
+        assert_eq!(local.len(), 25);
+        assert!(local.iter().all(|s| !private_ids.contains(&s.peer)));
+        assert!(local.iter().any(|s| s.peer == peer(100)));
+        let mixed = local.iter().find(|s| s.peer == peer(200)).unwrap();
+        assert_eq!(mixed.addrs.len(), 2);
+
+        // Dialling a private peer is fine: it can be picked.
+        let picked: BTreeSet<PeerId> = (0..2_000)
+            .filter_map(|_| book.pick_address(50))
+            .map(|p| p.peer)
+            .collect();
+        assert!(private_ids.iter().any(|p| picked.contains(p)));
+    }
+
+    #[test]
+    fn pick_address_follows_the_bias() {
+        let mut book = book();
+        assert_eq!(book.pick_address(50), None);
+        for i in 0..200 {
+            book.add_address(peer(i), &ip4(1, i as u8, 1, 1), &src(i, 8, i as u8), 0)
+                .unwrap();
+        }
+        // Only new peers: even a bias of 0 (all old) yields a peer (CometBFT: none).
+        assert!(book.pick_address(0).is_some());
+        for i in 0..100 {
+            book.mark_good(&peer(i), 1);
+        }
+        assert_eq!(
+            book.stats(),
+            Stats {
+                new: 100,
+                old: 100,
+                banned: 0
+            }
+        );
+        for _ in 0..200 {
+            let p = book.pick_address(100).unwrap();
+            assert_eq!(book.get(&p.peer).unwrap().kind, BucketKind::New);
+            let p = book.pick_address(0).unwrap();
+            assert_eq!(book.get(&p.peer).unwrap().kind, BucketKind::Old);
+            assert_eq!(p.addrs, book.get(&p.peer).unwrap().addrs);
+        }
+        let news = (0..2_000)
+            .filter(|_| {
+                let p = book.pick_address(50).unwrap();
+                book.get(&p.peer).unwrap().kind == BucketKind::New
+            })
+            .count();
+        assert!(
+            (800..1_200).contains(&news),
+            "bias 50 with equal tables: {news} / 2000 new"
+        );
+        assert!(!book.need_more_addrs() || book.size() < 1_000);
+    }
+
+    // ------------------------------------------------------------------------ property
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Add {
+            peer: u64,
+            group: u8,
+            host: u8,
+            source: u8,
+        },
+        Good(u64),
+        Attempt(u64),
+        Remove(u64),
+        Ban {
+            peer: u64,
+            secs: u64,
+        },
+        LiftBans,
+        RemoveBad,
+        Tick(u64),
+    }
+
+    const UNIVERSE: u64 = 600;
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0..UNIVERSE, 0..2u8, 0..4u8, 0..4u8)
+                .prop_map(|(peer, group, host, source)| Op::Add { peer, group, host, source }),
+            4 => (0..UNIVERSE).prop_map(Op::Good),
+            3 => (0..UNIVERSE).prop_map(Op::Attempt),
+            1 => (0..UNIVERSE).prop_map(Op::Remove),
+            1 => (0..UNIVERSE, 1..5_000u64).prop_map(|(peer, secs)| Op::Ban { peer, secs }),
+            1 => Just(Op::LiftBans),
+            1 => Just(Op::RemoveBad),
+            1 => (1..200_000u64).prop_map(Op::Tick),
+        ]
+    }
+
+    /// Few address and source groups, so buckets fill up, entries are evicted and old buckets
+    /// overflow.
+    fn apply(book: &mut AddrBook, op: &Op, now: &mut u64) {
+        match *op {
+            Op::Add {
+                peer: p,
+                group,
+                host,
+                source,
+            } => {
+                let addr = ip4(20 + group, 1, host, 1);
+                let src = match source {
+                    0 => Source::Local,
+                    s => Source::Peer {
+                        id: peer(10_000 + u64::from(s)),
+                        addr: ip4(40 + s, 1, 1, 1),
+                    },
+                };
+                match book.add_address(peer(p), &addr, &src, *now) {
+                    Ok(_) => {}
+                    Err(AddrBookError::Banned { until }) => assert!(until > *now),
+                    Err(e) => panic!("unexpected refusal: {e}"),
+                }
+            }
+            Op::Good(p) => {
+                book.mark_good(&peer(p), *now);
+            }
+            Op::Attempt(p) => {
+                book.mark_attempt(&peer(p), *now);
+            }
+            Op::Remove(p) => {
+                book.remove(&peer(p));
+            }
+            Op::Ban { peer: p, secs } => book.ban(peer(p), *now + secs),
+            Op::LiftBans => {
+                book.lift_expired_bans(*now);
+            }
+            Op::RemoveBad => {
+                book.remove_bad(*now);
+            }
+            Op::Tick(secs) => *now += secs,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any sequence of operations keeps the indexes consistent: every peer in 1..=4 new
+        /// buckets or exactly one old bucket, every bucket member pointing back, counts right.
+        #[test]
+        fn any_sequence_keeps_the_indexes_consistent(
+            ops in proptest::collection::vec(op(), 1..1_500),
+            seed in any::<u64>(),
+        ) {
+            let mut book = AddrBook::with_seed(Config::new(local_id()), seed);
+            let mut now = 1_000_000;
+            for op in &ops {
+                apply(&mut book, op, &mut now);
+                check_invariants(&book);
+            }
+            for p in 0..UNIVERSE {
+                let p = peer(p);
+                prop_assert!(!(book.contains(&p) && book.is_banned(&p, now)));
+            }
+        }
+    }
+}

@@ -424,3 +424,347 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::book::{
+        Source,
+        tests::{book, check_invariants, ip4, local_id, ma, peer, snapshot, src},
+    };
+
+    fn sample_book() -> AddrBook {
+        let mut book = book();
+        for i in 0..300u64 {
+            let s = src(i % 7, 8, (i % 7) as u8);
+            book.add_address(
+                peer(i),
+                &ip4(60 + (i / 100) as u8, (i % 100) as u8, 1, 1),
+                &s,
+                i,
+            )
+            .unwrap();
+        }
+        // Several addresses, private ones, several new buckets.
+        book.add_address(
+            peer(1),
+            &ma("/ip6/2a00::1/udp/4001/quic-v1"),
+            &src(9, 9, 9),
+            400,
+        )
+        .unwrap();
+        book.add_address(peer(2), &ma("/ip4/127.0.0.1/tcp/4001"), &Source::Local, 400)
+            .unwrap();
+        book.add_address(
+            peer(500),
+            &ma("/dns4/node.example.com/tcp/4001"),
+            &Source::Local,
+            400,
+        )
+        .unwrap();
+        for i in 0..50 {
+            book.add_address(peer(3), &ip4(70, 1, 1, 1), &src(100 + i, 90, i as u8), 400)
+                .unwrap();
+        }
+        for i in 10..60 {
+            book.mark_attempt(&peer(i), 500);
+            book.mark_good(&peer(i), 600 + i);
+        }
+        book.mark_attempt(&peer(200), 700);
+        book.ban(peer(20), 10_000); // old, with entry
+        book.ban(peer(250), 20_000); // new, with entry
+        book.ban(peer(999), 30_000); // never in the book
+        check_invariants(&book);
+        book
+    }
+
+    fn assert_empty(book: &AddrBook) {
+        assert_eq!(book.size(), 0);
+        assert_eq!(book.stats().banned, 0);
+        check_invariants(book);
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn round_trip_keeps_entries_buckets_key_and_bans() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        let book = sample_book();
+        book.save(&path).unwrap();
+        assert_eq!(
+            files_in(dir.path()),
+            ["addrbook.json"],
+            "no temporary file left"
+        );
+
+        let (mut loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1);
+        match outcome {
+            LoadOutcome::Loaded {
+                peers,
+                bans,
+                dropped,
+            } => {
+                assert_eq!((peers, bans, dropped), (book.size(), 3, 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        check_invariants(&loaded);
+        assert!(
+            snapshot(&book) == snapshot(&loaded),
+            "reloaded book differs"
+        );
+        assert_eq!(loaded.stats(), book.stats());
+        assert!(loaded.is_banned(&peer(999), 29_999));
+        assert_eq!(loaded.get(&peer(1)).unwrap().addrs.len(), 2);
+
+        // Same key: a new address lands where it would have in the original.
+        let mut original = book;
+        let s = src(77, 123, 45);
+        original
+            .add_address(peer(7_000), &ip4(99, 1, 1, 1), &s, 800)
+            .unwrap();
+        loaded
+            .add_address(peer(7_000), &ip4(99, 1, 1, 1), &s, 800)
+            .unwrap();
+        assert_eq!(
+            original.entries[&peer(7_000)].buckets,
+            loaded.entries[&peer(7_000)].buckets
+        );
+
+        // Saving again replaces the file atomically with the same bytes for the same book.
+        let first = fs::read(&path).unwrap();
+        loaded.remove(&peer(7_000));
+        loaded.save(&path).unwrap();
+        original.remove(&peer(7_000));
+        let (reloaded, _) = AddrBook::load(&path, Config::new(local_id()), 2);
+        assert!(snapshot(&reloaded) == snapshot(&original));
+        assert_eq!(fs::read(&path).unwrap(), first);
+        assert_eq!(files_in(dir.path()), ["addrbook.json"]);
+    }
+
+    #[test]
+    fn a_missing_file_gives_an_empty_book() {
+        let dir = tempfile::tempdir().unwrap();
+        let (book, outcome) =
+            AddrBook::load(&dir.path().join("nope.json"), Config::new(local_id()), 5);
+        assert!(matches!(outcome, LoadOutcome::NotFound));
+        assert_empty(&book);
+        assert!(files_in(dir.path()).is_empty());
+    }
+
+    /// Writes `bytes` as the book file, loads it at time 1234 and checks that it was moved
+    /// aside unchanged and the book is empty; returns the error.
+    fn load_corrupt(bytes: &[u8]) -> PersistError {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        fs::write(&path, bytes).unwrap();
+        let (book, outcome) = AddrBook::load(&path, Config::new(local_id()), 1234);
+        assert_empty(&book);
+        let LoadOutcome::MovedAside { to, error } = outcome else {
+            panic!("not moved aside: {outcome:?}");
+        };
+        assert_eq!(to, dir.path().join("addrbook.json.corrupt-1234"));
+        assert!(!path.exists(), "the corrupt file is still in place");
+        assert_eq!(fs::read(&to).unwrap(), bytes, "moved file changed");
+        // The next save writes a fresh book beside the moved one.
+        book.save(&path).unwrap();
+        assert_eq!(
+            files_in(dir.path()),
+            ["addrbook.json", "addrbook.json.corrupt-1234"]
+        );
+        error
+    }
+
+    fn valid_json() -> serde_json::Value {
+        serde_json::to_value(sample_book().to_file()).unwrap()
+    }
+
+    #[test]
+    fn garbage_is_moved_aside() {
+        assert!(matches!(
+            load_corrupt(b"\x00\xffnot json at all"),
+            PersistError::Decode(_)
+        ));
+        assert!(matches!(load_corrupt(b""), PersistError::Decode(_)));
+        assert!(matches!(
+            load_corrupt(b"[1, 2, 3]"),
+            PersistError::Decode(_)
+        ));
+    }
+
+    #[test]
+    fn a_truncated_file_is_moved_aside() {
+        let bytes = serde_json::to_vec_pretty(&valid_json()).unwrap();
+        for cut in [bytes.len() / 2, bytes.len() - 2, 10] {
+            assert!(
+                matches!(load_corrupt(&bytes[..cut]), PersistError::Decode(_)),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_version_is_moved_aside() {
+        let mut v = valid_json();
+        v["version"] = 2.into();
+        let err = load_corrupt(&serde_json::to_vec(&v).unwrap());
+        assert!(
+            matches!(err, PersistError::WrongVersion { found: 2 }),
+            "{err:?}"
+        );
+        assert!(matches!(
+            load_corrupt(br#"{"version": 0, "whatever": true}"#),
+            PersistError::WrongVersion { found: 0 }
+        ));
+    }
+
+    #[test]
+    fn an_inconsistent_book_is_moved_aside() {
+        type Edit = fn(&mut serde_json::Value);
+        let edits: [(&str, Edit); 9] = [
+            ("bucket index out of range", |v| {
+                v["peers"][0]["buckets"] = serde_json::json!([9999])
+            }),
+            ("no bucket", |v| {
+                v["peers"][0]["buckets"] = serde_json::json!([])
+            }),
+            ("five new buckets", |v| {
+                v["peers"][0]["kind"] = "new".into();
+                v["peers"][0]["buckets"] = serde_json::json!([1, 2, 3, 4, 5]);
+            }),
+            ("old in two buckets", |v| {
+                v["peers"][0]["kind"] = "old".into();
+                v["peers"][0]["buckets"] = serde_json::json!([1, 2]);
+            }),
+            ("peer twice", |v| {
+                let first = v["peers"][0].clone();
+                v["peers"].as_array_mut().unwrap().push(first);
+            }),
+            ("bad peer id", |v| {
+                v["peers"][0]["peer"] = "not-a-peer".into()
+            }),
+            ("bad address", |v| {
+                v["peers"][0]["addrs"] = serde_json::json!(["/ip4/0.0.0.0/tcp/1"])
+            }),
+            ("short key", |v| v["key"] = "abcd".into()),
+            ("banned and in the book", |v| {
+                let p = v["peers"][0]["peer"].clone();
+                v["bans"][0]["peer"] = p;
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut v = valid_json();
+            edit(&mut v);
+            let err = load_corrupt(&serde_json::to_vec(&v).unwrap());
+            assert!(
+                matches!(err, PersistError::Invalid { .. }),
+                "{what}: {err:?}"
+            );
+        }
+        // A bucket filled beyond its size.
+        let mut v = valid_json();
+        let peers = v["peers"].as_array_mut().unwrap();
+        for p in peers.iter_mut().take(NEW_BUCKET_SIZE + 1) {
+            p["kind"] = "new".into();
+            p["buckets"] = serde_json::json!([17]);
+        }
+        assert!(matches!(
+            load_corrupt(&serde_json::to_vec(&v).unwrap()),
+            PersistError::Invalid {
+                what: "bucket over its size",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_or_oversized_file_is_moved_aside() {
+        // A directory where the file should be cannot be read.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        fs::create_dir(&path).unwrap();
+        let (book, outcome) = AddrBook::load(&path, Config::new(local_id()), 7);
+        assert_empty(&book);
+        assert!(
+            matches!(
+                &outcome,
+                LoadOutcome::MovedAside {
+                    error: PersistError::Io { .. },
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(!path.exists());
+
+        let f = fs::File::create(&path).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let (book, outcome) = AddrBook::load(&path, Config::new(local_id()), 8);
+        assert_empty(&book);
+        assert!(
+            matches!(
+                &outcome,
+                LoadOutcome::MovedAside {
+                    error: PersistError::TooLarge { .. },
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn entries_the_settings_no_longer_allow_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        let mut book = book();
+        book.add_address(peer(1), &ip4(1, 1, 1, 1), &Source::Local, 0)
+            .unwrap();
+        book.add_address(peer(2), &ma("/ip4/127.0.0.1/tcp/1"), &Source::Local, 0)
+            .unwrap();
+        book.add_address(peer(3), &ip4(3, 3, 3, 3), &Source::Local, 0)
+            .unwrap();
+        book.add_address(peer(3), &ma("/ip4/10.0.0.3/tcp/1"), &Source::Local, 0)
+            .unwrap();
+        book.save(&path).unwrap();
+
+        let strict = Config::new(local_id()).with_routability(Routability::Strict);
+        let (loaded, outcome) = AddrBook::load(&path, strict, 0);
+        assert!(
+            matches!(
+                outcome,
+                LoadOutcome::Loaded {
+                    peers: 2,
+                    dropped: 1,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(!loaded.contains(&peer(2)));
+        assert_eq!(loaded.get(&peer(3)).unwrap().addrs, vec![ip4(3, 3, 3, 3)]);
+        check_invariants(&loaded);
+
+        // Our own id in the file (the node's key changed) is dropped too.
+        let (loaded, outcome) = AddrBook::load(&path, Config::new(peer(1)), 0);
+        assert!(matches!(
+            outcome,
+            LoadOutcome::Loaded {
+                peers: 2,
+                dropped: 1,
+                ..
+            }
+        ));
+        assert!(!loaded.contains(&peer(1)));
+    }
+}
