@@ -23,7 +23,7 @@ use siphasher::sip::SipHasher24;
 
 use crate::{
     error::AddrBookError,
-    group::{NetGroup, Routability, is_public, network_group, validate},
+    group::{NetGroup, Reach, Routability, is_public, network_group, reach, validate},
     params::{
         GET_SELECTION_PERCENT, MAX_ADDRS_PER_PEER, MAX_BANS, MAX_FAILURES, MAX_GET_SELECTION,
         MAX_NEW_BUCKETS_PER_PEER, MIN_BAD_SECS, MIN_GET_SELECTION, MISSING_SECS,
@@ -686,10 +686,18 @@ impl AddrBook {
         h.finish()
     }
 
+    /// The network group of a source. Like an address's, except that every non-public source
+    /// is `Local` (loopback) or `Unroutable` (anything else) in both modes: a peer on our LAN can
+    /// connect from as many private addresses as it likes (IPv6 especially), and must not gain
+    /// 32 more new buckets with each one.
     pub(crate) fn source_group(&self, src: &Source) -> NetGroup {
         match src {
             Source::Local => NetGroup::Ourselves,
-            Source::Peer { addr, .. } => network_group(addr, self.config.routability),
+            Source::Peer { addr, .. } => match reach(addr) {
+                Reach::Public => network_group(addr, self.config.routability),
+                Reach::Loopback => NetGroup::Local,
+                Reach::Private => NetGroup::Unroutable,
+            },
         }
     }
 
@@ -1074,7 +1082,7 @@ pub(crate) mod tests {
     /// The flood bound: one source sends 10,000 peers, each in its own /16. Everything it says
     /// lands in the (at most) 32 new buckets of its source group, so it holds at most
     /// 32 * 64 = 2048 peers (1/8 of the new table), and honest peers heard later from another
-    /// source all get in.
+    /// source all get in. The same holds for a LAN peer changing its private source address.
     #[test]
     fn one_source_flooding_10000_addresses_holds_at_most_its_share() {
         let mut book = book();
@@ -1093,6 +1101,25 @@ pub(crate) mod tests {
         assert!(new_buckets_used(&book) <= NEW_BUCKETS_PER_SOURCE_GROUP as usize);
         // The bound is reached, not vacuous: it fills most of its buckets.
         assert!(book.size() >= 1_000, "flood kept {} peers", book.size());
+
+        // A peer on our LAN hopping over 10,000 private IPv6 source addresses gets no more:
+        // every private source is one group.
+        let mut lan = AddrBook::with_seed(Config::new(local_id()), 9);
+        for i in 0..10_000u32 {
+            let hop = Source::Peer {
+                id: peer(2_000_000 + u64::from(i)),
+                addr: ma(&format!("/ip6/fd{:02x}:{:x}::1/tcp/5000", i % 256, i)),
+            };
+            let addr = ip4(11 + (i / 250) as u8, (i % 250) as u8, 1, 1);
+            lan.add_address(peer(u64::from(i)), &addr, &hop, 1_000)
+                .unwrap();
+        }
+        check_invariants(&lan);
+        assert!(
+            lan.size() <= MAX_NEW_PEERS_PER_SOURCE_GROUP,
+            "LAN source holds {}",
+            lan.size()
+        );
 
         let honest = src(2, 9, 9);
         for i in 0..100u8 {

@@ -20,7 +20,11 @@
 //!   `"unroutable"`); in [`Routability::AllowLocal`] mode each non-public host is its own group
 //!   ([`NetGroup::Host`]), so a LAN or a set of `127.0.0.x` test nodes spreads over buckets
 //!   instead of competing for one (with CometBFT's rule a whole LAN shares one /16, so a handful
-//!   of buckets).
+//!   of buckets). This granularity only spreads addresses *within* the new buckets their
+//!   source may use: the book groups every non-public *source* as `Local` or `Unroutable`
+//!   whatever the mode, so a LAN peer taking many private addresses gains nothing. Nodes that
+//!   share one IP (an in-process network on `127.0.0.1`) share one group: one new bucket (64
+//!   peers) per source group, and 4 old buckets.
 
 use std::{
     fmt,

@@ -24,7 +24,9 @@
 //!   exactly one old bucket.
 //! * Placement is a keyed hash (SipHash-2-4 under a random 128-bit key made once per book and
 //!   saved with it) over **network groups** ([`network_group`]: the /16 for IPv4, the /32 for
-//!   IPv6, a domain for DNS names, special groups for loopback and private addresses):
+//!   IPv6, a domain for DNS names, special groups for loopback and private addresses; a
+//!   source on a non-public address is always the one group `Local` or `Unroutable`, so a LAN
+//!   peer cannot multiply its groups by taking more private addresses):
 //!   - new bucket = `H(src_group, H(addr_group, src_group) % 32) % 256`: everything heard from
 //!     sources in one group lands in at most 32 new buckets, so **one source group holds at
 //!     most `32 * 64 = 2048` peers** ([`params::MAX_NEW_PEERS_PER_SOURCE_GROUP`], 1/8 of the
