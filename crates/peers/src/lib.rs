@@ -12,10 +12,10 @@
 //!
 //! ## Entries
 //!
-//! An entry is keyed by libp2p [`PeerId`] and holds up to [`params::MAX_ADDRS_PER_PEER`]
-//! multiaddrs (CometBFT: one `ip:port` per id), the network group of the peer that first told
-//! us about it, attempts since the last success, and the times it was added, last announced,
-//! last attempted and last connected.
+//! An entry is keyed by libp2p [`PeerId`](libp2p::PeerId) and holds up to
+//! [`params::MAX_ADDRS_PER_PEER`] multiaddrs (CometBFT: one `ip:port` per id), the network
+//! group of the peer that first told us about it, attempts since the last success, and the times
+//! it was added, last announced, last attempted and last connected.
 //!
 //! ## New and old buckets (where an entry may live)
 //!
