@@ -883,7 +883,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::group::InvalidAddr;
     use crate::params::{
-        DEFAULT_BAN, MAX_BOOK_SIZE, MAX_NEW_PEERS_PER_SOURCE_GROUP, NEW_BUCKETS_PER_SOURCE_GROUP,
+        MAX_BOOK_SIZE, MAX_NEW_PEERS_PER_SOURCE_GROUP, NEW_BUCKETS_PER_SOURCE_GROUP,
     };
 
     /// A deterministic peer id (a sha2-256 multihash of `n`).
@@ -1513,7 +1513,6 @@ pub(crate) mod tests {
         assert_eq!(book.add_address(q, &a, &s, 3_000), Ok(AddOutcome::Added));
         assert_eq!(book.stats().banned, 0);
         check_invariants(&book);
-        let _ = DEFAULT_BAN;
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::{
     group::{NetGroup, Routability, is_public, validate},
     params::{
         FORMAT_VERSION, MAX_ADDRS_PER_PEER, MAX_BANS, MAX_FILE_BYTES, MAX_NEW_BUCKETS_PER_PEER,
-        NEW_BUCKET_COUNT, NEW_BUCKET_SIZE, OLD_BUCKET_COUNT, OLD_BUCKET_SIZE,
+        NEW_BUCKET_SIZE, OLD_BUCKET_SIZE,
     },
 };
 
@@ -334,8 +334,6 @@ fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, usize), PersistErro
             },
         );
     }
-    debug_assert!(NEW_BUCKET_COUNT == book.new_buckets.len());
-    debug_assert!(OLD_BUCKET_COUNT == book.old_buckets.len());
     Ok((book, dropped))
 }
 
