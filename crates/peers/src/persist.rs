@@ -1,0 +1,768 @@
+//! The book on disk: one JSON file, written atomically, read strictly.
+//!
+//! * **Format.** `{"version": 1, "key": "<32 hex>", "peers": [...], "bans": [...]}`. Each peer
+//!   record holds its id, addresses, the network group of its first source, its table (`new` or
+//!   `old`) and bucket indices, and its counters and times; each ban its end and the entry it
+//!   removed. The key and the bucket indices are stored, so placement after a restart is the
+//!   placement before it (CometBFT stores the bucket indices but draws a fresh hash key at every
+//!   start, so after a restart one source group reaches a different set of buckets). JSON
+//!   because operators read and edit CometBFT's `addrbook.json` by hand, and peers are sorted by
+//!   id so two saves of the same book are the same bytes.
+//! * **Writing.** A temporary file in the same directory, fsync, rename over the book, fsync
+//!   the directory: a crash leaves the old book or the new one, never half of one.
+//! * **Reading.** Anything but a consistent book of this version (unreadable, larger than
+//!   [`MAX_FILE_BYTES`], not JSON, truncated, another version, or breaking a rule of the book:
+//!   a bucket index out of range, too many peers in a bucket, a peer twice, a banned peer in the
+//!   book…) is moved aside to `<name>.corrupt-<unix seconds>` with a warning, and the book
+//!   starts empty (CometBFT panics on a corrupt file). Entries that are merely not allowed any
+//!   more (our own id, non-public addresses after switching to [`Routability::Strict`]) are
+//!   dropped and counted.
+
+use std::{
+    collections::HashSet,
+    fs,
+    io::{self, Read as _, Write as _},
+    path::{Path, PathBuf},
+};
+
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    book::{AddrBook, Ban, BucketKind, Config, Entry, KEY_LEN},
+    error::PersistError,
+    group::{NetGroup, Routability, is_public, validate},
+    params::{
+        FORMAT_VERSION, MAX_ADDRS_PER_PEER, MAX_BANS, MAX_FILE_BYTES, MAX_NEW_BUCKETS_PER_PEER,
+        NEW_BUCKET_SIZE, OLD_BUCKET_SIZE,
+    },
+};
+
+/// What [`AddrBook::load`] found.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LoadOutcome {
+    /// No file: the book starts empty (first start).
+    NotFound,
+    /// The book was read.
+    Loaded {
+        /// Peers loaded.
+        peers: usize,
+        /// Bans loaded.
+        bans: usize,
+        /// Peers dropped because the settings no longer allow them (our own id, or no
+        /// address left under [`Routability::Strict`]).
+        dropped: usize,
+    },
+    /// The file was unusable; it was moved to `to` and the book starts empty.
+    MovedAside {
+        /// Where the file is now.
+        to: PathBuf,
+        /// What was wrong with it.
+        error: PersistError,
+    },
+    /// The file was unusable and could not be moved aside either; the book starts empty, and
+    /// the next save overwrites the file.
+    Unusable {
+        /// What was wrong with it.
+        error: PersistError,
+        /// Why it could not be moved.
+        rename_error: io::Error,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct VersionProbe {
+    version: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BookFile {
+    version: u32,
+    key: String,
+    peers: Vec<PeerRecord>,
+    bans: Vec<BanRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PeerRecord {
+    peer: String,
+    addrs: Vec<String>,
+    source_group: NetGroup,
+    kind: BucketKind,
+    buckets: Vec<usize>,
+    attempts: u32,
+    added: u64,
+    last_seen: u64,
+    last_attempt: Option<u64>,
+    last_success: Option<u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct BanRecord {
+    peer: String,
+    until: u64,
+    /// The entry the ban removed from the book (no buckets).
+    entry: Option<PeerRecord>,
+}
+
+impl AddrBook {
+    /// Writes the book to `path` atomically (temporary file in the same directory, fsync,
+    /// rename, fsync of the directory). Creates the directory if needed.
+    pub fn save(&self, path: &Path) -> Result<(), PersistError> {
+        let bytes = serde_json::to_vec_pretty(&self.to_file()).map_err(PersistError::Encode)?;
+        write_atomic(path, &bytes)
+    }
+
+    /// Reads the book at `path`. Never fails: a missing file gives an empty book, and an
+    /// unusable one is moved aside to `<name>.corrupt-<now>` with a `tracing` warning and gives
+    /// an empty book (with a fresh key); the outcome says which happened. `now` is the current
+    /// Unix time, used only to name that file.
+    pub fn load(path: &Path, config: Config, now: u64) -> (AddrBook, LoadOutcome) {
+        let error = match read_file(path) {
+            Ok(None) => return (AddrBook::new(config), LoadOutcome::NotFound),
+            Ok(Some(bytes)) => match decode(&bytes, config.clone()) {
+                Ok((book, dropped)) => {
+                    let outcome = LoadOutcome::Loaded {
+                        peers: book.size(),
+                        bans: book.bans.len(),
+                        dropped,
+                    };
+                    return (book, outcome);
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let to = corrupt_path(path, now);
+        let outcome = match fs::rename(path, &to) {
+            Ok(()) => {
+                tracing::warn!(
+                    path = %path.display(), moved_to = %to.display(), error = %error_chain(&error),
+                    "address book file unusable; moved aside, starting with an empty book"
+                );
+                LoadOutcome::MovedAside { to, error }
+            }
+            Err(rename_error) => {
+                tracing::warn!(
+                    path = %path.display(), error = %error_chain(&error), %rename_error,
+                    "address book file unusable and could not be moved aside; starting with an \
+                     empty book"
+                );
+                LoadOutcome::Unusable {
+                    error,
+                    rename_error,
+                }
+            }
+        };
+        (AddrBook::new(config), outcome)
+    }
+
+    fn to_file(&self) -> BookFile {
+        let mut peers: Vec<PeerRecord> = self
+            .entries
+            .iter()
+            .map(|(p, e)| PeerRecord::from_entry(p, e))
+            .collect();
+        peers.sort_by(|a, b| a.peer.cmp(&b.peer));
+        let mut bans: Vec<BanRecord> = self
+            .bans
+            .iter()
+            .map(|(p, b)| BanRecord {
+                peer: p.to_base58(),
+                until: b.until,
+                entry: b.entry.as_ref().map(|e| PeerRecord::from_entry(p, e)),
+            })
+            .collect();
+        bans.sort_by(|a, b| a.peer.cmp(&b.peer));
+        BookFile {
+            version: FORMAT_VERSION,
+            key: hex::encode(self.key),
+            peers,
+            bans,
+        }
+    }
+}
+
+impl PeerRecord {
+    fn from_entry(peer: &PeerId, e: &Entry) -> Self {
+        PeerRecord {
+            peer: peer.to_base58(),
+            addrs: e.addrs.iter().map(ToString::to_string).collect(),
+            source_group: e.src_group.clone(),
+            kind: e.kind,
+            buckets: e.buckets.clone(),
+            attempts: e.attempts,
+            added: e.added,
+            last_seen: e.last_seen,
+            last_attempt: e.last_attempt,
+            last_success: e.last_success,
+        }
+    }
+
+    /// The record as an entry, checked: `Ok(None)` when the settings no longer allow it.
+    fn into_entry(
+        self,
+        index: usize,
+        config: &Config,
+    ) -> Result<Option<(PeerId, Entry)>, PersistError> {
+        let invalid = |what| PersistError::Invalid { what, index };
+        let peer: PeerId = self
+            .peer
+            .parse()
+            .map_err(|_| invalid("unparsable peer id"))?;
+        if self.addrs.is_empty() || self.addrs.len() > MAX_ADDRS_PER_PEER {
+            return Err(invalid("number of addresses out of range"));
+        }
+        let mut addrs = Vec::with_capacity(self.addrs.len());
+        let mut seen = HashSet::new();
+        for a in &self.addrs {
+            let addr: Multiaddr = a.parse().map_err(|_| invalid("unparsable address"))?;
+            let addr = validate(&addr, &peer).map_err(|_| invalid("invalid address"))?;
+            if !seen.insert(addr.clone()) {
+                return Err(invalid("duplicate address"));
+            }
+            addrs.push(addr);
+        }
+        if peer == config.local_peer_id {
+            return Ok(None);
+        }
+        if config.routability == Routability::Strict {
+            addrs.retain(is_public);
+            if addrs.is_empty() {
+                return Ok(None);
+            }
+        }
+        let entry = Entry {
+            addrs,
+            src_group: self.source_group,
+            kind: self.kind,
+            buckets: self.buckets,
+            attempts: self.attempts,
+            added: self.added,
+            last_seen: self.last_seen,
+            last_attempt: self.last_attempt,
+            last_success: self.last_success,
+        };
+        Ok(Some((peer, entry)))
+    }
+}
+
+fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, usize), PersistError> {
+    let probe: VersionProbe = serde_json::from_slice(bytes).map_err(PersistError::Decode)?;
+    if probe.version != FORMAT_VERSION {
+        return Err(PersistError::WrongVersion {
+            found: probe.version,
+        });
+    }
+    let file: BookFile = serde_json::from_slice(bytes).map_err(PersistError::Decode)?;
+    let key: [u8; KEY_LEN] = hex::decode(&file.key)
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .ok_or(PersistError::Invalid {
+            what: "key is not 16 hex-encoded bytes",
+            index: 0,
+        })?;
+    let mut book = AddrBook::with_key(config, key);
+    let mut dropped = 0;
+    let mut seen = HashSet::new();
+
+    for (index, record) in file.peers.into_iter().enumerate() {
+        let invalid = |what| PersistError::Invalid { what, index };
+        // Check the id before anything is dropped, so a duplicate is caught either way.
+        if !seen.insert(record.peer.clone()) {
+            return Err(invalid("peer listed twice"));
+        }
+        let Some((peer, entry)) = record.into_entry(index, &book.config)? else {
+            dropped += 1;
+            continue;
+        };
+        let (table, count, max_buckets, size) = match entry.kind {
+            BucketKind::New => (
+                &mut book.new_buckets,
+                &mut book.n_new,
+                MAX_NEW_BUCKETS_PER_PEER,
+                NEW_BUCKET_SIZE,
+            ),
+            BucketKind::Old => (&mut book.old_buckets, &mut book.n_old, 1, OLD_BUCKET_SIZE),
+        };
+        let distinct: HashSet<_> = entry.buckets.iter().collect();
+        if entry.buckets.is_empty()
+            || entry.buckets.len() > max_buckets
+            || distinct.len() != entry.buckets.len()
+        {
+            return Err(invalid("number of buckets out of range, or a bucket twice"));
+        }
+        for b in &entry.buckets {
+            let members = table
+                .get_mut(*b)
+                .ok_or(invalid("bucket index out of range"))?;
+            if members.len() >= size {
+                return Err(invalid("bucket over its size"));
+            }
+            members.push(peer);
+        }
+        *count += 1;
+        book.entries.insert(peer, entry);
+    }
+
+    if file.bans.len() > MAX_BANS {
+        return Err(PersistError::Invalid {
+            what: "more bans than the book holds",
+            index: MAX_BANS,
+        });
+    }
+    for (index, record) in file.bans.into_iter().enumerate() {
+        let invalid = |what| PersistError::Invalid { what, index };
+        let peer: PeerId = record
+            .peer
+            .parse()
+            .map_err(|_| invalid("unparsable banned id"))?;
+        if book.entries.contains_key(&peer) || book.bans.contains_key(&peer) {
+            return Err(invalid("banned peer also in the book, or banned twice"));
+        }
+        let entry = match record.entry {
+            Some(r) if !r.buckets.is_empty() => return Err(invalid("banned entry has buckets")),
+            Some(r) => r.into_entry(index, &book.config)?.map(|(_, e)| e),
+            None => None,
+        };
+        book.bans.insert(
+            peer,
+            Ban {
+                until: record.until,
+                entry,
+            },
+        );
+    }
+    Ok((book, dropped))
+}
+
+/// The file's bytes, `None` when it does not exist.
+fn read_file(path: &Path) -> Result<Option<Vec<u8>>, PersistError> {
+    let io_err = |op| {
+        move |source| PersistError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
+    let file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("opening")(e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("reading"))?;
+    let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if size > MAX_FILE_BYTES {
+        return Err(PersistError::TooLarge { size });
+    }
+    Ok(Some(bytes))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
+    let io_err = |op, p: &Path| {
+        let path = p.to_path_buf();
+        move |source| PersistError::Io { op, path, source }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
+    let tmp = dir.join(format!(".{}.tmp", file_name(path)));
+    let written = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("writing", &tmp)(e));
+    }
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_err("renaming over", path)(e));
+    }
+    sync_dir(&dir).map_err(io_err("syncing directory", &dir))
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    // Directories cannot be opened for syncing elsewhere; the rename is as durable as it gets.
+    Ok(())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || "addrbook".to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// `<dir>/<name>.corrupt-<now>`.
+pub(crate) fn corrupt_path(path: &Path, now: u64) -> PathBuf {
+    path.with_file_name(format!("{}.corrupt-{now}", file_name(path)))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::book::{
+        Source,
+        tests::{book, check_invariants, ip4, local_id, ma, peer, snapshot, src},
+    };
+
+    fn sample_book() -> AddrBook {
+        let mut book = book();
+        for i in 0..300u64 {
+            let s = src(i % 7, 8, (i % 7) as u8);
+            book.add_address(
+                peer(i),
+                &ip4(60 + (i / 100) as u8, (i % 100) as u8, 1, 1),
+                &s,
+                i,
+            )
+            .unwrap();
+        }
+        // Several addresses, private ones, several new buckets.
+        book.add_address(
+            peer(1),
+            &ma("/ip6/2a00::1/udp/4001/quic-v1"),
+            &src(9, 9, 9),
+            400,
+        )
+        .unwrap();
+        book.add_address(peer(2), &ma("/ip4/127.0.0.1/tcp/4001"), &Source::Local, 400)
+            .unwrap();
+        book.add_address(
+            peer(500),
+            &ma("/dns4/node.example.com/tcp/4001"),
+            &Source::Local,
+            400,
+        )
+        .unwrap();
+        for i in 0..50 {
+            book.add_address(peer(3), &ip4(70, 1, 1, 1), &src(100 + i, 90, i as u8), 400)
+                .unwrap();
+        }
+        for i in 10..60 {
+            book.mark_attempt(&peer(i), 500);
+            book.mark_good(&peer(i), 600 + i);
+        }
+        book.mark_attempt(&peer(200), 700);
+        book.ban(peer(20), 10_000); // old, with entry
+        book.ban(peer(250), 20_000); // new, with entry
+        book.ban(peer(999), 30_000); // never in the book
+        check_invariants(&book);
+        book
+    }
+
+    fn assert_empty(book: &AddrBook) {
+        assert_eq!(book.size(), 0);
+        assert_eq!(book.stats().banned, 0);
+        check_invariants(book);
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn round_trip_keeps_entries_buckets_key_and_bans() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        let book = sample_book();
+        book.save(&path).unwrap();
+        assert_eq!(
+            files_in(dir.path()),
+            ["addrbook.json"],
+            "no temporary file left"
+        );
+
+        let (mut loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1);
+        match outcome {
+            LoadOutcome::Loaded {
+                peers,
+                bans,
+                dropped,
+            } => {
+                assert_eq!((peers, bans, dropped), (book.size(), 3, 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        check_invariants(&loaded);
+        assert!(
+            snapshot(&book) == snapshot(&loaded),
+            "reloaded book differs"
+        );
+        assert_eq!(loaded.stats(), book.stats());
+        assert!(loaded.is_banned(&peer(999), 29_999));
+        assert_eq!(loaded.get(&peer(1)).unwrap().addrs.len(), 2);
+
+        // Same key: a new address lands where it would have in the original.
+        let mut original = book;
+        let s = src(77, 123, 45);
+        original
+            .add_address(peer(7_000), &ip4(99, 1, 1, 1), &s, 800)
+            .unwrap();
+        loaded
+            .add_address(peer(7_000), &ip4(99, 1, 1, 1), &s, 800)
+            .unwrap();
+        assert_eq!(
+            original.entries[&peer(7_000)].buckets,
+            loaded.entries[&peer(7_000)].buckets
+        );
+
+        // Saving again replaces the file atomically with the same bytes for the same book.
+        let first = fs::read(&path).unwrap();
+        loaded.remove(&peer(7_000));
+        loaded.save(&path).unwrap();
+        original.remove(&peer(7_000));
+        let (reloaded, _) = AddrBook::load(&path, Config::new(local_id()), 2);
+        assert!(snapshot(&reloaded) == snapshot(&original));
+        assert_eq!(fs::read(&path).unwrap(), first);
+        assert_eq!(files_in(dir.path()), ["addrbook.json"]);
+    }
+
+    #[test]
+    fn a_missing_file_gives_an_empty_book() {
+        let dir = tempfile::tempdir().unwrap();
+        let (book, outcome) =
+            AddrBook::load(&dir.path().join("nope.json"), Config::new(local_id()), 5);
+        assert!(matches!(outcome, LoadOutcome::NotFound));
+        assert_empty(&book);
+        assert!(files_in(dir.path()).is_empty());
+    }
+
+    /// Writes `bytes` as the book file, loads it at time 1234 and checks that it was moved
+    /// aside unchanged and the book is empty; returns the error.
+    fn load_corrupt(bytes: &[u8]) -> PersistError {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        fs::write(&path, bytes).unwrap();
+        let (book, outcome) = AddrBook::load(&path, Config::new(local_id()), 1234);
+        assert_empty(&book);
+        let LoadOutcome::MovedAside { to, error } = outcome else {
+            panic!("not moved aside: {outcome:?}");
+        };
+        assert_eq!(to, dir.path().join("addrbook.json.corrupt-1234"));
+        assert!(!path.exists(), "the corrupt file is still in place");
+        assert_eq!(fs::read(&to).unwrap(), bytes, "moved file changed");
+        // The next save writes a fresh book beside the moved one.
+        book.save(&path).unwrap();
+        assert_eq!(
+            files_in(dir.path()),
+            ["addrbook.json", "addrbook.json.corrupt-1234"]
+        );
+        error
+    }
+
+    fn valid_json() -> serde_json::Value {
+        serde_json::to_value(sample_book().to_file()).unwrap()
+    }
+
+    #[test]
+    fn garbage_is_moved_aside() {
+        assert!(matches!(
+            load_corrupt(b"\x00\xffnot json at all"),
+            PersistError::Decode(_)
+        ));
+        assert!(matches!(load_corrupt(b""), PersistError::Decode(_)));
+        assert!(matches!(
+            load_corrupt(b"[1, 2, 3]"),
+            PersistError::Decode(_)
+        ));
+    }
+
+    #[test]
+    fn a_truncated_file_is_moved_aside() {
+        let bytes = serde_json::to_vec_pretty(&valid_json()).unwrap();
+        for cut in [bytes.len() / 2, bytes.len() - 2, 10] {
+            assert!(
+                matches!(load_corrupt(&bytes[..cut]), PersistError::Decode(_)),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn another_version_is_moved_aside() {
+        let mut v = valid_json();
+        v["version"] = 2.into();
+        let err = load_corrupt(&serde_json::to_vec(&v).unwrap());
+        assert!(
+            matches!(err, PersistError::WrongVersion { found: 2 }),
+            "{err:?}"
+        );
+        assert!(matches!(
+            load_corrupt(br#"{"version": 0, "whatever": true}"#),
+            PersistError::WrongVersion { found: 0 }
+        ));
+    }
+
+    #[test]
+    fn an_inconsistent_book_is_moved_aside() {
+        type Edit = fn(&mut serde_json::Value);
+        let edits: [(&str, Edit); 9] = [
+            ("bucket index out of range", |v| {
+                v["peers"][0]["buckets"] = serde_json::json!([9999])
+            }),
+            ("no bucket", |v| {
+                v["peers"][0]["buckets"] = serde_json::json!([])
+            }),
+            ("five new buckets", |v| {
+                v["peers"][0]["kind"] = "new".into();
+                v["peers"][0]["buckets"] = serde_json::json!([1, 2, 3, 4, 5]);
+            }),
+            ("old in two buckets", |v| {
+                v["peers"][0]["kind"] = "old".into();
+                v["peers"][0]["buckets"] = serde_json::json!([1, 2]);
+            }),
+            ("peer twice", |v| {
+                let first = v["peers"][0].clone();
+                v["peers"].as_array_mut().unwrap().push(first);
+            }),
+            ("bad peer id", |v| {
+                v["peers"][0]["peer"] = "not-a-peer".into()
+            }),
+            ("bad address", |v| {
+                v["peers"][0]["addrs"] = serde_json::json!(["/ip4/0.0.0.0/tcp/1"])
+            }),
+            ("short key", |v| v["key"] = "abcd".into()),
+            ("banned and in the book", |v| {
+                let p = v["peers"][0]["peer"].clone();
+                v["bans"][0]["peer"] = p;
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut v = valid_json();
+            edit(&mut v);
+            let err = load_corrupt(&serde_json::to_vec(&v).unwrap());
+            assert!(
+                matches!(err, PersistError::Invalid { .. }),
+                "{what}: {err:?}"
+            );
+        }
+        // A bucket filled beyond its size.
+        let mut v = valid_json();
+        let peers = v["peers"].as_array_mut().unwrap();
+        for p in peers.iter_mut().take(NEW_BUCKET_SIZE + 1) {
+            p["kind"] = "new".into();
+            p["buckets"] = serde_json::json!([17]);
+        }
+        assert!(matches!(
+            load_corrupt(&serde_json::to_vec(&v).unwrap()),
+            PersistError::Invalid {
+                what: "bucket over its size",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_or_oversized_file_is_moved_aside() {
+        // A directory where the file should be cannot be read.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        fs::create_dir(&path).unwrap();
+        let (book, outcome) = AddrBook::load(&path, Config::new(local_id()), 7);
+        assert_empty(&book);
+        assert!(
+            matches!(
+                &outcome,
+                LoadOutcome::MovedAside {
+                    error: PersistError::Io { .. },
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(!path.exists());
+
+        let f = fs::File::create(&path).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        let (book, outcome) = AddrBook::load(&path, Config::new(local_id()), 8);
+        assert_empty(&book);
+        assert!(
+            matches!(
+                &outcome,
+                LoadOutcome::MovedAside {
+                    error: PersistError::TooLarge { .. },
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn entries_the_settings_no_longer_allow_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        let mut book = book();
+        book.add_address(peer(1), &ip4(1, 1, 1, 1), &Source::Local, 0)
+            .unwrap();
+        book.add_address(peer(2), &ma("/ip4/127.0.0.1/tcp/1"), &Source::Local, 0)
+            .unwrap();
+        book.add_address(peer(3), &ip4(3, 3, 3, 3), &Source::Local, 0)
+            .unwrap();
+        book.add_address(peer(3), &ma("/ip4/10.0.0.3/tcp/1"), &Source::Local, 0)
+            .unwrap();
+        book.save(&path).unwrap();
+
+        let strict = Config::new(local_id()).with_routability(Routability::Strict);
+        let (loaded, outcome) = AddrBook::load(&path, strict, 0);
+        assert!(
+            matches!(
+                outcome,
+                LoadOutcome::Loaded {
+                    peers: 2,
+                    dropped: 1,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert!(!loaded.contains(&peer(2)));
+        assert_eq!(loaded.get(&peer(3)).unwrap().addrs, vec![ip4(3, 3, 3, 3)]);
+        check_invariants(&loaded);
+
+        // Our own id in the file (the node's key changed) is dropped too.
+        let (loaded, outcome) = AddrBook::load(&path, Config::new(peer(1)), 0);
+        assert!(matches!(
+            outcome,
+            LoadOutcome::Loaded {
+                peers: 2,
+                dropped: 1,
+                ..
+            }
+        ));
+        assert!(!loaded.contains(&peer(1)));
+    }
+}
