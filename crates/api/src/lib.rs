@@ -11,6 +11,9 @@
 //! hold the requested bytes (`range.rs`, `download.rs`). With `--api-cors-origin` the API adds
 //! the reference's CORS headers (`cors.rs`).
 //!
+//! The API is described by `docs/openapi.yaml` (OpenAPI 3.0), which the node serves at
+//! `GET /api/codex/v1/openapi.yaml` and whose agreement with the router is tested (`openapi.rs`).
+//!
 //! Where the reference answers badly, cairn answers better and says so: an empty upload is `400`
 //! (the reference answers `500`), a full store is `507 Insufficient Storage` (the reference
 //! answers `500`).
@@ -22,6 +25,7 @@ mod dto;
 mod error;
 mod headers;
 mod network;
+mod openapi;
 mod range;
 mod routes;
 
@@ -32,6 +36,7 @@ pub use crate::{
     headers::{
         MAX_FILENAME_LEN, parse_content_disposition_filename, valid_filename, valid_mimetype,
     },
+    openapi::{OPENAPI_CONTENT_TYPE, OPENAPI_YAML},
     range::{
         MAX_RANGE_HEADER_LEN, MAX_RANGE_SPECS, RangeAnswer, RangeRequest, RangeSpec, content_range,
         etag, none_match, parse_range, range_answer, unsatisfied_range,
