@@ -120,4 +120,16 @@ mod tests {
         let manifest = "zDvZRwzm1ePSzKSXt57D5YxHwcSDmsCyYN65wW4HT7fuX9HrzFXy";
         assert_eq!(send(delete(manifest.into())).await, StatusCode::NO_CONTENT);
     }
+
+    /// A block exchange at its limit of pending wants is a temporary overload: `503`.
+    #[test]
+    fn a_busy_block_exchange_is_unavailable() {
+        use axum::response::IntoResponse;
+        use cairn_node::{NodeError, engine::FetchError};
+        let answer = crate::network::network_error(NodeError::Fetch(FetchError::Busy));
+        assert_eq!(
+            answer.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 }
