@@ -16,6 +16,7 @@
 //!
 //! Where the reference answers badly, cairn answers better and says so: an empty upload is `400`
 //! (the reference answers `500`), a full store is `507 Insufficient Storage` (the reference
+//! answers `500`), deleting a block that a dataset holds is `409 Conflict` (the reference
 //! answers `500`).
 
 mod admin;
