@@ -16,6 +16,8 @@ pub enum ApiError {
     BadRequest(String),
     /// 404 with the reference's message.
     NotFound(&'static str),
+    /// 409: the request conflicts with what is stored (deleting a block a dataset holds).
+    Conflict(String),
     /// 422: an unacceptable header value.
     Unprocessable(String),
     /// 507: the store is full.
@@ -46,7 +48,8 @@ impl From<NodeError> for ApiError {
             }) => ApiError::InsufficientStorage(format!(
                 "Storage quota exceeded: {used} of {quota} bytes used, {needed} more needed."
             )),
-            NodeError::Store(StoreError::InUse { .. }) => ApiError::Internal(
+            // The reference answers 500; it is the client's request that cannot be done.
+            NodeError::Store(StoreError::InUse { .. }) => ApiError::Conflict(
                 "Directly deleting a block that is part of a dataset is not allowed.".into(),
             ),
             other => ApiError::Internal(other.to_string()),
@@ -60,6 +63,7 @@ impl IntoResponse for ApiError {
             ApiError::BadCid => (StatusCode::BAD_REQUEST, "Incorrect Cid".to_owned()),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.to_owned()),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
             ApiError::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
@@ -74,5 +78,58 @@ impl IntoResponse for ApiError {
             msg,
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{
+        body::Body,
+        http::{Request, StatusCode},
+    };
+    use cairn_core::cid::block_cid;
+    use cairn_node::{Node, NodeConfig, Store, StoreConfig};
+    use tower::ServiceExt;
+
+    use crate::{API_BASE, router};
+
+    /// Deleting a block that a dataset holds is the client's mistake: `409`, not a server error.
+    #[tokio::test]
+    async fn deleting_a_block_of_a_dataset_is_a_conflict() {
+        let app = router(Node::new(
+            Store::in_memory(StoreConfig::default()).unwrap(),
+            NodeConfig::default(),
+        ));
+        let send = |req: Request<Body>| {
+            let app = app.clone();
+            async move { app.oneshot(req).await.unwrap().status() }
+        };
+        let upload = Request::post(format!("{API_BASE}/data"))
+            .body(Body::from("some file contents"))
+            .unwrap();
+        assert_eq!(send(upload).await, StatusCode::OK);
+        let mut block = b"some file contents".to_vec();
+        block.resize(65536, 0);
+        let delete = |cid: String| {
+            Request::delete(format!("{API_BASE}/data/{cid}"))
+                .body(Body::empty())
+                .unwrap()
+        };
+        let held = block_cid(&block).to_string();
+        assert_eq!(send(delete(held)).await, StatusCode::CONFLICT);
+        let manifest = "zDvZRwzm1ePSzKSXt57D5YxHwcSDmsCyYN65wW4HT7fuX9HrzFXy";
+        assert_eq!(send(delete(manifest.into())).await, StatusCode::NO_CONTENT);
+    }
+
+    /// A block exchange at its limit of pending wants is a temporary overload: `503`.
+    #[test]
+    fn a_busy_block_exchange_is_unavailable() {
+        use axum::response::IntoResponse;
+        use cairn_node::{NodeError, engine::FetchError};
+        let answer = crate::network::network_error(NodeError::Fetch(FetchError::Busy));
+        assert_eq!(
+            answer.into_response().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -13,9 +13,12 @@
 //!
 //! The node's Prometheus metrics are served apart from the API, on a listener of their own
 //! (`metrics.rs`: [`serve_metrics`]).
+//! The API is described by `docs/openapi.yaml` (OpenAPI 3.0), which the node serves at
+//! `GET /api/codex/v1/openapi.yaml` and whose agreement with the router is tested (`openapi.rs`).
 //!
 //! Where the reference answers badly, cairn answers better and says so: an empty upload is `400`
 //! (the reference answers `500`), a full store is `507 Insufficient Storage` (the reference
+//! answers `500`), deleting a block that a dataset holds is `409 Conflict` (the reference
 //! answers `500`).
 
 mod admin;
@@ -26,6 +29,7 @@ mod error;
 mod headers;
 mod metrics;
 mod network;
+mod openapi;
 mod range;
 mod routes;
 
@@ -40,6 +44,7 @@ pub use crate::{
         MAX_CONCURRENT_SCRAPES, METRICS_PATH, OPENMETRICS_CONTENT_TYPE, metrics_router,
         serve_metrics,
     },
+    openapi::{OPENAPI_CONTENT_TYPE, OPENAPI_YAML},
     range::{
         MAX_RANGE_HEADER_LEN, MAX_RANGE_SPECS, RangeAnswer, RangeRequest, RangeSpec, content_range,
         etag, none_match, parse_range, range_answer, unsatisfied_range,

@@ -29,6 +29,10 @@ pub(crate) fn network_error(e: NodeError) -> ApiError {
     match e {
         NodeError::NotFound => ApiError::NotFound(NOT_FOUND_NETWORK),
         NodeError::NoNetwork => ApiError::Unavailable("This node has no network.".into()),
+        // The block exchange's limit on pending wants: a load a client can cause, not a failure.
+        NodeError::Fetch(cairn_node::engine::FetchError::Busy) => {
+            ApiError::Unavailable("Too many blocks are being fetched; try again later.".into())
+        }
         other => other.into(),
     }
 }

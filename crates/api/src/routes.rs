@@ -23,7 +23,7 @@ use crate::{
     download::{self, Source},
     dto::{DataItem, DataList, SpaceJson},
     headers::{parse_content_disposition_filename, valid_filename, valid_mimetype},
-    network,
+    network, openapi,
 };
 
 /// The API's base path, as the reference's.
@@ -74,6 +74,7 @@ pub fn router_with(node: Node, options: ApiOptions) -> Router {
         .route("/spr", get(network::spr))
         .route("/debug/info", get(network::debug_info))
         .route("/space", get(space))
+        .route("/openapi.yaml", get(openapi::document))
         .with_state(node)
         .merge(admin::routes(options.log_level));
     let cors = std::sync::Arc::new(options.cors_origin);
