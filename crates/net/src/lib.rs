@@ -25,7 +25,7 @@ pub use crate::{
     identity::{KeyError, load_or_create_key},
     metrics::Metrics,
     reputation::PeerAction,
-    service::{Direction, NetEvent, NetworkHandle, PeerInfo, start},
+    service::{Direction, HOUSEKEEPING_INTERVAL, NetEvent, NetworkHandle, PeerInfo, start},
     transport::Muxers,
 };
 
@@ -52,7 +52,20 @@ pub struct NetConfig {
     pub blockexc: cairn_blockexc::Config,
     /// Where the swarm counts what it does (registered by the caller, or nowhere).
     pub metrics: Metrics,
+    /// File of the address book (peers we connected to and the addresses they announced),
+    /// loaded at start, saved every [`BOOK_SAVE_INTERVAL`] and at shutdown. `None`: kept in
+    /// memory only.
+    pub book_path: Option<std::path::PathBuf>,
+    /// Outbound connections the node keeps: while it has fewer, it dials peers from the address
+    /// book (those it connected to before first) every [`HOUSEKEEPING_INTERVAL`].
+    pub outbound_target: usize,
 }
+
+/// Default outbound target (issue 5; CometBFT's `MaxNumOutboundPeers`).
+pub const DEFAULT_OUTBOUND_TARGET: usize = 10;
+
+/// How often the address book is written to its file.
+pub const BOOK_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(120);
 
 impl Default for NetConfig {
     fn default() -> NetConfig {
@@ -64,6 +77,8 @@ impl Default for NetConfig {
             agent: format!("cairn/{}", env!("CARGO_PKG_VERSION")),
             blockexc: cairn_blockexc::Config::default(),
             metrics: Metrics::default(),
+            book_path: None,
+            outbound_target: DEFAULT_OUTBOUND_TARGET,
         }
     }
 }

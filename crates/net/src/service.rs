@@ -35,6 +35,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use cairn_peers::{AddrBook, Source};
+
 use crate::{
     Metrics, NetConfig, NetError,
     reputation::{PeerAction, Reputation, Verdict},
@@ -272,7 +274,26 @@ struct Service {
     bootstrap: Vec<Bootstrap>,
     listen_addrs: Vec<Multiaddr>,
     metrics: Metrics,
+    /// Peers we know and where they listen (see `cairn-peers`).
+    book: AddrBook,
+    book_path: Option<std::path::PathBuf>,
+    last_book_save: Instant,
+    outbound_target: usize,
+    /// Peers being dialled from the book (at most the outbound target at once).
+    book_dials: std::collections::HashSet<PeerId>,
 }
+
+/// Seconds since the Unix epoch (the address book keeps wall-clock times, since they are
+/// saved across restarts).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Share of dials from the book that go to peers never connected to (CometBFT's
+/// `PickAddress` bias; low, so known-good peers come first).
+const BOOK_BIAS_TOWARDS_NEW: u8 = 30;
 
 /// Builds the swarm, binds `config.listen`, and spawns the task that runs it until `cancel`.
 pub async fn start(
@@ -375,6 +396,15 @@ pub async fn start(
             _ => return Err(NetError::BadBootstrap(addr.clone())),
         }
     }
+    let book_config = cairn_peers::Config::new(peer_id);
+    let book = match &config.book_path {
+        Some(path) => {
+            let (book, outcome) = AddrBook::load(path, book_config, unix_now());
+            info!(path = %path.display(), ?outcome, peers = book.size(), "address book loaded");
+            book
+        }
+        None => AddrBook::new(book_config),
+    };
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let service = Service {
@@ -389,6 +419,11 @@ pub async fn start(
         bootstrap,
         listen_addrs,
         metrics: config.metrics.clone(),
+        book,
+        book_path: config.book_path.clone(),
+        last_book_save: Instant::now(),
+        outbound_target: config.outbound_target,
+        book_dials: std::collections::HashSet::new(),
     };
     let task = tokio::spawn(service.run(cancel));
     Ok((
@@ -435,6 +470,7 @@ impl Service {
                 _ = housekeeping.tick() => self.housekeeping(),
             }
         }
+        self.save_book();
         debug!("network task stopped");
     }
 
@@ -544,8 +580,66 @@ impl Service {
         }
     }
 
+    /// Writes the address book to its file, if it has one.
+    fn save_book(&mut self) {
+        self.last_book_save = Instant::now();
+        if let Some(path) = &self.book_path
+            && let Err(e) = self.book.save(path)
+        {
+            warn!(path = %path.display(), error = %e, "cannot save the address book");
+        }
+    }
+
+    /// While there are fewer outbound connections than the target, dials peers from the book.
+    fn dial_from_book(&mut self) {
+        let outbound = self
+            .connected
+            .values()
+            .filter(|c| c.info.direction == Direction::Outbound)
+            .count();
+        let mut want = self
+            .outbound_target
+            .saturating_sub(outbound + self.book_dials.len());
+        // A few picks may name peers already connected or dialled: try a bounded number.
+        let mut tries = want * 3;
+        while want > 0 && tries > 0 {
+            tries -= 1;
+            let Some(pick) = self.book.pick_address(BOOK_BIAS_TOWARDS_NEW) else {
+                return;
+            };
+            // Not a peer we are connected or dialling to, nor one we dropped for misbehaving
+            // and whose score has not recovered yet.
+            if self.connected.contains_key(&pick.peer)
+                || self.book_dials.contains(&pick.peer)
+                || pick.addrs.is_empty()
+                || self.reputation.score(&pick.peer, Instant::now())
+                    <= crate::reputation::DISCONNECT_SCORE
+            {
+                continue;
+            }
+            self.book.mark_attempt(&pick.peer, unix_now());
+            let opts = DialOpts::peer_id(pick.peer)
+                .addresses(pick.addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.book_dials.insert(pick.peer);
+                    want -= 1;
+                }
+                Err(e) => {
+                    debug!(peer = %pick.peer, error = %e, "dial from the address book not started");
+                }
+            }
+        }
+    }
+
     fn housekeeping(&mut self) {
         let now = Instant::now();
+        self.dial_from_book();
+        if now.duration_since(self.last_book_save) >= crate::BOOK_SAVE_INTERVAL {
+            self.save_book();
+        }
         for peer in self.reputation.expired_bans(now) {
             info!(%peer, "ban expired");
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
@@ -590,6 +684,18 @@ impl Service {
                 ..
             })) => {
                 debug!(peer = %peer_id, agent = %info.agent_version, "identified");
+                // The addresses a connected peer says it listens on go into the book, so it
+                // can be dialled again later (after a restart, too).
+                let now = unix_now();
+                for addr in info
+                    .listen_addrs
+                    .iter()
+                    .take(cairn_peers::params::MAX_ADDRS_PER_PEER)
+                {
+                    if let Err(e) = self.book.add_address(peer_id, addr, &Source::Local, now) {
+                        debug!(peer = %peer_id, %addr, error = %e, "address not kept");
+                    }
+                }
                 if let Some(c) = self.connected.get_mut(&peer_id) {
                     c.info.agent = Some(info.agent_version);
                 }
@@ -603,6 +709,13 @@ impl Service {
             } => {
                 if let Some((_, done)) = self.dials.remove(&connection_id) {
                     let _ = done.send(Ok(peer_id));
+                }
+                self.book_dials.remove(&peer_id);
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    // A peer we reached: its address goes to the book's old buckets.
+                    let now = unix_now();
+                    let _ = self.book.add_address(peer_id, address, &Source::Local, now);
+                    self.book.mark_good(&peer_id, now);
                 }
                 for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer_id) {
                     b.dialing = false;
@@ -671,6 +784,9 @@ impl Service {
                 }
                 if let Some(p) = peer_id {
                     self.bootstrap_failed(p);
+                    // The book counted the attempt when the dial started; a peer failing often
+                    // enough becomes "bad" there and is evicted.
+                    self.book_dials.remove(&p);
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {

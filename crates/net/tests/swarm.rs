@@ -220,3 +220,44 @@ async fn metrics_count_peers_by_direction_and_traffic() {
     }
     cancel.cancel();
 }
+
+/// The address book remembers a peer across a restart: B dials A once, stops (saving its book),
+/// starts again with the same key and book and no bootstrap, and reconnects to A by itself.
+/// A peer only in memory (no book file) is forgotten, so the test can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_peers_are_redialled_after_a_restart() {
+    let cancel = CancellationToken::new();
+    let (a, _ev_a) = node(Muxers::default(), &cancel).await;
+    let a_addr = a.listen_addrs().await.unwrap()[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let book = dir.path().join("peers.json");
+    let key = Keypair::generate_secp256k1();
+    let config = || NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        book_path: Some(book.clone()),
+        ..NetConfig::default()
+    };
+
+    // First run: dial A, then stop.
+    let first = cancel.child_token();
+    let (b, _ev_b, task) = start(key.clone(), config(), first.clone()).await.unwrap();
+    b.connect(a.local_peer_id(), vec![a_addr]).await.unwrap();
+    first.cancel();
+    tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+    assert!(book.exists(), "the book was saved at shutdown");
+
+    // Second run: no bootstrap, no dial asked; A is reconnected from the book.
+    let (b2, mut ev_b2, _) = start(key, config(), cancel.child_token()).await.unwrap();
+    let peer = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(NetEvent::PeerConnected { peer, .. }) = ev_b2.recv().await {
+                return peer;
+            }
+        }
+    })
+    .await
+    .expect("A was not redialled from the address book");
+    assert_eq!(peer, a.local_peer_id());
+    assert_eq!(b2.peers().await.unwrap().len(), 1);
+    cancel.cancel();
+}
