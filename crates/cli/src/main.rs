@@ -160,6 +160,8 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         bootstrap: cfg.bootstrap_nodes.clone(),
         muxers: cfg.muxers,
         max_peers: cfg.max_peers,
+        // The address book lives beside the store; peers reached before are redialled at start.
+        book_path: Some(cfg.data_dir.join(PEERS_FILE)),
         metrics: metrics.net.clone(),
         ..cairn_node::net::NetConfig::default()
     };
@@ -258,6 +260,9 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     info!("stopped");
     Ok(())
 }
+
+/// The address book's file, in the data directory.
+const PEERS_FILE: &str = "peers.json";
 
 /// Most addresses put into the provider record.
 const MAX_ANNOUNCED_ADDRS: usize = 16;
