@@ -71,6 +71,7 @@ pub(crate) struct Behaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     blockexc: blockexc::Behaviour,
+    pex: libp2p::request_response::Behaviour<cairn_pex::PexCodec>,
 }
 
 /// Whether we dialled the peer or it dialled us.
@@ -281,7 +282,20 @@ struct Service {
     outbound_target: usize,
     /// Peers being dialled from the book (at most the outbound target at once).
     book_dials: std::collections::HashSet<PeerId>,
+    /// When we last asked each peer for addresses (bounded by the connected peers: entries go
+    /// when the peer disconnects).
+    pex_asked: HashMap<PeerId, Instant>,
+    /// When each peer last asked us (same bound).
+    pex_served: HashMap<PeerId, Instant>,
 }
+
+/// How often one peer is asked for addresses while the book needs more (CometBFT asks an
+/// outbound peer when the book is thin, at most once per ensure-peers round).
+pub const PEX_ASK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Shortest interval between two address requests a peer may send us; a faster one is
+/// answered with nothing and penalised (CometBFT: `minReceiveRequestInterval`).
+pub const PEX_MIN_REQUEST_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Seconds since the Unix epoch (the address book keeps wall-clock times, since they are
 /// saved across restarts).
@@ -331,6 +345,7 @@ pub async fn start(
             config.blockexc.clone(),
             config.metrics.blockexc.clone(),
         ),
+        pex: cairn_pex::behaviour(),
     };
     let mut swarm = Swarm::new(
         transport,
@@ -424,6 +439,8 @@ pub async fn start(
         last_book_save: Instant::now(),
         outbound_target: config.outbound_target,
         book_dials: std::collections::HashSet::new(),
+        pex_asked: HashMap::new(),
+        pex_served: HashMap::new(),
     };
     let task = tokio::spawn(service.run(cancel));
     Ok((
@@ -634,8 +651,144 @@ impl Service {
         }
     }
 
+    /// Asks connected peers for addresses while the book needs more, each at most every
+    /// [`PEX_ASK_INTERVAL`].
+    fn ask_for_addrs(&mut self, now: Instant) {
+        if !self.book.need_more_addrs() {
+            return;
+        }
+        let due: Vec<PeerId> = self
+            .connected
+            .keys()
+            .filter(|p| {
+                self.pex_asked
+                    .get(*p)
+                    .is_none_or(|t| now.duration_since(*t) >= PEX_ASK_INTERVAL)
+            })
+            .copied()
+            .collect();
+        for peer in due {
+            self.pex_asked.insert(peer, now);
+            let max = u32::try_from(cairn_pex::MAX_PEERS_PER_MESSAGE).unwrap_or(u32::MAX);
+            self.swarm
+                .behaviour_mut()
+                .pex
+                .send_request(&peer, cairn_pex::Request::GetAddrs { max });
+        }
+    }
+
+    fn pex_event(
+        &mut self,
+        ev: libp2p::request_response::Event<cairn_pex::Request, cairn_pex::Addrs>,
+    ) {
+        use libp2p::request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let now = Instant::now();
+                let answer = match request {
+                    cairn_pex::Request::Push(_) => {
+                        // Address lists are taken only as answers to our requests.
+                        self.report(peer, PeerAction::LowTolerance, "unsolicited address list");
+                        cairn_pex::Addrs::default()
+                    }
+                    cairn_pex::Request::GetAddrs { max } => {
+                        let too_soon = self
+                            .pex_served
+                            .get(&peer)
+                            .is_some_and(|t| now.duration_since(*t) < PEX_MIN_REQUEST_INTERVAL);
+                        self.pex_served.insert(peer, now);
+                        if too_soon {
+                            self.report(
+                                peer,
+                                PeerAction::MidTolerance,
+                                "address requests too often",
+                            );
+                            cairn_pex::Addrs::default()
+                        } else {
+                            self.selection_for(peer, max)
+                        }
+                    }
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .pex
+                    .send_response(channel, answer);
+            }
+            Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => {
+                let Some(from) = self.connected.get(&peer).map(|c| c.info.address.clone()) else {
+                    return;
+                };
+                let src = Source::Peer {
+                    id: peer,
+                    addr: from,
+                };
+                let now = unix_now();
+                let mut added = 0usize;
+                for p in response.0 {
+                    for addr in &p.addrs {
+                        if self.book.add_address(p.peer, addr, &src, now).is_ok() {
+                            added += 1;
+                        }
+                    }
+                }
+                debug!(%peer, added, "addresses from a peer");
+            }
+            Event::OutboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "address request failed");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "address request from a peer failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A PEX answer for `peer`: a random selection from the book, with private addresses only
+    /// for a requester that is itself on a private or loopback address.
+    fn selection_for(&mut self, peer: PeerId, max: u32) -> cairn_pex::Addrs {
+        let public = self
+            .connected
+            .get(&peer)
+            .is_some_and(|c| cairn_peers::is_public(&c.info.address));
+        let audience = if public {
+            cairn_peers::Audience::Public
+        } else {
+            cairn_peers::Audience::Local
+        };
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        cairn_pex::Addrs(
+            self.book
+                .get_selection_for(audience)
+                .into_iter()
+                .filter(|p| p.peer != peer)
+                .take(max.min(cairn_pex::MAX_PEERS_PER_MESSAGE))
+                .map(|p| cairn_pex::PeerAddrs {
+                    peer: p.peer,
+                    addrs: p
+                        .addrs
+                        .into_iter()
+                        .take(cairn_pex::MAX_ADDRS_PER_PEER)
+                        .collect(),
+                })
+                .collect(),
+        )
+    }
+
     fn housekeeping(&mut self) {
         let now = Instant::now();
+        self.ask_for_addrs(now);
         self.dial_from_book();
         if now.duration_since(self.last_book_save) >= crate::BOOK_SAVE_INTERVAL {
             self.save_book();
@@ -700,6 +853,7 @@ impl Service {
                     c.info.agent = Some(info.agent_version);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Pex(ev)) => self.pex_event(ev),
             SwarmEvent::Behaviour(_) => {}
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -761,6 +915,8 @@ impl Service {
                 ..
             } => {
                 if num_established == 0 {
+                    self.pex_asked.remove(&peer_id);
+                    self.pex_served.remove(&peer_id);
                     if let Some(c) = self.connected.remove(&peer_id) {
                         self.metrics.peers(c.info.direction).dec();
                     }

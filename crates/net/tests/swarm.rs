@@ -261,3 +261,30 @@ async fn known_peers_are_redialled_after_a_restart() {
     assert_eq!(b2.peers().await.unwrap().len(), 1);
     cancel.cancel();
 }
+
+/// Peer exchange: A is connected to C; B knows only A. B asks A for addresses
+/// (`/cairn/pex/1.0.0`), learns C, and dials it from its address book.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_learned_through_pex_is_dialled() {
+    let cancel = CancellationToken::new();
+    let (a, _ev_a) = node(Muxers::default(), &cancel).await;
+    let (c, _ev_c) = node(Muxers::default(), &cancel).await;
+    let a_addr = a.listen_addrs().await.unwrap()[0].clone();
+    let c_addr = c.listen_addrs().await.unwrap()[0].clone();
+    a.connect(c.local_peer_id(), vec![c_addr]).await.unwrap();
+
+    let (b, _ev_b) = node(Muxers::default(), &cancel).await;
+    b.connect(a.local_peer_id(), vec![a_addr]).await.unwrap();
+    let c_id = c.local_peer_id();
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            if b.peers().await.unwrap().iter().any(|p| p.peer == c_id) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "B did not reach C through A's addresses");
+    cancel.cancel();
+}
