@@ -1,151 +1,56 @@
 //! End-to-end tests of `cairn start --metrics`: the real binary on loopback, scraped over HTTP,
 //! the exposition parsed line by line. Every wait is on a condition polled with a timeout.
-//!
-//! (A file of its own, beside `e2e.rs`, so it needs its own small process helper: this one
-//! keeps the node's stdout lines, since the metrics address is printed on the second line.)
+//! The node process is the shared `common::NodeProc`; the metrics address is the second line
+//! the node prints.
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+
+use common::{NodeProc, WAIT, client, random};
+
 /// How often a condition is polled.
 const POLL: Duration = Duration::from_millis(50);
-/// Stdout lines of a node queued for the test (it prints two).
-const STDOUT_QUEUE: usize = 16;
 /// The media type `prometheus-client`'s text encoder writes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const BLOCK: usize = 65536;
 
-struct NodeProc {
-    child: Child,
-    api: String,
-    /// `http://…/metrics`, when the node printed it.
+/// A node and, when it printed one, its `http://…/metrics` address.
+struct Node {
+    proc: NodeProc,
     metrics: Option<String>,
-    lines: mpsc::Receiver<String>,
 }
 
-impl NodeProc {
+impl std::ops::Deref for Node {
+    type Target = NodeProc;
+    fn deref(&self) -> &NodeProc {
+        &self.proc
+    }
+}
+
+impl Node {
     /// Starts a node; with `metrics_line` waits for the metrics line after the REST line.
-    fn start(data: &Path, extra: &[&str], envs: &[(&str, &str)], metrics_line: bool) -> NodeProc {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "start",
-            "--api-port",
-            "0",
-            "--log-level",
-            "warn",
-            "--listen-addrs",
-            "/ip4/127.0.0.1/tcp/0",
-            "--disc-port",
-            "0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .args(extra)
-        .env_remove("CAIRN_METRICS")
-        .env_remove("CAIRN_METRICS_PORT")
-        .env_remove("CAIRN_METRICS_ADDRESS")
-        .envs(envs.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("start cairn");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::sync_channel(STDOUT_QUEUE);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.try_send(line);
-            }
-        });
-        let url = |line: String| {
-            line.split("listening on ")
-                .nth(1)
-                .unwrap_or_else(|| panic!("not an address line: {line}"))
+    fn start(data: &Path, extra: &[&str], envs: &[(&str, &str)], metrics_line: bool) -> Node {
+        let proc = NodeProc::start(data, extra, envs);
+        let metrics = metrics_line.then(|| {
+            let line = proc.next_line().expect("node printed its metrics address");
+            line.strip_prefix("cairn: metrics listening on ")
+                .unwrap_or_else(|| panic!("not the metrics line: {line}"))
                 .trim()
                 .to_owned()
-        };
-        let rest = url(lines
-            .recv_timeout(WAIT)
-            .expect("node printed its API address"));
-        let api = rest.trim_end_matches("/api/codex/v1").to_owned();
-        let metrics = metrics_line.then(|| {
-            let line = lines
-                .recv_timeout(WAIT)
-                .expect("node printed its metrics address");
-            assert!(line.starts_with("cairn: metrics listening on "), "{line}");
-            url(line)
         });
-        NodeProc {
-            child,
-            api,
-            metrics,
-            lines,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}/api/codex/v1{path}", self.api)
+        Node { proc, metrics }
     }
 
     /// SIGTERM, a clean exit; returns the stdout lines not read yet.
-    fn stop(mut self) -> Vec<String> {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "node exited with {status}");
-                break;
-            }
-            assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // The process is gone, so its stdout ends and the reader thread drops the sender.
-        let mut rest = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(WAIT) {
-            rest.push(line);
-        }
-        rest
+    fn stop(self) -> Vec<String> {
+        self.proc.stop()
     }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(WAIT)
-        .build()
-        .unwrap()
-}
-
-fn random(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// One sample of an exposition.
@@ -373,8 +278,8 @@ fn space_used(c: &reqwest::blocking::Client, n: &NodeProc) -> f64 {
 fn metrics_follow_a_download_between_two_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--metrics", "--metrics-port", "0"];
-    let a = NodeProc::start(&dir.path().join("a"), &flags, &[], true);
-    let b = NodeProc::start(&dir.path().join("b"), &flags, &[], true);
+    let a = Node::start(&dir.path().join("a"), &flags, &[], true);
+    let b = Node::start(&dir.path().join("b"), &flags, &[], true);
     let (ma, mb) = (a.metrics.clone().unwrap(), b.metrics.clone().unwrap());
     assert!(
         ma.starts_with("http://127.0.0.1:") && ma.ends_with("/metrics"),
@@ -501,7 +406,7 @@ fn metrics_are_off_unless_asked_for() {
     let port_s = port.to_string();
     let at = SocketAddr::from(([127, 0, 0, 1], port));
 
-    let off = NodeProc::start(
+    let off = Node::start(
         &dir.path().join("off"),
         &["--metrics-port", &port_s],
         &[],
@@ -520,7 +425,7 @@ fn metrics_are_off_unless_asked_for() {
         "metrics line printed without --metrics: {rest:?}"
     );
 
-    let on = NodeProc::start(
+    let on = Node::start(
         &dir.path().join("on"),
         &[],
         &[("CAIRN_METRICS", "1"), ("CAIRN_METRICS_PORT", &port_s)],

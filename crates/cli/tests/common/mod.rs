@@ -25,6 +25,8 @@ pub(crate) struct NodeProc {
     child: Child,
     /// The node's REST endpoint, as `--api` takes it.
     pub(crate) api: String,
+    /// The node's stdout lines after the first (the REST line), as they come.
+    lines: mpsc::Receiver<String>,
 }
 
 impl NodeProc {
@@ -44,6 +46,10 @@ impl NodeProc {
         ])
         .arg(data)
         .args(extra)
+        // Settings the test does not pass must not come from the environment it runs in.
+        .env_remove("CAIRN_METRICS")
+        .env_remove("CAIRN_METRICS_PORT")
+        .env_remove("CAIRN_METRICS_ADDRESS")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
         for (k, v) in envs {
@@ -51,8 +57,7 @@ impl NodeProc {
         }
         let mut child = cmd.spawn().expect("start cairn");
         let stdout = child.stdout.take().expect("stdout");
-        // Lines past the first are not needed; try_send drops them when the queue is full so
-        // the reader keeps draining the pipe.
+        // try_send drops lines when the queue is full so the reader keeps draining the pipe.
         let (tx, rx) = mpsc::sync_channel(STDOUT_QUEUE);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -66,15 +71,24 @@ impl NodeProc {
             .expect("address line")
             .trim();
         let api = url.trim_end_matches("/api/codex/v1").to_owned();
-        NodeProc { child, api }
+        NodeProc {
+            child,
+            api,
+            lines: rx,
+        }
+    }
+
+    /// The node's next stdout line, waiting up to [`WAIT`].
+    pub(crate) fn next_line(&self) -> Option<String> {
+        self.lines.recv_timeout(WAIT).ok()
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}/api/codex/v1{path}", self.api)
     }
 
-    /// SIGTERM, then wait for a clean exit.
-    pub(crate) fn stop(mut self) {
+    /// SIGTERM, then wait for a clean exit; returns the stdout lines not read yet.
+    pub(crate) fn stop(mut self) -> Vec<String> {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -87,11 +101,17 @@ impl NodeProc {
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "node exited with {status}");
-                return;
+                break;
             }
             assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
+        // The process is gone, so its stdout ends and the reader thread drops the sender.
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(WAIT) {
+            rest.push(line);
+        }
+        rest
     }
 }
 
