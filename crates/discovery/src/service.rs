@@ -103,6 +103,14 @@ pub const RANDOM_PACKET_BYTES: usize = 20;
 /// 32, GCM tag 16. Replies are cut so a packet never exceeds [`MAX_PACKET_SIZE`].
 const PACKET_OVERHEAD: usize = 16 + 23 + 32 + 16;
 
+/// Plaintext bytes of a PROVIDERS message besides its records: the kind byte, the envelope
+/// with an 8-byte request id and the field headers (under 32 in all).
+const PROVIDERS_FRAMING: usize = 32;
+
+/// Bytes one record adds to a PROVIDERS message besides its own: a field tag and a length of up
+/// to three bytes.
+const RECORD_FRAMING: usize = 4;
+
 /// How often the task sweeps timed-out requests, handshakes and challenges.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
 
@@ -970,8 +978,8 @@ impl Service {
                 let mut providers = Vec::new();
                 let mut size = 0usize;
                 for r in records {
-                    let len = r.encoded().len() + 4;
-                    if size + len > MAX_PACKET_SIZE - PACKET_OVERHEAD - 32 {
+                    let len = r.encoded().len() + RECORD_FRAMING;
+                    if size + len > MAX_PACKET_SIZE - PACKET_OVERHEAD - PROVIDERS_FRAMING {
                         break;
                     }
                     size += len;

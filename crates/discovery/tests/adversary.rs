@@ -212,3 +212,95 @@ async fn bad_handshakes_are_dropped_and_change_nothing() {
     assert!(in_table(&d, &honest.id));
     cancel.cancel();
 }
+
+impl Peer {
+    /// Sends `msg` over the session `keys` (we initiated it) and returns the raw answer
+    /// datagram, if one comes within `within`.
+    async fn request(
+        &self,
+        node: &Spr,
+        keys: &SessionKeys,
+        msg: &Message,
+        within: Duration,
+    ) -> Option<Vec<u8>> {
+        let nonce: [u8; 12] = rand::random();
+        let mut p = Packet::new(PacketKind::Message { src: self.id }, nonce);
+        let ad = p.authenticated_data().unwrap();
+        p.message = crypto::encrypt(
+            &keys.initiator,
+            &nonce,
+            &msg.encode(&RequestId::random()),
+            &ad,
+        )
+        .unwrap();
+        let to = node.udp_addr().unwrap();
+        self.sock
+            .send_to(&p.encode(&node.node_id()).unwrap(), to)
+            .await
+            .unwrap();
+        if within.is_zero() {
+            return None;
+        }
+        let mut buf = vec![0u8; 65536];
+        let (n, _) = tokio::time::timeout(within, self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        buf.truncate(n);
+        Some(buf)
+    }
+}
+
+/// A key with many provider records: the PROVIDERS answer is cut to fit one 1280-byte packet
+/// and still decodes (the reference would send them all in one oversized datagram).
+#[tokio::test]
+async fn a_providers_answer_fits_one_packet() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node_spr = d.local_spr();
+    let peer = Peer::new().await;
+    let (keys, reply) = peer.ping_with_handshake(&node_spr, Fault::None).await;
+    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let content = NodeId::from_cid_bytes(b"many providers");
+    for i in 0..30u16 {
+        let key = Keypair::generate_secp256k1();
+        let addr = format!("/ip4/127.0.0.1/tcp/{}", 4000 + i).parse().unwrap();
+        let record = Spr::sign(&key, 1, vec![addr]).unwrap();
+        let add = Message::AddProvider {
+            content,
+            provider: record.encoded().to_vec(),
+        };
+        // ADDPROVIDER has no answer.
+        peer.request(&node_spr, &keys, &add, Duration::ZERO).await;
+    }
+    // The records land in the order sent; ask until the answer holds some (bounded tries).
+    let mut got = None;
+    for _ in 0..20 {
+        let raw = peer
+            .request(
+                &node_spr,
+                &keys,
+                &Message::GetProviders { content },
+                REPLY_DEADLINE,
+            )
+            .await
+            .expect("a PROVIDERS answer");
+        assert!(
+            raw.len() <= cairn_discovery::wire::packet::MAX_PACKET_SIZE,
+            "answer of {} bytes",
+            raw.len()
+        );
+        let p = Packet::decode(&peer.id, &raw).unwrap();
+        let ad = p.authenticated_data().unwrap();
+        let pt = crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad).unwrap();
+        if let (_, Message::Providers { providers, .. }) = Message::decode(&pt).unwrap()
+            && providers.len() >= 5
+        {
+            got = Some(providers.len());
+            break;
+        }
+    }
+    let n = got.expect("providers were stored and answered");
+    assert!(n < 30, "all 30 records cannot fit one packet, got {n}");
+    cancel.cancel();
+}
