@@ -5,6 +5,8 @@
 //! * [`service`]: one task owns the swarm (block exchange, identify, ping, connection limits,
 //!   bans); the rest of the node talks to it through a [`NetworkHandle`] over bounded channels
 //!   and receives [`NetEvent`]s.
+//! * [`manager`]: the peer manager: the address book, bootstrap and persistent peers, the
+//!   outbound target and inbound cap, peer exchange (`/cairn/pex/1.0.0`) and seed mode.
 //! * [`reputation`]: peer scores, fed by every protocol's complaints ([`PeerAction`]).
 //! * [`metrics`]: connected peers by direction, penalties, and the block-exchange traffic.
 //!
@@ -14,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod identity;
+pub mod manager;
 pub mod metrics;
 pub mod reputation;
 pub mod service;
@@ -25,7 +28,9 @@ pub use crate::{
     identity::{KeyError, load_or_create_key},
     metrics::Metrics,
     reputation::PeerAction,
-    service::{Direction, HOUSEKEEPING_INTERVAL, NetEvent, NetworkHandle, PeerInfo, start},
+    service::{
+        Direction, HOUSEKEEPING_INTERVAL, NetEvent, NetStatus, NetworkHandle, PeerInfo, start,
+    },
     transport::Muxers,
 };
 
@@ -59,7 +64,21 @@ pub struct NetConfig {
     /// Outbound connections the node keeps: while it has fewer, it dials peers from the address
     /// book (those it connected to before first) every [`HOUSEKEEPING_INTERVAL`].
     pub outbound_target: usize,
+    /// Most peers that dialled us (connections beyond are refused before any protocol runs).
+    pub max_inbound: u32,
+    /// Peers always reconnected (`/…/p2p/<peer id>`), with backoff (`--persistent-peer`).
+    pub persistent_peers: Vec<Multiaddr>,
+    /// Peers never given to anyone in an address list (`--private-peer-id`).
+    pub private_peer_ids: Vec<PeerId>,
+    /// Crawl the book, answer address requests, keep no long connection (`--seed-mode`).
+    pub seed_mode: bool,
+    /// Which addresses the book accepts ([`cairn_peers::Routability`]; default: private and
+    /// loopback addresses too, never given to public peers).
+    pub routability: cairn_peers::Routability,
 }
+
+/// Default cap on inbound peers (CometBFT's `MaxNumInboundPeers`).
+pub const DEFAULT_MAX_INBOUND: u32 = 40;
 
 /// Default outbound target (issue 5; CometBFT's `MaxNumOutboundPeers`).
 pub const DEFAULT_OUTBOUND_TARGET: usize = 10;
@@ -79,6 +98,11 @@ impl Default for NetConfig {
             metrics: Metrics::default(),
             book_path: None,
             outbound_target: DEFAULT_OUTBOUND_TARGET,
+            max_inbound: DEFAULT_MAX_INBOUND,
+            persistent_peers: Vec::new(),
+            private_peer_ids: Vec::new(),
+            seed_mode: false,
+            routability: cairn_peers::Routability::default(),
         }
     }
 }
@@ -96,8 +120,8 @@ pub enum NetError {
     /// A listen address could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Listen(Multiaddr, String),
-    /// A bootstrap address without `/p2p/<peer id>`.
-    #[error("bootstrap address {0} must end in /p2p/<peer id>")]
+    /// A bootstrap or persistent-peer address without `/p2p/<peer id>`.
+    #[error("bootstrap or persistent-peer address {0} must end in /p2p/<peer id>")]
     BadBootstrap(Multiaddr),
     /// Dialling failed.
     #[error("dial failed: {0}")]

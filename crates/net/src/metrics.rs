@@ -8,6 +8,8 @@
 
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
+pub use cairn_pex::Traffic as PexTraffic;
+
 use crate::{Direction, PeerAction};
 
 /// What the swarm task counts.
@@ -21,6 +23,8 @@ pub struct Metrics {
     pub peers_outbound: Gauge,
     /// Penalties given to peers, by severity.
     pub penalties: Penalties,
+    /// Peer-exchange bytes each way, counted by the codec.
+    pub pex: PexTraffic,
 }
 
 impl Metrics {

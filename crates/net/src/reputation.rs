@@ -124,6 +124,14 @@ impl Reputation {
             .is_some_and(|until| until > now)
     }
 
+    /// Peers banned at `now`.
+    pub fn banned_count(&self, now: Instant) -> usize {
+        self.peers
+            .values()
+            .filter(|e| e.banned_until.is_some_and(|until| until > now))
+            .count()
+    }
+
     /// Peers whose ban has ended by `now`; their ban is cleared.
     pub fn expired_bans(&mut self, now: Instant) -> Vec<PeerId> {
         let mut out = Vec::new();
@@ -165,6 +173,8 @@ mod tests {
         let t = Instant::now();
         assert_eq!(r.report(p, PeerAction::Fatal, t), Verdict::Ban);
         assert!(r.is_banned(&p, t + Duration::from_secs(1)));
+        assert_eq!(r.banned_count(t + Duration::from_secs(1)), 1);
+        assert_eq!(r.banned_count(t + BAN_DURATION), 0);
         assert!(r.expired_bans(t + Duration::from_secs(1)).is_empty());
         assert_eq!(r.expired_bans(t + BAN_DURATION), vec![p]);
         assert!(!r.is_banned(&p, t + BAN_DURATION));

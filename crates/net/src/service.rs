@@ -39,6 +39,7 @@ use cairn_peers::{AddrBook, Source};
 
 use crate::{
     Metrics, NetConfig, NetError,
+    manager::{FixedPeer, unix_now},
     reputation::{PeerAction, Reputation, Verdict},
     transport,
 };
@@ -47,12 +48,9 @@ use crate::{
 pub const COMMAND_CHANNEL_CAPACITY: usize = 256;
 /// Events queued to the node. The swarm pauses when it is full.
 pub const EVENT_CHANNEL_CAPACITY: usize = 256;
-/// How often bootstrap peers and bans are checked.
+/// How often the peer manager runs ([`crate::manager`]: dials, address requests, bans, saving
+/// the book).
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
-/// First redial delay for a bootstrap node; doubled after each failure.
-pub const BOOTSTRAP_BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// Longest redial delay for a bootstrap node.
-pub const BOOTSTRAP_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 /// How long [`start`] waits for the listeners to report their addresses.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections to one peer (one each way when both dial at once).
@@ -66,12 +64,12 @@ pub const IDENTIFY_PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 pub(crate) struct Behaviour {
-    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     blockexc: blockexc::Behaviour,
-    pex: libp2p::request_response::Behaviour<cairn_pex::PexCodec>,
+    pub(crate) pex: libp2p::request_response::Behaviour<cairn_pex::PexCodec>,
 }
 
 /// Whether we dialled the peer or it dialled us.
@@ -96,6 +94,29 @@ pub struct PeerInfo {
     pub agent: Option<String>,
     /// Its score.
     pub score: f64,
+    /// How long it has been connected (filled in when asked).
+    pub connected_for: Duration,
+}
+
+/// What the peer manager is doing: connected peers, targets and the address book.
+#[derive(Debug, Clone)]
+pub struct NetStatus {
+    /// Connected peers.
+    pub peers: Vec<PeerInfo>,
+    /// Outbound peers the node dials towards.
+    pub outbound_target: usize,
+    /// Cap on inbound peers.
+    pub max_inbound: u32,
+    /// Cap on connections.
+    pub max_peers: u32,
+    /// Running as a seed.
+    pub seed_mode: bool,
+    /// Peers in the address book's new and old buckets, and its bans.
+    pub book: cairn_peers::Stats,
+    /// Peers banned now for their score (refused at connection time).
+    pub banned: usize,
+    /// Peer-exchange bytes sent and received since start.
+    pub pex_bytes: (u64, u64),
 }
 
 /// What the network tells the node.
@@ -143,6 +164,17 @@ pub(crate) enum Command {
     },
     Peers {
         done: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Status {
+        done: oneshot::Sender<NetStatus>,
+    },
+    IsBanned {
+        peer: PeerId,
+        done: oneshot::Sender<bool>,
+    },
+    BookEntry {
+        peer: PeerId,
+        done: oneshot::Sender<Option<cairn_peers::PeerInfo>>,
     },
     ListenAddrs {
         done: oneshot::Sender<Vec<Multiaddr>>,
@@ -223,6 +255,24 @@ impl NetworkHandle {
         self.ask(|done| Command::Peers { done }).await
     }
 
+    /// Connected peers, targets and address-book figures.
+    pub async fn status(&self) -> Result<NetStatus, NetError> {
+        self.ask(|done| Command::Status { done }).await
+    }
+
+    /// Whether `peer` is banned now (its connections are refused).
+    pub async fn is_banned(&self, peer: PeerId) -> Result<bool, NetError> {
+        self.ask(|done| Command::IsBanned { peer, done }).await
+    }
+
+    /// What the address book holds about `peer` (`None`: not in the book).
+    pub async fn book_entry(
+        &self,
+        peer: PeerId,
+    ) -> Result<Option<cairn_peers::PeerInfo>, NetError> {
+        self.ask(|done| Command::BookEntry { peer, done }).await
+    }
+
     /// Addresses we listen on.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
         self.ask(|done| Command::ListenAddrs { done }).await
@@ -248,21 +298,22 @@ impl NetworkHandle {
 
 type DialReply = (Option<PeerId>, oneshot::Sender<Result<PeerId, NetError>>);
 
-struct Bootstrap {
-    peer: PeerId,
-    addr: Multiaddr,
-    next_attempt: Instant,
-    backoff: Duration,
-    dialing: bool,
+pub(crate) struct Connected {
+    pub(crate) info: PeerInfo,
+    pub(crate) connections: usize,
+    /// When the first connection was established.
+    pub(crate) since: Instant,
+    /// Its identify message arrived (we know where it listens).
+    pub(crate) identified: bool,
+    /// We answered an address request of its (a seed hangs up then).
+    pub(crate) answered: bool,
+    /// A seed closes the connection at this time.
+    pub(crate) hang_up_at: Option<Instant>,
 }
 
-struct Connected {
-    info: PeerInfo,
-    connections: usize,
-}
-
-struct Service {
-    swarm: Swarm<Behaviour>,
+/// The swarm task's state. The peer-manager half of its methods is in [`crate::manager`].
+pub(crate) struct Service {
+    pub(crate) swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
     /// Events the node has not taken yet; while any wait, the swarm is not polled (so this
@@ -270,44 +321,32 @@ struct Service {
     parked: std::collections::VecDeque<NetEvent>,
     sends: HashMap<SendId, oneshot::Sender<Result<(), NetError>>>,
     dials: HashMap<ConnectionId, DialReply>,
-    connected: HashMap<PeerId, Connected>,
-    reputation: Reputation,
-    bootstrap: Vec<Bootstrap>,
+    pub(crate) connected: HashMap<PeerId, Connected>,
+    pub(crate) reputation: Reputation,
+    /// Bootstrap and persistent peers.
+    pub(crate) fixed: Vec<FixedPeer>,
     listen_addrs: Vec<Multiaddr>,
     metrics: Metrics,
     /// Peers we know and where they listen (see `cairn-peers`).
-    book: AddrBook,
-    book_path: Option<std::path::PathBuf>,
-    last_book_save: Instant,
-    outbound_target: usize,
-    /// Peers being dialled from the book (at most the outbound target at once).
-    book_dials: std::collections::HashSet<PeerId>,
-    /// When we last asked each peer for addresses (bounded by the connected peers: entries go
-    /// when the peer disconnects).
-    pex_asked: HashMap<PeerId, Instant>,
-    /// When each peer last asked us (same bound).
-    pex_served: HashMap<PeerId, Instant>,
+    pub(crate) book: AddrBook,
+    pub(crate) book_path: Option<std::path::PathBuf>,
+    pub(crate) last_book_save: Instant,
+    pub(crate) outbound_target: usize,
+    max_inbound: u32,
+    max_peers: u32,
+    /// Crawl, answer, hang up; no outbound target (see [`crate::manager`]).
+    pub(crate) seed_mode: bool,
+    pub(crate) last_crawl: Instant,
+    /// Peers being dialled from the book (at most the outbound target, or a seed's crawl batch,
+    /// at once).
+    pub(crate) book_dials: std::collections::HashSet<PeerId>,
+    /// When we last asked each peer for addresses, within the last
+    /// [`crate::manager::PEX_ASK_INTERVAL`] (bounded by the peers we can connect to in that time).
+    pub(crate) pex_asked: HashMap<PeerId, Instant>,
+    /// When each peer last asked us, kept [`crate::manager::PEX_MIN_REQUEST_INTERVAL`] after it
+    /// disconnects (bounded by the connections the node can accept in that time).
+    pub(crate) pex_served: HashMap<PeerId, Instant>,
 }
-
-/// How often one peer is asked for addresses while the book needs more (CometBFT asks an
-/// outbound peer when the book is thin, at most once per ensure-peers round).
-pub const PEX_ASK_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Shortest interval between two address requests a peer may send us; a faster one is
-/// answered with nothing and penalised (CometBFT: `minReceiveRequestInterval`).
-pub const PEX_MIN_REQUEST_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Seconds since the Unix epoch (the address book keeps wall-clock times, since they are
-/// saved across restarts).
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Share of dials from the book that go to peers never connected to (CometBFT's
-/// `PickAddress` bias; low, so known-good peers come first).
-const BOOK_BIAS_TOWARDS_NEW: u8 = 30;
 
 /// Builds the swarm, binds `config.listen`, and spawns the task that runs it until `cancel`.
 pub async fn start(
@@ -330,6 +369,7 @@ pub async fn start(
         limits: connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
                 .with_max_established(Some(config.max_peers))
+                .with_max_established_incoming(Some(config.max_inbound))
                 .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
                 .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
         ),
@@ -345,7 +385,7 @@ pub async fn start(
             config.blockexc.clone(),
             config.metrics.blockexc.clone(),
         ),
-        pex: cairn_pex::behaviour(),
+        pex: cairn_pex::behaviour_with_traffic(config.metrics.pex.clone()),
     };
     let mut swarm = Swarm::new(
         transport,
@@ -398,20 +438,25 @@ pub async fn start(
         info!(%addr, %peer_id, "libp2p listening");
     }
     let now = Instant::now();
-    let mut bootstrap = Vec::new();
-    for addr in &config.bootstrap {
-        match addr.iter().last() {
-            Some(Protocol::P2p(peer)) => bootstrap.push(Bootstrap {
-                peer,
-                addr: addr.clone(),
-                next_attempt: now,
-                backoff: BOOTSTRAP_BACKOFF_MIN,
-                dialing: false,
-            }),
-            _ => return Err(NetError::BadBootstrap(addr.clone())),
+    let mut fixed: Vec<FixedPeer> = Vec::new();
+    for (addrs, persistent) in [(&config.bootstrap, false), (&config.persistent_peers, true)] {
+        for addr in addrs {
+            match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => {
+                    // A peer named both ways is persistent.
+                    if let Some(f) = fixed.iter_mut().find(|f| f.peer == peer) {
+                        f.persistent |= persistent;
+                    } else {
+                        fixed.push(FixedPeer::new(peer, addr.clone(), persistent, now));
+                    }
+                }
+                _ => return Err(NetError::BadBootstrap(addr.clone())),
+            }
         }
     }
-    let book_config = cairn_peers::Config::new(peer_id);
+    let book_config = cairn_peers::Config::new(peer_id)
+        .with_routability(config.routability)
+        .with_private_peer_ids(config.private_peer_ids.iter().copied());
     let book = match &config.book_path {
         Some(path) => {
             let (book, outcome) = AddrBook::load(path, book_config, unix_now());
@@ -431,18 +476,26 @@ pub async fn start(
         dials: HashMap::new(),
         connected: HashMap::new(),
         reputation: Reputation::default(),
-        bootstrap,
+        fixed,
         listen_addrs,
         metrics: config.metrics.clone(),
         book,
         book_path: config.book_path.clone(),
         last_book_save: Instant::now(),
         outbound_target: config.outbound_target,
+        max_inbound: config.max_inbound,
+        max_peers: config.max_peers,
+        seed_mode: config.seed_mode,
+        last_crawl: now,
         book_dials: std::collections::HashSet::new(),
         pex_asked: HashMap::new(),
         pex_served: HashMap::new(),
     };
-    let task = tokio::spawn(service.run(cancel));
+    // Every line the task logs names the node (several run in one process in tests and
+    // benchmarks): the last characters of its peer id.
+    let id = peer_id.to_base58();
+    let span = tracing::debug_span!("net", node = %&id[id.len().saturating_sub(6)..]);
+    let task = tokio::spawn(tracing::Instrument::instrument(service.run(cancel), span));
     Ok((
         NetworkHandle {
             peer_id,
@@ -517,16 +570,26 @@ impl Service {
             }
             Command::Dial { peer, addrs, done } => self.dial(peer, addrs, done),
             Command::Peers { done } => {
-                let now = Instant::now();
-                let peers = self
-                    .connected
-                    .values()
-                    .map(|c| PeerInfo {
-                        score: self.reputation.score(&c.info.peer, now),
-                        ..c.info.clone()
-                    })
-                    .collect();
-                let _ = done.send(peers);
+                let _ = done.send(self.peer_infos());
+            }
+            Command::Status { done } => {
+                let pex = &self.metrics.pex;
+                let _ = done.send(NetStatus {
+                    peers: self.peer_infos(),
+                    outbound_target: self.outbound_target,
+                    max_inbound: self.max_inbound,
+                    max_peers: self.max_peers,
+                    seed_mode: self.seed_mode,
+                    book: self.book.stats(),
+                    banned: self.reputation.banned_count(Instant::now()),
+                    pex_bytes: (pex.bytes_sent.get(), pex.bytes_received.get()),
+                });
+            }
+            Command::BookEntry { peer, done } => {
+                let _ = done.send(self.book.get(&peer));
+            }
+            Command::IsBanned { peer, done } => {
+                let _ = done.send(self.reputation.is_banned(&peer, Instant::now()));
             }
             Command::ListenAddrs { done } => {
                 let _ = done.send(self.listen_addrs.clone());
@@ -540,6 +603,18 @@ impl Service {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
         }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let now = Instant::now();
+        self.connected
+            .values()
+            .map(|c| PeerInfo {
+                score: self.reputation.score(&c.info.peer, now),
+                connected_for: now.duration_since(c.since),
+                ..c.info.clone()
+            })
+            .collect()
     }
 
     fn dial(
@@ -582,7 +657,7 @@ impl Service {
         }
     }
 
-    fn report(&mut self, peer: PeerId, action: PeerAction, reason: &str) {
+    pub(crate) fn report(&mut self, peer: PeerId, action: PeerAction, reason: &str) {
         self.metrics.penalties.of(action).inc();
         let verdict = self.reputation.report(peer, action, Instant::now());
         warn!(%peer, ?action, ?verdict, reason, "peer penalised");
@@ -592,238 +667,12 @@ impl Service {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             Verdict::Ban => {
+                // Refused at connection time (existing connections are closed), and out of the
+                // book (so neither dialled nor gossiped) until the ban ends.
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
-            }
-        }
-    }
-
-    /// Writes the address book to its file, if it has one.
-    fn save_book(&mut self) {
-        self.last_book_save = Instant::now();
-        if let Some(path) = &self.book_path
-            && let Err(e) = self.book.save(path)
-        {
-            warn!(path = %path.display(), error = %e, "cannot save the address book");
-        }
-    }
-
-    /// While there are fewer outbound connections than the target, dials peers from the book.
-    fn dial_from_book(&mut self) {
-        let outbound = self
-            .connected
-            .values()
-            .filter(|c| c.info.direction == Direction::Outbound)
-            .count();
-        let mut want = self
-            .outbound_target
-            .saturating_sub(outbound + self.book_dials.len());
-        // A few picks may name peers already connected or dialled: try a bounded number.
-        let mut tries = want * 3;
-        while want > 0 && tries > 0 {
-            tries -= 1;
-            let Some(pick) = self.book.pick_address(BOOK_BIAS_TOWARDS_NEW) else {
-                return;
-            };
-            // Not a peer we are connected or dialling to, nor one we dropped for misbehaving
-            // and whose score has not recovered yet.
-            if self.connected.contains_key(&pick.peer)
-                || self.book_dials.contains(&pick.peer)
-                || pick.addrs.is_empty()
-                || self.reputation.score(&pick.peer, Instant::now())
-                    <= crate::reputation::DISCONNECT_SCORE
-            {
-                continue;
-            }
-            self.book.mark_attempt(&pick.peer, unix_now());
-            let opts = DialOpts::peer_id(pick.peer)
-                .addresses(pick.addrs)
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            match self.swarm.dial(opts) {
-                Ok(()) => {
-                    self.book_dials.insert(pick.peer);
-                    want -= 1;
-                }
-                Err(e) => {
-                    debug!(peer = %pick.peer, error = %e, "dial from the address book not started");
-                }
-            }
-        }
-    }
-
-    /// Asks connected peers for addresses while the book needs more, each at most every
-    /// [`PEX_ASK_INTERVAL`].
-    fn ask_for_addrs(&mut self, now: Instant) {
-        if !self.book.need_more_addrs() {
-            return;
-        }
-        let due: Vec<PeerId> = self
-            .connected
-            .keys()
-            .filter(|p| {
-                self.pex_asked
-                    .get(*p)
-                    .is_none_or(|t| now.duration_since(*t) >= PEX_ASK_INTERVAL)
-            })
-            .copied()
-            .collect();
-        for peer in due {
-            self.pex_asked.insert(peer, now);
-            let max = u32::try_from(cairn_pex::MAX_PEERS_PER_MESSAGE).unwrap_or(u32::MAX);
-            self.swarm
-                .behaviour_mut()
-                .pex
-                .send_request(&peer, cairn_pex::Request::GetAddrs { max });
-        }
-    }
-
-    fn pex_event(
-        &mut self,
-        ev: libp2p::request_response::Event<cairn_pex::Request, cairn_pex::Addrs>,
-    ) {
-        use libp2p::request_response::{Event, Message};
-        match ev {
-            Event::Message {
-                peer,
-                message:
-                    Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                let now = Instant::now();
-                let answer = match request {
-                    cairn_pex::Request::Push(_) => {
-                        // Address lists are taken only as answers to our requests.
-                        self.report(peer, PeerAction::LowTolerance, "unsolicited address list");
-                        cairn_pex::Addrs::default()
-                    }
-                    cairn_pex::Request::GetAddrs { max } => {
-                        let too_soon = self
-                            .pex_served
-                            .get(&peer)
-                            .is_some_and(|t| now.duration_since(*t) < PEX_MIN_REQUEST_INTERVAL);
-                        self.pex_served.insert(peer, now);
-                        if too_soon {
-                            self.report(
-                                peer,
-                                PeerAction::MidTolerance,
-                                "address requests too often",
-                            );
-                            cairn_pex::Addrs::default()
-                        } else {
-                            self.selection_for(peer, max)
-                        }
-                    }
-                };
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .pex
-                    .send_response(channel, answer);
-            }
-            Event::Message {
-                peer,
-                message: Message::Response { response, .. },
-                ..
-            } => {
-                let Some(from) = self.connected.get(&peer).map(|c| c.info.address.clone()) else {
-                    return;
-                };
-                let src = Source::Peer {
-                    id: peer,
-                    addr: from,
-                };
-                let now = unix_now();
-                let mut added = 0usize;
-                for p in response.0 {
-                    for addr in &p.addrs {
-                        if self.book.add_address(p.peer, addr, &src, now).is_ok() {
-                            added += 1;
-                        }
-                    }
-                }
-                debug!(%peer, added, "addresses from a peer");
-            }
-            Event::OutboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "address request failed");
-            }
-            Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "address request from a peer failed");
-            }
-            Event::ResponseSent { .. } => {}
-        }
-    }
-
-    /// A PEX answer for `peer`: a random selection from the book, with private addresses only
-    /// for a requester that is itself on a private or loopback address.
-    fn selection_for(&mut self, peer: PeerId, max: u32) -> cairn_pex::Addrs {
-        let public = self
-            .connected
-            .get(&peer)
-            .is_some_and(|c| cairn_peers::is_public(&c.info.address));
-        let audience = if public {
-            cairn_peers::Audience::Public
-        } else {
-            cairn_peers::Audience::Local
-        };
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        cairn_pex::Addrs(
-            self.book
-                .get_selection_for(audience)
-                .into_iter()
-                .filter(|p| p.peer != peer)
-                .take(max.min(cairn_pex::MAX_PEERS_PER_MESSAGE))
-                .map(|p| cairn_pex::PeerAddrs {
-                    peer: p.peer,
-                    addrs: p
-                        .addrs
-                        .into_iter()
-                        .take(cairn_pex::MAX_ADDRS_PER_PEER)
-                        .collect(),
-                })
-                .collect(),
-        )
-    }
-
-    fn housekeeping(&mut self) {
-        let now = Instant::now();
-        self.ask_for_addrs(now);
-        self.dial_from_book();
-        if now.duration_since(self.last_book_save) >= crate::BOOK_SAVE_INTERVAL {
-            self.save_book();
-        }
-        for peer in self.reputation.expired_bans(now) {
-            info!(%peer, "ban expired");
-            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
-        }
-        let mut to_dial = Vec::new();
-        for b in &mut self.bootstrap {
-            if !b.dialing && !self.connected.contains_key(&b.peer) && now >= b.next_attempt {
-                b.dialing = true;
-                to_dial.push((b.peer, b.addr.clone()));
-            }
-        }
-        for (peer, addr) in to_dial {
-            let opts = DialOpts::peer_id(peer)
-                .addresses(vec![addr])
-                .condition(PeerCondition::DisconnectedAndNotDialing)
-                .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                debug!(%peer, error = %e, "bootstrap dial not started");
-                self.bootstrap_failed(peer);
-            }
-        }
-    }
-
-    fn bootstrap_failed(&mut self, peer: PeerId) {
-        let now = Instant::now();
-        for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer) {
-            if b.dialing {
-                b.dialing = false;
-                b.next_attempt = now + b.backoff;
-                debug!(%peer, retry_in = ?b.backoff, "bootstrap node unreachable");
-                b.backoff = (b.backoff * 2).min(BOOTSTRAP_BACKOFF_MAX);
+                let until = unix_now() + crate::reputation::BAN_DURATION.as_secs();
+                self.book.ban(peer, until);
+                self.book_dials.remove(&peer);
             }
         }
     }
@@ -852,6 +701,7 @@ impl Service {
                 if let Some(c) = self.connected.get_mut(&peer_id) {
                     c.info.agent = Some(info.agent_version);
                 }
+                self.on_identified(peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Pex(ev)) => self.pex_event(ev),
             SwarmEvent::Behaviour(_) => {}
@@ -871,10 +721,7 @@ impl Service {
                     let _ = self.book.add_address(peer_id, address, &Source::Local, now);
                     self.book.mark_good(&peer_id, now);
                 }
-                for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer_id) {
-                    b.dialing = false;
-                    b.backoff = BOOTSTRAP_BACKOFF_MIN;
-                }
+                self.fixed_connected(peer_id);
                 match self.connected.get_mut(&peer_id) {
                     Some(c) => c.connections += 1,
                     None => {
@@ -897,14 +744,20 @@ impl Service {
                                     direction,
                                     agent: None,
                                     score: 0.0,
+                                    connected_for: Duration::ZERO,
                                 },
                                 connections: 1,
+                                since: Instant::now(),
+                                identified: false,
+                                answered: false,
+                                hang_up_at: None,
                             },
                         );
                         self.emit(NetEvent::PeerConnected {
                             peer: peer_id,
                             direction,
                         });
+                        self.pex_on_connected(peer_id, direction);
                     }
                 }
             }
@@ -915,16 +768,14 @@ impl Service {
                 ..
             } => {
                 if num_established == 0 {
-                    self.pex_asked.remove(&peer_id);
-                    self.pex_served.remove(&peer_id);
+                    // `pex_served` and `pex_asked` stay (pruned on the tick): reconnecting must
+                    // not reset the request rate limits.
                     if let Some(c) = self.connected.remove(&peer_id) {
                         self.metrics.peers(c.info.direction).dec();
                     }
                     info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
                     self.emit(NetEvent::PeerDisconnected { peer: peer_id });
-                    for b in self.bootstrap.iter_mut().filter(|b| b.peer == peer_id) {
-                        b.next_attempt = Instant::now() + b.backoff;
-                    }
+                    self.fixed_disconnected(peer_id);
                 } else if let Some(c) = self.connected.get_mut(&peer_id) {
                     c.connections = num_established as usize;
                 }
@@ -939,7 +790,7 @@ impl Service {
                     let _ = done.send(Err(NetError::Dial(error.to_string())));
                 }
                 if let Some(p) = peer_id {
-                    self.bootstrap_failed(p);
+                    self.fixed_failed(p);
                     // The book counted the attempt when the dial started; a peer failing often
                     // enough becomes "bad" there and is evicted.
                     self.book_dials.remove(&p);

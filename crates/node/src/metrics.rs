@@ -435,8 +435,8 @@ impl Traffic {
         let bytes = Family::default();
         r.register_with_unit(
             "network",
-            "Bytes sent and received, by protocol (blockexc: frames on libp2p streams, dht: UDP \
-             datagrams) and direction",
+            "Bytes sent and received, by protocol (blockexc and pex: frames on libp2p streams, \
+             dht: UDP datagrams) and direction",
             Unit::Bytes,
             bytes.clone(),
         );
@@ -448,6 +448,15 @@ impl Traffic {
             messages.clone(),
         );
         Traffic { bytes, messages }
+    }
+
+    /// `(bytes sent, bytes received)` of `protocol` (one that counts no messages).
+    fn bytes_of(&self, protocol: &'static str) -> (Counter, Counter) {
+        let l = |direction| [("protocol", protocol), ("direction", direction)];
+        (
+            series(&self.bytes, l("sent")),
+            series(&self.bytes, l("received")),
+        )
     }
 
     /// `(bytes sent, bytes received, messages sent, messages received)` of `protocol`.
@@ -477,7 +486,12 @@ fn register_net(r: &mut Registry, traffic: &Traffic) -> cairn_net::Metrics {
         ["fatal", "low_tolerance", "mid_tolerance", "high_tolerance"],
     );
     let (bytes_sent, bytes_received, messages_sent, messages_received) = traffic.of("blockexc");
+    let (pex_sent, pex_received) = traffic.bytes_of("pex");
     cairn_net::Metrics {
+        pex: cairn_net::metrics::PexTraffic {
+            bytes_sent: pex_sent,
+            bytes_received: pex_received,
+        },
         blockexc: cairn_blockexc::Metrics {
             bytes_sent,
             bytes_received,

@@ -615,6 +615,30 @@ impl AddrBook {
         })
     }
 
+    /// Up to `n` peers for a seed node to crawl (CometBFT `getPeersToCrawl`): those never
+    /// attempted, or last attempted at least `min_interval` seconds before `now`, least recently
+    /// attempted first. Private peers are included (crawling one gossips nothing).
+    pub fn crawl_candidates(&self, n: usize, now: u64, min_interval: u64) -> Vec<PeerAddrs> {
+        let mut due: Vec<(Option<u64>, &PeerId, &Entry)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| {
+                e.last_attempt
+                    .is_none_or(|t| now.saturating_sub(t) >= min_interval)
+            })
+            .map(|(p, e)| (e.last_attempt, p, e))
+            .collect();
+        // `None` sorts before every `Some`: never-attempted peers first.
+        due.sort_unstable_by_key(|(t, p, _)| (*t, **p));
+        due.into_iter()
+            .take(n)
+            .map(|(_, p, e)| PeerAddrs {
+                peer: *p,
+                addrs: e.addrs.clone(),
+            })
+            .collect()
+    }
+
     /// A random selection for a PEX reply to a public requester: `get_selection_for(Public)`.
     pub fn get_selection(&mut self) -> Vec<PeerAddrs> {
         self.get_selection_for(Audience::Public)
@@ -915,6 +939,30 @@ pub(crate) mod tests {
 
     pub(crate) fn book() -> AddrBook {
         AddrBook::with_seed(Config::new(local_id()), 7)
+    }
+
+    #[test]
+    fn crawl_candidates_are_the_least_recently_attempted_not_crawled_lately() {
+        let mut b = book();
+        for n in 0..5 {
+            b.add_address(peer(n), &ip4(20 + n as u8, 1, 1, 1), &src(1, 1, 2), 100)
+                .unwrap();
+        }
+        b.mark_attempt(&peer(0), 1000);
+        b.mark_attempt(&peer(1), 900);
+        b.mark_attempt(&peer(2), 1190);
+        // At 1200 with a 60 s minimum: peer 2 was attempted 10 s ago and is left out; the never
+        // attempted ones (3, 4) come first, then 1 (900) before 0 (1000).
+        let got: Vec<PeerId> = b
+            .crawl_candidates(10, 1200, 60)
+            .into_iter()
+            .map(|p| p.peer)
+            .collect();
+        assert_eq!(got.len(), 4);
+        let first: BTreeSet<PeerId> = got[..2].iter().copied().collect();
+        assert_eq!(first, [peer(3), peer(4)].into_iter().collect());
+        assert_eq!(&got[2..], &[peer(1), peer(0)]);
+        assert_eq!(b.crawl_candidates(1, 1200, 60).len(), 1);
     }
 
     /// Panics unless every internal index agrees with every other (see the module docs).

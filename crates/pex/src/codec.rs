@@ -3,16 +3,48 @@
 //! read, so a peer cannot make us allocate or buffer more than [`MAX_REQUEST_BYTES`] or
 //! [`MAX_RESPONSE_BYTES`]. A malformed or oversized message fails the stream with
 //! `InvalidData`, which the request-response behaviour reports as a failure for that one request.
+//!
+//! The codec counts the bytes it reads and writes (prefix and body) in its [`Traffic`] counters:
+//! the codec is cloned for every stream, and the counters are shared handles, so the counts
+//! cover every stream of the behaviour.
 
 use std::io;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use prometheus_client::metrics::counter::Counter;
+
 use crate::{Addrs, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, Request};
 
 /// The codec of `/cairn/pex/1.0.0`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PexCodec;
+#[derive(Debug, Clone, Default)]
+pub struct PexCodec {
+    traffic: Traffic,
+}
+
+impl PexCodec {
+    /// A codec counting its bytes in `traffic`.
+    pub fn with_traffic(traffic: Traffic) -> Self {
+        PexCodec { traffic }
+    }
+}
+
+/// PEX bytes on the wire, both ways, counted by the codec (length prefixes included). The
+/// handles are shared: clones count into the same totals.
+#[derive(Debug, Clone, Default)]
+pub struct Traffic {
+    /// Bytes written (requests and answers).
+    pub bytes_sent: Counter,
+    /// Bytes read (requests and answers, including frames refused for their size: only the
+    /// prefix of those is read).
+    pub bytes_received: Counter,
+}
+
+/// Bytes the length prefix of a `len`-byte body takes.
+fn prefix_len(len: usize) -> u64 {
+    let mut buf = unsigned_varint::encode::usize_buffer();
+    unsigned_varint::encode::usize(len, &mut buf).len() as u64
+}
 
 /// Reads one frame of at most `max` bytes.
 pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
@@ -53,6 +85,9 @@ impl libp2p::request_response::Codec for PexCodec {
         T: AsyncRead + Unpin + Send,
     {
         let body = read_frame(io, MAX_REQUEST_BYTES).await?;
+        self.traffic
+            .bytes_received
+            .inc_by(prefix_len(body.len()) + body.len() as u64);
         Request::decode(&body).map_err(invalid)
     }
 
@@ -61,6 +96,9 @@ impl libp2p::request_response::Codec for PexCodec {
         T: AsyncRead + Unpin + Send,
     {
         let body = read_frame(io, MAX_RESPONSE_BYTES).await?;
+        self.traffic
+            .bytes_received
+            .inc_by(prefix_len(body.len()) + body.len() as u64);
         Addrs::decode(&body).map_err(invalid)
     }
 
@@ -73,7 +111,11 @@ impl libp2p::request_response::Codec for PexCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req.encode()).await
+        let body = req.encode();
+        self.traffic
+            .bytes_sent
+            .inc_by(prefix_len(body.len()) + body.len() as u64);
+        write_frame(io, &body).await
     }
 
     async fn write_response<T>(
@@ -85,7 +127,11 @@ impl libp2p::request_response::Codec for PexCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res.encode()).await
+        let body = res.encode();
+        self.traffic
+            .bytes_sent
+            .inc_by(prefix_len(body.len()) + body.len() as u64);
+        write_frame(io, &body).await
     }
 }
 
@@ -111,7 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_through_the_codec() {
-        let mut c = PexCodec;
+        let mut c = PexCodec::default();
         let mut buf = Cursor::new(Vec::new());
         c.write_request(&PROTOCOL, &mut buf, Request::GetAddrs { max: 32 })
             .await
@@ -137,11 +183,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_codec_counts_the_bytes_of_every_frame() {
+        let traffic = Traffic::default();
+        let mut writer = PexCodec::with_traffic(traffic.clone());
+        let mut buf = Cursor::new(Vec::new());
+        writer
+            .write_response(&PROTOCOL, &mut buf, list(3))
+            .await
+            .unwrap();
+        let framed = buf.get_ref().len() as u64;
+        assert_eq!(traffic.bytes_sent.get(), framed);
+        // A clone (one per stream) counts into the same totals.
+        let mut reader = writer.clone();
+        reader
+            .read_response(&PROTOCOL, &mut Cursor::new(buf.into_inner()))
+            .await
+            .unwrap();
+        assert_eq!(traffic.bytes_received.get(), framed);
+        let mut buf = Cursor::new(Vec::new());
+        writer
+            .write_request(&PROTOCOL, &mut buf, Request::GetAddrs { max: 7 })
+            .await
+            .unwrap();
+        assert_eq!(
+            traffic.bytes_sent.get(),
+            framed + buf.get_ref().len() as u64
+        );
+    }
+
+    #[tokio::test]
     async fn oversized_prefixes_are_refused_before_reading_the_body() {
         // A prefix announcing 1 GiB, followed by nothing: refused on the prefix alone.
         let mut prefix = unsigned_varint::encode::usize_buffer();
         let bytes = unsigned_varint::encode::usize(1 << 30, &mut prefix).to_vec();
-        let mut c = PexCodec;
+        let mut c = PexCodec::default();
         let err = c
             .read_response(&PROTOCOL, &mut Cursor::new(bytes.clone()))
             .await
@@ -169,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn truncated_and_garbage_frames_fail_cleanly() {
-        let mut c = PexCodec;
+        let mut c = PexCodec::default();
         let mut buf = Cursor::new(Vec::new());
         write_frame(&mut buf, &list(3).encode()).await.unwrap();
         let bytes = buf.into_inner();

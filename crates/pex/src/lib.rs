@@ -30,7 +30,7 @@ pub mod message;
 pub mod proto;
 
 pub use crate::{
-    codec::PexCodec,
+    codec::{PexCodec, Traffic},
     message::{Addrs, DecodeError, PeerAddrs, Request},
 };
 
@@ -63,13 +63,19 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// peer needs; a few allow for restarts).
 pub const MAX_CONCURRENT_STREAMS: usize = 4;
 
-/// The request-response behaviour for PEX, serving and asking (`ProtocolSupport::Full`).
+/// The request-response behaviour for PEX, serving and asking (`ProtocolSupport::Full`), its
+/// bytes counted nowhere.
 pub fn behaviour() -> libp2p::request_response::Behaviour<PexCodec> {
+    behaviour_with_traffic(Traffic::default())
+}
+
+/// [`behaviour`], counting its bytes in `traffic`.
+pub fn behaviour_with_traffic(traffic: Traffic) -> libp2p::request_response::Behaviour<PexCodec> {
     let config = libp2p::request_response::Config::default()
         .with_request_timeout(REQUEST_TIMEOUT)
         .with_max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     libp2p::request_response::Behaviour::with_codec(
-        PexCodec,
+        PexCodec::with_traffic(traffic),
         [(PROTOCOL, libp2p::request_response::ProtocolSupport::Full)],
         config,
     )

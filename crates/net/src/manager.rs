@@ -1,0 +1,576 @@
+//! The peer manager: which peers the node connects to, what it tells them about others, and
+//! which it drops. It runs inside the swarm task (these are more methods of the task's state)
+//! on the task's one-second housekeeping tick and on swarm events; it owns the address book.
+//!
+//! This is CometBFT's PEX reactor and switch (`p2p/pex/pex_reactor.go`, `p2p/switch.go`) on a
+//! libp2p swarm.
+//!
+//! ## Fixed peers
+//! * **Persistent peers** (`--persistent-peer`) are always reconnected: when not connected they
+//!   are dialled, with a backoff that doubles on each failure (from [`FIXED_BACKOFF_MIN`] to
+//!   [`FIXED_BACKOFF_MAX`]) and resets on success.
+//! * **Bootstrap nodes** (`--bootstrap-node`) are dialled at start and afterwards only while the
+//!   node has fewer outbound peers than its target (CometBFT dials its seeds when it has no one
+//!   else to ask). Their backoff doubles on every dial, successful or not, and never resets: a
+//!   seed that answers and hangs up is asked again after 15, 30, 60, … seconds, up to five
+//!   minutes, never hammered.
+//!
+//! Neither kind is dialled from the address book (their own routine handles them), so a seed
+//! is not taken for an ordinary peer and redialled as one.
+//!
+//! ## Ensure peers
+//! While the node has fewer outbound peers than its target ([`NetConfig::outbound_target`]),
+//! each tick dials peers picked from the book (known-good peers more likely:
+//! [`BOOK_BIAS_TOWARDS_NEW`]), never one already connected or being dialled, nor one whose score
+//! is at or below the disconnect level. Inbound connections are capped by
+//! [`NetConfig::max_inbound`] and all connections by [`NetConfig::max_peers`] (rust-libp2p's
+//! `connection_limits`, which refuses the connection before any protocol runs on it).
+//!
+//! ## Peer exchange (`/cairn/pex/1.0.0`)
+//! * An outbound peer is asked for addresses as soon as it is connected, if the book needs
+//!   more; every connected peer is asked again every [`PEX_ASK_INTERVAL`] while the book needs
+//!   more. No peer is asked twice within [`PEX_MIN_ASK_INTERVAL`], reconnections included.
+//! * Answers go into the book's new buckets, attributed to the peer that sent them (its address
+//!   picks the buckets, so one source can fill only its share). Lists are taken only as answers
+//!   to our requests: a pushed list is answered with nothing and penalised
+//!   ([`PeerAction::LowTolerance`]).
+//! * A request is answered with a random selection from the book (private peers never; private
+//!   addresses only for a requester on a private or loopback address). A second request within
+//!   [`PEX_MIN_REQUEST_INTERVAL`] is answered with nothing and penalised
+//!   ([`PeerAction::MidTolerance`]). Repeated offences reach the disconnect and then the ban
+//!   threshold of [`crate::reputation`]; a ban also removes the peer from the book until it ends.
+//!
+//! ## Seed mode (`--seed-mode`)
+//! A seed keeps no long connections (CometBFT's `crawlPeersRoutine`): every
+//! [`SEED_CRAWL_INTERVAL`] it dials up to [`SEED_CRAWL_BATCH`] book peers not tried for
+//! [`SEED_RECRAWL_SECS`] (least recently tried first), asks each for addresses and hangs up when
+//! the answer comes. A peer that connects to it is answered (whatever it asked) and hung up on
+//! [`SEED_HANG_UP_GRACE`] after the answer is sent and its identify message (which tells the
+//! seed where it listens) has arrived; any connection older than [`SEED_MAX_CONNECTION_AGE`] is
+//! closed. A seed does not dial towards an outbound target.
+
+use std::time::{Duration, Instant};
+
+use libp2p::{
+    PeerId,
+    swarm::dial_opts::{DialOpts, PeerCondition},
+};
+use tracing::{debug, info, warn};
+
+use cairn_peers::Source;
+
+#[allow(unused_imports)] // named in the module docs
+use crate::NetConfig;
+use crate::{
+    reputation::{DISCONNECT_SCORE, PeerAction},
+    service::{Direction, Service},
+};
+
+/// How often one peer is asked for addresses while the book needs more (CometBFT asks when
+/// the book is thin, once per ensure-peers round of 30 s).
+pub const PEX_ASK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Shortest interval between two address requests a peer may send us; a faster one is
+/// answered with nothing and penalised (CometBFT: `minReceiveRequestInterval`). Remembered
+/// across reconnections, so hanging up and dialling again does not reset it.
+pub const PEX_MIN_REQUEST_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Shortest interval between two address requests we send one peer, across reconnections too:
+/// above [`PEX_MIN_REQUEST_INTERVAL`] with a margin, so an honest node is never penalised.
+pub const PEX_MIN_ASK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Share of dials from the book that go to peers never connected to (CometBFT's
+/// `PickAddress` bias; low, so known-good peers come first).
+pub const BOOK_BIAS_TOWARDS_NEW: u8 = 30;
+
+/// First redial delay of a persistent peer.
+pub const FIXED_BACKOFF_MIN: Duration = Duration::from_secs(1);
+
+/// First redial delay of a bootstrap node: we redial it to ask for addresses, so not before
+/// we may ask it again ([`PEX_MIN_ASK_INTERVAL`]).
+pub const BOOTSTRAP_BACKOFF_MIN: Duration = PEX_MIN_ASK_INTERVAL;
+
+/// Longest redial delay of a bootstrap or persistent peer.
+pub const FIXED_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+
+/// How often a seed crawls its book (CometBFT `crawlPeerPeriod`).
+pub const SEED_CRAWL_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Peers a seed dials per crawl round: bounds the seed's dials to 16 per 30 s, and so the
+/// connections a crawl round opens at once.
+pub const SEED_CRAWL_BATCH: usize = 16;
+
+/// A seed crawls the same peer at most this often, in seconds (CometBFT `minTimeBetweenCrawls`
+/// is 2 minutes; the book's attempt time is the clock, so a restart does not reset it).
+pub const SEED_RECRAWL_SECS: u64 = 2 * 60;
+
+/// The longest a seed keeps any connection open: a peer that neither asks nor identifies
+/// itself in this time is dropped anyway.
+pub const SEED_MAX_CONNECTION_AGE: Duration = Duration::from_secs(20);
+
+/// How long a seed waits between sending its answer and hanging up. "Sent" means written to
+/// the stream; closing the connection at once can still drop it in the muxer on the way out
+/// (seen in the 30-node test), so the seed lets it drain first (CometBFT: `FlushStop`). The
+/// hang-up happens on the next tick after this, so within a second more.
+pub const SEED_HANG_UP_GRACE: Duration = Duration::from_millis(500);
+
+/// Seconds since the Unix epoch (the address book keeps wall-clock times, since they are
+/// saved across restarts).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A bootstrap or persistent peer.
+#[derive(Debug)]
+pub(crate) struct FixedPeer {
+    pub(crate) peer: PeerId,
+    pub(crate) addr: libp2p::Multiaddr,
+    /// Always reconnected (else: only while short of outbound peers).
+    pub(crate) persistent: bool,
+    /// Dialled once already (the first dial of a bootstrap node is unconditional).
+    pub(crate) started: bool,
+    pub(crate) next_attempt: Instant,
+    pub(crate) backoff: Duration,
+    pub(crate) dialing: bool,
+}
+
+impl FixedPeer {
+    pub(crate) fn new(
+        peer: PeerId,
+        addr: libp2p::Multiaddr,
+        persistent: bool,
+        now: Instant,
+    ) -> Self {
+        FixedPeer {
+            peer,
+            addr,
+            persistent,
+            started: false,
+            next_attempt: now,
+            backoff: if persistent {
+                FIXED_BACKOFF_MIN
+            } else {
+                BOOTSTRAP_BACKOFF_MIN
+            },
+            dialing: false,
+        }
+    }
+
+    /// Pushes the next attempt one backoff away and doubles the backoff.
+    fn back_off(&mut self, now: Instant) {
+        self.next_attempt = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(FIXED_BACKOFF_MAX);
+    }
+}
+
+impl Service {
+    /// The peer manager's tick (every [`crate::HOUSEKEEPING_INTERVAL`]).
+    pub(crate) fn housekeeping(&mut self) {
+        let now = Instant::now();
+        let wall = unix_now();
+        if self.seed_mode {
+            self.seed_disconnects(now);
+            if now.duration_since(self.last_crawl) >= SEED_CRAWL_INTERVAL {
+                self.last_crawl = now;
+                self.seed_crawl(wall);
+            }
+        } else {
+            self.ask_for_addrs(now);
+            self.dial_from_book();
+        }
+        self.dial_fixed_peers(now);
+        self.pex_served
+            .retain(|_, t| now.duration_since(*t) < PEX_MIN_REQUEST_INTERVAL);
+        self.pex_asked
+            .retain(|_, t| now.duration_since(*t) < PEX_ASK_INTERVAL);
+        if now.duration_since(self.last_book_save) >= crate::BOOK_SAVE_INTERVAL {
+            self.book.remove_bad(wall);
+            self.save_book();
+        }
+        for peer in self.reputation.expired_bans(now) {
+            info!(%peer, "ban expired");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        self.book.lift_expired_bans(wall);
+    }
+
+    /// Outbound peers connected now.
+    pub(crate) fn outbound_count(&self) -> usize {
+        self.connected
+            .values()
+            .filter(|c| c.info.direction == Direction::Outbound)
+            .count()
+    }
+
+    fn is_fixed(&self, peer: &PeerId) -> bool {
+        self.fixed.iter().any(|f| f.peer == *peer)
+    }
+
+    /// Dials persistent peers that are not connected, and bootstrap nodes while short of
+    /// outbound peers, each when its backoff allows.
+    fn dial_fixed_peers(&mut self, now: Instant) {
+        let short = self.outbound_count() < self.outbound_target;
+        let mut to_dial = Vec::new();
+        for f in &mut self.fixed {
+            let due = !f.dialing && now >= f.next_attempt && !self.connected.contains_key(&f.peer);
+            if due && (f.persistent || short || !f.started) {
+                f.started = true;
+                f.dialing = true;
+                if !f.persistent {
+                    // A bootstrap node is asked less and less often, answered or not.
+                    f.back_off(now);
+                }
+                to_dial.push((f.peer, f.addr.clone()));
+            }
+        }
+        for (peer, addr) in to_dial {
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![addr])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                debug!(%peer, error = %e, "dial of a bootstrap or persistent peer not started");
+                self.fixed_failed(peer);
+            }
+        }
+    }
+
+    /// A dial of a fixed peer failed: try again after its backoff.
+    pub(crate) fn fixed_failed(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        for f in self
+            .fixed
+            .iter_mut()
+            .filter(|f| f.peer == peer && f.dialing)
+        {
+            f.dialing = false;
+            if f.persistent {
+                f.back_off(now);
+            }
+            debug!(%peer, retry_at = ?f.next_attempt.saturating_duration_since(now), "bootstrap or persistent peer unreachable");
+        }
+    }
+
+    /// A fixed peer connected.
+    pub(crate) fn fixed_connected(&mut self, peer: PeerId) {
+        for f in self.fixed.iter_mut().filter(|f| f.peer == peer) {
+            f.dialing = false;
+            if f.persistent {
+                f.backoff = FIXED_BACKOFF_MIN;
+            }
+        }
+    }
+
+    /// A fixed peer's last connection closed.
+    pub(crate) fn fixed_disconnected(&mut self, peer: PeerId) {
+        let now = Instant::now();
+        for f in self.fixed.iter_mut().filter(|f| f.peer == peer) {
+            if f.persistent {
+                f.back_off(now);
+            }
+        }
+    }
+
+    /// Writes the address book to its file, if it has one.
+    pub(crate) fn save_book(&mut self) {
+        self.last_book_save = Instant::now();
+        if let Some(path) = &self.book_path
+            && let Err(e) = self.book.save(path)
+        {
+            warn!(path = %path.display(), error = %e, "cannot save the address book");
+        }
+    }
+
+    /// While there are fewer outbound connections than the target, dials peers from the book.
+    fn dial_from_book(&mut self) {
+        let mut want = self
+            .outbound_target
+            .saturating_sub(self.outbound_count() + self.book_dials.len());
+        // A few picks may name peers already connected or dialled: try a bounded number.
+        let mut tries = want * 3;
+        let now = Instant::now();
+        while want > 0 && tries > 0 {
+            tries -= 1;
+            let Some(pick) = self.book.pick_address(BOOK_BIAS_TOWARDS_NEW) else {
+                return;
+            };
+            // Not a peer we are connected or dialling to, nor a fixed peer (dialled by its own
+            // routine), nor one we dropped for misbehaving whose score has not recovered yet.
+            if self.connected.contains_key(&pick.peer)
+                || self.book_dials.contains(&pick.peer)
+                || pick.addrs.is_empty()
+                || self.is_fixed(&pick.peer)
+                || self.reputation.score(&pick.peer, now) <= DISCONNECT_SCORE
+            {
+                continue;
+            }
+            self.dial_book_peer(pick);
+            want -= 1;
+        }
+    }
+
+    /// Dials a peer picked from the book, counting the attempt there.
+    fn dial_book_peer(&mut self, pick: cairn_peers::PeerAddrs) -> bool {
+        self.book.mark_attempt(&pick.peer, unix_now());
+        let opts = DialOpts::peer_id(pick.peer)
+            .addresses(pick.addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.book_dials.insert(pick.peer);
+                true
+            }
+            Err(e) => {
+                debug!(peer = %pick.peer, error = %e, "dial from the address book not started");
+                false
+            }
+        }
+    }
+
+    /// Asks connected peers for addresses while the book needs more, each at most every
+    /// [`PEX_ASK_INTERVAL`].
+    fn ask_for_addrs(&mut self, now: Instant) {
+        if !self.book.need_more_addrs() {
+            return;
+        }
+        // A bootstrap node is asked as often as it may be (we connected to it for that); others
+        // every PEX_ASK_INTERVAL (`pex_asked` holds only the last PEX_ASK_INTERVAL: see
+        // `housekeeping`).
+        let due: Vec<PeerId> = self
+            .connected
+            .keys()
+            .filter(|p| {
+                self.pex_asked.get(*p).is_none_or(|t| {
+                    self.is_fixed(p) && now.duration_since(*t) >= PEX_MIN_ASK_INTERVAL
+                })
+            })
+            .copied()
+            .collect();
+        for peer in due {
+            self.ask(peer, now);
+        }
+    }
+
+    /// Asks `peer` for addresses unless it was asked less than [`PEX_MIN_ASK_INTERVAL`] ago.
+    pub(crate) fn ask(&mut self, peer: PeerId, now: Instant) {
+        if self
+            .pex_asked
+            .get(&peer)
+            .is_some_and(|t| now.duration_since(*t) < PEX_MIN_ASK_INTERVAL)
+        {
+            return;
+        }
+        self.pex_asked.insert(peer, now);
+        let max = u32::try_from(cairn_pex::MAX_PEERS_PER_MESSAGE).unwrap_or(u32::MAX);
+        self.swarm
+            .behaviour_mut()
+            .pex
+            .send_request(&peer, cairn_pex::Request::GetAddrs { max });
+    }
+
+    /// A new connection: an outbound peer is asked for addresses at once when the book needs
+    /// more (and always by a seed, which dialled it to crawl).
+    pub(crate) fn pex_on_connected(&mut self, peer: PeerId, direction: Direction) {
+        if direction == Direction::Outbound && (self.seed_mode || self.book.need_more_addrs()) {
+            self.ask(peer, Instant::now());
+        }
+    }
+
+    pub(crate) fn pex_event(
+        &mut self,
+        ev: libp2p::request_response::Event<cairn_pex::Request, cairn_pex::Addrs>,
+    ) {
+        use libp2p::request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let answer = self.answer(peer, request);
+                debug!(%peer, peers = answer.0.len(), book = self.book.size(), "address request answered");
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .pex
+                    .send_response(channel, answer);
+            }
+            Event::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            } => {
+                self.take_addrs(peer, response);
+                if self.seed_mode {
+                    // Crawled: nothing more to do with this peer.
+                    self.seed_hang_up(peer);
+                }
+            }
+            Event::OutboundFailure { peer, error, .. } => {
+                // Not asked again before PEX_MIN_ASK_INTERVAL: a peer that fails requests is
+                // not worth hammering.
+                debug!(%peer, %error, "address request failed");
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "address request from a peer failed");
+            }
+            Event::ResponseSent { peer, .. } => {
+                if self.seed_mode
+                    && self
+                        .connected
+                        .get(&peer)
+                        .is_some_and(|c| c.answered && c.identified)
+                {
+                    self.seed_hang_up(peer);
+                }
+            }
+        }
+    }
+
+    /// The answer to a request from `peer`.
+    fn answer(&mut self, peer: PeerId, request: cairn_pex::Request) -> cairn_pex::Addrs {
+        let now = Instant::now();
+        if let Some(c) = self.connected.get_mut(&peer) {
+            c.answered = true;
+        }
+        match request {
+            cairn_pex::Request::Push(_) => {
+                // Address lists are taken only as answers to our requests.
+                self.report(peer, PeerAction::LowTolerance, "unsolicited address list");
+                cairn_pex::Addrs::default()
+            }
+            cairn_pex::Request::GetAddrs { max } => {
+                let too_soon = self
+                    .pex_served
+                    .get(&peer)
+                    .is_some_and(|t| now.duration_since(*t) < PEX_MIN_REQUEST_INTERVAL);
+                self.pex_served.insert(peer, now);
+                if too_soon {
+                    self.report(peer, PeerAction::MidTolerance, "address requests too often");
+                    return cairn_pex::Addrs::default();
+                }
+                self.selection_for(peer, max)
+            }
+        }
+    }
+
+    /// Puts the addresses `peer` sent us into the book.
+    fn take_addrs(&mut self, peer: PeerId, addrs: cairn_pex::Addrs) {
+        let Some(from) = self.connected.get(&peer).map(|c| c.info.address.clone()) else {
+            return;
+        };
+        let src = Source::Peer {
+            id: peer,
+            addr: from,
+        };
+        let now = unix_now();
+        let mut added = 0usize;
+        for p in addrs.0 {
+            for addr in &p.addrs {
+                if self.book.add_address(p.peer, addr, &src, now).is_ok() {
+                    added += 1;
+                }
+            }
+        }
+        debug!(%peer, added, "addresses from a peer");
+    }
+
+    /// A PEX answer for `peer`: a random selection from the book, with private addresses only
+    /// for a requester that is itself on a private or loopback address.
+    fn selection_for(&mut self, peer: PeerId, max: u32) -> cairn_pex::Addrs {
+        let public = self
+            .connected
+            .get(&peer)
+            .is_some_and(|c| cairn_peers::is_public(&c.info.address));
+        let audience = if public {
+            cairn_peers::Audience::Public
+        } else {
+            cairn_peers::Audience::Local
+        };
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        cairn_pex::Addrs(
+            self.book
+                .get_selection_for(audience)
+                .into_iter()
+                .filter(|p| p.peer != peer)
+                .take(max.min(cairn_pex::MAX_PEERS_PER_MESSAGE))
+                .map(|p| cairn_pex::PeerAddrs {
+                    peer: p.peer,
+                    addrs: p
+                        .addrs
+                        .into_iter()
+                        .take(cairn_pex::MAX_ADDRS_PER_PEER)
+                        .collect(),
+                })
+                .collect(),
+        )
+    }
+
+    /// A peer identified itself. A seed hangs up on a peer it has answered once it knows where
+    /// that peer listens.
+    pub(crate) fn on_identified(&mut self, peer: PeerId) {
+        if let Some(c) = self.connected.get_mut(&peer) {
+            c.identified = true;
+            if self.seed_mode && c.answered {
+                self.seed_hang_up(peer);
+            }
+        }
+    }
+
+    /// A seed is done with `peer`: it hangs up after [`SEED_HANG_UP_GRACE`] (persistent peers
+    /// excepted).
+    fn seed_hang_up(&mut self, peer: PeerId) {
+        if self.fixed.iter().any(|f| f.peer == peer && f.persistent) {
+            return;
+        }
+        if let Some(c) = self.connected.get_mut(&peer)
+            && c.hang_up_at.is_none()
+        {
+            debug!(%peer, "seed: done with peer");
+            c.hang_up_at = Some(Instant::now() + SEED_HANG_UP_GRACE);
+        }
+    }
+
+    /// A seed closes connections it is done with, and those older than
+    /// [`SEED_MAX_CONNECTION_AGE`].
+    fn seed_disconnects(&mut self, now: Instant) {
+        let persistent = |p: &PeerId| self.fixed.iter().any(|f| f.peer == *p && f.persistent);
+        let over: Vec<PeerId> = self
+            .connected
+            .values()
+            .filter(|c| {
+                c.hang_up_at.is_some_and(|t| now >= t)
+                    || now.duration_since(c.since) >= SEED_MAX_CONNECTION_AGE
+            })
+            .map(|c| c.info.peer)
+            .filter(|p| !persistent(p))
+            .collect();
+        for peer in over {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// A seed's crawl round: dial the book peers tried least recently; each is asked for
+    /// addresses when connected and hung up on when it answers.
+    fn seed_crawl(&mut self, wall: u64) {
+        let picks = self
+            .book
+            .crawl_candidates(SEED_CRAWL_BATCH, wall, SEED_RECRAWL_SECS);
+        let mut dialled = 0usize;
+        for pick in picks {
+            if self.connected.contains_key(&pick.peer) || self.book_dials.contains(&pick.peer) {
+                continue;
+            }
+            if self.dial_book_peer(pick) {
+                dialled += 1;
+            }
+        }
+        debug!(dialled, book = self.book.size(), "seed: crawl round");
+    }
+}

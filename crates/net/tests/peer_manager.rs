@@ -1,0 +1,387 @@
+//! The peer manager on loopback: abusers of the peer-exchange protocol are penalised, dropped
+//! and banned; the inbound cap holds; persistent peers are reconnected and bootstrap nodes are
+//! not when the node has its peers; private peer ids are never handed out.
+//!
+//! The abuser is a bare rust-libp2p swarm speaking `/cairn/pex/1.0.0` (the same codec as the
+//! node), so it can send what a cairn node never sends. Every wait has a deadline.
+
+use std::time::Duration;
+
+use cairn_net::{Keypair, Multiaddr, NetConfig, NetworkHandle, PeerId, start};
+use cairn_pex::{Addrs, PeerAddrs, Request};
+use futures::StreamExt;
+use libp2p::{
+    Swarm, SwarmBuilder, noise,
+    request_response::{self, Message},
+    swarm::SwarmEvent,
+    tcp, yamux,
+};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn config() -> NetConfig {
+    NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        ..NetConfig::default()
+    }
+}
+
+async fn node_with(config: NetConfig, cancel: &CancellationToken) -> (NetworkHandle, Multiaddr) {
+    let (h, mut ev, _task) = start(Keypair::generate_secp256k1(), config, cancel.child_token())
+        .await
+        .unwrap();
+    // Nobody reads this node's events in these tests: drain them so the swarm never waits.
+    tokio::spawn(async move { while ev.recv().await.is_some() {} });
+    let addr = h.listen_addrs().await.unwrap()[0].clone();
+    (h, addr)
+}
+
+/// Polls `check` every 50 ms until it holds; panics with `what` after [`WAIT`].
+async fn until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let ok = tokio::time::timeout(WAIT, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "timed out waiting until {what}");
+}
+
+type Pex = request_response::Behaviour<cairn_pex::PexCodec>;
+
+fn abuser() -> Swarm<Pex> {
+    SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| cairn_pex::behaviour())
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build()
+}
+
+/// What one round of abuse came to.
+#[derive(Debug, PartialEq)]
+enum Round {
+    /// The node answered.
+    Answered(Addrs),
+    /// The request failed (the node closed the connection, or refused it).
+    Failed,
+}
+
+/// Connects (if needed) and sends one request; returns how it ended.
+async fn one_request(s: &mut Swarm<Pex>, node: PeerId, addr: &Multiaddr, req: Request) -> Round {
+    if !s.is_connected(&node) {
+        s.dial(addr.clone()).unwrap();
+    }
+    s.add_peer_address(node, addr.clone());
+    let id = s.behaviour_mut().send_request(&node, req);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match s.select_next_some().await {
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message:
+                        Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                }) if request_id == id => return Round::Answered(response),
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    request_id,
+                    ..
+                }) if request_id == id => return Round::Failed,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the request neither answered nor failed")
+}
+
+fn some_list() -> Addrs {
+    Addrs(
+        (0..20u8)
+            .map(|i| PeerAddrs {
+                peer: libp2p::identity::Keypair::generate_ed25519()
+                    .public()
+                    .to_peer_id(),
+                addrs: vec![format!("/ip4/127.0.0.{}/tcp/4001", i + 2).parse().unwrap()],
+            })
+            .collect(),
+    )
+}
+
+/// Sends `req()` until the node bans the abuser; returns the rounds it took and how many of
+/// them failed before the ban (the node dropped the connection).
+async fn abuse_until_banned(
+    node: &NetworkHandle,
+    addr: &Multiaddr,
+    req: impl Fn() -> Request,
+    max_rounds: usize,
+) -> (usize, usize, Swarm<Pex>) {
+    let mut s = abuser();
+    let me = *s.local_peer_id();
+    let id = node.local_peer_id();
+    let mut failed = 0;
+    for round in 1..=max_rounds {
+        match one_request(&mut s, id, addr, req()).await {
+            Round::Answered(list) => {
+                // Abusers are answered with nothing.
+                if round > 1 {
+                    assert!(list.0.is_empty(), "an abuser got addresses: {list:?}");
+                }
+            }
+            Round::Failed => failed += 1,
+        }
+        // The report was handled before this answer (one task, commands in order).
+        if node.is_banned(me).await.unwrap() {
+            return (round, failed, s);
+        }
+        if round == 1 {
+            let status = node.status().await.unwrap();
+            let score = status.peers.iter().find(|p| p.peer == me).map(|p| p.score);
+            assert!(score.is_some(), "the abuser is connected after one round");
+        }
+    }
+    panic!("not banned after {max_rounds} rounds");
+}
+
+/// Once banned, the abuser cannot get a request through, and the node does not count it.
+async fn assert_refused(node: &NetworkHandle, addr: &Multiaddr, s: &mut Swarm<Pex>) {
+    let me = *s.local_peer_id();
+    assert_eq!(
+        one_request(s, node.local_peer_id(), addr, Request::GetAddrs { max: 8 }).await,
+        Round::Failed
+    );
+    let status = node.status().await.unwrap();
+    assert!(status.peers.iter().all(|p| p.peer != me));
+    assert_eq!(status.banned, 1);
+}
+
+/// Unsolicited address lists: each costs 10 points (low tolerance); at -50 the node drops the
+/// connection, at -80 it bans. Nothing pushed goes into the book.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_pushing_address_lists_is_penalised_then_banned() {
+    let cancel = CancellationToken::new();
+    let metrics = cairn_net::Metrics::default();
+    let (node, addr) = node_with(
+        NetConfig {
+            metrics: metrics.clone(),
+            ..config()
+        },
+        &cancel,
+    )
+    .await;
+    let list = some_list();
+    let (rounds, failed, mut s) =
+        abuse_until_banned(&node, &addr, || Request::Push(list.clone()), 20).await;
+    // 8 pushes reach -80, or 9 if the score decayed a hair in between; the 5th crossed the
+    // disconnect threshold, so the abuser had to reconnect at least once.
+    let offences = metrics.penalties.low_tolerance.get();
+    assert!(
+        (8..=9).contains(&offences),
+        "banned after {offences} penalised pushes ({rounds} sent)"
+    );
+    assert!(
+        failed >= 1,
+        "the connection was never dropped before the ban"
+    );
+    assert!(failed <= rounds, "{failed}");
+    let status = node.status().await.unwrap();
+    assert_eq!(
+        status.book.new + status.book.old,
+        0,
+        "pushed addresses were kept"
+    );
+    for p in &list.0 {
+        assert!(node.book_entry(p.peer).await.unwrap().is_none());
+    }
+    assert_refused(&node, &addr, &mut s).await;
+    cancel.cancel();
+}
+
+/// Requests faster than one per 10 s: the first is answered, each later one costs 5 points
+/// (mid tolerance) and is answered with nothing, until the ban at -80.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_address_requests_is_penalised_then_banned() {
+    let cancel = CancellationToken::new();
+    let metrics = cairn_net::Metrics::default();
+    let (node, addr) = node_with(
+        NetConfig {
+            metrics: metrics.clone(),
+            ..config()
+        },
+        &cancel,
+    )
+    .await;
+    let (rounds, failed, mut s) =
+        abuse_until_banned(&node, &addr, || Request::GetAddrs { max: 250 }, 30).await;
+    // One free request, then 16 offences of 5 points (17 if the score decayed in between);
+    // reconnecting after the node dropped the connection does not reset the rate limit.
+    let offences = metrics.penalties.mid_tolerance.get();
+    assert!(
+        (16..=17).contains(&offences),
+        "banned after {offences} penalised requests ({rounds} sent)"
+    );
+    assert!(
+        failed >= 1,
+        "the connection was never dropped before the ban"
+    );
+    assert!(
+        rounds > offences as usize,
+        "the first request was penalised"
+    );
+    assert_refused(&node, &addr, &mut s).await;
+    cancel.cancel();
+}
+
+/// At most `max_inbound` peers may dial us; the next is refused before it counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_peers_are_capped() {
+    let cancel = CancellationToken::new();
+    let (hub, hub_addr) = node_with(
+        NetConfig {
+            max_inbound: 2,
+            outbound_target: 0,
+            ..config()
+        },
+        &cancel,
+    )
+    .await;
+    let mut dialers = Vec::new();
+    for _ in 0..3 {
+        let (d, _) = node_with(
+            NetConfig {
+                outbound_target: 0,
+                ..config()
+            },
+            &cancel,
+        )
+        .await;
+        dialers.push(d);
+    }
+    for d in &dialers[..2] {
+        d.connect(hub.local_peer_id(), vec![hub_addr.clone()])
+            .await
+            .unwrap();
+    }
+    until("two peers are connected to the hub", || async {
+        hub.peers().await.unwrap().len() == 2
+    })
+    .await;
+    // The third may see its connection open before the hub drops it; either way it ends with
+    // no connection and the hub never counts it.
+    let third = &dialers[2];
+    let _ = third
+        .connect(hub.local_peer_id(), vec![hub_addr.clone()])
+        .await;
+    until("the third dialer has no connection", || async {
+        third.peers().await.unwrap().is_empty()
+    })
+    .await;
+    let peers = hub.peers().await.unwrap();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers.iter().all(|p| p.peer != third.local_peer_id()));
+    cancel.cancel();
+}
+
+/// A persistent peer is reconnected after the other side hangs up; a bootstrap node is not,
+/// once the node has its outbound target (0 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_peers_are_reconnected_and_bootstrap_nodes_only_when_needed() {
+    let cancel = CancellationToken::new();
+    let quiet = || NetConfig {
+        outbound_target: 0,
+        ..config()
+    };
+    let (a, a_addr) = node_with(quiet(), &cancel).await;
+    let a_full = a_addr.with(cairn_net::Protocol::P2p(a.local_peer_id()));
+    let (b, _) = node_with(
+        NetConfig {
+            persistent_peers: vec![a_full.clone()],
+            ..quiet()
+        },
+        &cancel,
+    )
+    .await;
+    let (c, _) = node_with(
+        NetConfig {
+            bootstrap: vec![a_full],
+            ..quiet()
+        },
+        &cancel,
+    )
+    .await;
+    let a_id = a.local_peer_id();
+    // Both are dialled at start.
+    for n in [&b, &c] {
+        until("the fixed peer is dialled at start", || async {
+            n.peers().await.unwrap().iter().any(|p| p.peer == a_id)
+        })
+        .await;
+    }
+    // A hangs up on both, twice; B comes back each time. C's redial would come on the same
+    // schedule, so two of B's reconnections are time enough to see C not come back.
+    for _ in 0..2 {
+        a.disconnect(b.local_peer_id()).await;
+        a.disconnect(c.local_peer_id()).await;
+        until("A has dropped both", || async {
+            a.peers().await.unwrap().is_empty()
+        })
+        .await;
+        until("B has reconnected to its persistent peer", || async {
+            b.peers().await.unwrap().iter().any(|p| p.peer == a_id)
+        })
+        .await;
+    }
+    assert!(
+        c.peers().await.unwrap().is_empty(),
+        "a bootstrap node was redialled by a node with all the peers it wants"
+    );
+    cancel.cancel();
+}
+
+/// A `--private-peer-id` is dialled and kept, but never handed out: B learns A's other peer
+/// through peer exchange, and never the private one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_peer_ids_are_never_given_out() {
+    let cancel = CancellationToken::new();
+    let quiet = || NetConfig {
+        outbound_target: 0,
+        ..config()
+    };
+    let (p, p_addr) = node_with(quiet(), &cancel).await;
+    let (c, c_addr) = node_with(quiet(), &cancel).await;
+    let (a, a_addr) = node_with(
+        NetConfig {
+            private_peer_ids: vec![p.local_peer_id()],
+            ..quiet()
+        },
+        &cancel,
+    )
+    .await;
+    a.connect(p.local_peer_id(), vec![p_addr]).await.unwrap();
+    a.connect(c.local_peer_id(), vec![c_addr]).await.unwrap();
+    assert!(a.book_entry(p.local_peer_id()).await.unwrap().is_some());
+    let (b, _) = node_with(quiet(), &cancel).await;
+    b.connect(a.local_peer_id(), vec![a_addr]).await.unwrap();
+    until("B learned C from A", || async {
+        b.book_entry(c.local_peer_id()).await.unwrap().is_some()
+    })
+    .await;
+    assert!(
+        b.book_entry(p.local_peer_id()).await.unwrap().is_none(),
+        "a private peer id was given out"
+    );
+    cancel.cancel();
+}
