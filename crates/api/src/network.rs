@@ -188,6 +188,89 @@ struct PeerJson {
     direction: &'static str,
     agent: Option<String>,
     score: f64,
+    /// Seconds since the first connection to it.
+    connected_secs: u64,
+}
+
+impl PeerJson {
+    fn new(p: cairn_node::net::PeerInfo) -> Self {
+        PeerJson {
+            peer_id: p.peer.to_string(),
+            address: p.address.to_string(),
+            direction: direction(p.direction),
+            agent: p.agent,
+            score: p.score,
+            connected_secs: p.connected_for.as_secs(),
+        }
+    }
+}
+
+fn direction(d: cairn_node::net::Direction) -> &'static str {
+    match d {
+        cairn_node::net::Direction::Inbound => "inbound",
+        cairn_node::net::Direction::Outbound => "outbound",
+    }
+}
+
+/// `GET /debug/peers` (a cairn extension): the peer manager's view.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DebugPeers {
+    peers: Vec<PeerJson>,
+    inbound: usize,
+    outbound: usize,
+    outbound_target: usize,
+    max_inbound: u32,
+    max_peers: u32,
+    seed_mode: bool,
+    /// Peers banned now for their score.
+    banned: usize,
+    book: BookJson,
+    pex_bytes_sent: u64,
+    pex_bytes_received: u64,
+}
+
+/// The address book's figures.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BookJson {
+    /// Peers heard of, never connected to.
+    new: usize,
+    /// Peers connected to before.
+    old: usize,
+    /// Bans held by the book.
+    banned: usize,
+}
+
+/// `GET /debug/peers`.
+pub(crate) async fn debug_peers(State(node): State<Node>) -> Result<Response, ApiError> {
+    let net = node
+        .net()
+        .ok_or_else(|| ApiError::Unavailable("This node has no network.".into()))?;
+    let s = net
+        .status()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let count = |d| s.peers.iter().filter(|p| p.direction == d).count();
+    let out = DebugPeers {
+        inbound: count(cairn_node::net::Direction::Inbound),
+        outbound: count(cairn_node::net::Direction::Outbound),
+        outbound_target: s.outbound_target,
+        max_inbound: s.max_inbound,
+        max_peers: s.max_peers,
+        seed_mode: s.seed_mode,
+        banned: s.banned,
+        book: BookJson {
+            new: s.book.new,
+            old: s.book.old,
+            banned: s.book.banned,
+        },
+        pex_bytes_sent: s.pex_bytes.0,
+        pex_bytes_received: s.pex_bytes.1,
+        peers: s.peers.into_iter().map(PeerJson::new).collect(),
+    };
+    let body = serde_json::to_string_pretty(&out).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
 #[derive(Debug, Serialize)]
@@ -266,16 +349,7 @@ pub(crate) async fn debug_info(State(node): State<Node>) -> Result<Response, Api
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .into_iter()
-        .map(|p| PeerJson {
-            peer_id: p.peer.to_string(),
-            address: p.address.to_string(),
-            direction: match p.direction {
-                cairn_node::net::Direction::Inbound => "inbound",
-                cairn_node::net::Direction::Outbound => "outbound",
-            },
-            agent: p.agent,
-            score: p.score,
-        })
+        .map(PeerJson::new)
         .collect();
     let s = engine
         .stats()

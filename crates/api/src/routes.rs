@@ -73,6 +73,7 @@ pub fn router_with(node: Node, options: ApiOptions) -> Router {
         .route("/peerid", get(network::peer_id))
         .route("/spr", get(network::spr))
         .route("/debug/info", get(network::debug_info))
+        .route("/debug/peers", get(network::debug_peers))
         .route("/space", get(space))
         .route("/openapi.yaml", get(openapi::document))
         .with_state(node)

@@ -316,9 +316,51 @@ pub(crate) struct PeerJson {
     /// Its agent version, when identified.
     #[serde(default)]
     pub(crate) agent: Option<String>,
-    /// The block exchange's score of it.
+    /// Its score (penalties from every protocol, decaying).
     #[serde(default)]
     pub(crate) score: f64,
+    /// Seconds since it connected (from `/debug/peers`; absent from older `/debug/info`).
+    #[serde(default)]
+    pub(crate) connected_secs: Option<u64>,
+}
+
+/// `GET /debug/peers` (cairn only): connected peers and the peer manager's figures.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DebugPeers {
+    /// Connected peers.
+    pub(crate) peers: Vec<PeerJson>,
+    /// The rest, printed as they came (in snake_case by `--json`).
+    #[serde(flatten)]
+    pub(crate) manager: ManagerJson,
+}
+
+/// The peer manager's figures; read in camelCase, printed in snake_case.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(rename_all(deserialize = "camelCase", serialize = "snake_case"))]
+pub(crate) struct ManagerJson {
+    pub(crate) inbound: usize,
+    pub(crate) outbound: usize,
+    pub(crate) outbound_target: usize,
+    pub(crate) max_inbound: u32,
+    pub(crate) max_peers: u32,
+    pub(crate) seed_mode: bool,
+    /// Peers banned now for their score.
+    pub(crate) banned: usize,
+    pub(crate) book: BookJson,
+    pub(crate) pex_bytes_sent: u64,
+    pub(crate) pex_bytes_received: u64,
+}
+
+/// The address book's counts.
+#[derive(Debug, Deserialize, Serialize)]
+pub(crate) struct BookJson {
+    /// Heard of, never connected to.
+    pub(crate) new: usize,
+    /// Connected to before.
+    pub(crate) old: usize,
+    /// Bans the book holds.
+    pub(crate) banned: usize,
 }
 
 /// Block-exchange counters; read in the API's camelCase, printed in snake_case.

@@ -12,9 +12,11 @@
 //!   `--force`).
 //! * `info`: `{"peer_id", "version", "revision", "data_dir", "addrs", "announce_addrs", "spr",
 //!   "peers", "dht_nodes", "exchange": {…counters}}`.
-//! * `peers`: `{"peers": [{"peer_id", "address", "direction", "agent", "score"}], "dht":
-//!   {"node_id", "size", "nodes": [{"node_id", "peer_id", "address", "seen", "record"}]} or
-//!   null}`.
+//! * `peers`: `{"peers": [{"peer_id", "address", "direction", "agent", "score",
+//!   "connected_secs"}], "manager": {"inbound", "outbound", "outbound_target", "max_inbound",
+//!   "max_peers", "seed_mode", "banned", "book": {"new", "old", "banned"}, "pex_bytes_sent",
+//!   "pex_bytes_received"} or null (a node without `/debug/peers`), "dht": {"node_id", "size",
+//!   "nodes": [{"node_id", "peer_id", "address", "seen", "record"}]} or null}`.
 //! * `connect`: `{"peer_id", "addrs", "connected"}`.
 //! * `space`: `{"total_bytes", "used_bytes", "reserved_bytes", "free_bytes", "blocks"}`.
 
@@ -370,6 +372,7 @@ async fn info(api: &Api, json: bool) -> anyhow::Result<()> {
 #[derive(Debug, Serialize)]
 struct PeersOut {
     peers: Vec<PeerJson>,
+    manager: Option<api::ManagerJson>,
     dht: Option<DhtOut>,
 }
 
@@ -391,8 +394,18 @@ async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
     let d: DebugInfo = api
         .get_json(&["debug", "info"], "reading the node's peers")
         .await?;
+    // The peer manager's view, when the node has one (a reference node does not: then the
+    // peers of /debug/info).
+    let (peers, manager) = match api
+        .get_json::<api::DebugPeers>(&["debug", "peers"], "reading the node's peer manager")
+        .await
+    {
+        Ok(p) => (p.peers, Some(p.manager)),
+        Err(_) => (d.peers, None),
+    };
     let out = PeersOut {
-        peers: d.peers,
+        peers,
+        manager,
         dht: d.table.map(|t| DhtOut {
             node_id: t.local_node.node_id,
             size: t.nodes.len(),
@@ -414,6 +427,8 @@ async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
                     p.peer_id.clone(),
                     p.direction.clone(),
                     format!("{:.*}", SCORE_DECIMALS, p.score),
+                    p.connected_secs
+                        .map_or_else(|| "-".into(), output::duration_secs),
                     p.agent.clone().unwrap_or_else(|| "-".into()),
                     p.address.clone(),
                 ]
@@ -424,11 +439,16 @@ async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
                 ("PEER ID", Align::Left),
                 ("DIRECTION", Align::Left),
                 ("SCORE", Align::Right),
+                ("FOR", Align::Right),
                 ("AGENT", Align::Left),
                 ("ADDRESS", Align::Left),
             ],
             &rows,
         ));
+    }
+    if let Some(m) = &out.manager {
+        text.push('\n');
+        text.push_str(&manager_text(m));
     }
     text.push('\n');
     match &out.dht {
@@ -460,6 +480,29 @@ async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
         }
     }
     output::print(&text)
+}
+
+/// The peer manager's figures in `cairn peers`.
+fn manager_text(m: &api::ManagerJson) -> String {
+    let mode = if m.seed_mode { " (seed mode)" } else { "" };
+    format!(
+        "outbound {}/{}, inbound {}/{}, at most {} connections{mode}\n\
+         address book: {} peers ({} connected before, {} heard of), {} banned; \
+         {} peers banned for their score\n\
+         peer exchange: {} sent, {} received\n",
+        m.outbound,
+        m.outbound_target,
+        m.inbound,
+        m.max_inbound,
+        m.max_peers,
+        m.book.new + m.book.old,
+        m.book.old,
+        m.book.new,
+        m.book.banned,
+        m.banned,
+        output::size(m.pex_bytes_sent),
+        output::size(m.pex_bytes_received),
+    )
 }
 
 /// `cairn connect --json`.

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, bail};
 use cairn_node::{
     discovery::Spr,
-    net::{Multiaddr, Muxers},
+    net::{Multiaddr, Muxers, PeerId},
 };
 use clap::Args;
 use serde::Deserialize;
@@ -78,7 +78,8 @@ pub(crate) struct StartArgs {
     pub(crate) listen_addrs: Vec<Multiaddr>,
     /// A node to join through, repeatable: a signed peer record (`spr:…`, as `GET /spr`
     /// prints it) joins the DHT through that node; a multiaddr ending in /p2p/<peer id> is
-    /// dialled at start and redialled with backoff while unreachable
+    /// dialled at start, asked for addresses, and dialled again (after 15 s, 30 s, … up to
+    /// 5 min) only while the node has fewer than --outbound-peers
     #[arg(
         long = "bootstrap-node",
         short = 'b',
@@ -102,6 +103,52 @@ pub(crate) struct StartArgs {
     /// Most libp2p connections [default: 160]
     #[arg(long, env = "CAIRN_MAX_PEERS")]
     pub(crate) max_peers: Option<u32>,
+    /// Outbound peers the node keeps, dialling peers from its address book while it has fewer
+    /// [default: 10]
+    #[arg(long, env = "CAIRN_OUTBOUND_PEERS")]
+    pub(crate) outbound_peers: Option<usize>,
+    /// Most peers that dialled us; more are refused [default: 40]
+    #[arg(long, env = "CAIRN_MAX_INBOUND_PEERS")]
+    pub(crate) max_inbound_peers: Option<u32>,
+    /// A peer to stay connected to, repeatable: a multiaddr ending in /p2p/<peer id>, redialled
+    /// whenever the connection drops (backoff 1 s doubling to 5 min)
+    #[arg(
+        long = "persistent-peer",
+        env = "CAIRN_PERSISTENT_PEER",
+        value_delimiter = ','
+    )]
+    pub(crate) persistent_peer: Vec<String>,
+    /// A peer id never given to other peers in address lists, repeatable (it can still be
+    /// dialled and connected)
+    #[arg(
+        long = "private-peer-id",
+        env = "CAIRN_PRIVATE_PEER_ID",
+        value_delimiter = ','
+    )]
+    pub(crate) private_peer_id: Vec<String>,
+    /// Run as a seed node: crawl the address book, answer address requests, and hang up;
+    /// keep no long connections and store nothing for others [default: off]
+    #[arg(
+        long,
+        env = "CAIRN_SEED_MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub(crate) seed_mode: Option<bool>,
+    /// Keep only public addresses in the address book; by default loopback and private
+    /// addresses are kept too when we learn them ourselves or from a peer on our own network
+    /// (never given to public peers either way) [default: off]
+    #[arg(
+        long,
+        env = "CAIRN_ADDR_BOOK_STRICT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub(crate) addr_book_strict: Option<bool>,
     /// Private key file, relative to the data directory unless absolute; created on first
     /// start [default: key]
     #[arg(long, env = "CAIRN_NET_PRIVKEY")]
@@ -151,6 +198,12 @@ struct FileConfig {
     nat: Option<String>,
     announce_interval: Option<toml::Value>,
     max_peers: Option<u32>,
+    outbound_peers: Option<usize>,
+    max_inbound_peers: Option<u32>,
+    persistent_peer: Option<Vec<String>>,
+    private_peer_id: Option<Vec<String>>,
+    seed_mode: Option<bool>,
+    addr_book_strict: Option<bool>,
     net_privkey: Option<PathBuf>,
     muxers: Option<String>,
     metrics: Option<bool>,
@@ -177,6 +230,12 @@ pub(crate) struct Config {
     pub(crate) nat: Nat,
     pub(crate) announce_interval: Duration,
     pub(crate) max_peers: u32,
+    pub(crate) outbound_peers: usize,
+    pub(crate) max_inbound_peers: u32,
+    pub(crate) persistent_peers: Vec<Multiaddr>,
+    pub(crate) private_peer_ids: Vec<PeerId>,
+    pub(crate) seed_mode: bool,
+    pub(crate) addr_book_strict: bool,
     pub(crate) key_file: PathBuf,
     pub(crate) muxers: Muxers,
     /// Whether `cairn start` serves `/metrics`.
@@ -229,6 +288,33 @@ pub(crate) fn parse_nat(text: &str) -> anyhow::Result<Nat> {
             .with_context(|| format!("--nat: '{ip}' is not an IP address"));
     }
     bail!("--nat: '{t}': expected any, none or extip:<IP> (UPnP and NAT-PMP are not supported)")
+}
+
+/// Parses `--persistent-peer` values: multiaddrs naming their peer.
+fn parse_persistent(list: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    list.iter()
+        .map(|a| {
+            let addr: Multiaddr = a
+                .trim()
+                .parse()
+                .with_context(|| format!("--persistent-peer '{a}': not a multiaddr"))?;
+            match addr.iter().last() {
+                Some(cairn_node::net::Protocol::P2p(_)) => Ok(addr),
+                _ => bail!("--persistent-peer {addr}: must end in /p2p/<peer id>"),
+            }
+        })
+        .collect()
+}
+
+/// Parses `--private-peer-id` values.
+fn parse_peer_ids(list: &[String]) -> anyhow::Result<Vec<PeerId>> {
+    list.iter()
+        .map(|p| {
+            p.trim()
+                .parse()
+                .with_context(|| format!("--private-peer-id '{p}': not a peer id"))
+        })
+        .collect()
 }
 
 /// Splits `--bootstrap-node` values into libp2p addresses (checked to name their peer) and
@@ -388,6 +474,27 @@ impl StartArgs {
         if max_peers == 0 {
             bail!("--max-peers must be at least 1");
         }
+        let outbound_peers = self
+            .outbound_peers
+            .or(file.outbound_peers)
+            .unwrap_or(cairn_node::net::DEFAULT_OUTBOUND_TARGET);
+        if u32::try_from(outbound_peers).map_or(true, |o| o > max_peers) {
+            bail!("--outbound-peers ({outbound_peers}) must not exceed --max-peers ({max_peers})");
+        }
+        let max_inbound_peers = self
+            .max_inbound_peers
+            .or(file.max_inbound_peers)
+            .unwrap_or(cairn_node::net::DEFAULT_MAX_INBOUND);
+        let persistent_peers = match (self.persistent_peer.is_empty(), &file.persistent_peer) {
+            (false, _) => parse_persistent(&self.persistent_peer)?,
+            (true, Some(l)) => parse_persistent(l)?,
+            (true, None) => Vec::new(),
+        };
+        let private_peer_ids = match (self.private_peer_id.is_empty(), &file.private_peer_id) {
+            (false, _) => parse_peer_ids(&self.private_peer_id)?,
+            (true, Some(l)) => parse_peer_ids(l)?,
+            (true, None) => Vec::new(),
+        };
         let api_cors_origin = self
             .api_cors_origin
             .or(file.api_cors_origin)
@@ -419,6 +526,15 @@ impl StartArgs {
             nat,
             announce_interval,
             max_peers,
+            outbound_peers,
+            max_inbound_peers,
+            persistent_peers,
+            private_peer_ids,
+            seed_mode: self.seed_mode.or(file.seed_mode).unwrap_or(false),
+            addr_book_strict: self
+                .addr_book_strict
+                .or(file.addr_book_strict)
+                .unwrap_or(false),
             key_file,
             muxers,
             api_bindaddr: match self.api_bindaddr.or(file.api_bindaddr) {
@@ -520,6 +636,70 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(format!("{err:#}").contains("--max-peers"), "{err:#}");
+    }
+
+    #[test]
+    fn peer_manager_options_resolve_and_bad_values_are_named() {
+        let c = StartArgs::default().resolve().unwrap();
+        assert_eq!(c.outbound_peers, cairn_node::net::DEFAULT_OUTBOUND_TARGET);
+        assert_eq!(c.max_inbound_peers, cairn_node::net::DEFAULT_MAX_INBOUND);
+        assert!(!c.seed_mode && !c.addr_book_strict);
+        assert!(c.persistent_peers.is_empty() && c.private_peer_ids.is_empty());
+
+        let id = "16Uiu2HAmFMz54faMd3PJNAF8JUQtLeTA6e48itVw8d6QsQpdRGkh";
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "outbound-peers = 4\nmax-inbound-peers = 8\nseed-mode = true\n\
+                 addr-book-strict = true\nprivate-peer-id = [\"{id}\"]\n\
+                 persistent-peer = [\"/ip4/127.0.0.1/tcp/9/p2p/{id}\"]\n"
+            ),
+        )
+        .unwrap();
+        let c = StartArgs {
+            config_file: Some(f.clone()),
+            outbound_peers: Some(5),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((c.outbound_peers, c.max_inbound_peers), (5, 8));
+        assert!(c.seed_mode && c.addr_book_strict);
+        assert_eq!(c.private_peer_ids[0].to_string(), id);
+        assert_eq!(
+            c.persistent_peers[0].to_string(),
+            format!("/ip4/127.0.0.1/tcp/9/p2p/{id}")
+        );
+
+        for (args, option) in [
+            (
+                StartArgs {
+                    persistent_peer: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                    ..Default::default()
+                },
+                "--persistent-peer",
+            ),
+            (
+                StartArgs {
+                    private_peer_id: vec!["nobody".into()],
+                    ..Default::default()
+                },
+                "--private-peer-id",
+            ),
+            (
+                StartArgs {
+                    outbound_peers: Some(20),
+                    max_peers: Some(10),
+                    ..Default::default()
+                },
+                "--outbound-peers",
+            ),
+        ] {
+            let err = args.resolve().unwrap_err();
+            assert!(format!("{err:#}").contains(option), "{err:#}");
+        }
     }
 
     #[test]

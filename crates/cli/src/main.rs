@@ -160,6 +160,16 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         bootstrap: cfg.bootstrap_nodes.clone(),
         muxers: cfg.muxers,
         max_peers: cfg.max_peers,
+        outbound_target: cfg.outbound_peers,
+        max_inbound: cfg.max_inbound_peers,
+        persistent_peers: cfg.persistent_peers.clone(),
+        private_peer_ids: cfg.private_peer_ids.clone(),
+        seed_mode: cfg.seed_mode,
+        routability: if cfg.addr_book_strict {
+            cairn_node::net::Routability::Strict
+        } else {
+            cairn_node::net::Routability::AllowLocal
+        },
         // The address book lives beside the store; peers reached before are redialled at start.
         book_path: Some(cfg.data_dir.join(PEERS_FILE)),
         metrics: metrics.net.clone(),

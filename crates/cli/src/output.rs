@@ -15,6 +15,19 @@ pub(crate) fn size(bytes: u64) -> String {
     bytesize::ByteSize::b(bytes).display().iec().to_string()
 }
 
+/// A short human-readable duration: "42s", "3m05s", "2h07m", "3d04h".
+pub(crate) fn duration_secs(secs: u64) -> String {
+    const MINUTE: u64 = 60;
+    const HOUR: u64 = 60 * MINUTE;
+    const DAY: u64 = 24 * HOUR;
+    match secs {
+        s if s < MINUTE => format!("{s}s"),
+        s if s < HOUR => format!("{}m{:02}s", s / MINUTE, s % MINUTE),
+        s if s < DAY => format!("{}h{:02}m", s / HOUR, s % HOUR / MINUTE),
+        s => format!("{}d{:02}h", s / DAY, s % DAY / HOUR),
+    }
+}
+
 /// How a table column is aligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Align {
@@ -127,6 +140,15 @@ mod tests {
         assert_eq!(size(1023), "1023 B");
         assert_eq!(size(1536), "1.5 KiB");
         assert_eq!(size(20 << 30), "20.0 GiB");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(duration_secs(0), "0s");
+        assert_eq!(duration_secs(59), "59s");
+        assert_eq!(duration_secs(185), "3m05s");
+        assert_eq!(duration_secs(2 * 3600 + 7 * 60 + 9), "2h07m");
+        assert_eq!(duration_secs(3 * 86400 + 4 * 3600), "3d04h");
     }
 
     #[test]

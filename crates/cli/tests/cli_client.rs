@@ -417,6 +417,55 @@ fn failures_have_their_exit_codes() {
     n.stop();
 }
 
+/// A seed (`--seed-mode`) and three nodes given only the seed (`--bootstrap-node`): the nodes
+/// learn each other from the seed and connect, and the seed ends with no connection.
+#[test]
+fn nodes_find_each_other_through_a_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = NodeProc::start(&dir.path().join("seed"), &["--seed-mode"], &[]);
+    let info = json(&seed, &["info"]);
+    let seed_addr = format!(
+        "{}/p2p/{}",
+        info["addrs"][0].as_str().unwrap(),
+        info["peer_id"].as_str().unwrap()
+    );
+    let nodes: Vec<NodeProc> = (0..3)
+        .map(|i| {
+            NodeProc::start(
+                &dir.path().join(format!("n{i}")),
+                &["--bootstrap-node", &seed_addr, "--outbound-peers", "2"],
+                &[],
+            )
+        })
+        .collect();
+    let seed_id = info["peer_id"].as_str().unwrap().to_owned();
+    for n in &nodes {
+        let v = wait_peers(n, "two peers besides the seed", |v| {
+            v["peers"].as_array().is_some_and(|l| {
+                l.iter()
+                    .filter(|p| p["peer_id"] != seed_id.as_str())
+                    .count()
+                    >= 2
+            })
+        });
+        assert_eq!(v["manager"]["outbound_target"], 2);
+        assert!(
+            v["manager"]["pex_bytes_received"].as_u64().unwrap() > 0,
+            "{v:#}"
+        );
+    }
+    let v = wait_peers(&seed, "the seed to hold no connection", |v| {
+        v["peers"].as_array().is_some_and(Vec::is_empty)
+    });
+    assert_eq!(v["manager"]["seed_mode"], true);
+    assert!(
+        v["manager"]["book"]["old"].as_u64().unwrap()
+            + v["manager"]["book"]["new"].as_u64().unwrap()
+            >= 3,
+        "{v:#}"
+    );
+}
+
 /// Polls `cairn peers --json` on `n` until `cond` holds, within [`WAIT`].
 fn wait_peers(n: &NodeProc, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + WAIT;
@@ -467,6 +516,17 @@ fn two_nodes_connect_and_peers() {
     assert!(p["address"].as_str().unwrap().starts_with(&a_addr), "{p}");
     let debug = get_json(&c, &b, "/debug/info");
     assert_eq!(list.len(), debug["peers"].as_array().unwrap().len());
+    // The peer manager's figures, as /debug/peers has them: one outbound peer of the default
+    // 10, A in the book as a peer connected to before.
+    let m = &peers["manager"];
+    let dp = get_json(&c, &b, "/debug/peers");
+    assert_eq!(m["outbound"], 1, "{peers:#}");
+    assert_eq!(m["outbound_target"], dp["outboundTarget"]);
+    assert_eq!(m["outbound_target"], 10);
+    assert_eq!(m["max_inbound"], 40);
+    assert_eq!(m["seed_mode"], false);
+    assert!(m["book"]["old"].as_u64().unwrap() >= 1, "{m}");
+    assert!(p["connected_secs"].is_u64(), "{p}");
     let dht = &peers["dht"];
     assert_eq!(dht["node_id"], debug["table"]["localNode"]["nodeId"]);
     assert_eq!(
@@ -481,7 +541,11 @@ fn two_nodes_connect_and_peers() {
     });
     let text = ok(&cli(&["peers", "--api", &b.api]));
     assert!(
-        text.starts_with("PEER ID") && text.contains(&a_id) && text.contains("DHT routing table"),
+        text.starts_with("PEER ID")
+            && text.contains(&a_id)
+            && text.contains("outbound 1/10")
+            && text.contains("address book:")
+            && text.contains("DHT routing table"),
         "{text}"
     );
     let text = ok(&cli(&["connect", &a_id, &a_addr, "--api", &b.api]));

@@ -22,6 +22,7 @@ pub mod reputation;
 pub mod service;
 pub mod transport;
 
+pub use cairn_peers::{Routability, Stats as BookStats};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 
 pub use crate::{
