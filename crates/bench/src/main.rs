@@ -66,8 +66,19 @@
 //! Downloads a dataset from one `cairn` node process to another over libp2p on loopback and
 //! compares the throughput with one raw libp2p stream over the same transport: see
 //! [`transfer`].
+//!
+//! ## `pex`
+//!
+//! ```text
+//! target/release/cairn-bench pex --nodes 100
+//! ```
+//!
+//! A seed and `--nodes` `cairn` processes on 127.0.0.x that know only the seed: join time,
+//! connections per node, peer-exchange bytes per node per minute: see [`pex`].
 
 mod dht;
+mod pex;
+mod procs;
 mod transfer;
 
 use std::{
@@ -168,6 +179,9 @@ enum Command {
     /// An in-process network of DHT nodes on loopback UDP: convergence, lookups and provider
     /// records; PING round trips compared with a raw UDP echo measured in the same run.
     Dht(dht::DhtArgs),
+    /// A seed and many `cairn` processes on 127.0.0.x: how long until every node has its
+    /// outbound peers, connections per node, peer-exchange bytes per node per minute.
+    Pex(pex::PexArgs),
     /// One side of `transfer`'s ceiling in its own process (started by `transfer
     /// --ceiling-mode processes`).
     #[command(hide = true)]
@@ -193,6 +207,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ingest(args) => ingest(&args),
         Command::Transfer(args) => transfer::transfer(&args),
         Command::Dht(args) => dht::dht(&args),
+        Command::Pex(args) => pex::pex(&args),
         Command::CeilingPeer(args) => transfer::ceiling_peer(&args),
     }
 }

@@ -124,7 +124,7 @@ const PEER_LISTENING: &str = "ceiling-peer: listening ";
 const PEER_DONE: &str = "ceiling-peer: done ";
 
 /// The line a node prints on stdout when its REST API is up, followed by the API's base URL.
-const READY_PREFIX: &str = "cairn: REST API listening on ";
+pub(crate) const READY_PREFIX: &str = "cairn: REST API listening on ";
 
 /// Time allowed for a small REST call (`/debug/info`, `/connect`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -190,16 +190,8 @@ pub(crate) struct TransferArgs {
     /// Stream multiplexer of both nodes and of the ceiling.
     #[arg(long, value_enum, default_value = "yamux")]
     muxer: MuxerChoice,
-    /// The `cairn` binary [default: `cairn` next to this executable].
-    #[arg(long)]
-    cairn: Option<PathBuf>,
-    /// Directory in which the temporary directory (nodes' data, logs) is created (default: the
-    /// system temp directory).
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Keep the temporary directory (data directories and node logs) instead of deleting it.
-    #[arg(long)]
-    keep: bool,
+    #[command(flatten)]
+    procs: crate::procs::ProcessArgs,
     /// Where the ceiling's two swarms run.
     #[arg(long, value_enum, default_value = "in-process")]
     ceiling_mode: CeilingMode,
@@ -265,31 +257,8 @@ pub(crate) fn transfer(args: &TransferArgs) -> anyhow::Result<()> {
     if args.ceiling_only {
         return ceiling_only(args.ceiling_mode, args.muxer, ceiling_bytes, &pool);
     }
-    let cairn = match &args.cairn {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()
-            .context("locating the cairn-bench executable")?
-            .parent()
-            .context("the cairn-bench executable has no parent directory")?
-            .join("cairn"),
-    };
-    ensure!(
-        cairn.is_file(),
-        "the cairn binary is not at {}: build it next to cairn-bench with \
-         `cargo build --release -p cairn -p cairn-bench` (same target directory), or pass --cairn PATH",
-        cairn.display()
-    );
-    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let tempdir = tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a temporary directory in {}", parent.display()))?;
-    // With --keep, nothing deletes the directory, even when the run fails (logs to read).
-    let (root, tempdir) = if args.keep {
-        (tempdir.keep(), None)
-    } else {
-        (tempdir.path().to_owned(), Some(tempdir))
-    };
+    let cairn = args.procs.cairn()?;
+    let (root, tempdir) = args.procs.workdir(TEMP_PREFIX)?;
     println!("cairn: {}", cairn.display());
     println!("directory: {}", root.display());
 
@@ -303,7 +272,7 @@ pub(crate) fn transfer(args: &TransferArgs) -> anyhow::Result<()> {
         let dir = root.join(muxer.name);
         let nodes = run_nodes(&cairn, &dir, muxer, &pool, size)
             .with_context(|| format!("node run ({})", muxer.name))?;
-        if !args.keep {
+        if !args.procs.keep() {
             // Both nodes' stores hold the dataset: free the space before the next muxer.
             std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
         }
@@ -401,7 +370,7 @@ fn ceiling_only(
 }
 
 /// Rounds for the JSON line.
-fn round(x: f64, decimals: i32) -> f64 {
+pub(crate) fn round(x: f64, decimals: i32) -> f64 {
     let f = 10f64.powi(decimals);
     (x * f).round() / f
 }
@@ -885,7 +854,7 @@ impl Drop for AbortOnDrop {
 
 /// A child process whose stdout is read line by line; killed when dropped if still running.
 #[derive(Debug)]
-struct Spawned {
+pub(crate) struct Spawned {
     what: String,
     child: Child,
     /// Lines of stdout, from a thread that reads to the end (so the pipe never fills).
@@ -902,7 +871,7 @@ impl Drop for Spawned {
 }
 
 impl Spawned {
-    fn spawn(what: &str, cmd: &mut Command) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(what: &str, cmd: &mut Command) -> anyhow::Result<Self> {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -927,12 +896,12 @@ impl Spawned {
         Ok(spawned)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits for a line starting with `prefix`; returns the rest of it.
-    fn wait_line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
+    pub(crate) fn wait_line(&mut self, prefix: &str, timeout: Duration) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         for _ in 0..MAX_STARTUP_LINES {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -963,7 +932,7 @@ impl Spawned {
     }
 
     /// Waits up to `timeout` for the process to exit, then kills it.
-    fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
         let polls = timeout.as_millis() / STOP_POLL.as_millis();
         for _ in 0..polls {
             if let Some(status) = self.child.try_wait()? {
@@ -1107,7 +1076,7 @@ impl NodeProc {
 }
 
 /// A JSON GET with [`CALL_TIMEOUT`].
-async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+pub(crate) async fn get_json(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     let response = client
         .get(url)
         .timeout(CALL_TIMEOUT)
@@ -1364,7 +1333,7 @@ fn machine_cpu_since(before: MachineCpu) -> anyhow::Result<(f64, f64)> {
 }
 
 /// User + system CPU seconds of process `pid` (or `self`), all threads.
-fn process_cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+pub(crate) fn process_cpu_seconds(pid: &str) -> anyhow::Result<f64> {
     let (user, sys) = cpu_seconds_of(pid)?;
     Ok(user + sys)
 }

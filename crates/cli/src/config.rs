@@ -107,7 +107,7 @@ pub(crate) struct StartArgs {
     /// [default: 10]
     #[arg(long, env = "CAIRN_OUTBOUND_PEERS")]
     pub(crate) outbound_peers: Option<usize>,
-    /// Most peers that dialled us; more are refused [default: 40]
+    /// Most peers that dialled us; more are refused [default: 40; with --seed-mode, --max-peers]
     #[arg(long, env = "CAIRN_MAX_INBOUND_PEERS")]
     pub(crate) max_inbound_peers: Option<u32>,
     /// A peer to stay connected to, repeatable: a multiaddr ending in /p2p/<peer id>, redialled
@@ -481,10 +481,17 @@ impl StartArgs {
         if u32::try_from(outbound_peers).map_or(true, |o| o > max_peers) {
             bail!("--outbound-peers ({outbound_peers}) must not exceed --max-peers ({max_peers})");
         }
-        let max_inbound_peers = self
-            .max_inbound_peers
-            .or(file.max_inbound_peers)
-            .unwrap_or(cairn_node::net::DEFAULT_MAX_INBOUND);
+        let seed_mode = self.seed_mode.or(file.seed_mode).unwrap_or(false);
+        // A seed's connections last a second each, and a network starting at once dials it all
+        // at once: by default it takes as many as --max-peers allows.
+        let max_inbound_peers =
+            self.max_inbound_peers
+                .or(file.max_inbound_peers)
+                .unwrap_or(if seed_mode {
+                    max_peers
+                } else {
+                    cairn_node::net::DEFAULT_MAX_INBOUND
+                });
         let persistent_peers = match (self.persistent_peer.is_empty(), &file.persistent_peer) {
             (false, _) => parse_persistent(&self.persistent_peer)?,
             (true, Some(l)) => parse_persistent(l)?,
@@ -530,7 +537,7 @@ impl StartArgs {
             max_inbound_peers,
             persistent_peers,
             private_peer_ids,
-            seed_mode: self.seed_mode.or(file.seed_mode).unwrap_or(false),
+            seed_mode,
             addr_book_strict: self
                 .addr_book_strict
                 .or(file.addr_book_strict)

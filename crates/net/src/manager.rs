@@ -28,8 +28,10 @@
 //!
 //! ## Peer exchange (`/cairn/pex/1.0.0`)
 //! * An outbound peer is asked for addresses as soon as it is connected, if the book needs
-//!   more; every connected peer is asked again every [`PEX_ASK_INTERVAL`] while the book needs
-//!   more. No peer is asked twice within [`PEX_MIN_ASK_INTERVAL`], reconnections included.
+//!   more (fewer than 1000 peers). While the node is also short of outbound peers, one connected
+//!   peer is asked per [`PEX_ROUND_INTERVAL`]; a node with its outbound peers asks nobody (as
+//!   CometBFT). No peer is asked twice within [`PEX_MIN_ASK_INTERVAL`], reconnections included;
+//!   a connected bootstrap node is asked whenever that allows while the node is short.
 //! * Answers go into the book's new buckets, attributed to the peer that sent them (its address
 //!   picks the buckets, so one source can fill only its share). Lists are taken only as answers
 //!   to our requests: a pushed list is answered with nothing and penalised
@@ -66,9 +68,15 @@ use crate::{
     service::{Direction, Service},
 };
 
-/// How often one peer is asked for addresses while the book needs more (CometBFT asks when
-/// the book is thin, once per ensure-peers round of 30 s).
+/// How often the same peer is asked for addresses by the periodic round (below).
 pub const PEX_ASK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// While the node is short of outbound peers and its book needs more addresses, one connected
+/// peer (not asked within [`PEX_ASK_INTERVAL`]) is asked per round of this length. CometBFT asks
+/// one random peer per 30 s ensure-peers round, under the same two conditions; a shorter round
+/// lets a node that joined first (and got an empty list) catch up in seconds, and a node with
+/// its peers asks nobody.
+pub const PEX_ROUND_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Shortest interval between two address requests a peer may send us; a faster one is
 /// answered with nothing and penalised (CometBFT: `minReceiveRequestInterval`). Remembered
@@ -229,6 +237,7 @@ impl Service {
             let opts = DialOpts::peer_id(peer)
                 .addresses(vec![addr])
                 .condition(PeerCondition::DisconnectedAndNotDialing)
+                .allocate_new_port()
                 .build();
             if let Err(e) = self.swarm.dial(opts) {
                 debug!(%peer, error = %e, "dial of a bootstrap or persistent peer not started");
@@ -317,6 +326,7 @@ impl Service {
         let opts = DialOpts::peer_id(pick.peer)
             .addresses(pick.addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
             .build();
         match self.swarm.dial(opts) {
             Ok(()) => {
@@ -330,26 +340,35 @@ impl Service {
         }
     }
 
-    /// Asks connected peers for addresses while the book needs more, each at most every
-    /// [`PEX_ASK_INTERVAL`].
+    /// While short of outbound peers and of addresses: asks a connected bootstrap node as often
+    /// as it may be asked, and one other connected peer per [`PEX_ROUND_INTERVAL`].
     fn ask_for_addrs(&mut self, now: Instant) {
-        if !self.book.need_more_addrs() {
+        if !self.book.need_more_addrs() || self.outbound_count() >= self.outbound_target {
             return;
         }
-        // A bootstrap node is asked as often as it may be (we connected to it for that); others
-        // every PEX_ASK_INTERVAL (`pex_asked` holds only the last PEX_ASK_INTERVAL: see
-        // `housekeeping`).
-        let due: Vec<PeerId> = self
+        // A bootstrap node is asked as often as it may be (we connected to it for that).
+        let fixed: Vec<PeerId> = self
             .connected
             .keys()
-            .filter(|p| {
-                self.pex_asked.get(*p).is_none_or(|t| {
-                    self.is_fixed(p) && now.duration_since(*t) >= PEX_MIN_ASK_INTERVAL
-                })
-            })
+            .filter(|p| self.is_fixed(p))
             .copied()
             .collect();
-        for peer in due {
+        for peer in fixed {
+            self.ask(peer, now);
+        }
+        if now.duration_since(self.last_pex_round) < PEX_ROUND_INTERVAL {
+            return;
+        }
+        self.last_pex_round = now;
+        // One other peer not asked within PEX_ASK_INTERVAL (`pex_asked` holds only that span:
+        // see `housekeeping`); the map's order is arbitrary, and asked peers drop out of the
+        // choice, so the rounds go round the peers.
+        if let Some(peer) = self
+            .connected
+            .keys()
+            .find(|p| !self.pex_asked.contains_key(p) && !self.is_fixed(p))
+            .copied()
+        {
             self.ask(peer, now);
         }
     }

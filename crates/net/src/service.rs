@@ -4,6 +4,14 @@
 //! [`NetworkHandle`] (cheap to clone; every method sends a [`Command`] over a bounded channel
 //! and awaits a oneshot answer) and the receiver of [`NetEvent`]s.
 //!
+//! ## Dials use a fresh local port
+//! Every dial asks for a new local port (`allocate_new_port`). rust-libp2p's default, port
+//! reuse, binds the dialling socket to `0.0.0.0:<listen port>`; that fails with `EADDRINUSE`
+//! when another socket holds the same port number on another local address (a host with
+//! several addresses and several services: the 100-node benchmark on 127.0.0.x hit it for about
+//! one node in a hundred, which then could dial nobody), and libp2p-tcp falls back to a new port
+//! only on `EADDRNOTAVAIL`. Port reuse only helps hole punching, which cairn does not do.
+//!
 //! ## No deadlock between the two channels
 //! The engine sends commands and receives events; the swarm task does the opposite. Both
 //! channels are bounded, so the swarm task never *awaits* room in the event channel while
@@ -337,6 +345,8 @@ pub(crate) struct Service {
     /// Crawl, answer, hang up; no outbound target (see [`crate::manager`]).
     pub(crate) seed_mode: bool,
     pub(crate) last_crawl: Instant,
+    /// Last periodic address request round (see [`crate::manager::PEX_ROUND_INTERVAL`]).
+    pub(crate) last_pex_round: Instant,
     /// Peers being dialled from the book (at most the outbound target, or a seed's crawl batch,
     /// at once).
     pub(crate) book_dials: std::collections::HashSet<PeerId>,
@@ -487,6 +497,7 @@ pub async fn start(
         max_peers: config.max_peers,
         seed_mode: config.seed_mode,
         last_crawl: now,
+        last_pex_round: now,
         book_dials: std::collections::HashSet::new(),
         pex_asked: HashMap::new(),
         pex_served: HashMap::new(),
@@ -637,9 +648,13 @@ impl Service {
             Some(p) => DialOpts::peer_id(p)
                 .addresses(addrs)
                 .condition(PeerCondition::Always)
+                .allocate_new_port()
                 .build(),
             None => match addrs.into_iter().next() {
-                Some(a) => DialOpts::unknown_peer_id().address(a).build(),
+                Some(a) => DialOpts::unknown_peer_id()
+                    .address(a)
+                    .allocate_new_port()
+                    .build(),
                 None => {
                     let _ = done.send(Err(NetError::Dial("no address to dial".into())));
                     return;
