@@ -22,7 +22,8 @@
 //! While the node has fewer outbound peers than its target ([`NetConfig::outbound_target`]),
 //! each tick dials peers picked from the book (known-good peers more likely:
 //! [`BOOK_BIAS_TOWARDS_NEW`]), never one already connected or being dialled, nor one whose score
-//! is at or below the disconnect level. Inbound connections are capped by
+//! is at or below the disconnect level, nor one that failed `n` attempts in the last `2^n`
+//! seconds ([`book_dial_backoff`]; the book evicts peers that keep failing). Inbound connections are capped by
 //! [`NetConfig::max_inbound`] and all connections by [`NetConfig::max_peers`] (rust-libp2p's
 //! `connection_limits`, which refuses the connection before any protocol runs on it).
 //!
@@ -90,6 +91,22 @@ pub const PEX_MIN_ASK_INTERVAL: Duration = Duration::from_secs(15);
 /// Share of dials from the book that go to peers never connected to (CometBFT's
 /// `PickAddress` bias; low, so known-good peers come first).
 pub const BOOK_BIAS_TOWARDS_NEW: u8 = 30;
+
+/// Longest wait before dialling a book peer again after failed attempts: the wait is
+/// `2^attempts` seconds up to this (CometBFT's `ensurePeers` backoff and its 10-minute cap, less
+/// the jitter).
+pub const BOOK_DIAL_BACKOFF_MAX: Duration = Duration::from_secs(10 * 60);
+
+/// How long to wait after `attempts` failed dials (since the last success) before dialling a
+/// book peer again: none before the first attempt, then 2, 4, 8, … seconds up to
+/// [`BOOK_DIAL_BACKOFF_MAX`].
+pub fn book_dial_backoff(attempts: u32) -> Duration {
+    if attempts == 0 {
+        return Duration::ZERO;
+    }
+    let secs = 1u64.checked_shl(attempts.min(63)).unwrap_or(u64::MAX);
+    Duration::from_secs(secs).min(BOOK_DIAL_BACKOFF_MAX)
+}
 
 /// First redial delay of a persistent peer.
 pub const FIXED_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -300,24 +317,35 @@ impl Service {
         // A few picks may name peers already connected or dialled: try a bounded number.
         let mut tries = want * 3;
         let now = Instant::now();
+        let wall = unix_now();
         while want > 0 && tries > 0 {
             tries -= 1;
             let Some(pick) = self.book.pick_address(BOOK_BIAS_TOWARDS_NEW) else {
                 return;
             };
             // Not a peer we are connected or dialling to, nor a fixed peer (dialled by its own
-            // routine), nor one we dropped for misbehaving whose score has not recovered yet.
+            // routine), nor one we dropped for misbehaving whose score has not recovered yet,
+            // nor one whose failed attempts still hold it back.
             if self.connected.contains_key(&pick.peer)
                 || self.book_dials.contains(&pick.peer)
                 || pick.addrs.is_empty()
                 || self.is_fixed(&pick.peer)
                 || self.reputation.score(&pick.peer, now) <= DISCONNECT_SCORE
+                || self.backing_off(&pick.peer, wall)
             {
                 continue;
             }
             self.dial_book_peer(pick);
             want -= 1;
         }
+    }
+
+    /// Whether `peer`'s failed attempts hold it back at `wall` (see [`book_dial_backoff`]).
+    fn backing_off(&self, peer: &PeerId, wall: u64) -> bool {
+        self.book.get(peer).is_some_and(|e| {
+            e.last_attempt
+                .is_some_and(|t| wall.saturating_sub(t) < book_dial_backoff(e.attempts).as_secs())
+        })
     }
 
     /// Dials a peer picked from the book, counting the attempt there.
@@ -591,5 +619,20 @@ impl Service {
             }
         }
         debug!(dialled, book = self.book.size(), "seed: crawl round");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn book_dial_backoff_doubles_to_its_cap() {
+        assert_eq!(book_dial_backoff(0), Duration::ZERO);
+        assert_eq!(book_dial_backoff(1), Duration::from_secs(2));
+        assert_eq!(book_dial_backoff(3), Duration::from_secs(8));
+        assert_eq!(book_dial_backoff(9), Duration::from_secs(512));
+        assert_eq!(book_dial_backoff(10), BOOK_DIAL_BACKOFF_MAX);
+        assert_eq!(book_dial_backoff(u32::MAX), BOOK_DIAL_BACKOFF_MAX);
     }
 }
