@@ -150,6 +150,14 @@ fn start_node(
     Spawned::spawn(&format!("node {name}"), &mut cmd)
 }
 
+/// CPU seconds all `nodes` have used so far.
+fn cpu_seconds(nodes: &[Node]) -> f64 {
+    nodes
+        .iter()
+        .map(|n| process_cpu_seconds(&n.process.pid().to_string()).unwrap_or(0.0))
+        .sum()
+}
+
 /// (mean, least, most) of `xs`.
 fn spread(xs: &[usize]) -> (f64, usize, usize) {
     let n = xs.len().max(1) as f64;
@@ -316,10 +324,7 @@ pub(crate) fn pex(args: &PexArgs) -> anyhow::Result<()> {
     );
 
     // The steady window.
-    let cpu_before: f64 = nodes
-        .iter()
-        .map(|n| process_cpu_seconds(&n.process.pid().to_string()).unwrap_or(0.0))
-        .sum();
+    let cpu_before = cpu_seconds(&nodes);
     let steady_start = Instant::now();
     let mut end_samples = joined_samples.clone();
     while steady_start.elapsed() < args.steady {
@@ -329,10 +334,7 @@ pub(crate) fn pex(args: &PexArgs) -> anyhow::Result<()> {
         end_samples = samples;
     }
     let steady_s = steady_start.elapsed().as_secs_f64();
-    let cpu_after: f64 = nodes
-        .iter()
-        .map(|n| process_cpu_seconds(&n.process.pid().to_string()).unwrap_or(0.0))
-        .sum();
+    let cpu_after = cpu_seconds(&nodes);
     let (conn_end, conn_end_min, conn_end_max) =
         spread(&end_samples.iter().map(|s| s.peers).collect::<Vec<_>>());
     let (out_end, out_end_min, out_end_max) =

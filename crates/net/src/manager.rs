@@ -19,12 +19,12 @@
 //! is not taken for an ordinary peer and redialled as one.
 //!
 //! ## Ensure peers
-//! While the node has fewer outbound peers than its target ([`NetConfig::outbound_target`]),
+//! While the node has fewer outbound peers than its target ([`crate::NetConfig::outbound_target`]),
 //! each tick dials peers picked from the book (known-good peers more likely:
 //! [`BOOK_BIAS_TOWARDS_NEW`]), never one already connected or being dialled, nor one whose score
 //! is at or below the disconnect level, nor one that failed `n` attempts in the last `2^n`
 //! seconds ([`book_dial_backoff`]; the book evicts peers that keep failing). Inbound connections are capped by
-//! [`NetConfig::max_inbound`] and all connections by [`NetConfig::max_peers`] (rust-libp2p's
+//! [`crate::NetConfig::max_inbound`] and all connections by [`crate::NetConfig::max_peers`] (rust-libp2p's
 //! `connection_limits`, which refuses the connection before any protocol runs on it).
 //!
 //! ## Peer exchange (`/cairn/pex/1.0.0`)
@@ -62,8 +62,6 @@ use tracing::{debug, info, warn};
 
 use cairn_peers::Source;
 
-#[allow(unused_imports)] // named in the module docs
-use crate::NetConfig;
 use crate::{
     reputation::{DISCONNECT_SCORE, PeerAction},
     service::{Direction, Service},
@@ -231,6 +229,10 @@ impl Service {
 
     fn is_fixed(&self, peer: &PeerId) -> bool {
         self.fixed.iter().any(|f| f.peer == *peer)
+    }
+
+    fn is_persistent(&self, peer: &PeerId) -> bool {
+        self.fixed.iter().any(|f| f.peer == *peer && f.persistent)
     }
 
     /// Dials persistent peers that are not connected, and bootstrap nodes while short of
@@ -573,7 +575,7 @@ impl Service {
     /// A seed is done with `peer`: it hangs up after [`SEED_HANG_UP_GRACE`] (persistent peers
     /// excepted).
     fn seed_hang_up(&mut self, peer: PeerId) {
-        if self.fixed.iter().any(|f| f.peer == peer && f.persistent) {
+        if self.is_persistent(&peer) {
             return;
         }
         if let Some(c) = self.connected.get_mut(&peer)
@@ -587,7 +589,6 @@ impl Service {
     /// A seed closes connections it is done with, and those older than
     /// [`SEED_MAX_CONNECTION_AGE`].
     fn seed_disconnects(&mut self, now: Instant) {
-        let persistent = |p: &PeerId| self.fixed.iter().any(|f| f.peer == *p && f.persistent);
         let over: Vec<PeerId> = self
             .connected
             .values()
@@ -596,7 +597,7 @@ impl Service {
                     || now.duration_since(c.since) >= SEED_MAX_CONNECTION_AGE
             })
             .map(|c| c.info.peer)
-            .filter(|p| !persistent(p))
+            .filter(|p| !self.is_persistent(p))
             .collect();
         for peer in over {
             let _ = self.swarm.disconnect_peer_id(peer);

@@ -37,6 +37,30 @@ async fn node_with(config: NetConfig, cancel: &CancellationToken) -> (NetworkHan
     (h, addr)
 }
 
+/// A node whose penalties the test can count.
+async fn metered_node(
+    cancel: &CancellationToken,
+) -> (NetworkHandle, Multiaddr, cairn_net::Metrics) {
+    let metrics = cairn_net::Metrics::default();
+    let (node, addr) = node_with(
+        NetConfig {
+            metrics: metrics.clone(),
+            ..config()
+        },
+        cancel,
+    )
+    .await;
+    (node, addr, metrics)
+}
+
+/// A node that dials nobody by itself (outbound target 0).
+fn quiet() -> NetConfig {
+    NetConfig {
+        outbound_target: 0,
+        ..config()
+    }
+}
+
 /// Polls `check` every 50 ms until it holds; panics with `what` after [`WAIT`].
 async fn until<F, Fut>(what: &str, mut check: F)
 where
@@ -173,15 +197,7 @@ async fn assert_refused(node: &NetworkHandle, addr: &Multiaddr, s: &mut Swarm<Pe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_pushing_address_lists_is_penalised_then_banned() {
     let cancel = CancellationToken::new();
-    let metrics = cairn_net::Metrics::default();
-    let (node, addr) = node_with(
-        NetConfig {
-            metrics: metrics.clone(),
-            ..config()
-        },
-        &cancel,
-    )
-    .await;
+    let (node, addr, metrics) = metered_node(&cancel).await;
     let list = some_list();
     let (rounds, failed, mut s) =
         abuse_until_banned(&node, &addr, || Request::Push(list.clone()), 20).await;
@@ -215,15 +231,7 @@ async fn a_peer_pushing_address_lists_is_penalised_then_banned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_flooding_address_requests_is_penalised_then_banned() {
     let cancel = CancellationToken::new();
-    let metrics = cairn_net::Metrics::default();
-    let (node, addr) = node_with(
-        NetConfig {
-            metrics: metrics.clone(),
-            ..config()
-        },
-        &cancel,
-    )
-    .await;
+    let (node, addr, metrics) = metered_node(&cancel).await;
     let (rounds, failed, mut s) =
         abuse_until_banned(&node, &addr, || Request::GetAddrs { max: 250 }, 30).await;
     // One free request, then 16 offences of 5 points (17 if the score decayed in between);
@@ -252,22 +260,14 @@ async fn inbound_peers_are_capped() {
     let (hub, hub_addr) = node_with(
         NetConfig {
             max_inbound: 2,
-            outbound_target: 0,
-            ..config()
+            ..quiet()
         },
         &cancel,
     )
     .await;
     let mut dialers = Vec::new();
     for _ in 0..3 {
-        let (d, _) = node_with(
-            NetConfig {
-                outbound_target: 0,
-                ..config()
-            },
-            &cancel,
-        )
-        .await;
+        let (d, _) = node_with(quiet(), &cancel).await;
         dialers.push(d);
     }
     for d in &dialers[..2] {
@@ -300,10 +300,6 @@ async fn inbound_peers_are_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_peers_are_reconnected_and_bootstrap_nodes_only_when_needed() {
     let cancel = CancellationToken::new();
-    let quiet = || NetConfig {
-        outbound_target: 0,
-        ..config()
-    };
     let (a, a_addr) = node_with(quiet(), &cancel).await;
     let a_full = a_addr.with(cairn_net::Protocol::P2p(a.local_peer_id()));
     let (b, _) = node_with(
@@ -356,10 +352,6 @@ async fn persistent_peers_are_reconnected_and_bootstrap_nodes_only_when_needed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_peer_ids_are_never_given_out() {
     let cancel = CancellationToken::new();
-    let quiet = || NetConfig {
-        outbound_target: 0,
-        ..config()
-    };
     let (p, p_addr) = node_with(quiet(), &cancel).await;
     let (c, c_addr) = node_with(quiet(), &cancel).await;
     let (a, a_addr) = node_with(
