@@ -34,6 +34,16 @@
 //! machine that slowed down during the run cannot flatter the ratio
 //! `download MB/s / ceiling MB/s`. `--ceiling-only` measures just the ceiling (twice per muxer).
 //!
+//! ### The verifying ceiling
+//!
+//! A node that verifies what it downloads cannot skip one piece of work the raw stream does not
+//! do: hashing every received block with SHA-256. So each run also measures the same stream with
+//! a receiver that reads whole 64 KiB blocks and hashes each one (nothing else: no protobuf, no
+//! Merkle proof, no store, no HTTP), before and after the nodes like the raw ceiling. Its ratio
+//! to the raw ceiling is the most any verifying download can reach on this machine; on a machine
+//! where the two ends share too few cores to hash for free, it is below 1, and the download's
+//! ratio to the verifying ceiling shows how much of the rest the node spends.
+//!
 //! ### What is printed
 //!
 //! Per muxer: the ceiling, the upload (informative only), the download, the ratio, B's
@@ -70,6 +80,7 @@ use libp2p::{
     swarm::{self, SwarmEvent},
 };
 use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
 
 use crate::{
     BLOCK_SIZE, Body, CHUNK_STRIDE, MB, MachineCpu, body_stream, cpu_seconds_of, machine_cpu,
@@ -78,6 +89,25 @@ use crate::{
 
 /// Size of each write of the ceiling's sender: one block, as the node's blocks.
 const CEILING_WRITE: usize = BLOCK_SIZE;
+
+/// What the ceiling's receiver does with the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Receiver {
+    /// Counts them (the raw ceiling).
+    Raw,
+    /// Reads whole [`BLOCK_SIZE`] blocks and hashes each with SHA-256: the least a verifying
+    /// download must do with every block.
+    Hashing,
+}
+
+impl Receiver {
+    fn name(self) -> &'static str {
+        match self {
+            Receiver::Raw => "raw",
+            Receiver::Hashing => "hashing",
+        }
+    }
+}
 
 /// The ceiling sends as many bytes as the download, but at least this much, so that a small
 /// `--size` still gives a stable figure.
@@ -266,9 +296,24 @@ pub(crate) fn transfer(args: &TransferArgs) -> anyhow::Result<()> {
     for muxer in args.muxer.muxers() {
         println!();
         println!("== {} ==", muxer.name);
-        let before = measure_ceiling(args.ceiling_mode, muxer, ceiling_bytes, &pool)
-            .with_context(|| format!("ceiling ({}) before the node run", muxer.name))?;
+        let before = measure_ceiling(
+            args.ceiling_mode,
+            muxer,
+            ceiling_bytes,
+            &pool,
+            Receiver::Raw,
+        )
+        .with_context(|| format!("ceiling ({}) before the node run", muxer.name))?;
         println!("ceiling before: {}", before.describe());
+        let hashing_before = measure_ceiling(
+            args.ceiling_mode,
+            muxer,
+            ceiling_bytes,
+            &pool,
+            Receiver::Hashing,
+        )
+        .with_context(|| format!("verifying ceiling ({}) before the node run", muxer.name))?;
+        println!("verifying ceiling before: {}", hashing_before.describe());
         let dir = root.join(muxer.name);
         let nodes = run_nodes(&cairn, &dir, muxer, &pool, size)
             .with_context(|| format!("node run ({})", muxer.name))?;
@@ -276,13 +321,29 @@ pub(crate) fn transfer(args: &TransferArgs) -> anyhow::Result<()> {
             // Both nodes' stores hold the dataset: free the space before the next muxer.
             std::fs::remove_dir_all(&dir).with_context(|| format!("deleting {}", dir.display()))?;
         }
-        let after = measure_ceiling(args.ceiling_mode, muxer, ceiling_bytes, &pool)
-            .with_context(|| format!("ceiling ({}) after the node run", muxer.name))?;
+        let after = measure_ceiling(
+            args.ceiling_mode,
+            muxer,
+            ceiling_bytes,
+            &pool,
+            Receiver::Raw,
+        )
+        .with_context(|| format!("ceiling ({}) after the node run", muxer.name))?;
         println!("ceiling after: {}", after.describe());
+        let hashing_after = measure_ceiling(
+            args.ceiling_mode,
+            muxer,
+            ceiling_bytes,
+            &pool,
+            Receiver::Hashing,
+        )
+        .with_context(|| format!("verifying ceiling ({}) after the node run", muxer.name))?;
+        println!("verifying ceiling after: {}", hashing_after.describe());
         let run = Run {
             muxer: muxer.name,
             before,
             after,
+            hashing: [hashing_before, hashing_after],
             nodes,
         };
         run.print();
@@ -291,17 +352,20 @@ pub(crate) fn transfer(args: &TransferArgs) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "| muxer | ceiling MB/s | download MB/s | ratio | duplicates | peak RSS A MiB (upload / serve) | peak RSS B MiB |"
+        "| muxer | ceiling MB/s | verifying ceiling MB/s (ratio) | download MB/s | ratio | download / verifying ceiling | duplicates | peak RSS A MiB (upload / serve) | peak RSS B MiB |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in &runs {
         let n = &run.nodes;
         println!(
-            "| {} | {:.1} | {:.1} | {:.3} | {} | {:.1} ({:.1} / {}) | {:.1} |",
+            "| {} | {:.1} | {:.1} ({:.3}) | {:.1} | {:.3} | {:.3} | {} | {:.1} ({:.1} / {}) | {:.1} |",
             run.muxer,
             run.ceiling(),
+            run.hashing_ceiling(),
+            run.hashing_ceiling() / run.ceiling(),
             n.download_mb_s,
             run.ratio(),
+            n.download_mb_s / run.hashing_ceiling(),
             n.duplicates
                 .map_or_else(|| "n/a".to_owned(), |d| d.to_string()),
             n.a_peak_mib(),
@@ -343,11 +407,22 @@ fn ceiling_only(
     let mut runs = Vec::new();
     for muxer in choice.muxers() {
         let mut speeds = Vec::new();
-        for _ in 0..2 {
-            let c = measure_ceiling(mode, muxer, bytes, pool)
-                .with_context(|| format!("ceiling ({})", muxer.name))?;
-            println!("ceiling {}: {}", muxer.name, c.describe());
+        for receiver in [
+            Receiver::Raw,
+            Receiver::Raw,
+            Receiver::Hashing,
+            Receiver::Hashing,
+        ] {
+            let c = measure_ceiling(mode, muxer, bytes, pool, receiver)
+                .with_context(|| format!("ceiling ({}, {})", muxer.name, receiver.name()))?;
+            println!(
+                "ceiling {} ({}): {}",
+                muxer.name,
+                receiver.name(),
+                c.describe()
+            );
             speeds.push(json!({
+                "receiver": receiver.name(),
                 "mb_s": round(c.mb_s, 1),
                 "cores_busy": round(c.cores, 2),
                 "other_cores_busy": round(c.other_cores, 2),
@@ -381,6 +456,8 @@ struct Run {
     muxer: &'static str,
     before: Ceiling,
     after: Ceiling,
+    /// The verifying ceiling (see the module docs) before and after the nodes.
+    hashing: [Ceiling; 2],
     nodes: NodeRun,
 }
 
@@ -391,6 +468,11 @@ impl Run {
 
     fn ratio(&self) -> f64 {
         self.nodes.download_mb_s / self.ceiling()
+    }
+
+    /// The faster of the two verifying-ceiling measurements.
+    fn hashing_ceiling(&self) -> f64 {
+        self.hashing[0].mb_s.max(self.hashing[1].mb_s)
     }
 
     fn print(&self) {
@@ -405,6 +487,12 @@ impl Run {
             self.ceiling(),
             n.download_mb_s,
             self.ratio()
+        );
+        println!(
+            "verifying ceiling = the faster: {:.1} MB/s = {:.3} of the ceiling (the most a download that hashes every block can reach here); download / verifying ceiling: {:.3}",
+            self.hashing_ceiling(),
+            self.hashing_ceiling() / self.ceiling(),
+            n.download_mb_s / self.hashing_ceiling()
         );
         println!(
             "peak RSS: A {:.1} MiB (upload {:.1}, serving {}), B {:.1} MiB (target < {TARGET_PEAK_RSS_MIB} MiB each for 1 GiB)",
@@ -432,6 +520,21 @@ impl Run {
                 round(self.before.softirq_cores, 2),
                 round(self.after.softirq_cores, 2)
             ],
+            "hashing_ceiling_mb_s": round(self.hashing_ceiling(), 1),
+            "hashing_ceiling_before_after_mb_s": [
+                round(self.hashing[0].mb_s, 1),
+                round(self.hashing[1].mb_s, 1)
+            ],
+            "hashing_ceiling_cores_busy": [
+                round(self.hashing[0].cores, 2),
+                round(self.hashing[1].cores, 2)
+            ],
+            "hashing_ceiling_other_cores_busy": [
+                round(self.hashing[0].other_cores, 2),
+                round(self.hashing[1].other_cores, 2)
+            ],
+            "hashing_ceiling_ratio": round(self.hashing_ceiling() / self.ceiling(), 3),
+            "download_over_hashing_ceiling": round(n.download_mb_s / self.hashing_ceiling(), 3),
             "download_mb_s": round(n.download_mb_s, 1),
             "ratio": round(self.ratio(), 3),
             "download_s": round(n.download_s, 3),
@@ -498,15 +601,21 @@ fn measure_ceiling(
     muxer: Muxer,
     bytes: u64,
     pool: &Bytes,
+    receiver: Receiver,
 ) -> anyhow::Result<Ceiling> {
     match mode {
-        CeilingMode::InProcess => ceiling_in_process(muxer, bytes, pool),
-        CeilingMode::Processes => ceiling_processes(muxer, bytes),
+        CeilingMode::InProcess => ceiling_in_process(muxer, bytes, pool, receiver),
+        CeilingMode::Processes => ceiling_processes(muxer, bytes, receiver),
     }
 }
 
 /// Both swarms in this process, on a fresh runtime (dropped afterwards, with both swarms).
-fn ceiling_in_process(muxer: Muxer, bytes: u64, pool: &Bytes) -> anyhow::Result<Ceiling> {
+fn ceiling_in_process(
+    muxer: Muxer,
+    bytes: u64,
+    pool: &Bytes,
+    receiver: Receiver,
+) -> anyhow::Result<Ceiling> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(CEILING_WORKERS)
         .enable_all()
@@ -518,7 +627,7 @@ fn ceiling_in_process(muxer: Muxer, bytes: u64, pool: &Bytes) -> anyhow::Result<
     let result = runtime.block_on(async {
         tokio::time::timeout(
             CEILING_SETUP_TIMEOUT + transfer_deadline(bytes),
-            ceiling_transfer(muxer, bytes, pool.clone()),
+            ceiling_transfer(muxer, bytes, pool.clone(), receiver),
         )
         .await
         .unwrap_or_else(|_| bail!("the ceiling did not finish in time"))
@@ -540,14 +649,20 @@ fn ceiling_in_process(muxer: Muxer, bytes: u64, pool: &Bytes) -> anyhow::Result<
 
 /// Each swarm in a child process (`cairn-bench ceiling-peer`), with a default multi-threaded
 /// runtime as a node has.
-fn ceiling_processes(muxer: Muxer, bytes: u64) -> anyhow::Result<Ceiling> {
+fn ceiling_processes(muxer: Muxer, bytes: u64, receiver: Receiver) -> anyhow::Result<Ceiling> {
     let exe = std::env::current_exe().context("locating the cairn-bench executable")?;
     let peer = |send_to: Option<&str>| {
         let mut cmd = Command::new(&exe);
         cmd.args(["ceiling-peer", "--muxer", muxer.name, "--bytes"])
             .arg(bytes.to_string());
-        if let Some(addr) = send_to {
-            cmd.args(["--send-to", addr]);
+        match send_to {
+            Some(addr) => {
+                cmd.args(["--send-to", addr]);
+            }
+            None if receiver == Receiver::Hashing => {
+                cmd.arg("--hash-blocks");
+            }
+            None => {}
         }
         cmd.stderr(Stdio::inherit());
         cmd
@@ -665,13 +780,20 @@ async fn connect(
 }
 
 /// Reads `bytes` and the end of the stream; returns the time from the first byte to the end.
-async fn receive(stream: &mut libp2p::Stream, bytes: u64) -> anyhow::Result<Duration> {
-    let mut buf = vec![0u8; CEILING_WRITE];
+/// A [`Receiver::Hashing`] receiver fills whole [`BLOCK_SIZE`] blocks and hashes each one (the
+/// last may be shorter).
+async fn receive(
+    stream: &mut libp2p::Stream,
+    bytes: u64,
+    receiver: Receiver,
+) -> anyhow::Result<Duration> {
+    let mut buf = vec![0u8; BLOCK_SIZE.max(CEILING_WRITE)];
+    let mut filled = 0;
     let mut got = 0u64;
     let mut first = None;
     // Every read returns at least one byte or ends the loop; more than `bytes` is an error.
     loop {
-        let n = tokio::time::timeout(STALL_TIMEOUT, stream.read(&mut buf))
+        let n = tokio::time::timeout(STALL_TIMEOUT, stream.read(&mut buf[filled..]))
             .await
             .with_context(|| format!("the ceiling stalled after {got} bytes"))?
             .context("reading the ceiling's stream")?;
@@ -684,6 +806,19 @@ async fn receive(stream: &mut libp2p::Stream, bytes: u64) -> anyhow::Result<Dura
             got <= bytes,
             "the ceiling's stream carried more than {bytes} bytes"
         );
+        match receiver {
+            Receiver::Raw => {}
+            Receiver::Hashing => {
+                filled += n;
+                if filled == BLOCK_SIZE {
+                    std::hint::black_box(Sha256::digest(&buf[..]));
+                    filled = 0;
+                }
+            }
+        }
+    }
+    if filled > 0 {
+        std::hint::black_box(Sha256::digest(&buf[..filled]));
     }
     ensure!(
         got == bytes,
@@ -736,7 +871,12 @@ async fn accept(incoming: &mut libp2p_stream::IncomingStreams) -> anyhow::Result
 
 /// In-process ceiling: sends `bytes` from one swarm to the other over one stream; returns the
 /// receiver's time from the first byte to the end of the stream.
-async fn ceiling_transfer(muxer: Muxer, bytes: u64, pool: Bytes) -> anyhow::Result<Duration> {
+async fn ceiling_transfer(
+    muxer: Muxer,
+    bytes: u64,
+    pool: Bytes,
+    how: Receiver,
+) -> anyhow::Result<Duration> {
     let mut receiver = ceiling_swarm(muxer)?;
     let mut sender = ceiling_swarm(muxer)?;
     let mut incoming = receiver
@@ -751,7 +891,7 @@ async fn ceiling_transfer(muxer: Muxer, bytes: u64, pool: Bytes) -> anyhow::Resu
     tokio::spawn(drive(sender));
     let read = tokio::spawn(async move {
         let mut stream = accept(&mut incoming).await?;
-        receive(&mut stream, bytes).await
+        receive(&mut stream, bytes, how).await
     });
     let mut stream = open(&mut control, peer).await?;
     send(&mut stream, bytes, &pool).await?;
@@ -771,6 +911,9 @@ pub(crate) struct PeerArgs {
     /// Send to this address (ending in /p2p/<peer id>); without it, listen and receive.
     #[arg(long)]
     send_to: Option<Multiaddr>,
+    /// As the receiver, hash every 64 KiB block with SHA-256 (the verifying ceiling).
+    #[arg(long)]
+    hash_blocks: bool,
 }
 
 /// Runs one side of the ceiling. The receiver prints `PEER_LISTENING <addr>` once listening;
@@ -811,7 +954,12 @@ async fn peer_side(muxer: Muxer, args: &PeerArgs) -> anyhow::Result<(u64, Durati
             println!("{PEER_LISTENING}{addr}");
             let _driver = AbortOnDrop(tokio::spawn(drive(swarm)));
             let mut stream = accept(&mut incoming).await?;
-            let took = receive(&mut stream, args.bytes).await?;
+            let receiver = if args.hash_blocks {
+                Receiver::Hashing
+            } else {
+                Receiver::Raw
+            };
+            let took = receive(&mut stream, args.bytes, receiver).await?;
             // Closing our side tells the sender everything arrived (it may exit then).
             tokio::time::timeout(STALL_TIMEOUT, stream.close())
                 .await

@@ -171,9 +171,7 @@ impl Segments {
                         }
                     }
                 };
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, offset)?;
-                Ok(buf)
+                read_exact_at(&file, len, offset)
             }
             Segments::Mem { segs } => {
                 let seg = segs.read().get(&id).cloned().ok_or_else(|| missing(id))?;
@@ -259,6 +257,28 @@ fn short(id: u64) -> io::Error {
         io::ErrorKind::UnexpectedEof,
         format!("segment {id:016x} too short"),
     )
+}
+
+/// Reads exactly `len` bytes at `offset` into a new vector without zero-filling it first: the
+/// bytes go straight into the vector's spare capacity (rustix's `pread` into `spare_capacity`,
+/// no `unsafe` here). A file that ends before `offset + len` is
+/// [`io::ErrorKind::UnexpectedEof`].
+fn read_exact_at(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The capacity may exceed `len`, and `pread` may have filled past it.
+    buf.truncate(len);
+    Ok(buf)
 }
 
 impl SegmentWriter {
@@ -594,6 +614,37 @@ mod tests {
     /// `len` bytes of a pattern that differs at every offset modulo 251.
     fn pattern(seed: usize, len: usize) -> Vec<u8> {
         (0..len).map(|i| ((seed * 31 + i) % 251) as u8).collect()
+    }
+
+    /// `read_exact_at` returns exactly the bytes asked for (none of its spare capacity leaks
+    /// into the result), and a read past the end of the file is `UnexpectedEof`, which the
+    /// store reports as a corrupt block.
+    #[test]
+    fn read_exact_at_reads_the_range_or_fails_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data = pattern(3, 10_000);
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        for (off, len) in [
+            (0, 0),
+            (0, 1),
+            (0, 10_000),
+            (1, 9_999),
+            (4_096, 4_096),
+            (9_999, 1),
+        ] {
+            let got = read_exact_at(&file, len, off as u64).unwrap();
+            assert_eq!(got, data[off..off + len], "offset {off}, length {len}");
+        }
+        for (off, len) in [(0, 10_001), (9_999, 2), (10_000, 1), (20_000, 5)] {
+            let err = read_exact_at(&file, len, off).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                io::ErrorKind::UnexpectedEof,
+                "offset {off}, length {len}"
+            );
+        }
     }
 
     /// Appends pieces of awkward sizes (crossing stage boundaries, unaligned), syncs, appends

@@ -595,15 +595,54 @@ impl Store {
         tree: &Cid,
         index: u64,
     ) -> Result<Option<(Block, CodexProof)>, StoreError> {
-        let Some((cid, proof)) = self.leaf_entry(tree, index)? else {
-            return Ok(None);
-        };
-        let proof =
-            CodexProof::decode(&proof).map_err(|_| StoreError::IndexDamaged("stored proof"))?;
-        match self.get_block(&cid)? {
-            Some(block) => Ok(Some((block, proof))),
-            None => Err(StoreError::IndexDamaged("leaf names a missing block")),
+        self.get_leaves(tree, &[index])?.pop().unwrap_or(Ok(None))
+    }
+
+    /// Reads leaves `indices` of dataset `tree` with their proofs, verifying each block's bytes,
+    /// all in one read transaction (the serving path reads a message's worth at a time). One
+    /// result per index, in order: a leaf that is missing is `Ok(None)`, one that cannot be read
+    /// is its own error and does not hide the others. The outer error is a failure of the index
+    /// itself.
+    #[allow(clippy::type_complexity)]
+    pub fn get_leaves(
+        &self,
+        tree: &Cid,
+        indices: &[u64],
+    ) -> Result<Vec<Result<Option<(Block, CodexProof)>, StoreError>>, StoreError> {
+        let key = tree.to_bytes();
+        let r = self.inner.db.begin_read()?;
+        let active = r
+            .open_table(DATASETS)?
+            .get(key.as_slice())?
+            .is_some_and(|v| DatasetRec::from_tuple(v.value()).state == DS_ACTIVE);
+        if !active {
+            return Ok(indices.iter().map(|_| Ok(None)).collect());
         }
+        let leaves = r.open_table(LEAVES)?;
+        let blocks = r.open_table(BLOCKS)?;
+        let read_one = |index: u64| -> Result<Option<(Block, CodexProof)>, StoreError> {
+            let Some(v) = leaves.get((key.as_slice(), index))? else {
+                return Ok(None);
+            };
+            let (cid, proof) = v.value();
+            let cid = cid_from_bytes(cid).map_err(|_| StoreError::IndexDamaged("leaf CID"))?;
+            let proof =
+                CodexProof::decode(proof).map_err(|_| StoreError::IndexDamaged("stored proof"))?;
+            if cid == empty_block_cid() {
+                return Ok(Some((
+                    Block::from_parts_unchecked(cid, Bytes::new()),
+                    proof,
+                )));
+            }
+            let Some(rec) = blocks
+                .get(cid.to_bytes().as_slice())?
+                .map(|v| BlockRec::from_tuple(v.value()))
+            else {
+                return Err(StoreError::IndexDamaged("leaf names a missing block"));
+            };
+            Ok(Some((self.read_verified(&cid, rec)?, proof)))
+        };
+        Ok(indices.iter().map(|&i| read_one(i)).collect())
     }
 
     /// Reads and decodes manifest `cid`, if stored.

@@ -417,6 +417,47 @@ fn background_reclaimer_frees_space() {
     }
 }
 
+/// `get_leaves` (the serving path's batch read) returns one result per index, in the order
+/// asked, each equal to what `get_leaf` returns; indices past the end and unknown datasets are
+/// `None`.
+#[test]
+fn get_leaves_reads_a_batch_in_order() {
+    for (name, b) in backends(quiet()) {
+        let bytes = data(5 * BS + 17, 12);
+        let (_, m) = upload(&b.store, &bytes, None).unwrap();
+        let asked = [4, 0, 9, 5, 2, 2];
+        let got = b.store.get_leaves(&m.tree_cid, &asked).unwrap();
+        assert_eq!(got.len(), asked.len(), "{name}");
+        for (&i, r) in asked.iter().zip(&got) {
+            let one = b.store.get_leaf(&m.tree_cid, i).unwrap();
+            match (r.as_ref().unwrap(), one) {
+                (Some((blk, proof)), Some((blk1, proof1))) => {
+                    assert_eq!(blk, &blk1, "{name}: leaf {i}");
+                    assert_eq!(proof, &proof1, "{name}: leaf {i}");
+                    let start = i as usize * BS;
+                    let end = (start + BS).min(bytes.len());
+                    assert_eq!(
+                        &blk.data()[..end - start],
+                        &bytes[start..end],
+                        "{name}: leaf {i}"
+                    );
+                }
+                (None, None) => assert!(i >= m.blocks_count(), "{name}: leaf {i} missing"),
+                (r, one) => panic!("{name}: leaf {i}: batch {r:?}, single {one:?}"),
+            }
+        }
+        let other = Block::data_block(Bytes::from_static(b"not a tree"))
+            .cid()
+            .to_owned();
+        let none = b.store.get_leaves(&other, &[0, 1]).unwrap();
+        assert!(none.iter().all(|r| matches!(r, Ok(None))), "{name}");
+        assert!(
+            b.store.get_leaves(&m.tree_cid, &[]).unwrap().is_empty(),
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn corrupt_block_is_reported_not_served() {
     let dir = TempDir::new().unwrap();
@@ -437,6 +478,10 @@ fn corrupt_block_is_reported_not_served() {
         Err(StoreError::Corrupt { .. })
     ));
     assert!(store.get_leaf(&m.tree_cid, 1).unwrap().is_some());
+    // In a batch, the corrupt leaf is its own error and does not hide the good one.
+    let batch = store.get_leaves(&m.tree_cid, &[0, 1]).unwrap();
+    assert!(matches!(batch[0], Err(StoreError::Corrupt { .. })));
+    assert!(matches!(batch[1], Ok(Some(_))));
 }
 
 /// Every way a block reaches the disk (upload, network leaves, single put) stores a checksum
