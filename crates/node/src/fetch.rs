@@ -216,9 +216,15 @@ pub(crate) async fn fetch_dataset(
             let s = store.clone();
             let start = next;
             let found = tokio::task::spawn_blocking(move || {
-                (start..start + n)
-                    .map(|i| match s.get_leaf(&tree, i) {
-                        Ok(Some((b, _))) => (i, Some(b.data().clone())),
+                let indices: Vec<u64> = (start..start + n).collect();
+                // One store transaction for the batch; a leaf that cannot be read locally is
+                // fetched from the network like a missing one.
+                let read = s.get_leaves(&tree, &indices).unwrap_or_default();
+                let mut read = read.into_iter();
+                indices
+                    .into_iter()
+                    .map(|i| match read.next() {
+                        Some(Ok(Some((b, _)))) => (i, Some(b.data().clone())),
                         _ => (i, None),
                     })
                     .collect::<Vec<_>>()
@@ -323,12 +329,8 @@ pub(crate) async fn check_stored(
     engine.flush().await?;
     let store = store.clone();
     let tree = manifest.tree_cid;
-    let missing = tokio::task::spawn_blocking(move || {
-        blocks
-            .into_iter()
-            .find(|i| !store.has_leaf(&tree, *i).unwrap_or(false))
-    })
-    .await?;
+    let missing =
+        tokio::task::spawn_blocking(move || store.first_missing_leaf(&tree, blocks)).await??;
     match missing {
         None => Ok(()),
         Some(i) => Err(NodeError::Fetch(FetchError::Store(format!(

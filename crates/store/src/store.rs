@@ -589,6 +589,38 @@ impl Store {
         Ok(Some((cid, proof.to_vec())))
     }
 
+    /// The first index in `indices` whose leaf of dataset `tree` is not stored, or `None` when
+    /// all are: one read transaction and one range scan of the leaf index, however long the
+    /// range (a download checks its whole dataset this way when it ends).
+    pub fn first_missing_leaf(
+        &self,
+        tree: &Cid,
+        indices: std::ops::Range<u64>,
+    ) -> Result<Option<u64>, StoreError> {
+        if indices.is_empty() {
+            return Ok(None);
+        }
+        let key = tree.to_bytes();
+        let r = self.inner.db.begin_read()?;
+        let active = r
+            .open_table(DATASETS)?
+            .get(key.as_slice())?
+            .is_some_and(|v| DatasetRec::from_tuple(v.value()).state == DS_ACTIVE);
+        if !active {
+            return Ok(Some(indices.start));
+        }
+        let leaves = r.open_table(LEAVES)?;
+        let mut expected = indices.start;
+        for entry in leaves.range((key.as_slice(), indices.start)..(key.as_slice(), indices.end))? {
+            let (k, _) = entry?;
+            if k.value().1 != expected {
+                return Ok(Some(expected));
+            }
+            expected += 1;
+        }
+        Ok((expected < indices.end).then_some(expected))
+    }
+
     /// Reads leaf `index` of dataset `tree` with its proof, verifying the block bytes.
     pub fn get_leaf(
         &self,

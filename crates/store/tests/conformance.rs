@@ -458,6 +458,43 @@ fn get_leaves_reads_a_batch_in_order() {
     }
 }
 
+/// `first_missing_leaf` finds the first gap in a range of a partly downloaded dataset, and
+/// reports every range of a complete dataset as complete (only past its end is missing).
+#[test]
+fn first_missing_leaf_finds_gaps() {
+    for (name, b) in backends(quiet()) {
+        let src = Store::in_memory(quiet()).unwrap();
+        let (mcid, m) = upload(&src, &data(6 * BS, 13), None).unwrap();
+        b.store
+            .put_block(&src.get_block(&mcid).unwrap().unwrap())
+            .unwrap();
+        let have: Vec<_> = [0, 1, 3, 4]
+            .into_iter()
+            .map(|i| {
+                let (blk, p) = src.get_leaf(&m.tree_cid, i).unwrap().unwrap();
+                (i, blk, p)
+            })
+            .collect();
+        b.store.put_leaves(&m.tree_cid, &have).unwrap();
+        let first = |r: std::ops::Range<u64>| b.store.first_missing_leaf(&m.tree_cid, r).unwrap();
+        assert_eq!(first(0..6), Some(2), "{name}");
+        assert_eq!(first(0..2), None, "{name}");
+        assert_eq!(first(2..3), Some(2), "{name}");
+        assert_eq!(first(3..5), None, "{name}");
+        assert_eq!(first(3..6), Some(5), "{name}");
+        assert_eq!(first(4..4), None, "{name}");
+        // The source holds the whole dataset.
+        assert_eq!(src.first_missing_leaf(&m.tree_cid, 0..6).unwrap(), None);
+        assert_eq!(src.first_missing_leaf(&m.tree_cid, 0..7).unwrap(), Some(6));
+        let other = *Block::data_block(Bytes::from_static(b"no dataset")).cid();
+        assert_eq!(
+            b.store.first_missing_leaf(&other, 3..9).unwrap(),
+            Some(3),
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn corrupt_block_is_reported_not_served() {
     let dir = TempDir::new().unwrap();
