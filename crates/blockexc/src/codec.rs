@@ -6,6 +6,14 @@
 //! time), so a peer that announces a large frame and then trickles bytes holds only what it has
 //! sent. A zero-length frame is a valid empty message. End of stream between frames is a clean
 //! close; inside a frame it is an error.
+//!
+//! [`read_frame_parts`] reads a frame cut at its top-level protobuf fields: each large
+//! length-delimited field (a block delivery, about 64 KiB) in a buffer of its own, runs of small
+//! fields together. Decoding the parts one after the other (protobuf merges concatenated
+//! encodings) gives the same message as decoding the whole body, and the blocks delivered point
+//! into buffers of their own size: a block kept in memory keeps only its own delivery alive, not
+//! the whole 1.3 MB frame, and the allocator serves these buffers from memory it already has
+//! instead of mapping fresh pages for every frame.
 
 use std::io;
 
@@ -19,6 +27,12 @@ pub const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Longest varint length prefix (10 bytes encode any `u64`).
 const MAX_PREFIX_BYTES: usize = 10;
+
+/// A top-level length-delimited field at least this long gets a buffer of its own in
+/// [`read_frame_parts`]; shorter fields share one. A block delivery (64 KiB of data) is far
+/// above it; want-list entries, presences and the small scalar fields are far below. It also
+/// bounds the number of parts: at most two per this many bytes of frame.
+pub const OWN_BUFFER_FIELD_BYTES: usize = 16 * 1024;
 
 /// An encoded message ready to send: length prefix and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,10 +89,101 @@ pub enum FrameError {
     /// The stream failed or ended inside a frame.
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The frame body is not a sequence of protobuf fields that fits the frame
+    /// ([`read_frame_parts`] only).
+    #[error("malformed frame body: {0}")]
+    Malformed(&'static str),
 }
 
 /// Reads one frame body. `Ok(None)` is a clean end of stream before any byte of a new frame.
 pub async fn read_frame<R>(io: &mut R, max: usize) -> Result<Option<Bytes>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let Some(len) = read_frame_len(io, max).await? else {
+        return Ok(None);
+    };
+    let mut body = BytesMut::new();
+    read_into(io, &mut body, len).await?;
+    Ok(Some(body.freeze()))
+}
+
+/// A frame body cut at top-level protobuf field boundaries (see the module docs).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FrameParts {
+    /// The parts, in order; their concatenation is the frame body.
+    pub parts: Vec<Bytes>,
+    /// Length of the body (the sum of the parts' lengths).
+    pub len: usize,
+}
+
+/// Reads one frame as [`FrameParts`]. `Ok(None)` is a clean end of stream before any byte of a
+/// new frame. A body that is not a sequence of whole protobuf fields (an unknown wire type, a
+/// varint or field running past the end of the frame) is [`FrameError::Malformed`]; what the
+/// fields contain is checked when the parts are decoded.
+pub async fn read_frame_parts<R>(io: &mut R, max: usize) -> Result<Option<FrameParts>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let Some(len) = read_frame_len(io, max).await? else {
+        return Ok(None);
+    };
+    let mut parts = Vec::new();
+    let mut small = BytesMut::new();
+    let mut left = len;
+    while left > 0 {
+        let mut header = [0u8; 2 * MAX_PREFIX_BYTES];
+        let (tag, tag_len) = read_body_varint(io, &mut header, left).await?;
+        let mut header_len = tag_len;
+        let field_len = match tag & 7 {
+            // varint
+            0 => {
+                let (_, n) =
+                    read_body_varint(io, &mut header[header_len..], left - header_len).await?;
+                header_len += n;
+                0
+            }
+            // 64-bit, 32-bit
+            1 => 8,
+            5 => 4,
+            // length-delimited
+            2 => {
+                let (n, prefix_len) =
+                    read_body_varint(io, &mut header[header_len..], left - header_len).await?;
+                header_len += prefix_len;
+                usize::try_from(n).map_err(|_| FrameError::Malformed("field length"))?
+            }
+            _ => return Err(FrameError::Malformed("wire type")),
+        };
+        let total = header_len
+            .checked_add(field_len)
+            .filter(|t| *t <= left)
+            .ok_or(FrameError::Malformed(
+                "field runs past the end of the frame",
+            ))?;
+        if field_len >= OWN_BUFFER_FIELD_BYTES {
+            if !small.is_empty() {
+                parts.push(std::mem::take(&mut small).freeze());
+            }
+            let mut own = BytesMut::with_capacity(total.min(READ_CHUNK_BYTES));
+            own.extend_from_slice(&header[..header_len]);
+            read_into(io, &mut own, field_len).await?;
+            parts.push(own.freeze());
+        } else {
+            small.extend_from_slice(&header[..header_len]);
+            read_into(io, &mut small, field_len).await?;
+        }
+        left -= total;
+    }
+    if !small.is_empty() {
+        parts.push(small.freeze());
+    }
+    Ok(Some(FrameParts { parts, len }))
+}
+
+/// Reads a frame's length prefix and checks it against `max`; `Ok(None)` at a clean end of
+/// stream.
+async fn read_frame_len<R>(io: &mut R, max: usize) -> Result<Option<usize>, FrameError>
 where
     R: AsyncRead + Unpin,
 {
@@ -102,18 +207,53 @@ where
         }
     }
     let (len, _) = unsigned_varint::decode::u64(&prefix[..n]).map_err(|_| FrameError::BadPrefix)?;
-    let len = match usize::try_from(len) {
-        Ok(l) if l <= max => l,
-        _ => return Err(FrameError::TooLarge { len, max }),
-    };
-    let mut body = BytesMut::with_capacity(len.min(READ_CHUNK_BYTES));
-    while body.len() < len {
-        let start = body.len();
-        let grow = (len - start).min(READ_CHUNK_BYTES);
-        body.resize(start + grow, 0);
-        io.read_exact(&mut body[start..]).await?;
+    match usize::try_from(len) {
+        Ok(l) if l <= max => Ok(Some(l)),
+        _ => Err(FrameError::TooLarge { len, max }),
     }
-    Ok(Some(body.freeze()))
+}
+
+/// Reads one protobuf varint of a frame body into `out` (at most `left` bytes, the rest of the
+/// frame); returns its value and length.
+async fn read_body_varint<R>(
+    io: &mut R,
+    out: &mut [u8],
+    left: usize,
+) -> Result<(u64, usize), FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let limit = left.min(MAX_PREFIX_BYTES).min(out.len());
+    let mut n = 0;
+    loop {
+        if n == limit {
+            return Err(FrameError::Malformed("varint"));
+        }
+        io.read_exact(&mut out[n..=n]).await?;
+        n += 1;
+        if unsigned_varint::decode::is_last(out[n - 1]) {
+            break;
+        }
+    }
+    let (v, _) =
+        unsigned_varint::decode::u64(&out[..n]).map_err(|_| FrameError::Malformed("varint"))?;
+    Ok((v, n))
+}
+
+/// Appends exactly `n` bytes from `io` to `buf`, growing it by at most [`READ_CHUNK_BYTES`] at
+/// a time, so a peer holds only as much of our memory as it has sent.
+async fn read_into<R>(io: &mut R, buf: &mut BytesMut, n: usize) -> Result<(), FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let end = buf.len() + n;
+    while buf.len() < end {
+        let start = buf.len();
+        let grow = (end - start).min(READ_CHUNK_BYTES);
+        buf.resize(start + grow, 0);
+        io.read_exact(&mut buf[start..]).await?;
+    }
+    Ok(())
 }
 
 /// Bytes a frame with a body of `body_len` bytes takes on the wire: the varint prefix and the
@@ -197,6 +337,61 @@ mod tests {
             1 << 20,
         ));
         assert!(matches!(err, Err(FrameError::TooLarge { .. })));
+    }
+
+    fn parts(bytes: &[u8], max: usize) -> Result<Option<FrameParts>, FrameError> {
+        block_on(read_frame_parts(
+            &mut futures::io::Cursor::new(bytes.to_vec()),
+            max,
+        ))
+    }
+
+    /// Reading in parts keeps the frame limits and refuses bodies that are not whole fields.
+    #[test]
+    fn frame_parts_limits_and_malformed_bodies() {
+        // Limit checked from the prefix alone; clean end of stream; empty frame.
+        assert!(matches!(
+            parts(&[0x41], 64),
+            Err(FrameError::TooLarge { len: 65, max: 64 })
+        ));
+        assert!(matches!(parts(&[], 64), Ok(None)));
+        assert_eq!(parts(&[0x00], 64).unwrap(), Some(FrameParts::default()));
+        // Field 1, length 3, but only 2 bytes in the frame.
+        let past_end = Frame::from_body(&[0x0a, 0x03, 1, 2]);
+        assert!(matches!(
+            parts(past_end.as_bytes(), 64),
+            Err(FrameError::Malformed(_))
+        ));
+        // Wire types 3, 4 (groups), 6 and 7 are refused.
+        for wire_type in [3u8, 4, 6, 7] {
+            let body = [0x08 | wire_type, 0];
+            let frame = Frame::from_body(&body);
+            assert!(
+                matches!(parts(frame.as_bytes(), 64), Err(FrameError::Malformed(_))),
+                "wire type {wire_type}"
+            );
+        }
+        // A varint that runs to the end of the frame.
+        let frame = Frame::from_body(&[0x08, 0x80]);
+        assert!(matches!(
+            parts(frame.as_bytes(), 64),
+            Err(FrameError::Malformed(_))
+        ));
+        // A frame cut short by the end of the stream.
+        let mut cut = Frame::from_body(&[0x0a, 0x03, 1, 2, 3]).as_bytes().to_vec();
+        cut.pop();
+        assert!(matches!(parts(&cut, 64), Err(FrameError::Io(_))));
+        // Small fields share one part; a large one gets its own, between them.
+        let mut body = vec![0x08, 0x01, 0x12, 0x01, 0xaa];
+        body.extend_from_slice(&[0x1a, 0x80, 0x80, 0x01]); // field 3, 16384 bytes
+        body.extend(std::iter::repeat_n(5u8, 16_384));
+        body.extend_from_slice(&[0x28, 0x07]);
+        let got = parts(Frame::from_body(&body).as_bytes(), 1 << 20)
+            .unwrap()
+            .unwrap();
+        let lens: Vec<usize> = got.parts.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [5, 4 + 16_384, 2]);
+        assert_eq!(got.parts.concat(), body);
     }
 
     #[test]

@@ -44,8 +44,8 @@ use libp2p::{
 use tracing::debug;
 
 use crate::{
-    Config, Frame, Message, Metrics, PROTOCOL, Violation,
-    codec::{FrameError, read_frame, wire_len, write_frame},
+    Config, DecodeError, Frame, Message, Metrics, PROTOCOL, Violation,
+    codec::{FrameError, read_frame_parts, wire_len, write_frame},
 };
 
 /// Identifies one send request until it is written or has failed.
@@ -194,13 +194,13 @@ impl Handler {
                     None,
                 ))
             };
-            let read = read_frame(&mut reader, max).await;
+            let read = read_frame_parts(&mut reader, max).await;
             if let Ok(Some(body)) = &read {
-                metrics.bytes_received.inc_by(wire_len(body.len()) as u64);
+                metrics.bytes_received.inc_by(wire_len(body.len) as u64);
                 metrics.messages_received.inc();
             }
             match read {
-                Ok(Some(body)) => match Message::decode(body) {
+                Ok(Some(body)) => match Message::decode_parts(body) {
                     Ok(m) => Some((ReadItem::Message(Box::new(m)), Some((reader, metrics)))),
                     Err(e) => {
                         reader.close_stream().await;
@@ -215,6 +215,10 @@ impl Handler {
                 Err(FrameError::BadPrefix) => {
                     reader.close_stream().await;
                     end(Some(Violation::BadFramePrefix))
+                }
+                Err(FrameError::Malformed(what)) => {
+                    reader.close_stream().await;
+                    end(Some(Violation::Decode(DecodeError::Framing(what))))
                 }
                 Err(FrameError::Io(e)) => {
                     debug!(error = %e, "blockexc stream read failed");

@@ -133,6 +133,9 @@ pub enum DecodeError {
     /// Not valid protobuf for the schema.
     #[error("malformed protobuf: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    /// The frame body is not a sequence of whole protobuf fields (found while reading it).
+    #[error("malformed protobuf: {0}")]
+    Framing(&'static str),
     /// More want-list entries than [`MAX_WANTLIST_ENTRIES`].
     #[error("{0} want-list entries in one message (limit {MAX_WANTLIST_ENTRIES})")]
     TooManyEntries(usize),
@@ -266,7 +269,22 @@ impl Message {
     /// Every delivered block is hashed here; counts are checked against the crate's limits
     /// before anything is converted.
     pub fn decode(body: Bytes) -> Result<Message, DecodeError> {
-        let pb = proto::Message::decode(body)?;
+        Message::from_proto(proto::Message::decode(body)?)
+    }
+
+    /// Decodes and checks one received message read as [`crate::codec::FrameParts`]: the parts
+    /// are merged in order, which protobuf defines to equal decoding their concatenation, so
+    /// the result is that of [`Message::decode`] on the whole body. Bytes fields point into the
+    /// parts without copying.
+    pub fn decode_parts(parts: crate::codec::FrameParts) -> Result<Message, DecodeError> {
+        let mut pb = proto::Message::default();
+        for part in parts.parts {
+            pb.merge(part)?;
+        }
+        Message::from_proto(pb)
+    }
+
+    fn from_proto(pb: proto::Message) -> Result<Message, DecodeError> {
         let (entries, full) = match pb.wantlist {
             Some(w) => (w.entries, w.full.unwrap_or(false)),
             None => (Vec::new(), false),

@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use cairn_blockexc::{
     BlockPresence, DecodeError, Delivery, Message, Presence, WantEntry, WantType,
+    codec::{FrameError, OWN_BUFFER_FIELD_BYTES, read_frame_parts},
 };
 use cairn_core::{
     Block, BlockAddress, Cid, CodexProof,
@@ -415,6 +416,84 @@ mod props {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = Message::decode(Bytes::from(bytes));
+        }
+
+        /// A frame read in parts (cut at its top-level fields) decodes to the message that was
+        /// sent, the parts add up to the body, and every large delivery's data points into a
+        /// part of its own (about its own size, not the whole frame).
+        #[test]
+        fn frames_read_in_parts_decode_to_the_message(
+            wants in proptest::collection::vec(entry(), 0..40),
+            presences in proptest::collection::vec((address(), any::<bool>()), 0..40),
+            sizes in proptest::collection::vec(0..40_000usize, 0..6),
+            seed in any::<u8>(),
+        ) {
+            let m = Message {
+                wantlist: wants,
+                full: true,
+                presences: presences.into_iter().map(|(address, have)| BlockPresence {
+                    address,
+                    presence: if have { Presence::Have } else { Presence::DontHave },
+                }).collect(),
+                deliveries: sizes.iter().enumerate().map(|(i, &n)| {
+                    let data: Vec<u8> = (0..n).map(|j| (j as u8) ^ seed ^ (i as u8)).collect();
+                    let block = Block::data_block(Bytes::from(data));
+                    Delivery { address: BlockAddress::Block(*block.cid()), block, proof: None }
+                }).collect(),
+                ..Message::default()
+            };
+            let frame = m.to_frame();
+            let mut io = futures::io::Cursor::new(frame.as_bytes().to_vec());
+            let parts = futures::executor::block_on(read_frame_parts(&mut io, 1 << 20))
+                .unwrap()
+                .unwrap();
+            let body = Bytes::from(m.encode());
+            prop_assert_eq!(parts.len, body.len());
+            prop_assert_eq!(parts.parts.concat(), body.to_vec());
+            let back = Message::decode_parts(parts.clone()).unwrap();
+            prop_assert_eq!(&back, &m);
+            for d in back.deliveries.iter().filter(|d| d.block.data().len() >= OWN_BUFFER_FIELD_BYTES) {
+                let data = d.block.data();
+                let at = data.as_ptr() as usize;
+                let part = parts.parts.iter().find(|p| {
+                    let start = p.as_ptr() as usize;
+                    at >= start && at + data.len() <= start + p.len()
+                });
+                let part = part.expect("the data lies in a part");
+                prop_assert!(part.len() < data.len() + 256, "part of {} bytes for {} bytes of data", part.len(), data.len());
+            }
+        }
+
+        /// Any body read in parts decodes exactly as the whole body does (or the reader refuses
+        /// it as malformed), and nothing panics.
+        #[test]
+        fn garbage_in_parts_decodes_as_the_whole(
+            bytes in proptest::collection::vec(any::<u8>(), 0..512),
+            big in proptest::option::of((any::<u8>(), 16_384..20_000usize)),
+        ) {
+            let mut body = bytes;
+            if let Some((tag, len)) = big {
+                // A large length-delimited field somewhere in the garbage.
+                body.push(tag | 2);
+                let mut buf = unsigned_varint::encode::usize_buffer();
+                body.extend_from_slice(unsigned_varint::encode::usize(len, &mut buf));
+                body.extend(std::iter::repeat_n(7u8, len));
+            }
+            let frame = cairn_blockexc::Frame::from_body(&body);
+            let mut io = futures::io::Cursor::new(frame.as_bytes().to_vec());
+            match futures::executor::block_on(read_frame_parts(&mut io, 1 << 20)) {
+                Ok(Some(parts)) => {
+                    prop_assert_eq!(parts.parts.concat(), body.clone());
+                    let whole = Message::decode(Bytes::from(body));
+                    let split = Message::decode_parts(parts);
+                    prop_assert_eq!(whole.is_ok(), split.is_ok());
+                    if let (Ok(a), Ok(b)) = (whole, split) {
+                        prop_assert_eq!(a, b);
+                    }
+                }
+                Ok(None) => prop_assert!(false, "a frame was there"),
+                Err(e) => prop_assert!(matches!(e, FrameError::Malformed(_)), "{e}"),
+            }
         }
     }
 }
