@@ -787,7 +787,7 @@ async fn receive(
     bytes: u64,
     receiver: Receiver,
 ) -> anyhow::Result<Duration> {
-    let mut buf = vec![0u8; BLOCK_SIZE.max(CEILING_WRITE)];
+    let mut buf = vec![0u8; BLOCK_SIZE];
     let mut filled = 0;
     let mut got = 0u64;
     let mut first = None;

@@ -22,9 +22,9 @@ use tracing::{debug, info, warn};
 use crate::{
     StoreError,
     index::{
-        BLOCKS, BlockRec, DATASETS, DELETING, DS_ACTIVE, DS_WRITING, DatasetRec, EXPIRY, LEAVES,
-        Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS, SESSIONS, Tables,
-        checksum,
+        BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_WRITING, DatasetRec, EXPIRY,
+        LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS, SESSIONS,
+        Tables, checksum,
     },
     segments::{SegmentWriter, Segments, WriteMode},
 };
@@ -344,15 +344,25 @@ impl Store {
         if *cid == empty_block_cid() {
             return Ok(Some(Block::from_parts_unchecked(*cid, Bytes::new())));
         }
-        let rec = {
-            let r = self.inner.db.begin_read()?;
-            let blocks = r.open_table(BLOCKS)?;
-            blocks
-                .get(cid.to_bytes().as_slice())?
-                .map(|v| BlockRec::from_tuple(v.value()))
-        };
-        let Some(rec) = rec else { return Ok(None) };
-        self.read_verified(cid, rec).map(Some)
+        let r = self.inner.db.begin_read()?;
+        self.block_in(&r.open_table(BLOCKS)?, cid)
+    }
+
+    /// Reads block `cid` through an open `blocks` table, verifying its bytes.
+    fn block_in(
+        &self,
+        blocks: &redb::ReadOnlyTable<&'static [u8], BlockRow>,
+        cid: &Cid,
+    ) -> Result<Option<Block>, StoreError> {
+        if *cid == empty_block_cid() {
+            return Ok(Some(Block::from_parts_unchecked(*cid, Bytes::new())));
+        }
+        match blocks.get(cid.to_bytes().as_slice())? {
+            Some(v) => self
+                .read_verified(cid, BlockRec::from_tuple(v.value()))
+                .map(Some),
+            None => Ok(None),
+        }
     }
 
     fn read_verified(&self, cid: &Cid, rec: BlockRec) -> Result<Block, StoreError> {
@@ -573,11 +583,7 @@ impl Store {
     fn leaf_entry(&self, tree: &Cid, index: u64) -> Result<Option<(Cid, Vec<u8>)>, StoreError> {
         let key = tree.to_bytes();
         let r = self.inner.db.begin_read()?;
-        let active = r
-            .open_table(DATASETS)?
-            .get(key.as_slice())?
-            .is_some_and(|v| DatasetRec::from_tuple(v.value()).state == DS_ACTIVE);
-        if !active {
+        if !dataset_active(&r, &key)? {
             return Ok(None);
         }
         let leaves = r.open_table(LEAVES)?;
@@ -602,11 +608,7 @@ impl Store {
         }
         let key = tree.to_bytes();
         let r = self.inner.db.begin_read()?;
-        let active = r
-            .open_table(DATASETS)?
-            .get(key.as_slice())?
-            .is_some_and(|v| DatasetRec::from_tuple(v.value()).state == DS_ACTIVE);
-        if !active {
+        if !dataset_active(&r, &key)? {
             return Ok(Some(indices.start));
         }
         let leaves = r.open_table(LEAVES)?;
@@ -643,11 +645,7 @@ impl Store {
     ) -> Result<Vec<Result<Option<(Block, CodexProof)>, StoreError>>, StoreError> {
         let key = tree.to_bytes();
         let r = self.inner.db.begin_read()?;
-        let active = r
-            .open_table(DATASETS)?
-            .get(key.as_slice())?
-            .is_some_and(|v| DatasetRec::from_tuple(v.value()).state == DS_ACTIVE);
-        if !active {
+        if !dataset_active(&r, &key)? {
             return Ok(indices.iter().map(|_| Ok(None)).collect());
         }
         let leaves = r.open_table(LEAVES)?;
@@ -660,19 +658,10 @@ impl Store {
             let cid = cid_from_bytes(cid).map_err(|_| StoreError::IndexDamaged("leaf CID"))?;
             let proof =
                 CodexProof::decode(proof).map_err(|_| StoreError::IndexDamaged("stored proof"))?;
-            if cid == empty_block_cid() {
-                return Ok(Some((
-                    Block::from_parts_unchecked(cid, Bytes::new()),
-                    proof,
-                )));
+            match self.block_in(&blocks, &cid)? {
+                Some(block) => Ok(Some((block, proof))),
+                None => Err(StoreError::IndexDamaged("leaf names a missing block")),
             }
-            let Some(rec) = blocks
-                .get(cid.to_bytes().as_slice())?
-                .map(|v| BlockRec::from_tuple(v.value()))
-            else {
-                return Err(StoreError::IndexDamaged("leaf names a missing block"));
-            };
-            Ok(Some((self.read_verified(&cid, rec)?, proof)))
         };
         Ok(indices.iter().map(|&i| read_one(i)).collect())
     }
@@ -858,6 +847,14 @@ impl Store {
         self.wake_reclaimer();
         Ok(())
     }
+}
+
+/// Whether dataset `key` (tree CID bytes) is active (fully stored and not being deleted) in read
+/// transaction `r`: only an active dataset's leaves are served or counted as stored.
+fn dataset_active(r: &redb::ReadTransaction, key: &[u8]) -> Result<bool, StoreError> {
+    Ok(r.open_table(DATASETS)?
+        .get(key)?
+        .is_some_and(|v| DatasetRec::from_tuple(v.value()).state == DS_ACTIVE))
 }
 
 fn reclaim_loop(weak: &Weak<Inner>, rx: &Receiver<()>) {
