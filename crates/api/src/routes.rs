@@ -101,11 +101,58 @@ pub(crate) fn cid_param(text: &str) -> Result<Cid, ApiError> {
     parse_cid(text).map_err(|_| ApiError::BadCid)
 }
 
+/// Body bytes read and dropped before an upload refused from its headers is answered.
+/// Answering and closing while the client is still sending makes the kernel reset the
+/// connection, and the client then sees a broken pipe instead of the answer; reading a small
+/// body first lets the answer arrive. A larger body is not read (the client may see the reset).
+pub(crate) const REFUSED_UPLOAD_DRAIN_BYTES: usize = 1024 * 1024;
+
+/// Longest time spent reading the body of a refused upload (see
+/// [`REFUSED_UPLOAD_DRAIN_BYTES`]).
+pub(crate) const REFUSED_UPLOAD_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn upload(
     State(node): State<Node>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let (filename, mimetype) = match upload_headers(&headers) {
+        Ok(meta) => meta,
+        Err(e) => {
+            drain(body).await;
+            return Err(e);
+        }
+    };
+    let stored = node
+        .store_dataset(body.into_data_stream(), filename, mimetype)
+        .await?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        stored.cid.to_string(),
+    )
+        .into_response())
+}
+
+/// Reads and drops up to [`REFUSED_UPLOAD_DRAIN_BYTES`] of `body`, for at most
+/// [`REFUSED_UPLOAD_DRAIN_TIME`].
+async fn drain(body: Body) {
+    use futures::StreamExt as _;
+    let mut stream = body.into_data_stream();
+    let mut read = 0usize;
+    let _ = tokio::time::timeout(REFUSED_UPLOAD_DRAIN_TIME, async {
+        while read < REFUSED_UPLOAD_DRAIN_BYTES {
+            match stream.next().await {
+                Some(Ok(chunk)) => read += chunk.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// The file name and MIME type of an upload, checked as the reference checks them.
+fn upload_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<String>), ApiError> {
     let mimetype = match headers.get(header::CONTENT_TYPE) {
         None => None,
         Some(v) => {
@@ -137,15 +184,7 @@ async fn upload(
             }
         }
     };
-    let stored = node
-        .store_dataset(body.into_data_stream(), filename, mimetype)
-        .await?;
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        stored.cid.to_string(),
-    )
-        .into_response())
+    Ok((filename, mimetype))
 }
 
 async fn list(State(node): State<Node>) -> Result<Json<DataList>, ApiError> {
@@ -227,6 +266,48 @@ mod tests {
             b = b.header(*k, *v);
         }
         b.body(Body::from(body)).unwrap()
+    }
+
+    /// An upload refused from its headers has its (small) body read before the answer, so the
+    /// client is not reset mid-send and sees the 422; a large body is read only up to the
+    /// limit. Nothing is stored either way.
+    #[tokio::test]
+    async fn refused_upload_reads_a_small_body_first() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        };
+        const CHUNK: usize = 16 * 1024;
+        let app = app();
+        for chunks in [4usize, 1000] {
+            let read = Arc::new(AtomicUsize::new(0));
+            let counter = read.clone();
+            let stream = futures::StreamExt::map(futures::stream::iter(0..chunks), move |_| {
+                counter.fetch_add(CHUNK, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; CHUNK]))
+            });
+            let req = Request::post(format!("{API_BASE}/data"))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from_stream(stream))
+                .unwrap();
+            let (s, _, _) = call(&app, req).await;
+            assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+            let read = read.load(Ordering::SeqCst);
+            let expected = (chunks * CHUNK).min(REFUSED_UPLOAD_DRAIN_BYTES);
+            assert!(
+                read >= expected && read <= expected + CHUNK,
+                "{chunks} chunks: {read} bytes read"
+            );
+        }
+        let (_, _, list) = call(
+            &app,
+            Request::get(format!("{API_BASE}/data"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&list).unwrap();
+        assert_eq!(v["content"], serde_json::json!([]));
     }
 
     #[tokio::test]
