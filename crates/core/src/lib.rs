@@ -21,6 +21,7 @@
 pub mod block;
 pub mod chunker;
 pub mod cid;
+pub mod leaf;
 pub mod manifest;
 pub mod merkle;
 
@@ -28,6 +29,7 @@ pub use crate::{
     block::Block,
     chunker::{Chunker, DEFAULT_BLOCK_SIZE},
     cid::{BlockAddress, Cid, CidError, Codec},
+    leaf::{LeafError, VerifiedLeaf},
     manifest::{Manifest, ManifestError},
     merkle::{CodexProof, CodexTree, Digest, MerkleError},
 };

@@ -22,8 +22,9 @@
 //! * A peer with outstanding requests that delivers nothing for [`ACTIVITY_TIMEOUT`] loses them
 //!   to other holders (the reference disconnects it after a minute).
 //! * Verified blocks go to their requesters at once and are written behind them in batches
-//!   ([`STORE_BATCH_BLOCKS`], at most [`STORE_TASKS`] at once) so one `fdatasync` covers many
-//!   blocks; at most [`MAX_UNSTORED_BLOCKS`] wait for the disk before requests pause.
+//!   (from [`STORE_MIN_BATCH_BLOCKS`] to [`STORE_BATCH_BLOCKS`], sooner after [`STORE_LINGER`]
+//!   or when nothing more is coming; at most [`STORE_TASKS`] at once) so one commit and one
+//!   `fdatasync` cover many blocks; at most [`MAX_UNSTORED_BLOCKS`] wait for the disk before requests pause.
 //!   [`EngineHandle::flush`] waits for the writes. Other peers still asked for it get a cancel.
 //!
 //! ## Serving (§3.3)
@@ -52,7 +53,7 @@ use cairn_blockexc::{
     BlockPresence, Delivery, MAX_BLOCKS_PER_MESSAGE, MAX_WANTLIST_ENTRIES, Message, Presence,
     WantEntry, WantType,
 };
-use cairn_core::{Block, BlockAddress, Cid, CodexProof, cid::Codec, cid::cid_digest};
+use cairn_core::{Block, BlockAddress, Cid, CodexProof, VerifiedLeaf};
 use cairn_net::{NetEvent, NetworkHandle, PeerAction, PeerId};
 use cairn_store::{Store, StoreError};
 
@@ -80,8 +81,16 @@ pub const REQUERY_INTERVAL: Duration = Duration::from_secs(2);
 pub const NO_HOLDER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Wants pending at once across all downloads; more are refused with [`FetchError::Busy`].
 pub const MAX_PENDING_WANTS: usize = 16 * 1024;
-/// Blocks written per store call: one `fdatasync` per batch.
+/// Blocks written per store call at most: one commit and one `fdatasync` per batch.
 pub const STORE_BATCH_BLOCKS: usize = 256;
+/// A store write starts once this many verified blocks wait (8 MiB), unless one of the
+/// conditions of [`Engine::store_due`] starts it sooner. Started whenever a writer was free, the
+/// batches of a fast download held about 16 blocks, and their commits cost the downloading node
+/// about 5 % of its CPU (`BENCHMARKS.md`).
+pub const STORE_MIN_BATCH_BLOCKS: usize = 128;
+/// A verified block waits at most about this long for a batch to fill (checked on every engine
+/// event, and at least every [`TICK`]). Requesters have the block already; only its write waits.
+pub const STORE_LINGER: Duration = Duration::from_millis(50);
 /// Verified blocks waiting for or in a store write. Past this no new block is requested, so a
 /// slow disk slows the download instead of filling memory (1024 blocks = 64 MiB).
 pub const MAX_UNSTORED_BLOCKS: usize = 1024;
@@ -323,9 +332,36 @@ enum Done {
 }
 
 struct ToStore {
-    address: BlockAddress,
-    block: Block,
-    proof: Option<CodexProof>,
+    block: Verified,
+    /// When it was verified and queued.
+    queued: Instant,
+}
+
+/// A delivered block that passed [`verify`].
+enum Verified {
+    /// A block asked for by its CID.
+    Block(Block),
+    /// A dataset leaf, its proof checked.
+    Leaf(VerifiedLeaf),
+}
+
+impl Verified {
+    fn address(&self) -> BlockAddress {
+        match self {
+            Verified::Block(b) => BlockAddress::Block(*b.cid()),
+            Verified::Leaf(l) => BlockAddress::Leaf {
+                tree: *l.tree(),
+                index: l.index(),
+            },
+        }
+    }
+
+    fn block(&self) -> &Block {
+        match self {
+            Verified::Block(b) => b,
+            Verified::Leaf(l) => l.block(),
+        }
+    }
 }
 
 /// The engine task's state. See the module docs.
@@ -633,33 +669,36 @@ impl Engine {
             self.metrics.blocks_duplicate.inc();
             return;
         }
-        if let Err(reason) = verify(&d, pending.nleaves) {
-            self.stats.rejected += 1;
-            self.metrics.blocks_rejected.inc();
-            let reason = format!("bad block for {}: {reason}", d.address);
-            warn!(%peer, %reason, "rejected delivery");
-            self.report(peer, PeerAction::Fatal, reason);
-            self.release(d.address, peer, true);
-            return;
-        }
+        let address = d.address;
+        let verified = match verify(d, pending.nleaves) {
+            Ok(v) => v,
+            Err(reason) => {
+                self.stats.rejected += 1;
+                self.metrics.blocks_rejected.inc();
+                let reason = format!("bad block for {address}: {reason}");
+                warn!(%peer, %reason, "rejected delivery");
+                self.report(peer, PeerAction::Fatal, reason);
+                self.release(address, peer, true);
+                return;
+            }
+        };
         pending.storing = true;
         self.stats.blocks_received += 1;
         self.metrics.blocks_accepted.inc();
         // Verified: the requesters get it now; the write is batched behind them (the window of
         // a download does not have to cover a disk sync).
         for w in pending.waiters.drain(..) {
-            let _ = w.send(Ok(d.block.clone()));
+            let _ = w.send(Ok(verified.block().clone()));
         }
         // Anyone else we asked (after a timeout) can stop.
         for (other, st) in &mut self.peers {
-            if *other != peer && st.outstanding.remove(&d.address).is_some() {
-                st.outbox_wants.push(WantEntry::cancel(d.address));
+            if *other != peer && st.outstanding.remove(&address).is_some() {
+                st.outbox_wants.push(WantEntry::cancel(address));
             }
         }
         self.to_store.push_back(ToStore {
-            address: d.address,
-            block: d.block,
-            proof: d.proof,
+            block: verified,
+            queued: now,
         });
     }
 
@@ -975,7 +1014,7 @@ impl Engine {
 
     fn schedule(&mut self, now: Instant) {
         self.assign(now);
-        self.start_store();
+        self.start_store(now);
         self.start_serving();
         self.start_presences();
         self.announce();
@@ -1033,15 +1072,30 @@ impl Engine {
         }
     }
 
-    fn start_store(&mut self) {
-        while self.storing < STORE_TASKS && !self.to_store.is_empty() {
+    /// Whether the verified blocks waiting should be written now ([`store_due`]).
+    fn store_due(&self, now: Instant) -> bool {
+        self.to_store.front().is_some_and(|oldest| {
+            store_due(
+                self.to_store.len(),
+                now.saturating_duration_since(oldest.queued),
+                !self.flush_waiters.is_empty(),
+                self.pending
+                    .len()
+                    .saturating_sub(self.to_store.len() + self.storing_blocks),
+            )
+        })
+    }
+
+    fn start_store(&mut self, now: Instant) {
+        while self.storing < STORE_TASKS && self.store_due(now) {
             let n = self.to_store.len().min(STORE_BATCH_BLOCKS);
             let batch: Vec<ToStore> = self.to_store.drain(..n).collect();
             let store = self.store.clone();
             self.storing += 1;
             self.storing_blocks += n;
             self.tasks.spawn(async move {
-                let addresses: Vec<BlockAddress> = batch.iter().map(|b| b.address).collect();
+                let addresses: Vec<BlockAddress> =
+                    batch.iter().map(|b| b.block.address()).collect();
                 match tokio::task::spawn_blocking(move || store_batch(&store, batch)).await {
                     Ok(results) => Done::Stored(results),
                     Err(e) => Done::Stored(
@@ -1141,26 +1195,29 @@ impl Engine {
     }
 }
 
+/// Whether `queued` verified blocks (at least one), the oldest of which has waited `oldest_wait`,
+/// should be written now: a full batch is there ([`STORE_MIN_BATCH_BLOCKS`]), the oldest has
+/// waited [`STORE_LINGER`], someone waits on a flush, or no block is on its way (`coming`: pending
+/// wants not yet delivered).
+fn store_due(queued: usize, oldest_wait: Duration, flush_waiting: bool, coming: usize) -> bool {
+    queued >= STORE_MIN_BATCH_BLOCKS || oldest_wait >= STORE_LINGER || flush_waiting || coming == 0
+}
+
 /// Checks a delivery against what was asked (see the module docs).
-fn verify(d: &Delivery, nleaves: Option<u64>) -> Result<(), String> {
+fn verify(d: Delivery, nleaves: Option<u64>) -> Result<Verified, String> {
     match d.address {
         BlockAddress::Block(cid) => {
             if *d.block.cid() == cid {
-                Ok(())
+                Ok(Verified::Block(d.block))
             } else {
                 Err(format!("got block {}", d.block.cid()))
             }
         }
         BlockAddress::Leaf { tree, index } => {
-            if d.block.cid().codec() != Codec::Block.code() {
-                return Err("leaf is not a codex-block".into());
-            }
-            let proof = d.proof.as_ref().ok_or("no proof")?;
+            let proof = d.proof.ok_or("no proof")?;
             let nleaves = nleaves.ok_or("leaf count unknown")?;
-            let root = cid_digest(&tree).map_err(|e| e.to_string())?;
-            let leaf = cid_digest(d.block.cid()).map_err(|e| e.to_string())?;
-            proof
-                .verify_leaf(&leaf, &root, index, nleaves)
+            VerifiedLeaf::verify(tree, index, nleaves, d.block, proof)
+                .map(Verified::Leaf)
                 .map_err(|e| e.to_string())
         }
     }
@@ -1171,21 +1228,16 @@ fn store_batch(
     batch: Vec<ToStore>,
 ) -> Vec<(BlockAddress, Result<Block, FetchError>)> {
     let mut out = Vec::with_capacity(batch.len());
-    let mut by_tree: HashMap<Cid, Vec<(u64, Block, CodexProof)>> = HashMap::new();
+    let mut by_tree: HashMap<Cid, Vec<VerifiedLeaf>> = HashMap::new();
     for item in batch {
-        match (item.address, item.proof) {
-            (BlockAddress::Leaf { tree, index }, Some(proof)) => {
-                by_tree
-                    .entry(tree)
-                    .or_default()
-                    .push((index, item.block, proof));
-            }
-            (address, _) => {
+        match item.block {
+            Verified::Leaf(leaf) => by_tree.entry(*leaf.tree()).or_default().push(leaf),
+            Verified::Block(block) => {
                 let r = store
-                    .put_block(&item.block)
-                    .map(|_| item.block)
+                    .put_block(&block)
+                    .map(|_| block.clone())
                     .map_err(|e| store_error(&e));
-                out.push((address, r));
+                out.push((BlockAddress::Block(*block.cid()), r));
             }
         }
     }
@@ -1193,11 +1245,12 @@ fn store_batch(
         let r = store
             .put_leaves(&tree, &leaves)
             .map_err(|e| store_error(&e));
-        for (index, block, _) in leaves {
-            out.push((
-                BlockAddress::Leaf { tree, index },
-                r.clone().map(|()| block),
-            ));
+        for leaf in leaves {
+            let address = BlockAddress::Leaf {
+                tree,
+                index: leaf.index(),
+            };
+            out.push((address, r.clone().map(|()| leaf.into_parts().0)));
         }
     }
     out
@@ -1314,6 +1367,27 @@ mod tests {
             })
             .unwrap();
         (s.manifest_cid, s.manifest.tree_cid)
+    }
+
+    /// Verified blocks wait for a batch to fill, and no longer than they must: a full batch, a
+    /// block that has waited [`STORE_LINGER`], a flush, or nothing more on its way each start
+    /// the write; without any of these the blocks wait.
+    #[test]
+    fn store_writes_wait_for_a_batch_and_no_longer() {
+        let short = STORE_LINGER / 2;
+        // A few blocks, more coming, nobody waiting: gather more.
+        assert!(!store_due(1, Duration::ZERO, false, 100));
+        assert!(!store_due(STORE_MIN_BATCH_BLOCKS - 1, short, false, 1));
+        // Each condition alone starts the write.
+        assert!(store_due(
+            STORE_MIN_BATCH_BLOCKS,
+            Duration::ZERO,
+            false,
+            100
+        ));
+        assert!(store_due(1, STORE_LINGER, false, 100));
+        assert!(store_due(1, Duration::ZERO, true, 100));
+        assert!(store_due(1, Duration::ZERO, false, 0));
     }
 
     /// A serve batch mixing plain blocks and leaves of two datasets (read in runs, one store

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_core::Cid;
+use cairn_core::{Cid, VerifiedLeaf};
 use cairn_node::{ByteRange, Node, NodeConfig, NodeError, Store, StoreConfig};
 use futures::TryStreamExt;
 use tokio_util::sync::CancellationToken;
@@ -47,7 +47,7 @@ async fn partial_copy(from: &Node, cid: Cid, keep: std::ops::Range<u64>) -> Node
     let leaves: Vec<_> = keep
         .map(|i| {
             let (b, p) = from.store().get_leaf(&m.tree_cid, i).unwrap().unwrap();
-            (i, b, p)
+            VerifiedLeaf::verify(m.tree_cid, i, m.blocks_count(), b, p).unwrap()
         })
         .collect();
     to.store().put_leaves(&m.tree_cid, &leaves).unwrap();

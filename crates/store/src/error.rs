@@ -31,15 +31,15 @@ pub enum StoreError {
     /// A dataset needs at least one block.
     #[error("a dataset needs at least one block")]
     EmptyDataset,
-    /// A leaf delivered for a dataset does not belong to it.
-    #[error("leaf {index} does not belong to dataset {tree}: {source}")]
-    BadLeaf {
-        /// Tree CID.
+    /// A leaf handed to `put_leaves` belongs to another dataset.
+    #[error("leaf {index} of dataset {leaf_tree} was handed in for dataset {tree}")]
+    LeafOfAnotherDataset {
+        /// The dataset being written.
         tree: Box<Cid>,
+        /// The leaf's dataset.
+        leaf_tree: Box<Cid>,
         /// Leaf index.
         index: u64,
-        /// Why.
-        source: MerkleError,
     },
     /// A manifest could not be decoded.
     #[error(transparent)]

@@ -12,8 +12,8 @@ use std::{
 
 use bytes::Bytes;
 use cairn_core::{
-    Block, Cid, CodexProof, Manifest,
-    cid::{Codec, cid_digest, cid_from_bytes, empty_block_cid},
+    Block, Cid, CodexProof, Manifest, VerifiedLeaf,
+    cid::{Codec, cid_from_bytes, empty_block_cid},
 };
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -485,25 +485,17 @@ impl Store {
         })
     }
 
-    /// Stores leaves of dataset `tree` delivered with their proofs (network downloads). Each
-    /// proof is checked against the tree root; leaves already stored are skipped.
-    pub fn put_leaves(
-        &self,
-        tree: &Cid,
-        leaves: &[(u64, Block, CodexProof)],
-    ) -> Result<(), StoreError> {
+    /// Stores leaves of dataset `tree` delivered with their proofs (network downloads). The
+    /// proofs were checked when each [`VerifiedLeaf`] was made; a leaf of another dataset is
+    /// refused. Leaves already stored are skipped.
+    pub fn put_leaves(&self, tree: &Cid, leaves: &[VerifiedLeaf]) -> Result<(), StoreError> {
         self.hook("put_leaves");
-        let root = cid_digest(tree).map_err(|_| StoreError::IndexDamaged("tree CID hash"))?;
-        for (index, block, proof) in leaves {
-            let leaf =
-                cid_digest(block.cid()).map_err(|_| StoreError::IndexDamaged("leaf hash"))?;
-            proof
-                .verify_leaf(&leaf, &root, *index, proof.nleaves)
-                .map_err(|source| StoreError::BadLeaf {
-                    tree: Box::new(*tree),
-                    index: *index,
-                    source,
-                })?;
+        if let Some(other) = leaves.iter().find(|l| l.tree() != tree) {
+            return Err(StoreError::LeafOfAnotherDataset {
+                tree: Box::new(*tree),
+                leaf_tree: Box::new(*other.tree()),
+                index: other.index(),
+            });
         }
         let tree_key = tree.to_bytes();
         // Only bytes not stored yet are appended and counted against the quota: a leaf already
@@ -513,9 +505,13 @@ impl Store {
             let stored_leaves = r.open_table(LEAVES)?;
             let blocks = r.open_table(BLOCKS)?;
             let mut out = Vec::with_capacity(leaves.len());
-            for (index, block, _) in leaves {
-                let have_leaf = stored_leaves.get((tree_key.as_slice(), *index))?.is_some();
-                let have_block = blocks.get(block.cid().to_bytes().as_slice())?.is_some();
+            for leaf in leaves {
+                let have_leaf = stored_leaves
+                    .get((tree_key.as_slice(), leaf.index()))?
+                    .is_some();
+                let have_block = blocks
+                    .get(leaf.block().cid().to_bytes().as_slice())?
+                    .is_some();
                 out.push(!have_leaf && !have_block);
             }
             out
@@ -524,14 +520,15 @@ impl Store {
             .iter()
             .zip(&needs_data)
             .filter(|(_, need)| **need)
-            .map(|((_, b, _), _)| b.data().len() as u64)
+            .map(|(l, _)| l.block().data().len() as u64)
             .sum();
         let mut locs: Vec<Option<Loc>> = vec![None; leaves.len()];
         if new_bytes > 0 {
             self.check_quota(new_bytes)?;
             self.with_shared(&self.inner.leaves_seg, WriteMode::Bulk, |w| {
-                for (((_, block, _), need), loc) in leaves.iter().zip(&needs_data).zip(&mut locs) {
+                for ((leaf, need), loc) in leaves.iter().zip(&needs_data).zip(&mut locs) {
                     if *need {
+                        let block = leaf.block();
                         let off = w.append(block.data())?;
                         *loc = Some(Loc {
                             seg: w.id(),
@@ -548,7 +545,7 @@ impl Store {
         self.write(0, |t| {
             t.reclaim_tree_fully(&tree_key)?;
             if t.get_dataset(&tree_key)?.is_none() {
-                let nleaves = leaves.first().map_or(0, |(_, _, p)| p.nleaves);
+                let nleaves = leaves.first().map_or(0, VerifiedLeaf::nleaves);
                 t.put_dataset(
                     &tree_key,
                     DatasetRec {
@@ -559,15 +556,15 @@ impl Store {
                     },
                 )?;
             }
-            for ((index, block, proof), loc) in leaves.iter().zip(locs) {
-                if t.leaves.get((tree_key.as_slice(), *index))?.is_some() {
+            for (leaf, loc) in leaves.iter().zip(locs) {
+                if t.leaves.get((tree_key.as_slice(), leaf.index()))?.is_some() {
                     continue;
                 }
-                let cid = block.cid().to_bytes();
+                let cid = leaf.block().cid().to_bytes();
                 t.add_ref(&cid, loc, false, 0)?;
                 t.leaves.insert(
-                    (tree_key.as_slice(), *index),
-                    (cid.as_slice(), &proof.encode()[..]),
+                    (tree_key.as_slice(), leaf.index()),
+                    (cid.as_slice(), &leaf.proof().encode()[..]),
                 )?;
             }
             Ok(())

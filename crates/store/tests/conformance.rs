@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_core::{Block, Chunker, CodexTree, Manifest, cid::empty_block_cid};
+use cairn_core::{Block, Chunker, CodexTree, Manifest, VerifiedLeaf, cid::empty_block_cid};
 use cairn_store::{DatasetMeta, Store, StoreConfig, StoreError};
 use tempfile::TempDir;
 
@@ -362,6 +362,12 @@ fn zero_ttl_never_expires() {
     }
 }
 
+/// Leaf `i` of dataset `m` read from `src`, checked as a downloader checks it.
+fn leaf_of(src: &Store, m: &Manifest, i: u64) -> VerifiedLeaf {
+    let (blk, p) = src.get_leaf(&m.tree_cid, i).unwrap().unwrap();
+    VerifiedLeaf::verify(m.tree_cid, i, m.blocks_count(), blk, p).unwrap()
+}
+
 #[test]
 fn network_leaves_are_checked_and_served() {
     for (name, b) in backends(quiet()) {
@@ -369,17 +375,12 @@ fn network_leaves_are_checked_and_served() {
         let src = Store::in_memory(quiet()).unwrap();
         let bytes = data(5 * BS, 8);
         let (mcid, m) = upload(&src, &bytes, None).unwrap();
-        let leaves: Vec<_> = (0..5)
-            .map(|i| {
-                let (blk, p) = src.get_leaf(&m.tree_cid, i).unwrap().unwrap();
-                (i, blk, p)
-            })
-            .collect();
-        // A leaf with another index's proof is refused.
-        let wrong = vec![(1, leaves[0].1.clone(), leaves[0].2.clone())];
+        let leaves: Vec<_> = (0..5).map(|i| leaf_of(&src, &m, i)).collect();
+        // A leaf of another dataset is refused.
+        let (_, other) = upload(&src, &data(BS, 9), None).unwrap();
         assert!(matches!(
-            b.store.put_leaves(&m.tree_cid, &wrong),
-            Err(StoreError::BadLeaf { .. })
+            b.store.put_leaves(&other.tree_cid, &leaves[..1]),
+            Err(StoreError::LeafOfAnotherDataset { .. })
         ));
         b.store
             .put_block(&src.get_block(&mcid).unwrap().unwrap())
@@ -470,10 +471,7 @@ fn first_missing_leaf_finds_gaps() {
             .unwrap();
         let have: Vec<_> = [0, 1, 3, 4]
             .into_iter()
-            .map(|i| {
-                let (blk, p) = src.get_leaf(&m.tree_cid, i).unwrap().unwrap();
-                (i, blk, p)
-            })
+            .map(|i| leaf_of(&src, &m, i))
             .collect();
         b.store.put_leaves(&m.tree_cid, &have).unwrap();
         let first = |r: std::ops::Range<u64>| b.store.first_missing_leaf(&m.tree_cid, r).unwrap();
@@ -542,7 +540,10 @@ fn any_flipped_bit_is_caught_on_read() {
     let leaves: Vec<_> = blocks
         .iter()
         .enumerate()
-        .map(|(i, b)| (i as u64, b.clone(), tree.proof(i as u64).unwrap()))
+        .map(|(i, b)| {
+            let proof = tree.proof(i as u64).unwrap();
+            VerifiedLeaf::verify(tree.cid(), i as u64, 3, b.clone(), proof).unwrap()
+        })
         .collect();
     store.put_leaves(&tree.cid(), &leaves).unwrap();
     let single = Block::data_block(Bytes::from(data(1000, 30)));
