@@ -265,6 +265,13 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         }
     }
     while tasks.join_next().await.is_some() {}
+    // The engine writes the verified blocks it still holds before it stops.
+    if tokio::time::timeout(SHUTDOWN_GRACE, node.stopped())
+        .await
+        .is_err()
+    {
+        warn!("the block-exchange engine did not stop within the grace period");
+    }
     let _ = net_task.await;
     drop(node);
     info!("stopped");

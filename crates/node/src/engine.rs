@@ -25,7 +25,8 @@
 //!   (from [`STORE_MIN_BATCH_BLOCKS`] to [`STORE_BATCH_BLOCKS`], sooner after [`STORE_LINGER`]
 //!   or when nothing more is coming; at most [`STORE_TASKS`] at once) so one commit and one
 //!   `fdatasync` cover many blocks; at most [`MAX_UNSTORED_BLOCKS`] wait for the disk before requests pause.
-//!   [`EngineHandle::flush`] waits for the writes. Other peers still asked for it get a cancel.
+//!   [`EngineHandle::flush`] waits for the writes; a stopping engine makes them all before it
+//!   ends (within [`STOP_WRITE_GRACE`]), so a graceful stop loses no verified block. Other peers still asked for it get a cancel.
 //!
 //! ## Serving (§3.3)
 //! * `WantHave` is answered with `Have` for blocks we hold and with `DontHave` only when the
@@ -94,6 +95,9 @@ pub const STORE_LINGER: Duration = Duration::from_millis(50);
 /// Verified blocks waiting for or in a store write. Past this no new block is requested, so a
 /// slow disk slows the download instead of filling memory (1024 blocks = 64 MiB).
 pub const MAX_UNSTORED_BLOCKS: usize = 1024;
+/// How long a stopping engine waits for its store writes (those in flight, then the blocks still
+/// queued, at most [`MAX_UNSTORED_BLOCKS`]) before it gives up on them.
+pub const STOP_WRITE_GRACE: Duration = Duration::from_secs(10);
 /// Store writes in flight (one writing while the next batch gathers).
 pub const STORE_TASKS: usize = 2;
 /// Addresses one peer may have asked for and not yet received. The reference keeps up to 1024
@@ -380,6 +384,8 @@ pub struct Engine {
     tasks: JoinSet<Done>,
     storing_blocks: usize,
     flush_waiters: Vec<oneshot::Sender<()>>,
+    /// The engine is stopping: everything queued is written at once ([`Engine::write_out`]).
+    stopping: bool,
     reports_in_flight: usize,
     stats: EngineStats,
     metrics: NodeMetrics,
@@ -418,6 +424,7 @@ pub fn spawn(
         tasks: JoinSet::new(),
         storing_blocks: 0,
         flush_waiters: Vec::new(),
+        stopping: false,
         reports_in_flight: 0,
         stats: EngineStats::default(),
         metrics,
@@ -457,6 +464,7 @@ impl Engine {
             }
             self.schedule(Instant::now());
         }
+        self.write_out().await;
         for (_, p) in self.pending.drain() {
             for w in p.waiters {
                 let _ = w.send(Err(FetchError::Stopped));
@@ -464,6 +472,37 @@ impl Engine {
         }
         self.tasks.abort_all();
         debug!("engine stopped");
+    }
+
+    /// On stopping: the store writes in flight finish and the verified blocks still queued are
+    /// written, within [`STOP_WRITE_GRACE`], so a graceful stop loses no block it verified.
+    async fn write_out(&mut self) {
+        self.stopping = true;
+        let queued = self.to_store.len() + self.storing_blocks;
+        let writes = async {
+            loop {
+                self.start_store(Instant::now());
+                if self.storing == 0 {
+                    break;
+                }
+                match self.tasks.join_next().await {
+                    Some(Ok(done)) => self.on_done(done),
+                    Some(Err(e)) => warn!(error = %e, "engine task failed"),
+                    None => break,
+                }
+            }
+        };
+        if tokio::time::timeout(STOP_WRITE_GRACE, writes)
+            .await
+            .is_err()
+        {
+            warn!(
+                unstored = self.to_store.len() + self.storing_blocks,
+                "verified blocks not written before stopping"
+            );
+        } else if queued > 0 {
+            debug!(blocks = queued, "verified blocks written before stopping");
+        }
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -1078,7 +1117,7 @@ impl Engine {
             store_due(
                 self.to_store.len(),
                 now.saturating_duration_since(oldest.queued),
-                !self.flush_waiters.is_empty(),
+                self.stopping || !self.flush_waiters.is_empty(),
                 self.pending
                     .len()
                     .saturating_sub(self.to_store.len() + self.storing_blocks),

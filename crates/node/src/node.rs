@@ -1,12 +1,13 @@
 //! The [`Node`] handle.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use cairn_core::{BlockAddress, Cid, Manifest, cid::Codec};
 use cairn_net::{Multiaddr, NetEvent, NetworkHandle, PeerId};
 use cairn_store::{Space, Store};
 use futures::Stream;
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
@@ -72,6 +73,8 @@ pub struct Node {
 struct Network {
     net: NetworkHandle,
     engine: EngineHandle,
+    /// The engine's task, until [`Node::stopped`] takes it.
+    engine_task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     discoverer: Option<Discoverer>,
 }
 
@@ -103,7 +106,7 @@ impl Node {
         events: mpsc::Receiver<NetEvent>,
         cancel: CancellationToken,
     ) -> Node {
-        let (engine, _task) = engine::spawn(
+        let (engine, engine_task) = engine::spawn(
             store.clone(),
             net.clone(),
             events,
@@ -116,8 +119,24 @@ impl Node {
             network: Some(Network {
                 net,
                 engine,
+                engine_task: Arc::new(Mutex::new(Some(engine_task))),
                 discoverer: None,
             }),
+        }
+    }
+
+    /// Waits until the block-exchange engine has stopped (after its `cancel` fired), which
+    /// includes writing the verified blocks it still held. Returns at once for a node without
+    /// a network, or when another caller already waited.
+    pub async fn stopped(&self) {
+        let task = self
+            .network
+            .as_ref()
+            .and_then(|n| n.engine_task.lock().take());
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            warn!(error = %e, "block-exchange engine failed");
         }
     }
 

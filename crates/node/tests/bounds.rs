@@ -1,9 +1,11 @@
-//! Two limits of the block-exchange engine, each driven past its bound over loopback TCP with
-//! the real swarm:
+//! Limits of the block-exchange engine, each driven past its bound over loopback TCP with the
+//! real swarm, and what a stop does to the blocks waiting behind them:
 //!
 //! * [`MAX_UNSTORED_BLOCKS`]: a node whose store writes are held (a slow disk) downloading
 //!   from a provider stops requesting blocks once that many verified blocks wait for the disk,
 //!   and finishes with the right bytes once the disk catches up.
+//! * A node stopped while verified blocks wait for its disk writes them all before its engine
+//!   ends.
 //! * [`MAX_QUEUED_HAVE_QUERIES`]: a peer flooding `WantHave` faster than they are answered gets
 //!   at most that many queued; the rest are dropped unanswered and each over-limit want list
 //!   is penalised, while an honest peer downloads from the same node.
@@ -352,6 +354,94 @@ async fn paused_while_the_disk_is_behind() {
     assert_eq!(audit.blocks_actual, total, "{audit:?}");
     assert_eq!(audit.used_actual, audit.used_recorded, "{audit:?}");
     cancel.cancel();
+}
+
+/// The held disk of [`a_stopping_engine_writes_the_blocks_it_verified`].
+static STOP_DISK: Gate = Gate::closed();
+
+fn disk_held_at_stop(point: &'static str) {
+    if point == "put_block" || point == "put_leaves" {
+        STOP_DISK.pass();
+    }
+}
+
+/// A node stopped while verified blocks wait for its disk (both store writes held, the rest
+/// queued behind them) writes every one of them before its engine stops: a graceful stop loses
+/// none of the blocks it has verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_engine_writes_the_blocks_it_verified() {
+    const BLOCKS: usize = 300;
+    const { assert!(BLOCKS < MAX_UNSTORED_BLOCKS, "every block must be received") };
+    let _open = OpenOnDrop(&STOP_DISK);
+    let provider_cancel = CancellationToken::new();
+    let original = data(BLOCKS * BLOCK, 11);
+    let provider_store = Store::in_memory(StoreConfig::default()).unwrap();
+    let cid = upload(
+        &Node::new(provider_store.clone(), NodeConfig::default()),
+        &original,
+    )
+    .await;
+    let (np, p_events) = bare(&provider_cancel).await;
+    tokio::spawn(counting_provider(
+        p_events,
+        np.clone(),
+        provider_store,
+        Arc::new(Asked::default()),
+    ));
+
+    let cancel = CancellationToken::new();
+    let (v, nv) = node(
+        &cancel,
+        StoreConfig {
+            crash_hook: Some(disk_held_at_stop),
+            ..StoreConfig::default()
+        },
+    )
+    .await;
+    connect(&nv, &np).await;
+    let engine = v.engine().unwrap().clone();
+    let manifest = tokio::time::timeout(WAIT, v.fetch_manifest(cid))
+        .await
+        .expect("manifest timed out")
+        .unwrap();
+    let tree = manifest.tree_cid;
+    let count = Some(manifest.blocks_count());
+    let _wants = engine
+        .want_many(
+            (0..BLOCKS as u64)
+                .map(|index| (BlockAddress::Leaf { tree, index }, count))
+                .collect(),
+        )
+        .await;
+    // Everything verified, both writes held, the rest queued: nothing is stored yet.
+    eventually("every block to be verified", async || {
+        let s = engine.stats().await.unwrap();
+        (s.blocks_received == BLOCKS as u64 + 1 && STOP_DISK.held() == STORE_TASKS).then_some(())
+    })
+    .await;
+    assert_eq!(
+        v.store()
+            .first_missing_leaf(&tree, 0..BLOCKS as u64)
+            .unwrap(),
+        Some(0)
+    );
+
+    // Stop, then let the disk go: the engine writes everything before it ends.
+    cancel.cancel();
+    STOP_DISK.open();
+    tokio::time::timeout(WAIT, v.stopped())
+        .await
+        .expect("the engine did not stop");
+    assert_eq!(
+        v.store()
+            .first_missing_leaf(&tree, 0..BLOCKS as u64)
+            .unwrap(),
+        None,
+        "verified blocks were lost when the node stopped"
+    );
+    assert!(v.store().get_manifest(&cid).unwrap().is_some());
+    check_stored_copy(&v, cid, &original).await;
+    provider_cancel.cancel();
 }
 
 // ---------------------------------------------------------------------------------------------
