@@ -28,14 +28,17 @@ use cairn_blockexc::{
     BlockPresence, Delivery, MAX_BLOCKS_PER_MESSAGE, MAX_PRESENCES_PER_MESSAGE,
     MAX_WANTLIST_ENTRIES, Message, Presence, WantEntry, WantType,
 };
-use cairn_core::{BlockAddress, Cid};
+use cairn_core::{Block, BlockAddress, Cid};
 use cairn_node::{
     Node, NodeConfig, Store, StoreConfig,
-    engine::{MAX_OUTSTANDING_PER_PEER, MAX_QUEUED_HAVE_QUERIES, MAX_UNSTORED_BLOCKS, STORE_TASKS},
+    engine::{
+        FetchError, MAX_OUTSTANDING_PER_PEER, MAX_QUEUED_HAVE_QUERIES, MAX_UNSTORED_BLOCKS,
+        STORE_TASKS,
+    },
     net::{NetEvent, NetworkHandle, reputation::DISCONNECT_SCORE},
 };
 use futures::TryStreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -234,6 +237,75 @@ async fn counting_provider(
     }
 }
 
+/// A download whose store calls pass `hook`: a node on `cancel` connected to an honest provider
+/// double (on `provider_cancel`) that holds `blocks` blocks of fresh data; the manifest is
+/// fetched (handed over before it is stored) and every leaf is wanted.
+struct HeldDownload {
+    node: Node,
+    cid: Cid,
+    original: Vec<u8>,
+    asked: Arc<Asked>,
+    tree: Cid,
+    wants: Vec<oneshot::Receiver<Result<Block, FetchError>>>,
+}
+
+async fn held_download(
+    blocks: usize,
+    seed: u64,
+    hook: fn(&'static str),
+    cancel: &CancellationToken,
+    provider_cancel: &CancellationToken,
+) -> HeldDownload {
+    let original = data(blocks * BLOCK, seed);
+    let provider_store = Store::in_memory(StoreConfig::default()).unwrap();
+    let cid = upload(
+        &Node::new(provider_store.clone(), NodeConfig::default()),
+        &original,
+    )
+    .await;
+    let (np, p_events) = bare(provider_cancel).await;
+    let asked = Arc::new(Asked::default());
+    tokio::spawn(counting_provider(
+        p_events,
+        np.clone(),
+        provider_store,
+        asked.clone(),
+    ));
+    let (node, nv) = node(
+        cancel,
+        StoreConfig {
+            crash_hook: Some(hook),
+            ..StoreConfig::default()
+        },
+    )
+    .await;
+    connect(&nv, &np).await;
+    let manifest = tokio::time::timeout(WAIT, node.fetch_manifest(cid))
+        .await
+        .expect("manifest timed out")
+        .unwrap();
+    assert_eq!(manifest.blocks_count(), blocks as u64);
+    let tree = manifest.tree_cid;
+    let count = Some(manifest.blocks_count());
+    let wants = node
+        .engine()
+        .unwrap()
+        .want_many(
+            (0..blocks as u64)
+                .map(|index| (BlockAddress::Leaf { tree, index }, count))
+                .collect(),
+        )
+        .await;
+    HeldDownload {
+        node,
+        cid,
+        original,
+        asked,
+        tree,
+        wants,
+    }
+}
+
 /// A node downloading over a disk that takes no writes requests at most
 /// `MAX_UNSTORED_BLOCKS + MAX_OUTSTANDING_PER_PEER` blocks (requests stop once
 /// `MAX_UNSTORED_BLOCKS` wait for the disk; those already out still arrive), then none, however
@@ -251,50 +323,15 @@ async fn paused_while_the_disk_is_behind() {
     let bound = BOUND as u64;
     let _open = OpenOnDrop(&DISK);
     let cancel = CancellationToken::new();
-
-    // The provider: a double over a store holding the dataset.
-    let original = data(BLOCKS * BLOCK, 7);
-    let provider_store = Store::in_memory(StoreConfig::default()).unwrap();
-    let cid = upload(
-        &Node::new(provider_store.clone(), NodeConfig::default()),
-        &original,
-    )
-    .await;
-    let (np, p_events) = bare(&cancel).await;
-    let asked = Arc::new(Asked::default());
-    tokio::spawn(counting_provider(
-        p_events,
-        np.clone(),
-        provider_store,
-        asked.clone(),
-    ));
-
-    // The downloader, whose store holds every write until the gate opens.
-    let (v, nv) = node(
-        &cancel,
-        StoreConfig {
-            crash_hook: Some(slow_disk),
-            ..StoreConfig::default()
-        },
-    )
-    .await;
-    connect(&nv, &np).await;
+    let HeldDownload {
+        node: v,
+        cid,
+        original,
+        asked,
+        wants: rxs,
+        ..
+    } = held_download(BLOCKS, 7, slow_disk, &cancel, &cancel).await;
     let engine = v.engine().unwrap().clone();
-    // The manifest is handed over before it is stored (its write is held like the rest).
-    let manifest = tokio::time::timeout(WAIT, v.fetch_manifest(cid))
-        .await
-        .expect("manifest timed out")
-        .unwrap();
-    assert_eq!(manifest.blocks_count(), BLOCKS as u64);
-    let tree = manifest.tree_cid;
-    let count = Some(manifest.blocks_count());
-    let rxs = engine
-        .want_many(
-            (0..BLOCKS as u64)
-                .map(|index| (BlockAddress::Leaf { tree, index }, count))
-                .collect(),
-        )
-        .await;
 
     // Every block asked for has arrived, at least the limit's worth waits for the disk, and
     // both store tasks are held: nothing can change until a write completes.
@@ -373,46 +410,16 @@ async fn a_stopping_engine_writes_the_blocks_it_verified() {
     const BLOCKS: usize = 300;
     const { assert!(BLOCKS < MAX_UNSTORED_BLOCKS, "every block must be received") };
     let _open = OpenOnDrop(&STOP_DISK);
-    let provider_cancel = CancellationToken::new();
-    let original = data(BLOCKS * BLOCK, 11);
-    let provider_store = Store::in_memory(StoreConfig::default()).unwrap();
-    let cid = upload(
-        &Node::new(provider_store.clone(), NodeConfig::default()),
-        &original,
-    )
-    .await;
-    let (np, p_events) = bare(&provider_cancel).await;
-    tokio::spawn(counting_provider(
-        p_events,
-        np.clone(),
-        provider_store,
-        Arc::new(Asked::default()),
-    ));
-
-    let cancel = CancellationToken::new();
-    let (v, nv) = node(
-        &cancel,
-        StoreConfig {
-            crash_hook: Some(disk_held_at_stop),
-            ..StoreConfig::default()
-        },
-    )
-    .await;
-    connect(&nv, &np).await;
+    let (cancel, provider_cancel) = (CancellationToken::new(), CancellationToken::new());
+    let HeldDownload {
+        node: v,
+        cid,
+        original,
+        tree,
+        wants: _wants,
+        ..
+    } = held_download(BLOCKS, 11, disk_held_at_stop, &cancel, &provider_cancel).await;
     let engine = v.engine().unwrap().clone();
-    let manifest = tokio::time::timeout(WAIT, v.fetch_manifest(cid))
-        .await
-        .expect("manifest timed out")
-        .unwrap();
-    let tree = manifest.tree_cid;
-    let count = Some(manifest.blocks_count());
-    let _wants = engine
-        .want_many(
-            (0..BLOCKS as u64)
-                .map(|index| (BlockAddress::Leaf { tree, index }, count))
-                .collect(),
-        )
-        .await;
     // Everything verified, both writes held, the rest queued: nothing is stored yet.
     eventually("every block to be verified", async || {
         let s = engine.stats().await.unwrap();
