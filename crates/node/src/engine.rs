@@ -24,9 +24,10 @@
 //! * Verified blocks go to their requesters at once and are written behind them in batches
 //!   (from [`STORE_MIN_BATCH_BLOCKS`] to [`STORE_BATCH_BLOCKS`], sooner after [`STORE_LINGER`]
 //!   or when nothing more is coming; at most [`STORE_TASKS`] at once) so one commit and one
-//!   `fdatasync` cover many blocks; at most [`MAX_UNSTORED_BLOCKS`] wait for the disk before requests pause.
-//!   [`EngineHandle::flush`] waits for the writes; a stopping engine makes them all before it
-//!   ends (within [`STOP_WRITE_GRACE`]), so a graceful stop loses no verified block. Other peers still asked for it get a cancel.
+//!   `fdatasync` cover many blocks; at most [`MAX_UNSTORED_BLOCKS`] wait for the disk before
+//!   requests pause. [`EngineHandle::flush`] waits for the writes; a stopping engine makes them
+//!   all before it ends (within [`STOP_WRITE_GRACE`]), so a graceful stop loses no verified
+//!   block. Other peers still asked for it get a cancel.
 //!
 //! ## Serving (§3.3)
 //! * `WantHave` is answered with `Have` for blocks we hold and with `DontHave` only when the
@@ -84,8 +85,8 @@ pub const NO_HOLDER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_PENDING_WANTS: usize = 16 * 1024;
 /// Blocks written per store call at most: one commit and one `fdatasync` per batch.
 pub const STORE_BATCH_BLOCKS: usize = 256;
-/// A store write starts once this many verified blocks wait (8 MiB), unless one of the
-/// conditions of [`Engine::store_due`] starts it sooner. Started whenever a writer was free, the
+/// A store write starts once this many verified blocks wait (8 MiB), or sooner after
+/// [`STORE_LINGER`], on a flush, or when no other block is on its way. Started whenever a writer was free, the
 /// batches of a fast download held about 16 blocks, and their commits cost the downloading node
 /// about 5 % of its CPU (`BENCHMARKS.md`).
 pub const STORE_MIN_BATCH_BLOCKS: usize = 128;
@@ -1272,11 +1273,12 @@ fn store_batch(
         match item.block {
             Verified::Leaf(leaf) => by_tree.entry(*leaf.tree()).or_default().push(leaf),
             Verified::Block(block) => {
+                let address = BlockAddress::Block(*block.cid());
                 let r = store
                     .put_block(&block)
-                    .map(|_| block.clone())
+                    .map(|_| block)
                     .map_err(|e| store_error(&e));
-                out.push((BlockAddress::Block(*block.cid()), r));
+                out.push((address, r));
             }
         }
     }
