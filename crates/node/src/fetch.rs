@@ -81,6 +81,12 @@ pub const PROBE_MIN_GAIN: f64 = 0.05;
 pub const DOWN_PROBE_EVERY: u32 = 4;
 /// Indices checked against the local store per blocking call.
 pub const LOCAL_CHECK_BATCH: usize = 64;
+/// The window is refilled once `1 / REFILL_DIVISOR` of it is free, not whenever one block
+/// completes. Refilling block by block cost, per block, a blocking-pool round trip for the local
+/// check, an engine command and a one-entry want-list on the wire (and at the provider a
+/// wake-up and a store read for that one want): about two context switches per block on each
+/// node. 8: a window of 128 asks 16 blocks at a time while keeping at least 7/8 of it in flight.
+pub const REFILL_DIVISOR: usize = 8;
 
 /// What the current interval measures (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -184,6 +190,20 @@ impl WindowEstimator {
 
 type BlockFuture = BoxFuture<'static, (Result<Bytes, NodeError>, Option<Duration>, Instant)>;
 
+/// How many blocks to request now, with `window` the window, `inflight` blocks requested and not
+/// yet handed on and `remaining` blocks not yet requested: none until a run of at least
+/// `window / REFILL_DIVISOR` blocks (1..=[`LOCAL_CHECK_BATCH`]) is free, or until everything
+/// remaining fits; then as many as fit, at most one local-check batch.
+pub(crate) fn refill(window: usize, inflight: usize, remaining: u64) -> u64 {
+    let room = window.saturating_sub(inflight).min(LOCAL_CHECK_BATCH) as u64;
+    let run = (window / REFILL_DIVISOR).clamp(1, LOCAL_CHECK_BATCH) as u64;
+    if room >= run.min(remaining) {
+        room.min(remaining)
+    } else {
+        0
+    }
+}
+
 /// Downloads the blocks of `manifest` that hold `range`, in order, into `out`: each item is
 /// the part of its block inside the range. No block outside the range is read or wanted. With
 /// `out = None` blocks are only stored.
@@ -209,10 +229,12 @@ pub(crate) async fn fetch_dataset(
     // Index of the next block handed on (blocks complete in order).
     let mut done = span.start;
     while next < span.end || !inflight.is_empty() {
-        // Fill the window.
-        while inflight.len() < est.window() && next < span.end {
-            let room = (est.window() - inflight.len()).min(LOCAL_CHECK_BATCH) as u64;
-            let n = (span.end - next).min(room);
+        // Fill the window, a run of blocks at a time.
+        loop {
+            let n = refill(est.window(), inflight.len(), span.end - next);
+            if n == 0 {
+                break;
+            }
             let s = store.clone();
             let start = next;
             let found = tokio::task::spawn_blocking(move || {
@@ -342,6 +364,33 @@ pub(crate) async fn check_stored(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The window is refilled in runs, not block by block, and never stalls: an empty window
+    /// and the last blocks of a download are always requested.
+    #[test]
+    fn the_window_refills_in_runs() {
+        // A window of 128: nothing while fewer than 16 slots are free, then all free ones.
+        assert_eq!(refill(128, 127, 1_000), 0);
+        assert_eq!(refill(128, 113, 1_000), 0);
+        assert_eq!(refill(128, 112, 1_000), 16);
+        assert_eq!(refill(128, 100, 1_000), 28);
+        // One local-check batch at a time, however much is free.
+        assert_eq!(refill(512, 0, 1_000), LOCAL_CHECK_BATCH as u64);
+        assert_eq!(refill(512, 449, 1_000), 0);
+        // The tail: what remains is requested once it fits, even below a run.
+        assert_eq!(refill(128, 120, 5), 5);
+        assert_eq!(refill(128, 124, 5), 0);
+        assert_eq!(refill(128, 10, 0), 0);
+        // An empty window always asks, whatever its size.
+        for w in [1, 2, MIN_WINDOW, INITIAL_WINDOW, MAX_WINDOW] {
+            assert!(refill(w, 0, 1_000) >= 1, "window {w}");
+            assert!(refill(w, 0, 1) == 1, "window {w}");
+        }
+        // Never more than the window holds.
+        assert_eq!(refill(16, 14, 1_000), 2);
+        assert_eq!(refill(16, 16, 1_000), 0);
+        assert_eq!(refill(16, 20, 1_000), 0);
+    }
 
     /// Runs `blocks` deliveries through the estimator: at window `w` the pipeline delivers
     /// `rate(w)` blocks/s, each block `latency(w)` after it was wanted. Returns the windows at
