@@ -2,7 +2,9 @@
 //! network actually delivers.
 //!
 //! Blocks are requested in index order. Those already stored are read locally (in batches, on
-//! a blocking thread); the rest are wanted from the engine. The window — how many blocks are
+//! a blocking thread); the rest are wanted from the engine. The window is topped up in runs
+//! ([`REFILL_DIVISOR`]): one local check, one engine command and one want-list for many blocks,
+//! not one of each per completed block. The window — how many blocks are
 //! requested and not yet handed on — is sized from what the download measures every
 //! [`RATE_INTERVAL`]: its delivery rate and the fastest want-to-arrival time seen. Two rules
 //! decide it, and the larger answer wins:
