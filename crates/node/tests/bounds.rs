@@ -6,6 +6,8 @@
 //!   and finishes with the right bytes once the disk catches up.
 //! * A node stopped while verified blocks wait for its disk writes them all before its engine
 //!   ends.
+//! * [`REFILL_DIVISOR`]: a download tops its window up in runs, one local check and one
+//!   engine command for several blocks rather than one of each per block.
 //! * [`MAX_QUEUED_HAVE_QUERIES`]: a peer flooding `WantHave` faster than they are answered gets
 //!   at most that many queued; the rest are dropped unanswered and each over-limit want list
 //!   is penalised, while an honest peer downloads from the same node.
@@ -35,6 +37,7 @@ use cairn_node::{
         FetchError, MAX_OUTSTANDING_PER_PEER, MAX_QUEUED_HAVE_QUERIES, MAX_UNSTORED_BLOCKS,
         STORE_TASKS,
     },
+    fetch::{MIN_WINDOW, REFILL_DIVISOR},
     net::{NetEvent, NetworkHandle, reputation::DISCONNECT_SCORE},
 };
 use futures::TryStreamExt;
@@ -249,13 +252,16 @@ struct HeldDownload {
     wants: Vec<oneshot::Receiver<Result<Block, FetchError>>>,
 }
 
-async fn held_download(
+/// A node on `cancel` (its store calls pass `hook`) connected to an honest, counting provider
+/// double (on `provider_cancel`) that holds `blocks` blocks of fresh data; returns the node,
+/// the dataset's CID, its bytes and the provider's counts.
+async fn provided(
     blocks: usize,
     seed: u64,
     hook: fn(&'static str),
     cancel: &CancellationToken,
     provider_cancel: &CancellationToken,
-) -> HeldDownload {
+) -> (Node, Cid, Vec<u8>, Arc<Asked>) {
     let original = data(blocks * BLOCK, seed);
     let provider_store = Store::in_memory(StoreConfig::default()).unwrap();
     let cid = upload(
@@ -280,6 +286,17 @@ async fn held_download(
     )
     .await;
     connect(&nv, &np).await;
+    (node, cid, original, asked)
+}
+
+async fn held_download(
+    blocks: usize,
+    seed: u64,
+    hook: fn(&'static str),
+    cancel: &CancellationToken,
+    provider_cancel: &CancellationToken,
+) -> HeldDownload {
+    let (node, cid, original, asked) = provided(blocks, seed, hook, cancel, provider_cancel).await;
     let manifest = tokio::time::timeout(WAIT, node.fetch_manifest(cid))
         .await
         .expect("manifest timed out")
@@ -448,6 +465,79 @@ async fn a_stopping_engine_writes_the_blocks_it_verified() {
     );
     assert!(v.store().get_manifest(&cid).unwrap().is_some());
     check_stored_copy(&v, cid, &original).await;
+    provider_cancel.cancel();
+}
+
+// ---------------------------------------------------------------------------------------------
+// REFILL_DIVISOR
+
+/// Local checks (`Store::get_leaves` calls) made by the node of
+/// [`a_download_asks_for_blocks_in_runs`].
+static LOCAL_CHECKS: AtomicU64 = AtomicU64::new(0);
+
+fn count_local_checks(point: &'static str) {
+    if point == "get_leaves" {
+        LOCAL_CHECKS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A download tops its window up in runs: once `1 / REFILL_DIVISOR` of the window is free
+/// (at least 2 blocks at the smallest window), it checks the run against its store in one
+/// call and wants the missing blocks in one engine command. A download of `BLOCKS` blocks from
+/// an empty store therefore makes at most about half as many local checks as blocks; the
+/// bytes arrive whole, each block asked for once.
+///
+/// Fails if the window is refilled block by block again: every completed block after the
+/// first window then costs its own local check (and its own engine command and want-list),
+/// about as many checks as blocks. (Counting want-lists at the provider would not tell: the
+/// engine merges wants queued while a message is in flight.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_asks_for_blocks_in_runs() {
+    const BLOCKS: usize = 600;
+    const {
+        assert!(
+            BLOCKS > 4 * MIN_WINDOW,
+            "the download must outlast its first window"
+        )
+    };
+    const {
+        assert!(
+            MIN_WINDOW / REFILL_DIVISOR >= 2,
+            "runs of at least 2 blocks"
+        )
+    };
+    let cancel = CancellationToken::new();
+    let provider_cancel = CancellationToken::new();
+    let (v, cid, original, asked) =
+        provided(BLOCKS, 61, count_local_checks, &cancel, &provider_cancel).await;
+    let manifest = tokio::time::timeout(WAIT, v.fetch_manifest(cid))
+        .await
+        .expect("manifest timed out")
+        .unwrap();
+    let before = LOCAL_CHECKS.load(Ordering::SeqCst);
+    let mut stream = v.stream_network(&manifest).unwrap();
+    let mut got = Vec::with_capacity(original.len());
+    tokio::time::timeout(WAIT, async {
+        while let Some(part) = stream.try_next().await.unwrap() {
+            got.extend_from_slice(&part);
+        }
+    })
+    .await
+    .expect("the download timed out");
+    assert!(got == original, "downloaded bytes differ");
+    // The manifest and each leaf exactly once: one provider, nothing lost.
+    assert_eq!(
+        asked.blocks.load(Ordering::SeqCst),
+        BLOCKS as u64 + 1,
+        "WantBlock entries"
+    );
+    let checks = LOCAL_CHECKS.load(Ordering::SeqCst) - before;
+    assert!(checks >= 1, "the download never checked its store");
+    assert!(
+        checks <= (BLOCKS / 2) as u64,
+        "{checks} local checks for {BLOCKS} blocks: the window is refilled block by block"
+    );
+    cancel.cancel();
     provider_cancel.cancel();
 }
 

@@ -71,9 +71,10 @@ pub struct StoreConfig {
     pub background_reclaim: bool,
     /// Test hook called at named points: in an upload's finish (`"finish:synced"`,
     /// `"finish:leaf-batch"`; crash-safety tests abort the process there), and on entry to
-    /// [`Store::put_block`], [`Store::put_leaves`], [`Store::has_block`] and [`Store::has_leaf`]
-    /// (`"put_block"`, `"put_leaves"`, `"has_block"`, `"has_leaf"`; the node's tests block there
-    /// to stand in for a slow disk). It runs on the caller's thread. Not for production use.
+    /// [`Store::put_block`], [`Store::put_leaves`], [`Store::has_block`], [`Store::has_leaf`]
+    /// and [`Store::get_leaves`] (`"put_block"`, `"put_leaves"`, `"has_block"`, `"has_leaf"`,
+    /// `"get_leaves"`; the node's tests block there to stand in for a slow disk, or count
+    /// calls). It runs on the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
 }
@@ -640,6 +641,7 @@ impl Store {
         tree: &Cid,
         indices: &[u64],
     ) -> Result<Vec<Result<Option<(Block, CodexProof)>, StoreError>>, StoreError> {
+        self.hook("get_leaves");
         let key = tree.to_bytes();
         let r = self.inner.db.begin_read()?;
         if !dataset_active(&r, &key)? {
