@@ -482,7 +482,7 @@ impl Node {
     }
 
     /// Runs the maintenance worker until `cancel` fires: every `maintenance_interval` it expires
-    /// blocks whose TTL passed and reclaims deleted datasets.
+    /// blocks whose TTL passed, reclaims deleted datasets and compacts mostly dead segments.
     pub async fn run_maintenance(&self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.maintenance_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -496,10 +496,12 @@ impl Node {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             match blocking(move || store.maintenance(now)).await {
-                Ok(r) if r.expired > 0 || r.reclaimed > 0 => {
+                Ok(r) if r.expired > 0 || r.reclaimed > 0 || r.compacted.moved_blocks > 0 => {
                     info!(
                         expired = r.expired,
                         reclaimed = r.reclaimed,
+                        compacted_bytes = r.compacted.moved_bytes,
+                        freed_bytes = r.compacted.freed_bytes,
                         "maintenance pass"
                     );
                 }

@@ -418,6 +418,43 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// Points block `cid` at its copy `to`, if its row still says it is at `from` (segment,
+    /// offset): compaction copied it there, and a block deleted or stored anew meanwhile is left
+    /// alone (its copy is then dead bytes). Moves the block's bytes from one segment's live count
+    /// to the other's. Returns whether the row was moved.
+    pub(crate) fn relocate(
+        &mut self,
+        cid: &[u8],
+        from: (u64, u64),
+        to: Loc,
+    ) -> Result<bool, StoreError> {
+        let Some(mut rec) = self.get_block(cid)? else {
+            return Ok(false);
+        };
+        if (rec.seg, rec.off) != from || rec.len != to.len {
+            return Ok(false);
+        }
+        *self.seg_delta.entry(rec.seg).or_default() -= i128::from(rec.len);
+        *self.seg_delta.entry(to.seg).or_default() += i128::from(rec.len);
+        rec.seg = to.seg;
+        rec.off = to.off;
+        rec.checksum = Some(to.checksum);
+        self.put_rec(cid, rec)?;
+        Ok(true)
+    }
+
+    /// Seals segment `id`, or removes it from the index if it holds no live bytes. Returns
+    /// whether it was removed (its file can then be deleted once the transaction commits).
+    pub(crate) fn seal_or_drop_segment(&mut self, id: u64) -> Result<bool, StoreError> {
+        let live = self.segments.get(id)?.map_or(0, |v| v.value().0);
+        if live == 0 {
+            self.segments.remove(id)?;
+            return Ok(true);
+        }
+        self.segments.insert(id, (live, 1))?;
+        Ok(false)
+    }
+
     /// Registers a new segment (live 0, not sealed).
     pub(crate) fn add_segment(&mut self, id: u64) -> Result<(), StoreError> {
         self.segments.insert(id, (0, 0))?;

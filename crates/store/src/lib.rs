@@ -38,7 +38,10 @@
 //! * Deleting a dataset is one small transaction (the manifest goes, the dataset is marked
 //!   deleting); a background reclaimer then drops leaves and unreferenced blocks in bounded
 //!   batches, and removes segments with no live bytes. Reads never see a deleting dataset.
-//! * Every read re-hashes the block; a mismatch is reported as [`StoreError::Corrupt`] and the
+//! * Sealed segments that are mostly dead bytes are rewritten by compaction (the `compact`
+//!   module), so deleted data frees disk even where it shared a segment with live data.
+//! * Every read checks the block's bytes (against the CRC32C stored with them, or by re-hashing
+//!   for rows from before checksums); a mismatch is reported as [`StoreError::Corrupt`] and the
 //!   bytes are never returned.
 //! * Segment bytes are `fdatasync`ed before the transaction that makes them reachable commits.
 //!
@@ -46,6 +49,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
 
+mod compact;
 mod error;
 mod index;
 mod segments;
@@ -53,11 +57,12 @@ mod store;
 mod writer;
 
 pub use crate::{
+    compact::CompactReport,
     error::StoreError,
     store::{
         Audit, DEFAULT_BLOCK_TTL, DEFAULT_LEAF_BATCH, DEFAULT_MAINTENANCE_BATCH,
-        DEFAULT_MAINTENANCE_INTERVAL, DEFAULT_QUOTA, DEFAULT_RECLAIM_BATCH, MaintenanceReport,
-        Space, Store, StoreConfig,
+        DEFAULT_MAINTENANCE_INTERVAL, DEFAULT_QUOTA, DEFAULT_RECLAIM_BATCH,
+        DEFAULT_SEGMENT_ROLL_BYTES, MaintenanceReport, Space, Store, StoreConfig,
     },
     writer::{DatasetMeta, DatasetWriter, StoredDataset},
 };

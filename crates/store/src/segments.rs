@@ -185,6 +185,18 @@ impl Segments {
         }
     }
 
+    /// Bytes segment `id` holds (live and dead).
+    pub(crate) fn size(&self, id: u64) -> io::Result<u64> {
+        match self {
+            Segments::Dir { dir, .. } => Ok(fs::metadata(Self::path(dir, id))?.len()),
+            Segments::Mem { segs } => {
+                let seg = segs.read().get(&id).cloned().ok_or_else(|| missing(id))?;
+                let len = seg.read().len();
+                Ok(len as u64)
+            }
+        }
+    }
+
     /// Deletes segment `id` (a missing segment is not an error).
     pub(crate) fn remove(&self, id: u64) -> io::Result<()> {
         match self {

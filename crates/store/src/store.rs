@@ -21,6 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     StoreError,
+    compact::CompactReport,
     index::{
         BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_WRITING, DatasetRec, EXPIRY,
         LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS, SESSIONS,
@@ -42,9 +43,9 @@ pub const DEFAULT_MAINTENANCE_BATCH: usize = 1000;
 pub const DEFAULT_RECLAIM_BATCH: usize = 4096;
 /// Leaves written per transaction when an upload finishes (same reasoning as the reclaim batch).
 pub const DEFAULT_LEAF_BATCH: usize = 8192;
-/// The shared segment for single puts rolls over at this size, so dead space in one segment
-/// stays bounded and whole segments can be freed.
-const SEGMENT_ROLL_BYTES: u64 = 1024 * 1024 * 1024;
+/// The shared segments (single puts, network leaves) roll over at this size, so dead space in
+/// one segment stays bounded and whole segments can be freed or compacted.
+pub const DEFAULT_SEGMENT_ROLL_BYTES: u64 = 1024 * 1024 * 1024;
 /// How often the background reclaimer looks for work without being woken.
 const RECLAIM_POLL: Duration = Duration::from_secs(5);
 /// redb page cache size. 16 MiB: an upload's finish writes its leaf index in batches whose
@@ -69,6 +70,9 @@ pub struct StoreConfig {
     pub leaf_batch: usize,
     /// Run a background thread that reclaims deleted datasets.
     pub background_reclaim: bool,
+    /// Size at which a shared segment (single puts, network leaves) is sealed and a new one
+    /// started; sealed segments are what compaction rewrites ([`DEFAULT_SEGMENT_ROLL_BYTES`]).
+    pub segment_roll_bytes: u64,
     /// Test hook called at named points: in an upload's finish (`"finish:synced"`,
     /// `"finish:leaf-batch"`; crash-safety tests abort the process there), and on entry to
     /// [`Store::put_block`], [`Store::put_leaves`], [`Store::has_block`], [`Store::has_leaf`]
@@ -88,6 +92,7 @@ impl Default for StoreConfig {
             reclaim_batch: DEFAULT_RECLAIM_BATCH,
             leaf_batch: DEFAULT_LEAF_BATCH,
             background_reclaim: true,
+            segment_roll_bytes: DEFAULT_SEGMENT_ROLL_BYTES,
             crash_hook: None,
         }
     }
@@ -102,6 +107,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("reclaim_batch", &self.reclaim_batch)
             .field("leaf_batch", &self.leaf_batch)
             .field("background_reclaim", &self.background_reclaim)
+            .field("segment_roll_bytes", &self.segment_roll_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +132,8 @@ pub struct MaintenanceReport {
     pub expired: usize,
     /// Dataset leaves reclaimed.
     pub reclaimed: usize,
+    /// What compaction did.
+    pub compacted: CompactReport,
 }
 
 /// A consistency report: what the counters say against what the index holds.
@@ -161,6 +169,8 @@ pub(crate) struct Inner {
     leaves_seg: Mutex<Option<SegmentWriter>>,
     /// Serialises upload finishes (two uploads of the same data must not interleave).
     pub(crate) finish_lock: Mutex<()>,
+    /// Serialises compaction passes.
+    pub(crate) compact_lock: Mutex<()>,
     reclaim_wake: Mutex<Option<SyncSender<()>>>,
 }
 
@@ -212,6 +222,7 @@ impl Store {
             misc: Mutex::new(None),
             leaves_seg: Mutex::new(None),
             finish_lock: Mutex::new(()),
+            compact_lock: Mutex::new(()),
             reclaim_wake: Mutex::new(None),
         });
         let store = Store { inner };
@@ -312,7 +323,7 @@ impl Store {
     }
 
     /// Calls the test hook ([`StoreConfig::crash_hook`]), if any, at `point`.
-    fn hook(&self, point: &'static str) {
+    pub(crate) fn hook(&self, point: &'static str) {
         if let Some(h) = self.inner.cfg.crash_hook {
             h(point);
         }
@@ -366,20 +377,33 @@ impl Store {
         }
     }
 
-    fn read_verified(&self, cid: &Cid, rec: BlockRec) -> Result<Block, StoreError> {
-        let len = usize::try_from(rec.len).map_err(|_| StoreError::IndexDamaged("block length"))?;
-        let data = match self.inner.segs.read(rec.seg, rec.off, len) {
-            Ok(d) => d,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
-                ) =>
-            {
-                warn!(%cid, error = %e, "block bytes missing from its segment");
-                return Err(StoreError::Corrupt { cid: *cid });
+    /// Reads the bytes `rec` locates and checks them against its checksum (or, for rows from
+    /// before checksums, against `cid`).
+    pub(crate) fn read_verified(&self, cid: &Cid, rec: BlockRec) -> Result<Block, StoreError> {
+        let mut rec = rec;
+        let data = loop {
+            let len =
+                usize::try_from(rec.len).map_err(|_| StoreError::IndexDamaged("block length"))?;
+            match self.inner.segs.read(rec.seg, rec.off, len) {
+                Ok(d) => break d,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound
+                    ) =>
+                {
+                    // Compaction may have copied the block elsewhere and deleted this segment
+                    // since `rec` was read: follow the row if it moved (each move is to a newer
+                    // segment, so this ends).
+                    if let Some(now) = self.moved_from(cid, &rec)? {
+                        rec = now;
+                        continue;
+                    }
+                    warn!(%cid, error = %e, "block bytes missing from its segment");
+                    return Err(StoreError::Corrupt { cid: *cid });
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
         let corrupt = || {
             warn!(%cid, "stored block is corrupt; not serving it");
@@ -396,6 +420,15 @@ impl Store {
         }
     }
 
+    /// The current row of block `cid` if it now points somewhere other than `rec`.
+    fn moved_from(&self, cid: &Cid, rec: &BlockRec) -> Result<Option<BlockRec>, StoreError> {
+        let r = self.inner.db.begin_read()?;
+        Ok(r.open_table(BLOCKS)?
+            .get(cid.to_bytes().as_slice())?
+            .map(|v| BlockRec::from_tuple(v.value()))
+            .filter(|now| now.seg > rec.seg))
+    }
+
     fn with_misc<T>(
         &self,
         f: impl FnOnce(&mut SegmentWriter) -> Result<T, StoreError>,
@@ -404,7 +437,7 @@ impl Store {
     }
 
     /// Runs `f` on a shared segment (creating it, or rolling it over at
-    /// [`SEGMENT_ROLL_BYTES`]).
+    /// [`StoreConfig::segment_roll_bytes`]).
     fn with_shared<T>(
         &self,
         slot: &Mutex<Option<SegmentWriter>>,
@@ -414,7 +447,9 @@ impl Store {
         let mut seg = slot.lock();
         // Every put syncs what it appended before it commits, so a full segment is already
         // durable here.
-        if seg.as_ref().is_some_and(|w| w.len() >= SEGMENT_ROLL_BYTES)
+        if seg
+            .as_ref()
+            .is_some_and(|w| w.len() >= self.inner.cfg.segment_roll_bytes.max(1))
             && let Some(old) = seg.take()
         {
             self.write(0, |t| t.seal_segment(old.id()))?;
@@ -763,7 +798,8 @@ impl Store {
     }
 
     /// One maintenance pass at time `now` (unix seconds): expires up to `maintenance_batch`
-    /// manifests and standalone blocks whose TTL has passed, then reclaims deleted datasets.
+    /// manifests and standalone blocks whose TTL has passed, reclaims deleted datasets, then
+    /// runs one compaction pass ([`Store::compact`]).
     pub fn maintenance(&self, now: u64) -> Result<MaintenanceReport, StoreError> {
         let batch = self.inner.cfg.maintenance_batch.max(1);
         let expired = self.write(0, |t| {
@@ -781,7 +817,12 @@ impl Store {
             Ok(due.len())
         })?;
         let reclaimed = self.reclaim_now()?;
-        Ok(MaintenanceReport { expired, reclaimed })
+        let compacted = self.compact()?;
+        Ok(MaintenanceReport {
+            expired,
+            reclaimed,
+            compacted,
+        })
     }
 
     /// Checks the counters against the index (for tests and `cairn` diagnostics).

@@ -682,3 +682,72 @@ fn cairn_store_now() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// Two datasets downloaded at once interleave their leaves in the shared network segments.
+/// Deleting one leaves those segments half dead; the maintenance pass's compaction copies the
+/// live half out and deletes the old files: exactly the dead bytes are freed, the other dataset
+/// reads back intact, the counters stay exact, and a second pass finds nothing to do.
+#[test]
+fn compaction_frees_what_a_deleted_download_left_in_shared_segments() {
+    /// Blocks per dataset: three segments' worth between the two (two sealed, one open).
+    const N: u64 = 384;
+    /// Leaves per `put_leaves` call, alternating between the datasets.
+    const RUN: u64 = 16;
+    let roll = 256 * BS as u64; // 16 MiB: 256 blocks per segment
+    let cfg = StoreConfig {
+        segment_roll_bytes: roll,
+        ..quiet()
+    };
+    let src = Store::in_memory(quiet()).unwrap();
+    let (x_bytes, y_bytes) = (data(N as usize * BS, 21), data(N as usize * BS, 22));
+    let (x_cid, x) = upload(&src, &x_bytes, None).unwrap();
+    let (y_cid, y) = upload(&src, &y_bytes, None).unwrap();
+    let x_leaves: Vec<_> = (0..N).map(|i| leaf_of(&src, &x, i)).collect();
+    let y_leaves: Vec<_> = (0..N).map(|i| leaf_of(&src, &y, i)).collect();
+    for (name, b) in backends(cfg) {
+        for cid in [x_cid, y_cid] {
+            b.store
+                .put_block(&src.get_block(&cid).unwrap().unwrap())
+                .unwrap();
+        }
+        for start in (0..N).step_by(RUN as usize) {
+            let run = start as usize..(start + RUN) as usize;
+            b.store
+                .put_leaves(&x.tree_cid, &x_leaves[run.clone()])
+                .unwrap();
+            b.store.put_leaves(&y.tree_cid, &y_leaves[run]).unwrap();
+        }
+        // Nothing is dead yet: nothing to compact.
+        assert_eq!(b.store.compact().unwrap(), Default::default(), "{name}");
+        b.store.delete(&x_cid).unwrap();
+        b.store.reclaim_now().unwrap();
+        let disk_before = b.store.disk_bytes().unwrap();
+        let r = b.store.maintenance(cairn_store_now()).unwrap();
+        // The two sealed segments were half X: their Y halves (256 blocks) moved, both freed.
+        assert_eq!(r.compacted.moved_blocks, 256, "{name}: {r:?}");
+        assert_eq!(r.compacted.moved_bytes, 256 * BS as u64, "{name}");
+        assert_eq!(r.compacted.segments_freed, 2, "{name}");
+        assert_eq!(r.compacted.freed_bytes, 2 * roll, "{name}");
+        assert_eq!(r.compacted.corrupt_blocks, 0, "{name}");
+        assert_eq!(
+            disk_before - b.store.disk_bytes().unwrap(),
+            roll,
+            "{name}: exactly the dead bytes of the two sealed segments are freed"
+        );
+        assert_eq!(download(&b.store, &y), y_bytes, "{name}");
+        assert_consistent(&b.store, name);
+        assert_eq!(
+            b.store.compact().unwrap(),
+            Default::default(),
+            "{name}: second pass"
+        );
+        // Y survives a reopen from its new segment too (disk only).
+        if let Some(dir) = &b._dir {
+            let path = dir.path().to_path_buf();
+            drop(b.store);
+            let store = Store::open(&path, quiet()).unwrap();
+            assert_eq!(download(&store, &y), y_bytes, "{name}: reopened");
+            assert_consistent(&store, name);
+        }
+    }
+}

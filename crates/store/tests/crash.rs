@@ -10,6 +10,14 @@
 //! * **inside `finish`** — B's dataset is marked *writing* and two leaf batches (8 leaves, so 8
 //!   block entries with live bytes in B's segment) are committed, but no manifest.
 //!
+//! Two more scenarios kill a compaction pass (`crates/store/src/compact.rs`): the child stores
+//! 1025 standalone blocks in 16 MiB shared segments (four sealed, one open), deletes every other
+//! one of the first 1024, and compacts; it is killed **after the first batch of copies is synced
+//! but before the index points at them**, or **after that batch committed** (the next batch not
+//! started, the new segment not sealed). After the reopen every kept block reads back exactly,
+//! every deleted one is absent, the counters match, and a compaction pass then leaves the disk
+//! holding exactly the live bytes.
+//!
 //! The parent then reopens the store and proves that recovery is exact: only A is listed, every
 //! leaf of A reads back byte-for-byte with a valid proof, nothing of B is readable, no session is
 //! left open, the counters match the index (`audit`), the quota counts exactly A's blocks plus
@@ -65,6 +73,14 @@ const CHILD_DIR_ENV: &str = "CAIRN_CRASH_CHILD_DIR";
 const CHILD_MODE_ENV: &str = "CAIRN_CRASH_CHILD_MODE";
 const MODE_DURING_WRITES: &str = "during-writes";
 const MODE_IN_FINISH: &str = "in-finish";
+const MODE_COMPACT_SYNCED: &str = "compact-synced";
+const MODE_COMPACT_COMMITTED: &str = "compact-committed";
+/// Seed of the compaction scenarios' blocks.
+const DATASET_C: u64 = 0xC;
+/// Blocks the compaction child stores: four full segments and one more.
+const C_BLOCKS: u64 = 4 * C_PER_SEGMENT + 1;
+/// Blocks per shared segment in the compaction scenarios (16 MiB segments).
+const C_PER_SEGMENT: u64 = 256;
 /// Name of the child test, as `--exact` wants it.
 const CHILD_TEST: &str = "crash_child";
 /// Prefix of the child's event lines (libtest may print "test crash_child ... " on the same line,
@@ -171,14 +187,19 @@ fn crash_hook(point: &'static str) {
         return;
     }
     if LEAF_BATCHES.fetch_add(1, Ordering::SeqCst) + 1 == STOP_AT_BATCH {
-        say("in finish");
-        let deadline = Instant::now() + CHILD_MAX_TIME;
-        while Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("crash child: not killed within {CHILD_MAX_TIME:?} inside finish; aborting");
-        std::process::abort();
+        announce_and_wait_for_the_kill("in finish");
     }
+}
+
+/// Announces `event` and waits to be killed; aborts if the parent never does.
+fn announce_and_wait_for_the_kill(event: &str) -> ! {
+    say(event);
+    let deadline = Instant::now() + CHILD_MAX_TIME;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("crash child: not killed within {CHILD_MAX_TIME:?} after {event:?}; aborting");
+    std::process::abort();
 }
 
 /// The child process's work. Passes at once in a normal test run (no environment variable).
@@ -192,6 +213,8 @@ fn crash_child() {
     match mode.as_str() {
         MODE_DURING_WRITES => child_during_writes(&dir),
         MODE_IN_FINISH => child_in_finish(&dir),
+        MODE_COMPACT_SYNCED => child_in_compaction(&dir, stop_after_synced),
+        MODE_COMPACT_COMMITTED => child_in_compaction(&dir, stop_after_committed),
         other => panic!("unknown crash child mode {other:?}"),
     }
 }
@@ -231,6 +254,57 @@ fn child_in_finish(dir: &Path) {
     HOOK_ARMED.store(true, Ordering::SeqCst);
     let res = upload(&store, DATASET_B, B_BLOCKS);
     eprintln!("crash child: B's finish returned ({res:?}) without the crash hook stopping it");
+    std::process::exit(2);
+}
+
+/// Whether block `i` of the compaction scenarios is kept (the rest are deleted before the pass).
+fn c_kept(i: u64) -> bool {
+    i.is_multiple_of(2) || i >= 4 * C_PER_SEGMENT
+}
+
+/// The store settings of the compaction scenarios (parent and child).
+fn c_config() -> StoreConfig {
+    StoreConfig {
+        segment_roll_bytes: C_PER_SEGMENT * BS as u64,
+        ..quiet()
+    }
+}
+
+/// Announces reaching `point` when it is `wanted` and the hook is armed, then waits to be killed.
+fn stop_at(point: &'static str, wanted: &str) {
+    if point != wanted || !HOOK_ARMED.load(Ordering::SeqCst) {
+        return;
+    }
+    announce_and_wait_for_the_kill("in compaction");
+}
+
+fn stop_after_synced(point: &'static str) {
+    stop_at(point, "compact:synced");
+}
+
+fn stop_after_committed(point: &'static str) {
+    stop_at(point, "compact:committed");
+}
+
+fn child_in_compaction(dir: &Path, hook: fn(&'static str)) {
+    let cfg = StoreConfig {
+        crash_hook: Some(hook),
+        ..c_config()
+    };
+    let store = Store::open(dir, cfg).expect("child: open store");
+    for i in 0..C_BLOCKS {
+        store
+            .put_block(&block(DATASET_C, i))
+            .expect("child: put block");
+    }
+    for i in (0..C_BLOCKS).filter(|&i| !c_kept(i)) {
+        store
+            .delete(block(DATASET_C, i).cid())
+            .expect("child: delete block");
+    }
+    HOOK_ARMED.store(true, Ordering::SeqCst);
+    let res = store.compact();
+    eprintln!("crash child: compaction returned ({res:?}) without the crash hook stopping it");
     std::process::exit(2);
 }
 
@@ -601,4 +675,64 @@ fn sigkill_inside_finish_recovers() {
             b_leaves_committed: LEAF_BATCH * STOP_AT_BATCH,
         },
     );
+}
+
+/// After a compaction child was killed: every kept block is intact and every deleted one absent,
+/// the counters match, and one more pass leaves the disk holding exactly the live bytes.
+fn check_compaction_recovered(store_dir: &Path, name: &str) {
+    let store = Store::open(store_dir, c_config())
+        .unwrap_or_else(|e| panic!("{name}: reopening failed: {e}"));
+    let check_blocks = |store: &Store, ctx: &str| {
+        for i in 0..C_BLOCKS {
+            let want = block(DATASET_C, i);
+            let got = store
+                .get_block(want.cid())
+                .unwrap_or_else(|e| panic!("{ctx}: block {i} unreadable: {e}"));
+            if c_kept(i) {
+                let got = got.unwrap_or_else(|| panic!("{ctx}: kept block {i} is missing"));
+                assert_eq!(got.data(), want.data(), "{ctx}: block {i} bytes");
+            } else {
+                assert!(got.is_none(), "{ctx}: deleted block {i} is back");
+            }
+        }
+    };
+    let ctx = format!("{name}, after the reopen");
+    check_blocks(&store, &ctx);
+    assert_consistent(&store, &ctx);
+    let r = store
+        .compact()
+        .unwrap_or_else(|e| panic!("{name}: compaction after the reopen failed: {e}"));
+    assert!(r.moved_blocks > 0, "{name}: nothing left to compact? {r:?}");
+    let ctx = format!("{name}, after compacting again");
+    check_blocks(&store, &ctx);
+    assert_consistent(&store, &ctx);
+    assert_eq!(
+        store.disk_bytes().expect("disk bytes"),
+        store.space().expect("space").quota_used_bytes,
+        "{ctx}: segments should hold only live bytes"
+    );
+}
+
+fn kill_in_compaction(mode: &str, name: &str) {
+    let tmp = TempDir::new().expect("temp dir");
+    let store_dir = tmp.path().join("store");
+    let mut child = Crashee::spawn(mode, &store_dir, tmp.path().join("child.stderr"));
+    child.wait_for("in compaction");
+    child.kill();
+    drop(child);
+    check_compaction_recovered(&store_dir, name);
+}
+
+/// SIGKILL after compaction synced its first batch of copies, before the index names them: the
+/// new segment has no live bytes and is deleted at open; the old segments are untouched.
+#[test]
+fn sigkill_in_compaction_before_commit_recovers() {
+    kill_in_compaction(MODE_COMPACT_SYNCED, "killed before a compaction commit");
+}
+
+/// SIGKILL after compaction committed its first batch: those blocks are read from the new
+/// (unsealed) segment, which the open seals; the rest are still in their old segments.
+#[test]
+fn sigkill_in_compaction_after_commit_recovers() {
+    kill_in_compaction(MODE_COMPACT_COMMITTED, "killed after a compaction commit");
 }

@@ -1,0 +1,447 @@
+//! Compaction: rewriting sealed segments that are mostly dead bytes.
+//!
+//! Segments are append-only and a segment file is deleted only when no live block points into
+//! it. An upload has a segment of its own, so deleting its dataset frees the whole file. The
+//! shared segments do not: single puts (manifests, blocks put by CID) and every network download
+//! append to one shared segment at a time, so the leaves of several datasets downloaded at once
+//! interleave in it. When one of those datasets is deleted or expires, its bytes become dead
+//! while the others keep the file alive. The quota counts live bytes only, so this costs disk,
+//! not quota; but a node that keeps caching downloads for a TTL would hold ever more dead bytes.
+//!
+//! A compaction pass ([`Store::compact`], run by every maintenance pass) frees them:
+//!
+//! 1. **Pick.** Sealed segments (no writer will append again) whose live bytes are at most
+//!    [`COMPACT_MAX_LIVE_PERCENT`] of the file and whose dead bytes are at least
+//!    [`COMPACT_MIN_DEAD_BYTES`], most dead bytes first, as many as fit in
+//!    [`COMPACT_PASS_BYTES`] of live bytes (always at least one). The pure rule is [`pick`].
+//! 2. **Collect.** One scan of the `blocks` table in a read transaction finds the live blocks in
+//!    the picked segments (at most [`COMPACT_PASS_BLOCKS`] and [`COMPACT_PASS_BYTES`] per pass;
+//!    the rest waits for the next pass). They are copied in segment-offset order, so the old files are read
+//!    sequentially.
+//! 3. **Copy, sync, commit, per batch** of [`COMPACT_BATCH_BLOCKS`]: each block is read and
+//!    checked against its checksum (a block that fails stays where it is, is counted and logged,
+//!    and is never copied), appended to a new segment of the pass, the new segment is
+//!    `fdatasync`ed, and then one transaction points each row at its copy if the row still
+//!    points at the old place ([`Tables::relocate`](crate::index::Tables::relocate); a block
+//!    deleted or re-stored meanwhile is left alone, its copy is dead). The live-byte counters move
+//!    with the rows, so an old segment whose count reaches zero is removed in that same
+//!    transaction and its file deleted after the commit, as deletion already does.
+//! 4. **Seal** the new segment (or drop it, if every block it received was deleted meanwhile).
+//!
+//! **Crash safety** follows from the store's one rule: no index entry names segment bytes before
+//! they are synced. A crash before a batch commits leaves the new segment with no live bytes,
+//! which recovery deletes; a crash after it leaves the old file unknown to the index (or with
+//! live bytes still counted, if only some rows moved), and recovery deletes unknown files.
+//! `tests/crash.rs` kills a process at both points.
+//!
+//! **Readers** are not blocked. A reader that looked up a row before a batch committed may find
+//! the old file already deleted; `Store::read_verified` then looks the row up again and follows
+//! it to the copy (see `moved_from` in `store.rs`). Quota is unchanged by a move: the live bytes
+//! are the same, and disk use grows by at most one pass's bytes until the old files go.
+
+use std::collections::HashSet;
+
+use redb::{ReadableDatabase, ReadableTable};
+use tracing::{debug, info, warn};
+
+use crate::{
+    Store, StoreError,
+    index::{BLOCKS, BlockRec, Loc, SEGMENTS, checksum},
+    segments::WriteMode,
+};
+
+/// A sealed segment is compacted once at most this percentage of its bytes is live: copying the
+/// live half to free the dead half. Lower would leave more dead bytes on disk; higher would copy
+/// more bytes for each byte freed.
+pub(crate) const COMPACT_MAX_LIVE_PERCENT: u64 = 50;
+/// ... and only if that frees at least this much: a rewrite for less is not worth a pass.
+pub(crate) const COMPACT_MIN_DEAD_BYTES: u64 = 8 * 1024 * 1024;
+/// Live bytes one pass copies at most (beyond the first segment picked): bounds a pass's time
+/// and the extra disk it borrows until the old files are deleted.
+pub(crate) const COMPACT_PASS_BYTES: u64 = 512 * 1024 * 1024;
+/// Blocks one pass copies at most, which bounds the memory of its list of moves (about 100
+/// bytes each) when a segment holds many small blocks.
+pub(crate) const COMPACT_PASS_BLOCKS: usize = 65_536;
+/// Blocks copied per sync and index transaction: 16 MiB of 64 KiB blocks, which amortises the
+/// `fdatasync` and commit and keeps each transaction short.
+pub(crate) const COMPACT_BATCH_BLOCKS: usize = 256;
+
+/// What one compaction pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Blocks copied to a new segment.
+    pub moved_blocks: u64,
+    /// Bytes of those blocks.
+    pub moved_bytes: u64,
+    /// Old segment files deleted because nothing live was left in them.
+    pub segments_freed: u64,
+    /// Bytes those files held.
+    pub freed_bytes: u64,
+    /// Blocks left in place because their bytes failed their check (reads refuse them too).
+    pub corrupt_blocks: u64,
+}
+
+/// A sealed segment's size and live bytes, as the picking rule sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentUse {
+    pub(crate) id: u64,
+    /// Bytes of live blocks in it.
+    pub(crate) live: u64,
+    /// Bytes in its file.
+    pub(crate) size: u64,
+}
+
+impl SegmentUse {
+    fn dead(self) -> u64 {
+        self.size.saturating_sub(self.live)
+    }
+
+    /// Whether rewriting it is worth it ([`COMPACT_MAX_LIVE_PERCENT`], [`COMPACT_MIN_DEAD_BYTES`]).
+    fn worth_compacting(self) -> bool {
+        self.dead() >= COMPACT_MIN_DEAD_BYTES
+            && u128::from(self.live) * 100
+                <= u128::from(self.size) * u128::from(COMPACT_MAX_LIVE_PERCENT)
+    }
+}
+
+/// The segments one pass rewrites: those worth it, most dead bytes first, while their live
+/// bytes fit in `pass_bytes` (the first always does).
+pub(crate) fn pick(segments: &[SegmentUse], pass_bytes: u64) -> Vec<u64> {
+    let mut worth: Vec<SegmentUse> = segments
+        .iter()
+        .copied()
+        .filter(|s| s.worth_compacting())
+        .collect();
+    worth.sort_by_key(|s| (std::cmp::Reverse(s.dead()), s.id));
+    let mut picked = Vec::new();
+    let mut live = 0u64;
+    for s in worth {
+        if !picked.is_empty() && live.saturating_add(s.live) > pass_bytes {
+            continue;
+        }
+        live = live.saturating_add(s.live);
+        picked.push(s.id);
+    }
+    picked
+}
+
+/// One block to copy: its CID bytes and its row when the pass collected it.
+struct Move {
+    cid: Vec<u8>,
+    rec: BlockRec,
+}
+
+impl Store {
+    /// Runs one compaction pass: copies the live blocks out of sealed segments that are mostly
+    /// dead and deletes those segments (see the module docs of `compact.rs`). Safe to run while
+    /// the store is in use; passes are serialised.
+    pub fn compact(&self) -> Result<CompactReport, StoreError> {
+        let _one_pass = self.inner.compact_lock.lock();
+        let sealed = self.sealed_segments()?;
+        let picked = pick(&sealed, COMPACT_PASS_BYTES);
+        if picked.is_empty() {
+            return Ok(CompactReport::default());
+        }
+        let moves = self.live_blocks_in(&picked)?;
+        let mut report = CompactReport::default();
+        if !moves.is_empty() {
+            self.copy_blocks(&moves, &mut report)?;
+        }
+        // The picked segments that are gone now were freed by this pass.
+        let remaining: HashSet<u64> = self.sealed_segments()?.iter().map(|s| s.id).collect();
+        for s in sealed.iter().filter(|s| picked.contains(&s.id)) {
+            if !remaining.contains(&s.id) {
+                report.segments_freed += 1;
+                report.freed_bytes += s.size;
+            }
+        }
+        if report.moved_blocks > 0 || report.corrupt_blocks > 0 {
+            info!(
+                moved_blocks = report.moved_blocks,
+                moved_bytes = report.moved_bytes,
+                segments_freed = report.segments_freed,
+                freed_bytes = report.freed_bytes,
+                corrupt_blocks = report.corrupt_blocks,
+                "compacted segments"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Every sealed segment with its live bytes and file size.
+    fn sealed_segments(&self) -> Result<Vec<SegmentUse>, StoreError> {
+        let ids: Vec<(u64, u64)> = {
+            let r = self.inner.db.begin_read()?;
+            let segs = r.open_table(SEGMENTS)?;
+            let mut out = Vec::new();
+            for e in segs.iter()? {
+                let (k, v) = e?;
+                let (live, sealed) = v.value();
+                if sealed == 1 {
+                    out.push((k.value(), live));
+                }
+            }
+            out
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, live) in ids {
+            match self.inner.segs.size(id) {
+                Ok(size) => out.push(SegmentUse { id, live, size }),
+                // Deleted since the read (its last blocks went); nothing to compact.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The live blocks in `segments`, in (segment, offset) order: at most
+    /// [`COMPACT_PASS_BLOCKS`] of them and [`COMPACT_PASS_BYTES`] (a segment not collected whole
+    /// is still picked by the next pass).
+    fn live_blocks_in(&self, segments: &[u64]) -> Result<Vec<Move>, StoreError> {
+        let wanted: HashSet<u64> = segments.iter().copied().collect();
+        let r = self.inner.db.begin_read()?;
+        let blocks = r.open_table(BLOCKS)?;
+        let mut moves = Vec::new();
+        let mut bytes = 0u64;
+        for e in blocks.iter()? {
+            let (k, v) = e?;
+            let rec = BlockRec::from_tuple(v.value());
+            if !wanted.contains(&rec.seg) {
+                continue;
+            }
+            moves.push(Move {
+                cid: k.value().to_vec(),
+                rec,
+            });
+            bytes = bytes.saturating_add(rec.len);
+            if moves.len() >= COMPACT_PASS_BLOCKS || bytes >= COMPACT_PASS_BYTES {
+                break;
+            }
+        }
+        moves.sort_by_key(|m| (m.rec.seg, m.rec.off));
+        Ok(moves)
+    }
+
+    /// Copies `moves` into a new segment, batch by batch, and seals it.
+    fn copy_blocks(&self, moves: &[Move], report: &mut CompactReport) -> Result<(), StoreError> {
+        let dest = self.write(0, |t| {
+            let id = t.next_id()?;
+            t.add_segment(id)?;
+            Ok(id)
+        })?;
+        let res = self.copy_into(dest, moves, report);
+        // Seal the new segment even after an error, so a later pass can compact it; one that
+        // received nothing live is dropped.
+        let dropped = self.write(0, |t| t.seal_or_drop_segment(dest));
+        match dropped {
+            Ok(true) => {
+                if let Err(e) = self.inner.segs.remove(dest) {
+                    warn!(seg = dest, error = %e, "could not delete an empty compaction segment");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => warn!(seg = dest, error = %e, "could not seal a compaction segment"),
+        }
+        res
+    }
+
+    fn copy_into(
+        &self,
+        dest: u64,
+        moves: &[Move],
+        report: &mut CompactReport,
+    ) -> Result<(), StoreError> {
+        let mut w = self.inner.segs.create(dest, WriteMode::Buffered)?;
+        self.inner.segs.sync_dir()?;
+        for batch in moves.chunks(COMPACT_BATCH_BLOCKS) {
+            let mut copied: Vec<(&Move, Loc)> = Vec::with_capacity(batch.len());
+            for m in batch {
+                let Some(data) = self.read_for_copy(m, report)? else {
+                    continue;
+                };
+                let off = w.append(&data)?;
+                copied.push((
+                    m,
+                    Loc {
+                        seg: dest,
+                        off,
+                        len: m.rec.len,
+                        checksum: checksum(&data),
+                    },
+                ));
+            }
+            if copied.is_empty() {
+                continue;
+            }
+            w.sync()?;
+            self.hook("compact:synced");
+            let (n, bytes) = self.write(0, |t| {
+                let (mut n, mut bytes) = (0u64, 0u64);
+                for (m, loc) in &copied {
+                    if t.relocate(&m.cid, (m.rec.seg, m.rec.off), *loc)? {
+                        n += 1;
+                        bytes += loc.len;
+                    }
+                }
+                Ok((n, bytes))
+            })?;
+            report.moved_blocks += n;
+            report.moved_bytes += bytes;
+            self.hook("compact:committed");
+        }
+        Ok(())
+    }
+
+    /// Reads a block to copy and checks it. `None`: gone since it was collected, or corrupt
+    /// (counted; it stays where it is).
+    fn read_for_copy(
+        &self,
+        m: &Move,
+        report: &mut CompactReport,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let len =
+            usize::try_from(m.rec.len).map_err(|_| StoreError::IndexDamaged("block length"))?;
+        let data = match self.inner.segs.read(m.rec.seg, m.rec.off, len) {
+            Ok(d) => d,
+            // The segment went (its blocks were deleted since the scan).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                warn!(
+                    seg = m.rec.seg,
+                    off = m.rec.off,
+                    "block bytes missing; not compacted"
+                );
+                report.corrupt_blocks += 1;
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let good = match m.rec.checksum {
+            Some(sum) => checksum(&data) == sum,
+            None => cairn_core::cid::cid_from_bytes(&m.cid)
+                .is_ok_and(|cid| cairn_core::Block::verified(cid, data.clone().into()).is_ok()),
+        };
+        if !good {
+            warn!(
+                seg = m.rec.seg,
+                off = m.rec.off,
+                "stored block is corrupt; not compacted"
+            );
+            report.corrupt_blocks += 1;
+            return Ok(None);
+        }
+        debug!(seg = m.rec.seg, off = m.rec.off, len, "copying block");
+        Ok(Some(data))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use cairn_core::Block;
+
+    use super::*;
+    use crate::StoreConfig;
+
+    const MIB: u64 = 1024 * 1024;
+    const BS: usize = 64 * 1024;
+
+    /// A distinct 64 KiB block for each `i`.
+    fn block(i: u32) -> Block {
+        let mut data = vec![0u8; BS];
+        for (j, chunk) in data.chunks_mut(4).enumerate() {
+            chunk.copy_from_slice(&(i.wrapping_mul(0x9E37_79B9) ^ j as u32).to_le_bytes());
+        }
+        Block::data_block(Bytes::from(data))
+    }
+
+    /// A reader that looked a block up before compaction moved it, and reads after the old
+    /// segment was deleted, is led to the copy instead of reporting the block corrupt.
+    #[test]
+    fn a_row_read_before_a_move_is_followed_to_the_copy() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            segment_roll_bytes: 256 * BS as u64,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        // 256 blocks fill the first shared segment; the 257th seals it.
+        let blocks: Vec<Block> = (0..257).map(block).collect();
+        for b in &blocks {
+            store.put_block(b).unwrap();
+        }
+        for b in blocks[..256].iter().skip(1).step_by(2) {
+            store.delete(b.cid()).unwrap();
+        }
+        let kept = &blocks[0];
+        let stale = {
+            let r = store.inner.db.begin_read().unwrap();
+            let t = r.open_table(BLOCKS).unwrap();
+            BlockRec::from_tuple(
+                t.get(kept.cid().to_bytes().as_slice())
+                    .unwrap()
+                    .unwrap()
+                    .value(),
+            )
+        };
+        let report = store.compact().unwrap();
+        assert_eq!(report.moved_blocks, 128, "{report:?}");
+        assert_eq!(report.segments_freed, 1, "{report:?}");
+        assert!(
+            store.inner.segs.size(stale.seg).is_err(),
+            "the old segment is deleted"
+        );
+        let read = store.read_verified(kept.cid(), stale).unwrap();
+        assert_eq!(read.data(), kept.data());
+        // A row that did not move and whose bytes are gone is still reported, not followed.
+        let gone = BlockRec { off: 0, ..stale };
+        assert!(matches!(
+            store.read_verified(blocks[1].cid(), gone),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    fn seg(id: u64, live: u64, size: u64) -> SegmentUse {
+        SegmentUse { id, live, size }
+    }
+
+    #[test]
+    fn picks_mostly_dead_segments_most_dead_first() {
+        let segs = [
+            seg(1, 600 * MIB, 1024 * MIB), // 59 % live: kept as it is
+            seg(2, 512 * MIB, 1024 * MIB), // exactly half live: compacted
+            seg(3, 10 * MIB, 1024 * MIB),  // almost all dead: first
+            seg(4, 0, 4 * MIB),            // all dead but too little to free
+            seg(5, 100 * MIB, 300 * MIB),
+        ];
+        assert_eq!(pick(&segs, u64::MAX), vec![3, 2, 5]);
+    }
+
+    #[test]
+    fn a_pass_copies_a_bounded_amount_but_always_makes_progress() {
+        let segs = [
+            seg(1, 400 * MIB, 1024 * MIB),
+            seg(2, 300 * MIB, 1024 * MIB),
+            seg(3, 100 * MIB, 1024 * MIB),
+        ];
+        // Most dead first: 3 (924 dead), 2 (724), 1 (624); 100 + 300 fit in 512, 400 more not.
+        assert_eq!(pick(&segs, 512 * MIB), vec![3, 2]);
+        // The first segment is picked even when its live bytes alone exceed the bound.
+        assert_eq!(pick(&segs[..1], 64 * MIB), vec![1]);
+        assert!(pick(&[], 512 * MIB).is_empty());
+    }
+
+    #[test]
+    fn the_threshold_is_exact() {
+        let size = 64 * MIB;
+        let half = size * COMPACT_MAX_LIVE_PERCENT / 100;
+        assert!(seg(1, half, size).worth_compacting());
+        assert!(!seg(1, half + 1, size).worth_compacting());
+        assert!(seg(1, 0, COMPACT_MIN_DEAD_BYTES).worth_compacting());
+        assert!(!seg(1, 0, COMPACT_MIN_DEAD_BYTES - 1).worth_compacting());
+        // No overflow at the extremes.
+        assert!(!seg(1, u64::MAX, u64::MAX).worth_compacting());
+    }
+}
