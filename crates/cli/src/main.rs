@@ -135,6 +135,9 @@ fn level_setter<S: 'static>(
 }
 
 async fn start(cfg: config::Config) -> anyhow::Result<()> {
+    // Before anything announces the node: a script that sends SIGTERM as soon as it reads the
+    // REST line must stop the node cleanly, not kill it with the default disposition.
+    let shutdown = shutdown_signal()?;
     let set_log_level = init_logging(&cfg)?;
     let store_cfg = StoreConfig {
         quota_bytes: cfg.storage_quota,
@@ -251,7 +254,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         cancel.clone(),
     ));
 
-    shutdown_signal().await;
+    shutdown.await;
     info!("shutting down");
     cancel.cancel();
     match tokio::time::timeout(SHUTDOWN_GRACE, api).await {
@@ -343,28 +346,18 @@ async fn start_dht(
         })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            warn!(error = %e, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// Registers for SIGINT and SIGTERM now (registration happens in this call, not when the
+/// future is first polled) and returns a future that ends at the first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
         }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    })
 }
 
 #[cfg(test)]
