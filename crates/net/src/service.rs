@@ -383,12 +383,15 @@ pub async fn start(
                 .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
                 .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
         ),
+        // No signed peer record in identify: libp2p-identify 0.48 signs it only in rust-libp2p's
+        // legacy format (domain "libp2p-routing-state"), and the reference (nim-libp2p,
+        // `identify.nim` `decodeMsg`) then rejects the whole message and drops the connection
+        // ("Incorrect message received!"), which a live reference node did to every connection
+        // from cairn. The field is optional there; our signed record is served by `GET /spr` and
+        // the DHT instead.
         identify: identify::Behaviour::new(
-            identify::Config::new_with_signed_peer_record(
-                IDENTIFY_PROTOCOL_VERSION.to_string(),
-                &key,
-            )
-            .with_agent_version(config.agent.clone()),
+            identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
+                .with_agent_version(config.agent.clone()),
         ),
         ping: ping::Behaviour::default(),
         blockexc: blockexc::Behaviour::with_metrics(
