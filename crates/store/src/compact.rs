@@ -41,6 +41,7 @@
 
 use std::collections::HashSet;
 
+use cairn_core::{Block, cid::cid_from_bytes};
 use redb::{ReadableDatabase, ReadableTable};
 use tracing::{debug, info, warn};
 
@@ -48,6 +49,7 @@ use crate::{
     Store, StoreError,
     index::{BLOCKS, BlockRec, Loc, SEGMENTS, checksum},
     segments::WriteMode,
+    store::checked_block,
 };
 
 /// A sealed segment is compacted once at most this percentage of its bytes is live: copying the
@@ -257,17 +259,18 @@ impl Store {
         for batch in moves.chunks(COMPACT_BATCH_BLOCKS) {
             let mut copied: Vec<(&Move, Loc)> = Vec::with_capacity(batch.len());
             for m in batch {
-                let Some(data) = self.read_for_copy(m, report)? else {
+                let Some(block) = self.read_for_copy(m, report)? else {
                     continue;
                 };
-                let off = w.append(&data)?;
+                let off = w.append(block.data())?;
                 copied.push((
                     m,
                     Loc {
                         seg: dest,
                         off,
                         len: m.rec.len,
-                        checksum: checksum(&data),
+                        // Rows from before checksums get one with their copy.
+                        checksum: m.rec.checksum.unwrap_or_else(|| checksum(block.data())),
                     },
                 ));
             }
@@ -299,7 +302,7 @@ impl Store {
         &self,
         m: &Move,
         report: &mut CompactReport,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    ) -> Result<Option<Block>, StoreError> {
         let len =
             usize::try_from(m.rec.len).map_err(|_| StoreError::IndexDamaged("block length"))?;
         let data = match self.inner.segs.read(m.rec.seg, m.rec.off, len) {
@@ -317,12 +320,10 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let good = match m.rec.checksum {
-            Some(sum) => checksum(&data) == sum,
-            None => cairn_core::cid::cid_from_bytes(&m.cid)
-                .is_ok_and(|cid| cairn_core::Block::verified(cid, data.clone().into()).is_ok()),
-        };
-        if !good {
+        let block = cid_from_bytes(&m.cid)
+            .ok()
+            .and_then(|cid| checked_block(&cid, &m.rec, data));
+        let Some(block) = block else {
             warn!(
                 seg = m.rec.seg,
                 off = m.rec.off,
@@ -330,16 +331,15 @@ impl Store {
             );
             report.corrupt_blocks += 1;
             return Ok(None);
-        }
+        };
         debug!(seg = m.rec.seg, off = m.rec.off, len, "copying block");
-        Ok(Some(data))
+        Ok(Some(block))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use cairn_core::Block;
 
     use super::*;
     use crate::StoreConfig;
@@ -356,10 +356,9 @@ mod tests {
         Block::data_block(Bytes::from(data))
     }
 
-    /// A reader that looked a block up before compaction moved it, and reads after the old
-    /// segment was deleted, is led to the copy instead of reporting the block corrupt.
-    #[test]
-    fn a_row_read_before_a_move_is_followed_to_the_copy() {
+    /// A store whose first shared segment (256 blocks, sealed by the 257th) has every other
+    /// block deleted: half live, so compaction picks it. Returns the blocks put, in order.
+    fn half_dead_segment() -> (tempfile::TempDir, Store, Vec<Block>) {
         let dir = tempfile::TempDir::new().unwrap();
         let cfg = StoreConfig {
             background_reclaim: false,
@@ -367,7 +366,6 @@ mod tests {
             ..StoreConfig::default()
         };
         let store = Store::open(dir.path(), cfg).unwrap();
-        // 256 blocks fill the first shared segment; the 257th seals it.
         let blocks: Vec<Block> = (0..257).map(block).collect();
         for b in &blocks {
             store.put_block(b).unwrap();
@@ -375,17 +373,24 @@ mod tests {
         for b in blocks[..256].iter().skip(1).step_by(2) {
             store.delete(b.cid()).unwrap();
         }
+        (dir, store, blocks)
+    }
+
+    /// The index row of block `b`.
+    fn row(store: &Store, b: &Block) -> BlockRec {
+        let r = store.inner.db.begin_read().unwrap();
+        let t = r.open_table(BLOCKS).unwrap();
+        let v = t.get(b.cid().to_bytes().as_slice()).unwrap().unwrap();
+        BlockRec::from_tuple(v.value())
+    }
+
+    /// A reader that looked a block up before compaction moved it, and reads after the old
+    /// segment was deleted, is led to the copy instead of reporting the block corrupt.
+    #[test]
+    fn a_row_read_before_a_move_is_followed_to_the_copy() {
+        let (_dir, store, blocks) = half_dead_segment();
         let kept = &blocks[0];
-        let stale = {
-            let r = store.inner.db.begin_read().unwrap();
-            let t = r.open_table(BLOCKS).unwrap();
-            BlockRec::from_tuple(
-                t.get(kept.cid().to_bytes().as_slice())
-                    .unwrap()
-                    .unwrap()
-                    .value(),
-            )
-        };
+        let stale = row(&store, kept);
         let report = store.compact().unwrap();
         assert_eq!(report.moved_blocks, 128, "{report:?}");
         assert_eq!(report.segments_freed, 1, "{report:?}");
@@ -405,6 +410,42 @@ mod tests {
 
     fn seg(id: u64, live: u64, size: u64) -> SegmentUse {
         SegmentUse { id, live, size }
+    }
+
+    /// A block whose bytes went bad on disk is not copied (a copy would launder it under a
+    /// fresh checksum): it is counted, stays where it is and is still refused on read, while
+    /// the others move. Its segment is kept, since a live row still points into it.
+    #[test]
+    fn a_corrupt_block_is_counted_and_left_in_place() {
+        let (dir, store, blocks) = half_dead_segment();
+        let bad = &blocks[2];
+        let at = row(&store, bad);
+        let path = dir
+            .path()
+            .join("blocks")
+            .join(format!("{:016x}.seg", at.seg));
+        let mut file = std::fs::read(&path).unwrap();
+        file[usize::try_from(at.off).unwrap() + 10] ^= 0x01;
+        std::fs::write(&path, file).unwrap();
+
+        let report = store.compact().unwrap();
+        assert_eq!(report.corrupt_blocks, 1, "{report:?}");
+        assert_eq!(report.moved_blocks, 127, "{report:?}");
+        assert_eq!(report.segments_freed, 0, "{report:?}");
+        assert_eq!(row(&store, bad), at, "the corrupt block's row is unchanged");
+        assert!(matches!(
+            store.get_block(bad.cid()),
+            Err(StoreError::Corrupt { .. })
+        ));
+        for b in blocks[..256]
+            .iter()
+            .step_by(2)
+            .filter(|b| b.cid() != bad.cid())
+        {
+            assert_eq!(store.get_block(b.cid()).unwrap().unwrap().data(), b.data());
+        }
+        let audit = store.audit().unwrap();
+        assert!(audit.segments_consistent, "{audit:?}");
     }
 
     #[test]

@@ -405,19 +405,10 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         };
-        let corrupt = || {
+        checked_block(cid, &rec, data).ok_or_else(|| {
             warn!(%cid, "stored block is corrupt; not serving it");
             StoreError::Corrupt { cid: *cid }
-        };
-        match rec.checksum {
-            // The CID was checked when the block was stored; the checksum shows the bytes
-            // read back are the bytes written.
-            Some(sum) if checksum(&data) == sum => {
-                Ok(Block::from_parts_unchecked(*cid, data.into()))
-            }
-            Some(_) => Err(corrupt()),
-            None => Block::verified(*cid, data.into()).map_err(|_| corrupt()),
-        }
+        })
     }
 
     /// The current row of block `cid` if it now points somewhere other than `rec`.
@@ -886,6 +877,18 @@ impl Store {
             .spawn(move || reclaim_loop(&weak, &rx))?;
         self.wake_reclaimer();
         Ok(())
+    }
+}
+
+/// `data` as block `cid` if it passes its check: the CRC32C stored in `rec` (the CID was
+/// checked when the block was stored; the checksum shows the bytes read back are the bytes
+/// written), or, for rows from before checksums, the CID hash. `None` when it fails.
+pub(crate) fn checked_block(cid: &Cid, rec: &BlockRec, data: Vec<u8>) -> Option<Block> {
+    match rec.checksum {
+        Some(sum) => {
+            (checksum(&data) == sum).then(|| Block::from_parts_unchecked(*cid, data.into()))
+        }
+        None => Block::verified(*cid, data.into()).ok(),
     }
 }
 
