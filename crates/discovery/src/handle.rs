@@ -299,19 +299,18 @@ impl Discovery {
     pub async fn provide(&self, cid: &[u8]) -> usize {
         self.config.metrics.announcements.inc();
         let key = NodeId::from_cid_bytes(cid);
+        // GETPROVIDERS to us answers our own record from now on (see `OwnKeys`), whether or
+        // not the lookup finds anyone to tell.
+        if !self
+            .shared
+            .own
+            .lock()
+            .insert(key, std::time::Instant::now())
+        {
+            debug!(%key, "own provider keys full; this one is announced but not remembered");
+        }
         let nodes = self.lookup(key).await;
         let record = self.shared.local_records().provider;
-        if nodes.is_empty() {
-            // Nobody to tell: keep it so GETPROVIDERS to us still answers.
-            self.shared.providers.lock().add(
-                key,
-                record.peer_id(),
-                record.seq(),
-                record,
-                std::time::Instant::now(),
-            );
-            return 0;
-        }
         let mut told = 0;
         for node in &nodes {
             let msg = Message::AddProvider {
@@ -331,6 +330,21 @@ impl Discovery {
             }
         }
         told
+    }
+
+    /// Stops answering GETPROVIDERS for `cid` (binary CID bytes) with our own record: the
+    /// content was deleted. Records already stored on other nodes expire there on their own.
+    pub fn withdraw(&self, cid: &[u8]) {
+        self.shared.own.lock().remove(&NodeId::from_cid_bytes(cid));
+    }
+
+    /// Whether GETPROVIDERS for `cid` (binary CID bytes) answers our own record: we announced
+    /// it within the record's lifetime and did not withdraw it.
+    pub fn announced(&self, cid: &[u8]) -> bool {
+        self.shared
+            .own
+            .lock()
+            .contains(&NodeId::from_cid_bytes(cid), std::time::Instant::now())
     }
 
     /// Provider records for `cid` (binary CID bytes), ours left out.

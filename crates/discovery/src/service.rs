@@ -51,7 +51,7 @@ use tracing::{debug, trace, warn};
 use crate::{
     Metrics, NodeId,
     ids::MAX_LOG_DISTANCE,
-    providers::ProviderStore,
+    providers::{OwnKeys, ProviderStore},
     records::VerifiedRecords,
     session::{Session, Sessions},
     spr::Spr,
@@ -213,6 +213,8 @@ pub struct LocalRecords {
 pub(crate) struct Shared {
     pub(crate) table: Mutex<RoutingTable<Spr>>,
     pub(crate) providers: Mutex<ProviderStore<Spr>>,
+    /// Content we announced: GETPROVIDERS for it answers our own record too.
+    pub(crate) own: Mutex<OwnKeys>,
     pub(crate) records: Mutex<LocalRecords>,
     /// Records of others already verified (see `records.rs`).
     pub(crate) verified: Mutex<VerifiedRecords>,
@@ -378,6 +380,7 @@ pub(crate) async fn start(
     let shared = Arc::new(Shared {
         table: Mutex::new(table),
         providers: Mutex::new(ProviderStore::new()),
+        own: Mutex::new(OwnKeys::new()),
         records: Mutex::new(LocalRecords { dht, provider }),
         verified: Mutex::new(VerifiedRecords::default()),
         keypair,
@@ -969,11 +972,14 @@ impl Service {
                 }
             }
             Message::GetProviders { content } => {
-                let records = self
-                    .shared
-                    .providers
-                    .lock()
-                    .get(&content, Instant::now().into_std());
+                let now = Instant::now().into_std();
+                let mut records = self.shared.providers.lock().get(&content, now);
+                if self.shared.own.lock().contains(&content, now) {
+                    // Ours first (see `OwnKeys`); a copy someone stored with us goes.
+                    let ours = self.shared.local_records().provider;
+                    records.retain(|r| r.peer_id() != ours.peer_id());
+                    records.insert(0, ours);
+                }
                 // One PROVIDERS message (total 1), as the reference; cut to fit one packet.
                 let mut providers = Vec::new();
                 let mut size = 0usize;

@@ -304,3 +304,89 @@ async fn a_providers_answer_fits_one_packet() {
     assert!(n < 30, "all 30 records cannot fit one packet, got {n}");
     cancel.cancel();
 }
+
+impl Peer {
+    /// Asks `node` for the providers of `content` and returns the peer ids in its answer;
+    /// other packets that arrive meanwhile (a liveness PING) are skipped, within bounded tries.
+    async fn providers_of(
+        &self,
+        node: &Spr,
+        keys: &SessionKeys,
+        content: NodeId,
+    ) -> Vec<libp2p::PeerId> {
+        for _ in 0..10 {
+            let Some(raw) = self
+                .request(
+                    node,
+                    keys,
+                    &Message::GetProviders { content },
+                    REPLY_DEADLINE,
+                )
+                .await
+            else {
+                continue;
+            };
+            let Ok(p) = Packet::decode(&self.id, &raw) else {
+                continue;
+            };
+            let Ok(ad) = p.authenticated_data() else {
+                continue;
+            };
+            let Ok(pt) = crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad) else {
+                continue;
+            };
+            if let Ok((_, Message::Providers { providers, .. })) = Message::decode(&pt) {
+                return providers
+                    .iter()
+                    .map(|r| Spr::decode(r).expect("a valid record").peer_id())
+                    .collect();
+            }
+        }
+        panic!("no PROVIDERS answer");
+    }
+}
+
+/// A node that announced content, and whose lookup found another node to tell, still answers
+/// GETPROVIDERS for it with its own record; after `withdraw` it no longer does. The reference
+/// (nim-codex-dht `protocol.nim`, `addProvider`) keeps its own record only when its lookup finds
+/// nobody: a live reference downloader whose lookup reached only the provider then retried
+/// forever (docs/DESIGN-discovery.md).
+#[tokio::test]
+async fn a_provider_answers_getproviders_with_its_own_record() {
+    let cancel = CancellationToken::new();
+    let other = node(&cancel).await;
+    let mut c = DiscoveryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    c.bootstrap = vec![other.local_spr()];
+    let provider = Discovery::start(Keypair::generate_secp256k1(), c, cancel.clone())
+        .await
+        .unwrap();
+    let cid = b"a dataset the provider holds";
+    let told = provider.provide(cid).await;
+    assert!(told >= 1, "the lookup found the other node and told it");
+    let content = NodeId::from_cid_bytes(cid);
+    let me = provider.local_spr().peer_id();
+
+    let peer = Peer::new().await;
+    let node_spr = provider.local_spr();
+    let (keys, reply) = peer.ping_with_handshake(&node_spr, Fault::None).await;
+    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let answered = peer.providers_of(&node_spr, &keys, content).await;
+    assert_eq!(answered, vec![me], "the provider names itself");
+
+    // Content it never announced: nothing.
+    let unknown = NodeId::from_cid_bytes(b"something else");
+    assert!(
+        peer.providers_of(&node_spr, &keys, unknown)
+            .await
+            .is_empty()
+    );
+
+    provider.withdraw(cid);
+    assert!(
+        peer.providers_of(&node_spr, &keys, content)
+            .await
+            .is_empty(),
+        "withdrawn content is no longer answered"
+    );
+    cancel.cancel();
+}

@@ -464,9 +464,17 @@ impl Node {
     }
 
     /// Deletes `cid` (a whole dataset when it is a manifest).
+    ///
+    /// A deleted manifest stops being answered as ours in the DHT at once. Its tree CID is left
+    /// to expire with our record (24 h): another dataset may share the tree, and a downloader
+    /// starts from the manifest anyway.
     pub async fn delete(&self, cid: Cid) -> Result<(), NodeError> {
         let store = self.store.clone();
-        blocking(move || store.delete(&cid)).await
+        blocking(move || store.delete(&cid)).await?;
+        if let Some(d) = self.discovery() {
+            d.withdraw(&cid.to_bytes());
+        }
+        Ok(())
     }
 
     /// Whether block `cid` is stored locally.

@@ -1,0 +1,45 @@
+//! The node's use of the DHT beyond what the end-to-end tests cover: what it answers as its
+//! own provider records follows what it stores.
+
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use cairn_node::{
+    discovery::{Discovery, DiscoveryConfig},
+    net::Keypair,
+};
+use common::{data, node, upload};
+use tokio_util::sync::CancellationToken;
+
+/// How long the background announcement of an upload may take on loopback.
+const ANNOUNCE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// An uploaded dataset is announced, so GETPROVIDERS to this node answers its own record for
+/// the manifest and the tree; deleting the dataset withdraws the manifest at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_dataset_is_no_longer_answered_as_ours() {
+    let cancel = CancellationToken::new();
+    let (node, _net) = node(&cancel).await;
+    let dht = Discovery::start(
+        Keypair::generate_secp256k1(),
+        DiscoveryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let node = node.with_discovery(dht.clone(), Duration::from_secs(3600), cancel.clone());
+    let cid = upload(&node, &data(200_000, 7)).await;
+    let tree = node.manifest(cid).await.unwrap().tree_cid;
+    let deadline = tokio::time::Instant::now() + ANNOUNCE_DEADLINE;
+    while !(dht.announced(&cid.to_bytes()) && dht.announced(&tree.to_bytes())) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upload was not announced within {ANNOUNCE_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.delete(cid).await.unwrap();
+    assert!(!dht.announced(&cid.to_bytes()), "the manifest is withdrawn");
+    cancel.cancel();
+}
