@@ -75,9 +75,10 @@ pub(crate) async fn connect(
     Path(peer): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
+    // The reference's text (its path decoder's error, seen on a live node).
     let peer: PeerId = peer
         .parse()
-        .map_err(|_| ApiError::BadRequest("Invalid peer id".into()))?;
+        .map_err(|_| ApiError::BadRequest("peerid: incorrect PeerId string".into()))?;
     let mut addrs = Vec::new();
     for (k, v) in query {
         if k == "addrs" {

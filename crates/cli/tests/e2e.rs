@@ -346,6 +346,8 @@ fn download_from_another_node() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 400);
+    // The reference's text, seen on a live node (docs/INTEROP.md).
+    assert_eq!(r.text().unwrap(), "peerid: incorrect PeerId string");
     a.stop();
     b.stop();
 }
