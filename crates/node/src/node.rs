@@ -504,7 +504,12 @@ impl Node {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             match blocking(move || store.maintenance(now)).await {
-                Ok(r) if r.expired > 0 || r.reclaimed > 0 || r.compacted.moved_blocks > 0 => {
+                Ok(r)
+                    if r.expired > 0
+                        || r.reclaimed > 0
+                        || r.compacted.moved_blocks > 0
+                        || r.compacted.segments_freed > 0 =>
+                {
                     info!(
                         expired = r.expired,
                         reclaimed = r.reclaimed,

@@ -469,8 +469,9 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Writes the counters and segment liveness; returns sealed segments that became empty (their
-    /// files can be deleted once the transaction has committed).
-    pub(crate) fn finish(mut self) -> Result<Vec<u64>, StoreError> {
+    /// files can be deleted once the transaction has committed). A `pinned` segment (rows of
+    /// appended bytes still to be committed) stays, sealed and empty, for compaction to delete.
+    pub(crate) fn finish(mut self, pinned: &HashSet<u64>) -> Result<Vec<u64>, StoreError> {
         self.meta.insert(META_USED, self.used)?;
         self.meta.insert(META_TOTAL_BLOCKS, self.total_blocks)?;
         let mut dead = Vec::new();
@@ -479,7 +480,7 @@ impl<'txn> Tables<'txn> {
             let delta = self.seg_delta.get(&seg).copied().unwrap_or(0);
             let (live, sealed) = self.segments.get(seg)?.map_or((0, 1), |v| v.value());
             let live = u64::try_from((i128::from(live) + delta).max(0)).unwrap_or(0);
-            if live == 0 && sealed == 1 {
+            if live == 0 && sealed == 1 && !pinned.contains(&seg) {
                 self.segments.remove(seg)?;
                 dead.push(seg);
             } else {

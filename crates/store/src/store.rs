@@ -1,6 +1,7 @@
 //! The [`Store`] handle: opening and recovery, reads, puts, deletion, maintenance.
 
 use std::{
+    collections::{HashMap, HashSet},
     path::Path,
     sync::{
         Arc, Weak,
@@ -171,6 +172,10 @@ pub(crate) struct Inner {
     pub(crate) finish_lock: Mutex<()>,
     /// Serialises compaction passes.
     pub(crate) compact_lock: Mutex<()>,
+    /// Shared segments holding appended bytes whose index rows are not committed yet, with how
+    /// many puts hold each ([`SegPin`]). Such a segment may look empty to the index; it must not
+    /// be deleted until the pins are gone.
+    pub(crate) pins: Mutex<HashMap<u64, usize>>,
     reclaim_wake: Mutex<Option<SyncSender<()>>>,
 }
 
@@ -223,6 +228,7 @@ impl Store {
             leaves_seg: Mutex::new(None),
             finish_lock: Mutex::new(()),
             compact_lock: Mutex::new(()),
+            pins: Mutex::new(HashMap::new()),
             reclaim_wake: Mutex::new(None),
         });
         let store = Store { inner };
@@ -310,7 +316,10 @@ impl Store {
             let mut t = Tables::open(&txn, quota)?;
             let out = f(&mut t)?;
             let used = t.used();
-            (out, used, t.finish()?)
+            // Taken inside the transaction: a segment sealed before it began can gain no new
+            // pins, only lose them (see `SegPin`).
+            let pinned = self.pinned();
+            (out, used, t.finish(&pinned)?)
         };
         txn.commit()?;
         self.inner.used.store(used, Ordering::Relaxed);
@@ -423,18 +432,24 @@ impl Store {
     fn with_misc<T>(
         &self,
         f: impl FnOnce(&mut SegmentWriter) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<(T, SegPin), StoreError> {
         self.with_shared(&self.inner.misc, WriteMode::Buffered, f)
     }
 
+    /// The segments pinned now (see [`SegPin`]).
+    pub(crate) fn pinned(&self) -> HashSet<u64> {
+        self.inner.pins.lock().keys().copied().collect()
+    }
+
     /// Runs `f` on a shared segment (creating it, or rolling it over at
-    /// [`StoreConfig::segment_roll_bytes`]).
+    /// [`StoreConfig::segment_roll_bytes`]). The returned pin keeps the segment from being
+    /// deleted until the caller has committed the rows of what `f` appended.
     fn with_shared<T>(
         &self,
         slot: &Mutex<Option<SegmentWriter>>,
         mode: WriteMode,
         f: impl FnOnce(&mut SegmentWriter) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    ) -> Result<(T, SegPin), StoreError> {
         let mut seg = slot.lock();
         // Every put syncs what it appended before it commits, so a full segment is already
         // durable here.
@@ -443,7 +458,21 @@ impl Store {
             .is_some_and(|w| w.len() >= self.inner.cfg.segment_roll_bytes.max(1))
             && let Some(old) = seg.take()
         {
-            self.write(0, |t| t.seal_segment(old.id()))?;
+            // A segment whose blocks were all deleted while it was being filled is deleted
+            // now: nothing else would touch its row again. One with rows still to be committed
+            // is only sealed; compaction deletes it later if it stays empty.
+            let id = old.id();
+            let dropped = self.write(0, |t| {
+                if self.inner.pins.lock().contains_key(&id) {
+                    t.seal_segment(id).map(|()| false)
+                } else {
+                    t.seal_or_drop_segment(id)
+                }
+            })?;
+            drop(old);
+            if dropped && let Err(e) = self.inner.segs.remove(id) {
+                warn!(seg = id, error = %e, "could not delete an empty segment");
+            }
         }
         if seg.is_none() {
             let id = self.write(0, |t| {
@@ -456,9 +485,49 @@ impl Store {
             *seg = Some(w);
         }
         match seg.as_mut() {
-            Some(w) => f(w),
+            Some(w) => {
+                let pin = SegPin::new(self, w.id());
+                f(w).map(|out| (out, pin))
+            }
             None => Err(StoreError::IndexDamaged("no shared segment")),
         }
+    }
+
+    /// Deletes the open shared segment in `slot` if every block in it was deleted and it holds
+    /// at least `min_bytes`; returns the bytes freed. Holding the slot stops appends meanwhile;
+    /// a pinned segment is left alone.
+    pub(crate) fn drop_dead_open_segment(
+        &self,
+        slot_is_leaves: bool,
+        min_bytes: u64,
+    ) -> Result<u64, StoreError> {
+        let slot = if slot_is_leaves {
+            &self.inner.leaves_seg
+        } else {
+            &self.inner.misc
+        };
+        let mut seg = slot.lock();
+        let Some(w) = seg.as_ref() else {
+            return Ok(0);
+        };
+        let (id, len) = (w.id(), w.len());
+        if len < min_bytes {
+            return Ok(0);
+        }
+        let dropped = self.write(0, |t| {
+            let live = t.segments.get(id)?.map(|v| v.value().0);
+            if live == Some(0) && !self.inner.pins.lock().contains_key(&id) {
+                t.segments.remove(id)?;
+                return Ok(true);
+            }
+            Ok(false)
+        })?;
+        if !dropped {
+            return Ok(0);
+        }
+        *seg = None;
+        self.inner.segs.remove(id)?;
+        Ok(len)
     }
 
     fn check_quota(&self, len: u64) -> Result<(), StoreError> {
@@ -488,11 +557,12 @@ impl Store {
         };
         let key = cid.to_bytes();
         let expiry = self.expiry_from_now();
-        let loc = if self.has_block(&cid)? {
-            None
+        // The pin lives until the row is committed below.
+        let (loc, _pin) = if self.has_block(&cid)? {
+            (None, None)
         } else {
             self.check_quota(block.data().len() as u64)?;
-            Some(self.with_misc(|w| {
+            let (loc, pin) = self.with_misc(|w| {
                 let off = w.append(block.data())?;
                 w.sync()?;
                 Ok(Loc {
@@ -501,7 +571,8 @@ impl Store {
                     len: block.data().len() as u64,
                     checksum: checksum(block.data()),
                 })
-            })?)
+            })?;
+            (Some(loc), Some(pin))
         };
         self.write(0, |t| {
             let new = t.add_ref(&key, loc, true, expiry)?;
@@ -550,9 +621,11 @@ impl Store {
             .map(|(l, _)| l.block().data().len() as u64)
             .sum();
         let mut locs: Vec<Option<Loc>> = vec![None; leaves.len()];
+        // The pin lives until the rows are committed below.
+        let mut _pin = None;
         if new_bytes > 0 {
             self.check_quota(new_bytes)?;
-            self.with_shared(&self.inner.leaves_seg, WriteMode::Bulk, |w| {
+            let ((), pin) = self.with_shared(&self.inner.leaves_seg, WriteMode::Bulk, |w| {
                 for ((leaf, need), loc) in leaves.iter().zip(&needs_data).zip(&mut locs) {
                     if *need {
                         let block = leaf.block();
@@ -568,6 +641,7 @@ impl Store {
                 w.sync()?;
                 Ok(())
             })?;
+            _pin = Some(pin);
         }
         self.write(0, |t| {
             t.reclaim_tree_fully(&tree_key)?;
@@ -925,6 +999,39 @@ impl Drop for Inner {
                 && let Err(e) = w.sync()
             {
                 warn!(error = %e, "could not sync a shared segment at close");
+            }
+        }
+    }
+}
+
+/// A shared segment with appended bytes whose index rows are not committed yet. Taken under the
+/// segment's slot lock before the append and dropped after the commit, so every path that
+/// deletes an empty segment (rolling over, a transaction's `finish`, compaction) can tell an
+/// empty segment from one whose rows are on their way. Pins are only ever taken on the open
+/// segment of a slot; once it is sealed, its pins can only go.
+#[derive(Debug)]
+pub(crate) struct SegPin {
+    store: Store,
+    seg: u64,
+}
+
+impl SegPin {
+    pub(crate) fn new(store: &Store, seg: u64) -> SegPin {
+        *store.inner.pins.lock().entry(seg).or_default() += 1;
+        SegPin {
+            store: store.clone(),
+            seg,
+        }
+    }
+}
+
+impl Drop for SegPin {
+    fn drop(&mut self) {
+        let mut pins = self.store.inner.pins.lock();
+        if let Some(n) = pins.get_mut(&self.seg) {
+            *n -= 1;
+            if *n == 0 {
+                pins.remove(&self.seg);
             }
         }
     }
