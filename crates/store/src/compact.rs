@@ -204,9 +204,7 @@ impl Store {
             let pinned = self.pinned();
             let mut out = Vec::new();
             for s in empty {
-                let row = t.segments.get(s.id)?.map(|v| v.value());
-                if row == Some((0, 1)) && !pinned.contains(&s.id) {
-                    t.segments.remove(s.id)?;
+                if !pinned.contains(&s.id) && t.remove_segment_if_empty(s.id)? {
                     out.push(*s);
                 }
             }

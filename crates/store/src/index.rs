@@ -446,13 +446,21 @@ impl<'txn> Tables<'txn> {
     /// Seals segment `id`, or removes it from the index if it holds no live bytes. Returns
     /// whether it was removed (its file can then be deleted once the transaction commits).
     pub(crate) fn seal_or_drop_segment(&mut self, id: u64) -> Result<bool, StoreError> {
-        let live = self.segments.get(id)?.map_or(0, |v| v.value().0);
-        if live == 0 {
-            self.segments.remove(id)?;
+        if self.remove_segment_if_empty(id)? {
             return Ok(true);
         }
-        self.segments.insert(id, (live, 1))?;
+        self.seal_segment(id)?;
         Ok(false)
+    }
+
+    /// Removes segment `id` from the index if its row says it holds no live bytes. Returns
+    /// whether it did; its file can then be deleted once the transaction commits.
+    pub(crate) fn remove_segment_if_empty(&mut self, id: u64) -> Result<bool, StoreError> {
+        if self.segments.get(id)?.map(|v| v.value().0) != Some(0) {
+            return Ok(false);
+        }
+        self.segments.remove(id)?;
+        Ok(true)
     }
 
     /// Registers a new segment (live 0, not sealed).

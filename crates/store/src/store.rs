@@ -515,12 +515,10 @@ impl Store {
             return Ok(0);
         }
         let dropped = self.write(0, |t| {
-            let live = t.segments.get(id)?.map(|v| v.value().0);
-            if live == Some(0) && !self.inner.pins.lock().contains_key(&id) {
-                t.segments.remove(id)?;
-                return Ok(true);
+            if self.inner.pins.lock().contains_key(&id) {
+                return Ok(false);
             }
-            Ok(false)
+            t.remove_segment_if_empty(id)
         })?;
         if !dropped {
             return Ok(0);

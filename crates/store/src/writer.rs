@@ -298,14 +298,7 @@ impl DatasetWriter {
 
     fn drop_segment_if_empty(&self) -> Result<(), StoreError> {
         let seg = self.session;
-        let empty = self.store.write(0, |t| {
-            let live = t.segments.get(seg)?.map(|v| v.value().0);
-            if live == Some(0) {
-                t.segments.remove(seg)?;
-                return Ok(true);
-            }
-            Ok(false)
-        })?;
+        let empty = self.store.write(0, |t| t.remove_segment_if_empty(seg))?;
         if empty {
             self.store.inner.segs.remove(seg)?;
         }
