@@ -114,6 +114,11 @@ pub fn tree_depth(nleaves: u64) -> usize {
     }
 }
 
+/// Number of nodes in layer `layer` (0 is the leaf layer) of a tree with `nleaves` leaves.
+pub fn layer_len(nleaves: u64, layer: usize) -> u64 {
+    (0..layer).fold(nleaves, |m, _| m.div_ceil(2))
+}
+
 /// A complete CodexTree, every layer kept (2 × 32 bytes per leaf).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodexTree {
@@ -171,6 +176,17 @@ impl CodexTree {
     /// The leaves (block digests).
     pub fn leaves(&self) -> &[Digest] {
         self.layers.first().map_or(&[], Vec::as_slice)
+    }
+
+    /// Number of path nodes in a proof of this tree ([`tree_depth`] of its leaf count): layers
+    /// `0..depth()` hold every node a proof names, the layer above is the root.
+    pub fn depth(&self) -> usize {
+        self.layers.len().saturating_sub(1)
+    }
+
+    /// Layer `layer` (0 is the leaves; [`CodexTree::depth`] is the root); empty above the root.
+    pub fn layer(&self, layer: usize) -> &[Digest] {
+        self.layers.get(layer).map_or(&[], Vec::as_slice)
     }
 
     /// The inclusion proof of leaf `index`.
@@ -270,6 +286,44 @@ pub struct CodexProof {
 }
 
 impl CodexProof {
+    /// The proof of leaf `index` in a tree of `nleaves` leaves whose path node at each layer is
+    /// `node(layer, position)`: the sibling `position` of the leaf's ancestor at that layer, or
+    /// zero where the ancestor is the lone last node. Builds proofs from a tree kept elsewhere
+    /// (the store keeps each dataset's layers once instead of a proof per leaf); the result is
+    /// the proof [`CodexTree::proof`] gives for the same tree.
+    pub fn from_nodes<E>(
+        index: u64,
+        nleaves: u64,
+        mut node: impl FnMut(usize, u64) -> Result<Digest, E>,
+    ) -> Result<CodexProof, E>
+    where
+        E: From<MerkleError>,
+    {
+        if index >= nleaves {
+            return Err(MerkleError::IndexOutOfRange { index, nleaves }.into());
+        }
+        let depth = tree_depth(nleaves);
+        let mut path = Vec::with_capacity(depth);
+        let mut j = index;
+        let mut len = nleaves;
+        for layer in 0..depth {
+            let sibling = j ^ 1;
+            path.push(if sibling < len {
+                node(layer, sibling)?
+            } else {
+                ZERO
+            });
+            j >>= 1;
+            len = len.div_ceil(2);
+        }
+        Ok(CodexProof {
+            mcodec: SHA2_256,
+            index,
+            nleaves,
+            path,
+        })
+    }
+
     /// Recomputes the root from `leaf` along this proof (§5.5), after checking the index and
     /// that the path has the depth of a tree with `nleaves` leaves.
     pub fn compute_root(&self, leaf: &Digest) -> Result<Digest, MerkleError> {
@@ -579,6 +633,29 @@ mod tests {
                 tree.encode_proof_into(i as u64, &mut direct).unwrap();
                 prop_assert_eq!(&direct[1..], &p.encode()[..]);
             }
+        }
+
+        /// A proof built from the layers kept elsewhere (as the store does) is the tree's own
+        /// proof; layer lengths follow `layer_len`, and only positions inside a layer are asked.
+        #[test]
+        fn proofs_from_kept_layers_match(leaves in proptest::collection::vec(any::<[u8; 32]>(), 1..300)) {
+            let n = leaves.len() as u64;
+            let tree = CodexTree::new(leaves).unwrap();
+            prop_assert_eq!(tree.depth(), tree_depth(n));
+            for layer in 0..=tree.depth() {
+                prop_assert_eq!(tree.layer(layer).len() as u64, layer_len(n, layer));
+            }
+            for i in 0..n {
+                let p = CodexProof::from_nodes::<MerkleError>(i, n, |layer, pos| {
+                    tree.layer(layer)
+                        .get(pos as usize)
+                        .copied()
+                        .ok_or(MerkleError::Malformed("position outside its layer"))
+                })
+                .unwrap();
+                prop_assert_eq!(p, tree.proof(i).unwrap());
+            }
+            prop_assert!(CodexProof::from_nodes::<MerkleError>(n, n, |_, _| Ok(ZERO)).is_err());
         }
 
         /// Any flipped bit in the leaf, the path, the index or the leaf count makes it fail.

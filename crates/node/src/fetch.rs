@@ -56,6 +56,7 @@ use cairn_core::{BlockAddress, Manifest};
 use cairn_store::Store;
 use futures::{StreamExt, future::BoxFuture, stream::FuturesOrdered};
 use tokio::sync::mpsc;
+use tracing::{debug, warn};
 
 use crate::{
     NodeError,
@@ -353,10 +354,26 @@ pub(crate) async fn check_stored(
     engine.flush().await?;
     let store = store.clone();
     let tree = manifest.tree_cid;
+    let whole = blocks.start == 0 && blocks.end >= manifest.blocks_count();
+    let check = store.clone();
     let missing =
-        tokio::task::spawn_blocking(move || store.first_missing_leaf(&tree, blocks)).await??;
+        tokio::task::spawn_blocking(move || check.first_missing_leaf(&tree, blocks)).await??;
     match missing {
-        None => Ok(()),
+        None => {
+            if whole {
+                // The whole dataset is here: keep its tree once instead of a proof per leaf.
+                // In the background, so the requester's last bytes do not wait for it; if the
+                // node stops first, the proofs simply stay (they are as valid).
+                drop(tokio::task::spawn_blocking(move || {
+                    match store.settle_tree(&tree) {
+                        Ok(0) => {}
+                        Ok(n) => debug!(%tree, proofs = n, "dataset tree stored once"),
+                        Err(e) => warn!(%tree, error = %e, "could not store the dataset's tree"),
+                    }
+                }));
+            }
+            Ok(())
+        }
         Some(i) => Err(NodeError::Fetch(FetchError::Store(format!(
             "leaf {i} of {tree} was fetched but is not stored"
         )))),

@@ -60,6 +60,9 @@ async fn three_nodes_download_from_one_and_two_providers() {
     assert_eq!(got_b.dataset_size, original.len() as u64);
     assert_eq!(local_bytes(&b, cid).await, original, "B's stored copy");
     assert_eq!(b.list().await.unwrap().len(), 1, "B lists the dataset");
+    // B holds the whole dataset, so it keeps the tree once instead of the proofs the leaves
+    // came with; what it serves C below comes from that tree (C checks every proof).
+    settled(&b).await;
 
     let sent_a_before = a.engine().unwrap().stats().await.unwrap().blocks_sent;
     let sent_b_before = b.engine().unwrap().stats().await.unwrap().blocks_sent;
@@ -79,7 +82,28 @@ async fn three_nodes_download_from_one_and_two_providers() {
         "300 full blocks + 1 partial + the manifest"
     );
     assert_eq!(stats.rejected, 0);
+    settled(&c).await;
     cancel.cancel();
+}
+
+/// Waits until `node`'s store keeps no proof in a leaf row and some tree: a finished download
+/// stores its dataset's tree once, in the background, after the last block.
+async fn settled(node: &Node) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let store = node.store().clone();
+            let (chunks, proof_bytes) = tokio::task::spawn_blocking(move || store.proof_storage())
+                .await
+                .unwrap()
+                .unwrap();
+            if chunks > 0 && proof_bytes == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the downloaded dataset's tree was not stored once");
 }
 
 /// A provider is stopped mid-transfer while another holds the data: the download completes.

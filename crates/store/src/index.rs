@@ -8,7 +8,10 @@ use std::collections::{HashMap, HashSet};
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use crate::StoreError;
+use crate::{
+    StoreError,
+    trees::{PROOFS, TREES, TreeKey, remove_tree},
+};
 
 /// A `blocks` row: (segment, offset, length, dataset refs, flags, expiry). `flags`: bit 0 is
 /// the standalone flag, bit 1 says bits 32–63 hold the CRC32C of the block's bytes (rows
@@ -24,7 +27,8 @@ const FLAG_CHECKSUM: u64 = 1 << 1;
 const CHECKSUM_SHIFT: u32 = 32;
 /// A `leaves` key: (tree CID bytes, index).
 pub(crate) type LeafKey = (&'static [u8], u64);
-/// A `leaves` row: (block CID bytes, proof bytes).
+/// A `leaves` row: (block CID bytes, proof bytes). The proof is empty in rows written since
+/// proofs moved out of them (to `proofs` or the dataset's tree, see the `trees` module).
 pub(crate) type LeafRow = (&'static [u8], &'static [u8]);
 
 /// `blocks`: CID bytes → [`BlockRow`].
@@ -148,6 +152,8 @@ pub(crate) struct Quota {
 pub(crate) struct Tables<'txn> {
     pub(crate) blocks: Table<'txn, &'static [u8], BlockRow>,
     pub(crate) leaves: Table<'txn, LeafKey, LeafRow>,
+    pub(crate) trees: Table<'txn, TreeKey, &'static [u8]>,
+    pub(crate) proofs: Table<'txn, LeafKey, &'static [u8]>,
     pub(crate) datasets: Table<'txn, &'static [u8], (u64, u64, u64, u64)>,
     pub(crate) manifests: Table<'txn, &'static [u8], &'static [u8]>,
     pub(crate) expiry_idx: Table<'txn, (u64, &'static [u8]), ()>,
@@ -172,6 +178,8 @@ impl<'txn> Tables<'txn> {
         Ok(Tables {
             blocks: txn.open_table(BLOCKS)?,
             leaves: txn.open_table(LEAVES)?,
+            trees: txn.open_table(TREES)?,
+            proofs: txn.open_table(PROOFS)?,
             datasets: txn.open_table(DATASETS)?,
             manifests: txn.open_table(MANIFESTS)?,
             expiry_idx: txn.open_table(EXPIRY)?,
@@ -398,7 +406,16 @@ impl<'txn> Tables<'txn> {
             self.leaves.remove((tree, *index))?;
             self.drop_ref(cid, false)?;
         }
+        if let (Some((first, _)), Some((last, _))) = (batch.first(), batch.last()) {
+            // Proofs of downloaded leaves not yet folded into a tree go with their rows.
+            self.proofs
+                .retain_in((tree, *first)..=(tree, *last), |_, _| false)?;
+        }
         if batch.len() < budget {
+            // The tree goes with the last leaf row that could name it.
+            remove_tree(&mut self.trees, tree)?;
+            self.proofs
+                .retain_in((tree, 0)..=(tree, u64::MAX), |_, _| false)?;
             self.datasets.remove(tree)?;
             self.deleting.remove(tree)?;
         }

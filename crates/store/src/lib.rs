@@ -20,7 +20,9 @@
 //! | table | key | value |
 //! |---|---|---|
 //! | `blocks` | block CID | segment, offset, length, dataset refs, standalone flag, expiry |
-//! | `leaves` | (tree CID, index) | block CID, encoded proof |
+//! | `leaves` | (tree CID, index) | block CID, encoded proof (empty since proofs moved out, below) |
+//! | `proofs` | (tree CID, index) | a downloaded leaf's proof, until its dataset's tree is stored |
+//! | `trees` | (tree CID, layer, chunk) | 128 nodes of one layer of the dataset's tree |
 //! | `datasets` | tree CID | leaf count, manifest refs, state (active / writing / deleting), session |
 //! | `manifests` | manifest CID | tree CID |
 //! | `expiry` | (unix seconds, CID) | — |
@@ -54,6 +56,7 @@ mod error;
 mod index;
 mod segments;
 mod store;
+mod trees;
 mod writer;
 
 pub use crate::{

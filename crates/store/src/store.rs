@@ -13,8 +13,8 @@ use std::{
 
 use bytes::Bytes;
 use cairn_core::{
-    Block, Cid, CodexProof, Manifest, VerifiedLeaf,
-    cid::{Codec, cid_from_bytes, empty_block_cid},
+    Block, Cid, CodexProof, CodexTree, Manifest, VerifiedLeaf,
+    cid::{Codec, cid_digest, cid_from_bytes, empty_block_cid},
 };
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
@@ -29,7 +29,12 @@ use crate::{
         Tables, checksum,
     },
     segments::{SegmentWriter, Segments, WriteMode},
+    trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
 };
+
+/// Leaf rows per transaction when [`Store::settle_tree`] empties their proofs (as the
+/// reclaimer's batches: short transactions, so other writers wait little).
+const SETTLE_BATCH: u64 = 4096;
 
 /// Default quota: 20 GiB, as the reference (`--storage-quota`).
 pub const DEFAULT_QUOTA: u64 = 20 * 1024 * 1024 * 1024;
@@ -661,10 +666,10 @@ impl Store {
                 }
                 let cid = leaf.block().cid().to_bytes();
                 t.add_ref(&cid, loc, false, 0)?;
-                t.leaves.insert(
-                    (tree_key.as_slice(), leaf.index()),
-                    (cid.as_slice(), &leaf.proof().encode()[..]),
-                )?;
+                let key = (tree_key.as_slice(), leaf.index());
+                t.leaves.insert(key, (cid.as_slice(), &[][..]))?;
+                // Until the dataset's tree is stored (`settle_tree`), the proof it came with.
+                t.proofs.insert(key, &leaf.proof().encode()[..])?;
             }
             Ok(())
         })
@@ -673,22 +678,14 @@ impl Store {
     /// Whether leaf `index` of dataset `tree` is stored.
     pub fn has_leaf(&self, tree: &Cid, index: u64) -> Result<bool, StoreError> {
         self.hook("has_leaf");
-        Ok(self.leaf_entry(tree, index)?.is_some())
-    }
-
-    fn leaf_entry(&self, tree: &Cid, index: u64) -> Result<Option<(Cid, Vec<u8>)>, StoreError> {
         let key = tree.to_bytes();
         let r = self.inner.db.begin_read()?;
         if !dataset_active(&r, &key)? {
-            return Ok(None);
+            return Ok(false);
         }
-        let leaves = r.open_table(LEAVES)?;
-        let Some(v) = leaves.get((key.as_slice(), index))? else {
-            return Ok(None);
-        };
-        let (cid, proof) = v.value();
-        let cid = cid_from_bytes(cid).map_err(|_| StoreError::IndexDamaged("leaf CID"))?;
-        Ok(Some((cid, proof.to_vec())))
+        Ok(r.open_table(LEAVES)?
+            .get((key.as_slice(), index))?
+            .is_some())
     }
 
     /// The first index in `indices` whose leaf of dataset `tree` is not stored, or `None` when
@@ -719,6 +716,97 @@ impl Store {
         Ok((expected < indices.end).then_some(expected))
     }
 
+    /// Keeps the tree of dataset `tree` once, now that every leaf is stored, and drops the
+    /// proofs its leaves were downloaded with (about 520 bytes per leaf at 1 GiB, against 64
+    /// bytes per leaf for the tree; see the `trees` module). The tree is rebuilt from the stored
+    /// leaves and must have `tree` as its root. Returns the number of proofs dropped: 0 when the
+    /// dataset is not active, not complete or already kept this way. Safe beside anything else:
+    /// the tree is written before any proof goes, each batch is its own transaction, and it
+    /// stops when the dataset is being deleted.
+    pub fn settle_tree(&self, tree: &Cid) -> Result<u64, StoreError> {
+        self.hook("settle_tree");
+        let key = tree.to_bytes();
+        let digests = {
+            let r = self.inner.db.begin_read()?;
+            let Some(ds) = active_dataset(&r, &key)? else {
+                return Ok(0);
+            };
+            let range = (key.as_slice(), 0)..(key.as_slice(), ds.nleaves);
+            let mut proofs = r.open_table(PROOFS)?.range(range.clone())?;
+            let mut inline = false;
+            // Bounded by what is stored: the scan stops at the first missing leaf.
+            let mut digests = Vec::new();
+            for entry in r.open_table(LEAVES)?.range(range)? {
+                let (k, v) = entry?;
+                if k.value().1 != digests.len() as u64 {
+                    return Ok(0);
+                }
+                let (cid, proof) = v.value();
+                inline |= !proof.is_empty();
+                let cid = cid_from_bytes(cid).map_err(|_| StoreError::IndexDamaged("leaf CID"))?;
+                digests.push(cid_digest(&cid).map_err(|_| StoreError::IndexDamaged("leaf CID"))?);
+            }
+            let complete = !digests.is_empty() && digests.len() as u64 == ds.nleaves;
+            if !complete || (!inline && proofs.next().is_none()) {
+                return Ok(0);
+            }
+            digests
+        };
+        let nleaves = digests.len() as u64;
+        let built = CodexTree::new(digests)?;
+        if built.cid() != *tree {
+            return Err(StoreError::IndexDamaged(
+                "the stored leaves do not make their dataset's tree",
+            ));
+        }
+        let active = |t: &Tables<'_>| -> Result<bool, StoreError> {
+            Ok(t.get_dataset(&key)?.is_some_and(|d| d.state == DS_ACTIVE))
+        };
+        let go = self.write(0, |t| {
+            if !active(t)? {
+                return Ok(false);
+            }
+            if !has_tree(&t.trees, &key)? {
+                put_tree(&mut t.trees, &key, &built)?;
+            }
+            Ok(true)
+        })?;
+        drop(built);
+        let mut dropped = 0;
+        let mut start = 0;
+        while go && start < nleaves {
+            let end = (start + SETTLE_BATCH).min(nleaves);
+            let done = self.write(0, |t| {
+                if !active(t)? {
+                    return Ok(None);
+                }
+                let range = (key.as_slice(), start)..(key.as_slice(), end);
+                let mut n = 0;
+                t.proofs.retain_in(range.clone(), |_, _| {
+                    n += 1;
+                    false
+                })?;
+                // Rows from before proofs moved out of them.
+                let mut inline = Vec::new();
+                for entry in t.leaves.range(range)? {
+                    let (k, v) = entry?;
+                    if !v.value().1.is_empty() {
+                        inline.push((k.value().1, v.value().0.to_vec()));
+                    }
+                }
+                for (index, cid) in &inline {
+                    t.leaves
+                        .insert((key.as_slice(), *index), (cid.as_slice(), &[][..]))?;
+                }
+                Ok(Some(n + inline.len() as u64))
+            })?;
+            let Some(n) = done else { break };
+            dropped += n;
+            start = end;
+        }
+        Ok(dropped)
+    }
+
     /// Reads leaf `index` of dataset `tree` with its proof, verifying the block bytes.
     pub fn get_leaf(
         &self,
@@ -742,19 +830,31 @@ impl Store {
         self.hook("get_leaves");
         let key = tree.to_bytes();
         let r = self.inner.db.begin_read()?;
-        if !dataset_active(&r, &key)? {
+        let Some(ds) = active_dataset(&r, &key)? else {
             return Ok(indices.iter().map(|_| Ok(None)).collect());
-        }
+        };
         let leaves = r.open_table(LEAVES)?;
         let blocks = r.open_table(BLOCKS)?;
-        let read_one = |index: u64| -> Result<Option<(Block, CodexProof)>, StoreError> {
+        let proofs = r.open_table(PROOFS)?;
+        let trees = r.open_table(TREES)?;
+        // Leaves stored without a proof take it from `proofs` or the dataset's tree.
+        let mut tree_proofs = ProofSource::new(&trees, &key, ds.nleaves);
+        let mut read_one = |index: u64| -> Result<Option<(Block, CodexProof)>, StoreError> {
             let Some(v) = leaves.get((key.as_slice(), index))? else {
                 return Ok(None);
             };
             let (cid, proof) = v.value();
             let cid = cid_from_bytes(cid).map_err(|_| StoreError::IndexDamaged("leaf CID"))?;
-            let proof =
-                CodexProof::decode(proof).map_err(|_| StoreError::IndexDamaged("stored proof"))?;
+            let decode = |p: &[u8]| {
+                CodexProof::decode(p).map_err(|_| StoreError::IndexDamaged("stored proof"))
+            };
+            let proof = if !proof.is_empty() {
+                decode(proof)?
+            } else if let Some(p) = proofs.get((key.as_slice(), index))? {
+                decode(p.value())?
+            } else {
+                tree_proofs.proof(index)?
+            };
             match self.block_in(&blocks, &cid)? {
                 Some(block) => Ok(Some((block, proof))),
                 None => Err(StoreError::IndexDamaged("leaf names a missing block")),
@@ -923,6 +1023,22 @@ impl Store {
         })
     }
 
+    /// How the index keeps proofs: the chunks of stored trees, and the bytes of proofs kept in
+    /// leaf rows (for tests and diagnostics; it reads both tables whole).
+    #[doc(hidden)]
+    pub fn proof_storage(&self) -> Result<(u64, u64), StoreError> {
+        let r = self.inner.db.begin_read()?;
+        let chunks = r.open_table(TREES)?.len()?;
+        let mut proof_bytes = 0;
+        for entry in r.open_table(LEAVES)?.iter()? {
+            proof_bytes += entry?.1.value().1.len() as u64;
+        }
+        for entry in r.open_table(PROOFS)?.iter()? {
+            proof_bytes += entry?.1.value().len() as u64;
+        }
+        Ok((chunks, proof_bytes))
+    }
+
     /// Number of entries in the expiry index (for tests).
     #[doc(hidden)]
     pub fn expiry_entries(&self) -> Result<u64, StoreError> {
@@ -967,9 +1083,15 @@ pub(crate) fn checked_block(cid: &Cid, rec: &BlockRec, data: Vec<u8>) -> Option<
 /// Whether dataset `key` (tree CID bytes) is active (fully stored and not being deleted) in read
 /// transaction `r`: only an active dataset's leaves are served or counted as stored.
 fn dataset_active(r: &redb::ReadTransaction, key: &[u8]) -> Result<bool, StoreError> {
+    Ok(active_dataset(r, key)?.is_some())
+}
+
+/// The row of dataset `key` if it is active (not being written or deleted).
+fn active_dataset(r: &redb::ReadTransaction, key: &[u8]) -> Result<Option<DatasetRec>, StoreError> {
     Ok(r.open_table(DATASETS)?
         .get(key)?
-        .is_some_and(|v| DatasetRec::from_tuple(v.value()).state == DS_ACTIVE))
+        .map(|v| DatasetRec::from_tuple(v.value()))
+        .filter(|d| d.state == DS_ACTIVE))
 }
 
 fn reclaim_loop(weak: &Weak<Inner>, rx: &Receiver<()>) {

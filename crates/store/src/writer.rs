@@ -3,9 +3,10 @@
 //! [`Store::begin_dataset`] records a *session* (and its own segment) in the index, then
 //! [`DatasetWriter::write`] appends each block's bytes to that segment, reserving quota as it
 //! goes; no index entry is written per block. [`DatasetWriter::finish`] syncs the segment once,
-//! builds the Merkle tree, writes the leaf index in bounded batches (the dataset is marked
-//! *writing* and is invisible meanwhile), and in a final transaction stores the manifest, lists
-//! the dataset and closes the session.
+//! builds the Merkle tree and stores it once (the `trees` module: leaf rows carry no proof of
+//! their own), writes the leaf index in bounded batches (the dataset is marked *writing* and is
+//! invisible meanwhile), and in a final transaction stores the manifest, lists the dataset and
+//! closes the session.
 //!
 //! If the writer is dropped unfinished (client gone, quota, error) the session is rolled back at
 //! once; if the process dies instead, [`Store::open`] rolls it back at the next start. Either way
@@ -23,6 +24,7 @@ use crate::{
     Store, StoreError,
     index::{DS_ACTIVE, DS_WRITING, DatasetRec, Loc, checksum},
     segments::{SegmentWriter, WriteMode},
+    trees::{has_tree, put_tree},
 };
 
 /// What the uploader says about a dataset.
@@ -191,6 +193,10 @@ impl DatasetWriter {
         let fresh = store.write(self.reserved, |t| {
             t.sessions.insert(session, (session, tree_key.as_slice()))?;
             t.reclaim_tree_fully(&tree_key)?;
+            // The tree goes in before any leaf row that relies on it (their proofs are empty).
+            if !has_tree(&t.trees, &tree_key)? {
+                put_tree(&mut t.trees, &tree_key, &tree)?;
+            }
             if t.get_dataset(&tree_key)?.is_some() {
                 return Ok(false);
             }
@@ -207,7 +213,6 @@ impl DatasetWriter {
         })?;
         let batch = cfg.leaf_batch.max(1);
         let mut start = 0u64;
-        let mut proof = Vec::new();
         let extents = std::mem::take(&mut self.locs);
         let mut locs = extents.iter();
         while start < nleaves {
@@ -228,14 +233,13 @@ impl DatasetWriter {
                         &tree.leaves()[i],
                     )
                     .to_bytes();
-                    proof.clear();
-                    tree.encode_proof_into(index, &mut proof)?;
                     let key = (tree_key.as_slice(), index);
                     // Insert first and look at what was there: one B-tree walk instead of a
-                    // lookup plus an insert for the (usual) new leaf.
+                    // lookup plus an insert for the (usual) new leaf. No proof: it comes from
+                    // the tree stored above.
                     let old = t
                         .leaves
-                        .insert(key, (cid.as_slice(), &proof[..]))?
+                        .insert(key, (cid.as_slice(), &[][..]))?
                         .map(|v| (v.value().0.to_vec(), v.value().1.to_vec()));
                     if let Some((old_cid, old_proof)) = old {
                         // Already stored (e.g. by a network download of the same dataset): keep

@@ -398,6 +398,82 @@ fn network_leaves_are_checked_and_served() {
         b.store.delete(&mcid).unwrap();
         b.store.reclaim_now().unwrap();
         assert_eq!(b.store.space().unwrap().quota_used_bytes, 0, "{name}");
+        // The proofs the leaves came with (never settled) went with them.
+        assert_eq!(b.store.proof_storage().unwrap(), (0, 0), "{name}");
+    }
+}
+
+/// Uploads keep their tree once and no proof per leaf. A network download keeps the proofs its
+/// leaves came with until it holds every leaf; `settle_tree` then keeps the tree once, serves
+/// the same proofs, and deleting the dataset removes the tree with it.
+#[test]
+fn a_complete_download_keeps_its_tree_once() {
+    for (name, b) in backends(quiet()) {
+        let src = Store::in_memory(quiet()).unwrap();
+        // 300 leaves: three chunks of the leaf layer, odd layers higher up.
+        let n = 300u64;
+        let bytes = data(n as usize * BS - 5, 21);
+        let (mcid, m) = upload(&src, &bytes, None).unwrap();
+        let (src_chunks, src_proofs) = src.proof_storage().unwrap();
+        assert!(src_chunks > 0, "an upload stores its tree");
+        assert_eq!(src_proofs, 0, "an upload stores no proof per leaf");
+        let leaves: Vec<_> = (0..n).map(|i| leaf_of(&src, &m, i)).collect();
+        b.store
+            .put_block(&src.get_block(&mcid).unwrap().unwrap())
+            .unwrap();
+
+        b.store.put_leaves(&m.tree_cid, &leaves[..200]).unwrap();
+        assert_eq!(
+            b.store.settle_tree(&m.tree_cid).unwrap(),
+            0,
+            "{name}: incomplete"
+        );
+        let (chunks, proofs) = b.store.proof_storage().unwrap();
+        assert_eq!(chunks, 0, "{name}");
+        assert!(
+            proofs > 200 * 300,
+            "{name}: partial downloads keep their proofs"
+        );
+
+        b.store.put_leaves(&m.tree_cid, &leaves[200..]).unwrap();
+        assert_eq!(b.store.settle_tree(&m.tree_cid).unwrap(), n, "{name}");
+        assert_eq!(b.store.proof_storage().unwrap(), (src_chunks, 0), "{name}");
+        // The proofs served now are the ones the leaves came with.
+        let indices: Vec<u64> = (0..n).collect();
+        for (i, got) in indices
+            .chunks(20)
+            .flat_map(|run| b.store.get_leaves(&m.tree_cid, run).unwrap())
+            .enumerate()
+        {
+            let (block, proof) = got.unwrap().unwrap();
+            assert_eq!(block.cid(), leaves[i].block().cid(), "{name}: leaf {i}");
+            assert_eq!(&proof, leaves[i].proof(), "{name}: proof {i}");
+        }
+        assert_eq!(download(&b.store, &m), bytes, "{name}");
+        assert_eq!(
+            b.store.settle_tree(&m.tree_cid).unwrap(),
+            0,
+            "{name}: settled once"
+        );
+        assert_consistent(&b.store, name);
+
+        b.store.delete(&mcid).unwrap();
+        assert_eq!(
+            b.store.settle_tree(&m.tree_cid).unwrap(),
+            0,
+            "{name}: deleting"
+        );
+        b.store.reclaim_now().unwrap();
+        assert_eq!(
+            b.store.proof_storage().unwrap(),
+            (0, 0),
+            "{name}: tree left behind"
+        );
+        assert_consistent(&b.store, name);
+
+        // The same data uploaded again reads back with good proofs.
+        upload(&b.store, &bytes, None).unwrap();
+        assert_eq!(download(&b.store, &m), bytes, "{name}");
     }
 }
 

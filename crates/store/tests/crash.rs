@@ -552,6 +552,15 @@ fn check_recovered(store_dir: &Path, reported_a: &str, sc: &Scenario) {
     assert_consistent(&store, &ctx);
     assert_b_invisible(&store, &b.tree, B_BLOCKS, &ctx, true);
     assert_dataset_intact(&store, DATASET_A, A_BLOCKS, &a, &ctx);
+    // B's tree (stored before its first leaf batch) went with its leaves: the index keeps
+    // exactly what a store holding only A keeps.
+    let only_a = Store::in_memory(quiet()).expect("in-memory store");
+    upload(&only_a, DATASET_A, A_BLOCKS).expect("upload A again");
+    assert_eq!(
+        store.proof_storage().expect("proof_storage"),
+        only_a.proof_storage().expect("proof_storage"),
+        "{ctx}: B's tree or proofs left in the index"
+    );
 
     // Space: exactly A's blocks plus A's manifest; nothing reserved; segments hold only that.
     let mlen = store
