@@ -32,7 +32,7 @@ use crate::{
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
 };
 
-/// Leaf rows per transaction when [`Store::settle_tree`] empties their proofs (as the
+/// Leaves per transaction when [`Store::settle_tree`] drops their downloaded proofs (as the
 /// reclaimer's batches: short transactions, so other writers wait little).
 const SETTLE_BATCH: u64 = 4096;
 
