@@ -73,6 +73,16 @@ pub(crate) async fn serve(
         RangeAnswer::Full => (StatusCode::OK, ByteRange::full(size)),
         RangeAnswer::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
     };
+    // Refuse up front what would be cut off later: a dataset not all stored here (local), or
+    // one that does not fit in the quota left (network).
+    match source {
+        Source::Local => node.check_local(&manifest, range).await?,
+        Source::Network if !head => node
+            .check_room(&manifest, range)
+            .await
+            .map_err(network_error)?,
+        Source::Network => {}
+    }
     let body = if head {
         Body::empty()
     } else {

@@ -46,8 +46,12 @@ impl From<NodeError> for ApiError {
                 used,
                 quota,
             }) => ApiError::InsufficientStorage(format!(
-                "Storage quota exceeded: {used} of {quota} bytes used, {needed} more needed."
+                "Storage quota exceeded: {used} of {quota} bytes used or reserved by uploads in progress, {needed} more needed."
             )),
+            NodeError::Incomplete { .. } => ApiError::NotFound(
+                "The dataset is not complete on this node (a download stopped, or fetched only a \
+                 range); fetch it with /data/{cid}/network/stream.",
+            ),
             // The reference answers 500; it is the client's request that cannot be done.
             NodeError::Store(StoreError::InUse { .. }) => ApiError::Conflict(
                 "Directly deleting a block that is part of a dataset is not allowed.".into(),

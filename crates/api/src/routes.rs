@@ -310,6 +310,71 @@ mod tests {
         assert_eq!(v["content"], serde_json::json!([]));
     }
 
+    /// A dataset only partly stored here (a download stopped, or fetched a range) is a 404
+    /// with a clear message for the parts it lacks, also for HEAD, and not a 200 whose body is
+    /// cut off; the blocks it has are served.
+    #[tokio::test]
+    async fn a_partly_stored_dataset_is_not_served_as_whole() {
+        use cairn_core::{Chunker, VerifiedLeaf};
+        use cairn_node::DatasetMeta;
+
+        // The dataset, built in another store: three blocks.
+        let src = Store::in_memory(StoreConfig::default()).unwrap();
+        let bytes: Vec<u8> = (0..3 * 65536u32).map(|i| (i % 251) as u8).collect();
+        let mut w = src.begin_dataset().unwrap();
+        let mut chunker = Chunker::new(65536);
+        chunker.push(&bytes, |b| {
+            w.write(&cairn_core::Block::data_block(b)).unwrap()
+        });
+        if let (Some(last), _) = chunker.finish() {
+            w.write(&cairn_core::Block::data_block(last)).unwrap();
+        }
+        let done = w
+            .finish(DatasetMeta {
+                dataset_size: bytes.len() as u64,
+                block_size: 65536,
+                filename: None,
+                mimetype: None,
+            })
+            .unwrap();
+        let m = done.manifest;
+        // This node holds the manifest and block 0 only.
+        let store = Store::in_memory(StoreConfig::default()).unwrap();
+        store
+            .put_block(&src.get_block(&done.manifest_cid).unwrap().unwrap())
+            .unwrap();
+        let (b0, p0) = src.get_leaf(&m.tree_cid, 0).unwrap().unwrap();
+        let leaf = VerifiedLeaf::verify(m.tree_cid, 0, 3, b0, p0).unwrap();
+        store.put_leaves(&m.tree_cid, &[leaf]).unwrap();
+        let app = router(Node::new(store, NodeConfig::default()));
+        let path = format!("{API_BASE}/data/{}", done.manifest_cid);
+
+        for method in ["GET", "HEAD"] {
+            let req = Request::builder()
+                .method(method)
+                .uri(&path)
+                .body(Body::empty())
+                .unwrap();
+            let (s, _, body) = call(&app, req).await;
+            assert_eq!(s, StatusCode::NOT_FOUND, "{method}");
+            if method == "GET" {
+                let text = String::from_utf8(body).unwrap();
+                assert!(text.contains("not complete on this node"), "{text}");
+            }
+        }
+        let ranged = |r: &str| {
+            Request::get(&path)
+                .header(header::RANGE, r)
+                .body(Body::empty())
+                .unwrap()
+        };
+        let (s, _, body) = call(&app, ranged("bytes=0-99")).await;
+        assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(body, bytes[..100]);
+        let (s, _, _) = call(&app, ranged("bytes=-100")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+
     #[tokio::test]
     async fn upload_download_list_exists_delete() {
         let app = app();

@@ -890,13 +890,18 @@ impl Engine {
             Done::Stored(results) => {
                 self.storing -= 1;
                 self.storing_blocks -= results.len();
+                // One log line per failed batch (a full store fails every block of it).
+                let mut failed: Option<(BlockAddress, String, usize)> = None;
                 for (address, result) in results {
                     match &result {
                         Ok(_) => self.unpark(address),
                         Err(e) => {
                             self.stats.store_failures += 1;
                             self.metrics.store_failures.inc();
-                            warn!(%address, error = %e, "verified block not stored");
+                            match &mut failed {
+                                Some((_, _, n)) => *n += 1,
+                                None => failed = Some((address, e.to_string(), 1)),
+                            }
                         }
                     }
                     if let Some(p) = self.pending.remove(&address) {
@@ -907,6 +912,9 @@ impl Engine {
                     for st in self.peers.values_mut() {
                         st.haves.remove(&address);
                     }
+                }
+                if let Some((first, error, blocks)) = failed {
+                    warn!(%first, blocks, %error, "verified blocks not stored");
                 }
                 if self.to_store.is_empty() && self.storing == 0 {
                     for done in self.flush_waiters.drain(..) {

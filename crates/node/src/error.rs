@@ -24,6 +24,15 @@ pub enum NodeError {
     /// Fetching from the network failed.
     #[error(transparent)]
     Fetch(#[from] crate::engine::FetchError),
+    /// A dataset asked for from the local store is not all there (a download stopped, or only
+    /// a range was fetched): block `index` of `blocks` is missing.
+    #[error("the dataset is not complete on this node: block {index} of {blocks} is missing")]
+    Incomplete {
+        /// The first missing block of the range asked for.
+        index: u64,
+        /// Blocks in the dataset.
+        blocks: u64,
+    },
     /// The node runs without a network.
     #[error("this node has no network")]
     NoNetwork,

@@ -241,20 +241,25 @@ pub(crate) async fn fetch_dataset(
             let s = store.clone();
             let start = next;
             let found = tokio::task::spawn_blocking(move || {
+                // The dataset may have been deleted, or the quota filled, since the download
+                // began: stop now with that error instead of fetching what cannot be stored.
+                s.check_room(&tree, start..start + n, block_size)?;
                 let indices: Vec<u64> = (start..start + n).collect();
                 // One store transaction for the batch; a leaf that cannot be read locally is
                 // fetched from the network like a missing one.
                 let read = s.get_leaves(&tree, &indices).unwrap_or_default();
                 let mut read = read.into_iter();
-                indices
-                    .into_iter()
-                    .map(|i| match read.next() {
-                        Some(Ok(Some((b, _)))) => (i, Some(b.data().clone())),
-                        _ => (i, None),
-                    })
-                    .collect::<Vec<_>>()
+                Ok::<_, cairn_store::StoreError>(
+                    indices
+                        .into_iter()
+                        .map(|i| match read.next() {
+                            Some(Ok(Some((b, _)))) => (i, Some(b.data().clone())),
+                            _ => (i, None),
+                        })
+                        .collect::<Vec<_>>(),
+                )
             })
-            .await?;
+            .await??;
             next += n;
             // Missing blocks are wanted together, in one engine command.
             let missing: Vec<u64> = found
@@ -374,9 +379,20 @@ pub(crate) async fn check_stored(
             }
             Ok(())
         }
-        Some(i) => Err(NodeError::Fetch(FetchError::Store(format!(
-            "leaf {i} of {tree} was fetched but is not stored"
-        )))),
+        Some(i) => {
+            // Say why when we can: a dataset deleted during its download is the usual case.
+            let check = store.clone();
+            if !tokio::task::spawn_blocking(move || check.dataset_stored(&tree)).await?? {
+                return Err(NodeError::Store(
+                    cairn_store::StoreError::DatasetNotStored {
+                        tree: Box::new(tree),
+                    },
+                ));
+            }
+            Err(NodeError::Fetch(FetchError::Store(format!(
+                "leaf {i} of {tree} was fetched but is not stored"
+            ))))
+        }
     }
 }
 

@@ -224,7 +224,12 @@ impl Node {
                 FetchError::NotFound => NodeError::NotFound,
                 e => NodeError::Fetch(e),
             })?;
-        Manifest::from_block(&block).map_err(|e| NodeError::Store(e.into()))
+        let manifest = Manifest::from_block(&block).map_err(|e| NodeError::Store(e.into()))?;
+        // Stored (and so listed) before the download's leaves come: the engine writes verified
+        // blocks behind their requesters, and leaves are only taken for a listed dataset.
+        let store = self.store.clone();
+        blocking(move || store.put_block(&block)).await?;
+        Ok(manifest)
     }
 
     /// Streams dataset `manifest` in order, fetching the blocks that are not stored locally
@@ -301,6 +306,8 @@ impl Node {
     /// once it is known.
     pub async fn download(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
+        self.check_room(&manifest, ByteRange::full(manifest.download_size()))
+            .await?;
         let engine = self.network()?.engine.clone();
         let store = self.store.clone();
         let m = manifest.clone();
@@ -343,6 +350,8 @@ impl Node {
     /// Fetches dataset `cid` and waits until every block is stored.
     pub async fn download_and_wait(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
+        self.check_room(&manifest, ByteRange::full(manifest.download_size()))
+            .await?;
         let engine = self.network()?.engine.clone();
         let _watch = self.watch_providers(&manifest);
         let metrics = &self.config.metrics.downloads;
@@ -420,6 +429,41 @@ impl Node {
     /// read (and verified) on a blocking thread, [`DOWNLOAD_READAHEAD_BLOCKS`] ahead.
     pub fn stream_dataset(&self, manifest: &Manifest) -> ByteStream {
         self.read_blocks(manifest, ByteRange::full(manifest.download_size()))
+    }
+
+    /// Checks that every block holding `range` of dataset `manifest` is stored locally, before a
+    /// local read answers: a partly stored dataset is [`NodeError::Incomplete`], not a response
+    /// cut off where the first missing block is. A dataset whose tree is kept once is whole, so
+    /// this is one seek for it; otherwise one scan of the range's leaf rows.
+    pub async fn check_local(
+        &self,
+        manifest: &Manifest,
+        range: ByteRange,
+    ) -> Result<(), NodeError> {
+        check_range(manifest, &range)?;
+        let store = self.store.clone();
+        let tree = manifest.tree_cid;
+        let blocks = range.blocks(manifest.block_size);
+        match blocking(move || store.first_missing_leaf(&tree, blocks)).await? {
+            None => Ok(()),
+            Some(index) => Err(NodeError::Incomplete {
+                index,
+                blocks: manifest.blocks_count(),
+            }),
+        }
+    }
+
+    /// Checks that the blocks holding `range` of dataset `manifest` that are not stored yet fit
+    /// in the quota left, before a download starts: a client that asks for more than fits hears
+    /// so at once ([`cairn_store::StoreError::QuotaExceeded`], HTTP 507) instead of after most
+    /// of the bytes went by.
+    pub async fn check_room(&self, manifest: &Manifest, range: ByteRange) -> Result<(), NodeError> {
+        check_range(manifest, &range)?;
+        let store = self.store.clone();
+        let tree = manifest.tree_cid;
+        let blocks = range.blocks(manifest.block_size);
+        let block_size = manifest.block_size;
+        blocking(move || store.check_room(&tree, blocks, block_size)).await
     }
 
     /// Streams the bytes `range` of a locally stored dataset: reads (and verifies) only the

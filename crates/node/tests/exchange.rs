@@ -8,7 +8,7 @@ use bytes::Bytes;
 use cairn_blockexc::{Delivery, Frame, Message, WantEntry, WantType};
 use cairn_core::{Block, BlockAddress};
 use cairn_node::{
-    Node, NodeConfig, Store, StoreConfig,
+    Node, NodeConfig, Store, StoreConfig, StoreError,
     net::{NetEvent, NetworkHandle},
 };
 use futures::TryStreamExt;
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 mod common;
-use common::{bare, connect, data, node, node_with_metrics, upload};
+use common::{bare, connect, data, node, node_with, node_with_metrics, upload};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -83,6 +83,89 @@ async fn three_nodes_download_from_one_and_two_providers() {
     );
     assert_eq!(stats.rejected, 0);
     settled(&c).await;
+    cancel.cancel();
+}
+
+/// A download that cannot fit in the quota left is refused before any block is fetched, with
+/// the quota error (HTTP 507 in the API), instead of fetching most of the dataset and failing
+/// at the end; a dataset that fits downloads on the same node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_does_not_fit_is_refused_up_front() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (b, nb) = node_with(
+        &cancel,
+        StoreConfig {
+            quota_bytes: 1 << 20,
+            ..StoreConfig::default()
+        },
+    )
+    .await;
+    let big = upload(&a, &data(40 * 65536, 7)).await;
+    let small_bytes = data(5 * 65536, 8);
+    let small = upload(&a, &small_bytes).await;
+    connect(&nb, &na).await;
+    let r = tokio::time::timeout(WAIT, b.download_and_wait(big))
+        .await
+        .expect("B timed out");
+    assert!(
+        matches!(
+            r,
+            Err(cairn_node::NodeError::Store(StoreError::QuotaExceeded { needed, .. }))
+                if needed == 40 * 65536
+        ),
+        "{r:?}"
+    );
+    let stats = b.engine().unwrap().stats().await.unwrap();
+    assert_eq!(stats.blocks_received, 1, "only the manifest was fetched");
+    tokio::time::timeout(WAIT, b.download_and_wait(small))
+        .await
+        .expect("B timed out")
+        .unwrap();
+    assert_eq!(local_bytes(&b, small).await, small_bytes);
+    cancel.cancel();
+}
+
+/// A dataset deleted on the downloading node stops its download with a clear error, and
+/// nothing of it stays: before, the leaves still arriving made the dataset anew with no
+/// manifest naming it, which no delete or maintenance pass could reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_deleted_while_it_downloads_stops_and_leaves_nothing() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (b, nb) = node(&cancel).await;
+    let cid = upload(&a, &data(60 * 65536, 9)).await;
+    connect(&nb, &na).await;
+    // The manifest is stored (so the dataset is listed), then deleted before the blocks come.
+    let m = tokio::time::timeout(WAIT, b.fetch_manifest(cid))
+        .await
+        .expect("B timed out")
+        .unwrap();
+    b.delete(cid).await.unwrap();
+    let r: Result<Vec<Bytes>, _> = tokio::time::timeout(WAIT, async {
+        b.stream_network(&m).unwrap().try_collect().await
+    })
+    .await
+    .expect("B timed out");
+    assert!(
+        matches!(
+            r,
+            Err(cairn_node::NodeError::Store(
+                StoreError::DatasetNotStored { .. }
+            ))
+        ),
+        "{r:?}"
+    );
+    let stats = b.engine().unwrap().stats().await.unwrap();
+    assert_eq!(stats.blocks_received, 1, "only the manifest was fetched");
+    let store = b.store().clone();
+    tokio::task::spawn_blocking(move || store.reclaim_now())
+        .await
+        .unwrap()
+        .unwrap();
+    let space = b.space().await.unwrap();
+    assert_eq!((space.quota_used_bytes, space.total_blocks), (0, 0));
+    assert!(b.list().await.unwrap().is_empty());
     cancel.cancel();
 }
 

@@ -7,7 +7,9 @@ use cairn_core::{Cid, ManifestError, MerkleError};
 #[non_exhaustive]
 pub enum StoreError {
     /// Writing would take the store over its quota. Nothing was written.
-    #[error("storage quota exceeded: {needed} more bytes needed, {used} of {quota} bytes used")]
+    #[error(
+        "storage quota exceeded: {needed} more bytes needed, {used} of {quota} bytes used or reserved by uploads in progress"
+    )]
     QuotaExceeded {
         /// Bytes the write needed.
         needed: u64,
@@ -40,6 +42,13 @@ pub enum StoreError {
         leaf_tree: Box<Cid>,
         /// Leaf index.
         index: u64,
+    },
+    /// Leaves were handed to `put_leaves` for a dataset that is not stored: its manifest was
+    /// never stored, or it was deleted (for instance while it was being downloaded).
+    #[error("dataset {tree} is not stored here (deleted, or its manifest was never stored)")]
+    DatasetNotStored {
+        /// The dataset's tree CID.
+        tree: Box<Cid>,
     },
     /// A manifest could not be decoded.
     #[error(transparent)]

@@ -24,9 +24,9 @@ use crate::{
     StoreError,
     compact::CompactReport,
     index::{
-        BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_WRITING, DatasetRec, EXPIRY,
-        LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS, SESSIONS,
-        Tables, checksum,
+        BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DS_WRITING,
+        DatasetRec, EXPIRY, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota,
+        SEGMENTS, SESSIONS, Tables, checksum,
     },
     segments::{SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
@@ -262,6 +262,27 @@ impl Store {
                     t.mark_deleting(tree, ds)?;
                 }
                 t.sessions.remove(*session)?;
+            }
+            // Datasets no manifest names and no upload is writing: left by earlier versions,
+            // which let a download that outlived a delete of its dataset create it anew.
+            let orphans: Vec<(Vec<u8>, DatasetRec)> = t
+                .datasets
+                .iter()?
+                .map(|e| e.map(|(k, v)| (k.value().to_vec(), DatasetRec::from_tuple(v.value()))))
+                .filter(|e| {
+                    e.as_ref().map_or(true, |(_, d)| {
+                        d.state == DS_ACTIVE && d.manifest_refs == 0 && d.session == 0
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            for (tree, ds) in &orphans {
+                t.mark_deleting(tree, *ds)?;
+            }
+            if !orphans.is_empty() {
+                warn!(
+                    datasets = orphans.len(),
+                    "datasets no manifest names will be reclaimed"
+                );
             }
             let segs: Vec<(u64, u64, u64)> = t
                 .segments
@@ -588,7 +609,9 @@ impl Store {
 
     /// Stores leaves of dataset `tree` delivered with their proofs (network downloads). The
     /// proofs were checked when each [`VerifiedLeaf`] was made; a leaf of another dataset is
-    /// refused. Leaves already stored are skipped.
+    /// refused, and so are leaves of a dataset that is not stored ([`StoreError::DatasetNotStored`]:
+    /// its manifest must be stored first, and a dataset deleted while it downloads takes no more
+    /// leaves). Leaves already stored are skipped.
     pub fn put_leaves(&self, tree: &Cid, leaves: &[VerifiedLeaf]) -> Result<(), StoreError> {
         self.hook("put_leaves");
         if let Some(other) = leaves.iter().find(|l| l.tree() != tree) {
@@ -599,10 +622,16 @@ impl Store {
             });
         }
         let tree_key = tree.to_bytes();
+        let not_stored = || StoreError::DatasetNotStored {
+            tree: Box::new(*tree),
+        };
         // Only bytes not stored yet are appended and counted against the quota: a leaf already
         // in the index, or a block another dataset holds, costs no disk.
         let needs_data: Vec<bool> = {
             let r = self.inner.db.begin_read()?;
+            if !dataset_takes_leaves(&r, &tree_key)? {
+                return Err(not_stored());
+            }
             let stored_leaves = r.open_table(LEAVES)?;
             let blocks = r.open_table(BLOCKS)?;
             let mut out = Vec::with_capacity(leaves.len());
@@ -647,18 +676,13 @@ impl Store {
             _pin = Some(pin);
         }
         self.write(0, |t| {
-            t.reclaim_tree_fully(&tree_key)?;
-            if t.get_dataset(&tree_key)?.is_none() {
-                let nleaves = leaves.first().map_or(0, VerifiedLeaf::nleaves);
-                t.put_dataset(
-                    &tree_key,
-                    DatasetRec {
-                        nleaves,
-                        manifest_refs: 0,
-                        state: DS_ACTIVE,
-                        session: 0,
-                    },
-                )?;
+            // Checked again where it counts: a delete may have come since the read above (the
+            // bytes appended meanwhile are dead and compaction frees them).
+            if t
+                .get_dataset(&tree_key)?
+                .is_none_or(|d| d.state == DS_DELETING)
+            {
+                return Err(not_stored());
             }
             for (leaf, loc) in leaves.iter().zip(locs) {
                 if t.leaves.get((tree_key.as_slice(), leaf.index()))?.is_some() {
@@ -690,7 +714,8 @@ impl Store {
 
     /// The first index in `indices` whose leaf of dataset `tree` is not stored, or `None` when
     /// all are: one read transaction and one range scan of the leaf index, however long the
-    /// range (a download checks its whole dataset this way when it ends).
+    /// range (a download checks its whole dataset this way when it ends), or a single seek when
+    /// the dataset's tree is kept (it is then whole).
     pub fn first_missing_leaf(
         &self,
         tree: &Cid,
@@ -701,8 +726,13 @@ impl Store {
         }
         let key = tree.to_bytes();
         let r = self.inner.db.begin_read()?;
-        if !dataset_active(&r, &key)? {
+        let Some(ds) = active_dataset(&r, &key)? else {
             return Ok(Some(indices.start));
+        };
+        // A dataset whose tree is kept is whole: uploads store it with every leaf, downloads
+        // once they hold every leaf, and leaves only go when the whole dataset is deleted.
+        if indices.end <= ds.nleaves && has_tree(&r.open_table(TREES)?, &key)? {
+            return Ok(None);
         }
         let leaves = r.open_table(LEAVES)?;
         let mut expected = indices.start;
@@ -714,6 +744,57 @@ impl Store {
             expected += 1;
         }
         Ok((expected < indices.end).then_some(expected))
+    }
+
+    /// Whether the leaves `indices` of dataset `tree` that are not stored yet, at `block_size`
+    /// bytes each, fit in the quota left (used and reserved bytes count against it): the check a
+    /// download makes before it starts, so that a client hears "no room" at once instead of
+    /// after most of the bytes went by. Also refuses a dataset that is not stored
+    /// ([`StoreError::DatasetNotStored`]). One scan of the range's leaf rows when the quick
+    /// bound (every block missing) does not fit.
+    pub fn check_room(
+        &self,
+        tree: &Cid,
+        indices: std::ops::Range<u64>,
+        block_size: u64,
+    ) -> Result<(), StoreError> {
+        let key = tree.to_bytes();
+        let r = self.inner.db.begin_read()?;
+        if !dataset_takes_leaves(&r, &key)? {
+            return Err(StoreError::DatasetNotStored {
+                tree: Box::new(*tree),
+            });
+        }
+        let all = indices.end.saturating_sub(indices.start);
+        let used = self.inner.used.load(Ordering::Relaxed) + *self.inner.reserved.lock();
+        let free = self.inner.cfg.quota_bytes.saturating_sub(used);
+        if all.saturating_mul(block_size) <= free {
+            return Ok(());
+        }
+        let mut stored = 0u64;
+        for entry in r
+            .open_table(LEAVES)?
+            .range((key.as_slice(), indices.start)..(key.as_slice(), indices.end))?
+        {
+            entry?;
+            stored += 1;
+        }
+        let needed = (all - stored.min(all)).saturating_mul(block_size);
+        if needed > free {
+            return Err(StoreError::QuotaExceeded {
+                needed,
+                used,
+                quota: self.inner.cfg.quota_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether dataset `tree` takes leaves: listed, or being written by an upload (not deleted,
+    /// not unknown). A download checks this as it goes, and stops when the dataset was deleted.
+    pub fn dataset_stored(&self, tree: &Cid) -> Result<bool, StoreError> {
+        let r = self.inner.db.begin_read()?;
+        dataset_takes_leaves(&r, &tree.to_bytes())
     }
 
     /// Keeps the tree of dataset `tree` once, now that every leaf is stored, and drops the
@@ -1089,6 +1170,13 @@ pub(crate) fn checked_block(cid: &Cid, rec: &BlockRec, data: Vec<u8>) -> Option<
 
 /// Whether dataset `key` (tree CID bytes) is active (fully stored and not being deleted) in read
 /// transaction `r`: only an active dataset's leaves are served or counted as stored.
+/// Whether dataset `key` takes leaves: it is listed (active) or being written by an upload.
+fn dataset_takes_leaves(r: &redb::ReadTransaction, key: &[u8]) -> Result<bool, StoreError> {
+    Ok(r.open_table(DATASETS)?
+        .get(key)?
+        .is_some_and(|v| DatasetRec::from_tuple(v.value()).state != DS_DELETING))
+}
+
 fn dataset_active(r: &redb::ReadTransaction, key: &[u8]) -> Result<bool, StoreError> {
     Ok(active_dataset(r, key)?.is_some())
 }
@@ -1161,5 +1249,60 @@ impl Drop for SegPin {
                 pins.remove(&self.seg);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dataset row no manifest names and no upload writes (earlier versions left one when a
+    /// download outlived a delete of its dataset) is reclaimed at the next open, with its
+    /// blocks; a listed dataset is left alone.
+    #[test]
+    fn datasets_no_manifest_names_are_reclaimed_at_open() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            ..StoreConfig::default()
+        };
+        let orphan = Cid::new_v1(Codec::Root.code(), *empty_block_cid().hash());
+        let kept_block = Block::data_block(Bytes::from_static(b"kept"));
+        {
+            let store = Store::open(dir.path(), cfg.clone()).unwrap();
+            store.put_block(&kept_block).unwrap();
+            let key = orphan.to_bytes();
+            store
+                .write(0, |t| {
+                    t.put_dataset(
+                        &key,
+                        DatasetRec {
+                            nleaves: 3,
+                            manifest_refs: 0,
+                            state: DS_ACTIVE,
+                            session: 0,
+                        },
+                    )
+                })
+                .unwrap();
+            assert!(!store.reclaim_pending().unwrap());
+        }
+        let store = Store::open(dir.path(), cfg).unwrap();
+        assert!(
+            store.reclaim_pending().unwrap(),
+            "the orphan is marked for deletion"
+        );
+        store.reclaim_now().unwrap();
+        assert!(!store.reclaim_pending().unwrap());
+        let r = store.inner.db.begin_read().unwrap();
+        assert!(
+            r.open_table(DATASETS)
+                .unwrap()
+                .get(orphan.to_bytes().as_slice())
+                .unwrap()
+                .is_none()
+        );
+        drop(r);
+        assert!(store.get_block(kept_block.cid()).unwrap().is_some());
     }
 }

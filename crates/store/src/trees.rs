@@ -266,6 +266,8 @@ mod tests {
             })
             .collect();
         let store = Store::in_memory(cfg).unwrap();
+        let manifest = cairn_core::Manifest::new(tree.cid(), 9000, 1000);
+        store.put_block(&manifest.to_block()).unwrap();
         store.put_leaves(&tree.cid(), &leaves).unwrap();
         // Turn the rows into the old shape: proof inline, nothing in `proofs`.
         let key = tree.cid().to_bytes();

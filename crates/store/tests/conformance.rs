@@ -477,6 +477,49 @@ fn a_complete_download_keeps_its_tree_once() {
     }
 }
 
+/// Leaves are only taken for a stored dataset: not before its manifest is stored, and not after
+/// it was deleted (a download that outlives a delete of its dataset). Before, such leaves made
+/// the dataset anew with no manifest naming it, and nothing ever reclaimed it.
+#[test]
+fn leaves_of_a_deleted_or_unknown_dataset_are_refused() {
+    for (name, b) in backends(quiet()) {
+        let src = Store::in_memory(quiet()).unwrap();
+        let bytes = data(40 * BS, 31);
+        let (mcid, m) = upload(&src, &bytes, None).unwrap();
+        let leaves: Vec<_> = (0..40).map(|i| leaf_of(&src, &m, i)).collect();
+        let refused = |r: Result<(), StoreError>| matches!(r, Err(StoreError::DatasetNotStored { tree }) if *tree == m.tree_cid);
+        assert!(
+            refused(b.store.put_leaves(&m.tree_cid, &leaves[..5])),
+            "{name}: no manifest"
+        );
+        assert_eq!(b.store.space().unwrap().quota_used_bytes, 0, "{name}");
+
+        b.store
+            .put_block(&src.get_block(&mcid).unwrap().unwrap())
+            .unwrap();
+        b.store.put_leaves(&m.tree_cid, &leaves[..20]).unwrap();
+        b.store.delete(&mcid).unwrap();
+        assert!(
+            refused(b.store.put_leaves(&m.tree_cid, &leaves[20..])),
+            "{name}: deleted"
+        );
+        b.store.reclaim_now().unwrap();
+        assert!(
+            refused(b.store.put_leaves(&m.tree_cid, &leaves[20..])),
+            "{name}: reclaimed"
+        );
+        let space = b.store.space().unwrap();
+        assert_eq!(
+            (space.quota_used_bytes, space.total_blocks),
+            (0, 0),
+            "{name}"
+        );
+        assert_eq!(b.store.proof_storage().unwrap(), (0, 0), "{name}");
+        assert!(b.store.list_manifests().unwrap().is_empty(), "{name}");
+        assert_consistent(&b.store, name);
+    }
+}
+
 #[test]
 fn background_reclaimer_frees_space() {
     for (name, b) in backends(StoreConfig::default()) {
@@ -621,6 +664,10 @@ fn any_flipped_bit_is_caught_on_read() {
             VerifiedLeaf::verify(tree.cid(), i as u64, 3, b.clone(), proof).unwrap()
         })
         .collect();
+    // As a download does: the manifest first, then the leaves.
+    store
+        .put_block(&Manifest::new(tree.cid(), 3 * BS as u64, BS as u64).to_block())
+        .unwrap();
     store.put_leaves(&tree.cid(), &leaves).unwrap();
     let single = Block::data_block(Bytes::from(data(1000, 30)));
     store.put_block(&single).unwrap();
