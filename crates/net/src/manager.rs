@@ -39,7 +39,8 @@
 //!   ([`PeerAction::LowTolerance`]).
 //! * A request is answered with a random selection from the book (private peers never; private
 //!   addresses only for a requester on a private or loopback address). A second request within
-//!   [`PEX_MIN_REQUEST_INTERVAL`] is answered with nothing and penalised
+//!   [`PEX_MIN_REQUEST_INTERVAL`] is answered with nothing, and penalised if it came on the same
+//!   connection as the first
 //!   ([`PeerAction::MidTolerance`]). Repeated offences reach the disconnect and then the ban
 //!   threshold of [`crate::reputation`]; a ban also removes the peer from the book until it ends.
 //!
@@ -78,8 +79,9 @@ pub const PEX_ASK_INTERVAL: Duration = Duration::from_secs(30);
 pub const PEX_ROUND_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Shortest interval between two address requests a peer may send us; a faster one is
-/// answered with nothing and penalised (CometBFT: `minReceiveRequestInterval`). Remembered
-/// across reconnections, so hanging up and dialling again does not reset it.
+/// answered with nothing (CometBFT: `minReceiveRequestInterval`), and penalised when both came on
+/// one connection. Remembered across reconnections, so hanging up and dialling again does not
+/// reset it (a restarted node asking again is answered with nothing, not penalised).
 pub const PEX_MIN_REQUEST_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Shortest interval between two address requests we send one peer, across reconnections too:
@@ -495,16 +497,20 @@ impl Service {
                 cairn_pex::Addrs::default()
             }
             cairn_pex::Request::GetAddrs { max } => {
-                let too_soon = self
-                    .pex_served
-                    .get(&peer)
-                    .is_some_and(|t| now.duration_since(*t) < PEX_MIN_REQUEST_INTERVAL);
-                self.pex_served.insert(peer, now);
-                if too_soon {
+                let last = self.pex_served.insert(peer, now);
+                let Some(last) = last.filter(|t| now.duration_since(*t) < PEX_MIN_REQUEST_INTERVAL)
+                else {
+                    return self.selection_for(peer, max);
+                };
+                // Too soon: nothing, whichever connection it came on. A penalty only when the
+                // earlier request came on this same connection: a node that restarted (and so
+                // forgot when it last asked) asks again at once, and repeated restarts got it
+                // banned.
+                let since = self.connected.get(&peer).map(|c| c.since);
+                if since.is_none_or(|since| last >= since) {
                     self.report(peer, PeerAction::MidTolerance, "address requests too often");
-                    return cairn_pex::Addrs::default();
                 }
-                self.selection_for(peer, max)
+                cairn_pex::Addrs::default()
             }
         }
     }

@@ -79,7 +79,12 @@ where
 type Pex = request_response::Behaviour<cairn_pex::PexCodec>;
 
 fn abuser() -> Swarm<Pex> {
-    SwarmBuilder::with_new_identity()
+    abuser_with(libp2p::identity::Keypair::generate_ed25519())
+}
+
+/// A bare address-exchange swarm with identity `key` (a node restarted with its key file).
+fn abuser_with(key: libp2p::identity::Keypair) -> Swarm<Pex> {
+    SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -250,6 +255,59 @@ async fn a_peer_flooding_address_requests_is_penalised_then_banned() {
         "the first request was penalised"
     );
     assert_refused(&node, &addr, &mut s).await;
+    cancel.cancel();
+}
+
+/// A node that restarts (same identity, new connection) and asks again within 10 s gets nothing,
+/// but no penalty: it cannot know when it last asked. Asking again on that same connection is
+/// penalised as before. Before, each restart cost a penalty, and a node restarted a few times
+/// in a row was banned by its peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_asking_again_is_not_penalised() {
+    let cancel = CancellationToken::new();
+    let (node, addr, metrics) = metered_node(&cancel).await;
+    let id = node.local_peer_id();
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let me = key.public().to_peer_id();
+    let mut first = abuser_with(key.clone());
+    let ask = || Request::GetAddrs { max: 8 };
+    assert!(matches!(
+        one_request(&mut first, id, &addr, ask()).await,
+        Round::Answered(_)
+    ));
+    drop(first);
+    until("the node sees the first connection closed", || async {
+        node.peers().await.unwrap().iter().all(|p| p.peer != me)
+    })
+    .await;
+    for restart in 0..3 {
+        let mut again = abuser_with(key.clone());
+        assert_eq!(
+            one_request(&mut again, id, &addr, ask()).await,
+            Round::Answered(Addrs::default()),
+            "restart {restart}: asked too soon, so nothing"
+        );
+        assert_eq!(
+            metrics.penalties.mid_tolerance.get(),
+            0,
+            "restart {restart}"
+        );
+        if restart < 2 {
+            drop(again);
+            until("the node sees the connection closed", || async {
+                node.peers().await.unwrap().iter().all(|p| p.peer != me)
+            })
+            .await;
+            continue;
+        }
+        // The same connection asking again is penalised.
+        assert_eq!(
+            one_request(&mut again, id, &addr, ask()).await,
+            Round::Answered(Addrs::default())
+        );
+        assert_eq!(metrics.penalties.mid_tolerance.get(), 1);
+    }
+    assert!(!node.is_banned(me).await.unwrap());
     cancel.cancel();
 }
 

@@ -678,8 +678,7 @@ impl Store {
         self.write(0, |t| {
             // Checked again where it counts: a delete may have come since the read above (the
             // bytes appended meanwhile are dead and compaction frees them).
-            if t
-                .get_dataset(&tree_key)?
+            if t.get_dataset(&tree_key)?
                 .is_none_or(|d| d.state == DS_DELETING)
             {
                 return Err(not_stored());
