@@ -295,6 +295,8 @@ impl Node {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // The client only sees its response end early; say why here.
+                    warn!(cid = %manifest.cid(), error = %e, "network stream failed");
                     let _ = tx.send(Err(e)).await;
                 }
             }

@@ -1198,7 +1198,19 @@ fn reclaim_loop(weak: &Weak<Inner>, rx: &Receiver<()>) {
         let store = Store { inner };
         match store.reclaim_now() {
             Ok(0) => {}
-            Ok(n) => debug!(leaves = n, "reclaimed deleted datasets"),
+            Ok(n) => {
+                debug!(leaves = n, "reclaimed deleted datasets");
+                // A download deleted whole leaves its open shared segment with nothing live:
+                // free it now rather than at the next maintenance pass (10 min by default).
+                for slot_is_leaves in [true, false] {
+                    if let Err(e) = store.drop_dead_open_segment(
+                        slot_is_leaves,
+                        crate::compact::COMPACT_MIN_DEAD_BYTES,
+                    ) {
+                        warn!(error = %e, "could not free an empty shared segment");
+                    }
+                }
+            }
             Err(e) => warn!(error = %e, "reclaiming deleted datasets failed"),
         }
     }

@@ -537,6 +537,37 @@ fn background_reclaimer_frees_space() {
     }
 }
 
+/// A deleted download frees its disk without waiting for a maintenance pass: once the
+/// reclaimer has dropped its blocks, the open shared segment they filled (nothing in it live)
+/// is deleted too.
+#[test]
+fn a_deleted_download_frees_its_disk_at_once() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let src = Store::in_memory(quiet()).unwrap();
+    let n = 160u64; // 10 MiB: above the 8 MiB an open segment must hold to be dropped
+    let (mcid, m) = upload(&src, &data(n as usize * BS, 41), None).unwrap();
+    store
+        .put_block(&src.get_block(&mcid).unwrap().unwrap())
+        .unwrap();
+    let leaves: Vec<_> = (0..n).map(|i| leaf_of(&src, &m, i)).collect();
+    for run in leaves.chunks(32) {
+        store.put_leaves(&m.tree_cid, run).unwrap();
+    }
+    assert!(store.disk_bytes().unwrap() >= n * BS as u64);
+    store.delete(&mcid).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while store.disk_bytes().unwrap() >= BS as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "disk not freed: {} bytes",
+            store.disk_bytes().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(store.space().unwrap().quota_used_bytes, 0);
+}
+
 /// `get_leaves` (the serving path's batch read) returns one result per index, in the order
 /// asked, each equal to what `get_leaf` returns; indices past the end and unknown datasets are
 /// `None`.
