@@ -7,8 +7,9 @@
 //!
 //! ## Fixed peers
 //! * **Persistent peers** (`--persistent-peer`) are always reconnected: when not connected they
-//!   are dialled, with a backoff that doubles on each failure (from [`FIXED_BACKOFF_MIN`] to
-//!   [`FIXED_BACKOFF_MAX`]) and resets on success.
+//!   are dialled, with a backoff that doubles on each failure or short-lived connection (from
+//!   [`FIXED_BACKOFF_MIN`] to [`FIXED_BACKOFF_MAX`]) and resets after a connection that lasted
+//!   [`FIXED_STABLE_CONNECTION`].
 //! * **Bootstrap nodes** (`--bootstrap-node`) are dialled at start and afterwards only while the
 //!   node has fewer outbound peers than its target (CometBFT dials its seeds when it has no one
 //!   else to ask). Their backoff doubles on every dial, successful or not, and never resets: a
@@ -115,6 +116,10 @@ pub const FIXED_BACKOFF_MIN: Duration = Duration::from_secs(1);
 /// we may ask it again ([`PEX_MIN_ASK_INTERVAL`]).
 pub const BOOTSTRAP_BACKOFF_MIN: Duration = PEX_MIN_ASK_INTERVAL;
 
+/// How long a persistent peer's connection must have lasted for its redial backoff to start
+/// again from [`FIXED_BACKOFF_MIN`] when it closes; shorter ones keep doubling it.
+pub const FIXED_STABLE_CONNECTION: Duration = Duration::from_secs(60);
+
 /// Longest redial delay of a bootstrap or persistent peer.
 pub const FIXED_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 
@@ -159,6 +164,8 @@ pub(crate) struct FixedPeer {
     pub(crate) next_attempt: Instant,
     pub(crate) backoff: Duration,
     pub(crate) dialing: bool,
+    /// When its current connection was established.
+    pub(crate) connected_at: Option<Instant>,
 }
 
 impl FixedPeer {
@@ -180,6 +187,7 @@ impl FixedPeer {
                 BOOTSTRAP_BACKOFF_MIN
             },
             dialing: false,
+            connected_at: None,
         }
     }
 
@@ -187,6 +195,29 @@ impl FixedPeer {
     fn back_off(&mut self, now: Instant) {
         self.next_attempt = now + self.backoff;
         self.backoff = (self.backoff * 2).min(FIXED_BACKOFF_MAX);
+    }
+
+    /// Its connection came up.
+    fn on_connected(&mut self, now: Instant) {
+        self.dialing = false;
+        self.connected_at = Some(now);
+    }
+
+    /// Its last connection closed: a persistent peer is redialled after its backoff, which
+    /// starts again from [`FIXED_BACKOFF_MIN`] only if the connection had lasted
+    /// [`FIXED_STABLE_CONNECTION`]. A peer that accepts and hangs up at once (one that banned
+    /// us, or a full one) is so asked less and less often instead of every second.
+    fn on_disconnected(&mut self, now: Instant) {
+        let lasted = self
+            .connected_at
+            .take()
+            .map(|t| now.saturating_duration_since(t));
+        if self.persistent {
+            if lasted.is_some_and(|d| d >= FIXED_STABLE_CONNECTION) {
+                self.backoff = FIXED_BACKOFF_MIN;
+            }
+            self.back_off(now);
+        }
     }
 }
 
@@ -285,11 +316,9 @@ impl Service {
 
     /// A fixed peer connected.
     pub(crate) fn fixed_connected(&mut self, peer: PeerId) {
+        let now = Instant::now();
         for f in self.fixed.iter_mut().filter(|f| f.peer == peer) {
-            f.dialing = false;
-            if f.persistent {
-                f.backoff = FIXED_BACKOFF_MIN;
-            }
+            f.on_connected(now);
         }
     }
 
@@ -297,9 +326,7 @@ impl Service {
     pub(crate) fn fixed_disconnected(&mut self, peer: PeerId) {
         let now = Instant::now();
         for f in self.fixed.iter_mut().filter(|f| f.peer == peer) {
-            if f.persistent {
-                f.back_off(now);
-            }
+            f.on_disconnected(now);
         }
     }
 
@@ -632,6 +659,30 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_persistent_peer_that_hangs_up_at_once_is_redialled_less_and_less_often() {
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let addr: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let t0 = Instant::now();
+        let mut f = FixedPeer::new(key.public().to_peer_id(), addr, true, t0);
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            // Connected, and dropped a moment later (a peer that banned us).
+            f.on_connected(now);
+            now += Duration::from_millis(50);
+            f.on_disconnected(now);
+            delays.push(f.next_attempt - now);
+            now = f.next_attempt;
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 16].map(Duration::from_secs));
+        // A connection that lasted starts the backoff again from the minimum.
+        f.on_connected(now);
+        now += FIXED_STABLE_CONNECTION;
+        f.on_disconnected(now);
+        assert_eq!(f.next_attempt - now, FIXED_BACKOFF_MIN);
+    }
 
     #[test]
     fn book_dial_backoff_doubles_to_its_cap() {
