@@ -554,13 +554,15 @@ impl Node {
                     if r.expired > 0
                         || r.reclaimed > 0
                         || r.compacted.moved_blocks > 0
-                        || r.compacted.segments_freed > 0 =>
+                        || r.compacted.segments_freed > 0
+                        || r.settled > 0 =>
                 {
                     info!(
                         expired = r.expired,
                         reclaimed = r.reclaimed,
                         compacted_bytes = r.compacted.moved_bytes,
                         freed_bytes = r.compacted.freed_bytes,
+                        settled_proofs = r.settled,
                         "maintenance pass"
                     );
                 }

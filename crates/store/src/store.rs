@@ -36,6 +36,10 @@ use crate::{
 /// reclaimer's batches: short transactions, so other writers wait little).
 const SETTLE_BATCH: u64 = 4096;
 
+/// Datasets with downloaded proofs that one maintenance pass tries to settle (each costs a scan
+/// of its leaf rows up to its first missing one).
+const SETTLE_DATASETS_PER_PASS: usize = 16;
+
 /// Default quota: 20 GiB, as the reference (`--storage-quota`).
 pub const DEFAULT_QUOTA: u64 = 20 * 1024 * 1024 * 1024;
 /// Default block TTL: 30 days, as the reference (`--block-ttl`).
@@ -140,6 +144,9 @@ pub struct MaintenanceReport {
     pub reclaimed: usize,
     /// What compaction did.
     pub compacted: CompactReport,
+    /// Downloaded proofs dropped by storing complete datasets' trees ([`Store::settle_tree`]):
+    /// datasets whose download ended before the node could settle them.
+    pub settled: u64,
 }
 
 /// A consistency report: what the counters say against what the index holds.
@@ -182,6 +189,9 @@ pub(crate) struct Inner {
     /// be deleted until the pins are gone.
     pub(crate) pins: Mutex<HashMap<u64, usize>>,
     reclaim_wake: Mutex<Option<SyncSender<()>>>,
+    /// The dataset (tree CID bytes) the last maintenance pass stopped at when settling trees;
+    /// empty for the start.
+    settle_cursor: Mutex<Vec<u8>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -235,6 +245,7 @@ impl Store {
             compact_lock: Mutex::new(()),
             pins: Mutex::new(HashMap::new()),
             reclaim_wake: Mutex::new(None),
+            settle_cursor: Mutex::new(Vec::new()),
         });
         let store = Store { inner };
         store.recover()?;
@@ -1068,11 +1079,62 @@ impl Store {
         })?;
         let reclaimed = self.reclaim_now()?;
         let compacted = self.compact()?;
+        let settled = self.settle_some()?;
         Ok(MaintenanceReport {
             expired,
             reclaimed,
             compacted,
+            settled,
         })
+    }
+
+    /// Tries [`Store::settle_tree`] on up to [`SETTLE_DATASETS_PER_PASS`] datasets that still
+    /// keep downloaded proofs, continuing where the last pass stopped (so partial datasets, which
+    /// stay as they are, do not hide complete ones behind them). Returns the proofs dropped.
+    fn settle_some(&self) -> Result<u64, StoreError> {
+        let mut cursor = self.inner.settle_cursor.lock();
+        let mut trees = Vec::new();
+        {
+            let r = self.inner.db.begin_read()?;
+            let proofs = r.open_table(PROOFS)?;
+            // The next dataset after `from` (exclusive) with proofs kept, if any.
+            let next_after = |from: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+                for entry in proofs.range((from, u64::MAX)..)? {
+                    let (k, _) = entry?;
+                    if k.value().0 != from {
+                        return Ok(Some(k.value().0.to_vec()));
+                    }
+                }
+                Ok(None)
+            };
+            let mut from = cursor.clone();
+            let mut wrapped = false;
+            while trees.len() < SETTLE_DATASETS_PER_PASS {
+                match next_after(&from)? {
+                    Some(t) if trees.contains(&t) => break,
+                    Some(t) => {
+                        from.clone_from(&t);
+                        trees.push(t);
+                    }
+                    None if !wrapped && !from.is_empty() => {
+                        wrapped = true;
+                        from.clear();
+                    }
+                    None => break,
+                }
+            }
+        }
+        let mut dropped = 0;
+        for key in &trees {
+            let Ok(tree) = cid_from_bytes(key) else {
+                return Err(StoreError::IndexDamaged("tree CID of a kept proof"));
+            };
+            dropped += self.settle_tree(&tree)?;
+        }
+        if let Some(last) = trees.last() {
+            cursor.clone_from(last);
+        }
+        Ok(dropped)
     }
 
     /// Checks the counters against the index (for tests and `cairn` diagnostics).

@@ -520,6 +520,80 @@ fn leaves_of_a_deleted_or_unknown_dataset_are_refused() {
     }
 }
 
+/// Datasets whose download completed but was never settled (the node stopped first) are
+/// settled by maintenance passes, several per pass and all of them in time, while partial ones
+/// keep their proofs.
+#[test]
+fn maintenance_settles_complete_downloads_it_finds() {
+    for (name, b) in backends(quiet()) {
+        let src = Store::in_memory(quiet()).unwrap();
+        let mut complete = Vec::new();
+        let mut partial_bytes = 0;
+        // 20 complete datasets (more than one pass takes) and one partial, stored as downloads.
+        for k in 0..21u8 {
+            let (mcid, m) = upload(&src, &data(3 * BS, 60 + k), None).unwrap();
+            b.store
+                .put_block(&src.get_block(&mcid).unwrap().unwrap())
+                .unwrap();
+            let upto = if k == 20 { 2 } else { 3 };
+            let leaves: Vec<_> = (0..upto).map(|i| leaf_of(&src, &m, i)).collect();
+            b.store.put_leaves(&m.tree_cid, &leaves).unwrap();
+            if k < 20 {
+                complete.push(m);
+            } else {
+                partial_bytes = leaves.iter().map(|l| l.proof().encode().len() as u64).sum();
+            }
+        }
+        let now = cairn_store_now();
+        // 16 datasets per pass (the partial one may be among them): two passes settle the 20,
+        // the first one not all of them.
+        let first = b.store.maintenance(now).unwrap().settled;
+        assert!(
+            [15 * 3, 16 * 3].contains(&first),
+            "{name}: the first pass: {first}"
+        );
+        let second = b.store.maintenance(now).unwrap().settled;
+        assert_eq!(first + second, 20 * 3, "{name}: the second pass");
+        assert_eq!(b.store.maintenance(now).unwrap().settled, 0, "{name}");
+        // What is left is the partial dataset's two proofs; every complete one reads back.
+        assert_eq!(b.store.proof_storage().unwrap().1, partial_bytes, "{name}");
+        for m in &complete {
+            for i in 0..3 {
+                leaf_of(&b.store, m, i);
+            }
+        }
+        assert_consistent(&b.store, name);
+    }
+}
+
+/// Partial datasets (which stay unsettled) do not hide complete ones from maintenance: each pass
+/// goes on where the last one stopped, so 5 complete datasets among 40 partial ones are all
+/// settled within one round of passes.
+#[test]
+fn maintenance_settling_gets_past_partial_datasets() {
+    let store = Store::in_memory(quiet()).unwrap();
+    let src = Store::in_memory(quiet()).unwrap();
+    let mut complete = 0;
+    for k in 0..45u8 {
+        let (mcid, m) = upload(&src, &data(2 * BS, 120 + k), None).unwrap();
+        store
+            .put_block(&src.get_block(&mcid).unwrap().unwrap())
+            .unwrap();
+        let whole = k % 9 == 0;
+        let upto = if whole { 2 } else { 1 };
+        let leaves: Vec<_> = (0..upto).map(|i| leaf_of(&src, &m, i)).collect();
+        store.put_leaves(&m.tree_cid, &leaves).unwrap();
+        complete += u64::from(whole);
+    }
+    assert_eq!(complete, 5);
+    let now = cairn_store_now();
+    // 45 datasets, 16 per pass: three passes visit them all.
+    let settled: u64 = (0..3)
+        .map(|_| store.maintenance(now).unwrap().settled)
+        .sum();
+    assert_eq!(settled, complete * 2);
+}
+
 #[test]
 fn background_reclaimer_frees_space() {
     for (name, b) in backends(StoreConfig::default()) {
