@@ -21,13 +21,14 @@
 //!   penalised as [`PeerAction::Fatal`] and the want goes to another holder.
 //! * A peer with outstanding requests that delivers nothing for [`ACTIVITY_TIMEOUT`] loses them
 //!   to other holders (the reference disconnects it after a minute).
-//! * Verified blocks go to their requesters at once and are written behind them in batches
+//! * Verified leaves go to their requesters at once and are written behind them in batches
 //!   (from [`STORE_MIN_BATCH_BLOCKS`] to [`STORE_BATCH_BLOCKS`], sooner after [`STORE_LINGER`]
 //!   or when nothing more is coming; at most [`STORE_TASKS`] at once) so one commit and one
 //!   `fdatasync` cover many blocks; at most [`MAX_UNSTORED_BLOCKS`] wait for the disk before
 //!   requests pause. [`EngineHandle::flush`] waits for the writes; a stopping engine makes them
 //!   all before it ends (within [`STOP_WRITE_GRACE`]), so a graceful stop loses no verified
-//!   block. Other peers still asked for it get a cancel.
+//!   block. Other peers still asked for it get a cancel. A standalone block (a manifest) goes to
+//!   its requesters once stored, since storing it lists its dataset.
 //!
 //! ## Serving (§3.3)
 //! * `WantHave` is answered with `Have` for blocks we hold and with `DontHave` only when the
@@ -725,10 +726,15 @@ impl Engine {
         pending.storing = true;
         self.stats.blocks_received += 1;
         self.metrics.blocks_accepted.inc();
-        // Verified: the requesters get it now; the write is batched behind them (the window of
-        // a download does not have to cover a disk sync).
-        for w in pending.waiters.drain(..) {
-            let _ = w.send(Ok(verified.block().clone()));
+        // Verified: a leaf's requesters get it now; the write is batched behind them (the window
+        // of a download does not have to cover a disk sync). A standalone block (a manifest)
+        // goes to its requesters once it is stored: storing a manifest lists its dataset, which
+        // must be listed before its leaves come, and a delete right after the fetch must find
+        // it there (a late write would list the dataset again).
+        if matches!(address, BlockAddress::Leaf { .. }) {
+            for w in pending.waiters.drain(..) {
+                let _ = w.send(Ok(verified.block().clone()));
+            }
         }
         // Anyone else we asked (after a timeout) can stop.
         for (other, st) in &mut self.peers {

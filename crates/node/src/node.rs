@@ -224,12 +224,9 @@ impl Node {
                 FetchError::NotFound => NodeError::NotFound,
                 e => NodeError::Fetch(e),
             })?;
-        let manifest = Manifest::from_block(&block).map_err(|e| NodeError::Store(e.into()))?;
-        // Stored (and so listed) before the download's leaves come: the engine writes verified
-        // blocks behind their requesters, and leaves are only taken for a listed dataset.
-        let store = self.store.clone();
-        blocking(move || store.put_block(&block)).await?;
-        Ok(manifest)
+        // The engine answers a manifest once it is stored (and so its dataset listed), before
+        // any of its leaves are asked for: leaves are only taken for a listed dataset.
+        Manifest::from_block(&block).map_err(|e| NodeError::Store(e.into()))
     }
 
     /// Streams dataset `manifest` in order, fetching the blocks that are not stored locally
