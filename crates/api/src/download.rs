@@ -74,13 +74,17 @@ pub(crate) async fn serve(
         RangeAnswer::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
     };
     // Refuse up front what would be cut off later: a dataset not all stored here (local), or
-    // one that does not fit in the quota left (network).
+    // one that does not fit in the quota left (network; the room is reserved for this download).
+    let mut reservation = None;
     match source {
         Source::Local => node.check_local(&manifest, range).await?,
-        Source::Network if !head => node
-            .check_room(&manifest, range)
-            .await
-            .map_err(network_error)?,
+        Source::Network if !head => {
+            reservation = Some(
+                node.reserve_room(&manifest, range)
+                    .await
+                    .map_err(network_error)?,
+            );
+        }
         Source::Network => {}
     }
     let body = if head {
@@ -89,7 +93,7 @@ pub(crate) async fn serve(
         match source {
             Source::Local => Body::from_stream(node.stream_dataset_range(&manifest, range)?),
             Source::Network => Body::from_stream(
-                node.stream_network_range(&manifest, range)
+                node.stream_network_with(&manifest, range, reservation)
                     .map_err(network_error)?,
             ),
         }

@@ -46,7 +46,7 @@ impl From<NodeError> for ApiError {
                 used,
                 quota,
             }) => ApiError::InsufficientStorage(format!(
-                "Storage quota exceeded: {used} of {quota} bytes used or reserved by uploads in progress, {needed} more needed."
+                "Storage quota exceeded: {used} of {quota} bytes used or reserved by uploads and downloads in progress, {needed} more needed."
             )),
             NodeError::Incomplete { .. } => ApiError::NotFound(
                 "The dataset is not complete on this node (a download stopped, or fetched only a \

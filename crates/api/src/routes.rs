@@ -123,8 +123,21 @@ async fn upload(
             return Err(e);
         }
     };
+    // With a length, an upload that cannot fit is refused before its body is read (its start
+    // is read and dropped, as for a refused header, so the client sees the answer), and the
+    // room for one that fits is reserved.
+    let size = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(size) = size
+        && let Err(e) = node.has_room_for_upload(size)
+    {
+        drain(body).await;
+        return Err(e.into());
+    }
     let stored = node
-        .store_dataset(body.into_data_stream(), filename, mimetype)
+        .store_dataset_sized(body.into_data_stream(), filename, mimetype, size)
         .await?;
     Ok((
         StatusCode::OK,
@@ -308,6 +321,38 @@ mod tests {
         .await;
         let v: serde_json::Value = serde_json::from_slice(&list).unwrap();
         assert_eq!(v["content"], serde_json::json!([]));
+    }
+
+    /// An upload whose length does not fit in the quota left is refused with 507 before its
+    /// body is read into the store (only its start is read and dropped); one that fits is
+    /// stored.
+    #[tokio::test]
+    async fn a_sized_upload_that_cannot_fit_is_refused_up_front() {
+        let store = Store::in_memory(StoreConfig {
+            quota_bytes: 4 * 65536,
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        let app = router(Node::new(store.clone(), NodeConfig::default()));
+        let big = vec![7u8; 5 * 65536];
+        let req = Request::post(format!("{API_BASE}/data"))
+            .header(header::CONTENT_LENGTH, big.len())
+            .body(Body::from(big))
+            .unwrap();
+        let (s, _, body) = call(&app, req).await;
+        assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE);
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains("327680 more needed"), "{text}");
+        let space = store.space().unwrap();
+        assert_eq!((space.quota_used_bytes, space.quota_reserved_bytes), (0, 0));
+        let small = vec![8u8; 65536 + 1];
+        let req = Request::post(format!("{API_BASE}/data"))
+            .header(header::CONTENT_LENGTH, small.len())
+            .body(Body::from(small))
+            .unwrap();
+        let (s, _, _) = call(&app, req).await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
     }
 
     /// A dataset only partly stored here (a download stopped, or fetched a range) is a 404

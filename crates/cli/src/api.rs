@@ -254,7 +254,7 @@ pub(crate) struct SpaceJson {
     pub(crate) quota_max_bytes: u64,
     /// Bytes stored.
     pub(crate) quota_used_bytes: u64,
-    /// Bytes reserved by uploads in progress.
+    /// Bytes reserved by uploads and downloads in progress.
     pub(crate) quota_reserved_bytes: u64,
 }
 

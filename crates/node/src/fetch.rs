@@ -53,14 +53,14 @@ use std::{
 
 use bytes::Bytes;
 use cairn_core::{BlockAddress, Manifest};
-use cairn_store::Store;
+use cairn_store::{Reservation, Store};
 use futures::{StreamExt, future::BoxFuture, stream::FuturesOrdered};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use crate::{
     NodeError,
-    engine::{EngineHandle, FetchError},
+    engine::{EngineHandle, FetchError, MAX_UNSTORED_BLOCKS},
     metrics::DownloadMetrics,
     range::ByteRange,
 };
@@ -211,6 +211,10 @@ pub(crate) fn refill(window: usize, inflight: usize, remaining: u64) -> u64 {
 /// the part of its block inside the range. No block outside the range is read or wanted. With
 /// `out = None` blocks are only stored.
 ///
+/// `reservation` is the room reserved for the download ([`Store::reserve_room`]); with `None`
+/// it is reserved first (and left in `reservation`). It shrinks as blocks are stored; the caller
+/// drops it after [`check_stored`].
+///
 /// The last chunk is not sent but returned: the caller sends it after [`check_stored`], so a
 /// client that has received every byte can rely on those blocks being stored. `Ok(None)` when
 /// the reader went away.
@@ -220,12 +224,25 @@ pub(crate) async fn fetch_dataset(
     manifest: Manifest,
     range: ByteRange,
     out: Option<mpsc::Sender<Result<Bytes, NodeError>>>,
+    reservation: &mut Option<Reservation>,
     metrics: &DownloadMetrics,
 ) -> Result<Option<Bytes>, NodeError> {
     let tree = manifest.tree_cid;
     let leaves = manifest.blocks_count();
     let block_size = manifest.block_size;
     let span = range.blocks(block_size);
+    // The caller keeps the reservation until its `check_stored` saw every block stored.
+    let reservation = match reservation {
+        Some(r) => r,
+        None => {
+            let s = store.clone();
+            let blocks = span.clone();
+            reservation.insert(
+                tokio::task::spawn_blocking(move || s.reserve_room(&tree, blocks, block_size))
+                    .await??,
+            )
+        }
+    };
     let mut est = WindowEstimator::new(Instant::now());
     let mut inflight: FuturesOrdered<BlockFuture> = FuturesOrdered::new();
     let mut next = span.start;
@@ -238,12 +255,21 @@ pub(crate) async fn fetch_dataset(
             if n == 0 {
                 break;
             }
+            // What this download may still store: the blocks not handed on yet, and those
+            // handed on that may still wait for the disk (the engine holds at most
+            // MAX_UNSTORED_BLOCKS); the rest of its room goes back to the others.
+            let unstored = (span.end - done) + (done - span.start).min(MAX_UNSTORED_BLOCKS as u64);
+            reservation.shrink_to(unstored.saturating_mul(block_size));
             let s = store.clone();
             let start = next;
             let found = tokio::task::spawn_blocking(move || {
-                // The dataset may have been deleted, or the quota filled, since the download
-                // began: stop now with that error instead of fetching what cannot be stored.
-                s.check_room(&tree, start..start + n, block_size)?;
+                // The dataset may have been deleted since the download began: stop now instead
+                // of fetching what cannot be stored.
+                if !s.dataset_stored(&tree)? {
+                    return Err(cairn_store::StoreError::DatasetNotStored {
+                        tree: Box::new(tree),
+                    });
+                }
                 let indices: Vec<u64> = (start..start + n).collect();
                 // One store transaction for the batch; a leaf that cannot be read locally is
                 // fetched from the network like a missing one.

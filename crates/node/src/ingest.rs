@@ -39,6 +39,15 @@ fn hasher_lanes() -> usize {
 pub(crate) struct UploadInfo {
     pub(crate) filename: Option<String>,
     pub(crate) mimetype: Option<String>,
+    /// The body's length when the client said it (`Content-Length`): the room for it is then
+    /// reserved before the first byte is read.
+    pub(crate) size: Option<u64>,
+}
+
+/// Bytes `size` bytes of data take in the store: whole blocks (the last one is zero-padded).
+pub(crate) fn stored_size(size: u64) -> u64 {
+    size.div_ceil(DEFAULT_BLOCK_SIZE as u64)
+        .saturating_mul(DEFAULT_BLOCK_SIZE as u64)
 }
 
 /// Runs the pipeline over `body` and stores the dataset.
@@ -68,7 +77,15 @@ where
     let lanes = lanes.max(1);
     let writer = {
         let store = store.clone();
-        tokio::task::spawn_blocking(move || store.begin_dataset()).await??
+        let size = info.size;
+        tokio::task::spawn_blocking(move || {
+            let mut w = store.begin_dataset()?;
+            if let Some(size) = size {
+                w.reserve(stored_size(size))?;
+            }
+            Ok::<_, cairn_store::StoreError>(w)
+        })
+        .await??
     };
     let mut raw_txs = Vec::with_capacity(lanes);
     let mut hashed_rxs = Vec::with_capacity(lanes);
@@ -239,5 +256,41 @@ mod tests {
         assert!(store.list_manifests().unwrap().is_empty());
         let space = store.space().unwrap();
         assert_eq!((space.quota_used_bytes, space.quota_reserved_bytes), (0, 0));
+    }
+
+    /// Two uploads of known size that do not both fit: the first to reserve its room goes on
+    /// and is stored, the second is refused before it reads a byte, and nothing of it stays.
+    /// Before, each reserved block by block, both ran out of room part-way and both failed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_two_sized_uploads_that_do_not_both_fit_one_is_stored() {
+        let bs = DEFAULT_BLOCK_SIZE;
+        let (one, two) = (data(40 * bs), data(40 * bs + 7));
+        let cfg = StoreConfig {
+            quota_bytes: 60 * bs as u64,
+            ..StoreConfig::default()
+        };
+        let store = Store::in_memory(cfg).unwrap();
+        let info = |len: usize| UploadInfo {
+            size: Some(len as u64),
+            ..UploadInfo::default()
+        };
+        // Interleaved chunk by chunk: without reservations both would fill the quota together.
+        let (r1, r2) = tokio::join!(
+            ingest_with_lanes(&store, body(&one, 70_000), info(one.len()), 2),
+            ingest_with_lanes(&store, body(&two, 70_000), info(two.len()), 2),
+        );
+        let refused = |r: &Result<_, NodeError>| {
+            matches!(r, Err(NodeError::Store(StoreError::QuotaExceeded { .. })))
+        };
+        assert!(
+            (r1.is_ok() && refused(&r2)) || (refused(&r1) && r2.is_ok()),
+            "{:?} / {:?}",
+            r1.as_ref().map(|s| s.cid),
+            r2.as_ref().map(|s| s.cid)
+        );
+        assert_eq!(store.list_manifests().unwrap().len(), 1);
+        let space = store.space().unwrap();
+        assert_eq!(space.quota_reserved_bytes, 0);
+        assert!(space.quota_used_bytes <= 41 * bs as u64, "{space:?}");
     }
 }

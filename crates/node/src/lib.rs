@@ -69,4 +69,4 @@ pub use crate::{
 };
 pub use cairn_discovery as discovery;
 pub use cairn_net as net;
-pub use cairn_store::{DatasetMeta, Space, Store, StoreConfig, StoreError};
+pub use cairn_store::{DatasetMeta, Reservation, Space, Store, StoreConfig, StoreError};

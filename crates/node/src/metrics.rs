@@ -327,7 +327,7 @@ impl Collector for StoreCollector {
             ),
             (
                 "store_reserved",
-                "Bytes reserved by uploads in progress",
+                "Bytes reserved by uploads and downloads in progress",
                 Some(Unit::Bytes),
                 space.quota_reserved_bytes,
             ),

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use bytes::Bytes;
 use cairn_core::{BlockAddress, Cid, Manifest, cid::Codec};
 use cairn_net::{Multiaddr, NetEvent, NetworkHandle, PeerId};
-use cairn_store::{Space, Store};
+use cairn_store::{Reservation, Space, Store};
 use futures::Stream;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -243,6 +243,19 @@ impl Node {
         manifest: &Manifest,
         range: ByteRange,
     ) -> Result<ByteStream, NodeError> {
+        self.stream_network_with(manifest, range, None)
+    }
+
+    /// [`Node::stream_network_range`] with the room for it already reserved
+    /// ([`Node::reserve_room`]), as the REST API does so that a download that cannot fit is
+    /// refused before the response starts. Without one, the download reserves it first (and
+    /// the stream fails at once when there is no room).
+    pub fn stream_network_with(
+        &self,
+        manifest: &Manifest,
+        range: ByteRange,
+        reservation: Option<Reservation>,
+    ) -> Result<ByteStream, NodeError> {
         check_range(manifest, &range)?;
         let engine = self.network()?.engine.clone();
         let (tx, rx) = mpsc::channel(DOWNLOAD_READAHEAD_BLOCKS);
@@ -255,12 +268,14 @@ impl Node {
             let mut download = Download::start(&metrics);
             // The last chunk goes out only once every block of the range is stored, so a client
             // that got every byte finds them local (a later `GET /data/{cid}` serves them).
+            let mut reservation = reservation;
             let r = match fetch::fetch_dataset(
                 store.clone(),
                 engine.clone(),
                 manifest.clone(),
                 range,
                 Some(tx.clone()),
+                &mut reservation,
                 &metrics,
             )
             .await
@@ -305,7 +320,8 @@ impl Node {
     /// once it is known.
     pub async fn download(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
-        self.check_room(&manifest, ByteRange::full(manifest.download_size()))
+        let reservation = self
+            .reserve_room(&manifest, ByteRange::full(manifest.download_size()))
             .await?;
         let engine = self.network()?.engine.clone();
         let store = self.store.clone();
@@ -317,12 +333,14 @@ impl Node {
             let started = std::time::Instant::now();
             let mut download = Download::start(&metrics);
             let all = ByteRange::full(m.download_size());
+            let mut reservation = Some(reservation);
             let r = match fetch::fetch_dataset(
                 store.clone(),
                 engine.clone(),
                 m.clone(),
                 all,
                 None,
+                &mut reservation,
                 &metrics,
             )
             .await
@@ -349,7 +367,8 @@ impl Node {
     /// Fetches dataset `cid` and waits until every block is stored.
     pub async fn download_and_wait(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
-        self.check_room(&manifest, ByteRange::full(manifest.download_size()))
+        let reservation = self
+            .reserve_room(&manifest, ByteRange::full(manifest.download_size()))
             .await?;
         let engine = self.network()?.engine.clone();
         let _watch = self.watch_providers(&manifest);
@@ -357,12 +376,14 @@ impl Node {
         let mut download = Download::start(metrics);
         let all = ByteRange::full(manifest.download_size());
         let r = async {
+            let mut reservation = Some(reservation);
             fetch::fetch_dataset(
                 self.store.clone(),
                 engine.clone(),
                 manifest.clone(),
                 all,
                 None,
+                &mut reservation,
                 metrics,
             )
             .await?;
@@ -400,7 +421,30 @@ impl Node {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let stored = ingest(&self.store, body, UploadInfo { filename, mimetype }).await?;
+        self.store_dataset_sized(body, filename, mimetype, None)
+            .await
+    }
+
+    /// [`Node::store_dataset`] of a body whose length the client gave: the room for it is
+    /// reserved before the first byte is read, so a second upload that does not fit beside it
+    /// is refused at once instead of both failing part-way.
+    pub async fn store_dataset_sized<S, E>(
+        &self,
+        body: S,
+        filename: Option<String>,
+        mimetype: Option<String>,
+        size: Option<u64>,
+    ) -> Result<StoredDataset, NodeError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let info = UploadInfo {
+            filename,
+            mimetype,
+            size,
+        };
+        let stored = ingest(&self.store, body, info).await?;
         info!(cid = %stored.cid, size = stored.manifest.dataset_size, "stored dataset");
         if let Some(n) = &self.network {
             n.engine
@@ -409,6 +453,12 @@ impl Node {
         }
         self.announce(stored.cid, &stored.manifest);
         Ok(stored)
+    }
+
+    /// Whether an upload of `size` bytes fits in the quota left now (used bytes and every
+    /// reservation count): [`cairn_store::StoreError::QuotaExceeded`] if not.
+    pub fn has_room_for_upload(&self, size: u64) -> Result<(), NodeError> {
+        Ok(self.store.has_room(crate::ingest::stored_size(size))?)
     }
 
     /// The manifest `cid`, if stored locally. A stored block that is not a manifest is
@@ -452,17 +502,22 @@ impl Node {
         }
     }
 
-    /// Checks that the blocks holding `range` of dataset `manifest` that are not stored yet fit
-    /// in the quota left, before a download starts: a client that asks for more than fits hears
-    /// so at once ([`cairn_store::StoreError::QuotaExceeded`], HTTP 507) instead of after most
-    /// of the bytes went by.
-    pub async fn check_room(&self, manifest: &Manifest, range: ByteRange) -> Result<(), NodeError> {
+    /// Reserves room in the quota for the blocks holding `range` of dataset `manifest` that are
+    /// not stored yet, before a download starts ([`Store::reserve_room`]): a client that asks
+    /// for more than fits hears so at once ([`cairn_store::StoreError::QuotaExceeded`], HTTP
+    /// 507), and downloads and uploads running together cannot each take part of the same free
+    /// space and all fail.
+    pub async fn reserve_room(
+        &self,
+        manifest: &Manifest,
+        range: ByteRange,
+    ) -> Result<Reservation, NodeError> {
         check_range(manifest, &range)?;
         let store = self.store.clone();
         let tree = manifest.tree_cid;
         let blocks = range.blocks(manifest.block_size);
         let block_size = manifest.block_size;
-        blocking(move || store.check_room(&tree, blocks, block_size)).await
+        blocking(move || store.reserve_room(&tree, blocks, block_size)).await
     }
 
     /// Streams the bytes `range` of a locally stored dataset: reads (and verifies) only the

@@ -126,6 +126,53 @@ async fn a_download_that_does_not_fit_is_refused_up_front() {
     cancel.cancel();
 }
 
+/// Two downloads that each fit in the quota left, but not both: one gets the room and
+/// completes, the other is refused before it fetches anything. Before, both started on the same
+/// free space, both failed, and the partial data of both filled the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_downloads_that_do_not_both_fit_do_not_both_fail() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (b, nb) = node_with(
+        &cancel,
+        StoreConfig {
+            quota_bytes: 60 * 65536,
+            ..StoreConfig::default()
+        },
+    )
+    .await;
+    let one = data(40 * 65536, 21);
+    let two = data(40 * 65536, 22);
+    let (c1, c2) = (upload(&a, &one).await, upload(&a, &two).await);
+    connect(&nb, &na).await;
+    let (r1, r2) = tokio::time::timeout(WAIT, async {
+        tokio::join!(b.download_and_wait(c1), b.download_and_wait(c2))
+    })
+    .await
+    .expect("B timed out");
+    let refused = |r: &Result<_, cairn_node::NodeError>| {
+        matches!(
+            r,
+            Err(cairn_node::NodeError::Store(
+                StoreError::QuotaExceeded { .. }
+            ))
+        )
+    };
+    assert!(
+        (r1.is_ok() && refused(&r2)) || (refused(&r1) && r2.is_ok()),
+        "{r1:?} / {r2:?}"
+    );
+    let (won, bytes) = if r1.is_ok() { (c1, &one) } else { (c2, &two) };
+    assert_eq!(&local_bytes(&b, won).await, bytes);
+    let space = b.space().await.unwrap();
+    assert_eq!(space.quota_reserved_bytes, 0);
+    assert!(
+        space.quota_used_bytes < 41 * 65536,
+        "only the winner's blocks (and two manifests) are stored: {space:?}"
+    );
+    cancel.cancel();
+}
+
 /// A dataset deleted on the downloading node stops its download with a clear error, and
 /// nothing of it stays: before, the leaves still arriving made the dataset anew with no
 /// manifest naming it, which no delete or maintenance pass could reach.

@@ -131,7 +131,7 @@ pub struct Space {
     pub quota_max_bytes: u64,
     /// Bytes of live block data.
     pub quota_used_bytes: u64,
-    /// Bytes reserved by uploads in progress.
+    /// Bytes reserved by uploads and downloads in progress.
     pub quota_reserved_bytes: u64,
 }
 
@@ -172,6 +172,9 @@ pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
     /// Bytes reserved by uploads in progress.
     pub(crate) reserved: Mutex<u64>,
+    /// Bytes reserved by downloads in progress ([`Reservation`]); changed only while holding
+    /// `reserved`, so a quota check sees both at once.
+    pub(crate) download_reserved: AtomicU64,
     /// Mirror of the `used_bytes` counter, updated after every commit.
     pub(crate) used: AtomicU64,
     /// The shared segment for single puts.
@@ -238,6 +241,7 @@ impl Store {
             segs,
             cfg,
             reserved: Mutex::new(0),
+            download_reserved: AtomicU64::new(0),
             used: AtomicU64::new(0),
             misc: Mutex::new(None),
             leaves_seg: Mutex::new(None),
@@ -756,18 +760,20 @@ impl Store {
         Ok((expected < indices.end).then_some(expected))
     }
 
-    /// Whether the leaves `indices` of dataset `tree` that are not stored yet, at `block_size`
-    /// bytes each, fit in the quota left (used and reserved bytes count against it): the check a
-    /// download makes before it starts, so that a client hears "no room" at once instead of
-    /// after most of the bytes went by. Also refuses a dataset that is not stored
-    /// ([`StoreError::DatasetNotStored`]). One scan of the range's leaf rows when the quick
-    /// bound (every block missing) does not fit.
-    pub fn check_room(
+    /// Reserves room for the leaves `indices` of dataset `tree` that are not stored yet, at
+    /// `block_size` bytes each: the first thing a download does, so that a client hears "no
+    /// room" at once ([`StoreError::QuotaExceeded`]) instead of after most of the bytes went by,
+    /// and so that downloads and uploads running at the same time cannot each take part of the
+    /// same free space and all fail. The room counts as used for every other download and
+    /// upload (not for this download's own leaves) until the [`Reservation`] shrinks or is
+    /// dropped. Refuses a dataset that is not stored ([`StoreError::DatasetNotStored`]). One
+    /// scan of the range's leaf rows unless every block is missing.
+    pub fn reserve_room(
         &self,
         tree: &Cid,
         indices: std::ops::Range<u64>,
         block_size: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Reservation, StoreError> {
         let key = tree.to_bytes();
         let r = self.inner.db.begin_read()?;
         if !dataset_takes_leaves(&r, &key)? {
@@ -776,28 +782,36 @@ impl Store {
             });
         }
         let all = indices.end.saturating_sub(indices.start);
-        let used = self.inner.used.load(Ordering::Relaxed) + *self.inner.reserved.lock();
-        let free = self.inner.cfg.quota_bytes.saturating_sub(used);
-        if all.saturating_mul(block_size) <= free {
-            return Ok(());
-        }
         let mut stored = 0u64;
-        for entry in r
-            .open_table(LEAVES)?
-            .range((key.as_slice(), indices.start)..(key.as_slice(), indices.end))?
-        {
-            entry?;
-            stored += 1;
+        if all > 0 {
+            for entry in r
+                .open_table(LEAVES)?
+                .range((key.as_slice(), indices.start)..(key.as_slice(), indices.end))?
+            {
+                entry?;
+                stored += 1;
+            }
         }
+        drop(r);
         let needed = (all - stored.min(all)).saturating_mul(block_size);
-        if needed > free {
+        let uploads = self.inner.reserved.lock();
+        let downloads = self.inner.download_reserved.load(Ordering::Relaxed);
+        let used = self.inner.used.load(Ordering::Relaxed) + *uploads + downloads;
+        if used.saturating_add(needed) > self.inner.cfg.quota_bytes {
             return Err(StoreError::QuotaExceeded {
                 needed,
                 used,
                 quota: self.inner.cfg.quota_bytes,
             });
         }
-        Ok(())
+        // Changed only under the uploads' lock, so checks and reservations do not interleave.
+        self.inner
+            .download_reserved
+            .store(downloads + needed, Ordering::Relaxed);
+        Ok(Reservation {
+            store: self.clone(),
+            bytes: needed,
+        })
     }
 
     /// Whether dataset `tree` takes leaves: listed, or being written by an upload (not deleted,
@@ -1030,7 +1044,8 @@ impl Store {
             total_blocks: meta.get(META_TOTAL_BLOCKS)?.map_or(0, |v| v.value()),
             quota_max_bytes: self.inner.cfg.quota_bytes,
             quota_used_bytes: meta.get(META_USED)?.map_or(0, |v| v.value()),
-            quota_reserved_bytes: *self.inner.reserved.lock(),
+            quota_reserved_bytes: *self.inner.reserved.lock()
+                + self.inner.download_reserved.load(Ordering::Relaxed),
         })
     }
 
@@ -1275,6 +1290,45 @@ fn reclaim_loop(weak: &Weak<Inner>, rx: &Receiver<()>) {
             }
             Err(e) => warn!(error = %e, "reclaiming deleted datasets failed"),
         }
+    }
+}
+
+/// Room in the quota held for a download ([`Store::reserve_room`]): it counts as used for every
+/// other download and upload until it shrinks or is dropped. A download shrinks it as its blocks
+/// are stored (their bytes then count as used instead).
+#[derive(Debug)]
+pub struct Reservation {
+    store: Store,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Bytes still held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Holds at most `bytes` from now on (a reservation never grows).
+    pub fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            self.release(self.bytes - bytes);
+        }
+    }
+
+    fn release(&mut self, bytes: u64) {
+        let _uploads = self.store.inner.reserved.lock();
+        let d = &self.store.inner.download_reserved;
+        d.store(
+            d.load(Ordering::Relaxed).saturating_sub(bytes),
+            Ordering::Relaxed,
+        );
+        self.bytes -= bytes;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release(self.bytes);
     }
 }
 

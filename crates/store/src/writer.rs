@@ -60,6 +60,8 @@ pub struct DatasetWriter {
     checksums: Vec<u32>,
     digests: Vec<Digest>,
     reserved: u64,
+    /// Bytes of blocks written so far (the reservation covers at least these).
+    written: u64,
     done: bool,
 }
 
@@ -117,8 +119,29 @@ impl Store {
             checksums: Vec::new(),
             digests: Vec::new(),
             reserved: 0,
+            written: 0,
             done: false,
         })
+    }
+
+    /// Whether `bytes` more fit in the quota now (used bytes and every reservation count), as
+    /// an upload of known size checks before it reads its body.
+    pub fn has_room(&self, bytes: u64) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let reserved = inner.reserved.lock();
+        let used = inner.used.load(std::sync::atomic::Ordering::Relaxed)
+            + *reserved
+            + inner
+                .download_reserved
+                .load(std::sync::atomic::Ordering::Relaxed);
+        if used.saturating_add(bytes) > inner.cfg.quota_bytes {
+            return Err(StoreError::QuotaExceeded {
+                needed: bytes,
+                used,
+                quota: inner.cfg.quota_bytes,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -128,26 +151,48 @@ impl DatasetWriter {
         self.digests.len() as u64
     }
 
+    /// Reserves room for `bytes` of blocks in one go, when the upload's size is known: two
+    /// uploads that do not both fit then do not each take part of the room and both fail; the
+    /// one that reserves first goes on. Blocks written later use this room before reserving
+    /// more; what is left over is given back when the writer finishes or is dropped.
+    pub fn reserve(&mut self, bytes: u64) -> Result<(), StoreError> {
+        let more = bytes.saturating_sub(self.reserved);
+        self.reserve_more(more)
+    }
+
+    fn reserve_more(&mut self, len: u64) -> Result<(), StoreError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let inner = &self.store.inner;
+        let mut reserved = inner.reserved.lock();
+        // Room held by downloads counts as used here too (`Store::reserve_room`).
+        let used = inner.used.load(std::sync::atomic::Ordering::Relaxed)
+            + *reserved
+            + inner
+                .download_reserved
+                .load(std::sync::atomic::Ordering::Relaxed);
+        if used.saturating_add(len) > inner.cfg.quota_bytes {
+            return Err(StoreError::QuotaExceeded {
+                needed: len,
+                used,
+                quota: inner.cfg.quota_bytes,
+            });
+        }
+        *reserved += len;
+        self.reserved += len;
+        Ok(())
+    }
+
     /// Appends the next block of the dataset (in order). Fails with
     /// [`StoreError::QuotaExceeded`] when it would not fit; the caller then drops the writer.
     pub fn write(&mut self, block: &Block) -> Result<(), StoreError> {
         let len = block.data().len() as u64;
         let len32 = u32::try_from(len).map_err(|_| StoreError::IndexDamaged("block too large"))?;
         let digest = cid_digest(block.cid()).map_err(|_| StoreError::IndexDamaged("block hash"))?;
-        {
-            let inner = &self.store.inner;
-            let mut reserved = inner.reserved.lock();
-            let used = inner.used.load(std::sync::atomic::Ordering::Relaxed) + *reserved;
-            if used.saturating_add(len) > inner.cfg.quota_bytes {
-                return Err(StoreError::QuotaExceeded {
-                    needed: len,
-                    used,
-                    quota: inner.cfg.quota_bytes,
-                });
-            }
-            *reserved += len;
-            self.reserved += len;
-        }
+        // Room reserved up front covers the block; else reserve it now.
+        self.reserve_more((self.written + len).saturating_sub(self.reserved))?;
+        self.written += len;
         let off = self.seg.append(block.data())?;
         self.locs.push(off, len32);
         self.checksums.push(checksum(block.data()));

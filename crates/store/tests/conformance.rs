@@ -594,6 +594,74 @@ fn maintenance_settling_gets_past_partial_datasets() {
     assert_eq!(settled, complete * 2);
 }
 
+/// Room reserved for a download counts as used for other downloads and for uploads, not for
+/// the download's own leaves; shrinking or dropping the reservation gives it back. Before,
+/// downloads only checked the free space at their start, so two that each fit alone both
+/// started, shared the room and both failed with the store full.
+#[test]
+fn a_download_reservation_holds_its_room() {
+    const N: u64 = 6;
+    for (name, b) in backends(StoreConfig {
+        quota_bytes: 10 * BS as u64 + 1024,
+        background_reclaim: false,
+        ..StoreConfig::default()
+    }) {
+        let src = Store::in_memory(quiet()).unwrap();
+        let (xc, x) = upload(&src, &data(N as usize * BS, 71), None).unwrap();
+        let (yc, y) = upload(&src, &data(N as usize * BS, 72), None).unwrap();
+        for c in [xc, yc] {
+            b.store
+                .put_block(&src.get_block(&c).unwrap().unwrap())
+                .unwrap();
+        }
+        let bs = BS as u64;
+        let mut rx = b.store.reserve_room(&x.tree_cid, 0..N, bs).unwrap();
+        assert_eq!(rx.bytes(), N * bs);
+        assert_eq!(
+            b.store.space().unwrap().quota_reserved_bytes,
+            N * bs,
+            "{name}"
+        );
+        // Another download, and an upload, find the room taken.
+        assert!(
+            matches!(
+                b.store.reserve_room(&y.tree_cid, 0..N, bs),
+                Err(StoreError::QuotaExceeded { .. })
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                upload(&b.store, &data(5 * BS, 73), None),
+                Err(StoreError::QuotaExceeded { .. })
+            ),
+            "{name}: an upload took a download's room"
+        );
+        // The download's own leaves go in.
+        let leaves: Vec<_> = (0..N).map(|i| leaf_of(&src, &x, i)).collect();
+        b.store.put_leaves(&x.tree_cid, &leaves).unwrap();
+        rx.shrink_to(0);
+        assert_eq!(b.store.space().unwrap().quota_reserved_bytes, 0, "{name}");
+        drop(rx);
+        assert_eq!(b.store.space().unwrap().quota_reserved_bytes, 0, "{name}");
+        // Nothing more is needed for a dataset that is all here.
+        assert_eq!(
+            b.store.reserve_room(&x.tree_cid, 0..N, bs).unwrap().bytes(),
+            0
+        );
+        // Room for part of Y: reserved, then given back by dropping it.
+        let ry = b.store.reserve_room(&y.tree_cid, 0..3, bs).unwrap();
+        assert_eq!(
+            b.store.space().unwrap().quota_reserved_bytes,
+            3 * bs,
+            "{name}"
+        );
+        drop(ry);
+        assert_eq!(b.store.space().unwrap().quota_reserved_bytes, 0, "{name}");
+        assert_consistent(&b.store, name);
+    }
+}
+
 #[test]
 fn background_reclaimer_frees_space() {
     for (name, b) in backends(StoreConfig::default()) {
