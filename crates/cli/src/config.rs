@@ -414,19 +414,24 @@ impl StartArgs {
             Some(p) => load_file(p)?,
             None => FileConfig::default(),
         };
+        // A bad value from the file names the file.
+        let in_file = |key: &str| match &self.config_file {
+            Some(p) => format!("{key} (in {})", p.display()),
+            None => key.to_owned(),
+        };
         let storage_quota = match (self.storage_quota, &file.storage_quota) {
             (Some(q), _) => q,
-            (None, Some(v)) => toml_size(v, "storage-quota")?,
+            (None, Some(v)) => toml_size(v, &in_file("storage-quota"))?,
             (None, None) => cairn_node::StoreConfig::default().quota_bytes,
         };
         let block_ttl = match (self.block_ttl, &file.block_ttl) {
             (Some(d), _) => d,
-            (None, Some(v)) => toml_duration(v, "block-ttl")?,
+            (None, Some(v)) => toml_duration(v, &in_file("block-ttl"))?,
             (None, None) => cairn_node::StoreConfig::default().block_ttl,
         };
         let block_mi = match (self.block_mi, &file.block_mi) {
             (Some(d), _) => d,
-            (None, Some(v)) => toml_duration(v, "block-mi")?,
+            (None, Some(v)) => toml_duration(v, &in_file("block-mi"))?,
             (None, None) => cairn_node::NodeConfig::default().maintenance_interval,
         };
         if block_mi.is_zero() {
@@ -456,7 +461,7 @@ impl StartArgs {
         };
         let announce_interval = match (self.announce_interval, &file.announce_interval) {
             (Some(d), _) => d,
-            (None, Some(v)) => toml_duration(v, "announce-interval")?,
+            (None, Some(v)) => toml_duration(v, &in_file("announce-interval"))?,
             (None, None) => cairn_node::DEFAULT_REANNOUNCE_INTERVAL,
         };
         if announce_interval.is_zero() {
@@ -751,6 +756,19 @@ mod tests {
         assert_eq!(
             StartArgs::default().resolve().unwrap().api_cors_origin,
             None
+        );
+        // A bad value in the file says which file it is in.
+        std::fs::write(&f, "storage-quota = \"lots\"\n").unwrap();
+        let err = StartArgs {
+            config_file: Some(f.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("storage-quota") && text.contains(&f.display().to_string()),
+            "{text}"
         );
         std::fs::write(&f, "api-prot = 1\n").unwrap();
         let err = StartArgs {

@@ -72,6 +72,9 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::from(exit::SUCCESS),
+        // The reader of our output went away (`cairn download CID | head -c 10`): stop quietly,
+        // as a Unix tool killed by SIGPIPE does.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::SUCCESS),
         Err(e) => {
             eprintln!(
                 "{BIN_NAME}: {}",
@@ -80,6 +83,14 @@ fn main() -> ExitCode {
             ExitCode::from(exit::code_of(&e))
         }
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -362,6 +373,19 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 #[cfg(test)]
 mod tests {
+    /// A write to a closed pipe, whatever context is around it, ends the process quietly;
+    /// other I/O errors do not.
+    #[test]
+    fn a_broken_pipe_is_recognised_through_context() {
+        use anyhow::Context as _;
+        let pipe: anyhow::Result<()> = Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe))
+            .context("cannot write to stdout");
+        assert!(super::is_broken_pipe(&pipe.unwrap_err()));
+        let other: anyhow::Result<()> =
+            Err(std::io::Error::from(std::io::ErrorKind::NotFound)).context("cannot read");
+        assert!(!super::is_broken_pipe(&other.unwrap_err()));
+    }
+
     use super::*;
 
     /// Clap's own consistency checks of the whole command line (argument ids named by
