@@ -197,6 +197,25 @@ pub(crate) struct Inner {
     settle_cursor: Mutex<Vec<u8>>,
 }
 
+impl Inner {
+    /// Whether `bytes` more fit in the quota beside what is used and every reservation:
+    /// `uploads` is the uploads' reservation, read by the caller under its lock (which it holds
+    /// while it then reserves, so checks and reservations do not interleave).
+    pub(crate) fn fits(&self, uploads: u64, bytes: u64) -> Result<(), StoreError> {
+        let used = self.used.load(Ordering::Relaxed)
+            + uploads
+            + self.download_reserved.load(Ordering::Relaxed);
+        if used.saturating_add(bytes) > self.cfg.quota_bytes {
+            return Err(StoreError::QuotaExceeded {
+                needed: bytes,
+                used,
+                quota: self.cfg.quota_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -795,19 +814,11 @@ impl Store {
         drop(r);
         let needed = (all - stored.min(all)).saturating_mul(block_size);
         let uploads = self.inner.reserved.lock();
-        let downloads = self.inner.download_reserved.load(Ordering::Relaxed);
-        let used = self.inner.used.load(Ordering::Relaxed) + *uploads + downloads;
-        if used.saturating_add(needed) > self.inner.cfg.quota_bytes {
-            return Err(StoreError::QuotaExceeded {
-                needed,
-                used,
-                quota: self.inner.cfg.quota_bytes,
-            });
-        }
+        self.inner.fits(*uploads, needed)?;
         // Changed only under the uploads' lock, so checks and reservations do not interleave.
         self.inner
             .download_reserved
-            .store(downloads + needed, Ordering::Relaxed);
+            .fetch_add(needed, Ordering::Relaxed);
         Ok(Reservation {
             store: self.clone(),
             bytes: needed,

@@ -127,21 +127,8 @@ impl Store {
     /// Whether `bytes` more fit in the quota now (used bytes and every reservation count), as
     /// an upload of known size checks before it reads its body.
     pub fn has_room(&self, bytes: u64) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let reserved = inner.reserved.lock();
-        let used = inner.used.load(std::sync::atomic::Ordering::Relaxed)
-            + *reserved
-            + inner
-                .download_reserved
-                .load(std::sync::atomic::Ordering::Relaxed);
-        if used.saturating_add(bytes) > inner.cfg.quota_bytes {
-            return Err(StoreError::QuotaExceeded {
-                needed: bytes,
-                used,
-                quota: inner.cfg.quota_bytes,
-            });
-        }
-        Ok(())
+        let uploads = self.inner.reserved.lock();
+        self.inner.fits(*uploads, bytes)
     }
 }
 
@@ -167,18 +154,7 @@ impl DatasetWriter {
         let inner = &self.store.inner;
         let mut reserved = inner.reserved.lock();
         // Room held by downloads counts as used here too (`Store::reserve_room`).
-        let used = inner.used.load(std::sync::atomic::Ordering::Relaxed)
-            + *reserved
-            + inner
-                .download_reserved
-                .load(std::sync::atomic::Ordering::Relaxed);
-        if used.saturating_add(len) > inner.cfg.quota_bytes {
-            return Err(StoreError::QuotaExceeded {
-                needed: len,
-                used,
-                quota: inner.cfg.quota_bytes,
-            });
-        }
+        inner.fits(*reserved, len)?;
         *reserved += len;
         self.reserved += len;
         Ok(())
