@@ -291,6 +291,7 @@ mod tests {
         assert_eq!(store.list_manifests().unwrap().len(), 1);
         let space = store.space().unwrap();
         assert_eq!(space.quota_reserved_bytes, 0);
-        assert!(space.quota_used_bytes <= 41 * bs as u64, "{space:?}");
+        // The winner's blocks (at most 41) and its manifest, nothing of the other.
+        assert!(space.quota_used_bytes <= 41 * bs as u64 + 1024, "{space:?}");
     }
 }
