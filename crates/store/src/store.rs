@@ -786,7 +786,8 @@ impl Store {
     /// same free space and all fail. The room counts as used for every other download and
     /// upload (not for this download's own leaves) until the [`Reservation`] shrinks or is
     /// dropped. Refuses a dataset that is not stored ([`StoreError::DatasetNotStored`]). One
-    /// scan of the range's leaf rows unless every block is missing.
+    /// scan of the range's leaf rows, or a single seek for a dataset whose tree is kept (it is
+    /// then whole and needs no room).
     pub fn reserve_room(
         &self,
         tree: &Cid,
@@ -795,14 +796,23 @@ impl Store {
     ) -> Result<Reservation, StoreError> {
         let key = tree.to_bytes();
         let r = self.inner.db.begin_read()?;
-        if !dataset_takes_leaves(&r, &key)? {
+        let Some(ds) = r
+            .open_table(DATASETS)?
+            .get(key.as_slice())?
+            .map(|v| DatasetRec::from_tuple(v.value()))
+            .filter(|d| d.state != DS_DELETING)
+        else {
             return Err(StoreError::DatasetNotStored {
                 tree: Box::new(*tree),
             });
-        }
+        };
         let all = indices.end.saturating_sub(indices.start);
-        let mut stored = 0u64;
-        if all > 0 {
+        // A dataset whose tree is kept is whole (see `first_missing_leaf`): nothing to count.
+        let whole = ds.state == DS_ACTIVE
+            && indices.end <= ds.nleaves
+            && has_tree(&r.open_table(TREES)?, &key)?;
+        let mut stored = if whole { all } else { 0 };
+        if all > 0 && !whole {
             for entry in r
                 .open_table(LEAVES)?
                 .range((key.as_slice(), indices.start)..(key.as_slice(), indices.end))?

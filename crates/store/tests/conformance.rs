@@ -644,11 +644,23 @@ fn a_download_reservation_holds_its_room() {
         assert_eq!(b.store.space().unwrap().quota_reserved_bytes, 0, "{name}");
         drop(rx);
         assert_eq!(b.store.space().unwrap().quota_reserved_bytes, 0, "{name}");
-        // Nothing more is needed for a dataset that is all here.
+        // Nothing more is needed for a dataset that is all here, counted leaf by leaf or known
+        // whole from its stored tree.
         assert_eq!(
             b.store.reserve_room(&x.tree_cid, 0..N, bs).unwrap().bytes(),
             0
         );
+        assert_eq!(b.store.settle_tree(&x.tree_cid).unwrap(), N, "{name}");
+        for range in [0..N, 2..4] {
+            assert_eq!(
+                b.store
+                    .reserve_room(&x.tree_cid, range, bs)
+                    .unwrap()
+                    .bytes(),
+                0,
+                "{name}"
+            );
+        }
         // Room for part of Y: reserved, then given back by dropping it.
         let ry = b.store.reserve_room(&y.tree_cid, 0..3, bs).unwrap();
         assert_eq!(
