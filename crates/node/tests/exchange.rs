@@ -2,7 +2,7 @@
 //! from one and several providers, a provider killed mid-transfer, and a malicious peer that
 //! speaks the real protocol (a bare `cairn-net` swarm driven by the test).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use cairn_blockexc::{Delivery, Frame, Message, WantEntry, WantType};
@@ -12,7 +12,7 @@ use cairn_node::{
     net::{NetEvent, NetworkHandle},
 };
 use futures::TryStreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 mod common;
@@ -296,6 +296,7 @@ async fn malicious_peer(
     net: NetworkHandle,
     honest: Store,
     attack: Attack,
+    asked: Arc<Notify>,
 ) {
     while let Some(ev) = events.recv().await {
         let NetEvent::Message { peer, message } = ev else {
@@ -339,6 +340,9 @@ async fn malicious_peer(
             let Ok(Some((block, proof))) = honest.get_leaf(&tree, index) else {
                 continue;
             };
+            // Asked for a leaf: the honest node may join now (an attack may block this task,
+            // e.g. writing an oversized frame the victim stopped reading).
+            asked.notify_one();
             let lie = match attack {
                 Attack::Silent => None,
                 Attack::WrongData => Some(Delivery {
@@ -410,6 +414,15 @@ async fn malicious_peer(
     }
 }
 
+/// Connects the honest provider `na` to the victim `nv` once the liar has answered a leaf
+/// request.
+async fn honest_joins(asked: &Notify, nv: &NetworkHandle, na: &NetworkHandle) {
+    tokio::time::timeout(WAIT, asked.notified())
+        .await
+        .expect("the liar was never asked for a leaf");
+    connect(nv, na).await;
+}
+
 async fn run_attack(attack: Attack) {
     let cancel = CancellationToken::new();
     let (a, na) = node(&cancel).await;
@@ -418,20 +431,20 @@ async fn run_attack(attack: Attack) {
     let cid = upload(&a, &original).await;
 
     let (nm, m_events) = bare(&cancel).await;
+    let asked = Arc::new(Notify::new());
     tokio::spawn(malicious_peer(
         m_events,
         nm.clone(),
         a.store().clone(),
         attack,
+        asked.clone(),
     ));
-    // The victim meets the liar first, then the honest node.
+    // The victim meets the liar first and alone, so the liar is asked for leaves; the honest
+    // node joins once it has been (had both been there from the start, the honest node could
+    // answer every `WantHave` first and the liar never be asked).
     connect(&nv, &nm).await;
-    connect(&nv, &na).await;
-    assert_eq!(
-        network_bytes(&v, cid).await,
-        original,
-        "{attack:?}: download"
-    );
+    let (got, ()) = tokio::join!(network_bytes(&v, cid), honest_joins(&asked, &nv, &na));
+    assert_eq!(got, original, "{attack:?}: download");
     assert_eq!(
         local_bytes(&v, cid).await,
         original,
@@ -482,15 +495,17 @@ async fn metrics_count_a_download_beside_a_liar() {
     let original = data(40 * 65536 + 7, 5);
     let cid = upload(&a, &original).await;
     let (nm, m_events) = bare(&cancel).await;
+    let asked = Arc::new(Notify::new());
     tokio::spawn(malicious_peer(
         m_events,
         nm.clone(),
         a.store().clone(),
         Attack::BadProof,
+        asked.clone(),
     ));
     connect(&nv, &nm).await;
-    connect(&nv, &na).await;
-    assert_eq!(network_bytes(&v, cid).await, original);
+    let (got, ()) = tokio::join!(network_bytes(&v, cid), honest_joins(&asked, &nv, &na));
+    assert_eq!(got, original);
 
     let stats = v.engine().unwrap().stats().await.unwrap();
     assert_eq!(v_node.blocks_accepted.get(), stats.blocks_received);
