@@ -32,6 +32,9 @@ pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
 pub(crate) const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1";
 /// Default port of the metrics server, as the reference (`--metrics-port`).
 pub(crate) const DEFAULT_METRICS_PORT: u16 = 8008;
+/// The smallest storage quota accepted: one full block. A smaller one (`0` by mistake, or a
+/// number meant in another unit) would give a node that refuses every upload and download.
+pub(crate) const MIN_STORAGE_QUOTA: u64 = 64 * 1024;
 
 /// Options of `cairn start`.
 #[derive(Debug, Args, Default)]
@@ -424,6 +427,9 @@ impl StartArgs {
             (None, Some(v)) => toml_size(v, &in_file("storage-quota"))?,
             (None, None) => cairn_node::StoreConfig::default().quota_bytes,
         };
+        if storage_quota < MIN_STORAGE_QUOTA {
+            bail!("--storage-quota must be at least 64KiB (one block), not {storage_quota} bytes");
+        }
         let block_ttl = match (self.block_ttl, &file.block_ttl) {
             (Some(d), _) => d,
             (None, Some(v)) => toml_duration(v, &in_file("block-ttl"))?,
@@ -707,6 +713,13 @@ mod tests {
                     ..Default::default()
                 },
                 "--outbound-peers",
+            ),
+            (
+                StartArgs {
+                    storage_quota: Some(0),
+                    ..Default::default()
+                },
+                "--storage-quota must be at least 64KiB",
             ),
         ] {
             let err = args.resolve().unwrap_err();

@@ -65,7 +65,17 @@ fn cli_command() -> clap::Command {
 }
 
 fn main() -> ExitCode {
-    let matches = cli_command().get_matches();
+    let matches = match cli_command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            // clap names the option; a value set by the environment is easy to miss.
+            let _ = e.print();
+            if let Some(note) = env_note(&e) {
+                eprintln!("{note}");
+            }
+            std::process::exit(e.exit_code());
+        }
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -83,6 +93,43 @@ fn main() -> ExitCode {
             ExitCode::from(exit::code_of(&e))
         }
     }
+}
+
+/// For a bad option value that came from the environment, a note naming the variable:
+/// clap's error names only the option (`--storage-quota`), not `CAIRN_STORAGE_QUOTA`.
+fn env_note(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+    let value = match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(v)) => v.clone(),
+        _ => return None,
+    };
+    let command = cli_command();
+    let mut commands = vec![&command];
+    while let Some(c) = commands.pop() {
+        for a in c.get_arguments() {
+            if a.get_long() == Some(long)
+                && let Some(var) = a.get_env()
+                && std::env::var_os(var).is_some_and(|v| v.to_string_lossy() == value)
+            {
+                return Some(format!(
+                    "note: the value '{value}' comes from the environment variable {}",
+                    var.to_string_lossy()
+                ));
+            }
+        }
+        commands.extend(c.get_subcommands());
+    }
+    None
 }
 
 /// Whether `e` comes from writing to a pipe whose reader has gone.

@@ -257,6 +257,27 @@ fn config_precedence_flag_env_file() {
     let mut err = String::new();
     out.stderr.as_slice().read_to_string(&mut err).unwrap();
     assert!(err.contains("--storage-quota"), "{err}");
+    assert!(!err.contains("environment"), "{err}");
+    // The same value from the environment: the message also names the variable.
+    let out = Command::new(BIN)
+        .args(["start"])
+        .env("CAIRN_STORAGE_QUOTA", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--storage-quota") && err.contains("environment variable CAIRN_STORAGE_QUOTA"),
+        "{err}"
+    );
+    // A quota too small to hold one block is refused.
+    let out = Command::new(BIN)
+        .args(["start", "--storage-quota", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 64KiB"), "{err}");
 }
 
 /// Two nodes on loopback: B connects to A through the REST API and streams a multi-block file

@@ -130,6 +130,18 @@ pub enum FetchError {
     /// A leaf was wanted without its dataset's leaf count.
     #[error("leaf wanted without the dataset's leaf count")]
     NoLeafCount,
+    /// The block could not be stored: the store's quota is full (HTTP 507 in the API).
+    #[error(
+        "storing the block failed: storage quota exceeded: {needed} more bytes needed, {used} of {quota} bytes used or reserved"
+    )]
+    QuotaExceeded {
+        /// Bytes the write needed.
+        needed: u64,
+        /// Bytes in use or reserved.
+        used: u64,
+        /// The quota.
+        quota: u64,
+    },
     /// Storing the block failed.
     #[error("storing the block failed: {0}")]
     Store(String),
@@ -1312,7 +1324,18 @@ fn store_batch(
 }
 
 fn store_error(e: &StoreError) -> FetchError {
-    FetchError::Store(e.to_string())
+    match *e {
+        StoreError::QuotaExceeded {
+            needed,
+            used,
+            quota,
+        } => FetchError::QuotaExceeded {
+            needed,
+            used,
+            quota,
+        },
+        _ => FetchError::Store(e.to_string()),
+    }
 }
 
 /// Reads the blocks of one serve batch: the deliveries found and the addresses missing. Runs of

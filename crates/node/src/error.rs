@@ -21,9 +21,10 @@ pub enum NodeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Fetching from the network failed.
+    /// Fetching from the network failed. (A full quota while storing what was fetched is
+    /// [`NodeError::Store`] with [`StoreError::QuotaExceeded`], as for an upload.)
     #[error(transparent)]
-    Fetch(#[from] crate::engine::FetchError),
+    Fetch(crate::engine::FetchError),
     /// A dataset asked for from the local store is not all there (a download stopped, or only
     /// a range was fetched): block `index` of `blocks` is missing.
     #[error("the dataset is not complete on this node: block {index} of {blocks} is missing")]
@@ -63,4 +64,21 @@ pub enum NodeError {
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl From<crate::engine::FetchError> for NodeError {
+    fn from(e: crate::engine::FetchError) -> NodeError {
+        match e {
+            crate::engine::FetchError::QuotaExceeded {
+                needed,
+                used,
+                quota,
+            } => NodeError::Store(StoreError::QuotaExceeded {
+                needed,
+                used,
+                quota,
+            }),
+            e => NodeError::Fetch(e),
+        }
+    }
 }

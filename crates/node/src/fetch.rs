@@ -314,7 +314,7 @@ pub(crate) async fn fetch_dataset(
                         let r = match rx.await {
                             Ok(Ok(b)) => Ok(b.data().clone()),
                             Ok(Err(FetchError::NotFound)) => Err(NodeError::NotFound),
-                            Ok(Err(e)) => Err(NodeError::Fetch(e)),
+                            Ok(Err(e)) => Err(e.into()),
                             Err(_) => Err(NodeError::Fetch(FetchError::Stopped)),
                         };
                         let now = Instant::now();

@@ -222,7 +222,7 @@ impl Node {
             .await
             .map_err(|e| match e {
                 FetchError::NotFound => NodeError::NotFound,
-                e => NodeError::Fetch(e),
+                e => e.into(),
             })?;
         // The engine answers a manifest once it is stored (and so its dataset listed), before
         // any of its leaves are asked for: leaves are only taken for a listed dataset.

@@ -126,6 +126,39 @@ async fn a_download_that_does_not_fit_is_refused_up_front() {
     cancel.cancel();
 }
 
+/// A store too full for even the manifest answers a network download with the quota error
+/// (HTTP 507), as an upload would, not with an internal error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_that_does_not_fit_is_the_quota_error() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (b, nb) = node_with(
+        &cancel,
+        StoreConfig {
+            quota_bytes: 16,
+            ..StoreConfig::default()
+        },
+    )
+    .await;
+    let cid = upload(&a, &data(3 * 65536, 9)).await;
+    connect(&nb, &na).await;
+    let r = tokio::time::timeout(WAIT, b.download_and_wait(cid))
+        .await
+        .expect("B timed out");
+    assert!(
+        matches!(
+            r,
+            Err(cairn_node::NodeError::Store(StoreError::QuotaExceeded {
+                quota: 16,
+                ..
+            }))
+        ),
+        "{r:?}"
+    );
+    assert!(b.list().await.unwrap().is_empty());
+    cancel.cancel();
+}
+
 /// Two downloads that each fit in the quota left, but not both: one gets the room and
 /// completes, the other is refused before it fetches anything. Before, both started on the same
 /// free space, both failed, and the partial data of both filled the store.
