@@ -10,6 +10,7 @@
 //! from `exit.rs` (listed by `cairn --help`).
 
 mod api;
+mod arenas;
 mod client;
 mod commands;
 mod config;
@@ -80,6 +81,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if matches!(cli.command, Command::Start(_)) {
+        // Before any thread starts: a long-running node limits glibc's malloc arenas.
+        arenas::limit();
+    }
     match run(cli) {
         Ok(()) => ExitCode::from(exit::SUCCESS),
         // The reader of our output went away (`cairn download CID | head -c 10`): stop quietly,

@@ -910,3 +910,29 @@ fn sigterm_right_after_the_rest_line_is_a_clean_stop() {
         eprintln!("round {round}: clean stop");
     }
 }
+
+/// A node limits glibc's malloc arenas to one per core (at least two) by restarting itself
+/// with `MALLOC_ARENA_MAX` set, before it starts: same process, and it serves as usual. An
+/// operator's own value is kept.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[test]
+fn node_runs_with_a_malloc_arena_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let arena_max = |n: &NodeProc| {
+        let environ = std::fs::read(format!("/proc/{}/environ", n.pid())).unwrap();
+        environ
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"MALLOC_ARENA_MAX=").map(|v| v.to_vec()))
+            .map(|v| String::from_utf8(v).unwrap())
+    };
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let n = NodeProc::start(&dir.path().join("a"), &[], &[]);
+    assert_eq!(arena_max(&n), Some(cores.max(2).to_string()));
+    let c = client();
+    let status = c.get(n.url("/data")).send().unwrap().status();
+    assert_eq!(status.as_u16(), 200);
+    n.stop();
+    let n = NodeProc::start(&dir.path().join("b"), &[], &[("MALLOC_ARENA_MAX", "5")]);
+    assert_eq!(arena_max(&n), Some("5".into()));
+    n.stop();
+}

@@ -30,6 +30,11 @@ pub(crate) struct NodeProc {
 }
 
 impl NodeProc {
+    /// The node's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn start(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> NodeProc {
         let mut cmd = Command::new(BIN);
         cmd.args([
@@ -50,6 +55,7 @@ impl NodeProc {
         .env_remove("CAIRN_METRICS")
         .env_remove("CAIRN_METRICS_PORT")
         .env_remove("CAIRN_METRICS_ADDRESS")
+        .env_remove("MALLOC_ARENA_MAX")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
         for (k, v) in envs {
