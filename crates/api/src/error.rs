@@ -18,6 +18,8 @@ pub enum ApiError {
     NotFound(&'static str),
     /// 409: the request conflicts with what is stored (deleting a block a dataset holds).
     Conflict(String),
+    /// 408: the client stopped sending the request body.
+    RequestTimeout(String),
     /// 422: an unacceptable header value.
     Unprocessable(String),
     /// 507: the store is full.
@@ -40,6 +42,9 @@ impl From<NodeError> for ApiError {
             NodeError::EmptyUpload => {
                 ApiError::BadRequest("The request body is empty: nothing to store.".into())
             }
+            NodeError::Body(e) if e.is::<crate::routes::UploadIdle>() => ApiError::RequestTimeout(
+                format!("The upload stopped: {e}; nothing of it was stored."),
+            ),
             NodeError::Body(e) => ApiError::BadRequest(format!("Reading the upload failed: {e}")),
             NodeError::Store(StoreError::QuotaExceeded {
                 needed,
@@ -68,6 +73,7 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m.to_owned()),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, m),
+            ApiError::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, m),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
             ApiError::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),

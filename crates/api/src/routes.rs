@@ -111,6 +111,35 @@ pub(crate) const REFUSED_UPLOAD_DRAIN_BYTES: usize = 1024 * 1024;
 /// [`REFUSED_UPLOAD_DRAIN_BYTES`]).
 pub(crate) const REFUSED_UPLOAD_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// An upload whose client sends no body bytes for this long fails (`408`), and the room it
+/// reserved goes back: a client that stalls cannot hold quota for good. As nginx's
+/// `client_body_timeout`, it is the gap between two reads, not a limit on the whole upload.
+pub(crate) const UPLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The error an upload's body stream ends with when the client went quiet for
+/// [`UPLOAD_IDLE_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("no body bytes for {} s", .0.as_secs())]
+pub(crate) struct UploadIdle(pub(crate) std::time::Duration);
+
+/// `body`'s data, ending with [`UploadIdle`] when nothing arrives for `idle`.
+fn idle_limited(
+    body: Body,
+    idle: std::time::Duration,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>> + Send
+{
+    use futures::StreamExt as _;
+    futures::stream::unfold(Some(body.into_data_stream()), move |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
+            Ok(Some(Err(e))) => Some((Err(e.into()), None)),
+            Ok(None) => None,
+            Err(_) => Some((Err(UploadIdle(idle).into()), None)),
+        }
+    })
+}
+
 async fn upload(
     State(node): State<Node>,
     headers: HeaderMap,
@@ -137,7 +166,12 @@ async fn upload(
         return Err(e.into());
     }
     let stored = node
-        .store_dataset_sized(body.into_data_stream(), filename, mimetype, size)
+        .store_dataset_sized(
+            idle_limited(body, UPLOAD_IDLE_TIMEOUT),
+            filename,
+            mimetype,
+            size,
+        )
         .await?;
     Ok((
         StatusCode::OK,
@@ -259,6 +293,46 @@ mod tests {
         ))
     }
 
+    /// A client that goes quiet mid-upload: the upload fails as `408` once nothing came for the
+    /// idle limit, nothing is stored, and the room its length reserved goes back.
+    #[tokio::test]
+    async fn a_stalled_upload_fails_and_gives_its_room_back() {
+        let node = Node::new(
+            Store::in_memory(StoreConfig::default()).unwrap(),
+            NodeConfig::default(),
+        );
+        // One chunk, then silence.
+        let first = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(vec![
+                7u8;
+                100_000
+            ]))]);
+        let body = Body::from_stream(futures::StreamExt::chain(first, futures::stream::pending()));
+        let idle = std::time::Duration::from_millis(100);
+        let upload = node.store_dataset_sized(idle_limited(body, idle), None, None, Some(10 << 20));
+        let watch = async {
+            // The room is held while the upload waits for its body.
+            loop {
+                let space = node.space().await.unwrap();
+                if space.quota_reserved_bytes > 0 {
+                    return space.quota_reserved_bytes;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        let (result, held) = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            tokio::join!(upload, watch)
+        })
+        .await
+        .expect("the stalled upload never ended");
+        assert!(held >= 10 << 20, "{held}");
+        let err = result.unwrap_err();
+        let answer = ApiError::from(err).into_response();
+        assert_eq!(answer.status(), StatusCode::REQUEST_TIMEOUT);
+        let space = node.space().await.unwrap();
+        assert_eq!((space.quota_used_bytes, space.quota_reserved_bytes), (0, 0));
+        assert!(node.list().await.unwrap().is_empty());
+    }
+
     async fn call(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
         let resp = app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
@@ -342,7 +416,8 @@ mod tests {
         let (s, _, body) = call(&app, req).await;
         assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE);
         let text = String::from_utf8(body).unwrap();
-        assert!(text.contains("327680 more needed"), "{text}");
+        // Its 5 blocks and room for its manifest.
+        assert!(text.contains("328704 more needed"), "{text}");
         let space = store.space().unwrap();
         assert_eq!((space.quota_used_bytes, space.quota_reserved_bytes), (0, 0));
         let small = vec![8u8; 65536 + 1];

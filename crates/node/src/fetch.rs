@@ -60,7 +60,7 @@ use tracing::{debug, warn};
 
 use crate::{
     NodeError,
-    engine::{EngineHandle, FetchError, MAX_UNSTORED_BLOCKS},
+    engine::{EngineHandle, FetchError},
     metrics::DownloadMetrics,
     range::ByteRange,
 };
@@ -212,8 +212,8 @@ pub(crate) fn refill(window: usize, inflight: usize, remaining: u64) -> u64 {
 /// `out = None` blocks are only stored.
 ///
 /// `reservation` is the room reserved for the download ([`Store::reserve_room`]); with `None`
-/// it is reserved first (and left in `reservation`). It shrinks as blocks are stored; the caller
-/// drops it after [`check_stored`].
+/// it is reserved first (and left in `reservation`). The store draws it down as the blocks are
+/// stored; the caller drops it after [`check_stored`].
 ///
 /// The last chunk is not sent but returned: the caller sends it after [`check_stored`], so a
 /// client that has received every byte can rely on those blocks being stored. `Ok(None)` when
@@ -232,17 +232,14 @@ pub(crate) async fn fetch_dataset(
     let block_size = manifest.block_size;
     let span = range.blocks(block_size);
     // The caller keeps the reservation until its `check_stored` saw every block stored.
-    let reservation = match reservation {
-        Some(r) => r,
-        None => {
-            let s = store.clone();
-            let blocks = span.clone();
-            reservation.insert(
-                tokio::task::spawn_blocking(move || s.reserve_room(&tree, blocks, block_size))
-                    .await??,
-            )
-        }
-    };
+    if reservation.is_none() {
+        let s = store.clone();
+        let blocks = span.clone();
+        *reservation = Some(
+            tokio::task::spawn_blocking(move || s.reserve_room(&tree, blocks, block_size))
+                .await??,
+        );
+    }
     let mut est = WindowEstimator::new(Instant::now());
     let mut inflight: FuturesOrdered<BlockFuture> = FuturesOrdered::new();
     let mut next = span.start;
@@ -255,11 +252,6 @@ pub(crate) async fn fetch_dataset(
             if n == 0 {
                 break;
             }
-            // What this download may still store: the blocks not handed on yet, and those
-            // handed on that may still wait for the disk (the engine holds at most
-            // MAX_UNSTORED_BLOCKS); the rest of its room goes back to the others.
-            let unstored = (span.end - done) + (done - span.start).min(MAX_UNSTORED_BLOCKS as u64);
-            reservation.shrink_to(unstored.saturating_mul(block_size));
             let s = store.clone();
             let start = next;
             let found = tokio::task::spawn_blocking(move || {

@@ -44,10 +44,16 @@ pub(crate) struct UploadInfo {
     pub(crate) size: Option<u64>,
 }
 
-/// Bytes `size` bytes of data take in the store: whole blocks (the last one is zero-padded).
+/// Room an upload's manifest takes beside its blocks: its fixed fields take under 200 bytes,
+/// plus the filename (at most 259 bytes in the API) and the mimetype.
+pub(crate) const MANIFEST_ROOM: u64 = 1024;
+
+/// Bytes an upload of `size` bytes of data takes in the store at most: whole blocks (the last
+/// one is zero-padded) and its manifest.
 pub(crate) fn stored_size(size: u64) -> u64 {
     size.div_ceil(DEFAULT_BLOCK_SIZE as u64)
         .saturating_mul(DEFAULT_BLOCK_SIZE as u64)
+        .saturating_add(MANIFEST_ROOM)
 }
 
 /// Runs the pipeline over `body` and stores the dataset.
@@ -293,5 +299,41 @@ mod tests {
         assert_eq!(space.quota_reserved_bytes, 0);
         // The winner's blocks (at most 41) and its manifest, nothing of the other.
         assert!(space.quota_used_bytes <= 41 * bs as u64 + 1024, "{space:?}");
+    }
+
+    /// An upload of known size whose blocks would exactly fill the quota has no room for its
+    /// manifest: it is refused before its body is read, not after every block went in. With
+    /// room for the manifest too, it is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_manifest_is_part_of_an_uploads_room() {
+        let bs = DEFAULT_BLOCK_SIZE as u64;
+        let bytes = data(5 * DEFAULT_BLOCK_SIZE);
+        let info = UploadInfo {
+            size: Some(bytes.len() as u64),
+            ..UploadInfo::default()
+        };
+        let tight = Store::in_memory(StoreConfig {
+            quota_bytes: 5 * bs,
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        assert!(tight.has_room(stored_size(5 * bs)).is_err());
+        // Refused by the reservation, before the body: no block was written.
+        let err = ingest_with_lanes(&tight, body(&bytes, 70_000), info.clone(), 2)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, NodeError::Store(StoreError::QuotaExceeded { needed, .. }) if needed == stored_size(5 * bs)),
+            "{err}"
+        );
+        let enough = Store::in_memory(StoreConfig {
+            quota_bytes: stored_size(5 * bs),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        ingest_with_lanes(&enough, body(&bytes, 70_000), info, 2)
+            .await
+            .unwrap();
+        assert_eq!(enough.space().unwrap().quota_reserved_bytes, 0);
     }
 }

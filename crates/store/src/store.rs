@@ -172,9 +172,19 @@ pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
     /// Bytes reserved by uploads in progress.
     pub(crate) reserved: Mutex<u64>,
-    /// Bytes reserved by downloads in progress ([`Reservation`]); changed only while holding
-    /// `reserved`, so a quota check sees both at once.
+    /// Bytes reserved by downloads in progress ([`Reservation`]): the sum of
+    /// `download_pools`. Changed only while holding `reserved`, so a quota check sees both at
+    /// once.
     pub(crate) download_reserved: AtomicU64,
+    /// Download reservations by dataset (tree CID bytes). Storing a dataset's leaves draws its
+    /// pool down in the same step as the bytes become used (see [`Consume`]). Locked only
+    /// while holding `reserved`.
+    download_pools: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Reserved bytes a write transaction has taken over (its blocks) and that `used` does not
+    /// count yet: moved out of a reservation just before the commit, and into `used` just after
+    /// it. Changed only while holding `reserved`; quota checks count it, so no check sees the
+    /// bytes twice or not at all.
+    pub(crate) pending: AtomicU64,
     /// Mirror of the `used_bytes` counter, updated after every commit.
     pub(crate) used: AtomicU64,
     /// The shared segment for single puts.
@@ -203,6 +213,7 @@ impl Inner {
     /// while it then reserves, so checks and reservations do not interleave).
     pub(crate) fn fits(&self, uploads: u64, bytes: u64) -> Result<(), StoreError> {
         let used = self.used.load(Ordering::Relaxed)
+            + self.pending.load(Ordering::Relaxed)
             + uploads
             + self.download_reserved.load(Ordering::Relaxed);
         if used.saturating_add(bytes) > self.cfg.quota_bytes {
@@ -261,6 +272,8 @@ impl Store {
             cfg,
             reserved: Mutex::new(0),
             download_reserved: AtomicU64::new(0),
+            download_pools: Mutex::new(HashMap::new()),
+            pending: AtomicU64::new(0),
             used: AtomicU64::new(0),
             misc: Mutex::new(None),
             leaves_seg: Mutex::new(None),
@@ -366,12 +379,28 @@ impl Store {
         own_reservation: u64,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_consuming(own_reservation, Consume::Nothing, f)
+    }
+
+    /// [`Store::write`] for a transaction that stores blocks some reservation was held for:
+    /// `consume` says which, and that much of it turns into used bytes with the commit, so
+    /// that no quota check, here or in another thread, counts those bytes twice (used and
+    /// still reserved) or not at all. The reservation is drawn down even if the commit fails
+    /// (it can only err towards giving room back).
+    pub(crate) fn write_consuming<T>(
+        &self,
+        own_reservation: u64,
+        consume: Consume<'_>,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.inner.db.begin_write()?;
+        // Read once this transaction holds the writer: a transaction committed before it has
+        // moved what it consumed out of the reservations already.
         let reserved = self.inner.reserved.lock().saturating_sub(own_reservation);
         let quota = Quota {
             max: self.inner.cfg.quota_bytes,
             reserved,
         };
-        let txn = self.inner.db.begin_write()?;
         let (out, used, dead) = {
             let mut t = Tables::open(&txn, quota)?;
             let out = f(&mut t)?;
@@ -381,8 +410,16 @@ impl Store {
             let pinned = self.pinned();
             (out, used, t.finish(&pinned)?)
         };
-        txn.commit()?;
-        self.inner.used.store(used, Ordering::Relaxed);
+        let moved = self.take_reserved(consume);
+        let committed = txn.commit();
+        {
+            let _reservations = self.inner.reserved.lock();
+            if committed.is_ok() {
+                self.inner.used.store(used, Ordering::Relaxed);
+            }
+            self.inner.pending.fetch_sub(moved, Ordering::Relaxed);
+        }
+        committed?;
         for seg in dead {
             if let Err(e) = self.inner.segs.remove(seg) {
                 warn!(seg, error = %e, "could not delete an empty segment");
@@ -588,8 +625,48 @@ impl Store {
         Ok(len)
     }
 
-    fn check_quota(&self, len: u64) -> Result<(), StoreError> {
-        let used = self.inner.used.load(Ordering::Relaxed) + *self.inner.reserved.lock();
+    /// Moves what `consume` names out of its reservation into `pending` (just before a
+    /// commit); returns the bytes moved.
+    fn take_reserved(&self, consume: Consume<'_>) -> u64 {
+        let inner = &self.inner;
+        let mut uploads = inner.reserved.lock();
+        let moved = match consume {
+            Consume::Nothing => 0,
+            Consume::Upload(bytes) => {
+                let m = bytes.min(*uploads);
+                *uploads -= m;
+                m
+            }
+            Consume::Download { tree, bytes } => {
+                let mut pools = inner.download_pools.lock();
+                let Some(pool) = pools.get_mut(tree) else {
+                    return 0;
+                };
+                let m = bytes.min(*pool);
+                *pool -= m;
+                if *pool == 0 {
+                    pools.remove(tree);
+                }
+                inner.download_reserved.fetch_sub(m, Ordering::Relaxed);
+                m
+            }
+        };
+        inner.pending.fetch_add(moved, Ordering::Relaxed);
+        moved
+    }
+
+    /// Whether `len` more bytes fit beside what is used and reserved, leaving out the download
+    /// reservation of dataset `own_tree` (the room these bytes were reserved in).
+    fn check_quota(&self, len: u64, own_tree: Option<&[u8]>) -> Result<(), StoreError> {
+        let uploads = self.inner.reserved.lock();
+        let own = own_tree
+            .and_then(|t| self.inner.download_pools.lock().get(t).copied())
+            .unwrap_or(0);
+        let used = (self.inner.used.load(Ordering::Relaxed)
+            + self.inner.pending.load(Ordering::Relaxed)
+            + *uploads
+            + self.inner.download_reserved.load(Ordering::Relaxed))
+        .saturating_sub(own);
         if used.saturating_add(len) > self.inner.cfg.quota_bytes {
             return Err(StoreError::QuotaExceeded {
                 needed: len,
@@ -619,7 +696,7 @@ impl Store {
         let (loc, _pin) = if self.has_block(&cid)? {
             (None, None)
         } else {
-            self.check_quota(block.data().len() as u64)?;
+            self.check_quota(block.data().len() as u64, None)?;
             let (loc, pin) = self.with_misc(|w| {
                 let off = w.append(block.data())?;
                 w.sync()?;
@@ -661,6 +738,9 @@ impl Store {
         };
         // Only bytes not stored yet are appended and counted against the quota: a leaf already
         // in the index, or a block another dataset holds, costs no disk.
+        // Bytes of the leaves not stored yet (whether their data is): what the download's
+        // reservation was held for, drawn down when they are committed.
+        let mut new_leaf_bytes = 0u64;
         let needs_data: Vec<bool> = {
             let r = self.inner.db.begin_read()?;
             if !dataset_takes_leaves(&r, &tree_key)? {
@@ -676,6 +756,9 @@ impl Store {
                 let have_block = blocks
                     .get(leaf.block().cid().to_bytes().as_slice())?
                     .is_some();
+                if !have_leaf {
+                    new_leaf_bytes += leaf.block().data().len() as u64;
+                }
                 out.push(!have_leaf && !have_block);
             }
             out
@@ -690,7 +773,7 @@ impl Store {
         // The pin lives until the rows are committed below.
         let mut _pin = None;
         if new_bytes > 0 {
-            self.check_quota(new_bytes)?;
+            self.check_quota(new_bytes, Some(&tree_key))?;
             let ((), pin) = self.with_shared(&self.inner.leaves_seg, WriteMode::Bulk, |w| {
                 for ((leaf, need), loc) in leaves.iter().zip(&needs_data).zip(&mut locs) {
                     if *need {
@@ -709,7 +792,11 @@ impl Store {
             })?;
             _pin = Some(pin);
         }
-        self.write(0, |t| {
+        let consume = Consume::Download {
+            tree: &tree_key,
+            bytes: new_leaf_bytes,
+        };
+        self.write_consuming(0, consume, |t| {
             // Checked again where it counts: a delete may have come since the read above (the
             // bytes appended meanwhile are dead and compaction frees them).
             if t.get_dataset(&tree_key)?
@@ -826,11 +913,20 @@ impl Store {
         let uploads = self.inner.reserved.lock();
         self.inner.fits(*uploads, needed)?;
         // Changed only under the uploads' lock, so checks and reservations do not interleave.
-        self.inner
-            .download_reserved
-            .fetch_add(needed, Ordering::Relaxed);
+        if needed > 0 {
+            *self
+                .inner
+                .download_pools
+                .lock()
+                .entry(key.clone())
+                .or_default() += needed;
+            self.inner
+                .download_reserved
+                .fetch_add(needed, Ordering::Relaxed);
+        }
         Ok(Reservation {
             store: self.clone(),
+            tree: key,
             bytes: needed,
         })
     }
@@ -1061,12 +1157,21 @@ impl Store {
     pub fn space(&self) -> Result<Space, StoreError> {
         let r = self.inner.db.begin_read()?;
         let meta = r.open_table(META)?;
+        // One consistent reading: bytes a commit is taking over from a reservation count as
+        // used (they are about to be), never as both or neither.
+        let (used, reserved) = {
+            let uploads = self.inner.reserved.lock();
+            (
+                self.inner.used.load(Ordering::Relaxed)
+                    + self.inner.pending.load(Ordering::Relaxed),
+                *uploads + self.inner.download_reserved.load(Ordering::Relaxed),
+            )
+        };
         Ok(Space {
             total_blocks: meta.get(META_TOTAL_BLOCKS)?.map_or(0, |v| v.value()),
             quota_max_bytes: self.inner.cfg.quota_bytes,
-            quota_used_bytes: meta.get(META_USED)?.map_or(0, |v| v.value()),
-            quota_reserved_bytes: *self.inner.reserved.lock()
-                + self.inner.download_reserved.load(Ordering::Relaxed),
+            quota_used_bytes: used,
+            quota_reserved_bytes: reserved,
         })
     }
 
@@ -1315,42 +1420,55 @@ fn reclaim_loop(weak: &Weak<Inner>, rx: &Receiver<()>) {
 }
 
 /// Room in the quota held for a download ([`Store::reserve_room`]): it counts as used for every
-/// other download and upload until it shrinks or is dropped. A download shrinks it as its blocks
-/// are stored (their bytes then count as used instead).
+/// other download and upload. Storing the dataset's leaves ([`Store::put_leaves`]) draws it
+/// down in the same step as their bytes become used, so the two are never counted together;
+/// what is left when it is dropped goes back. Reservations for the same dataset share one pool.
 #[derive(Debug)]
 pub struct Reservation {
     store: Store,
+    /// The dataset (tree CID bytes).
+    tree: Vec<u8>,
+    /// What this reservation added to the dataset's pool.
     bytes: u64,
 }
 
 impl Reservation {
-    /// Bytes still held.
+    /// Bytes still held for the dataset (by this and any other reservation for it).
     pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
-    /// Holds at most `bytes` from now on (a reservation never grows).
-    pub fn shrink_to(&mut self, bytes: u64) {
-        if bytes < self.bytes {
-            self.release(self.bytes - bytes);
-        }
-    }
-
-    fn release(&mut self, bytes: u64) {
         let _uploads = self.store.inner.reserved.lock();
-        let d = &self.store.inner.download_reserved;
-        d.store(
-            d.load(Ordering::Relaxed).saturating_sub(bytes),
-            Ordering::Relaxed,
-        );
-        self.bytes -= bytes;
+        let pools = self.store.inner.download_pools.lock();
+        pools.get(&self.tree).copied().unwrap_or(0).min(self.bytes)
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.release(self.bytes);
+        let inner = &self.store.inner;
+        let _uploads = inner.reserved.lock();
+        let mut pools = inner.download_pools.lock();
+        let Some(pool) = pools.get_mut(&self.tree) else {
+            return;
+        };
+        // What the pool still holds of this reservation (stored leaves drew it down; another
+        // reservation for the dataset may still need the rest).
+        let back = self.bytes.min(*pool);
+        *pool -= back;
+        if *pool == 0 {
+            pools.remove(&self.tree);
+        }
+        inner.download_reserved.fetch_sub(back, Ordering::Relaxed);
     }
+}
+
+/// What a write transaction's blocks were reserved in ([`Store::write_consuming`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Consume<'a> {
+    /// No reservation.
+    Nothing,
+    /// The uploads' reservation: this many bytes of the writer's own.
+    Upload(u64),
+    /// A download's reservation for dataset `tree` (tree CID bytes).
+    Download { tree: &'a [u8], bytes: u64 },
 }
 
 impl Drop for Inner {

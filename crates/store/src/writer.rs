@@ -24,6 +24,7 @@ use crate::{
     Store, StoreError,
     index::{DS_ACTIVE, DS_WRITING, DatasetRec, Loc, checksum},
     segments::{SegmentWriter, WriteMode},
+    store::Consume,
     trees::{has_tree, put_tree},
 };
 
@@ -91,6 +92,20 @@ impl Extents {
             return;
         }
         self.runs.push(Run { off, len, count: 1 });
+    }
+
+    /// Bytes of the blocks `start..end` (in push order).
+    fn bytes_of(&self, start: u64, end: u64) -> u64 {
+        let mut first = 0u64;
+        let mut total = 0u64;
+        for r in &self.runs {
+            let (lo, hi) = (start.max(first), end.min(first + r.count));
+            if lo < hi {
+                total += (hi - lo) * u64::from(r.len);
+            }
+            first += r.count;
+        }
+        total
     }
 
     /// Every block's `(offset, length)`, in the order they were pushed.
@@ -238,7 +253,12 @@ impl DatasetWriter {
         let mut locs = extents.iter();
         while start < nleaves {
             let end = (start + batch as u64).min(nleaves);
-            store.write(self.reserved, |t| {
+            // The batch's blocks were reserved for: that part of the reservation becomes used
+            // with the commit (not counted twice meanwhile by other uploads and downloads).
+            let consumed = extents.bytes_of(start, end).min(self.reserved);
+            let own = self.reserved;
+            self.reserved -= consumed;
+            store.write_consuming(own, Consume::Upload(consumed), |t| {
                 // New blocks of the batch, referenced in CID order once the leaves are in: the
                 // `blocks` table is keyed by CID (random), and sorted inserts walk its pages in
                 // order instead of jumping around a table larger than the page cache.
@@ -394,5 +414,17 @@ mod tests {
         // A gap (38..40) or a change of length starts a new run.
         assert_eq!(e.runs.len(), 4);
         assert_eq!(e.iter().collect::<Vec<_>>(), pushed);
+        // Bytes of any span of blocks, across runs, as the sum over the replayed blocks.
+        for start in 0..=pushed.len() as u64 {
+            for end in start..=pushed.len() as u64 + 1 {
+                let want: u64 = e
+                    .iter()
+                    .skip(start as usize)
+                    .take((end - start) as usize)
+                    .map(|(_, len)| u64::from(len))
+                    .sum();
+                assert_eq!(e.bytes_of(start, end), want, "{start}..{end}");
+            }
+        }
     }
 }

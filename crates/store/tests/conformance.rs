@@ -595,7 +595,7 @@ fn maintenance_settling_gets_past_partial_datasets() {
 }
 
 /// Room reserved for a download counts as used for other downloads and for uploads, not for
-/// the download's own leaves; shrinking or dropping the reservation gives it back. Before,
+/// the download's own leaves; storing them draws it down, and dropping it gives the rest back. Before,
 /// downloads only checked the free space at their start, so two that each fit alone both
 /// started, shared the room and both failed with the store full.
 #[test]
@@ -615,7 +615,7 @@ fn a_download_reservation_holds_its_room() {
                 .unwrap();
         }
         let bs = BS as u64;
-        let mut rx = b.store.reserve_room(&x.tree_cid, 0..N, bs).unwrap();
+        let rx = b.store.reserve_room(&x.tree_cid, 0..N, bs).unwrap();
         assert_eq!(rx.bytes(), N * bs);
         assert_eq!(
             b.store.space().unwrap().quota_reserved_bytes,
@@ -637,10 +637,21 @@ fn a_download_reservation_holds_its_room() {
             ),
             "{name}: an upload took a download's room"
         );
-        // The download's own leaves go in.
+        // The download's own leaves go in, and draw the reservation down as they become used:
+        // used + reserved stays what it was, never counting a stored leaf twice.
+        let before = b.store.space().unwrap();
+        let total = before.quota_used_bytes + before.quota_reserved_bytes;
         let leaves: Vec<_> = (0..N).map(|i| leaf_of(&src, &x, i)).collect();
-        b.store.put_leaves(&x.tree_cid, &leaves).unwrap();
-        rx.shrink_to(0);
+        b.store.put_leaves(&x.tree_cid, &leaves[..2]).unwrap();
+        let mid = b.store.space().unwrap();
+        assert_eq!(mid.quota_reserved_bytes, (N - 2) * bs, "{name}");
+        assert_eq!(
+            mid.quota_used_bytes + mid.quota_reserved_bytes,
+            total,
+            "{name}"
+        );
+        assert_eq!(rx.bytes(), (N - 2) * bs, "{name}");
+        b.store.put_leaves(&x.tree_cid, &leaves[2..]).unwrap();
         assert_eq!(b.store.space().unwrap().quota_reserved_bytes, 0, "{name}");
         drop(rx);
         assert_eq!(b.store.space().unwrap().quota_reserved_bytes, 0, "{name}");
@@ -1057,5 +1068,66 @@ fn compaction_frees_what_a_deleted_download_left_in_shared_segments() {
             assert_eq!(download(&store, &y), y_bytes, "{name}: reopened");
             assert_consistent(&store, name);
         }
+    }
+}
+
+/// The store the `finish:leaf-batch` hook of the test below reads its space from, and what it
+/// saw: used plus reserved bytes after each batch of leaves an upload's finish commits.
+static OBSERVED: std::sync::Mutex<(Option<Store>, Vec<u64>)> =
+    std::sync::Mutex::new((None, Vec::new()));
+
+fn observe_space(point: &'static str) {
+    if point != "finish:leaf-batch" {
+        return;
+    }
+    let store = OBSERVED.lock().unwrap().0.clone();
+    if let Some(store) = store {
+        let s = store.space().unwrap();
+        OBSERVED
+            .lock()
+            .unwrap()
+            .1
+            .push(s.quota_used_bytes + s.quota_reserved_bytes);
+    }
+}
+
+/// An upload's finish commits its leaves in batches; each batch's bytes leave the reservation
+/// as they become used, so used + reserved stays at what the upload reserved. Before, the
+/// reservation was only given back after the last batch, every committed batch counted twice
+/// meanwhile, and an upload or download that fitted was refused (507) beside a large finishing
+/// upload.
+#[test]
+fn a_finishing_upload_is_never_counted_twice() {
+    const N: usize = 9;
+    for (name, b) in backends(StoreConfig {
+        leaf_batch: 2,
+        crash_hook: Some(observe_space),
+        ..quiet()
+    }) {
+        *OBSERVED.lock().unwrap() = (Some(b.store.clone()), Vec::new());
+        let reserve = (N * BS) as u64 + 1024;
+        let mut w = b.store.begin_dataset().unwrap();
+        w.reserve(reserve).unwrap();
+        for i in 0..N {
+            w.write(&Block::data_block(Bytes::from(data(BS, 100 + i as u8))))
+                .unwrap();
+        }
+        w.finish(DatasetMeta {
+            dataset_size: (N * BS) as u64,
+            block_size: BS as u64,
+            ..DatasetMeta::default()
+        })
+        .unwrap();
+        let seen = std::mem::take(&mut OBSERVED.lock().unwrap().1);
+        OBSERVED.lock().unwrap().0 = None;
+        assert_eq!(seen.len(), N.div_ceil(2), "{name}: {seen:?}");
+        assert!(
+            seen.iter().all(|&total| total == reserve),
+            "{name}: used + reserved after each batch {seen:?}, reserved {reserve}"
+        );
+        let s = b.store.space().unwrap();
+        assert_eq!(s.quota_reserved_bytes, 0, "{name}");
+        assert!(s.quota_used_bytes < reserve, "{name}: {s:?}");
+        assert_consistent(&b.store, name);
     }
 }
