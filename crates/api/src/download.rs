@@ -80,7 +80,7 @@ pub(crate) async fn serve(
         Source::Local => node.check_local(&manifest, range).await?,
         Source::Network if !head => {
             reservation = Some(
-                node.reserve_room(&manifest, range)
+                node.reserve_room(cid, &manifest, range)
                     .await
                     .map_err(network_error)?,
             );

@@ -254,6 +254,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
             maintenance_interval: cfg.block_mi,
             data_dir: Some(cfg.data_dir.clone()),
             metrics: metrics.node,
+            ..NodeConfig::default()
         },
         net,
         events,

@@ -56,7 +56,7 @@ use cairn_core::{BlockAddress, Manifest};
 use cairn_store::{Reservation, Store};
 use futures::{StreamExt, future::BoxFuture, stream::FuturesOrdered};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     NodeError,
@@ -64,6 +64,11 @@ use crate::{
     metrics::DownloadMetrics,
     range::ByteRange,
 };
+
+/// A stream whose reader takes nothing for this long is stopped, and the room and memory its
+/// download held go back: a client that stops reading cannot hold them for good (as an upload
+/// that sends nothing fails after the API's idle limit).
+pub const READER_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Window at the start of a download.
 pub const INITIAL_WINDOW: usize = 32;
@@ -207,6 +212,16 @@ pub(crate) fn refill(window: usize, inflight: usize, remaining: u64) -> u64 {
     }
 }
 
+/// Where a streaming download's blocks go: the reader's channel, and how long it may take
+/// nothing before the download stops.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    /// The stream's channel.
+    pub(crate) tx: mpsc::Sender<Result<Bytes, NodeError>>,
+    /// The stall limit ([`READER_STALL_TIMEOUT`] unless configured).
+    pub(crate) stall: Duration,
+}
+
 /// Downloads the blocks of `manifest` that hold `range`, in order, into `out`: each item is
 /// the part of its block inside the range. No block outside the range is read or wanted. With
 /// `out = None` blocks are only stored.
@@ -217,13 +232,13 @@ pub(crate) fn refill(window: usize, inflight: usize, remaining: u64) -> u64 {
 ///
 /// The last chunk is not sent but returned: the caller sends it after [`check_stored`], so a
 /// client that has received every byte can rely on those blocks being stored. `Ok(None)` when
-/// the reader went away.
+/// the reader went away, or took nothing for `stall`.
 pub(crate) async fn fetch_dataset(
     store: Store,
     engine: EngineHandle,
     manifest: Manifest,
     range: ByteRange,
-    out: Option<mpsc::Sender<Result<Bytes, NodeError>>>,
+    out: Option<Reader>,
     reservation: &mut Option<Reservation>,
     metrics: &DownloadMetrics,
 ) -> Result<Option<Bytes>, NodeError> {
@@ -335,10 +350,21 @@ pub(crate) async fn fetch_dataset(
         if next >= span.end && inflight.is_empty() {
             return Ok(Some(part)); // the last chunk: the caller sends it once stored
         }
-        if let Some(tx) = &out
-            && tx.send(Ok(part)).await.is_err()
-        {
-            return Ok(None); // the reader went away; pending wants are dropped by the engine
+        if let Some(Reader { tx, stall }) = &out {
+            let stall = *stall;
+            match tokio::time::timeout(stall, tx.send(Ok(part))).await {
+                Ok(Ok(())) => {}
+                // The reader went away; pending wants are dropped by the engine.
+                Ok(Err(_)) => return Ok(None),
+                Err(_) => {
+                    info!(
+                        %tree,
+                        "stream reader took nothing for {} s; download stopped",
+                        stall.as_secs()
+                    );
+                    return Ok(None);
+                }
+            }
         }
     }
     Ok(Some(Bytes::new()))

@@ -38,6 +38,9 @@ pub struct NodeConfig {
     /// Where the engine and downloads count (see [`crate::metrics`]); by default handles
     /// registered nowhere.
     pub metrics: NodeMetrics,
+    /// A network stream whose reader takes nothing for this long is stopped
+    /// ([`crate::fetch::READER_STALL_TIMEOUT`] by default).
+    pub reader_stall_timeout: Duration,
 }
 
 impl Default for NodeConfig {
@@ -46,6 +49,7 @@ impl Default for NodeConfig {
             maintenance_interval: cairn_store::DEFAULT_MAINTENANCE_INTERVAL,
             data_dir: None,
             metrics: NodeMetrics::default(),
+            reader_stall_timeout: crate::fetch::READER_STALL_TIMEOUT,
         }
     }
 }
@@ -263,6 +267,7 @@ impl Node {
         let manifest = manifest.clone();
         let node = self.clone();
         let metrics = self.config.metrics.downloads.clone();
+        let stall = self.config.reader_stall_timeout;
         tokio::spawn(async move {
             let _watch = node.watch_providers(&manifest);
             let mut download = Download::start(&metrics);
@@ -274,7 +279,10 @@ impl Node {
                 engine.clone(),
                 manifest.clone(),
                 range,
-                Some(tx.clone()),
+                Some(fetch::Reader {
+                    tx: tx.clone(),
+                    stall,
+                }),
                 &mut reservation,
                 &metrics,
             )
@@ -321,7 +329,7 @@ impl Node {
     pub async fn download(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
         let reservation = self
-            .reserve_room(&manifest, ByteRange::full(manifest.download_size()))
+            .reserve_room(cid, &manifest, ByteRange::full(manifest.download_size()))
             .await?;
         let engine = self.network()?.engine.clone();
         let store = self.store.clone();
@@ -368,7 +376,7 @@ impl Node {
     pub async fn download_and_wait(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
         let reservation = self
-            .reserve_room(&manifest, ByteRange::full(manifest.download_size()))
+            .reserve_room(cid, &manifest, ByteRange::full(manifest.download_size()))
             .await?;
         let engine = self.network()?.engine.clone();
         let _watch = self.watch_providers(&manifest);
@@ -506,9 +514,11 @@ impl Node {
     /// not stored yet, before a download starts ([`Store::reserve_room`]): a client that asks
     /// for more than fits hears so at once ([`cairn_store::StoreError::QuotaExceeded`], HTTP
     /// 507), and downloads and uploads running together cannot each take part of the same free
-    /// space and all fail.
+    /// space and all fail. A refused dataset that has no block here and no other download
+    /// (its manifest `cid` came with this request) is not left listed.
     pub async fn reserve_room(
         &self,
+        cid: Cid,
         manifest: &Manifest,
         range: ByteRange,
     ) -> Result<Reservation, NodeError> {
@@ -517,7 +527,16 @@ impl Node {
         let tree = manifest.tree_cid;
         let blocks = range.blocks(manifest.block_size);
         let block_size = manifest.block_size;
-        blocking(move || store.reserve_room(&tree, blocks, block_size)).await
+        blocking(move || match store.reserve_room(&tree, blocks, block_size) {
+            Err(e @ cairn_store::StoreError::QuotaExceeded { .. }) => {
+                if let Err(f) = store.forget_bare(&cid) {
+                    warn!(%cid, error = %f, "could not drop the manifest of a refused download");
+                }
+                Err(e)
+            }
+            other => other,
+        })
+        .await
     }
 
     /// Streams the bytes `range` of a locally stored dataset: reads (and verifies) only the

@@ -118,11 +118,59 @@ async fn a_download_that_does_not_fit_is_refused_up_front() {
     );
     let stats = b.engine().unwrap().stats().await.unwrap();
     assert_eq!(stats.blocks_received, 1, "only the manifest was fetched");
+    // Nothing of the refused dataset stays listed (its manifest was fetched for the request).
+    assert!(
+        b.list().await.unwrap().is_empty(),
+        "the refused dataset is listed"
+    );
+    assert_eq!(b.space().await.unwrap().quota_used_bytes, 0);
     tokio::time::timeout(WAIT, b.download_and_wait(small))
         .await
         .expect("B timed out")
         .unwrap();
     assert_eq!(local_bytes(&b, small).await, small_bytes);
+    cancel.cancel();
+}
+
+/// A client that stops reading a network stream does not hold the download's room (and
+/// memory) for good: after the stall limit the download stops and its reservation goes back,
+/// and another download of the dataset then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_reader_gives_the_room_back() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (net, events) = common::bare(&cancel).await;
+    let b = Node::with_network(
+        Store::in_memory(StoreConfig::default()).unwrap(),
+        NodeConfig {
+            reader_stall_timeout: Duration::from_millis(300),
+            ..NodeConfig::default()
+        },
+        net.clone(),
+        events,
+        cancel.clone(),
+    );
+    let original = data(200 * 65536, 12);
+    let cid = upload(&a, &original).await;
+    connect(&net, &na).await;
+    let m = b.fetch_manifest(cid).await.unwrap();
+    let mut stalled = b.stream_network(&m).unwrap();
+    // One chunk read, then nothing: the reservation is held while the stream is live...
+    let first = tokio::time::timeout(WAIT, stalled.try_next())
+        .await
+        .expect("no first chunk");
+    assert!(matches!(first, Ok(Some(_))), "{first:?}");
+    assert!(b.space().await.unwrap().quota_reserved_bytes > 0);
+    // ...and goes back once the reader has taken nothing for the stall limit.
+    tokio::time::timeout(WAIT, async {
+        while b.space().await.unwrap().quota_reserved_bytes > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the stalled stream kept its reservation");
+    drop(stalled);
+    assert_eq!(network_bytes(&b, cid).await, original);
     cancel.cancel();
 }
 

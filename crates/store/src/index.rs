@@ -351,6 +351,14 @@ impl<'txn> Tables<'txn> {
 
     /// Removes a manifest from the listing, drops its block, and marks its dataset for deletion
     /// when no other manifest names it. Returns whether the manifest was listed.
+    /// The dataset (tree CID bytes) manifest `manifest_cid` is listed for, if it is.
+    pub(crate) fn manifest_tree(&self, manifest_cid: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .manifests
+            .get(manifest_cid)?
+            .map(|t| t.value().to_vec()))
+    }
+
     pub(crate) fn remove_manifest(&mut self, manifest_cid: &[u8]) -> Result<bool, StoreError> {
         let tree = match self.manifests.remove(manifest_cid)? {
             Some(t) => t.value().to_vec(),

@@ -176,10 +176,8 @@ pub(crate) struct Inner {
     /// `download_pools`. Changed only while holding `reserved`, so a quota check sees both at
     /// once.
     pub(crate) download_reserved: AtomicU64,
-    /// Download reservations by dataset (tree CID bytes). Storing a dataset's leaves draws its
-    /// pool down in the same step as the bytes become used (see [`Consume`]). Locked only
-    /// while holding `reserved`.
-    download_pools: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Download reservations by dataset. Locked only while holding `reserved`.
+    download_pools: Mutex<Pools>,
     /// Reserved bytes a write transaction has taken over (its blocks) and that `used` does not
     /// count yet: moved out of a reservation just before the commit, and into `used` just after
     /// it. Changed only while holding `reserved`; quota checks count it, so no check sees the
@@ -272,7 +270,7 @@ impl Store {
             cfg,
             reserved: Mutex::new(0),
             download_reserved: AtomicU64::new(0),
-            download_pools: Mutex::new(HashMap::new()),
+            download_pools: Mutex::new(Pools::default()),
             pending: AtomicU64::new(0),
             used: AtomicU64::new(0),
             misc: Mutex::new(None),
@@ -639,14 +637,11 @@ impl Store {
             }
             Consume::Download { tree, bytes } => {
                 let mut pools = inner.download_pools.lock();
-                let Some(pool) = pools.get_mut(tree) else {
+                let Some(pool) = pools.by_tree.get_mut(tree) else {
                     return 0;
                 };
-                let m = bytes.min(*pool);
-                *pool -= m;
-                if *pool == 0 {
-                    pools.remove(tree);
-                }
+                let m = bytes.min(pool.bytes);
+                pool.bytes -= m;
                 inner.download_reserved.fetch_sub(m, Ordering::Relaxed);
                 m
             }
@@ -660,7 +655,14 @@ impl Store {
     fn check_quota(&self, len: u64, own_tree: Option<&[u8]>) -> Result<(), StoreError> {
         let uploads = self.inner.reserved.lock();
         let own = own_tree
-            .and_then(|t| self.inner.download_pools.lock().get(t).copied())
+            .and_then(|t| {
+                self.inner
+                    .download_pools
+                    .lock()
+                    .by_tree
+                    .get(t)
+                    .map(|p| p.bytes)
+            })
             .unwrap_or(0);
         let used = (self.inner.used.load(Ordering::Relaxed)
             + self.inner.pending.load(Ordering::Relaxed)
@@ -911,23 +913,65 @@ impl Store {
         drop(r);
         let needed = (all - stored.min(all)).saturating_mul(block_size);
         let uploads = self.inner.reserved.lock();
-        self.inner.fits(*uploads, needed)?;
+        let mut pools = self.inner.download_pools.lock();
+        // Downloads of the same dataset share its pool: only what it lacks is added (a second
+        // request for a dataset being fetched needs no more room).
+        let held = pools.by_tree.get(&key).map_or(0, |p| p.bytes);
+        let add = needed.saturating_sub(held);
+        self.inner.fits(*uploads, add)?;
         // Changed only under the uploads' lock, so checks and reservations do not interleave.
-        if needed > 0 {
-            *self
-                .inner
-                .download_pools
-                .lock()
-                .entry(key.clone())
-                .or_default() += needed;
-            self.inner
-                .download_reserved
-                .fetch_add(needed, Ordering::Relaxed);
+        if needed == 0 && held == 0 && !pools.by_tree.contains_key(&key) {
+            return Ok(Reservation {
+                store: self.clone(),
+                tree: key,
+                id: None,
+            });
         }
+        pools.next_id += 1;
+        let next_id = pools.next_id;
+        let pool = pools.by_tree.entry(key.clone()).or_insert(Pool {
+            id: next_id,
+            bytes: 0,
+            holders: 0,
+        });
+        pool.bytes += add;
+        pool.holders += 1;
+        let id = pool.id;
+        self.inner
+            .download_reserved
+            .fetch_add(add, Ordering::Relaxed);
         Ok(Reservation {
             store: self.clone(),
             tree: key,
-            bytes: needed,
+            id: Some(id),
+        })
+    }
+
+    /// Removes manifest `manifest_cid` if its dataset is bare: listed but without a single leaf
+    /// stored, and no download holds room for it. A download refused for want of room leaves
+    /// nothing listed this way, instead of a dataset that shows its full size but has no byte
+    /// of it. Returns whether it was removed.
+    pub fn forget_bare(&self, manifest_cid: &Cid) -> Result<bool, StoreError> {
+        let key = manifest_cid.to_bytes();
+        let inner = &self.inner;
+        self.write(0, |t| {
+            let Some(tree) = t.manifest_tree(&key)? else {
+                return Ok(false);
+            };
+            let has_leaf = t
+                .leaves
+                .range((tree.as_slice(), 0)..=(tree.as_slice(), u64::MAX))?
+                .next()
+                .is_some();
+            // Lock order as in every write: the writer, then the reservations.
+            let downloading = {
+                let _uploads = inner.reserved.lock();
+                inner.download_pools.lock().by_tree.contains_key(&tree)
+            };
+            if has_leaf || downloading {
+                return Ok(false);
+            }
+            t.remove_manifest(&key)
         })
     }
 
@@ -1136,16 +1180,32 @@ impl Store {
             return Ok(());
         }
         let key = cid.to_bytes();
-        let dataset = self.write(0, |t| {
+        let (dataset, gone_tree) = self.write(0, |t| {
+            let tree = t.manifest_tree(&key)?;
             if t.remove_manifest(&key)? {
-                return Ok(true);
+                // The dataset goes with its last manifest.
+                let gone = match &tree {
+                    Some(tree) => t.get_dataset(tree)?.is_none_or(|d| d.state == DS_DELETING),
+                    None => false,
+                };
+                return Ok((true, tree.filter(|_| gone)));
             }
             match t.get_block(&key)? {
-                None => Ok(false),
+                None => Ok((false, None)),
                 Some(rec) if rec.refs > 0 => Err(StoreError::InUse { cid: *cid }),
-                Some(_) => t.drop_ref(&key, true).map(|()| false),
+                Some(_) => t.drop_ref(&key, true).map(|()| (false, None)),
             }
         })?;
+        if let Some(tree) = gone_tree {
+            // Downloads of it stop and store nothing more: their room goes back now, not when
+            // their clients go away.
+            let _uploads = self.inner.reserved.lock();
+            if let Some(pool) = self.inner.download_pools.lock().by_tree.remove(&tree) {
+                self.inner
+                    .download_reserved
+                    .fetch_sub(pool.bytes, Ordering::Relaxed);
+            }
+        }
         if dataset {
             debug!(%cid, "dataset deleted; reclaiming its blocks in the background");
             self.wake_reclaimer();
@@ -1420,16 +1480,19 @@ fn reclaim_loop(weak: &Weak<Inner>, rx: &Receiver<()>) {
 }
 
 /// Room in the quota held for a download ([`Store::reserve_room`]): it counts as used for every
-/// other download and upload. Storing the dataset's leaves ([`Store::put_leaves`]) draws it
-/// down in the same step as their bytes become used, so the two are never counted together;
-/// what is left when it is dropped goes back. Reservations for the same dataset share one pool.
+/// other download and upload. Downloads of the same dataset share one pool, which holds room for
+/// what the dataset lacks. Storing its leaves ([`Store::put_leaves`]) draws the pool down in the
+/// same step as their bytes become used, so the two are never counted together; what is left
+/// goes back when the last reservation on the pool is dropped, or at once when the dataset is
+/// deleted.
 #[derive(Debug)]
 pub struct Reservation {
     store: Store,
     /// The dataset (tree CID bytes).
     tree: Vec<u8>,
-    /// What this reservation added to the dataset's pool.
-    bytes: u64,
+    /// The pool this reservation holds, if it needed room: pools get a new id when made again
+    /// after a delete, so an old reservation never touches a newer pool.
+    id: Option<u64>,
 }
 
 impl Reservation {
@@ -1437,27 +1500,49 @@ impl Reservation {
     pub fn bytes(&self) -> u64 {
         let _uploads = self.store.inner.reserved.lock();
         let pools = self.store.inner.download_pools.lock();
-        pools.get(&self.tree).copied().unwrap_or(0).min(self.bytes)
+        match (self.id, pools.by_tree.get(&self.tree)) {
+            (Some(id), Some(pool)) if pool.id == id => pool.bytes,
+            _ => 0,
+        }
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        let Some(id) = self.id else {
+            return;
+        };
         let inner = &self.store.inner;
         let _uploads = inner.reserved.lock();
         let mut pools = inner.download_pools.lock();
-        let Some(pool) = pools.get_mut(&self.tree) else {
+        let Some(pool) = pools.by_tree.get_mut(&self.tree).filter(|p| p.id == id) else {
             return;
         };
-        // What the pool still holds of this reservation (stored leaves drew it down; another
-        // reservation for the dataset may still need the rest).
-        let back = self.bytes.min(*pool);
-        *pool -= back;
-        if *pool == 0 {
-            pools.remove(&self.tree);
+        pool.holders -= 1;
+        if pool.holders == 0 {
+            let bytes = pool.bytes;
+            pools.by_tree.remove(&self.tree);
+            inner.download_reserved.fetch_sub(bytes, Ordering::Relaxed);
         }
-        inner.download_reserved.fetch_sub(back, Ordering::Relaxed);
     }
+}
+
+/// Download reservations by dataset (tree CID bytes).
+#[derive(Debug, Default)]
+pub(crate) struct Pools {
+    by_tree: HashMap<Vec<u8>, Pool>,
+    /// The last pool id given.
+    next_id: u64,
+}
+
+/// The room held for one dataset's downloads.
+#[derive(Debug)]
+struct Pool {
+    id: u64,
+    /// Bytes still held.
+    bytes: u64,
+    /// Live [`Reservation`]s on it.
+    holders: usize,
 }
 
 /// What a write transaction's blocks were reserved in ([`Store::write_consuming`]).

@@ -1131,3 +1131,56 @@ fn a_finishing_upload_is_never_counted_twice() {
         assert_consistent(&b.store, name);
     }
 }
+
+/// Downloads of one dataset share its reservation: a second request for a dataset being
+/// fetched needs no more room (before, it reserved the whole dataset again and got a false 507
+/// from a quota that held the dataset once). The room goes back when the last of them is
+/// dropped, or at once when the dataset is deleted (a client that stopped reading its stream
+/// must not hold it), and a reservation from before the delete never touches a new one.
+#[test]
+fn downloads_of_one_dataset_share_its_reservation() {
+    const N: u64 = 6;
+    for (name, b) in backends(StoreConfig {
+        quota_bytes: 8 * BS as u64,
+        background_reclaim: false,
+        ..StoreConfig::default()
+    }) {
+        let src = Store::in_memory(quiet()).unwrap();
+        let (xc, x) = upload(&src, &data(N as usize * BS, 81), None).unwrap();
+        let manifest = src.get_block(&xc).unwrap().unwrap();
+        b.store.put_block(&manifest).unwrap();
+        let bs = BS as u64;
+        let reserved = |s: &Store| s.space().unwrap().quota_reserved_bytes;
+        let first = b.store.reserve_room(&x.tree_cid, 0..N, bs).unwrap();
+        let second = b.store.reserve_room(&x.tree_cid, 0..N, bs).unwrap();
+        let range = b.store.reserve_room(&x.tree_cid, 2..4, bs).unwrap();
+        assert_eq!(reserved(&b.store), N * bs, "{name}");
+        assert_eq!(second.bytes(), N * bs, "{name}");
+        b.store
+            .put_leaves(&x.tree_cid, &[leaf_of(&src, &x, 0)])
+            .unwrap();
+        assert_eq!(reserved(&b.store), (N - 1) * bs, "{name}");
+        // Held until the last one goes.
+        drop(first);
+        drop(range);
+        assert_eq!(reserved(&b.store), (N - 1) * bs, "{name}");
+        drop(second);
+        assert_eq!(reserved(&b.store), 0, "{name}");
+
+        // A delete frees the room at once; the stale reservation's drop changes nothing, not
+        // even the room of a download of the dataset stored again.
+        let stale = b.store.reserve_room(&x.tree_cid, 0..N, bs).unwrap();
+        assert_eq!(reserved(&b.store), (N - 1) * bs, "{name}");
+        b.store.delete(&xc).unwrap();
+        assert_eq!(reserved(&b.store), 0, "{name}");
+        b.store.maintenance(cairn_store_now()).unwrap();
+        b.store.put_block(&manifest).unwrap();
+        let fresh = b.store.reserve_room(&x.tree_cid, 0..N, bs).unwrap();
+        assert_eq!(reserved(&b.store), N * bs, "{name}");
+        drop(stale);
+        assert_eq!(reserved(&b.store), N * bs, "{name}");
+        drop(fresh);
+        assert_eq!(reserved(&b.store), 0, "{name}");
+        assert_consistent(&b.store, name);
+    }
+}
