@@ -117,8 +117,10 @@ pub(crate) async fn connect(
             .into_response()),
         Err(NodeError::NoNetwork) => Err(ApiError::Unavailable("This node has no network.".into())),
         Err(e) => {
-            tracing::debug!(%peer, error = %e, "connect failed");
-            Err(ApiError::BadRequest("Unable to dial peer".into()))
+            // The reference's answer, with the reason (a muxer or protocol mismatch, a refused
+            // connection, a wrong peer id), which is also logged.
+            tracing::info!(%peer, error = %e, "connect failed");
+            Err(ApiError::BadRequest(format!("Unable to dial peer: {e}")))
         }
     }
 }

@@ -369,6 +369,19 @@ fn download_from_another_node() {
     assert_eq!(r.status(), 400);
     // The reference's text, seen on a live node (docs/INTEROP.md).
     assert_eq!(r.text().unwrap(), "peerid: incorrect PeerId string");
+    // A peer that cannot be dialled: the reference's text, then the reason.
+    let r = c
+        .get(b.url(
+            "/connect/16Uiu2HAm7ATeXPwZ5g1KaSktf1azLNz54tDQbhvqV34eWBdebwmi?addrs=/ip4/127.0.0.1/tcp/1",
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().unwrap();
+    assert!(
+        text.starts_with("Unable to dial peer: ") && text.len() > "Unable to dial peer: ".len(),
+        "{text}"
+    );
     a.stop();
     b.stop();
 }

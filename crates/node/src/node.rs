@@ -316,7 +316,15 @@ impl Node {
                 Ok(_) => {}
                 Err(e) => {
                     // The client only sees its response end early; say why here.
-                    warn!(cid = %manifest.cid(), error = %e, "network stream failed");
+                    if matches!(e, NodeError::NotFound) {
+                        warn!(
+                            cid = %manifest.cid(),
+                            "network stream failed: no connected peer had the next block in time \
+                             (a provider left, or none has it)"
+                        );
+                    } else {
+                        warn!(cid = %manifest.cid(), error = %e, "network stream failed");
+                    }
                     let _ = tx.send(Err(e)).await;
                 }
             }
