@@ -35,7 +35,7 @@ use libp2p::{
     multiaddr::Protocol,
     ping,
     swarm::{
-        ConnectionId, NetworkBehaviour, SwarmEvent,
+        ConnectionId, DialError, NetworkBehaviour, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     },
 };
@@ -806,6 +806,15 @@ impl Service {
                 debug!(peer = ?peer_id, %error, "dial failed");
                 if let Some((_, done)) = self.dials.remove(&connection_id) {
                     let _ = done.send(Err(NetError::Dial(error.to_string())));
+                }
+                // Another peer answers at the address we had for this one (it restarted with a
+                // new identity, or the address was reused): drop the stale entry instead of
+                // dialling it again and again, each time opening a connection the other peer
+                // sees come and go (as CometBFT's book marks such an address bad).
+                if let (Some(p), DialError::WrongPeerId { obtained, .. }) = (peer_id, &error)
+                    && self.book.remove(&p)
+                {
+                    info!(peer = %p, %obtained, "another peer answers at its address; dropped from the address book");
                 }
                 if let Some(p) = peer_id {
                     self.fixed_failed(p);

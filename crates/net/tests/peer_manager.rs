@@ -435,3 +435,40 @@ async fn private_peer_ids_are_never_given_out() {
     );
     cancel.cancel();
 }
+
+/// A peer that comes back at the same address with a new identity: dialling the old identity
+/// there fails with a wrong peer id, and the old entry leaves the address book at once instead
+/// of being dialled again and again (each time a connection the new peer sees come and go; an
+/// operator test saw a node's own dial refused among them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_gone_from_its_address_leaves_the_book() {
+    let cancel = CancellationToken::new();
+    let (a, _) = node_with(quiet(), &cancel).await;
+    let old_cancel = cancel.child_token();
+    let (old, addr) = node_with(quiet(), &old_cancel).await;
+    let old_id = old.local_peer_id();
+    a.connect(old_id, vec![addr.clone()]).await.unwrap();
+    until("the old identity is in the book", || async {
+        a.book_entry(old_id).await.unwrap().is_some()
+    })
+    .await;
+    old_cancel.cancel();
+    until("the old node is gone", || async {
+        a.peers().await.unwrap().iter().all(|p| p.peer != old_id)
+    })
+    .await;
+    // The same address, another identity.
+    let (new, _) = node_with(
+        NetConfig {
+            listen: vec![addr.clone()],
+            ..quiet()
+        },
+        &cancel,
+    )
+    .await;
+    assert_ne!(new.local_peer_id(), old_id);
+    let err = a.connect(old_id, vec![addr]).await.unwrap_err();
+    assert!(err.to_string().contains("peer"), "{err}");
+    assert!(a.book_entry(old_id).await.unwrap().is_none());
+    cancel.cancel();
+}
