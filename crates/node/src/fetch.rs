@@ -351,8 +351,7 @@ pub(crate) async fn fetch_dataset(
             return Ok(Some(part)); // the last chunk: the caller sends it once stored
         }
         if let Some(Reader { tx, stall }) = &out {
-            let stall = *stall;
-            match tokio::time::timeout(stall, tx.send(Ok(part))).await {
+            match tokio::time::timeout(*stall, tx.send(Ok(part))).await {
                 Ok(Ok(())) => {}
                 // The reader went away; pending wants are dropped by the engine.
                 Ok(Err(_)) => return Ok(None),
