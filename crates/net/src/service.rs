@@ -409,6 +409,8 @@ pub async fn start(
     );
     let mut pending = Vec::new();
     for addr in &config.listen {
+        transport::probe_free_port(addr)
+            .map_err(|e| NetError::Listen(addr.clone(), e.to_string()))?;
         let id = swarm
             .listen_on(addr.clone())
             .map_err(|e| NetError::Listen(addr.clone(), e.to_string()))?;

@@ -81,3 +81,26 @@ pub fn build(
             .boxed(),
     })
 }
+
+/// Checks that no other socket listens on `addr`'s TCP port, for a listen address with a fixed
+/// port (`/ip4|ip6/…/tcp/<port>`, port ≠ 0; anything else passes).
+///
+/// libp2p-tcp sets `SO_REUSEPORT` on every listening socket, so a second node told to listen on
+/// a port another node holds binds it too, without an error, and the kernel then splits new
+/// connections between the two: dials to the first node reach the second about half the time
+/// and fail with a wrong peer id. A plain bind (no `SO_REUSEPORT`) of the same address fails
+/// while any listener holds it, so it is tried first and dropped at once.
+pub fn probe_free_port(addr: &libp2p::Multiaddr) -> std::io::Result<()> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    let port = match parts.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => port,
+        _ => return Ok(()),
+    };
+    std::net::TcpListener::bind((ip, port)).map(drop)
+}
