@@ -6,7 +6,12 @@
 //!   [`ADVERTISE_CONCURRENCY`] at a time. Every `reannounce_interval` (30 min by default, as the
 //!   reference) every stored dataset is announced again, because provider records expire after
 //!   24 h on the nodes that hold them. A full queue drops the announcement (the next round
-//!   repeats it) rather than make an upload wait for the DHT.
+//!   repeats it) rather than make an upload wait for the DHT. The first round runs as soon as
+//!   the routing table holds a node (checked every [`JOIN_CHECK_INTERVAL`]), so a restarted
+//!   node is findable at once rather than half an hour later; an announcement that reached
+//!   nobody (an empty table, or no node answered) is tried again every
+//!   [`UNTOLD_RETRY_INTERVAL`] while the table holds a node, at most [`ADVERTISE_QUEUE`] of
+//!   them.
 //! * **Provider search.** Fetching a manifest that is not local starts a provider search for it
 //!   beside the block-exchange want, retried every [`EMPTY_SEARCH_RETRY`] until a provider is
 //!   dialled or the want ends; while a dataset downloads, a watcher checks every
@@ -43,6 +48,13 @@ pub const ADVERTISE_CONCURRENCY: usize = 4;
 
 /// Default interval of the re-announce round (the reference: 30 minutes).
 pub const DEFAULT_REANNOUNCE_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
+/// Until the first round, how often the advertiser checks whether the routing table holds a
+/// node yet (a node joins within a second or two of its bootstrap answering).
+pub const JOIN_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often announcements that reached no node are tried again.
+pub const UNTOLD_RETRY_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A download with fewer connected holders than this searches the DHT for more (issue 4).
 pub const MIN_HOLDERS: usize = 3;
@@ -218,11 +230,17 @@ async fn advertise(
     reannounce: Duration,
     cancel: CancellationToken,
 ) {
-    let mut running = JoinSet::new();
+    let mut running: JoinSet<(Cid, usize)> = JoinSet::new();
     let mut round = tokio::time::interval(reannounce);
     round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    round.tick().await; // the first tick is immediate; the first round is one interval away
+    round.tick().await; // the first tick is immediate; later rounds are an interval apart
+    let mut joined = false;
+    let mut join_check = tokio::time::interval(JOIN_CHECK_INTERVAL);
+    let mut retry = tokio::time::interval(UNTOLD_RETRY_INTERVAL);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut backlog: Vec<Cid> = Vec::new();
+    // Announced to nobody: tried again on `retry`.
+    let mut untold: Vec<Cid> = Vec::new();
     loop {
         // Start what fits.
         while running.len() < ADVERTISE_CONCURRENCY
@@ -232,29 +250,56 @@ async fn advertise(
             running.spawn(async move {
                 let told = dht.provide(&cid.to_bytes()).await;
                 debug!(%cid, told, "announced");
+                (cid, told)
             });
         }
         tokio::select! {
             () = cancel.cancelled() => break,
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                if let Ok((cid, 0)) = done
+                    && untold.len() < ADVERTISE_QUEUE
+                    && !untold.contains(&cid)
+                {
+                    untold.push(cid);
+                }
+            }
             cid = queue.recv(), if backlog.len() < ADVERTISE_QUEUE => match cid {
                 Some(cid) => backlog.push(cid),
                 None => break,
             },
-            _ = round.tick() => {
-                let s = store.clone();
-                let listed = tokio::task::spawn_blocking(move || s.list_manifests()).await;
-                if let Ok(Ok(list)) = listed {
-                    for (cid, m) in list {
-                        if backlog.len() + 2 > ADVERTISE_QUEUE {
-                            break;
-                        }
+            _ = join_check.tick(), if !joined => {
+                if dht.table_len() > 0 {
+                    joined = true;
+                    info!("joined the DHT; announcing every stored dataset");
+                    queue_round(&store, &mut backlog).await;
+                }
+            }
+            _ = retry.tick(), if !untold.is_empty() => {
+                if dht.table_len() > 0 {
+                    while backlog.len() < ADVERTISE_QUEUE
+                        && let Some(cid) = untold.pop()
+                    {
                         backlog.push(cid);
-                        backlog.push(m.tree_cid);
                     }
                 }
             }
+            _ = round.tick() => queue_round(&store, &mut backlog).await,
         }
     }
     running.shutdown().await;
+}
+
+/// Queues every stored dataset's manifest and tree CIDs, as far as the backlog has room.
+async fn queue_round(store: &Store, backlog: &mut Vec<Cid>) {
+    let s = store.clone();
+    let listed = tokio::task::spawn_blocking(move || s.list_manifests()).await;
+    if let Ok(Ok(list)) = listed {
+        for (cid, m) in list {
+            if backlog.len() + 2 > ADVERTISE_QUEUE {
+                break;
+            }
+            backlog.push(cid);
+            backlog.push(m.tree_cid);
+        }
+    }
 }

@@ -43,3 +43,53 @@ async fn a_deleted_dataset_is_no_longer_answered_as_ours() {
     assert!(!dht.announced(&cid.to_bytes()), "the manifest is withdrawn");
     cancel.cancel();
 }
+
+/// A dataset announced while the routing table was empty reached nobody. It used to wait for
+/// the next re-announce round (30 minutes by default; an hour here), so a restarted node was not
+/// findable for that long. Once the table holds a node the node announces what it stores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_announced_to_nobody_is_announced_once_the_table_fills() {
+    let cancel = CancellationToken::new();
+    let (node, _net) = node(&cancel).await;
+    let local = || DiscoveryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    let dht = Discovery::start(Keypair::generate_secp256k1(), local(), cancel.clone())
+        .await
+        .unwrap();
+    let node = node.with_discovery(dht.clone(), Duration::from_secs(3600), cancel.clone());
+    let cid = upload(&node, &data(200_000, 11)).await;
+    let deadline = tokio::time::Instant::now() + ANNOUNCE_DEADLINE;
+    while !dht.announced(&cid.to_bytes()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upload was not announced within {ANNOUNCE_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dht.table_len(), 0, "nobody to tell yet");
+
+    // The new node's held records are read from its metrics: a lookup from it would also reach
+    // the announcing node, which answers its own record whether or not it announced it.
+    let metrics = cairn_node::discovery::Metrics::default();
+    let other = Discovery::start(
+        Keypair::generate_secp256k1(),
+        DiscoveryConfig {
+            metrics: metrics.clone(),
+            ..local()
+        },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    dht.add_node(other.local_spr()).await.unwrap();
+    let wait = ANNOUNCE_DEADLINE + cairn_node::JOIN_CHECK_INTERVAL;
+    let deadline = tokio::time::Instant::now() + wait;
+    // The manifest's record and the tree's.
+    while metrics.provider_records.get() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dataset was not announced to the new node within {wait:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+}
