@@ -53,6 +53,12 @@ impl From<NodeError> for ApiError {
             }) => ApiError::InsufficientStorage(format!(
                 "Storage quota exceeded: {used} of {quota} bytes used or reserved by uploads and downloads in progress, {needed} more needed."
             )),
+            NodeError::Store(e) if e.is_disk_full() => {
+                ApiError::InsufficientStorage(format!("The node's disk is full: {e}"))
+            }
+            NodeError::Fetch(cairn_node::engine::FetchError::DiskFull(m)) => {
+                ApiError::InsufficientStorage(format!("The node's disk is full: {m}"))
+            }
             NodeError::Incomplete { .. } => ApiError::NotFound(
                 "The dataset is not complete on this node (a download stopped, or fetched only a \
                  range); fetch it with /data/{cid}/network/stream.",
@@ -129,6 +135,31 @@ mod tests {
         assert_eq!(send(delete(held)).await, StatusCode::CONFLICT);
         let manifest = "zDvZRwzm1ePSzKSXt57D5YxHwcSDmsCyYN65wW4HT7fuX9HrzFXy";
         assert_eq!(send(delete(manifest.into())).await, StatusCode::NO_CONTENT);
+    }
+
+    /// An upload the quota allows but the disk cannot take is `507` with a message that names
+    /// the disk (it was a `500` "No space left on device" once the disk had filled).
+    #[tokio::test]
+    async fn an_upload_the_disk_cannot_take_is_insufficient_storage() {
+        let app = router(Node::new(
+            Store::in_memory(StoreConfig {
+                free_space_hook: Some(|| cairn_node::MIN_DISK_HEADROOM + 1000),
+                ..StoreConfig::default()
+            })
+            .unwrap(),
+            NodeConfig::default(),
+        ));
+        let upload = Request::post(format!("{API_BASE}/data"))
+            .header("content-length", "100000")
+            .body(Body::from(vec![7u8; 100_000]))
+            .unwrap();
+        let answer = app.oneshot(upload).await.unwrap();
+        assert_eq!(answer.status(), StatusCode::INSUFFICIENT_STORAGE);
+        let body = axum::body::to_bytes(answer.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("disk is full"), "{text}");
     }
 
     /// A block exchange at its limit of pending wants is a temporary overload: `503`.

@@ -145,6 +145,9 @@ pub enum FetchError {
     /// Storing the block failed.
     #[error("storing the block failed: {0}")]
     Store(String),
+    /// The block could not be stored: the store's disk is full (HTTP 507 in the API).
+    #[error("storing the block failed: {0}")]
+    DiskFull(String),
     /// The engine stopped.
     #[error("the block exchange has stopped")]
     Stopped,
@@ -1334,6 +1337,7 @@ fn store_error(e: &StoreError) -> FetchError {
             used,
             quota,
         },
+        _ if e.is_disk_full() => FetchError::DiskFull(e.to_string()),
         _ => FetchError::Store(e.to_string()),
     }
 }

@@ -282,15 +282,18 @@ pub(crate) async fn fetch_dataset(
                 // fetched from the network like a missing one.
                 let read = s.get_leaves(&tree, &indices).unwrap_or_default();
                 let mut read = read.into_iter();
-                Ok::<_, cairn_store::StoreError>(
-                    indices
-                        .into_iter()
-                        .map(|i| match read.next() {
-                            Some(Ok(Some((b, _)))) => (i, Some(b.data().clone())),
-                            _ => (i, None),
-                        })
-                        .collect::<Vec<_>>(),
-                )
+                let found: Vec<_> = indices
+                    .into_iter()
+                    .map(|i| match read.next() {
+                        Some(Ok(Some((b, _)))) => (i, Some(b.data().clone())),
+                        _ => (i, None),
+                    })
+                    .collect();
+                // The quota was reserved up front, but the disk may have filled since (other
+                // writers, other programs): stop rather than fetch what cannot be stored.
+                let missing = found.iter().filter(|(_, d)| d.is_none()).count() as u64;
+                s.disk_room(missing.saturating_mul(block_size))?;
+                Ok::<_, cairn_store::StoreError>(found)
             })
             .await??;
             next += n;

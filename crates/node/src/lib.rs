@@ -69,4 +69,6 @@ pub use crate::{
 };
 pub use cairn_discovery as discovery;
 pub use cairn_net as net;
-pub use cairn_store::{DatasetMeta, Reservation, Space, Store, StoreConfig, StoreError};
+pub use cairn_store::{
+    DatasetMeta, MIN_DISK_HEADROOM, Reservation, Space, Store, StoreConfig, StoreError,
+};

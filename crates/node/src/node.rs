@@ -536,7 +536,7 @@ impl Node {
         let blocks = range.blocks(manifest.block_size);
         let block_size = manifest.block_size;
         blocking(move || match store.reserve_room(&tree, blocks, block_size) {
-            Err(e @ cairn_store::StoreError::QuotaExceeded { .. }) => {
+            Err(e) if matches!(e, cairn_store::StoreError::QuotaExceeded { .. }) || e.is_disk_full() => {
                 if let Err(f) = store.forget_bare(&cid) {
                     warn!(%cid, error = %f, "could not drop the manifest of a refused download");
                 }

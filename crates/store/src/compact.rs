@@ -224,7 +224,7 @@ impl Store {
     /// Every sealed segment with its live bytes and file size.
     fn sealed_segments(&self) -> Result<Vec<SegmentUse>, StoreError> {
         let ids: Vec<(u64, u64)> = {
-            let r = self.inner.db.begin_read()?;
+            let r = self.inner.db()?.begin_read()?;
             let segs = r.open_table(SEGMENTS)?;
             let mut out = Vec::new();
             for e in segs.iter()? {
@@ -253,7 +253,7 @@ impl Store {
     /// is still picked by the next pass).
     fn live_blocks_in(&self, segments: &[u64]) -> Result<Vec<Move>, StoreError> {
         let wanted: HashSet<u64> = segments.iter().copied().collect();
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         let blocks = r.open_table(BLOCKS)?;
         let mut moves = Vec::new();
         let mut bytes = 0u64;
@@ -429,7 +429,7 @@ mod tests {
 
     /// The index row of block `b`.
     fn row(store: &Store, b: &Block) -> BlockRec {
-        let r = store.inner.db.begin_read().unwrap();
+        let r = store.inner.db().unwrap().begin_read().unwrap();
         let t = r.open_table(BLOCKS).unwrap();
         let v = t.get(b.cid().to_bytes().as_slice()).unwrap().unwrap();
         BlockRec::from_tuple(v.value())

@@ -18,6 +18,24 @@ pub enum StoreError {
         /// The quota.
         quota: u64,
     },
+    /// The disk holding the store lacks room for the write, though the quota has it: what is
+    /// free beyond the room kept for the index ([`crate::MIN_DISK_HEADROOM`]) is less than the
+    /// write needs. Nothing was written.
+    #[error(
+        "not enough free disk space: {needed} more bytes needed, {free} bytes free on the store's disk beyond the room kept for its index"
+    )]
+    DiskFull {
+        /// Bytes the write needed.
+        needed: u64,
+        /// Bytes free beyond the room kept for the index.
+        free: u64,
+    },
+    /// The index could not be written (a disk that filled up, or an I/O error) and has not been
+    /// reopened yet: it is reopened once the disk has room again.
+    #[error(
+        "the store's index is unavailable after a failed write ({0}); it is reopened once its disk has room"
+    )]
+    IndexUnavailable(String),
     /// A stored block no longer matches its CID. It is not served.
     #[error("stored block {cid} is corrupt (its bytes no longer match the CID)")]
     Corrupt {
@@ -75,6 +93,29 @@ macro_rules! from_redb {
             }
         }
     )*};
+}
+
+fn is_enospc(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+}
+
+impl StoreError {
+    /// Whether the error says the store's disk is full: [`StoreError::DiskFull`], or a write of
+    /// a segment or of the index that failed with `ENOSPC`. (HTTP 507 in the API.)
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull { .. } | StoreError::IndexUnavailable(_) => true,
+            StoreError::Io(e) => is_enospc(e),
+            StoreError::Db(e) => matches!(&**e, redb::Error::Io(io) if is_enospc(io)),
+            _ => false,
+        }
+    }
+
+    /// Whether the index database failed in a way that leaves it unusable until it is reopened
+    /// (redb latches its first I/O error and fails everything after it with `PreviousIo`).
+    pub(crate) fn index_failed(&self) -> bool {
+        matches!(self, StoreError::Db(e) if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo))
+    }
 }
 
 from_redb!(

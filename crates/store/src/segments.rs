@@ -197,6 +197,24 @@ impl Segments {
         }
     }
 
+    /// Cuts segment `id` back to `len` bytes: what a failed append wrote past the blocks before
+    /// it (which no index row names) goes back to the file system at once.
+    pub(crate) fn truncate(&self, id: u64, len: u64) -> io::Result<()> {
+        match self {
+            Segments::Dir { dir, .. } => OpenOptions::new()
+                .write(true)
+                .open(Self::path(dir, id))?
+                .set_len(len),
+            Segments::Mem { segs } => {
+                if let Some(seg) = segs.read().get(&id) {
+                    seg.write()
+                        .truncate(usize::try_from(len).unwrap_or(usize::MAX));
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// Deletes segment `id` (a missing segment is not an error).
     pub(crate) fn remove(&self, id: u64) -> io::Result<()> {
         match self {

@@ -64,6 +64,26 @@ const RECLAIM_POLL: Duration = Duration::from_secs(5);
 /// 1.69 s, unsorted); see BENCHMARKS.md.
 const DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The index database's file name in the data directory.
+const INDEX_FILE: &str = "index.redb";
+
+/// Free disk space a write must leave beyond its own bytes, at least: room for the index to
+/// commit and grow (redb grows its file in doubling steps, so the room kept is also at least
+/// the index file's size) and for compaction to copy a segment's live blocks. A write that
+/// would eat into it fails with [`StoreError::DiskFull`] before anything is written, so an
+/// upload or a download that cannot fit stops cleanly instead of filling the disk.
+pub const MIN_DISK_HEADROOM: u64 = 32 * 1024 * 1024;
+
+/// After the index failed to write, the least free disk space at which reopening it is tried
+/// (opening a database that was not closed cleanly writes while it repairs it).
+const REOPEN_MIN_FREE: u64 = 16 * 1024 * 1024;
+
+/// How often reopening a failed index is tried at most.
+const REOPEN_RETRY: Duration = Duration::from_secs(1);
+
+/// Opens the index database again (after it failed).
+type IndexOpener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
+
 /// Store settings.
 #[derive(Clone)]
 pub struct StoreConfig {
@@ -91,6 +111,11 @@ pub struct StoreConfig {
     /// calls). It runs on the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
+    /// Test hook: the free disk space to assume (bytes), instead of asking the file system;
+    /// also applies to an in-memory store, which otherwise has no disk limit. Not for
+    /// production use.
+    #[doc(hidden)]
+    pub free_space_hook: Option<fn() -> u64>,
 }
 
 impl Default for StoreConfig {
@@ -104,6 +129,7 @@ impl Default for StoreConfig {
             background_reclaim: true,
             segment_roll_bytes: DEFAULT_SEGMENT_ROLL_BYTES,
             crash_hook: None,
+            free_space_hook: None,
         }
     }
 }
@@ -167,7 +193,18 @@ pub struct Audit {
 }
 
 pub(crate) struct Inner {
-    pub(crate) db: Database,
+    /// The index. `None` only while it is being reopened after a failed write, or when
+    /// reopening it failed (see [`Inner::db`]).
+    db: parking_lot::RwLock<Option<Arc<Database>>>,
+    /// Opens the index again; `None` for an in-memory store.
+    reopen: Option<IndexOpener>,
+    /// Set when a write of the index failed: redb then fails everything until the database is
+    /// reopened.
+    index_failed: std::sync::atomic::AtomicBool,
+    /// When reopening the index was last tried.
+    last_reopen: Mutex<Option<std::time::Instant>>,
+    /// The data directory (for free-space checks); `None` for an in-memory store.
+    dir: Option<std::path::PathBuf>,
     pub(crate) segs: Segments,
     pub(crate) cfg: StoreConfig,
     /// Bytes reserved by uploads in progress.
@@ -206,6 +243,99 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The index database. After a write of it failed, the first call once the disk has room
+    /// again (at most every [`REOPEN_RETRY`]) closes and reopens it; until then this is the
+    /// failed database (reads it has cached may still succeed) or, if reopening failed,
+    /// [`StoreError::IndexUnavailable`].
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
+        if self.index_failed.load(Ordering::Acquire) && self.reopen.is_some() {
+            self.try_reopen();
+        }
+        self.db.read().clone().ok_or_else(|| {
+            StoreError::IndexUnavailable("reopening it failed; it is tried again".into())
+        })
+    }
+
+    /// Records `e` if it left the index unusable (see [`Inner::db`]).
+    pub(crate) fn note(&self, e: &StoreError) {
+        if e.index_failed() && !self.index_failed.swap(true, Ordering::AcqRel) {
+            warn!(error = %e, "writing the store's index failed; it is reopened once its disk has room");
+        }
+    }
+
+    fn try_reopen(&self) {
+        let Some(open) = &self.reopen else { return };
+        {
+            let mut last = self.last_reopen.lock();
+            let now = std::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < REOPEN_RETRY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        if let Some((free, _)) = self.free_space()
+            && free < REOPEN_MIN_FREE
+        {
+            debug!(
+                free,
+                "the store's disk is still full; the index is reopened later"
+            );
+            return;
+        }
+        let mut slot = self.db.write();
+        if !self.index_failed.load(Ordering::Acquire) {
+            return; // another thread reopened it meanwhile
+        }
+        // The old database must be closed first: it holds the file's lock. A transaction still
+        // running on it keeps it open, and the open below then fails until it ends.
+        drop(slot.take());
+        match open() {
+            Ok(db) => {
+                *slot = Some(Arc::new(db));
+                self.index_failed.store(false, Ordering::Release);
+                info!("the store's index was reopened after a failed write");
+            }
+            Err(e) => warn!(error = %e, "reopening the store's index failed; it is tried again"),
+        }
+    }
+
+    /// Free disk space where the store lives and the room to keep beside it
+    /// ([`MIN_DISK_HEADROOM`], or the index file's size if larger); `None` when unknown (an
+    /// in-memory store without [`StoreConfig::free_space_hook`], or the file system would not
+    /// say).
+    fn free_space(&self) -> Option<(u64, u64)> {
+        if let Some(hook) = self.cfg.free_space_hook {
+            return Some((hook(), MIN_DISK_HEADROOM));
+        }
+        let dir = self.dir.as_ref()?;
+        match rustix::fs::statvfs(dir) {
+            Ok(st) => {
+                let free = st.f_bavail.saturating_mul(st.f_frsize);
+                let index = std::fs::metadata(dir.join(INDEX_FILE)).map_or(0, |m| m.len());
+                Some((free, MIN_DISK_HEADROOM.max(index)))
+            }
+            Err(e) => {
+                debug!(error = %e, "statvfs of the data directory failed");
+                None
+            }
+        }
+    }
+
+    /// Whether the store's disk has room for `bytes` more beside the room kept for the index
+    /// ([`MIN_DISK_HEADROOM`]): [`StoreError::DiskFull`] if not.
+    pub(crate) fn disk_room(&self, bytes: u64) -> Result<(), StoreError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        match self.free_space() {
+            Some((free, keep)) if free < bytes.saturating_add(keep) => Err(StoreError::DiskFull {
+                needed: bytes,
+                free: free.saturating_sub(keep),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether `bytes` more fit in the quota beside what is used and every reservation:
     /// `uploads` is the uploads' reservation, read by the caller under its lock (which it holds
     /// while it then reserves, so checks and reservations do not interleave).
@@ -221,7 +351,7 @@ impl Inner {
                 quota: self.cfg.quota_bytes,
             });
         }
-        Ok(())
+        self.disk_room(bytes)
     }
 }
 
@@ -249,23 +379,64 @@ pub(crate) fn now_secs() -> u64 {
 impl Store {
     /// Opens (or creates) the on-disk store in `dir`, rolling back uploads a crash interrupted.
     pub fn open(dir: &Path, cfg: StoreConfig) -> Result<Store, StoreError> {
+        let path = dir.join(INDEX_FILE);
+        Store::open_with(
+            dir,
+            cfg,
+            Box::new(move || {
+                Ok(Database::builder()
+                    .set_cache_size(DB_CACHE_BYTES)
+                    .create(&path)?)
+            }),
+        )
+    }
+
+    /// [`Store::open`] with the index opened by `open` (tests give it a backend that fails on
+    /// demand).
+    pub(crate) fn open_with(
+        dir: &Path,
+        cfg: StoreConfig,
+        open: IndexOpener,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = Database::builder()
-            .set_cache_size(DB_CACHE_BYTES)
-            .create(dir.join("index.redb"))?;
+        let db = open()?;
         let segs = Segments::dir(dir.join("blocks"))?;
-        Store::start(db, segs, cfg)
+        let store = Store::start(db, segs, cfg, Some(open), Some(dir.to_path_buf()))?;
+        // The quota is a promise the disk may not keep: say so once, at start.
+        if let Some((free, keep)) = store.inner.free_space() {
+            let used = store.inner.used.load(Ordering::Relaxed);
+            let room = used.saturating_add(free.saturating_sub(keep));
+            if store.inner.cfg.quota_bytes > room {
+                warn!(
+                    quota = store.inner.cfg.quota_bytes,
+                    used,
+                    disk_free = free,
+                    "the storage quota is larger than the disk can hold; writes past the disk's free space are refused (507)"
+                );
+            }
+        }
+        Ok(store)
     }
 
     /// An in-memory store (index and data in memory; nothing survives the process).
     pub fn in_memory(cfg: StoreConfig) -> Result<Store, StoreError> {
         let db = Database::builder().create_with_backend(redb::backends::InMemoryBackend::new())?;
-        Store::start(db, Segments::mem(), cfg)
+        Store::start(db, Segments::mem(), cfg, None, None)
     }
 
-    fn start(db: Database, segs: Segments, cfg: StoreConfig) -> Result<Store, StoreError> {
+    fn start(
+        db: Database,
+        segs: Segments,
+        cfg: StoreConfig,
+        reopen: Option<IndexOpener>,
+        dir: Option<std::path::PathBuf>,
+    ) -> Result<Store, StoreError> {
         let inner = Arc::new(Inner {
-            db,
+            db: parking_lot::RwLock::new(Some(Arc::new(db))),
+            reopen,
+            index_failed: std::sync::atomic::AtomicBool::new(false),
+            last_reopen: Mutex::new(None),
+            dir,
             segs,
             cfg,
             reserved: Mutex::new(0),
@@ -350,7 +521,7 @@ impl Store {
         }
         // Segment files the index does not know (created just before a crash).
         let known: std::collections::HashSet<u64> = {
-            let r = self.inner.db.begin_read()?;
+            let r = self.inner.db()?.begin_read()?;
             let segs = r.open_table(SEGMENTS)?;
             segs.iter()?
                 .map(|e| e.map(|(k, _)| k.value()))
@@ -391,7 +562,20 @@ impl Store {
         consume: Consume<'_>,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.inner.db.begin_write()?;
+        let r = self.write_txn(own_reservation, consume, f);
+        if let Err(e) = &r {
+            self.inner.note(e);
+        }
+        r
+    }
+
+    fn write_txn<T>(
+        &self,
+        own_reservation: u64,
+        consume: Consume<'_>,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.inner.db()?.begin_write()?;
         // Read once this transaction holds the writer: a transaction committed before it has
         // moved what it consumed out of the reservations already.
         let reserved = self.inner.reserved.lock().saturating_sub(own_reservation);
@@ -449,7 +633,7 @@ impl Store {
         if *cid == empty_block_cid() {
             return Ok(true);
         }
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         Ok(r.open_table(BLOCKS)?
             .get(cid.to_bytes().as_slice())?
             .is_some())
@@ -460,7 +644,7 @@ impl Store {
         if *cid == empty_block_cid() {
             return Ok(Some(Block::from_parts_unchecked(*cid, Bytes::new())));
         }
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         self.block_in(&r.open_table(BLOCKS)?, cid)
     }
 
@@ -517,7 +701,7 @@ impl Store {
 
     /// The current row of block `cid` if it now points somewhere other than `rec`.
     fn moved_from(&self, cid: &Cid, rec: &BlockRec) -> Result<Option<BlockRec>, StoreError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         Ok(r.open_table(BLOCKS)?
             .get(cid.to_bytes().as_slice())?
             .map(|v| BlockRec::from_tuple(v.value()))
@@ -579,12 +763,27 @@ impl Store {
             self.inner.segs.sync_dir()?;
             *seg = Some(w);
         }
-        match seg.as_mut() {
-            Some(w) => {
-                let pin = SegPin::new(self, w.id());
-                f(w).map(|out| (out, pin))
+        let Some(w) = seg.as_mut() else {
+            return Err(StoreError::IndexDamaged("no shared segment"));
+        };
+        let (id, before) = (w.id(), w.len());
+        let pin = SegPin::new(self, id);
+        match f(w) {
+            Ok(out) => Ok((out, pin)),
+            Err(e) => {
+                // An append or sync failed part-way (a full disk, typically). The writer's state
+                // is unknown, so it is closed; the bytes past `before`, which no row names, are
+                // cut off; the segment is sealed (the next put starts a new one). Earlier puts'
+                // blocks, below `before`, are untouched.
+                drop(seg.take());
+                if let Err(t) = self.inner.segs.truncate(id, before) {
+                    warn!(seg = id, error = %t, "could not cut a failed append off its segment");
+                }
+                if let Err(s) = self.write(0, |t| t.seal_segment(id)) {
+                    debug!(seg = id, error = %s, "could not seal a segment after a failed append");
+                }
+                Err(e)
             }
-            None => Err(StoreError::IndexDamaged("no shared segment")),
         }
     }
 
@@ -676,7 +875,15 @@ impl Store {
                 quota: self.inner.cfg.quota_bytes,
             });
         }
-        Ok(())
+        drop(uploads);
+        self.inner.disk_room(len)
+    }
+
+    /// Whether the store's disk has room for `bytes` more beside the room kept for its index
+    /// ([`MIN_DISK_HEADROOM`]); [`StoreError::DiskFull`] if not. A download checks this before
+    /// each run of blocks it asks for, so one that fills the disk stops asking.
+    pub fn disk_room(&self, bytes: u64) -> Result<(), StoreError> {
+        self.inner.disk_room(bytes)
     }
 
     /// Stores a standalone block (refreshing its expiry if it is already stored). A manifest
@@ -744,7 +951,7 @@ impl Store {
         // reservation was held for, drawn down when they are committed.
         let mut new_leaf_bytes = 0u64;
         let needs_data: Vec<bool> = {
-            let r = self.inner.db.begin_read()?;
+            let r = self.inner.db()?.begin_read()?;
             if !dataset_takes_leaves(&r, &tree_key)? {
                 return Err(not_stored());
             }
@@ -825,7 +1032,7 @@ impl Store {
     pub fn has_leaf(&self, tree: &Cid, index: u64) -> Result<bool, StoreError> {
         self.hook("has_leaf");
         let key = tree.to_bytes();
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         if !dataset_active(&r, &key)? {
             return Ok(false);
         }
@@ -847,7 +1054,7 @@ impl Store {
             return Ok(None);
         }
         let key = tree.to_bytes();
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         let Some(ds) = active_dataset(&r, &key)? else {
             return Ok(Some(indices.start));
         };
@@ -884,7 +1091,7 @@ impl Store {
         block_size: u64,
     ) -> Result<Reservation, StoreError> {
         let key = tree.to_bytes();
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         let Some(ds) = r
             .open_table(DATASETS)?
             .get(key.as_slice())?
@@ -978,7 +1185,7 @@ impl Store {
     /// Whether dataset `tree` takes leaves: listed, or being written by an upload (not deleted,
     /// not unknown). A download checks this as it goes, and stops when the dataset was deleted.
     pub fn dataset_stored(&self, tree: &Cid) -> Result<bool, StoreError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         dataset_takes_leaves(&r, &tree.to_bytes())
     }
 
@@ -993,7 +1200,7 @@ impl Store {
         self.hook("settle_tree");
         let key = tree.to_bytes();
         let digests = {
-            let r = self.inner.db.begin_read()?;
+            let r = self.inner.db()?.begin_read()?;
             let Some(ds) = active_dataset(&r, &key)? else {
                 return Ok(0);
             };
@@ -1102,7 +1309,7 @@ impl Store {
     ) -> Result<Vec<Result<Option<(Block, CodexProof)>, StoreError>>, StoreError> {
         self.hook("get_leaves");
         let key = tree.to_bytes();
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         let Some(ds) = active_dataset(&r, &key)? else {
             return Ok(indices.iter().map(|_| Ok(None)).collect());
         };
@@ -1151,7 +1358,7 @@ impl Store {
     /// skipped with a warning (one damaged entry does not hide the others).
     pub fn list_manifests(&self) -> Result<Vec<(Cid, Manifest)>, StoreError> {
         let keys: Vec<Vec<u8>> = {
-            let r = self.inner.db.begin_read()?;
+            let r = self.inner.db()?.begin_read()?;
             let m = r.open_table(MANIFESTS)?;
             m.iter()?
                 .map(|e| e.map(|(k, _)| k.value().to_vec()))
@@ -1215,7 +1422,7 @@ impl Store {
 
     /// Space accounting.
     pub fn space(&self) -> Result<Space, StoreError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         let meta = r.open_table(META)?;
         // One consistent reading: bytes a commit is taking over from a reservation count as
         // used (they are about to be), never as both or neither.
@@ -1242,7 +1449,7 @@ impl Store {
 
     /// Whether deleted datasets are still being reclaimed.
     pub fn reclaim_pending(&self) -> Result<bool, StoreError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         Ok(!r.open_table(DELETING)?.is_empty()?)
     }
 
@@ -1296,7 +1503,7 @@ impl Store {
         let mut cursor = self.inner.settle_cursor.lock();
         let mut trees = Vec::new();
         {
-            let r = self.inner.db.begin_read()?;
+            let r = self.inner.db()?.begin_read()?;
             let proofs = r.open_table(PROOFS)?;
             // The next dataset after `from` (exclusive) with proofs kept, if any.
             let next_after = |from: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
@@ -1340,7 +1547,7 @@ impl Store {
 
     /// Checks the counters against the index (for tests and `cairn` diagnostics).
     pub fn audit(&self) -> Result<Audit, StoreError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         let blocks = r.open_table(BLOCKS)?;
         let mut used_actual = 0;
         let mut blocks_actual = 0;
@@ -1377,7 +1584,7 @@ impl Store {
     /// leaf rows (for tests and diagnostics; it reads both tables whole).
     #[doc(hidden)]
     pub fn proof_storage(&self) -> Result<(u64, u64), StoreError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         let chunks = r.open_table(TREES)?.len()?;
         let mut proof_bytes = 0;
         for entry in r.open_table(LEAVES)?.iter()? {
@@ -1392,7 +1599,7 @@ impl Store {
     /// Number of entries in the expiry index (for tests).
     #[doc(hidden)]
     pub fn expiry_entries(&self) -> Result<u64, StoreError> {
-        let r = self.inner.db.begin_read()?;
+        let r = self.inner.db()?.begin_read()?;
         Ok(r.open_table(EXPIRY)?.len()?)
     }
 
@@ -1607,6 +1814,171 @@ impl Drop for SegPin {
 mod tests {
     use super::*;
 
+    /// A file backend whose writes, length changes and syncs fail with `ENOSPC` while `full`
+    /// is set: a disk that fills up under the index.
+    #[derive(Debug)]
+    struct FillingDisk {
+        file: redb::backends::FileBackend,
+        full: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl FillingDisk {
+        fn check(&self) -> std::io::Result<()> {
+            if self.full.load(Ordering::SeqCst) {
+                Err(std::io::Error::from(std::io::ErrorKind::StorageFull))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl redb::StorageBackend for FillingDisk {
+        fn len(&self) -> std::io::Result<u64> {
+            self.file.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.file.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.file.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.file.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.file.write(offset, data)
+        }
+        fn close(&self) -> std::io::Result<()> {
+            self.file.close()
+        }
+        fn try_lock_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.file.try_lock_range(start, end)
+        }
+        fn try_lock_shared_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.file.try_lock_shared_range(start, end)
+        }
+        fn lock_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<(), redb::BackendError> {
+            self.file.lock_range(start, end)
+        }
+        fn lock_shared_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<(), redb::BackendError> {
+            self.file.lock_shared_range(start, end)
+        }
+        fn unlock_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<(), redb::BackendError> {
+            self.file.unlock_range(start, end)
+        }
+        fn query_lock_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.file.query_lock_range(start, end)
+        }
+    }
+
+    /// redb latches the first failed write of its file and fails everything after it
+    /// ("Previous I/O error occurred"): a node whose disk filled up once could write nothing
+    /// more, even after space was freed, until it was restarted. The store now reopens its
+    /// index on the next call once the disk is writable again, and what was committed before
+    /// is all there.
+    #[test]
+    fn an_index_write_that_failed_is_followed_by_a_reopen_once_the_disk_has_room() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (path, flag) = (dir.path().join(INDEX_FILE), full.clone());
+        let open: IndexOpener = Box::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            let backend = FillingDisk {
+                file: redb::backends::FileBackend::new(file)?,
+                full: flag.clone(),
+            };
+            Ok(Database::builder().create_with_backend(backend)?)
+        });
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            ..StoreConfig::default()
+        };
+        let store = Store::open_with(dir.path(), cfg, open).unwrap();
+        let before = Block::data_block(Bytes::from_static(b"stored before the disk filled"));
+        store.put_block(&before).unwrap();
+
+        full.store(true, Ordering::SeqCst);
+        let lost = Block::data_block(Bytes::from_static(b"written while the disk is full"));
+        let err = store.put_block(&lost).unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+
+        full.store(false, Ordering::SeqCst);
+        // The first reopen is not rate-limited; later ones are at most every REOPEN_RETRY.
+        let after = Block::data_block(Bytes::from_static(b"written once there is room again"));
+        store.put_block(&after).unwrap();
+        store.put_block(&lost).unwrap();
+        for b in [&before, &lost, &after] {
+            assert_eq!(store.get_block(b.cid()).unwrap().unwrap().data(), b.data());
+        }
+        let audit = store.audit().unwrap();
+        assert_eq!(audit.used_recorded, audit.used_actual);
+        assert_eq!(audit.blocks_recorded, audit.blocks_actual);
+    }
+
+    static FREE_SPACE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+    /// Writes that the quota allows but the disk cannot take fail before anything is written,
+    /// leaving [`MIN_DISK_HEADROOM`] free for the index; before, they ran until `ENOSPC`.
+    #[test]
+    fn writes_the_disk_cannot_take_are_refused_up_front() {
+        let store = Store::in_memory(StoreConfig {
+            background_reclaim: false,
+            free_space_hook: Some(|| FREE_SPACE.load(Ordering::SeqCst)),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        FREE_SPACE.store(MIN_DISK_HEADROOM + 100, Ordering::SeqCst);
+        let small = Block::data_block(Bytes::from(vec![1u8; 100]));
+        store.put_block(&small).unwrap();
+        let big = Block::data_block(Bytes::from(vec![2u8; 101]));
+        match store.put_block(&big) {
+            Err(StoreError::DiskFull {
+                needed: 101,
+                free: 100,
+            }) => {}
+            other => panic!("expected DiskFull, got {other:?}"),
+        }
+        assert!(store.get_block(big.cid()).unwrap().is_none());
+        let mut w = store.begin_dataset().unwrap();
+        let err = w.reserve(1024).unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
+        assert!(store.disk_room(100).is_ok());
+        assert!(store.disk_room(101).is_err());
+    }
+
     /// A dataset row no manifest names and no upload writes (earlier versions left one when a
     /// download outlived a delete of its dataset) is reclaimed at the next open, with its
     /// blocks; a listed dataset is left alone.
@@ -1645,7 +2017,7 @@ mod tests {
         );
         store.reclaim_now().unwrap();
         assert!(!store.reclaim_pending().unwrap());
-        let r = store.inner.db.begin_read().unwrap();
+        let r = store.inner.db().unwrap().begin_read().unwrap();
         assert!(
             r.open_table(DATASETS)
                 .unwrap()

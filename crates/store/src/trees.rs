@@ -287,7 +287,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-        let r = store.inner.db.begin_read().unwrap();
+        let r = store.inner.db().unwrap().begin_read().unwrap();
         assert_eq!(r.open_table(PROOFS).unwrap().len().unwrap(), 0);
         assert!(
             !r.open_table(LEAVES)
