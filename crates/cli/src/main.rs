@@ -186,12 +186,14 @@ fn init_logging(cfg: &config::Config) -> anyhow::Result<cairn_api::LogLevelSette
     Ok(setter)
 }
 
-/// A log-level setter over a subscriber's reload handle: parses the directives, then swaps the
-/// filter (a directive that does not parse leaves the filter as it was).
+/// A log-level setter over a subscriber's reload handle: checks the directives as
+/// `--log-level` is checked, then swaps the filter (directives that are refused leave the
+/// filter as it was).
 fn level_setter<S: 'static>(
     handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
 ) -> cairn_api::LogLevelSetter {
     std::sync::Arc::new(move |d: &str| {
+        config::parse_log_level(d)?;
         let f = tracing_subscriber::EnvFilter::try_new(d).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
     })

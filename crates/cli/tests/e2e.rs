@@ -270,6 +270,29 @@ fn config_precedence_flag_env_file() {
         err.contains("--storage-quota") && err.contains("environment variable CAIRN_STORAGE_QUOTA"),
         "{err}"
     );
+    // A log level that is not one (it would log nothing at all) is refused, from the flag and
+    // from the environment (naming the variable).
+    let out = Command::new(BIN)
+        .args(["start", "--log-level", "verbose"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'verbose' is not a log level") && err.contains("trace"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["start"])
+        .env("CAIRN_LOG_LEVEL", "verbose")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("environment variable CAIRN_LOG_LEVEL"),
+        "{err}"
+    );
     // A quota too small to hold one block is refused.
     let out = Command::new(BIN)
         .args(["start", "--storage-quota", "0"])
