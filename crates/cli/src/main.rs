@@ -163,14 +163,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The environment variable that turns colours off when set to anything but the empty string
+/// (<https://no-color.org>).
+const NO_COLOR: &str = "NO_COLOR";
+
+/// Whether log lines get ANSI colours: only when stderr is a terminal (not a file or a pipe,
+/// where the escape codes would be noise) and `NO_COLOR` is unset or empty.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 /// Installs the log subscriber; returns the setter `POST /debug/chronicles/loglevel` uses to
 /// change its filter while the node runs.
 fn init_logging(cfg: &config::Config) -> anyhow::Result<cairn_api::LogLevelSetter> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&cfg.log_level)
         .with_context(|| format!("invalid --log-level '{}'", cfg.log_level))?;
+    let colour = use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os(NO_COLOR).as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let setter = if cfg.log_json {
         let builder = builder.json().with_filter_reloading();
@@ -442,6 +457,16 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new(""))));
+    }
 
     /// Clap's own consistency checks of the whole command line (argument ids named by
     /// `conflicts_with`, duplicate flags, …), which otherwise only fire when a command is used.
