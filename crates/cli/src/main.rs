@@ -91,10 +91,7 @@ fn main() -> ExitCode {
         // as a Unix tool killed by SIGPIPE does.
         Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::SUCCESS),
         Err(e) => {
-            eprintln!(
-                "{BIN_NAME}: {}",
-                output::one_line(&format!("{e:#}"), usize::MAX)
-            );
+            eprintln!("{BIN_NAME}: {}", output::error_chain(&e));
             ExitCode::from(exit::code_of(&e))
         }
     }

@@ -109,6 +109,28 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
     cut
 }
 
+/// An error with its causes on one line, `what failed: why: …` (as anyhow's `{:#}`), saying
+/// each thing once: many errors repeat their source's message in their own ("store I/O
+/// error: Not a directory (os error 20)" over that I/O error), which would otherwise print it
+/// twice. A cause whose text the line already holds is left out; a cause that holds the text
+/// of the one before (which it explains further) takes its place. Compared without regard to
+/// case.
+pub(crate) fn error_chain(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let part = one_line(&cause.to_string(), usize::MAX);
+        let lower = part.to_lowercase();
+        if part.is_empty() || parts.join(": ").to_lowercase().contains(&lower) {
+            continue;
+        }
+        match parts.last_mut() {
+            Some(last) if lower.contains(&last.to_lowercase()) => *last = part,
+            _ => parts.push(part),
+        }
+    }
+    parts.join(": ")
+}
+
 /// Writes `text` to stdout as it is.
 pub(crate) fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -193,6 +215,59 @@ mod tests {
              \x20          /b\n\
              spr        -\n"
         );
+    }
+
+    /// An error whose message repeats its source's, as many library errors do.
+    #[derive(Debug)]
+    struct Repeats(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn error_chains_say_each_cause_once() {
+        use anyhow::Context as _;
+        let os = || std::io::Error::from_raw_os_error(20);
+        let err = Err::<(), _>(Repeats(Box::new(os())))
+            .context("cannot open the block store in d/repo")
+            .unwrap_err();
+        assert_eq!(
+            error_chain(&err),
+            "cannot open the block store in d/repo: Not a directory (os error 20)"
+        );
+        // A message that already quotes its cause, a cause in another case, and a new cause
+        // after a repeated one.
+        let err = Err::<(), _>(Repeats(Box::new(Repeats(
+            "failed to decode envelope: buffer underflow".into(),
+        ))))
+        .context("Failed to decode envelope")
+        .context("--bootstrap-node spr:abc: bad record")
+        .unwrap_err();
+        assert_eq!(
+            error_chain(&err),
+            "--bootstrap-node spr:abc: bad record: failed to decode envelope: buffer underflow"
+        );
+        let err = Err::<(), _>(os())
+            .context(format!("cannot listen: {}", os()))
+            .unwrap_err();
+        assert_eq!(
+            error_chain(&err),
+            "cannot listen: Not a directory (os error 20)"
+        );
+        // Distinct causes are all kept, on one line.
+        let err = Err::<(), _>(anyhow::anyhow!("gone\n away"))
+            .context("deleting x")
+            .unwrap_err();
+        assert_eq!(error_chain(&err), "deleting x: gone away");
     }
 
     #[test]
