@@ -70,6 +70,19 @@ fn is_stdin(path: &Path) -> bool {
     path.as_os_str() == STDIN
 }
 
+/// The size of an upload input, from its metadata: a regular file's length; `None` for a
+/// stream whose length is not known before it ends (a FIFO, `/dev/stdin`, a device); an error
+/// for a directory, which cannot be uploaded.
+fn input_size(path: &Path, meta: &std::fs::Metadata) -> Result<Option<u64>, Failure> {
+    if meta.is_dir() {
+        return Err(Failure::new(
+            exit::FAILURE,
+            format!("{} is a directory, not a file", path.display()),
+        ));
+    }
+    Ok(meta.is_file().then_some(meta.len()))
+}
+
 /// Uploads each input (`-` is stdin) in turn; prints its CID (with `json`, a JSON line) as
 /// soon as the node has stored it. Stops at the first failure.
 pub(crate) async fn upload(
@@ -96,21 +109,29 @@ pub(crate) async fn upload(
         )
         .into());
     }
+    // Every input is looked at before the first is sent: a directory or a missing file is a
+    // local mistake, said as such, and nothing is uploaded.
+    let mut sizes = Vec::with_capacity(inputs.len());
     for path in inputs {
+        sizes.push(if is_stdin(path) {
+            None
+        } else {
+            let meta = tokio::fs::metadata(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            input_size(path, &meta)?
+        });
+    }
+    for (path, len) in inputs.iter().zip(sizes) {
         let shown = path.display().to_string();
-        let (reader, len, own_name): (Box<dyn AsyncRead + Send + Unpin>, _, _) = if is_stdin(path) {
-            (Box::new(tokio::io::stdin()), None, None)
+        let (reader, own_name): (Box<dyn AsyncRead + Send + Unpin>, _) = if is_stdin(path) {
+            (Box::new(tokio::io::stdin()), None)
         } else {
             let file = tokio::fs::File::open(path)
                 .await
                 .with_context(|| format!("cannot open {shown}"))?;
-            let len = file
-                .metadata()
-                .await
-                .with_context(|| format!("cannot read {shown}"))?
-                .len();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            (Box::new(file), Some(len), name)
+            (Box::new(file), name)
         };
         // A file's own name is left out when the node would refuse it.
         let name = match options.filename {
@@ -434,6 +455,24 @@ mod tests {
         assert_eq!(parse_content_range("bytes 0-100/100"), None);
         assert_eq!(parse_content_range("items 0-1/2"), None);
         assert_eq!(parse_content_range("bytes 0-1/*"), None);
+    }
+
+    #[test]
+    fn upload_inputs_are_files_or_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = |p: &Path| std::fs::metadata(p).unwrap();
+        let err = input_size(dir.path(), &meta(dir.path())).unwrap_err();
+        assert_eq!(err.code, exit::FAILURE);
+        assert_eq!(
+            err.to_string(),
+            format!("{} is a directory, not a file", dir.path().display())
+        );
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"12345").unwrap();
+        assert_eq!(input_size(&file, &meta(&file)).unwrap(), Some(5));
+        // A character device is read as a stream, of unknown length.
+        let null = Path::new("/dev/null");
+        assert_eq!(input_size(null, &meta(null)).unwrap(), None);
     }
 
     #[test]

@@ -142,6 +142,12 @@ fn one_node_upload_ls_download_rm_space_info() {
     let o = cli_stdin(&["upload", "-", "--api", &n.api], b"plain stdin");
     let plain_cid = ok(&o).trim().to_owned();
     assert!(api_cids(&c, &n).contains(&plain_cid));
+    // A stream given by path (here a pipe) is uploaded as stdin is.
+    let o = cli_stdin(
+        &["upload", "/dev/stdin", "--no-filename", "--api", &n.api],
+        b"plain stdin",
+    );
+    assert_eq!(ok(&o).trim(), plain_cid);
 
     // `ls --json` lists what the API lists, with each manifest's size, name and type.
     let listed = json(&n, &["ls"]);
@@ -414,6 +420,20 @@ fn failures_have_their_exit_codes() {
         1,
     );
     assert!(err.contains("missing.bin"), "{err}");
+    // A directory: a local failure naming it, found before anything is sent (also with a node
+    // that cannot be reached, and with a good file before it).
+    let folder = dir.path().to_str().unwrap();
+    for api in [api, down.as_str()] {
+        let err = fails(
+            &cli(&["upload", file.to_str().unwrap(), folder, "--api", api]),
+            1,
+        );
+        assert!(
+            err.contains(&format!("{folder} is a directory, not a file")),
+            "{err}"
+        );
+    }
+    assert_eq!(json(&n, &["ls"]), serde_json::json!([]));
     n.stop();
 }
 
