@@ -150,7 +150,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .context("cannot start the async runtime")
     };
     match cli.command {
-        Command::Start(args) => runtime()?.block_on(start(args.resolve()?)),
+        Command::Start(args) => {
+            let cfg = resolve_start(*args)?;
+            runtime()?.block_on(start(cfg))
+        }
         Command::Client(command) => runtime()?.block_on(command.run()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -158,6 +161,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output::print(&String::from_utf8_lossy(&script))
         }
     }
+}
+
+/// Resolves `cairn start`'s options. Whatever fails here is a mistake in what the operator
+/// gave (a bad value from a flag, the environment or the config file; a config file that cannot
+/// be read or parsed), so it is a usage error, as clap's own are; failures once the node starts
+/// (a port in use, a store that cannot be opened) are not.
+fn resolve_start(args: config::StartArgs) -> anyhow::Result<config::Config> {
+    args.resolve()
+        .map_err(|e| exit::Failure::new(exit::USAGE, output::error_chain(&e)).into())
 }
 
 /// The environment variable that turns colours off when set to anything but the empty string
@@ -454,6 +466,56 @@ mod tests {
     }
 
     use super::*;
+
+    /// Bad option values and config files are usage errors, their message kept.
+    #[test]
+    fn start_options_that_do_not_resolve_are_usage_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = dir.path().join("typo.toml");
+        std::fs::write(&typo, "api-prot = 1\n").unwrap();
+        for (args, said) in [
+            (
+                config::StartArgs {
+                    bootstrap_node: vec!["garbage".into()],
+                    ..Default::default()
+                },
+                "--bootstrap-node garbage",
+            ),
+            (
+                config::StartArgs {
+                    storage_quota: Some(1024),
+                    ..Default::default()
+                },
+                "--storage-quota must be at least 64KiB",
+            ),
+            (
+                config::StartArgs {
+                    config_file: Some(typo),
+                    ..Default::default()
+                },
+                "api-prot",
+            ),
+            (
+                config::StartArgs {
+                    config_file: Some(dir.path().join("missing.toml")),
+                    ..Default::default()
+                },
+                "cannot read config file",
+            ),
+            (
+                config::StartArgs {
+                    config_file: Some(dir.path().to_owned()),
+                    ..Default::default()
+                },
+                "cannot read config file",
+            ),
+        ] {
+            let err = resolve_start(args).unwrap_err();
+            assert_eq!(exit::code_of(&err), exit::USAGE, "{err:#}");
+            assert!(output::error_chain(&err).contains(said), "{err:#}");
+        }
+        assert!(resolve_start(config::StartArgs::default()).is_ok());
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

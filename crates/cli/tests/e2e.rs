@@ -298,9 +298,96 @@ fn config_precedence_flag_env_file() {
         .args(["start", "--storage-quota", "0"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least 64KiB"), "{err}");
+}
+
+/// Runs `cairn start` with `args` (on loopback, free ports unless `args` names an API port, in
+/// `data`), expecting it to fail within [`WAIT`]; its exit code and stderr.
+fn start_fails(data: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let api_port: &[&str] = if args.contains(&"--api-port") {
+        &[]
+    } else {
+        &["--api-port", "0"]
+    };
+    let mut child = Command::new(BIN)
+        .args(["start", "--disc-port", "0"])
+        .args(api_port)
+        .args(["--listen-addrs", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env_remove("CAIRN_METRICS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cairn start {args:?} did not fail");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `cairn start`'s exit codes: a mistake in what it is given (a bad option value from a flag,
+/// the environment or the config file; a config file missing, unreadable, or with an unknown
+/// key or a bad value) is a usage error, 2, as clap's own; the node failing as it starts (its
+/// port taken, its store not openable) is 1. Each says what is wrong once, on one line.
+#[test]
+fn start_exit_codes_tell_mistakes_from_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let file = dir.path().join("cairn.toml");
+    let cfg = file.to_str().unwrap();
+    let usage = |args: &[&str], said: &str| {
+        let (code, err) = start_fails(&data, args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(said), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    };
+    usage(
+        &["--bootstrap-node", "garbage"],
+        "--bootstrap-node garbage: neither an spr: record nor a multiaddr",
+    );
+    usage(&["--storage-quota", "1KiB"], "at least 64KiB");
+    usage(&["--nat", "upnp"], "--nat");
+    usage(
+        &["--config-file", "/nonexistent/cairn.toml"],
+        "cannot read config file",
+    );
+    usage(
+        &["--config-file", dir.path().to_str().unwrap()],
+        "cannot read config file",
+    );
+    std::fs::write(&file, "api-prot = 8080\n").unwrap();
+    usage(&["--config-file", cfg], "api-prot");
+    std::fs::write(&file, "storage-quota = \"lots\"\n").unwrap();
+    usage(&["--config-file", cfg], "storage-quota");
+    std::fs::write(&file, "log-level = \"verbose\"\n").unwrap();
+    usage(&["--config-file", cfg], "'verbose' is not a log level");
+
+    // Runtime failures: 1, each cause said once.
+    let n = NodeProc::start(&data, &[], &[]);
+    let port = n.api.rsplit(':').next().unwrap().to_owned();
+    let (code, err) = start_fails(&dir.path().join("other"), &["--api-port", &port]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+    let (code, err) = start_fails(&data, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot open the block store"), "{err}");
+    n.stop();
+    let (code, err) = start_fails(&file.join("sub"), &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
 }
 
 /// Two nodes on loopback: B connects to A through the REST API and streams a multi-block file
