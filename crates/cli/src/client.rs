@@ -176,7 +176,7 @@ pub(crate) async fn upload(
             bail!("{what}: the node answered no CID");
         }
         if json {
-            output::print_json_line(&UploadOut {
+            output::print_json(&UploadOut {
                 cid,
                 file: &shown,
                 bytes: sent.load(Ordering::Relaxed),

@@ -562,10 +562,13 @@ impl StartArgs {
             .map(|o| cairn_api::CorsOrigin::new(&o))
             .transpose()
             .context("--api-cors-origin")?;
+        // Absolute, so the node's logs and `/debug/info` (`cairn info`) name the directory
+        // wherever they are read from, not relative to where the node was started.
         let data_dir = self
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(default_data_dir);
+        let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
         let key = self
             .net_privkey
             .or(file.net_privkey)
@@ -732,6 +735,19 @@ mod tests {
         assert_eq!(c.listen_addrs[0].to_string(), "/ip4/127.0.0.1/tcp/9");
         assert_eq!(c.muxers, Muxers::Mplex);
         assert_eq!(c.key_file, dir.path().join("d").join("k"));
+        // A relative data directory is made absolute.
+        let c = StartArgs {
+            data_dir: Some(PathBuf::from("./p1")),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.data_dir,
+            std::env::current_dir().unwrap().join("p1"),
+            "{}",
+            c.data_dir.display()
+        );
         assert_eq!(c.max_peers, cairn_node::net::DEFAULT_MAX_PEERS);
         // Defaults.
         let c = StartArgs::default().resolve().unwrap();

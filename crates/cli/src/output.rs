@@ -1,6 +1,7 @@
 //! What the client commands print: human-readable tables, field lists and sizes, or JSON
-//! (`--json`). Everything meant for stdout goes through [`print`], [`print_json`] or
-//! [`print_json_line`], so a closed pipe is an error that names stdout rather than a panic.
+//! (`--json`: every command prints compact JSON, one value per line). Everything meant for
+//! stdout goes through [`print`] or [`print_json`], so a closed pipe is an error that names
+//! stdout rather than a panic.
 
 use std::io::Write;
 
@@ -139,15 +140,10 @@ pub(crate) fn print(text: &str) -> anyhow::Result<()> {
         .context("cannot write to stdout")
 }
 
-/// Writes `value` to stdout as pretty-printed JSON and a newline.
+/// Writes `value` to stdout as compact JSON on one line (JSON Lines: a command that prints one
+/// object per operand prints them as they complete, and every `--json` output reads the same
+/// way, with `jq` or line by line).
 pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(value).context("cannot encode the JSON output")?;
-    print(&format!("{text}\n"))
-}
-
-/// Writes `value` to stdout as JSON on one line (for commands that print one object per
-/// operand, as they complete: JSON Lines).
-pub(crate) fn print_json_line(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string(value).context("cannot encode the JSON output")?;
     print(&format!("{text}\n"))
 }

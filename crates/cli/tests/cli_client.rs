@@ -38,11 +38,13 @@ fn ok(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
-/// Runs `args` with `--api` of `n` and `--json`; its stdout, parsed whole as one JSON value.
+/// Runs `args` with `--api` of `n` and `--json`; its stdout, one line (every `--json` output is
+/// compact), parsed whole as one JSON value.
 fn json(n: &NodeProc, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["--api", &n.api, "--json"]);
     let out = ok(&cli(&all));
+    assert_eq!(out.lines().count(), 1, "{args:?}: {out}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
 }
 
@@ -223,6 +225,8 @@ fn one_node_upload_ls_download_rm_space_info() {
     assert_eq!(info["addrs"], debug["addrs"]);
     assert_eq!(info["data_dir"], debug["repo"]);
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    // A cairn node sends no git revision (only a placeholder, not shown as one).
+    assert_eq!(info["revision"], Value::Null);
     assert_eq!(info["peers"], 0);
     assert_eq!(
         info["exchange"]["blocks_received"],
