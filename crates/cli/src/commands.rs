@@ -5,7 +5,8 @@
 //!
 //! JSON shapes (compact, one JSON value per line; keys in snake_case; sizes in bytes):
 //! * `upload`: one line per input as it completes, `{"cid", "file", "bytes"}`.
-//! * `download -o FILE`: `{"cid", "file", "bytes", "fetched"}`.
+//! * `download -o FILE`: `{"cid", "file", "bytes", "fetched"}` (`fetched`: bytes written this
+//!   time).
 //! * `ls`: an array of `{"cid", "filename", "mimetype", "size", "block_size", "tree_cid",
 //!   "protected"}`.
 //! * `rm`: one line per CID, `{"cid", "removed"}` (`removed` is false for an absent CID with
@@ -76,8 +77,9 @@ pub(crate) enum ClientCommand {
         /// The dataset's (manifest) CID.
         cid: String,
         /// Output file (written to FILE.part and renamed when complete); stdout if omitted.
-        /// A FILE.part left by an interrupted download, or a FILE shorter than the dataset,
-        /// is resumed: only the missing bytes are asked for and appended.
+        /// A FILE.part left by an interrupted download, or else an existing FILE, is resumed
+        /// once the bytes already there are checked against the dataset (read from the node
+        /// again); if any differs, the file is not a piece of the dataset and is replaced.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
         /// Download the whole dataset even if a partial output file exists.

@@ -744,12 +744,13 @@ fn ranges_head_etag_and_cors() {
     b.stop();
 }
 
-/// `cairn download -o FILE` continues a partial output: FILE (whose first bytes are made
-/// different from the dataset's, so a fresh download would show) gets only the missing bytes
-/// appended; a FILE.part left by an interrupted download is completed and renamed; a complete
-/// FILE is left alone; a FILE longer than the dataset, and `--no-resume`, download it whole.
+/// `cairn download -o FILE` continues a partial output, after checking it: a FILE or
+/// FILE.part whose bytes are the dataset's gets only the missing ones written (and says where it
+/// resumed); one whose bytes differ anywhere (zeros, one flipped byte in the middle or at the
+/// end) is not a piece of the dataset: it says so and ends as the dataset, exit 0. A complete
+/// FILE is checked and left alone; a longer FILE, and `--no-resume`, download it whole.
 #[test]
-fn download_resumes_a_partial_file() {
+fn download_checks_a_partial_file_before_resuming() {
     let dir = tempfile::tempdir().unwrap();
     let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
     let c = client();
@@ -763,7 +764,8 @@ fn download_resumes_a_partial_file() {
         .unwrap();
     let out = dir.path().join("out.bin");
     let part = dir.path().join("out.bin.part");
-    let download = |extra: &[&str]| {
+    let shown = out.display().to_string();
+    let run = |extra: &[&str]| {
         let mut args = vec![
             "download",
             cid.as_str(),
@@ -775,47 +777,83 @@ fn download_resumes_a_partial_file() {
         args.extend_from_slice(extra);
         let o = cli(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stderr).into_owned()
+        (
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let download = |extra: &[&str]| {
+        let (_, stderr) = run(extra);
+        assert!(std::fs::read(&out).unwrap() == data, "not the dataset");
+        assert!(!part.exists());
+        stderr
     };
 
-    // FILE holds 100 000 bytes (not a block boundary), all of them different from the data's.
-    let prefix: Vec<u8> = data[..100_000].iter().map(|b| !b).collect();
-    std::fs::write(&out, &prefix).unwrap();
-    download(&[]);
-    let got = std::fs::read(&out).unwrap();
-    assert_eq!(got.len(), data.len());
-    assert!(
-        got[..100_000] == prefix[..],
-        "the existing bytes were rewritten"
-    );
-    assert!(
-        got[100_000..] == data[100_000..],
-        "the appended bytes differ"
-    );
-    assert!(!part.exists());
-
-    // Complete: left alone.
+    // FILE holds the dataset's first 100 000 bytes (not a block boundary): checked, resumed.
+    std::fs::write(&out, &data[..100_000]).unwrap();
     let stderr = download(&[]);
-    assert!(stderr.contains("already holds"), "{stderr}");
-    assert!(std::fs::read(&out).unwrap()[..100_000] == prefix[..]);
+    assert_eq!(
+        stderr.trim(),
+        format!("resuming {shown} at byte 100000: the bytes already there match the dataset")
+    );
 
-    // --no-resume: the whole dataset.
-    download(&["--no-resume"]);
-    assert!(std::fs::read(&out).unwrap() == data);
-
-    // A FILE.part from an interrupted download is preferred, completed and renamed.
+    // A FILE.part from an interrupted download is preferred and completed; with --json only the
+    // summary is printed, `fetched` being what was missing.
     std::fs::write(&out, b"old").unwrap();
     std::fs::write(&part, &data[..3 * BLOCK + 1]).unwrap();
-    download(&[]);
+    let (stdout, stderr) = run(&["--json"]);
+    assert_eq!(stderr, "");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["bytes"], data.len());
+    assert_eq!(summary["fetched"], data.len() - (3 * BLOCK + 1));
     assert!(std::fs::read(&out).unwrap() == data);
     assert!(!part.exists());
+
+    // The tester's case: zeros where the dataset's bytes should be.
+    std::fs::write(&out, vec![0u8; 100_000]).unwrap();
+    let first = data.iter().position(|b| *b != 0).unwrap();
+    let stderr = download(&[]);
+    assert!(
+        stderr.contains(&format!(
+            "{shown} is not a piece of {cid} (byte {first} differs)"
+        )),
+        "{stderr}"
+    );
+    // One byte wrong in the middle of a FILE.part, and at the very end of a complete FILE.
+    let mut bad = data[..200_000].to_vec();
+    bad[150_000] ^= 1;
+    std::fs::write(&part, &bad).unwrap();
+    let stderr = download(&[]);
+    assert!(stderr.contains("(byte 150000 differs)"), "{stderr}");
+    let mut bad = data.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(&out, &bad).unwrap();
+    let stderr = download(&[]);
+    assert!(
+        stderr.contains(&format!("(byte {} differs)", data.len() - 1)),
+        "{stderr}"
+    );
+    let (stdout, _) = run(&["--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["fetched"], 0);
+
+    // Complete and right: checked, left alone.
+    let stderr = download(&[]);
+    assert!(
+        stderr.contains("already holds") && stderr.contains("match the dataset"),
+        "{stderr}"
+    );
+
+    // --no-resume: the whole dataset, without a word.
+    std::fs::write(&out, &data[..100_000]).unwrap();
+    assert_eq!(download(&["--no-resume"]), "");
 
     // Longer than the dataset: not a piece of it; downloaded whole.
     let mut longer = data.clone();
     longer.extend_from_slice(b"trailing");
     std::fs::write(&out, &longer).unwrap();
-    download(&[]);
-    assert!(std::fs::read(&out).unwrap() == data);
+    let stderr = download(&[]);
+    assert!(stderr.contains("longer than the dataset"), "{stderr}");
     n.stop();
 }
 
