@@ -14,7 +14,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::{
     api::Api,
@@ -70,6 +70,19 @@ fn is_stdin(path: &Path) -> bool {
     path.as_os_str() == STDIN
 }
 
+/// The size of an upload input, from its metadata: a regular file's length; `None` for a
+/// stream whose length is not known before it ends (a FIFO, `/dev/stdin`, a device); an error
+/// for a directory, which cannot be uploaded.
+fn input_size(path: &Path, meta: &std::fs::Metadata) -> Result<Option<u64>, Failure> {
+    if meta.is_dir() {
+        return Err(Failure::new(
+            exit::FAILURE,
+            format!("{} is a directory, not a file", path.display()),
+        ));
+    }
+    Ok(meta.is_file().then_some(meta.len()))
+}
+
 /// Uploads each input (`-` is stdin) in turn; prints its CID (with `json`, a JSON line) as
 /// soon as the node has stored it. Stops at the first failure.
 pub(crate) async fn upload(
@@ -96,21 +109,29 @@ pub(crate) async fn upload(
         )
         .into());
     }
+    // Every input is looked at before the first is sent: a directory or a missing file is a
+    // local mistake, said as such, and nothing is uploaded.
+    let mut sizes = Vec::with_capacity(inputs.len());
     for path in inputs {
+        sizes.push(if is_stdin(path) {
+            None
+        } else {
+            let meta = tokio::fs::metadata(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            input_size(path, &meta)?
+        });
+    }
+    for (path, len) in inputs.iter().zip(sizes) {
         let shown = path.display().to_string();
-        let (reader, len, own_name): (Box<dyn AsyncRead + Send + Unpin>, _, _) = if is_stdin(path) {
-            (Box::new(tokio::io::stdin()), None, None)
+        let (reader, own_name): (Box<dyn AsyncRead + Send + Unpin>, _) = if is_stdin(path) {
+            (Box::new(tokio::io::stdin()), None)
         } else {
             let file = tokio::fs::File::open(path)
                 .await
                 .with_context(|| format!("cannot open {shown}"))?;
-            let len = file
-                .metadata()
-                .await
-                .with_context(|| format!("cannot read {shown}"))?
-                .len();
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            (Box::new(file), Some(len), name)
+            (Box::new(file), name)
         };
         // A file's own name is left out when the node would refuse it.
         let name = match options.filename {
@@ -155,7 +176,7 @@ pub(crate) async fn upload(
             bail!("{what}: the node answered no CID");
         }
         if json {
-            output::print_json_line(&UploadOut {
+            output::print_json(&UploadOut {
                 cid,
                 file: &shown,
                 bytes: sent.load(Ordering::Relaxed),
@@ -167,11 +188,11 @@ pub(crate) async fn upload(
     Ok(())
 }
 
-/// Where a download to a file writes, and from which byte.
+/// Where a download to a file writes, and what is there already.
 struct Target {
     /// The file written: `FILE.part`, or `FILE` itself when resuming it in place.
     file: std::path::PathBuf,
-    /// Bytes already there, asked from this offset on.
+    /// Bytes already there, to be checked against the dataset before the rest is appended.
     offset: u64,
 }
 
@@ -183,19 +204,20 @@ fn part_path(path: &Path) -> std::path::PathBuf {
     })
 }
 
-/// What to resume: a `FILE.part` left by an interrupted download, else an existing `FILE`
-/// (shorter than the dataset, as the server's answer tells); else a fresh `FILE.part`.
+/// What to resume: a non-empty `FILE.part` left by an interrupted download, else a non-empty
+/// `FILE`; else a fresh `FILE.part`.
 async fn target(path: &Path, resume: bool) -> anyhow::Result<Target> {
     let part = part_path(path);
     if resume {
         for file in [&part, path] {
             match tokio::fs::metadata(file).await {
-                Ok(m) if m.is_file() => {
+                Ok(m) if m.is_file() && m.len() > 0 => {
                     return Ok(Target {
                         file: file.to_path_buf(),
                         offset: m.len(),
                     });
                 }
+                Ok(m) if m.is_file() => {}
                 Ok(_) => bail!("{} exists and is not a file", file.display()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
@@ -208,25 +230,28 @@ async fn target(path: &Path, resume: bool) -> anyhow::Result<Target> {
     })
 }
 
-/// Parses `Content-Range: bytes first-last/total` (a `206`) or `bytes */total` (a `416`) into
-/// `(first, total)`; `first` is `None` for the second form.
-pub(crate) fn parse_content_range(value: &str) -> Option<(Option<u64>, u64)> {
-    let rest = value.trim().strip_prefix("bytes ")?;
-    let (span, total) = rest.split_once('/')?;
-    let total = total.trim().parse().ok()?;
-    if span.trim() == "*" {
-        return Some((None, total));
-    }
-    let (first, last) = span.split_once('-')?;
-    let (first, last): (u64, u64) = (first.trim().parse().ok()?, last.trim().parse().ok()?);
-    (first <= last && last < total).then_some((Some(first), total))
-}
+/// Bytes of a partial output file compared with the dataset at a time: what checking it holds
+/// in memory, whatever the sizes of the file and of the pieces the node sends.
+const CHECK_CHUNK: usize = 64 * 1024;
 
-fn content_range(resp: &reqwest::Response) -> Option<(Option<u64>, u64)> {
-    resp.headers()
-        .get(reqwest::header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_content_range)
+/// Reads `expected.len()` bytes from `file` at its position and compares them with
+/// `expected`, [`CHECK_CHUNK`] bytes at a time into `buf` (at least that long); the index in
+/// `expected` of the first byte that differs.
+async fn first_difference<R: AsyncRead + Unpin>(
+    file: &mut R,
+    expected: &[u8],
+    buf: &mut [u8],
+) -> std::io::Result<Option<usize>> {
+    let mut done = 0;
+    for piece in expected.chunks(CHECK_CHUNK) {
+        let got = &mut buf[..piece.len()];
+        file.read_exact(got).await?;
+        if let Some(i) = got.iter().zip(piece).position(|(a, b)| a != b) {
+            return Ok(Some(done + i));
+        }
+        done += piece.len();
+    }
+    Ok(None)
 }
 
 /// Options of `cairn download`.
@@ -236,7 +261,8 @@ pub(crate) struct DownloadOptions {
     pub(crate) resume: bool,
     /// `--local`: only from the node's own store.
     pub(crate) local: bool,
-    /// `--json`: print a JSON summary (needs an output file).
+    /// `--json`: print a JSON summary (needs an output file); nothing else is said on stderr
+    /// unless something fails.
     pub(crate) json: bool,
 }
 
@@ -247,7 +273,8 @@ struct DownloadOut<'a> {
     file: String,
     /// The dataset's size (the output file's).
     bytes: u64,
-    /// Bytes transferred this time (less than `bytes` when resumed).
+    /// Bytes written this time (less than `bytes` when a partial file was resumed: the bytes
+    /// already there that matched the dataset's were kept).
     fetched: u64,
 }
 
@@ -256,11 +283,15 @@ struct DownloadOut<'a> {
 /// (`/data/{cid}`).
 ///
 /// To a file, the bytes go to `FILE.part`, renamed to `FILE` once its size is the dataset's.
-/// With `resume`, a `FILE.part` left by an interrupted download, or else an existing `FILE`
-/// shorter than the dataset, is continued: only `Range: bytes=<its length>-` is asked for and
-/// appended (like `curl -C -`: the bytes already there are trusted to be the dataset's). A
-/// file as long as the dataset is left alone; a longer one, or a node that ignores `Range`
-/// (`200`), means a download from the start.
+/// With `resume`, a `FILE.part` left by an interrupted download, or else an existing `FILE`,
+/// is continued, but not trusted: the dataset is asked for whole and the bytes already there
+/// are compared with it as it arrives (a piece at a time, see [`CHECK_CHUNK`]); when they all
+/// match, the rest is appended. At the first byte that differs the file is not a piece of the
+/// dataset: that is said on stderr and the download goes on as a fresh one would (a `FILE`
+/// that differs is left as it was until the dataset, written to `FILE.part`, replaces it). A
+/// file longer than the dataset is not a piece of it either. The check costs reading those
+/// bytes from the node again, which holds them when it stored them for the interrupted
+/// download; it is what makes the result the dataset, whatever was in the file.
 pub(crate) async fn download(
     api: &Api,
     cid: &str,
@@ -283,68 +314,101 @@ pub(crate) async fn download(
         }
         return download_to_stdout(api, segments, cid, &what).await;
     };
-    let mut target = target(path, options.resume).await?;
-    let mut resp = get_from(api, segments, target.offset, &what).await?;
-    if resp.status() == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
-        let total = content_range(&resp).map(|(_, t)| t);
-        if total == Some(target.offset) {
-            finish(&target.file, path).await?;
-            if options.json {
-                output::print_json(&DownloadOut {
-                    cid,
-                    file: path.display().to_string(),
-                    bytes: target.offset,
-                    fetched: 0,
-                })?;
-            } else {
-                eprintln!(
-                    "{} already holds all {} bytes of {cid}",
-                    path.display(),
-                    target.offset
-                );
-            }
-            return Ok(());
+    let say = |text: String| {
+        if !options.json {
+            eprintln!("{text}");
         }
-        // Longer than the dataset: not a piece of it. Start over.
+    };
+    let mut target = target(path, options.resume).await?;
+    let resp = Api::check(get(api, segments, &what).await?, &what).await?;
+    let total = resp
+        .content_length()
+        .with_context(|| format!("{what}: the node did not say how long the dataset is"))?;
+    if target.offset > total {
+        say(format!(
+            "{} is longer than the dataset, so not a piece of it: downloading it whole",
+            target.file.display()
+        ));
         target = Target {
             file: part_path(path),
             offset: 0,
         };
-        resp = get_from(api, segments, 0, &what).await?;
     }
-    let resp = Api::check(resp, &what).await?;
-    let (from, total) = if resp.status() == reqwest::StatusCode::PARTIAL_CONTENT {
-        match content_range(&resp) {
-            Some((Some(first), total)) if first == target.offset => (first, total),
-            other => bail!("{what}: the node answered another range than asked: {other:?}"),
-        }
-    } else {
-        // The whole dataset (no range asked, or the node ignored it).
-        let total = resp
-            .content_length()
-            .with_context(|| format!("{what}: the node did not say how long the dataset is"))?;
-        (0, total)
-    };
     let mut f = tokio::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .write(true)
-        .truncate(false)
+        .truncate(target.offset == 0)
         .open(&target.file)
         .await
         .with_context(|| format!("cannot open {}", target.file.display()))?;
-    f.set_len(from).await?;
-    f.seek(std::io::SeekFrom::Start(from)).await?;
+    // Bytes at the start of the file that are the dataset's: those already there, once checked
+    // (`checked` of them so far); after a difference, only those before it.
+    let mut kept = target.offset;
+    let mut checked = 0;
+    let mut buf = vec![0; CHECK_CHUNK.min(usize::try_from(kept).unwrap_or(usize::MAX))];
     let pb = bar(Some(total), cid.chars().take(BAR_CID_CHARS).collect());
-    pb.set_position(from);
     let mut body = resp.bytes_stream();
+    let mut received = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.with_context(|| {
             format!("{what}: the download was interrupted (run it again to resume)")
         })?;
-        f.write_all(&chunk)
+        let mut rest: &[u8] = &chunk;
+        if checked < kept {
+            let n = rest
+                .len()
+                .min(usize::try_from(kept - checked).unwrap_or(usize::MAX));
+            let differs = first_difference(&mut f, &rest[..n], &mut buf)
+                .await
+                .with_context(|| format!("cannot read {}", target.file.display()))?;
+            match differs {
+                None => {
+                    checked += n as u64;
+                    rest = &rest[n..];
+                    if checked == kept && kept < total {
+                        pb.suspend(|| {
+                            say(format!(
+                                "resuming {} at byte {kept}: the bytes already there match the \
+                                 dataset",
+                                target.file.display()
+                            ));
+                        });
+                    }
+                }
+                Some(i) => {
+                    let at = checked + i as u64;
+                    pb.suspend(|| {
+                        say(format!(
+                            "{} is not a piece of {cid} (byte {at} differs): not resuming it, \
+                             downloading the dataset whole",
+                            target.file.display()
+                        ));
+                    });
+                    f = if target.file == path {
+                        // Not ours to overwrite until the dataset is complete.
+                        let part = part_path(path);
+                        let f = part_from(path, &part, at).await?;
+                        target.file = part;
+                        f
+                    } else {
+                        f.set_len(at).await?;
+                        f.seek(std::io::SeekFrom::Start(at)).await?;
+                        f
+                    };
+                    (kept, checked) = (at, at);
+                    rest = &rest[i..];
+                }
+            }
+        }
+        f.write_all(rest)
             .await
             .with_context(|| format!("cannot write {}", target.file.display()))?;
-        pb.inc(chunk.len() as u64);
+        received += chunk.len() as u64;
+        pb.set_position(received);
+    }
+    if checked < kept {
+        bail!("{what}: the node sent {received} bytes of {total} (run it again to resume)");
     }
     f.sync_all().await?;
     let written = f.metadata().await?.len();
@@ -362,24 +426,41 @@ pub(crate) async fn download(
             cid,
             file: path.display().to_string(),
             bytes: total,
-            fetched: total - from,
+            fetched: total - kept,
         })?;
+    } else if kept == total {
+        say(format!(
+            "{} already holds all {total} bytes of {cid}: they match the dataset",
+            path.display()
+        ));
     }
     Ok(())
 }
 
-/// `GET` the API path made of `segments`, from byte `offset` on when it is not 0.
-async fn get_from(
-    api: &Api,
-    segments: &[&str],
-    offset: u64,
-    what: &str,
-) -> anyhow::Result<reqwest::Response> {
-    let mut req = api.request(Method::GET, segments);
-    if offset > 0 {
-        req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
-    }
-    api.send_raw(req, what).await
+/// Starts `part` with the first `len` bytes of `file` (checked to be the dataset's); returns it
+/// open, positioned after them.
+async fn part_from(file: &Path, part: &Path, len: u64) -> anyhow::Result<tokio::fs::File> {
+    let mut from = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))?
+        .take(len);
+    let mut to = tokio::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(part)
+        .await
+        .with_context(|| format!("cannot open {}", part.display()))?;
+    tokio::io::copy(&mut from, &mut to)
+        .await
+        .with_context(|| format!("cannot copy {} to {}", file.display(), part.display()))?;
+    Ok(to)
+}
+
+/// `GET` the API path made of `segments`: the whole dataset.
+async fn get(api: &Api, segments: &[&str], what: &str) -> anyhow::Result<reqwest::Response> {
+    api.send_raw(api.request(Method::GET, segments), what).await
 }
 
 /// Moves the finished `file` to `path` (nothing to do when resumed in place).
@@ -398,8 +479,7 @@ async fn download_to_stdout(
     cid: &str,
     what: &str,
 ) -> anyhow::Result<()> {
-    let resp = get_from(api, segments, 0, what).await?;
-    let resp = Api::check(resp, what).await?;
+    let resp = Api::check(get(api, segments, what).await?, what).await?;
     let pb = bar(
         resp.content_length(),
         cid.chars().take(BAR_CID_CHARS).collect(),
@@ -422,18 +502,68 @@ async fn download_to_stdout(
 mod tests {
     use super::*;
 
-    #[test]
-    fn content_ranges() {
-        assert_eq!(parse_content_range("bytes 0-9/100"), Some((Some(0), 100)));
+    #[tokio::test]
+    async fn partial_files_are_compared_a_piece_at_a_time() {
+        let expected = bytes(3 * CHECK_CHUNK + 17);
+        let mut buf = vec![0; CHECK_CHUNK];
+        // The same bytes: no difference, and the reader is left after them.
+        let mut file: &[u8] = &expected;
         assert_eq!(
-            parse_content_range("bytes 99-99/100"),
-            Some((Some(99), 100))
+            first_difference(&mut file, &expected, &mut buf)
+                .await
+                .unwrap(),
+            None
         );
-        assert_eq!(parse_content_range("bytes */100"), Some((None, 100)));
-        assert_eq!(parse_content_range("bytes 5-4/100"), None);
-        assert_eq!(parse_content_range("bytes 0-100/100"), None);
-        assert_eq!(parse_content_range("items 0-1/2"), None);
-        assert_eq!(parse_content_range("bytes 0-1/*"), None);
+        assert!(file.is_empty());
+        // A difference in a later piece is found at its place in the whole.
+        for at in [
+            0,
+            1,
+            CHECK_CHUNK - 1,
+            CHECK_CHUNK,
+            2 * CHECK_CHUNK + 5,
+            expected.len() - 1,
+        ] {
+            let mut other = expected.clone();
+            other[at] ^= 0x80;
+            let mut file: &[u8] = &other;
+            assert_eq!(
+                first_difference(&mut file, &expected, &mut buf)
+                    .await
+                    .unwrap(),
+                Some(at),
+                "{at}"
+            );
+        }
+        // A file shorter than the bytes to compare is an error, not a match.
+        let mut short: &[u8] = &expected[..10];
+        let err = first_difference(&mut short, &expected[..20], &mut buf)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    /// `len` bytes that are not all alike.
+    fn bytes(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn upload_inputs_are_files_or_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = |p: &Path| std::fs::metadata(p).unwrap();
+        let err = input_size(dir.path(), &meta(dir.path())).unwrap_err();
+        assert_eq!(err.code, exit::FAILURE);
+        assert_eq!(
+            err.to_string(),
+            format!("{} is a directory, not a file", dir.path().display())
+        );
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"12345").unwrap();
+        assert_eq!(input_size(&file, &meta(&file)).unwrap(), Some(5));
+        // A character device is read as a stream, of unknown length.
+        let null = Path::new("/dev/null");
+        assert_eq!(input_size(null, &meta(null)).unwrap(), None);
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! form or, with `--json`, JSON and nothing else on stdout, and fail with the exit codes of
 //! [`crate::exit`].
 //!
-//! JSON shapes (keys in snake_case; sizes in bytes):
+//! JSON shapes (compact, one JSON value per line; keys in snake_case; sizes in bytes):
 //! * `upload`: one line per input as it completes, `{"cid", "file", "bytes"}`.
-//! * `download -o FILE`: `{"cid", "file", "bytes", "fetched"}`.
+//! * `download -o FILE`: `{"cid", "file", "bytes", "fetched"}` (`fetched`: bytes written this
+//!   time).
 //! * `ls`: an array of `{"cid", "filename", "mimetype", "size", "block_size", "tree_cid",
 //!   "protected"}`.
 //! * `rm`: one line per CID, `{"cid", "removed"}` (`removed` is false for an absent CID with
@@ -76,8 +77,9 @@ pub(crate) enum ClientCommand {
         /// The dataset's (manifest) CID.
         cid: String,
         /// Output file (written to FILE.part and renamed when complete); stdout if omitted.
-        /// A FILE.part left by an interrupted download, or a FILE shorter than the dataset,
-        /// is resumed: only the missing bytes are asked for and appended.
+        /// A FILE.part left by an interrupted download, or else an existing FILE, is resumed
+        /// once the bytes already there are checked against the dataset (read from the node
+        /// again); if any differs, the file is not a piece of the dataset and is replaced.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
         /// Download the whole dataset even if a partial output file exists.
@@ -272,7 +274,7 @@ async fn rm(api: &Api, cids: &[String], force: bool, json: bool) -> anyhow::Resu
             api.send(req, &what).await?;
         }
         if json {
-            output::print_json_line(&RemovedOut { cid, removed: held })?;
+            output::print_json(&RemovedOut { cid, removed: held })?;
         } else if held {
             output::print(&format!("removed {cid}\n"))?;
         } else {
@@ -309,12 +311,24 @@ struct InfoOut {
     exchange: ExchangeJson,
 }
 
+/// Shortest and longest git commit ids taken as a node's `revision` (an abbreviated id, as the
+/// reference sends, up to a full SHA-1 one).
+const REVISION_HEX_DIGITS: std::ops::RangeInclusive<usize> = 7..=40;
+
+/// Whether `text` is a git commit id, as a node's `revision` should be. Anything else (a cairn
+/// node built without one sends the placeholder `cairn`) is shown as unknown rather than as a
+/// revision.
+fn is_revision(text: &str) -> bool {
+    REVISION_HEX_DIGITS.contains(&text.len()) && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// `cairn info`.
 async fn info(api: &Api, json: bool) -> anyhow::Result<()> {
     let d: DebugInfo = api
         .get_json(&["debug", "info"], "reading the node's info")
         .await?;
     let (version, revision) = d.codex.map_or((None, None), |c| (c.version, c.revision));
+    let revision = revision.filter(|r| is_revision(r));
     let out = InfoOut {
         peer_id: d.id,
         version,
@@ -585,6 +599,16 @@ fn space_text(s: &SpaceOut) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revisions_are_commit_ids() {
+        assert!(is_revision("bd360322"));
+        assert!(is_revision("0123456789abcdef0123456789abcdef01234567"));
+        assert!(!is_revision("cairn"));
+        assert!(!is_revision("abc12"));
+        assert!(!is_revision(""));
+        assert!(!is_revision("v0.1.0-dirty"));
+    }
 
     #[test]
     fn free_space_never_underflows() {

@@ -27,6 +27,10 @@ pub(crate) const DEFAULT_API_PORT: u16 = 8080;
 pub(crate) const DEFAULT_KEY_FILE: &str = "key";
 /// Default log filter.
 pub(crate) const DEFAULT_LOG_LEVEL: &str = "info";
+/// The level names a log directive without `=` may be (in any case). Anything else there would
+/// be taken by `tracing` as the name of a module to log at every level, so a mistyped level
+/// (`verbose`) would silently log nothing at all.
+pub(crate) const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
 /// Default address of the metrics server, as the reference (`--metrics-address`): loopback,
 /// since the metrics describe the node's traffic to anyone who can read them.
 pub(crate) const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1";
@@ -64,9 +68,10 @@ pub(crate) struct StartArgs {
     /// How often expired datasets are removed (same units as --block-ttl) [default: 10m]
     #[arg(long = "block-mi", env = "CAIRN_BLOCK_MI", value_parser = parse_duration)]
     pub(crate) block_mi: Option<Duration>,
-    /// Log filter: a level (error, warn, info, debug, trace) or per-module directives as in
-    /// RUST_LOG, e.g. "info,cairn_store=debug" [default: info]
-    #[arg(long, env = "CAIRN_LOG_LEVEL")]
+    /// Log filter: a level (error, warn, info, debug, trace, off) or per-module directives as
+    /// in RUST_LOG, e.g. "info,cairn_store=debug"; a word without `=` must be a level
+    /// [default: info]
+    #[arg(long, env = "CAIRN_LOG_LEVEL", value_parser = parse_log_level)]
     pub(crate) log_level: Option<String>,
     /// Log format [default: text]
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_parser = ["text", "json"])]
@@ -245,6 +250,36 @@ pub(crate) struct Config {
     pub(crate) metrics: bool,
     pub(crate) metrics_address: IpAddr,
     pub(crate) metrics_port: u16,
+}
+
+/// Checks a log filter (`--log-level`, `CAIRN_LOG_LEVEL`, `log-level` in the file, and the
+/// node's log-level endpoint): comma-separated directives as in `RUST_LOG`, where a directive
+/// without `=` must be one of [`LOG_LEVELS`] (`tracing` would take any other word as a module
+/// name). Returns the filter as given.
+pub(crate) fn parse_log_level(text: &str) -> Result<String, String> {
+    let levels = LOG_LEVELS.join(", ");
+    let directives: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    for d in &directives {
+        if !d.contains('=') && !LOG_LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)) {
+            return Err(format!(
+                "'{d}' is not a log level: expected one of {levels}, optionally with \
+                 per-module directives such as info,cairn_store=debug"
+            ));
+        }
+    }
+    if directives.is_empty() {
+        return Err(format!(
+            "an empty log filter: expected one of {levels}, or directives such as \
+             info,cairn_store=debug"
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("'{text}' is not a log filter: {e}"))
 }
 
 /// Parses `--muxers`.
@@ -450,6 +485,14 @@ impl StartArgs {
         if log_format != "text" && log_format != "json" {
             bail!("--log-format must be 'text' or 'json', not '{log_format}'");
         }
+        // A flag or environment value was checked by clap; one from the file is checked here.
+        let log_level = match (self.log_level, file.log_level) {
+            (Some(l), _) => l,
+            (None, Some(l)) => {
+                parse_log_level(&l).map_err(|e| anyhow::anyhow!("{}: {e}", in_file("log-level")))?
+            }
+            (None, None) => DEFAULT_LOG_LEVEL.into(),
+        };
         let listen_addrs = match (self.listen_addrs.is_empty(), &file.listen_addrs) {
             (false, _) => self.listen_addrs,
             (true, Some(l)) => multiaddrs(l, "listen-addrs")?,
@@ -519,10 +562,13 @@ impl StartArgs {
             .map(|o| cairn_api::CorsOrigin::new(&o))
             .transpose()
             .context("--api-cors-origin")?;
+        // Absolute, so the node's logs and `/debug/info` (`cairn info`) name the directory
+        // wherever they are read from, not relative to where the node was started.
         let data_dir = self
             .data_dir
             .or(file.data_dir)
             .unwrap_or_else(default_data_dir);
+        let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
         let key = self
             .net_privkey
             .or(file.net_privkey)
@@ -564,10 +610,7 @@ impl StartArgs {
             storage_quota,
             block_ttl,
             block_mi,
-            log_level: self
-                .log_level
-                .or(file.log_level)
-                .unwrap_or_else(|| DEFAULT_LOG_LEVEL.into()),
+            log_level,
             log_json: log_format == "json",
             metrics: self.metrics.or(file.metrics).unwrap_or(false),
             metrics_address: match self.metrics_address.or(file.metrics_address) {
@@ -606,6 +649,74 @@ mod tests {
     }
 
     #[test]
+    fn log_levels_are_levels_or_directives() {
+        for good in [
+            "info",
+            "DEBUG",
+            " warn ",
+            "off",
+            "info,cairn_store=debug",
+            "cairn_store=debug",
+            "warn,cairn_node::fetch=trace,",
+        ] {
+            assert_eq!(parse_log_level(good), Ok(good.to_owned()), "{good}");
+        }
+        for (bad, named) in [
+            ("verbose", "'verbose' is not a log level"),
+            ("info,verbose", "'verbose' is not a log level"),
+            ("cairn_store", "'cairn_store' is not a log level"),
+            ("info,nonsense=??", "not a log filter"),
+            ("", "empty"),
+            (" , ", "empty"),
+        ] {
+            let err = parse_log_level(bad).unwrap_err();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+        let err = parse_log_level("verbose").unwrap_err();
+        assert!(
+            err.contains("error, warn, info, debug, trace, off"),
+            "{err}"
+        );
+    }
+
+    /// The flag (and so `CAIRN_LOG_LEVEL`, which clap reads through it) is checked by clap; the
+    /// file's key by `resolve`, naming the file.
+    #[test]
+    fn log_level_is_checked_from_every_source() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: StartArgs,
+        }
+        let parse =
+            |args: &[&str]| Cmd::try_parse_from([&["cairn"], args].concat()).map(|c| c.args);
+        assert!(parse(&["--log-level", "verbose"]).is_err());
+        let ok = parse(&["--log-level", "info,cairn_store=debug"]).unwrap();
+        assert_eq!(ok.log_level.as_deref(), Some("info,cairn_store=debug"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "log-level = \"verbose\"\n").unwrap();
+        let from_file = |flag: Option<&str>| {
+            StartArgs {
+                config_file: Some(f.clone()),
+                log_level: flag.map(str::to_owned),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        let text = format!("{:#}", from_file(None).unwrap_err());
+        assert!(
+            text.contains("log-level") && text.contains(&f.display().to_string()),
+            "{text}"
+        );
+        assert_eq!(from_file(Some("debug")).unwrap().log_level, "debug");
+        std::fs::write(&f, "log-level = \"cairn_store=debug\"\n").unwrap();
+        assert_eq!(from_file(None).unwrap().log_level, "cairn_store=debug");
+    }
+
+    #[test]
     fn network_options_resolve_and_bad_values_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("c.toml");
@@ -624,6 +735,19 @@ mod tests {
         assert_eq!(c.listen_addrs[0].to_string(), "/ip4/127.0.0.1/tcp/9");
         assert_eq!(c.muxers, Muxers::Mplex);
         assert_eq!(c.key_file, dir.path().join("d").join("k"));
+        // A relative data directory is made absolute.
+        let c = StartArgs {
+            data_dir: Some(PathBuf::from("./p1")),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            c.data_dir,
+            std::env::current_dir().unwrap().join("p1"),
+            "{}",
+            c.data_dir.display()
+        );
         assert_eq!(c.max_peers, cairn_node::net::DEFAULT_MAX_PEERS);
         // Defaults.
         let c = StartArgs::default().resolve().unwrap();

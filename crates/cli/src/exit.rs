@@ -4,7 +4,9 @@
 //! A failure that should end the process with a particular code is raised as a [`Failure`]
 //! somewhere in an [`anyhow::Error`]'s chain (context may be added around it); [`code_of`] finds
 //! it. Anything else is [`FAILURE`]. Clap itself exits with [`USAGE`] on a command line it
-//! cannot parse.
+//! cannot parse; `cairn start` uses it too for option values clap cannot check and for a config
+//! file that cannot be read or holds a mistake, so every mistake in what the operator gave
+//! exits 2, and 1 means the node itself failed (a port in use, a store that cannot be opened).
 
 use std::fmt;
 
@@ -15,7 +17,7 @@ pub(crate) const SUCCESS: u8 = 0;
 /// Any failure without a more specific code below.
 pub(crate) const FAILURE: u8 = 1;
 /// The command line is wrong (clap's own code for usage errors; cairn uses it for invalid
-/// combinations clap cannot check).
+/// combinations and values clap cannot check, and for `cairn start`'s config file).
 pub(crate) const USAGE: u8 = 2;
 /// The node could not be reached (nothing listening at `--api`, a name that does not resolve)
 /// or did not answer in time.
@@ -32,7 +34,10 @@ pub(crate) const NO_SPACE: u8 = 6;
 pub(crate) const CODES: [(u8, &str); 7] = [
     (SUCCESS, "success"),
     (FAILURE, "failure (anything not listed below)"),
-    (USAGE, "usage error (invalid command line)"),
+    (
+        USAGE,
+        "usage error (invalid command line, option value or config file)",
+    ),
     (
         UNREACHABLE,
         "the node cannot be reached, or did not answer in time",

@@ -91,10 +91,7 @@ fn main() -> ExitCode {
         // as a Unix tool killed by SIGPIPE does.
         Err(e) if is_broken_pipe(&e) => ExitCode::from(exit::SUCCESS),
         Err(e) => {
-            eprintln!(
-                "{BIN_NAME}: {}",
-                output::one_line(&format!("{e:#}"), usize::MAX)
-            );
+            eprintln!("{BIN_NAME}: {}", output::error_chain(&e));
             ExitCode::from(exit::code_of(&e))
         }
     }
@@ -153,7 +150,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .context("cannot start the async runtime")
     };
     match cli.command {
-        Command::Start(args) => runtime()?.block_on(start(args.resolve()?)),
+        Command::Start(args) => {
+            let cfg = resolve_start(*args)?;
+            runtime()?.block_on(start(cfg))
+        }
         Command::Client(command) => runtime()?.block_on(command.run()),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -163,14 +163,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Resolves `cairn start`'s options. Whatever fails here is a mistake in what the operator
+/// gave (a bad value from a flag, the environment or the config file; a config file that cannot
+/// be read or parsed), so it is a usage error, as clap's own are; failures once the node starts
+/// (a port in use, a store that cannot be opened) are not.
+fn resolve_start(args: config::StartArgs) -> anyhow::Result<config::Config> {
+    args.resolve()
+        .map_err(|e| exit::Failure::new(exit::USAGE, output::error_chain(&e)).into())
+}
+
+/// The environment variable that turns colours off when set to anything but the empty string
+/// (<https://no-color.org>).
+const NO_COLOR: &str = "NO_COLOR";
+
+/// Whether log lines get ANSI colours: only when stderr is a terminal (not a file or a pipe,
+/// where the escape codes would be noise) and `NO_COLOR` is unset or empty.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 /// Installs the log subscriber; returns the setter `POST /debug/chronicles/loglevel` uses to
 /// change its filter while the node runs.
 fn init_logging(cfg: &config::Config) -> anyhow::Result<cairn_api::LogLevelSetter> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&cfg.log_level)
         .with_context(|| format!("invalid --log-level '{}'", cfg.log_level))?;
+    let colour = use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os(NO_COLOR).as_deref(),
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let setter = if cfg.log_json {
         let builder = builder.json().with_filter_reloading();
@@ -186,12 +210,14 @@ fn init_logging(cfg: &config::Config) -> anyhow::Result<cairn_api::LogLevelSette
     Ok(setter)
 }
 
-/// A log-level setter over a subscriber's reload handle: parses the directives, then swaps the
-/// filter (a directive that does not parse leaves the filter as it was).
+/// A log-level setter over a subscriber's reload handle: checks the directives as
+/// `--log-level` is checked, then swaps the filter (directives that are refused leave the
+/// filter as it was).
 fn level_setter<S: 'static>(
     handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
 ) -> cairn_api::LogLevelSetter {
     std::sync::Arc::new(move |d: &str| {
+        config::parse_log_level(d)?;
         let f = tracing_subscriber::EnvFilter::try_new(d).map_err(|e| e.to_string())?;
         handle.reload(f).map_err(|e| e.to_string())
     })
@@ -440,6 +466,66 @@ mod tests {
     }
 
     use super::*;
+
+    /// Bad option values and config files are usage errors, their message kept.
+    #[test]
+    fn start_options_that_do_not_resolve_are_usage_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let typo = dir.path().join("typo.toml");
+        std::fs::write(&typo, "api-prot = 1\n").unwrap();
+        for (args, said) in [
+            (
+                config::StartArgs {
+                    bootstrap_node: vec!["garbage".into()],
+                    ..Default::default()
+                },
+                "--bootstrap-node garbage",
+            ),
+            (
+                config::StartArgs {
+                    storage_quota: Some(1024),
+                    ..Default::default()
+                },
+                "--storage-quota must be at least 64KiB",
+            ),
+            (
+                config::StartArgs {
+                    config_file: Some(typo),
+                    ..Default::default()
+                },
+                "api-prot",
+            ),
+            (
+                config::StartArgs {
+                    config_file: Some(dir.path().join("missing.toml")),
+                    ..Default::default()
+                },
+                "cannot read config file",
+            ),
+            (
+                config::StartArgs {
+                    config_file: Some(dir.path().to_owned()),
+                    ..Default::default()
+                },
+                "cannot read config file",
+            ),
+        ] {
+            let err = resolve_start(args).unwrap_err();
+            assert_eq!(exit::code_of(&err), exit::USAGE, "{err:#}");
+            assert!(output::error_chain(&err).contains(said), "{err:#}");
+        }
+        assert!(resolve_start(config::StartArgs::default()).is_ok());
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(use_colour(true, None));
+        assert!(use_colour(true, Some(OsStr::new(""))));
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(false, Some(OsStr::new(""))));
+    }
 
     /// Clap's own consistency checks of the whole command line (argument ids named by
     /// `conflicts_with`, duplicate flags, …), which otherwise only fire when a command is used.

@@ -1,6 +1,7 @@
 //! What the client commands print: human-readable tables, field lists and sizes, or JSON
-//! (`--json`). Everything meant for stdout goes through [`print`], [`print_json`] or
-//! [`print_json_line`], so a closed pipe is an error that names stdout rather than a panic.
+//! (`--json`: every command prints compact JSON, one value per line). Everything meant for
+//! stdout goes through [`print`] or [`print_json`], so a closed pipe is an error that names
+//! stdout rather than a panic.
 
 use std::io::Write;
 
@@ -109,6 +110,28 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
     cut
 }
 
+/// An error with its causes on one line, `what failed: why: …` (as anyhow's `{:#}`), saying
+/// each thing once: many errors repeat their source's message in their own ("store I/O
+/// error: Not a directory (os error 20)" over that I/O error), which would otherwise print it
+/// twice. A cause whose text the line already holds is left out; a cause that holds the text
+/// of the one before (which it explains further) takes its place. Compared without regard to
+/// case.
+pub(crate) fn error_chain(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let part = one_line(&cause.to_string(), usize::MAX);
+        let lower = part.to_lowercase();
+        if part.is_empty() || parts.join(": ").to_lowercase().contains(&lower) {
+            continue;
+        }
+        match parts.last_mut() {
+            Some(last) if lower.contains(&last.to_lowercase()) => *last = part,
+            _ => parts.push(part),
+        }
+    }
+    parts.join(": ")
+}
+
 /// Writes `text` to stdout as it is.
 pub(crate) fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -117,15 +140,10 @@ pub(crate) fn print(text: &str) -> anyhow::Result<()> {
         .context("cannot write to stdout")
 }
 
-/// Writes `value` to stdout as pretty-printed JSON and a newline.
+/// Writes `value` to stdout as compact JSON on one line (JSON Lines: a command that prints one
+/// object per operand prints them as they complete, and every `--json` output reads the same
+/// way, with `jq` or line by line).
 pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(value).context("cannot encode the JSON output")?;
-    print(&format!("{text}\n"))
-}
-
-/// Writes `value` to stdout as JSON on one line (for commands that print one object per
-/// operand, as they complete: JSON Lines).
-pub(crate) fn print_json_line(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string(value).context("cannot encode the JSON output")?;
     print(&format!("{text}\n"))
 }
@@ -193,6 +211,59 @@ mod tests {
              \x20          /b\n\
              spr        -\n"
         );
+    }
+
+    /// An error whose message repeats its source's, as many library errors do.
+    #[derive(Debug)]
+    struct Repeats(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Repeats {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}", self.0)
+        }
+    }
+
+    impl std::error::Error for Repeats {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn error_chains_say_each_cause_once() {
+        use anyhow::Context as _;
+        let os = || std::io::Error::from_raw_os_error(20);
+        let err = Err::<(), _>(Repeats(Box::new(os())))
+            .context("cannot open the block store in d/repo")
+            .unwrap_err();
+        assert_eq!(
+            error_chain(&err),
+            "cannot open the block store in d/repo: Not a directory (os error 20)"
+        );
+        // A message that already quotes its cause, a cause in another case, and a new cause
+        // after a repeated one.
+        let err = Err::<(), _>(Repeats(Box::new(Repeats(
+            "failed to decode envelope: buffer underflow".into(),
+        ))))
+        .context("Failed to decode envelope")
+        .context("--bootstrap-node spr:abc: bad record")
+        .unwrap_err();
+        assert_eq!(
+            error_chain(&err),
+            "--bootstrap-node spr:abc: bad record: failed to decode envelope: buffer underflow"
+        );
+        let err = Err::<(), _>(os())
+            .context(format!("cannot listen: {}", os()))
+            .unwrap_err();
+        assert_eq!(
+            error_chain(&err),
+            "cannot listen: Not a directory (os error 20)"
+        );
+        // Distinct causes are all kept, on one line.
+        let err = Err::<(), _>(anyhow::anyhow!("gone\n away"))
+            .context("deleting x")
+            .unwrap_err();
+        assert_eq!(error_chain(&err), "deleting x: gone away");
     }
 
     #[test]

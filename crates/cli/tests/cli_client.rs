@@ -38,11 +38,13 @@ fn ok(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
-/// Runs `args` with `--api` of `n` and `--json`; its stdout, parsed whole as one JSON value.
+/// Runs `args` with `--api` of `n` and `--json`; its stdout, one line (every `--json` output is
+/// compact), parsed whole as one JSON value.
 fn json(n: &NodeProc, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.extend(["--api", &n.api, "--json"]);
     let out = ok(&cli(&all));
+    assert_eq!(out.lines().count(), 1, "{args:?}: {out}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"))
 }
 
@@ -142,6 +144,12 @@ fn one_node_upload_ls_download_rm_space_info() {
     let o = cli_stdin(&["upload", "-", "--api", &n.api], b"plain stdin");
     let plain_cid = ok(&o).trim().to_owned();
     assert!(api_cids(&c, &n).contains(&plain_cid));
+    // A stream given by path (here a pipe) is uploaded as stdin is.
+    let o = cli_stdin(
+        &["upload", "/dev/stdin", "--no-filename", "--api", &n.api],
+        b"plain stdin",
+    );
+    assert_eq!(ok(&o).trim(), plain_cid);
 
     // `ls --json` lists what the API lists, with each manifest's size, name and type.
     let listed = json(&n, &["ls"]);
@@ -217,6 +225,8 @@ fn one_node_upload_ls_download_rm_space_info() {
     assert_eq!(info["addrs"], debug["addrs"]);
     assert_eq!(info["data_dir"], debug["repo"]);
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    // A cairn node sends no git revision (only a placeholder, not shown as one).
+    assert_eq!(info["revision"], Value::Null);
     assert_eq!(info["peers"], 0);
     assert_eq!(
         info["exchange"]["blocks_received"],
@@ -414,6 +424,20 @@ fn failures_have_their_exit_codes() {
         1,
     );
     assert!(err.contains("missing.bin"), "{err}");
+    // A directory: a local failure naming it, found before anything is sent (also with a node
+    // that cannot be reached, and with a good file before it).
+    let folder = dir.path().to_str().unwrap();
+    for api in [api, down.as_str()] {
+        let err = fails(
+            &cli(&["upload", file.to_str().unwrap(), folder, "--api", api]),
+            1,
+        );
+        assert!(
+            err.contains(&format!("{folder} is a directory, not a file")),
+            "{err}"
+        );
+    }
+    assert_eq!(json(&n, &["ls"]), serde_json::json!([]));
     n.stop();
 }
 

@@ -270,14 +270,124 @@ fn config_precedence_flag_env_file() {
         err.contains("--storage-quota") && err.contains("environment variable CAIRN_STORAGE_QUOTA"),
         "{err}"
     );
+    // A log level that is not one (it would log nothing at all) is refused, from the flag and
+    // from the environment (naming the variable).
+    let out = Command::new(BIN)
+        .args(["start", "--log-level", "verbose"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("'verbose' is not a log level") && err.contains("trace"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["start"])
+        .env("CAIRN_LOG_LEVEL", "verbose")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("environment variable CAIRN_LOG_LEVEL"),
+        "{err}"
+    );
     // A quota too small to hold one block is refused.
     let out = Command::new(BIN)
         .args(["start", "--storage-quota", "0"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("at least 64KiB"), "{err}");
+}
+
+/// Runs `cairn start` with `args` (on loopback, free ports unless `args` names an API port, in
+/// `data`), expecting it to fail within [`WAIT`]; its exit code and stderr.
+fn start_fails(data: &std::path::Path, args: &[&str]) -> (Option<i32>, String) {
+    let api_port: &[&str] = if args.contains(&"--api-port") {
+        &[]
+    } else {
+        &["--api-port", "0"]
+    };
+    let mut child = Command::new(BIN)
+        .args(["start", "--disc-port", "0"])
+        .args(api_port)
+        .args(["--listen-addrs", "/ip4/127.0.0.1/tcp/0", "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env_remove("CAIRN_METRICS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("cairn start {args:?} did not fail");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `cairn start`'s exit codes: a mistake in what it is given (a bad option value from a flag,
+/// the environment or the config file; a config file missing, unreadable, or with an unknown
+/// key or a bad value) is a usage error, 2, as clap's own; the node failing as it starts (its
+/// port taken, its store not openable) is 1. Each says what is wrong once, on one line.
+#[test]
+fn start_exit_codes_tell_mistakes_from_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let file = dir.path().join("cairn.toml");
+    let cfg = file.to_str().unwrap();
+    let usage = |args: &[&str], said: &str| {
+        let (code, err) = start_fails(&data, args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(said), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    };
+    usage(
+        &["--bootstrap-node", "garbage"],
+        "--bootstrap-node garbage: neither an spr: record nor a multiaddr",
+    );
+    usage(&["--storage-quota", "1KiB"], "at least 64KiB");
+    usage(&["--nat", "upnp"], "--nat");
+    usage(
+        &["--config-file", "/nonexistent/cairn.toml"],
+        "cannot read config file",
+    );
+    usage(
+        &["--config-file", dir.path().to_str().unwrap()],
+        "cannot read config file",
+    );
+    std::fs::write(&file, "api-prot = 8080\n").unwrap();
+    usage(&["--config-file", cfg], "api-prot");
+    std::fs::write(&file, "storage-quota = \"lots\"\n").unwrap();
+    usage(&["--config-file", cfg], "storage-quota");
+    std::fs::write(&file, "log-level = \"verbose\"\n").unwrap();
+    usage(&["--config-file", cfg], "'verbose' is not a log level");
+
+    // Runtime failures: 1, each cause said once.
+    let n = NodeProc::start(&data, &[], &[]);
+    let port = n.api.rsplit(':').next().unwrap().to_owned();
+    let (code, err) = start_fails(&dir.path().join("other"), &["--api-port", &port]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert_eq!(err.matches("in use").count(), 1, "{err}");
+    let (code, err) = start_fails(&data, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot open the block store"), "{err}");
+    n.stop();
+    let (code, err) = start_fails(&file.join("sub"), &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
 }
 
 /// Two nodes on loopback: B connects to A through the REST API and streams a multi-block file
@@ -634,12 +744,13 @@ fn ranges_head_etag_and_cors() {
     b.stop();
 }
 
-/// `cairn download -o FILE` continues a partial output: FILE (whose first bytes are made
-/// different from the dataset's, so a fresh download would show) gets only the missing bytes
-/// appended; a FILE.part left by an interrupted download is completed and renamed; a complete
-/// FILE is left alone; a FILE longer than the dataset, and `--no-resume`, download it whole.
+/// `cairn download -o FILE` continues a partial output, after checking it: a FILE or
+/// FILE.part whose bytes are the dataset's gets only the missing ones written (and says where it
+/// resumed); one whose bytes differ anywhere (zeros, one flipped byte in the middle or at the
+/// end) is not a piece of the dataset: it says so and ends as the dataset, exit 0. A complete
+/// FILE is checked and left alone; a longer FILE, and `--no-resume`, download it whole.
 #[test]
-fn download_resumes_a_partial_file() {
+fn download_checks_a_partial_file_before_resuming() {
     let dir = tempfile::tempdir().unwrap();
     let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
     let c = client();
@@ -653,7 +764,8 @@ fn download_resumes_a_partial_file() {
         .unwrap();
     let out = dir.path().join("out.bin");
     let part = dir.path().join("out.bin.part");
-    let download = |extra: &[&str]| {
+    let shown = out.display().to_string();
+    let run = |extra: &[&str]| {
         let mut args = vec![
             "download",
             cid.as_str(),
@@ -665,47 +777,83 @@ fn download_resumes_a_partial_file() {
         args.extend_from_slice(extra);
         let o = cli(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stderr).into_owned()
+        (
+            String::from_utf8(o.stdout).unwrap(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let download = |extra: &[&str]| {
+        let (_, stderr) = run(extra);
+        assert!(std::fs::read(&out).unwrap() == data, "not the dataset");
+        assert!(!part.exists());
+        stderr
     };
 
-    // FILE holds 100 000 bytes (not a block boundary), all of them different from the data's.
-    let prefix: Vec<u8> = data[..100_000].iter().map(|b| !b).collect();
-    std::fs::write(&out, &prefix).unwrap();
-    download(&[]);
-    let got = std::fs::read(&out).unwrap();
-    assert_eq!(got.len(), data.len());
-    assert!(
-        got[..100_000] == prefix[..],
-        "the existing bytes were rewritten"
-    );
-    assert!(
-        got[100_000..] == data[100_000..],
-        "the appended bytes differ"
-    );
-    assert!(!part.exists());
-
-    // Complete: left alone.
+    // FILE holds the dataset's first 100 000 bytes (not a block boundary): checked, resumed.
+    std::fs::write(&out, &data[..100_000]).unwrap();
     let stderr = download(&[]);
-    assert!(stderr.contains("already holds"), "{stderr}");
-    assert!(std::fs::read(&out).unwrap()[..100_000] == prefix[..]);
+    assert_eq!(
+        stderr.trim(),
+        format!("resuming {shown} at byte 100000: the bytes already there match the dataset")
+    );
 
-    // --no-resume: the whole dataset.
-    download(&["--no-resume"]);
-    assert!(std::fs::read(&out).unwrap() == data);
-
-    // A FILE.part from an interrupted download is preferred, completed and renamed.
+    // A FILE.part from an interrupted download is preferred and completed; with --json only the
+    // summary is printed, `fetched` being what was missing.
     std::fs::write(&out, b"old").unwrap();
     std::fs::write(&part, &data[..3 * BLOCK + 1]).unwrap();
-    download(&[]);
+    let (stdout, stderr) = run(&["--json"]);
+    assert_eq!(stderr, "");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["bytes"], data.len());
+    assert_eq!(summary["fetched"], data.len() - (3 * BLOCK + 1));
     assert!(std::fs::read(&out).unwrap() == data);
     assert!(!part.exists());
+
+    // The tester's case: zeros where the dataset's bytes should be.
+    std::fs::write(&out, vec![0u8; 100_000]).unwrap();
+    let first = data.iter().position(|b| *b != 0).unwrap();
+    let stderr = download(&[]);
+    assert!(
+        stderr.contains(&format!(
+            "{shown} is not a piece of {cid} (byte {first} differs)"
+        )),
+        "{stderr}"
+    );
+    // One byte wrong in the middle of a FILE.part, and at the very end of a complete FILE.
+    let mut bad = data[..200_000].to_vec();
+    bad[150_000] ^= 1;
+    std::fs::write(&part, &bad).unwrap();
+    let stderr = download(&[]);
+    assert!(stderr.contains("(byte 150000 differs)"), "{stderr}");
+    let mut bad = data.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    std::fs::write(&out, &bad).unwrap();
+    let stderr = download(&[]);
+    assert!(
+        stderr.contains(&format!("(byte {} differs)", data.len() - 1)),
+        "{stderr}"
+    );
+    let (stdout, _) = run(&["--json"]);
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary["fetched"], 0);
+
+    // Complete and right: checked, left alone.
+    let stderr = download(&[]);
+    assert!(
+        stderr.contains("already holds") && stderr.contains("match the dataset"),
+        "{stderr}"
+    );
+
+    // --no-resume: the whole dataset, without a word.
+    std::fs::write(&out, &data[..100_000]).unwrap();
+    assert_eq!(download(&["--no-resume"]), "");
 
     // Longer than the dataset: not a piece of it; downloaded whole.
     let mut longer = data.clone();
     longer.extend_from_slice(b"trailing");
     std::fs::write(&out, &longer).unwrap();
-    download(&[]);
-    assert!(std::fs::read(&out).unwrap() == data);
+    let stderr = download(&[]);
+    assert!(stderr.contains("longer than the dataset"), "{stderr}");
     n.stop();
 }
 
@@ -948,4 +1096,54 @@ fn node_runs_with_a_malloc_arena_limit() {
     let n = NodeProc::start(&dir.path().join("b"), &[], &[("MALLOC_ARENA_MAX", "5")]);
     assert_eq!(arena_max(&n), Some("5".into()));
     n.stop();
+}
+
+/// Log lines written to a file (stderr redirected) carry no ANSI colour codes.
+#[test]
+fn logs_to_a_file_have_no_colour() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.txt");
+    let mut child = Command::new(BIN)
+        .args([
+            "start",
+            "--api-port",
+            "0",
+            "--disc-port",
+            "0",
+            "--listen-addrs",
+            "/ip4/127.0.0.1/tcp/0",
+            "--log-level",
+            "info",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("node"))
+        .env_remove("NO_COLOR")
+        .env_remove("CAIRN_METRICS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // The REST line comes after the first log lines.
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + WAIT;
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("cairn node started"), "{text}");
+    assert!(!text.contains('\x1b'), "{text}");
 }
