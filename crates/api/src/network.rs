@@ -377,7 +377,7 @@ pub(crate) async fn debug_info(State(node): State<Node>) -> Result<Response, Api
         table: node.discovery().map(table_json),
         codex: HashMap::from([
             ("version", env!("CARGO_PKG_VERSION")),
-            ("revision", "cairn"),
+            ("revision", env!("CAIRN_GIT_REVISION")),
         ]),
     };
     let body =

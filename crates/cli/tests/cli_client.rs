@@ -225,8 +225,18 @@ fn one_node_upload_ls_download_rm_space_info() {
     assert_eq!(info["addrs"], debug["addrs"]);
     assert_eq!(info["data_dir"], debug["repo"]);
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
-    // A cairn node sends no git revision (only a placeholder, not shown as one).
-    assert_eq!(info["revision"], Value::Null);
+    // The node reports the git revision it was built from (`unknown` outside a checkout,
+    // which the CLI shows as null), as the CLI shows it.
+    let revision = debug["codex"]["revision"].as_str().unwrap().to_owned();
+    if revision == "unknown" {
+        assert_eq!(info["revision"], Value::Null);
+    } else {
+        assert!(
+            revision.chars().all(|c| c.is_ascii_hexdigit()),
+            "{revision}"
+        );
+        assert_eq!(info["revision"], revision.as_str());
+    }
     assert_eq!(info["peers"], 0);
     assert_eq!(
         info["exchange"]["blocks_received"],
