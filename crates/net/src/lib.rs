@@ -15,6 +15,7 @@
 //! store happens in the node's engine.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod dht_link;
 pub mod identity;
 pub mod manager;
 pub mod metrics;
@@ -26,6 +27,7 @@ pub use cairn_peers::{Routability, Stats as BookStats};
 pub use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 
 pub use crate::{
+    dht_link::{DhtHooks, DhtLink},
     identity::{KeyError, load_or_create_key},
     metrics::Metrics,
     reputation::PeerAction,
@@ -76,6 +78,9 @@ pub struct NetConfig {
     /// Which addresses the book accepts ([`cairn_peers::Routability`]; default: private and
     /// loopback addresses too, never given to public peers).
     pub routability: cairn_peers::Routability,
+    /// Where the discovery DHT plugs in (connected by the node once the DHT runs; see
+    /// [`DhtLink`]).
+    pub dht: DhtLink,
 }
 
 /// Default cap on inbound peers (CometBFT's `MaxNumInboundPeers`).
@@ -104,6 +109,7 @@ impl Default for NetConfig {
             private_peer_ids: Vec::new(),
             seed_mode: false,
             routability: cairn_peers::Routability::default(),
+            dht: DhtLink::default(),
         }
     }
 }

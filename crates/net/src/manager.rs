@@ -452,7 +452,9 @@ impl Service {
     /// A new connection: an outbound peer is asked for addresses at once when the book needs
     /// more (and always by a seed, which dialled it to crawl).
     pub(crate) fn pex_on_connected(&mut self, peer: PeerId, direction: Direction) {
-        if direction == Direction::Outbound && (self.seed_mode || self.book.need_more_addrs()) {
+        if direction == Direction::Outbound
+            && (self.seed_mode || self.book.need_more_addrs() || self.dht.needs_nodes())
+        {
             self.ask(peer, Instant::now());
         }
     }
@@ -472,7 +474,7 @@ impl Service {
                 ..
             } => {
                 let answer = self.answer(peer, request);
-                debug!(%peer, peers = answer.0.len(), book = self.book.size(), "address request answered");
+                debug!(%peer, peers = answer.peers.len(), book = self.book.size(), "address request answered");
                 let _ = self
                     .swarm
                     .behaviour_mut()
@@ -551,9 +553,12 @@ impl Service {
             id: peer,
             addr: from,
         };
+        if let Some(record) = addrs.dht_record {
+            self.dht.offer(peer, record);
+        }
         let now = unix_now();
         let mut added = 0usize;
-        for p in addrs.0 {
+        for p in addrs.peers {
             for addr in &p.addrs {
                 if self.book.add_address(p.peer, addr, &src, now).is_ok() {
                     added += 1;
@@ -576,7 +581,7 @@ impl Service {
             cairn_peers::Audience::Local
         };
         let max = usize::try_from(max).unwrap_or(usize::MAX);
-        cairn_pex::Addrs(
+        let mut list = cairn_pex::Addrs::new(
             self.book
                 .get_selection_for(audience)
                 .into_iter()
@@ -591,7 +596,14 @@ impl Service {
                         .collect(),
                 })
                 .collect(),
-        )
+        );
+        // Our own DHT record, so a peer that reached us by a libp2p address alone can join the
+        // DHT through us (see `dht_link`).
+        list.dht_record = self
+            .dht
+            .local_record()
+            .filter(|r| r.len() <= cairn_pex::MAX_DHT_RECORD_BYTES);
+        list
     }
 
     /// A peer identified itself. A seed hangs up on a peer it has answered once it knows where

@@ -202,12 +202,18 @@ pub(crate) enum Command {
 pub struct NetworkHandle {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
+    dht: crate::DhtLink,
 }
 
 impl NetworkHandle {
     /// This node's peer id.
     pub fn local_peer_id(&self) -> PeerId {
         self.peer_id
+    }
+
+    /// Where the discovery DHT plugs in ([`crate::DhtLink::connect`]).
+    pub fn dht_link(&self) -> &crate::DhtLink {
+        &self.dht
     }
 
     async fn ask<T>(
@@ -356,6 +362,8 @@ pub(crate) struct Service {
     /// When each peer last asked us, kept [`crate::manager::PEX_MIN_REQUEST_INTERVAL`] after it
     /// disconnects (bounded by the connections the node can accept in that time).
     pub(crate) pex_served: HashMap<PeerId, Instant>,
+    /// The discovery DHT, once the node connects it (records in address lists).
+    pub(crate) dht: crate::DhtLink,
 }
 
 /// Builds the swarm, binds `config.listen`, and spawns the task that runs it until `cancel`.
@@ -506,6 +514,7 @@ pub async fn start(
         book_dials: std::collections::HashSet::new(),
         pex_asked: HashMap::new(),
         pex_served: HashMap::new(),
+        dht: config.dht.clone(),
     };
     // Every line the task logs names the node (several run in one process in tests and
     // benchmarks): the last characters of its peer id.
@@ -516,6 +525,7 @@ pub async fn start(
         NetworkHandle {
             peer_id,
             commands: cmd_tx,
+            dht: config.dht,
         },
         ev_rx,
         task,

@@ -138,7 +138,7 @@ async fn one_request(s: &mut Swarm<Pex>, node: PeerId, addr: &Multiaddr, req: Re
 }
 
 fn some_list() -> Addrs {
-    Addrs(
+    Addrs::new(
         (0..20u8)
             .map(|i| PeerAddrs {
                 peer: libp2p::identity::Keypair::generate_ed25519()
@@ -167,7 +167,7 @@ async fn abuse_until_banned(
             Round::Answered(list) => {
                 // Abusers are answered with nothing.
                 if round > 1 {
-                    assert!(list.0.is_empty(), "an abuser got addresses: {list:?}");
+                    assert!(list.peers.is_empty(), "an abuser got addresses: {list:?}");
                 }
             }
             Round::Failed => failed += 1,
@@ -224,7 +224,7 @@ async fn a_peer_pushing_address_lists_is_penalised_then_banned() {
         0,
         "pushed addresses were kept"
     );
-    for p in &list.0 {
+    for p in &list.peers {
         assert!(node.book_entry(p.peer).await.unwrap().is_none());
     }
     assert_refused(&node, &addr, &mut s).await;

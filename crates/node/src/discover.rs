@@ -28,7 +28,7 @@ use std::{
 };
 
 use cairn_core::Cid;
-use cairn_discovery::Discovery;
+use cairn_discovery::{Discovery, Spr};
 use cairn_net::NetworkHandle;
 use cairn_store::Store;
 use futures::{StreamExt, stream::FuturesUnordered};
@@ -97,6 +97,10 @@ impl Discoverer {
     ) -> Discoverer {
         let (tx, rx) = mpsc::channel(ADVERTISE_QUEUE);
         tokio::spawn(advertise(dht.clone(), store, rx, reannounce, cancel));
+        net.dht_link().connect(Arc::new(DhtRecords {
+            dht: dht.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        }));
         Discoverer {
             dht,
             net,
@@ -219,6 +223,46 @@ impl Discoverer {
             }
         });
         token.drop_guard()
+    }
+}
+
+/// The DHT's side of the peer manager's link (`cairn_net::DhtLink`): our record goes into the
+/// address lists we answer, and a record a peer sends as its own is checked (signature, same
+/// peer, a UDP address) and added to the routing table. This is how a node given a bootstrap
+/// node by its libp2p address alone joins the DHT.
+struct DhtRecords {
+    dht: Discovery,
+    runtime: tokio::runtime::Handle,
+}
+
+impl cairn_net::DhtHooks for DhtRecords {
+    fn local_record(&self) -> Option<Vec<u8>> {
+        Some(self.dht.local_spr().encoded().to_vec())
+    }
+
+    fn needs_nodes(&self) -> bool {
+        self.dht.table_len() == 0
+    }
+
+    fn offer(&self, peer: cairn_net::PeerId, record: Vec<u8>) {
+        let spr = match Spr::decode(&record) {
+            Ok(spr) if spr.peer_id() == peer && spr.udp_addr().is_some() => spr,
+            Ok(_) => {
+                debug!(%peer, "a peer sent a DHT record not its own, or without a UDP address");
+                return;
+            }
+            Err(e) => {
+                debug!(%peer, error = %e, "a peer sent a DHT record that does not verify");
+                return;
+            }
+        };
+        let dht = self.dht.clone();
+        self.runtime.spawn(async move {
+            match dht.add_node(spr).await {
+                Ok(()) => debug!(%peer, "DHT node learned through peer exchange"),
+                Err(e) => debug!(%peer, error = %e, "a DHT node learned through peer exchange did not answer"),
+            }
+        });
     }
 }
 

@@ -6,6 +6,7 @@ mod common;
 use std::{net::SocketAddr, time::Duration};
 
 use cairn_node::{
+    Node,
     discovery::{Discovery, DiscoveryConfig},
     net::Keypair,
 };
@@ -14,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 /// How long the background announcement of an upload may take on loopback.
 const ANNOUNCE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long a node may take to join the DHT through a bootstrap node on loopback (a dial, a
+/// peer-exchange round and a ping).
+const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// An uploaded dataset is announced, so GETPROVIDERS to this node answers its own record for
 /// the manifest and the tree; deleting the dataset withdraws the manifest at once.
@@ -88,6 +93,66 @@ async fn what_was_announced_to_nobody_is_announced_once_the_table_fills() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the dataset was not announced to the new node within {wait:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cancel.cancel();
+}
+
+/// A node with one key for libp2p and the DHT (as `cairn start` runs), bootstrapping through
+/// `bootstrap` (libp2p multiaddrs ending in `/p2p/<peer id>`).
+async fn dht_node(
+    bootstrap: Vec<cairn_node::net::Multiaddr>,
+    cancel: &CancellationToken,
+) -> (Node, cairn_node::net::NetworkHandle, Discovery) {
+    let key = Keypair::generate_secp256k1();
+    let config = cairn_node::net::NetConfig {
+        bootstrap,
+        ..common::net_config()
+    };
+    let (net, events, _) = cairn_node::net::start(key.clone(), config, cancel.clone())
+        .await
+        .unwrap();
+    let dht = Discovery::start(
+        key,
+        DiscoveryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let node = Node::with_network(
+        cairn_node::Store::in_memory(cairn_node::StoreConfig::default()).unwrap(),
+        cairn_node::NodeConfig::default(),
+        net.clone(),
+        events,
+        cancel.clone(),
+    )
+    .with_discovery(dht.clone(), Duration::from_secs(3600), cancel.clone());
+    (node, net, dht)
+}
+
+/// A node told of a bootstrap node by its libp2p address alone used to reach it over libp2p
+/// but never join the DHT (which runs over UDP, on a port that address does not give). Peer
+/// exchange now carries the answerer's signed DHT record, and the new node joins through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multiaddr_bootstrap_node_also_joins_the_dht() {
+    let cancel = CancellationToken::new();
+    let (_seed, seed_net, seed_dht) = dht_node(Vec::new(), &cancel).await;
+    let addr = seed_net
+        .listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .with(cairn_node::net::Protocol::P2p(seed_net.local_peer_id()));
+    let (_node, _net, dht) = dht_node(vec![addr], &cancel).await;
+    let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
+    while !dht.table().iter().any(|n| n.node_id == seed_dht.local_id()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the DHT knows {} nodes after {JOIN_DEADLINE:?}, not the bootstrap node",
+            dht.table_len()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -145,7 +145,7 @@ mod tests {
 
     fn list(n: usize) -> Addrs {
         let addr: Multiaddr = "/ip4/127.0.0.1/tcp/8070".parse().unwrap();
-        Addrs(
+        Addrs::new(
             (0..n)
                 .map(|_| PeerAddrs {
                     peer: Keypair::generate_ed25519().public().to_peer_id(),
@@ -225,7 +225,7 @@ mod tests {
         // A push as large as a full answer (250 peers, 8 addresses each) is over the request
         // limit.
         let mut wide = list(250);
-        for p in &mut wide.0 {
+        for p in &mut wide.peers {
             p.addrs = (0..8)
                 .map(|i| format!("/ip4/10.0.0.{i}/tcp/8070").parse().unwrap())
                 .collect();

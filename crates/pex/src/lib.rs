@@ -47,6 +47,10 @@ pub const MAX_ADDRS_PER_PEER: usize = 8;
 /// Largest multiaddr accepted, in bytes (an `/ip6/…/tcp/…/p2p/…` address is under 80).
 pub const MAX_ADDR_BYTES: usize = 256;
 
+/// Largest DHT record an address list may carry. A signed peer record with one UDP address is
+/// about 150 bytes; the DHT's own packets cap a record at 1 KiB too.
+pub const MAX_DHT_RECORD_BYTES: usize = 1024;
+
 /// Largest request frame. A `GetAddrs` is a few bytes; a push is bounded like an answer, but it
 /// is always penalised, so it gets a smaller allowance.
 pub const MAX_REQUEST_BYTES: usize = 16 * 1024;

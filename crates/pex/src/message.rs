@@ -3,7 +3,9 @@
 use libp2p::{Multiaddr, PeerId};
 use prost::Message as _;
 
-use crate::{MAX_ADDR_BYTES, MAX_ADDRS_PER_PEER, MAX_PEERS_PER_MESSAGE, proto};
+use crate::{
+    MAX_ADDR_BYTES, MAX_ADDRS_PER_PEER, MAX_DHT_RECORD_BYTES, MAX_PEERS_PER_MESSAGE, proto,
+};
 
 /// Why a message was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +28,9 @@ pub enum DecodeError {
     /// A multiaddr that does not parse or is longer than [`MAX_ADDR_BYTES`].
     #[error("invalid multiaddr")]
     Multiaddr,
+    /// A DHT record longer than [`MAX_DHT_RECORD_BYTES`].
+    #[error("DHT record of {0} bytes (at most {MAX_DHT_RECORD_BYTES})")]
+    DhtRecord(usize),
 }
 
 /// One peer and where to reach it.
@@ -39,7 +44,14 @@ pub struct PeerAddrs {
 
 /// An address list: the answer to a `GetAddrs`, or a push.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Addrs(pub Vec<PeerAddrs>);
+pub struct Addrs {
+    /// The peers.
+    pub peers: Vec<PeerAddrs>,
+    /// The sender's own signed DHT record (`spr`, at most [`MAX_DHT_RECORD_BYTES`]), so that a
+    /// node that reached it by a libp2p address alone (a `--bootstrap-node` multiaddr) can join
+    /// the DHT through it. The receiver checks the signature and that it is the sender's.
+    pub dht_record: Option<Vec<u8>>,
+}
 
 /// A PEX request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +66,19 @@ pub enum Request {
 }
 
 impl Addrs {
+    /// A list of `peers` without a DHT record.
+    pub fn new(peers: Vec<PeerAddrs>) -> Addrs {
+        Addrs {
+            peers,
+            dht_record: None,
+        }
+    }
+
     fn to_proto(&self) -> proto::AddrList {
         proto::AddrList {
+            dht_record: self.dht_record.clone().unwrap_or_default(),
             peers: self
-                .0
+                .peers
                 .iter()
                 .map(|p| proto::PeerAddrs {
                     peer_id: p.peer.to_bytes(),
@@ -68,6 +89,9 @@ impl Addrs {
     }
 
     fn from_proto(list: proto::AddrList) -> Result<Addrs, DecodeError> {
+        if list.dht_record.len() > MAX_DHT_RECORD_BYTES {
+            return Err(DecodeError::DhtRecord(list.dht_record.len()));
+        }
         if list.peers.len() > MAX_PEERS_PER_MESSAGE {
             return Err(DecodeError::TooManyPeers(list.peers.len()));
         }
@@ -86,7 +110,10 @@ impl Addrs {
             }
             out.push(PeerAddrs { peer, addrs });
         }
-        Ok(Addrs(out))
+        Ok(Addrs {
+            peers: out,
+            dht_record: (!list.dht_record.is_empty()).then_some(list.dht_record),
+        })
     }
 
     /// The protobuf bytes.
@@ -148,7 +175,7 @@ mod tests {
 
     #[test]
     fn requests_and_lists_round_trip() {
-        let list = Addrs(vec![
+        let list = Addrs::new(vec![
             PeerAddrs {
                 peer: peer(),
                 addrs: vec![addr(1), addr(2)],
@@ -166,19 +193,43 @@ mod tests {
     }
 
     #[test]
+    fn a_dht_record_rides_along_and_is_bounded() {
+        let mut list = Addrs::new(vec![PeerAddrs {
+            peer: peer(),
+            addrs: vec![addr(1)],
+        }]);
+        list.dht_record = Some(vec![7; MAX_DHT_RECORD_BYTES]);
+        assert_eq!(Addrs::decode(&list.encode()).unwrap(), list);
+        list.dht_record = Some(vec![7; MAX_DHT_RECORD_BYTES + 1]);
+        assert_eq!(
+            Addrs::decode(&list.encode()),
+            Err(DecodeError::DhtRecord(MAX_DHT_RECORD_BYTES + 1))
+        );
+        // A list from a node that sends no record (as before the field) has none.
+        let old = proto::AddrList {
+            peers: vec![],
+            dht_record: vec![],
+        };
+        assert_eq!(
+            Addrs::decode(&old.encode_to_vec()).unwrap().dht_record,
+            None
+        );
+    }
+
+    #[test]
     fn counts_are_bounded() {
         let one = PeerAddrs {
             peer: peer(),
             addrs: vec![addr(1)],
         };
-        let too_many = Addrs(vec![one.clone(); MAX_PEERS_PER_MESSAGE + 1]);
+        let too_many = Addrs::new(vec![one.clone(); MAX_PEERS_PER_MESSAGE + 1]);
         assert_eq!(
             Addrs::decode(&too_many.encode()),
             Err(DecodeError::TooManyPeers(MAX_PEERS_PER_MESSAGE + 1))
         );
-        let full = Addrs(vec![one; MAX_PEERS_PER_MESSAGE]);
+        let full = Addrs::new(vec![one; MAX_PEERS_PER_MESSAGE]);
         assert!(Addrs::decode(&full.encode()).is_ok());
-        let wide = Addrs(vec![PeerAddrs {
+        let wide = Addrs::new(vec![PeerAddrs {
             peer: peer(),
             addrs: (0..=MAX_ADDRS_PER_PEER as u16).map(addr).collect(),
         }]);
@@ -195,6 +246,7 @@ mod tests {
                 peer_id: vec![1, 2, 3],
                 addrs: vec![],
             }],
+            dht_record: vec![],
         };
         assert_eq!(
             Addrs::decode(&bad_peer.encode_to_vec()),
@@ -205,6 +257,7 @@ mod tests {
                 peer_id: peer().to_bytes(),
                 addrs: vec![vec![0xff; 4]],
             }],
+            dht_record: vec![],
         };
         assert_eq!(
             Addrs::decode(&bad_addr.encode_to_vec()),
@@ -215,6 +268,7 @@ mod tests {
                 peer_id: peer().to_bytes(),
                 addrs: vec![vec![4; MAX_ADDR_BYTES + 1]],
             }],
+            dht_record: vec![],
         };
         assert_eq!(
             Addrs::decode(&long_addr.encode_to_vec()),
@@ -245,7 +299,7 @@ mod tests {
 
         #[test]
         fn lists_round_trip(n in 0usize..20, k in 0usize..=MAX_ADDRS_PER_PEER) {
-            let list = Addrs((0..n).map(|i| PeerAddrs {
+            let list = Addrs::new((0..n).map(|i| PeerAddrs {
                 peer: peer(),
                 addrs: (0..k).map(|j| addr((i * 10 + j) as u16)).collect(),
             }).collect());

@@ -3,10 +3,11 @@
 //! ```proto
 //! message Request  { GetAddrs get_addrs = 1; AddrList push = 2; }   // exactly one is set
 //! message GetAddrs { uint32 max = 1; }
-//! message AddrList { repeated PeerAddrs peers = 1; }
+//! message AddrList { repeated PeerAddrs peers = 1; bytes dht_record = 2; }
 //! message PeerAddrs { bytes peer_id = 1; repeated bytes addrs = 2; } // multiaddr bytes
 //! ```
-//! An answer is an `AddrList`.
+//! An answer is an `AddrList`. `dht_record` (added after the first release; older nodes leave
+//! it out and ignore it) is the answerer's own signed DHT record, as `GET /spr` gives it.
 
 /// A request.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -33,6 +34,9 @@ pub struct AddrList {
     /// The peers.
     #[prost(message, repeated, tag = "1")]
     pub peers: Vec<PeerAddrs>,
+    /// The sender's own signed DHT record (empty when it runs no DHT).
+    #[prost(bytes = "vec", tag = "2")]
+    pub dht_record: Vec<u8>,
 }
 
 /// One peer and its addresses.

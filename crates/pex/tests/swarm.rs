@@ -33,7 +33,7 @@ fn swarm() -> Swarm<Pex> {
 }
 
 fn sample() -> Addrs {
-    Addrs(vec![PeerAddrs {
+    Addrs::new(vec![PeerAddrs {
         peer: libp2p::identity::Keypair::generate_ed25519()
             .public()
             .to_peer_id(),
@@ -89,7 +89,7 @@ async fn get_addrs_is_answered_and_a_push_is_seen_as_a_push() {
                                 b.behaviour_mut().send_response(channel, answer.clone()).unwrap();
                             }
                             Request::Push(list) => {
-                                assert_eq!(list.0.len(), 1);
+                                assert_eq!(list.peers.len(), 1);
                                 saw_push = true;
                                 b.behaviour_mut().send_response(channel, Addrs::default()).unwrap();
                             }
