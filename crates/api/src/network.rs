@@ -79,6 +79,11 @@ pub(crate) async fn connect(
     let peer: PeerId = peer
         .parse()
         .map_err(|_| ApiError::BadRequest("peerid: incorrect PeerId string".into()))?;
+    if node.net().is_some_and(|n| n.local_peer_id() == peer) {
+        return Err(ApiError::BadRequest(
+            "Unable to dial peer: that is this node's own peer id".into(),
+        ));
+    }
     let mut addrs = Vec::new();
     for (k, v) in query {
         if k == "addrs" {

@@ -492,6 +492,21 @@ fn download_from_another_node() {
         text.starts_with("Unable to dial peer: ") && text.len() > "Unable to dial peer: ".len(),
         "{text}"
     );
+    // Its own peer id: said so (it was "no addresses for peer", with an address given).
+    let own = c
+        .get(b.url("/peerid"))
+        .header("accept", "text/plain")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let r = c
+        .get(b.url(&format!("/connect/{own}?addrs=/ip4/127.0.0.1/tcp/1")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().unwrap();
+    assert!(text.contains("own peer id"), "{text}");
     a.stop();
     b.stop();
 }
