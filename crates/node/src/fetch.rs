@@ -292,7 +292,7 @@ pub(crate) async fn fetch_dataset(
                 // The quota was reserved up front, but the disk may have filled since (other
                 // writers, other programs): stop rather than fetch what cannot be stored.
                 let missing = found.iter().filter(|(_, d)| d.is_none()).count() as u64;
-                s.disk_room(missing.saturating_mul(block_size))?;
+                s.download_disk_room(&tree, missing.saturating_mul(block_size))?;
                 Ok::<_, cairn_store::StoreError>(found)
             })
             .await??;

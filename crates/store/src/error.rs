@@ -89,7 +89,13 @@ macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> StoreError {
-                StoreError::Db(Box::new(e.into()))
+                match e.into() {
+                    // What redb answers after a failed write until the database is reopened.
+                    redb::Error::PreviousIo => StoreError::IndexUnavailable(
+                        "an earlier write of it failed".into(),
+                    ),
+                    e => StoreError::Db(Box::new(e)),
+                }
             }
         }
     )*};
@@ -114,7 +120,11 @@ impl StoreError {
     /// Whether the index database failed in a way that leaves it unusable until it is reopened
     /// (redb latches its first I/O error and fails everything after it with `PreviousIo`).
     pub(crate) fn index_failed(&self) -> bool {
-        matches!(self, StoreError::Db(e) if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo))
+        match self {
+            StoreError::Db(e) => matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo),
+            StoreError::IndexUnavailable(_) => true,
+            _ => false,
+        }
     }
 }
 

@@ -76,10 +76,15 @@ pub const MIN_DISK_HEADROOM: u64 = 32 * 1024 * 1024;
 
 /// After the index failed to write, the least free disk space at which reopening it is tried
 /// (opening a database that was not closed cleanly writes while it repairs it).
-const REOPEN_MIN_FREE: u64 = 16 * 1024 * 1024;
+const REOPEN_MIN_FREE: u64 = 4 * 1024 * 1024;
 
 /// How often reopening a failed index is tried at most.
 const REOPEN_RETRY: Duration = Duration::from_secs(1);
+
+/// Datasets remembered as having had a download's blocks refused for want of disk
+/// ([`Store::download_disk_room`]); more are not remembered (their downloads stop at the next
+/// refused write instead).
+const MAX_DISK_FAILURES: usize = 1024;
 
 /// Opens the index database again (after it failed).
 type IndexOpener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
@@ -205,6 +210,14 @@ pub(crate) struct Inner {
     last_reopen: Mutex<Option<std::time::Instant>>,
     /// The data directory (for free-space checks); `None` for an in-memory store.
     dir: Option<std::path::PathBuf>,
+    /// Bytes uploads have appended to their segments while still holding the reservation for
+    /// them: the part of the uploads' reservation that is on disk already. Changed only while
+    /// holding `reserved`.
+    pub(crate) upload_appended: AtomicU64,
+    /// Datasets (tree CID bytes) whose downloaded blocks were refused for want of disk; their
+    /// downloads stop asking ([`Store::download_disk_room`]). Cleared by a stored batch of the
+    /// dataset, a new reservation for it, or its deletion.
+    disk_failures: Mutex<HashSet<Vec<u8>>>,
     pub(crate) segs: Segments,
     pub(crate) cfg: StoreConfig,
     /// Bytes reserved by uploads in progress.
@@ -322,18 +335,34 @@ impl Inner {
     }
 
     /// Whether the store's disk has room for `bytes` more beside the room kept for the index
-    /// ([`MIN_DISK_HEADROOM`]): [`StoreError::DiskFull`] if not.
-    pub(crate) fn disk_room(&self, bytes: u64) -> Result<(), StoreError> {
+    /// ([`MIN_DISK_HEADROOM`]) and beside what reservations will still write: the uploads'
+    /// reservation (`uploads`, read by the caller under its lock) less what they appended
+    /// already, and every download's. `credit` is the part of those reservations this write
+    /// draws on (a download's own pool), not counted twice. [`StoreError::DiskFull`] if not.
+    pub(crate) fn disk_room(
+        &self,
+        uploads: u64,
+        bytes: u64,
+        credit: u64,
+    ) -> Result<(), StoreError> {
         if bytes == 0 {
             return Ok(());
         }
-        match self.free_space() {
-            Some((free, keep)) if free < bytes.saturating_add(keep) => Err(StoreError::DiskFull {
+        let Some((free, keep)) = self.free_space() else {
+            return Ok(());
+        };
+        let promised = uploads
+            .saturating_sub(self.upload_appended.load(Ordering::Relaxed))
+            .saturating_add(self.download_reserved.load(Ordering::Relaxed))
+            .saturating_sub(credit);
+        let spare = free.saturating_sub(keep).saturating_sub(promised);
+        if spare < bytes {
+            return Err(StoreError::DiskFull {
                 needed: bytes,
-                free: free.saturating_sub(keep),
-            }),
-            _ => Ok(()),
+                free: spare,
+            });
         }
+        Ok(())
     }
 
     /// Whether `bytes` more fit in the quota beside what is used and every reservation:
@@ -351,7 +380,7 @@ impl Inner {
                 quota: self.cfg.quota_bytes,
             });
         }
-        self.disk_room(bytes)
+        self.disk_room(uploads, bytes, 0)
     }
 }
 
@@ -437,6 +466,8 @@ impl Store {
             index_failed: std::sync::atomic::AtomicBool::new(false),
             last_reopen: Mutex::new(None),
             dir,
+            upload_appended: AtomicU64::new(0),
+            disk_failures: Mutex::new(HashSet::new()),
             segs,
             cfg,
             reserved: Mutex::new(0),
@@ -575,7 +606,15 @@ impl Store {
         consume: Consume<'_>,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let txn = self.inner.db()?.begin_write()?;
+        let db = self.inner.db()?;
+        if self.inner.index_failed.load(Ordering::Acquire) {
+            // Not reopened yet (the disk is still full): redb would only say "Previous I/O
+            // error".
+            return Err(StoreError::IndexUnavailable(
+                "a write failed for want of disk space".into(),
+            ));
+        }
+        let txn = db.begin_write()?;
         // Read once this transaction holds the writer: a transaction committed before it has
         // moved what it consumed out of the reservations already.
         let reserved = self.inner.reserved.lock().saturating_sub(own_reservation);
@@ -875,15 +914,43 @@ impl Store {
                 quota: self.inner.cfg.quota_bytes,
             });
         }
-        drop(uploads);
-        self.inner.disk_room(len)
+        self.inner.disk_room(*uploads, len, own)
     }
 
-    /// Whether the store's disk has room for `bytes` more beside the room kept for its index
-    /// ([`MIN_DISK_HEADROOM`]); [`StoreError::DiskFull`] if not. A download checks this before
-    /// each run of blocks it asks for, so one that fills the disk stops asking.
-    pub fn disk_room(&self, bytes: u64) -> Result<(), StoreError> {
-        self.inner.disk_room(bytes)
+    /// Whether the store's disk has room for `bytes` more of dataset `tree`'s download, beside
+    /// the room kept for its index ([`MIN_DISK_HEADROOM`]) and what other uploads and downloads
+    /// hold; also [`StoreError::DiskFull`] when blocks of this dataset were refused for want of
+    /// disk since its download reserved its room. A download checks this before each run of
+    /// blocks it asks for, so one that fills the disk stops asking.
+    pub fn download_disk_room(&self, tree: &Cid, bytes: u64) -> Result<(), StoreError> {
+        let key = tree.to_bytes();
+        let uploads = self.inner.reserved.lock();
+        let own = self
+            .inner
+            .download_pools
+            .lock()
+            .by_tree
+            .get(&key)
+            .map_or(0, |p| p.bytes);
+        if self.inner.disk_failures.lock().contains(&key) {
+            return Err(StoreError::DiskFull {
+                needed: bytes,
+                free: 0,
+            });
+        }
+        self.inner.disk_room(*uploads, bytes, own)
+    }
+
+    /// Remembers (or forgets) that blocks of dataset `key` were refused for want of disk.
+    fn note_disk_failure(&self, key: &[u8], failed: bool) {
+        let mut f = self.inner.disk_failures.lock();
+        if failed {
+            if f.len() < MAX_DISK_FAILURES {
+                f.insert(key.to_vec());
+            }
+        } else if !f.is_empty() {
+            f.remove(key);
+        }
     }
 
     /// Stores a standalone block (refreshing its expiry if it is already stored). A manifest
@@ -933,6 +1000,16 @@ impl Store {
     /// its manifest must be stored first, and a dataset deleted while it downloads takes no more
     /// leaves). Leaves already stored are skipped.
     pub fn put_leaves(&self, tree: &Cid, leaves: &[VerifiedLeaf]) -> Result<(), StoreError> {
+        let r = self.put_leaves_inner(tree, leaves);
+        match &r {
+            Ok(()) => self.note_disk_failure(&tree.to_bytes(), false),
+            Err(e) if e.is_disk_full() => self.note_disk_failure(&tree.to_bytes(), true),
+            Err(_) => {}
+        }
+        r
+    }
+
+    fn put_leaves_inner(&self, tree: &Cid, leaves: &[VerifiedLeaf]) -> Result<(), StoreError> {
         self.hook("put_leaves");
         if let Some(other) = leaves.iter().find(|l| l.tree() != tree) {
             return Err(StoreError::LeafOfAnotherDataset {
@@ -1144,6 +1221,8 @@ impl Store {
         pool.bytes += add;
         pool.holders += 1;
         let id = pool.id;
+        // The whole of what it lacks fits now: a refusal before no longer stands.
+        self.inner.disk_failures.lock().remove(&key);
         self.inner
             .download_reserved
             .fetch_add(add, Ordering::Relaxed);
@@ -1412,6 +1491,7 @@ impl Store {
                     .download_reserved
                     .fetch_sub(pool.bytes, Ordering::Relaxed);
             }
+            self.inner.disk_failures.lock().remove(&tree);
         }
         if dataset {
             debug!(%cid, "dataset deleted; reclaiming its blocks in the background");
@@ -1975,8 +2055,44 @@ mod tests {
         let err = w.reserve(1024).unwrap_err();
         assert!(err.is_disk_full(), "{err}");
         assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
-        assert!(store.disk_room(100).is_ok());
-        assert!(store.disk_room(101).is_err());
+    }
+
+    static FREE_SPACE_2: AtomicU64 = AtomicU64::new(u64::MAX);
+
+    /// Room promised to uploads and downloads and not yet written counts as taken: four uploads
+    /// started together each saw the whole free space and together filled the disk past the
+    /// room kept for the index (and then to 0 bytes, which wedged the index).
+    #[test]
+    fn reservations_not_yet_written_count_against_the_disk() {
+        let store = Store::in_memory(StoreConfig {
+            background_reclaim: false,
+            free_space_hook: Some(|| FREE_SPACE_2.load(Ordering::SeqCst)),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        FREE_SPACE_2.store(MIN_DISK_HEADROOM + 1000, Ordering::SeqCst);
+        let mut first = store.begin_dataset().unwrap();
+        first.reserve(600).unwrap();
+        let mut second = store.begin_dataset().unwrap();
+        match second.reserve(600) {
+            Err(StoreError::DiskFull {
+                needed: 600,
+                free: 400,
+            }) => {}
+            other => panic!("expected DiskFull with 400 free, got {other:?}"),
+        }
+        // The first writes its 600 bytes: the disk has 600 fewer free, and they are no longer
+        // to come.
+        first
+            .write(&Block::data_block(Bytes::from(vec![3u8; 600])))
+            .unwrap();
+        FREE_SPACE_2.store(MIN_DISK_HEADROOM + 400, Ordering::SeqCst);
+        second.reserve(400).unwrap();
+        assert!(second.reserve(401).is_err());
+        drop(second);
+        drop(first);
+        assert_eq!(store.inner.upload_appended.load(Ordering::SeqCst), 0);
+        assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
     }
 
     /// A dataset row no manifest names and no upload writes (earlier versions left one when a

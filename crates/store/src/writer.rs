@@ -17,6 +17,8 @@
 //! while finishing.
 
 use cairn_core::{Block, Cid, CodexTree, Manifest, cid::cid_digest, merkle::Digest};
+use std::sync::atomic::Ordering;
+
 use redb::ReadableTable;
 use tracing::warn;
 
@@ -61,6 +63,9 @@ pub struct DatasetWriter {
     checksums: Vec<u32>,
     digests: Vec<Digest>,
     reserved: u64,
+    /// Bytes appended to the segment whose reservation this writer still holds (its part of
+    /// the store's `upload_appended`).
+    appended: u64,
     /// Bytes of blocks written so far (the reservation covers at least these).
     written: u64,
     done: bool,
@@ -134,6 +139,7 @@ impl Store {
             checksums: Vec::new(),
             digests: Vec::new(),
             reserved: 0,
+            appended: 0,
             written: 0,
             done: false,
         })
@@ -185,6 +191,15 @@ impl DatasetWriter {
         self.reserve_more((self.written + len).saturating_sub(self.reserved))?;
         self.written += len;
         let off = self.seg.append(block.data())?;
+        {
+            // On disk now, and still reserved: free-space checks stop counting it as to come.
+            let _uploads = self.store.inner.reserved.lock();
+            self.store
+                .inner
+                .upload_appended
+                .fetch_add(len, Ordering::Relaxed);
+            self.appended += len;
+        }
         self.locs.push(off, len32);
         self.checksums.push(checksum(block.data()));
         self.digests.push(digest);
@@ -258,6 +273,7 @@ impl DatasetWriter {
             let consumed = extents.bytes_of(start, end).min(self.reserved);
             let own = self.reserved;
             self.reserved -= consumed;
+            self.unappend(consumed);
             store.write_consuming(own, Consume::Upload(consumed), |t| {
                 // New blocks of the batch, referenced in CID order once the leaves are in: the
                 // `blocks` table is keyed by CID (random), and sorted inserts walk its pages in
@@ -339,6 +355,24 @@ impl DatasetWriter {
         let mut r = self.store.inner.reserved.lock();
         *r = r.saturating_sub(self.reserved);
         self.reserved = 0;
+        let appended = std::mem::take(&mut self.appended);
+        let a = &self.store.inner.upload_appended;
+        a.store(
+            a.load(Ordering::Relaxed).saturating_sub(appended),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// `bytes` appended stop being held by the reservation (they become used).
+    fn unappend(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.appended);
+        let _uploads = self.store.inner.reserved.lock();
+        self.appended -= bytes;
+        let a = &self.store.inner.upload_appended;
+        a.store(
+            a.load(Ordering::Relaxed).saturating_sub(bytes),
+            Ordering::Relaxed,
+        );
     }
 
     fn drop_segment_if_empty(&self) -> Result<(), StoreError> {
