@@ -51,7 +51,7 @@ impl From<NodeError> for ApiError {
                 used,
                 quota,
             }) => ApiError::InsufficientStorage(format!(
-                "Storage quota exceeded: {used} of {quota} bytes used or reserved by uploads and downloads in progress, {needed} more needed."
+                "Storage quota exceeded: {needed} more bytes needed, and {used} of {quota} bytes are used or reserved by uploads and downloads in progress (this one included)."
             )),
             NodeError::Store(e) if e.is_disk_full() => {
                 ApiError::InsufficientStorage(format!("The node's disk is full: {e}"))

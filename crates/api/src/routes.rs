@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE);
         let text = String::from_utf8(body).unwrap();
         // Its 5 blocks and room for its manifest.
-        assert!(text.contains("328704 more needed"), "{text}");
+        assert!(text.contains("328704 more bytes needed"), "{text}");
         let space = store.space().unwrap();
         assert_eq!((space.quota_used_bytes, space.quota_reserved_bytes), (0, 0));
         let small = vec![8u8; 65536 + 1];

@@ -8,7 +8,7 @@ use cairn_core::{Cid, ManifestError, MerkleError};
 pub enum StoreError {
     /// Writing would take the store over its quota. Nothing was written.
     #[error(
-        "storage quota exceeded: {needed} more bytes needed, {used} of {quota} bytes used or reserved by uploads and downloads in progress"
+        "storage quota exceeded: {needed} more bytes needed, {used} of {quota} bytes used or reserved by uploads and downloads in progress (the one refused included)"
     )]
     QuotaExceeded {
         /// Bytes the write needed.
