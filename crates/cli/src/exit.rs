@@ -27,7 +27,7 @@ pub(crate) const NOT_FOUND: u8 = 4;
 /// The node refused the request as invalid (HTTP 400 or 422): a malformed CID or peer id, an
 /// unacceptable MIME type or file name, an empty upload, a peer that cannot be dialled.
 pub(crate) const INVALID: u8 = 5;
-/// The node's storage quota is exhausted (HTTP 507).
+/// The node's storage quota or disk is full (HTTP 507).
 pub(crate) const NO_SPACE: u8 = 6;
 
 /// Every exit code with what it means, in order: what `cairn --help` prints.
@@ -47,7 +47,7 @@ pub(crate) const CODES: [(u8, &str); 7] = [
         INVALID,
         "the node refused the request as invalid (HTTP 400, 422)",
     ),
-    (NO_SPACE, "the node's storage quota is exhausted (HTTP 507)"),
+    (NO_SPACE, "the node's storage quota or disk is full (HTTP 507)"),
 ];
 
 /// The exit-code section of `cairn --help`.
