@@ -47,7 +47,10 @@ pub(crate) const CODES: [(u8, &str); 7] = [
         INVALID,
         "the node refused the request as invalid (HTTP 400, 422)",
     ),
-    (NO_SPACE, "the node's storage quota or disk is full (HTTP 507)"),
+    (
+        NO_SPACE,
+        "the node's storage quota or disk is full (HTTP 507)",
+    ),
 ];
 
 /// The exit-code section of `cairn --help`.

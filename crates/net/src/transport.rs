@@ -89,9 +89,12 @@ pub fn build(
 /// a port another node holds binds it too, without an error, and the kernel then splits new
 /// connections between the two: dials to the first node reach the second about half the time
 /// and fail with a wrong peer id. A plain bind (no `SO_REUSEPORT`) of the same address fails
-/// while any listener holds it, so it is tried first and dropped at once.
+/// while any listener holds it, so it is tried first and dropped at once. An IPv6 probe is
+/// IPv6-only, as libp2p-tcp's listeners are, so a node listening on the same port over IPv4
+/// and IPv6 does not trip over itself.
 pub fn probe_free_port(addr: &libp2p::Multiaddr) -> std::io::Result<()> {
     use libp2p::multiaddr::Protocol;
+    use socket2::{Domain, Socket, Type};
     let mut parts = addr.iter();
     let ip: std::net::IpAddr = match parts.next() {
         Some(Protocol::Ip4(ip)) => ip.into(),
@@ -102,5 +105,13 @@ pub fn probe_free_port(addr: &libp2p::Multiaddr) -> std::io::Result<()> {
         Some(Protocol::Tcp(port)) if port != 0 => port,
         _ => return Ok(()),
     };
-    std::net::TcpListener::bind((ip, port)).map(drop)
+    let at = std::net::SocketAddr::new(ip, port);
+    let socket = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
+    if at.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // As a listener that closed a moment ago left its port (connections in TIME_WAIT).
+    socket.set_reuse_address(true)?;
+    socket.bind(&at.into())?;
+    socket.listen(1)
 }

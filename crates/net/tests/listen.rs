@@ -44,3 +44,32 @@ async fn a_listen_port_another_node_holds_is_refused() {
     }
     cancel.cancel();
 }
+
+/// The check must not trip over the node itself: the same port over IPv4 and IPv6 (libp2p's
+/// IPv6 listeners are IPv6-only) is two listeners, not a conflict.
+#[tokio::test]
+async fn the_same_port_over_ipv4_and_ipv6_is_no_conflict() {
+    // A free port, found by binding port 0 and letting it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let v6 = std::net::TcpListener::bind("[::1]:0").is_ok();
+    let mut listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    if v6 {
+        listen.push(format!("/ip6/::/tcp/{port}").parse().unwrap());
+    }
+    let cancel = CancellationToken::new();
+    let started = start(
+        Keypair::generate_secp256k1(),
+        NetConfig {
+            listen,
+            ..NetConfig::default()
+        },
+        cancel.child_token(),
+    )
+    .await;
+    assert!(started.is_ok(), "{:?}", started.err());
+    cancel.cancel();
+}
