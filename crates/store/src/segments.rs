@@ -340,6 +340,18 @@ impl SegmentWriter {
         }
     }
 
+    /// Bytes appended that may not have reached the file yet (a direct segment's staging
+    /// buffers, counted whole while their writes are in flight); 0 for a buffered segment, whose
+    /// appends are in the page cache, and so take their room on the file system, at once.
+    pub(crate) fn staged(&self) -> u64 {
+        match self {
+            SegmentWriter::File { file, .. } => file.direct.as_ref().map_or(0, |d| {
+                (d.fill as u64).saturating_add((d.in_flight * DIRECT_STAGE_BYTES) as u64)
+            }),
+            SegmentWriter::Mem { .. } => 0,
+        }
+    }
+
     /// Writes out everything appended and makes it durable (`fdatasync`). A bulk segment stays
     /// direct if everything appended so far was a multiple of 4 KiB (whole blocks), and is
     /// buffered from here on otherwise (see the module docs).

@@ -2057,6 +2057,44 @@ mod tests {
         assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
     }
 
+    /// Bytes an upload has appended count as on the disk only once they left the segment's
+    /// staging buffers: counted as soon as `append` returned, up to 8 MiB per upload sat in
+    /// memory while free-space checks took them as written, and concurrent uploads ran the disk
+    /// to 0 bytes free.
+    #[test]
+    fn staged_upload_bytes_are_not_counted_as_on_disk() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                background_reclaim: false,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        let mut w = store.begin_dataset().unwrap();
+        w.reserve(4 * 65536).unwrap();
+        for i in 0..3u8 {
+            w.write(&Block::data_block(Bytes::from(vec![i; 65536])))
+                .unwrap();
+            let on_disk = store.inner.upload_appended.load(Ordering::SeqCst);
+            assert_eq!(
+                on_disk + w.staged().min(u64::from(i + 1) * 65536),
+                u64::from(i + 1) * 65536,
+                "block {i}: what is counted as on disk and what is staged make up what was appended"
+            );
+        }
+        w.finish(crate::DatasetMeta {
+            dataset_size: 3 * 65536,
+            block_size: 65536,
+            filename: None,
+            mimetype: None,
+        })
+        .unwrap();
+        assert_eq!(store.inner.upload_appended.load(Ordering::SeqCst), 0);
+        assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
+    }
+
     static FREE_SPACE_2: AtomicU64 = AtomicU64::new(u64::MAX);
 
     /// Room promised to uploads and downloads and not yet written counts as taken: four uploads

@@ -63,9 +63,11 @@ pub struct DatasetWriter {
     checksums: Vec<u32>,
     digests: Vec<Digest>,
     reserved: u64,
-    /// Bytes appended to the segment whose reservation this writer still holds (its part of
-    /// the store's `upload_appended`).
+    /// Bytes appended to the segment whose reservation this writer still holds.
     appended: u64,
+    /// The part of `appended` known to be in the file (not in a staging buffer): this writer's
+    /// part of the store's `upload_appended`.
+    settled: u64,
     /// Bytes of blocks written so far (the reservation covers at least these).
     written: u64,
     done: bool,
@@ -140,6 +142,7 @@ impl Store {
             digests: Vec::new(),
             reserved: 0,
             appended: 0,
+            settled: 0,
             written: 0,
             done: false,
         })
@@ -191,19 +194,18 @@ impl DatasetWriter {
         self.reserve_more((self.written + len).saturating_sub(self.reserved))?;
         self.written += len;
         let off = self.seg.append(block.data())?;
-        {
-            // On disk now, and still reserved: free-space checks stop counting it as to come.
-            let _uploads = self.store.inner.reserved.lock();
-            self.store
-                .inner
-                .upload_appended
-                .fetch_add(len, Ordering::Relaxed);
-            self.appended += len;
-        }
+        self.appended += len;
+        self.settle();
         self.locs.push(off, len32);
         self.checksums.push(checksum(block.data()));
         self.digests.push(digest);
         Ok(())
+    }
+
+    /// Bytes appended that may still be in the segment's staging buffers (tests).
+    #[cfg(test)]
+    pub(crate) fn staged(&self) -> u64 {
+        self.seg.staged()
     }
 
     /// Completes the dataset: stores the leaf index and the manifest, and lists it.
@@ -237,6 +239,7 @@ impl DatasetWriter {
         };
         self.seg.sync()?;
         store.inner.segs.sync_dir()?;
+        self.settle();
         hook("finish:synced");
 
         let _serial = store.inner.finish_lock.lock();
@@ -355,19 +358,36 @@ impl DatasetWriter {
         let mut r = self.store.inner.reserved.lock();
         *r = r.saturating_sub(self.reserved);
         self.reserved = 0;
-        let appended = std::mem::take(&mut self.appended);
+        self.appended = 0;
+        let settled = std::mem::take(&mut self.settled);
         let a = &self.store.inner.upload_appended;
         a.store(
-            a.load(Ordering::Relaxed).saturating_sub(appended),
+            a.load(Ordering::Relaxed).saturating_sub(settled),
             Ordering::Relaxed,
         );
     }
 
-    /// `bytes` appended stop being held by the reservation (they become used).
+    /// Counts in the store's `upload_appended` what reached the file since the last call: free
+    /// space checks then stop counting it as still to come. Bytes in a staging buffer are not
+    /// on the disk yet and stay counted as to come.
+    fn settle(&mut self) {
+        let on_disk = self.appended.saturating_sub(self.seg.staged());
+        if on_disk > self.settled {
+            let _uploads = self.store.inner.reserved.lock();
+            self.store
+                .inner
+                .upload_appended
+                .fetch_add(on_disk - self.settled, Ordering::Relaxed);
+            self.settled = on_disk;
+        }
+    }
+
+    /// `bytes` appended (and synced) stop being held by the reservation: they become used.
     fn unappend(&mut self, bytes: u64) {
-        let bytes = bytes.min(self.appended);
+        let bytes = bytes.min(self.settled);
         let _uploads = self.store.inner.reserved.lock();
-        self.appended -= bytes;
+        self.appended = self.appended.saturating_sub(bytes);
+        self.settled -= bytes;
         let a = &self.store.inner.upload_appended;
         a.store(
             a.load(Ordering::Relaxed).saturating_sub(bytes),
