@@ -634,7 +634,7 @@ fn completions_and_help() {
         "3  the node cannot be reached",
         "4  not found",
         "5  the node refused the request as invalid",
-        "6  the node's storage quota is exhausted",
+        "6  the node's storage quota or disk is full",
     ] {
         assert!(help.contains(line), "{line}: {help}");
     }
