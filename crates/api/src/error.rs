@@ -53,6 +53,10 @@ impl From<NodeError> for ApiError {
             }) => ApiError::InsufficientStorage(format!(
                 "Storage quota exceeded: {needed} more bytes needed, and {used} of {quota} bytes are used or reserved by uploads and downloads in progress (this one included)."
             )),
+            // Its own words: the index may have failed for another I/O error than a full disk.
+            NodeError::Store(e @ StoreError::IndexUnavailable(_)) => {
+                ApiError::InsufficientStorage(format!("The node cannot store anything now: {e}"))
+            }
             NodeError::Store(e) if e.is_disk_full() => {
                 ApiError::InsufficientStorage(format!("The node's disk is full: {e}"))
             }

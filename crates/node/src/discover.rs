@@ -7,7 +7,7 @@
 //!   reference) every stored dataset is announced again, because provider records expire after
 //!   24 h on the nodes that hold them. A full queue drops the announcement (the next round
 //!   repeats it) rather than make an upload wait for the DHT. The first round runs as soon as
-//!   the routing table holds a node (checked every [`JOIN_CHECK_INTERVAL`]), so a restarted
+//!   the routing table holds a node that answered (checked every [`JOIN_CHECK_INTERVAL`]), so a restarted
 //!   node is findable at once rather than half an hour later; an announcement that reached
 //!   nobody (an empty table, or no node answered) is tried again every
 //!   [`UNTOLD_RETRY_INTERVAL`] while the table holds a node, at most [`ADVERTISE_QUEUE`] of
@@ -241,7 +241,7 @@ impl cairn_net::DhtHooks for DhtRecords {
     }
 
     fn needs_nodes(&self) -> bool {
-        self.dht.table_len() == 0
+        !joined_dht(&self.dht)
     }
 
     fn offer(&self, peer: cairn_net::PeerId, record: Vec<u8>) {
@@ -258,6 +258,12 @@ impl cairn_net::DhtHooks for DhtRecords {
         };
         let dht = self.dht.clone();
         self.runtime.spawn(async move {
+            // Only a node that answers joins the table: a record with an address nobody
+            // listens on would make the DHT look joined and stop the asking.
+            if let Err(e) = dht.ping(&spr).await {
+                debug!(%peer, error = %e, "a DHT node learned through peer exchange did not answer");
+                return;
+            }
             match dht.add_node(spr).await {
                 Ok(()) => debug!(%peer, "DHT node learned through peer exchange"),
                 Err(e) => debug!(%peer, error = %e, "a DHT node learned through peer exchange did not answer"),
@@ -312,18 +318,33 @@ async fn advertise(
                 None => break,
             },
             _ = join_check.tick(), if !joined => {
-                if dht.table_len() > 0 {
+                if joined_dht(&dht) {
                     joined = true;
                     info!("joined the DHT; announcing every stored dataset");
+                    // The round covers whatever reached nobody so far.
+                    untold.clear();
                     queue_round(&store, &mut backlog).await;
                 }
             }
             _ = retry.tick(), if !untold.is_empty() => {
-                if dht.table_len() > 0 {
-                    while backlog.len() < ADVERTISE_QUEUE
-                        && let Some(cid) = untold.pop()
-                    {
-                        backlog.push(cid);
+                if joined_dht(&dht) {
+                    // Only what is still stored: a dataset deleted meanwhile was withdrawn.
+                    let s = store.clone();
+                    let cids = std::mem::take(&mut untold);
+                    let kept = tokio::task::spawn_blocking(move || {
+                        cids.into_iter()
+                            .filter(|c| {
+                                s.has_block(c).unwrap_or(false)
+                                    || s.dataset_stored(c).unwrap_or(false)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .await
+                    .unwrap_or_default();
+                    for cid in kept {
+                        if backlog.len() < ADVERTISE_QUEUE {
+                            backlog.push(cid);
+                        }
                     }
                 }
             }
@@ -331,6 +352,12 @@ async fn advertise(
         }
     }
     running.shutdown().await;
+}
+
+/// Whether the routing table holds a node that ever answered us: a bootstrap record alone,
+/// whose node may be down, is not joining.
+fn joined_dht(dht: &Discovery) -> bool {
+    dht.table().iter().any(|n| n.seen)
 }
 
 /// Queues every stored dataset's manifest and tree CIDs, as far as the backlog has room.

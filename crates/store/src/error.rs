@@ -106,8 +106,10 @@ fn is_enospc(e: &std::io::Error) -> bool {
 }
 
 impl StoreError {
-    /// Whether the error says the store's disk is full: [`StoreError::DiskFull`], or a write of
-    /// a segment or of the index that failed with `ENOSPC`. (HTTP 507 in the API.)
+    /// Whether the error says the store's disk is full: [`StoreError::DiskFull`], a write of a
+    /// segment or of the index that failed with `ENOSPC`, or the index unavailable after a
+    /// failed write ([`StoreError::IndexUnavailable`]; usually a full disk, though any I/O error
+    /// of the index gets there). (HTTP 507 in the API.)
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::DiskFull { .. } | StoreError::IndexUnavailable(_) => true,

@@ -585,8 +585,9 @@ impl Store {
     /// [`Store::write`] for a transaction that stores blocks some reservation was held for:
     /// `consume` says which, and that much of it turns into used bytes with the commit, so
     /// that no quota check, here or in another thread, counts those bytes twice (used and
-    /// still reserved) or not at all. The reservation is drawn down even if the commit fails
-    /// (it can only err towards giving room back).
+    /// still reserved) or not at all. The reservation is drawn down just before the commit, so
+    /// also when the commit itself fails (it can only err towards giving room back); a
+    /// transaction that fails before that leaves it as it was.
     pub(crate) fn write_consuming<T>(
         &self,
         own_reservation: u64,
@@ -868,9 +869,15 @@ impl Store {
         let mut uploads = inner.reserved.lock();
         let moved = match consume {
             Consume::Nothing => 0,
-            Consume::Upload(bytes) => {
+            Consume::Upload { bytes, taken } => {
                 let m = bytes.min(*uploads);
                 *uploads -= m;
+                let a = &inner.upload_appended;
+                a.store(
+                    a.load(Ordering::Relaxed).saturating_sub(m),
+                    Ordering::Relaxed,
+                );
+                taken.set(true);
                 m
             }
             Consume::Download { tree, bytes } => {
@@ -923,6 +930,9 @@ impl Store {
     /// disk since its download reserved its room. A download checks this before each run of
     /// blocks it asks for, so one that fills the disk stops asking.
     pub fn download_disk_room(&self, tree: &Cid, bytes: u64) -> Result<(), StoreError> {
+        if bytes == 0 {
+            return Ok(());
+        }
         let key = tree.to_bytes();
         let uploads = self.inner.reserved.lock();
         let own = self
@@ -1203,6 +1213,10 @@ impl Store {
         let held = pools.by_tree.get(&key).map_or(0, |p| p.bytes);
         let add = needed.saturating_sub(held);
         self.inner.fits(*uploads, add)?;
+        // The whole of what it lacks fits on the disk now: a refusal before no longer stands.
+        if self.inner.disk_room(*uploads, needed, held).is_ok() {
+            self.inner.disk_failures.lock().remove(&key);
+        }
         // Changed only under the uploads' lock, so checks and reservations do not interleave.
         if needed == 0 && held == 0 && !pools.by_tree.contains_key(&key) {
             return Ok(Reservation {
@@ -1221,8 +1235,6 @@ impl Store {
         pool.bytes += add;
         pool.holders += 1;
         let id = pool.id;
-        // The whole of what it lacks fits now: a refusal before no longer stands.
-        self.inner.disk_failures.lock().remove(&key);
         self.inner
             .download_reserved
             .fetch_add(add, Ordering::Relaxed);
@@ -1837,8 +1849,14 @@ struct Pool {
 pub(crate) enum Consume<'a> {
     /// No reservation.
     Nothing,
-    /// The uploads' reservation: this many bytes of the writer's own.
-    Upload(u64),
+    /// The uploads' reservation: this many bytes of the writer's own, which it has appended
+    /// (they leave `upload_appended` in the same step). `taken` is set when they were drawn down
+    /// (just before the commit, whether it then succeeds or not): only then may the writer
+    /// lower its own count; a transaction that failed earlier left them reserved.
+    Upload {
+        bytes: u64,
+        taken: &'a std::cell::Cell<bool>,
+    },
     /// A download's reservation for dataset `tree` (tree CID bytes).
     Download { tree: &'a [u8], bytes: u64 },
 }
@@ -2025,6 +2043,82 @@ mod tests {
         let audit = store.audit().unwrap();
         assert_eq!(audit.used_recorded, audit.used_actual);
         assert_eq!(audit.blocks_recorded, audit.blocks_actual);
+    }
+
+    static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static GO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static FREE_SPACE_3: AtomicU64 = AtomicU64::new(u64::MAX);
+
+    /// Holds an upload's finish after its first leaf batch until the test says go (bounded).
+    fn hold_after_first_batch(point: &'static str) {
+        if point == "finish:leaf-batch" && !HOOKED.swap(true, Ordering::SeqCst) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !GO.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// A finish batch that fails before its commit (here: the index failed meanwhile, and the
+    /// disk is too full to reopen it) leaves its bytes reserved for the writer to give back.
+    /// The writer used to lower its own count before the transaction, so the batch's share of
+    /// the reservation was never given back and the quota and disk checks lost it for good.
+    #[test]
+    fn a_finish_batch_that_fails_early_gives_its_reservation_back() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (path, flag) = (dir.path().join(INDEX_FILE), full.clone());
+        let open: IndexOpener = Box::new(move || {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)?;
+            let backend = FillingDisk {
+                file: redb::backends::FileBackend::new(file)?,
+                full: flag.clone(),
+            };
+            Ok(Database::builder().create_with_backend(backend)?)
+        });
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            leaf_batch: 1,
+            crash_hook: Some(hold_after_first_batch),
+            free_space_hook: Some(|| FREE_SPACE_3.load(Ordering::SeqCst)),
+            ..StoreConfig::default()
+        };
+        let store = Store::open_with(dir.path(), cfg, open).unwrap();
+        let mut w = store.begin_dataset().unwrap();
+        w.reserve(3 * 65536).unwrap();
+        for i in 0..3u8 {
+            w.write(&Block::data_block(Bytes::from(vec![i; 65536])))
+                .unwrap();
+        }
+        let finishing = std::thread::spawn(move || {
+            w.finish(crate::DatasetMeta {
+                dataset_size: 3 * 65536,
+                block_size: 65536,
+                filename: None,
+                mimetype: None,
+            })
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !HOOKED.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "no leaf batch");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Another write fails on the full disk; then too little is free to reopen the index.
+        full.store(true, Ordering::SeqCst);
+        let other = Block::data_block(Bytes::from_static(b"a write while the disk is full"));
+        assert!(store.put_block(&other).is_err());
+        full.store(false, Ordering::SeqCst);
+        FREE_SPACE_3.store(1024 * 1024, Ordering::SeqCst);
+        GO.store(true, Ordering::SeqCst);
+        let err = finishing.join().unwrap().unwrap_err();
+        assert!(matches!(err, StoreError::IndexUnavailable(_)), "{err}");
+        assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
+        assert_eq!(store.inner.upload_appended.load(Ordering::SeqCst), 0);
     }
 
     static FREE_SPACE: AtomicU64 = AtomicU64::new(u64::MAX);

@@ -275,9 +275,12 @@ impl DatasetWriter {
             // with the commit (not counted twice meanwhile by other uploads and downloads).
             let consumed = extents.bytes_of(start, end).min(self.reserved);
             let own = self.reserved;
-            self.reserved -= consumed;
-            self.unappend(consumed);
-            store.write_consuming(own, Consume::Upload(consumed), |t| {
+            let taken = std::cell::Cell::new(false);
+            let consume = Consume::Upload {
+                bytes: consumed,
+                taken: &taken,
+            };
+            let committed = store.write_consuming(own, consume, |t| {
                 // New blocks of the batch, referenced in CID order once the leaves are in: the
                 // `blocks` table is keyed by CID (random), and sorted inserts walk its pages in
                 // order instead of jumping around a table larger than the page cache.
@@ -325,7 +328,14 @@ impl DatasetWriter {
                     t.add_ref(&cid, Some(loc), false, 0)?;
                 }
                 Ok(())
-            })?;
+            });
+            if taken.get() {
+                // Drawn down from the store's counts with the commit: ours follow.
+                self.reserved -= consumed;
+                self.appended = self.appended.saturating_sub(consumed);
+                self.settled = self.settled.saturating_sub(consumed);
+            }
+            committed?;
             hook("finish:leaf-batch");
             start = end;
         }
@@ -380,19 +390,6 @@ impl DatasetWriter {
                 .fetch_add(on_disk - self.settled, Ordering::Relaxed);
             self.settled = on_disk;
         }
-    }
-
-    /// `bytes` appended (and synced) stop being held by the reservation: they become used.
-    fn unappend(&mut self, bytes: u64) {
-        let bytes = bytes.min(self.settled);
-        let _uploads = self.store.inner.reserved.lock();
-        self.appended = self.appended.saturating_sub(bytes);
-        self.settled -= bytes;
-        let a = &self.store.inner.upload_appended;
-        a.store(
-            a.load(Ordering::Relaxed).saturating_sub(bytes),
-            Ordering::Relaxed,
-        );
     }
 
     fn drop_segment_if_empty(&self) -> Result<(), StoreError> {
