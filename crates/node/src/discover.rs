@@ -114,6 +114,11 @@ impl Discoverer {
         &self.dht
     }
 
+    /// Whether the DHT holds a node that ever answered us.
+    pub(crate) fn joined(&self) -> bool {
+        joined_dht(&self.dht)
+    }
+
     /// Queues the announcement of a stored dataset (its manifest and tree CIDs).
     pub(crate) fn announce(&self, manifest: Cid, tree: Cid) {
         for cid in [manifest, tree] {

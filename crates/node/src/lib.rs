@@ -64,7 +64,9 @@ pub use crate::{
     },
     error::NodeError,
     ingest::{INGEST_QUEUE_BLOCKS, MAX_INGEST_HASHERS, WRITE_QUEUE_BLOCKS},
-    node::{ByteStream, DOWNLOAD_READAHEAD_BLOCKS, Node, NodeConfig, StoredDataset},
+    node::{
+        ByteStream, DOWNLOAD_READAHEAD_BLOCKS, ISOLATED_GIVE_UP, Node, NodeConfig, StoredDataset,
+    },
     range::{ByteRange, InvertedRange},
 };
 pub use cairn_discovery as discovery;

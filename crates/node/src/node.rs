@@ -28,6 +28,15 @@ use crate::{
 /// drains the previous blocks, and bounds memory per download to half a MiB.
 pub const DOWNLOAD_READAHEAD_BLOCKS: usize = 8;
 
+/// A manifest fetch gives up after this long with no connected peer and no DHT node that ever
+/// answered: there is nobody to ask, and the full search ([`crate::engine::NO_HOLDER_TIMEOUT`],
+/// 30 s) would only keep the client waiting. Long enough for a node that just started to reach
+/// its bootstrap nodes.
+pub const ISOLATED_GIVE_UP: Duration = Duration::from_secs(5);
+
+/// How often a manifest fetch checks whether the node has anybody to ask.
+const ISOLATION_CHECK: Duration = Duration::from_millis(500);
+
 /// Node settings.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -219,18 +228,51 @@ impl Node {
         // Search the DHT beside asking the connected peers, until the want ends; a provider it
         // dials gets the want as soon as it connects.
         let _search = self.discoverer().map(|d| d.search_until_found(cid));
-        let block = self
-            .network()?
-            .engine
-            .want(BlockAddress::Block(cid), None)
-            .await
-            .map_err(|e| match e {
+        let network = self.network()?;
+        let want = network.engine.want(BlockAddress::Block(cid), None);
+        let block = tokio::select! {
+            got = want => got.map_err(|e| match e {
                 FetchError::NotFound => NodeError::NotFound,
                 e => e.into(),
-            })?;
+            })?,
+            () = self.isolated_for(ISOLATED_GIVE_UP) => {
+                info!(%cid, "no peer and no DHT node to ask for the manifest; giving up");
+                return Err(NodeError::NotFound);
+            }
+        };
         // The engine answers a manifest once it is stored (and so its dataset listed), before
         // any of its leaves are asked for: leaves are only taken for a listed dataset.
         Manifest::from_block(&block).map_err(|e| NodeError::Store(e.into()))
+    }
+
+    /// Returns once the node has had no connected peer and no DHT node that ever answered for
+    /// `grace` without a break (checked every [`ISOLATION_CHECK`]); never while it has one.
+    async fn isolated_for(&self, grace: Duration) {
+        let mut alone_since: Option<tokio::time::Instant> = None;
+        loop {
+            let now = tokio::time::Instant::now();
+            let alone = self
+                .network()
+                .is_ok_and(|n| n.discoverer.as_ref().is_none_or(|d| !d.joined()))
+                && self.peer_count().await == 0;
+            alone_since = if alone {
+                alone_since.or(Some(now))
+            } else {
+                None
+            };
+            if alone_since.is_some_and(|t| now.duration_since(t) >= grace) {
+                return;
+            }
+            tokio::time::sleep(ISOLATION_CHECK).await;
+        }
+    }
+
+    /// Connected peers (0 without a network, or when the network does not answer).
+    async fn peer_count(&self) -> usize {
+        match self.network() {
+            Ok(n) => n.net.peers().await.map_or(0, |p| p.len()),
+            Err(_) => 0,
+        }
     }
 
     /// Streams dataset `manifest` in order, fetching the blocks that are not stored locally

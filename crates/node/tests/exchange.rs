@@ -737,3 +737,23 @@ async fn next_message(
     })
     .await
 }
+
+/// A node with no peer and no DHT node has nobody to ask: a manifest it does not hold is not
+/// found after `ISOLATED_GIVE_UP`, not after the full 30 s search.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_nobody_to_ask_gives_up_on_a_manifest_early() {
+    let cancel = CancellationToken::new();
+    let (alone, _net) = node(&cancel).await;
+    let unknown = upload(&node(&cancel).await.0, &data(1000, 77)).await;
+    let started = tokio::time::Instant::now();
+    let r = tokio::time::timeout(WAIT, alone.fetch_manifest(unknown))
+        .await
+        .expect("the fetch hangs");
+    assert!(matches!(r, Err(cairn_node::NodeError::NotFound)), "{r:?}");
+    let took = started.elapsed();
+    assert!(
+        took >= cairn_node::ISOLATED_GIVE_UP && took < cairn_node::engine::NO_HOLDER_TIMEOUT,
+        "gave up after {took:?}"
+    );
+    cancel.cancel();
+}
