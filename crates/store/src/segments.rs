@@ -340,6 +340,16 @@ impl SegmentWriter {
         }
     }
 
+    /// Takes back the staging buffers whose writes have completed, so that [`Self::staged`]
+    /// stops counting them; fails with the error of a write that failed (as the next append
+    /// would). Does not wait.
+    pub(crate) fn reap(&mut self) -> io::Result<()> {
+        match self {
+            SegmentWriter::File { file, .. } => file.direct.as_mut().map_or(Ok(()), Direct::reap),
+            SegmentWriter::Mem { .. } => Ok(()),
+        }
+    }
+
     /// Bytes appended that may not have reached the file yet (a direct segment's staging
     /// buffers, counted whole while their writes are in flight); 0 for a buffered segment, whose
     /// appends are in the page cache, and so take their room on the file system, at once.
@@ -562,6 +572,21 @@ impl Direct {
         jobs.send((buf, len, self.base))
             .map_err(|_| io_thread_gone())?;
         self.in_flight += 1;
+        Ok(())
+    }
+
+    /// Takes back every buffer whose write has completed, without waiting.
+    fn reap(&mut self) -> io::Result<()> {
+        while self.in_flight > 0 {
+            match self.done.try_recv() {
+                Ok(written) => {
+                    self.in_flight -= 1;
+                    self.spare.push(written?);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Err(io_thread_gone()),
+            }
+        }
         Ok(())
     }
 

@@ -2167,7 +2167,7 @@ mod tests {
         )
         .unwrap();
         let mut w = store.begin_dataset().unwrap();
-        w.reserve(4 * 65536).unwrap();
+        w.reserve(3 * 65536).unwrap();
         for i in 0..3u8 {
             w.write(&Block::data_block(Bytes::from(vec![i; 65536])))
                 .unwrap();
@@ -2178,8 +2178,30 @@ mod tests {
                 "block {i}: what is counted as on disk and what is staged make up what was appended"
             );
         }
+        // Past one staging buffer (4 MiB) a write goes out; once it is done, its bytes count as
+        // on the disk (they stayed counted as to come until the next buffer was needed).
+        let blocks = 70u64;
+        w.reserve(blocks * 65536).unwrap();
+        for i in 3..blocks {
+            w.write(&Block::data_block(Bytes::from(vec![i as u8; 65536])))
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            w.settle_now().unwrap();
+            let on_disk = store.inner.upload_appended.load(Ordering::SeqCst);
+            assert_eq!(on_disk + w.staged().min(blocks * 65536), blocks * 65536);
+            if w.staged() < 4 * 1024 * 1024 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the staged write never counted as done"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         w.finish(crate::DatasetMeta {
-            dataset_size: 3 * 65536,
+            dataset_size: blocks * 65536,
             block_size: 65536,
             filename: None,
             mimetype: None,

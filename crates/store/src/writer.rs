@@ -195,7 +195,7 @@ impl DatasetWriter {
         self.written += len;
         let off = self.seg.append(block.data())?;
         self.appended += len;
-        self.settle();
+        self.settle()?;
         self.locs.push(off, len32);
         self.checksums.push(checksum(block.data()));
         self.digests.push(digest);
@@ -206,6 +206,12 @@ impl DatasetWriter {
     #[cfg(test)]
     pub(crate) fn staged(&self) -> u64 {
         self.seg.staged()
+    }
+
+    /// Counts what reached the file since the last write (tests).
+    #[cfg(test)]
+    pub(crate) fn settle_now(&mut self) -> Result<(), StoreError> {
+        self.settle()
     }
 
     /// Completes the dataset: stores the leaf index and the manifest, and lists it.
@@ -239,7 +245,7 @@ impl DatasetWriter {
         };
         self.seg.sync()?;
         store.inner.segs.sync_dir()?;
-        self.settle();
+        self.settle()?;
         hook("finish:synced");
 
         let _serial = store.inner.finish_lock.lock();
@@ -380,7 +386,8 @@ impl DatasetWriter {
     /// Counts in the store's `upload_appended` what reached the file since the last call: free
     /// space checks then stop counting it as still to come. Bytes in a staging buffer are not
     /// on the disk yet and stay counted as to come.
-    fn settle(&mut self) {
+    fn settle(&mut self) -> Result<(), StoreError> {
+        self.seg.reap()?;
         let on_disk = self.appended.saturating_sub(self.seg.staged());
         if on_disk > self.settled {
             let _uploads = self.store.inner.reserved.lock();
@@ -390,6 +397,7 @@ impl DatasetWriter {
                 .fetch_add(on_disk - self.settled, Ordering::Relaxed);
             self.settled = on_disk;
         }
+        Ok(())
     }
 
     fn drop_segment_if_empty(&self) -> Result<(), StoreError> {
