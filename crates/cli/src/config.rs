@@ -86,8 +86,9 @@ pub(crate) struct StartArgs {
     pub(crate) listen_addrs: Vec<Multiaddr>,
     /// A node to join through, repeatable: a signed peer record (`spr:…`, as `GET /spr`
     /// prints it) joins the DHT through that node; a multiaddr ending in /p2p/<peer id> is
-    /// dialled at start, asked for addresses, and dialled again (after 15 s, 30 s, … up to
-    /// 5 min) only while the node has fewer than --outbound-peers
+    /// dialled at start, asked for addresses (a cairn node sends its DHT record with them, so
+    /// the DHT is joined through it too), and dialled again (after 15 s, 30 s, … up to 5 min)
+    /// only while the node has fewer than --outbound-peers
     #[arg(
         long = "bootstrap-node",
         short = 'b',
