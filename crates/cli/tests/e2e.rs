@@ -1116,48 +1116,9 @@ fn node_runs_with_a_malloc_arena_limit() {
 /// Log lines written to a file (stderr redirected) carry no ANSI colour codes.
 #[test]
 fn logs_to_a_file_have_no_colour() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log.txt");
-    let mut child = Command::new(BIN)
-        .args([
-            "start",
-            "--api-port",
-            "0",
-            "--disc-port",
-            "0",
-            "--listen-addrs",
-            "/ip4/127.0.0.1/tcp/0",
-            "--log-level",
-            "info",
-            "--data-dir",
-        ])
-        .arg(dir.path().join("node"))
-        .env_remove("NO_COLOR")
-        .env_remove("CAIRN_METRICS")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    // The REST line comes after the first log lines.
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.contains("listening on"), "{line}");
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + WAIT;
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    NodeProc::start_logging(&dir.path().join("node"), "info", &log).stop();
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("cairn node started"), "{text}");
     assert!(!text.contains('\x1b'), "{text}");

@@ -7,11 +7,10 @@
 //!   reference) every stored dataset is announced again, because provider records expire after
 //!   24 h on the nodes that hold them. A full queue drops the announcement (the next round
 //!   repeats it) rather than make an upload wait for the DHT. The first round runs as soon as
-//!   the routing table holds a node that answered (checked every [`JOIN_CHECK_INTERVAL`]), so a restarted
-//!   node is findable at once rather than half an hour later; an announcement that reached
-//!   nobody (an empty table, or no node answered) is tried again every
-//!   [`UNTOLD_RETRY_INTERVAL`] while the table holds a node, at most [`ADVERTISE_QUEUE`] of
-//!   them.
+//!   the routing table holds a node that answered (checked every [`JOIN_CHECK_INTERVAL`]), so
+//!   a restarted node is findable at once rather than half an hour later; an announcement that
+//!   reached nobody is tried again every [`UNTOLD_RETRY_INTERVAL`] while the table holds such a
+//!   node and the dataset is still stored, at most [`ADVERTISE_QUEUE`] of them.
 //! * **Provider search.** Fetching a manifest that is not local starts a provider search for it
 //!   beside the block-exchange want, retried every [`EMPTY_SEARCH_RETRY`] until a provider is
 //!   dialled or the want ends; while a dataset downloads, a watcher checks every

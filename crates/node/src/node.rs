@@ -251,10 +251,12 @@ impl Node {
         let mut alone_since: Option<tokio::time::Instant> = None;
         loop {
             let now = tokio::time::Instant::now();
-            let alone = self
-                .network()
-                .is_ok_and(|n| n.discoverer.as_ref().is_none_or(|d| !d.joined()))
-                && self.peer_count().await == 0;
+            let alone = match self.network() {
+                Ok(n) if n.discoverer.as_ref().is_none_or(|d| !d.joined()) => {
+                    n.net.peers().await.is_ok_and(|p| p.is_empty())
+                }
+                _ => false,
+            };
             alone_since = if alone {
                 alone_since.or(Some(now))
             } else {
@@ -264,14 +266,6 @@ impl Node {
                 return;
             }
             tokio::time::sleep(ISOLATION_CHECK).await;
-        }
-    }
-
-    /// Connected peers (0 without a network, or when the network does not answer).
-    async fn peer_count(&self) -> usize {
-        match self.network() {
-            Ok(n) => n.net.peers().await.map_or(0, |p| p.len()),
-            Err(_) => 0,
         }
     }
 

@@ -1996,17 +1996,10 @@ mod tests {
         }
     }
 
-    /// redb latches the first failed write of its file and fails everything after it
-    /// ("Previous I/O error occurred"): a node whose disk filled up once could write nothing
-    /// more, even after space was freed, until it was restarted. The store now reopens its
-    /// index on the next call once the disk is writable again, and what was committed before
-    /// is all there.
-    #[test]
-    fn an_index_write_that_failed_is_followed_by_a_reopen_once_the_disk_has_room() {
-        let dir = tempfile::TempDir::new().unwrap();
-        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (path, flag) = (dir.path().join(INDEX_FILE), full.clone());
-        let open: IndexOpener = Box::new(move || {
+    /// Opens the index in `dir` on a [`FillingDisk`] switched by `full`.
+    fn filling_disk(dir: &Path, full: &Arc<std::sync::atomic::AtomicBool>) -> IndexOpener {
+        let (path, flag) = (dir.join(INDEX_FILE), full.clone());
+        Box::new(move || {
             let file = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -2018,7 +2011,19 @@ mod tests {
                 full: flag.clone(),
             };
             Ok(Database::builder().create_with_backend(backend)?)
-        });
+        })
+    }
+
+    /// redb latches the first failed write of its file and fails everything after it
+    /// ("Previous I/O error occurred"): a node whose disk filled up once could write nothing
+    /// more, even after space was freed, until it was restarted. The store now reopens its
+    /// index on the next call once the disk is writable again, and what was committed before
+    /// is all there.
+    #[test]
+    fn an_index_write_that_failed_is_followed_by_a_reopen_once_the_disk_has_room() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = filling_disk(dir.path(), &full);
         let cfg = StoreConfig {
             background_reclaim: false,
             ..StoreConfig::default()
@@ -2067,20 +2072,7 @@ mod tests {
     fn a_finish_batch_that_fails_early_gives_its_reservation_back() {
         let dir = tempfile::TempDir::new().unwrap();
         let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (path, flag) = (dir.path().join(INDEX_FILE), full.clone());
-        let open: IndexOpener = Box::new(move || {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)?;
-            let backend = FillingDisk {
-                file: redb::backends::FileBackend::new(file)?,
-                full: flag.clone(),
-            };
-            Ok(Database::builder().create_with_backend(backend)?)
-        });
+        let open = filling_disk(dir.path(), &full);
         let cfg = StoreConfig {
             background_reclaim: false,
             leaf_batch: 1,

@@ -36,13 +36,29 @@ impl NodeProc {
     }
 
     pub(crate) fn start(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> NodeProc {
+        NodeProc::start_with(data, extra, envs, "warn", Stdio::inherit())
+    }
+
+    /// A node logging at `level` into `log` (a file, as an operator redirects stderr).
+    pub(crate) fn start_logging(data: &Path, level: &str, log: &Path) -> NodeProc {
+        let file = std::fs::File::create(log).expect("log file");
+        NodeProc::start_with(data, &[], &[], level, Stdio::from(file))
+    }
+
+    fn start_with(
+        data: &Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+        level: &str,
+        stderr: Stdio,
+    ) -> NodeProc {
         let mut cmd = Command::new(BIN);
         cmd.args([
             "start",
             "--api-port",
             "0",
             "--log-level",
-            "warn",
+            level,
             "--listen-addrs",
             "/ip4/127.0.0.1/tcp/0",
             "--disc-port",
@@ -56,8 +72,9 @@ impl NodeProc {
         .env_remove("CAIRN_METRICS_PORT")
         .env_remove("CAIRN_METRICS_ADDRESS")
         .env_remove("MALLOC_ARENA_MAX")
+        .env_remove("NO_COLOR")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
         for (k, v) in envs {
             cmd.env(k, v);
         }
