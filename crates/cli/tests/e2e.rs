@@ -468,8 +468,18 @@ fn download_from_another_node() {
     assert_eq!(info["exchange"]["rejected"], 0);
     assert_eq!(info["peers"].as_array().unwrap().len(), 1);
 
-    // Unknown manifest: 404 after the search gives up is too slow for a test, so check the
-    // quick paths: bad CID and bad peer id.
+    // A manifest nobody has: A (B's only peer) says `DontHave` and B's DHT searches find no
+    // provider, so B answers 404 in seconds (it was 30 s: the want's timeout).
+    let unknown = "zDvZRwzm1ePSzKSXt57D5YxHwcSDmsCyYN65wW4HT7fuX9HrzFXy";
+    let started = Instant::now();
+    let r = c
+        .get(b.url(&format!("/data/{unknown}/network/stream")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404, "{:?}", r.text());
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(30), "404 after {took:?}");
+    // The quick paths: bad CID and bad peer id.
     let r = c.get(b.url("/data/nope/network/stream")).send().unwrap();
     assert_eq!(r.status(), 400);
     let r = c

@@ -13,7 +13,9 @@
 //!   node and the dataset is still stored, at most [`ADVERTISE_QUEUE`] of them.
 //! * **Provider search.** Fetching a manifest that is not local starts a provider search for it
 //!   beside the block-exchange want, retried every [`EMPTY_SEARCH_RETRY`] until a provider is
-//!   dialled or the want ends; while a dataset downloads, a watcher checks every
+//!   dialled or the want ends ([`ProviderSearch`]; after [`EMPTY_ROUNDS_FOR_NONE`] rounds that
+//!   dialled nobody, a fetch whose connected peers all lack the manifest answers "not found"
+//!   rather than wait out the engine's timeout); while a dataset downloads, a watcher checks every
 //!   [`PROVIDER_CHECK_INTERVAL`] how many connected peers hold its blocks and, when fewer than
 //!   [`MIN_HOLDERS`], searches the DHT for the tree's providers and dials them. Searches for one
 //!   CID are at least [`MIN_SEARCH_INTERVAL`] apart, and each dials at most
@@ -22,7 +24,10 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -67,6 +72,13 @@ pub const MIN_SEARCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Minimum time between two searches for the same CID after one that found none (the record
 /// may not have landed yet: an uploader announces in the background).
 pub const EMPTY_SEARCH_RETRY: Duration = Duration::from_secs(2);
+
+/// A provider search counts as having come up empty (so a manifest fetch whose peers all lack
+/// the block may answer "not found") after this many rounds without a provider to dial. The
+/// rounds are [`EMPTY_SEARCH_RETRY`] apart, so an uploader that announces its dataset (in the
+/// background) up to 4 s after the first round is still found: on loopback a search right after
+/// an upload elsewhere came up empty in 3 of 6 runs and found the record 2 s later.
+pub const EMPTY_ROUNDS_FOR_NONE: u32 = 3;
 
 /// Providers dialled per search.
 pub const MAX_DIALS_PER_SEARCH: usize = 8;
@@ -187,25 +199,32 @@ impl Discoverer {
         ok
     }
 
-    /// Searches for providers of `cid` until one is dialled or the guard drops (a manifest
-    /// fetch: the want itself gives up after the engine's no-holder timeout).
-    pub(crate) fn search_until_found(&self, cid: Cid) -> DropGuard {
+    /// Searches for providers of `cid` until one is dialled or the returned search drops (a
+    /// manifest fetch: the want itself gives up after the engine's no-holder timeout, or once
+    /// every peer said it lacks the block and a search came up empty).
+    pub(crate) fn search_until_found(&self, cid: Cid) -> ProviderSearch {
         let token = CancellationToken::new();
         let stop = token.clone();
         let me = self.clone();
+        let empty_rounds = Arc::new(AtomicU32::new(0));
+        let empty = empty_rounds.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     n = me.search_and_dial(cid) => if n > 0 { return },
                 }
+                empty.fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tokio::time::sleep(EMPTY_SEARCH_RETRY) => {}
                 }
             }
         });
-        token.drop_guard()
+        ProviderSearch {
+            _stop: token.drop_guard(),
+            empty_rounds,
+        }
     }
 
     /// Watches a running download of dataset `tree`: while fewer than [`MIN_HOLDERS`]
@@ -227,6 +246,20 @@ impl Discoverer {
             }
         });
         token.drop_guard()
+    }
+}
+
+/// A running provider search ([`Discoverer::search_until_found`]); stops when dropped.
+pub(crate) struct ProviderSearch {
+    _stop: DropGuard,
+    empty_rounds: Arc<AtomicU32>,
+}
+
+impl ProviderSearch {
+    /// Whether [`EMPTY_ROUNDS_FOR_NONE`] search rounds have finished without dialling a
+    /// provider (none in the DHT, none reachable, or all already connected).
+    pub(crate) fn came_up_empty(&self) -> bool {
+        self.empty_rounds.load(Ordering::Relaxed) >= EMPTY_ROUNDS_FOR_NONE
     }
 }
 

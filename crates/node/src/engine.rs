@@ -9,7 +9,10 @@
 //! * A **want** is keyed by [`BlockAddress`]; concurrent requesters of one address share it.
 //!   New wants are announced to every connected peer as `WantHave` (and to peers that connect
 //!   later). Wants still without a holder are asked again every [`REQUERY_INTERVAL`] — the
-//!   reference does not remember `WantHave` — and fail after [`NO_HOLDER_TIMEOUT`].
+//!   reference does not remember `WantHave` — and fail after [`NO_HOLDER_TIMEOUT`]. Queries
+//!   for a non-leaf block (a manifest) set `sendDontHave`; the engine keeps which connected
+//!   peers said `DontHave`, so the node can answer "not found" for a CID that every peer lacks
+//!   ([`EngineHandle::denied_by_all`]) instead of waiting for the timeout.
 //! * A `Have` makes the address *ready*. Ready addresses go, as `WantBlock`, to the holder with
 //!   the fewest outstanding requests (at most [`MAX_OUTSTANDING_PER_PEER`] each), which spreads
 //!   a dataset over every peer that has it.
@@ -195,6 +198,10 @@ enum Command {
         tree: Cid,
         done: oneshot::Sender<usize>,
     },
+    DeniedByAll {
+        address: BlockAddress,
+        done: oneshot::Sender<bool>,
+    },
 }
 
 /// Handle to the engine task.
@@ -211,6 +218,7 @@ impl std::fmt::Debug for Command {
             Command::Stats { .. } => write!(f, "Stats"),
             Command::Flush { .. } => write!(f, "Flush"),
             Command::Holders { tree, .. } => write!(f, "Holders({tree})"),
+            Command::DeniedByAll { address, .. } => write!(f, "DeniedByAll({address:?})"),
         }
     }
 }
@@ -277,6 +285,18 @@ impl EngineHandle {
         rx.await.map_err(|_| FetchError::Stopped)
     }
 
+    /// Whether every connected peer (at least one) answered `DontHave` to our `WantHave` for
+    /// the pending non-leaf `address`: nobody we can ask has it. False when the address is not
+    /// pending, and for leaves (whose queries do not ask for `DontHave`).
+    pub async fn denied_by_all(&self, address: BlockAddress) -> Result<bool, FetchError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Command::DeniedByAll { address, done: tx })
+            .await
+            .map_err(|_| FetchError::Stopped)?;
+        rx.await.map_err(|_| FetchError::Stopped)
+    }
+
     /// Counters.
     pub async fn stats(&self) -> Result<EngineStats, FetchError> {
         let (tx, rx) = oneshot::channel();
@@ -293,10 +313,25 @@ struct Pending {
     nleaves: Option<u64>,
     requested_from: Option<PeerId>,
     excluded: Vec<PeerId>,
+    /// Connected peers that answered `DontHave` (non-leaf wants only, see [`query`]) and have
+    /// not said `Have` since; at most one entry per connected peer.
+    denied: HashSet<PeerId>,
     storing: bool,
     queued: bool,
     created: Instant,
     last_query: Instant,
+}
+
+/// The `WantHave` that asks peers for `address`. For a non-leaf block (a manifest) it sets
+/// `sendDontHave`, which both cairn and the reference honour (blockexc-verified.md §3.3), so
+/// a CID nobody holds can be answered "not found" as soon as every peer has said so
+/// ([`EngineHandle::denied_by_all`]). Leaf queries leave it unset, as the reference does: a
+/// download asks for thousands of leaves and only their holders need to answer.
+fn query(address: BlockAddress) -> WantEntry {
+    WantEntry {
+        send_dont_have: matches!(address, BlockAddress::Block(_)),
+        ..WantEntry::have(address)
+    }
 }
 
 struct Peer {
@@ -558,6 +593,12 @@ impl Engine {
                     .count();
                 let _ = done.send(n);
             }
+            Command::DeniedByAll { address, done } => {
+                let all = self.pending.get(&address).is_some_and(|p| {
+                    !self.peers.is_empty() && self.peers.keys().all(|id| p.denied.contains(id))
+                });
+                let _ = done.send(all);
+            }
             Command::Flush { done } => {
                 if self.to_store.is_empty() && self.storing == 0 {
                     let _ = done.send(());
@@ -597,6 +638,7 @@ impl Engine {
                 nleaves,
                 requested_from: None,
                 excluded: Vec::new(),
+                denied: HashSet::new(),
                 storing: false,
                 queued: false,
                 created: now,
@@ -631,11 +673,14 @@ impl Engine {
                     .pending
                     .iter()
                     .filter(|(_, p)| !p.storing)
-                    .map(|(a, _)| WantEntry::have(*a))
+                    .map(|(a, _)| query(*a))
                     .collect();
                 self.peers.insert(peer, state);
             }
             NetEvent::PeerDisconnected { peer } => {
+                for p in self.pending.values_mut() {
+                    p.denied.remove(&peer);
+                }
                 if let Some(state) = self.peers.remove(&peer) {
                     for a in state.outstanding.into_keys() {
                         self.release(a, peer, false);
@@ -685,11 +730,23 @@ impl Engine {
         }
         // Presences.
         for p in m.presences {
-            if p.presence == Presence::Have && self.pending.contains_key(&p.address) {
-                if let Some(state) = self.peers.get_mut(&peer) {
-                    state.haves.insert(p.address);
+            let Some(pending) = self.pending.get_mut(&p.address) else {
+                continue;
+            };
+            match p.presence {
+                Presence::Have => {
+                    pending.denied.remove(&peer);
+                    if let Some(state) = self.peers.get_mut(&peer) {
+                        state.haves.insert(p.address);
+                    }
+                    self.make_ready(p.address);
                 }
-                self.make_ready(p.address);
+                // Only asked of non-leaf blocks; a `DontHave` for a leaf is unsolicited.
+                Presence::DontHave => {
+                    if matches!(p.address, BlockAddress::Block(_)) {
+                        pending.denied.insert(peer);
+                    }
+                }
             }
         }
         // Deliveries.
@@ -1220,8 +1277,7 @@ impl Engine {
         }
         let addrs = std::mem::take(&mut self.unannounced);
         for st in self.peers.values_mut() {
-            st.outbox_wants
-                .extend(addrs.iter().map(|a| WantEntry::have(*a)));
+            st.outbox_wants.extend(addrs.iter().map(|a| query(*a)));
         }
     }
 

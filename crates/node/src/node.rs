@@ -16,7 +16,7 @@ use cairn_discovery::Discovery;
 
 use crate::{
     NodeError,
-    discover::Discoverer,
+    discover::{Discoverer, ProviderSearch},
     engine::{self, EngineHandle, FetchError},
     fetch,
     ingest::{UploadInfo, ingest},
@@ -34,8 +34,9 @@ pub const DOWNLOAD_READAHEAD_BLOCKS: usize = 8;
 /// its bootstrap nodes.
 pub const ISOLATED_GIVE_UP: Duration = Duration::from_secs(5);
 
-/// How often a manifest fetch checks whether the node has anybody to ask.
-const ISOLATION_CHECK: Duration = Duration::from_millis(500);
+/// How often a manifest fetch checks whether it still has anybody to ask: a node alone, or one
+/// whose peers all said they lack the manifest after the DHT search came up empty.
+const NOBODY_CHECK: Duration = Duration::from_millis(250);
 
 /// Node settings.
 #[derive(Debug, Clone)]
@@ -227,7 +228,7 @@ impl Node {
         }
         // Search the DHT beside asking the connected peers, until the want ends; a provider it
         // dials gets the want as soon as it connects.
-        let _search = self.discoverer().map(|d| d.search_until_found(cid));
+        let search = self.discoverer().map(|d| d.search_until_found(cid));
         let network = self.network()?;
         let want = network.engine.want(BlockAddress::Block(cid), None);
         let block = tokio::select! {
@@ -235,8 +236,7 @@ impl Node {
                 FetchError::NotFound => NodeError::NotFound,
                 e => e.into(),
             })?,
-            () = self.isolated_for(ISOLATED_GIVE_UP) => {
-                info!(%cid, "no peer and no DHT node to ask for the manifest; giving up");
+            () = self.nobody_to_ask(cid, search.as_ref()) => {
                 return Err(NodeError::NotFound);
             }
         };
@@ -245,27 +245,46 @@ impl Node {
         Manifest::from_block(&block).map_err(|e| NodeError::Store(e.into()))
     }
 
-    /// Returns once the node has had no connected peer and no DHT node that ever answered for
-    /// `grace` without a break (checked every [`ISOLATION_CHECK`]); never while it has one.
-    async fn isolated_for(&self, grace: Duration) {
+    /// Returns when nobody can be asked for block `cid` any more (checked every
+    /// [`NOBODY_CHECK`]), never while somebody can:
+    /// * the node has had no connected peer and no DHT node that ever answered for
+    ///   [`ISOLATED_GIVE_UP`] without a break; or
+    /// * every connected peer answered that it lacks the block
+    ///   ([`EngineHandle::denied_by_all`]) and the provider search, if the node has a DHT,
+    ///   finished a round without dialling anybody new.
+    ///
+    /// Otherwise the want runs until the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]: a peer
+    /// that never answers (or an older node that sends no `DontHave`) is waited for.
+    async fn nobody_to_ask(&self, cid: Cid, search: Option<&ProviderSearch>) {
+        let Ok(network) = self.network() else {
+            return;
+        };
         let mut alone_since: Option<tokio::time::Instant> = None;
         loop {
             let now = tokio::time::Instant::now();
-            let alone = match self.network() {
-                Ok(n) if n.discoverer.as_ref().is_none_or(|d| !d.joined()) => {
-                    n.net.peers().await.is_ok_and(|p| p.is_empty())
-                }
-                _ => false,
-            };
-            alone_since = if alone {
+            let joined = network.discoverer.as_ref().is_some_and(|d| d.joined());
+            let peers = network.net.peers().await.map(|p| p.len()).unwrap_or(0);
+            alone_since = if peers == 0 && !joined {
                 alone_since.or(Some(now))
             } else {
                 None
             };
-            if alone_since.is_some_and(|t| now.duration_since(t) >= grace) {
+            if alone_since.is_some_and(|t| now.duration_since(t) >= ISOLATED_GIVE_UP) {
+                info!(%cid, "no peer and no DHT node to ask for the manifest; giving up");
                 return;
             }
-            tokio::time::sleep(ISOLATION_CHECK).await;
+            if peers > 0
+                && search.is_none_or(ProviderSearch::came_up_empty)
+                && network
+                    .engine
+                    .denied_by_all(BlockAddress::Block(cid))
+                    .await
+                    .unwrap_or(false)
+            {
+                info!(%cid, peers, "no connected peer has the manifest and the DHT knows no other provider; giving up");
+                return;
+            }
+            tokio::time::sleep(NOBODY_CHECK).await;
         }
     }
 

@@ -113,9 +113,13 @@ async fn dht_node(
     let (net, events, _) = cairn_node::net::start(key.clone(), config, cancel.clone())
         .await
         .unwrap();
+    // Its provider records carry its libp2p addresses, as `cairn start` sets them.
     let dht = Discovery::start(
         key,
-        DiscoveryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0))),
+        DiscoveryConfig {
+            provider_addrs: net.listen_addrs().await.unwrap(),
+            ..DiscoveryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+        },
         cancel.clone(),
     )
     .await
@@ -156,5 +160,61 @@ async fn a_multiaddr_bootstrap_node_also_joins_the_dht() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    cancel.cancel();
+}
+
+/// Waits until `dht`'s routing table holds the node `id`.
+async fn wait_joined(dht: &Discovery, id: cairn_node::discovery::NodeId) {
+    let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
+    while !dht.table().iter().any(|n| n.node_id == id) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not joined within {JOIN_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A manifest fetch gives up early once every connected peer lacks the manifest and the DHT
+/// search came up empty; that must not cut short a fetch the DHT can answer. B and P join
+/// through the seed (which lacks everything): B finds a dataset uploaded on P a moment before
+/// (its search may run before P's announcement lands), and a CID nobody has is answered "not
+/// found" before the engine's 30 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_gives_up_early_only_when_the_dht_knows_no_provider_either() {
+    let cancel = CancellationToken::new();
+    let (_seed, seed_net, seed_dht) = dht_node(Vec::new(), &cancel).await;
+    let addr = seed_net
+        .listen_addrs()
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap()
+        .with(cairn_node::net::Protocol::P2p(seed_net.local_peer_id()));
+    let (p, _p_net, p_dht) = dht_node(vec![addr.clone()], &cancel).await;
+    let (b, _b_net, b_dht) = dht_node(vec![addr], &cancel).await;
+    wait_joined(&p_dht, seed_dht.local_id()).await;
+    wait_joined(&b_dht, seed_dht.local_id()).await;
+
+    let original = data(5 * 65536 + 3, 12);
+    let cid = upload(&p, &original).await;
+    let m = tokio::time::timeout(ANNOUNCE_DEADLINE * 3, b.fetch_manifest(cid))
+        .await
+        .expect("the fetch hangs")
+        .expect("B did not find P's dataset through the DHT");
+    assert_eq!(m.dataset_size, original.len() as u64);
+
+    let unknown = upload(&node(&cancel).await.0, &data(1000, 13)).await;
+    let started = tokio::time::Instant::now();
+    let r = tokio::time::timeout(ANNOUNCE_DEADLINE * 6, b.fetch_manifest(unknown))
+        .await
+        .expect("the fetch hangs");
+    assert!(matches!(r, Err(cairn_node::NodeError::NotFound)), "{r:?}");
+    let took = started.elapsed();
+    assert!(
+        took < cairn_node::engine::NO_HOLDER_TIMEOUT,
+        "gave up after {took:?}"
+    );
     cancel.cancel();
 }

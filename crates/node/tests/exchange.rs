@@ -757,3 +757,99 @@ async fn a_node_with_nobody_to_ask_gives_up_on_a_manifest_early() {
     );
     cancel.cancel();
 }
+
+/// A manifest no connected peer holds: B asks A and C with `sendDontHave`, both say
+/// `DontHave`, and B answers "not found" then, not after the engine's 30 s no-holder timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_every_peer_lacks_is_not_found_early() {
+    let cancel = CancellationToken::new();
+    let (_a, na) = node(&cancel).await;
+    let (b, nb) = node(&cancel).await;
+    let (_c, nc) = node(&cancel).await;
+    connect(&nb, &na).await;
+    connect(&nb, &nc).await;
+    let unknown = upload(&node(&cancel).await.0, &data(1000, 78)).await;
+    let started = tokio::time::Instant::now();
+    let r = tokio::time::timeout(WAIT, b.fetch_manifest(unknown))
+        .await
+        .expect("the fetch hangs");
+    assert!(matches!(r, Err(cairn_node::NodeError::NotFound)), "{r:?}");
+    let took = started.elapsed();
+    assert!(
+        took < cairn_node::engine::NO_HOLDER_TIMEOUT,
+        "gave up after {took:?}"
+    );
+    cancel.cancel();
+}
+
+/// One peer says `DontHave` at once, another says nothing to B's first queries and only then
+/// `Have`: B keeps asking while a peer has not answered, and gets the manifest from the late
+/// one. B's queries for the manifest ask for `DontHave`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_has_not_answered_keeps_the_manifest_search_going() {
+    let cancel = CancellationToken::new();
+    let (_a, na) = node(&cancel).await;
+    let (b, nb) = node(&cancel).await;
+    let (nm, mut m_events) = bare(&cancel).await;
+    let holder = node(&cancel).await.0;
+    let cid = upload(&holder, &data(3 * 65536, 79)).await;
+    let Ok(Some(manifest)) = holder.store().get_block(&cid) else {
+        panic!("the holder lacks its manifest");
+    };
+    connect(&nb, &na).await;
+    connect(&nb, &nm).await;
+    let fetch = tokio::spawn({
+        let b = b.clone();
+        async move { b.fetch_manifest(cid).await }
+    });
+    // M stays silent through B's first two queries (the engine asks again every
+    // `REQUERY_INTERVAL`; A has said `DontHave` to each by then), then answers `Have` and
+    // serves the manifest when B asks for it.
+    let address = BlockAddress::Block(cid);
+    let mut queries = 0;
+    let served = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = m_events.recv().await {
+            let NetEvent::Message { peer, message } = ev else {
+                continue;
+            };
+            for e in message
+                .wantlist
+                .iter()
+                .filter(|e| e.address == address && !e.cancel)
+            {
+                match e.want_type {
+                    WantType::Have => {
+                        assert!(e.send_dont_have, "a manifest query without sendDontHave");
+                        queries += 1;
+                        if queries > 2 {
+                            let have = cairn_blockexc::BlockPresence {
+                                address,
+                                presence: cairn_blockexc::Presence::Have,
+                            };
+                            nm.send(peer, &Message::presences(vec![have]))
+                                .await
+                                .unwrap();
+                        }
+                    }
+                    WantType::Block => {
+                        let d = Delivery {
+                            block: manifest.clone(),
+                            address,
+                            proof: None,
+                        };
+                        nm.send(peer, &Message::deliveries(vec![d])).await.unwrap();
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "B stopped asking M after {queries} queries");
+    let got = tokio::time::timeout(WAIT, fetch)
+        .await
+        .expect("the fetch hangs")
+        .unwrap();
+    assert!(got.is_ok(), "{got:?}");
+    cancel.cancel();
+}
