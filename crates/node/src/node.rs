@@ -249,9 +249,9 @@ impl Node {
     /// [`NOBODY_CHECK`]), never while somebody can:
     /// * the node has had no connected peer and no DHT node that ever answered for
     ///   [`ISOLATED_GIVE_UP`] without a break; or
-    /// * every connected peer answered that it lacks the block
-    ///   ([`EngineHandle::denied_by_all`]) and the provider search, if the node has a DHT,
-    ///   finished a round without dialling anybody new.
+    /// * at two checks in a row, every connected peer had answered that it lacks the block
+    ///   ([`EngineHandle::denied_by_all`]) and the provider search, if the node has a DHT, had
+    ///   come up empty ([`ProviderSearch::came_up_empty`]).
     ///
     /// Otherwise the want runs until the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]: a peer
     /// that never answers (or an older node that sends no `DontHave`) is waited for.
@@ -260,6 +260,7 @@ impl Node {
             return;
         };
         let mut alone_since: Option<tokio::time::Instant> = None;
+        let mut denied_checks = 0u32;
         loop {
             let now = tokio::time::Instant::now();
             let joined = network.discoverer.as_ref().is_some_and(|d| d.joined());
@@ -273,14 +274,17 @@ impl Node {
                 info!(%cid, "no peer and no DHT node to ask for the manifest; giving up");
                 return;
             }
-            if peers > 0
+            let denied = peers > 0
                 && search.is_none_or(ProviderSearch::came_up_empty)
                 && network
                     .engine
                     .denied_by_all(BlockAddress::Block(cid))
                     .await
-                    .unwrap_or(false)
-            {
+                    .unwrap_or(false);
+            // Twice in a row: a peer that connected just now may not have reached the engine
+            // at the first check; by the second it has been asked and has not answered yet.
+            denied_checks = if denied { denied_checks + 1 } else { 0 };
+            if denied_checks >= 2 {
                 info!(%cid, peers, "no connected peer has the manifest and the DHT knows no other provider; giving up");
                 return;
             }
