@@ -123,7 +123,9 @@ impl Behaviour {
 
     /// Queues `frame` for `peer`. See the module docs for the bound.
     pub fn send(&mut self, peer: &PeerId, frame: Frame) -> Result<SendId, SendError> {
-        let Some(&connection) = self.connections.get(peer).and_then(|c| c.first()) else {
+        // The newest connection: an older one may be closing (a reconnect right after a
+        // disconnect), and frames handed to it would be lost.
+        let Some(&connection) = self.connections.get(peer).and_then(|c| c.last()) else {
             return Err(SendError::NotConnected(*peer));
         };
         let queued = self.queued.get(peer).copied().unwrap_or(0);

@@ -645,7 +645,7 @@ impl Service {
             .filter(|p| !self.is_persistent(p))
             .collect();
         for peer in over {
-            let _ = self.swarm.disconnect_peer_id(peer);
+            self.hang_up(peer);
         }
     }
 

@@ -323,6 +323,9 @@ pub(crate) struct Connected {
     pub(crate) answered: bool,
     /// A seed closes the connection at this time.
     pub(crate) hang_up_at: Option<Instant>,
+    /// We closed every connection it had ([`Service::hang_up`]) and none has opened since:
+    /// it is going away, so a dial makes a new connection instead of reusing it.
+    pub(crate) closing: bool,
 }
 
 /// The swarm task's state. The peer-manager half of its methods is in [`crate::manager`].
@@ -625,9 +628,7 @@ impl Service {
                 action,
                 reason,
             } => self.report(peer, action, &reason),
-            Command::Disconnect { peer } => {
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
+            Command::Disconnect { peer } => self.hang_up(peer),
         }
     }
 
@@ -650,7 +651,7 @@ impl Service {
         done: oneshot::Sender<Result<PeerId, NetError>>,
     ) {
         if let Some(p) = peer {
-            if self.connected.contains_key(&p) {
+            if self.connected.get(&p).is_some_and(|c| !c.closing) {
                 let _ = done.send(Ok(p));
                 return;
             }
@@ -693,9 +694,7 @@ impl Service {
         warn!(%peer, ?action, ?verdict, reason, "peer penalised");
         match verdict {
             Verdict::Keep => {}
-            Verdict::Disconnect => {
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
+            Verdict::Disconnect => self.hang_up(peer),
             Verdict::Ban => {
                 // Refused at connection time (existing connections are closed), and out of the
                 // book (so neither dialled nor gossiped) until the ban ends.
@@ -705,6 +704,14 @@ impl Service {
                 self.book_dials.remove(&peer);
             }
         }
+    }
+
+    /// Closes every connection to `peer` (those opening later are not affected).
+    pub(crate) fn hang_up(&mut self, peer: PeerId) {
+        if let Some(c) = self.connected.get_mut(&peer) {
+            c.closing = true;
+        }
+        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     fn swarm_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
@@ -753,7 +760,11 @@ impl Service {
                 }
                 self.fixed_connected(peer_id);
                 match self.connected.get_mut(&peer_id) {
-                    Some(c) => c.connections += 1,
+                    Some(c) => {
+                        // Opened after the hang-up, so it stays.
+                        c.connections += 1;
+                        c.closing = false;
+                    }
                     None => {
                         let (direction, address) = match endpoint {
                             ConnectedPoint::Dialer { address, .. } => {
@@ -781,6 +792,7 @@ impl Service {
                                 identified: false,
                                 answered: false,
                                 hang_up_at: None,
+                                closing: false,
                             },
                         );
                         self.emit(NetEvent::PeerConnected {

@@ -288,3 +288,29 @@ async fn a_peer_learned_through_pex_is_dialled() {
     assert!(found.is_ok(), "B did not reach C through A's addresses");
     cancel.cancel();
 }
+
+/// A connect right after a disconnect of the same peer: the old connection is closing, so the
+/// connect must make a new one rather than answer "connected" with the one going away, and
+/// messages must go out on the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_during_a_disconnect_makes_a_new_connection() {
+    let cancel = CancellationToken::new();
+    let (a, _ev_a) = node(Muxers::Yamux, &cancel).await;
+    let (b, mut ev_b) = node(Muxers::Yamux, &cancel).await;
+    let addrs = b.listen_addrs().await.unwrap();
+    let b_id = b.local_peer_id();
+    a.connect(b_id, addrs.clone()).await.unwrap();
+    a.send(b_id, &want(1)).await.unwrap();
+    assert_eq!(next_message(&mut ev_b).await, want(1));
+
+    // Both commands reach A's swarm task in this order, before the close can complete.
+    a.disconnect(b_id).await;
+    a.connect(b_id, addrs).await.unwrap();
+    a.send(b_id, &want(2)).await.unwrap();
+    assert_eq!(next_message(&mut ev_b).await, want(2));
+    assert!(
+        a.peers().await.unwrap().iter().any(|p| p.peer == b_id),
+        "A is not connected to B"
+    );
+    cancel.cancel();
+}
