@@ -2,7 +2,9 @@
 //!
 //! `cairn start` composes the node (store, node, REST API), runs until SIGINT/SIGTERM and shuts
 //! down in order: stop accepting requests and finish those in flight (bounded by
-//! [`SHUTDOWN_GRACE`]), stop the workers, then close the store (syncing its open segment).
+//! [`SHUTDOWN_GRACE`]) while the network and the block exchange still run, so a network stream
+//! in flight completes too; then stop the workers, the engine and the network, and close the
+//! store (syncing its open segment).
 //! The other commands are clients of a running node's REST API (`commands.rs`, `client.rs`),
 //! except `completions`, which prints a shell completion script.
 //!
@@ -242,7 +244,10 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     };
     let mut registry = cairn_node::metrics::Registry::default();
     let metrics = cairn_node::metrics::Metrics::register(&mut registry, store.clone());
+    // Stops the node: network, DHT, block exchange, background downloads, maintenance.
     let cancel = CancellationToken::new();
+    // Stops the REST and metrics servers, which stop before the node (see the shutdown below).
+    let api_stop = CancellationToken::new();
     let key = {
         let path = cfg.key_file.clone();
         tokio::task::spawn_blocking(move || cairn_node::net::load_or_create_key(&path)).await??
@@ -318,7 +323,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
             Some(tokio::spawn(cairn_api::serve_metrics(
                 l,
                 registry,
-                cancel.clone(),
+                api_stop.clone(),
             )))
         }
         None => {
@@ -341,12 +346,14 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         listener,
         node.clone(),
         options,
-        cancel.clone(),
+        api_stop.clone(),
     ));
 
     shutdown.await;
     info!("shutting down");
-    cancel.cancel();
+    // The servers stop first: requests in flight finish with the node still whole (a network
+    // stream needs the block exchange and the peers it fetches from). Then everything else.
+    api_stop.cancel();
     match tokio::time::timeout(SHUTDOWN_GRACE, api).await {
         Ok(joined) => joined??,
         Err(_) => warn!("requests still running after the grace period were cut off"),
@@ -357,6 +364,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
             Err(_) => warn!("metrics scrapes still running after the grace period were cut off"),
         }
     }
+    cancel.cancel();
     while tasks.join_next().await.is_some() {}
     // The engine writes the verified blocks it still holds before it stops.
     if tokio::time::timeout(SHUTDOWN_GRACE, node.stopped())

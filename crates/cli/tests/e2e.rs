@@ -1133,3 +1133,46 @@ fn logs_to_a_file_have_no_colour() {
     assert!(text.contains("cairn node started"), "{text}");
     assert!(!text.contains('\x1b'), "{text}");
 }
+
+/// SIGTERM while a network stream is in flight: the node stops taking requests but finishes
+/// the stream (within the grace period) before it stops its block exchange, so the client
+/// gets every byte. It used to stop the exchange at once and cut the stream short.
+#[test]
+fn sigterm_lets_a_network_stream_in_flight_finish() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let a = NodeProc::start(&dir.path().join("a"), &[], &[]);
+    let b = NodeProc::start(&dir.path().join("b"), &[], &[]);
+    let c = client();
+    // More blocks than a download fetches ahead of its reader (a window of at most 512 blocks
+    // and 8 blocks of read-ahead), so most of it is fetched after the SIGTERM.
+    let data = random(640 * 65536 + 17, 91);
+    let cid = c
+        .post(a.url("/data"))
+        .body(data.clone())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let info: serde_json::Value = c.get(a.url("/debug/info")).send().unwrap().json().unwrap();
+    let peer = info["id"].as_str().unwrap();
+    let addr = info["addrs"][0].as_str().unwrap();
+    let r = c
+        .get(b.url(&format!("/connect/{peer}?addrs={addr}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let mut stream = c
+        .get(b.url(&format!("/data/{cid}/network/stream")))
+        .send()
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut got = vec![0u8; 65536];
+    stream.read_exact(&mut got).unwrap();
+    b.terminate();
+    stream.read_to_end(&mut got).expect("the stream was cut");
+    assert_eq!(got.len(), data.len(), "bytes received");
+    assert!(got == data, "the bytes differ");
+    b.wait_exit();
+}

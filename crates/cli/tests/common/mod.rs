@@ -111,7 +111,13 @@ impl NodeProc {
     }
 
     /// SIGTERM, then wait for a clean exit; returns the stdout lines not read yet.
-    pub(crate) fn stop(mut self) -> Vec<String> {
+    pub(crate) fn stop(self) -> Vec<String> {
+        self.terminate();
+        self.wait_exit()
+    }
+
+    /// Sends SIGTERM.
+    pub(crate) fn terminate(&self) {
         let pid = self.child.id().to_string();
         assert!(
             Command::new("kill")
@@ -120,6 +126,11 @@ impl NodeProc {
                 .unwrap()
                 .success()
         );
+    }
+
+    /// Waits for a clean exit (after [`NodeProc::terminate`]); returns the stdout lines not
+    /// read yet.
+    pub(crate) fn wait_exit(mut self) -> Vec<String> {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
