@@ -65,7 +65,8 @@ pub use crate::{
     error::NodeError,
     ingest::{INGEST_QUEUE_BLOCKS, MAX_INGEST_HASHERS, WRITE_QUEUE_BLOCKS},
     node::{
-        ByteStream, DOWNLOAD_READAHEAD_BLOCKS, ISOLATED_GIVE_UP, Node, NodeConfig, StoredDataset,
+        BACKGROUND_PATIENCE, BACKGROUND_RETRY_PAUSE, ByteStream, DOWNLOAD_READAHEAD_BLOCKS,
+        ISOLATED_GIVE_UP, Node, NodeConfig, StoredDataset,
     },
     range::{ByteRange, InvertedRange},
 };

@@ -206,6 +206,9 @@ pub struct DownloadMetrics {
     pub blocks_local: Counter,
     /// Blocks of downloads wanted from the network.
     pub blocks_network: Counter,
+    /// Times a background download found no peer with its next block for the engine's
+    /// no-holder timeout and kept looking ([`crate::BACKGROUND_PATIENCE`]).
+    pub stalls: Counter,
 }
 
 impl Default for NodeMetrics {
@@ -237,6 +240,7 @@ impl Default for DownloadMetrics {
             cancelled: DurationHistogram::new(&DOWNLOAD_BUCKETS),
             blocks_local: Counter::default(),
             blocks_network: Counter::default(),
+            stalls: Counter::default(),
         }
     }
 }
@@ -656,6 +660,12 @@ fn register_node(r: &mut Registry) -> NodeMetrics {
         "Blocks of network downloads, by where they came from (local: already stored)",
         "source",
         ["local", "network"],
+    );
+    r.register(
+        "download_stalls",
+        "Times a background download found no peer with its next block in time and kept \
+         looking for one",
+        m.downloads.stalls.clone(),
     );
     let outcome = |o| [("outcome", o)];
     NodeMetrics {

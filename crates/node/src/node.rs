@@ -34,6 +34,16 @@ pub const DOWNLOAD_READAHEAD_BLOCKS: usize = 8;
 /// its bootstrap nodes.
 pub const ISOLATED_GIVE_UP: Duration = Duration::from_secs(5);
 
+/// A background download (`POST /data/{cid}/network`) gives up after this long without a
+/// block stored while no peer has its next block. A client streaming a download is told after
+/// the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]; nobody waits on a background one, so it
+/// outlasts a provider's restart or a short outage.
+pub const BACKGROUND_PATIENCE: Duration = Duration::from_secs(10 * 60);
+
+/// Pause between a background download's attempts while no peer has its next block (each
+/// attempt itself waits up to [`crate::engine::NO_HOLDER_TIMEOUT`] for a holder).
+pub const BACKGROUND_RETRY_PAUSE: Duration = Duration::from_secs(5);
+
 /// How often a manifest fetch checks whether it still has anybody to ask: a node alone, or one
 /// whose peers all said they lack the manifest after the DHT search came up empty.
 const NOBODY_CHECK: Duration = Duration::from_millis(250);
@@ -99,6 +109,18 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, cairn_store::StoreError> + Send + 'static,
 ) -> Result<T, NodeError> {
     Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// The index of the first block of dataset `manifest` not stored here (its block count when it
+/// is whole; 0 when the store cannot say): how far a download in order has come.
+async fn first_missing(store: &Store, manifest: &Manifest) -> u64 {
+    let store = store.clone();
+    let tree = manifest.tree_cid;
+    let blocks = 0..manifest.blocks_count();
+    let end = blocks.end;
+    blocking(move || store.first_missing_leaf(&tree, blocks))
+        .await
+        .map_or(0, |first| first.unwrap_or(end))
 }
 
 impl Node {
@@ -409,19 +431,41 @@ impl Node {
             let mut download = Download::start(&metrics);
             let all = ByteRange::full(m.download_size());
             let mut reservation = Some(reservation);
-            let r = match fetch::fetch_dataset(
-                store.clone(),
-                engine.clone(),
-                m.clone(),
-                all,
-                None,
-                &mut reservation,
-                &metrics,
-            )
-            .await
-            {
-                Ok(_) => fetch::check_stored(&store, &engine, &m, 0..m.blocks_count()).await,
-                Err(e) => Err(e),
+            // Nobody waits on a background download, so it outlasts a provider's absence: when
+            // no peer has had its next block for the engine's no-holder timeout it looks again
+            // (the provider watcher searches the DHT meanwhile), and gives up only after
+            // `BACKGROUND_PATIENCE` without a block stored.
+            let mut progress = (std::time::Instant::now(), 0u64);
+            let r = loop {
+                let attempt = fetch::fetch_dataset(
+                    store.clone(),
+                    engine.clone(),
+                    m.clone(),
+                    all,
+                    None,
+                    &mut reservation,
+                    &metrics,
+                )
+                .await;
+                match attempt {
+                    Ok(_) => {
+                        break fetch::check_stored(&store, &engine, &m, 0..m.blocks_count()).await;
+                    }
+                    Err(NodeError::NotFound) => {
+                        let next = first_missing(&store, &m).await;
+                        if next > progress.1 {
+                            progress = (std::time::Instant::now(), next);
+                        }
+                        let idle = progress.0.elapsed();
+                        if idle >= BACKGROUND_PATIENCE {
+                            break Err(NodeError::NotFound);
+                        }
+                        metrics.stalls.inc();
+                        info!(%cid, block = next, idle = ?idle, "background download: no peer has the next block yet; still looking");
+                        tokio::time::sleep(BACKGROUND_RETRY_PAUSE).await;
+                    }
+                    Err(e) => break Err(e),
+                }
             };
             download.finish(match &r {
                 Ok(()) => DownloadOutcome::Completed,
@@ -433,6 +477,12 @@ impl Node {
                     info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded");
                     node.announce(cid, &m);
                 }
+                Err(NodeError::NotFound) => warn!(
+                    %cid,
+                    "background download stopped: no peer had its next block for {} s (its \
+                     providers left, or none has it); ask again to resume it",
+                    BACKGROUND_PATIENCE.as_secs()
+                ),
                 Err(e) => warn!(%cid, error = %e, "background download failed"),
             }
         });

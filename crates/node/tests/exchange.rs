@@ -853,3 +853,82 @@ async fn a_peer_that_has_not_answered_keeps_the_manifest_search_going() {
     assert!(got.is_ok(), "{got:?}");
     cancel.cancel();
 }
+
+/// A background download outlasts a provider's absence: B gets the manifest from M (a test
+/// double that has nothing else), so no peer has any leaf and the engine's no-holder timeout
+/// (30 s) passes. B keeps looking (it gave up for good there before) and completes once a
+/// peer with the data connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_download_waits_out_a_missing_provider() {
+    let cancel = CancellationToken::new();
+    let (b, nb, _, metrics) = common::node_with_metrics(&cancel).await;
+    let (nm, mut m_events) = bare(&cancel).await;
+    let (c, nc) = node(&cancel).await;
+    let original = data(40 * 65536 + 5, 80);
+    let cid = upload(&c, &original).await;
+    let Ok(Some(manifest)) = c.store().get_block(&cid) else {
+        panic!("C lacks its manifest");
+    };
+    // M serves the manifest and nothing else.
+    let m_net = nm.clone();
+    tokio::spawn(async move {
+        let address = BlockAddress::Block(cid);
+        while let Some(ev) = m_events.recv().await {
+            let NetEvent::Message { peer, message } = ev else {
+                continue;
+            };
+            for e in message
+                .wantlist
+                .iter()
+                .filter(|e| e.address == address && !e.cancel)
+            {
+                let reply = match e.want_type {
+                    WantType::Have => Message::presences(vec![cairn_blockexc::BlockPresence {
+                        address,
+                        presence: cairn_blockexc::Presence::Have,
+                    }]),
+                    WantType::Block => Message::deliveries(vec![Delivery {
+                        block: manifest.clone(),
+                        address,
+                        proof: None,
+                    }]),
+                };
+                let _ = m_net.send(peer, &reply).await;
+            }
+        }
+    });
+    connect(&nb, &nm).await;
+    tokio::time::timeout(WAIT, b.download(cid))
+        .await
+        .expect("the manifest fetch hangs")
+        .unwrap();
+
+    // Wait (bounded) for B's first attempt to run out of holders.
+    let deadline = tokio::time::Instant::now() + cairn_node::engine::NO_HOLDER_TIMEOUT + WAIT;
+    while metrics.downloads.stalls.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no attempt of the download ran out of holders"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    connect(&nb, &nc).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = b.manifest(cid).await.unwrap();
+        if b.check_local(&m, cairn_node::ByteRange::full(m.download_size()))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the download did not resume once a provider connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(local_bytes(&b, cid).await, original);
+    assert_eq!(metrics.downloads.failed.count(), 0, "the download failed");
+    cancel.cancel();
+}
