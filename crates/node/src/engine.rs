@@ -741,10 +741,15 @@ impl Engine {
                     }
                     self.make_ready(p.address);
                 }
-                // Only asked of non-leaf blocks; a `DontHave` for a leaf is unsolicited.
+                // Only asked of non-leaf blocks; a `DontHave` for a leaf is unsolicited. A peer
+                // that said `Have` before and `DontHave` now (it deleted the block) is no
+                // longer a holder.
                 Presence::DontHave => {
                     if matches!(p.address, BlockAddress::Block(_)) {
                         pending.denied.insert(peer);
+                        if let Some(state) = self.peers.get_mut(&peer) {
+                            state.haves.remove(&p.address);
+                        }
                     }
                 }
             }
