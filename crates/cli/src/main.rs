@@ -338,6 +338,14 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         let cancel = cancel.clone();
         tasks.spawn(async move { node.run_maintenance(cancel).await });
     }
+    {
+        // Background downloads the node was running when it last stopped go on (each from the
+        // blocks it already has).
+        let node = node.clone();
+        tasks.spawn(async move {
+            node.resume_downloads().await;
+        });
+    }
     let options = cairn_api::ApiOptions {
         log_level: Some(set_log_level),
         cors_origin: cfg.api_cors_origin.clone(),

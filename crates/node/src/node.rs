@@ -44,6 +44,10 @@ pub const BACKGROUND_PATIENCE: Duration = Duration::from_secs(10 * 60);
 /// attempt itself waits up to [`crate::engine::NO_HOLDER_TIMEOUT`] for a holder).
 pub const BACKGROUND_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
+/// Background downloads resumed at start ([`Node::resume_downloads`]); more were asked for
+/// only if a user started that many and the node stopped before they ended.
+pub const MAX_RESUMED_DOWNLOADS: usize = 256;
+
 /// How often a manifest fetch checks whether it still has anybody to ask: a node alone, or one
 /// whose peers all said they lack the manifest after the DHT search came up empty.
 const NOBODY_CHECK: Duration = Duration::from_millis(250);
@@ -414,12 +418,21 @@ impl Node {
     }
 
     /// Fetches dataset `cid` (manifest and every block) in the background; returns the manifest
-    /// once it is known.
+    /// once it is known. The request is kept in the store until the download completes or gives
+    /// up, so a node stopped meanwhile resumes it at its next start
+    /// ([`Node::resume_downloads`]).
     pub async fn download(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
         let reservation = self
             .reserve_room(cid, &manifest, ByteRange::full(manifest.download_size()))
             .await?;
+        {
+            let store = self.store.clone();
+            if let Err(e) = blocking(move || store.add_fetch(&cid)).await {
+                // The download runs all the same; only a restart would not resume it.
+                warn!(%cid, error = %e, "cannot record the background download");
+            }
+        }
         let engine = self.network()?.engine.clone();
         let store = self.store.clone();
         let m = manifest.clone();
@@ -472,6 +485,13 @@ impl Node {
                 Err(_) => DownloadOutcome::Failed,
             });
             drop(download);
+            // Kept only when the node is stopping, to be resumed at its next start.
+            if !matches!(r, Err(NodeError::Fetch(FetchError::Stopped))) {
+                let s = store.clone();
+                if let Err(e) = blocking(move || s.remove_fetch(&cid)).await {
+                    debug!(%cid, error = %e, "cannot forget the background download");
+                }
+            }
             match r {
                 Ok(()) => {
                     info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded");
@@ -487,6 +507,36 @@ impl Node {
             }
         });
         Ok(manifest)
+    }
+
+    /// Resumes the background downloads that were running when the node last stopped
+    /// ([`Node::download`]; at most [`MAX_RESUMED_DOWNLOADS`], oldest first): each continues
+    /// from the blocks already stored. Returns how many were resumed. A request that cannot
+    /// resume (its manifest is gone, its room no longer fits) is logged and forgotten.
+    pub async fn resume_downloads(&self) -> usize {
+        let store = self.store.clone();
+        let cids = match blocking(move || store.fetches(MAX_RESUMED_DOWNLOADS)).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot read the background downloads to resume");
+                return 0;
+            }
+        };
+        let mut resumed = 0;
+        for cid in cids {
+            match self.download(cid).await {
+                Ok(_) => {
+                    info!(%cid, "background download resumed");
+                    resumed += 1;
+                }
+                Err(e) => {
+                    warn!(%cid, error = %e, "cannot resume a background download; forgetting it");
+                    let store = self.store.clone();
+                    let _ = blocking(move || store.remove_fetch(&cid)).await;
+                }
+            }
+        }
+        resumed
     }
 
     /// Fetches dataset `cid` and waits until every block is stored.

@@ -862,41 +862,14 @@ async fn a_peer_that_has_not_answered_keeps_the_manifest_search_going() {
 async fn a_background_download_waits_out_a_missing_provider() {
     let cancel = CancellationToken::new();
     let (b, nb, _, metrics) = common::node_with_metrics(&cancel).await;
-    let (nm, mut m_events) = bare(&cancel).await;
+    let (nm, m_events) = bare(&cancel).await;
     let (c, nc) = node(&cancel).await;
     let original = data(40 * 65536 + 5, 80);
     let cid = upload(&c, &original).await;
     let Ok(Some(manifest)) = c.store().get_block(&cid) else {
         panic!("C lacks its manifest");
     };
-    // M serves the manifest and nothing else.
-    let m_net = nm.clone();
-    tokio::spawn(async move {
-        let address = BlockAddress::Block(cid);
-        while let Some(ev) = m_events.recv().await {
-            let NetEvent::Message { peer, message } = ev else {
-                continue;
-            };
-            for e in message
-                .wantlist
-                .iter()
-                .filter(|e| e.address == address && !e.cancel)
-            {
-                let reply = match e.want_type {
-                    WantType::Have => Message::presences(vec![cairn_blockexc::BlockPresence {
-                        address,
-                        presence: cairn_blockexc::Presence::Have,
-                    }]),
-                    WantType::Block => Message::deliveries(vec![Delivery {
-                        block: manifest.clone(),
-                        address,
-                        proof: None,
-                    }]),
-                };
-                let _ = m_net.send(peer, &reply).await;
-            }
-        }
-    });
+    serve_manifest_only(nm.clone(), m_events, manifest);
     connect(&nb, &nm).await;
     tokio::time::timeout(WAIT, b.download(cid))
         .await
@@ -930,5 +903,126 @@ async fn a_background_download_waits_out_a_missing_provider() {
     }
     assert_eq!(local_bytes(&b, cid).await, original);
     assert_eq!(metrics.downloads.failed.count(), 0, "the download failed");
+    cancel.cancel();
+}
+
+/// Makes the bare swarm `net` (its events on `events`) a peer that has dataset manifest
+/// `manifest` and nothing else: it answers `Have` and delivers the manifest, and ignores every
+/// other want.
+fn serve_manifest_only(net: NetworkHandle, mut events: mpsc::Receiver<NetEvent>, manifest: Block) {
+    let address = BlockAddress::Block(*manifest.cid());
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let NetEvent::Message { peer, message } = ev else {
+                continue;
+            };
+            for e in message
+                .wantlist
+                .iter()
+                .filter(|e| e.address == address && !e.cancel)
+            {
+                let reply = match e.want_type {
+                    WantType::Have => Message::presences(vec![cairn_blockexc::BlockPresence {
+                        address,
+                        presence: cairn_blockexc::Presence::Have,
+                    }]),
+                    WantType::Block => Message::deliveries(vec![Delivery {
+                        block: manifest.clone(),
+                        address,
+                        proof: None,
+                    }]),
+                };
+                let _ = net.send(peer, &reply).await;
+            }
+        }
+    });
+}
+
+/// A background download the node was running when it stopped is resumed at its next start:
+/// B asks for a dataset whose only peer (M) has nothing but the manifest, and stops. A new
+/// node over B's store, connected to a provider, resumes it and completes it; then the request
+/// is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_download_is_resumed_after_a_restart() {
+    let cancel = CancellationToken::new();
+    let (c, nc) = node(&cancel).await;
+    let original = data(30 * 65536 + 9, 81);
+    let cid = upload(&c, &original).await;
+    let Ok(Some(manifest)) = c.store().get_block(&cid) else {
+        panic!("C lacks its manifest");
+    };
+    let (nm, m_events) = bare(&cancel).await;
+    serve_manifest_only(nm.clone(), m_events, manifest);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+    let first_life = cancel.child_token();
+    let metrics = cairn_node::metrics::NodeMetrics::default();
+    let (nb, events) = bare(&first_life).await;
+    let b = Node::with_network(
+        store.clone(),
+        NodeConfig {
+            metrics: metrics.clone(),
+            ..NodeConfig::default()
+        },
+        nb.clone(),
+        events,
+        first_life.clone(),
+    );
+    connect(&nb, &nm).await;
+    tokio::time::timeout(WAIT, b.download(cid))
+        .await
+        .expect("the manifest fetch hangs")
+        .unwrap();
+    assert_eq!(
+        store.fetches(10).unwrap(),
+        vec![cid],
+        "the request is recorded"
+    );
+    // Stop B, and wait (bounded) for its download to end.
+    first_life.cancel();
+    b.stopped().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metrics.downloads.active.get() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the download did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        store.fetches(10).unwrap(),
+        vec![cid],
+        "kept when the node stops"
+    );
+
+    let (nb2, events) = bare(&cancel).await;
+    let b2 = Node::with_network(
+        store.clone(),
+        NodeConfig::default(),
+        nb2.clone(),
+        events,
+        cancel.clone(),
+    );
+    connect(&nb2, &nc).await;
+    assert_eq!(b2.resume_downloads().await, 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = b2.manifest(cid).await.unwrap();
+        if b2
+            .check_local(&m, cairn_node::ByteRange::full(m.download_size()))
+            .await
+            .is_ok()
+            && store.fetches(10).unwrap().is_empty()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the resumed download did not complete and forget its request"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(local_bytes(&b2, cid).await, original);
     cancel.cancel();
 }

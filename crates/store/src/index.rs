@@ -48,6 +48,9 @@ pub(crate) const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::n
 pub(crate) const SESSIONS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("sessions");
 /// `deleting`: tree CID bytes → ().
 pub(crate) const DELETING: TableDefinition<&[u8], ()> = TableDefinition::new("deleting");
+/// `fetches`: manifest CID bytes → unix seconds when a background download of the dataset
+/// was asked for; the node resumes these at start ([`crate::Store::fetches`]).
+pub(crate) const FETCHES: TableDefinition<&[u8], u64> = TableDefinition::new("fetches");
 /// `meta`: counter name → value.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -160,6 +163,7 @@ pub(crate) struct Tables<'txn> {
     pub(crate) segments: Table<'txn, u64, (u64, u64)>,
     pub(crate) sessions: Table<'txn, u64, (u64, &'static [u8])>,
     pub(crate) deleting: Table<'txn, &'static [u8], ()>,
+    pub(crate) fetches: Table<'txn, &'static [u8], u64>,
     pub(crate) meta: Table<'txn, &'static str, u64>,
     used: u64,
     total_blocks: u64,
@@ -186,6 +190,7 @@ impl<'txn> Tables<'txn> {
             segments: txn.open_table(SEGMENTS)?,
             sessions: txn.open_table(SESSIONS)?,
             deleting: txn.open_table(DELETING)?,
+            fetches: txn.open_table(FETCHES)?,
             meta,
             used,
             total_blocks,
@@ -364,6 +369,8 @@ impl<'txn> Tables<'txn> {
             Some(t) => t.value().to_vec(),
             None => return Ok(false),
         };
+        // A deleted dataset is not downloaded again at the next start.
+        self.fetches.remove(manifest_cid)?;
         self.drop_ref(manifest_cid, true)?;
         if let Some(mut ds) = self.get_dataset(&tree)? {
             ds.manifest_refs = ds.manifest_refs.saturating_sub(1);

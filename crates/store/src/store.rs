@@ -25,8 +25,8 @@ use crate::{
     compact::CompactReport,
     index::{
         BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DS_WRITING,
-        DatasetRec, EXPIRY, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota,
-        SEGMENTS, SESSIONS, Tables, checksum,
+        DatasetRec, EXPIRY, FETCHES, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED,
+        Quota, SEGMENTS, SESSIONS, Tables, checksum,
     },
     segments::{SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
@@ -1467,6 +1467,48 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Records that a background download of the dataset of manifest `cid` was asked for, so
+    /// that it is resumed after a restart ([`Store::fetches`]) until [`Store::remove_fetch`]
+    /// (it completed or gave up) or the dataset is deleted.
+    pub fn add_fetch(&self, cid: &Cid) -> Result<(), StoreError> {
+        let key = cid.to_bytes();
+        self.write(0, |t| {
+            t.fetches.insert(key.as_slice(), now_secs())?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a background download ([`Store::add_fetch`]).
+    pub fn remove_fetch(&self, cid: &Cid) -> Result<(), StoreError> {
+        let key = cid.to_bytes();
+        self.write(0, |t| {
+            t.fetches.remove(key.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Manifests of the background downloads asked for and not finished ([`Store::add_fetch`]),
+    /// oldest request first, at most `limit` of them.
+    pub fn fetches(&self, limit: usize) -> Result<Vec<Cid>, StoreError> {
+        let r = self.inner.db()?.begin_read()?;
+        let table = match r.open_table(FETCHES) {
+            Ok(t) => t,
+            // An index from before the table existed, not written since.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut rows: Vec<(u64, Vec<u8>)> = table
+            .iter()?
+            .map(|e| e.map(|(k, v)| (v.value(), k.value().to_vec())))
+            .collect::<Result<_, _>>()?;
+        rows.sort();
+        Ok(rows
+            .into_iter()
+            .filter_map(|(_, key)| cid_from_bytes(&key).ok())
+            .take(limit)
+            .collect())
     }
 
     /// Deletes `cid`. For a listed manifest this deletes the dataset: the call is one small

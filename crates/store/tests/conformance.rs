@@ -1232,3 +1232,30 @@ fn a_download_whose_blocks_the_disk_refused_stops_asking() {
     store.put_leaves(&m.tree_cid, &leaves[2..]).unwrap();
     assert_eq!(store.first_missing_leaf(&m.tree_cid, 0..8).unwrap(), None);
 }
+
+/// Background downloads asked for are kept across a restart, oldest first, until removed; a
+/// dataset's delete drops its own; an index that never had the table reads as none.
+#[test]
+fn background_fetches_are_kept_until_removed_or_deleted() {
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(dir.path(), quiet()).unwrap();
+    assert!(store.fetches(10).unwrap().is_empty(), "a fresh index");
+    let (first, _) = upload(&store, &data(2 * BS, 40), None).unwrap();
+    let (second, _) = upload(&store, &data(2 * BS, 41), None).unwrap();
+    let (third, _) = upload(&store, &data(2 * BS, 42), None).unwrap();
+    store.add_fetch(&first).unwrap();
+    store.add_fetch(&second).unwrap();
+    store.add_fetch(&third).unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path(), quiet()).unwrap();
+    let mut kept = store.fetches(10).unwrap();
+    kept.sort_by_key(|c| c.to_bytes());
+    let mut all = vec![first, second, third];
+    all.sort_by_key(|c| c.to_bytes());
+    assert_eq!(kept, all, "kept across a restart");
+    assert_eq!(store.fetches(2).unwrap().len(), 2, "the limit");
+    store.remove_fetch(&first).unwrap();
+    store.delete(&second).unwrap();
+    assert_eq!(store.fetches(10).unwrap(), vec![third]);
+}
