@@ -503,6 +503,10 @@ impl Node {
                      providers left, or none has it); ask again to resume it",
                     BACKGROUND_PATIENCE.as_secs()
                 ),
+                Err(NodeError::Fetch(FetchError::Stopped)) => info!(
+                    %cid,
+                    "background download paused: the node is stopping; it resumes at the next start"
+                ),
                 Err(e) => warn!(%cid, error = %e, "background download failed"),
             }
         });
