@@ -106,3 +106,19 @@ pub async fn upload(node: &Node, bytes: &[u8]) -> Cid {
         .unwrap()
         .cid
 }
+
+/// Fetches manifest `cid` on `node`, which nobody has: asserts it is not found, sooner than the
+/// engine's no-holder timeout (30 s), and returns how long that took.
+pub async fn not_found_early(node: &Node, cid: Cid) -> std::time::Duration {
+    let started = tokio::time::Instant::now();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(60), node.fetch_manifest(cid))
+        .await
+        .expect("the fetch hangs");
+    assert!(matches!(r, Err(cairn_node::NodeError::NotFound)), "{r:?}");
+    let took = started.elapsed();
+    assert!(
+        took < cairn_node::engine::NO_HOLDER_TIMEOUT,
+        "gave up after {took:?}"
+    );
+    took
+}
