@@ -10,7 +10,7 @@ use std::{
 
 mod common;
 
-use common::{BIN, NodeProc, WAIT, cli, client, random};
+use common::{BIN, NodeProc, WAIT, cli, client, connect, random};
 
 fn space(c: &reqwest::blocking::Client, n: &NodeProc) -> serde_json::Value {
     c.get(n.url("/space")).send().unwrap().json().unwrap()
@@ -697,14 +697,7 @@ fn ranges_head_etag_and_cors() {
     );
 
     // B fetches ranges over the network: only the covering blocks.
-    let info: serde_json::Value = c.get(a.url("/debug/info")).send().unwrap().json().unwrap();
-    let peer = info["id"].as_str().unwrap().to_owned();
-    let addr = info["addrs"][0].as_str().unwrap().to_owned();
-    let r = c
-        .get(b.url(&format!("/connect/{peer}?addrs={addr}")))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    connect(&c, &b, &a);
     let stream = b.url(&format!("/data/{cid}/network/stream"));
     // HEAD: the manifest only.
     let (s, h, body) = fetch(&c, reqwest::Method::HEAD, &stream, &[]);
@@ -1154,14 +1147,7 @@ fn sigterm_lets_a_network_stream_in_flight_finish() {
         .unwrap()
         .text()
         .unwrap();
-    let info: serde_json::Value = c.get(a.url("/debug/info")).send().unwrap().json().unwrap();
-    let peer = info["id"].as_str().unwrap();
-    let addr = info["addrs"][0].as_str().unwrap();
-    let r = c
-        .get(b.url(&format!("/connect/{peer}?addrs={addr}")))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    connect(&c, &b, &a);
 
     let mut stream = c
         .get(b.url(&format!("/data/{cid}/network/stream")))

@@ -156,6 +156,19 @@ impl Drop for NodeProc {
     }
 }
 
+/// Connects node `from` to node `to` through `from`'s `GET /connect/{peer}?addrs=…`, with the
+/// id and first address `to` gives in `/debug/info`.
+pub(crate) fn connect(c: &reqwest::blocking::Client, from: &NodeProc, to: &NodeProc) {
+    let info: serde_json::Value = c.get(to.url("/debug/info")).send().unwrap().json().unwrap();
+    let peer = info["id"].as_str().unwrap();
+    let addr = info["addrs"][0].as_str().unwrap();
+    let r = c
+        .get(from.url(&format!("/connect/{peer}?addrs={addr}")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+}
+
 pub(crate) fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(WAIT)
