@@ -362,13 +362,19 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     // The servers stop first: requests in flight finish with the node still whole (a network
     // stream needs the block exchange and the peers it fetches from). Then everything else.
     api_stop.cancel();
+    // A server's failure is returned only after the node has stopped in order (the engine
+    // writes the verified blocks it holds).
+    let mut served: anyhow::Result<()> = Ok(());
     match tokio::time::timeout(SHUTDOWN_GRACE, api).await {
-        Ok(joined) => joined??,
+        Ok(joined) => served = joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?)),
         Err(_) => warn!("requests still running after the grace period were cut off"),
     }
     if let Some(m) = metrics_server {
         match tokio::time::timeout(SHUTDOWN_GRACE, m).await {
-            Ok(joined) => joined??,
+            Ok(joined) => {
+                let r = joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?));
+                served = served.and(r);
+            }
             Err(_) => warn!("metrics scrapes still running after the grace period were cut off"),
         }
     }
@@ -384,7 +390,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     let _ = net_task.await;
     drop(node);
     info!("stopped");
-    Ok(())
+    served
 }
 
 /// The address book's file, in the data directory.

@@ -76,9 +76,11 @@ pub const EMPTY_SEARCH_RETRY: Duration = Duration::from_secs(2);
 /// A provider search counts as having come up empty (so a manifest fetch whose peers all lack
 /// the block may answer "not found") after this many rounds without a provider to dial. The
 /// rounds are [`EMPTY_SEARCH_RETRY`] apart, so an uploader that announces its dataset (in the
-/// background) up to 4 s after the first round is still found: on loopback a search right after
-/// an upload elsewhere came up empty in 3 of 6 runs and found the record 2 s later.
-pub const EMPTY_ROUNDS_FOR_NONE: u32 = 3;
+/// background) up to 10 s after the first round is still found. On loopback a search right
+/// after an upload elsewhere came up empty in 3 of 6 runs and found the record 2 s later; on a
+/// real DHT an announcement is a multi-hop lookup that takes seconds, may wait for a free
+/// announcing slot, and a round whose datagrams were lost also comes up empty.
+pub const EMPTY_ROUNDS_FOR_NONE: u32 = 6;
 
 /// Providers dialled per search.
 pub const MAX_DIALS_PER_SEARCH: usize = 8;

@@ -911,21 +911,21 @@ impl Engine {
                         .into_iter()
                         .filter_map(|(address, send_dont_have)| {
                             let has = match &address {
-                                BlockAddress::Block(c) => store.has_block(c).unwrap_or(false),
-                                BlockAddress::Leaf { tree, index } => {
-                                    store.has_leaf(tree, *index).unwrap_or(false)
-                                }
+                                BlockAddress::Block(c) => store.has_block(c),
+                                BlockAddress::Leaf { tree, index } => store.has_leaf(tree, *index),
                             };
+                            // A store that cannot say (its index failed) answers nothing: a
+                            // `DontHave` would tell the asker for certain that we lack it.
                             match (has, send_dont_have) {
-                                (true, _) => Some(BlockPresence {
+                                (Ok(true), _) => Some(BlockPresence {
                                     address,
                                     presence: Presence::Have,
                                 }),
-                                (false, true) => Some(BlockPresence {
+                                (Ok(false), true) => Some(BlockPresence {
                                     address,
                                     presence: Presence::DontHave,
                                 }),
-                                (false, false) => None,
+                                (Ok(false), false) | (Err(_), _) => None,
                             }
                         })
                         .collect()

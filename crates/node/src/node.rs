@@ -34,8 +34,9 @@ pub const DOWNLOAD_READAHEAD_BLOCKS: usize = 8;
 /// its bootstrap nodes.
 pub const ISOLATED_GIVE_UP: Duration = Duration::from_secs(5);
 
-/// A background download (`POST /data/{cid}/network`) gives up after this long without a
-/// block stored while no peer has its next block. A client streaming a download is told after
+/// A background download (`POST /data/{cid}/network`) gives up after this long while no peer
+/// has its next missing block (the first one not stored; blocks stored after it do not count,
+/// as the download is in order). A client streaming a download is told after
 /// the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]; nobody waits on a background one, so it
 /// outlasts a provider's restart or a short outage.
 pub const BACKGROUND_PATIENCE: Duration = Duration::from_secs(10 * 60);
@@ -447,14 +448,18 @@ impl Node {
             // Nobody waits on a background download, so it outlasts a provider's absence: when
             // no peer has had its next block for the engine's no-holder timeout it looks again
             // (the provider watcher searches the DHT meanwhile), and gives up only after
-            // `BACKGROUND_PATIENCE` without a block stored.
+            // `BACKGROUND_PATIENCE` without its next missing block arriving.
             let mut progress = (std::time::Instant::now(), 0u64);
             let r = loop {
+                // From the first block not stored yet: an attempt after a stall, or a download
+                // resumed at start, does not read back what is already here.
+                let from = first_missing(&store, &m).await.saturating_mul(m.block_size);
+                let range = ByteRange::new(from.min(all.end()), all.end()).unwrap_or(all);
                 let attempt = fetch::fetch_dataset(
                     store.clone(),
                     engine.clone(),
                     m.clone(),
-                    all,
+                    range,
                     None,
                     &mut reservation,
                     &metrics,
@@ -499,8 +504,8 @@ impl Node {
                 }
                 Err(NodeError::NotFound) => warn!(
                     %cid,
-                    "background download stopped: no peer had its next block for {} s (its \
-                     providers left, or none has it); ask again to resume it",
+                    "background download stopped: no peer had its next missing block for {} s \
+                     (its providers left, or none has it); ask again to resume it",
                     BACKGROUND_PATIENCE.as_secs()
                 ),
                 Err(NodeError::Fetch(FetchError::Stopped)) => info!(
@@ -515,8 +520,9 @@ impl Node {
 
     /// Resumes the background downloads that were running when the node last stopped
     /// ([`Node::download`]; at most [`MAX_RESUMED_DOWNLOADS`], oldest first): each continues
-    /// from the blocks already stored. Returns how many were resumed. A request that cannot
-    /// resume (its manifest is gone, its room no longer fits) is logged and forgotten.
+    /// from the blocks already stored. Returns how many were resumed. A request whose manifest
+    /// is gone is forgotten; one that cannot start now (no room, a store error) is kept for the
+    /// next start.
     pub async fn resume_downloads(&self) -> usize {
         let store = self.store.clone();
         let cids = match blocking(move || store.fetches(MAX_RESUMED_DOWNLOADS)).await {
@@ -533,10 +539,15 @@ impl Node {
                     info!(%cid, "background download resumed");
                     resumed += 1;
                 }
-                Err(e) => {
+                // Its manifest is gone (deleted, or expired): nothing to resume.
+                Err(e @ (NodeError::NotFound | NodeError::NotAManifest)) => {
                     warn!(%cid, error = %e, "cannot resume a background download; forgetting it");
                     let store = self.store.clone();
                     let _ = blocking(move || store.remove_fetch(&cid)).await;
+                }
+                // No room now, the store failing: the next start tries again.
+                Err(e) => {
+                    warn!(%cid, error = %e, "cannot resume a background download now");
                 }
             }
         }

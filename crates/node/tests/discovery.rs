@@ -106,8 +106,11 @@ async fn dht_node(
     cancel: &CancellationToken,
 ) -> (Node, cairn_node::net::NetworkHandle, Discovery) {
     let key = Keypair::generate_secp256k1();
+    // One outbound peer (the bootstrap node): nodes do not dial each other through peer
+    // exchange, so what they find of each other they find through the DHT.
     let config = cairn_node::net::NetConfig {
         bootstrap,
+        outbound_target: 1,
         ..common::net_config()
     };
     let (net, events, _) = cairn_node::net::start(key.clone(), config, cancel.clone())

@@ -1490,7 +1490,7 @@ impl Store {
     }
 
     /// Manifests of the background downloads asked for and not finished ([`Store::add_fetch`]),
-    /// oldest request first, at most `limit` of them.
+    /// oldest request first (to the second), at most `limit` of them.
     pub fn fetches(&self, limit: usize) -> Result<Vec<Cid>, StoreError> {
         let r = self.inner.db()?.begin_read()?;
         let table = match r.open_table(FETCHES) {
