@@ -154,6 +154,10 @@ pub enum FetchError {
     /// The engine stopped.
     #[error("the block exchange has stopped")]
     Stopped,
+    /// The dataset was deleted on this node while its block was wanted
+    /// ([`EngineHandle::forget`]).
+    #[error("the dataset was deleted on this node")]
+    Deleted,
 }
 
 /// Counters (for metrics and benchmarks).
@@ -202,6 +206,10 @@ enum Command {
         address: BlockAddress,
         done: oneshot::Sender<bool>,
     },
+    Forget {
+        tree: Cid,
+        manifest: Cid,
+    },
 }
 
 /// Handle to the engine task.
@@ -219,6 +227,7 @@ impl std::fmt::Debug for Command {
             Command::Flush { .. } => write!(f, "Flush"),
             Command::Holders { tree, .. } => write!(f, "Holders({tree})"),
             Command::DeniedByAll { address, .. } => write!(f, "DeniedByAll({address:?})"),
+            Command::Forget { tree, .. } => write!(f, "Forget({tree})"),
         }
     }
 }
@@ -295,6 +304,15 @@ impl EngineHandle {
             .await
             .map_err(|_| FetchError::Stopped)?;
         rx.await.map_err(|_| FetchError::Stopped)
+    }
+
+    /// Drops every want for the blocks of dataset `tree` and its manifest `manifest` (the
+    /// dataset was deleted here): requesters get [`FetchError::Deleted`] at once and peers a
+    /// cancel for what was asked of them, instead of the download going on until its next
+    /// store check or the no-holder timeout. Blocks already being written are left to the
+    /// store, which refuses them.
+    pub async fn forget(&self, tree: Cid, manifest: Cid) {
+        let _ = self.tx.send(Command::Forget { tree, manifest }).await;
     }
 
     /// Counters.
@@ -593,6 +611,7 @@ impl Engine {
                     .count();
                 let _ = done.send(n);
             }
+            Command::Forget { tree, manifest } => self.forget(tree, manifest),
             Command::DeniedByAll { address, done } => {
                 let all = self.pending.get(&address).is_some_and(|p| {
                     !self.peers.is_empty() && self.peers.keys().all(|id| p.denied.contains(id))
@@ -605,6 +624,38 @@ impl Engine {
                 } else {
                     self.flush_waiters.push(done);
                 }
+            }
+        }
+    }
+
+    fn forget(&mut self, tree: Cid, manifest: Cid) {
+        let gone: Vec<BlockAddress> = self
+            .pending
+            .iter()
+            .filter(|(a, p)| {
+                !p.storing
+                    && match a {
+                        BlockAddress::Leaf { tree: t, .. } => *t == tree,
+                        BlockAddress::Block(c) => *c == manifest,
+                    }
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for a in gone {
+            let Some(p) = self.pending.remove(&a) else {
+                continue;
+            };
+            for st in self.peers.values_mut() {
+                st.haves.remove(&a);
+            }
+            if let Some(peer) = p.requested_from
+                && let Some(st) = self.peers.get_mut(&peer)
+                && st.outstanding.remove(&a).is_some()
+            {
+                st.outbox_wants.push(WantEntry::cancel(a));
+            }
+            for w in p.waiters {
+                let _ = w.send(Err(FetchError::Deleted));
             }
         }
     }

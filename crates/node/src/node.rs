@@ -277,8 +277,9 @@ impl Node {
     /// * the node has had no connected peer and no DHT node that ever answered for
     ///   [`ISOLATED_GIVE_UP`] without a break; or
     /// * at two checks in a row, every connected peer had answered that it lacks the block
-    ///   ([`EngineHandle::denied_by_all`]) and the provider search, if the node has a DHT, had
-    ///   come up empty ([`ProviderSearch::came_up_empty`]).
+    ///   ([`EngineHandle::denied_by_all`]), or the node had no peer but a joined DHT, and the
+    ///   provider search, if the node has a DHT, had come up empty
+    ///   ([`ProviderSearch::came_up_empty`]).
     ///
     /// Otherwise the want runs until the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]: a peer
     /// that never answers (or an older node that sends no `DontHave`) is waited for.
@@ -301,13 +302,18 @@ impl Node {
                 info!(%cid, "no peer and no DHT node to ask for the manifest; giving up");
                 return;
             }
-            let denied = peers > 0
-                && search.is_none_or(ProviderSearch::came_up_empty)
-                && network
-                    .engine
-                    .denied_by_all(BlockAddress::Block(cid))
-                    .await
-                    .unwrap_or(false);
+            // Nobody connected (but the DHT joined), or every connected peer said no; and the
+            // DHT knows no provider to dial.
+            let denied = search.is_none_or(ProviderSearch::came_up_empty)
+                && if peers == 0 {
+                    joined
+                } else {
+                    network
+                        .engine
+                        .denied_by_all(BlockAddress::Block(cid))
+                        .await
+                        .unwrap_or(false)
+                };
             // Twice in a row: a peer that connected just now may not have reached the engine
             // at the first check; by the second it has been asked and has not answered yet.
             denied_checks = if denied { denied_checks + 1 } else { 0 };
@@ -472,7 +478,11 @@ impl Node {
                     Err(NodeError::NotFound) => {
                         let next = first_missing(&store, &m).await;
                         if next > progress.1 {
-                            progress = (std::time::Instant::now(), next);
+                            // The attempt moved on, then found no holder for its next block
+                            // for the no-holder timeout: that long without progress.
+                            let now = std::time::Instant::now();
+                            let since = now.checked_sub(engine::NO_HOLDER_TIMEOUT).unwrap_or(now);
+                            progress = (since, next);
                         }
                         let idle = progress.0.elapsed();
                         if idle >= BACKGROUND_PATIENCE {
@@ -508,6 +518,9 @@ impl Node {
                      (its providers left, or none has it); ask again to resume it",
                     BACKGROUND_PATIENCE.as_secs()
                 ),
+                Err(NodeError::Fetch(FetchError::Deleted)) => {
+                    info!(%cid, "background download stopped: the dataset was deleted here");
+                }
                 Err(NodeError::Fetch(FetchError::Stopped)) => info!(
                     %cid,
                     "background download paused: the node is stopping; it resumes at the next start"
@@ -769,7 +782,19 @@ impl Node {
     /// starts from the manifest anyway.
     pub async fn delete(&self, cid: Cid) -> Result<(), NodeError> {
         let store = self.store.clone();
-        blocking(move || store.delete(&cid)).await?;
+        // The dataset's tree, when `cid` was its last manifest: downloads of it stop now.
+        let gone = blocking(move || {
+            let tree = store.get_manifest(&cid).ok().flatten().map(|m| m.tree_cid);
+            store.delete(&cid)?;
+            Ok(match tree {
+                Some(tree) if !store.dataset_stored(&tree)? => Some(tree),
+                _ => None,
+            })
+        })
+        .await?;
+        if let (Some(tree), Some(engine)) = (gone, self.engine()) {
+            engine.forget(tree, cid).await;
+        }
         if let Some(d) = self.discovery() {
             d.withdraw(&cid.to_bytes());
         }

@@ -210,3 +210,26 @@ async fn a_fetch_gives_up_early_only_when_the_dht_knows_no_provider_either() {
     common::not_found_early(&b, unknown).await;
     cancel.cancel();
 }
+
+/// A node in the DHT but with no libp2p peer (bootstrapped by a DHT record only) answers "not
+/// found" for a CID the DHT knows no provider of once its searches came up empty, not after
+/// the engine's 30 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_dht_but_no_peer_gives_up_early_too() {
+    let cancel = CancellationToken::new();
+    let (_seed, seed_dht, _) = seed(&cancel).await;
+    let (b, b_net, b_dht) = dht_node(Vec::new(), &cancel).await;
+    b_dht.add_node(seed_dht.local_spr()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + JOIN_DEADLINE;
+    while !b_dht.table().iter().any(|n| n.seen) {
+        assert!(tokio::time::Instant::now() < deadline, "B did not join");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        b_net.peers().await.unwrap().is_empty(),
+        "B has a libp2p peer"
+    );
+    let unknown = upload(&node(&cancel).await.0, &data(1000, 14)).await;
+    common::not_found_early(&b, unknown).await;
+    cancel.cancel();
+}

@@ -1012,3 +1012,42 @@ async fn a_background_download_is_resumed_after_a_restart() {
     assert_eq!(local_bytes(&b2, cid).await, original);
     cancel.cancel();
 }
+
+/// Deleting a dataset stops its background download at once, even while the download waits
+/// for a provider: before, it went on until the engine's no-holder timeout (30 s), and a
+/// provider that came back meanwhile was asked for up to a window of blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_dataset_stops_its_waiting_background_download() {
+    let cancel = CancellationToken::new();
+    let (b, nb, _, metrics) = common::node_with_metrics(&cancel).await;
+    let holder = node(&cancel).await.0;
+    let cid = upload(&holder, &data(20 * 65536, 82)).await;
+    let Ok(Some(manifest)) = holder.store().get_block(&cid) else {
+        panic!("the holder lacks its manifest");
+    };
+    let (nm, m_events) = bare(&cancel).await;
+    serve_manifest_only(nm.clone(), m_events, manifest);
+    connect(&nb, &nm).await;
+    tokio::time::timeout(WAIT, b.download(cid))
+        .await
+        .expect("the manifest fetch hangs")
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metrics.downloads.active.get() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no download started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.delete(cid).await.unwrap();
+    let deadline = tokio::time::Instant::now() + cairn_node::engine::NO_HOLDER_TIMEOUT;
+    while metrics.downloads.active.get() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the download went on after its dataset was deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(metrics.downloads.failed.count(), 1);
+    assert!(b.store().fetches(10).unwrap().is_empty());
+    assert_eq!(b.engine().unwrap().stats().await.unwrap().pending, 0);
+    cancel.cancel();
+}
