@@ -1034,7 +1034,10 @@ async fn deleting_a_dataset_stops_its_waiting_background_download() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     while metrics.downloads.active.get() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no download started");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no download started"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     b.delete(cid).await.unwrap();
