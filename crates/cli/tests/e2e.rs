@@ -10,7 +10,7 @@ use std::{
 
 mod common;
 
-use common::{BIN, NodeProc, WAIT, cli, client, connect, random};
+use common::{BIN, NodeProc, WAIT, cli, client, connect, random, upload};
 
 fn space(c: &reqwest::blocking::Client, n: &NodeProc) -> serde_json::Value {
     c.get(n.url("/space")).send().unwrap().json().unwrap()
@@ -400,13 +400,7 @@ fn download_from_another_node() {
     let b = NodeProc::start(&dir.path().join("b"), &[], &[]);
     let c = client();
     let data = random(5 * 65536 + 999, 77);
-    let cid = c
-        .post(a.url("/data"))
-        .body(data.clone())
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let cid = upload(&c, &a, &data);
     // B does not have it yet.
     let r = c.get(b.url(&format!("/data/{cid}"))).send().unwrap();
     assert_eq!(r.status(), 404);
@@ -444,13 +438,7 @@ fn download_from_another_node() {
 
     // The CLI downloads from the network through B.
     let data2 = random(3 * 65536, 78);
-    let cid2 = c
-        .post(a.url("/data"))
-        .body(data2.clone())
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let cid2 = upload(&c, &a, &data2);
     let out = dir.path().join("out.bin");
     let o = cli(&[
         "download",
@@ -583,13 +571,7 @@ fn ranges_head_etag_and_cors() {
     let c = client();
     let data = random(6 * BLOCK + 777, 91);
     let size = data.len();
-    let cid = c
-        .post(a.url("/data"))
-        .body(data.clone())
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let cid = upload(&c, &a, &data);
     let local = a.url(&format!("/data/{cid}"));
     check_ranges(
         &c,
@@ -773,13 +755,7 @@ fn download_checks_a_partial_file_before_resuming() {
     let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
     let c = client();
     let data = random(5 * BLOCK + 4321, 17);
-    let cid = c
-        .post(n.url("/data"))
-        .body(data.clone())
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let cid = upload(&c, &n, &data);
     let out = dir.path().join("out.bin");
     let part = dir.path().join("out.bin.part");
     let shown = out.display().to_string();
@@ -953,13 +929,7 @@ fn five_nodes_find_a_dataset_through_the_dht() {
     }
 
     let data = random(5 * 65536 + 999, 42);
-    let cid = c
-        .post(nodes[1].url("/data"))
-        .body(data.clone())
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let cid = upload(&c, &nodes[1], &data);
     // Node 5 streams it by CID. The provider record may take a moment to land (node 2
     // announces it in the background), so a "not found" is retried within the deadline.
     let deadline = Instant::now() + WAIT * 2;
@@ -1140,13 +1110,7 @@ fn sigterm_lets_a_network_stream_in_flight_finish() {
     // More blocks than a download fetches ahead of its reader (a window of at most 512 blocks
     // and 8 blocks of read-ahead), so most of it is fetched after the SIGTERM.
     let data = random(640 * 65536 + 17, 91);
-    let cid = c
-        .post(a.url("/data"))
-        .body(data.clone())
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let cid = upload(&c, &a, &data);
     connect(&c, &b, &a);
 
     let mut stream = c

@@ -275,35 +275,21 @@ impl EngineHandle {
     /// Waits until every block accepted so far has been written (or failed to be). Under a
     /// steady stream of new blocks this waits for a moment when the write queue is empty.
     pub async fn flush(&self) -> Result<(), FetchError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Flush { done: tx })
-            .await
-            .map_err(|_| FetchError::Stopped)?;
-        rx.await.map_err(|_| FetchError::Stopped)
+        self.ask(|tx| Command::Flush { done: tx }).await
     }
 
     /// Connected peers known to hold blocks of dataset `tree` (they answered `Have` for one
     /// of its leaves, or have one of its leaves requested from them).
     pub async fn holders(&self, tree: Cid) -> Result<usize, FetchError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Holders { tree, done: tx })
-            .await
-            .map_err(|_| FetchError::Stopped)?;
-        rx.await.map_err(|_| FetchError::Stopped)
+        self.ask(|tx| Command::Holders { tree, done: tx }).await
     }
 
     /// Whether every connected peer (at least one) answered `DontHave` to our `WantHave` for
     /// the pending non-leaf `address`: nobody we can ask has it. False when the address is not
     /// pending, and for leaves (whose queries do not ask for `DontHave`).
     pub async fn denied_by_all(&self, address: BlockAddress) -> Result<bool, FetchError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Command::DeniedByAll { address, done: tx })
+        self.ask(|tx| Command::DeniedByAll { address, done: tx })
             .await
-            .map_err(|_| FetchError::Stopped)?;
-        rx.await.map_err(|_| FetchError::Stopped)
     }
 
     /// Drops every want for the blocks of dataset `tree` and its manifest `manifest` (the
@@ -315,14 +301,22 @@ impl EngineHandle {
         let _ = self.tx.send(Command::Forget { tree, manifest }).await;
     }
 
-    /// Counters.
-    pub async fn stats(&self) -> Result<EngineStats, FetchError> {
+    /// Sends the command `make` builds around a reply channel and waits for the reply.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, FetchError> {
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Command::Stats { done: tx })
+            .send(make(tx))
             .await
             .map_err(|_| FetchError::Stopped)?;
         rx.await.map_err(|_| FetchError::Stopped)
+    }
+
+    /// Counters.
+    pub async fn stats(&self) -> Result<EngineStats, FetchError> {
+        self.ask(|tx| Command::Stats { done: tx }).await
     }
 }
 

@@ -455,11 +455,12 @@ impl Node {
             // no peer has had its next block for the engine's no-holder timeout it looks again
             // (the provider watcher searches the DHT meanwhile), and gives up only after
             // `BACKGROUND_PATIENCE` without its next missing block arriving.
-            let mut progress = (std::time::Instant::now(), 0u64);
+            // Each attempt starts at the first block not stored yet: one after a stall, or a
+            // download resumed at start, does not read back what is already here.
+            let mut next = first_missing(&store, &m).await;
+            let mut progress = (std::time::Instant::now(), next);
             let r = loop {
-                // From the first block not stored yet: an attempt after a stall, or a download
-                // resumed at start, does not read back what is already here.
-                let from = first_missing(&store, &m).await.saturating_mul(m.block_size);
+                let from = next.saturating_mul(m.block_size);
                 let range = ByteRange::new(from.min(all.end()), all.end()).unwrap_or(all);
                 let attempt = fetch::fetch_dataset(
                     store.clone(),
@@ -476,7 +477,7 @@ impl Node {
                         break fetch::check_stored(&store, &engine, &m, 0..m.blocks_count()).await;
                     }
                     Err(NodeError::NotFound) => {
-                        let next = first_missing(&store, &m).await;
+                        next = first_missing(&store, &m).await;
                         if next > progress.1 {
                             // The attempt moved on, then found no holder for its next block
                             // for the no-holder timeout: that long without progress.

@@ -169,6 +169,16 @@ pub(crate) fn connect(c: &reqwest::blocking::Client, from: &NodeProc, to: &NodeP
     assert_eq!(r.status(), 200, "{:?}", r.text());
 }
 
+/// Uploads `data` to node `n` (`POST /data`) and returns the CID it answers.
+pub(crate) fn upload(c: &reqwest::blocking::Client, n: &NodeProc, data: &[u8]) -> String {
+    c.post(n.url("/data"))
+        .body(data.to_vec())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap()
+}
+
 pub(crate) fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder()
         .timeout(WAIT)
