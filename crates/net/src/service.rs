@@ -142,6 +142,13 @@ pub enum NetEvent {
         /// The peer.
         peer: PeerId,
     },
+    /// One connection to a peer closed while another stays open (a reconnect that overlapped
+    /// the old connection, or one of two simultaneous dials going away). Whatever was in flight
+    /// on the closed one, either way, is lost: requests we sent, deliveries the peer sent.
+    ConnectionLost {
+        /// The peer, still connected.
+        peer: PeerId,
+    },
     /// The peer broke the block-exchange protocol (it has been penalised, and the stream it
     /// used closed): whatever was asked of it will not come.
     Violation {
@@ -820,6 +827,8 @@ impl Service {
                     self.fixed_disconnected(peer_id);
                 } else if let Some(c) = self.connected.get_mut(&peer_id) {
                     c.connections = num_established as usize;
+                    debug!(peer = %peer_id, left = num_established, "one connection to the peer closed");
+                    self.emit(NetEvent::ConnectionLost { peer: peer_id });
                 }
             }
             SwarmEvent::OutgoingConnectionError {

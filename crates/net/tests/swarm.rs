@@ -314,3 +314,77 @@ async fn a_connect_during_a_disconnect_makes_a_new_connection() {
     );
     cancel.cancel();
 }
+
+/// A peer holding two connections to A closes one of them: A's node hears that a connection
+/// was lost (what was in flight on it is gone) while the peer stays connected, and it does not
+/// hear that the peer disconnected. The peer is a plain libp2p swarm with the node's transport,
+/// which can dial A twice and close exactly one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_one_of_two_connections_is_reported_as_a_lost_connection() {
+    use futures::StreamExt;
+    use libp2p::swarm::{
+        SwarmEvent,
+        dial_opts::{DialOpts, PeerCondition},
+    };
+    let cancel = CancellationToken::new();
+    let (a, mut ev_a) = node(Muxers::Yamux, &cancel).await;
+    let a_id = a.local_peer_id();
+    let addrs = a.listen_addrs().await.unwrap();
+    let key = Keypair::generate_secp256k1();
+    let me = key.public().to_peer_id();
+    let mut peer = libp2p::Swarm::new(
+        cairn_net::transport::build(&key, Muxers::Yamux).unwrap(),
+        libp2p::swarm::dummy::Behaviour,
+        me,
+        libp2p::swarm::Config::with_tokio_executor()
+            .with_idle_connection_timeout(Duration::from_secs(60)),
+    );
+    let dial = || {
+        DialOpts::peer_id(a_id)
+            .addresses(addrs.clone())
+            .condition(PeerCondition::Always)
+            .build()
+    };
+    peer.dial(dial()).unwrap();
+    peer.dial(dial()).unwrap();
+    let mut open = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while open.len() < 2 {
+            match peer.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { connection_id, .. } => open.push(connection_id),
+                SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("two connections to A");
+    assert!(peer.close_connection(open[0]));
+
+    let seen = tokio::time::timeout(WAIT, async {
+        let mut seen = Vec::new();
+        loop {
+            tokio::select! {
+                _ = peer.select_next_some() => {}
+                ev = ev_a.recv() => match ev {
+                    Some(NetEvent::PeerConnected { peer, .. }) if peer == me => seen.push("connected"),
+                    Some(NetEvent::PeerDisconnected { peer }) if peer == me => seen.push("disconnected"),
+                    Some(NetEvent::ConnectionLost { peer }) if peer == me => {
+                        seen.push("lost");
+                        return seen;
+                    }
+                    Some(_) => {}
+                    None => panic!("A's events ended"),
+                },
+            }
+        }
+    })
+    .await
+    .expect("A did not report the lost connection");
+    assert_eq!(seen, ["connected", "lost"]);
+    assert!(
+        a.peers().await.unwrap().iter().any(|p| p.peer == me),
+        "the peer is still connected"
+    );
+    cancel.cancel();
+}

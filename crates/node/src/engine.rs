@@ -24,6 +24,9 @@
 //!   penalised as [`PeerAction::Fatal`] and the want goes to another holder.
 //! * A peer with outstanding requests that delivers nothing for [`ACTIVITY_TIMEOUT`] loses them
 //!   to other holders (the reference disconnects it after a minute).
+//! * When one of a peer's connections closes and another stays ([`NetEvent::ConnectionLost`]),
+//!   what was in flight on it is gone: its outstanding requests are asked again at once and it
+//!   hears again what we are looking for.
 //! * Verified leaves go to their requesters at once and are written behind them in batches
 //!   (from [`STORE_MIN_BATCH_BLOCKS`] to [`STORE_BATCH_BLOCKS`], sooner after [`STORE_LINGER`]
 //!   or when nothing more is coming; at most [`STORE_TASKS`] at once) so one commit and one
@@ -740,6 +743,29 @@ impl Engine {
                     }
                 }
                 self.serve_rr.retain(|p| *p != peer);
+            }
+            NetEvent::ConnectionLost { peer } => {
+                // The peer stays, but what was in flight on the lost connection is gone both
+                // ways: its requests are asked again (of whichever holder is free, this peer
+                // included) and it hears again what we are looking for. What it asked of us it
+                // asks again itself (a cairn peer sees the same connection close).
+                let addrs: Vec<BlockAddress> = match self.peers.get_mut(&peer) {
+                    Some(st) => st.outstanding.drain().map(|(a, _)| a).collect(),
+                    None => return,
+                };
+                debug!(%peer, requests = addrs.len(), "a connection to the peer closed; asking again");
+                for a in addrs {
+                    self.release(a, peer, false);
+                }
+                let queries: Vec<WantEntry> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| !p.storing)
+                    .map(|(a, _)| query(*a))
+                    .collect();
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.outbox_wants.extend(queries);
+                }
             }
             NetEvent::Violation { peer } => {
                 let addrs: Vec<BlockAddress> = match self.peers.get_mut(&peer) {

@@ -1054,3 +1054,69 @@ async fn deleting_a_dataset_stops_its_waiting_background_download() {
     assert_eq!(b.engine().unwrap().stats().await.unwrap().pending, 0);
     cancel.cancel();
 }
+
+/// One connection to a peer closes while another stays (a reconnect that overlapped the old
+/// connection; the swarm's side is `cairn-net`'s `closing_one_of_two_connections_…` test): the
+/// peer never disconnects as far as the engine can tell, but what was in flight on the closed
+/// connection is gone. Here B's events pass through the test, which drops one message of
+/// deliveries from A mid-download (lost with the connection) and then reports the lost
+/// connection. B asks again for what it lost at once, instead of leaving those requests to the
+/// silent-peer timeout ([`cairn_node::engine::ACTIVITY_TIMEOUT`]), which A, busy delivering
+/// everything else, would not even trip until the rest was done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_lost_with_a_connection_are_asked_again_at_once() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (nb, mut real_events) = bare(&cancel).await;
+    let (tx, events) = mpsc::channel(64);
+    let b = Node::with_network(
+        Store::in_memory(StoreConfig::default()).unwrap(),
+        NodeConfig::default(),
+        nb.clone(),
+        events,
+        cancel.clone(),
+    );
+    let a_id = na.local_peer_id();
+    let lost = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lost_in = lost.clone();
+    tokio::spawn(async move {
+        let mut delivered = 0;
+        while let Some(ev) = real_events.recv().await {
+            if let NetEvent::Message { peer, message } = &ev
+                && *peer == a_id
+                && !message.deliveries.is_empty()
+            {
+                delivered += message.deliveries.len();
+                if delivered > 100 && lost_in.lock().unwrap().is_empty() {
+                    lost_in
+                        .lock()
+                        .unwrap()
+                        .extend(message.deliveries.iter().map(|d| d.address));
+                    if tx
+                        .send(NetEvent::ConnectionLost { peer: a_id })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            }
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let original = data(600 * 65536, 7);
+    let cid = upload(&a, &original).await;
+    connect(&nb, &na).await;
+    assert_eq!(network_bytes(&b, cid).await, original);
+    assert!(!lost.lock().unwrap().is_empty(), "no delivery was dropped");
+    let stats = b.engine().unwrap().stats().await.unwrap();
+    assert_eq!(
+        stats.timeouts, 0,
+        "lost requests waited for the silent-peer timeout: {stats:?}"
+    );
+    cancel.cancel();
+}
