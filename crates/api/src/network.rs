@@ -33,6 +33,9 @@ pub(crate) fn network_error(e: NodeError) -> ApiError {
         NodeError::Fetch(cairn_node::engine::FetchError::Busy) => {
             ApiError::Unavailable("Too many blocks are being fetched; try again later.".into())
         }
+        e @ NodeError::TooManyDownloads { .. } => {
+            ApiError::Unavailable(format!("{e}; try again when one has ended."))
+        }
         other => other.into(),
     }
 }

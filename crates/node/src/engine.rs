@@ -445,6 +445,9 @@ pub struct Engine {
     unannounced: Vec<BlockAddress>,
     parked: HashMap<BlockAddress, HashSet<PeerId>>,
     to_store: VecDeque<ToStore>,
+    /// Standalone blocks (manifests) in `to_store`: their requesters wait for the write, so
+    /// the batch goes at once.
+    standalone_queued: usize,
     storing: usize,
     serve_rr: VecDeque<PeerId>,
     serving: usize,
@@ -485,6 +488,7 @@ pub fn spawn(
         unannounced: Vec::new(),
         parked: HashMap::new(),
         to_store: VecDeque::new(),
+        standalone_queued: 0,
         storing: 0,
         serve_rr: VecDeque::new(),
         serving: 0,
@@ -510,8 +514,12 @@ impl Engine {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Queued blocks are written once the oldest has waited `STORE_LINGER`, even when
+            // nothing else wakes the engine by then.
+            let linger = self.linger_deadline();
             tokio::select! {
                 () = cancel.cancelled() => break,
+                () = sleep_until_some(linger) => {}
                 ev = events.recv() => match ev {
                     Some(ev) => self.on_net(ev),
                     None => break,
@@ -889,6 +897,9 @@ impl Engine {
             if *other != peer && st.outstanding.remove(&address).is_some() {
                 st.outbox_wants.push(WantEntry::cancel(address));
             }
+        }
+        if matches!(verified, Verified::Block(_)) {
+            self.standalone_queued += 1;
         }
         self.to_store.push_back(ToStore {
             block: verified,
@@ -1280,7 +1291,7 @@ impl Engine {
             store_due(
                 self.to_store.len(),
                 now.saturating_duration_since(oldest.queued),
-                self.stopping || !self.flush_waiters.is_empty(),
+                self.stopping || !self.flush_waiters.is_empty() || self.standalone_queued > 0,
                 self.pending
                     .len()
                     .saturating_sub(self.to_store.len() + self.storing_blocks),
@@ -1288,10 +1299,24 @@ impl Engine {
         })
     }
 
+    /// When the oldest queued block will have waited [`STORE_LINGER`], if a writer is free for
+    /// it then.
+    fn linger_deadline(&self) -> Option<Instant> {
+        if self.storing >= STORE_TASKS {
+            return None; // a finishing write wakes the engine
+        }
+        self.to_store.front().map(|b| b.queued + STORE_LINGER)
+    }
+
     fn start_store(&mut self, now: Instant) {
         while self.storing < STORE_TASKS && self.store_due(now) {
             let n = self.to_store.len().min(STORE_BATCH_BLOCKS);
             let batch: Vec<ToStore> = self.to_store.drain(..n).collect();
+            let standalone = batch
+                .iter()
+                .filter(|b| matches!(b.block, Verified::Block(_)))
+                .count();
+            self.standalone_queued -= standalone;
             let store = self.store.clone();
             self.storing += 1;
             self.storing_blocks += n;
@@ -1393,6 +1418,14 @@ impl Engine {
                 Done::ControlSent { peer }
             });
         }
+    }
+}
+
+/// Waits until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -34,6 +34,13 @@ pub enum NodeError {
         /// Blocks in the dataset.
         blocks: u64,
     },
+    /// As many background downloads as the node runs at once are running
+    /// ([`crate::MAX_BACKGROUND_DOWNLOADS`]).
+    #[error("{max} background downloads are running, the most this node runs at once")]
+    TooManyDownloads {
+        /// The limit.
+        max: usize,
+    },
     /// The node runs without a network.
     #[error("this node has no network")]
     NoNetwork,

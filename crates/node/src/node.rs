@@ -1,6 +1,13 @@
 //! The [`Node`] handle.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bytes::Bytes;
 use cairn_core::{BlockAddress, Cid, Manifest, cid::Codec};
@@ -45,9 +52,14 @@ pub const BACKGROUND_PATIENCE: Duration = Duration::from_secs(10 * 60);
 /// attempt itself waits up to [`crate::engine::NO_HOLDER_TIMEOUT`] for a holder).
 pub const BACKGROUND_RETRY_PAUSE: Duration = Duration::from_secs(5);
 
-/// Background downloads resumed at start ([`Node::resume_downloads`]); more were asked for
-/// only if a user started that many and the node stopped before they ended.
-pub const MAX_RESUMED_DOWNLOADS: usize = 256;
+/// Background downloads running at once ([`Node::download`]); one more is refused with
+/// [`NodeError::TooManyDownloads`] (`503`) until one ends. Each holds a task, a quota
+/// reservation and a provider watch; the engine's limit on pending wants bounds their blocks.
+pub const MAX_BACKGROUND_DOWNLOADS: usize = 256;
+
+/// Background downloads resumed at start ([`Node::resume_downloads`]): as many as may run, so
+/// a restart resumes every one that was running.
+pub const MAX_RESUMED_DOWNLOADS: usize = MAX_BACKGROUND_DOWNLOADS;
 
 /// How often a manifest fetch checks whether it still has anybody to ask: a node alone, or one
 /// whose peers all said they lack the manifest after the DHT search came up empty.
@@ -105,6 +117,22 @@ struct Network {
     /// The engine's task, until [`Node::stopped`] takes it.
     engine_task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
     discoverer: Option<Discoverer>,
+    /// The background downloads running, by manifest CID, each with its "asked again" flag.
+    background: Arc<Mutex<HashMap<Cid, Arc<AtomicBool>>>>,
+}
+
+/// A background download's place among the running ones, given back when it ends.
+struct Running {
+    set: Arc<Mutex<HashMap<Cid, Arc<AtomicBool>>>>,
+    cid: Cid,
+    /// Set when the dataset is asked for again while this download runs.
+    asked_again: Arc<AtomicBool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.cid);
+    }
 }
 
 /// Streamed dataset bytes.
@@ -162,6 +190,7 @@ impl Node {
                 engine,
                 engine_task: Arc::new(Mutex::new(Some(engine_task))),
                 discoverer: None,
+                background: Arc::default(),
             }),
         }
     }
@@ -427,9 +456,32 @@ impl Node {
     /// Fetches dataset `cid` (manifest and every block) in the background; returns the manifest
     /// once it is known. The request is kept in the store until the download completes or gives
     /// up, so a node stopped meanwhile resumes it at its next start
-    /// ([`Node::resume_downloads`]).
+    /// ([`Node::resume_downloads`]). A dataset already downloading in the background is not
+    /// fetched twice: asking again answers its manifest and gives the running download its full
+    /// patience again ([`BACKGROUND_PATIENCE`]). At most [`MAX_BACKGROUND_DOWNLOADS`] run at once.
     pub async fn download(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
+        let running = {
+            let set = &self.network()?.background;
+            let mut running = set.lock();
+            if let Some(asked_again) = running.get(&cid) {
+                asked_again.store(true, Ordering::Relaxed);
+                debug!(%cid, "a background download of this dataset is running already");
+                return Ok(manifest);
+            }
+            if running.len() >= MAX_BACKGROUND_DOWNLOADS {
+                return Err(NodeError::TooManyDownloads {
+                    max: MAX_BACKGROUND_DOWNLOADS,
+                });
+            }
+            let asked_again = Arc::new(AtomicBool::new(false));
+            running.insert(cid, asked_again.clone());
+            Running {
+                set: set.clone(),
+                cid,
+                asked_again,
+            }
+        };
         let reservation = self
             .reserve_room(cid, &manifest, ByteRange::full(manifest.download_size()))
             .await?;
@@ -446,6 +498,7 @@ impl Node {
         let node = self.clone();
         let metrics = self.config.metrics.downloads.clone();
         tokio::spawn(async move {
+            let running = running;
             let _watch = node.watch_providers(&m);
             let started = std::time::Instant::now();
             let mut download = Download::start(&metrics);
@@ -484,6 +537,10 @@ impl Node {
                             let now = std::time::Instant::now();
                             let since = now.checked_sub(engine::NO_HOLDER_TIMEOUT).unwrap_or(now);
                             progress = (since, next);
+                        }
+                        if running.asked_again.swap(false, Ordering::Relaxed) {
+                            // Somebody still wants it: wait for it as long as for a new one.
+                            progress.0 = std::time::Instant::now();
                         }
                         let idle = progress.0.elapsed();
                         if idle >= BACKGROUND_PATIENCE {

@@ -895,18 +895,30 @@ async fn a_background_download_waits_out_a_missing_provider() {
 /// Makes the bare swarm `net` (its events on `events`) a peer that has dataset manifest
 /// `manifest` and nothing else: it answers `Have` and delivers the manifest, and ignores every
 /// other want.
-fn serve_manifest_only(net: NetworkHandle, mut events: mpsc::Receiver<NetEvent>, manifest: Block) {
-    let address = BlockAddress::Block(*manifest.cid());
+fn serve_manifest_only(net: NetworkHandle, events: mpsc::Receiver<NetEvent>, manifest: Block) {
+    serve_manifests_only(net, events, vec![manifest]);
+}
+
+/// [`serve_manifest_only`] for several manifests.
+fn serve_manifests_only(
+    net: NetworkHandle,
+    mut events: mpsc::Receiver<NetEvent>,
+    manifests: Vec<Block>,
+) {
+    let manifests: std::collections::HashMap<BlockAddress, Block> = manifests
+        .into_iter()
+        .map(|m| (BlockAddress::Block(*m.cid()), m))
+        .collect();
     tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
             let NetEvent::Message { peer, message } = ev else {
                 continue;
             };
-            for e in message
-                .wantlist
-                .iter()
-                .filter(|e| e.address == address && !e.cancel)
-            {
+            for e in message.wantlist.iter().filter(|e| !e.cancel) {
+                let Some(manifest) = manifests.get(&e.address) else {
+                    continue;
+                };
+                let address = e.address;
                 let reply = match e.want_type {
                     WantType::Have => Message::presences(vec![cairn_blockexc::BlockPresence {
                         address,
@@ -1118,5 +1130,96 @@ async fn requests_lost_with_a_connection_are_asked_again_at_once() {
         stats.timeouts, 0,
         "lost requests waited for the silent-peer timeout: {stats:?}"
     );
+    cancel.cancel();
+}
+
+/// Asking for a dataset that is already downloading in the background does not start a second
+/// download of it: both requests answer the manifest, one download runs (and completes), and
+/// the request is recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_twice_for_a_background_download_runs_it_once() {
+    let cancel = CancellationToken::new();
+    let (b, nb, _, metrics) = common::node_with_metrics(&cancel).await;
+    let (nm, m_events) = bare(&cancel).await;
+    let (c, nc) = node(&cancel).await;
+    let original = data(20 * 65536 + 3, 82);
+    let cid = upload(&c, &original).await;
+    let Ok(Some(manifest)) = c.store().get_block(&cid) else {
+        panic!("C lacks its manifest");
+    };
+    serve_manifest_only(nm.clone(), m_events, manifest);
+    connect(&nb, &nm).await;
+    for _ in 0..3 {
+        let m = tokio::time::timeout(WAIT, b.download(cid))
+            .await
+            .expect("the manifest fetch hangs")
+            .unwrap();
+        assert_eq!(m.dataset_size, original.len() as u64);
+    }
+    assert_eq!(b.store().fetches(10).unwrap(), vec![cid]);
+    connect(&nb, &nc).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metrics.downloads.completed.count() == 0 || metrics.downloads.active.get() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the download did not complete"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(local_bytes(&b, cid).await, original);
+    assert_eq!(metrics.downloads.completed.count(), 1, "downloads run");
+    assert_eq!(metrics.downloads.failed.count(), 0);
+    assert!(
+        b.store().fetches(10).unwrap().is_empty(),
+        "forgotten once done"
+    );
+    // Once it has ended, asking again starts a download again (it finds everything here).
+    b.download(cid).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metrics.downloads.completed.count() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no second download");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+}
+
+/// At most `MAX_BACKGROUND_DOWNLOADS` background downloads run at once: with that many waiting
+/// for blocks no peer has, one more is refused with `TooManyDownloads` (a `503` in the API),
+/// and a dataset already among them is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_downloads_are_bounded() {
+    let max = cairn_node::MAX_BACKGROUND_DOWNLOADS;
+    let cancel = CancellationToken::new();
+    let (c, _nc) = node(&cancel).await;
+    let mut cids = Vec::new();
+    let mut manifests = Vec::new();
+    for i in 0..=max {
+        // (`data` sets the seed's low bit: odd seeds keep them apart.)
+        let cid = upload(&c, &data(1000, 1001 + 2 * i as u64)).await;
+        let Ok(Some(m)) = c.store().get_block(&cid) else {
+            panic!("C lacks its manifest");
+        };
+        cids.push(cid);
+        manifests.push(m);
+    }
+    let (nm, m_events) = bare(&cancel).await;
+    serve_manifests_only(nm.clone(), m_events, manifests);
+    let (b, nb) = node(&cancel).await;
+    connect(&nb, &nm).await;
+    tokio::time::timeout(WAIT, async {
+        for cid in &cids[..max] {
+            b.download(*cid).await.unwrap();
+        }
+    })
+    .await
+    .expect("the manifest fetches hang");
+    let r = tokio::time::timeout(WAIT, b.download(cids[max]))
+        .await
+        .expect("the manifest fetch hangs");
+    assert!(
+        matches!(r, Err(cairn_node::NodeError::TooManyDownloads { max: m }) if m == max),
+        "{r:?}"
+    );
+    b.download(cids[0]).await.unwrap();
     cancel.cancel();
 }
