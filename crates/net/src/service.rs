@@ -828,7 +828,12 @@ impl Service {
                 } else if let Some(c) = self.connected.get_mut(&peer_id) {
                     c.connections = num_established as usize;
                     debug!(peer = %peer_id, left = num_established, "one connection to the peer closed");
-                    self.emit(NetEvent::ConnectionLost { peer: peer_id });
+                    // Not while we hang up on the peer: it is going away altogether. (A
+                    // connection opened after the hang-up cleared `closing`: the old one going
+                    // away then is a lost connection.)
+                    if !c.closing {
+                        self.emit(NetEvent::ConnectionLost { peer: peer_id });
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError {

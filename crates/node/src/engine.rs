@@ -25,8 +25,10 @@
 //! * A peer with outstanding requests that delivers nothing for [`ACTIVITY_TIMEOUT`] loses them
 //!   to other holders (the reference disconnects it after a minute).
 //! * When one of a peer's connections closes and another stays ([`NetEvent::ConnectionLost`]),
-//!   what was in flight on it is gone: its outstanding requests are asked again at once and it
-//!   hears again what we are looking for.
+//!   what was in flight on it is gone: the peer is asked again at once for the blocks it was
+//!   asked for, and about the others we are looking for.
+//! * A peer is not sent a `WantHave` for a block it was asked for (`WantBlock`) or said it
+//!   has: redundant, and older reference engines let it replace the `WantBlock`.
 //! * Verified leaves go to their requesters at once and are written behind them in batches
 //!   (from [`STORE_MIN_BATCH_BLOCKS`] to [`STORE_BATCH_BLOCKS`], sooner after [`STORE_LINGER`]
 //!   or when nothing more is coming; at most [`STORE_TASKS`] at once) so one commit and one
@@ -754,25 +756,30 @@ impl Engine {
             }
             NetEvent::ConnectionLost { peer } => {
                 // The peer stays, but what was in flight on the lost connection is gone both
-                // ways: its requests are asked again (of whichever holder is free, this peer
-                // included) and it hears again what we are looking for. What it asked of us it
-                // asks again itself (a cairn peer sees the same connection close).
-                let addrs: Vec<BlockAddress> = match self.peers.get_mut(&peer) {
-                    Some(st) => st.outstanding.drain().map(|(a, _)| a).collect(),
-                    None => return,
+                // ways. Its requests are asked of it again (a repeated `WantBlock` changes
+                // nothing at a peer that still has it; one that sent the block on the other
+                // connection may send it twice, a counted duplicate), and it hears again what we
+                // are looking for, except what it told us it has or is asked for (see
+                // `announce`). What it asked of us it asks again itself (a cairn peer sees the
+                // same connection close).
+                let pending = &self.pending;
+                let Some(st) = self.peers.get_mut(&peer) else {
+                    return;
                 };
-                debug!(%peer, requests = addrs.len(), "a connection to the peer closed; asking again");
-                for a in addrs {
-                    self.release(a, peer, false);
+                let mut queued: HashSet<BlockAddress> =
+                    st.outbox_wants.iter().map(|w| w.address).collect();
+                let again: Vec<BlockAddress> = st.outstanding.keys().copied().collect();
+                debug!(%peer, requests = again.len(), "a connection to the peer closed; asking again");
+                for a in again {
+                    st.outstanding.insert(a, now);
+                    if queued.insert(a) {
+                        st.outbox_wants.push(WantEntry::block(a));
+                    }
                 }
-                let queries: Vec<WantEntry> = self
-                    .pending
-                    .iter()
-                    .filter(|(_, p)| !p.storing)
-                    .map(|(a, _)| query(*a))
-                    .collect();
-                if let Some(st) = self.peers.get_mut(&peer) {
-                    st.outbox_wants.extend(queries);
+                for (a, _) in pending.iter().filter(|(_, p)| !p.storing) {
+                    if !st.haves.contains(a) && queued.insert(*a) {
+                        st.outbox_wants.push(query(*a));
+                    }
                 }
             }
             NetEvent::Violation { peer } => {
@@ -1378,7 +1385,16 @@ impl Engine {
         }
         let addrs = std::mem::take(&mut self.unannounced);
         for st in self.peers.values_mut() {
-            st.outbox_wants.extend(addrs.iter().map(|a| query(*a)));
+            // Not a peer that said it has the block, nor one asked for it: the query is
+            // redundant there (a re-wanted block goes to a known holder at once). The reference
+            // (v0.2.5, `wantListHandler`) ignores it as a repeat, but its older engines kept one
+            // entry per block and a later `WantHave` replaced the `WantBlock`, which was then
+            // never served.
+            let queries = addrs
+                .iter()
+                .filter(|a| !st.haves.contains(*a) && !st.outstanding.contains_key(*a))
+                .map(|a| query(*a));
+            st.outbox_wants.extend(queries);
         }
     }
 

@@ -129,9 +129,31 @@ struct Running {
     asked_again: Arc<AtomicBool>,
 }
 
+impl Running {
+    /// Ends this download's place unless, with `restart`, it was asked for again meanwhile
+    /// (then it stays, and the download starts over). Returns whether it ended. Checked and
+    /// given up under one lock, so a request either sees it running (and is served by the
+    /// restart) or finds it gone (and starts a download of its own).
+    fn end(&self, restart: bool) -> bool {
+        let mut running = self.set.lock();
+        if restart && self.asked_again.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        Running::remove(&mut running, self.cid, &self.asked_again);
+        true
+    }
+
+    /// Removes `cid`'s entry if it is still `mine` (a new download may hold it by now).
+    fn remove(running: &mut HashMap<Cid, Arc<AtomicBool>>, cid: Cid, mine: &Arc<AtomicBool>) {
+        if running.get(&cid).is_some_and(|a| Arc::ptr_eq(a, mine)) {
+            running.remove(&cid);
+        }
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
-        self.set.lock().remove(&self.cid);
+        Running::remove(&mut self.set.lock(), self.cid, &self.asked_again);
     }
 }
 
@@ -460,6 +482,15 @@ impl Node {
     /// fetched twice: asking again answers its manifest and gives the running download its full
     /// patience again ([`BACKGROUND_PATIENCE`]). At most [`MAX_BACKGROUND_DOWNLOADS`] run at once.
     pub async fn download(&self, cid: Cid) -> Result<Manifest, NodeError> {
+        {
+            // Refused before the manifest is fetched (and stored); checked again below.
+            let running = self.network()?.background.lock();
+            if running.len() >= MAX_BACKGROUND_DOWNLOADS && !running.contains_key(&cid) {
+                return Err(NodeError::TooManyDownloads {
+                    max: MAX_BACKGROUND_DOWNLOADS,
+                });
+            }
+        }
         let manifest = self.fetch_manifest(cid).await?;
         let running = {
             let set = &self.network()?.background;
@@ -492,83 +523,47 @@ impl Node {
                 warn!(%cid, error = %e, "cannot record the background download");
             }
         }
-        let engine = self.network()?.engine.clone();
+        tokio::spawn(
+            self.clone()
+                .background(running, manifest.clone(), reservation),
+        );
+        Ok(manifest)
+    }
+
+    /// Runs the background download of [`Node::download`] until it completes, gives up, the
+    /// dataset is deleted or the node stops. One that ends while it was asked for again (as it
+    /// gave up, or after a delete when the request stored the manifest again) starts over.
+    async fn background(self, running: Running, m: Manifest, reservation: Reservation) {
+        let cid = running.cid;
         let store = self.store.clone();
-        let m = manifest.clone();
-        let node = self.clone();
+        let Ok(engine) = self.network().map(|n| n.engine.clone()) else {
+            return;
+        };
         let metrics = self.config.metrics.downloads.clone();
-        tokio::spawn(async move {
-            let running = running;
-            let _watch = node.watch_providers(&m);
+        let _watch = self.watch_providers(&m);
+        let mut reservation = Some(reservation);
+        loop {
             let started = std::time::Instant::now();
             let mut download = Download::start(&metrics);
-            let all = ByteRange::full(m.download_size());
-            let mut reservation = Some(reservation);
-            // Nobody waits on a background download, so it outlasts a provider's absence: when
-            // no peer has had its next block for the engine's no-holder timeout it looks again
-            // (the provider watcher searches the DHT meanwhile), and gives up only after
-            // `BACKGROUND_PATIENCE` without its next missing block arriving.
-            // Each attempt starts at the first block not stored yet: one after a stall, or a
-            // download resumed at start, does not read back what is already here.
-            let mut next = first_missing(&store, &m).await;
-            let mut progress = (std::time::Instant::now(), next);
-            let r = loop {
-                let from = next.saturating_mul(m.block_size);
-                let range = ByteRange::new(from.min(all.end()), all.end()).unwrap_or(all);
-                let attempt = fetch::fetch_dataset(
-                    store.clone(),
-                    engine.clone(),
-                    m.clone(),
-                    range,
-                    None,
-                    &mut reservation,
-                    &metrics,
-                )
+            let r = self
+                .background_attempts(&engine, &m, &mut reservation, &running)
                 .await;
-                match attempt {
-                    Ok(_) => {
-                        break fetch::check_stored(&store, &engine, &m, 0..m.blocks_count()).await;
-                    }
-                    Err(NodeError::NotFound) => {
-                        next = first_missing(&store, &m).await;
-                        if next > progress.1 {
-                            // The attempt moved on, then found no holder for its next block
-                            // for the no-holder timeout: that long without progress.
-                            let now = std::time::Instant::now();
-                            let since = now.checked_sub(engine::NO_HOLDER_TIMEOUT).unwrap_or(now);
-                            progress = (since, next);
-                        }
-                        if running.asked_again.swap(false, Ordering::Relaxed) {
-                            // Somebody still wants it: wait for it as long as for a new one.
-                            progress.0 = std::time::Instant::now();
-                        }
-                        let idle = progress.0.elapsed();
-                        if idle >= BACKGROUND_PATIENCE {
-                            break Err(NodeError::NotFound);
-                        }
-                        metrics.stalls.inc();
-                        info!(%cid, block = next, idle = ?idle, "background download: no peer has the next block yet; still looking");
-                        tokio::time::sleep(BACKGROUND_RETRY_PAUSE).await;
-                    }
-                    Err(e) => break Err(e),
-                }
-            };
-            download.finish(match &r {
-                Ok(()) => DownloadOutcome::Completed,
-                Err(_) => DownloadOutcome::Failed,
-            });
-            drop(download);
             // Kept only when the node is stopping, to be resumed at its next start.
-            if !matches!(r, Err(NodeError::Fetch(FetchError::Stopped))) {
+            let stopping = matches!(r, Err(NodeError::Fetch(FetchError::Stopped)));
+            if !stopping {
                 let s = store.clone();
                 if let Err(e) = blocking(move || s.remove_fetch(&cid)).await {
                     debug!(%cid, error = %e, "cannot forget the background download");
                 }
             }
+            let outcome = match &r {
+                Ok(()) => DownloadOutcome::Completed,
+                Err(_) => DownloadOutcome::Failed,
+            };
             match r {
                 Ok(()) => {
                     info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded");
-                    node.announce(cid, &m);
+                    self.announce(cid, &m);
                 }
                 Err(NodeError::NotFound) => warn!(
                     %cid,
@@ -583,10 +578,96 @@ impl Node {
                     %cid,
                     "background download paused: the node is stopping; it resumes at the next start"
                 ),
-                Err(e) => warn!(%cid, error = %e, "background download failed"),
+                Err(ref e) => warn!(%cid, error = %e, "background download failed"),
             }
-        });
-        Ok(manifest)
+            let may_restart = match &r {
+                Err(NodeError::NotFound) => true,
+                // Asked for again after the delete: that request stored the manifest again.
+                Err(NodeError::Fetch(FetchError::Deleted)) => {
+                    let s = store.clone();
+                    matches!(blocking(move || s.get_manifest(&cid)).await, Ok(Some(_)))
+                }
+                _ => false,
+            };
+            // Ended (and free for a new request) before the metrics say so, so that whoever
+            // sees the download end can ask for it again.
+            let ended = running.end(may_restart);
+            download.finish(outcome);
+            drop(download);
+            if ended {
+                return;
+            }
+            info!(%cid, "background download asked for again as it ended; starting over");
+            reservation = None; // reserved again for what is missing now
+            let s = store.clone();
+            if let Err(e) = blocking(move || s.add_fetch(&cid)).await {
+                warn!(%cid, error = %e, "cannot record the background download");
+            }
+        }
+    }
+
+    /// One run of a background download: attempts until every block is stored, or no peer had
+    /// the next missing block for [`BACKGROUND_PATIENCE`], or another error.
+    async fn background_attempts(
+        &self,
+        engine: &EngineHandle,
+        m: &Manifest,
+        reservation: &mut Option<Reservation>,
+        running: &Running,
+    ) -> Result<(), NodeError> {
+        let cid = running.cid;
+        let store = &self.store;
+        let metrics = &self.config.metrics.downloads;
+        let all = ByteRange::full(m.download_size());
+        // Nobody waits on a background download, so it outlasts a provider's absence: when no
+        // peer has had its next block for the engine's no-holder timeout it looks again (the
+        // provider watcher searches the DHT meanwhile), and gives up only after
+        // `BACKGROUND_PATIENCE` without its next missing block arriving.
+        // Each attempt starts at the first block not stored yet: one after a stall, or a
+        // download resumed at start, does not read back what is already here.
+        let mut next = first_missing(store, m).await;
+        let mut progress = (std::time::Instant::now(), next);
+        loop {
+            let from = next.saturating_mul(m.block_size);
+            let range = ByteRange::new(from.min(all.end()), all.end()).unwrap_or(all);
+            let attempt = fetch::fetch_dataset(
+                store.clone(),
+                engine.clone(),
+                m.clone(),
+                range,
+                None,
+                reservation,
+                metrics,
+            )
+            .await;
+            match attempt {
+                Ok(_) => {
+                    return fetch::check_stored(store, engine, m, 0..m.blocks_count()).await;
+                }
+                Err(NodeError::NotFound) => {
+                    next = first_missing(store, m).await;
+                    if next > progress.1 {
+                        // The attempt moved on, then found no holder for its next block for
+                        // the no-holder timeout: that long without progress.
+                        let now = std::time::Instant::now();
+                        let since = now.checked_sub(engine::NO_HOLDER_TIMEOUT).unwrap_or(now);
+                        progress = (since, next);
+                    }
+                    if running.asked_again.swap(false, Ordering::Relaxed) {
+                        // Somebody still wants it: wait for it as long as for a new one.
+                        progress.0 = std::time::Instant::now();
+                    }
+                    let idle = progress.0.elapsed();
+                    if idle >= BACKGROUND_PATIENCE {
+                        return Err(NodeError::NotFound);
+                    }
+                    metrics.stalls.inc();
+                    info!(%cid, block = next, idle = ?idle, "background download: no peer has the next block yet; still looking");
+                    tokio::time::sleep(BACKGROUND_RETRY_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Resumes the background downloads that were running when the node last stopped

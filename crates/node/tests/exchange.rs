@@ -1074,11 +1074,39 @@ async fn deleting_a_dataset_stops_its_waiting_background_download() {
 /// deliveries from A mid-download (lost with the connection) and then reports the lost
 /// connection. B asks again for what it lost at once, instead of leaving those requests to the
 /// silent-peer timeout ([`cairn_node::engine::ACTIVITY_TIMEOUT`]), which A, busy delivering
-/// everything else, would not even trip until the rest was done.
+/// everything else, would not even trip until the rest was done. A's events pass through the
+/// test too, which checks that B never follows a `WantBlock` with a `WantHave` for the same
+/// block (older reference engines let the second replace the first, and never sent the block).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_lost_with_a_connection_are_asked_again_at_once() {
     let cancel = CancellationToken::new();
-    let (a, na) = node(&cancel).await;
+    let (na, mut a_events) = bare(&cancel).await;
+    let (a_tx, a_rx) = mpsc::channel(64);
+    let a = Node::with_network(
+        Store::in_memory(StoreConfig::default()).unwrap(),
+        NodeConfig::default(),
+        na.clone(),
+        a_rx,
+        cancel.clone(),
+    );
+    // What B asked A, in order: (address, want type, cancel).
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let asked_in = asked.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = a_events.recv().await {
+            if let NetEvent::Message { message, .. } = &ev {
+                asked_in.lock().unwrap().extend(
+                    message
+                        .wantlist
+                        .iter()
+                        .map(|e| (e.address, e.want_type, e.cancel)),
+                );
+            }
+            if a_tx.send(ev).await.is_err() {
+                return;
+            }
+        }
+    });
     let (nb, mut real_events) = bare(&cancel).await;
     let (tx, events) = mpsc::channel(64);
     let b = Node::with_network(
@@ -1130,6 +1158,21 @@ async fn requests_lost_with_a_connection_are_asked_again_at_once() {
         stats.timeouts, 0,
         "lost requests waited for the silent-peer timeout: {stats:?}"
     );
+    let mut asked_for_block = std::collections::HashSet::new();
+    for (address, want, cancel) in asked.lock().unwrap().iter() {
+        match (want, cancel) {
+            (_, true) => {
+                asked_for_block.remove(address);
+            }
+            (WantType::Block, false) => {
+                asked_for_block.insert(*address);
+            }
+            (WantType::Have, false) => assert!(
+                !asked_for_block.contains(address),
+                "WantHave after WantBlock for {address}"
+            ),
+        }
+    }
     cancel.cancel();
 }
 
