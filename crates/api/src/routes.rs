@@ -220,8 +220,9 @@ fn upload_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<String>
     let filename = match headers.get(header::CONTENT_DISPOSITION) {
         None => None,
         Some(v) => {
-            let text = v
-                .to_str()
+            // UTF-8, not only ASCII: the reference takes the header's bytes as they are, so
+            // `été.txt` is a name it accepts (and sends back the same way).
+            let text = std::str::from_utf8(v.as_bytes())
                 .map_err(|_| ApiError::Unprocessable("The filename is not valid.".into()))?;
             match parse_content_disposition_filename(text) {
                 Some(name) if !valid_filename(&name) => {

@@ -32,9 +32,10 @@ pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 pub(crate) const MAX_ERROR_BODY_CHARS: usize = 300;
 
 /// Parses `--api`: an `http://` URL naming a host (a path prefix is kept, for a node behind a
-/// reverse proxy; the API base is appended to it).
+/// reverse proxy; the API base is appended to it). A URL that ends with the API base itself
+/// (what `cairn start` prints) names the same node: the base is taken off.
 pub(crate) fn parse_api_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text.trim())
+    let mut url = Url::parse(text.trim())
         .map_err(|e| format!("'{text}' is not a URL ({e}); expected e.g. {DEFAULT_API}"))?;
     if url.scheme() != "http" {
         return Err(format!(
@@ -49,6 +50,11 @@ pub(crate) fn parse_api_url(text: &str) -> Result<Url, String> {
         return Err(format!(
             "'{text}': the URL must not have a query or fragment"
         ));
+    }
+    let base = cairn_api::API_BASE.trim_end_matches('/');
+    if let Some(root) = url.path().trim_end_matches('/').strip_suffix(base) {
+        let root = root.to_owned();
+        url.set_path(if root.is_empty() { "/" } else { &root });
     }
     Ok(url)
 }
@@ -442,6 +448,23 @@ mod tests {
                 "http://host/cairn/api/codex/v1/space"
             );
         }
+        // The URL `cairn start` prints (the API base included) names the same node.
+        for printed in [
+            "http://127.0.0.1:8080/api/codex/v1",
+            "http://127.0.0.1:8080/api/codex/v1/",
+        ] {
+            let api = Api::new(parse_api_url(printed).unwrap()).unwrap();
+            assert_eq!(api.shown(), "http://127.0.0.1:8080");
+            assert_eq!(
+                api.url(&["space"]).as_str(),
+                "http://127.0.0.1:8080/api/codex/v1/space"
+            );
+        }
+        let api = Api::new(parse_api_url("http://host/cairn/api/codex/v1").unwrap()).unwrap();
+        assert_eq!(
+            api.url(&["space"]).as_str(),
+            "http://host/cairn/api/codex/v1/space"
+        );
         for bad in [
             "127.0.0.1:8080",
             "localhost",

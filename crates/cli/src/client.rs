@@ -23,9 +23,14 @@ use crate::{
 };
 
 const BAR_TEMPLATE: &str = "{spinner} {msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}";
+/// The progress line of a transfer whose length is not known (stdin, a pipe): no bar to fill.
+const COUNTER_TEMPLATE: &str = "{spinner} {msg} [{elapsed_precise}] {bytes} {bytes_per_sec}";
 
 /// Bytes read from a file or stdin at a time while uploading.
 const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// How often a progress bar is redrawn when nothing moves it.
+const BAR_TICK: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Characters of a CID shown as a download's progress message.
 const BAR_CID_CHARS: usize = 12;
@@ -36,14 +41,16 @@ const STDIN: &str = "-";
 /// A progress bar on stderr; indicatif hides it when stderr is not a terminal, so it never
 /// mixes with output that is piped or captured.
 fn bar(len: Option<u64>, msg: String) -> ProgressBar {
-    let pb = match len {
-        Some(l) => ProgressBar::new(l),
-        None => ProgressBar::no_length(),
+    let (pb, template) = match len {
+        Some(l) => (ProgressBar::new(l), BAR_TEMPLATE),
+        None => (ProgressBar::no_length(), COUNTER_TEMPLATE),
     };
-    if let Ok(style) = ProgressStyle::with_template(BAR_TEMPLATE) {
+    if let Ok(style) = ProgressStyle::with_template(template) {
         pb.set_style(style);
     }
     pb.set_message(msg);
+    // Redrawn while no byte comes, so the elapsed time and the rate show a stall.
+    pb.enable_steady_tick(BAR_TICK);
     pb
 }
 
@@ -64,6 +71,12 @@ struct UploadOut<'a> {
     cid: &'a str,
     file: &'a str,
     bytes: u64,
+}
+
+/// Whether `name` can be recorded as an upload's file name: the node accepts it
+/// ([`cairn_api::valid_filename`]) and a header can carry it (no control character).
+fn sendable_filename(name: &str) -> bool {
+    cairn_api::valid_filename(name) && !name.chars().any(char::is_control)
 }
 
 fn is_stdin(path: &Path) -> bool {
@@ -101,8 +114,9 @@ pub(crate) async fn upload(
         )
         .into());
     }
-    if let Some(n) = options.filename.filter(|n| !cairn_api::valid_filename(n)) {
-        // Refused here rather than by the node: a `"` would end the header's quoted name.
+    if let Some(n) = options.filename.filter(|n| !sendable_filename(n)) {
+        // Refused here rather than by the node: a `"` would end the header's quoted name, and
+        // a control character cannot be sent in a header at all.
         return Err(Failure::new(
             exit::INVALID,
             format!("--filename '{n}' is not a file name the node accepts"),
@@ -119,7 +133,18 @@ pub(crate) async fn upload(
             let meta = tokio::fs::metadata(path)
                 .await
                 .with_context(|| format!("cannot open {}", path.display()))?;
-            input_size(path, &meta)?
+            let size = input_size(path, &meta)?;
+            if size == Some(0) {
+                return Err(Failure::new(
+                    exit::INVALID,
+                    format!(
+                        "{} is empty; the node stores no empty dataset",
+                        path.display()
+                    ),
+                )
+                .into());
+            }
+            size
         });
     }
     for (path, len) in inputs.iter().zip(sizes) {
@@ -131,12 +156,27 @@ pub(crate) async fn upload(
                 .await
                 .with_context(|| format!("cannot open {shown}"))?;
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            (Box::new(file), name)
+            // At most the size announced in `Content-Length` (a file that grows meanwhile
+            // does not overrun it).
+            match len {
+                Some(l) => (Box::new(file.take(l)), name),
+                None => (Box::new(file), name),
+            }
         };
-        // A file's own name is left out when the node would refuse it.
+        // A file's own name is left out when the node would refuse it, and the user is told.
         let name = match options.filename {
             Some(n) => Some(n.to_owned()),
-            None => own_name.filter(|n| cairn_api::valid_filename(n)),
+            None => own_name.filter(|n| {
+                let ok = sendable_filename(n);
+                if !ok && options.with_filename {
+                    output::note(&format!(
+                        "{shown}: its name cannot be recorded (the node accepts no \
+                         \\ / : * ? \" < > | ^ or control characters in a file name); uploading \
+                         it without one (--filename gives it another)"
+                    ));
+                }
+                ok
+            }),
         }
         .filter(|_| options.with_filename);
         let pb = bar(len, name.clone().unwrap_or_else(|| shown.clone()));
@@ -155,6 +195,11 @@ pub(crate) async fn upload(
         let mut req = api
             .request(Method::POST, &["data"])
             .body(reqwest::Body::wrap_stream(stream));
+        // With its size said up front, the node refuses an upload that does not fit before
+        // the first byte is sent (`507`); without it the body goes chunked.
+        if let Some(l) = len {
+            req = req.header(reqwest::header::CONTENT_LENGTH, l);
+        }
         if let Some(m) = options.mime {
             req = req.header(reqwest::header::CONTENT_TYPE, m);
         }
@@ -186,6 +231,36 @@ pub(crate) async fn upload(
         }
     }
     Ok(())
+}
+
+/// A download whose body ended early (`error`, after `received` of `total` bytes). A network
+/// download's node ends the response when no peer had the next block in time (a provider left,
+/// or none has it) and says so in its log; the CLI can only see the body stop.
+fn cut_off(
+    what: &str,
+    received: u64,
+    total: Option<u64>,
+    error: &reqwest::Error,
+    resumable: bool,
+) -> anyhow::Error {
+    let of = total.map_or(String::new(), |t| format!(" of {t}"));
+    // The innermost cause says what happened to the connection ("end of file before message
+    // length reached"); the outer ones only that a body was being read.
+    let mut inner: &dyn std::error::Error = error;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let cause = crate::api::short_cause(&inner.to_string());
+    let again = if resumable {
+        "; run it again to resume"
+    } else {
+        ""
+    };
+    anyhow::anyhow!(
+        "{what}: the node stopped sending after {received}{of} bytes ({cause}). Over the \
+         network that means no peer had the next block in time (a provider left, or none has \
+         it); the node's log says which{again}"
+    )
 }
 
 /// Where a download to a file writes, and what is there already.
@@ -351,9 +426,7 @@ pub(crate) async fn download(
     let mut body = resp.bytes_stream();
     let mut received = 0;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.with_context(|| {
-            format!("{what}: the download was interrupted (run it again to resume)")
-        })?;
+        let chunk = chunk.map_err(|e| cut_off(&what, received, Some(total), &e, true))?;
         let mut rest: &[u8] = &chunk;
         if checked < kept {
             let n = rest
@@ -484,13 +557,16 @@ async fn download_to_stdout(
         resp.content_length(),
         cid.chars().take(BAR_CID_CHARS).collect(),
     );
+    let total = resp.content_length();
     let mut body = resp.bytes_stream();
     let mut out = tokio::io::stdout();
+    let mut received = 0;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.with_context(|| format!("{what}: the download was interrupted"))?;
+        let chunk = chunk.map_err(|e| cut_off(what, received, total, &e, false))?;
         out.write_all(&chunk)
             .await
             .context("cannot write to stdout")?;
+        received += chunk.len() as u64;
         pb.inc(chunk.len() as u64);
     }
     out.flush().await.context("cannot write to stdout")?;

@@ -308,18 +308,18 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     };
     info!(data_dir = %cfg.data_dir.display(), quota = cfg.storage_quota, "cairn node started");
     // A stable line on stdout for scripts and tests.
-    println!(
+    say(&format!(
         "cairn: REST API listening on http://{local}{}",
         cairn_api::API_BASE
-    );
+    ));
     // After the REST line, which scripts read first.
     let metrics_server = match metrics_listener {
         Some(l) => {
-            println!(
+            say(&format!(
                 "cairn: metrics listening on http://{}{}",
                 l.local_addr()?,
                 cairn_api::METRICS_PATH
-            );
+            ));
             Some(tokio::spawn(cairn_api::serve_metrics(
                 l,
                 registry,
@@ -470,6 +470,14 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
         }
     })
+}
+
+/// Writes a line for scripts to stdout. A node must not stop (`println!` panics) because
+/// whatever read its stdout has gone: a write error is ignored.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 #[cfg(test)]

@@ -132,6 +132,12 @@ pub(crate) fn error_chain(err: &anyhow::Error) -> String {
     parts.join(": ")
 }
 
+/// Writes a note for the user to stderr (`cairn: note: …`), where it never mixes with the
+/// command's output.
+pub(crate) fn note(text: &str) {
+    eprintln!("cairn: note: {text}");
+}
+
 /// Writes `text` to stdout as it is.
 pub(crate) fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();

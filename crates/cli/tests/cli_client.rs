@@ -150,6 +150,25 @@ fn one_node_upload_ls_download_rm_space_info() {
         b"plain stdin",
     );
     assert_eq!(ok(&o).trim(), plain_cid);
+    // A name beyond ASCII is recorded as it is; one the node cannot take (a `"`) is left out,
+    // and the user is told. (Each file's content differs, so each gets a dataset of its own.)
+    let accented = dir.path().join("\u{e9}t\u{e9}.txt");
+    std::fs::write(&accented, b"summer").unwrap();
+    let quoted = dir.path().join("q\"x.txt");
+    std::fs::write(&quoted, b"quoted").unwrap();
+    let accented_cid = ok(&cli(&[
+        "upload",
+        accented.to_str().unwrap(),
+        "--api",
+        &n.api,
+    ]));
+    let o = cli(&["upload", quoted.to_str().unwrap(), "--api", &n.api]);
+    let quoted_cid = ok(&o);
+    assert!(
+        stderr(&o).contains("its name cannot be recorded"),
+        "{}",
+        stderr(&o)
+    );
 
     // `ls --json` lists what the API lists, with each manifest's size, name and type.
     let listed = json(&n, &["ls"]);
@@ -169,7 +188,13 @@ fn one_node_upload_ls_download_rm_space_info() {
         assert_eq!(d["tree_cid"], m["treeCid"]);
     }
     let names: BTreeSet<Option<&str>> = listed.iter().map(|d| d["filename"].as_str()).collect();
-    let want = BTreeSet::from([None, Some("a.bin"), Some("notes.txt"), Some("piped.bin")]);
+    let want = BTreeSet::from([
+        None,
+        Some("a.bin"),
+        Some("notes.txt"),
+        Some("piped.bin"),
+        Some("\u{e9}t\u{e9}.txt"),
+    ]);
     assert_eq!(names, want);
     // The readable table: a header and one row per dataset.
     let table = ok(&cli(&["ls", "--api", &n.api]));
@@ -197,6 +222,11 @@ fn one_node_upload_ls_download_rm_space_info() {
         space["free_bytes"].as_u64().unwrap(),
         total - used - reserved
     );
+    // The URL `cairn start` prints, the API base included, names the node as well.
+    let printed = format!("{}/api/codex/v1", n.api);
+    let o = ok(&cli(&["space", "--json", "--api", &printed]));
+    let via_printed: Value = serde_json::from_str(&o).unwrap();
+    assert_eq!(via_printed["total_bytes"], space["total_bytes"]);
     let text = ok(&cli(&["space", "--api", &n.api]));
     assert!(
         text.contains("GiB") && text.contains(&format!("({total} bytes)")),
@@ -284,6 +314,13 @@ fn one_node_upload_ls_download_rm_space_info() {
     // Several at once, in the readable form.
     let text = ok(&cli(&["rm", &b_cid, &p_cid, "--api", &n.api]));
     assert_eq!(text, format!("removed {b_cid}\nremoved {p_cid}\n"));
+    ok(&cli(&[
+        "rm",
+        accented_cid.trim(),
+        quoted_cid.trim(),
+        "--api",
+        &n.api,
+    ]));
     assert_eq!(api_cids(&c, &n), BTreeSet::from([plain_cid]));
     n.stop();
 }
@@ -404,7 +441,37 @@ fn failures_have_their_exit_codes() {
         NO_SPACE,
     );
     assert!(err.contains("quota"), "{err}");
+    // Refused up front for its whole size (16 blocks and the manifest's room): the CLI says
+    // how long the file is (`Content-Length`), rather than streaming it into a full store.
+    assert!(err.contains("1049600 more bytes needed"), "{err}");
     assert_eq!(json(&n, &["ls"]), serde_json::json!([]));
+    // An empty file among others: refused before anything is sent.
+    let empty = dir.path().join("empty.bin");
+    std::fs::write(&empty, b"").unwrap();
+    let err = fails(
+        &cli(&[
+            "upload",
+            file.to_str().unwrap(),
+            empty.to_str().unwrap(),
+            "--api",
+            api,
+        ]),
+        INVALID,
+    );
+    assert!(err.contains("empty.bin is empty"), "{err}");
+    assert_eq!(json(&n, &["ls"]), serde_json::json!([]));
+    // A name a header cannot carry.
+    fails(
+        &cli(&[
+            "upload",
+            file.to_str().unwrap(),
+            "--filename",
+            "a\nb.txt",
+            "--api",
+            api,
+        ]),
+        INVALID,
+    );
     // Usage errors clap cannot see: 2.
     fails(
         &cli(&["download", UNKNOWN_CID, "--json", "--api", api]),
@@ -649,4 +716,56 @@ fn completions_and_help() {
     ] {
         assert!(help.contains(&format!("  {cmd} ")), "{cmd}: {help}");
     }
+}
+
+/// A download whose response stops before its length (what a node does when no peer has the
+/// next block in time) fails with a message that says how far it got and where the reason is,
+/// not only the HTTP client's words; a download to a file says it can be resumed.
+#[test]
+fn a_cut_download_says_what_happened() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    // Answers two requests: a 100,000-byte body cut after 10 bytes.
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).unwrap();
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\
+                  content-type: application/octet-stream\r\n\r\n0123456789",
+            )
+            .unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.bin");
+    let err = fails(
+        &cli(&[
+            "download",
+            UNKNOWN_CID,
+            "-o",
+            out.to_str().unwrap(),
+            "--api",
+            &api,
+        ]),
+        1,
+    );
+    assert!(
+        err.contains("stopped sending after 10 of 100000 bytes")
+            && err.contains("the node's log says which")
+            && err.contains("run it again to resume"),
+        "{err}"
+    );
+    // To stdout: what came is written (a pipe cannot be taken back), then the same failure.
+    let o = cli(&["download", UNKNOWN_CID, "--api", &api]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.stdout, b"0123456789");
+    let err = stderr(&o);
+    assert!(
+        err.contains("stopped sending after 10 of 100000 bytes") && !err.contains("resume"),
+        "{err}"
+    );
+    server.join().unwrap();
 }

@@ -1126,3 +1126,45 @@ fn sigterm_lets_a_network_stream_in_flight_finish() {
     assert!(got == data, "the bytes differ");
     b.wait_exit();
 }
+
+/// A node whose stdout reader has gone (its pipe closed, as when the program it was piped into
+/// exits) keeps running: the lines it prints for scripts are not worth dying for.
+#[test]
+fn a_node_outlives_a_closed_stdout() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(BIN)
+        .args(["start", "--api-port", &port.to_string()])
+        .args(["--listen-addrs", "/ip4/127.0.0.1/tcp/0", "--disc-port", "0"])
+        .args(["--log-level", "warn", "--metrics", "--metrics-port", "0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("CAIRN_METRICS_ADDRESS")
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start cairn");
+    let c = client();
+    let url = format!("http://127.0.0.1:{port}/api/codex/v1/debug/info");
+    let deadline = Instant::now() + WAIT;
+    let answered = loop {
+        if c.get(&url).send().is_ok_and(|r| r.status().is_success()) {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let status = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answered, "the node did not answer (exit: {status:?})");
+    assert_eq!(status, None, "the node exited");
+}

@@ -166,6 +166,9 @@ pub(crate) struct FixedPeer {
     pub(crate) dialing: bool,
     /// When its current connection was established.
     pub(crate) connected_at: Option<Instant>,
+    /// A failed dial was logged as a warning since it was last connected (the next ones of the
+    /// same outage are logged at debug level, so a peer down for hours is said once).
+    pub(crate) warned: bool,
 }
 
 impl FixedPeer {
@@ -188,6 +191,7 @@ impl FixedPeer {
             },
             dialing: false,
             connected_at: None,
+            warned: false,
         }
     }
 
@@ -201,6 +205,7 @@ impl FixedPeer {
     fn on_connected(&mut self, now: Instant) {
         self.dialing = false;
         self.connected_at = Some(now);
+        self.warned = false;
     }
 
     /// Its last connection closed: a persistent peer is redialled after its backoff, which
@@ -310,7 +315,18 @@ impl Service {
             if f.persistent {
                 f.back_off(now);
             }
-            debug!(%peer, retry_at = ?f.next_attempt.saturating_duration_since(now), "bootstrap or persistent peer unreachable");
+            let kind = if f.persistent {
+                "persistent"
+            } else {
+                "bootstrap"
+            };
+            let retry_in_secs = f.next_attempt.saturating_duration_since(now).as_secs();
+            if f.warned {
+                debug!(%peer, addr = %f.addr, retry_in_secs, "{kind} peer unreachable");
+            } else {
+                f.warned = true;
+                warn!(%peer, addr = %f.addr, retry_in_secs, "{kind} peer unreachable; trying again (said once until it connects)");
+            }
         }
     }
 

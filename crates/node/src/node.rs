@@ -413,6 +413,7 @@ impl Node {
         let stall = self.config.reader_stall_timeout;
         tokio::spawn(async move {
             let _watch = node.watch_providers(&manifest);
+            let started = std::time::Instant::now();
             let mut download = Download::start(&metrics);
             // The last chunk goes out only once every block of the range is stored, so a client
             // that got every byte finds them local (a later `GET /data/{cid}` serves them).
@@ -448,6 +449,20 @@ impl Node {
                 Err(_) => DownloadOutcome::Failed,
             });
             drop(download);
+            match &r {
+                Ok(Some(_)) => info!(
+                    cid = %manifest.cid(),
+                    bytes = range.len(),
+                    elapsed = ?started.elapsed(),
+                    "network stream finished"
+                ),
+                Ok(None) => debug!(
+                    cid = %manifest.cid(),
+                    elapsed = ?started.elapsed(),
+                    "network stream stopped early: its reader went away or stalled"
+                ),
+                Err(_) => {} // said below, with the reason
+            }
             // Only a whole dataset is announced: a provider must serve every block.
             if r.is_ok() && range.blocks(manifest.block_size) == (0..manifest.blocks_count()) {
                 node.announce(manifest.cid(), &manifest);
