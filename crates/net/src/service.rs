@@ -822,7 +822,8 @@ impl Service {
                     if let Some(c) = self.connected.remove(&peer_id) {
                         self.metrics.peers(c.info.direction).dec();
                     }
-                    info!(peer = %peer_id, cause = ?cause.map(|c| c.to_string()), "peer disconnected");
+                    let cause = cause.map_or_else(|| "closed".to_owned(), |c| c.to_string());
+                    info!(peer = %peer_id, %cause, "peer disconnected");
                     self.emit(NetEvent::PeerDisconnected { peer: peer_id });
                     self.fixed_disconnected(peer_id);
                 } else if let Some(c) = self.connected.get_mut(&peer_id) {
