@@ -263,6 +263,32 @@ fn cut_off(
     )
 }
 
+/// The file name a dataset was uploaded with, from the `Content-Disposition` of a `HEAD` of
+/// its download URL (`segments`), if it has one that is safe as a file name here: its last
+/// path component, not `.` or `..`, no control character. (The node stores names as given; a
+/// name is a label, never a path to follow.)
+async fn dataset_filename(
+    api: &Api,
+    segments: &[&str],
+    what: &str,
+) -> anyhow::Result<Option<String>> {
+    let resp = api.send(api.request(Method::HEAD, segments), what).await?;
+    let name = resp
+        .headers()
+        .get(reqwest::header::CONTENT_DISPOSITION)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .and_then(cairn_api::parse_content_disposition_filename);
+    Ok(name.and_then(|n| safe_file_name(&n)))
+}
+
+/// The last path component of `name` when it can name a file in a directory: not empty, `.` or
+/// `..`, and without control characters.
+fn safe_file_name(name: &str) -> Option<String> {
+    let last = name.rsplit(['/', '\\']).next()?;
+    (!matches!(last, "" | "." | "..") && !last.chars().any(char::is_control))
+        .then(|| last.to_owned())
+}
+
 /// Where a download to a file writes, and what is there already.
 struct Target {
     /// The file written: `FILE.part`, or `FILE` itself when resuming it in place.
@@ -388,6 +414,15 @@ pub(crate) async fn download(
             .into());
         }
         return download_to_stdout(api, segments, cid, &what).await;
+    };
+    // Into a directory: the dataset's own file name there (else its CID).
+    let in_dir;
+    let path = if tokio::fs::metadata(path).await.is_ok_and(|m| m.is_dir()) {
+        let name = dataset_filename(api, segments, &what).await?;
+        in_dir = path.join(name.unwrap_or_else(|| cid.to_owned()));
+        in_dir.as_path()
+    } else {
+        path
     };
     let say = |text: String| {
         if !options.json {
@@ -622,6 +657,23 @@ mod tests {
     /// `len` bytes that are not all alike.
     fn bytes(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn names_from_the_node_stay_in_the_directory() {
+        assert_eq!(safe_file_name("notes.txt").as_deref(), Some("notes.txt"));
+        assert_eq!(
+            safe_file_name("../../etc/passwd").as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(safe_file_name("a\\b.txt").as_deref(), Some("b.txt"));
+        assert_eq!(
+            safe_file_name("\u{e9}t\u{e9}.txt").as_deref(),
+            Some("\u{e9}t\u{e9}.txt")
+        );
+        for bad in ["", ".", "..", "dir/", "a/..", "x\ny", "tab\t"] {
+            assert_eq!(safe_file_name(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -77,9 +77,11 @@ pub(crate) enum ClientCommand {
         /// The dataset's (manifest) CID.
         cid: String,
         /// Output file (written to FILE.part and renamed when complete); stdout if omitted.
-        /// A FILE.part left by an interrupted download, or else an existing FILE, is resumed
-        /// once the bytes already there are checked against the dataset (read from the node
-        /// again); if any differs, the file is not a piece of the dataset and is replaced.
+        /// A directory: the file in it named as the dataset was uploaded (its last path
+        /// component), else by the CID. A FILE.part left by an interrupted download, or else an
+        /// existing FILE, is resumed once the bytes already there are checked against the
+        /// dataset (read from the node again); if any differs, the file is not a piece of the
+        /// dataset and is replaced.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
         /// Download the whole dataset even if a partial output file exists.

@@ -290,6 +290,26 @@ fn one_node_upload_ls_download_rm_space_info() {
     // From the node's store only: the same bytes.
     let o = cli(&["download", &b_cid, "--local", "--api", &n.api]);
     assert_eq!(ok(&o), "some notes");
+    // Into a directory: under the name the dataset was uploaded with, else its CID.
+    let into = dir.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    let d = json(&n, &["download", &b_cid, "-o", into.to_str().unwrap()]);
+    let named = into.join("notes.txt");
+    assert_eq!(d["file"], named.to_str().unwrap());
+    assert_eq!(std::fs::read(&named).unwrap(), b"some notes");
+    ok(&cli(&[
+        "download",
+        &plain_cid,
+        "--local",
+        "-o",
+        into.to_str().unwrap(),
+        "--api",
+        &n.api,
+    ]));
+    assert_eq!(
+        std::fs::read(into.join(&plain_cid)).unwrap(),
+        b"plain stdin"
+    );
 
     // `rm --json`, then `ls` no longer has it and the API says it is gone.
     let lines = json_lines(&ok(&cli(&["rm", &a_cid, "--json", "--api", &n.api])));
