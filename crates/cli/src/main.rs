@@ -31,6 +31,10 @@ use tracing::{info, warn};
 /// here is rolled back, never half-stored).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// A shutdown that waited this long for requests in flight says so once they finished (a
+/// shorter wait is not worth a line).
+const REPORT_SHUTDOWN_WAIT: Duration = Duration::from_secs(1);
+
 /// The binary's name, in messages and completion scripts.
 const BIN_NAME: &str = "cairn";
 
@@ -358,7 +362,11 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     ));
 
     shutdown.await;
-    info!("shutting down");
+    info!(
+        "shutting down: new requests are refused, those in flight have up to {} s to finish",
+        SHUTDOWN_GRACE.as_secs()
+    );
+    let stopping = std::time::Instant::now();
     // The servers stop first: requests in flight finish with the node still whole (a network
     // stream needs the block exchange and the peers it fetches from). Then everything else.
     api_stop.cancel();
@@ -366,7 +374,12 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     // writes the verified blocks it holds).
     let mut served: anyhow::Result<()> = Ok(());
     match tokio::time::timeout(SHUTDOWN_GRACE, api).await {
-        Ok(joined) => served = joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?)),
+        Ok(joined) => {
+            served = joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?));
+            if stopping.elapsed() >= REPORT_SHUTDOWN_WAIT {
+                info!(waited = ?stopping.elapsed(), "the requests in flight finished");
+            }
+        }
         Err(_) => warn!("requests still running after the grace period were cut off"),
     }
     if let Some(m) = metrics_server {
