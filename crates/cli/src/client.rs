@@ -76,24 +76,48 @@ struct UploadOut<'a> {
 /// Whether `name` can be recorded as an upload's file name: the node accepts it
 /// ([`cairn_api::valid_filename`]) and a header can carry it (no control character).
 fn sendable_filename(name: &str) -> bool {
-    cairn_api::valid_filename(name) && !name.chars().any(char::is_control)
+    // `valid_filename` looks at the last path component only, but a `"` anywhere would end
+    // the header's quoted name.
+    cairn_api::valid_filename(name) && !name.chars().any(|c| c.is_control() || c == '"')
 }
 
 fn is_stdin(path: &Path) -> bool {
     path.as_os_str() == STDIN
 }
 
-/// The size of an upload input, from its metadata: a regular file's length; `None` for a
-/// stream whose length is not known before it ends (a FIFO, `/dev/stdin`, a device); an error
-/// for a directory, which cannot be uploaded.
-fn input_size(path: &Path, meta: &std::fs::Metadata) -> Result<Option<u64>, Failure> {
+/// Refuses an upload input that is a directory, which cannot be uploaded.
+fn check_input(path: &Path, meta: &std::fs::Metadata) -> Result<(), Failure> {
     if meta.is_dir() {
         return Err(Failure::new(
             exit::FAILURE,
             format!("{} is a directory, not a file", path.display()),
         ));
     }
-    Ok(meta.is_file().then_some(meta.len()))
+    Ok(())
+}
+
+/// The length of an upload input known before it is read, from its metadata: a regular file's
+/// length when it occupies disk blocks. `None` for a stream whose length is known only at its
+/// end (a FIFO, `/dev/stdin`, a device), and for files of pseudo file systems, whose length
+/// says nothing (`/proc` files say 0, `/sys` files 4096, whatever they hold); such inputs go
+/// chunked.
+fn known_length(meta: &std::fs::Metadata) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    (meta.is_file() && meta.len() > 0 && meta.blocks() > 0).then_some(meta.len())
+}
+
+/// Whether the regular file at `path`, which says it is 0 bytes long, really is empty (a
+/// `/proc` file says so too, and holds text).
+async fn is_empty_file(path: &Path) -> anyhow::Result<bool> {
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mut one = [0u8; 1];
+    let n = f
+        .read(&mut one)
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(n == 0)
 }
 
 /// Uploads each input (`-` is stdin) in turn; prints its CID (with `json`, a JSON line) as
@@ -125,42 +149,43 @@ pub(crate) async fn upload(
     }
     // Every input is looked at before the first is sent: a directory or a missing file is a
     // local mistake, said as such, and nothing is uploaded.
-    let mut sizes = Vec::with_capacity(inputs.len());
-    for path in inputs {
-        sizes.push(if is_stdin(path) {
-            None
-        } else {
-            let meta = tokio::fs::metadata(path)
-                .await
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            let size = input_size(path, &meta)?;
-            if size == Some(0) {
-                return Err(Failure::new(
-                    exit::INVALID,
-                    format!(
-                        "{} is empty; the node stores no empty dataset",
-                        path.display()
-                    ),
-                )
-                .into());
-            }
-            size
-        });
+    for path in inputs.iter().filter(|p| !is_stdin(p)) {
+        let meta = tokio::fs::metadata(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        check_input(path, &meta)?;
+        if meta.is_file() && meta.len() == 0 && is_empty_file(path).await? {
+            return Err(Failure::new(
+                exit::INVALID,
+                format!(
+                    "{} is empty; the node stores no empty dataset",
+                    path.display()
+                ),
+            )
+            .into());
+        }
     }
-    for (path, len) in inputs.iter().zip(sizes) {
+    for path in inputs {
         let shown = path.display().to_string();
-        let (reader, own_name): (Box<dyn AsyncRead + Send + Unpin>, _) = if is_stdin(path) {
-            (Box::new(tokio::io::stdin()), None)
+        let (reader, own_name, len): (Box<dyn AsyncRead + Send + Unpin>, _, _) = if is_stdin(path) {
+            (Box::new(tokio::io::stdin()), None, None)
         } else {
             let file = tokio::fs::File::open(path)
                 .await
                 .with_context(|| format!("cannot open {shown}"))?;
+            // Its length now, as it is opened (it may have changed while earlier inputs
+            // went up).
+            let meta = file
+                .metadata()
+                .await
+                .with_context(|| format!("cannot read {shown}"))?;
+            let len = known_length(&meta);
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            // At most the size announced in `Content-Length` (a file that grows meanwhile
+            // At most the length announced in `Content-Length` (a file that grows meanwhile
             // does not overrun it).
             match len {
-                Some(l) => (Box::new(file.take(l)), name),
-                None => (Box::new(file), name),
+                Some(l) => (Box::new(file.take(l)), name, len),
+                None => (Box::new(file), name, None),
             }
         };
         // A file's own name is left out when the node would refuse it, and the user is told.
@@ -182,15 +207,34 @@ pub(crate) async fn upload(
         let pb = bar(len, name.clone().unwrap_or_else(|| shown.clone()));
         let sent = Arc::new(AtomicU64::new(0));
         let stream = {
-            let (pb, sent) = (pb.clone(), sent.clone());
-            tokio_util::io::ReaderStream::with_capacity(reader, UPLOAD_CHUNK).inspect(
-                move |chunk| {
+            let (pb, counter) = (pb.clone(), sent.clone());
+            let counted = tokio_util::io::ReaderStream::with_capacity(reader, UPLOAD_CHUNK)
+                .inspect(move |chunk| {
                     if let Ok(c) = chunk {
                         pb.inc(c.len() as u64);
-                        sent.fetch_add(c.len() as u64, Ordering::Relaxed);
+                        counter.fetch_add(c.len() as u64, Ordering::Relaxed);
                     }
-                },
-            )
+                });
+            // A file that got shorter than the length announced ends the body with an error
+            // that says so, not with the HTTP client's "early end".
+            let end_check = {
+                let (sent, shown) = (sent.clone(), shown.clone());
+                futures::stream::once(async move {
+                    let got = sent.load(Ordering::Relaxed);
+                    match len {
+                        Some(l) if got < l => Some(Err::<bytes::Bytes, _>(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "{shown} got shorter while it was read ({got} of the {l} bytes \
+                                 it had when opened)"
+                            ),
+                        ))),
+                        _ => None,
+                    }
+                })
+                .filter_map(futures::future::ready)
+            };
+            counted.chain(end_check)
         };
         let mut req = api
             .request(Method::POST, &["data"])
@@ -242,6 +286,7 @@ fn cut_off(
     total: Option<u64>,
     error: &reqwest::Error,
     resumable: bool,
+    network: bool,
 ) -> anyhow::Error {
     let of = total.map_or(String::new(), |t| format!(" of {t}"));
     // The innermost cause says what happened to the connection ("end of file before message
@@ -256,10 +301,14 @@ fn cut_off(
     } else {
         ""
     };
+    let why = if network {
+        " Over the network that means no peer had the next block in time (a provider left, or \
+         none has it), unless the node stopped; the node's log says which"
+    } else {
+        " The node stopped, or could not read its store; its log says which"
+    };
     anyhow::anyhow!(
-        "{what}: the node stopped sending after {received}{of} bytes ({cause}). Over the \
-         network that means no peer had the next block in time (a provider left, or none has \
-         it); the node's log says which{again}"
+        "{what}: the node stopped sending after {received}{of} bytes ({cause}).{why}{again}"
     )
 }
 
@@ -413,7 +462,7 @@ pub(crate) async fn download(
             )
             .into());
         }
-        return download_to_stdout(api, segments, cid, &what).await;
+        return download_to_stdout(api, segments, cid, &what, !options.local).await;
     };
     // Into a directory: the dataset's own file name there (else its CID).
     let in_dir;
@@ -461,7 +510,8 @@ pub(crate) async fn download(
     let mut body = resp.bytes_stream();
     let mut received = 0;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| cut_off(&what, received, Some(total), &e, true))?;
+        let chunk =
+            chunk.map_err(|e| cut_off(&what, received, Some(total), &e, true, !options.local))?;
         let mut rest: &[u8] = &chunk;
         if checked < kept {
             let n = rest
@@ -586,6 +636,7 @@ async fn download_to_stdout(
     segments: &[&str],
     cid: &str,
     what: &str,
+    network: bool,
 ) -> anyhow::Result<()> {
     let resp = Api::check(get(api, segments, what).await?, what).await?;
     let pb = bar(
@@ -597,7 +648,7 @@ async fn download_to_stdout(
     let mut out = tokio::io::stdout();
     let mut received = 0;
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| cut_off(what, received, total, &e, false))?;
+        let chunk = chunk.map_err(|e| cut_off(what, received, total, &e, false, network))?;
         out.write_all(&chunk)
             .await
             .context("cannot write to stdout")?;
@@ -680,7 +731,7 @@ mod tests {
     fn upload_inputs_are_files_or_streams() {
         let dir = tempfile::tempdir().unwrap();
         let meta = |p: &Path| std::fs::metadata(p).unwrap();
-        let err = input_size(dir.path(), &meta(dir.path())).unwrap_err();
+        let err = check_input(dir.path(), &meta(dir.path())).unwrap_err();
         assert_eq!(err.code, exit::FAILURE);
         assert_eq!(
             err.to_string(),
@@ -688,10 +739,20 @@ mod tests {
         );
         let file = dir.path().join("f");
         std::fs::write(&file, b"12345").unwrap();
-        assert_eq!(input_size(&file, &meta(&file)).unwrap(), Some(5));
+        assert!(check_input(&file, &meta(&file)).is_ok());
+        assert_eq!(known_length(&meta(&file)), Some(5));
         // A character device is read as a stream, of unknown length.
         let null = Path::new("/dev/null");
-        assert_eq!(input_size(null, &meta(null)).unwrap(), None);
+        assert_eq!(known_length(&meta(null)), None);
+        // So are the files of pseudo file systems, whose length says nothing.
+        for pseudo in [
+            "/proc/self/status",
+            "/sys/kernel/mm/transparent_hugepage/enabled",
+        ] {
+            if let Ok(m) = std::fs::metadata(pseudo) {
+                assert_eq!(known_length(&m), None, "{pseudo}");
+            }
+        }
     }
 
     #[test]

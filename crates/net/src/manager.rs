@@ -298,13 +298,13 @@ impl Service {
                 .build();
             if let Err(e) = self.swarm.dial(opts) {
                 debug!(%peer, error = %e, "dial of a bootstrap or persistent peer not started");
-                self.fixed_failed(peer);
+                self.fixed_failed(peer, &e.to_string());
             }
         }
     }
 
     /// A dial of a fixed peer failed: try again after its backoff.
-    pub(crate) fn fixed_failed(&mut self, peer: PeerId) {
+    pub(crate) fn fixed_failed(&mut self, peer: PeerId, cause: &str) {
         let now = Instant::now();
         for f in self
             .fixed
@@ -322,10 +322,10 @@ impl Service {
             };
             let retry_in_secs = f.next_attempt.saturating_duration_since(now).as_secs();
             if f.warned {
-                debug!(%peer, addr = %f.addr, retry_in_secs, "{kind} peer unreachable");
+                debug!(%peer, addr = %f.addr, retry_in_secs, %cause, "{kind} peer unreachable");
             } else {
                 f.warned = true;
-                warn!(%peer, addr = %f.addr, retry_in_secs, "{kind} peer unreachable; trying again (said once until it connects)");
+                warn!(%peer, addr = %f.addr, retry_in_secs, %cause, "{kind} peer unreachable; trying again (said once until it connects)");
             }
         }
     }

@@ -856,7 +856,7 @@ impl Service {
                     info!(peer = %p, %obtained, "another peer answers at its address; dropped from the address book");
                 }
                 if let Some(p) = peer_id {
-                    self.fixed_failed(p);
+                    self.fixed_failed(p, &error.to_string());
                     // The book counted the attempt when the dial started; a peer failing often
                     // enough becomes "bad" there and is evicted.
                     self.book_dials.remove(&p);

@@ -166,6 +166,16 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f).await??)
 }
 
+/// Whether a download ended because its dataset was deleted here: the engine dropped its wants
+/// ([`FetchError::Deleted`]), or the store found the dataset gone as the download went on.
+fn deleted(e: &NodeError) -> bool {
+    matches!(
+        e,
+        NodeError::Fetch(FetchError::Deleted)
+            | NodeError::Store(cairn_store::StoreError::DatasetNotStored { .. })
+    )
+}
+
 /// The index of the first block of dataset `manifest` not stored here (its block count when it
 /// is whole; 0 when the store cannot say): how far a download in order has come.
 async fn first_missing(store: &Store, manifest: &Manifest) -> u64 {
@@ -586,7 +596,7 @@ impl Node {
                      (its providers left, or none has it); ask again to resume it",
                     BACKGROUND_PATIENCE.as_secs()
                 ),
-                Err(NodeError::Fetch(FetchError::Deleted)) => {
+                Err(ref e) if deleted(e) => {
                     info!(%cid, "background download stopped: the dataset was deleted here");
                 }
                 Err(NodeError::Fetch(FetchError::Stopped)) => info!(
@@ -598,7 +608,7 @@ impl Node {
             let may_restart = match &r {
                 Err(NodeError::NotFound) => true,
                 // Asked for again after the delete: that request stored the manifest again.
-                Err(NodeError::Fetch(FetchError::Deleted)) => {
+                Err(e) if deleted(e) => {
                     let s = store.clone();
                     matches!(blocking(move || s.get_manifest(&cid)).await, Ok(Some(_)))
                 }
@@ -946,6 +956,14 @@ impl Node {
             })
         })
         .await?;
+        // Only a request made after the delete may start its background download over.
+        if let Some(asked_again) = self
+            .network
+            .as_ref()
+            .and_then(|n| n.background.lock().get(&cid).cloned())
+        {
+            asked_again.store(false, Ordering::Relaxed);
+        }
         if let (Some(tree), Some(engine)) = (gone, self.engine()) {
             engine.forget(tree, cid).await;
         }

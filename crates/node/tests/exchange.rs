@@ -1067,6 +1067,53 @@ async fn deleting_a_dataset_stops_its_waiting_background_download() {
     cancel.cancel();
 }
 
+/// A dataset asked for again right after its delete is downloaded: the deleted download's place
+/// among the running ones is given up (or, when the request comes while it is still ending,
+/// the download starts over), so the request is not answered by a download that is gone. (The
+/// window in which the request meets the ending download is short; this test does not force
+/// it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_asked_for_again_right_after_its_delete_downloads() {
+    let cancel = CancellationToken::new();
+    let (b, nb) = node(&cancel).await;
+    let (holder, nh) = node(&cancel).await;
+    let original = data(20 * 65536 + 11, 83);
+    let cid = upload(&holder, &original).await;
+    let Ok(Some(manifest)) = holder.store().get_block(&cid) else {
+        panic!("the holder lacks its manifest");
+    };
+    let (nm, m_events) = bare(&cancel).await;
+    serve_manifest_only(nm.clone(), m_events, manifest);
+    connect(&nb, &nm).await;
+    let ask = || async {
+        tokio::time::timeout(WAIT, b.download(cid))
+            .await
+            .expect("the manifest fetch hangs")
+            .unwrap()
+    };
+    ask().await;
+    b.delete(cid).await.unwrap();
+    ask().await;
+    connect(&nb, &nh).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(m) = b.manifest(cid).await
+            && b.check_local(&m, cairn_node::ByteRange::full(m.download_size()))
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dataset asked for again was not downloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(local_bytes(&b, cid).await, original);
+    cancel.cancel();
+}
+
 /// One connection to a peer closes while another stays (a reconnect that overlapped the old
 /// connection; the swarm's side is `cairn-net`'s `closing_one_of_two_connections_…` test): the
 /// peer never disconnects as far as the engine can tell, but what was in flight on the closed
