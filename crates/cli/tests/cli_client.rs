@@ -354,11 +354,7 @@ fn failures_have_their_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
 
     // Nothing listens on a port just freed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let down = format!("http://127.0.0.1:{port}");
     let file = dir.path().join("f.txt");
     std::fs::write(&file, b"data").unwrap();

@@ -1132,11 +1132,7 @@ fn sigterm_lets_a_network_stream_in_flight_finish() {
 #[test]
 fn a_node_outlives_a_closed_stdout() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
     let mut child = Command::new(BIN)

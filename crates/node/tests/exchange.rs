@@ -35,6 +35,23 @@ async fn network_bytes(node: &Node, cid: cairn_core::Cid) -> Vec<u8> {
     .expect("download timed out")
 }
 
+/// Waits (up to [`WAIT`]) until `node` holds dataset `cid` whole; fails with `what` if not.
+async fn whole_here(node: &Node, cid: cairn_core::Cid, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(m) = node.manifest(cid).await
+            && node
+                .check_local(&m, cairn_node::ByteRange::full(m.download_size()))
+                .await
+                .is_ok()
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn local_bytes(node: &Node, cid: cairn_core::Cid) -> Vec<u8> {
     let m = node.manifest(cid).await.unwrap();
     let parts: Vec<Bytes> = node.stream_dataset(&m).try_collect().await.unwrap();
@@ -872,21 +889,12 @@ async fn a_background_download_waits_out_a_missing_provider() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     connect(&nb, &nc).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = b.manifest(cid).await.unwrap();
-        if b.check_local(&m, cairn_node::ByteRange::full(m.download_size()))
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the download did not resume once a provider connected"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    whole_here(
+        &b,
+        cid,
+        "the download did not resume once a provider connected",
+    )
+    .await;
     assert_eq!(local_bytes(&b, cid).await, original);
     assert_eq!(metrics.downloads.failed.count(), 0, "the download failed");
     cancel.cancel();
@@ -1095,21 +1103,7 @@ async fn a_dataset_asked_for_again_right_after_its_delete_downloads() {
     b.delete(cid).await.unwrap();
     ask().await;
     connect(&nb, &nh).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Ok(m) = b.manifest(cid).await
-            && b.check_local(&m, cairn_node::ByteRange::full(m.download_size()))
-                .await
-                .is_ok()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the dataset asked for again was not downloaded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    whole_here(&b, cid, "the dataset asked for again was not downloaded").await;
     assert_eq!(local_bytes(&b, cid).await, original);
     cancel.cancel();
 }

@@ -223,3 +223,12 @@ pub(crate) fn cli_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
     writer.join().unwrap();
     out
 }
+
+/// A loopback TCP port nothing listens on (bound and released at once).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
