@@ -3,15 +3,19 @@
 //!
 //! The behaviour is a message pump. It knows nothing about stores, want lists or downloads —
 //! that is the node's engine — so it is small and easy to reason about:
-//! * [`Behaviour::send`] queues a frame for a connected peer, on its oldest connection,
+//! * [`Behaviour::send`] queues a frame for a connected peer, on its newest connection,
 //!   refusing it when the peer already has [`Config::max_queued_bytes_per_peer`] bytes waiting
 //!   to be written (the caller backs off; nothing grows without bound).
 //! * Every message a handler decodes becomes [`Event::Message`]; every finished send
 //!   [`Event::Sent`] or [`Event::SendFailed`]; every protocol violation [`Event::Violation`], so
 //!   the node can penalise the peer. Frames queued on a connection that closes fail.
+//! * A connection that carried block-exchange frames (either way) and closes while the peer
+//!   keeps another is [`Event::ConnectionLost`]: what was in flight on it is gone, and the node
+//!   has nothing else to tell it so. One that carried none (a second connection that a dial
+//!   with a stale address opened and dropped at once) is not reported.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     task::{Context, Poll},
 };
 
@@ -53,6 +57,12 @@ pub enum Event {
         peer: PeerId,
         /// From [`Behaviour::send`].
         id: SendId,
+    },
+    /// A connection to `peer` that carried block-exchange frames closed, and another stays:
+    /// frames in flight on it either way are lost (those we sent are [`Event::SendFailed`]).
+    ConnectionLost {
+        /// The peer, still connected.
+        peer: PeerId,
     },
     /// `peer` broke the protocol; the stream it used was closed.
     Violation {
@@ -96,6 +106,8 @@ pub struct Behaviour {
     metrics: Metrics,
     /// Open connections per peer, oldest first.
     connections: HashMap<PeerId, Vec<ConnectionId>>,
+    /// Open connections that carried a block-exchange frame, either way.
+    used: HashSet<ConnectionId>,
     queued: HashMap<PeerId, usize>,
     in_flight: HashMap<SendId, InFlight>,
     next_id: u64,
@@ -114,6 +126,7 @@ impl Behaviour {
             config,
             metrics,
             connections: HashMap::new(),
+            used: HashSet::new(),
             queued: HashMap::new(),
             in_flight: HashMap::new(),
             next_id: 0,
@@ -141,6 +154,7 @@ impl Behaviour {
         }
         let id = SendId(self.next_id);
         self.next_id += 1;
+        self.used.insert(connection);
         *self.queued.entry(*peer).or_insert(0) += frame.len();
         self.in_flight.insert(
             id,
@@ -217,11 +231,19 @@ impl NetworkBehaviour for Behaviour {
             ..
         }) = event
         {
+            let mut remaining = 0;
             if let Some(conns) = self.connections.get_mut(&peer_id) {
                 conns.retain(|c| *c != connection_id);
+                remaining = conns.len();
                 if conns.is_empty() {
                     self.connections.remove(&peer_id);
                 }
+            }
+            if self.used.remove(&connection_id) && remaining > 0 {
+                self.events
+                    .push_back(ToSwarm::GenerateEvent(Event::ConnectionLost {
+                        peer: peer_id,
+                    }));
             }
             let failed: Vec<SendId> = self
                 .in_flight
@@ -241,11 +263,14 @@ impl NetworkBehaviour for Behaviour {
     fn on_connection_handler_event(
         &mut self,
         peer: PeerId,
-        _connection: ConnectionId,
+        connection: ConnectionId,
         event: THandlerOutEvent<Self>,
     ) {
         let event = match event {
-            ToBehaviour::Received(message) => Event::Message { peer, message },
+            ToBehaviour::Received(message) => {
+                self.used.insert(connection);
+                Event::Message { peer, message }
+            }
             ToBehaviour::Sent(id) => {
                 if self.finish(id).is_none() {
                     return;

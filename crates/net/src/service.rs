@@ -142,9 +142,10 @@ pub enum NetEvent {
         /// The peer.
         peer: PeerId,
     },
-    /// One connection to a peer closed while another stays open (a reconnect that overlapped
-    /// the old connection, or one of two simultaneous dials going away). Whatever was in flight
-    /// on the closed one, either way, is lost: requests we sent, deliveries the peer sent.
+    /// A connection to a peer that carried block-exchange frames closed while another stays
+    /// open (a reconnect that overlapped the old connection, or one of two simultaneous dials
+    /// going away). Whatever was in flight on the closed one, either way, may be lost: requests
+    /// we sent, deliveries the peer sent.
     ConnectionLost {
         /// The peer, still connected.
         peer: PeerId,
@@ -829,12 +830,6 @@ impl Service {
                 } else if let Some(c) = self.connected.get_mut(&peer_id) {
                     c.connections = num_established as usize;
                     debug!(peer = %peer_id, left = num_established, "one connection to the peer closed");
-                    // Not while we hang up on the peer: it is going away altogether. (A
-                    // connection opened after the hang-up cleared `closing`: the old one going
-                    // away then is a lost connection.)
-                    if !c.closing {
-                        self.emit(NetEvent::ConnectionLost { peer: peer_id });
-                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -885,6 +880,15 @@ impl Service {
             blockexc::Event::SendFailed { peer, id } => {
                 if let Some(done) = self.sends.remove(&id) {
                     let _ = done.send(Err(NetError::SendFailed(peer)));
+                }
+            }
+            blockexc::Event::ConnectionLost { peer } => {
+                // Not while we hang up on the peer: it is going away altogether. (A connection
+                // opened after the hang-up cleared `closing`: the old one going away then is a
+                // lost connection.)
+                if self.connected.get(&peer).is_some_and(|c| !c.closing) {
+                    debug!(%peer, "a connection that carried block exchange closed; another stays");
+                    self.emit(NetEvent::ConnectionLost { peer });
                 }
             }
             blockexc::Event::Violation { peer, violation } => {

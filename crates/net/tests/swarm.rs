@@ -315,15 +315,19 @@ async fn a_connect_during_a_disconnect_makes_a_new_connection() {
     cancel.cancel();
 }
 
-/// A peer holding two connections to A closes one of them: A's node hears that a connection
-/// was lost (what was in flight on it is gone) while the peer stays connected, and it does not
-/// hear that the peer disconnected. The peer is a plain libp2p swarm with the node's transport,
-/// which can dial A twice and close exactly one connection.
+/// A peer holding two connections to A closes one: A's node hears that a connection was lost
+/// (what was in flight on it is gone) only when that connection carried block-exchange frames,
+/// and never that the peer disconnected. The peer is a plain libp2p swarm with the node's
+/// transport and the block-exchange behaviour, which can hold several connections to A and
+/// close exactly one. Sequence: two connections, the newer closed unused (as a dial to a stale
+/// address that reaches this peer and is dropped); a message on the older; a third connection
+/// and a message on it; the older (used) closed; a last message. A must see exactly one lost
+/// connection, before the last message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_one_of_two_connections_is_reported_as_a_lost_connection() {
+async fn closing_a_used_one_of_two_connections_is_reported_as_a_lost_connection() {
     use futures::StreamExt;
     use libp2p::swarm::{
-        SwarmEvent,
+        ConnectionId, SwarmEvent,
         dial_opts::{DialOpts, PeerCondition},
     };
     let cancel = CancellationToken::new();
@@ -334,54 +338,112 @@ async fn closing_one_of_two_connections_is_reported_as_a_lost_connection() {
     let me = key.public().to_peer_id();
     let mut peer = libp2p::Swarm::new(
         cairn_net::transport::build(&key, Muxers::Yamux).unwrap(),
-        libp2p::swarm::dummy::Behaviour,
+        cairn_blockexc::Behaviour::new(cairn_blockexc::Config::default()),
         me,
         libp2p::swarm::Config::with_tokio_executor()
             .with_idle_connection_timeout(Duration::from_secs(60)),
     );
-    let dial = || {
-        DialOpts::peer_id(a_id)
-            .addresses(addrs.clone())
-            .condition(PeerCondition::Always)
-            .build()
+    let dial = |peer: &mut libp2p::Swarm<cairn_blockexc::Behaviour>| {
+        peer.dial(
+            DialOpts::peer_id(a_id)
+                .addresses(addrs.clone())
+                .condition(PeerCondition::Always)
+                .build(),
+        )
+        .unwrap();
     };
-    peer.dial(dial()).unwrap();
-    peer.dial(dial()).unwrap();
-    let mut open = Vec::new();
-    tokio::time::timeout(WAIT, async {
-        while open.len() < 2 {
-            match peer.select_next_some().await {
-                SwarmEvent::ConnectionEstablished { connection_id, .. } => open.push(connection_id),
-                SwarmEvent::OutgoingConnectionError { error, .. } => panic!("dial failed: {error}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("two connections to A");
-    assert!(peer.close_connection(open[0]));
-
-    let seen = tokio::time::timeout(WAIT, async {
-        let mut seen = Vec::new();
-        loop {
-            tokio::select! {
-                _ = peer.select_next_some() => {}
-                ev = ev_a.recv() => match ev {
-                    Some(NetEvent::PeerConnected { peer, .. }) if peer == me => seen.push("connected"),
-                    Some(NetEvent::PeerDisconnected { peer }) if peer == me => seen.push("disconnected"),
-                    Some(NetEvent::ConnectionLost { peer }) if peer == me => {
-                        seen.push("lost");
-                        return seen;
+    // Drives the peer until `n` connections are established; returns them.
+    async fn established(
+        peer: &mut libp2p::Swarm<cairn_blockexc::Behaviour>,
+        n: usize,
+    ) -> Vec<ConnectionId> {
+        let mut open = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            while open.len() < n {
+                match peer.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { connection_id, .. } => {
+                        open.push(connection_id);
                     }
-                    Some(_) => {}
-                    None => panic!("A's events ended"),
-                },
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        panic!("dial failed: {error}")
+                    }
+                    _ => {}
+                }
             }
-        }
-    })
-    .await
-    .expect("A did not report the lost connection");
-    assert_eq!(seen, ["connected", "lost"]);
+        })
+        .await
+        .expect("connections to A");
+        open
+    }
+    // Closes connection `id` and drives the peer until it is closed.
+    async fn close(peer: &mut libp2p::Swarm<cairn_blockexc::Behaviour>, id: ConnectionId) {
+        assert!(peer.close_connection(id));
+        tokio::time::timeout(WAIT, async {
+            loop {
+                if let SwarmEvent::ConnectionClosed { connection_id, .. } =
+                    peer.select_next_some().await
+                    && connection_id == id
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the connection did not close");
+    }
+    // Drives the peer while waiting for A's next event about it (messages, connects, losses).
+    async fn next_about(
+        peer: &mut libp2p::Swarm<cairn_blockexc::Behaviour>,
+        ev_a: &mut mpsc::Receiver<NetEvent>,
+        me: libp2p::PeerId,
+    ) -> &'static str {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                tokio::select! {
+                    _ = peer.select_next_some() => {}
+                    ev = ev_a.recv() => match ev {
+                        Some(NetEvent::PeerConnected { peer, .. }) if peer == me => return "connected",
+                        Some(NetEvent::PeerDisconnected { peer }) if peer == me => return "disconnected",
+                        Some(NetEvent::ConnectionLost { peer }) if peer == me => return "lost",
+                        Some(NetEvent::Message { peer, .. }) if peer == me => return "message",
+                        Some(_) => {}
+                        None => panic!("A's events ended"),
+                    },
+                }
+            }
+        })
+        .await
+        .expect("A said nothing more about the peer")
+    }
+
+    dial(&mut peer);
+    let first = established(&mut peer, 1).await[0];
+    dial(&mut peer);
+    let second = established(&mut peer, 1).await[0];
+    let mut seen = vec![next_about(&mut peer, &mut ev_a, me).await];
+    // The newer closes without having carried anything.
+    close(&mut peer, second).await;
+    // A message: it goes on the only connection left, the older.
+    peer.behaviour_mut()
+        .send(&a_id, want(1).to_frame())
+        .unwrap();
+    seen.push(next_about(&mut peer, &mut ev_a, me).await);
+    dial(&mut peer);
+    established(&mut peer, 1).await;
+    // A message on the third connection: once A has it, A has that connection too, so the
+    // older one closing leaves it one.
+    peer.behaviour_mut()
+        .send(&a_id, want(2).to_frame())
+        .unwrap();
+    seen.push(next_about(&mut peer, &mut ev_a, me).await);
+    close(&mut peer, first).await;
+    seen.push(next_about(&mut peer, &mut ev_a, me).await);
+    // A last message, on the third connection.
+    peer.behaviour_mut()
+        .send(&a_id, want(3).to_frame())
+        .unwrap();
+    seen.push(next_about(&mut peer, &mut ev_a, me).await);
+    assert_eq!(seen, ["connected", "message", "message", "lost", "message"]);
     assert!(
         a.peers().await.unwrap().iter().any(|p| p.peer == me),
         "the peer is still connected"

@@ -24,9 +24,10 @@
 //!   penalised as [`PeerAction::Fatal`] and the want goes to another holder.
 //! * A peer with outstanding requests that delivers nothing for [`ACTIVITY_TIMEOUT`] loses them
 //!   to other holders (the reference disconnects it after a minute).
-//! * When one of a peer's connections closes and another stays ([`NetEvent::ConnectionLost`]),
-//!   what was in flight on it is gone: the peer is asked again at once for the blocks it was
-//!   asked for, and about the others we are looking for.
+//! * When a connection that carried block exchange closes and another stays
+//!   ([`NetEvent::ConnectionLost`]), what was in flight on it may be gone: the peer is asked
+//!   again at once about the blocks we look for, and for the blocks it was asked for that have
+//!   not come within [`LOST_CONNECTION_GRACE`].
 //! * A peer is not sent a `WantHave` for a block it was asked for (`WantBlock`) or said it
 //!   has: redundant, and older reference engines let it replace the `WantBlock`.
 //! * Verified leaves go to their requesters at once and are written behind them in batches
@@ -80,6 +81,11 @@ use tracing::{debug, warn};
 pub const ENGINE_CHANNEL_CAPACITY: usize = 256;
 /// How often timeouts and re-queries are checked.
 pub const TICK: Duration = Duration::from_millis(200);
+/// After a connection to a peer is lost ([`NetEvent::ConnectionLost`]), its requests made
+/// before then are asked again if they have not come within this long: a peer that sends on its
+/// other connection delivers them meanwhile (at 100 MB/s, a full [`MAX_OUTSTANDING_PER_PEER`]
+/// takes 170 ms), and one that lost them is asked well before [`ACTIVITY_TIMEOUT`].
+pub const LOST_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 /// Requests outstanding at one peer: 256 blocks (16 MiB) keeps a fast loopback or LAN peer
 /// busy, and limits what one stalled peer can hold up before [`ACTIVITY_TIMEOUT`].
 pub const MAX_OUTSTANDING_PER_PEER: usize = 256;
@@ -365,6 +371,9 @@ struct Peer {
     control_in_flight: bool,
     have_queries: VecDeque<(BlockAddress, bool)>,
     presence_in_flight: bool,
+    /// When a connection to the peer was lost ([`NetEvent::ConnectionLost`]): its requests
+    /// made before then that have not come after [`LOST_CONNECTION_GRACE`] are asked again.
+    lost_at: Option<Instant>,
 }
 
 impl Peer {
@@ -383,6 +392,7 @@ impl Peer {
             control_in_flight: false,
             have_queries: VecDeque::new(),
             presence_in_flight: false,
+            lost_at: None,
         }
     }
 }
@@ -755,29 +765,24 @@ impl Engine {
                 self.serve_rr.retain(|p| *p != peer);
             }
             NetEvent::ConnectionLost { peer } => {
-                // The peer stays, but what was in flight on the lost connection is gone both
-                // ways. Its requests are asked of it again (a repeated `WantBlock` changes
-                // nothing at a peer that still has it; one that sent the block on the other
-                // connection may send it twice, a counted duplicate), and it hears again what we
-                // are looking for, except what it told us it has or is asked for (see
-                // `announce`). What it asked of us it asks again itself (a cairn peer sees the
-                // same connection close).
+                // The peer stays, but what was in flight on the lost connection may be gone
+                // both ways. Its requests are asked of it again if they have not come within
+                // `LOST_CONNECTION_GRACE` (a peer that sends on its other connection delivers
+                // them meanwhile, and asking at once would make it send them twice); and it
+                // hears again at once about the blocks we look for that it has not said it has
+                // nor been asked for (see `announce`). What it asked of us it asks again itself
+                // (a cairn peer sees the same connection close).
                 let pending = &self.pending;
                 let Some(st) = self.peers.get_mut(&peer) else {
                     return;
                 };
+                debug!(%peer, requests = st.outstanding.len(), "a connection to the peer closed; asking again what does not come");
+                st.lost_at = Some(now);
                 let mut queued: HashSet<BlockAddress> =
                     st.outbox_wants.iter().map(|w| w.address).collect();
-                let again: Vec<BlockAddress> = st.outstanding.keys().copied().collect();
-                debug!(%peer, requests = again.len(), "a connection to the peer closed; asking again");
-                for a in again {
-                    st.outstanding.insert(a, now);
-                    if queued.insert(a) {
-                        st.outbox_wants.push(WantEntry::block(a));
-                    }
-                }
                 for (a, _) in pending.iter().filter(|(_, p)| !p.storing) {
-                    if !st.haves.contains(a) && queued.insert(*a) {
+                    if !st.haves.contains(a) && !st.outstanding.contains_key(a) && queued.insert(*a)
+                    {
                         st.outbox_wants.push(query(*a));
                     }
                 }
@@ -1134,6 +1139,30 @@ impl Engine {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        // Requests that were on their way when a connection to their peer was lost, and have
+        // not come since: asked again (on the peer's newest connection).
+        for (peer, st) in &mut self.peers {
+            let Some(lost_at) = st.lost_at else {
+                continue;
+            };
+            if now.duration_since(lost_at) < LOST_CONNECTION_GRACE {
+                continue;
+            }
+            st.lost_at = None;
+            let again: Vec<BlockAddress> = st
+                .outstanding
+                .iter()
+                .filter(|(_, asked)| **asked <= lost_at)
+                .map(|(a, _)| *a)
+                .collect();
+            if !again.is_empty() {
+                debug!(%peer, requests = again.len(), "asking again what a lost connection held");
+            }
+            for a in again {
+                st.outstanding.insert(a, now);
+                st.outbox_wants.push(WantEntry::block(a));
+            }
+        }
         // Silent peers lose their requests.
         let mut silent = Vec::new();
         for (peer, st) in &self.peers {

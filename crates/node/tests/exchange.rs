@@ -1109,17 +1109,18 @@ async fn a_dataset_asked_for_again_right_after_its_delete_downloads() {
 }
 
 /// One connection to a peer closes while another stays (a reconnect that overlapped the old
-/// connection; the swarm's side is `cairn-net`'s `closing_one_of_two_connections_…` test): the
+/// connection; the swarm's side is `cairn-net`'s `closing_a_used_one_of_two_connections_…` test): the
 /// peer never disconnects as far as the engine can tell, but what was in flight on the closed
 /// connection is gone. Here B's events pass through the test, which drops one message of
 /// deliveries from A mid-download (lost with the connection) and then reports the lost
-/// connection. B asks again for what it lost at once, instead of leaving those requests to the
+/// connection. B asks again for what has not come after
+/// [`cairn_node::engine::LOST_CONNECTION_GRACE`] (1 s), instead of leaving those requests to the
 /// silent-peer timeout ([`cairn_node::engine::ACTIVITY_TIMEOUT`]), which A, busy delivering
 /// everything else, would not even trip until the rest was done. A's events pass through the
 /// test too, which checks that B never follows a `WantBlock` with a `WantHave` for the same
 /// block (older reference engines let the second replace the first, and never sent the block).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_lost_with_a_connection_are_asked_again_at_once() {
+async fn requests_lost_with_a_connection_are_asked_again_soon() {
     let cancel = CancellationToken::new();
     let (na, mut a_events) = bare(&cancel).await;
     let (a_tx, a_rx) = mpsc::channel(64);
