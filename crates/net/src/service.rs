@@ -61,6 +61,11 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// How long [`start`] waits for the listeners to report their addresses.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer whose address answered with another peer's id stays out of the address book
+/// (neither dialled nor gossiped; its connections are not refused): an entry dropped only would
+/// come back with the next peer-exchange answer of a peer that learned it from us.
+pub const STALE_PEER_MEMORY: Duration = Duration::from_secs(60 * 60);
+
 /// Connections to one peer (one each way when both dial at once).
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Connections still in their handshake, inbound.
@@ -848,7 +853,10 @@ impl Service {
                 if let (Some(p), DialError::WrongPeerId { obtained, .. }) = (peer_id, &error)
                     && self.book.remove(&p)
                 {
-                    info!(peer = %p, %obtained, "another peer answers at its address; dropped from the address book");
+                    // Kept out of the book for a while: a peer that learned the stale entry from
+                    // us would gossip it back, and each dial reaches the other peer.
+                    self.book.ban(p, unix_now() + STALE_PEER_MEMORY.as_secs());
+                    info!(peer = %p, %obtained, "another peer answers at its address; dropped from the address book for an hour");
                 }
                 if let Some(p) = peer_id {
                     self.fixed_failed(p, &error.to_string());

@@ -437,8 +437,9 @@ async fn private_peer_ids_are_never_given_out() {
 }
 
 /// A peer that comes back at the same address with a new identity: dialling the old identity
-/// there fails with a wrong peer id, and the old entry leaves the address book at once instead
-/// of being dialled again and again (each time a connection the new peer sees come and go; an
+/// there fails with a wrong peer id, and the old entry leaves the address book at once (and is
+/// kept out for [`cairn_net::service::STALE_PEER_MEMORY`]) instead of being dialled again and
+/// again (each time a connection the new peer sees come and go; an
 /// operator test saw a node's own dial refused among them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_gone_from_its_address_leaves_the_book() {
@@ -470,5 +471,8 @@ async fn an_identity_gone_from_its_address_leaves_the_book() {
     let err = a.connect(old_id, vec![addr]).await.unwrap_err();
     assert!(err.to_string().contains("peer"), "{err}");
     assert!(a.book_entry(old_id).await.unwrap().is_none());
+    // And it stays out for a while (a ban in the book): a peer that learned the entry from A
+    // would otherwise gossip it back, and A would dial the new peer again and again.
+    assert_eq!(a.status().await.unwrap().book.banned, 1);
     cancel.cancel();
 }
