@@ -499,7 +499,12 @@ pub async fn start(
     let book = match &config.book_path {
         Some(path) => {
             let (book, outcome) = AddrBook::load(path, book_config, unix_now());
-            info!(path = %path.display(), ?outcome, peers = book.size(), "address book loaded");
+            match outcome {
+                cairn_peers::LoadOutcome::NotFound | cairn_peers::LoadOutcome::Loaded { .. } => {
+                    info!(path = %path.display(), %outcome, peers = book.size(), "address book loaded");
+                }
+                _ => warn!(path = %path.display(), %outcome, "address book not loaded"),
+            }
             book
         }
         None => AddrBook::new(book_config),

@@ -71,6 +71,34 @@ pub enum LoadOutcome {
     },
 }
 
+impl std::fmt::Display for LoadOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadOutcome::NotFound => write!(f, "no file yet (a first start)"),
+            LoadOutcome::Loaded {
+                peers,
+                bans,
+                dropped,
+            } => write!(
+                f,
+                "read: {peers} peers, {bans} bans, {dropped} dropped by the settings"
+            ),
+            LoadOutcome::MovedAside { to, error } => write!(
+                f,
+                "unusable ({error}); moved aside to {}, starting empty",
+                to.display()
+            ),
+            LoadOutcome::Unusable {
+                error,
+                rename_error,
+            } => write!(
+                f,
+                "unusable ({error}) and not moved aside ({rename_error}); starting empty"
+            ),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct VersionProbe {
     version: u32,
@@ -425,6 +453,25 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// The load outcome reads as a sentence in the log, not as a Rust value.
+    #[test]
+    fn load_outcomes_read_as_text() {
+        let loaded = LoadOutcome::Loaded {
+            peers: 2,
+            bans: 1,
+            dropped: 0,
+        };
+        assert_eq!(
+            loaded.to_string(),
+            "read: 2 peers, 1 bans, 0 dropped by the settings"
+        );
+        assert_eq!(
+            LoadOutcome::NotFound.to_string(),
+            "no file yet (a first start)"
+        );
+    }
+
     use std::path::Path;
 
     use super::*;
