@@ -51,7 +51,7 @@ impl From<NodeError> for ApiError {
                 used,
                 quota,
             }) => ApiError::InsufficientStorage(format!(
-                "Storage quota exceeded: {needed} more bytes needed, and {used} of {quota} bytes are used or reserved by uploads and downloads in progress (this one included)."
+                "Storage quota exceeded: {needed} more bytes needed, and {used} of {quota} bytes are taken (stored, or reserved by uploads and downloads in progress)."
             )),
             // Its own words: the index may have failed for another I/O error than a full disk.
             NodeError::Store(e @ StoreError::IndexUnavailable(_)) => {
