@@ -548,9 +548,12 @@ impl Node {
                 warn!(%cid, error = %e, "cannot record the background download");
             }
         }
+        // Counted as running before the answer goes out: a client that reads the metrics
+        // right after it must not see the download as done before it began.
+        let download = Download::start(&self.config.metrics.downloads);
         tokio::spawn(
             self.clone()
-                .background(running, manifest.clone(), reservation),
+                .background(running, manifest.clone(), reservation, download),
         );
         Ok(manifest)
     }
@@ -558,7 +561,13 @@ impl Node {
     /// Runs the background download of [`Node::download`] until it completes, gives up, the
     /// dataset is deleted or the node stops. One that ends while it was asked for again (as it
     /// gave up, or after a delete when the request stored the manifest again) starts over.
-    async fn background(self, running: Running, m: Manifest, reservation: Reservation) {
+    async fn background(
+        self,
+        running: Running,
+        m: Manifest,
+        reservation: Reservation,
+        first: Download,
+    ) {
         let cid = running.cid;
         let store = self.store.clone();
         let Ok(engine) = self.network().map(|n| n.engine.clone()) else {
@@ -567,9 +576,10 @@ impl Node {
         let metrics = self.config.metrics.downloads.clone();
         let _watch = self.watch_providers(&m);
         let mut reservation = Some(reservation);
+        let mut first = Some(first);
         loop {
             let started = std::time::Instant::now();
-            let mut download = Download::start(&metrics);
+            let mut download = first.take().unwrap_or_else(|| Download::start(&metrics));
             let r = self
                 .background_attempts(&engine, &m, &mut reservation, &running)
                 .await;
@@ -583,6 +593,8 @@ impl Node {
             }
             let outcome = match &r {
                 Ok(()) => DownloadOutcome::Completed,
+                // Stopped on purpose (a delete, the node stopping), not a failure.
+                Err(e) if deleted(e) || stopping => DownloadOutcome::Cancelled,
                 Err(_) => DownloadOutcome::Failed,
             };
             match r {
