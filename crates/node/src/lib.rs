@@ -66,8 +66,8 @@ pub use crate::{
     ingest::{INGEST_QUEUE_BLOCKS, MAX_INGEST_HASHERS, WRITE_QUEUE_BLOCKS},
     node::{
         BACKGROUND_PATIENCE, BACKGROUND_RETRY_PAUSE, ByteStream, DOWNLOAD_READAHEAD_BLOCKS,
-        ISOLATED_GIVE_UP, MAX_BACKGROUND_DOWNLOADS, MAX_RESUMED_DOWNLOADS, Node, NodeConfig,
-        StoredDataset,
+        ISOLATED_GIVE_UP, MAINTENANCE_AFTER_DELETE, MAX_BACKGROUND_DOWNLOADS,
+        MAX_RESUMED_DOWNLOADS, Node, NodeConfig, StoredDataset,
     },
     range::{ByteRange, InvertedRange},
 };

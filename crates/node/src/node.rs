@@ -61,6 +61,13 @@ pub const MAX_BACKGROUND_DOWNLOADS: usize = 256;
 /// a restart resumes every one that was running.
 pub const MAX_RESUMED_DOWNLOADS: usize = MAX_BACKGROUND_DOWNLOADS;
 
+/// After a delete the maintenance pass (reclaim, compaction) runs this much later instead of
+/// at its next interval, so the disk space of deleted data comes back within a minute, not up to
+/// ten. Deletes within this time share one pass. Bytes of downloaded datasets share a segment
+/// that only compaction frees: a node that deleted and fetched data again every few seconds held
+/// 4.2 GiB on disk for 0.46 GiB of data until the 10-minute pass.
+pub const MAINTENANCE_AFTER_DELETE: Duration = Duration::from_secs(30);
+
 /// How often a manifest fetch checks whether it still has anybody to ask: a node alone, or one
 /// whose peers all said they lack the manifest after the DHT search came up empty.
 const NOBODY_CHECK: Duration = Duration::from_millis(250);
@@ -78,6 +85,9 @@ pub struct NodeConfig {
     /// A network stream whose reader takes nothing for this long is stopped
     /// ([`crate::fetch::READER_STALL_TIMEOUT`] by default).
     pub reader_stall_timeout: Duration,
+    /// After a delete, the maintenance pass runs this much later rather than at its next
+    /// interval ([`MAINTENANCE_AFTER_DELETE`] by default).
+    pub maintenance_after_delete: Duration,
 }
 
 impl Default for NodeConfig {
@@ -87,6 +97,7 @@ impl Default for NodeConfig {
             data_dir: None,
             metrics: NodeMetrics::default(),
             reader_stall_timeout: crate::fetch::READER_STALL_TIMEOUT,
+            maintenance_after_delete: MAINTENANCE_AFTER_DELETE,
         }
     }
 }
@@ -106,6 +117,8 @@ pub struct Node {
     store: Store,
     config: NodeConfig,
     network: Option<Network>,
+    /// Told by a delete, so the maintenance pass runs soon ([`MAINTENANCE_AFTER_DELETE`]).
+    deleted: Arc<tokio::sync::Notify>,
 }
 
 /// The node's network side: the swarm handle, the block-exchange engine and, when the node
@@ -195,6 +208,7 @@ impl Node {
             store,
             config,
             network: None,
+            deleted: Arc::default(),
         }
     }
 
@@ -217,6 +231,7 @@ impl Node {
         Node {
             store,
             config,
+            deleted: Arc::default(),
             network: Some(Network {
                 net,
                 engine,
@@ -982,6 +997,7 @@ impl Node {
         if let Some(d) = self.discovery() {
             d.withdraw(&cid.to_bytes());
         }
+        self.deleted.notify_one();
         Ok(())
     }
 
@@ -1006,6 +1022,14 @@ impl Node {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+                () = self.deleted.notified() => {
+                    // Deletes that follow within the delay share the pass.
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(self.config.maintenance_after_delete) => {}
+                    }
+                    tick.reset();
+                }
             }
             let store = self.store.clone();
             let now = std::time::SystemTime::now()
