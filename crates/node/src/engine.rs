@@ -659,22 +659,28 @@ impl Engine {
             .map(|(a, _)| *a)
             .collect();
         for a in gone {
-            let Some(p) = self.pending.remove(&a) else {
-                continue;
-            };
-            for st in self.peers.values_mut() {
-                st.haves.remove(&a);
-            }
-            if let Some(peer) = p.requested_from
-                && let Some(st) = self.peers.get_mut(&peer)
-                && st.outstanding.remove(&a).is_some()
-            {
-                st.outbox_wants.push(WantEntry::cancel(a));
-            }
-            for w in p.waiters {
-                let _ = w.send(Err(FetchError::Deleted));
+            if let Some(p) = self.drop_want(a) {
+                for w in p.waiters {
+                    let _ = w.send(Err(FetchError::Deleted));
+                }
             }
         }
+    }
+
+    /// Stops wanting `address`: no peer counts as its holder any more, and the peer asked for
+    /// it gets a cancel. Returns the want, whose requesters the caller answers.
+    fn drop_want(&mut self, address: BlockAddress) -> Option<Pending> {
+        let p = self.pending.remove(&address)?;
+        for st in self.peers.values_mut() {
+            st.haves.remove(&address);
+        }
+        if let Some(peer) = p.requested_from
+            && let Some(st) = self.peers.get_mut(&peer)
+            && st.outstanding.remove(&address).is_some()
+        {
+            st.outbox_wants.push(WantEntry::cancel(address));
+        }
+        Some(p)
     }
 
     fn add_want(
@@ -1200,7 +1206,7 @@ impl Engine {
             }
             p.waiters.retain(|w| !w.is_closed());
             if p.waiters.is_empty() {
-                drop_list.push((*a, p.requested_from));
+                drop_list.push(*a);
                 continue;
             }
             if p.requested_from.is_some() || p.queued {
@@ -1214,23 +1220,11 @@ impl Engine {
                 requery.push(*a);
             }
         }
-        for (a, from) in drop_list {
-            self.pending.remove(&a);
-            for st in self.peers.values_mut() {
-                st.haves.remove(&a);
-            }
-            if let Some(peer) = from
-                && let Some(st) = self.peers.get_mut(&peer)
-                && st.outstanding.remove(&a).is_some()
-            {
-                st.outbox_wants.push(WantEntry::cancel(a));
-            }
+        for a in drop_list {
+            self.drop_want(a);
         }
         for a in failed {
-            for st in self.peers.values_mut() {
-                st.haves.remove(&a);
-            }
-            if let Some(p) = self.pending.remove(&a) {
+            if let Some(p) = self.drop_want(a) {
                 for w in p.waiters {
                     let _ = w.send(Err(FetchError::NotFound));
                 }

@@ -865,14 +865,10 @@ async fn a_peer_that_has_not_answered_keeps_the_manifest_search_going() {
 async fn a_background_download_waits_out_a_missing_provider() {
     let cancel = CancellationToken::new();
     let (b, nb, _, metrics) = common::node_with_metrics(&cancel).await;
-    let (nm, m_events) = bare(&cancel).await;
     let (c, nc) = node(&cancel).await;
     let original = data(40 * 65536 + 5, 80);
     let cid = upload(&c, &original).await;
-    let Ok(Some(manifest)) = c.store().get_block(&cid) else {
-        panic!("C lacks its manifest");
-    };
-    serve_manifest_only(nm.clone(), m_events, manifest);
+    let nm = manifest_only_peer(&cancel, &c, &[cid]).await;
     connect(&nb, &nm).await;
     tokio::time::timeout(WAIT, b.download(cid))
         .await
@@ -900,14 +896,28 @@ async fn a_background_download_waits_out_a_missing_provider() {
     cancel.cancel();
 }
 
-/// Makes the bare swarm `net` (its events on `events`) a peer that has dataset manifest
-/// `manifest` and nothing else: it answers `Have` and delivers the manifest, and ignores every
-/// other want.
-fn serve_manifest_only(net: NetworkHandle, events: mpsc::Receiver<NetEvent>, manifest: Block) {
-    serve_manifests_only(net, events, vec![manifest]);
+/// A bare swarm that has the manifests of datasets `cids` (taken from `holder`) and nothing
+/// else ([`serve_manifests_only`]); its handle.
+async fn manifest_only_peer(
+    cancel: &CancellationToken,
+    holder: &Node,
+    cids: &[cairn_core::Cid],
+) -> NetworkHandle {
+    let manifests = cids
+        .iter()
+        .map(|cid| match holder.store().get_block(cid) {
+            Ok(Some(m)) => m,
+            other => panic!("the holder lacks manifest {cid}: {other:?}"),
+        })
+        .collect();
+    let (nm, m_events) = bare(cancel).await;
+    serve_manifests_only(nm.clone(), m_events, manifests);
+    nm
 }
 
-/// [`serve_manifest_only`] for several manifests.
+/// Makes the bare swarm `net` (its events on `events`) a peer that has the dataset manifests
+/// `manifests` and nothing else: it answers `Have` and delivers a manifest, and ignores every
+/// other want.
 fn serve_manifests_only(
     net: NetworkHandle,
     mut events: mpsc::Receiver<NetEvent>,
@@ -954,11 +964,7 @@ async fn a_background_download_is_resumed_after_a_restart() {
     let (c, nc) = node(&cancel).await;
     let original = data(30 * 65536 + 9, 81);
     let cid = upload(&c, &original).await;
-    let Ok(Some(manifest)) = c.store().get_block(&cid) else {
-        panic!("C lacks its manifest");
-    };
-    let (nm, m_events) = bare(&cancel).await;
-    serve_manifest_only(nm.clone(), m_events, manifest);
+    let nm = manifest_only_peer(&cancel, &c, &[cid]).await;
 
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
@@ -1042,11 +1048,7 @@ async fn deleting_a_dataset_stops_its_waiting_background_download() {
     let (b, nb, _, metrics) = common::node_with_metrics(&cancel).await;
     let holder = node(&cancel).await.0;
     let cid = upload(&holder, &data(20 * 65536, 82)).await;
-    let Ok(Some(manifest)) = holder.store().get_block(&cid) else {
-        panic!("the holder lacks its manifest");
-    };
-    let (nm, m_events) = bare(&cancel).await;
-    serve_manifest_only(nm.clone(), m_events, manifest);
+    let nm = manifest_only_peer(&cancel, &holder, &[cid]).await;
     connect(&nb, &nm).await;
     tokio::time::timeout(WAIT, b.download(cid))
         .await
@@ -1089,11 +1091,7 @@ async fn a_dataset_asked_for_again_right_after_its_delete_downloads() {
     let (holder, nh) = node(&cancel).await;
     let original = data(20 * 65536 + 11, 83);
     let cid = upload(&holder, &original).await;
-    let Ok(Some(manifest)) = holder.store().get_block(&cid) else {
-        panic!("the holder lacks its manifest");
-    };
-    let (nm, m_events) = bare(&cancel).await;
-    serve_manifest_only(nm.clone(), m_events, manifest);
+    let nm = manifest_only_peer(&cancel, &holder, &[cid]).await;
     connect(&nb, &nm).await;
     let ask = || async {
         tokio::time::timeout(WAIT, b.download(cid))
@@ -1227,14 +1225,10 @@ async fn requests_lost_with_a_connection_are_asked_again_soon() {
 async fn asking_twice_for_a_background_download_runs_it_once() {
     let cancel = CancellationToken::new();
     let (b, nb, _, metrics) = common::node_with_metrics(&cancel).await;
-    let (nm, m_events) = bare(&cancel).await;
     let (c, nc) = node(&cancel).await;
     let original = data(20 * 65536 + 3, 82);
     let cid = upload(&c, &original).await;
-    let Ok(Some(manifest)) = c.store().get_block(&cid) else {
-        panic!("C lacks its manifest");
-    };
-    serve_manifest_only(nm.clone(), m_events, manifest);
+    let nm = manifest_only_peer(&cancel, &c, &[cid]).await;
     connect(&nb, &nm).await;
     for _ in 0..3 {
         let m = tokio::time::timeout(WAIT, b.download(cid))
@@ -1282,18 +1276,11 @@ async fn background_downloads_are_bounded() {
     let cancel = CancellationToken::new();
     let (c, _nc) = node(&cancel).await;
     let mut cids = Vec::new();
-    let mut manifests = Vec::new();
     for i in 0..=max {
         // (`data` sets the seed's low bit: odd seeds keep them apart.)
-        let cid = upload(&c, &data(1000, 1001 + 2 * i as u64)).await;
-        let Ok(Some(m)) = c.store().get_block(&cid) else {
-            panic!("C lacks its manifest");
-        };
-        cids.push(cid);
-        manifests.push(m);
+        cids.push(upload(&c, &data(1000, 1001 + 2 * i as u64)).await);
     }
-    let (nm, m_events) = bare(&cancel).await;
-    serve_manifests_only(nm.clone(), m_events, manifests);
+    let nm = manifest_only_peer(&cancel, &c, &cids).await;
     let (b, nb) = node(&cancel).await;
     connect(&nb, &nm).await;
     tokio::time::timeout(WAIT, async {
