@@ -1309,12 +1309,16 @@ async fn background_downloads_are_bounded() {
 async fn a_deleted_download_gives_its_disk_space_back_soon() {
     let cancel = CancellationToken::new();
     let (a, na) = node(&cancel).await;
-    // B keeps a small dataset and deletes a larger one fetched after it. With 16 MiB segments
-    // the first segment holds the small one's 80 blocks and 176 of the other's: mostly dead
-    // after the delete, which only compaction frees (a segment left empty goes at once).
+    // B keeps a small dataset and deletes a larger one fetched after it (the small one is the
+    // large one's first 80 blocks, which the store keeps once). With 16 MiB segments the first
+    // segment holds those 80 blocks and at least 176 more of the large one: mostly dead after
+    // the delete, which only compaction frees. A segment rolls over at the first write batch
+    // (at most 256 blocks) that finds it at 16 MiB, so it holds at most 511 blocks and the
+    // large one's 600 surely reach a second segment. That one stays open; it is freed when it
+    // holds at least `COMPACT_MIN_DEAD_BYTES` (8 MiB), and otherwise kept for the next writes.
     const ROLL: u64 = 16 << 20;
     let kept = upload(&a, &data(80 * 65536, 85)).await;
-    let original = data(400 * 65536, 84);
+    let original = data(600 * 65536, 84);
     let cid = upload(&a, &original).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -1352,12 +1356,13 @@ async fn a_deleted_download_gives_its_disk_space_back_soon() {
     let held = store.disk_bytes().unwrap();
     assert!(held >= original.len() as u64, "{held} bytes on disk");
     b.delete(cid).await.unwrap();
-    // Once the first segment is compacted, less than a segment's worth is left (the kept
-    // dataset, 5.2 MB); without it, at least that segment (16 MiB).
+    // Once the first segment is compacted, the kept dataset (80 blocks, 5.2 MB) is left, and
+    // at most 8 MiB of the open segment: 13.6 MB at most. Without the compaction, at least the
+    // first segment (16 MiB) stays.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let now = store.disk_bytes().unwrap();
-        if now < ROLL * 3 / 4 {
+        if now < ROLL * 15 / 16 {
             break;
         }
         assert!(
