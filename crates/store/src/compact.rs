@@ -10,6 +10,9 @@
 //!
 //! A compaction pass ([`Store::compact`], run by every maintenance pass) frees them:
 //!
+//! 0. **Seal.** The open shared segments are sealed first if they meet the rule below (and no
+//!    put's rows are on their way into them), so deleted downloads that shared the open segment
+//!    with kept ones are freed too, not when it fills up; the next put opens a new segment.
 //! 1. **Pick.** Sealed segments (no writer will append again) whose live bytes are at most
 //!    [`COMPACT_MAX_LIVE_PERCENT`] of the file and whose dead bytes are at least
 //!    [`COMPACT_MIN_DEAD_BYTES`], most dead bytes first, as many as fit in
@@ -99,7 +102,7 @@ impl SegmentUse {
     }
 
     /// Whether rewriting it is worth it ([`COMPACT_MAX_LIVE_PERCENT`], [`COMPACT_MIN_DEAD_BYTES`]).
-    fn worth_compacting(self) -> bool {
+    pub(crate) fn worth_compacting(self) -> bool {
         self.dead() >= COMPACT_MIN_DEAD_BYTES
             && u128::from(self.live) * 100
                 <= u128::from(self.size) * u128::from(COMPACT_MAX_LIVE_PERCENT)
@@ -147,6 +150,9 @@ impl Store {
             if freed > 0 {
                 report.segments_freed += 1;
                 report.freed_bytes += freed;
+            } else {
+                // One that is mostly dead is sealed, so this pass picks it below.
+                self.seal_open_if_worth_compacting(leaves_slot)?;
             }
         }
         // Sealed segments with nothing live need no copying, whatever their size.
@@ -533,6 +539,50 @@ mod tests {
         );
         assert_eq!(store.disk_bytes().unwrap(), BS as u64);
         assert!(store.audit().unwrap().segments_consistent);
+    }
+
+    /// The open shared segment, mostly dead but still holding blocks that are kept (deleted
+    /// downloads beside a kept one), is sealed and rewritten by a compaction pass (not while a
+    /// put's rows are on their way), and the next put opens a new one. Before, its dead bytes
+    /// stayed until it filled up: 1 GiB by default.
+    #[test]
+    fn a_mostly_dead_open_segment_is_compacted() {
+        let (_dir, store) = store_rolling_at(1 << 20);
+        let n = 2 * (COMPACT_MIN_DEAD_BYTES / BS as u64) as usize;
+        let blocks: Vec<Block> = (0..=n as u32).map(block).collect();
+        for b in &blocks[..n] {
+            store.put_block(b).unwrap();
+        }
+        let open = row(&store, &blocks[0]).seg;
+        // Every fourth block kept: a quarter live, 12 MiB dead.
+        let kept: Vec<&Block> = blocks[..n].iter().step_by(4).collect();
+        for (i, b) in blocks[..n].iter().enumerate() {
+            if i % 4 != 0 {
+                store.delete(b.cid()).unwrap();
+            }
+        }
+        let pin = crate::store::SegPin::new(&store, open);
+        assert_eq!(
+            store.compact().unwrap(),
+            CompactReport::default(),
+            "pinned: left for the next pass"
+        );
+        drop(pin);
+        let r = store.compact().unwrap();
+        assert_eq!(r.moved_blocks, kept.len() as u64, "{r:?}");
+        assert_eq!(r.segments_freed, 1, "{r:?}");
+        assert_eq!(r.freed_bytes, (n * BS) as u64, "{r:?}");
+        assert!(store.inner.segs.size(open).is_err(), "the old file is gone");
+        assert_eq!(store.disk_bytes().unwrap(), (kept.len() * BS) as u64);
+        for b in &kept {
+            assert_eq!(store.get_block(b.cid()).unwrap().unwrap().data(), b.data());
+        }
+        store.put_block(&blocks[n]).unwrap();
+        assert_ne!(row(&store, &blocks[n]).seg, open, "a new segment");
+        assert_eq!(store.disk_bytes().unwrap(), ((kept.len() + 1) * BS) as u64);
+        assert!(store.audit().unwrap().segments_consistent);
+        // Nothing left worth a pass: a third pass does nothing.
+        assert_eq!(store.compact().unwrap(), CompactReport::default());
     }
 
     /// A reader that looked a block up before compaction moved it, and reads after the old

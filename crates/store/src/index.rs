@@ -501,9 +501,14 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// The live bytes the index counts in segment `id` (0 for a segment it does not know).
+    pub(crate) fn segment_live(&self, id: u64) -> Result<u64, StoreError> {
+        Ok(self.segments.get(id)?.map_or(0, |v| v.value().0))
+    }
+
     /// Marks a segment sealed (no more appends).
     pub(crate) fn seal_segment(&mut self, id: u64) -> Result<(), StoreError> {
-        let live = self.segments.get(id)?.map_or(0, |v| v.value().0);
+        let live = self.segment_live(id)?;
         self.segments.insert(id, (live, 1))?;
         Ok(())
     }

@@ -862,6 +862,45 @@ impl Store {
         Ok(len)
     }
 
+    /// Seals the open shared segment in `slot` if it is worth compacting (mostly dead bytes,
+    /// see `compact.rs`), so that the compaction pass calling this rewrites it; the next put
+    /// opens a new one. Without this, the dead bytes of deleted downloads that share the open
+    /// segment with kept ones stay on disk until it fills up (1 GiB by default). A segment with
+    /// a put's rows still on their way (a pin) is left for the next pass, since its live bytes
+    /// are not all counted yet. Returns whether it sealed one.
+    pub(crate) fn seal_open_if_worth_compacting(
+        &self,
+        slot_is_leaves: bool,
+    ) -> Result<bool, StoreError> {
+        let slot = if slot_is_leaves {
+            &self.inner.leaves_seg
+        } else {
+            &self.inner.misc
+        };
+        let mut seg = slot.lock();
+        let Some(w) = seg.as_ref() else {
+            return Ok(false);
+        };
+        // Holding the slot, no put is appending: every byte in it was synced by its put.
+        let (id, size) = (w.id(), w.len());
+        let sealed = self.write(0, |t| {
+            if self.inner.pins.lock().contains_key(&id) {
+                return Ok(false);
+            }
+            let live = t.segment_live(id)?;
+            let seg_use = crate::compact::SegmentUse { id, live, size };
+            if !seg_use.worth_compacting() {
+                return Ok(false);
+            }
+            t.seal_segment(id)?;
+            Ok(true)
+        })?;
+        if sealed {
+            drop(seg.take());
+        }
+        Ok(sealed)
+    }
+
     /// Moves what `consume` names out of its reservation into `pending` (just before a
     /// commit); returns the bytes moved.
     fn take_reserved(&self, consume: Consume<'_>) -> u64 {

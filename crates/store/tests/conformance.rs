@@ -1044,16 +1044,17 @@ fn compaction_frees_what_a_deleted_download_left_in_shared_segments() {
         b.store.reclaim_now().unwrap();
         let disk_before = b.store.disk_bytes().unwrap();
         let r = b.store.maintenance(cairn_store_now()).unwrap();
-        // The two sealed segments were half X: their Y halves (256 blocks) moved, both freed.
-        assert_eq!(r.compacted.moved_blocks, 256, "{name}: {r:?}");
-        assert_eq!(r.compacted.moved_bytes, 256 * BS as u64, "{name}");
-        assert_eq!(r.compacted.segments_freed, 2, "{name}");
-        assert_eq!(r.compacted.freed_bytes, 2 * roll, "{name}");
+        // All three segments were half X (the open one too, which the pass seals first):
+        // their Y halves (384 blocks) moved, all three freed.
+        assert_eq!(r.compacted.moved_blocks, 384, "{name}: {r:?}");
+        assert_eq!(r.compacted.moved_bytes, 384 * BS as u64, "{name}");
+        assert_eq!(r.compacted.segments_freed, 3, "{name}");
+        assert_eq!(r.compacted.freed_bytes, 3 * roll, "{name}");
         assert_eq!(r.compacted.corrupt_blocks, 0, "{name}");
         assert_eq!(
             disk_before - b.store.disk_bytes().unwrap(),
-            roll,
-            "{name}: exactly the dead bytes of the two sealed segments are freed"
+            3 * roll / 2,
+            "{name}: exactly the dead bytes of the three segments are freed"
         );
         assert_eq!(download(&b.store, &y), y_bytes, "{name}");
         assert_consistent(&b.store, name);
