@@ -454,15 +454,23 @@ pub(crate) async fn download(
         &["data", cid, "network", "stream"]
     };
     let what = format!("downloading {cid}");
-    let Some(path) = output else {
+    // `-o -` is stdout, asked for by name: even a terminal gets binary bytes then.
+    let to_stdout = match output {
+        None => Some(Stdout::Default),
+        Some(p) if p.as_os_str() == "-" => Some(Stdout::Asked),
+        Some(_) => None,
+    };
+    let (Some(path), None) = (output, to_stdout) else {
         if options.json {
             return Err(Failure::new(
                 exit::USAGE,
-                "--json needs --output: without it the dataset itself goes to stdout",
+                "--json needs --output FILE: without it the dataset itself goes to stdout",
             )
             .into());
         }
-        return download_to_stdout(api, segments, cid, &what, !options.local).await;
+        let guard = to_stdout == Some(Stdout::Default)
+            && std::io::IsTerminal::is_terminal(&std::io::stdout());
+        return download_to_stdout(api, segments, cid, &what, !options.local, guard).await;
     };
     // Into a directory: the dataset's own file name there (else its CID).
     let in_dir;
@@ -631,12 +639,31 @@ async fn finish(file: &Path, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a download came to go to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stdout {
+    /// No `--output`.
+    Default,
+    /// `--output -`.
+    Asked,
+}
+
+/// Whether `chunk` is not text, by the rule curl uses before writing to a terminal: it holds a
+/// NUL byte, which no text in a common encoding but UTF-16 has.
+fn looks_binary(chunk: &[u8]) -> bool {
+    chunk.contains(&0)
+}
+
+/// Writes a download to stdout. With `terminal_guard` (stdout is a terminal and was not asked
+/// for by name), a piece that looks binary ([`looks_binary`]) stops it before that piece is
+/// written: raw bytes would garble the terminal and are no use there.
 async fn download_to_stdout(
     api: &Api,
     segments: &[&str],
     cid: &str,
     what: &str,
     network: bool,
+    terminal_guard: bool,
 ) -> anyhow::Result<()> {
     let resp = Api::check(get(api, segments, what).await?, what).await?;
     let pb = bar(
@@ -649,6 +676,10 @@ async fn download_to_stdout(
     let mut received = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| cut_off(what, received, total, &e, false, network))?;
+        if terminal_guard && looks_binary(&chunk) {
+            pb.finish_and_clear();
+            return Err(Failure::new(exit::USAGE, binary_to_terminal(cid, received)).into());
+        }
         out.write_all(&chunk)
             .await
             .context("cannot write to stdout")?;
@@ -660,9 +691,39 @@ async fn download_to_stdout(
     Ok(())
 }
 
+/// The refusal to write binary bytes to a terminal, after `written` bytes that looked like text.
+fn binary_to_terminal(cid: &str, written: u64) -> String {
+    let so_far = if written == 0 {
+        String::new()
+    } else {
+        format!(" after {written} bytes of text")
+    };
+    format!(
+        "stopped{so_far}: the dataset is binary and stdout is a terminal. Save it with \
+         `-o FILE` (or `-o DIR`), pipe it (`cairn download {cid} > FILE`), or give `-o -` \
+         to write it to the terminal anyway"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Text in the usual encodings passes; anything with a NUL byte (images, archives, most
+    /// binary formats within their first bytes) is binary.
+    #[test]
+    fn binary_is_told_from_text_by_a_nul_byte() {
+        for text in ["", "hello\n", "été, 日本語\ttabs\r\n", "\x1b[31mred\x1b[0m"] {
+            assert!(!looks_binary(text.as_bytes()), "{text:?}");
+        }
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        assert!(looks_binary(png));
+        assert!(looks_binary(&[b'a', 0, b'b']));
+        let message = binary_to_terminal("zDv1", 0);
+        assert!(message.starts_with("stopped: "), "{message}");
+        assert!(message.contains("-o -"), "{message}");
+        assert!(binary_to_terminal("zDv1", 10).starts_with("stopped after 10 bytes of text: "));
+    }
 
     #[tokio::test]
     async fn partial_files_are_compared_a_piece_at_a_time() {

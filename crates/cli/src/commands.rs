@@ -76,8 +76,9 @@ pub(crate) enum ClientCommand {
     Download {
         /// The dataset's (manifest) CID.
         cid: String,
-        /// Output file (written to FILE.part and renamed when complete); stdout if omitted.
-        /// A directory: the file in it named as the dataset was uploaded (its last path
+        /// Output file (written to FILE.part and renamed when complete); stdout if omitted or
+        /// `-` (when omitted, a binary dataset is not written to a terminal; `-o -` writes it
+        /// anyway). A directory: the file in it named as the dataset was uploaded (its last path
         /// component), else by the CID. A FILE.part left by an interrupted download, or else an
         /// existing FILE, is resumed once the bytes already there are checked against the
         /// dataset (read from the node again); if any differs, the file is not a piece of the

@@ -8,11 +8,11 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    process::Output,
+    process::{Command, Output},
     time::{Duration, Instant},
 };
 
-use common::{NodeProc, WAIT, cli, cli_stdin, client, random};
+use common::{BIN, NodeProc, WAIT, cli, cli_stdin, client, random};
 use serde_json::Value;
 
 /// The exit codes the CLI documents (`cairn --help`).
@@ -65,6 +65,49 @@ fn fails(o: &Output, code: i32) -> String {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.starts_with("cairn: "), "{err}");
     err
+}
+
+/// Runs the CLI with its stdout on a pseudo-terminal; returns what it wrote there. A thread
+/// reads the terminal while the CLI runs, so a CLI that writes much does not block on it.
+fn cli_on_terminal(args: &[&str]) -> (Output, Vec<u8>) {
+    use rustix::pty::{OpenptFlags, grantpt, openpt, ptsname, unlockpt};
+    use std::io::Read;
+    let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    grantpt(&master).unwrap();
+    unlockpt(&master).unwrap();
+    let name = ptsname(&master, Vec::new()).unwrap();
+    let terminal = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(name.to_str().unwrap())
+        .unwrap();
+    // No translation of what is written (a terminal turns "\n" into "\r\n").
+    let mut mode = rustix::termios::tcgetattr(&terminal).unwrap();
+    mode.make_raw();
+    rustix::termios::tcsetattr(&terminal, rustix::termios::OptionalActions::Now, &mode).unwrap();
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(terminal)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The `Command`, which held our copy of the terminal end, is gone: once the CLI exits, a
+    // read finds no writer left (EIO on Linux) and the reader stops.
+    let mut master = std::fs::File::from(master);
+    let reader = std::thread::spawn(move || {
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            shown.extend_from_slice(&buf[..n]);
+        }
+        shown
+    });
+    let o = child.wait_with_output().unwrap();
+    (o, reader.join().unwrap())
 }
 
 fn get_json(c: &reqwest::blocking::Client, n: &NodeProc, path: &str) -> Value {
@@ -290,6 +333,27 @@ fn one_node_upload_ls_download_rm_space_info() {
     // From the node's store only: the same bytes.
     let o = cli(&["download", &b_cid, "--local", "--api", &n.api]);
     assert_eq!(ok(&o), "some notes");
+    // `-o -` is stdout (not a file named `-`), binary bytes included.
+    let o = Command::new(BIN)
+        .args(["download", &a_cid, "-o", "-", "--api", &n.api])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout == a_bytes, "stdout is not the dataset");
+    assert!(!dir.path().join("-").exists(), "a file named - was written");
+    // To a terminal: text goes, binary bytes are refused before any is written.
+    let (o, shown) = cli_on_terminal(&["download", &b_cid, "--api", &n.api]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(shown, b"some notes");
+    let (o, shown) = cli_on_terminal(&["download", &a_cid, "--api", &n.api]);
+    let said = fails(&o, 2);
+    assert!(said.contains("stdout is a terminal"), "{said}");
+    assert!(
+        shown.is_empty(),
+        "{} bytes reached the terminal",
+        shown.len()
+    );
     // Into a directory: under the name the dataset was uploaded with, else its CID.
     let into = dir.path().join("into");
     std::fs::create_dir(&into).unwrap();
