@@ -443,7 +443,25 @@ fn toml_duration(v: &toml::Value, key: &str) -> anyhow::Result<Duration> {
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    toml::from_str(&text).map_err(|e| anyhow::anyhow!(file_error(path, &text, &e)))
+}
+
+/// A config file's parse error on one line: the file, the line and column where the TOML
+/// parser points, and its message (its own rendering spans several lines, with the source
+/// line and a caret, which a log line or an error chain flattens).
+fn file_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let at = e.span().map_or(String::new(), |span| {
+        // The parser's offsets are at character boundaries; `get` keeps a surprise from panicking.
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!(", line {line}, column {column}")
+    });
+    format!(
+        "invalid config file {}{at}: {}",
+        path.display(),
+        e.message().trim_end()
+    )
 }
 
 impl StartArgs {
@@ -628,6 +646,33 @@ impl StartArgs {
 
 #[cfg(test)]
 mod tests {
+    /// A parse error names the line and column and says what is wrong, on one line.
+    #[test]
+    fn config_file_errors_point_at_their_place() {
+        let path = Path::new("cairn.toml");
+        for (text, want) in [
+            (
+                "api-port = \"abc\"\n",
+                "invalid config file cairn.toml, line 1, column 12: invalid type: string \"abc\", expected u16",
+            ),
+            (
+                "# été\nlog-level = \"info\"\nlisten-addrs = \"/ip4/1.2.3.4\"\n",
+                "invalid config file cairn.toml, line 3, column 16: invalid type: string \"/ip4/1.2.3.4\", expected a sequence",
+            ),
+        ] {
+            let e = toml::from_str::<FileConfig>(text).unwrap_err();
+            assert_eq!(file_error(path, text, &e), want, "{text:?}");
+        }
+        let text = "api-port = 8080\nnot toml\n";
+        let e = toml::from_str::<FileConfig>(text).unwrap_err();
+        let said = file_error(path, text, &e);
+        assert!(
+            said.starts_with("invalid config file cairn.toml, line 2, column "),
+            "{said}"
+        );
+        assert!(!said.contains('\n'), "{said}");
+    }
+
     use super::*;
 
     #[test]
