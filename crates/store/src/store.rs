@@ -827,6 +827,15 @@ impl Store {
         }
     }
 
+    /// The slot of the shared segment for network leaves, or for single puts.
+    fn shared_slot(&self, leaves: bool) -> &Mutex<Option<SegmentWriter>> {
+        if leaves {
+            &self.inner.leaves_seg
+        } else {
+            &self.inner.misc
+        }
+    }
+
     /// Deletes the open shared segment in `slot` if every block in it was deleted and it holds
     /// at least `min_bytes`; returns the bytes freed. Holding the slot stops appends meanwhile;
     /// a pinned segment is left alone.
@@ -835,12 +844,7 @@ impl Store {
         slot_is_leaves: bool,
         min_bytes: u64,
     ) -> Result<u64, StoreError> {
-        let slot = if slot_is_leaves {
-            &self.inner.leaves_seg
-        } else {
-            &self.inner.misc
-        };
-        let mut seg = slot.lock();
+        let mut seg = self.shared_slot(slot_is_leaves).lock();
         let Some(w) = seg.as_ref() else {
             return Ok(0);
         };
@@ -868,28 +872,35 @@ impl Store {
     /// segment with kept ones stay on disk until it fills up (1 GiB by default). A segment with
     /// a put's rows still on their way (a pin) is left for the next pass, since its live bytes
     /// are not all counted yet. Returns whether it sealed one.
+    ///
+    /// The check is made on a read transaction first, so a pass with nothing to seal commits
+    /// nothing (a commit syncs the index, and puts wait on the slot meanwhile).
     pub(crate) fn seal_open_if_worth_compacting(
         &self,
         slot_is_leaves: bool,
     ) -> Result<bool, StoreError> {
-        let slot = if slot_is_leaves {
-            &self.inner.leaves_seg
-        } else {
-            &self.inner.misc
-        };
-        let mut seg = slot.lock();
+        let mut seg = self.shared_slot(slot_is_leaves).lock();
         let Some(w) = seg.as_ref() else {
             return Ok(false);
         };
-        // Holding the slot, no put is appending: every byte in it was synced by its put.
+        // Holding the slot, no put is appending, and each put synced what it appended before
+        // it let go of the slot: nothing is staged, so the writer can go (as at a roll-over).
+        debug_assert_eq!(w.staged(), 0, "a shared segment with unsynced bytes");
         let (id, size) = (w.id(), w.len());
+        if size < crate::compact::COMPACT_MIN_DEAD_BYTES {
+            return Ok(false);
+        }
+        let worth = |live| crate::compact::SegmentUse { id, live, size }.worth_compacting();
+        let live = {
+            let r = self.inner.db()?.begin_read()?;
+            r.open_table(SEGMENTS)?.get(id)?.map_or(0, |v| v.value().0)
+        };
+        if !worth(live) || self.inner.pins.lock().contains_key(&id) {
+            return Ok(false);
+        }
         let sealed = self.write(0, |t| {
-            if self.inner.pins.lock().contains_key(&id) {
-                return Ok(false);
-            }
-            let live = t.segment_live(id)?;
-            let seg_use = crate::compact::SegmentUse { id, live, size };
-            if !seg_use.worth_compacting() {
+            // Checked again where it counts: a put may have committed rows since the read.
+            if self.inner.pins.lock().contains_key(&id) || !worth(t.segment_live(id)?) {
                 return Ok(false);
             }
             t.seal_segment(id)?;

@@ -1004,6 +1004,63 @@ fn cairn_store_now() -> u64 {
         .as_secs()
 }
 
+/// A download still being written when a compaction pass seals its open segment (another
+/// dataset in it was deleted) goes on in a new segment: all of it reads back, after a reopen
+/// too, and the counters stay exact.
+#[test]
+fn a_download_goes_on_when_a_pass_seals_its_open_segment() {
+    /// Blocks per dataset: X (kept) gets half of them before the pass, Y (deleted) all.
+    const N: u64 = 256;
+    let src = Store::in_memory(quiet()).unwrap();
+    let (x_bytes, y_bytes) = (data(N as usize * BS, 31), data(N as usize * BS, 32));
+    let (x_cid, x) = upload(&src, &x_bytes, None).unwrap();
+    let (y_cid, y) = upload(&src, &y_bytes, None).unwrap();
+    let x_leaves: Vec<_> = (0..N).map(|i| leaf_of(&src, &x, i)).collect();
+    let y_leaves: Vec<_> = (0..N).map(|i| leaf_of(&src, &y, i)).collect();
+    let half = N as usize / 2;
+    for (name, b) in backends(quiet()) {
+        for cid in [x_cid, y_cid] {
+            b.store
+                .put_block(&src.get_block(&cid).unwrap().unwrap())
+                .unwrap();
+        }
+        for run in 0..half / 16 {
+            b.store
+                .put_leaves(&x.tree_cid, &x_leaves[run * 16..(run + 1) * 16])
+                .unwrap();
+            b.store
+                .put_leaves(&y.tree_cid, &y_leaves[run * 32..(run + 1) * 32])
+                .unwrap();
+        }
+        b.store.delete(&y_cid).unwrap();
+        b.store.reclaim_now().unwrap();
+        // One open segment: X's 128 blocks live, Y's 256 dead. The pass seals and rewrites it.
+        let r = b.store.compact().unwrap();
+        assert_eq!(r.moved_blocks, half as u64, "{name}: {r:?}");
+        assert_eq!(r.segments_freed, 1, "{name}: {r:?}");
+        assert_eq!(
+            r.freed_bytes,
+            (half + N as usize) as u64 * BS as u64,
+            "{name}"
+        );
+        b.store.put_leaves(&x.tree_cid, &x_leaves[half..]).unwrap();
+        assert_eq!(download(&b.store, &x), x_bytes, "{name}");
+        assert_consistent(&b.store, name);
+        assert_eq!(
+            b.store.compact().unwrap(),
+            Default::default(),
+            "{name}: nothing more to do"
+        );
+        if let Some(dir) = &b._dir {
+            let path = dir.path().to_path_buf();
+            drop(b.store);
+            let store = Store::open(&path, quiet()).unwrap();
+            assert_eq!(download(&store, &x), x_bytes, "{name}: reopened");
+            assert_consistent(&store, name);
+        }
+    }
+}
+
 /// Two datasets downloaded at once interleave their leaves in the shared network segments.
 /// Deleting one leaves those segments half dead; the maintenance pass's compaction copies the
 /// live half out and deletes the old files: exactly the dead bytes are freed, the other dataset
