@@ -61,7 +61,8 @@ pub struct NetConfig {
     /// Where the swarm counts what it does (registered by the caller, or nowhere).
     pub metrics: Metrics,
     /// File of the address book (peers we connected to and the addresses they announced),
-    /// loaded at start, saved every [`BOOK_SAVE_INTERVAL`] and at shutdown. `None`: kept in
+    /// loaded at start, saved every [`BOOK_SAVE_INTERVAL`] (sooner after an empty book's first
+    /// peers, [`BOOK_FIRST_SAVE_DELAY`]) and at shutdown. `None`: kept in
     /// memory only.
     pub book_path: Option<std::path::PathBuf>,
     /// Outbound connections the node keeps: while it has fewer, it dials peers from the address
@@ -91,6 +92,12 @@ pub const DEFAULT_OUTBOUND_TARGET: usize = 10;
 
 /// How often the address book is written to its file.
 pub const BOOK_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// An empty book (as last saved or loaded: a first start, typically) that has learned peers is
+/// written this soon, not at the next [`BOOK_SAVE_INTERVAL`], so a node stopped hard in its
+/// first minutes (a crash, `SIGKILL`) still finds them at its next start. Short enough for
+/// that, long enough that a node learning its first peers writes the file once for the batch.
+pub const BOOK_FIRST_SAVE_DELAY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for NetConfig {
     fn default() -> NetConfig {

@@ -152,6 +152,14 @@ pub(crate) fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Whether the address book is due to be written, `since_save` after it was last saved (or
+/// loaded): every [`crate::BOOK_SAVE_INTERVAL`], and after [`crate::BOOK_FIRST_SAVE_DELAY`]
+/// when it was empty then and holds peers now.
+pub(crate) fn book_save_due(since_save: Duration, empty_when_saved: bool, empty_now: bool) -> bool {
+    since_save >= crate::BOOK_SAVE_INTERVAL
+        || (empty_when_saved && !empty_now && since_save >= crate::BOOK_FIRST_SAVE_DELAY)
+}
+
 /// A bootstrap or persistent peer.
 #[derive(Debug)]
 pub(crate) struct FixedPeer {
@@ -246,7 +254,11 @@ impl Service {
             .retain(|_, t| now.duration_since(*t) < PEX_MIN_REQUEST_INTERVAL);
         self.pex_asked
             .retain(|_, t| now.duration_since(*t) < PEX_ASK_INTERVAL);
-        if now.duration_since(self.last_book_save) >= crate::BOOK_SAVE_INTERVAL {
+        if book_save_due(
+            now.duration_since(self.last_book_save),
+            self.book_empty_when_saved,
+            self.book.is_empty(),
+        ) {
             self.book.remove_bad(wall);
             self.save_book();
         }
@@ -349,6 +361,7 @@ impl Service {
     /// Writes the address book to its file, if it has one.
     pub(crate) fn save_book(&mut self) {
         self.last_book_save = Instant::now();
+        self.book_empty_when_saved = self.book.is_empty();
         if let Some(path) = &self.book_path
             && let Err(e) = self.book.save(path)
         {
@@ -687,6 +700,23 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A first start's book is written soon after it learns its first peers (a node killed in
+    /// its first two minutes kept nothing before); otherwise every two minutes.
+    #[test]
+    fn a_book_that_learns_its_first_peers_is_saved_soon() {
+        let s = Duration::from_secs;
+        // Empty at the last save and now: nothing to write until the interval.
+        assert!(!book_save_due(s(60), true, true));
+        assert!(book_save_due(s(120), true, true));
+        // Empty then, peers now: after the short delay.
+        assert!(!book_save_due(s(9), true, false));
+        assert!(book_save_due(s(10), true, false));
+        // Peers then (a loaded book): the interval only.
+        assert!(!book_save_due(s(10), false, false));
+        assert!(!book_save_due(s(119), false, false));
+        assert!(book_save_due(s(120), false, false));
+    }
 
     #[test]
     fn a_persistent_peer_that_hangs_up_at_once_is_redialled_less_and_less_often() {

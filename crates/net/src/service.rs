@@ -361,6 +361,9 @@ pub(crate) struct Service {
     pub(crate) book: AddrBook,
     pub(crate) book_path: Option<std::path::PathBuf>,
     pub(crate) last_book_save: Instant,
+    /// Whether the book was empty when it was last saved or loaded (see
+    /// [`crate::manager::book_save_due`]).
+    pub(crate) book_empty_when_saved: bool,
     pub(crate) outbound_target: usize,
     max_inbound: u32,
     max_peers: u32,
@@ -509,6 +512,7 @@ pub async fn start(
         }
         None => AddrBook::new(book_config),
     };
+    let book_empty_when_saved = book.is_empty();
     let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
     let (ev_tx, ev_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
     let service = Service {
@@ -526,6 +530,7 @@ pub async fn start(
         book,
         book_path: config.book_path.clone(),
         last_book_save: Instant::now(),
+        book_empty_when_saved,
         outbound_target: config.outbound_target,
         max_inbound: config.max_inbound,
         max_peers: config.max_peers,
