@@ -455,12 +455,8 @@ pub(crate) async fn download(
     };
     let what = format!("downloading {cid}");
     // `-o -` is stdout, asked for by name: even a terminal gets binary bytes then.
-    let to_stdout = match output {
-        None => Some(Stdout::Default),
-        Some(p) if p.as_os_str() == "-" => Some(Stdout::Asked),
-        Some(_) => None,
-    };
-    let (Some(path), None) = (output, to_stdout) else {
+    let stdout_by_name = output.is_some_and(|p| p.as_os_str() == "-");
+    let Some(path) = output.filter(|_| !stdout_by_name) else {
         if options.json {
             return Err(Failure::new(
                 exit::USAGE,
@@ -468,8 +464,7 @@ pub(crate) async fn download(
             )
             .into());
         }
-        let guard = to_stdout == Some(Stdout::Default)
-            && std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let guard = !stdout_by_name && std::io::IsTerminal::is_terminal(&std::io::stdout());
         return download_to_stdout(api, segments, cid, &what, !options.local, guard).await;
     };
     // Into a directory: the dataset's own file name there (else its CID).
@@ -637,15 +632,6 @@ async fn finish(file: &Path, path: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot rename {} to {}", file.display(), path.display()))?;
     }
     Ok(())
-}
-
-/// How a download came to go to stdout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stdout {
-    /// No `--output`.
-    Default,
-    /// `--output -`.
-    Asked,
 }
 
 /// Whether `chunk` is not text, by the rule curl uses before writing to a terminal: it holds a

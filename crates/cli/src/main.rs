@@ -488,9 +488,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 /// Writes a line for scripts to stdout. A node must not stop (`println!` panics) because
 /// whatever read its stdout has gone: a write error is ignored.
 fn say(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+    let _ = output::print(&format!("{line}\n"));
 }
 
 #[cfg(test)]
