@@ -188,6 +188,7 @@ struct ExchangeJson {
     rejected: u64,
     blocks_sent: u64,
     timeouts: u64,
+    hedged: u64,
     pending: usize,
 }
 
@@ -379,6 +380,7 @@ pub(crate) async fn debug_info(State(node): State<Node>) -> Result<Response, Api
             rejected: s.rejected,
             blocks_sent: s.blocks_sent,
             timeouts: s.timeouts,
+            hedged: s.hedged,
             pending: s.pending,
         },
         spr: node.discovery().map(|d| d.local_spr().to_uri()),

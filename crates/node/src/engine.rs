@@ -13,17 +13,26 @@
 //!   for a non-leaf block (a manifest) set `sendDontHave`; the engine keeps which connected
 //!   peers said `DontHave`, so the node can answer "not found" for a CID that every peer lacks
 //!   ([`EngineHandle::denied_by_all`]) instead of waiting for the timeout.
-//! * A `Have` makes the address *ready*. Ready addresses go, as `WantBlock`, to the holder with
-//!   the fewest outstanding requests (at most [`MAX_OUTSTANDING_PER_PEER`] each), which spreads
-//!   a dataset over every peer that has it.
+//! * A `Have` makes the address *ready*. Ready addresses go, as `WantBlock`, to the holder
+//!   expected to deliver them first, by its measured rate and the requests it already holds
+//!   ([`crate::pace`]); each holder may hold about a second of its own work (at most
+//!   [`MAX_OUTSTANDING_PER_PEER`]). Fast holders share a dataset between them; a slow one gets
+//!   little of it, so it cannot hold up an in-order download.
+//! * **Hedging.** Every [`pace::HEDGE_INTERVAL`], a request that has waited at least
+//!   [`pace::HEDGE_MIN_AGE`] goes to a second holder too, when that holder has room, is expected
+//!   to deliver it [`pace::HEDGE_FACTOR`] times sooner than it has already waited, and is
+//!   faster than the first, or the first has stalled ([`pace::should_hedge`]). The first copy
+//!   to arrive is taken, the other peer gets a cancel, and a late copy counts as a duplicate
+//!   (no penalty). Each want is hedged at most once at a time.
 //! * A delivery is accepted only from the peer it was requested from and only while the want is
 //!   pending; anything else is counted as a duplicate and dropped. Accepted blocks are verified
 //!   before they are stored: the data already hashes to its CID (checked on the connection
 //!   task); a non-leaf must be the CID asked for; a leaf's proof must lead to the tree root for
 //!   exactly the requested index and the manifest's leaf count. A peer that fails this is
 //!   penalised as [`PeerAction::Fatal`] and the want goes to another holder.
-//! * A peer with outstanding requests that delivers nothing for [`ACTIVITY_TIMEOUT`] loses them
-//!   to other holders (the reference disconnects it after a minute).
+//! * A peer that owes us blocks and delivers nothing for [`ACTIVITY_TIMEOUT`] loses its requests
+//!   to other holders and is penalised (the reference disconnects it after a minute); requests
+//!   hedged away from it still count as owed.
 //! * When a connection that carried block exchange closes and another stays
 //!   ([`NetEvent::ConnectionLost`]), what was in flight on it may be gone: the peer is asked
 //!   again at once about the blocks we look for, and for the blocks it was asked for that have
@@ -69,7 +78,10 @@ use cairn_core::{Block, BlockAddress, Cid, CodexProof, VerifiedLeaf};
 use cairn_net::{NetEvent, NetworkHandle, PeerAction, PeerId};
 use cairn_store::{Store, StoreError};
 
-use crate::metrics::{NodeMetrics, gauge_value};
+use crate::{
+    metrics::{NodeMetrics, gauge_value},
+    pace::{self, Pace, should_hedge},
+};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinSet,
@@ -86,9 +98,10 @@ pub const TICK: Duration = Duration::from_millis(200);
 /// other connection delivers them meanwhile (at 100 MB/s, a full [`MAX_OUTSTANDING_PER_PEER`]
 /// takes 170 ms), and one that lost them is asked well before [`ACTIVITY_TIMEOUT`].
 pub const LOST_CONNECTION_GRACE: Duration = Duration::from_secs(1);
-/// Requests outstanding at one peer: 256 blocks (16 MiB) keeps a fast loopback or LAN peer
-/// busy, and limits what one stalled peer can hold up before [`ACTIVITY_TIMEOUT`].
-pub const MAX_OUTSTANDING_PER_PEER: usize = 256;
+/// Requests outstanding at one peer at most (the cap of [`crate::pace`]'s depth): 256 blocks
+/// (16 MiB) keeps a fast loopback or LAN peer busy, and limits what one stalled peer can hold up
+/// before [`ACTIVITY_TIMEOUT`]. A slower peer holds fewer: [`Pace::limit`].
+pub const MAX_OUTSTANDING_PER_PEER: usize = pace::MAX_OUTSTANDING;
 /// A peer with outstanding requests that delivers nothing for this long loses them. The
 /// reference waits a minute and disconnects; cairn moves the requests and keeps the peer.
 pub const ACTIVITY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,6 +200,8 @@ pub struct EngineStats {
     pub blocks_sent: u64,
     /// Requests moved away from a silent peer.
     pub timeouts: u64,
+    /// Requests also sent to a second holder because the first was slow ([`crate::pace`]).
+    pub hedged: u64,
     /// Verified blocks the store refused (quota, I/O).
     pub store_failures: u64,
     /// Wants pending now.
@@ -335,6 +350,9 @@ struct Pending {
     waiters: Vec<Reply>,
     nleaves: Option<u64>,
     requested_from: Option<PeerId>,
+    /// A second holder asked because the request waited too long at the first
+    /// ([`Engine::hedge`]); only while `requested_from` is set. A delivery from either counts.
+    hedged: Option<PeerId>,
     excluded: Vec<PeerId>,
     /// Connected peers that answered `DontHave` (non-leaf wants only, see [`query`]) and have
     /// not said `Have` since; at most one entry per connected peer.
@@ -343,6 +361,23 @@ struct Pending {
     queued: bool,
     created: Instant,
     last_query: Instant,
+}
+
+impl Pending {
+    /// Whether `peer` was asked for this block and may deliver it.
+    fn asked_of(&self, peer: PeerId) -> bool {
+        self.requested_from == Some(peer) || self.hedged == Some(peer)
+    }
+}
+
+/// A request outstanding at a peer.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    /// When it was sent.
+    at: Instant,
+    /// Requests to the same peer outstanding before it (the queue it joined), for the peer's
+    /// [`Pace`].
+    ahead: usize,
 }
 
 /// The `WantHave` that asks peers for `address`. For a non-leaf block (a manifest) it sets
@@ -359,8 +394,16 @@ fn query(address: BlockAddress) -> WantEntry {
 
 struct Peer {
     haves: HashSet<BlockAddress>,
-    outstanding: HashMap<BlockAddress, Instant>,
-    last_delivery: Instant,
+    outstanding: HashMap<BlockAddress, Asked>,
+    /// Its measured delivery rate: how many requests it may hold, and whether it is the holder
+    /// to ask ([`crate::pace`]).
+    pace: Pace,
+    /// Since when it has owed us a block without delivering any: set by a request while unset,
+    /// moved on by each delivery, cleared when it owes nothing because it delivered or because
+    /// we cancelled. A request another holder answered first (a hedge) does not clear it, so a
+    /// peer that claims blocks and never sends them is found silent ([`ACTIVITY_TIMEOUT`]) even
+    /// when hedging takes every request away from it.
+    owed_since: Option<Instant>,
     wanted: VecDeque<BlockAddress>,
     wanted_set: HashSet<BlockAddress>,
     parked: HashSet<BlockAddress>,
@@ -377,11 +420,20 @@ struct Peer {
 }
 
 impl Peer {
-    fn new(now: Instant) -> Peer {
+    /// Sends the peer a `WantBlock` for `address`.
+    fn ask(&mut self, address: BlockAddress, now: Instant) {
+        let ahead = self.outstanding.len();
+        self.outstanding.insert(address, Asked { at: now, ahead });
+        self.outbox_wants.push(WantEntry::block(address));
+        self.owed_since.get_or_insert(now);
+    }
+
+    fn new() -> Peer {
         Peer {
             haves: HashSet::new(),
             outstanding: HashMap::new(),
-            last_delivery: now,
+            pace: Pace::default(),
+            owed_since: None,
             wanted: VecDeque::new(),
             wanted_set: HashSet::new(),
             parked: HashSet::new(),
@@ -525,6 +577,8 @@ impl Engine {
     ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut hedge_tick = tokio::time::interval(pace::HEDGE_INTERVAL);
+        hedge_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             // Queued blocks are written once the oldest has waited `STORE_LINGER`, even when
             // nothing else wakes the engine by then.
@@ -548,6 +602,7 @@ impl Engine {
                     self.on_tick(Instant::now());
                     self.sample_gauges();
                 }
+                _ = hedge_tick.tick() => self.hedge(Instant::now()),
             }
             self.schedule(Instant::now());
         }
@@ -674,11 +729,15 @@ impl Engine {
         for st in self.peers.values_mut() {
             st.haves.remove(&address);
         }
-        if let Some(peer) = p.requested_from
-            && let Some(st) = self.peers.get_mut(&peer)
-            && st.outstanding.remove(&address).is_some()
-        {
-            st.outbox_wants.push(WantEntry::cancel(address));
+        for peer in p.requested_from.iter().chain(p.hedged.iter()) {
+            if let Some(st) = self.peers.get_mut(peer)
+                && st.outstanding.remove(&address).is_some()
+            {
+                st.outbox_wants.push(WantEntry::cancel(address));
+                if st.outstanding.is_empty() {
+                    st.owed_since = None; // we stopped asking; it owes nothing
+                }
+            }
         }
         Some(p)
     }
@@ -711,6 +770,7 @@ impl Engine {
                 waiters: vec![reply],
                 nleaves,
                 requested_from: None,
+                hedged: None,
                 excluded: Vec::new(),
                 denied: HashSet::new(),
                 storing: false,
@@ -741,7 +801,7 @@ impl Engine {
         let now = Instant::now();
         match ev {
             NetEvent::PeerConnected { peer, .. } => {
-                let mut state = Peer::new(now);
+                let mut state = Peer::new();
                 // Tell the newcomer everything we are still looking for.
                 state.outbox_wants = self
                     .pending
@@ -795,7 +855,10 @@ impl Engine {
             }
             NetEvent::Violation { peer } => {
                 let addrs: Vec<BlockAddress> = match self.peers.get_mut(&peer) {
-                    Some(st) => st.outstanding.drain().map(|(a, _)| a).collect(),
+                    Some(st) => {
+                        st.owed_since = None;
+                        st.outstanding.drain().map(|(a, _)| a).collect()
+                    }
                     None => return,
                 };
                 for a in addrs {
@@ -807,16 +870,24 @@ impl Engine {
     }
 
     /// A request for `address` to `peer` ended without a block: make it ready for another
-    /// holder (excluding `peer` when it failed).
+    /// holder (excluding `peer` when it failed), unless a second holder was asked for it too
+    /// and still is.
     fn release(&mut self, address: BlockAddress, peer: PeerId, exclude: bool) {
-        if let Some(p) = self.pending.get_mut(&address)
-            && p.requested_from == Some(peer)
-            && !p.storing
-        {
-            p.requested_from = None;
-            if exclude {
-                p.excluded.push(peer);
-            }
+        let Some(p) = self.pending.get_mut(&address) else {
+            return;
+        };
+        if p.storing || !p.asked_of(peer) {
+            return;
+        }
+        if exclude {
+            p.excluded.push(peer);
+        }
+        if p.hedged == Some(peer) {
+            p.hedged = None;
+            return;
+        }
+        p.requested_from = p.hedged.take();
+        if p.requested_from.is_none() {
             self.make_ready(address);
         }
     }
@@ -870,16 +941,16 @@ impl Engine {
             self.metrics.blocks_duplicate.inc();
             return;
         };
-        self.metrics
-            .block_request_duration
-            .observe(now.saturating_duration_since(asked));
-        state.last_delivery = now;
+        let latency = now.saturating_duration_since(asked.at);
+        self.metrics.block_request_duration.observe(latency);
+        state.pace.observe(asked.ahead, latency, now);
+        state.owed_since = (!state.outstanding.is_empty()).then_some(now);
         let Some(pending) = self.pending.get_mut(&d.address) else {
             self.stats.duplicates += 1;
             self.metrics.blocks_duplicate.inc();
             return;
         };
-        if pending.storing || pending.requested_from != Some(peer) {
+        if pending.storing || !pending.asked_of(peer) {
             self.stats.duplicates += 1;
             self.metrics.blocks_duplicate.inc();
             return;
@@ -910,9 +981,18 @@ impl Engine {
                 let _ = w.send(Ok(verified.block().clone()));
             }
         }
-        // Anyone else we asked (after a timeout) can stop.
+        // Anyone else we asked (a hedge, or a peer asked before a timeout) can stop. It has not
+        // delivered in all the time the request waited there, which bounds its rate: a slow
+        // peer whose requests are hedged is measured by them even before it delivers any.
         for (other, st) in &mut self.peers {
-            if *other != peer && st.outstanding.remove(&address).is_some() {
+            if *other != peer
+                && let Some(asked) = st.outstanding.remove(&address)
+            {
+                st.pace.observe_unanswered(
+                    asked.ahead,
+                    now.saturating_duration_since(asked.at),
+                    now,
+                );
                 st.outbox_wants.push(WantEntry::cancel(address));
             }
         }
@@ -1158,30 +1238,40 @@ impl Engine {
             let again: Vec<BlockAddress> = st
                 .outstanding
                 .iter()
-                .filter(|(_, asked)| **asked <= lost_at)
+                .filter(|(_, asked)| asked.at <= lost_at)
                 .map(|(a, _)| *a)
                 .collect();
             if !again.is_empty() {
                 debug!(%peer, requests = again.len(), "asking again what a lost connection held");
             }
-            for a in again {
-                st.outstanding.insert(a, now);
+            let ahead = st.outstanding.len() - again.len();
+            for (i, a) in again.into_iter().enumerate() {
+                st.outstanding.insert(
+                    a,
+                    Asked {
+                        at: now,
+                        ahead: ahead + i,
+                    },
+                );
                 st.outbox_wants.push(WantEntry::block(a));
             }
         }
         // Silent peers lose their requests.
         let mut silent = Vec::new();
         for (peer, st) in &self.peers {
-            if let Some(oldest) = st.outstanding.values().min() {
-                let since = (*oldest).max(st.last_delivery);
-                if now.duration_since(since) > ACTIVITY_TIMEOUT {
-                    silent.push(*peer);
-                }
+            if st
+                .owed_since
+                .is_some_and(|since| now.saturating_duration_since(since) > ACTIVITY_TIMEOUT)
+            {
+                silent.push(*peer);
             }
         }
         for peer in silent {
             let addrs: Vec<BlockAddress> = match self.peers.get_mut(&peer) {
-                Some(st) => st.outstanding.drain().map(|(a, _)| a).collect(),
+                Some(st) => {
+                    st.owed_since = None;
+                    st.outstanding.drain().map(|(a, _)| a).collect()
+                }
                 None => continue,
             };
             self.stats.timeouts += addrs.len() as u64;
@@ -1195,6 +1285,9 @@ impl Engine {
                 self.release(a, peer, true);
             }
             self.report(peer, PeerAction::HighTolerance, "requests timed out".into());
+        }
+        for st in self.peers.values_mut() {
+            st.pace.expire(st.outstanding.len(), now);
         }
         // Abandoned wants, wants without holders.
         let mut drop_list = Vec::new();
@@ -1277,7 +1370,10 @@ impl Engine {
             if p.storing || p.requested_from.is_some() {
                 continue;
             }
-            let mut best: Option<(usize, PeerId)> = None;
+            // The holder expected to deliver it first (`crate::pace`): among those with room,
+            // and among those without (whose turn would come when they have room).
+            let mut with_room: Option<(f64, PeerId)> = None;
+            let mut full = f64::INFINITY;
             let mut any_holder = false;
             for (peer, st) in &self.peers {
                 if !st.haves.contains(&address) || p.excluded.contains(peer) {
@@ -1285,33 +1381,106 @@ impl Engine {
                 }
                 any_holder = true;
                 let load = st.outstanding.len();
-                if load < MAX_OUTSTANDING_PER_PEER && best.is_none_or(|(l, _)| load < l) {
-                    best = Some((load, *peer));
+                let wait = st.pace.wait(load);
+                if load < st.pace.limit() {
+                    if with_room.is_none_or(|(w, _)| wait < w) {
+                        with_room = Some((wait, *peer));
+                    }
+                } else {
+                    full = full.min(wait);
                 }
             }
-            match best {
-                Some((_, peer)) => {
+            match with_room {
+                Some((wait, peer)) if wait <= full => {
                     p.requested_from = Some(peer);
                     self.stats.blocks_requested += 1;
                     self.metrics.block_requests.inc();
                     if let Some(st) = self.peers.get_mut(&peer) {
-                        st.outstanding.insert(address, now);
-                        st.outbox_wants.push(WantEntry::block(address));
+                        st.ask(address, now);
                     }
                 }
-                None if any_holder => {
-                    // Every holder is busy: keep it ready for when one has room.
+                _ if any_holder => {
+                    // Every holder is busy, or the one with room would be slower than waiting
+                    // for a busy one: keep it ready for when one has room.
                     p.queued = true;
                     deferred.push(address);
                     if deferred.len() > MAX_OUTSTANDING_PER_PEER {
                         break;
                     }
                 }
-                None => {} // re-queried on a tick
+                _ => {} // re-queried on a tick
             }
         }
         for a in deferred.into_iter().rev() {
             self.ready.push_front(a);
+        }
+    }
+
+    /// Asks a second holder for requests that have waited too long at the first
+    /// ([`should_hedge`]): oldest first, each at most once, only to holders with room that are
+    /// expected to be much faster. A block stuck behind a slow (but not silent) peer would
+    /// otherwise hold up every download that needs it, in order, until that peer gets to it.
+    /// Whichever copy comes first is taken; the other peer gets a cancel, and a copy already on
+    /// its way is dropped as a duplicate (not a fault of the peer).
+    fn hedge(&mut self, now: Instant) {
+        if self.peers.len() < 2 {
+            return; // nobody else to ask
+        }
+        let mut stuck: Vec<(Duration, BlockAddress, PeerId)> = Vec::new();
+        for (peer, st) in &self.peers {
+            for (a, asked) in &st.outstanding {
+                let age = now.saturating_duration_since(asked.at);
+                if age >= pace::HEDGE_MIN_AGE {
+                    stuck.push((age, *a, *peer));
+                }
+            }
+        }
+        if stuck.is_empty() {
+            return;
+        }
+        stuck.sort_unstable_by_key(|s| std::cmp::Reverse(s.0));
+        for (age, address, from) in stuck {
+            let Some(p) = self.pending.get_mut(&address) else {
+                continue;
+            };
+            if p.storing || p.hedged.is_some() || p.requested_from != Some(from) {
+                continue;
+            }
+            let Some(primary) = self.peers.get(&from) else {
+                continue;
+            };
+            let ahead = primary.outstanding.get(&address).map_or(0, |a| a.ahead);
+            let silent = primary
+                .owed_since
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+            let mut best: Option<(f64, PeerId)> = None;
+            for (peer, st) in &self.peers {
+                if *peer == from || !st.haves.contains(&address) || p.excluded.contains(peer) {
+                    continue;
+                }
+                let load = st.outstanding.len();
+                if load >= st.pace.limit() {
+                    continue;
+                }
+                let wait = st.pace.wait(load);
+                if should_hedge(age, &primary.pace, ahead, silent, &st.pace, load)
+                    && best.is_none_or(|(w, _)| wait < w)
+                {
+                    best = Some((wait, *peer));
+                }
+            }
+            let Some((_, peer)) = best else {
+                continue;
+            };
+            debug!(%address, from = %from, to = %peer, age_ms = age.as_millis() as u64, ahead, silent_ms = silent.as_millis() as u64, "hedging a request");
+            p.hedged = Some(peer);
+            self.stats.blocks_requested += 1;
+            self.stats.hedged += 1;
+            self.metrics.block_requests.inc();
+            self.metrics.block_requests_hedged.inc();
+            if let Some(st) = self.peers.get_mut(&peer) {
+                st.ask(address, now);
+            }
         }
     }
 

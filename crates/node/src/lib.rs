@@ -54,6 +54,7 @@ pub mod fetch;
 mod ingest;
 pub mod metrics;
 mod node;
+pub mod pace;
 mod range;
 
 pub use crate::{

@@ -174,6 +174,8 @@ pub struct NodeMetrics {
     pub block_requests: Counter,
     /// Requests taken back from a peer that stayed silent.
     pub request_timeouts: Counter,
+    /// Requests also sent to a second holder because they waited too long at the first.
+    pub block_requests_hedged: Counter,
     /// Verified blocks the store refused (quota, I/O).
     pub store_failures: Counter,
     /// Time from a `WantBlock` to the delivery that answers it, every peer together.
@@ -220,6 +222,7 @@ impl Default for NodeMetrics {
             blocks_sent: Counter::default(),
             block_requests: Counter::default(),
             request_timeouts: Counter::default(),
+            block_requests_hedged: Counter::default(),
             store_failures: Counter::default(),
             block_request_duration: DurationHistogram::new(&BLOCK_REQUEST_BUCKETS),
             wants_local: Gauge::default(),
@@ -609,6 +612,12 @@ fn register_node(r: &mut Registry) -> NodeMetrics {
         "blockexc_request_timeouts",
         "Block requests taken back from a peer that stayed silent",
         m.request_timeouts.clone(),
+    );
+    r.register(
+        "blockexc_block_requests_hedged",
+        "Block requests also sent to a second holder because they waited too long at the first \
+         (counted in blockexc_block_requests too)",
+        m.block_requests_hedged.clone(),
     );
     r.register(
         "blockexc_store_failures",
