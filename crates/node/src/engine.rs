@@ -1600,10 +1600,7 @@ impl Engine {
             st.control_in_flight = true;
             let mut messages = Vec::new();
             // Kinds are not mixed in one message, as the reference does; block requests first.
-            let wants = std::mem::take(&mut st.outbox_wants);
-            let (blocks, others): (Vec<_>, Vec<_>) = wants
-                .into_iter()
-                .partition(|w| w.want_type == WantType::Block && !w.cancel);
+            let (blocks, others) = split_wants(std::mem::take(&mut st.outbox_wants));
             for chunk in blocks.chunks(MAX_WANTLIST_ENTRIES) {
                 messages.push(Message::wants(chunk.to_vec(), false));
             }
@@ -1627,6 +1624,33 @@ impl Engine {
             });
         }
     }
+}
+
+/// Splits a peer's queued want-list entries into block requests and the rest (queries and
+/// cancels), the two messages [`Engine::flush_control`] sends in that order. Sending block
+/// requests first reorders the queue, so an entry queued before a `WantBlock` for the same
+/// address is dropped rather than sent after it: a `WantHave` after the `WantBlock` would be
+/// redundant (and older reference engines let it replace the request, which was then never
+/// served), and a cancel after it would cancel the new request. The `WantBlock` alone says
+/// what was meant in both cases. Entries queued after a `WantBlock` keep their place after it.
+fn split_wants(wants: Vec<WantEntry>) -> (Vec<WantEntry>, Vec<WantEntry>) {
+    let is_request = |w: &WantEntry| w.want_type == WantType::Block && !w.cancel;
+    let mut last_request: HashMap<BlockAddress, usize> = HashMap::new();
+    for (i, w) in wants.iter().enumerate() {
+        if is_request(w) {
+            last_request.insert(w.address, i);
+        }
+    }
+    let mut blocks = Vec::with_capacity(last_request.len());
+    let mut others = Vec::new();
+    for (i, w) in wants.into_iter().enumerate() {
+        if is_request(&w) {
+            blocks.push(w);
+        } else if last_request.get(&w.address).is_none_or(|&r| i > r) {
+            others.push(w);
+        }
+    }
+    (blocks, others)
 }
 
 /// Waits until `deadline`, or forever without one.
@@ -1843,6 +1867,46 @@ mod tests {
         assert!(store_due(1, STORE_LINGER, false, 100));
         assert!(store_due(1, Duration::ZERO, true, 100));
         assert!(store_due(1, Duration::ZERO, false, 0));
+    }
+
+    /// Block requests are sent before the other entries queued with them, and nothing queued
+    /// before a request for the same block is sent after it: a query or cancel that came
+    /// first is dropped; one that came after the request stays after it.
+    #[test]
+    fn queued_wants_never_follow_a_request_they_preceded() {
+        let cid = |n: u8| *Block::data_block(Bytes::from(vec![n; 4])).cid();
+        let (a, b, c) = (
+            BlockAddress::Block(cid(1)),
+            BlockAddress::Block(cid(2)),
+            BlockAddress::Block(cid(3)),
+        );
+        let queued = vec![
+            WantEntry::have(a),
+            WantEntry::cancel(b),
+            WantEntry::have(c),
+            WantEntry::block(a),
+            WantEntry::block(b),
+            WantEntry::cancel(a),
+            WantEntry::block(c),
+            WantEntry::cancel(c),
+            WantEntry::block(c),
+        ];
+        let (blocks, others) = split_wants(queued);
+        assert_eq!(
+            blocks,
+            [
+                WantEntry::block(a),
+                WantEntry::block(b),
+                WantEntry::block(c),
+                WantEntry::block(c)
+            ]
+        );
+        // `cancel(a)` came after `block(a)`: it stays. Everything else preceded the last
+        // request for its block.
+        assert_eq!(others, [WantEntry::cancel(a)]);
+        // Without requests nothing is dropped, and the order is kept.
+        let plain = vec![WantEntry::have(a), WantEntry::cancel(b), WantEntry::have(c)];
+        assert_eq!(split_wants(plain.clone()), (Vec::new(), plain));
     }
 
     /// A serve batch mixing plain blocks and leaves of two datasets (read in runs, one store
