@@ -11,6 +11,7 @@ use axum::{
 };
 use cairn_node::{
     Node, NodeError,
+    engine::PeerExchange,
     net::{Multiaddr, PeerId},
 };
 use serde::Serialize;
@@ -202,10 +203,44 @@ struct PeerJson {
     score: f64,
     /// Seconds since the first connection to it.
     connected_secs: u64,
+    /// Its part in the block exchange, when the node runs one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exchange: Option<PeerExchangeJson>,
+}
+
+/// One peer's part in the block exchange (a cairn extension; see
+/// [`cairn_node::engine::PeerExchange`]).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PeerExchangeJson {
+    blocks_received: u64,
+    blocks_sent: u64,
+    duplicates: u64,
+    rejected: u64,
+    requests: usize,
+    request_limit: usize,
+    blocks_per_sec: Option<f64>,
+    wanted: usize,
+}
+
+impl From<PeerExchange> for PeerExchangeJson {
+    fn from(e: PeerExchange) -> Self {
+        PeerExchangeJson {
+            blocks_received: e.blocks_received,
+            blocks_sent: e.blocks_sent,
+            duplicates: e.duplicates,
+            rejected: e.rejected,
+            requests: e.requests,
+            request_limit: e.request_limit,
+            // Tenths are all a reader needs; a raw estimate prints 17 digits.
+            blocks_per_sec: e.blocks_per_sec.map(|r| (r * 10.0).round() / 10.0),
+            wanted: e.wanted,
+        }
+    }
 }
 
 impl PeerJson {
-    fn new(p: cairn_node::net::PeerInfo) -> Self {
+    fn new(p: cairn_node::net::PeerInfo, exchange: &mut HashMap<PeerId, PeerExchange>) -> Self {
         PeerJson {
             peer_id: p.peer.to_string(),
             address: p.address.to_string(),
@@ -213,8 +248,21 @@ impl PeerJson {
             agent: p.agent,
             score: p.score,
             connected_secs: p.connected_for.as_secs(),
+            exchange: exchange.remove(&p.peer).map(Into::into),
         }
     }
+}
+
+/// Each peer's part in the block exchange, by peer (empty for a node without an engine).
+async fn exchange_by_peer(node: &Node) -> Result<HashMap<PeerId, PeerExchange>, ApiError> {
+    let Some(engine) = node.engine() else {
+        return Ok(HashMap::new());
+    };
+    let peers = engine
+        .peers()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(peers.into_iter().map(|p| (p.peer, p)).collect())
 }
 
 fn direction(d: cairn_node::net::Direction) -> &'static str {
@@ -263,6 +311,7 @@ pub(crate) async fn debug_peers(State(node): State<Node>) -> Result<Response, Ap
         .status()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut exchange = exchange_by_peer(&node).await?;
     let count = |d| s.peers.iter().filter(|p| p.direction == d).count();
     let out = DebugPeers {
         inbound: count(cairn_node::net::Direction::Inbound),
@@ -279,7 +328,11 @@ pub(crate) async fn debug_peers(State(node): State<Node>) -> Result<Response, Ap
         },
         pex_bytes_sent: s.pex_bytes.0,
         pex_bytes_received: s.pex_bytes.1,
-        peers: s.peers.into_iter().map(PeerJson::new).collect(),
+        peers: s
+            .peers
+            .into_iter()
+            .map(|p| PeerJson::new(p, &mut exchange))
+            .collect(),
     };
     let body = serde_json::to_string_pretty(&out).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
@@ -356,12 +409,13 @@ pub(crate) async fn debug_info(State(node): State<Node>) -> Result<Response, Api
         .iter()
         .map(ToString::to_string)
         .collect();
+    let mut exchange = exchange_by_peer(&node).await?;
     let peers = net
         .peers()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .into_iter()
-        .map(PeerJson::new)
+        .map(|p| PeerJson::new(p, &mut exchange))
         .collect();
     let s = engine
         .stats()

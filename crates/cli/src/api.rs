@@ -328,6 +328,31 @@ pub(crate) struct PeerJson {
     /// Seconds since it connected (from `/debug/peers`; absent from older `/debug/info`).
     #[serde(default)]
     pub(crate) connected_secs: Option<u64>,
+    /// Its part in the block exchange (cairn only).
+    #[serde(default)]
+    pub(crate) exchange: Option<PeerExchangeJson>,
+}
+
+/// A peer's part in the block exchange; read in camelCase, printed in snake_case.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(rename_all(deserialize = "camelCase", serialize = "snake_case"))]
+pub(crate) struct PeerExchangeJson {
+    /// Blocks accepted from it.
+    pub(crate) blocks_received: u64,
+    /// Blocks sent to it.
+    pub(crate) blocks_sent: u64,
+    /// Its deliveries dropped as duplicates.
+    pub(crate) duplicates: u64,
+    /// Its deliveries that failed verification.
+    pub(crate) rejected: u64,
+    /// Our requests it holds now.
+    pub(crate) requests: usize,
+    /// How many it may hold.
+    pub(crate) request_limit: usize,
+    /// Its measured delivery rate, in blocks per second.
+    pub(crate) blocks_per_sec: Option<f64>,
+    /// Blocks it asked for, not sent yet.
+    pub(crate) wanted: usize,
 }
 
 /// `GET /debug/peers` (cairn only): connected peers and the peer manager's figures.
@@ -388,6 +413,8 @@ pub(crate) struct ExchangeJson {
     pub(crate) blocks_sent: u64,
     /// Requests that timed out.
     pub(crate) timeouts: u64,
+    /// Requests also sent to a faster holder.
+    pub(crate) hedged: u64,
     /// Requests outstanding.
     pub(crate) pending: u64,
 }

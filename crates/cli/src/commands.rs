@@ -14,7 +14,8 @@
 //! * `info`: `{"peer_id", "version", "revision", "data_dir", "addrs", "announce_addrs", "spr",
 //!   "peers", "dht_nodes", "exchange": {…counters}}`.
 //! * `peers`: `{"peers": [{"peer_id", "address", "direction", "agent", "score",
-//!   "connected_secs"}], "manager": {"inbound", "outbound", "outbound_target", "max_inbound",
+//!   "connected_secs", "exchange": {"blocks_received", "blocks_sent", "duplicates", "rejected",
+//!   "requests", "request_limit", "blocks_per_sec", "wanted"} or null}], "manager": {"inbound", "outbound", "outbound_target", "max_inbound",
 //!   "max_peers", "seed_mode", "banned", "book": {"new", "old", "banned"}, "pex_bytes_sent",
 //!   "pex_bytes_received"} or null (a node without `/debug/peers`), "dht": {"node_id", "size",
 //!   "nodes": [{"node_id", "peer_id", "address", "seen", "record"}]} or null}`.
@@ -378,8 +379,8 @@ async fn info(api: &Api, json: bool) -> anyhow::Result<()> {
         (
             "exchange",
             vec![format!(
-                "{} pending, {} duplicates, {} rejected, {} timeouts",
-                e.pending, e.duplicates, e.rejected, e.timeouts
+                "{} pending, {} duplicates, {} rejected, {} timeouts, {} hedged",
+                e.pending, e.duplicates, e.rejected, e.timeouts, e.hedged
             )],
         ),
     ]))
@@ -407,6 +408,15 @@ struct DhtOut {
 const SCORE_DECIMALS: usize = 2;
 
 /// `cairn peers`.
+/// A cell of the block-exchange columns of `cairn peers`: `-` for a peer without figures (a
+/// reference node has none).
+fn exchange_cell(
+    e: Option<&api::PeerExchangeJson>,
+    f: impl Fn(&api::PeerExchangeJson) -> String,
+) -> String {
+    e.map_or_else(|| "-".into(), f)
+}
+
 async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
     let d: DebugInfo = api
         .get_json(&["debug", "info"], "reading the node's peers")
@@ -446,6 +456,15 @@ async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
                     format!("{:.*}", SCORE_DECIMALS, p.score),
                     p.connected_secs
                         .map_or_else(|| "-".into(), output::duration_secs),
+                    exchange_cell(p.exchange.as_ref(), |e| e.blocks_received.to_string()),
+                    exchange_cell(p.exchange.as_ref(), |e| e.blocks_sent.to_string()),
+                    exchange_cell(p.exchange.as_ref(), |e| {
+                        format!("{}/{}", e.requests, e.request_limit)
+                    }),
+                    exchange_cell(p.exchange.as_ref(), |e| {
+                        e.blocks_per_sec
+                            .map_or_else(|| "-".into(), |r| format!("{r:.1}"))
+                    }),
                     p.agent.clone().unwrap_or_else(|| "-".into()),
                     p.address.clone(),
                 ]
@@ -457,6 +476,10 @@ async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
                 ("DIRECTION", Align::Left),
                 ("SCORE", Align::Right),
                 ("FOR", Align::Right),
+                ("RECEIVED", Align::Right),
+                ("SENT", Align::Right),
+                ("ASKED", Align::Right),
+                ("BLOCKS/S", Align::Right),
                 ("AGENT", Align::Left),
                 ("ADDRESS", Align::Left),
             ],

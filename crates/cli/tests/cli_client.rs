@@ -765,6 +765,38 @@ fn two_nodes_connect_and_peers() {
         received >= 3,
         "B fetched the manifest and blocks from A: {received}"
     );
+    // Each peer's part in the exchange: B accepted every block from A, which was measured and
+    // holds no request now; A sent B at least as many (`/debug/peers` has them in camelCase).
+    let of = |v: &Value, id: &str| {
+        v["peers"]
+            .as_array()
+            .and_then(|l| l.iter().find(|p| p["peer_id"] == id))
+            .map(|p| p["exchange"].clone())
+            .unwrap_or_else(|| panic!("{id} not among the peers: {v:#}"))
+    };
+    let at_b = of(&json(&b, &["peers"]), &a_id);
+    assert_eq!(at_b["blocks_received"], received, "{at_b}");
+    assert_eq!(
+        (&at_b["requests"], &at_b["rejected"]),
+        (&0.into(), &0.into())
+    );
+    assert!(
+        at_b["blocks_per_sec"].as_f64().is_some_and(|r| r > 0.0),
+        "{at_b}"
+    );
+    let at_a = of(&json(&a, &["peers"]), &b_id);
+    assert!(at_a["blocks_sent"].as_u64().unwrap() >= received, "{at_a}");
+    let dp = get_json(&c, &a, "/debug/peers");
+    let raw = dp["peers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["peerId"] == b_id.as_str()))
+        .unwrap_or_else(|| panic!("B not in A's /debug/peers: {dp:#}"));
+    assert_eq!(raw["exchange"]["blocksSent"], at_a["blocks_sent"], "{raw}");
+    let text = ok(&cli(&["peers", "--api", &b.api]));
+    assert!(
+        text.contains("RECEIVED") && text.contains("BLOCKS/S"),
+        "{text}"
+    );
     a.stop();
     b.stop();
 }

@@ -208,6 +208,41 @@ pub struct EngineStats {
     pub pending: usize,
 }
 
+/// One connected peer's part in the block exchange ([`EngineHandle::peers`]): what passed
+/// between us since it connected, and how the engine paces it now. A node operator reads it to
+/// see which peer a download waits on, or which peer takes what it serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerExchange {
+    /// The peer.
+    pub peer: PeerId,
+    /// Blocks accepted from it (verified, and not a duplicate).
+    pub blocks_received: u64,
+    /// Blocks sent to it.
+    pub blocks_sent: u64,
+    /// Its deliveries dropped as unsolicited or duplicate.
+    pub duplicates: u64,
+    /// Its deliveries that failed verification.
+    pub rejected: u64,
+    /// Our block requests it holds now.
+    pub requests: usize,
+    /// How many requests it may hold, from its measured rate ([`crate::pace`]).
+    pub request_limit: usize,
+    /// Its measured delivery rate in blocks per second, until [`crate::pace::RATE_STALE`]
+    /// idle; `None` before it delivered (or was hedged) since then.
+    pub blocks_per_sec: Option<f64>,
+    /// Blocks it asked us for that we have not sent yet (queued, or waiting to arrive here).
+    pub wanted: usize,
+}
+
+/// Per-peer counters kept for [`PeerExchange`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    received: u64,
+    sent: u64,
+    duplicates: u64,
+    rejected: u64,
+}
+
 type Reply = oneshot::Sender<Result<Block, FetchError>>;
 
 enum Command {
@@ -223,6 +258,9 @@ enum Command {
     },
     Flush {
         done: oneshot::Sender<()>,
+    },
+    Peers {
+        done: oneshot::Sender<Vec<PeerExchange>>,
     },
     Holders {
         tree: Cid,
@@ -250,6 +288,7 @@ impl std::fmt::Debug for Command {
             Command::Want { wants } => write!(f, "Want({})", wants.len()),
             Command::StoredLocally { tree, .. } => write!(f, "StoredLocally({tree})"),
             Command::Stats { .. } => write!(f, "Stats"),
+            Command::Peers { .. } => write!(f, "Peers"),
             Command::Flush { .. } => write!(f, "Flush"),
             Command::Holders { tree, .. } => write!(f, "Holders({tree})"),
             Command::DeniedByAll { address, .. } => write!(f, "DeniedByAll({address:?})"),
@@ -344,6 +383,11 @@ impl EngineHandle {
     pub async fn stats(&self) -> Result<EngineStats, FetchError> {
         self.ask(|tx| Command::Stats { done: tx }).await
     }
+
+    /// Each connected peer's part in the exchange, in no particular order.
+    pub async fn peers(&self) -> Result<Vec<PeerExchange>, FetchError> {
+        self.ask(|tx| Command::Peers { done: tx }).await
+    }
 }
 
 struct Pending {
@@ -417,6 +461,7 @@ struct Peer {
     /// When a connection to the peer was lost ([`NetEvent::ConnectionLost`]): its requests
     /// made before then that have not come after [`LOST_CONNECTION_GRACE`] are asked again.
     lost_at: Option<Instant>,
+    tally: Tally,
 }
 
 impl Peer {
@@ -445,6 +490,7 @@ impl Peer {
             have_queries: VecDeque::new(),
             presence_in_flight: false,
             lost_at: None,
+            tally: Tally::default(),
         }
     }
 }
@@ -673,6 +719,24 @@ impl Engine {
                 let mut s = self.stats.clone();
                 s.pending = self.pending.len();
                 let _ = done.send(s);
+            }
+            Command::Peers { done } => {
+                let peers = self
+                    .peers
+                    .iter()
+                    .map(|(peer, st)| PeerExchange {
+                        peer: *peer,
+                        blocks_received: st.tally.received,
+                        blocks_sent: st.tally.sent,
+                        duplicates: st.tally.duplicates,
+                        rejected: st.tally.rejected,
+                        requests: st.outstanding.len(),
+                        request_limit: st.pace.limit(),
+                        blocks_per_sec: st.pace.rate(),
+                        wanted: st.wanted_set.len() + st.parked.len(),
+                    })
+                    .collect();
+                let _ = done.send(peers);
             }
             Command::Holders { tree, done } => {
                 let of_tree = |a: &BlockAddress| matches!(a, BlockAddress::Leaf { tree: t, .. } if *t == tree);
@@ -932,13 +996,21 @@ impl Engine {
         }
     }
 
+    /// A delivery from `peer` that was unsolicited or came twice.
+    fn duplicate(&mut self, peer: PeerId) {
+        self.stats.duplicates += 1;
+        self.metrics.blocks_duplicate.inc();
+        if let Some(st) = self.peers.get_mut(&peer) {
+            st.tally.duplicates += 1;
+        }
+    }
+
     fn on_delivery(&mut self, peer: PeerId, d: Delivery, now: Instant) {
         let Some(state) = self.peers.get_mut(&peer) else {
             return;
         };
         let Some(asked) = state.outstanding.remove(&d.address) else {
-            self.stats.duplicates += 1;
-            self.metrics.blocks_duplicate.inc();
+            self.duplicate(peer);
             return;
         };
         let latency = now.saturating_duration_since(asked.at);
@@ -946,13 +1018,11 @@ impl Engine {
         state.pace.observe(asked.ahead, latency, now);
         state.owed_since = (!state.outstanding.is_empty()).then_some(now);
         let Some(pending) = self.pending.get_mut(&d.address) else {
-            self.stats.duplicates += 1;
-            self.metrics.blocks_duplicate.inc();
+            self.duplicate(peer);
             return;
         };
         if pending.storing || !pending.asked_of(peer) {
-            self.stats.duplicates += 1;
-            self.metrics.blocks_duplicate.inc();
+            self.duplicate(peer);
             return;
         }
         let address = d.address;
@@ -961,6 +1031,9 @@ impl Engine {
             Err(reason) => {
                 self.stats.rejected += 1;
                 self.metrics.blocks_rejected.inc();
+                if let Some(st) = self.peers.get_mut(&peer) {
+                    st.tally.rejected += 1;
+                }
                 let reason = format!("bad block for {address}: {reason}");
                 warn!(%peer, %reason, "rejected delivery");
                 self.report(peer, PeerAction::Fatal, reason);
@@ -970,6 +1043,9 @@ impl Engine {
         };
         pending.storing = true;
         self.stats.blocks_received += 1;
+        if let Some(st) = self.peers.get_mut(&peer) {
+            st.tally.received += 1;
+        }
         self.metrics.blocks_accepted.inc();
         // Verified: a leaf's requesters get it now; the write is batched behind them (the window
         // of a download does not have to cover a disk sync). A standalone block (a manifest)
@@ -1195,6 +1271,7 @@ impl Engine {
                 self.metrics.blocks_sent.inc_by(sent as u64);
                 if let Some(state) = self.peers.get_mut(&peer) {
                     state.serve_tasks -= 1;
+                    state.tally.sent += sent as u64;
                     for a in missing {
                         if state.wanted_set.contains(&a) {
                             continue; // asked again meanwhile

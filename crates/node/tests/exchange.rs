@@ -107,6 +107,44 @@ async fn three_nodes_download_from_one_and_two_providers() {
         "300 full blocks + 1 partial + the manifest"
     );
     assert_eq!(stats.rejected, 0);
+    // Each side's per-peer figures agree: what C accepted from A and from B adds up to every
+    // block it accepted, and neither accepted more from a provider than that provider says it
+    // sent C (a hedged request may have been sent by both, the copy that lost a duplicate), nor
+    // did a provider send C more than it sent in all; each provider was measured.
+    let c_peers = c.engine().unwrap().peers().await.unwrap();
+    let at_c = |n: &cairn_node::net::NetworkHandle| {
+        c_peers
+            .iter()
+            .find(|p| p.peer == n.local_peer_id())
+            .unwrap_or_else(|| panic!("not among C's exchange peers: {c_peers:?}"))
+    };
+    let to_c = |x: &Node| {
+        let (engine, nc_id) = (x.engine().unwrap().clone(), nc.local_peer_id());
+        async move {
+            let peers = engine.peers().await.unwrap();
+            peers
+                .into_iter()
+                .find(|p| p.peer == nc_id)
+                .expect("C among the provider's exchange peers")
+        }
+    };
+    let (from_a, from_b) = (at_c(&na), at_c(&nb));
+    assert_eq!(from_a.blocks_received + from_b.blocks_received, 302);
+    for (x, from_x, before) in [(&a, from_a, sent_a_before), (&b, from_b, sent_b_before)] {
+        let to = to_c(x).await.blocks_sent;
+        let all = x.engine().unwrap().stats().await.unwrap().blocks_sent - before;
+        assert!(
+            from_x.blocks_received <= to && to <= all,
+            "C accepted {}, the provider sent C {to} of {all}",
+            from_x.blocks_received
+        );
+    }
+    for p in [from_a, from_b] {
+        assert_eq!((p.requests, p.rejected, p.blocks_sent), (0, 0, 0), "{p:?}");
+        assert!(p.blocks_per_sec.is_some_and(|r| r > 0.0), "{p:?}");
+        let limits = cairn_node::pace::MIN_OUTSTANDING..=cairn_node::pace::MAX_OUTSTANDING;
+        assert!(limits.contains(&p.request_limit), "{p:?}");
+    }
     settled(&c).await;
     cancel.cancel();
 }
