@@ -301,6 +301,38 @@ mod tests {
         assert!(space.quota_used_bytes <= 41 * bs as u64 + 1024, "{space:?}");
     }
 
+    /// The same with uploads of unknown size (chunked, no `Content-Length`), which reserve
+    /// block by block and so both run out of room part-way: the older one waits while the
+    /// younger holds room, the younger gives way, and the older is stored. Before, both failed
+    /// (the second refusal came while the first upload's room was still held).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_two_growing_uploads_that_do_not_both_fit_one_is_stored() {
+        let bs = DEFAULT_BLOCK_SIZE;
+        let (one, two) = (data(40 * bs), data(40 * bs + 7));
+        let cfg = StoreConfig {
+            quota_bytes: 60 * bs as u64,
+            ..StoreConfig::default()
+        };
+        let store = Store::in_memory(cfg).unwrap();
+        let (r1, r2) = tokio::join!(
+            ingest_with_lanes(&store, body(&one, 70_000), UploadInfo::default(), 2),
+            ingest_with_lanes(&store, body(&two, 70_000), UploadInfo::default(), 2),
+        );
+        let refused = |r: &Result<_, NodeError>| {
+            matches!(r, Err(NodeError::Store(StoreError::QuotaExceeded { .. })))
+        };
+        assert!(
+            (r1.is_ok() && refused(&r2)) || (refused(&r1) && r2.is_ok()),
+            "{:?} / {:?}",
+            r1.as_ref().map(|s| s.cid),
+            r2.as_ref().map(|s| s.cid)
+        );
+        assert_eq!(store.list_manifests().unwrap().len(), 1);
+        let space = store.space().unwrap();
+        assert_eq!(space.quota_reserved_bytes, 0);
+        assert!(space.quota_used_bytes <= 41 * bs as u64 + 1024, "{space:?}");
+    }
+
     /// An upload of known size whose blocks would exactly fill the quota has no room for its
     /// manifest: it is refused before its body is read, not after every block went in. With
     /// room for the manifest too, it is stored.

@@ -68,5 +68,5 @@ pub use crate::{
         DEFAULT_SEGMENT_ROLL_BYTES, MIN_DISK_HEADROOM, MaintenanceReport, Reservation, Space,
         Store, StoreConfig,
     },
-    writer::{DatasetMeta, DatasetWriter, StoredDataset},
+    writer::{DatasetMeta, DatasetWriter, StoredDataset, UPLOAD_ROOM_POLL, UPLOAD_ROOM_WAIT},
 };

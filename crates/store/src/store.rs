@@ -108,6 +108,9 @@ pub struct StoreConfig {
     /// Size at which a shared segment (single puts, network leaves) is sealed and a new one
     /// started; sealed segments are what compaction rewrites ([`DEFAULT_SEGMENT_ROLL_BYTES`]).
     pub segment_roll_bytes: u64,
+    /// How long an upload that does not fit waits for younger uploads to give their room back
+    /// ([`crate::UPLOAD_ROOM_WAIT`]).
+    pub upload_room_wait: Duration,
     /// Test hook called at named points: in an upload's finish (`"finish:synced"`,
     /// `"finish:leaf-batch"`; crash-safety tests abort the process there), and on entry to
     /// [`Store::put_block`], [`Store::put_leaves`], [`Store::has_block`], [`Store::has_leaf`]
@@ -133,6 +136,7 @@ impl Default for StoreConfig {
             leaf_batch: DEFAULT_LEAF_BATCH,
             background_reclaim: true,
             segment_roll_bytes: DEFAULT_SEGMENT_ROLL_BYTES,
+            upload_room_wait: crate::UPLOAD_ROOM_WAIT,
             crash_hook: None,
             free_space_hook: None,
         }
@@ -149,6 +153,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("leaf_batch", &self.leaf_batch)
             .field("background_reclaim", &self.background_reclaim)
             .field("segment_roll_bytes", &self.segment_roll_bytes)
+            .field("upload_room_wait", &self.upload_room_wait)
             .finish_non_exhaustive()
     }
 }
@@ -222,6 +227,12 @@ pub(crate) struct Inner {
     pub(crate) cfg: StoreConfig,
     /// Bytes reserved by uploads in progress.
     pub(crate) reserved: Mutex<u64>,
+    /// The oldest upload session waiting for room that younger uploads hold (0: none); younger
+    /// uploads then give theirs up rather than grow (`DatasetWriter::reserve_more`). Changed
+    /// only while holding `reserved`.
+    pub(crate) room_waiter: AtomicU64,
+    /// Signalled (with `reserved`) when an upload gives its reservation back.
+    pub(crate) room_freed: parking_lot::Condvar,
     /// Bytes reserved by downloads in progress ([`Reservation`]): the sum of
     /// `download_pools`. Changed only while holding `reserved`, so a quota check sees both at
     /// once.
@@ -369,18 +380,27 @@ impl Inner {
     /// `uploads` is the uploads' reservation, read by the caller under its lock (which it holds
     /// while it then reserves, so checks and reservations do not interleave).
     pub(crate) fn fits(&self, uploads: u64, bytes: u64) -> Result<(), StoreError> {
+        let refusal = self.quota_refusal(uploads, bytes);
+        if let StoreError::QuotaExceeded { used, .. } = refusal
+            && used.saturating_add(bytes) > self.cfg.quota_bytes
+        {
+            return Err(refusal);
+        }
+        self.disk_room(uploads, bytes, 0)
+    }
+
+    /// The quota error for `bytes` more, with what is used and reserved now (`uploads` as in
+    /// [`Inner::fits`]); also what an upload that gives way to an older one is refused with.
+    pub(crate) fn quota_refusal(&self, uploads: u64, bytes: u64) -> StoreError {
         let used = self.used.load(Ordering::Relaxed)
             + self.pending.load(Ordering::Relaxed)
             + uploads
             + self.download_reserved.load(Ordering::Relaxed);
-        if used.saturating_add(bytes) > self.cfg.quota_bytes {
-            return Err(StoreError::QuotaExceeded {
-                needed: bytes,
-                used,
-                quota: self.cfg.quota_bytes,
-            });
+        StoreError::QuotaExceeded {
+            needed: bytes,
+            used,
+            quota: self.cfg.quota_bytes,
         }
-        self.disk_room(uploads, bytes, 0)
     }
 }
 
@@ -471,6 +491,8 @@ impl Store {
             segs,
             cfg,
             reserved: Mutex::new(0),
+            room_waiter: AtomicU64::new(0),
+            room_freed: parking_lot::Condvar::new(),
             download_reserved: AtomicU64::new(0),
             download_pools: Mutex::new(Pools::default()),
             pending: AtomicU64::new(0),

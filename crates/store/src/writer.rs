@@ -30,6 +30,16 @@ use crate::{
     trees::{has_tree, put_tree},
 };
 
+/// How long an upload that does not fit waits for younger uploads to give their room back
+/// ([`DatasetWriter::reserve_more`]). A younger upload that is writing gives way at its next
+/// block, within milliseconds; one whose client has stalled, or one that reserved its whole
+/// known size up front, does not, and the older upload is refused after this.
+pub const UPLOAD_ROOM_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a waiting upload looks at the room again, besides being woken when an upload
+/// gives its room back: room also comes back from deletes and downloads, which do not wake it.
+pub const UPLOAD_ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// What the uploader says about a dataset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DatasetMeta {
@@ -171,14 +181,51 @@ impl DatasetWriter {
         self.reserve_more(more)
     }
 
+    /// Reserves `len` more bytes. When they do not fit, the oldest upload goes on and younger
+    /// ones give way: without that, uploads that grow block by block (their size unknown) and
+    /// together outgrow the quota all fail, each refused while the others' room is still held.
+    /// So an upload that does not fit while younger uploads hold room waits for them, up to
+    /// [`UPLOAD_ROOM_WAIT`] (`StoreConfig::upload_room_wait`); a younger upload that needs more while an older one waits is
+    /// refused at once, and gives its room back as it is dropped.
     fn reserve_more(&mut self, len: u64) -> Result<(), StoreError> {
         if len == 0 {
             return Ok(());
         }
         let inner = &self.store.inner;
+        let deadline = std::time::Instant::now() + inner.cfg.upload_room_wait;
         let mut reserved = inner.reserved.lock();
-        // Room held by downloads counts as used here too (`Store::reserve_room`).
-        inner.fits(*reserved, len)?;
+        let result = loop {
+            let waiter = inner.room_waiter.load(Ordering::Relaxed);
+            let older_waits = waiter != 0 && waiter < self.session;
+            // Room held by downloads counts as used here too (`Store::reserve_room`).
+            let refused = match inner.fits(*reserved, len) {
+                Ok(()) if !older_waits => break Ok(()),
+                Ok(()) => inner.quota_refusal(*reserved, len),
+                Err(e) => e,
+            };
+            let room = matches!(
+                refused,
+                StoreError::QuotaExceeded { .. } | StoreError::DiskFull { .. }
+            );
+            // Other uploads hold room they may give back: `reserved` is every upload's.
+            let others_hold = *reserved > self.reserved;
+            let now = std::time::Instant::now();
+            if older_waits || !room || !others_hold || now >= deadline {
+                break Err(refused);
+            }
+            if waiter == 0 || waiter > self.session {
+                inner.room_waiter.store(self.session, Ordering::Relaxed);
+            }
+            // Room also comes back without a signal (a delete, a download's reservation), so
+            // the wait is cut into polls.
+            let _ = inner
+                .room_freed
+                .wait_for(&mut reserved, (deadline - now).min(UPLOAD_ROOM_POLL));
+        };
+        if inner.room_waiter.load(Ordering::Relaxed) == self.session {
+            inner.room_waiter.store(0, Ordering::Relaxed);
+        }
+        result?;
         *reserved += len;
         self.reserved += len;
         Ok(())
@@ -373,6 +420,9 @@ impl DatasetWriter {
     fn release_reservation(&mut self) {
         let mut r = self.store.inner.reserved.lock();
         *r = r.saturating_sub(self.reserved);
+        if self.reserved > 0 {
+            self.store.inner.room_freed.notify_all();
+        }
         self.reserved = 0;
         self.appended = 0;
         let settled = std::mem::take(&mut self.settled);
@@ -454,6 +504,82 @@ impl Drop for DatasetWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StoreConfig;
+    use bytes::Bytes;
+    use std::time::{Duration, Instant};
+
+    const BS: usize = 64 * 1024;
+
+    fn block(seed: u8, i: u8) -> Block {
+        let mut data = vec![seed; BS];
+        data[0] = i;
+        Block::data_block(Bytes::from(data))
+    }
+
+    /// Two uploads of unknown size that grow block by block and together outgrow the quota:
+    /// the older one goes on (it waits while the younger holds room), the younger is refused
+    /// and gives its room back, and the older one completes. Before, whichever asked next was
+    /// refused, and the other was too while the first one's room was still held: both failed.
+    #[test]
+    fn growing_uploads_that_outgrow_the_quota_leave_the_oldest_going() {
+        let store = Store::in_memory(StoreConfig {
+            quota_bytes: 10 * BS as u64 + 4096,
+            background_reclaim: false,
+            // Longer than any stall of this test's threads; the waiter is woken long before.
+            upload_room_wait: Duration::from_secs(60),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        let mut older = store.begin_dataset().unwrap();
+        let mut younger = store.begin_dataset().unwrap();
+        let older_session = older.session;
+        for i in 0..5 {
+            older.write(&block(1, i)).unwrap();
+            younger.write(&block(2, i)).unwrap();
+        }
+        let meta = DatasetMeta {
+            dataset_size: 7 * BS as u64,
+            block_size: BS as u64,
+            filename: None,
+            mimetype: None,
+        };
+        std::thread::scope(|s| {
+            let grows = s.spawn(move || {
+                older.write(&block(1, 5))?;
+                older.write(&block(1, 6))?;
+                older.finish(meta)
+            });
+            // The older upload finds no room and waits for it (on the store's own state,
+            // bounded).
+            let until = Instant::now() + Duration::from_secs(30);
+            while store.inner.room_waiter.load(Ordering::Relaxed) != older_session {
+                assert!(
+                    !grows.is_finished() && Instant::now() < until,
+                    "the older upload did not wait for room"
+                );
+                std::thread::yield_now();
+            }
+            // The younger one, asking for more meanwhile, is refused; dropped, it gives its
+            // room back, and the older one goes on.
+            assert!(matches!(
+                younger.write(&block(2, 5)),
+                Err(StoreError::QuotaExceeded { .. })
+            ));
+            drop(younger);
+            let stored = grows.join().unwrap().expect("the older upload completes");
+            let got = store.get_block(&stored.manifest_cid).unwrap();
+            assert!(got.is_some(), "its manifest is stored");
+        });
+        assert_eq!(store.inner.room_waiter.load(Ordering::Relaxed), 0);
+        let space = store.space().unwrap();
+        assert_eq!(space.quota_reserved_bytes, 0, "{space:?}");
+        assert!(space.quota_used_bytes >= 7 * BS as u64, "{space:?}");
+        // Nobody else holds room: an upload that does not fit is refused at once, not after
+        // the wait (it would block this test for a minute).
+        let mut alone = store.begin_dataset().unwrap();
+        let refused = (0..4).try_for_each(|i| alone.write(&block(3, i)));
+        assert!(matches!(refused, Err(StoreError::QuotaExceeded { .. })));
+    }
 
     #[test]
     fn extents_merge_runs_and_replay_in_order() {
