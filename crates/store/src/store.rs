@@ -380,25 +380,27 @@ impl Inner {
     /// `uploads` is the uploads' reservation, read by the caller under its lock (which it holds
     /// while it then reserves, so checks and reservations do not interleave).
     pub(crate) fn fits(&self, uploads: u64, bytes: u64) -> Result<(), StoreError> {
-        let refusal = self.quota_refusal(uploads, bytes);
-        if let StoreError::QuotaExceeded { used, .. } = refusal
-            && used.saturating_add(bytes) > self.cfg.quota_bytes
-        {
-            return Err(refusal);
+        if self.taken(uploads).saturating_add(bytes) > self.cfg.quota_bytes {
+            return Err(self.quota_refusal(uploads, bytes));
         }
         self.disk_room(uploads, bytes, 0)
     }
 
-    /// The quota error for `bytes` more, with what is used and reserved now (`uploads` as in
-    /// [`Inner::fits`]); also what an upload that gives way to an older one is refused with.
-    pub(crate) fn quota_refusal(&self, uploads: u64, bytes: u64) -> StoreError {
-        let used = self.used.load(Ordering::Relaxed)
+    /// The quota taken: bytes used, being committed, and reserved by uploads (`uploads`, read
+    /// under the `reserved` lock) and downloads.
+    fn taken(&self, uploads: u64) -> u64 {
+        self.used.load(Ordering::Relaxed)
             + self.pending.load(Ordering::Relaxed)
             + uploads
-            + self.download_reserved.load(Ordering::Relaxed);
+            + self.download_reserved.load(Ordering::Relaxed)
+    }
+
+    /// The quota error for `bytes` more, with what is taken now (`uploads` as in
+    /// [`Inner::fits`]); also what an upload that gives way to an older one is refused with.
+    pub(crate) fn quota_refusal(&self, uploads: u64, bytes: u64) -> StoreError {
         StoreError::QuotaExceeded {
             needed: bytes,
-            used,
+            used: self.taken(uploads),
             quota: self.cfg.quota_bytes,
         }
     }
@@ -981,11 +983,7 @@ impl Store {
                     .map(|p| p.bytes)
             })
             .unwrap_or(0);
-        let used = (self.inner.used.load(Ordering::Relaxed)
-            + self.inner.pending.load(Ordering::Relaxed)
-            + *uploads
-            + self.inner.download_reserved.load(Ordering::Relaxed))
-        .saturating_sub(own);
+        let used = self.inner.taken(*uploads).saturating_sub(own);
         if used.saturating_add(len) > self.inner.cfg.quota_bytes {
             return Err(StoreError::QuotaExceeded {
                 needed: len,
