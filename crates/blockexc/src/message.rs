@@ -269,6 +269,7 @@ impl Message {
     /// Every delivered block is hashed here; counts are checked against the crate's limits
     /// before anything is converted.
     pub fn decode(body: Bytes) -> Result<Message, DecodeError> {
+        check_counts(std::slice::from_ref(&body))?;
         Message::from_proto(proto::Message::decode(body)?)
     }
 
@@ -277,6 +278,7 @@ impl Message {
     /// the result is that of [`Message::decode`] on the whole body. Bytes fields point into the
     /// parts without copying.
     pub fn decode_parts(parts: crate::codec::FrameParts) -> Result<Message, DecodeError> {
+        check_counts(&parts.parts)?;
         let mut pb = proto::Message::default();
         for part in parts.parts {
             pb.merge(part)?;
@@ -395,4 +397,83 @@ fn address_from_proto(a: Option<&proto::BlockAddress>) -> Result<BlockAddress, D
             cid_from_bytes(cid).map_err(|_| DecodeError::BadCid("address cid"))?,
         ))
     }
+}
+
+/// Field numbers that repeat in a message (`codex-protocol.md` §2.2): `Message.wantlist` (1),
+/// whose `WantList.entries` (1) repeat; `Message.payload` (3) and `Message.blockPresences` (4).
+const FIELD_WANTLIST: u32 = 1;
+const FIELD_WANTLIST_ENTRIES: u32 = 1;
+const FIELD_PAYLOAD: u32 = 3;
+const FIELD_PRESENCES: u32 = 4;
+
+/// Counts the repeated parts of an encoded message (want-list entries, deliveries, presences)
+/// and refuses it when one is over its limit, *before* prost builds anything. prost decodes a
+/// repeated field into a vector of whole structs, so counting after decoding would let one 8 MiB
+/// frame of empty entries (`1a 00`, two bytes each) allocate about 4 million structs, most of a
+/// gigabyte, before the count could be checked. The walk reads only tags and lengths (a
+/// delivery's 64 KiB of data is skipped, not read); what the fields contain is checked by the
+/// decode that follows. `parts` are whole top-level fields in order (a frame body, or the parts
+/// [`crate::codec::read_frame_parts`] cut it into).
+fn check_counts(parts: &[Bytes]) -> Result<(), DecodeError> {
+    let (mut entries, mut deliveries, mut presences) = (0usize, 0usize, 0usize);
+    for part in parts {
+        walk_fields(part, |field, value| {
+            match (field, value) {
+                (FIELD_WANTLIST, Some(list)) => walk_fields(list, |f, v| {
+                    if f == FIELD_WANTLIST_ENTRIES && v.is_some() {
+                        entries += 1;
+                    }
+                    Ok(())
+                })?,
+                (FIELD_PAYLOAD, Some(_)) => deliveries += 1,
+                (FIELD_PRESENCES, Some(_)) => presences += 1,
+                _ => {}
+            }
+            Ok(())
+        })?;
+    }
+    if entries > MAX_WANTLIST_ENTRIES {
+        return Err(DecodeError::TooManyEntries(entries));
+    }
+    if presences > MAX_PRESENCES_PER_MESSAGE {
+        return Err(DecodeError::TooManyPresences(presences));
+    }
+    if deliveries > MAX_BLOCKS_PER_MESSAGE {
+        return Err(DecodeError::TooManyBlocks(deliveries));
+    }
+    Ok(())
+}
+
+/// Calls `each(field number, contents)` for every field of the protobuf encoding `buf`, in
+/// order; contents are given for length-delimited fields only. Stops at the first error of
+/// `each`, or at bytes that are not a sequence of whole fields ([`DecodeError::Framing`]).
+fn walk_fields(
+    mut buf: &[u8],
+    mut each: impl FnMut(u32, Option<&[u8]>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    use prost::encoding::{WireType, decode_key, decode_varint};
+    let past_end = || DecodeError::Framing("a field runs past the end of its message");
+    while !buf.is_empty() {
+        let (field, wire_type) = decode_key(&mut buf)?;
+        let (value, skip) = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut buf)?;
+                (None, 0)
+            }
+            WireType::SixtyFourBit => (None, 8),
+            WireType::ThirtyTwoBit => (None, 4),
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut buf)?)
+                    .map_err(|_| DecodeError::Framing("field length"))?;
+                (Some(buf.get(..len).ok_or_else(past_end)?), len)
+            }
+            // Deprecated; the reference never sends them.
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err(DecodeError::Framing("group wire type"));
+            }
+        };
+        each(field, value)?;
+        buf = buf.get(skip..).ok_or_else(past_end)?;
+    }
+    Ok(())
 }

@@ -288,15 +288,11 @@ fn mismatched_data_and_bad_cids_are_refused() {
         Message::decode(Bytes::from(wire)),
         Err(DecodeError::BadCid(_))
     ));
-    // truncated length-delimited field and invalid wire type
-    assert!(matches!(
-        Message::decode(Bytes::from(h("0a0501"))),
-        Err(DecodeError::Protobuf(_))
-    ));
-    assert!(matches!(
-        Message::decode(Bytes::from(h("0fffffff"))),
-        Err(DecodeError::Protobuf(_))
-    ));
+    // truncated length-delimited field and invalid wire type: found by the count of repeated
+    // fields that runs before prost (`Framing`) or by prost itself, both "malformed protobuf"
+    let malformed = |r| matches!(r, Err(DecodeError::Protobuf(_) | DecodeError::Framing(_)));
+    assert!(malformed(Message::decode(Bytes::from(h("0a0501")))));
+    assert!(malformed(Message::decode(Bytes::from(h("0fffffff")))));
 }
 
 #[test]
