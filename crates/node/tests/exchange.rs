@@ -1550,3 +1550,54 @@ async fn deleted_download_gives_disk_space_back(roll: u64) {
     assert!(store.audit().unwrap().segments_consistent);
     cancel.cancel();
 }
+
+/// A manifest that names a real dataset's tree with another size (anyone can make one, and its
+/// CID differs from the real manifest's) makes every holder's proof fail the leaf count it
+/// gives. The holder is right: its proof checks out against the tree for the tree's own size.
+/// The download fails with the manifest's error and the holder is not penalised (review: each
+/// honest holder was banned in turn, `codex-protocol.md` §3: a proof carries its tree's leaf
+/// count, `CodexProof.nleaves`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_with_the_wrong_size_blames_the_manifest_not_the_holder() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (v, nv) = node(&cancel).await;
+    let cid = upload(&a, &data(5 * 65536, 91)).await;
+    let real = a.manifest(cid).await.unwrap();
+    let forged = cairn_core::Manifest::new(real.tree_cid, 3 * 65536, 65536);
+    let forged_cid = *forged.to_block().cid();
+    assert_ne!(forged_cid, cid);
+    v.store().put_block(&forged.to_block()).unwrap();
+    connect(&nv, &na).await;
+    let m = v.fetch_manifest(forged_cid).await.unwrap();
+    assert_eq!(m.blocks_count(), 3);
+    let got: Result<Vec<Bytes>, _> = tokio::time::timeout(WAIT, async {
+        v.stream_network(&m).unwrap().try_collect().await
+    })
+    .await
+    .expect("the download hangs");
+    let e = got.expect_err("a download of the forged manifest fails");
+    assert!(
+        matches!(
+            e,
+            cairn_node::NodeError::Fetch(cairn_node::engine::FetchError::ManifestMismatch {
+                manifest_blocks: 3,
+                tree_leaves: 5
+            })
+        ),
+        "{e:?}"
+    );
+    // The holder is neither banned nor penalised, and still connected.
+    assert!(!nv.is_banned(na.local_peer_id()).await.unwrap());
+    let peers = nv.peers().await.unwrap();
+    let holder = peers
+        .iter()
+        .find(|p| p.peer == na.local_peer_id())
+        .expect("the holder is still connected");
+    assert!(holder.score >= 0.0, "score {}", holder.score);
+    let stats = v.engine().unwrap().stats().await.unwrap();
+    assert_eq!(stats.rejected, 0);
+    // The real dataset still downloads from it.
+    assert_eq!(network_bytes(&v, cid).await, local_bytes(&a, cid).await);
+    cancel.cancel();
+}
