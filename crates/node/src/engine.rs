@@ -32,7 +32,9 @@
 //!   penalised as [`PeerAction::Fatal`] and the want goes to another holder.
 //! * A peer that owes us blocks and delivers nothing for [`ACTIVITY_TIMEOUT`] loses its requests
 //!   to other holders and is penalised (the reference disconnects it after a minute); requests
-//!   hedged away from it still count as owed.
+//!   hedged away from it still count as owed. A single request that waits [`REQUEST_TIMEOUT`]
+//!   at a peer that keeps delivering others is moved too, without a penalty: one download's
+//!   lost block would otherwise wait for as long as another download kept the peer busy.
 //! * When a connection that carried block exchange closes and another stays
 //!   ([`NetEvent::ConnectionLost`]), what was in flight on it may be gone: the peer is asked
 //!   again at once about the blocks we look for, and for the blocks it was asked for that have
@@ -112,6 +114,11 @@ pub const MAX_OUTSTANDING_PER_PEER: usize = pace::MAX_OUTSTANDING;
 /// A peer with outstanding requests that delivers nothing for this long loses them. The
 /// reference waits a minute and disconnects; cairn moves the requests and keeps the peer.
 pub const ACTIVITY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A single request that has waited this long at a peer that keeps delivering others is taken
+/// as lost (a message lost on the way, a block the peer could not send) and moved like a silent
+/// peer's, without a penalty. A peer holds about a second of its own work ([`crate::pace`]),
+/// so this is twenty times what a request should wait there, and twice [`ACTIVITY_TIMEOUT`].
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// A want nobody has claimed is asked again this often (the reference retries every 0–2 s).
 pub const REQUERY_INTERVAL: Duration = Duration::from_secs(2);
 /// A want nobody has claimed fails after this long.
@@ -228,7 +235,8 @@ pub struct EngineStats {
     pub rejected: u64,
     /// Blocks sent to peers.
     pub blocks_sent: u64,
-    /// Requests moved away from a silent peer.
+    /// Requests moved away from a silent peer, or lost at one that kept delivering others
+    /// ([`REQUEST_TIMEOUT`]).
     pub timeouts: u64,
     /// Requests also sent to a second holder because the first was slow ([`crate::pace`]).
     pub hedged: u64,
@@ -1541,6 +1549,35 @@ impl Engine {
             }
             self.report(peer, PeerAction::HighTolerance, "requests timed out".into());
         }
+        // Single requests lost at peers that keep delivering others (review: one download's
+        // lost block waited for as long as another download kept its only holder busy).
+        let mut lost = Vec::new();
+        for (peer, st) in &self.peers {
+            for (a, asked) in &st.outstanding {
+                if now.saturating_duration_since(asked.at) > REQUEST_TIMEOUT {
+                    lost.push((*peer, *a));
+                }
+            }
+        }
+        if !lost.is_empty() {
+            debug!(
+                requests = lost.len(),
+                "requests lost at peers that deliver others; moving them"
+            );
+            self.stats.timeouts += lost.len() as u64;
+            self.metrics.request_timeouts.inc_by(lost.len() as u64);
+        }
+        for (peer, a) in lost {
+            if let Some(st) = self.peers.get_mut(&peer) {
+                st.outstanding.remove(&a);
+                st.outbox_wants.push(WantEntry::cancel(a));
+                st.haves.remove(&a);
+                if st.outstanding.is_empty() {
+                    st.owed_since = None;
+                }
+            }
+            self.release(a, peer, true);
+        }
         for st in self.peers.values_mut() {
             st.pace.expire(st.outstanding.len(), now);
         }
@@ -2322,6 +2359,59 @@ mod tests {
         assert!(st.parked.is_empty() && e.parked.is_empty(), "not parked");
         assert!(st.in_serve.is_empty() && st.wanted.is_empty());
         assert_eq!(st.serve_tasks, 0, "nothing left to send");
+        cancel.cancel();
+    }
+
+    /// A request that waits [`REQUEST_TIMEOUT`] at a peer that keeps delivering others is moved
+    /// (cancelled there, asked of another holder), and the peer is not taken for silent: its
+    /// other requests stay.
+    #[tokio::test]
+    async fn a_request_lost_at_a_busy_peer_is_moved() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (busy, other) = (PeerId::random(), PeerId::random());
+        connected(&mut e, busy);
+        let block = |n: u8| BlockAddress::Block(*Block::data_block(Bytes::from(vec![n; 3])).cid());
+        let (lost, fine) = (block(1), block(2));
+        for a in [lost, fine] {
+            if let Some(st) = e.peers.get_mut(&busy) {
+                st.haves.insert(a);
+            }
+            let (tx, rx) = oneshot::channel();
+            std::mem::forget(rx); // a requester that stays
+            e.add_want(a, None, tx, Instant::now());
+        }
+        e.assign(Instant::now());
+        let now = Instant::now() + REQUEST_TIMEOUT + TICK;
+        if let Some(st) = e.peers.get_mut(&busy) {
+            // `lost` was asked long ago; `fine` just now, and the peer just delivered.
+            st.outstanding.insert(
+                lost,
+                Asked {
+                    at: Instant::now(),
+                    ahead: 0,
+                },
+            );
+            st.outstanding.insert(fine, Asked { at: now, ahead: 1 });
+            st.owed_since = Some(now);
+            st.outbox_wants.clear();
+        }
+        connected(&mut e, other);
+        if let Some(st) = e.peers.get_mut(&other) {
+            st.haves.insert(lost);
+        }
+        e.on_tick(now);
+        let st = &e.peers[&busy];
+        assert!(!st.outstanding.contains_key(&lost) && st.outstanding.contains_key(&fine));
+        assert!(st.outbox_wants.contains(&WantEntry::cancel(lost)));
+        assert_eq!(e.stats.timeouts, 1);
+        e.assign(now);
+        assert_eq!(
+            e.pending[&lost].requested_from,
+            Some(other),
+            "asked elsewhere"
+        );
+        assert_eq!(e.pending[&fine].requested_from, Some(busy));
         cancel.cancel();
     }
 
