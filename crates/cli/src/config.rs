@@ -39,6 +39,16 @@ pub(crate) const DEFAULT_METRICS_PORT: u16 = 8008;
 /// The smallest storage quota accepted: one full block. A smaller one (`0` by mistake, or a
 /// number meant in another unit) would give a node that refuses every upload and download.
 pub(crate) const MIN_STORAGE_QUOTA: u64 = 64 * 1024;
+/// The longest `--block-mi`. Expired datasets stay stored, and hold their part of the quota, up
+/// to this long past their TTL; a day is already far more than any use needs, and a value
+/// such as `18446744073709551615` (seconds) would mean they are never removed. (The timer
+/// itself takes any period: tokio clamps it to about 30 years.)
+pub(crate) const MAX_BLOCK_MI: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest `--announce-interval`: the lifetime of a provider record on the DHT nodes that
+/// keep it (24 h, as the reference's). With a longer interval the records this node announced
+/// lapse before it announces again, and its datasets cannot be found through the DHT
+/// meanwhile.
+pub(crate) const MAX_ANNOUNCE_INTERVAL: Duration = cairn_node::discovery::providers::PROVIDER_TTL;
 
 /// Options of `cairn start`.
 #[derive(Debug, Args, Default)]
@@ -65,7 +75,8 @@ pub(crate) struct StartArgs {
     /// expire [default: 30d]
     #[arg(long, short = 't', env = "CAIRN_BLOCK_TTL", value_parser = parse_duration)]
     pub(crate) block_ttl: Option<Duration>,
-    /// How often expired datasets are removed (same units as --block-ttl) [default: 10m]
+    /// How often expired datasets are removed (same units as --block-ttl; at most 1d)
+    /// [default: 10m]
     #[arg(long = "block-mi", env = "CAIRN_BLOCK_MI", value_parser = parse_duration)]
     pub(crate) block_mi: Option<Duration>,
     /// Log filter: a level (error, warn, info, debug, trace, off) or per-module directives as
@@ -106,7 +117,7 @@ pub(crate) struct StartArgs {
     #[arg(long, env = "CAIRN_NAT")]
     pub(crate) nat: Option<String>,
     /// How often every stored dataset is announced to the DHT again (same units as
-    /// --block-ttl) [default: 30m]
+    /// --block-ttl; at most 24h, the life of a provider record on the DHT) [default: 30m]
     #[arg(long, env = "CAIRN_ANNOUNCE_INTERVAL", value_parser = parse_duration)]
     pub(crate) announce_interval: Option<Duration>,
     /// Most libp2p connections [default: 160]
@@ -497,6 +508,14 @@ impl StartArgs {
         if block_mi.is_zero() {
             bail!("--block-mi must be greater than zero");
         }
+        if block_mi > MAX_BLOCK_MI {
+            bail!(
+                "--block-mi must be at most {} (expired datasets are removed only this often), \
+                 not {}",
+                humantime::format_duration(MAX_BLOCK_MI),
+                humantime::format_duration(block_mi)
+            );
+        }
         let log_format = self
             .log_format
             .or(file.log_format)
@@ -534,6 +553,15 @@ impl StartArgs {
         };
         if announce_interval.is_zero() {
             bail!("--announce-interval must be greater than zero");
+        }
+        if announce_interval > MAX_ANNOUNCE_INTERVAL {
+            bail!(
+                "--announce-interval must be at most {max}: DHT nodes drop a provider record \
+                 {max} after it was announced, so with a longer interval the datasets cannot be \
+                 found between two announces (not {})",
+                humantime::format_duration(announce_interval),
+                max = humantime::format_duration(MAX_ANNOUNCE_INTERVAL),
+            );
         }
         let muxers = match (self.muxers, &file.muxers) {
             (Some(m), _) => m,
@@ -692,6 +720,92 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    /// A maintenance interval that would keep expired data for more than a day, or an announce
+    /// interval longer than provider records live on the DHT (the datasets could not be found
+    /// between two announces), is refused, from a flag or the file, naming the option and its
+    /// bound; the bounds themselves are accepted.
+    #[test]
+    fn intervals_beyond_their_bounds_are_refused() {
+        let huge = Duration::from_secs(u64::MAX);
+        let over = |max: Duration| max + Duration::from_secs(1);
+        for (args, said) in [
+            (
+                StartArgs {
+                    block_mi: Some(huge),
+                    ..Default::default()
+                },
+                "--block-mi",
+            ),
+            (
+                StartArgs {
+                    block_mi: Some(over(MAX_BLOCK_MI)),
+                    ..Default::default()
+                },
+                "--block-mi",
+            ),
+            (
+                StartArgs {
+                    announce_interval: Some(huge),
+                    ..Default::default()
+                },
+                "--announce-interval",
+            ),
+            (
+                StartArgs {
+                    announce_interval: Some(over(MAX_ANNOUNCE_INTERVAL)),
+                    ..Default::default()
+                },
+                "--announce-interval",
+            ),
+        ] {
+            let err = format!("{:#}", args.resolve().unwrap_err());
+            assert!(err.contains(said) && err.contains("at most 1day"), "{err}");
+        }
+        let at_bounds = StartArgs {
+            block_mi: Some(MAX_BLOCK_MI),
+            announce_interval: Some(MAX_ANNOUNCE_INTERVAL),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (at_bounds.block_mi, at_bounds.announce_interval),
+            (MAX_BLOCK_MI, MAX_ANNOUNCE_INTERVAL)
+        );
+        // The provider records this node's announces renew live that long on other nodes.
+        assert_eq!(
+            MAX_ANNOUNCE_INTERVAL,
+            cairn_node::discovery::providers::PROVIDER_TTL
+        );
+        // From the command line, as the review's example, and from the file.
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: StartArgs,
+        }
+        let args = Cmd::try_parse_from(["cairn", "--block-mi", "18446744073709551615"])
+            .unwrap()
+            .args;
+        assert!(format!("{:#}", args.resolve().unwrap_err()).contains("--block-mi"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        for (text, key) in [
+            ("block-mi = 9223372036854775807\n", "block-mi"),
+            ("announce-interval = \"100000d\"\n", "announce-interval"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let err = StartArgs {
+                config_file: Some(f.clone()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains(key) && err.contains("at most"), "{err}");
+        }
     }
 
     #[test]
