@@ -39,6 +39,10 @@ pub(crate) const DEFAULT_METRICS_PORT: u16 = 8008;
 /// The smallest storage quota accepted: one full block. A smaller one (`0` by mistake, or a
 /// number meant in another unit) would give a node that refuses every upload and download.
 pub(crate) const MIN_STORAGE_QUOTA: u64 = 64 * 1024;
+/// The shortest `--block-ttl` other than `0` (never expire): the store keeps expiry times in
+/// whole seconds, where `0` means never, so a TTL under a second would silently keep data for
+/// ever.
+pub(crate) const MIN_BLOCK_TTL: Duration = Duration::from_secs(1);
 /// The longest `--block-mi`. Expired datasets stay stored, and hold their part of the quota, up
 /// to this long past their TTL; a day is already far more than any use needs, and a value
 /// such as `18446744073709551615` (seconds) would mean they are never removed. (The timer
@@ -71,8 +75,8 @@ pub(crate) struct StartArgs {
     /// Storage quota: bytes, or with a binary unit (20GiB, 500M, 1T) [default: 20GiB]
     #[arg(long, short = 'q', env = "CAIRN_STORAGE_QUOTA", value_parser = parse_size)]
     pub(crate) storage_quota: Option<u64>,
-    /// Time to live of stored datasets: seconds, or with a unit (30d, 12h, 90m); 0 = never
-    /// expire [default: 30d]
+    /// Time to live of stored datasets: seconds, or with a unit (30d, 12h, 90m); at least 1s,
+    /// or 0 = never expire [default: 30d]
     #[arg(long, short = 't', env = "CAIRN_BLOCK_TTL", value_parser = parse_duration)]
     pub(crate) block_ttl: Option<Duration>,
     /// How often expired datasets are removed (same units as --block-ttl; at most 1d)
@@ -500,6 +504,13 @@ impl StartArgs {
             (None, Some(v)) => toml_duration(v, &in_file("block-ttl"))?,
             (None, None) => cairn_node::StoreConfig::default().block_ttl,
         };
+        if !block_ttl.is_zero() && block_ttl < MIN_BLOCK_TTL {
+            bail!(
+                "--block-ttl must be 0 (never expire) or at least {}, not {}",
+                humantime::format_duration(MIN_BLOCK_TTL),
+                humantime::format_duration(block_ttl)
+            );
+        }
         let block_mi = match (self.block_mi, &file.block_mi) {
             (Some(d), _) => d,
             (None, Some(v)) => toml_duration(v, &in_file("block-mi"))?,
@@ -806,6 +817,42 @@ mod tests {
             let err = format!("{err:#}");
             assert!(err.contains(key) && err.contains("at most"), "{err}");
         }
+    }
+
+    /// The store counts a TTL in whole seconds and takes 0 as "never expire": a TTL under a
+    /// second (`500ms`) would silently keep data for ever, so it is refused, from a flag or the
+    /// file; `0` (never) and `1s` are accepted.
+    #[test]
+    fn a_ttl_under_a_second_is_refused() {
+        let ttl = |t: Duration| {
+            StartArgs {
+                block_ttl: Some(t),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        for t in [Duration::from_millis(500), Duration::from_nanos(1)] {
+            let err = format!("{:#}", ttl(t).unwrap_err());
+            assert!(
+                err.contains("--block-ttl") && err.contains("at least 1s"),
+                "{err}"
+            );
+        }
+        assert_eq!(ttl(Duration::ZERO).unwrap().block_ttl, Duration::ZERO);
+        assert_eq!(
+            ttl(Duration::from_secs(1)).unwrap().block_ttl,
+            Duration::from_secs(1)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "block-ttl = \"300ms\"\n").unwrap();
+        let err = StartArgs {
+            config_file: Some(f),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("at least 1s"), "{err:#}");
     }
 
     #[test]
