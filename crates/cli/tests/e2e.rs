@@ -1164,3 +1164,51 @@ fn a_node_outlives_a_closed_stdout() {
     assert!(answered, "the node did not answer (exit: {status:?})");
     assert_eq!(status, None, "the node exited");
 }
+
+/// `/debug/info`'s `announceAddresses` are the addresses the node announces (those of its
+/// provider record, as the reference's `node.discovery.announceAddrs`), not its listen
+/// addresses: with `--nat extip:<IP>` they carry that IP, and `cairn info` shows them.
+#[test]
+fn debug_info_names_the_announced_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let announced = |n: &NodeProc| {
+        let info: serde_json::Value = c.get(n.url("/debug/info")).send().unwrap().json().unwrap();
+        let strings = |key: &str| -> Vec<String> {
+            info[key]
+                .as_array()
+                .unwrap_or_else(|| panic!("{key} in {info}"))
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect()
+        };
+        (strings("addrs"), strings("announceAddresses"))
+    };
+    // Without --nat the node announces where it listens (loopback here).
+    let plain = NodeProc::start(&dir.path().join("plain"), &[], &[]);
+    let (addrs, announce) = announced(&plain);
+    assert_eq!(announce, addrs);
+    plain.stop();
+
+    let ext = "203.0.113.7";
+    let n = NodeProc::start(
+        &dir.path().join("ext"),
+        &["--nat", &format!("extip:{ext}")],
+        &[],
+    );
+    let (addrs, announce) = announced(&n);
+    let [listen] = addrs.as_slice() else {
+        panic!("{addrs:?}")
+    };
+    let port = listen.rsplit('/').next().unwrap();
+    assert_eq!(listen, &format!("/ip4/127.0.0.1/tcp/{port}"));
+    assert_eq!(announce, vec![format!("/ip4/{ext}/tcp/{port}")]);
+    let o = cli(&["info", "--json", "--api", &n.api]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        info["announce_addrs"],
+        serde_json::json!([format!("/ip4/{ext}/tcp/{port}")])
+    );
+    n.stop();
+}
