@@ -117,7 +117,8 @@ pub(crate) struct StartArgs {
     pub(crate) disc_port: Option<u16>,
     /// Which IP the node announces in its records: "any" or "none" (the first non-loopback
     /// IPv4 address it listens on, else 127.0.0.1) or "extip:<IP>" (that address, e.g. the
-    /// public IP in front of a NAT) [default: any]
+    /// public IP in front of a NAT, in place of the listen addresses' IP; an IPv6 one goes into
+    /// the provider record only, as the DHT runs over IPv4) [default: any]
     #[arg(long, env = "CAIRN_NAT")]
     pub(crate) nat: Option<String>,
     /// How often every stored dataset is announced to the DHT again (same units as
