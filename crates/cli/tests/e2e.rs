@@ -1212,3 +1212,47 @@ fn debug_info_names_the_announced_addresses() {
     );
     n.stop();
 }
+
+/// An upload that cannot fit and says `Expect: 100-continue` (as curl does for a large file)
+/// is refused before any of it is sent: the final `507` is the first answer, not a
+/// `100 Continue` that invites the body (the node used to read 1 MiB of it, and asked for it).
+#[test]
+fn an_upload_expecting_100_continue_is_refused_before_it_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(
+        &dir.path().join("node"),
+        &["--storage-quota", "256KiB"],
+        &[],
+    );
+    let addr = n.api.trim_start_matches("http://").to_owned();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(
+        format!(
+            "POST /api/codex/v1/data HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\n\r\n",
+            100u64 << 20
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // The head of the first answer (no body byte is sent meanwhile).
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!("{other:?} after {:?}", String::from_utf8_lossy(&head)),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 507 "), "{head}");
+    let space: serde_json::Value = client()
+        .get(n.url("/space"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(space["quotaReservedBytes"], 0);
+    n.stop();
+}
