@@ -421,9 +421,23 @@ pub(crate) async fn debug_info(State(node): State<Node>) -> Result<Response, Api
         .stats()
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    // What the node announces: the addresses of its provider record, as the reference's
+    // `node.discovery.announceAddrs` (with `--nat extip:` they carry that IP, not the
+    // interface's). A node without the DHT announces nothing.
+    let announce_addresses = node
+        .discovery()
+        .map(|d| {
+            d.local_records()
+                .provider
+                .addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
     let info = DebugInfo {
         id: net.local_peer_id().to_string(),
-        announce_addresses: addrs.clone(),
+        announce_addresses,
         addrs,
         repo: node.data_dir().map(|d| d.display().to_string()),
         peers,

@@ -101,14 +101,12 @@ pub(crate) fn cid_param(text: &str) -> Result<Cid, ApiError> {
     parse_cid(text).map_err(|_| ApiError::BadCid)
 }
 
-/// Body bytes read and dropped before an upload refused from its headers is answered.
-/// Answering and closing while the client is still sending makes the kernel reset the
-/// connection, and the client then sees a broken pipe instead of the answer; reading a small
-/// body first lets the answer arrive. A larger body is not read (the client may see the reset).
-pub(crate) const REFUSED_UPLOAD_DRAIN_BYTES: usize = 1024 * 1024;
-
-/// Longest time spent reading the body of a refused upload (see
-/// [`REFUSED_UPLOAD_DRAIN_BYTES`]).
+/// How long, at most, the body of a refused upload is still read (and dropped) after the
+/// answer. The answer goes out as soon as the headers are judged, but closing the connection
+/// while the client is still sending would make the kernel reset it, and the client could then
+/// see a broken pipe instead of the answer (a write can fail before it reads). Reading on lets
+/// the client read the answer and stop sending; one that sends its whole body before it reads
+/// anything has this long to do so.
 pub(crate) const REFUSED_UPLOAD_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An upload whose client sends no body bytes for this long fails (`408`), and the room it
@@ -147,13 +145,9 @@ async fn upload(
 ) -> Result<Response, ApiError> {
     let (filename, mimetype) = match upload_headers(&headers) {
         Ok(meta) => meta,
-        Err(e) => {
-            drain(body).await;
-            return Err(e);
-        }
+        Err(e) => return Err(refuse(&headers, body, e)),
     };
-    // With a length, an upload that cannot fit is refused before its body is read (its start
-    // is read and dropped, as for a refused header, so the client sees the answer), and the
+    // With a length, an upload that cannot fit is refused before its body is read, and the
     // room for one that fits is reserved.
     let size = headers
         .get(header::CONTENT_LENGTH)
@@ -162,8 +156,7 @@ async fn upload(
     if let Some(size) = size
         && let Err(e) = node.has_room_for_upload(size)
     {
-        drain(body).await;
-        return Err(e.into());
+        return Err(refuse(&headers, body, e.into()));
     }
     let stored = node
         .store_dataset_sized(
@@ -181,19 +174,34 @@ async fn upload(
         .into_response())
 }
 
-/// Reads and drops up to [`REFUSED_UPLOAD_DRAIN_BYTES`] of `body`, for at most
+/// Refuses an upload with `error`, answered at once. The body the client may still be sending
+/// is read and dropped after the answer, in a task of its own, to its end or for at most
+/// [`REFUSED_UPLOAD_DRAIN_TIME`]; unless the client waits to be told to send it
+/// (`Expect: 100-continue`, as curl sends with a large file): then none of it is asked for, so
+/// the client sends none.
+fn refuse(headers: &HeaderMap, body: Body, error: ApiError) -> ApiError {
+    if !expects_continue(headers) {
+        tokio::spawn(drain(body));
+    }
+    error
+}
+
+/// Whether the request says `Expect: 100-continue` (its body is sent only once the server asks
+/// for it, which hyper does when the body is first read).
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("100-continue"))
+}
+
+/// Reads and drops `body` to its end (or its first error), for at most
 /// [`REFUSED_UPLOAD_DRAIN_TIME`].
 async fn drain(body: Body) {
     use futures::StreamExt as _;
     let mut stream = body.into_data_stream();
-    let mut read = 0usize;
     let _ = tokio::time::timeout(REFUSED_UPLOAD_DRAIN_TIME, async {
-        while read < REFUSED_UPLOAD_DRAIN_BYTES {
-            match stream.next().await {
-                Some(Ok(chunk)) => read += chunk.len(),
-                _ => break,
-            }
-        }
+        while let Some(Ok(_)) = stream.next().await {}
     })
     .await;
 }
@@ -287,6 +295,9 @@ mod tests {
 
     use super::*;
 
+    /// Longest a test waits for an answer or an event.
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
     fn app() -> Router {
         router(Node::new(
             Store::in_memory(StoreConfig::default()).unwrap(),
@@ -356,36 +367,78 @@ mod tests {
         b.body(Body::from(body)).unwrap()
     }
 
-    /// An upload refused from its headers has its (small) body read before the answer, so the
-    /// client is not reset mid-send and sees the 422; a large body is read only up to the
-    /// limit. Nothing is stored either way.
+    /// An upload refused from its headers (`422`) or for its length (`507`) is answered at
+    /// once, before its body is read, and its body is then read (and dropped) to its end: a
+    /// client still sending is not reset before it can read the answer. (The node used to read
+    /// 1 MiB, answer and close, and a client sending more could see a broken pipe instead.)
     #[tokio::test]
-    async fn refused_upload_reads_a_small_body_first() {
+    async fn a_refused_upload_is_answered_first_and_its_body_read_after() {
         use std::sync::{
             Arc,
             atomic::{AtomicUsize, Ordering},
         };
+        use tokio::sync::Notify;
         const CHUNK: usize = 16 * 1024;
+        /// 16 MiB: far more than the node used to read.
+        const CHUNKS: usize = 1000;
         let app = app();
-        for chunks in [4usize, 1000] {
+        for (headers, status) in [
+            (
+                vec![(
+                    header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded".to_owned(),
+                )],
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                vec![(header::CONTENT_LENGTH, (1u64 << 50).to_string())],
+                StatusCode::INSUFFICIENT_STORAGE,
+            ),
+        ] {
             let read = Arc::new(AtomicUsize::new(0));
-            let counter = read.clone();
-            let stream = futures::StreamExt::map(futures::stream::iter(0..chunks), move |_| {
-                counter.fetch_add(CHUNK, Ordering::SeqCst);
-                Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; CHUNK]))
-            });
-            let req = Request::post(format!("{API_BASE}/data"))
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from_stream(stream))
-                .unwrap();
-            let (s, _, _) = call(&app, req).await;
-            assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-            let read = read.load(Ordering::SeqCst);
-            let expected = (chunks * CHUNK).min(REFUSED_UPLOAD_DRAIN_BYTES);
-            assert!(
-                read >= expected && read <= expected + CHUNK,
-                "{chunks} chunks: {read} bytes read"
-            );
+            // The body's first chunk comes at once, the others once the answer is in.
+            let answered = Arc::new(Notify::new());
+            let ended = Arc::new(Notify::new());
+            let body = {
+                let (read, answered, ended) = (read.clone(), answered.clone(), ended.clone());
+                futures::stream::unfold(0usize, move |i| {
+                    let (read, answered, ended) = (read.clone(), answered.clone(), ended.clone());
+                    async move {
+                        if i == 1 {
+                            answered.notified().await;
+                        }
+                        if i == CHUNKS {
+                            ended.notify_one();
+                            return None;
+                        }
+                        read.fetch_add(CHUNK, Ordering::SeqCst);
+                        Some((
+                            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; CHUNK])),
+                            i + 1,
+                        ))
+                    }
+                })
+            };
+            let mut req = Request::post(format!("{API_BASE}/data"));
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            let req = req.body(Body::from_stream(body)).unwrap();
+            let (s, _, _) = tokio::time::timeout(WAIT, call(&app, req))
+                .await
+                .expect("no answer");
+            assert_eq!(s, status);
+            assert!(read.load(Ordering::SeqCst) <= CHUNK);
+            answered.notify_one();
+            tokio::time::timeout(WAIT, ended.notified())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{status}: the body was not read after the answer ({} bytes read)",
+                        read.load(Ordering::SeqCst)
+                    )
+                });
+            assert_eq!(read.load(Ordering::SeqCst), CHUNK * CHUNKS);
         }
         let (_, _, list) = call(
             &app,

@@ -439,15 +439,20 @@ pub(crate) struct DhtNodeJson {
     /// Its peer id.
     #[serde(default)]
     pub(crate) peer_id: String,
-    /// Its UDP address.
-    #[serde(default)]
-    pub(crate) address: String,
+    /// Its UDP address, when known: a reference node sends `null` for none, a cairn node `""`.
+    #[serde(default, deserialize_with = "non_empty")]
+    pub(crate) address: Option<String>,
     /// Whether it has answered.
     #[serde(default)]
     pub(crate) seen: bool,
     /// Its signed peer record.
     #[serde(default)]
     pub(crate) record: String,
+}
+
+/// An optional string in which `null`, an absent key and `""` all mean none.
+fn non_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()))
 }
 
 #[cfg(test)]
@@ -560,5 +565,27 @@ mod tests {
         .unwrap();
         assert_eq!(list.content[0].manifest.dataset_size, 5);
         assert_eq!(list.content[0].manifest.filename, None);
+    }
+
+    /// A reference node sends `"address": null` for a DHT node whose address it does not know
+    /// (an `Option` in its JSON); `cairn info` and `cairn peers` read the table all the same
+    /// (they failed: "invalid type: null, expected a string").
+    #[test]
+    fn a_dht_node_without_an_address_is_read() {
+        let info: DebugInfo = serde_json::from_str(
+            r#"{"id":"16U","addrs":[],"announceAddresses":[],
+                "table":{"localNode":{"nodeId":"ab","peerId":"16U","record":"spr:x",
+                "address":null,"seen":false},"nodes":[{"nodeId":"cd","peerId":"16V",
+                "record":"spr:y","address":null,"seen":true},{"nodeId":"ef","peerId":"16W",
+                "record":"spr:z","address":"1.2.3.4:5","seen":false},{"nodeId":"01",
+                "peerId":"16X","record":"spr:w","address":"","seen":false},{"nodeId":"02",
+                "peerId":"16Y","record":"spr:v","seen":false}]}}"#,
+        )
+        .unwrap();
+        let table = info.table.unwrap();
+        assert_eq!(table.local_node.address, None);
+        let addresses: Vec<_> = table.nodes.iter().map(|n| n.address.as_deref()).collect();
+        // Cairn's `""` and a missing key read as none too.
+        assert_eq!(addresses, [None, Some("1.2.3.4:5"), None, None]);
     }
 }

@@ -18,7 +18,8 @@
 //!   "requests", "request_limit", "blocks_per_sec", "wanted"} or null}], "manager": {"inbound", "outbound", "outbound_target", "max_inbound",
 //!   "max_peers", "seed_mode", "banned", "book": {"new", "old", "banned"}, "pex_bytes_sent",
 //!   "pex_bytes_received"} or null (a node without `/debug/peers`), "dht": {"node_id", "size",
-//!   "nodes": [{"node_id", "peer_id", "address", "seen", "record"}]} or null}`.
+//!   "nodes": [{"node_id", "peer_id", "address" (null when unknown), "seen", "record"}]} or
+//!   null}`.
 //! * `connect`: `{"peer_id", "addrs", "connected"}`.
 //! * `space`: `{"total_bytes", "used_bytes", "reserved_bytes", "free_bytes", "blocks"}`.
 
@@ -504,7 +505,7 @@ async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
                         vec![
                             n.peer_id.clone(),
                             if n.seen { "yes" } else { "no" }.into(),
-                            n.address.clone(),
+                            n.address.clone().unwrap_or_else(|| "-".into()),
                         ]
                     })
                     .collect();

@@ -39,6 +39,20 @@ pub(crate) const DEFAULT_METRICS_PORT: u16 = 8008;
 /// The smallest storage quota accepted: one full block. A smaller one (`0` by mistake, or a
 /// number meant in another unit) would give a node that refuses every upload and download.
 pub(crate) const MIN_STORAGE_QUOTA: u64 = 64 * 1024;
+/// The shortest `--block-ttl` other than `0` (never expire): the store keeps expiry times in
+/// whole seconds, where `0` means never, so a TTL under a second would silently keep data for
+/// ever.
+pub(crate) const MIN_BLOCK_TTL: Duration = Duration::from_secs(1);
+/// The longest `--block-mi`. Expired datasets stay stored, and hold their part of the quota, up
+/// to this long past their TTL; a day is already far more than any use needs, and a value
+/// such as `18446744073709551615` (seconds) would mean they are never removed. (The timer
+/// itself takes any period: tokio clamps it to about 30 years.)
+pub(crate) const MAX_BLOCK_MI: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest `--announce-interval`: the lifetime of a provider record on the DHT nodes that
+/// keep it (24 h, as the reference's). With a longer interval the records this node announced
+/// lapse before it announces again, and its datasets cannot be found through the DHT
+/// meanwhile.
+pub(crate) const MAX_ANNOUNCE_INTERVAL: Duration = cairn_node::discovery::providers::PROVIDER_TTL;
 
 /// Options of `cairn start`.
 #[derive(Debug, Args, Default)]
@@ -61,11 +75,12 @@ pub(crate) struct StartArgs {
     /// Storage quota: bytes, or with a binary unit (20GiB, 500M, 1T) [default: 20GiB]
     #[arg(long, short = 'q', env = "CAIRN_STORAGE_QUOTA", value_parser = parse_size)]
     pub(crate) storage_quota: Option<u64>,
-    /// Time to live of stored datasets: seconds, or with a unit (30d, 12h, 90m); 0 = never
-    /// expire [default: 30d]
+    /// Time to live of stored datasets: seconds, or with a unit (30d, 12h, 90m); at least 1s,
+    /// or 0 = never expire [default: 30d]
     #[arg(long, short = 't', env = "CAIRN_BLOCK_TTL", value_parser = parse_duration)]
     pub(crate) block_ttl: Option<Duration>,
-    /// How often expired datasets are removed (same units as --block-ttl) [default: 10m]
+    /// How often expired datasets are removed (same units as --block-ttl; at most 1d)
+    /// [default: 10m]
     #[arg(long = "block-mi", env = "CAIRN_BLOCK_MI", value_parser = parse_duration)]
     pub(crate) block_mi: Option<Duration>,
     /// Log filter: a level (error, warn, info, debug, trace, off) or per-module directives as
@@ -102,11 +117,12 @@ pub(crate) struct StartArgs {
     pub(crate) disc_port: Option<u16>,
     /// Which IP the node announces in its records: "any" or "none" (the first non-loopback
     /// IPv4 address it listens on, else 127.0.0.1) or "extip:<IP>" (that address, e.g. the
-    /// public IP in front of a NAT) [default: any]
+    /// public IP in front of a NAT, in place of the listen addresses' IP; an IPv6 one goes into
+    /// the provider record only, as the DHT runs over IPv4) [default: any]
     #[arg(long, env = "CAIRN_NAT")]
     pub(crate) nat: Option<String>,
     /// How often every stored dataset is announced to the DHT again (same units as
-    /// --block-ttl) [default: 30m]
+    /// --block-ttl; at most 24h, the life of a provider record on the DHT) [default: 30m]
     #[arg(long, env = "CAIRN_ANNOUNCE_INTERVAL", value_parser = parse_duration)]
     pub(crate) announce_interval: Option<Duration>,
     /// Most libp2p connections [default: 160]
@@ -489,6 +505,13 @@ impl StartArgs {
             (None, Some(v)) => toml_duration(v, &in_file("block-ttl"))?,
             (None, None) => cairn_node::StoreConfig::default().block_ttl,
         };
+        if !block_ttl.is_zero() && block_ttl < MIN_BLOCK_TTL {
+            bail!(
+                "--block-ttl must be 0 (never expire) or at least {}, not {}",
+                humantime::format_duration(MIN_BLOCK_TTL),
+                humantime::format_duration(block_ttl)
+            );
+        }
         let block_mi = match (self.block_mi, &file.block_mi) {
             (Some(d), _) => d,
             (None, Some(v)) => toml_duration(v, &in_file("block-mi"))?,
@@ -496,6 +519,14 @@ impl StartArgs {
         };
         if block_mi.is_zero() {
             bail!("--block-mi must be greater than zero");
+        }
+        if block_mi > MAX_BLOCK_MI {
+            bail!(
+                "--block-mi must be at most {} (expired datasets are removed only this often), \
+                 not {}",
+                humantime::format_duration(MAX_BLOCK_MI),
+                humantime::format_duration(block_mi)
+            );
         }
         let log_format = self
             .log_format
@@ -534,6 +565,15 @@ impl StartArgs {
         };
         if announce_interval.is_zero() {
             bail!("--announce-interval must be greater than zero");
+        }
+        if announce_interval > MAX_ANNOUNCE_INTERVAL {
+            bail!(
+                "--announce-interval must be at most {max}: DHT nodes drop a provider record \
+                 {max} after it was announced, so with a longer interval the datasets cannot be \
+                 found between two announces (not {})",
+                humantime::format_duration(announce_interval),
+                max = humantime::format_duration(MAX_ANNOUNCE_INTERVAL),
+            );
         }
         let muxers = match (self.muxers, &file.muxers) {
             (Some(m), _) => m,
@@ -692,6 +732,128 @@ mod tests {
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    /// A maintenance interval that would keep expired data for more than a day, or an announce
+    /// interval longer than provider records live on the DHT (the datasets could not be found
+    /// between two announces), is refused, from a flag or the file, naming the option and its
+    /// bound; the bounds themselves are accepted.
+    #[test]
+    fn intervals_beyond_their_bounds_are_refused() {
+        let huge = Duration::from_secs(u64::MAX);
+        let over = |max: Duration| max + Duration::from_secs(1);
+        for (args, said) in [
+            (
+                StartArgs {
+                    block_mi: Some(huge),
+                    ..Default::default()
+                },
+                "--block-mi",
+            ),
+            (
+                StartArgs {
+                    block_mi: Some(over(MAX_BLOCK_MI)),
+                    ..Default::default()
+                },
+                "--block-mi",
+            ),
+            (
+                StartArgs {
+                    announce_interval: Some(huge),
+                    ..Default::default()
+                },
+                "--announce-interval",
+            ),
+            (
+                StartArgs {
+                    announce_interval: Some(over(MAX_ANNOUNCE_INTERVAL)),
+                    ..Default::default()
+                },
+                "--announce-interval",
+            ),
+        ] {
+            let err = format!("{:#}", args.resolve().unwrap_err());
+            assert!(err.contains(said) && err.contains("at most 1day"), "{err}");
+        }
+        let at_bounds = StartArgs {
+            block_mi: Some(MAX_BLOCK_MI),
+            announce_interval: Some(MAX_ANNOUNCE_INTERVAL),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (at_bounds.block_mi, at_bounds.announce_interval),
+            (MAX_BLOCK_MI, MAX_ANNOUNCE_INTERVAL)
+        );
+        // The provider records this node's announces renew live that long on other nodes.
+        assert_eq!(
+            MAX_ANNOUNCE_INTERVAL,
+            cairn_node::discovery::providers::PROVIDER_TTL
+        );
+        // From the command line, as the review's example, and from the file.
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cmd {
+            #[command(flatten)]
+            args: StartArgs,
+        }
+        let args = Cmd::try_parse_from(["cairn", "--block-mi", "18446744073709551615"])
+            .unwrap()
+            .args;
+        assert!(format!("{:#}", args.resolve().unwrap_err()).contains("--block-mi"));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        for (text, key) in [
+            ("block-mi = 9223372036854775807\n", "block-mi"),
+            ("announce-interval = \"100000d\"\n", "announce-interval"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let err = StartArgs {
+                config_file: Some(f.clone()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains(key) && err.contains("at most"), "{err}");
+        }
+    }
+
+    /// The store counts a TTL in whole seconds and takes 0 as "never expire": a TTL under a
+    /// second (`500ms`) would silently keep data for ever, so it is refused, from a flag or the
+    /// file; `0` (never) and `1s` are accepted.
+    #[test]
+    fn a_ttl_under_a_second_is_refused() {
+        let ttl = |t: Duration| {
+            StartArgs {
+                block_ttl: Some(t),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        for t in [Duration::from_millis(500), Duration::from_nanos(1)] {
+            let err = format!("{:#}", ttl(t).unwrap_err());
+            assert!(
+                err.contains("--block-ttl") && err.contains("at least 1s"),
+                "{err}"
+            );
+        }
+        assert_eq!(ttl(Duration::ZERO).unwrap().block_ttl, Duration::ZERO);
+        assert_eq!(
+            ttl(Duration::from_secs(1)).unwrap().block_ttl,
+            Duration::from_secs(1)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "block-ttl = \"300ms\"\n").unwrap();
+        let err = StartArgs {
+            config_file: Some(f),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("at least 1s"), "{err:#}");
     }
 
     #[test]

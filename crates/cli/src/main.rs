@@ -11,6 +11,7 @@
 //! Every failure ends in one line on stderr, `cairn: <what failed>: <why>`, and an exit code
 //! from `exit.rs` (listed by `cairn --help`).
 
+mod announce;
 mod api;
 mod arenas;
 mod client;
@@ -409,12 +410,9 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
 /// The address book's file, in the data directory.
 const PEERS_FILE: &str = "peers.json";
 
-/// Most addresses put into the provider record.
-const MAX_ANNOUNCED_ADDRS: usize = 16;
-
 /// Starts the discovery DHT on `--disc-port`, announcing the IP chosen by `--nat` in the DHT
 /// record and the libp2p listen addresses (with that IP when `extip:` is given) in the
-/// provider record.
+/// provider record (`announce.rs`).
 async fn start_dht(
     cfg: &config::Config,
     key: cairn_node::net::Keypair,
@@ -422,37 +420,16 @@ async fn start_dht(
     metrics: cairn_node::discovery::Metrics,
     cancel: CancellationToken,
 ) -> anyhow::Result<cairn_node::discovery::Discovery> {
-    use cairn_node::net::Protocol;
-    let ip_of = |a: &cairn_node::net::Multiaddr| {
-        a.iter().find_map(|p| match p {
-            Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
-            Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
-            _ => None,
-        })
-    };
-    let announce_ip = match cfg.nat {
-        config::Nat::ExtIp(ip) => ip,
-        config::Nat::Auto => listening
-            .iter()
-            .filter_map(ip_of)
-            .find(|ip| ip.is_ipv4() && !ip.is_loopback() && !ip.is_unspecified())
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
-    };
-    let provider_addrs: Vec<_> = listening
-        .iter()
-        .filter(|a| ip_of(a).is_some_and(|ip| !ip.is_unspecified()))
-        .map(|a| match (cfg.nat, announce_ip) {
-            (config::Nat::ExtIp(_), std::net::IpAddr::V4(ip)) => a
-                .iter()
-                .map(|p| match p {
-                    Protocol::Ip4(_) | Protocol::Ip6(_) => Protocol::Ip4(ip),
-                    p => p,
-                })
-                .collect(),
-            _ => a.clone(),
-        })
-        .take(MAX_ANNOUNCED_ADDRS)
-        .collect();
+    let announce_ip = announce::dht_ip(cfg.nat, listening);
+    let provider_addrs = announce::provider_addrs(cfg.nat, listening);
+    if let config::Nat::ExtIp(ext @ std::net::IpAddr::V6(_)) = cfg.nat {
+        warn!(
+            %ext,
+            dht = %announce_ip,
+            "--nat extip: with an IPv6 address: the provider record carries it, but the DHT \
+             runs over IPv4 only, so the DHT record carries this node's IPv4 address"
+        );
+    }
     let mut dcfg = cairn_node::discovery::DiscoveryConfig::new(SocketAddr::new(
         std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         cfg.disc_port,

@@ -607,6 +607,43 @@ fn failures_have_their_exit_codes() {
     n.stop();
 }
 
+/// A file far larger than the quota (and than the little the node reads of a refused body) is
+/// refused with `507` and exit 6, every time: the node answers when the headers arrive and
+/// goes on reading what the CLI is still sending, so the connection is not reset under the
+/// CLI before it reads the answer. (It used to read 1 MiB, answer and close: about one upload
+/// in eight then ended in "broken pipe", exit 1.) Several rounds, since that was a race.
+#[test]
+fn an_upload_far_over_the_quota_is_refused_every_time() {
+    /// Uploads tried.
+    const ROUNDS: usize = 20;
+    /// The file's size: 80 times the quota, 20 times what the node used to read.
+    const SIZE: usize = 20 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(
+        &dir.path().join("node"),
+        &["--storage-quota", "256KiB"],
+        &[],
+    );
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, random(SIZE, 9)).unwrap();
+    for round in 0..ROUNDS {
+        let o = cli(&["upload", big.to_str().unwrap(), "--api", &n.api]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(NO_SPACE), "round {round}: {err}");
+        assert!(
+            err.contains("507") && err.contains("quota"),
+            "round {round}: {err}"
+        );
+    }
+    assert_eq!(json(&n, &["ls"]), serde_json::json!([]));
+    let space = json(&n, &["space"]);
+    assert_eq!(
+        (&space["used_bytes"], &space["reserved_bytes"]),
+        (&serde_json::json!(0), &serde_json::json!(0))
+    );
+    n.stop();
+}
+
 /// A seed (`--seed-mode`) and three nodes given only the seed (`--bootstrap-node`): the nodes
 /// learn each other from the seed and connect, and the seed ends with no connection.
 #[test]

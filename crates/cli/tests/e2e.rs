@@ -1164,3 +1164,95 @@ fn a_node_outlives_a_closed_stdout() {
     assert!(answered, "the node did not answer (exit: {status:?})");
     assert_eq!(status, None, "the node exited");
 }
+
+/// `/debug/info`'s `announceAddresses` are the addresses the node announces (those of its
+/// provider record, as the reference's `node.discovery.announceAddrs`), not its listen
+/// addresses: with `--nat extip:<IP>` they carry that IP, and `cairn info` shows them.
+#[test]
+fn debug_info_names_the_announced_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = client();
+    let announced = |n: &NodeProc| {
+        let info: serde_json::Value = c.get(n.url("/debug/info")).send().unwrap().json().unwrap();
+        let strings = |key: &str| -> Vec<String> {
+            info[key]
+                .as_array()
+                .unwrap_or_else(|| panic!("{key} in {info}"))
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect()
+        };
+        (strings("addrs"), strings("announceAddresses"))
+    };
+    // Without --nat the node announces where it listens (loopback here).
+    let plain = NodeProc::start(&dir.path().join("plain"), &[], &[]);
+    let (addrs, announce) = announced(&plain);
+    assert_eq!(announce, addrs);
+    plain.stop();
+
+    let ext = "203.0.113.7";
+    let n = NodeProc::start(
+        &dir.path().join("ext"),
+        &["--nat", &format!("extip:{ext}")],
+        &[],
+    );
+    let (addrs, announce) = announced(&n);
+    let [listen] = addrs.as_slice() else {
+        panic!("{addrs:?}")
+    };
+    let port = listen.rsplit('/').next().unwrap();
+    assert_eq!(listen, &format!("/ip4/127.0.0.1/tcp/{port}"));
+    assert_eq!(announce, vec![format!("/ip4/{ext}/tcp/{port}")]);
+    let o = cli(&["info", "--json", "--api", &n.api]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        info["announce_addrs"],
+        serde_json::json!([format!("/ip4/{ext}/tcp/{port}")])
+    );
+    n.stop();
+}
+
+/// An upload that cannot fit and says `Expect: 100-continue` (as curl does for a large file)
+/// is refused before any of it is sent: the final `507` is the first answer, not a
+/// `100 Continue` that invites the body (the node used to read 1 MiB of it, and asked for it).
+#[test]
+fn an_upload_expecting_100_continue_is_refused_before_it_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(
+        &dir.path().join("node"),
+        &["--storage-quota", "256KiB"],
+        &[],
+    );
+    let addr = n.api.trim_start_matches("http://").to_owned();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(
+        format!(
+            "POST /api/codex/v1/data HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
+             Expect: 100-continue\r\n\r\n",
+            100u64 << 20
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // The head of the first answer (no body byte is sent meanwhile).
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!("{other:?} after {:?}", String::from_utf8_lossy(&head)),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 507 "), "{head}");
+    let space: serde_json::Value = client()
+        .get(n.url("/space"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(space["quotaReservedBytes"], 0);
+    n.stop();
+}
