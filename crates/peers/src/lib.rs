@@ -13,7 +13,8 @@
 //! ## Entries
 //!
 //! An entry is keyed by libp2p [`PeerId`](libp2p::PeerId) and holds up to
-//! [`params::MAX_ADDRS_PER_PEER`] multiaddrs (CometBFT: one `ip:port` per id), the network
+//! [`params::MAX_ADDRS_PER_PEER`] multiaddrs (CometBFT: one `ip:port` per id; each one
+//! [`validate`] accepts, so its text form, which the file keeps, parses back to it), the network
 //! group of the peer that first told us about it, attempts since the last success, and the times
 //! it was added, last announced, last attempted and last connected.
 //!
@@ -90,7 +91,8 @@
 //!   and [`AddrBook::remove_bad`] sweeps bad entries instead of waiting for a full bucket.
 //! * A full old bucket demotes the entry with the oldest *success* (CometBFT: oldest attempt).
 //! * [`AddrBook::pick_address`] falls back to the other table when the chosen one is empty.
-//! * A corrupt file is moved aside and the book starts empty (CometBFT panics).
+//! * A corrupt file is moved aside and the book starts empty (CometBFT panics); an unreadable
+//!   record in an otherwise sound file is dropped alone.
 //!
 //! ## Persistence
 //!
