@@ -47,6 +47,9 @@
 //!   it was neither announced nor attempted for 7 days, or failed 3 times without ever
 //!   succeeding, or failed 10 times with no success in 7 days. Bad entries go first when a
 //!   bucket is full, and [`AddrBook::remove_bad`] drops them all at once.
+//! * [`AddrBook::remove_address`] drops one address that turned out not to be the peer's (another
+//!   identity answered there), and the peer only with its last address: gossip can add an
+//!   address to someone else's entry, and that must not cost the peer its good ones.
 //! * [`AddrBook::ban`] removes a peer until a given time and refuses it meanwhile;
 //!   [`AddrBook::lift_expired_bans`] puts ended bans' entries back into new buckets (CometBFT
 //!   `MarkBad` / `ReinstateBadPeers`). At most [`params::MAX_BANS`] bans are held.
@@ -108,8 +111,8 @@ pub mod persist;
 
 pub use crate::{
     book::{
-        AddOutcome, AddrBook, Audience, BucketKind, Config, PeerAddrs, PeerInfo, Source, Stats,
-        selection_size,
+        AddOutcome, AddrBook, AddrRemoval, Audience, BucketKind, Config, PeerAddrs, PeerInfo,
+        Source, Stats, selection_size,
     },
     error::{AddrBookError, PersistError},
     group::{InvalidAddr, NetGroup, Reach, Routability, is_public, network_group, reach, validate},
