@@ -772,16 +772,14 @@ impl Service {
                 debug!(peer = %peer_id, agent = %info.agent_version, "identified");
                 // The addresses a connected peer says it listens on go into the book, so it
                 // can be dialled again later (after a restart, too).
-                let now = unix_now();
-                for addr in info
-                    .listen_addrs
-                    .iter()
-                    .take(cairn_peers::params::MAX_ADDRS_PER_PEER)
-                {
-                    if let Err(e) = self.book.add_address(peer_id, addr, &Source::Local, now) {
-                        debug!(peer = %peer_id, %addr, error = %e, "address not kept");
-                    }
-                }
+                let remote = self.connected.get(&peer_id).map(|c| c.info.address.clone());
+                crate::manager::add_identified_addrs(
+                    &mut self.book,
+                    peer_id,
+                    remote.as_ref(),
+                    &info.listen_addrs,
+                    unix_now(),
+                );
                 if let Some(c) = self.connected.get_mut(&peer_id) {
                     c.info.agent = Some(info.agent_version);
                 }
