@@ -8,7 +8,8 @@
 //!   content id (kept locally when no node is known).
 //! * [`Discovery::find_providers`]: local records, then GETPROVIDERS to the closest nodes,
 //!   merged per peer (highest sequence number wins), our own record left out, within
-//!   [`FIND_PROVIDERS_TIMEOUT`].
+//!   [`FIND_PROVIDERS_TIMEOUT`]: the lookup gets [`FIND_PROVIDERS_LOOKUP_TIMEOUT`] of it, and
+//!   the records that arrived when time is up are returned.
 //! * [`Discovery::find_peer`]: a node's DHT record by peer id.
 
 use std::{
@@ -36,10 +37,17 @@ use crate::{
     wire::message::Message,
 };
 
-/// Time limit of a whole `find_providers` (lookup plus GETPROVIDERS round).
+/// Time limit of a whole `find_providers` (lookup plus GETPROVIDERS round). The records that
+/// arrived by then are returned.
 pub const FIND_PROVIDERS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Time limit of one iterative lookup.
+/// Time limit of the lookup inside a `find_providers`. The other 3 s of
+/// [`FIND_PROVIDERS_TIMEOUT`] are the GETPROVIDERS round's: twice a request's default deadline
+/// (1 s, and 0.5 s more for a handshake). When the lookup had the whole 10 s too, a lookup that
+/// took its time left the round none, and every remote record was lost (found in review).
+pub const FIND_PROVIDERS_LOOKUP_TIMEOUT: Duration = Duration::from_secs(7);
+
+/// Time limit of one iterative lookup ([`Discovery::lookup`]).
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most provider records one `find_providers` returns.
@@ -223,8 +231,14 @@ impl Discovery {
         Ok(out)
     }
 
-    /// The (up to [`BUCKET_SIZE`]) nodes closest to `target` that answered, found iteratively.
+    /// The (up to [`BUCKET_SIZE`]) nodes closest to `target` that answered, found iteratively,
+    /// within [`LOOKUP_TIMEOUT`] (those found so far when it runs out).
     pub async fn lookup(&self, target: NodeId) -> Vec<Spr> {
+        self.lookup_within(target, LOOKUP_TIMEOUT).await
+    }
+
+    /// [`Discovery::lookup`] within `limit`.
+    async fn lookup_within(&self, target: NodeId, limit: Duration) -> Vec<Spr> {
         let started = Instant::now();
         let seeds: Vec<(NodeId, Spr)> = self
             .shared
@@ -282,7 +296,7 @@ impl Discovery {
             }
         };
         let metrics = &self.config.metrics;
-        if tokio::time::timeout(LOOKUP_TIMEOUT, run).await.is_err() {
+        if tokio::time::timeout(limit, run).await.is_err() {
             debug!(%target, "lookup timed out; returning what it found");
             metrics.lookups_timed_out.inc();
         } else {
@@ -347,8 +361,11 @@ impl Discovery {
             .contains(&NodeId::from_cid_bytes(cid), std::time::Instant::now())
     }
 
-    /// Provider records for `cid` (binary CID bytes), ours left out.
+    /// Provider records for `cid` (binary CID bytes), ours left out: the local ones, and those
+    /// the nodes closest to it answer within [`FIND_PROVIDERS_TIMEOUT`] (the lookup for them
+    /// gets [`FIND_PROVIDERS_LOOKUP_TIMEOUT`]; records that arrived when time is up are kept).
     pub async fn find_providers(&self, cid: &[u8]) -> Vec<Spr> {
+        let deadline = tokio::time::Instant::now() + FIND_PROVIDERS_TIMEOUT;
         let key = NodeId::from_cid_bytes(cid);
         let mut found: HashMap<PeerId, Spr> = HashMap::new();
         let merge = |found: &mut HashMap<PeerId, Spr>, s: Spr| {
@@ -370,34 +387,33 @@ impl Discovery {
         for s in local {
             merge(&mut found, s);
         }
-        let remote = async {
-            let nodes = self.lookup(key).await;
-            let mut asks: FuturesUnordered<_> = nodes
-                .iter()
-                .map(|n| self.request(n, Message::GetProviders { content: key }))
-                .collect();
-            let mut records = Vec::new();
-            while let Some(r) = asks.next().await {
-                let Ok(parts) = r else { continue };
-                for part in parts {
-                    if let Message::Providers { providers, .. } = part {
-                        records.extend(
-                            providers
-                                .iter()
-                                .filter_map(|b| self.shared.decode_record(b).ok()),
-                        );
+        // The lookup ends within its own limit, well inside the deadline; the answers are
+        // merged as they come, so those in when the deadline passes are kept.
+        let nodes = self.lookup_within(key, FIND_PROVIDERS_LOOKUP_TIMEOUT).await;
+        let mut asks: FuturesUnordered<_> = nodes
+            .iter()
+            .map(|n| self.request(n, Message::GetProviders { content: key }))
+            .collect();
+        loop {
+            let parts = match tokio::time::timeout_at(deadline, asks.next()).await {
+                Ok(Some(Ok(parts))) => parts,
+                Ok(Some(Err(_))) => continue,
+                Ok(None) => break,
+                Err(_) => {
+                    debug!(%key, found = found.len(), "find_providers: time is up; returning what arrived");
+                    break;
+                }
+            };
+            for part in parts {
+                if let Message::Providers { providers, .. } = part {
+                    for s in providers
+                        .iter()
+                        .filter_map(|b| self.shared.decode_record(b).ok())
+                    {
+                        merge(&mut found, s);
                     }
                 }
             }
-            records
-        };
-        match tokio::time::timeout(FIND_PROVIDERS_TIMEOUT, remote).await {
-            Ok(records) => {
-                for s in records {
-                    merge(&mut found, s);
-                }
-            }
-            Err(_) => debug!("find_providers timed out"),
         }
         if found.is_empty() {
             self.config.metrics.provider_searches_empty.inc();

@@ -16,9 +16,10 @@
 //!   a record exists (an inverted length check), so every ADD_PROVIDER overwrites, and a replayed
 //!   old record replaces a newer one (dht-verified.md, correction 4).
 //! * A record expires [`PROVIDER_TTL`] after it was stored or last refreshed; expired records are
-//!   never returned and count as absent. ([`ProviderStore::expire`] frees their memory.) The
-//!   reference's in-memory cache does not look at the TTL at all; only its persistent store
-//!   is cleaned, once a day.
+//!   never returned and count as absent. [`ProviderStore::expire`] frees their memory; the
+//!   service calls it every [`crate::service::PROVIDER_EXPIRY_INTERVAL`]. The reference's
+//!   in-memory cache does not look at the TTL at all; only its persistent store is cleaned,
+//!   once a day.
 //! * At most [`MAX_PROVIDERS_PER_KEY`] providers per key: a new provider for a full key drops
 //!   the one closest to expiry, that is the one stored or refreshed longest ago. With one TTL for
 //!   all records this is the reference's LRU order by last store.

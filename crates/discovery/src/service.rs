@@ -24,6 +24,10 @@
 //! sent under an existing session (the peer forgot it) restarts the handshake and resends that
 //! request.
 //!
+//! **Provider records** others store with us expire [`crate::providers::PROVIDER_TTL`] after
+//! they were stored; expired ones are never served, and the task frees them every
+//! [`PROVIDER_EXPIRY_INTERVAL`].
+//!
 //! **Liveness.** A node that answers is marked *seen* in the table (only seen nodes are given to
 //! others in NODES replies, as the reference does); a request that times out counts as a failure
 //! and the table replaces the node (never a bootstrap node). A background loop pings the least
@@ -113,6 +117,12 @@ const RECORD_FRAMING: usize = 4;
 
 /// How often the task sweeps timed-out requests, handshakes and challenges.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// How often the task frees expired provider records ([`ProviderStore::expire`]). An expired
+/// record is never served, so this only bounds how long a dead one holds memory and counts in
+/// the `provider_records` gauge: a minute beyond its 24 h. A pass walks the whole store (at
+/// most 1000 keys of 200 records) under its lock, so it is not run at [`SWEEP_EVERY`].
+pub const PROVIDER_EXPIRY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Settings of a DHT node.
 #[derive(Debug, Clone)]
@@ -409,6 +419,8 @@ impl Service {
         let mut buf = vec![0u8; MAX_INBOUND_PACKET_SIZE + 1];
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiry = tokio::time::interval(PROVIDER_EXPIRY_INTERVAL);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let socket = self.socket.clone();
         loop {
             tokio::select! {
@@ -431,6 +443,7 @@ impl Service {
                     None => break,
                 },
                 _ = sweep.tick() => self.sweep(),
+                _ = expiry.tick() => self.expire_providers(),
             }
         }
         for (_, p) in self.pending.drain() {
@@ -1073,6 +1086,18 @@ impl Service {
         }
     }
 
+    /// Frees the provider records that have expired (every [`PROVIDER_EXPIRY_INTERVAL`]).
+    fn expire_providers(&mut self) {
+        let freed = self
+            .shared
+            .providers
+            .lock()
+            .expire(Instant::now().into_std());
+        if freed > 0 {
+            debug!(freed, "expired provider records freed");
+        }
+    }
+
     /// Times out requests, handshakes, challenges and nonces.
     fn sweep(&mut self) {
         let now = Instant::now();
@@ -1194,6 +1219,46 @@ mod tests {
         // The setting for local networks lifts the scope rules only.
         assert!(address_acceptable(lo, public, true));
         assert!(address_acceptable(private, public, true));
+    }
+
+    /// Review found that provider records were never freed: `ProviderStore::expire` was only
+    /// called by its own tests. The task now frees them every `PROVIDER_EXPIRY_INTERVAL`; time
+    /// is paused, so a day goes by at once.
+    #[tokio::test(start_paused = true)]
+    async fn expired_provider_records_are_freed() {
+        use crate::providers::PROVIDER_TTL;
+        let cancel = CancellationToken::new();
+        let config = DiscoveryConfig::new(a("127.0.0.1:0"));
+        // The command sender is held: the task stops when every sender is gone.
+        let (shared, _commands) = start(Keypair::generate_secp256k1(), config, cancel.clone())
+            .await
+            .unwrap();
+        let provider = Keypair::generate_secp256k1();
+        let record =
+            Spr::sign(&provider, 1, vec!["/ip4/1.2.3.4/tcp/4001".parse().unwrap()]).unwrap();
+        shared.providers.lock().add(
+            NodeId([1; 32]),
+            record.peer_id(),
+            1,
+            record,
+            Instant::now().into_std(),
+        );
+        let held = || shared.providers.lock().len();
+        // Two passes before the TTL: the record stays.
+        tokio::time::advance(PROVIDER_TTL - 3 * PROVIDER_EXPIRY_INTERVAL).await;
+        tokio::time::sleep(2 * PROVIDER_EXPIRY_INTERVAL).await;
+        assert_eq!(held(), 1, "freed before its TTL");
+        // Past the TTL, the next pass frees it.
+        tokio::time::advance(2 * PROVIDER_EXPIRY_INTERVAL).await;
+        let freed = tokio::time::timeout(2 * PROVIDER_EXPIRY_INTERVAL, async {
+            while held() > 0 {
+                tokio::time::sleep(SWEEP_EVERY).await;
+            }
+        })
+        .await;
+        assert!(freed.is_ok(), "an expired record is still held");
+        assert!(shared.providers.lock().is_empty());
+        cancel.cancel();
     }
 
     #[test]

@@ -390,3 +390,58 @@ async fn a_provider_answers_getproviders_with_its_own_record() {
     );
     cancel.cancel();
 }
+
+/// Review found that `find_providers` threw away every remote record when its lookup took most
+/// of the time: the lookup and the whole search both had 10 s, and the records were kept
+/// inside the future the outer limit cancelled. Here the lookup is slow for a reason a real
+/// network has: most nodes it must ask never answer (sockets that read nothing, each costing a
+/// request deadline of 3.5 s, three at a time), while the one live node, the closest, holds the
+/// record. The search must still return it, within its time limit.
+#[tokio::test]
+async fn find_providers_keeps_what_a_slow_lookup_found() {
+    use cairn_discovery::handle::FIND_PROVIDERS_TIMEOUT;
+    /// Silent nodes the lookup must ask: 15 of them at 3.5 s, three at a time, take about
+    /// 17 s, well past any lookup limit.
+    const SILENT: usize = 15;
+    let cancel = CancellationToken::new();
+    let holder = node(&cancel).await;
+    let cid = b"content behind a slow lookup";
+    // The holder announces it: with nobody to tell, it answers GETPROVIDERS with its own record.
+    holder.provide(cid).await;
+    let key = NodeId::from_cid_bytes(cid);
+    let holder_distance = holder.local_id().distance(&key);
+
+    // Silent nodes farther from the content than the holder, so the holder is asked first.
+    let mut silent = Vec::new();
+    while silent.len() < SILENT {
+        let p = Peer::new().await;
+        if p.id.distance(&key) > holder_distance {
+            silent.push(p);
+        }
+    }
+    let mut c = DiscoveryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
+    c.request_timeout = Duration::from_secs(3);
+    c.bootstrap = std::iter::once(holder.local_spr())
+        .chain(silent.iter().map(|p| p.spr.clone()))
+        .collect();
+    let searcher = Discovery::start(Keypair::generate_secp256k1(), c, cancel.clone())
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let found = tokio::time::timeout(
+        FIND_PROVIDERS_TIMEOUT + REPLY_DEADLINE,
+        searcher.find_providers(cid),
+    )
+    .await
+    .expect("find_providers keeps its time limit");
+    let took = started.elapsed();
+    let holder_id = holder.local_spr().peer_id();
+    assert!(
+        found.iter().any(|r| r.peer_id() == holder_id),
+        "the holder's record was lost (after {took:?}): {found:?}"
+    );
+    assert!(took <= FIND_PROVIDERS_TIMEOUT + REPLY_DEADLINE, "{took:?}");
+    drop(silent);
+    cancel.cancel();
+}

@@ -57,12 +57,12 @@
 use std::time::{Duration, Instant};
 
 use libp2p::{
-    PeerId,
+    Multiaddr, PeerId,
     swarm::dial_opts::{DialOpts, PeerCondition},
 };
 use tracing::{debug, info, warn};
 
-use cairn_peers::Source;
+use cairn_peers::{AddrBook, Source};
 
 use crate::{
     reputation::{DISCONNECT_SCORE, PeerAction},
@@ -158,6 +158,42 @@ pub(crate) fn unix_now() -> u64 {
 pub(crate) fn book_save_due(since_save: Duration, empty_when_saved: bool, empty_now: bool) -> bool {
     since_save >= crate::BOOK_SAVE_INTERVAL
         || (empty_when_saved && !empty_now && since_save >= crate::BOOK_FIRST_SAVE_DELAY)
+}
+
+/// Puts the listen addresses `peer` announced in its identify message into `book` (at most
+/// [`cairn_peers::params::MAX_ADDRS_PER_PEER`]) and returns how many were kept.
+///
+/// They are the peer's word, heard at `remote` (the remote address of our connection to it),
+/// not ours: so the book's private-address rule applies (a peer on a public address cannot
+/// make us keep loopback or private addresses, some other network's, that would point our
+/// dialer at our own LAN), and they land in the new buckets of the peer's own network group
+/// instead of ours (`Source::Local` put every inbound identity there). Without a connection
+/// (it closed before the message was handled) nothing is taken: there is no source to judge.
+pub(crate) fn add_identified_addrs(
+    book: &mut AddrBook,
+    peer: PeerId,
+    remote: Option<&Multiaddr>,
+    listen_addrs: &[Multiaddr],
+    now: u64,
+) -> usize {
+    let Some(remote) = remote else {
+        return 0;
+    };
+    let src = Source::Peer {
+        id: peer,
+        addr: remote.clone(),
+    };
+    let mut kept = 0;
+    for addr in listen_addrs
+        .iter()
+        .take(cairn_peers::params::MAX_ADDRS_PER_PEER)
+    {
+        match book.add_address(peer, addr, &src, now) {
+            Ok(_) => kept += 1,
+            Err(e) => debug!(%peer, %addr, error = %e, "address not kept"),
+        }
+    }
+    kept
 }
 
 /// A bootstrap or persistent peer.
@@ -740,6 +776,59 @@ mod tests {
         now += FIXED_STABLE_CONNECTION;
         f.on_disconnected(now);
         assert_eq!(f.next_attempt - now, FIXED_BACKOFF_MIN);
+    }
+
+    fn ma(s: &str) -> Multiaddr {
+        s.parse().unwrap()
+    }
+
+    /// Review found that the addresses a peer announces in identify went into the book as our
+    /// own (`Source::Local`): the private-address rule, which only looks at what peers tell
+    /// us, did not apply, and every inbound identity landed in the buckets of the `Ourselves`
+    /// group. They are now the peer's word, heard at the connection's remote address.
+    #[test]
+    fn identified_addresses_are_the_peers_word() {
+        let me = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let mut book = AddrBook::with_seed(cairn_peers::Config::new(me), 1);
+        let peer = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        // A public inbound peer advertising its LAN and loopback addresses besides its public
+        // one: only the public one is kept.
+        let public_remote = ma("/ip4/8.8.8.8/tcp/51234");
+        let listen = [
+            ma("/ip4/10.0.0.7/tcp/4001"),
+            ma("/ip4/127.0.0.1/tcp/4001"),
+            ma("/ip4/8.8.8.8/tcp/4001"),
+        ];
+        let kept = add_identified_addrs(&mut book, peer, Some(&public_remote), &listen, 10);
+        assert_eq!(kept, 1);
+        assert_eq!(
+            book.get(&peer).unwrap().addrs,
+            vec![ma("/ip4/8.8.8.8/tcp/4001")]
+        );
+
+        // A peer on our LAN (or this machine) may give its private addresses.
+        let lan = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        let kept = add_identified_addrs(
+            &mut book,
+            lan,
+            Some(&ma("/ip4/10.0.0.9/tcp/40000")),
+            &[ma("/ip4/10.0.0.9/tcp/4001")],
+            10,
+        );
+        assert_eq!(kept, 1);
+
+        // No connection to say where it spoke from: nothing is taken.
+        let gone = libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id();
+        assert_eq!(add_identified_addrs(&mut book, gone, None, &listen, 10), 0);
+        assert!(!book.contains(&gone));
     }
 
     #[test]

@@ -61,9 +61,9 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// How long [`start`] waits for the listeners to report their addresses.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a peer whose address answered with another peer's id stays out of the address book
-/// (neither dialled nor gossiped; its connections are not refused): an entry dropped only would
-/// come back with the next peer-exchange answer of a peer that learned it from us.
+/// How long a peer whose last address answered with another peer's id stays out of the address
+/// book (neither dialled nor gossiped; its connections are not refused): an entry dropped only
+/// would come back with the next peer-exchange answer of a peer that learned it from us.
 pub const STALE_PEER_MEMORY: Duration = Duration::from_secs(60 * 60);
 
 /// Connections to one peer (one each way when both dial at once).
@@ -729,6 +729,30 @@ impl Service {
         }
     }
 
+    /// A dial of `peer` reached `obtained` at `address`. Another peer answers there (the peer
+    /// restarted with a new identity, the address was reused, or someone gossiped another
+    /// node's address as the peer's): that address is dropped instead of being dialled again
+    /// and again, each time opening a connection the other peer sees come and go (as CometBFT's
+    /// book marks such an address bad). Only that address: a dial goes to all of a peer's
+    /// addresses at once, and the first handshake to complete decides it, so one bad address
+    /// added by a third party used to get a good peer dropped and banned (found in review).
+    /// When it was the peer's last address the peer leaves the book, and is kept out for
+    /// [`STALE_PEER_MEMORY`] (a ban in the book): a peer that learned the stale entry from us
+    /// would gossip it back, and each dial would reach the other peer.
+    fn wrong_peer_at(&mut self, peer: PeerId, obtained: PeerId, address: &Multiaddr) {
+        match self.book.remove_address(&peer, address) {
+            cairn_peers::AddrRemoval::NotHeld => {}
+            cairn_peers::AddrRemoval::Removed { left } => {
+                info!(%peer, %obtained, %address, left, "another peer answers at one of its addresses; that address dropped from the address book");
+            }
+            cairn_peers::AddrRemoval::LastAddress => {
+                self.book
+                    .ban(peer, unix_now() + STALE_PEER_MEMORY.as_secs());
+                info!(%peer, %obtained, %address, "another peer answers at its last address; dropped from the address book for an hour");
+            }
+        }
+    }
+
     /// Closes every connection to `peer` (those opening later are not affected).
     pub(crate) fn hang_up(&mut self, peer: PeerId) {
         if let Some(c) = self.connected.get_mut(&peer) {
@@ -748,16 +772,14 @@ impl Service {
                 debug!(peer = %peer_id, agent = %info.agent_version, "identified");
                 // The addresses a connected peer says it listens on go into the book, so it
                 // can be dialled again later (after a restart, too).
-                let now = unix_now();
-                for addr in info
-                    .listen_addrs
-                    .iter()
-                    .take(cairn_peers::params::MAX_ADDRS_PER_PEER)
-                {
-                    if let Err(e) = self.book.add_address(peer_id, addr, &Source::Local, now) {
-                        debug!(peer = %peer_id, %addr, error = %e, "address not kept");
-                    }
-                }
+                let remote = self.connected.get(&peer_id).map(|c| c.info.address.clone());
+                crate::manager::add_identified_addrs(
+                    &mut self.book,
+                    peer_id,
+                    remote.as_ref(),
+                    &info.listen_addrs,
+                    unix_now(),
+                );
                 if let Some(c) = self.connected.get_mut(&peer_id) {
                     c.info.agent = Some(info.agent_version);
                 }
@@ -856,17 +878,8 @@ impl Service {
                 if let Some((_, done)) = self.dials.remove(&connection_id) {
                     let _ = done.send(Err(NetError::Dial(error.to_string())));
                 }
-                // Another peer answers at the address we had for this one (it restarted with a
-                // new identity, or the address was reused): drop the stale entry instead of
-                // dialling it again and again, each time opening a connection the other peer
-                // sees come and go (as CometBFT's book marks such an address bad).
-                if let (Some(p), DialError::WrongPeerId { obtained, .. }) = (peer_id, &error)
-                    && self.book.remove(&p)
-                {
-                    // Kept out of the book for a while: a peer that learned the stale entry from
-                    // us would gossip it back, and each dial reaches the other peer.
-                    self.book.ban(p, unix_now() + STALE_PEER_MEMORY.as_secs());
-                    info!(peer = %p, %obtained, "another peer answers at its address; dropped from the address book for an hour");
+                if let (Some(p), DialError::WrongPeerId { obtained, address }) = (peer_id, &error) {
+                    self.wrong_peer_at(p, *obtained, address);
                 }
                 if let Some(p) = peer_id {
                     self.fixed_failed(p, &error.to_string());

@@ -481,3 +481,110 @@ async fn an_identity_gone_from_its_address_leaves_the_book() {
     assert_eq!(a.status().await.unwrap().book.banned, 1);
     cancel.cancel();
 }
+
+/// Starts a bare address-exchange swarm on loopback that answers every address request with
+/// `list`; returns its id and address.
+async fn gossiper(list: Addrs, cancel: &CancellationToken) -> (PeerId, Multiaddr) {
+    let mut s = abuser();
+    let id = *s.local_peer_id();
+    s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
+                return address;
+            }
+        }
+    })
+    .await
+    .expect("the gossiper listens");
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                ev = s.select_next_some() => {
+                    if let SwarmEvent::Behaviour(request_response::Event::Message {
+                        message: Message::Request { channel, .. },
+                        ..
+                    }) = ev
+                    {
+                        let _ = s.behaviour_mut().send_response(channel, list.clone());
+                    }
+                }
+            }
+        }
+    });
+    (id, addr)
+}
+
+/// A loopback TCP address nothing listens on (a peer that is down): dials to it are refused.
+async fn closed_port() -> Multiaddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+}
+
+/// Review found that one address added by a third party got a good peer dropped from the book
+/// and kept out for an hour: a dial goes to all of a peer's addresses, and when the first
+/// handshake was with another peer (the third party named another node's address), the dial
+/// failed with a wrong peer id and the whole peer was removed and banned. Now only that address
+/// goes; the peer keeps its own address and is not banned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_address_from_a_third_party_does_not_cost_a_good_peer_its_entry() {
+    let cancel = CancellationToken::new();
+    // The other node whose address the third party passes off as the good peer's.
+    let (other, other_addr) = node_with(quiet(), &cancel).await;
+    // The good peer, down for now: its own address refuses connections, so the dial's one
+    // handshake is the other node's.
+    let good = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let good_addr = closed_port().await;
+    let list = Addrs::new(vec![PeerAddrs {
+        peer: good,
+        addrs: vec![good_addr.clone(), other_addr.clone()],
+    }]);
+    let (third, third_addr) = gossiper(list, &cancel).await;
+    // A dials the third party (and asks it for addresses), then dials from its book towards a
+    // target of two outbound peers: the good peer is the one it knows.
+    let (a, _) = node_with(
+        NetConfig {
+            outbound_target: 2,
+            ..config()
+        },
+        &cancel,
+    )
+    .await;
+    a.connect(third, vec![third_addr]).await.unwrap();
+    // Done when the entry has lost an address after a dial, or a ban took it out.
+    until(
+        "the dial of the good peer from the book has failed",
+        || async {
+            let dialled = a
+                .book_entry(good)
+                .await
+                .unwrap()
+                .is_some_and(|e| e.attempts >= 1 && e.addrs.len() < 2);
+            dialled || a.status().await.unwrap().book.banned > 0
+        },
+    )
+    .await;
+    let entry = a.book_entry(good).await.unwrap();
+    assert_eq!(
+        entry.map(|e| e.addrs),
+        Some(vec![good_addr]),
+        "the good peer lost its entry, or kept the other node's address"
+    );
+    assert_eq!(
+        a.status().await.unwrap().book.banned,
+        0,
+        "a good peer banned"
+    );
+    assert!(
+        a.book_entry(other.local_peer_id()).await.unwrap().is_none(),
+        "the other node is not in the book under its own name either"
+    );
+    cancel.cancel();
+}

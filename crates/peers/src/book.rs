@@ -16,7 +16,7 @@ use std::{
     hash::Hasher as _,
 };
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 use siphasher::sip::SipHasher24;
@@ -134,6 +134,20 @@ pub enum AddOutcome {
     /// not added to peers we have connected to), or its list is full, and no extra bucket was
     /// drawn.
     Unchanged,
+}
+
+/// What [`AddrBook::remove_address`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrRemoval {
+    /// The peer is not in the book, or the address is not one of its addresses.
+    NotHeld,
+    /// The address was dropped; the peer keeps this many others.
+    Removed {
+        /// Addresses the peer still has (at least one).
+        left: usize,
+    },
+    /// It was the peer's last address: the peer left the book.
+    LastAddress,
 }
 
 /// What the book knows about one peer (a copy, for display and decisions).
@@ -445,6 +459,34 @@ impl AddrBook {
     /// Removes a peer (CometBFT `RemoveAddress`). Returns whether it was there.
     pub fn remove(&mut self, peer: &PeerId) -> bool {
         self.take_entry(peer).is_some()
+    }
+
+    /// Drops one address of `peer` (a trailing `/p2p/<peer>` is ignored), and the peer with it
+    /// when it was the last one.
+    ///
+    /// For an address that turned out not to be the peer's (another identity answered there):
+    /// gossip may add addresses to a peer we have not connected to yet, so one bad address is no
+    /// reason to drop the peer's good ones. The peer keeps its buckets; an old peer whose first
+    /// address goes keeps its old bucket too (placement is only computed on promotion).
+    pub fn remove_address(&mut self, peer: &PeerId, addr: &Multiaddr) -> AddrRemoval {
+        let mut addr = addr.clone();
+        if matches!(addr.iter().last(), Some(Protocol::P2p(id)) if id == *peer) {
+            addr.pop();
+        }
+        let Some(entry) = self.entries.get_mut(peer) else {
+            return AddrRemoval::NotHeld;
+        };
+        let Some(pos) = entry.addrs.iter().position(|a| *a == addr) else {
+            return AddrRemoval::NotHeld;
+        };
+        if entry.addrs.len() == 1 {
+            self.take_entry(peer);
+            return AddrRemoval::LastAddress;
+        }
+        entry.addrs.remove(pos);
+        AddrRemoval::Removed {
+            left: entry.addrs.len(),
+        }
     }
 
     /// Removes every new entry that is bad now (see the crate docs for the rules) and returns
@@ -1480,6 +1522,46 @@ pub(crate) mod tests {
         assert!(!book.contains(&peer(0)), "then the oldest");
         assert!(book.contains(&peer(1)));
         assert_eq!(book.size(), NEW_BUCKET_SIZE);
+    }
+
+    /// One address that is not the peer's goes alone; the last one takes the peer with it.
+    #[test]
+    fn remove_address_drops_one_address_and_the_peer_with_its_last() {
+        let mut book = book();
+        let p = peer(1);
+        let (a, b) = (ip4(1, 2, 3, 4), ip4(5, 6, 7, 8));
+        book.add_address(p, &a, &src(1, 8, 8), 0).unwrap();
+        book.add_address(p, &b, &src(2, 9, 9), 0).unwrap();
+        assert_eq!(
+            book.remove_address(&p, &ip4(9, 9, 9, 9)),
+            AddrRemoval::NotHeld
+        );
+        assert_eq!(
+            book.remove_address(&peer(2), &a),
+            AddrRemoval::NotHeld,
+            "unknown peer"
+        );
+        // The swarm reports the dialled address with the expected peer's id appended.
+        let a_p2p = a.clone().with(Protocol::P2p(p));
+        assert_eq!(
+            book.remove_address(&p, &a_p2p),
+            AddrRemoval::Removed { left: 1 }
+        );
+        check_invariants(&book);
+        assert_eq!(book.get(&p).unwrap().addrs, vec![b.clone()]);
+        // An old peer too.
+        book.mark_good(&p, 1);
+        book.add_address(p, &a, &Source::Local, 2).unwrap();
+        assert_eq!(
+            book.remove_address(&p, &b),
+            AddrRemoval::Removed { left: 1 }
+        );
+        check_invariants(&book);
+        assert_eq!(book.get(&p).unwrap().kind, BucketKind::Old);
+        assert_eq!(book.remove_address(&p, &a), AddrRemoval::LastAddress);
+        check_invariants(&book);
+        assert!(!book.contains(&p));
+        assert_eq!(book.size(), 0);
     }
 
     #[test]

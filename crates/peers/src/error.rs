@@ -70,9 +70,10 @@ pub enum PersistError {
         /// The version in the file.
         found: u32,
     },
-    /// The file decodes but breaks one of the book's rules (a bucket index out of range, a peer
-    /// twice, too many entries in a bucket, an unparsable id or address…). The book never writes
-    /// such a file, so it is treated as corrupt.
+    /// The file decodes but breaks one of the book's structural rules (a bucket index out of
+    /// range, a peer twice, too many entries in a bucket, a banned peer in the book…). The book
+    /// never writes such a file, so it is treated as corrupt. (An unreadable id or address in
+    /// one record only drops that record or address: see [`crate::persist`].)
     #[error("book file is inconsistent: {what} (record {index})")]
     Invalid {
         /// The rule broken.

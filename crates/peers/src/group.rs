@@ -238,11 +238,29 @@ pub enum InvalidAddr {
         /// The id in the address.
         found: PeerId,
     },
+    /// The address's text form does not parse back to the same address (a DNS component
+    /// holding a `/`, say, which the binary form carries and the text form cannot). The book
+    /// file keeps addresses as text, so such an address could not be read back.
+    #[error("address does not survive its text form")]
+    NoTextForm,
 }
 
 /// Checks that `addr` is a dialable address of `peer`, and returns it without a trailing
 /// `/p2p/<peer>` (the book keys entries by peer id; one form per address avoids duplicates).
+///
+/// The address returned is one whose text form parses back to it, so the book file (which
+/// keeps addresses as text) always reads back what was saved: only the host and the port are
+/// looked at closely, and the components after them come from peers in binary form.
 pub fn validate(addr: &Multiaddr, peer: &PeerId) -> Result<Multiaddr, InvalidAddr> {
+    let addr = validate_shape(addr, peer)?;
+    if addr.to_string().parse::<Multiaddr>().ok().as_ref() != Some(&addr) {
+        return Err(InvalidAddr::NoTextForm);
+    }
+    Ok(addr)
+}
+
+/// [`validate`] without the text-form check: length, `/p2p/` suffix, host, port.
+fn validate_shape(addr: &Multiaddr, peer: &PeerId) -> Result<Multiaddr, InvalidAddr> {
     let len = addr.len();
     if len > MAX_MULTIADDR_LEN {
         return Err(InvalidAddr::TooLong { len });
@@ -570,5 +588,11 @@ mod tests {
         assert_eq!(ok("/dns/a..b/tcp/5"), Err(InvalidAddr::BadName));
         let long = format!("/dns/{}/tcp/5", "a".repeat(400));
         assert!(matches!(ok(&long), Err(InvalidAddr::TooLong { .. })));
+        // Binary forms that do not survive their text form, after the host and port.
+        for tail in [Protocol::Dns("x/y".into()), Protocol::Dnsaddr("p/q".into())] {
+            let odd = ma("/ip4/1.2.3.4/tcp/5").with(tail);
+            assert_eq!(validate(&odd, &p), Err(InvalidAddr::NoTextForm), "{odd}");
+        }
+        assert!(ok("/ip4/1.2.3.4/tcp/5/ws").is_ok());
     }
 }

@@ -13,7 +13,8 @@
 //! ## Entries
 //!
 //! An entry is keyed by libp2p [`PeerId`](libp2p::PeerId) and holds up to
-//! [`params::MAX_ADDRS_PER_PEER`] multiaddrs (CometBFT: one `ip:port` per id), the network
+//! [`params::MAX_ADDRS_PER_PEER`] multiaddrs (CometBFT: one `ip:port` per id; each one
+//! [`validate`] accepts, so its text form, which the file keeps, parses back to it), the network
 //! group of the peer that first told us about it, attempts since the last success, and the times
 //! it was added, last announced, last attempted and last connected.
 //!
@@ -46,6 +47,9 @@
 //!   it was neither announced nor attempted for 7 days, or failed 3 times without ever
 //!   succeeding, or failed 10 times with no success in 7 days. Bad entries go first when a
 //!   bucket is full, and [`AddrBook::remove_bad`] drops them all at once.
+//! * [`AddrBook::remove_address`] drops one address that turned out not to be the peer's (another
+//!   identity answered there), and the peer only with its last address: gossip can add an
+//!   address to someone else's entry, and that must not cost the peer its good ones.
 //! * [`AddrBook::ban`] removes a peer until a given time and refuses it meanwhile;
 //!   [`AddrBook::lift_expired_bans`] puts ended bans' entries back into new buckets (CometBFT
 //!   `MarkBad` / `ReinstateBadPeers`). At most [`params::MAX_BANS`] bans are held.
@@ -90,7 +94,8 @@
 //!   and [`AddrBook::remove_bad`] sweeps bad entries instead of waiting for a full bucket.
 //! * A full old bucket demotes the entry with the oldest *success* (CometBFT: oldest attempt).
 //! * [`AddrBook::pick_address`] falls back to the other table when the chosen one is empty.
-//! * A corrupt file is moved aside and the book starts empty (CometBFT panics).
+//! * A corrupt file is moved aside and the book starts empty (CometBFT panics); an unreadable
+//!   record in an otherwise sound file is dropped alone.
 //!
 //! ## Persistence
 //!
@@ -106,8 +111,8 @@ pub mod persist;
 
 pub use crate::{
     book::{
-        AddOutcome, AddrBook, Audience, BucketKind, Config, PeerAddrs, PeerInfo, Source, Stats,
-        selection_size,
+        AddOutcome, AddrBook, AddrRemoval, Audience, BucketKind, Config, PeerAddrs, PeerInfo,
+        Source, Stats, selection_size,
     },
     error::{AddrBookError, PersistError},
     group::{InvalidAddr, NetGroup, Reach, Routability, is_public, network_group, reach, validate},

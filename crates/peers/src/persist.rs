@@ -10,13 +10,17 @@
 //!   id so two saves of the same book are the same bytes.
 //! * **Writing.** A temporary file in the same directory, fsync, rename over the book, fsync
 //!   the directory: a crash leaves the old book or the new one, never half of one.
-//! * **Reading.** Anything but a consistent book of this version (unreadable, larger than
-//!   [`MAX_FILE_BYTES`], not JSON, truncated, another version, or breaking a rule of the book:
-//!   a bucket index out of range, too many peers in a bucket, a peer twice, a banned peer in the
-//!   book…) is moved aside to `<name>.corrupt-<unix seconds>` with a warning, and the book
-//!   starts empty (CometBFT panics on a corrupt file). Entries that are merely not allowed any
-//!   more (our own id, non-public addresses after switching to [`Routability::Strict`]) are
-//!   dropped and counted.
+//! * **Reading.** A file that is not a book of this version (unreadable, larger than
+//!   [`MAX_FILE_BYTES`], not JSON, truncated, another version, a bad key) or that breaks a rule
+//!   of the book's structure (a bucket index out of range, too many peers in a bucket, a peer
+//!   twice, a banned peer in the book…) is moved aside to `<name>.corrupt-<unix seconds>` with
+//!   a warning, and the book starts empty (CometBFT panics on a corrupt file). The contents of
+//!   one record are not trusted that far: addresses come from peers, so an address that does
+//!   not read back as a valid one is dropped from its record, and a record left with no
+//!   address, or whose peer id does not parse, is dropped; both are counted and logged, and the
+//!   rest of the book loads (one bad gossiped address used to cost the whole book). Entries
+//!   that are merely not allowed any more (our own id, non-public addresses after switching to
+//!   [`Routability::Strict`]) are dropped and counted too.
 
 use std::{
     collections::HashSet,
@@ -53,6 +57,12 @@ pub enum LoadOutcome {
         /// Peers dropped because the settings no longer allow them (our own id, or no
         /// address left under [`Routability::Strict`]).
         dropped: usize,
+        /// Records dropped as unreadable: a peer or a ban whose id does not parse, a peer (or
+        /// a banned peer's kept entry) with no readable address.
+        bad_records: usize,
+        /// Addresses dropped as unreadable from records kept or dropped (one that does not
+        /// parse, is not a valid address of its peer, or is listed twice).
+        bad_addrs: usize,
     },
     /// The file was unusable; it was moved to `to` and the book starts empty.
     MovedAside {
@@ -79,9 +89,12 @@ impl std::fmt::Display for LoadOutcome {
                 peers,
                 bans,
                 dropped,
+                bad_records,
+                bad_addrs,
             } => write!(
                 f,
-                "read: {peers} peers, {bans} bans, {dropped} dropped by the settings"
+                "read: {peers} peers, {bans} bans, {dropped} dropped by the settings, \
+                 {bad_records} unreadable records and {bad_addrs} unreadable addresses dropped"
             ),
             LoadOutcome::MovedAside { to, error } => write!(
                 f,
@@ -150,11 +163,21 @@ impl AddrBook {
         let error = match read_file(path) {
             Ok(None) => return (AddrBook::new(config), LoadOutcome::NotFound),
             Ok(Some(bytes)) => match decode(&bytes, config.clone()) {
-                Ok((book, dropped)) => {
+                Ok((book, counts)) => {
+                    if counts.bad_records > 0 || counts.bad_addrs > 0 {
+                        tracing::warn!(
+                            path = %path.display(), bad_records = counts.bad_records,
+                            bad_addrs = counts.bad_addrs,
+                            "address book file had unreadable records or addresses; dropped them \
+                             and loaded the rest"
+                        );
+                    }
                     let outcome = LoadOutcome::Loaded {
                         peers: book.size(),
                         bans: book.bans.len(),
-                        dropped,
+                        dropped: counts.dropped,
+                        bad_records: counts.bad_records,
+                        bad_addrs: counts.bad_addrs,
                     };
                     return (book, outcome);
                 }
@@ -228,37 +251,35 @@ impl PeerRecord {
         }
     }
 
-    /// The record as an entry, checked: `Ok(None)` when the settings no longer allow it.
-    fn into_entry(
-        self,
-        index: usize,
-        config: &Config,
-    ) -> Result<Option<(PeerId, Entry)>, PersistError> {
-        let invalid = |what| PersistError::Invalid { what, index };
-        let peer: PeerId = self
-            .peer
-            .parse()
-            .map_err(|_| invalid("unparsable peer id"))?;
-        if self.addrs.is_empty() || self.addrs.len() > MAX_ADDRS_PER_PEER {
-            return Err(invalid("number of addresses out of range"));
-        }
-        let mut addrs = Vec::with_capacity(self.addrs.len());
-        let mut seen = HashSet::new();
+    /// The record as an entry, checked. Unreadable addresses are dropped (counted in
+    /// `counts.bad_addrs`); the whole record is [`RecordRead::Bad`] when its id does not parse
+    /// or no address is left.
+    fn into_entry(self, config: &Config, counts: &mut Counts) -> RecordRead {
+        let Ok(peer) = self.peer.parse::<PeerId>() else {
+            return RecordRead::Bad("unparsable peer id");
+        };
+        let mut addrs = Vec::with_capacity(self.addrs.len().min(MAX_ADDRS_PER_PEER));
         for a in &self.addrs {
-            let addr: Multiaddr = a.parse().map_err(|_| invalid("unparsable address"))?;
-            let addr = validate(&addr, &peer).map_err(|_| invalid("invalid address"))?;
-            if !seen.insert(addr.clone()) {
-                return Err(invalid("duplicate address"));
+            let addr = a
+                .parse::<Multiaddr>()
+                .ok()
+                .and_then(|addr| validate(&addr, &peer).ok())
+                .filter(|addr| !addrs.contains(addr));
+            match addr {
+                Some(addr) if addrs.len() < MAX_ADDRS_PER_PEER => addrs.push(addr),
+                _ => counts.bad_addrs += 1,
             }
-            addrs.push(addr);
+        }
+        if addrs.is_empty() {
+            return RecordRead::Bad("no readable address");
         }
         if peer == config.local_peer_id {
-            return Ok(None);
+            return RecordRead::Disallowed;
         }
         if config.routability == Routability::Strict {
             addrs.retain(is_public);
             if addrs.is_empty() {
-                return Ok(None);
+                return RecordRead::Disallowed;
             }
         }
         let entry = Entry {
@@ -272,11 +293,30 @@ impl PeerRecord {
             last_attempt: self.last_attempt,
             last_success: self.last_success,
         };
-        Ok(Some((peer, entry)))
+        RecordRead::Kept(peer, entry)
     }
 }
 
-fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, usize), PersistError> {
+/// What became of one record of the file.
+enum RecordRead {
+    /// Read (perhaps with fewer addresses than it listed).
+    Kept(PeerId, Entry),
+    /// Readable, but the settings no longer allow it (our own id, no address left under
+    /// [`Routability::Strict`]).
+    Disallowed,
+    /// Unreadable: dropped alone, the rest of the file loads.
+    Bad(&'static str),
+}
+
+/// What a load dropped, by cause (see [`LoadOutcome::Loaded`]).
+#[derive(Default)]
+struct Counts {
+    dropped: usize,
+    bad_records: usize,
+    bad_addrs: usize,
+}
+
+fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, Counts), PersistError> {
     let probe: VersionProbe = serde_json::from_slice(bytes).map_err(PersistError::Decode)?;
     if probe.version != FORMAT_VERSION {
         return Err(PersistError::WrongVersion {
@@ -292,7 +332,7 @@ fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, usize), PersistErro
             index: 0,
         })?;
     let mut book = AddrBook::with_key(config, key);
-    let mut dropped = 0;
+    let mut counts = Counts::default();
     let mut seen = HashSet::new();
 
     for (index, record) in file.peers.into_iter().enumerate() {
@@ -301,9 +341,17 @@ fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, usize), PersistErro
         if !seen.insert(record.peer.clone()) {
             return Err(invalid("peer listed twice"));
         }
-        let Some((peer, entry)) = record.into_entry(index, &book.config)? else {
-            dropped += 1;
-            continue;
+        let (peer, entry) = match record.into_entry(&book.config, &mut counts) {
+            RecordRead::Kept(peer, entry) => (peer, entry),
+            RecordRead::Disallowed => {
+                counts.dropped += 1;
+                continue;
+            }
+            RecordRead::Bad(what) => {
+                tracing::debug!(index, what, "address book record unreadable; dropped");
+                counts.bad_records += 1;
+                continue;
+            }
         };
         let (table, count, max_buckets, size) = match entry.kind {
             BucketKind::New => (
@@ -342,16 +390,26 @@ fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, usize), PersistErro
     }
     for (index, record) in file.bans.into_iter().enumerate() {
         let invalid = |what| PersistError::Invalid { what, index };
-        let peer: PeerId = record
-            .peer
-            .parse()
-            .map_err(|_| invalid("unparsable banned id"))?;
+        let Ok(peer) = record.peer.parse::<PeerId>() else {
+            tracing::debug!(index, "address book ban with an unparsable id; dropped");
+            counts.bad_records += 1;
+            continue;
+        };
         if book.entries.contains_key(&peer) || book.bans.contains_key(&peer) {
             return Err(invalid("banned peer also in the book, or banned twice"));
         }
         let entry = match record.entry {
             Some(r) if !r.buckets.is_empty() => return Err(invalid("banned entry has buckets")),
-            Some(r) => r.into_entry(index, &book.config)?.map(|(_, e)| e),
+            // The ban holds whatever became of the entry it keeps.
+            Some(r) => match r.into_entry(&book.config, &mut counts) {
+                RecordRead::Kept(_, e) => Some(e),
+                RecordRead::Disallowed => None,
+                RecordRead::Bad(what) => {
+                    tracing::debug!(index, what, "banned peer's entry unreadable; dropped");
+                    counts.bad_records += 1;
+                    None
+                }
+            },
             None => None,
         };
         book.bans.insert(
@@ -362,7 +420,7 @@ fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, usize), PersistErro
             },
         );
     }
-    Ok((book, dropped))
+    Ok((book, counts))
 }
 
 /// The file's bytes, `None` when it does not exist.
@@ -461,10 +519,13 @@ mod tests {
             peers: 2,
             bans: 1,
             dropped: 0,
+            bad_records: 1,
+            bad_addrs: 3,
         };
         assert_eq!(
             loaded.to_string(),
-            "read: 2 peers, 1 bans, 0 dropped by the settings"
+            "read: 2 peers, 1 bans, 0 dropped by the settings, 1 unreadable records and 3 \
+             unreadable addresses dropped"
         );
         assert_eq!(
             LoadOutcome::NotFound.to_string(),
@@ -558,6 +619,7 @@ mod tests {
                 peers,
                 bans,
                 dropped,
+                ..
             } => {
                 assert_eq!((peers, bans, dropped), (book.size(), 3, 0));
             }
@@ -676,7 +738,7 @@ mod tests {
     #[test]
     fn an_inconsistent_book_is_moved_aside() {
         type Edit = fn(&mut serde_json::Value);
-        let edits: [(&str, Edit); 9] = [
+        let edits: [(&str, Edit); 7] = [
             ("bucket index out of range", |v| {
                 v["peers"][0]["buckets"] = serde_json::json!([9999])
             }),
@@ -694,12 +756,6 @@ mod tests {
             ("peer twice", |v| {
                 let first = v["peers"][0].clone();
                 v["peers"].as_array_mut().unwrap().push(first);
-            }),
-            ("bad peer id", |v| {
-                v["peers"][0]["peer"] = "not-a-peer".into()
-            }),
-            ("bad address", |v| {
-                v["peers"][0]["addrs"] = serde_json::json!(["/ip4/0.0.0.0/tcp/1"])
             }),
             ("short key", |v| v["key"] = "abcd".into()),
             ("banned and in the book", |v| {
@@ -766,6 +822,107 @@ mod tests {
             ),
             "{outcome:?}"
         );
+    }
+
+    /// An address whose binary form decodes but whose text form does not parse back: a DNS
+    /// component holding a `/`. PEX answers and identify messages carry binary multiaddrs.
+    fn slash_in_dns() -> Multiaddr {
+        ma("/ip4/8.8.8.8/tcp/4001").with(libp2p::multiaddr::Protocol::Dns("x/y".into()))
+    }
+
+    /// Review found that one such address, gossiped to us, cost the whole book at the next
+    /// start: it was saved as text that does not parse back, and one unreadable record moved
+    /// the file aside. The book now refuses it, and survives what it refuses.
+    #[test]
+    fn an_address_without_a_text_form_is_refused_and_the_book_reloads() {
+        let bad = slash_in_dns();
+        assert!(
+            bad.to_string().parse::<Multiaddr>().ok() != Some(bad.clone()),
+            "the test address must not survive its text form"
+        );
+        let mut book = sample_book();
+        let size = book.size();
+        assert!(matches!(
+            book.add_address(peer(7_001), &bad, &src(3, 8, 8), 900),
+            Err(crate::AddrBookError::InvalidAddress(_))
+        ));
+        // Not even appended to a known peer's list.
+        assert!(
+            book.add_address(peer(1), &bad, &Source::Local, 900)
+                .is_err()
+        );
+        assert_eq!(book.size(), size);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        book.save(&path).unwrap();
+        let (loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1);
+        assert!(
+            matches!(outcome, LoadOutcome::Loaded { bad_records: 0, .. }),
+            "{outcome:?}"
+        );
+        assert!(snapshot(&loaded) == snapshot(&book));
+    }
+
+    /// A file with one unreadable record (an address that does not parse, an id that does not,
+    /// an address of the wrong kind) loads every other record; a record with one bad address
+    /// among good ones keeps the good ones.
+    #[test]
+    fn a_bad_record_is_dropped_and_the_rest_loads() {
+        let mut v = valid_json();
+        let total = v["peers"].as_array().unwrap().len();
+        let bans = v["bans"].as_array().unwrap().len();
+        let slash = format!("{}", slash_in_dns());
+        v["peers"][0]["addrs"] = serde_json::json!([slash]);
+        v["peers"][1]["peer"] = "not-a-peer".into();
+        v["peers"][2]["addrs"] = serde_json::json!(["/ip4/0.0.0.0/tcp/1"]);
+        let kept = v["peers"][3]["addrs"][0].clone();
+        v["peers"][3]["addrs"] = serde_json::json!([slash, kept.clone()]);
+        let dropped_peer: PeerId = v["peers"][0]["peer"].as_str().unwrap().parse().unwrap();
+        let kept_peer: PeerId = v["peers"][3]["peer"].as_str().unwrap().parse().unwrap();
+        // A ban whose id does not parse goes; one whose entry is unreadable keeps the ban.
+        let with_entry = (0..bans)
+            .find(|i| v["bans"][*i]["entry"].is_object())
+            .unwrap();
+        let other = (with_entry + 1) % bans;
+        v["bans"][other]["peer"] = "not-a-peer".into();
+        let banned: PeerId = v["bans"][with_entry]["peer"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        v["bans"][with_entry]["entry"]["addrs"] = serde_json::json!([slash]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        let bytes = serde_json::to_vec(&v).unwrap();
+        fs::write(&path, &bytes).unwrap();
+        let (loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1);
+        let LoadOutcome::Loaded {
+            peers,
+            bans: n_bans,
+            bad_records,
+            bad_addrs,
+            ..
+        } = outcome
+        else {
+            panic!("not loaded: {outcome:?}");
+        };
+        assert_eq!(peers, total - 3);
+        assert_eq!(n_bans, bans - 1);
+        assert_eq!(
+            bad_records, 5,
+            "three peers, one ban, one banned peer's entry"
+        );
+        assert_eq!(bad_addrs, 4);
+        check_invariants(&loaded);
+        assert!(!loaded.contains(&dropped_peer));
+        assert_eq!(
+            loaded.get(&kept_peer).unwrap().addrs,
+            vec![kept.as_str().unwrap().parse::<Multiaddr>().unwrap()]
+        );
+        assert!(loaded.is_banned(&banned, 0));
+        assert!(path.exists(), "the file stays where it is");
+        assert_eq!(files_in(dir.path()), ["addrbook.json"]);
     }
 
     #[test]
