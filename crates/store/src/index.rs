@@ -354,8 +354,6 @@ impl<'txn> Tables<'txn> {
         self.put_dataset(tree, ds)
     }
 
-    /// Removes a manifest from the listing, drops its block, and marks its dataset for deletion
-    /// when no other manifest names it. Returns whether the manifest was listed.
     /// The dataset (tree CID bytes) manifest `manifest_cid` is listed for, if it is.
     pub(crate) fn manifest_tree(&self, manifest_cid: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
@@ -364,6 +362,9 @@ impl<'txn> Tables<'txn> {
             .map(|t| t.value().to_vec()))
     }
 
+    /// Removes a manifest from the listing, drops its block, and marks its dataset for deletion
+    /// when no other manifest names it and no upload session holds it
+    /// ([`Tables::session_holds`]). Returns whether the manifest was listed.
     pub(crate) fn remove_manifest(&mut self, manifest_cid: &[u8]) -> Result<bool, StoreError> {
         let tree = match self.manifests.remove(manifest_cid)? {
             Some(t) => t.value().to_vec(),
@@ -374,13 +375,64 @@ impl<'txn> Tables<'txn> {
         self.drop_ref(manifest_cid, true)?;
         if let Some(mut ds) = self.get_dataset(&tree)? {
             ds.manifest_refs = ds.manifest_refs.saturating_sub(1);
-            if ds.manifest_refs == 0 {
+            if ds.manifest_refs == 0 && !self.session_holds(&tree, None)? {
                 self.mark_deleting(&tree, ds)?;
             } else {
                 self.put_dataset(&tree, ds)?;
             }
         }
         Ok(true)
+    }
+
+    /// Whether an upload session other than `except` holds dataset `tree`: it named the tree
+    /// (its `sessions` row, written in the first transaction of its finish) and has not ended.
+    /// A held dataset is not marked for deletion when no manifest names it any more: the
+    /// upload writes its leaves and lists it again, and marking it would let the upload's last
+    /// transaction wipe what it wrote (or the reclaimer drop it meanwhile). Its session's end
+    /// ([`Tables::end_session`]) decides instead. Scans `sessions`: one row per upload in
+    /// progress.
+    pub(crate) fn session_holds(
+        &self,
+        tree: &[u8],
+        except: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        for entry in self.sessions.iter()? {
+            let (k, v) = entry?;
+            if Some(k.value()) != except && v.value().1 == tree {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Ends upload session `session`, which did not finish (given up, or interrupted by a
+    /// crash): its row goes and its segment is sealed. The dataset it named is marked for
+    /// deletion when nothing else keeps it: no manifest names it and no other session holds it
+    /// ([`Tables::session_holds`]); or it is still being written (state *writing*: by this
+    /// session, or by one given up that this one took over) and no other session holds it.
+    pub(crate) fn end_session(&mut self, session: u64) -> Result<(), StoreError> {
+        let Some((seg, tree)) = self
+            .sessions
+            .get(session)?
+            .map(|v| (v.value().0, v.value().1.to_vec()))
+        else {
+            return Ok(());
+        };
+        if !tree.is_empty()
+            && let Some(ds) = self.get_dataset(&tree)?
+            && ds.state != DS_DELETING
+        {
+            let unlisted = ds.manifest_refs == 0;
+            let unwritten = ds.state == DS_WRITING;
+            if (unlisted || unwritten) && !self.session_holds(&tree, Some(session))? {
+                self.mark_deleting(&tree, ds)?;
+            }
+        }
+        self.sessions.remove(session)?;
+        if self.segments.get(seg)?.is_some() {
+            self.seal_segment(seg)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn mark_deleting(

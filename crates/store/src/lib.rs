@@ -39,7 +39,9 @@
 //!   never finishes leaves nothing listed, and its session is rolled back at the next open.
 //! * Deleting a dataset is one small transaction (the manifest goes, the dataset is marked
 //!   deleting); a background reclaimer then drops leaves and unreferenced blocks in bounded
-//!   batches, and removes segments with no live bytes. Reads never see a deleting dataset.
+//!   batches, and removes segments with no live bytes. Reads never see a deleting dataset. A
+//!   dataset an upload is finishing is held by its session and not marked deleting until the
+//!   session ends without listing it.
 //! * Sealed segments that are mostly dead bytes are rewritten by compaction (the `compact`
 //!   module), so deleted data frees disk even where it shared a segment with live data.
 //! * Every read checks the block's bytes (against the CRC32C stored with them, or by re-hashing

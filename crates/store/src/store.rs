@@ -24,9 +24,9 @@ use crate::{
     StoreError,
     compact::CompactReport,
     index::{
-        BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DS_WRITING,
-        DatasetRec, EXPIRY, FETCHES, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED,
-        Quota, SEGMENTS, SESSIONS, Tables, checksum,
+        BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DatasetRec, EXPIRY,
+        FETCHES, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS,
+        SESSIONS, Tables, checksum,
     },
     segments::{SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
@@ -519,23 +519,19 @@ impl Store {
     /// segment files.
     fn recover(&self) -> Result<(), StoreError> {
         let (rolled_back, dead) = self.write(0, |t| {
-            let sessions: Vec<(u64, u64, Vec<u8>)> = t
+            let sessions: Vec<u64> = t
                 .sessions
                 .iter()?
-                .map(|e| e.map(|(k, v)| (k.value(), v.value().0, v.value().1.to_vec())))
+                .map(|e| e.map(|(k, _)| k.value()))
                 .collect::<Result<_, _>>()?;
-            for (session, _seg, tree) in &sessions {
-                if !tree.is_empty()
-                    && let Some(ds) = t.get_dataset(tree)?
-                    && ds.state == DS_WRITING
-                    && ds.session == *session
-                {
-                    t.mark_deleting(tree, ds)?;
-                }
-                t.sessions.remove(*session)?;
+            // In id order: a dataset two interrupted sessions held goes (if nothing else keeps
+            // it) when the last of them ends.
+            for session in &sessions {
+                t.end_session(*session)?;
             }
             // Datasets no manifest names and no upload is writing: left by earlier versions,
-            // which let a download that outlived a delete of its dataset create it anew.
+            // which let a download that outlived a delete of its dataset create it anew. No
+            // session holds one here (`Tables::session_holds`): every session ended above.
             let orphans: Vec<(Vec<u8>, DatasetRec)> = t
                 .datasets
                 .iter()?

@@ -19,7 +19,6 @@
 use cairn_core::{Block, Cid, CodexTree, Manifest, cid::cid_digest, merkle::Digest};
 use std::sync::atomic::Ordering;
 
-use redb::ReadableTable;
 use tracing::warn;
 
 use crate::{
@@ -297,15 +296,17 @@ impl DatasetWriter {
 
         let _serial = store.inner.finish_lock.lock();
         let session = self.session;
-        let fresh = store.write(self.reserved, |t| {
+        store.write(self.reserved, |t| {
             t.sessions.insert(session, (session, tree_key.as_slice()))?;
             t.reclaim_tree_fully(&tree_key)?;
             // The tree goes in before any leaf row that relies on it (their proofs are empty).
             if !has_tree(&t.trees, &tree_key)? {
                 put_tree(&mut t.trees, &tree_key, &tree)?;
             }
+            // From here the session holds the dataset: it is not deleted while the upload
+            // writes, whatever happens to the manifests naming it (`Tables::session_holds`).
             if t.get_dataset(&tree_key)?.is_some() {
-                return Ok(false);
+                return Ok(());
             }
             t.put_dataset(
                 &tree_key,
@@ -315,8 +316,7 @@ impl DatasetWriter {
                     state: DS_WRITING,
                     session,
                 },
-            )?;
-            Ok(true)
+            )
         })?;
         let batch = cfg.leaf_batch.max(1);
         let mut start = 0u64;
@@ -396,7 +396,11 @@ impl DatasetWriter {
         store.write(self.reserved, |t| {
             t.add_ref(&mkey, Some(mloc), true, expiry)?;
             t.add_manifest(&mkey, &tree_key, nleaves)?;
-            if fresh && let Some(mut ds) = t.get_dataset(&tree_key)? {
+            // Every leaf is stored now. Being written (by this upload, or by one given up
+            // that this one took over: finishes are serialised), the dataset turns active.
+            if let Some(mut ds) = t.get_dataset(&tree_key)?
+                && ds.state == DS_WRITING
+            {
                 ds.state = DS_ACTIVE;
                 ds.session = 0;
                 t.put_dataset(&tree_key, ds)?;
@@ -471,23 +475,7 @@ impl DatasetWriter {
         self.done = true;
         self.release_reservation();
         let session = self.session;
-        let res = self.store.write(0, |t| {
-            let tree = t
-                .sessions
-                .get(session)?
-                .map(|v| v.value().1.to_vec())
-                .unwrap_or_default();
-            if !tree.is_empty()
-                && let Some(ds) = t.get_dataset(&tree)?
-                && ds.state == DS_WRITING
-                && ds.session == session
-            {
-                t.mark_deleting(&tree, ds)?;
-            }
-            t.sessions.remove(session)?;
-            t.seal_segment(session)?;
-            Ok(())
-        });
+        let res = self.store.write(0, |t| t.end_session(session));
         if let Err(e) = res.and_then(|()| self.drop_segment_if_empty()) {
             warn!(session, error = %e, "rolling back an unfinished upload failed; the next start will");
         }

@@ -1,0 +1,257 @@
+//! An upload racing what else touches its dataset: deletes and expiry, downloads of the same
+//! data, and an upload that dies part-way.
+//!
+//! Each test stops an upload's finish between two leaf batches with the store's crash hook
+//! (`"finish:leaf-batch"`) and does the other thing there, on the finishing thread, so the
+//! interleaving is exact and needs no sleeps. Leaf batches of one or two leaves make "between
+//! two batches" a point with some leaves written and some not.
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use bytes::Bytes;
+use cairn_core::{Block, Cid, CodexTree, Manifest, cid::cid_digest};
+use cairn_store::{DatasetMeta, Store, StoreConfig, StoreError, StoredDataset};
+
+const BS: usize = 64 * 1024;
+
+/// Block `i` of dataset `seed`: 64 KiB, distinct for every (seed, i).
+fn block(seed: u64, i: u64) -> Block {
+    let mut data = vec![0u8; BS];
+    for (j, chunk) in data.chunks_mut(8).enumerate() {
+        let v = seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(i.wrapping_mul(0xD1B5_4A32_D192_ED03))
+            ^ j as u64;
+        chunk.copy_from_slice(&v.to_le_bytes());
+    }
+    Block::data_block(Bytes::from(data))
+}
+
+fn blocks(seed: u64, n: u64) -> Vec<Block> {
+    (0..n).map(|i| block(seed, i)).collect()
+}
+
+fn tree_of(blocks: &[Block]) -> CodexTree {
+    CodexTree::new(
+        blocks
+            .iter()
+            .map(|b| cid_digest(b.cid()).unwrap())
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn meta(n: u64) -> DatasetMeta {
+    DatasetMeta {
+        dataset_size: n * BS as u64,
+        block_size: BS as u64,
+        filename: None,
+        mimetype: None,
+    }
+}
+
+/// The manifest an upload of `blocks` stores (and a downloader fetches first).
+fn manifest_of(blocks: &[Block]) -> Manifest {
+    let n = blocks.len() as u64;
+    Manifest::new(tree_of(blocks).cid(), n * BS as u64, BS as u64)
+}
+
+fn upload(store: &Store, blocks: &[Block]) -> Result<StoredDataset, StoreError> {
+    let mut w = store.begin_dataset()?;
+    for b in blocks {
+        w.write(b)?;
+    }
+    w.finish(meta(blocks.len() as u64))
+}
+
+fn config(leaf_batch: usize, hook: fn(&'static str)) -> StoreConfig {
+    StoreConfig {
+        background_reclaim: false,
+        leaf_batch,
+        crash_hook: Some(hook),
+        ..StoreConfig::default()
+    }
+}
+
+/// Every leaf of the dataset reads back with a proof that verifies, and the store says it is
+/// whole.
+fn assert_whole(store: &Store, blocks: &[Block], ctx: &str) {
+    let tree = tree_of(blocks);
+    let n = blocks.len() as u64;
+    let root = cid_digest(&tree.cid()).unwrap();
+    for (i, want) in blocks.iter().enumerate() {
+        let i = i as u64;
+        let (got, proof) = store
+            .get_leaf(&tree.cid(), i)
+            .unwrap_or_else(|e| panic!("{ctx}: leaf {i}: {e}"))
+            .unwrap_or_else(|| panic!("{ctx}: leaf {i} is missing"));
+        assert_eq!(got.data(), want.data(), "{ctx}: leaf {i}");
+        proof
+            .verify_leaf(&cid_digest(got.cid()).unwrap(), &root, i, n)
+            .unwrap_or_else(|e| panic!("{ctx}: proof of leaf {i}: {e}"));
+    }
+    assert_eq!(
+        store.first_missing_leaf(&tree.cid(), 0..n).unwrap(),
+        None,
+        "{ctx}"
+    );
+}
+
+fn assert_consistent(store: &Store, ctx: &str) {
+    let a = store.audit().unwrap();
+    assert_eq!(a.used_recorded, a.used_actual, "{ctx}: used bytes ({a:?})");
+    assert_eq!(a.blocks_recorded, a.blocks_actual, "{ctx}: blocks ({a:?})");
+    assert!(a.segments_consistent, "{ctx}: segments ({a:?})");
+    assert_eq!(a.open_sessions, 0, "{ctx}: sessions ({a:?})");
+}
+
+/// What a hook needs: the store, and the dataset's blocks.
+type Shared = Mutex<Option<(Store, Vec<Block>)>>;
+
+fn shared(s: &Shared) -> (Store, Vec<Block>) {
+    s.lock()
+        .unwrap()
+        .clone()
+        .expect("the test set the hook's state")
+}
+
+// ---------------------------------------------------------------------------------------------
+// An upload of a stored dataset racing the expiry of its manifest.
+
+static EXPIRE: Shared = Mutex::new(None);
+static EXPIRE_BATCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// At the second upload's first leaf batch, every manifest expires (and what it held is
+/// reclaimed, as the maintenance pass does).
+fn expire_between_batches(point: &'static str) {
+    if point != "finish:leaf-batch" || EXPIRE.lock().unwrap().is_none() {
+        return;
+    }
+    if EXPIRE_BATCHES.fetch_add(1, Ordering::SeqCst) == 0 {
+        let (store, _) = shared(&EXPIRE);
+        let report = store.maintenance(u64::MAX).unwrap();
+        assert_eq!(report.expired, 1, "the stored dataset's manifest expired");
+    }
+}
+
+/// A re-upload of a stored dataset whose manifest expires while the upload writes its leaf
+/// index keeps the dataset: the upload reported it stored, so it must be whole. Before, the
+/// expiry marked the dataset deleting, and the upload's last transaction finished the delete
+/// (every leaf, the tree) and then listed a manifest for an empty dataset (found by review).
+#[test]
+fn a_reupload_racing_the_expiry_of_its_dataset_keeps_it_whole() {
+    let store = Store::in_memory(config(1, expire_between_batches)).unwrap();
+    let data = blocks(1, 5);
+    let first = upload(&store, &data).unwrap();
+    *EXPIRE.lock().unwrap() = Some((store.clone(), data.clone()));
+    let again = upload(&store, &data).unwrap();
+    assert_eq!(again.manifest_cid, first.manifest_cid);
+    assert!(EXPIRE_BATCHES.load(Ordering::SeqCst) > 1, "the hook ran");
+    let listed: Vec<Cid> = store
+        .list_manifests()
+        .unwrap()
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect();
+    assert_eq!(listed, vec![again.manifest_cid]);
+    assert_whole(&store, &data, "after the upload");
+    store.reclaim_now().unwrap();
+    assert!(!store.reclaim_pending().unwrap());
+    assert_whole(&store, &data, "after reclaiming");
+    assert_consistent(&store, "after reclaiming");
+    EXPIRE.lock().unwrap().take();
+}
+
+// ---------------------------------------------------------------------------------------------
+// A new upload racing a download of the same data that starts and is deleted.
+
+static DOWNLOAD_DELETED: Shared = Mutex::new(None);
+static DOWNLOAD_DELETED_BATCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// At the first leaf batch, a download of the same dataset stores its manifest, and the
+/// manifest is deleted again.
+fn download_starts_and_is_deleted(point: &'static str) {
+    if point != "finish:leaf-batch" {
+        return;
+    }
+    if DOWNLOAD_DELETED_BATCHES.fetch_add(1, Ordering::SeqCst) == 0 {
+        let (store, data) = shared(&DOWNLOAD_DELETED);
+        let m = manifest_of(&data).to_block();
+        store.put_block(&m).unwrap();
+        store.delete(m.cid()).unwrap();
+        store.reclaim_now().unwrap();
+    }
+}
+
+/// A new upload whose dataset a download lists (its manifest stored) and then deletes while the
+/// upload writes its leaf index keeps the dataset whole. Before, the delete marked the dataset
+/// (still being written) deleting, and the upload's last transaction wiped it (found by review).
+#[test]
+fn a_new_upload_racing_a_deleted_download_of_its_data_keeps_it_whole() {
+    let store = Store::in_memory(config(1, download_starts_and_is_deleted)).unwrap();
+    let data = blocks(2, 5);
+    *DOWNLOAD_DELETED.lock().unwrap() = Some((store.clone(), data.clone()));
+    let stored = upload(&store, &data).unwrap();
+    assert!(
+        DOWNLOAD_DELETED_BATCHES.load(Ordering::SeqCst) > 1,
+        "the hook ran"
+    );
+    assert_eq!(store.list_manifests().unwrap().len(), 1);
+    assert!(store.get_manifest(&stored.manifest_cid).unwrap().is_some());
+    assert_whole(&store, &data, "after the upload");
+    store.reclaim_now().unwrap();
+    assert_whole(&store, &data, "after reclaiming");
+    assert_consistent(&store, "after reclaiming");
+    DOWNLOAD_DELETED.lock().unwrap().take();
+}
+
+// ---------------------------------------------------------------------------------------------
+// An upload holding a dataset no manifest names any more, then given up.
+
+static GIVEN_UP: Shared = Mutex::new(None);
+static GIVEN_UP_BATCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// At the first leaf batch, a download's manifest is stored and deleted; at the second, the
+/// upload dies (the panic unwinds through `finish`, which rolls the upload back).
+fn download_deleted_then_upload_dies(point: &'static str) {
+    if point != "finish:leaf-batch" {
+        return;
+    }
+    match GIVEN_UP_BATCHES.fetch_add(1, Ordering::SeqCst) {
+        0 => {
+            let (store, data) = shared(&GIVEN_UP);
+            let m = manifest_of(&data).to_block();
+            store.put_block(&m).unwrap();
+            store.delete(m.cid()).unwrap();
+        }
+        1 => panic!("the upload dies between two leaf batches"),
+        _ => {}
+    }
+}
+
+/// The dataset an upload held after its manifest was deleted goes once the upload is given up:
+/// nothing names it any more, and nothing of it stays stored.
+#[test]
+fn a_held_dataset_goes_when_its_upload_is_given_up() {
+    let store = Store::in_memory(config(1, download_deleted_then_upload_dies)).unwrap();
+    let data = blocks(3, 5);
+    *GIVEN_UP.lock().unwrap() = Some((store.clone(), data.clone()));
+    let s = store.clone();
+    let d = data.clone();
+    let died = std::thread::spawn(move || upload(&s, &d)).join();
+    assert!(died.is_err(), "the upload died");
+    store.reclaim_now().unwrap();
+    assert!(store.list_manifests().unwrap().is_empty());
+    let tree = tree_of(&data).cid();
+    assert!(!store.dataset_stored(&tree).unwrap());
+    for b in &data {
+        assert!(!store.has_block(b.cid()).unwrap());
+    }
+    assert_eq!(store.space().unwrap().quota_used_bytes, 0);
+    assert_eq!(store.proof_storage().unwrap(), (0, 0));
+    assert_consistent(&store, "after the rollback");
+    GIVEN_UP.lock().unwrap().take();
+}
