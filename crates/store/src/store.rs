@@ -1211,8 +1211,10 @@ impl Store {
         let Some(ds) = active_dataset(&r, &key)? else {
             return Ok(Some(indices.start));
         };
-        // A dataset whose tree is kept is whole: uploads store it with every leaf, downloads
-        // once they hold every leaf, and leaves only go when the whole dataset is deleted.
+        // An active dataset whose tree is kept is whole: an upload's own dataset turns active
+        // with its last leaf, an upload into a dataset stored in part already stores the tree
+        // with its last leaf, a download once it holds every leaf, and leaves only go when the
+        // whole dataset is deleted.
         if indices.end <= ds.nleaves && has_tree(&r.open_table(TREES)?, &key)? {
             return Ok(None);
         }

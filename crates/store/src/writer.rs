@@ -8,6 +8,12 @@
 //! invisible meanwhile), and in a final transaction stores the manifest, lists the dataset and
 //! closes the session.
 //!
+//! An upload of a dataset a download has stored in part (listed, no tree yet) cannot store the
+//! tree first: for an active dataset a stored tree means every leaf is stored, and the upload
+//! may stop between two leaf batches. The rows it adds then carry their proofs (in `proofs`,
+//! as a download's do), and the tree goes in with the last transaction; the proofs go when the
+//! dataset is settled ([`Store::settle_tree`]).
+//!
 //! If the writer is dropped unfinished (client gone, quota, error) the session is rolled back at
 //! once; if the process dies instead, [`Store::open`] rolls it back at the next start. Either way
 //! nothing partial is listed and the space accounting comes back exact.
@@ -296,18 +302,23 @@ impl DatasetWriter {
 
         let _serial = store.inner.finish_lock.lock();
         let session = self.session;
-        store.write(self.reserved, |t| {
+        // Whether the leaf rows this upload adds keep their proofs in `proofs` (and the tree
+        // waits for the last transaction): see below.
+        let keep_proofs = store.write(self.reserved, |t| {
             t.sessions.insert(session, (session, tree_key.as_slice()))?;
             t.reclaim_tree_fully(&tree_key)?;
-            // The tree goes in before any leaf row that relies on it (their proofs are empty).
-            if !has_tree(&t.trees, &tree_key)? {
-                put_tree(&mut t.trees, &tree_key, &tree)?;
-            }
             // From here the session holds the dataset: it is not deleted while the upload
             // writes, whatever happens to the manifests naming it (`Tables::session_holds`).
             if t.get_dataset(&tree_key)?.is_some() {
-                return Ok(());
+                // Stored already. With its tree it is whole (or being written by an upload
+                // given up, whose rows rely on that tree); without, it is a partial download,
+                // and a stored tree would say it is whole before this upload has written every
+                // leaf (a crash or an error between leaf batches would leave it so): the rows
+                // added carry their proofs, and the tree goes in with the last leaf.
+                return Ok(!has_tree(&t.trees, &tree_key)?);
             }
+            // The tree goes in before any leaf row that relies on it (their proofs are empty).
+            put_tree(&mut t.trees, &tree_key, &tree)?;
             t.put_dataset(
                 &tree_key,
                 DatasetRec {
@@ -316,7 +327,8 @@ impl DatasetWriter {
                     state: DS_WRITING,
                     session,
                 },
-            )
+            )?;
+            Ok(false)
         })?;
         let batch = cfg.leaf_batch.max(1);
         let mut start = 0u64;
@@ -338,6 +350,7 @@ impl DatasetWriter {
                 // `blocks` table is keyed by CID (random), and sorted inserts walk its pages in
                 // order instead of jumping around a table larger than the page cache.
                 let mut new_refs: Vec<(Vec<u8>, Loc)> = Vec::with_capacity(batch);
+                let mut proof = Vec::new();
                 for index in start..end {
                     let i =
                         usize::try_from(index).map_err(|_| StoreError::IndexDamaged("index"))?;
@@ -351,8 +364,8 @@ impl DatasetWriter {
                     .to_bytes();
                     let key = (tree_key.as_slice(), index);
                     // Insert first and look at what was there: one B-tree walk instead of a
-                    // lookup plus an insert for the (usual) new leaf. No proof: it comes from
-                    // the tree stored above.
+                    // lookup plus an insert for the (usual) new leaf. No proof in the row: it
+                    // comes from the tree stored above, or from `proofs`.
                     let old = t
                         .leaves
                         .insert(key, (cid.as_slice(), &[][..]))?
@@ -363,6 +376,11 @@ impl DatasetWriter {
                         t.leaves
                             .insert(key, (old_cid.as_slice(), old_proof.as_slice()))?;
                         continue;
+                    }
+                    if keep_proofs {
+                        proof.clear();
+                        tree.encode_proof_into(index, &mut proof)?;
+                        t.proofs.insert(key, proof.as_slice())?;
                     }
                     let loc = Loc {
                         seg: session,
@@ -396,6 +414,12 @@ impl DatasetWriter {
         store.write(self.reserved, |t| {
             t.add_ref(&mkey, Some(mloc), true, expiry)?;
             t.add_manifest(&mkey, &tree_key, nleaves)?;
+            // Every leaf is stored now (the dataset was held: none went), so the tree may say
+            // so. The proofs kept meanwhile go when the dataset is settled
+            // (`Store::settle_tree`, the maintenance pass).
+            if keep_proofs && !has_tree(&t.trees, &tree_key)? {
+                put_tree(&mut t.trees, &tree_key, &tree)?;
+            }
             // Every leaf is stored now. Being written (by this upload, or by one given up
             // that this one took over: finishes are serialised), the dataset turns active.
             if let Some(mut ds) = t.get_dataset(&tree_key)?
