@@ -10,8 +10,18 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::{
     StoreError,
-    trees::{PROOFS, TREES, TreeKey, remove_tree},
+    trees::{PROOFS, ProofSource, TREES, TreeKey, has_tree, remove_tree},
 };
+
+/// What [`Tables::end_session`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SessionEnd {
+    /// The session is gone.
+    Ended,
+    /// Nothing changed: the listed dataset `tree` (of `nleaves` leaves) the session was writing
+    /// is partial, and its rows that rely on its tree need their proofs before it can go.
+    NeedsProofs { tree: Vec<u8>, nleaves: u64 },
+}
 
 /// A `blocks` row: (segment, offset, length, dataset refs, flags, expiry). `flags`: bit 0 is
 /// the standalone flag, bit 1 says bits 32–63 hold the CRC32C of the block's bytes (rows
@@ -406,33 +416,107 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Ends upload session `session`, which did not finish (given up, or interrupted by a
-    /// crash): its row goes and its segment is sealed. The dataset it named is marked for
-    /// deletion when nothing else keeps it: no manifest names it and no other session holds it
-    /// ([`Tables::session_holds`]); or it is still being written (state *writing*: by this
-    /// session, or by one given up that this one took over) and no other session holds it.
-    pub(crate) fn end_session(&mut self, session: u64) -> Result<(), StoreError> {
+    /// crash): its row goes and its segment is sealed, and the dataset it named
+    /// ([`Tables::session_holds`]) is left consistent:
+    ///
+    /// * no manifest names it: it is marked for deletion, unless another session holds it
+    ///   (that session's end decides);
+    /// * a manifest names it (a download listed it meanwhile) and it is still being written:
+    ///   it turns active as the partial dataset it is. Its tree stays only if every leaf is
+    ///   stored (an active dataset with a tree is whole); otherwise the rows that relied on
+    ///   the tree must have their proofs in `proofs` first. When they may not (`proofs_kept`
+    ///   false), nothing is changed and [`SessionEnd::NeedsProofs`] says so: the caller writes
+    ///   them ([`Tables::proofs_from_tree`], in batches) and calls again with `proofs_kept`;
+    ///   the session keeps holding the dataset meanwhile, so a crash in between does it again
+    ///   at the next open.
+    ///
+    /// Another session holding the dataset may be given up too, but is not finishing: callers
+    /// hold the store's finish lock (or run at open), so no finish relies on the tree meanwhile.
+    pub(crate) fn end_session(
+        &mut self,
+        session: u64,
+        proofs_kept: bool,
+    ) -> Result<SessionEnd, StoreError> {
         let Some((seg, tree)) = self
             .sessions
             .get(session)?
             .map(|v| (v.value().0, v.value().1.to_vec()))
         else {
-            return Ok(());
+            return Ok(SessionEnd::Ended);
         };
         if !tree.is_empty()
-            && let Some(ds) = self.get_dataset(&tree)?
+            && let Some(mut ds) = self.get_dataset(&tree)?
             && ds.state != DS_DELETING
         {
-            let unlisted = ds.manifest_refs == 0;
-            let unwritten = ds.state == DS_WRITING;
-            if (unlisted || unwritten) && !self.session_holds(&tree, Some(session))? {
-                self.mark_deleting(&tree, ds)?;
+            if ds.manifest_refs == 0 {
+                if !self.session_holds(&tree, Some(session))? {
+                    self.mark_deleting(&tree, ds)?;
+                }
+            } else if ds.state == DS_WRITING {
+                if has_tree(&self.trees, &tree)? && !self.has_every_leaf(&tree, ds.nleaves)? {
+                    if !proofs_kept {
+                        return Ok(SessionEnd::NeedsProofs {
+                            tree,
+                            nleaves: ds.nleaves,
+                        });
+                    }
+                    remove_tree(&mut self.trees, &tree)?;
+                }
+                ds.state = DS_ACTIVE;
+                ds.session = 0;
+                self.put_dataset(&tree, ds)?;
             }
         }
         self.sessions.remove(session)?;
         if self.segments.get(seg)?.is_some() {
             self.seal_segment(seg)?;
         }
-        Ok(())
+        Ok(SessionEnd::Ended)
+    }
+
+    /// Whether every leaf `0..nleaves` of `tree` is stored: one scan of its leaf rows.
+    fn has_every_leaf(&self, tree: &[u8], nleaves: u64) -> Result<bool, StoreError> {
+        let mut expected = 0u64;
+        for entry in self.leaves.range((tree, 0)..(tree, nleaves))? {
+            if entry?.0.value().1 != expected {
+                return Ok(false);
+            }
+            expected += 1;
+        }
+        Ok(expected == nleaves)
+    }
+
+    /// Gives the leaf rows `range` of `tree` whose proof comes from the stored tree (no proof
+    /// inline, none in `proofs`) their proof in `proofs`, built from that tree, so the tree can
+    /// go ([`Tables::end_session`]). Returns how many it wrote; none when the tree is not
+    /// stored.
+    pub(crate) fn proofs_from_tree(
+        &mut self,
+        tree: &[u8],
+        nleaves: u64,
+        range: std::ops::Range<u64>,
+    ) -> Result<u64, StoreError> {
+        if !has_tree(&self.trees, tree)? {
+            return Ok(0);
+        }
+        let mut bare = Vec::new();
+        for entry in self.leaves.range((tree, range.start)..(tree, range.end))? {
+            let (k, v) = entry?;
+            if v.value().1.is_empty() {
+                bare.push(k.value().1);
+            }
+        }
+        let mut source = ProofSource::new(&self.trees, tree, nleaves);
+        let mut written = 0;
+        for index in bare {
+            if self.proofs.get((tree, index))?.is_some() {
+                continue;
+            }
+            let proof = source.proof(index)?.encode();
+            self.proofs.insert((tree, index), proof.as_slice())?;
+            written += 1;
+        }
+        Ok(written)
     }
 
     pub(crate) fn mark_deleting(

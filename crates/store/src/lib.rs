@@ -36,7 +36,9 @@
 //! * A block is live while it has a dataset reference (one per leaf entry pointing at it) or the
 //!   standalone flag (it was put by CID, e.g. a manifest). Quota counts live blocks once each.
 //! * A dataset becomes visible only in the transaction that stores its manifest; an upload that
-//!   never finishes leaves nothing listed, and its session is rolled back at the next open.
+//!   never finishes leaves nothing listed (unless a download listed the same dataset meanwhile:
+//!   it then stays as a partial dataset), and its session is rolled back at once, or at the
+//!   next open.
 //! * Deleting a dataset is one small transaction (the manifest goes, the dataset is marked
 //!   deleting); a background reclaimer then drops leaves and unreferenced blocks in bounded
 //!   batches, and removes segments with no live bytes. Reads never see a deleting dataset. A

@@ -26,7 +26,7 @@ use crate::{
     index::{
         BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DatasetRec, EXPIRY,
         FETCHES, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS,
-        SESSIONS, Tables, checksum,
+        SESSIONS, SessionEnd, Tables, checksum,
     },
     segments::{SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
@@ -518,17 +518,25 @@ impl Store {
     /// Rolls back interrupted uploads, seals segments left open, deletes empty and orphan
     /// segment files.
     fn recover(&self) -> Result<(), StoreError> {
-        let (rolled_back, dead) = self.write(0, |t| {
-            let sessions: Vec<u64> = t
-                .sessions
-                .iter()?
-                .map(|e| e.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()?;
-            // In id order: a dataset two interrupted sessions held goes (if nothing else keeps
-            // it) when the last of them ends.
-            for session in &sessions {
-                t.end_session(*session)?;
+        let sessions: Vec<u64> = {
+            let r = self.inner.db()?.begin_read()?;
+            match r.open_table(SESSIONS) {
+                Ok(table) => table
+                    .iter()?
+                    .map(|e| e.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()?,
+                // A new index: no table has been written yet.
+                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+                Err(e) => return Err(e.into()),
             }
+        };
+        // In id order: a dataset two interrupted sessions held goes (if nothing else keeps it)
+        // when the last of them ends. Each ends in transactions of its own; one a crash
+        // interrupts is still recorded, and ended again at the next open.
+        for session in &sessions {
+            self.end_session(*session)?;
+        }
+        let dead = self.write(0, |t| {
             // Datasets no manifest names and no upload is writing: left by earlier versions,
             // which let a download that outlived a delete of its dataset create it anew. No
             // session holds one here (`Tables::session_holds`): every session ended above.
@@ -565,7 +573,7 @@ impl Store {
                     t.segments.insert(id, (live, 1))?;
                 }
             }
-            Ok((sessions.len(), dead))
+            Ok(dead)
         })?;
         for id in dead {
             self.inner.segs.remove(id)?;
@@ -583,13 +591,37 @@ impl Store {
                 self.inner.segs.remove(id)?;
             }
         }
-        if rolled_back > 0 {
+        if !sessions.is_empty() {
             info!(
-                sessions = rolled_back,
+                sessions = sessions.len(),
                 "rolled back uploads interrupted by a crash"
             );
         }
         Ok(())
+    }
+
+    /// Ends upload session `session`, which did not finish (given up, or interrupted by a
+    /// crash; see [`Tables::end_session`]). A dataset a manifest names that the session was
+    /// writing stays, as the partial dataset it is: the leaf rows that relied on its tree get
+    /// their proofs first, [`StoreConfig::leaf_batch`] leaves per transaction, and then the
+    /// tree goes. The caller holds the finish lock, or runs at open.
+    pub(crate) fn end_session(&self, session: u64) -> Result<(), StoreError> {
+        let mut proofs_kept = false;
+        loop {
+            match self.write(0, |t| t.end_session(session, proofs_kept))? {
+                SessionEnd::Ended => return Ok(()),
+                SessionEnd::NeedsProofs { tree, nleaves } => {
+                    let batch = self.inner.cfg.leaf_batch.max(1) as u64;
+                    let mut start = 0;
+                    while start < nleaves {
+                        let end = start.saturating_add(batch).min(nleaves);
+                        self.write(0, |t| t.proofs_from_tree(&tree, nleaves, start..end))?;
+                        start = end;
+                    }
+                    proofs_kept = true;
+                }
+            }
+        }
     }
 
     /// Runs `f` in one write transaction and commits it. `own_reservation` is the caller's own

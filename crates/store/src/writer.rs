@@ -16,7 +16,8 @@
 //!
 //! If the writer is dropped unfinished (client gone, quota, error) the session is rolled back at
 //! once; if the process dies instead, [`Store::open`] rolls it back at the next start. Either way
-//! nothing partial is listed and the space accounting comes back exact.
+//! nothing partial is listed by the upload and the space accounting comes back exact; a dataset
+//! a download listed meanwhile stays, as the consistent partial dataset it is.
 //!
 //! Memory: the writer keeps 32 bytes of digest per block (~0.05 % of the data; block locations
 //! are kept as runs, see [`Extents`]), plus the tree's upper layers (another 32 bytes per block)
@@ -85,6 +86,8 @@ pub struct DatasetWriter {
     settled: u64,
     /// Bytes of blocks written so far (the reservation covers at least these).
     written: u64,
+    /// Whether finish's first transaction ran: the session may name its dataset (and hold it).
+    named: bool,
     done: bool,
 }
 
@@ -159,6 +162,7 @@ impl Store {
             appended: 0,
             settled: 0,
             written: 0,
+            named: false,
             done: false,
         })
     }
@@ -302,6 +306,9 @@ impl DatasetWriter {
 
         let _serial = store.inner.finish_lock.lock();
         let session = self.session;
+        // From here a rollback serialises with finishes (see `rollback`), whether the first
+        // transaction commits or not.
+        self.named = true;
         // Whether the leaf rows this upload adds keep their proofs in `proofs` (and the tree
         // waits for the last transaction): see below.
         let keep_proofs = store.write(self.reserved, |t| {
@@ -499,7 +506,11 @@ impl DatasetWriter {
         self.done = true;
         self.release_reservation();
         let session = self.session;
-        let res = self.store.write(0, |t| t.end_session(session));
+        // A session that named its dataset may turn it into a partial dataset (and drop its
+        // tree): no finish may rely on that tree meanwhile.
+        let serial = self.named.then(|| self.store.inner.finish_lock.lock());
+        let res = self.store.end_session(session);
+        drop(serial);
         if let Err(e) = res.and_then(|()| self.drop_segment_if_empty()) {
             warn!(session, error = %e, "rolling back an unfinished upload failed; the next start will");
         }

@@ -15,6 +15,9 @@
 //! exactly the leaves stored before the kill, each with a valid proof, and reporting the rest
 //! missing (so the download fetches them); once they are put, B is whole.
 //!
+//! Another has a download store B's manifest and a leaf while B's upload writes its leaf
+//! index, and kills the upload: B must come back the same way (listed, partial, consistent).
+//!
 //! Two more scenarios kill a compaction pass (`crates/store/src/compact.rs`): the child stores
 //! 1025 standalone blocks in 16 MiB shared segments (four sealed, one open), deletes every other
 //! one of the first 1024, and compacts; it is killed **after the first batch of copies is synced
@@ -84,6 +87,10 @@ const MODE_OVER_PARTIAL: &str = "over-partial";
 /// Leaves of B a download stored before B's upload began, in the "over a partial download"
 /// scenario: some inside the leaf batches the upload commits before the kill, some beyond.
 const PARTIAL_B_LEAVES: &[u64] = &[0, 3, 12, 29];
+const MODE_LISTED_WHILE_WRITING: &str = "listed-while-writing";
+/// Leaves of B a download stores while B's upload writes its leaf index, in the "listed while
+/// writing" scenario: beyond the batches the upload commits before the kill.
+const LISTED_B_LEAVES: &[u64] = &[20];
 /// Seed of the compaction scenarios' blocks.
 const DATASET_C: u64 = 0xC;
 /// Blocks the compaction child stores: four full segments and one more.
@@ -225,6 +232,7 @@ fn crash_child() {
         MODE_COMPACT_SYNCED => child_in_compaction(&dir, stop_after_synced),
         MODE_COMPACT_COMMITTED => child_in_compaction(&dir, stop_after_committed),
         MODE_OVER_PARTIAL => child_over_partial(&dir),
+        MODE_LISTED_WHILE_WRITING => child_listed_while_writing(&dir),
         other => panic!("unknown crash child mode {other:?}"),
     }
 }
@@ -302,6 +310,47 @@ fn child_over_partial(dir: &Path) {
     let (a, _) = upload(&store, DATASET_A, A_BLOCKS).expect("child: upload A");
     say(&format!("A {a}"));
     download_part_of_b(&store, PARTIAL_B_LEAVES);
+    HOOK_ARMED.store(true, Ordering::SeqCst);
+    let res = upload(&store, DATASET_B, B_BLOCKS);
+    eprintln!("crash child: B's finish returned ({res:?}) without the crash hook stopping it");
+    std::process::exit(2);
+}
+
+/// The store of the "listed while writing" child, for its hook.
+static LISTING_STORE: std::sync::Mutex<Option<Store>> = std::sync::Mutex::new(None);
+
+/// The hook of the "listed while writing" child: after B's first leaf batch a download of B
+/// stores its manifest and some leaves; after the second, the child announces it and waits to
+/// be killed.
+fn listed_while_writing_hook(point: &'static str) {
+    if point != "finish:leaf-batch" || !HOOK_ARMED.load(Ordering::SeqCst) {
+        return;
+    }
+    let batch = LEAF_BATCHES.fetch_add(1, Ordering::SeqCst) + 1;
+    if batch == 1 {
+        let store = LISTING_STORE
+            .lock()
+            .expect("store slot")
+            .clone()
+            .expect("the child set the store");
+        download_part_of_b(&store, LISTED_B_LEAVES);
+    }
+    if batch == STOP_AT_BATCH {
+        announce_and_wait_for_the_kill("in finish");
+    }
+}
+
+/// B is uploaded; a download of B lists it while the upload writes, and the upload is killed.
+fn child_listed_while_writing(dir: &Path) {
+    let cfg = StoreConfig {
+        leaf_batch: LEAF_BATCH,
+        crash_hook: Some(listed_while_writing_hook),
+        ..quiet()
+    };
+    let store = Store::open(dir, cfg).expect("child: open store");
+    let (a, _) = upload(&store, DATASET_A, A_BLOCKS).expect("child: upload A");
+    say(&format!("A {a}"));
+    *LISTING_STORE.lock().expect("store slot") = Some(store.clone());
     HOOK_ARMED.store(true, Ordering::SeqCst);
     let res = upload(&store, DATASET_B, B_BLOCKS);
     eprintln!("crash child: B's finish returned ({res:?}) without the crash hook stopping it");
@@ -851,6 +900,34 @@ fn sigkill_inside_an_upload_over_a_partial_download_recovers() {
         &reported_a,
         &stored,
         "killed inside an upload over a partial download",
+    );
+}
+
+/// SIGKILL inside the finish of an upload of B, after a download of B stored B's manifest (and
+/// a leaf) meanwhile: B stays listed, as a partial dataset that says what it lacks. Before, the
+/// open rolled the upload back by marking B deleting while its manifest stayed listed, and a
+/// download of it was told "not stored" for good (found by review).
+#[test]
+fn sigkill_inside_an_upload_whose_dataset_a_download_listed_recovers() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store_dir = tmp.path().join("store");
+    let mut child = Crashee::spawn(
+        MODE_LISTED_WHILE_WRITING,
+        &store_dir,
+        tmp.path().join("child.stderr"),
+    );
+    let reported_a = child.wait_for("A ");
+    child.wait_for("in finish");
+    child.kill();
+    drop(child);
+    let written = (LEAF_BATCH * STOP_AT_BATCH) as u64;
+    let mut stored: Vec<u64> = (0..written).collect();
+    stored.extend(LISTED_B_LEAVES.iter().filter(|&&i| i >= written));
+    check_partial_b_recovered(
+        &store_dir,
+        &reported_a,
+        &stored,
+        "killed inside an upload whose dataset a download listed",
     );
 }
 

@@ -382,3 +382,86 @@ fn an_upload_over_a_partial_download_completes_it() {
     assert_whole(&store, &data, "once settled");
     assert_consistent(&store, "once settled");
 }
+
+// ---------------------------------------------------------------------------------------------
+// A new upload whose dataset a download lists meanwhile, given up.
+
+static LISTED: Shared = Mutex::new(None);
+static LISTED_BATCHES: AtomicUsize = AtomicUsize::new(0);
+/// Leaves the download stores at the upload's first leaf batch.
+static LISTED_LEAVES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// At the first leaf batch a download of the same dataset stores its manifest and some leaves;
+/// at the second the upload dies.
+fn listed_then_upload_dies(point: &'static str) {
+    if point != "finish:leaf-batch" || LISTED.lock().unwrap().is_none() {
+        return;
+    }
+    match LISTED_BATCHES.fetch_add(1, Ordering::SeqCst) {
+        0 => {
+            let (store, data) = shared(&LISTED);
+            let indices = LISTED_LEAVES.lock().unwrap().clone();
+            download_part(&store, &data, &indices);
+        }
+        1 => panic!("the upload dies between two leaf batches"),
+        _ => {}
+    }
+}
+
+/// Runs an upload of `data` that a download lists at its first leaf batch (storing the leaves
+/// `downloaded`) and that dies at its second; returns the store.
+fn upload_listed_then_given_up(seed: u64, downloaded: &[u64]) -> (Store, Vec<Block>) {
+    let store = Store::in_memory(config(2, listed_then_upload_dies)).unwrap();
+    let data = blocks(seed, 7);
+    LISTED_BATCHES.store(0, Ordering::SeqCst);
+    *LISTED_LEAVES.lock().unwrap() = downloaded.to_vec();
+    *LISTED.lock().unwrap() = Some((store.clone(), data.clone()));
+    let s = store.clone();
+    let d = data.clone();
+    let died = std::thread::spawn(move || upload(&s, &d)).join();
+    assert!(died.is_err(), "the upload died");
+    LISTED.lock().unwrap().take();
+    (store, data)
+}
+
+/// A dataset a download listed while an upload of the same data was writing it survives the
+/// upload given up, as a partial dataset that says what it lacks (so the download fetches it),
+/// serving the leaves it holds with their proofs. Before, the rollback marked the dataset
+/// deleting although its manifest stayed listed: the download was told "not stored" for good,
+/// and the listed dataset never came back (found by review).
+#[test]
+fn a_dataset_listed_while_an_upload_wrote_it_survives_the_upload_given_up() {
+    let _serial = LISTED_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (store, data) = upload_listed_then_given_up(6, &[5]);
+    assert_eq!(store.list_manifests().unwrap().len(), 1);
+    assert!(!store.reclaim_pending().unwrap());
+    assert_partial(&store, &data, &[0, 1, 2, 3, 5], "after the upload died");
+    assert_consistent(&store, "after the upload died");
+    // The download goes on and completes the dataset.
+    let tree = tree_of(&data);
+    store
+        .put_leaves(&tree.cid(), &[leaf(&data, &tree, 4), leaf(&data, &tree, 6)])
+        .unwrap();
+    assert_whole(&store, &data, "once the download completed");
+    assert!(store.maintenance(0).unwrap().settled > 0);
+    assert_eq!(store.proof_storage().unwrap().1, 0, "no proof kept");
+    assert_whole(&store, &data, "once settled");
+    assert_consistent(&store, "once settled");
+}
+
+/// The same, where the download had stored every leaf the upload had not: the dataset is whole
+/// when the upload is given up, and stays listed and whole.
+#[test]
+fn a_dataset_listed_and_completed_while_an_upload_wrote_it_stays_whole() {
+    let _serial = LISTED_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (store, data) = upload_listed_then_given_up(7, &[2, 3, 4, 5, 6]);
+    assert_eq!(store.list_manifests().unwrap().len(), 1);
+    assert_whole(&store, &data, "after the upload died");
+    assert_consistent(&store, "after the upload died");
+    store.maintenance(0).unwrap();
+    assert_eq!(store.proof_storage().unwrap().1, 0, "no proof kept");
+    assert_whole(&store, &data, "after a maintenance pass");
+}
+
+/// The two tests above share the hook's state.
+static LISTED_SERIAL: Mutex<()> = Mutex::new(());
