@@ -116,7 +116,8 @@ pub struct StoreConfig {
     /// [`Store::put_block`], [`Store::put_leaves`], [`Store::has_block`], [`Store::has_leaf`]
     /// and [`Store::get_leaves`] (`"put_block"`, `"put_leaves"`, `"has_block"`, `"has_leaf"`,
     /// `"get_leaves"`; the node's tests block there to stand in for a slow disk, or count
-    /// calls). It runs on the caller's thread. Not for production use.
+    /// calls), and in `put_block` and `put_leaves` between their look-up and their
+    /// transaction (`"put_block:checked"`, `"put_leaves:checked"`). It runs on the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
     /// Test hook: the free disk space to assume (bytes), instead of asking the file system;
@@ -987,7 +988,7 @@ impl Store {
                 let Some(pool) = pools.by_tree.get_mut(tree) else {
                     return 0;
                 };
-                let m = bytes.min(pool.bytes);
+                let m = bytes.get().min(pool.bytes);
                 pool.bytes -= m;
                 inner.download_reserved.fetch_sub(m, Ordering::Relaxed);
                 m
@@ -1076,8 +1077,34 @@ impl Store {
         };
         let key = cid.to_bytes();
         let expiry = self.expiry_from_now();
+        // A block found stored is not appended again; if it is deleted before the transaction
+        // below, the put goes round once more and appends it after all (`force`).
+        let mut force = false;
+        loop {
+            if let Some(new) = self.put_block_once(block, &key, manifest.as_ref(), expiry, force)? {
+                return Ok(new);
+            }
+            if force {
+                return Err(StoreError::IndexDamaged("a block appended is not stored"));
+            }
+            force = true;
+        }
+    }
+
+    /// One try of [`Store::put_block`]: `None` when the block was found stored (nothing
+    /// appended) but was gone by the time of the transaction, which then changed nothing.
+    /// With `force` the block is appended whether it is stored or not, and this cannot happen.
+    fn put_block_once(
+        &self,
+        block: &Block,
+        key: &[u8],
+        manifest: Option<&Manifest>,
+        expiry: u64,
+        force: bool,
+    ) -> Result<Option<bool>, StoreError> {
+        let cid = *block.cid();
         // The pin lives until the row is committed below.
-        let (loc, _pin) = if self.has_block(&cid)? {
+        let (loc, _pin) = if !force && self.has_block(&cid)? {
             (None, None)
         } else {
             self.check_quota(block.data().len() as u64, None)?;
@@ -1093,12 +1120,17 @@ impl Store {
             })?;
             (Some(loc), Some(pin))
         };
+        self.hook("put_block:checked");
         self.write(0, |t| {
-            let new = t.add_ref(&key, loc, true, expiry)?;
-            if let Some(m) = &manifest {
-                t.add_manifest(&key, &m.tree_cid.to_bytes(), m.blocks_count())?;
+            if loc.is_none() && t.get_block(key)?.is_none() {
+                // Deleted (or expired) since the look-up: nothing here holds its bytes.
+                return Ok(None);
             }
-            Ok(new)
+            let new = t.add_ref(key, loc, true, expiry)?;
+            if let Some(m) = manifest {
+                t.add_manifest(key, &m.tree_cid.to_bytes(), m.blocks_count())?;
+            }
+            Ok(Some(new))
         })
     }
 
@@ -1126,15 +1158,37 @@ impl Store {
                 index: other.index(),
             });
         }
+        // A block found stored is not appended again; if it is deleted (its dataset reclaimed)
+        // before the transaction, the put goes round once more and appends every leaf's bytes
+        // (`force`).
+        let mut force = false;
+        loop {
+            if self.put_leaves_once(tree, leaves, force)? {
+                return Ok(());
+            }
+            if force {
+                return Err(StoreError::IndexDamaged("a block appended is not stored"));
+            }
+            force = true;
+        }
+    }
+
+    /// One try of [`Store::put_leaves`]: `false` when a block found stored (nothing appended)
+    /// was gone by the time of the transaction, which then changed nothing. With `force` every
+    /// leaf's bytes are appended, and this cannot happen.
+    fn put_leaves_once(
+        &self,
+        tree: &Cid,
+        leaves: &[VerifiedLeaf],
+        force: bool,
+    ) -> Result<bool, StoreError> {
         let tree_key = tree.to_bytes();
         let not_stored = || StoreError::DatasetNotStored {
             tree: Box::new(*tree),
         };
         // Only bytes not stored yet are appended and counted against the quota: a leaf already
         // in the index, or a block another dataset holds, costs no disk.
-        // Bytes of the leaves not stored yet (whether their data is): what the download's
-        // reservation was held for, drawn down when they are committed.
-        let mut new_leaf_bytes = 0u64;
+        let mut new_bytes = 0u64;
         let needs_data: Vec<bool> = {
             let r = self.inner.db()?.begin_read()?;
             if !dataset_takes_leaves(&r, &tree_key)? {
@@ -1150,23 +1204,18 @@ impl Store {
                 let have_block = blocks
                     .get(leaf.block().cid().to_bytes().as_slice())?
                     .is_some();
-                if !have_leaf {
-                    new_leaf_bytes += leaf.block().data().len() as u64;
+                let new = !have_leaf && !have_block;
+                if new {
+                    new_bytes += leaf.block().data().len() as u64;
                 }
-                out.push(!have_leaf && !have_block);
+                out.push(new || force);
             }
             out
         };
-        let new_bytes: u64 = leaves
-            .iter()
-            .zip(&needs_data)
-            .filter(|(_, need)| **need)
-            .map(|(l, _)| l.block().data().len() as u64)
-            .sum();
         let mut locs: Vec<Option<Loc>> = vec![None; leaves.len()];
         // The pin lives until the rows are committed below.
         let mut _pin = None;
-        if new_bytes > 0 {
+        if needs_data.contains(&true) {
             self.check_quota(new_bytes, Some(&tree_key))?;
             let ((), pin) = self.with_shared(&self.inner.leaves_seg, WriteMode::Bulk, |w| {
                 for ((leaf, need), loc) in leaves.iter().zip(&needs_data).zip(&mut locs) {
@@ -1186,9 +1235,13 @@ impl Store {
             })?;
             _pin = Some(pin);
         }
+        self.hook("put_leaves:checked");
+        // Bytes of the leaves this transaction stores (whether their data is new): what the
+        // download's reservation was held for, drawn down with the commit.
+        let stored_bytes = std::cell::Cell::new(0);
         let consume = Consume::Download {
             tree: &tree_key,
-            bytes: new_leaf_bytes,
+            bytes: &stored_bytes,
         };
         self.write_consuming(0, consume, |t| {
             // Checked again where it counts: a delete may have come since the read above (the
@@ -1198,18 +1251,31 @@ impl Store {
             {
                 return Err(not_stored());
             }
-            for (leaf, loc) in leaves.iter().zip(locs) {
+            let mut todo = Vec::with_capacity(leaves.len());
+            for (leaf, loc) in leaves.iter().zip(&locs) {
                 if t.leaves.get((tree_key.as_slice(), leaf.index()))?.is_some() {
                     continue;
                 }
                 let cid = leaf.block().cid().to_bytes();
-                t.add_ref(&cid, loc, false, 0)?;
+                if loc.is_none() && t.get_block(&cid)?.is_none() {
+                    // Found stored by the read above, deleted since: nothing here holds its
+                    // bytes. Nothing has been changed yet.
+                    return Ok(false);
+                }
+                todo.push((leaf, cid, *loc));
+            }
+            for (leaf, cid, loc) in todo {
                 let key = (tree_key.as_slice(), leaf.index());
+                if t.leaves.get(key)?.is_some() {
+                    continue; // the same leaf twice in one call
+                }
+                t.add_ref(&cid, loc, false, 0)?;
                 t.leaves.insert(key, (cid.as_slice(), &[][..]))?;
                 // Until the dataset's tree is stored (`settle_tree`), the proof it came with.
                 t.proofs.insert(key, &leaf.proof().encode()[..])?;
+                stored_bytes.set(stored_bytes.get() + leaf.block().data().len() as u64);
             }
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -1999,8 +2065,12 @@ pub(crate) enum Consume<'a> {
         bytes: u64,
         taken: &'a std::cell::Cell<bool>,
     },
-    /// A download's reservation for dataset `tree` (tree CID bytes).
-    Download { tree: &'a [u8], bytes: u64 },
+    /// A download's reservation for dataset `tree` (tree CID bytes): `bytes` of it, set by
+    /// the transaction (the leaves it stores; 0 if it stores none).
+    Download {
+        tree: &'a [u8],
+        bytes: &'a std::cell::Cell<u64>,
+    },
 }
 
 impl Drop for Inner {

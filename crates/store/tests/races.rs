@@ -465,3 +465,65 @@ fn a_dataset_listed_and_completed_while_an_upload_wrote_it_stays_whole() {
 
 /// The two tests above share the hook's state.
 static LISTED_SERIAL: Mutex<()> = Mutex::new(());
+
+// ---------------------------------------------------------------------------------------------
+// A put racing a delete of the block it found stored.
+
+static PUT_RACE: Mutex<Option<(Store, Vec<Cid>)>> = Mutex::new(None);
+
+/// Once a put has seen its block stored (and so appends nothing), the manifests in the state
+/// are deleted (the block with them) and what they held is reclaimed.
+fn delete_after_the_check(point: &'static str) {
+    if point != "put_block:checked" && point != "put_leaves:checked" {
+        return;
+    }
+    let Some((store, doomed)) = PUT_RACE.lock().unwrap().take() else {
+        return;
+    };
+    for cid in &doomed {
+        store.delete(cid).unwrap();
+    }
+    store.reclaim_now().unwrap();
+}
+
+/// A put of a block that is deleted between the put's look-up (stored: nothing to append) and
+/// its transaction stores the block. Before, it failed with `IndexDamaged("new block without
+/// data")` (found by review).
+#[test]
+fn a_put_racing_a_delete_of_its_block_stores_it() {
+    let _serial = PUT_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = Store::in_memory(config(8, delete_after_the_check)).unwrap();
+    let b = block(8, 0);
+    assert!(store.put_block(&b).unwrap());
+    *PUT_RACE.lock().unwrap() = Some((store.clone(), vec![*b.cid()]));
+    assert!(store.put_block(&b).unwrap(), "stored anew");
+    assert!(PUT_RACE.lock().unwrap().is_none(), "the hook ran");
+    assert_eq!(store.get_block(b.cid()).unwrap().unwrap().data(), b.data());
+    assert_consistent(&store, "after the put");
+}
+
+/// Leaves whose block another dataset holds, put while that dataset is deleted and reclaimed
+/// between the put's look-up and its transaction, are stored (their bytes appended after all).
+/// Before, the put failed with `IndexDamaged("new block without data")` (found by review).
+#[test]
+fn leaves_put_racing_the_reclaim_of_their_blocks_are_stored() {
+    let _serial = PUT_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = Store::in_memory(config(8, delete_after_the_check)).unwrap();
+    // Two datasets that share their first two blocks.
+    let first = blocks(9, 3);
+    let mut second = first[..2].to_vec();
+    second.push(block(10, 0));
+    let stored = upload(&store, &first).unwrap();
+    download_part(&store, &second, &[]);
+    let tree = tree_of(&second);
+    *PUT_RACE.lock().unwrap() = Some((store.clone(), vec![stored.manifest_cid]));
+    let leaves: Vec<VerifiedLeaf> = (0..3).map(|i| leaf(&second, &tree, i)).collect();
+    store.put_leaves(&tree.cid(), &leaves).unwrap();
+    assert!(PUT_RACE.lock().unwrap().is_none(), "the hook ran");
+    assert!(store.get_manifest(&stored.manifest_cid).unwrap().is_none());
+    assert_whole(&store, &second, "after the put");
+    assert_consistent(&store, "after the put");
+}
+
+/// The two tests above share the hook's state.
+static PUT_SERIAL: Mutex<()> = Mutex::new(());
