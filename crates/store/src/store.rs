@@ -117,7 +117,9 @@ pub struct StoreConfig {
     /// and [`Store::get_leaves`] (`"put_block"`, `"put_leaves"`, `"has_block"`, `"has_leaf"`,
     /// `"get_leaves"`; the node's tests block there to stand in for a slow disk, or count
     /// calls), and in `put_block` and `put_leaves` between their look-up and their
-    /// transaction (`"put_block:checked"`, `"put_leaves:checked"`). It runs on the caller's thread. Not for production use.
+    /// transaction (`"put_block:checked"`, `"put_leaves:checked"`), and in every write
+    /// transaction between its commit and the update of the in-memory counters
+    /// (`"write:committed"`). It runs on the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
     /// Test hook: the free disk space to assume (bytes), instead of asking the file system;
@@ -245,8 +247,14 @@ pub(crate) struct Inner {
     /// it. Changed only while holding `reserved`; quota checks count it, so no check sees the
     /// bytes twice or not at all.
     pub(crate) pending: AtomicU64,
-    /// Mirror of the `used_bytes` counter, updated after every commit.
+    /// Mirror of the `used_bytes` counter of the last commit (see [`Commits`]).
     pub(crate) used: AtomicU64,
+    /// Numbers write transactions in the order they take the index's writer, which is the
+    /// order they commit in.
+    write_seq: AtomicU64,
+    /// Which commit `used` mirrors, and `pending` by transaction. Locked only while holding
+    /// `reserved`.
+    commits: Mutex<Commits>,
     /// The shared segment for single puts.
     misc: Mutex<Option<SegmentWriter>>,
     /// The shared segment for network leaves ([`Store::put_leaves`]): whole blocks in batches,
@@ -500,6 +508,8 @@ impl Store {
             download_pools: Mutex::new(Pools::default()),
             pending: AtomicU64::new(0),
             used: AtomicU64::new(0),
+            write_seq: AtomicU64::new(0),
+            commits: Mutex::new(Commits::default()),
             misc: Mutex::new(None),
             leaves_seg: Mutex::new(None),
             finish_lock: Mutex::new(()),
@@ -669,6 +679,8 @@ impl Store {
             ));
         }
         let txn = db.begin_write()?;
+        // Taken while holding the writer: every transaction numbered lower has ended.
+        let seq = self.inner.write_seq.fetch_add(1, Ordering::Relaxed) + 1;
         // Read once this transaction holds the writer: a transaction committed before it has
         // moved what it consumed out of the reservations already.
         let reserved = self.inner.reserved.lock().saturating_sub(own_reservation);
@@ -685,14 +697,28 @@ impl Store {
             let pinned = self.pinned();
             (out, used, t.finish(&pinned)?)
         };
-        let moved = self.take_reserved(consume);
+        self.take_reserved(consume, seq);
         let committed = txn.commit();
+        self.hook("write:committed");
         {
             let _reservations = self.inner.reserved.lock();
-            if committed.is_ok() {
+            let mut commits = self.inner.commits.lock();
+            // The next writer may have committed and got here first: then its value stands.
+            if committed.is_ok() && seq > commits.mirrored {
                 self.inner.used.store(used, Ordering::Relaxed);
+                commits.mirrored = seq;
+                // `used` now counts what every transaction up to this one stored (those before
+                // it ended before it began); what they took from a reservation is not pending
+                // any more, whether their own update has run yet or not.
+                let later = commits.pending.split_off(&(seq + 1));
+                let done: u64 = std::mem::replace(&mut commits.pending, later)
+                    .into_values()
+                    .sum();
+                self.inner.pending.fetch_sub(done, Ordering::Relaxed);
+            } else if let Some(moved) = commits.pending.remove(&seq) {
+                // Failed: what it took from a reservation is given back (room, not use).
+                self.inner.pending.fetch_sub(moved, Ordering::Relaxed);
             }
-            self.inner.pending.fetch_sub(moved, Ordering::Relaxed);
         }
         committed?;
         for seg in dead {
@@ -965,9 +991,9 @@ impl Store {
         Ok(sealed)
     }
 
-    /// Moves what `consume` names out of its reservation into `pending` (just before a
-    /// commit); returns the bytes moved.
-    fn take_reserved(&self, consume: Consume<'_>) -> u64 {
+    /// Moves what `consume` names out of its reservation into `pending` (just before the
+    /// commit of transaction `seq`).
+    fn take_reserved(&self, consume: Consume<'_>, seq: u64) {
         let inner = &self.inner;
         let mut uploads = inner.reserved.lock();
         let moved = match consume {
@@ -986,7 +1012,7 @@ impl Store {
             Consume::Download { tree, bytes } => {
                 let mut pools = inner.download_pools.lock();
                 let Some(pool) = pools.by_tree.get_mut(tree) else {
-                    return 0;
+                    return;
                 };
                 let m = bytes.get().min(pool.bytes);
                 pool.bytes -= m;
@@ -994,8 +1020,10 @@ impl Store {
                 m
             }
         };
-        inner.pending.fetch_add(moved, Ordering::Relaxed);
-        moved
+        if moved > 0 {
+            inner.pending.fetch_add(moved, Ordering::Relaxed);
+            inner.commits.lock().pending.insert(seq, moved);
+        }
     }
 
     /// Whether `len` more bytes fit beside what is used and reserved, leaving out the download
@@ -2052,6 +2080,21 @@ struct Pool {
     holders: usize,
 }
 
+/// How the in-memory `used` counter follows the commits. A commit lets the next writer in
+/// before its own thread updates the counters, so two updates may come in either order: each
+/// transaction is numbered as it takes the writer, and `used` only ever takes the value of a
+/// later commit than the one it mirrors. Bytes a transaction took from a reservation are in
+/// `pending` until `used` counts them, which is as soon as it mirrors that transaction or a
+/// later one. Before, an older commit's value could overwrite a newer one's, and the counter
+/// said less was used than the index did until the next commit.
+#[derive(Debug, Default)]
+struct Commits {
+    /// The transaction whose `used_bytes` `used` mirrors.
+    mirrored: u64,
+    /// Bytes in `pending`, by the transaction that took them from a reservation.
+    pending: std::collections::BTreeMap<u64, u64>,
+}
+
 /// What a write transaction's blocks were reserved in ([`Store::write_consuming`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Consume<'a> {
@@ -2451,6 +2494,63 @@ mod tests {
         drop(first);
         assert_eq!(store.inner.upload_appended.load(Ordering::SeqCst), 0);
         assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
+    }
+
+    static COMMIT_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static COMMIT_PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static COMMIT_RESUME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Holds the first write transaction after arming between its commit and its update of the
+    /// in-memory counters, until the test says resume (bounded).
+    fn pause_after_a_commit(point: &'static str) {
+        if point == "write:committed" && COMMIT_ARMED.swap(false, Ordering::SeqCst) {
+            COMMIT_PAUSED.store(true, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !COMMIT_RESUME.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// The in-memory `used` counter (what quota checks and `space` read) is the value of the
+    /// last commit. A transaction's commit lets the next writer in before the first updates the
+    /// counter, and the first's older value used to overwrite the next one's: the counter then
+    /// said less was used than the index (found by review).
+    #[test]
+    fn the_used_counter_is_the_last_commits() {
+        let store = Store::in_memory(StoreConfig {
+            background_reclaim: false,
+            crash_hook: Some(pause_after_a_commit),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        // Opens the shared segment, so the puts below each write one transaction.
+        store
+            .put_block(&Block::data_block(Bytes::from_static(b"first")))
+            .unwrap();
+        COMMIT_ARMED.store(true, Ordering::SeqCst);
+        let s = store.clone();
+        let older = std::thread::spawn(move || {
+            s.put_block(&Block::data_block(Bytes::from(vec![1u8; 1000])))
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !COMMIT_PAUSED.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "no commit paused");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A younger transaction commits and updates the counter meanwhile.
+        store
+            .put_block(&Block::data_block(Bytes::from(vec![2u8; 3000])))
+            .unwrap();
+        COMMIT_RESUME.store(true, Ordering::SeqCst);
+        older.join().unwrap().unwrap();
+        let audit = store.audit().unwrap();
+        assert_eq!(audit.used_recorded, audit.used_actual, "{audit:?}");
+        assert_eq!(
+            store.space().unwrap().quota_used_bytes,
+            audit.used_recorded,
+            "the in-memory counter"
+        );
     }
 
     /// A dataset row no manifest names and no upload writes (earlier versions left one when a
