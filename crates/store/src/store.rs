@@ -907,7 +907,7 @@ impl Store {
     }
 
     /// The slot of the shared segment for network leaves, or for single puts.
-    fn shared_slot(&self, leaves: bool) -> &Mutex<Option<SegmentWriter>> {
+    pub(crate) fn shared_slot(&self, leaves: bool) -> &Mutex<Option<SegmentWriter>> {
         if leaves {
             &self.inner.leaves_seg
         } else {
@@ -2303,6 +2303,59 @@ mod tests {
         let audit = store.audit().unwrap();
         assert_eq!(audit.used_recorded, audit.used_actual);
         assert_eq!(audit.blocks_recorded, audit.blocks_actual);
+    }
+
+    /// A shared segment whose seal failed as it rolled over (the index could not be written)
+    /// is sealed by a later compaction pass, and so freed once nothing in it is live. Before,
+    /// nothing looked at it again until a restart: no writer appended to it, and compaction and
+    /// deletion only free sealed segments (found by review).
+    #[test]
+    fn a_segment_whose_seal_failed_is_sealed_by_a_later_pass() {
+        const BS: usize = 64 * 1024;
+        let dir = tempfile::TempDir::new().unwrap();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = filling_disk(dir.path(), &full);
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            segment_roll_bytes: 2 * BS as u64,
+            ..StoreConfig::default()
+        };
+        let store = Store::open_with(dir.path(), cfg, open).unwrap();
+        let blocks: Vec<Block> = (0..3u8)
+            .map(|i| Block::data_block(Bytes::from(vec![i; BS])))
+            .collect();
+        store.put_block(&blocks[0]).unwrap();
+        store.put_block(&blocks[1]).unwrap();
+        let first = {
+            let r = store.inner.db().unwrap().begin_read().unwrap();
+            let row = r
+                .open_table(BLOCKS)
+                .unwrap()
+                .get(blocks[0].cid().to_bytes().as_slice())
+                .unwrap()
+                .unwrap()
+                .value();
+            BlockRec::from_tuple(row).seg
+        };
+        // The third put rolls the segment over, and its seal cannot be written.
+        full.store(true, Ordering::SeqCst);
+        assert!(store.put_block(&blocks[2]).unwrap_err().is_disk_full());
+        full.store(false, Ordering::SeqCst);
+        store.put_block(&blocks[2]).unwrap();
+        for b in &blocks[..2] {
+            store.delete(b.cid()).unwrap();
+        }
+        let report = store.compact().unwrap();
+        assert_eq!(report.segments_freed, 1, "{report:?}");
+        assert!(store.inner.segs.size(first).is_err(), "its file is gone");
+        assert_eq!(store.disk_bytes().unwrap(), BS as u64);
+        assert_eq!(
+            store.get_block(blocks[2].cid()).unwrap().unwrap().data(),
+            blocks[2].data()
+        );
+        let audit = store.audit().unwrap();
+        assert!(audit.segments_consistent, "{audit:?}");
+        assert_eq!(audit.used_recorded, audit.used_actual, "{audit:?}");
     }
 
     static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
