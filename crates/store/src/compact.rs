@@ -430,8 +430,16 @@ impl Store {
         m: &Move,
         report: &mut CompactReport,
     ) -> Result<Option<Block>, StoreError> {
-        let len =
-            usize::try_from(m.rec.len).map_err(|_| StoreError::IndexDamaged("block length"))?;
+        let Ok(len) = m.rec.read_len() else {
+            warn!(
+                seg = m.rec.seg,
+                off = m.rec.off,
+                len = m.rec.len,
+                "block row names an impossible length; not compacted"
+            );
+            report.corrupt_blocks += 1;
+            return Ok(None);
+        };
         let data = match self.inner.segs.read(m.rec.seg, m.rec.off, len) {
             Ok(d) => d,
             // The segment went (its blocks were deleted since the scan).

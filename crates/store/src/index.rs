@@ -101,6 +101,18 @@ impl BlockRec {
         }
     }
 
+    /// The block's length as a read of its bytes wants it: [`StoreError::IndexDamaged`] when
+    /// it is longer than any block the store keeps ([`crate::MAX_BLOCK_BYTES`]), so a damaged
+    /// row never makes a read allocate its length.
+    pub(crate) fn read_len(&self) -> Result<usize, StoreError> {
+        if self.len > crate::MAX_BLOCK_BYTES {
+            return Err(StoreError::IndexDamaged(
+                "block length beyond the largest block",
+            ));
+        }
+        usize::try_from(self.len).map_err(|_| StoreError::IndexDamaged("block length"))
+    }
+
     fn to_tuple(self) -> BlockRow {
         let mut flags = u64::from(self.standalone);
         if let Some(c) = self.checksum {

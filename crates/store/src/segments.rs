@@ -153,8 +153,16 @@ impl Segments {
         }
     }
 
-    /// Reads `len` bytes at `offset` of segment `id`.
+    /// Reads `len` bytes at `offset` of segment `id`. A length beyond the largest block
+    /// ([`crate::MAX_BLOCK_BYTES`]; callers check it first, as index damage) is refused
+    /// (`InvalidInput`) before anything is allocated.
     pub(crate) fn read(&self, id: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        if len as u64 > crate::MAX_BLOCK_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a read of {len} bytes is longer than any block"),
+            ));
+        }
         match self {
             Segments::Dir { dir, readers } => {
                 let file = {

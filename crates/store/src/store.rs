@@ -64,6 +64,25 @@ const RECLAIM_POLL: Duration = Duration::from_secs(5);
 /// 1.69 s, unsorted); see BENCHMARKS.md.
 const DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The largest block the store keeps, in bytes: the protocol's largest block size
+/// (`cairn_core::manifest::MAX_BLOCK_SIZE`, 100 MiB, as the reference). Puts of larger blocks
+/// are refused ([`StoreError::BlockTooLarge`]), so a `blocks` row naming a longer one is
+/// damaged, and a read reports it ([`StoreError::IndexDamaged`]) rather than allocate that
+/// many bytes first: a damaged length of a terabyte aborted the process.
+pub const MAX_BLOCK_BYTES: u64 = cairn_core::manifest::MAX_BLOCK_SIZE;
+
+/// [`StoreError::BlockTooLarge`] if a block of `len` bytes is larger than the store keeps.
+pub(crate) fn check_block_len(len: usize) -> Result<(), StoreError> {
+    let len = len as u64;
+    if len > MAX_BLOCK_BYTES {
+        return Err(StoreError::BlockTooLarge {
+            len,
+            max: MAX_BLOCK_BYTES,
+        });
+    }
+    Ok(())
+}
+
 /// The index database's file name in the data directory.
 const INDEX_FILE: &str = "index.redb";
 
@@ -789,8 +808,7 @@ impl Store {
     pub(crate) fn read_verified(&self, cid: &Cid, rec: BlockRec) -> Result<Block, StoreError> {
         let mut rec = rec;
         let data = loop {
-            let len =
-                usize::try_from(rec.len).map_err(|_| StoreError::IndexDamaged("block length"))?;
+            let len = rec.read_len()?;
             match self.inner.segs.read(rec.seg, rec.off, len) {
                 Ok(d) => break d,
                 Err(e)
@@ -1098,6 +1116,7 @@ impl Store {
         if cid == empty_block_cid() {
             return Ok(false);
         }
+        check_block_len(block.data().len())?;
         let manifest = if cid.codec() == Codec::Manifest.code() {
             Some(Manifest::from_block(block)?)
         } else {
@@ -1185,6 +1204,9 @@ impl Store {
                 leaf_tree: Box::new(*other.tree()),
                 index: other.index(),
             });
+        }
+        for leaf in leaves {
+            check_block_len(leaf.block().data().len())?;
         }
         // A block found stored is not appended again; if it is deleted (its dataset reclaimed)
         // before the transaction, the put goes round once more and appends every leaf's bytes
@@ -2356,6 +2378,48 @@ mod tests {
         let audit = store.audit().unwrap();
         assert!(audit.segments_consistent, "{audit:?}");
         assert_eq!(audit.used_recorded, audit.used_actual, "{audit:?}");
+    }
+
+    /// A block row whose length is damaged (far beyond any block) is reported as index damage,
+    /// not allocated: the read reserved that many bytes before reading, and a length of a
+    /// terabyte aborted the whole process (found by review).
+    #[test]
+    fn a_damaged_block_length_is_reported_not_allocated() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        let b = Block::data_block(Bytes::from_static(b"a block whose row gets damaged"));
+        store.put_block(&b).unwrap();
+        let key = b.cid().to_bytes();
+        store
+            .write(0, |t| {
+                let mut row = t.blocks.get(key.as_slice())?.unwrap().value();
+                row.2 = 1 << 40;
+                t.blocks.insert(key.as_slice(), row)?;
+                Ok(())
+            })
+            .unwrap();
+        match store.get_block(b.cid()) {
+            Err(StoreError::IndexDamaged(_)) => {}
+            other => panic!("expected IndexDamaged, got {other:?}"),
+        }
+        // And no put stores a block longer than that bound, so a row that names one is damage.
+        let len = usize::try_from(MAX_BLOCK_BYTES).unwrap() + 1;
+        let big = Block::from_parts_unchecked(*b.cid(), Bytes::from(vec![0u8; len]));
+        match store.put_block(&big) {
+            Err(StoreError::BlockTooLarge { len: l, max }) => {
+                assert_eq!((l, max), (len as u64, MAX_BLOCK_BYTES));
+            }
+            other => panic!("expected BlockTooLarge, got {other:?}"),
+        }
+        let mut w = store.begin_dataset().unwrap();
+        assert!(matches!(
+            w.write(&big),
+            Err(StoreError::BlockTooLarge { .. })
+        ));
     }
 
     static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -244,7 +244,12 @@ impl DatasetWriter {
     /// [`StoreError::QuotaExceeded`] when it would not fit; the caller then drops the writer.
     pub fn write(&mut self, block: &Block) -> Result<(), StoreError> {
         let len = block.data().len() as u64;
-        let len32 = u32::try_from(len).map_err(|_| StoreError::IndexDamaged("block too large"))?;
+        crate::store::check_block_len(block.data().len())?;
+        // `MAX_BLOCK_BYTES` fits in 32 bits.
+        let len32 = u32::try_from(len).map_err(|_| StoreError::BlockTooLarge {
+            len,
+            max: crate::MAX_BLOCK_BYTES,
+        })?;
         let digest = cid_digest(block.cid()).map_err(|_| StoreError::IndexDamaged("block hash"))?;
         // Room reserved up front covers the block; else reserve it now.
         self.reserve_more((self.written + len).saturating_sub(self.reserved))?;
