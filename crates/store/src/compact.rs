@@ -10,7 +10,8 @@
 //!
 //! A compaction pass ([`Store::compact`], run by every maintenance pass) frees them:
 //!
-//! 0. **Seal.** The open shared segments are sealed first if they meet the rule below (and no
+//! 0. **Seal.** Segments no one writes that were left unsealed (a seal that failed) are
+//!    sealed. The open shared segments are sealed first if they meet the rule below (and no
 //!    put's rows are on their way into them), so deleted downloads that shared the open segment
 //!    with kept ones are freed too, not when it fills up; the next put opens a new segment.
 //! 1. **Pick.** Sealed segments (no writer will append again) whose live bytes are at most
@@ -50,7 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     Store, StoreError,
-    index::{BLOCKS, BlockRec, Loc, SEGMENTS, checksum},
+    index::{BLOCKS, BlockRec, Loc, SEGMENTS, SESSIONS, checksum},
     segments::WriteMode,
     store::checked_block,
 };
@@ -130,6 +131,31 @@ pub(crate) fn pick(segments: &[SegmentUse], pass_bytes: u64) -> Vec<u64> {
     picked
 }
 
+/// The unsealed segments in `segments` that are not `open` (a shared slot's) and not an upload
+/// session's (in `sessions`): see [`Store::seal_abandoned_segments`].
+fn abandoned(
+    segments: &impl ReadableTable<u64, (u64, u64)>,
+    sessions: &impl ReadableTable<u64, (u64, &'static [u8])>,
+    open: &HashSet<u64>,
+) -> Result<Vec<u64>, StoreError> {
+    let mut unsealed = Vec::new();
+    for e in segments.iter()? {
+        let (k, v) = e?;
+        if v.value().1 == 0 && !open.contains(&k.value()) {
+            unsealed.push(k.value());
+        }
+    }
+    if unsealed.is_empty() {
+        return Ok(unsealed);
+    }
+    let mut uploads = HashSet::new();
+    for e in sessions.iter()? {
+        uploads.insert(e?.1.value().0);
+    }
+    unsealed.retain(|id| !uploads.contains(id));
+    Ok(unsealed)
+}
+
 /// One block to copy: its CID bytes and its row when the pass collected it.
 struct Move {
     cid: Vec<u8>,
@@ -143,6 +169,8 @@ impl Store {
     pub fn compact(&self) -> Result<CompactReport, StoreError> {
         let _one_pass = self.inner.compact_lock.lock();
         let mut report = CompactReport::default();
+        // Segments whose seal failed are sealed now, so the rest of the pass sees them.
+        self.seal_abandoned_segments()?;
         // An open shared segment whose blocks were all deleted (a download deleted before its
         // segment filled up) would otherwise wait for the next writes to roll it over.
         for leaves_slot in [true, false] {
@@ -197,6 +225,48 @@ impl Store {
             );
         }
         Ok(report)
+    }
+
+    /// Seals the segments no writer appends to any more that were left unsealed: a shared
+    /// segment whose seal failed as it rolled over or after a failed append (the index could
+    /// not be written; the error is the put's, or only logged), or whose file could not be
+    /// created. Only sealed segments are compacted or deleted once empty, so such a segment
+    /// used to stay until a restart sealed it. A segment is being written while it is a shared
+    /// slot's open segment, an upload session's, or this pass's copy target (passes are
+    /// serialised, and this runs before the pass makes one); every other unsealed one is
+    /// sealed. Holding both shared slots keeps one from being opened or rolled over meanwhile.
+    /// The check is made on a read transaction first, so a pass with nothing to seal commits
+    /// nothing.
+    fn seal_abandoned_segments(&self) -> Result<(), StoreError> {
+        let leaves = self.shared_slot(true).lock();
+        let misc = self.shared_slot(false).lock();
+        let open: HashSet<u64> = [leaves.as_ref(), misc.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|w| w.id())
+            .collect();
+        let found = {
+            let r = self.inner.db()?.begin_read()?;
+            abandoned(&r.open_table(SEGMENTS)?, &r.open_table(SESSIONS)?, &open)?
+        };
+        if found.is_empty() {
+            return Ok(());
+        }
+        let sealed = self.write(0, |t| {
+            // Checked again where it counts.
+            let ids = abandoned(&t.segments, &t.sessions, &open)?;
+            for id in &ids {
+                t.seal_segment(*id)?;
+            }
+            Ok(ids)
+        })?;
+        if !sealed.is_empty() {
+            info!(
+                segments = ?sealed,
+                "sealed segments left unsealed by an earlier failure"
+            );
+        }
+        Ok(())
     }
 
     /// Deletes the sealed segments in `empty` that still hold nothing live and have no rows on
@@ -360,8 +430,16 @@ impl Store {
         m: &Move,
         report: &mut CompactReport,
     ) -> Result<Option<Block>, StoreError> {
-        let len =
-            usize::try_from(m.rec.len).map_err(|_| StoreError::IndexDamaged("block length"))?;
+        let Ok(len) = m.rec.read_len() else {
+            warn!(
+                seg = m.rec.seg,
+                off = m.rec.off,
+                len = m.rec.len,
+                "block row names an impossible length; not compacted"
+            );
+            report.corrupt_blocks += 1;
+            return Ok(None);
+        };
         let data = match self.inner.segs.read(m.rec.seg, m.rec.off, len) {
             Ok(d) => d,
             // The segment went (its blocks were deleted since the scan).

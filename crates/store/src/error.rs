@@ -48,6 +48,14 @@ pub enum StoreError {
         /// The block.
         cid: Cid,
     },
+    /// A block is larger than the store keeps ([`crate::MAX_BLOCK_BYTES`]). Nothing was written.
+    #[error("block of {len} bytes is larger than the largest block stored ({max} bytes)")]
+    BlockTooLarge {
+        /// The block's length.
+        len: u64,
+        /// The largest block stored.
+        max: u64,
+    },
     /// A dataset needs at least one block.
     #[error("a dataset needs at least one block")]
     EmptyDataset,

@@ -10,8 +10,18 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::{
     StoreError,
-    trees::{PROOFS, TREES, TreeKey, remove_tree},
+    trees::{PROOFS, ProofSource, TREES, TreeKey, has_tree, remove_tree},
 };
+
+/// What [`Tables::end_session`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SessionEnd {
+    /// The session is gone.
+    Ended,
+    /// Nothing changed: the listed dataset `tree` (of `nleaves` leaves) the session was writing
+    /// is partial, and its rows that rely on its tree need their proofs before it can go.
+    NeedsProofs { tree: Vec<u8>, nleaves: u64 },
+}
 
 /// A `blocks` row: (segment, offset, length, dataset refs, flags, expiry). `flags`: bit 0 is
 /// the standalone flag, bit 1 says bits 32–63 hold the CRC32C of the block's bytes (rows
@@ -89,6 +99,18 @@ impl BlockRec {
             // The shift leaves exactly the 32 checksum bits.
             checksum: (flags & FLAG_CHECKSUM != 0).then_some((flags >> CHECKSUM_SHIFT) as u32),
         }
+    }
+
+    /// The block's length as a read of its bytes wants it: [`StoreError::IndexDamaged`] when
+    /// it is longer than any block the store keeps ([`crate::MAX_BLOCK_BYTES`]), so a damaged
+    /// row never makes a read allocate its length.
+    pub(crate) fn read_len(&self) -> Result<usize, StoreError> {
+        if self.len > crate::MAX_BLOCK_BYTES {
+            return Err(StoreError::IndexDamaged(
+                "block length beyond the largest block",
+            ));
+        }
+        usize::try_from(self.len).map_err(|_| StoreError::IndexDamaged("block length"))
     }
 
     fn to_tuple(self) -> BlockRow {
@@ -354,8 +376,6 @@ impl<'txn> Tables<'txn> {
         self.put_dataset(tree, ds)
     }
 
-    /// Removes a manifest from the listing, drops its block, and marks its dataset for deletion
-    /// when no other manifest names it. Returns whether the manifest was listed.
     /// The dataset (tree CID bytes) manifest `manifest_cid` is listed for, if it is.
     pub(crate) fn manifest_tree(&self, manifest_cid: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
@@ -364,6 +384,9 @@ impl<'txn> Tables<'txn> {
             .map(|t| t.value().to_vec()))
     }
 
+    /// Removes a manifest from the listing, drops its block, and marks its dataset for deletion
+    /// when no other manifest names it and no upload session holds it
+    /// ([`Tables::session_holds`]). Returns whether the manifest was listed.
     pub(crate) fn remove_manifest(&mut self, manifest_cid: &[u8]) -> Result<bool, StoreError> {
         let tree = match self.manifests.remove(manifest_cid)? {
             Some(t) => t.value().to_vec(),
@@ -374,13 +397,138 @@ impl<'txn> Tables<'txn> {
         self.drop_ref(manifest_cid, true)?;
         if let Some(mut ds) = self.get_dataset(&tree)? {
             ds.manifest_refs = ds.manifest_refs.saturating_sub(1);
-            if ds.manifest_refs == 0 {
+            if ds.manifest_refs == 0 && !self.session_holds(&tree, None)? {
                 self.mark_deleting(&tree, ds)?;
             } else {
                 self.put_dataset(&tree, ds)?;
             }
         }
         Ok(true)
+    }
+
+    /// Whether an upload session other than `except` holds dataset `tree`: it named the tree
+    /// (its `sessions` row, written in the first transaction of its finish) and has not ended.
+    /// A held dataset is not marked for deletion when no manifest names it any more: the
+    /// upload writes its leaves and lists it again, and marking it would let the upload's last
+    /// transaction wipe what it wrote (or the reclaimer drop it meanwhile). Its session's end
+    /// ([`Tables::end_session`]) decides instead. Scans `sessions`: one row per upload in
+    /// progress.
+    pub(crate) fn session_holds(
+        &self,
+        tree: &[u8],
+        except: Option<u64>,
+    ) -> Result<bool, StoreError> {
+        for entry in self.sessions.iter()? {
+            let (k, v) = entry?;
+            if Some(k.value()) != except && v.value().1 == tree {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Ends upload session `session`, which did not finish (given up, or interrupted by a
+    /// crash): its row goes and its segment is sealed, and the dataset it named
+    /// ([`Tables::session_holds`]) is left consistent:
+    ///
+    /// * no manifest names it: it is marked for deletion, unless another session holds it
+    ///   (that session's end decides);
+    /// * a manifest names it (a download listed it meanwhile) and it is still being written:
+    ///   it turns active as the partial dataset it is. Its tree stays only if every leaf is
+    ///   stored (an active dataset with a tree is whole); otherwise the rows that relied on
+    ///   the tree must have their proofs in `proofs` first. When they may not (`proofs_kept`
+    ///   false), nothing is changed and [`SessionEnd::NeedsProofs`] says so: the caller writes
+    ///   them ([`Tables::proofs_from_tree`], in batches) and calls again with `proofs_kept`;
+    ///   the session keeps holding the dataset meanwhile, so a crash in between does it again
+    ///   at the next open.
+    ///
+    /// Another session holding the dataset may be given up too, but is not finishing: callers
+    /// hold the store's finish lock (or run at open), so no finish relies on the tree meanwhile.
+    pub(crate) fn end_session(
+        &mut self,
+        session: u64,
+        proofs_kept: bool,
+    ) -> Result<SessionEnd, StoreError> {
+        let Some((seg, tree)) = self
+            .sessions
+            .get(session)?
+            .map(|v| (v.value().0, v.value().1.to_vec()))
+        else {
+            return Ok(SessionEnd::Ended);
+        };
+        if !tree.is_empty()
+            && let Some(mut ds) = self.get_dataset(&tree)?
+            && ds.state != DS_DELETING
+        {
+            if ds.manifest_refs == 0 {
+                if !self.session_holds(&tree, Some(session))? {
+                    self.mark_deleting(&tree, ds)?;
+                }
+            } else if ds.state == DS_WRITING {
+                if has_tree(&self.trees, &tree)? && !self.has_every_leaf(&tree, ds.nleaves)? {
+                    if !proofs_kept {
+                        return Ok(SessionEnd::NeedsProofs {
+                            tree,
+                            nleaves: ds.nleaves,
+                        });
+                    }
+                    remove_tree(&mut self.trees, &tree)?;
+                }
+                ds.state = DS_ACTIVE;
+                ds.session = 0;
+                self.put_dataset(&tree, ds)?;
+            }
+        }
+        self.sessions.remove(session)?;
+        if self.segments.get(seg)?.is_some() {
+            self.seal_segment(seg)?;
+        }
+        Ok(SessionEnd::Ended)
+    }
+
+    /// Whether every leaf `0..nleaves` of `tree` is stored: one scan of its leaf rows.
+    fn has_every_leaf(&self, tree: &[u8], nleaves: u64) -> Result<bool, StoreError> {
+        let mut expected = 0u64;
+        for entry in self.leaves.range((tree, 0)..(tree, nleaves))? {
+            if entry?.0.value().1 != expected {
+                return Ok(false);
+            }
+            expected += 1;
+        }
+        Ok(expected == nleaves)
+    }
+
+    /// Gives the leaf rows `range` of `tree` whose proof comes from the stored tree (no proof
+    /// inline, none in `proofs`) their proof in `proofs`, built from that tree, so the tree can
+    /// go ([`Tables::end_session`]). Returns how many it wrote; none when the tree is not
+    /// stored.
+    pub(crate) fn proofs_from_tree(
+        &mut self,
+        tree: &[u8],
+        nleaves: u64,
+        range: std::ops::Range<u64>,
+    ) -> Result<u64, StoreError> {
+        if !has_tree(&self.trees, tree)? {
+            return Ok(0);
+        }
+        let mut bare = Vec::new();
+        for entry in self.leaves.range((tree, range.start)..(tree, range.end))? {
+            let (k, v) = entry?;
+            if v.value().1.is_empty() {
+                bare.push(k.value().1);
+            }
+        }
+        let mut source = ProofSource::new(&self.trees, tree, nleaves);
+        let mut written = 0;
+        for index in bare {
+            if self.proofs.get((tree, index))?.is_some() {
+                continue;
+            }
+            let proof = source.proof(index)?.encode();
+            self.proofs.insert((tree, index), proof.as_slice())?;
+            written += 1;
+        }
+        Ok(written)
     }
 
     pub(crate) fn mark_deleting(

@@ -36,10 +36,14 @@
 //! * A block is live while it has a dataset reference (one per leaf entry pointing at it) or the
 //!   standalone flag (it was put by CID, e.g. a manifest). Quota counts live blocks once each.
 //! * A dataset becomes visible only in the transaction that stores its manifest; an upload that
-//!   never finishes leaves nothing listed, and its session is rolled back at the next open.
+//!   never finishes leaves nothing listed (unless a download listed the same dataset meanwhile:
+//!   it then stays as a partial dataset), and its session is rolled back at once, or at the
+//!   next open.
 //! * Deleting a dataset is one small transaction (the manifest goes, the dataset is marked
 //!   deleting); a background reclaimer then drops leaves and unreferenced blocks in bounded
-//!   batches, and removes segments with no live bytes. Reads never see a deleting dataset.
+//!   batches, and removes segments with no live bytes. Reads never see a deleting dataset. A
+//!   dataset an upload is finishing is held by its session and not marked deleting until the
+//!   session ends without listing it.
 //! * Sealed segments that are mostly dead bytes are rewritten by compaction (the `compact`
 //!   module), so deleted data frees disk even where it shared a segment with live data.
 //! * Every read checks the block's bytes (against the CRC32C stored with them, or by re-hashing
@@ -65,8 +69,8 @@ pub use crate::{
     store::{
         Audit, DEFAULT_BLOCK_TTL, DEFAULT_LEAF_BATCH, DEFAULT_MAINTENANCE_BATCH,
         DEFAULT_MAINTENANCE_INTERVAL, DEFAULT_QUOTA, DEFAULT_RECLAIM_BATCH,
-        DEFAULT_SEGMENT_ROLL_BYTES, MIN_DISK_HEADROOM, MaintenanceReport, Reservation, Space,
-        Store, StoreConfig,
+        DEFAULT_SEGMENT_ROLL_BYTES, MAX_BLOCK_BYTES, MIN_DISK_HEADROOM, MaintenanceReport,
+        Reservation, Space, Store, StoreConfig,
     },
     writer::{DatasetMeta, DatasetWriter, StoredDataset, UPLOAD_ROOM_POLL, UPLOAD_ROOM_WAIT},
 };

@@ -153,8 +153,16 @@ impl Segments {
         }
     }
 
-    /// Reads `len` bytes at `offset` of segment `id`.
+    /// Reads `len` bytes at `offset` of segment `id`. A length beyond the largest block
+    /// ([`crate::MAX_BLOCK_BYTES`]; callers check it first, as index damage) is refused
+    /// (`InvalidInput`) before anything is allocated.
     pub(crate) fn read(&self, id: u64, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        if len as u64 > crate::MAX_BLOCK_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a read of {len} bytes is longer than any block"),
+            ));
+        }
         match self {
             Segments::Dir { dir, readers } => {
                 let file = {
@@ -220,10 +228,19 @@ impl Segments {
         match self {
             Segments::Dir { dir, readers } => {
                 readers.lock().remove(&id);
-                match fs::remove_file(Self::path(dir, id)) {
+                #[cfg(test)]
+                tests::before_unlink(self, id);
+                let unlinked = match fs::remove_file(Self::path(dir, id)) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
                     _ => Ok(()),
-                }
+                };
+                // A reader that missed the cache before the unlink may have opened the file
+                // and cached it since; that handle would keep the unlinked file (up to a whole
+                // segment) on the disk. Readers open under the cache's lock, so once the file
+                // is gone none can cache it again. (Unlinking under the lock instead would
+                // stall every read while the file system frees a large file.)
+                readers.lock().remove(&id);
+                unlinked
             }
             Segments::Mem { segs } => {
                 segs.write().remove(&id);
@@ -677,6 +694,60 @@ fn write_behind(file: &File, behind: &mut u64, end: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test's look at a segment being removed.
+    type RemoveHook = fn(&Segments, u64);
+
+    thread_local! {
+        /// Runs inside [`Segments::remove`] between dropping the segment's cached reader and
+        /// unlinking its file, on the thread that set it.
+        static BEFORE_UNLINK: std::cell::Cell<Option<RemoveHook>> =
+            const { std::cell::Cell::new(None) };
+    }
+
+    pub(super) fn before_unlink(segs: &Segments, id: u64) {
+        if let Some(hook) = BEFORE_UNLINK.with(std::cell::Cell::take) {
+            hook(segs, id);
+        }
+    }
+
+    /// A reader that misses the cache while a segment is being deleted (its cached handle
+    /// dropped, the file not unlinked yet) opens the file and caches it. The cache used to keep
+    /// that handle, and with it the unlinked file (up to 1 GiB) open, until it filled up (found
+    /// by review).
+    #[test]
+    fn a_deleted_segment_is_not_kept_open_by_the_reader_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::dir(dir.path().join("blocks")).unwrap();
+        let data = pattern(5, 8192);
+        let mut w = segs.create(5, WriteMode::Buffered).unwrap();
+        w.append(&data).unwrap();
+        w.sync().unwrap();
+        drop(w);
+        assert_eq!(segs.read(5, 0, data.len()).unwrap(), data);
+        BEFORE_UNLINK.with(|h| {
+            h.set(Some(|segs, id| {
+                // A read from elsewhere, at that instant: the file is still there.
+                assert_eq!(segs.read(id, 0, 10).unwrap().len(), 10);
+            }));
+        });
+        segs.remove(5).unwrap();
+        assert!(
+            BEFORE_UNLINK.with(std::cell::Cell::take).is_none(),
+            "the hook ran"
+        );
+        let Segments::Dir { readers, .. } = &segs else {
+            unreachable!("a directory of segments")
+        };
+        assert!(
+            !readers.lock().contains_key(&5),
+            "the deleted segment's file is still held open"
+        );
+        assert_eq!(
+            segs.read(5, 0, 10).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
 
     /// `len` bytes of a pattern that differs at every offset modulo 251.
     fn pattern(seed: usize, len: usize) -> Vec<u8> {

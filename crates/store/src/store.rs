@@ -24,9 +24,9 @@ use crate::{
     StoreError,
     compact::CompactReport,
     index::{
-        BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DS_WRITING,
-        DatasetRec, EXPIRY, FETCHES, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED,
-        Quota, SEGMENTS, SESSIONS, Tables, checksum,
+        BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DatasetRec, EXPIRY,
+        FETCHES, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS,
+        SESSIONS, SessionEnd, Tables, checksum,
     },
     segments::{SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
@@ -63,6 +63,25 @@ const RECLAIM_POLL: Duration = Duration::from_secs(5);
 /// took peak RSS from 97 MiB (64 MiB cache) to 48 MiB with a shorter finish (1.53 s against
 /// 1.69 s, unsorted); see BENCHMARKS.md.
 const DB_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The largest block the store keeps, in bytes: the protocol's largest block size
+/// (`cairn_core::manifest::MAX_BLOCK_SIZE`, 100 MiB, as the reference). Puts of larger blocks
+/// are refused ([`StoreError::BlockTooLarge`]), so a `blocks` row naming a longer one is
+/// damaged, and a read reports it ([`StoreError::IndexDamaged`]) rather than allocate that
+/// many bytes first: a damaged length of a terabyte aborted the process.
+pub const MAX_BLOCK_BYTES: u64 = cairn_core::manifest::MAX_BLOCK_SIZE;
+
+/// [`StoreError::BlockTooLarge`] if a block of `len` bytes is larger than the store keeps.
+pub(crate) fn check_block_len(len: usize) -> Result<(), StoreError> {
+    let len = len as u64;
+    if len > MAX_BLOCK_BYTES {
+        return Err(StoreError::BlockTooLarge {
+            len,
+            max: MAX_BLOCK_BYTES,
+        });
+    }
+    Ok(())
+}
 
 /// The index database's file name in the data directory.
 const INDEX_FILE: &str = "index.redb";
@@ -116,7 +135,10 @@ pub struct StoreConfig {
     /// [`Store::put_block`], [`Store::put_leaves`], [`Store::has_block`], [`Store::has_leaf`]
     /// and [`Store::get_leaves`] (`"put_block"`, `"put_leaves"`, `"has_block"`, `"has_leaf"`,
     /// `"get_leaves"`; the node's tests block there to stand in for a slow disk, or count
-    /// calls). It runs on the caller's thread. Not for production use.
+    /// calls), and in `put_block` and `put_leaves` between their look-up and their
+    /// transaction (`"put_block:checked"`, `"put_leaves:checked"`), and in every write
+    /// transaction between its commit and the update of the in-memory counters
+    /// (`"write:committed"`). It runs on the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
     /// Test hook: the free disk space to assume (bytes), instead of asking the file system;
@@ -244,8 +266,14 @@ pub(crate) struct Inner {
     /// it. Changed only while holding `reserved`; quota checks count it, so no check sees the
     /// bytes twice or not at all.
     pub(crate) pending: AtomicU64,
-    /// Mirror of the `used_bytes` counter, updated after every commit.
+    /// Mirror of the `used_bytes` counter of the last commit (see [`Commits`]).
     pub(crate) used: AtomicU64,
+    /// Numbers write transactions in the order they take the index's writer, which is the
+    /// order they commit in.
+    write_seq: AtomicU64,
+    /// Which commit `used` mirrors, and `pending` by transaction. Locked only while holding
+    /// `reserved`.
+    commits: Mutex<Commits>,
     /// The shared segment for single puts.
     misc: Mutex<Option<SegmentWriter>>,
     /// The shared segment for network leaves ([`Store::put_leaves`]): whole blocks in batches,
@@ -499,6 +527,8 @@ impl Store {
             download_pools: Mutex::new(Pools::default()),
             pending: AtomicU64::new(0),
             used: AtomicU64::new(0),
+            write_seq: AtomicU64::new(0),
+            commits: Mutex::new(Commits::default()),
             misc: Mutex::new(None),
             leaves_seg: Mutex::new(None),
             finish_lock: Mutex::new(()),
@@ -518,24 +548,28 @@ impl Store {
     /// Rolls back interrupted uploads, seals segments left open, deletes empty and orphan
     /// segment files.
     fn recover(&self) -> Result<(), StoreError> {
-        let (rolled_back, dead) = self.write(0, |t| {
-            let sessions: Vec<(u64, u64, Vec<u8>)> = t
-                .sessions
-                .iter()?
-                .map(|e| e.map(|(k, v)| (k.value(), v.value().0, v.value().1.to_vec())))
-                .collect::<Result<_, _>>()?;
-            for (session, _seg, tree) in &sessions {
-                if !tree.is_empty()
-                    && let Some(ds) = t.get_dataset(tree)?
-                    && ds.state == DS_WRITING
-                    && ds.session == *session
-                {
-                    t.mark_deleting(tree, ds)?;
-                }
-                t.sessions.remove(*session)?;
+        let sessions: Vec<u64> = {
+            let r = self.inner.db()?.begin_read()?;
+            match r.open_table(SESSIONS) {
+                Ok(table) => table
+                    .iter()?
+                    .map(|e| e.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()?,
+                // A new index: no table has been written yet.
+                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+                Err(e) => return Err(e.into()),
             }
+        };
+        // In id order: a dataset two interrupted sessions held goes (if nothing else keeps it)
+        // when the last of them ends. Each ends in transactions of its own; one a crash
+        // interrupts is still recorded, and ended again at the next open.
+        for session in &sessions {
+            self.end_session(*session)?;
+        }
+        let dead = self.write(0, |t| {
             // Datasets no manifest names and no upload is writing: left by earlier versions,
-            // which let a download that outlived a delete of its dataset create it anew.
+            // which let a download that outlived a delete of its dataset create it anew. No
+            // session holds one here (`Tables::session_holds`): every session ended above.
             let orphans: Vec<(Vec<u8>, DatasetRec)> = t
                 .datasets
                 .iter()?
@@ -569,7 +603,7 @@ impl Store {
                     t.segments.insert(id, (live, 1))?;
                 }
             }
-            Ok((sessions.len(), dead))
+            Ok(dead)
         })?;
         for id in dead {
             self.inner.segs.remove(id)?;
@@ -587,13 +621,37 @@ impl Store {
                 self.inner.segs.remove(id)?;
             }
         }
-        if rolled_back > 0 {
+        if !sessions.is_empty() {
             info!(
-                sessions = rolled_back,
+                sessions = sessions.len(),
                 "rolled back uploads interrupted by a crash"
             );
         }
         Ok(())
+    }
+
+    /// Ends upload session `session`, which did not finish (given up, or interrupted by a
+    /// crash; see [`Tables::end_session`]). A dataset a manifest names that the session was
+    /// writing stays, as the partial dataset it is: the leaf rows that relied on its tree get
+    /// their proofs first, [`StoreConfig::leaf_batch`] leaves per transaction, and then the
+    /// tree goes. The caller holds the finish lock, or runs at open.
+    pub(crate) fn end_session(&self, session: u64) -> Result<(), StoreError> {
+        let mut proofs_kept = false;
+        loop {
+            match self.write(0, |t| t.end_session(session, proofs_kept))? {
+                SessionEnd::Ended => return Ok(()),
+                SessionEnd::NeedsProofs { tree, nleaves } => {
+                    let batch = self.inner.cfg.leaf_batch.max(1) as u64;
+                    let mut start = 0;
+                    while start < nleaves {
+                        let end = start.saturating_add(batch).min(nleaves);
+                        self.write(0, |t| t.proofs_from_tree(&tree, nleaves, start..end))?;
+                        start = end;
+                    }
+                    proofs_kept = true;
+                }
+            }
+        }
     }
 
     /// Runs `f` in one write transaction and commits it. `own_reservation` is the caller's own
@@ -640,6 +698,8 @@ impl Store {
             ));
         }
         let txn = db.begin_write()?;
+        // Taken while holding the writer: every transaction numbered lower has ended.
+        let seq = self.inner.write_seq.fetch_add(1, Ordering::Relaxed) + 1;
         // Read once this transaction holds the writer: a transaction committed before it has
         // moved what it consumed out of the reservations already.
         let reserved = self.inner.reserved.lock().saturating_sub(own_reservation);
@@ -656,14 +716,28 @@ impl Store {
             let pinned = self.pinned();
             (out, used, t.finish(&pinned)?)
         };
-        let moved = self.take_reserved(consume);
+        self.take_reserved(consume, seq);
         let committed = txn.commit();
+        self.hook("write:committed");
         {
             let _reservations = self.inner.reserved.lock();
-            if committed.is_ok() {
+            let mut commits = self.inner.commits.lock();
+            // The next writer may have committed and got here first: then its value stands.
+            if committed.is_ok() && seq > commits.mirrored {
                 self.inner.used.store(used, Ordering::Relaxed);
+                commits.mirrored = seq;
+                // `used` now counts what every transaction up to this one stored (those before
+                // it ended before it began); what they took from a reservation is not pending
+                // any more, whether their own update has run yet or not.
+                let later = commits.pending.split_off(&(seq + 1));
+                let done: u64 = std::mem::replace(&mut commits.pending, later)
+                    .into_values()
+                    .sum();
+                self.inner.pending.fetch_sub(done, Ordering::Relaxed);
+            } else if let Some(moved) = commits.pending.remove(&seq) {
+                // Failed: what it took from a reservation is given back (room, not use).
+                self.inner.pending.fetch_sub(moved, Ordering::Relaxed);
             }
-            self.inner.pending.fetch_sub(moved, Ordering::Relaxed);
         }
         committed?;
         for seg in dead {
@@ -734,8 +808,7 @@ impl Store {
     pub(crate) fn read_verified(&self, cid: &Cid, rec: BlockRec) -> Result<Block, StoreError> {
         let mut rec = rec;
         let data = loop {
-            let len =
-                usize::try_from(rec.len).map_err(|_| StoreError::IndexDamaged("block length"))?;
+            let len = rec.read_len()?;
             match self.inner.segs.read(rec.seg, rec.off, len) {
                 Ok(d) => break d,
                 Err(e)
@@ -852,7 +925,7 @@ impl Store {
     }
 
     /// The slot of the shared segment for network leaves, or for single puts.
-    fn shared_slot(&self, leaves: bool) -> &Mutex<Option<SegmentWriter>> {
+    pub(crate) fn shared_slot(&self, leaves: bool) -> &Mutex<Option<SegmentWriter>> {
         if leaves {
             &self.inner.leaves_seg
         } else {
@@ -936,9 +1009,9 @@ impl Store {
         Ok(sealed)
     }
 
-    /// Moves what `consume` names out of its reservation into `pending` (just before a
-    /// commit); returns the bytes moved.
-    fn take_reserved(&self, consume: Consume<'_>) -> u64 {
+    /// Moves what `consume` names out of its reservation into `pending` (just before the
+    /// commit of transaction `seq`).
+    fn take_reserved(&self, consume: Consume<'_>, seq: u64) {
         let inner = &self.inner;
         let mut uploads = inner.reserved.lock();
         let moved = match consume {
@@ -957,16 +1030,18 @@ impl Store {
             Consume::Download { tree, bytes } => {
                 let mut pools = inner.download_pools.lock();
                 let Some(pool) = pools.by_tree.get_mut(tree) else {
-                    return 0;
+                    return;
                 };
-                let m = bytes.min(pool.bytes);
+                let m = bytes.get().min(pool.bytes);
                 pool.bytes -= m;
                 inner.download_reserved.fetch_sub(m, Ordering::Relaxed);
                 m
             }
         };
-        inner.pending.fetch_add(moved, Ordering::Relaxed);
-        moved
+        if moved > 0 {
+            inner.pending.fetch_add(moved, Ordering::Relaxed);
+            inner.commits.lock().pending.insert(seq, moved);
+        }
     }
 
     /// Whether `len` more bytes fit beside what is used and reserved, leaving out the download
@@ -1041,6 +1116,7 @@ impl Store {
         if cid == empty_block_cid() {
             return Ok(false);
         }
+        check_block_len(block.data().len())?;
         let manifest = if cid.codec() == Codec::Manifest.code() {
             Some(Manifest::from_block(block)?)
         } else {
@@ -1048,8 +1124,34 @@ impl Store {
         };
         let key = cid.to_bytes();
         let expiry = self.expiry_from_now();
+        // A block found stored is not appended again; if it is deleted before the transaction
+        // below, the put goes round once more and appends it after all (`force`).
+        let mut force = false;
+        loop {
+            if let Some(new) = self.put_block_once(block, &key, manifest.as_ref(), expiry, force)? {
+                return Ok(new);
+            }
+            if force {
+                return Err(StoreError::IndexDamaged("a block appended is not stored"));
+            }
+            force = true;
+        }
+    }
+
+    /// One try of [`Store::put_block`]: `None` when the block was found stored (nothing
+    /// appended) but was gone by the time of the transaction, which then changed nothing.
+    /// With `force` the block is appended whether it is stored or not, and this cannot happen.
+    fn put_block_once(
+        &self,
+        block: &Block,
+        key: &[u8],
+        manifest: Option<&Manifest>,
+        expiry: u64,
+        force: bool,
+    ) -> Result<Option<bool>, StoreError> {
+        let cid = *block.cid();
         // The pin lives until the row is committed below.
-        let (loc, _pin) = if self.has_block(&cid)? {
+        let (loc, _pin) = if !force && self.has_block(&cid)? {
             (None, None)
         } else {
             self.check_quota(block.data().len() as u64, None)?;
@@ -1065,12 +1167,17 @@ impl Store {
             })?;
             (Some(loc), Some(pin))
         };
+        self.hook("put_block:checked");
         self.write(0, |t| {
-            let new = t.add_ref(&key, loc, true, expiry)?;
-            if let Some(m) = &manifest {
-                t.add_manifest(&key, &m.tree_cid.to_bytes(), m.blocks_count())?;
+            if loc.is_none() && t.get_block(key)?.is_none() {
+                // Deleted (or expired) since the look-up: nothing here holds its bytes.
+                return Ok(None);
             }
-            Ok(new)
+            let new = t.add_ref(key, loc, true, expiry)?;
+            if let Some(m) = manifest {
+                t.add_manifest(key, &m.tree_cid.to_bytes(), m.blocks_count())?;
+            }
+            Ok(Some(new))
         })
     }
 
@@ -1098,15 +1205,40 @@ impl Store {
                 index: other.index(),
             });
         }
+        for leaf in leaves {
+            check_block_len(leaf.block().data().len())?;
+        }
+        // A block found stored is not appended again; if it is deleted (its dataset reclaimed)
+        // before the transaction, the put goes round once more and appends every leaf's bytes
+        // (`force`).
+        let mut force = false;
+        loop {
+            if self.put_leaves_once(tree, leaves, force)? {
+                return Ok(());
+            }
+            if force {
+                return Err(StoreError::IndexDamaged("a block appended is not stored"));
+            }
+            force = true;
+        }
+    }
+
+    /// One try of [`Store::put_leaves`]: `false` when a block found stored (nothing appended)
+    /// was gone by the time of the transaction, which then changed nothing. With `force` every
+    /// leaf's bytes are appended, and this cannot happen.
+    fn put_leaves_once(
+        &self,
+        tree: &Cid,
+        leaves: &[VerifiedLeaf],
+        force: bool,
+    ) -> Result<bool, StoreError> {
         let tree_key = tree.to_bytes();
         let not_stored = || StoreError::DatasetNotStored {
             tree: Box::new(*tree),
         };
         // Only bytes not stored yet are appended and counted against the quota: a leaf already
         // in the index, or a block another dataset holds, costs no disk.
-        // Bytes of the leaves not stored yet (whether their data is): what the download's
-        // reservation was held for, drawn down when they are committed.
-        let mut new_leaf_bytes = 0u64;
+        let mut new_bytes = 0u64;
         let needs_data: Vec<bool> = {
             let r = self.inner.db()?.begin_read()?;
             if !dataset_takes_leaves(&r, &tree_key)? {
@@ -1122,23 +1254,18 @@ impl Store {
                 let have_block = blocks
                     .get(leaf.block().cid().to_bytes().as_slice())?
                     .is_some();
-                if !have_leaf {
-                    new_leaf_bytes += leaf.block().data().len() as u64;
+                let new = !have_leaf && !have_block;
+                if new {
+                    new_bytes += leaf.block().data().len() as u64;
                 }
-                out.push(!have_leaf && !have_block);
+                out.push(new || force);
             }
             out
         };
-        let new_bytes: u64 = leaves
-            .iter()
-            .zip(&needs_data)
-            .filter(|(_, need)| **need)
-            .map(|(l, _)| l.block().data().len() as u64)
-            .sum();
         let mut locs: Vec<Option<Loc>> = vec![None; leaves.len()];
         // The pin lives until the rows are committed below.
         let mut _pin = None;
-        if new_bytes > 0 {
+        if needs_data.contains(&true) {
             self.check_quota(new_bytes, Some(&tree_key))?;
             let ((), pin) = self.with_shared(&self.inner.leaves_seg, WriteMode::Bulk, |w| {
                 for ((leaf, need), loc) in leaves.iter().zip(&needs_data).zip(&mut locs) {
@@ -1158,9 +1285,13 @@ impl Store {
             })?;
             _pin = Some(pin);
         }
+        self.hook("put_leaves:checked");
+        // Bytes of the leaves this transaction stores (whether their data is new): what the
+        // download's reservation was held for, drawn down with the commit.
+        let stored_bytes = std::cell::Cell::new(0);
         let consume = Consume::Download {
             tree: &tree_key,
-            bytes: new_leaf_bytes,
+            bytes: &stored_bytes,
         };
         self.write_consuming(0, consume, |t| {
             // Checked again where it counts: a delete may have come since the read above (the
@@ -1170,18 +1301,31 @@ impl Store {
             {
                 return Err(not_stored());
             }
-            for (leaf, loc) in leaves.iter().zip(locs) {
+            let mut todo = Vec::with_capacity(leaves.len());
+            for (leaf, loc) in leaves.iter().zip(&locs) {
                 if t.leaves.get((tree_key.as_slice(), leaf.index()))?.is_some() {
                     continue;
                 }
                 let cid = leaf.block().cid().to_bytes();
-                t.add_ref(&cid, loc, false, 0)?;
+                if loc.is_none() && t.get_block(&cid)?.is_none() {
+                    // Found stored by the read above, deleted since: nothing here holds its
+                    // bytes. Nothing has been changed yet.
+                    return Ok(false);
+                }
+                todo.push((leaf, cid, *loc));
+            }
+            for (leaf, cid, loc) in todo {
                 let key = (tree_key.as_slice(), leaf.index());
+                if t.leaves.get(key)?.is_some() {
+                    continue; // the same leaf twice in one call
+                }
+                t.add_ref(&cid, loc, false, 0)?;
                 t.leaves.insert(key, (cid.as_slice(), &[][..]))?;
                 // Until the dataset's tree is stored (`settle_tree`), the proof it came with.
                 t.proofs.insert(key, &leaf.proof().encode()[..])?;
+                stored_bytes.set(stored_bytes.get() + leaf.block().data().len() as u64);
             }
-            Ok(())
+            Ok(true)
         })
     }
 
@@ -1215,8 +1359,10 @@ impl Store {
         let Some(ds) = active_dataset(&r, &key)? else {
             return Ok(Some(indices.start));
         };
-        // A dataset whose tree is kept is whole: uploads store it with every leaf, downloads
-        // once they hold every leaf, and leaves only go when the whole dataset is deleted.
+        // An active dataset whose tree is kept is whole: an upload's own dataset turns active
+        // with its last leaf, an upload into a dataset stored in part already stores the tree
+        // with its last leaf, a download once it holds every leaf, and leaves only go when the
+        // whole dataset is deleted.
         if indices.end <= ds.nleaves && has_tree(&r.open_table(TREES)?, &key)? {
             return Ok(None);
         }
@@ -1956,6 +2102,21 @@ struct Pool {
     holders: usize,
 }
 
+/// How the in-memory `used` counter follows the commits. A commit lets the next writer in
+/// before its own thread updates the counters, so two updates may come in either order: each
+/// transaction is numbered as it takes the writer, and `used` only ever takes the value of a
+/// later commit than the one it mirrors. Bytes a transaction took from a reservation are in
+/// `pending` until `used` counts them, which is as soon as it mirrors that transaction or a
+/// later one. Before, an older commit's value could overwrite a newer one's, and the counter
+/// said less was used than the index did until the next commit.
+#[derive(Debug, Default)]
+struct Commits {
+    /// The transaction whose `used_bytes` `used` mirrors.
+    mirrored: u64,
+    /// Bytes in `pending`, by the transaction that took them from a reservation.
+    pending: std::collections::BTreeMap<u64, u64>,
+}
+
 /// What a write transaction's blocks were reserved in ([`Store::write_consuming`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Consume<'a> {
@@ -1969,8 +2130,12 @@ pub(crate) enum Consume<'a> {
         bytes: u64,
         taken: &'a std::cell::Cell<bool>,
     },
-    /// A download's reservation for dataset `tree` (tree CID bytes).
-    Download { tree: &'a [u8], bytes: u64 },
+    /// A download's reservation for dataset `tree` (tree CID bytes): `bytes` of it, set by
+    /// the transaction (the leaves it stores; 0 if it stores none).
+    Download {
+        tree: &'a [u8],
+        bytes: &'a std::cell::Cell<u64>,
+    },
 }
 
 impl Drop for Inner {
@@ -2162,6 +2327,101 @@ mod tests {
         assert_eq!(audit.blocks_recorded, audit.blocks_actual);
     }
 
+    /// A shared segment whose seal failed as it rolled over (the index could not be written)
+    /// is sealed by a later compaction pass, and so freed once nothing in it is live. Before,
+    /// nothing looked at it again until a restart: no writer appended to it, and compaction and
+    /// deletion only free sealed segments (found by review).
+    #[test]
+    fn a_segment_whose_seal_failed_is_sealed_by_a_later_pass() {
+        const BS: usize = 64 * 1024;
+        let dir = tempfile::TempDir::new().unwrap();
+        let full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open = filling_disk(dir.path(), &full);
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            segment_roll_bytes: 2 * BS as u64,
+            ..StoreConfig::default()
+        };
+        let store = Store::open_with(dir.path(), cfg, open).unwrap();
+        let blocks: Vec<Block> = (0..3u8)
+            .map(|i| Block::data_block(Bytes::from(vec![i; BS])))
+            .collect();
+        store.put_block(&blocks[0]).unwrap();
+        store.put_block(&blocks[1]).unwrap();
+        let first = {
+            let r = store.inner.db().unwrap().begin_read().unwrap();
+            let row = r
+                .open_table(BLOCKS)
+                .unwrap()
+                .get(blocks[0].cid().to_bytes().as_slice())
+                .unwrap()
+                .unwrap()
+                .value();
+            BlockRec::from_tuple(row).seg
+        };
+        // The third put rolls the segment over, and its seal cannot be written.
+        full.store(true, Ordering::SeqCst);
+        assert!(store.put_block(&blocks[2]).unwrap_err().is_disk_full());
+        full.store(false, Ordering::SeqCst);
+        store.put_block(&blocks[2]).unwrap();
+        for b in &blocks[..2] {
+            store.delete(b.cid()).unwrap();
+        }
+        let report = store.compact().unwrap();
+        assert_eq!(report.segments_freed, 1, "{report:?}");
+        assert!(store.inner.segs.size(first).is_err(), "its file is gone");
+        assert_eq!(store.disk_bytes().unwrap(), BS as u64);
+        assert_eq!(
+            store.get_block(blocks[2].cid()).unwrap().unwrap().data(),
+            blocks[2].data()
+        );
+        let audit = store.audit().unwrap();
+        assert!(audit.segments_consistent, "{audit:?}");
+        assert_eq!(audit.used_recorded, audit.used_actual, "{audit:?}");
+    }
+
+    /// A block row whose length is damaged (far beyond any block) is reported as index damage,
+    /// not allocated: the read reserved that many bytes before reading, and a length of a
+    /// terabyte aborted the whole process (found by review).
+    #[test]
+    fn a_damaged_block_length_is_reported_not_allocated() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        let b = Block::data_block(Bytes::from_static(b"a block whose row gets damaged"));
+        store.put_block(&b).unwrap();
+        let key = b.cid().to_bytes();
+        store
+            .write(0, |t| {
+                let mut row = t.blocks.get(key.as_slice())?.unwrap().value();
+                row.2 = 1 << 40;
+                t.blocks.insert(key.as_slice(), row)?;
+                Ok(())
+            })
+            .unwrap();
+        match store.get_block(b.cid()) {
+            Err(StoreError::IndexDamaged(_)) => {}
+            other => panic!("expected IndexDamaged, got {other:?}"),
+        }
+        // And no put stores a block longer than that bound, so a row that names one is damage.
+        let len = usize::try_from(MAX_BLOCK_BYTES).unwrap() + 1;
+        let big = Block::from_parts_unchecked(*b.cid(), Bytes::from(vec![0u8; len]));
+        match store.put_block(&big) {
+            Err(StoreError::BlockTooLarge { len: l, max }) => {
+                assert_eq!((l, max), (len as u64, MAX_BLOCK_BYTES));
+            }
+            other => panic!("expected BlockTooLarge, got {other:?}"),
+        }
+        let mut w = store.begin_dataset().unwrap();
+        assert!(matches!(
+            w.write(&big),
+            Err(StoreError::BlockTooLarge { .. })
+        ));
+    }
+
     static HOOKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     static GO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     static FREE_SPACE_3: AtomicU64 = AtomicU64::new(u64::MAX);
@@ -2351,6 +2611,63 @@ mod tests {
         drop(first);
         assert_eq!(store.inner.upload_appended.load(Ordering::SeqCst), 0);
         assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
+    }
+
+    static COMMIT_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static COMMIT_PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static COMMIT_RESUME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    /// Holds the first write transaction after arming between its commit and its update of the
+    /// in-memory counters, until the test says resume (bounded).
+    fn pause_after_a_commit(point: &'static str) {
+        if point == "write:committed" && COMMIT_ARMED.swap(false, Ordering::SeqCst) {
+            COMMIT_PAUSED.store(true, Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !COMMIT_RESUME.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// The in-memory `used` counter (what quota checks and `space` read) is the value of the
+    /// last commit. A transaction's commit lets the next writer in before the first updates the
+    /// counter, and the first's older value used to overwrite the next one's: the counter then
+    /// said less was used than the index (found by review).
+    #[test]
+    fn the_used_counter_is_the_last_commits() {
+        let store = Store::in_memory(StoreConfig {
+            background_reclaim: false,
+            crash_hook: Some(pause_after_a_commit),
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        // Opens the shared segment, so the puts below each write one transaction.
+        store
+            .put_block(&Block::data_block(Bytes::from_static(b"first")))
+            .unwrap();
+        COMMIT_ARMED.store(true, Ordering::SeqCst);
+        let s = store.clone();
+        let older = std::thread::spawn(move || {
+            s.put_block(&Block::data_block(Bytes::from(vec![1u8; 1000])))
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !COMMIT_PAUSED.load(Ordering::SeqCst) {
+            assert!(std::time::Instant::now() < deadline, "no commit paused");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A younger transaction commits and updates the counter meanwhile.
+        store
+            .put_block(&Block::data_block(Bytes::from(vec![2u8; 3000])))
+            .unwrap();
+        COMMIT_RESUME.store(true, Ordering::SeqCst);
+        older.join().unwrap().unwrap();
+        let audit = store.audit().unwrap();
+        assert_eq!(audit.used_recorded, audit.used_actual, "{audit:?}");
+        assert_eq!(
+            store.space().unwrap().quota_used_bytes,
+            audit.used_recorded,
+            "the in-memory counter"
+        );
     }
 
     /// A dataset row no manifest names and no upload writes (earlier versions left one when a

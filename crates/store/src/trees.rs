@@ -11,7 +11,8 @@
 //! 1. the leaf row itself, for rows written before trees were kept (they are read as before);
 //! 2. the `proofs` table: a network download keeps each leaf's proof as it arrived, since the
 //!    tree is not known until every leaf is;
-//! 3. the dataset's tree. Uploads write it when they finish. A download that holds every leaf
+//! 3. the dataset's tree. Uploads write it when they finish (before their first leaf row, or,
+//!    into a dataset a download stored in part, with their last). A download that holds every leaf
 //!    runs [`crate::Store::settle_tree`], which rebuilds the tree from the leaves, checks its
 //!    root, writes it and drops the `proofs` rows. The proofs live in a table of their own so
 //!    that dropping them frees their pages instead of rewriting every leaf row (redb is
@@ -20,7 +21,9 @@
 //! Invariant: every leaf row has its proof in one of these places. The tree is written in (or
 //! before) the transaction that writes the first row relying on it; `proofs` rows are written
 //! with their leaf rows and removed with them or once the tree is stored; the tree is removed
-//! with the dataset's row when its last leaf is reclaimed.
+//! with the dataset's row when its last leaf is reclaimed. And for an active dataset, a stored
+//! tree means every leaf is stored (`Store::first_missing_leaf` and `Store::reserve_room` rely
+//! on it): only a dataset being written keeps a tree before its last leaf.
 
 use cairn_core::{CodexProof, CodexTree, Digest, merkle::layer_len};
 use redb::{ReadableTable, Table, TableDefinition};

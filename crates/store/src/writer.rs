@@ -8,9 +8,16 @@
 //! invisible meanwhile), and in a final transaction stores the manifest, lists the dataset and
 //! closes the session.
 //!
+//! An upload of a dataset a download has stored in part (listed, no tree yet) cannot store the
+//! tree first: for an active dataset a stored tree means every leaf is stored, and the upload
+//! may stop between two leaf batches. The rows it adds then carry their proofs (in `proofs`,
+//! as a download's do), and the tree goes in with the last transaction; the proofs go when the
+//! dataset is settled ([`Store::settle_tree`]).
+//!
 //! If the writer is dropped unfinished (client gone, quota, error) the session is rolled back at
 //! once; if the process dies instead, [`Store::open`] rolls it back at the next start. Either way
-//! nothing partial is listed and the space accounting comes back exact.
+//! nothing partial is listed by the upload and the space accounting comes back exact; a dataset
+//! a download listed meanwhile stays, as the consistent partial dataset it is.
 //!
 //! Memory: the writer keeps 32 bytes of digest per block (~0.05 % of the data; block locations
 //! are kept as runs, see [`Extents`]), plus the tree's upper layers (another 32 bytes per block)
@@ -19,7 +26,6 @@
 use cairn_core::{Block, Cid, CodexTree, Manifest, cid::cid_digest, merkle::Digest};
 use std::sync::atomic::Ordering;
 
-use redb::ReadableTable;
 use tracing::warn;
 
 use crate::{
@@ -80,6 +86,8 @@ pub struct DatasetWriter {
     settled: u64,
     /// Bytes of blocks written so far (the reservation covers at least these).
     written: u64,
+    /// Whether finish's first transaction ran: the session may name its dataset (and hold it).
+    named: bool,
     done: bool,
 }
 
@@ -154,6 +162,7 @@ impl Store {
             appended: 0,
             settled: 0,
             written: 0,
+            named: false,
             done: false,
         })
     }
@@ -235,7 +244,12 @@ impl DatasetWriter {
     /// [`StoreError::QuotaExceeded`] when it would not fit; the caller then drops the writer.
     pub fn write(&mut self, block: &Block) -> Result<(), StoreError> {
         let len = block.data().len() as u64;
-        let len32 = u32::try_from(len).map_err(|_| StoreError::IndexDamaged("block too large"))?;
+        crate::store::check_block_len(block.data().len())?;
+        // `MAX_BLOCK_BYTES` fits in 32 bits.
+        let len32 = u32::try_from(len).map_err(|_| StoreError::BlockTooLarge {
+            len,
+            max: crate::MAX_BLOCK_BYTES,
+        })?;
         let digest = cid_digest(block.cid()).map_err(|_| StoreError::IndexDamaged("block hash"))?;
         // Room reserved up front covers the block; else reserve it now.
         self.reserve_more((self.written + len).saturating_sub(self.reserved))?;
@@ -297,16 +311,26 @@ impl DatasetWriter {
 
         let _serial = store.inner.finish_lock.lock();
         let session = self.session;
-        let fresh = store.write(self.reserved, |t| {
+        // From here a rollback serialises with finishes (see `rollback`), whether the first
+        // transaction commits or not.
+        self.named = true;
+        // Whether the leaf rows this upload adds keep their proofs in `proofs` (and the tree
+        // waits for the last transaction): see below.
+        let keep_proofs = store.write(self.reserved, |t| {
             t.sessions.insert(session, (session, tree_key.as_slice()))?;
             t.reclaim_tree_fully(&tree_key)?;
-            // The tree goes in before any leaf row that relies on it (their proofs are empty).
-            if !has_tree(&t.trees, &tree_key)? {
-                put_tree(&mut t.trees, &tree_key, &tree)?;
-            }
+            // From here the session holds the dataset: it is not deleted while the upload
+            // writes, whatever happens to the manifests naming it (`Tables::session_holds`).
             if t.get_dataset(&tree_key)?.is_some() {
-                return Ok(false);
+                // Stored already. With its tree it is whole (or being written by an upload
+                // given up, whose rows rely on that tree); without, it is a partial download,
+                // and a stored tree would say it is whole before this upload has written every
+                // leaf (a crash or an error between leaf batches would leave it so): the rows
+                // added carry their proofs, and the tree goes in with the last leaf.
+                return Ok(!has_tree(&t.trees, &tree_key)?);
             }
+            // The tree goes in before any leaf row that relies on it (their proofs are empty).
+            put_tree(&mut t.trees, &tree_key, &tree)?;
             t.put_dataset(
                 &tree_key,
                 DatasetRec {
@@ -316,7 +340,7 @@ impl DatasetWriter {
                     session,
                 },
             )?;
-            Ok(true)
+            Ok(false)
         })?;
         let batch = cfg.leaf_batch.max(1);
         let mut start = 0u64;
@@ -338,6 +362,7 @@ impl DatasetWriter {
                 // `blocks` table is keyed by CID (random), and sorted inserts walk its pages in
                 // order instead of jumping around a table larger than the page cache.
                 let mut new_refs: Vec<(Vec<u8>, Loc)> = Vec::with_capacity(batch);
+                let mut proof = Vec::new();
                 for index in start..end {
                     let i =
                         usize::try_from(index).map_err(|_| StoreError::IndexDamaged("index"))?;
@@ -351,8 +376,8 @@ impl DatasetWriter {
                     .to_bytes();
                     let key = (tree_key.as_slice(), index);
                     // Insert first and look at what was there: one B-tree walk instead of a
-                    // lookup plus an insert for the (usual) new leaf. No proof: it comes from
-                    // the tree stored above.
+                    // lookup plus an insert for the (usual) new leaf. No proof in the row: it
+                    // comes from the tree stored above, or from `proofs`.
                     let old = t
                         .leaves
                         .insert(key, (cid.as_slice(), &[][..]))?
@@ -363,6 +388,11 @@ impl DatasetWriter {
                         t.leaves
                             .insert(key, (old_cid.as_slice(), old_proof.as_slice()))?;
                         continue;
+                    }
+                    if keep_proofs {
+                        proof.clear();
+                        tree.encode_proof_into(index, &mut proof)?;
+                        t.proofs.insert(key, proof.as_slice())?;
                     }
                     let loc = Loc {
                         seg: session,
@@ -396,7 +426,17 @@ impl DatasetWriter {
         store.write(self.reserved, |t| {
             t.add_ref(&mkey, Some(mloc), true, expiry)?;
             t.add_manifest(&mkey, &tree_key, nleaves)?;
-            if fresh && let Some(mut ds) = t.get_dataset(&tree_key)? {
+            // Every leaf is stored now (the dataset was held: none went), so the tree may say
+            // so. The proofs kept meanwhile go when the dataset is settled
+            // (`Store::settle_tree`, the maintenance pass).
+            if keep_proofs && !has_tree(&t.trees, &tree_key)? {
+                put_tree(&mut t.trees, &tree_key, &tree)?;
+            }
+            // Every leaf is stored now. Being written (by this upload, or by one given up
+            // that this one took over: finishes are serialised), the dataset turns active.
+            if let Some(mut ds) = t.get_dataset(&tree_key)?
+                && ds.state == DS_WRITING
+            {
                 ds.state = DS_ACTIVE;
                 ds.session = 0;
                 t.put_dataset(&tree_key, ds)?;
@@ -471,23 +511,11 @@ impl DatasetWriter {
         self.done = true;
         self.release_reservation();
         let session = self.session;
-        let res = self.store.write(0, |t| {
-            let tree = t
-                .sessions
-                .get(session)?
-                .map(|v| v.value().1.to_vec())
-                .unwrap_or_default();
-            if !tree.is_empty()
-                && let Some(ds) = t.get_dataset(&tree)?
-                && ds.state == DS_WRITING
-                && ds.session == session
-            {
-                t.mark_deleting(&tree, ds)?;
-            }
-            t.sessions.remove(session)?;
-            t.seal_segment(session)?;
-            Ok(())
-        });
+        // A session that named its dataset may turn it into a partial dataset (and drop its
+        // tree): no finish may rely on that tree meanwhile.
+        let serial = self.named.then(|| self.store.inner.finish_lock.lock());
+        let res = self.store.end_session(session);
+        drop(serial);
         if let Err(e) = res.and_then(|()| self.drop_segment_if_empty()) {
             warn!(session, error = %e, "rolling back an unfinished upload failed; the next start will");
         }

@@ -10,6 +10,14 @@
 //! * **inside `finish`** — B's dataset is marked *writing* and two leaf batches (8 leaves, so 8
 //!   block entries with live bytes in B's segment) are committed, but no manifest.
 //!
+//! One scenario has a download store B's manifest and some of its leaves before B is uploaded,
+//! and kills the upload inside `finish` as above: B must come back listed and partial, holding
+//! exactly the leaves stored before the kill, each with a valid proof, and reporting the rest
+//! missing (so the download fetches them); once they are put, B is whole.
+//!
+//! Another has a download store B's manifest and a leaf while B's upload writes its leaf
+//! index, and kills the upload: B must come back the same way (listed, partial, consistent).
+//!
 //! Two more scenarios kill a compaction pass (`crates/store/src/compact.rs`): the child stores
 //! 1025 standalone blocks in 16 MiB shared segments (four sealed, one open), deletes every other
 //! one of the first 1024, and compacts; it is killed **after the first batch of copies is synced
@@ -44,7 +52,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use cairn_core::{Block, Cid, CodexTree, Manifest, cid::cid_digest};
+use cairn_core::{Block, Cid, CodexTree, Manifest, VerifiedLeaf, cid::cid_digest};
 use cairn_store::{DatasetMeta, Store, StoreConfig, StoreError};
 use tempfile::TempDir;
 
@@ -75,6 +83,14 @@ const MODE_DURING_WRITES: &str = "during-writes";
 const MODE_IN_FINISH: &str = "in-finish";
 const MODE_COMPACT_SYNCED: &str = "compact-synced";
 const MODE_COMPACT_COMMITTED: &str = "compact-committed";
+const MODE_OVER_PARTIAL: &str = "over-partial";
+/// Leaves of B a download stored before B's upload began, in the "over a partial download"
+/// scenario: some inside the leaf batches the upload commits before the kill, some beyond.
+const PARTIAL_B_LEAVES: &[u64] = &[0, 3, 12, 29];
+const MODE_LISTED_WHILE_WRITING: &str = "listed-while-writing";
+/// Leaves of B a download stores while B's upload writes its leaf index, in the "listed while
+/// writing" scenario: beyond the batches the upload commits before the kill.
+const LISTED_B_LEAVES: &[u64] = &[20];
 /// Seed of the compaction scenarios' blocks.
 const DATASET_C: u64 = 0xC;
 /// Blocks the compaction child stores: four full segments and one more.
@@ -215,6 +231,8 @@ fn crash_child() {
         MODE_IN_FINISH => child_in_finish(&dir),
         MODE_COMPACT_SYNCED => child_in_compaction(&dir, stop_after_synced),
         MODE_COMPACT_COMMITTED => child_in_compaction(&dir, stop_after_committed),
+        MODE_OVER_PARTIAL => child_over_partial(&dir),
+        MODE_LISTED_WHILE_WRITING => child_listed_while_writing(&dir),
         other => panic!("unknown crash child mode {other:?}"),
     }
 }
@@ -251,6 +269,88 @@ fn child_in_finish(dir: &Path) {
     let store = Store::open(dir, cfg).expect("child: open store");
     let (a, _) = upload(&store, DATASET_A, A_BLOCKS).expect("child: upload A");
     say(&format!("A {a}"));
+    HOOK_ARMED.store(true, Ordering::SeqCst);
+    let res = upload(&store, DATASET_B, B_BLOCKS);
+    eprintln!("crash child: B's finish returned ({res:?}) without the crash hook stopping it");
+    std::process::exit(2);
+}
+
+/// Stores B's manifest and its leaves `indices`, as a download of B that got that far.
+fn download_part_of_b(store: &Store, indices: &[u64]) {
+    let blocks: Vec<Block> = (0..B_BLOCKS).map(|i| block(DATASET_B, i)).collect();
+    let digests = blocks
+        .iter()
+        .map(|b| cid_digest(b.cid()).expect("sha256 block CID"))
+        .collect();
+    let tree = CodexTree::new(digests).expect("non-empty tree");
+    store
+        .put_block(&expected(DATASET_B, B_BLOCKS).manifest.to_block())
+        .expect("child: put B's manifest");
+    let leaves: Vec<VerifiedLeaf> = indices
+        .iter()
+        .map(|&i| {
+            let b = blocks[usize::try_from(i).expect("small index")].clone();
+            let proof = tree.proof(i).expect("leaf in range");
+            VerifiedLeaf::verify(tree.cid(), i, B_BLOCKS, b, proof).expect("valid leaf")
+        })
+        .collect();
+    store
+        .put_leaves(&tree.cid(), &leaves)
+        .expect("child: put B's leaves");
+}
+
+/// A download stored part of B; then B is uploaded, and killed after two leaf batches.
+fn child_over_partial(dir: &Path) {
+    let cfg = StoreConfig {
+        leaf_batch: LEAF_BATCH,
+        crash_hook: Some(crash_hook),
+        ..quiet()
+    };
+    let store = Store::open(dir, cfg).expect("child: open store");
+    let (a, _) = upload(&store, DATASET_A, A_BLOCKS).expect("child: upload A");
+    say(&format!("A {a}"));
+    download_part_of_b(&store, PARTIAL_B_LEAVES);
+    HOOK_ARMED.store(true, Ordering::SeqCst);
+    let res = upload(&store, DATASET_B, B_BLOCKS);
+    eprintln!("crash child: B's finish returned ({res:?}) without the crash hook stopping it");
+    std::process::exit(2);
+}
+
+/// The store of the "listed while writing" child, for its hook.
+static LISTING_STORE: std::sync::Mutex<Option<Store>> = std::sync::Mutex::new(None);
+
+/// The hook of the "listed while writing" child: after B's first leaf batch a download of B
+/// stores its manifest and some leaves; after the second, the child announces it and waits to
+/// be killed.
+fn listed_while_writing_hook(point: &'static str) {
+    if point != "finish:leaf-batch" || !HOOK_ARMED.load(Ordering::SeqCst) {
+        return;
+    }
+    let batch = LEAF_BATCHES.fetch_add(1, Ordering::SeqCst) + 1;
+    if batch == 1 {
+        let store = LISTING_STORE
+            .lock()
+            .expect("store slot")
+            .clone()
+            .expect("the child set the store");
+        download_part_of_b(&store, LISTED_B_LEAVES);
+    }
+    if batch == STOP_AT_BATCH {
+        announce_and_wait_for_the_kill("in finish");
+    }
+}
+
+/// B is uploaded; a download of B lists it while the upload writes, and the upload is killed.
+fn child_listed_while_writing(dir: &Path) {
+    let cfg = StoreConfig {
+        leaf_batch: LEAF_BATCH,
+        crash_hook: Some(listed_while_writing_hook),
+        ..quiet()
+    };
+    let store = Store::open(dir, cfg).expect("child: open store");
+    let (a, _) = upload(&store, DATASET_A, A_BLOCKS).expect("child: upload A");
+    say(&format!("A {a}"));
+    *LISTING_STORE.lock().expect("store slot") = Some(store.clone());
     HOOK_ARMED.store(true, Ordering::SeqCst);
     let res = upload(&store, DATASET_B, B_BLOCKS);
     eprintln!("crash child: B's finish returned ({res:?}) without the crash hook stopping it");
@@ -683,6 +783,151 @@ fn sigkill_inside_finish_recovers() {
             b_pending_reclaim: true,
             b_leaves_committed: LEAF_BATCH * STOP_AT_BATCH,
         },
+    );
+}
+
+/// Reopens the store a child left with A whole and B listed but partial, holding exactly the
+/// leaves `stored`, and checks that B says so: each leaf it holds reads back with a valid
+/// proof, the first one it lacks is reported missing and a download reserves room for all it
+/// lacks. Then the leaves it lacks are put, as the download would, and B is whole, is kept as
+/// a tree once settled, and survives a reopen.
+fn check_partial_b_recovered(store_dir: &Path, reported_a: &str, stored: &[u64], name: &str) {
+    let a = expected(DATASET_A, A_BLOCKS);
+    let b = expected(DATASET_B, B_BLOCKS);
+    assert_eq!(reported_a, a.manifest_cid.to_string(), "{name}: A's CID");
+    let store = Store::open(store_dir, quiet())
+        .unwrap_or_else(|e| panic!("{name}: reopening the store after SIGKILL failed: {e}"));
+    let ctx = format!("{name}, after reopen");
+    let mut listed: Vec<String> = store
+        .list_manifests()
+        .expect("list_manifests")
+        .iter()
+        .map(|(c, _)| c.to_string())
+        .collect();
+    listed.sort();
+    let mut want = vec![a.manifest_cid.to_string(), b.manifest_cid.to_string()];
+    want.sort();
+    assert_eq!(listed, want, "{ctx}: A and the partial B are listed");
+    assert_dataset_intact(&store, DATASET_A, A_BLOCKS, &a, &ctx);
+    assert_consistent(&store, &ctx);
+    assert!(
+        !store.reclaim_pending().expect("reclaim_pending"),
+        "{ctx}: nothing is being deleted"
+    );
+    let root = cid_digest(&b.tree).expect("tree CID digest");
+    for i in 0..B_BLOCKS {
+        let got = store
+            .get_leaf(&b.tree, i)
+            .unwrap_or_else(|e| panic!("{ctx}: reading B leaf {i} failed: {e}"));
+        match got {
+            Some((blk, proof)) => {
+                assert!(stored.contains(&i), "{ctx}: B leaf {i} should be missing");
+                assert!(
+                    blk.data() == block(DATASET_B, i).data(),
+                    "{ctx}: B leaf {i}"
+                );
+                let leaf = cid_digest(blk.cid()).expect("leaf CID digest");
+                proof
+                    .verify_leaf(&leaf, &root, i, B_BLOCKS)
+                    .unwrap_or_else(|e| panic!("{ctx}: proof of B leaf {i}: {e}"));
+            }
+            None => assert!(!stored.contains(&i), "{ctx}: B leaf {i} should be stored"),
+        }
+    }
+    let missing: Vec<u64> = (0..B_BLOCKS).filter(|i| !stored.contains(i)).collect();
+    assert_eq!(
+        store
+            .first_missing_leaf(&b.tree, 0..B_BLOCKS)
+            .expect("first_missing_leaf"),
+        missing.first().copied(),
+        "{ctx}: B's first missing leaf"
+    );
+    let room = store
+        .reserve_room(&b.tree, 0..B_BLOCKS, BS as u64)
+        .unwrap_or_else(|e| panic!("{ctx}: reserving room for B failed: {e}"));
+    assert_eq!(
+        room.bytes(),
+        missing.len() as u64 * BS as u64,
+        "{ctx}: room for B's missing leaves"
+    );
+    drop(room);
+
+    // The download goes on.
+    download_part_of_b(&store, &missing);
+    let ctx = format!("{name}, after the download completed");
+    assert_dataset_intact(&store, DATASET_B, B_BLOCKS, &b, &ctx);
+    assert!(
+        store.settle_tree(&b.tree).expect("settle_tree") > 0,
+        "{ctx}"
+    );
+    assert_eq!(
+        store.proof_storage().expect("proof_storage").1,
+        0,
+        "{ctx}: proofs kept after settling"
+    );
+    assert_dataset_intact(&store, DATASET_B, B_BLOCKS, &b, &ctx);
+    assert_consistent(&store, &ctx);
+    drop(store);
+    let store = Store::open(store_dir, quiet()).expect("final reopen");
+    let ctx = format!("{name}, after the final reopen");
+    assert_dataset_intact(&store, DATASET_A, A_BLOCKS, &a, &ctx);
+    assert_dataset_intact(&store, DATASET_B, B_BLOCKS, &b, &ctx);
+    assert_consistent(&store, &ctx);
+}
+
+/// SIGKILL inside the finish of an upload of B, which a download had stored part of: B stays
+/// listed and partial, and says which leaves it lacks. Before, the upload stored B's tree in its
+/// first transaction, and a stored tree told `first_missing_leaf` and `reserve_room` that every
+/// leaf was there: the download never fetched the rest (found by review).
+#[test]
+fn sigkill_inside_an_upload_over_a_partial_download_recovers() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store_dir = tmp.path().join("store");
+    let mut child = Crashee::spawn(
+        MODE_OVER_PARTIAL,
+        &store_dir,
+        tmp.path().join("child.stderr"),
+    );
+    let reported_a = child.wait_for("A ");
+    child.wait_for("in finish");
+    child.kill();
+    drop(child);
+    let written = (LEAF_BATCH * STOP_AT_BATCH) as u64;
+    let mut stored: Vec<u64> = (0..written).collect();
+    stored.extend(PARTIAL_B_LEAVES.iter().filter(|&&i| i >= written));
+    check_partial_b_recovered(
+        &store_dir,
+        &reported_a,
+        &stored,
+        "killed inside an upload over a partial download",
+    );
+}
+
+/// SIGKILL inside the finish of an upload of B, after a download of B stored B's manifest (and
+/// a leaf) meanwhile: B stays listed, as a partial dataset that says what it lacks. Before, the
+/// open rolled the upload back by marking B deleting while its manifest stayed listed, and a
+/// download of it was told "not stored" for good (found by review).
+#[test]
+fn sigkill_inside_an_upload_whose_dataset_a_download_listed_recovers() {
+    let tmp = TempDir::new().expect("temp dir");
+    let store_dir = tmp.path().join("store");
+    let mut child = Crashee::spawn(
+        MODE_LISTED_WHILE_WRITING,
+        &store_dir,
+        tmp.path().join("child.stderr"),
+    );
+    let reported_a = child.wait_for("A ");
+    child.wait_for("in finish");
+    child.kill();
+    drop(child);
+    let written = (LEAF_BATCH * STOP_AT_BATCH) as u64;
+    let mut stored: Vec<u64> = (0..written).collect();
+    stored.extend(LISTED_B_LEAVES.iter().filter(|&&i| i >= written));
+    check_partial_b_recovered(
+        &store_dir,
+        &reported_a,
+        &stored,
+        "killed inside an upload whose dataset a download listed",
     );
 }
 
