@@ -20,7 +20,8 @@ pub enum ApiError {
     Conflict(String),
     /// 408: the client stopped sending the request body.
     RequestTimeout(String),
-    /// 422: an unacceptable header value.
+    /// 422: the request cannot be done as asked: an unacceptable header value, or a manifest
+    /// that does not match its dataset.
     Unprocessable(String),
     /// 507: the store is full.
     InsufficientStorage(String),
@@ -175,6 +176,23 @@ mod tests {
         assert_eq!(
             answer.into_response().status(),
             StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    /// A manifest whose size its dataset's tree contradicts (a holder's proof shows the tree's
+    /// real size) cannot be downloaded as asked: `422` with both sizes, not a `500`.
+    #[test]
+    fn a_manifest_that_does_not_match_its_dataset_is_unprocessable() {
+        use axum::response::IntoResponse;
+        use cairn_node::{NodeError, engine::FetchError};
+        let answer =
+            crate::network::network_error(NodeError::Fetch(FetchError::ManifestMismatch {
+                manifest_blocks: 3,
+                tree_leaves: 5,
+            }));
+        assert_eq!(
+            answer.into_response().status(),
+            StatusCode::UNPROCESSABLE_ENTITY
         );
     }
 }

@@ -34,6 +34,9 @@ pub(crate) fn network_error(e: NodeError) -> ApiError {
         NodeError::Fetch(cairn_node::engine::FetchError::Busy) => {
             ApiError::Unavailable("Too many blocks are being fetched; try again later.".into())
         }
+        e @ NodeError::Fetch(cairn_node::engine::FetchError::ManifestMismatch { .. }) => {
+            ApiError::Unprocessable(format!("{e}."))
+        }
         e @ NodeError::TooManyDownloads { .. } => {
             ApiError::Unavailable(format!("{e}; try again when one has ended."))
         }
