@@ -585,7 +585,28 @@ impl<'txn> Tables<'txn> {
         Ok(batch.len())
     }
 
-    /// If `tree` is being deleted, finishes that deletion now (a re-upload of the same data).
+    /// If `tree` is being deleted, drops up to `budget` more of its leaves. Returns whether it
+    /// is still being deleted ([`crate::Store::finish_deleting`] calls it in transactions of
+    /// their own until it is not).
+    pub(crate) fn reclaim_deleting_tree(
+        &mut self,
+        tree: &[u8],
+        budget: usize,
+    ) -> Result<bool, StoreError> {
+        if self
+            .get_dataset(tree)?
+            .is_none_or(|d| d.state != DS_DELETING)
+        {
+            return Ok(false);
+        }
+        self.reclaim_tree(tree, budget)?;
+        Ok(self.deleting.get(tree)?.is_some())
+    }
+
+    /// If `tree` is being deleted, finishes that deletion now (a re-upload of the same data),
+    /// in this one transaction: the last resort of a put that finds its dataset being deleted.
+    /// Puts first finish such a deletion in batches ([`crate::Store::finish_deleting`]), so this
+    /// finds little or nothing to do.
     pub(crate) fn reclaim_tree_fully(&mut self, tree: &[u8]) -> Result<(), StoreError> {
         if self
             .get_dataset(tree)?

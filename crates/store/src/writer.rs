@@ -309,6 +309,8 @@ impl DatasetWriter {
         self.settle()?;
         hook("finish:synced");
 
+        // A deletion of the same data still going on is finished first, in batches.
+        store.finish_deleting(&tree_key)?;
         let _serial = store.inner.finish_lock.lock();
         let session = self.session;
         // From here a rollback serialises with finishes (see `rollback`), whether the first
