@@ -207,16 +207,17 @@ pub enum FetchError {
     /// ([`EngineHandle::forget`]).
     #[error("the dataset was deleted on this node")]
     Deleted,
-    /// A holder's proof for the leaf checked out against the dataset's tree, for a tree of
-    /// another size than the manifest says: the manifest is wrong (it names a real tree with a
-    /// made-up size), not the holder.
+    /// Holders sent the leaf with a proof that checks out against the dataset's tree only for a
+    /// tree of another size than the manifest says, and no holder sent one that agrees with the
+    /// manifest within [`NO_HOLDER_TIMEOUT`]: most likely the manifest names a real tree with a
+    /// made-up size (or every holder asked lied about it).
     #[error(
-        "the manifest does not match its dataset: it says {manifest_blocks} blocks, its tree has {tree_leaves} leaves"
+        "the manifest does not match its dataset: it says {manifest_blocks} blocks, and its holders' proofs are for a tree of {tree_leaves} leaves"
     )]
     ManifestMismatch {
         /// Blocks by the manifest.
         manifest_blocks: u64,
-        /// Leaves of the tree, by a proof that checked out against its root.
+        /// Leaves of the tree by the last holder's proof.
         tree_leaves: u64,
     },
 }
@@ -436,6 +437,13 @@ struct Pending {
     /// ([`Engine::hedge`]); only while `requested_from` is set. A delivery from either counts.
     hedged: Option<PeerId>,
     excluded: Vec<PeerId>,
+    /// Holders whose proof for this leaf was for a tree of another size than the manifest's
+    /// (see [`Rejected::Manifest`]): not asked for it again, not penalised.
+    disputers: HashSet<PeerId>,
+    /// The tree size the last of them claimed: the want fails as
+    /// [`FetchError::ManifestMismatch`] rather than [`FetchError::NotFound`] if nobody else
+    /// delivers it.
+    claimed_leaves: Option<u64>,
     /// Connected peers that answered `DontHave` (non-leaf wants only, see [`query`]) and have
     /// not said `Have` since; at most one entry per connected peer.
     denied: HashSet<PeerId>,
@@ -960,6 +968,8 @@ impl Engine {
                 requested_from: None,
                 hedged: None,
                 excluded: Vec::new(),
+                disputers: HashSet::new(),
+                claimed_leaves: None,
                 denied: HashSet::new(),
                 storing: false,
                 queued: false,
@@ -1159,17 +1169,21 @@ impl Engine {
         let verified = match verify(d, pending.nleaves) {
             Ok(v) => v,
             Err(Rejected::Manifest { tree_leaves }) => {
-                // The holder is right and the manifest is not: its requesters hear so, and
-                // nobody is penalised (review: every honest holder was banned in turn).
-                let error = FetchError::ManifestMismatch {
-                    manifest_blocks,
-                    tree_leaves,
-                };
-                warn!(%peer, %address, %error, "leaf of a dataset whose manifest is wrong");
-                if let Some(p) = self.drop_want(address) {
-                    for w in p.waiters {
-                        let _ = w.send(Err(error.clone()));
-                    }
+                // The manifest or the peer is wrong about the tree's size, and the proof cannot
+                // tell which: it binds the size only through the odd nodes on its own path. The
+                // peer is not penalised (when the manifest is the liar, every honest holder was
+                // banned in turn; review) and not asked for this leaf again; another holder
+                // whose proof agrees with the manifest is (a peer that lies this way cannot
+                // fail a download honest holders can serve; review). If none does, the want
+                // fails as `ManifestMismatch` once it has had no holder for NO_HOLDER_TIMEOUT.
+                debug!(%peer, %address, manifest_blocks, tree_leaves, "proof for a tree of another size than the manifest's");
+                let since = pending.unheld_since;
+                pending.disputers.insert(peer);
+                pending.claimed_leaves = Some(tree_leaves);
+                self.release(address, peer, false);
+                if let Some(p) = self.pending.get_mut(&address) {
+                    // Not a holder letting go: the wait for one goes on from where it was.
+                    p.unheld_since = since;
                 }
                 return;
             }
@@ -1610,8 +1624,15 @@ impl Engine {
         }
         for a in failed {
             if let Some(p) = self.drop_want(a) {
+                let error = match p.claimed_leaves {
+                    Some(tree_leaves) => FetchError::ManifestMismatch {
+                        manifest_blocks: p.nleaves.unwrap_or(0),
+                        tree_leaves,
+                    },
+                    None => FetchError::NotFound,
+                };
                 for w in p.waiters {
-                    let _ = w.send(Err(FetchError::NotFound));
+                    let _ = w.send(Err(error.clone()));
                 }
             }
         }
@@ -1668,7 +1689,10 @@ impl Engine {
             let mut full = f64::INFINITY;
             let mut any_holder = false;
             for (peer, st) in &self.peers {
-                if !st.haves.contains(&address) || p.excluded.contains(peer) {
+                if !st.haves.contains(&address)
+                    || p.excluded.contains(peer)
+                    || p.disputers.contains(peer)
+                {
                     continue;
                 }
                 any_holder = true;
@@ -1747,7 +1771,11 @@ impl Engine {
                 .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
             let mut best: Option<(f64, PeerId)> = None;
             for (peer, st) in &self.peers {
-                if *peer == from || !st.haves.contains(&address) || p.excluded.contains(peer) {
+                if *peer == from
+                    || !st.haves.contains(&address)
+                    || p.excluded.contains(peer)
+                    || p.disputers.contains(peer)
+                {
                     continue;
                 }
                 let load = st.outstanding.len();
@@ -1967,8 +1995,11 @@ fn store_due(queued: usize, oldest_wait: Duration, flush_waiting: bool, coming: 
 enum Rejected {
     /// The peer sent something wrong (penalised).
     Peer(String),
-    /// The proof is right for the tree, of `tree_leaves` leaves, and the manifest that gave the
-    /// leaf count is wrong.
+    /// The proof is for the right index and checks out against the tree's root, but for a tree
+    /// of `tree_leaves` leaves, not the manifest's count. Either may be wrong: the Codex tree
+    /// binds the count only through the odd nodes on the leaf's own path, so a peer can forge
+    /// a count that still checks out (review found most positions allow one), and a manifest
+    /// can name a real tree with a made-up size.
     Manifest { tree_leaves: u64 },
 }
 
@@ -1986,8 +2017,8 @@ fn verify(d: Delivery, nleaves: Option<u64>) -> Result<Verified, Rejected> {
             let proof = d.proof.ok_or_else(|| peer("no proof"))?;
             let nleaves = nleaves.ok_or_else(|| peer("leaf count unknown"))?;
             if proof.index == index && proof.nleaves != nleaves {
-                // Only a tree of that size has this root (short of a hash collision): if the
-                // proof checks out with its own count, the count we were given is wrong.
+                // A proof that checks out with its own count: the manifest's count or the
+                // peer's is wrong ([`Rejected::Manifest`]).
                 let tree_leaves = proof.nleaves;
                 return Err(
                     match VerifiedLeaf::verify(tree, index, tree_leaves, d.block, proof) {
@@ -2412,6 +2443,54 @@ mod tests {
             "asked elsewhere"
         );
         assert_eq!(e.pending[&fine].requested_from, Some(busy));
+        cancel.cancel();
+    }
+
+    /// A holder whose proof checks out only for a tree of another size than the manifest's
+    /// (a forged count: the tree binds it only through the odd nodes on the leaf's path, so a
+    /// peer can make one that checks out) is neither penalised nor believed: the leaf is asked
+    /// of another holder, and the download goes on (review: the peer used to fail the download
+    /// as `ManifestMismatch` at no cost to itself).
+    #[tokio::test]
+    async fn a_forged_tree_size_in_a_proof_does_not_fail_the_download() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (_, tree) = dataset(&e.store, 3, 7);
+        let address = BlockAddress::Leaf { tree, index: 0 };
+        let (liar, honest) = (PeerId::random(), PeerId::random());
+        connected(&mut e, liar);
+        if let Some(st) = e.peers.get_mut(&liar) {
+            st.haves.insert(address);
+        }
+        let (tx, mut rx) = oneshot::channel();
+        e.add_want(address, Some(3), tx, Instant::now());
+        e.assign(Instant::now());
+        assert_eq!(e.pending[&address].requested_from, Some(liar));
+        connected(&mut e, honest);
+        if let Some(st) = e.peers.get_mut(&honest) {
+            st.haves.insert(address);
+        }
+        // The liar's answer: the honest block and path, with 4 leaves for 3.
+        let (block, mut proof) = e.store.get_leaf(&tree, 0).unwrap().unwrap();
+        proof.nleaves = 4;
+        assert!(
+            VerifiedLeaf::verify(tree, 0, 4, block.clone(), proof.clone()).is_ok(),
+            "the forged count checks out"
+        );
+        e.on_delivery(
+            liar,
+            Delivery {
+                block,
+                address,
+                proof: Some(proof),
+            },
+            Instant::now(),
+        );
+        assert!(e.pending.contains_key(&address), "still wanted");
+        assert!(rx.try_recv().is_err(), "no answer yet");
+        assert_eq!(e.reports_in_flight, 0, "nobody penalised");
+        e.assign(Instant::now());
+        assert_eq!(e.pending[&address].requested_from, Some(honest));
         cancel.cancel();
     }
 

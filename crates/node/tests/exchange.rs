@@ -1553,10 +1553,11 @@ async fn deleted_download_gives_disk_space_back(roll: u64) {
 
 /// A manifest that names a real dataset's tree with another size (anyone can make one, and its
 /// CID differs from the real manifest's) makes every holder's proof fail the leaf count it
-/// gives. The holder is right: its proof checks out against the tree for the tree's own size.
-/// The download fails with the manifest's error and the holder is not penalised (review: each
-/// honest holder was banned in turn, `codex-protocol.md` §3: a proof carries its tree's leaf
-/// count, `CodexProof.nleaves`).
+/// gives, though the proof checks out against the tree for the tree's own size
+/// (`codex-protocol.md` §3: a proof carries its tree's leaf count, `CodexProof.nleaves`). The
+/// holder is not penalised (review: each honest holder was banned in turn); as no holder sends
+/// a proof that agrees with the manifest, the download fails with the manifest's error once
+/// the want has had no holder for `NO_HOLDER_TIMEOUT` (30 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_with_the_wrong_size_blames_the_manifest_not_the_holder() {
     let cancel = CancellationToken::new();
