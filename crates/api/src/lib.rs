@@ -49,5 +49,8 @@ pub use crate::{
         MAX_RANGE_HEADER_LEN, MAX_RANGE_SPECS, RangeAnswer, RangeRequest, RangeSpec, content_range,
         etag, none_match, parse_range, range_answer, unsatisfied_range,
     },
-    routes::{API_BASE, ApiOptions, router, router_with, serve},
+    routes::{
+        API_BASE, ApiOptions, MAX_CONCURRENT_UPLOADS, UPLOAD_SLOT_WAIT, UploadLimits, router,
+        router_with, serve,
+    },
 };

@@ -38,6 +38,8 @@ pub struct ApiOptions {
     /// `--api-cors-origin`: with it, the API adds the reference's CORS headers and answers
     /// preflights (see `cors.rs`); without it, no CORS header is sent.
     pub cors_origin: Option<CorsOrigin>,
+    /// How many uploads run at once, and how long one more waits for its turn.
+    pub uploads: UploadLimits,
 }
 
 impl std::fmt::Debug for ApiOptions {
@@ -45,8 +47,45 @@ impl std::fmt::Debug for ApiOptions {
         f.debug_struct("ApiOptions")
             .field("log_level", &self.log_level.is_some())
             .field("cors_origin", &self.cors_origin)
+            .field("uploads", &self.uploads)
             .finish()
     }
+}
+
+/// Uploads running at once, by default. Each holds up to about 13 MiB (1 MiB between the
+/// chunker and the hashers, 4 MiB between the hashers and the writer, up to 8 MiB of the
+/// segment's staging buffers) and five blocking threads (a writer and up to four hashers):
+/// sixteen bound that at about 210 MiB and 80 threads, whatever the number of clients (review:
+/// nothing bounded them, and enough slow uploads would have used up tokio's blocking pool,
+/// which every store call of the node needs).
+pub const MAX_CONCURRENT_UPLOADS: usize = 16;
+/// How long an upload beyond [`MAX_CONCURRENT_UPLOADS`] waits for one to end before it is
+/// answered `503` (its body is not read meanwhile: it costs a connection, not memory).
+pub const UPLOAD_SLOT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Uploads at once and the wait for a turn (see [`MAX_CONCURRENT_UPLOADS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadLimits {
+    /// Uploads running at once (at least 1).
+    pub max: usize,
+    /// How long one more waits for a turn before `503`.
+    pub wait: std::time::Duration,
+}
+
+impl Default for UploadLimits {
+    fn default() -> UploadLimits {
+        UploadLimits {
+            max: MAX_CONCURRENT_UPLOADS,
+            wait: UPLOAD_SLOT_WAIT,
+        }
+    }
+}
+
+/// The turns of [`UploadLimits`].
+#[derive(Debug, Clone)]
+struct UploadSlots {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    limits: UploadLimits,
 }
 
 /// The API router over `node`, without process options.
@@ -56,6 +95,14 @@ pub fn router(node: Node) -> Router {
 
 /// The API router over `node`.
 pub fn router_with(node: Node, options: ApiOptions) -> Router {
+    let slots = UploadSlots {
+        slots: std::sync::Arc::new(tokio::sync::Semaphore::new(options.uploads.max.max(1))),
+        limits: options.uploads,
+    };
+    let upload = move |node: State<Node>, headers: HeaderMap, body: Body| {
+        let slots = slots.clone();
+        async move { upload(node, headers, body, slots).await }
+    };
     let api = Router::new()
         .route("/data", get(list).post(upload))
         .route("/data/{cid}", get(download).delete(delete))
@@ -142,10 +189,21 @@ async fn upload(
     State(node): State<Node>,
     headers: HeaderMap,
     body: Body,
+    slots: UploadSlots,
 ) -> Result<Response, ApiError> {
     let (filename, mimetype) = match upload_headers(&headers) {
         Ok(meta) => meta,
         Err(e) => return Err(refuse(&headers, body, e)),
+    };
+    // A turn among the uploads running at once, held until this one is stored or fails.
+    let turn = tokio::time::timeout(slots.limits.wait, slots.slots.acquire_owned()).await;
+    let Ok(Ok(_turn)) = turn else {
+        let error = ApiError::Unavailable(format!(
+            "{} uploads are in progress, the most this node runs at once; none ended within {} s. Try again later.",
+            slots.limits.max.max(1),
+            slots.limits.wait.as_secs()
+        ));
+        return Err(refuse(&headers, body, error));
     };
     // With a length, an upload that cannot fit is refused before its body is read, and the
     // room for one that fits is reserved.
@@ -343,6 +401,86 @@ mod tests {
         let space = node.space().await.unwrap();
         assert_eq!((space.quota_used_bytes, space.quota_reserved_bytes), (0, 0));
         assert!(node.list().await.unwrap().is_empty());
+    }
+
+    /// An upload whose body the test feeds, and the sender that feeds it (dropped: the end).
+    fn fed_upload() -> (
+        Request<Body>,
+        tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
+        let req = Request::post(format!("{API_BASE}/data"))
+            .body(Body::from_stream(stream))
+            .unwrap();
+        (req, tx)
+    }
+
+    /// Waits (bounded) until the upload fed by `tx` has read what was sent: it has its turn.
+    async fn read_by_its_upload(
+        tx: &tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+    ) {
+        tokio::time::timeout(WAIT, async {
+            while tx.capacity() < tx.max_capacity() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the upload never read its body");
+    }
+
+    /// Uploads beyond the limit wait for a turn: one that gets it in time is stored, one that
+    /// does not is `503` with its reason (review: nothing bounded the uploads running at once,
+    /// each with its buffers and five blocking threads).
+    #[tokio::test]
+    async fn uploads_beyond_the_limit_wait_for_their_turn() {
+        let node = || {
+            Node::new(
+                Store::in_memory(StoreConfig::default()).unwrap(),
+                NodeConfig::default(),
+            )
+        };
+        let limited = |wait| {
+            router_with(
+                node(),
+                ApiOptions {
+                    uploads: UploadLimits { max: 1, wait },
+                    ..ApiOptions::default()
+                },
+            )
+        };
+        let chunk = || Ok(bytes::Bytes::from(vec![5u8; 1000]));
+        // No turn within the wait: 503.
+        let app = limited(std::time::Duration::from_millis(100));
+        let (first, tx) = fed_upload();
+        tx.send(chunk()).await.unwrap();
+        let running = tokio::spawn(call_owned(app.clone(), first));
+        read_by_its_upload(&tx).await;
+        let (status, _, body) = call(&app, post(b"second", &[])).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("1 uploads are in progress"), "{text}");
+        drop(tx);
+        let (status, _, _) = tokio::time::timeout(WAIT, running).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::OK);
+        // A turn that comes in time: the second upload waits and is stored.
+        let app = limited(WAIT);
+        let (first, tx) = fed_upload();
+        tx.send(chunk()).await.unwrap();
+        let running = tokio::spawn(call_owned(app.clone(), first));
+        read_by_its_upload(&tx).await;
+        let waiting = tokio::spawn(call_owned(app.clone(), post(b"second", &[])));
+        drop(tx);
+        for task in [running, waiting] {
+            let (status, _, _) = tokio::time::timeout(WAIT, task).await.unwrap().unwrap();
+            assert_eq!(status, StatusCode::OK);
+        }
+    }
+
+    async fn call_owned(app: Router, req: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {
+        call(&app, req).await
     }
 
     async fn call(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Vec<u8>) {

@@ -354,6 +354,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     let options = cairn_api::ApiOptions {
         log_level: Some(set_log_level),
         cors_origin: cfg.api_cors_origin.clone(),
+        ..cairn_api::ApiOptions::default()
     };
     let api = tokio::spawn(cairn_api::serve(
         listener,
