@@ -1408,29 +1408,70 @@ impl Store {
                 tree: Box::new(*tree),
             });
         };
-        let all = indices.end.saturating_sub(indices.start);
         // A dataset whose tree is kept is whole (see `first_missing_leaf`): nothing to count.
         let whole = ds.state == DS_ACTIVE
             && indices.end <= ds.nleaves
             && has_tree(&r.open_table(TREES)?, &key)?;
-        let mut stored = if whole { all } else { 0 };
-        if all > 0 && !whole {
-            for entry in r
-                .open_table(LEAVES)?
-                .range((key.as_slice(), indices.start)..(key.as_slice(), indices.end))?
-            {
+        let leaves = r.open_table(LEAVES)?;
+        // Leaves of `range` not stored, at the block size.
+        let missing_bytes = |range: &std::ops::Range<u64>| -> Result<u64, StoreError> {
+            let all = range.end.saturating_sub(range.start);
+            if all == 0 || whole {
+                return Ok(0);
+            }
+            let mut stored = 0u64;
+            for entry in leaves.range((key.as_slice(), range.start)..(key.as_slice(), range.end))? {
                 entry?;
                 stored += 1;
             }
+            Ok((all - stored.min(all)).saturating_mul(block_size))
+        };
+        let needed = missing_bytes(&indices)?;
+        // Downloads of the same dataset share its pool: a request adds the room of the leaves
+        // it lacks outside the ranges the pool already holds room for (a second request for
+        // the same blocks needs no more; one for other blocks of the dataset needs theirs).
+        // The ranges are read here and checked again under the lock below: if another request
+        // changed them meanwhile, this one counts again.
+        let mut add = None;
+        for _ in 0..POOL_RECOUNTS {
+            let covered = {
+                let _uploads = self.inner.reserved.lock();
+                let pools = self.inner.download_pools.lock();
+                pools.by_tree.get(&key).map(|p| p.ranges.clone())
+            };
+            let Some(covered) = covered else {
+                add = Some((None, needed));
+                break;
+            };
+            let Some(gaps) = uncovered(&indices, &covered) else {
+                break; // too many ranges to follow: the old rule below
+            };
+            let mut bytes = 0u64;
+            for gap in &gaps {
+                bytes = bytes.saturating_add(missing_bytes(gap)?);
+            }
+            add = Some((Some(covered), bytes));
+            let _uploads = self.inner.reserved.lock();
+            let pools = self.inner.download_pools.lock();
+            if pools.by_tree.get(&key).map(|p| &p.ranges) == add.as_ref().and_then(|a| a.0.as_ref())
+            {
+                break;
+            }
+            add = None;
         }
+        drop(leaves);
         drop(r);
-        let needed = (all - stored.min(all)).saturating_mul(block_size);
         let uploads = self.inner.reserved.lock();
         let mut pools = self.inner.download_pools.lock();
-        // Downloads of the same dataset share its pool: only what it lacks is added (a second
-        // request for a dataset being fetched needs no more room).
         let held = pools.by_tree.get(&key).map_or(0, |p| p.bytes);
-        let add = needed.saturating_sub(held);
+        let current = pools.by_tree.get(&key).map(|p| p.ranges.clone());
+        let add = match add {
+            // Counted against the ranges the pool still has.
+            Some((counted, bytes)) if counted == current => bytes,
+            // The ranges moved on every count, or are too many to follow: only what the pool
+            // does not hold at all (as before ranges were kept).
+            _ => needed.saturating_sub(held),
+        };
         self.inner.fits(*uploads, add)?;
         // The whole of what it lacks fits on the disk now: a refusal before no longer stands.
         if self.inner.disk_room(*uploads, needed, held).is_ok() {
@@ -1450,9 +1491,11 @@ impl Store {
             id: next_id,
             bytes: 0,
             holders: 0,
+            ranges: Vec::new(),
         });
         pool.bytes += add;
         pool.holders += 1;
+        add_range(&mut pool.ranges, indices);
         let id = pool.id;
         self.inner
             .download_reserved
@@ -2124,6 +2167,65 @@ struct Pool {
     bytes: u64,
     /// Live [`Reservation`]s on it.
     holders: usize,
+    /// The leaf ranges its reservations were made for: sorted, disjoint, not adjacent, at
+    /// most [`MAX_POOL_RANGES`] (beyond, a new request adds only what the pool does not hold
+    /// at all).
+    ranges: Vec<std::ops::Range<u64>>,
+}
+
+/// Leaf ranges one download pool keeps track of. HTTP range requests of one dataset at once
+/// are few; past this many, a pool stops telling its ranges apart (and may hold too little).
+pub(crate) const MAX_POOL_RANGES: usize = 64;
+
+/// How many times a reservation counts its leaves again when another request changed the
+/// pool's ranges meanwhile, before it falls back to the pool's total.
+const POOL_RECOUNTS: usize = 3;
+
+/// The parts of `range` that `covered` (sorted, disjoint) does not cover, or `None` when
+/// `covered` is at [`MAX_POOL_RANGES`] (too many to follow).
+fn uncovered(
+    range: &std::ops::Range<u64>,
+    covered: &[std::ops::Range<u64>],
+) -> Option<Vec<std::ops::Range<u64>>> {
+    if covered.len() >= MAX_POOL_RANGES {
+        return None;
+    }
+    let mut gaps = Vec::new();
+    let mut from = range.start;
+    for c in covered {
+        if c.end <= from {
+            continue;
+        }
+        if c.start >= range.end {
+            break;
+        }
+        if c.start > from {
+            gaps.push(from..c.start);
+        }
+        from = from.max(c.end);
+    }
+    if from < range.end {
+        gaps.push(from..range.end);
+    }
+    Some(gaps)
+}
+
+/// Adds `range` to `ranges` (sorted, disjoint, not adjacent), merging what it touches; past
+/// [`MAX_POOL_RANGES`] the ranges are left as they are (see [`uncovered`]).
+fn add_range(ranges: &mut Vec<std::ops::Range<u64>>, range: std::ops::Range<u64>) {
+    if range.is_empty() || ranges.len() >= MAX_POOL_RANGES {
+        return;
+    }
+    let mut merged = range;
+    ranges.retain(|r| {
+        if r.end < merged.start || r.start > merged.end {
+            return true;
+        }
+        merged = merged.start.min(r.start)..merged.end.max(r.end);
+        false
+    });
+    let at = ranges.partition_point(|r| r.start < merged.start);
+    ranges.insert(at, merged);
 }
 
 /// How the in-memory `used` counter follows the commits. A commit lets the next writer in
@@ -2842,5 +2944,83 @@ mod deleting_tests {
             store.audit().unwrap().used_actual,
             store.audit().unwrap().used_recorded
         );
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use cairn_core::{Codec, Manifest, cid::cid_from_digest};
+
+    use super::*;
+
+    const BS: u64 = 64 * 1024;
+
+    #[test]
+    fn uncovered_parts_and_merged_ranges() {
+        let covered = vec![10..20, 30..40];
+        assert_eq!(
+            uncovered(&(0..50), &covered),
+            Some(vec![0..10, 20..30, 40..50])
+        );
+        assert_eq!(uncovered(&(12..18), &covered), Some(vec![]));
+        assert_eq!(
+            uncovered(&(15..35), &covered),
+            Some(vec![std::ops::Range { start: 20, end: 30 }])
+        );
+        assert_eq!(
+            uncovered(&(40..45), &covered),
+            Some(vec![std::ops::Range { start: 40, end: 45 }])
+        );
+        let full: Vec<_> = (0..MAX_POOL_RANGES as u64)
+            .map(|i| i * 10..i * 10 + 1)
+            .collect();
+        assert_eq!(uncovered(&(0..5), &full), None);
+        let mut ranges = covered;
+        add_range(&mut ranges, 20..30);
+        assert_eq!(
+            ranges,
+            vec![std::ops::Range { start: 10, end: 40 }],
+            "adjacent ranges merge"
+        );
+        add_range(&mut ranges, 0..5);
+        add_range(&mut ranges, 50..60);
+        add_range(&mut ranges, 3..12);
+        assert_eq!(ranges, vec![0..40, 50..60]);
+    }
+
+    /// Requests for different blocks of one dataset each hold room for their own blocks, and a
+    /// request for blocks already held adds nothing (review: a second, disjoint range added
+    /// nothing, so both together could write more than the quota left).
+    #[test]
+    fn disjoint_ranges_of_one_dataset_each_hold_their_room() {
+        let manifest = Manifest::new(cid_from_digest(Codec::Root, &[7; 32]), 600 * BS, BS);
+        let block = manifest.to_block();
+        let quota = 20 * BS + block.data().len() as u64;
+        let store = Store::in_memory(StoreConfig {
+            quota_bytes: quota,
+            background_reclaim: false,
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        store.put_block(&block).unwrap();
+        let tree = manifest.tree_cid;
+        let reserved = || store.space().unwrap().quota_reserved_bytes;
+        let first = store.reserve_room(&tree, 0..10, BS).unwrap();
+        assert_eq!(reserved(), 10 * BS);
+        let again = store.reserve_room(&tree, 2..8, BS).unwrap();
+        assert_eq!(reserved(), 10 * BS, "the same blocks: nothing more");
+        let other = store.reserve_room(&tree, 500..510, BS).unwrap();
+        assert_eq!(reserved(), 20 * BS, "other blocks: their own room");
+        assert!(matches!(
+            store.reserve_room(&tree, 100..101, BS),
+            Err(StoreError::QuotaExceeded { .. })
+        ));
+        let overlapping = store.reserve_room(&tree, 5..15, BS);
+        assert!(
+            matches!(overlapping, Err(StoreError::QuotaExceeded { needed, .. }) if needed == 5 * BS),
+            "only the 5 blocks not held yet are asked for"
+        );
+        drop((first, again, other));
+        assert_eq!(reserved(), 0);
     }
 }
