@@ -1,4 +1,5 @@
-//! Checked messages: parsed peer ids and multiaddrs, bounded counts.
+//! Checked messages: parsed peer ids and multiaddrs, bounded counts. An address longer than
+//! [`MAX_ADDR_BYTES`] is dropped from a received list rather than failing it.
 
 use libp2p::{Multiaddr, PeerId};
 use prost::Message as _;
@@ -25,7 +26,7 @@ pub enum DecodeError {
     /// A peer id that does not parse.
     #[error("invalid peer id")]
     PeerId,
-    /// A multiaddr that does not parse or is longer than [`MAX_ADDR_BYTES`].
+    /// A multiaddr that does not parse (one longer than [`MAX_ADDR_BYTES`] is skipped unread).
     #[error("invalid multiaddr")]
     Multiaddr,
     /// A DHT record longer than [`MAX_DHT_RECORD_BYTES`].
@@ -38,7 +39,8 @@ pub enum DecodeError {
 pub struct PeerAddrs {
     /// The peer.
     pub peer: PeerId,
-    /// Its addresses (without a `/p2p/` suffix; at most [`MAX_ADDRS_PER_PEER`]).
+    /// Its addresses (without a `/p2p/` suffix; at most [`MAX_ADDRS_PER_PEER`], each at most
+    /// [`MAX_ADDR_BYTES`] when decoded).
     pub addrs: Vec<Multiaddr>,
 }
 
@@ -102,10 +104,11 @@ impl Addrs {
             }
             let peer = PeerId::from_bytes(&p.peer_id).map_err(|_| DecodeError::PeerId)?;
             let mut addrs = Vec::with_capacity(p.addrs.len());
-            for a in p.addrs {
-                if a.len() > MAX_ADDR_BYTES {
-                    return Err(DecodeError::Multiaddr);
-                }
+            // An address over the limit is skipped, not the list: a sender's book may hold
+            // longer ones (cairn's takes up to 320 bytes), and one of them must not make the
+            // whole answer unreadable. The bytes are already inside the bounded frame, so
+            // skipping costs nothing more; they are never parsed.
+            for a in p.addrs.into_iter().filter(|a| a.len() <= MAX_ADDR_BYTES) {
                 addrs.push(Multiaddr::try_from(a).map_err(|_| DecodeError::Multiaddr)?);
             }
             out.push(PeerAddrs { peer, addrs });
@@ -263,17 +266,6 @@ mod tests {
             Addrs::decode(&bad_addr.encode_to_vec()),
             Err(DecodeError::Multiaddr)
         );
-        let long_addr = proto::AddrList {
-            peers: vec![proto::PeerAddrs {
-                peer_id: peer().to_bytes(),
-                addrs: vec![vec![4; MAX_ADDR_BYTES + 1]],
-            }],
-            dht_record: vec![],
-        };
-        assert_eq!(
-            Addrs::decode(&long_addr.encode_to_vec()),
-            Err(DecodeError::Multiaddr)
-        );
         // Neither or both kinds.
         let neither = proto::Request::default();
         assert_eq!(
@@ -287,6 +279,64 @@ mod tests {
         assert_eq!(
             Request::decode(&both.encode_to_vec()),
             Err(DecodeError::BadRequestKind)
+        );
+    }
+
+    /// A valid multiaddr of exactly `len` bytes (a DNS name padded to length).
+    fn long_addr(len: usize) -> Multiaddr {
+        let short: Multiaddr = "/dns4/a/tcp/1".parse().unwrap();
+        let mut name = "a".repeat(len - short.to_vec().len() + 1);
+        let mut a: Multiaddr = format!("/dns4/{name}/tcp/1").parse().unwrap();
+        // The name's length prefix grows by a byte past 127; shorten the name to match.
+        while a.to_vec().len() > len {
+            name.pop();
+            a = format!("/dns4/{name}/tcp/1").parse().unwrap();
+        }
+        assert_eq!(a.to_vec().len(), len);
+        a
+    }
+
+    /// Review: a list with one address over [`MAX_ADDR_BYTES`] (which cairn's own address book
+    /// accepts up to 320 bytes) was refused whole, so one long address in a peer's book made
+    /// its every answer unreadable. The address is skipped; the rest of the list stands.
+    #[test]
+    fn an_over_long_address_is_skipped_not_the_list() {
+        let (a, b) = (peer(), peer());
+        let list = Addrs::new(vec![
+            PeerAddrs {
+                peer: a,
+                addrs: vec![addr(1), long_addr(MAX_ADDR_BYTES + 1), addr(2)],
+            },
+            PeerAddrs {
+                peer: b,
+                addrs: vec![long_addr(MAX_ADDR_BYTES)],
+            },
+        ]);
+        let back = Addrs::decode(&list.encode()).unwrap();
+        assert_eq!(
+            back.peers,
+            vec![
+                PeerAddrs {
+                    peer: a,
+                    addrs: vec![addr(1), addr(2)],
+                },
+                PeerAddrs {
+                    peer: b,
+                    addrs: vec![long_addr(MAX_ADDR_BYTES)],
+                },
+            ]
+        );
+        // Over-long bytes are skipped before they are parsed, junk or not.
+        let junk = proto::AddrList {
+            peers: vec![proto::PeerAddrs {
+                peer_id: a.to_bytes(),
+                addrs: vec![vec![4; MAX_ADDR_BYTES + 1], addr(3).to_vec()],
+            }],
+            dht_record: vec![],
+        };
+        assert_eq!(
+            Addrs::decode(&junk.encode_to_vec()).unwrap().peers[0].addrs,
+            vec![addr(3)]
         );
     }
 
