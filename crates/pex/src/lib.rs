@@ -46,7 +46,7 @@ pub const MAX_PEERS_PER_MESSAGE: usize = 250;
 pub const MAX_ADDRS_PER_PEER: usize = 8;
 
 /// Largest multiaddr accepted, in bytes (an `/ip6/…/tcp/…/p2p/…` address is under 80). A
-/// longer one in a received list is skipped.
+/// longer one in a received list is skipped; [`Addrs::bounded`] leaves such addresses out.
 pub const MAX_ADDR_BYTES: usize = 256;
 
 /// Largest DHT record an address list may carry. A signed peer record with one UDP address is

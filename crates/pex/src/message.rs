@@ -5,7 +5,8 @@ use libp2p::{Multiaddr, PeerId};
 use prost::Message as _;
 
 use crate::{
-    MAX_ADDR_BYTES, MAX_ADDRS_PER_PEER, MAX_DHT_RECORD_BYTES, MAX_PEERS_PER_MESSAGE, proto,
+    MAX_ADDR_BYTES, MAX_ADDRS_PER_PEER, MAX_DHT_RECORD_BYTES, MAX_PEERS_PER_MESSAGE,
+    MAX_RESPONSE_BYTES, proto,
 };
 
 /// Why a message was refused.
@@ -44,6 +45,15 @@ pub struct PeerAddrs {
     pub addrs: Vec<Multiaddr>,
 }
 
+impl PeerAddrs {
+    fn to_proto(&self) -> proto::PeerAddrs {
+        proto::PeerAddrs {
+            peer_id: self.peer.to_bytes(),
+            addrs: self.addrs.iter().map(|a| a.to_vec()).collect(),
+        }
+    }
+}
+
 /// An address list: the answer to a `GetAddrs`, or a push.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Addrs {
@@ -76,17 +86,55 @@ impl Addrs {
         }
     }
 
+    /// An answer a cairn peer reads whole, built from `peers` in order: addresses longer than
+    /// [`MAX_ADDR_BYTES`] are left out (an address book may keep longer ones), then all but the
+    /// first [`MAX_ADDRS_PER_PEER`]; a peer left with no address is left out; at most
+    /// `max_peers` peers (and [`MAX_PEERS_PER_MESSAGE`]); and no entry is added once the next
+    /// one would take the encoding over [`MAX_RESPONSE_BYTES`]. A `dht_record` over
+    /// [`MAX_DHT_RECORD_BYTES`] is left out.
+    pub fn bounded(
+        peers: impl IntoIterator<Item = PeerAddrs>,
+        max_peers: usize,
+        dht_record: Option<Vec<u8>>,
+    ) -> Addrs {
+        let mut list = Addrs {
+            peers: Vec::new(),
+            dht_record: dht_record.filter(|r| !r.is_empty() && r.len() <= MAX_DHT_RECORD_BYTES),
+        };
+        // The encoding is the list without peers followed by one length-delimited field per
+        // peer, so its size is known entry by entry without encoding the whole list again.
+        let mut size = list.to_proto().encoded_len();
+        for p in peers {
+            if list.peers.len() >= max_peers.min(MAX_PEERS_PER_MESSAGE) {
+                break;
+            }
+            let addrs: Vec<Multiaddr> = p
+                .addrs
+                .into_iter()
+                .filter(|a| a.len() <= MAX_ADDR_BYTES)
+                .take(MAX_ADDRS_PER_PEER)
+                .collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            let entry = PeerAddrs {
+                peer: p.peer,
+                addrs,
+            };
+            let entry_size = prost::encoding::message::encoded_len(1, &entry.to_proto());
+            if size + entry_size > MAX_RESPONSE_BYTES {
+                break;
+            }
+            size += entry_size;
+            list.peers.push(entry);
+        }
+        list
+    }
+
     fn to_proto(&self) -> proto::AddrList {
         proto::AddrList {
             dht_record: self.dht_record.clone().unwrap_or_default(),
-            peers: self
-                .peers
-                .iter()
-                .map(|p| proto::PeerAddrs {
-                    peer_id: p.peer.to_bytes(),
-                    addrs: p.addrs.iter().map(|a| a.to_vec()).collect(),
-                })
-                .collect(),
+            peers: self.peers.iter().map(PeerAddrs::to_proto).collect(),
         }
     }
 
@@ -338,6 +386,75 @@ mod tests {
             Addrs::decode(&junk.encode_to_vec()).unwrap().peers[0].addrs,
             vec![addr(3)]
         );
+    }
+
+    /// [`Addrs::bounded`] leaves out what a reader would refuse or skip, and stops before the
+    /// frame limit, with its size reckoning equal to the real encoding.
+    #[test]
+    fn bounded_lists_decode_whole_within_the_frame() {
+        let (a, b, c) = (peer(), peer(), peer());
+        let list = Addrs::bounded(
+            vec![
+                PeerAddrs {
+                    peer: a,
+                    addrs: vec![long_addr(MAX_ADDR_BYTES + 1), addr(1)],
+                },
+                PeerAddrs {
+                    peer: b,
+                    addrs: vec![long_addr(MAX_ADDR_BYTES + 1)],
+                },
+                PeerAddrs {
+                    peer: c,
+                    addrs: (0..20).map(addr).collect(),
+                },
+            ],
+            10,
+            Some(vec![7; MAX_DHT_RECORD_BYTES + 1]),
+        );
+        assert_eq!(list.dht_record, None);
+        assert_eq!(
+            list.peers,
+            vec![
+                PeerAddrs {
+                    peer: a,
+                    addrs: vec![addr(1)],
+                },
+                PeerAddrs {
+                    peer: c,
+                    addrs: (0..MAX_ADDRS_PER_PEER as u16).map(addr).collect(),
+                },
+            ]
+        );
+        assert_eq!(Addrs::bounded(list.peers.clone(), 1, None).peers.len(), 1);
+
+        let big = |i: usize| PeerAddrs {
+            peer: peer(),
+            addrs: (0..MAX_ADDRS_PER_PEER)
+                .map(|j| {
+                    let mut a = long_addr(MAX_ADDR_BYTES - 3);
+                    a.push(libp2p::multiaddr::Protocol::Tcp((i * 10 + j) as u16));
+                    a
+                })
+                .collect(),
+        };
+        let full = Addrs::bounded(
+            (0..MAX_PEERS_PER_MESSAGE).map(big),
+            usize::MAX,
+            Some(vec![7; MAX_DHT_RECORD_BYTES]),
+        );
+        let encoded = full.encode();
+        assert!(encoded.len() <= MAX_RESPONSE_BYTES, "{}", encoded.len());
+        assert!(
+            encoded.len() + 2200 > MAX_RESPONSE_BYTES,
+            "{}",
+            encoded.len()
+        );
+        assert!(full.peers.len() < MAX_PEERS_PER_MESSAGE);
+        assert_eq!(Addrs::decode(&encoded).unwrap(), full);
+        // The running size matches the encoding: one more entry would not have fitted.
+        let mut more = full.clone();
+        more.peers.push(big(999));
+        assert!(more.encode().len() > MAX_RESPONSE_BYTES);
     }
 
     proptest! {
