@@ -3,8 +3,8 @@
 //! Every CID cairn produces is a CIDv1 `varint(1) || varint(codec) || multihash`, with a sha2-256
 //! multihash (`0x12 0x20 <32 bytes>`) and one of the Codex content codecs below. The binary form of
 //! a block CID is 38 bytes; the text form is multibase base58btc (`z…`). Parsing accepts whatever
-//! the `cid` crate accepts (including CIDv0), as the reference's `Cid.init` does, but the rest of
-//! cairn only ever *produces* CIDv1.
+//! the `cid` crate accepts (including CIDv0), as the reference's `Cid.init` does, except that the
+//! binary form must be one CID and nothing after it; the rest of cairn only ever *produces* CIDv1.
 
 use std::fmt;
 
@@ -166,6 +166,12 @@ pub enum CidError {
         /// Codec expected.
         expected: Codec,
     },
+    /// The bytes hold a CID followed by more bytes.
+    #[error("{extra} bytes after the CID")]
+    TrailingBytes {
+        /// Bytes left after the CID.
+        extra: usize,
+    },
 }
 
 /// sha2-256 of `data`.
@@ -198,8 +204,17 @@ pub fn parse_cid(text: &str) -> Result<Cid, CidError> {
 }
 
 /// Parses a CID from its binary form, refusing trailing bytes.
+///
+/// (nim-libp2p's `Cid.init` checks only that the multihash fits and keeps any tail; the reference
+/// never writes one, so refusing it costs no interop and keeps one CID to one byte string.)
 pub fn cid_from_bytes(bytes: &[u8]) -> Result<Cid, CidError> {
-    Ok(Cid(cid::CidGeneric::try_from(bytes)?))
+    // `read_bytes` reads one CID from the front and advances `rest` past it.
+    let mut rest = bytes;
+    let cid = cid::CidGeneric::read_bytes(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(CidError::TrailingBytes { extra: rest.len() });
+    }
+    Ok(Cid(cid))
 }
 
 /// The sha2-256 digest inside `cid`, or an error if it is hashed with anything else.
@@ -280,6 +295,29 @@ mod tests {
             empty_block_cid().to_string(),
             "zDxWB8EDDsokSpiTXNRpv1jS2LXjEdLgTiDfxFd7Eo8CSPKVj93r"
         );
+    }
+
+    /// The binary form is taken whole: a CID followed by anything else is refused, as the doc of
+    /// `cid_from_bytes` says (the `cid` crate alone reads one CID and ignores the rest).
+    #[test]
+    fn cid_from_bytes_refuses_trailing_bytes() {
+        let cid = block_cid(b"x");
+        let exact = cid.to_bytes();
+        assert_eq!(cid_from_bytes(&exact).unwrap(), cid);
+        for tail in [&[0u8][..], &[1, 2, 3], &exact] {
+            let mut bytes = exact.clone();
+            bytes.extend_from_slice(tail);
+            assert!(
+                matches!(
+                    cid_from_bytes(&bytes),
+                    Err(CidError::TrailingBytes { extra }) if extra == tail.len()
+                ),
+                "{} trailing bytes",
+                tail.len()
+            );
+        }
+        assert!(cid_from_bytes(&exact[..exact.len() - 1]).is_err());
+        assert!(cid_from_bytes(&[]).is_err());
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! Decoding is tolerant as the reference's is: unknown fields are ignored, missing scalars take
 //! defaults, empty filename/mimetype mean "absent", and an empty erasure sub-message means "not
 //! protected". It is also strict where cairn must be safe: the tree CID must parse, the block size
-//! must be in range, and a protected manifest must have a consistent block count.
+//! must be in range, and a protected manifest must have the block count the reference's `verify`
+//! demands: `ceil(ceil(originalDatasetSize / blockSize) / ecK) × (ecK + ecM)`, with ecK > 0 (the
+//! reference divides by ecK and would fail on zero). Like the reference, nothing else ties
+//! `originalDatasetSize` to `datasetSize`; the rule already keeps the original's blocks inside the
+//! protected tree.
 
 use prost::Message as _;
 
@@ -51,13 +55,21 @@ pub enum ManifestError {
     /// The block size is zero or above [`MAX_BLOCK_SIZE`].
     #[error("manifest block size {0} out of range")]
     BlockSize(u64),
-    /// A protected manifest's block count does not match its erasure parameters.
-    #[error("protected manifest has {blocks} blocks, not a multiple of ecK + ecM = {group}")]
+    /// A protected manifest's block count does not match its erasure parameters and original
+    /// size (or ecK is zero).
+    #[error(
+        "protected manifest has {blocks} blocks, which do not fit ecK = {ec_k}, ecM = {ec_m} \
+         and an original dataset of {original_dataset_size} bytes"
+    )]
     ErasureShape {
         /// Blocks in the dataset.
         blocks: u64,
-        /// ecK + ecM.
-        group: u64,
+        /// Data blocks per group.
+        ec_k: u64,
+        /// Parity blocks per group.
+        ec_m: u64,
+        /// Size in bytes of the unprotected dataset.
+        original_dataset_size: u64,
     },
     /// The block is not a manifest (wrong CID codec).
     #[error("block {0} is not a manifest")]
@@ -79,6 +91,20 @@ pub struct ErasureInfo {
     pub protected_strategy: u64,
     /// Storage-proof parameters, for verifiable datasets.
     pub verification: Option<VerificationInfo>,
+}
+
+impl ErasureInfo {
+    /// The block count the reference demands of a protected dataset with these parameters
+    /// (manifest.nim `verify`): the original's blocks padded up to whole groups of ecK, and ecK + ecM
+    /// blocks per group. `None` when ecK is zero (the reference would divide by zero) or the
+    /// count overflows a u64 (no real dataset is that large).
+    pub fn protected_blocks_count(&self, block_size: u64) -> Option<u64> {
+        if self.ec_k == 0 {
+            return None;
+        }
+        let steps = blocks_count(self.original_dataset_size, block_size).div_ceil(self.ec_k);
+        steps.checked_mul(self.ec_k.checked_add(self.ec_m)?)
+    }
 }
 
 /// Storage-proof parameters of a verifiable dataset.
@@ -248,11 +274,14 @@ impl Manifest {
             erasure,
         };
         if let Some(e) = &m.erasure {
-            // The reference rejects a protected manifest unless blocksCount = steps × (K + M).
-            let group = e.ec_k.saturating_add(e.ec_m);
             let blocks = m.blocks_count();
-            if group == 0 || !blocks.is_multiple_of(group) {
-                return Err(ManifestError::ErasureShape { blocks, group });
+            if e.protected_blocks_count(block_size) != Some(blocks) {
+                return Err(ManifestError::ErasureShape {
+                    blocks,
+                    ec_k: e.ec_k,
+                    ec_m: e.ec_m,
+                    original_dataset_size: e.original_dataset_size,
+                });
             }
         }
         Ok(m)
@@ -443,7 +472,8 @@ mod tests {
             ec_k: 2,
             ec_m: 1,
             original_tree_cid: tree,
-            original_dataset_size: 100_000,
+            // 4 original blocks: 2 groups of K = 2, so 2 × (2 + 1) = 6 blocks.
+            original_dataset_size: 200_000,
             protected_strategy: 1,
             verification: Some(VerificationInfo {
                 verify_root: tree,
@@ -454,12 +484,67 @@ mod tests {
         });
         let back = Manifest::decode(&m.encode()).unwrap();
         assert_eq!(back, m);
-        assert_eq!(back.download_size(), 100_000);
+        assert_eq!(back.download_size(), 200_000);
         m.dataset_size = 5 * 65536;
         assert!(matches!(
             Manifest::decode(&m.encode()),
             Err(ManifestError::ErasureShape { .. })
         ));
+    }
+
+    /// A protected manifest of `blocks` blocks of 64 KiB with the given erasure shape.
+    fn protected(blocks: u64, ec_k: u64, ec_m: u64, original_dataset_size: u64) -> Manifest {
+        let tree = cid_from_digest(Codec::Root, &[7; 32]);
+        let mut m = Manifest::new(tree, blocks * 65536, 65536);
+        m.erasure = Some(ErasureInfo {
+            ec_k,
+            ec_m,
+            original_tree_cid: tree,
+            original_dataset_size,
+            protected_strategy: 1,
+            verification: None,
+        });
+        m
+    }
+
+    /// The reference's rule (manifest.nim `verify`): blocksCount must equal
+    /// ceil(ceil(originalDatasetSize / blockSize) / ecK) × (ecK + ecM). A multiple of K + M is
+    /// not enough: a hostile manifest could claim a 1 TiB original inside 3 blocks.
+    #[test]
+    fn protected_block_count_must_match_original_size() {
+        const TIB: u64 = 1 << 40;
+        let hostile = protected(3, 2, 1, TIB);
+        assert!(matches!(
+            Manifest::decode(&hostile.encode()),
+            Err(ManifestError::ErasureShape { .. })
+        ));
+        // Too many blocks for the original is refused as well (2 groups for 1 group of data).
+        assert!(matches!(
+            Manifest::decode(&protected(6, 2, 1, 65536).encode()),
+            Err(ManifestError::ErasureShape { .. })
+        ));
+        // ecK = 0 makes the reference's rule divide by zero; cairn refuses it.
+        assert!(matches!(
+            Manifest::decode(&protected(3, 0, 3, 0).encode()),
+            Err(ManifestError::ErasureShape { .. })
+        ));
+        // Sizes near u64::MAX must not overflow the check.
+        assert!(Manifest::decode(&protected(3, 1, u64::MAX, u64::MAX).encode()).is_err());
+        // Consistent shapes decode: 1 original block padded to K = 2, plus M = 1 parity.
+        for (blocks, k, m, original) in [
+            (3, 2, 1, 1),
+            (3, 2, 1, 2 * 65536),
+            (6, 2, 1, 2 * 65536 + 1),
+            (0, 2, 1, 0),
+            (5, 1, 4, 65536),
+        ] {
+            let ok = protected(blocks, k, m, original);
+            assert_eq!(
+                Manifest::decode(&ok.encode()).unwrap(),
+                ok,
+                "{blocks} blocks, K={k}, M={m}, original {original}"
+            );
+        }
     }
 
     proptest! {

@@ -39,7 +39,9 @@
 //!   to our requests: a pushed list is answered with nothing and penalised
 //!   ([`PeerAction::LowTolerance`]).
 //! * A request is answered with a random selection from the book (private peers never; private
-//!   addresses only for a requester on a private or loopback address). A second request within
+//!   addresses only for a requester on a private or loopback address), cut to what a cairn peer
+//!   reads whole ([`pex_answer`]: no address over the wire's 256 bytes, no answer over its
+//!   256 KiB). A second request within
 //!   [`PEX_MIN_REQUEST_INTERVAL`] is answered with nothing, and penalised if it came on the same
 //!   connection as the first
 //!   ([`PeerAction::MidTolerance`]). Repeated offences reach the disconnect and then the ban
@@ -194,6 +196,33 @@ pub(crate) fn add_identified_addrs(
         }
     }
     kept
+}
+
+/// The PEX answer to `requester` built from the book's `selection`: at most `max` peers (and
+/// [`cairn_pex::MAX_PEERS_PER_MESSAGE`]), never the requester itself, with our `dht_record`.
+///
+/// [`cairn_pex::Addrs::bounded`] makes it one a cairn peer reads whole: the book keeps
+/// addresses up to [`cairn_peers::params::MAX_MULTIADDR_LEN`] (320) bytes but the wire takes
+/// [`cairn_pex::MAX_ADDR_BYTES`] (256), so longer ones are left out (and a peer with no other),
+/// and entries stop before the answer would pass [`cairn_pex::MAX_RESPONSE_BYTES`].
+pub(crate) fn pex_answer(
+    selection: Vec<cairn_peers::PeerAddrs>,
+    requester: PeerId,
+    max: u32,
+    dht_record: Option<Vec<u8>>,
+) -> cairn_pex::Addrs {
+    let max = usize::try_from(max).unwrap_or(usize::MAX);
+    cairn_pex::Addrs::bounded(
+        selection
+            .into_iter()
+            .filter(|p| p.peer != requester)
+            .map(|p| cairn_pex::PeerAddrs {
+                peer: p.peer,
+                addrs: p.addrs,
+            }),
+        max,
+        dht_record,
+    )
 }
 
 /// A bootstrap or persistent peer.
@@ -645,30 +674,10 @@ impl Service {
         } else {
             cairn_peers::Audience::Local
         };
-        let max = usize::try_from(max).unwrap_or(usize::MAX);
-        let mut list = cairn_pex::Addrs::new(
-            self.book
-                .get_selection_for(audience)
-                .into_iter()
-                .filter(|p| p.peer != peer)
-                .take(max.min(cairn_pex::MAX_PEERS_PER_MESSAGE))
-                .map(|p| cairn_pex::PeerAddrs {
-                    peer: p.peer,
-                    addrs: p
-                        .addrs
-                        .into_iter()
-                        .take(cairn_pex::MAX_ADDRS_PER_PEER)
-                        .collect(),
-                })
-                .collect(),
-        );
+        let selection = self.book.get_selection_for(audience);
         // Our own DHT record, so a peer that reached us by a libp2p address alone can join the
         // DHT through us (see `dht_link`).
-        list.dht_record = self
-            .dht
-            .local_record()
-            .filter(|r| r.len() <= cairn_pex::MAX_DHT_RECORD_BYTES);
-        list
+        pex_answer(selection, peer, max, self.dht.local_record())
     }
 
     /// A peer identified itself. A seed hangs up on a peer it has answered once it knows where
@@ -829,6 +838,83 @@ mod tests {
             .to_peer_id();
         assert_eq!(add_identified_addrs(&mut book, gone, None, &listen, 10), 0);
         assert!(!book.contains(&gone));
+    }
+
+    fn new_peer() -> PeerId {
+        libp2p::identity::Keypair::generate_ed25519()
+            .public()
+            .to_peer_id()
+    }
+
+    /// A valid multiaddr of exactly `len` (134 or more) bytes, distinct per `tag`: a DNS name
+    /// padded to length (code, a 2-byte length, the name, then `/tcp/1` in 3 bytes).
+    fn long_addr(len: usize, tag: usize) -> Multiaddr {
+        let prefix = format!("{tag}-");
+        let pad = "a".repeat(len - 6 - prefix.len());
+        let a = ma(&format!("/dns4/{prefix}{pad}/tcp/1"));
+        assert_eq!(a.to_vec().len(), len);
+        a
+    }
+
+    /// Review: our book keeps addresses up to 320 bytes, a cairn peer refused a whole answer
+    /// with one over `cairn_pex::MAX_ADDR_BYTES`, and 250 full entries could pass
+    /// `cairn_pex::MAX_RESPONSE_BYTES`. The answer leaves out addresses over the wire limit
+    /// (and peers left with none), and stops adding entries before the encoded answer would
+    /// pass the frame limit; what it sends decodes whole.
+    #[test]
+    fn pex_answers_fit_what_a_cairn_peer_reads() {
+        let requester = new_peer();
+        let (mixed, only_long) = (new_peer(), new_peer());
+        let short = ma("/ip4/8.8.8.8/tcp/4001");
+        let selection = vec![
+            cairn_peers::PeerAddrs {
+                peer: mixed,
+                addrs: vec![long_addr(300, 0), short.clone()],
+            },
+            cairn_peers::PeerAddrs {
+                peer: only_long,
+                addrs: vec![long_addr(300, 1)],
+            },
+            cairn_peers::PeerAddrs {
+                peer: requester,
+                addrs: vec![short.clone()],
+            },
+        ];
+        let answer = pex_answer(selection, requester, 250, Some(vec![7; 100]));
+        assert_eq!(
+            answer.peers,
+            vec![cairn_pex::PeerAddrs {
+                peer: mixed,
+                addrs: vec![short],
+            }]
+        );
+        assert_eq!(cairn_pex::Addrs::decode(&answer.encode()).unwrap(), answer);
+
+        // 250 peers with 8 addresses of the largest size the wire takes would be ~530 KB.
+        let full: Vec<cairn_peers::PeerAddrs> = (0..cairn_pex::MAX_PEERS_PER_MESSAGE)
+            .map(|i| cairn_peers::PeerAddrs {
+                peer: new_peer(),
+                addrs: (0..cairn_pex::MAX_ADDRS_PER_PEER)
+                    .map(|j| long_addr(cairn_pex::MAX_ADDR_BYTES, i * 10 + j))
+                    .collect(),
+            })
+            .collect();
+        let record = vec![7; cairn_pex::MAX_DHT_RECORD_BYTES];
+        let answer = pex_answer(full, requester, 250, Some(record.clone()));
+        let encoded = answer.encode();
+        assert!(
+            encoded.len() <= cairn_pex::MAX_RESPONSE_BYTES,
+            "{} bytes",
+            encoded.len()
+        );
+        assert_eq!(cairn_pex::Addrs::decode(&encoded).unwrap(), answer);
+        assert_eq!(answer.dht_record, Some(record));
+        // It stopped only when the next entry would not fit (each is about 2 KiB).
+        assert!(
+            encoded.len() > cairn_pex::MAX_RESPONSE_BYTES - 3 * 1024,
+            "{} bytes",
+            encoded.len()
+        );
     }
 
     #[test]

@@ -20,9 +20,10 @@
 //!
 //! One message per stream direction: an unsigned-varint length prefix, then a protobuf body
 //! ([`proto`]). Every count is bounded on receive ([`MAX_PEERS_PER_MESSAGE`],
-//! [`MAX_ADDRS_PER_PEER`], [`MAX_ADDR_BYTES`]) and so is the frame ([`MAX_REQUEST_BYTES`],
-//! [`MAX_RESPONSE_BYTES`]); the body is read only after its prefix passed the bound, so a peer
-//! cannot make us buffer more than the bound.
+//! [`MAX_ADDRS_PER_PEER`]) and so is the frame ([`MAX_REQUEST_BYTES`], [`MAX_RESPONSE_BYTES`]);
+//! the body is read only after its prefix passed the bound, so a peer cannot make us buffer more
+//! than the bound. An address longer than [`MAX_ADDR_BYTES`] is skipped unparsed, not the list:
+//! one long address in the sender's book must not make its whole answer unreadable.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod codec;
@@ -44,7 +45,8 @@ pub const MAX_PEERS_PER_MESSAGE: usize = 250;
 /// versions needs fewer).
 pub const MAX_ADDRS_PER_PEER: usize = 8;
 
-/// Largest multiaddr accepted, in bytes (an `/ip6/…/tcp/…/p2p/…` address is under 80).
+/// Largest multiaddr accepted, in bytes (an `/ip6/…/tcp/…/p2p/…` address is under 80). A
+/// longer one in a received list is skipped; [`Addrs::bounded`] leaves such addresses out.
 pub const MAX_ADDR_BYTES: usize = 256;
 
 /// Largest DHT record an address list may carry. A signed peer record with one UDP address is

@@ -1,10 +1,12 @@
-//! Checked messages: parsed peer ids and multiaddrs, bounded counts.
+//! Checked messages: parsed peer ids and multiaddrs, bounded counts. An address longer than
+//! [`MAX_ADDR_BYTES`] is dropped from a received list rather than failing it.
 
 use libp2p::{Multiaddr, PeerId};
 use prost::Message as _;
 
 use crate::{
-    MAX_ADDR_BYTES, MAX_ADDRS_PER_PEER, MAX_DHT_RECORD_BYTES, MAX_PEERS_PER_MESSAGE, proto,
+    MAX_ADDR_BYTES, MAX_ADDRS_PER_PEER, MAX_DHT_RECORD_BYTES, MAX_PEERS_PER_MESSAGE,
+    MAX_RESPONSE_BYTES, proto,
 };
 
 /// Why a message was refused.
@@ -25,7 +27,7 @@ pub enum DecodeError {
     /// A peer id that does not parse.
     #[error("invalid peer id")]
     PeerId,
-    /// A multiaddr that does not parse or is longer than [`MAX_ADDR_BYTES`].
+    /// A multiaddr that does not parse (one longer than [`MAX_ADDR_BYTES`] is skipped unread).
     #[error("invalid multiaddr")]
     Multiaddr,
     /// A DHT record longer than [`MAX_DHT_RECORD_BYTES`].
@@ -38,8 +40,18 @@ pub enum DecodeError {
 pub struct PeerAddrs {
     /// The peer.
     pub peer: PeerId,
-    /// Its addresses (without a `/p2p/` suffix; at most [`MAX_ADDRS_PER_PEER`]).
+    /// Its addresses (without a `/p2p/` suffix; at most [`MAX_ADDRS_PER_PEER`], each at most
+    /// [`MAX_ADDR_BYTES`] when decoded).
     pub addrs: Vec<Multiaddr>,
+}
+
+impl PeerAddrs {
+    fn to_proto(&self) -> proto::PeerAddrs {
+        proto::PeerAddrs {
+            peer_id: self.peer.to_bytes(),
+            addrs: self.addrs.iter().map(|a| a.to_vec()).collect(),
+        }
+    }
 }
 
 /// An address list: the answer to a `GetAddrs`, or a push.
@@ -74,17 +86,55 @@ impl Addrs {
         }
     }
 
+    /// An answer a cairn peer reads whole, built from `peers` in order: addresses longer than
+    /// [`MAX_ADDR_BYTES`] are left out (an address book may keep longer ones), then all but the
+    /// first [`MAX_ADDRS_PER_PEER`]; a peer left with no address is left out; at most
+    /// `max_peers` peers (and [`MAX_PEERS_PER_MESSAGE`]); and no entry is added once the next
+    /// one would take the encoding over [`MAX_RESPONSE_BYTES`]. A `dht_record` over
+    /// [`MAX_DHT_RECORD_BYTES`] is left out.
+    pub fn bounded(
+        peers: impl IntoIterator<Item = PeerAddrs>,
+        max_peers: usize,
+        dht_record: Option<Vec<u8>>,
+    ) -> Addrs {
+        let mut list = Addrs {
+            peers: Vec::new(),
+            dht_record: dht_record.filter(|r| !r.is_empty() && r.len() <= MAX_DHT_RECORD_BYTES),
+        };
+        // The encoding is the list without peers followed by one length-delimited field per
+        // peer, so its size is known entry by entry without encoding the whole list again.
+        let mut size = list.to_proto().encoded_len();
+        for p in peers {
+            if list.peers.len() >= max_peers.min(MAX_PEERS_PER_MESSAGE) {
+                break;
+            }
+            let addrs: Vec<Multiaddr> = p
+                .addrs
+                .into_iter()
+                .filter(|a| a.len() <= MAX_ADDR_BYTES)
+                .take(MAX_ADDRS_PER_PEER)
+                .collect();
+            if addrs.is_empty() {
+                continue;
+            }
+            let entry = PeerAddrs {
+                peer: p.peer,
+                addrs,
+            };
+            let entry_size = prost::encoding::message::encoded_len(1, &entry.to_proto());
+            if size + entry_size > MAX_RESPONSE_BYTES {
+                break;
+            }
+            size += entry_size;
+            list.peers.push(entry);
+        }
+        list
+    }
+
     fn to_proto(&self) -> proto::AddrList {
         proto::AddrList {
             dht_record: self.dht_record.clone().unwrap_or_default(),
-            peers: self
-                .peers
-                .iter()
-                .map(|p| proto::PeerAddrs {
-                    peer_id: p.peer.to_bytes(),
-                    addrs: p.addrs.iter().map(|a| a.to_vec()).collect(),
-                })
-                .collect(),
+            peers: self.peers.iter().map(PeerAddrs::to_proto).collect(),
         }
     }
 
@@ -102,10 +152,11 @@ impl Addrs {
             }
             let peer = PeerId::from_bytes(&p.peer_id).map_err(|_| DecodeError::PeerId)?;
             let mut addrs = Vec::with_capacity(p.addrs.len());
-            for a in p.addrs {
-                if a.len() > MAX_ADDR_BYTES {
-                    return Err(DecodeError::Multiaddr);
-                }
+            // An address over the limit is skipped, not the list: a sender's book may hold
+            // longer ones (cairn's takes up to 320 bytes), and one of them must not make the
+            // whole answer unreadable. The bytes are already inside the bounded frame, so
+            // skipping costs nothing more; they are never parsed.
+            for a in p.addrs.into_iter().filter(|a| a.len() <= MAX_ADDR_BYTES) {
                 addrs.push(Multiaddr::try_from(a).map_err(|_| DecodeError::Multiaddr)?);
             }
             out.push(PeerAddrs { peer, addrs });
@@ -263,17 +314,6 @@ mod tests {
             Addrs::decode(&bad_addr.encode_to_vec()),
             Err(DecodeError::Multiaddr)
         );
-        let long_addr = proto::AddrList {
-            peers: vec![proto::PeerAddrs {
-                peer_id: peer().to_bytes(),
-                addrs: vec![vec![4; MAX_ADDR_BYTES + 1]],
-            }],
-            dht_record: vec![],
-        };
-        assert_eq!(
-            Addrs::decode(&long_addr.encode_to_vec()),
-            Err(DecodeError::Multiaddr)
-        );
         // Neither or both kinds.
         let neither = proto::Request::default();
         assert_eq!(
@@ -288,6 +328,133 @@ mod tests {
             Request::decode(&both.encode_to_vec()),
             Err(DecodeError::BadRequestKind)
         );
+    }
+
+    /// A valid multiaddr of exactly `len` bytes (a DNS name padded to length).
+    fn long_addr(len: usize) -> Multiaddr {
+        let short: Multiaddr = "/dns4/a/tcp/1".parse().unwrap();
+        let mut name = "a".repeat(len - short.to_vec().len() + 1);
+        let mut a: Multiaddr = format!("/dns4/{name}/tcp/1").parse().unwrap();
+        // The name's length prefix grows by a byte past 127; shorten the name to match.
+        while a.to_vec().len() > len {
+            name.pop();
+            a = format!("/dns4/{name}/tcp/1").parse().unwrap();
+        }
+        assert_eq!(a.to_vec().len(), len);
+        a
+    }
+
+    /// Review: a list with one address over [`MAX_ADDR_BYTES`] (which cairn's own address book
+    /// accepts up to 320 bytes) was refused whole, so one long address in a peer's book made
+    /// its every answer unreadable. The address is skipped; the rest of the list stands.
+    #[test]
+    fn an_over_long_address_is_skipped_not_the_list() {
+        let (a, b) = (peer(), peer());
+        let list = Addrs::new(vec![
+            PeerAddrs {
+                peer: a,
+                addrs: vec![addr(1), long_addr(MAX_ADDR_BYTES + 1), addr(2)],
+            },
+            PeerAddrs {
+                peer: b,
+                addrs: vec![long_addr(MAX_ADDR_BYTES)],
+            },
+        ]);
+        let back = Addrs::decode(&list.encode()).unwrap();
+        assert_eq!(
+            back.peers,
+            vec![
+                PeerAddrs {
+                    peer: a,
+                    addrs: vec![addr(1), addr(2)],
+                },
+                PeerAddrs {
+                    peer: b,
+                    addrs: vec![long_addr(MAX_ADDR_BYTES)],
+                },
+            ]
+        );
+        // Over-long bytes are skipped before they are parsed, junk or not.
+        let junk = proto::AddrList {
+            peers: vec![proto::PeerAddrs {
+                peer_id: a.to_bytes(),
+                addrs: vec![vec![4; MAX_ADDR_BYTES + 1], addr(3).to_vec()],
+            }],
+            dht_record: vec![],
+        };
+        assert_eq!(
+            Addrs::decode(&junk.encode_to_vec()).unwrap().peers[0].addrs,
+            vec![addr(3)]
+        );
+    }
+
+    /// [`Addrs::bounded`] leaves out what a reader would refuse or skip, and stops before the
+    /// frame limit, with its size reckoning equal to the real encoding.
+    #[test]
+    fn bounded_lists_decode_whole_within_the_frame() {
+        let (a, b, c) = (peer(), peer(), peer());
+        let list = Addrs::bounded(
+            vec![
+                PeerAddrs {
+                    peer: a,
+                    addrs: vec![long_addr(MAX_ADDR_BYTES + 1), addr(1)],
+                },
+                PeerAddrs {
+                    peer: b,
+                    addrs: vec![long_addr(MAX_ADDR_BYTES + 1)],
+                },
+                PeerAddrs {
+                    peer: c,
+                    addrs: (0..20).map(addr).collect(),
+                },
+            ],
+            10,
+            Some(vec![7; MAX_DHT_RECORD_BYTES + 1]),
+        );
+        assert_eq!(list.dht_record, None);
+        assert_eq!(
+            list.peers,
+            vec![
+                PeerAddrs {
+                    peer: a,
+                    addrs: vec![addr(1)],
+                },
+                PeerAddrs {
+                    peer: c,
+                    addrs: (0..MAX_ADDRS_PER_PEER as u16).map(addr).collect(),
+                },
+            ]
+        );
+        assert_eq!(Addrs::bounded(list.peers.clone(), 1, None).peers.len(), 1);
+
+        let big = |i: usize| PeerAddrs {
+            peer: peer(),
+            addrs: (0..MAX_ADDRS_PER_PEER)
+                .map(|j| {
+                    let mut a = long_addr(MAX_ADDR_BYTES - 3);
+                    a.push(libp2p::multiaddr::Protocol::Tcp((i * 10 + j) as u16));
+                    a
+                })
+                .collect(),
+        };
+        let full = Addrs::bounded(
+            (0..MAX_PEERS_PER_MESSAGE).map(big),
+            usize::MAX,
+            Some(vec![7; MAX_DHT_RECORD_BYTES]),
+        );
+        let encoded = full.encode();
+        assert!(encoded.len() <= MAX_RESPONSE_BYTES, "{}", encoded.len());
+        assert!(
+            encoded.len() + 2200 > MAX_RESPONSE_BYTES,
+            "{}",
+            encoded.len()
+        );
+        assert!(full.peers.len() < MAX_PEERS_PER_MESSAGE);
+        assert_eq!(Addrs::decode(&encoded).unwrap(), full);
+        // The running size matches the encoding: one more entry would not have fitted.
+        let mut more = full.clone();
+        more.peers.push(big(999));
+        assert!(more.encode().len() > MAX_RESPONSE_BYTES);
     }
 
     proptest! {
