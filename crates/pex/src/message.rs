@@ -27,9 +27,6 @@ pub enum DecodeError {
     /// A peer id that does not parse.
     #[error("invalid peer id")]
     PeerId,
-    /// A multiaddr that does not parse (one longer than [`MAX_ADDR_BYTES`] is skipped unread).
-    #[error("invalid multiaddr")]
-    Multiaddr,
     /// A DHT record longer than [`MAX_DHT_RECORD_BYTES`].
     #[error("DHT record of {0} bytes (at most {MAX_DHT_RECORD_BYTES})")]
     DhtRecord(usize),
@@ -155,10 +152,15 @@ impl Addrs {
             // An address over the limit is skipped, not the list: a sender's book may hold
             // longer ones (cairn's takes up to 320 bytes), and one of them must not make the
             // whole answer unreadable. The bytes are already inside the bounded frame, so
-            // skipping costs nothing more; they are never parsed.
-            for a in p.addrs.into_iter().filter(|a| a.len() <= MAX_ADDR_BYTES) {
-                addrs.push(Multiaddr::try_from(a).map_err(|_| DecodeError::Multiaddr)?);
-            }
+            // skipping costs nothing more; they are never parsed. So is one that does not parse
+            // (a protocol newer than our multiaddr crate, or garbage): the rest of the list
+            // stands.
+            addrs.extend(
+                p.addrs
+                    .into_iter()
+                    .filter(|a| a.len() <= MAX_ADDR_BYTES)
+                    .filter_map(|a| Multiaddr::try_from(a).ok()),
+            );
             out.push(PeerAddrs { peer, addrs });
         }
         Ok(Addrs {
@@ -303,17 +305,17 @@ mod tests {
             Addrs::decode(&bad_peer.encode_to_vec()),
             Err(DecodeError::PeerId)
         );
+        // An address that does not parse is skipped; the rest of the list stands.
+        let good: Multiaddr = "/ip4/1.2.3.4/tcp/5".parse().unwrap();
         let bad_addr = proto::AddrList {
             peers: vec![proto::PeerAddrs {
                 peer_id: peer().to_bytes(),
-                addrs: vec![vec![0xff; 4]],
+                addrs: vec![vec![0xff; 4], good.to_vec()],
             }],
             dht_record: vec![],
         };
-        assert_eq!(
-            Addrs::decode(&bad_addr.encode_to_vec()),
-            Err(DecodeError::Multiaddr)
-        );
+        let read = Addrs::decode(&bad_addr.encode_to_vec()).unwrap();
+        assert_eq!(read.peers[0].addrs, vec![good]);
         // Neither or both kinds.
         let neither = proto::Request::default();
         assert_eq!(
