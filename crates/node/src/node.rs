@@ -301,6 +301,30 @@ impl Node {
         }
     }
 
+    /// Announces dataset `manifest` under `manifest_cid` after a download, if this node holds
+    /// it whole: the manifest block `manifest_cid` itself (not a CID of the decoded manifest
+    /// encoded again, which decoding's tolerance can make another) and every leaf of its tree.
+    /// A provider must serve every block; a download stopped part-way, a range, or the data
+    /// blocks of a protected dataset without its parity are not announced.
+    async fn announce_if_whole(&self, manifest_cid: Cid, manifest: &Manifest) {
+        if self.discoverer().is_none() {
+            return;
+        }
+        let store = self.store.clone();
+        let tree = manifest.tree_cid;
+        let leaves = 0..manifest.blocks_count();
+        let whole = blocking(move || {
+            Ok(store.has_block(&manifest_cid)?
+                && store.first_missing_leaf(&tree, leaves)?.is_none())
+        })
+        .await;
+        match whole {
+            Ok(true) => self.announce(manifest_cid, manifest),
+            Ok(false) => debug!(%manifest_cid, "not announced: the dataset is not all here"),
+            Err(e) => warn!(%manifest_cid, error = %e, "not announced: cannot check the dataset"),
+        }
+    }
+
     /// While the returned guard lives, a download of `manifest` searches the DHT for more
     /// providers when it has too few.
     fn watch_providers(&self, manifest: &Manifest) -> Option<DropGuard> {
@@ -430,8 +454,27 @@ impl Node {
     /// ([`Node::reserve_room`]), as the REST API does so that a download that cannot fit is
     /// refused before the response starts. Without one, the download reserves it first (and
     /// the stream fails at once when there is no room).
+    ///
+    /// The dataset is announced (when it is then held whole) under the CID of `manifest`
+    /// encoded again; [`Node::stream_network_of`] takes the CID that was asked for instead.
     pub fn stream_network_with(
         &self,
+        manifest: &Manifest,
+        range: ByteRange,
+        reservation: Option<Reservation>,
+    ) -> Result<ByteStream, NodeError> {
+        self.stream_network_of(manifest.cid(), manifest, range, reservation)
+    }
+
+    /// [`Node::stream_network_with`] of the dataset whose manifest block `cid` was fetched (or
+    /// found) as `manifest`. Once every block of the dataset is stored here (the stream
+    /// reached its end, and the range or what was already here covers the whole tree) the
+    /// dataset is announced as `cid`, the block this node holds: decoding a manifest is
+    /// tolerant, so `manifest` encoded again may have another CID. A stream stopped early (its
+    /// reader went away or stalled) or that failed announces nothing.
+    pub fn stream_network_of(
+        &self,
+        cid: Cid,
         manifest: &Manifest,
         range: ByteRange,
         reservation: Option<Reservation>,
@@ -484,21 +527,22 @@ impl Node {
             drop(download);
             match &r {
                 Ok(Some(_)) => info!(
-                    cid = %manifest.cid(),
+                    %cid,
                     bytes = range.len(),
                     elapsed = ?started.elapsed(),
                     "network stream finished"
                 ),
                 Ok(None) => debug!(
-                    cid = %manifest.cid(),
+                    %cid,
                     elapsed = ?started.elapsed(),
                     "network stream stopped early: its reader went away or stalled"
                 ),
                 Err(_) => {} // said below, with the reason
             }
-            // Only a whole dataset is announced: a provider must serve every block.
-            if r.is_ok() && range.blocks(manifest.block_size) == (0..manifest.blocks_count()) {
-                node.announce(manifest.cid(), &manifest);
+            // Only a stream that reached its end, of a dataset now held whole: a stream whose
+            // reader went away (`Ok(None)`) stored only part of it.
+            if matches!(r, Ok(Some(_))) {
+                node.announce_if_whole(cid, &manifest).await;
             }
             match r {
                 Ok(Some(last)) if !last.is_empty() => {
@@ -509,12 +553,12 @@ impl Node {
                     // The client only sees its response end early; say why here.
                     if matches!(e, NodeError::NotFound) {
                         warn!(
-                            cid = %manifest.cid(),
+                            %cid,
                             "network stream failed: no connected peer had the next block in time \
                              (a provider left, or none has it)"
                         );
                     } else {
-                        warn!(cid = %manifest.cid(), error = %e, "network stream failed");
+                        warn!(%cid, error = %e, "network stream failed");
                     }
                     let _ = tx.send(Err(e)).await;
                 }
@@ -638,7 +682,7 @@ impl Node {
             match r {
                 Ok(()) => {
                     info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded");
-                    self.announce(cid, &m);
+                    self.announce_if_whole(cid, &m).await;
                 }
                 Err(NodeError::NotFound) => warn!(
                     %cid,
@@ -813,7 +857,7 @@ impl Node {
         });
         drop(download);
         r?;
-        self.announce(cid, &manifest);
+        self.announce_if_whole(cid, &manifest).await;
         Ok(manifest)
     }
 
