@@ -4,8 +4,9 @@
 //! * **Advertiser.** When a dataset is stored (uploaded, or downloaded in full) its manifest CID
 //!   and tree CID are queued ([`ADVERTISE_QUEUE`]) and announced with `provide`, at most
 //!   [`ADVERTISE_CONCURRENCY`] at a time. Every `reannounce_interval` (30 min by default, as the
-//!   reference) every stored dataset is announced again, because provider records expire after
-//!   24 h on the nodes that hold them. A full queue drops the announcement (the next round
+//!   reference) every dataset held whole (its manifest and every leaf stored: an upload, a
+//!   download that completed; not a manifest stored alone, a range, a stopped download) is
+//!   announced again, because provider records expire after 24 h on the nodes that hold them. A full queue drops the announcement (the next round
 //!   repeats it) rather than make an upload wait for the DHT. The first round runs as soon as
 //!   the routing table holds a node that answered (checked every [`JOIN_CHECK_INTERVAL`]), so
 //!   a restarted node is findable at once rather than half an hour later; an announcement that
@@ -399,15 +400,29 @@ fn joined_dht(dht: &Discovery) -> bool {
     dht.table().iter().any(|n| n.seen)
 }
 
-/// Queues every stored dataset's manifest and tree CIDs, as far as the backlog has room.
+/// Queues the manifest and tree CIDs of every dataset held whole, as far as the backlog has
+/// room. A provider must serve every block, so a manifest stored alone, a range or a stopped
+/// download is not announced.
 async fn queue_round(store: &Store, backlog: &mut Vec<Cid>) {
     let s = store.clone();
-    let listed = tokio::task::spawn_blocking(move || s.list_manifests()).await;
+    let room = ADVERTISE_QUEUE.saturating_sub(backlog.len()) / 2;
+    let listed = tokio::task::spawn_blocking(move || {
+        s.list_manifests().map(|list| {
+            list.into_iter()
+                .filter(|(cid, m)| {
+                    s.has_block(cid).unwrap_or(false)
+                        && matches!(
+                            s.first_missing_leaf(&m.tree_cid, 0..m.blocks_count()),
+                            Ok(None)
+                        )
+                })
+                .take(room)
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
     if let Ok(Ok(list)) = listed {
         for (cid, m) in list {
-            if backlog.len() + 2 > ADVERTISE_QUEUE {
-                break;
-            }
             backlog.push(cid);
             backlog.push(m.tree_cid);
         }

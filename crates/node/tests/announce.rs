@@ -117,3 +117,34 @@ async fn a_stream_announces_the_manifest_cid_asked_for() {
     );
     cancel.cancel();
 }
+
+/// Re-announce interval of the round tests: short, so that rounds follow each other quickly.
+const ROUND: Duration = Duration::from_millis(200);
+
+/// The re-announce round announces only datasets held whole. A manifest stored alone (as a
+/// `HEAD` or `/network/manifest` leaves it, or a download that stopped) is listed, but
+/// announcing it made this node a provider of blocks it does not have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_round_announces_only_whole_datasets() {
+    let cancel = CancellationToken::new();
+    let (a, _) = node(&cancel).await;
+    let partial = upload(&a, &data(3 * 65536, 23)).await;
+    let (b, _) = node(&cancel).await;
+    let whole = upload(&b, &data(2 * 65536, 24)).await;
+    b.store()
+        .put_block(&a.store().get_block(&partial).unwrap().unwrap())
+        .unwrap();
+    assert_eq!(b.list().await.unwrap().len(), 2);
+    let (_b, dht, metrics) = with_lone_dht(b, &cancel, ROUND).await;
+    // Two rounds' worth of announcements of the whole dataset (one round's with the bug).
+    wait_until("two rounds announce", WAIT, || {
+        metrics.announcements.get() >= 4
+    })
+    .await;
+    assert!(dht.announced(&whole.to_bytes()));
+    assert!(
+        !dht.announced(&partial.to_bytes()),
+        "a dataset this node holds no block of was announced"
+    );
+    cancel.cancel();
+}
