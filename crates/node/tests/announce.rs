@@ -148,3 +148,25 @@ async fn the_round_announces_only_whole_datasets() {
     );
     cancel.cancel();
 }
+
+/// Rounds reach every stored dataset, however many there are. A round used to queue datasets
+/// in the same order until the announce backlog was full, so only about the first
+/// `ADVERTISE_QUEUE / 2` were ever announced again and the others' records lapsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_reach_more_datasets_than_the_backlog_holds() {
+    let cancel = CancellationToken::new();
+    let (b, _) = node(&cancel).await;
+    let n = cairn_node::ADVERTISE_QUEUE / 2 + 100;
+    let mut cids = Vec::with_capacity(n);
+    for i in 0..n {
+        // `data` uses `seed | 1`: odd seeds only, so that no two datasets are the same.
+        cids.push(upload(&b, &data(100, 2001 + 2 * i as u64)).await);
+    }
+    assert_eq!(b.list().await.unwrap().len(), n);
+    let (_b, dht, _) = with_lone_dht(b, &cancel, ROUND).await;
+    wait_until("every dataset is announced", WAIT, || {
+        cids.iter().all(|c| dht.announced(&c.to_bytes()))
+    })
+    .await;
+    cancel.cancel();
+}
