@@ -214,12 +214,34 @@ pub(crate) fn refill(window: usize, inflight: usize, remaining: u64) -> u64 {
 
 /// Where a streaming download's blocks go: the reader's channel, and how long it may take
 /// nothing before the download stops.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Reader {
     /// The stream's channel.
     pub(crate) tx: mpsc::Sender<Result<Bytes, NodeError>>,
     /// The stall limit ([`READER_STALL_TIMEOUT`] unless configured).
     pub(crate) stall: Duration,
+}
+
+impl Reader {
+    /// Sends `item` to the reader, waiting at most the stall limit for room; false when the
+    /// reader went away or took nothing for that long. Every send to a stream goes through
+    /// here, its last chunk and its error included, so a reader that stops reading holds the
+    /// download (its task, reservation, provider watch and buffers) for the stall limit at
+    /// most.
+    pub(crate) async fn send(&self, item: Result<Bytes, NodeError>) -> bool {
+        match tokio::time::timeout(self.stall, self.tx.send(item)).await {
+            Ok(Ok(())) => true,
+            // The reader went away; pending wants are dropped by the engine.
+            Ok(Err(_)) => false,
+            Err(_) => {
+                info!(
+                    "stream reader took nothing for {} s; download stopped",
+                    self.stall.as_secs()
+                );
+                false
+            }
+        }
+    }
 }
 
 /// Downloads the blocks of `manifest` that hold `range`, in order, into `out`: each item is
@@ -353,20 +375,10 @@ pub(crate) async fn fetch_dataset(
         if next >= span.end && inflight.is_empty() {
             return Ok(Some(part)); // the last chunk: the caller sends it once stored
         }
-        if let Some(Reader { tx, stall }) = &out {
-            match tokio::time::timeout(*stall, tx.send(Ok(part))).await {
-                Ok(Ok(())) => {}
-                // The reader went away; pending wants are dropped by the engine.
-                Ok(Err(_)) => return Ok(None),
-                Err(_) => {
-                    info!(
-                        %tree,
-                        "stream reader took nothing for {} s; download stopped",
-                        stall.as_secs()
-                    );
-                    return Ok(None);
-                }
-            }
+        if let Some(reader) = &out
+            && !reader.send(Ok(part)).await
+        {
+            return Ok(None);
         }
     }
     Ok(Some(Bytes::new()))

@@ -486,7 +486,10 @@ impl Node {
         let manifest = manifest.clone();
         let node = self.clone();
         let metrics = self.config.metrics.downloads.clone();
-        let stall = self.config.reader_stall_timeout;
+        let reader = fetch::Reader {
+            tx,
+            stall: self.config.reader_stall_timeout,
+        };
         tokio::spawn(async move {
             let _watch = node.watch_providers(&manifest);
             let started = std::time::Instant::now();
@@ -499,10 +502,7 @@ impl Node {
                 engine.clone(),
                 manifest.clone(),
                 range,
-                Some(fetch::Reader {
-                    tx: tx.clone(),
-                    stall,
-                }),
+                Some(reader.clone()),
                 &mut reservation,
                 &metrics,
             )
@@ -519,12 +519,11 @@ impl Node {
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
-            download.finish(match &r {
+            let mut outcome = match &r {
                 Ok(Some(_)) => DownloadOutcome::Completed,
                 Ok(None) => DownloadOutcome::Cancelled,
                 Err(_) => DownloadOutcome::Failed,
-            });
-            drop(download);
+            };
             match &r {
                 Ok(Some(_)) => info!(
                     %cid,
@@ -544,9 +543,13 @@ impl Node {
             if matches!(r, Ok(Some(_))) {
                 node.announce_if_whole(cid, &manifest).await;
             }
+            // The last chunk and the error go out within the stall limit too: a reader that
+            // takes nothing does not keep this task, its reservation and provider watch.
             match r {
                 Ok(Some(last)) if !last.is_empty() => {
-                    let _ = tx.send(Ok(last)).await;
+                    if !reader.send(Ok(last)).await {
+                        outcome = DownloadOutcome::Cancelled;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -560,9 +563,13 @@ impl Node {
                     } else {
                         warn!(%cid, error = %e, "network stream failed");
                     }
-                    let _ = tx.send(Err(e)).await;
+                    reader.send(Err(e)).await;
                 }
             }
+            // Counted as running until here: a download holds its resources until its reader
+            // took its end (or stalled), and the stream ends only after this.
+            download.finish(outcome);
+            drop(download);
         });
         Ok(Box::pin(tokio_stream_from(rx)))
     }
