@@ -43,7 +43,8 @@ pub const ISOLATED_GIVE_UP: Duration = Duration::from_secs(5);
 
 /// A background download (`POST /data/{cid}/network`) gives up after this long while no peer
 /// has its next missing block (the first one not stored; blocks stored after it do not count,
-/// as the download is in order). A client streaming a download is told after
+/// as the download is in order), or while it cannot go on for another passing reason (the
+/// engine holds as many wants as it takes, the disk is full). A client streaming a download is told after
 /// the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]; nobody waits on a background one, so it
 /// outlasts a provider's restart or a short outage.
 pub const BACKGROUND_PATIENCE: Duration = Duration::from_secs(10 * 60);
@@ -185,6 +186,23 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, cairn_store::StoreError> + Send + 'static,
 ) -> Result<T, NodeError> {
     Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// Whether a background download that met error `e` may try again (within
+/// [`BACKGROUND_PATIENCE`]): no peer had its next block, the engine held as many wants as it
+/// takes ([`FetchError::Busy`]), or the disk was full (the node carries on once space is
+/// freed). Anything else ends it.
+fn retryable(e: &NodeError) -> bool {
+    matches!(e, NodeError::NotFound | NodeError::Fetch(FetchError::Busy)) || disk_full(e)
+}
+
+/// Whether `e` says the disk is full.
+fn disk_full(e: &NodeError) -> bool {
+    match e {
+        NodeError::Fetch(FetchError::DiskFull(_)) => true,
+        NodeError::Store(e) => e.is_disk_full(),
+        _ => false,
+    }
 }
 
 /// Whether a download ended because its dataset was deleted here: the engine dropped its wants
@@ -581,6 +599,14 @@ impl Node {
     /// fetched twice: asking again answers its manifest and gives the running download its full
     /// patience again ([`BACKGROUND_PATIENCE`]). At most [`MAX_BACKGROUND_DOWNLOADS`] run at once.
     pub async fn download(&self, cid: Cid) -> Result<Manifest, NodeError> {
+        self.start_download(cid, true).await
+    }
+
+    /// [`Node::download`]; with `forget_refused`, a dataset refused for want of room that has
+    /// no block here is not left listed ([`Node::reserve_room`]). A download resumed at start
+    /// keeps it: its record goes with its manifest, and it is to be tried again at the next
+    /// start.
+    async fn start_download(&self, cid: Cid, forget_refused: bool) -> Result<Manifest, NodeError> {
         {
             // Refused before the manifest is fetched (and stored); checked again below.
             let running = self.network()?.background.lock();
@@ -613,7 +639,12 @@ impl Node {
             }
         };
         let reservation = self
-            .reserve_room(cid, &manifest, ByteRange::full(manifest.download_size()))
+            .reserve(
+                cid,
+                &manifest,
+                ByteRange::full(manifest.download_size()),
+                forget_refused,
+            )
             .await?;
         {
             let store = self.store.clone();
@@ -770,13 +801,19 @@ impl Node {
                 Ok(_) => {
                     return fetch::check_stored(store, engine, m, 0..m.blocks_count()).await;
                 }
-                Err(NodeError::NotFound) => {
+                // A moment's condition (no holder, the engine's wants full, the disk full):
+                // tried again until `BACKGROUND_PATIENCE` passed without progress.
+                Err(e) if retryable(&e) => {
                     next = first_missing(store, m).await;
                     if next > progress.1 {
-                        // The attempt moved on, then found no holder for its next block for
-                        // the no-holder timeout: that long without progress.
+                        // The attempt moved on, then stopped: a missing holder shows only
+                        // after the no-holder timeout, so that long without progress.
                         let now = std::time::Instant::now();
-                        let since = now.checked_sub(engine::NO_HOLDER_TIMEOUT).unwrap_or(now);
+                        let since = if matches!(e, NodeError::NotFound) {
+                            now.checked_sub(engine::NO_HOLDER_TIMEOUT).unwrap_or(now)
+                        } else {
+                            now
+                        };
                         progress = (since, next);
                     }
                     if running.flags.asked_again.swap(false, Ordering::Relaxed) {
@@ -785,10 +822,20 @@ impl Node {
                     }
                     let idle = progress.0.elapsed();
                     if idle >= BACKGROUND_PATIENCE {
-                        return Err(NodeError::NotFound);
+                        return Err(e);
+                    }
+                    if disk_full(&e) {
+                        // Reserved again at the next attempt: the store goes on refusing a
+                        // dataset whose write failed for want of disk until a reservation
+                        // finds the room back.
+                        *reservation = None;
                     }
                     metrics.stalls.inc();
-                    info!(%cid, block = next, idle = ?idle, "background download: no peer has the next block yet; still looking");
+                    if matches!(e, NodeError::NotFound) {
+                        info!(%cid, block = next, idle = ?idle, "background download: no peer has the next block yet; still looking");
+                    } else {
+                        info!(%cid, block = next, idle = ?idle, error = %e, "background download: cannot go on for the moment; trying again");
+                    }
                     tokio::time::sleep(BACKGROUND_RETRY_PAUSE).await;
                 }
                 Err(e) => return Err(e),
@@ -812,7 +859,7 @@ impl Node {
         };
         let mut resumed = 0;
         for cid in cids {
-            match self.download(cid).await {
+            match self.start_download(cid, false).await {
                 Ok(_) => {
                     info!(%cid, "background download resumed");
                     resumed += 1;
@@ -982,13 +1029,29 @@ impl Node {
         manifest: &Manifest,
         range: ByteRange,
     ) -> Result<Reservation, NodeError> {
+        self.reserve(cid, manifest, range, true).await
+    }
+
+    /// [`Node::reserve_room`]; the manifest of a refused bare dataset is dropped only with
+    /// `forget_refused`.
+    async fn reserve(
+        &self,
+        cid: Cid,
+        manifest: &Manifest,
+        range: ByteRange,
+        forget_refused: bool,
+    ) -> Result<Reservation, NodeError> {
         check_range(manifest, &range)?;
         let store = self.store.clone();
         let tree = manifest.tree_cid;
         let blocks = range.blocks(manifest.block_size);
         let block_size = manifest.block_size;
         blocking(move || match store.reserve_room(&tree, blocks, block_size) {
-            Err(e) if matches!(e, cairn_store::StoreError::QuotaExceeded { .. }) || e.is_disk_full() => {
+            Err(e)
+                if forget_refused
+                    && (matches!(e, cairn_store::StoreError::QuotaExceeded { .. })
+                        || e.is_disk_full()) =>
+            {
                 if let Err(f) = store.forget_bare(&cid) {
                     warn!(%cid, error = %f, "could not drop the manifest of a refused download");
                 }
