@@ -44,9 +44,9 @@ pub const ISOLATED_GIVE_UP: Duration = Duration::from_secs(5);
 /// A background download (`POST /data/{cid}/network`) gives up after this long while no peer
 /// has its next missing block (the first one not stored; blocks stored after it do not count,
 /// as the download is in order), or while it cannot go on for another passing reason (the
-/// engine holds as many wants as it takes, the disk is full). A client streaming a download is told after
-/// the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]; nobody waits on a background one, so it
-/// outlasts a provider's restart or a short outage.
+/// engine holds as many wants as it takes, the disk is full). A client streaming a download is
+/// told after the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]; nobody waits on a background
+/// one, so it outlasts a provider's restart or a short outage.
 pub const BACKGROUND_PATIENCE: Duration = Duration::from_secs(10 * 60);
 
 /// Pause between a background download's attempts while no peer has its next block (each
@@ -215,12 +215,19 @@ fn deleted(e: &NodeError) -> bool {
     )
 }
 
-/// The index of the first block of dataset `manifest` not stored here (its block count when it
-/// is whole; 0 when the store cannot say): how far a download in order has come.
+/// The blocks a download of dataset `manifest` fetches: those its bytes
+/// ([`Manifest::download_size`]) come from. All of its tree's leaves, except for a protected
+/// (erasure-coded) dataset: its data blocks, not its parity blocks.
+fn data_blocks(manifest: &Manifest) -> std::ops::Range<u64> {
+    ByteRange::full(manifest.download_size()).blocks(manifest.block_size)
+}
+
+/// The index of the first of the [`data_blocks`] of dataset `manifest` not stored here (their
+/// end when all are; 0 when the store cannot say): how far a download in order has come.
 async fn first_missing(store: &Store, manifest: &Manifest) -> u64 {
     let store = store.clone();
     let tree = manifest.tree_cid;
-    let blocks = 0..manifest.blocks_count();
+    let blocks = data_blocks(manifest);
     let end = blocks.end;
     blocking(move || store.first_missing_leaf(&tree, blocks))
         .await
@@ -592,8 +599,8 @@ impl Node {
         Ok(Box::pin(tokio_stream_from(rx)))
     }
 
-    /// Fetches dataset `cid` (manifest and every block) in the background; returns the manifest
-    /// once it is known. The request is kept in the store until the download completes or gives
+    /// Fetches dataset `cid` (manifest and every data block) in the background; returns the
+    /// manifest once it is known. The request is kept in the store until the download completes or gives
     /// up, so a node stopped meanwhile resumes it at its next start
     /// ([`Node::resume_downloads`]). A dataset already downloading in the background is not
     /// fetched twice: asking again answers its manifest and gives the running download its full
@@ -799,7 +806,8 @@ impl Node {
             .await;
             match attempt {
                 Ok(_) => {
-                    return fetch::check_stored(store, engine, m, 0..m.blocks_count()).await;
+                    // What was fetched: a protected dataset's parity blocks are not.
+                    return fetch::check_stored(store, engine, m, data_blocks(m)).await;
                 }
                 // A moment's condition (no holder, the engine's wants full, the disk full):
                 // tried again until `BACKGROUND_PATIENCE` passed without progress.
@@ -879,7 +887,8 @@ impl Node {
         resumed
     }
 
-    /// Fetches dataset `cid` and waits until every block is stored.
+    /// Fetches dataset `cid` and waits until every block its bytes come from is stored (of a
+    /// protected dataset, its data blocks; parity blocks are not fetched).
     pub async fn download_and_wait(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
         let reservation = self
@@ -902,7 +911,7 @@ impl Node {
                 metrics,
             )
             .await?;
-            fetch::check_stored(&self.store, &engine, &manifest, 0..manifest.blocks_count()).await
+            fetch::check_stored(&self.store, &engine, &manifest, data_blocks(&manifest)).await
         }
         .await;
         download.finish(match &r {

@@ -157,3 +157,68 @@ async fn a_resumed_download_refused_for_room_is_kept() {
     assert!(b.manifest(cid).await.is_ok(), "the manifest is gone");
     cancel.cancel();
 }
+
+/// A protected (erasure-coded) dataset of 6 leaves (2 groups of 2 data blocks and 1 parity
+/// block) over the tree of a 6-block upload on `a`, whose download yields its first 4 blocks
+/// less 5 bytes; stored on `a`. Returns its manifest CID and the bytes a download yields.
+async fn protected_dataset(a: &cairn_node::Node) -> (cairn_core::Cid, Vec<u8>) {
+    let original = data(6 * 65536, 44);
+    let plain = upload(a, &original).await;
+    let m = a.manifest(plain).await.unwrap();
+    let size = 4 * 65536 - 5;
+    let protected = cairn_core::Manifest {
+        erasure: Some(cairn_core::manifest::ErasureInfo {
+            ec_k: 2,
+            ec_m: 1,
+            original_tree_cid: m.tree_cid,
+            original_dataset_size: size,
+            protected_strategy: 0,
+            verification: None,
+        }),
+        ..m
+    };
+    assert_eq!(protected.blocks_count(), 6);
+    let block = protected.to_block();
+    a.store().put_block(&block).unwrap();
+    (*block.cid(), original[..size as usize].to_vec())
+}
+
+/// A download of a protected dataset fetches the blocks its bytes come from (the data blocks,
+/// `download_size`), and is complete once those are stored. It used to check every leaf of
+/// the tree, parity included, when it ended, and so always failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_dataset_downloads() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let (cid, bytes) = protected_dataset(&a).await;
+
+    let (b, nb) = node(&cancel).await;
+    connect(&nb, &na).await;
+    let m = tokio::time::timeout(WAIT, b.download_and_wait(cid))
+        .await
+        .expect("the download hangs")
+        .expect("the download failed");
+    stored_copy(&b, cid, &bytes).await;
+    assert!(
+        !b.store().has_leaf(&m.tree_cid, 4).unwrap(),
+        "a parity block was fetched"
+    );
+
+    let metrics = NodeMetrics::default();
+    let config = NodeConfig {
+        metrics: metrics.clone(),
+        ..NodeConfig::default()
+    };
+    let (c, nc) = node_configured(&cancel, StoreConfig::default(), config).await;
+    connect(&nc, &na).await;
+    c.download(cid).await.unwrap();
+    wait_until("the background download ends", WAIT, || {
+        metrics.downloads.active.get() == 0
+    })
+    .await;
+    assert_eq!(metrics.downloads.failed.count(), 0, "the download failed");
+    assert_eq!(metrics.downloads.completed.count(), 1);
+    stored_copy(&c, cid, &bytes).await;
+    assert!(c.store().fetches(10).unwrap().is_empty());
+    cancel.cancel();
+}
