@@ -4,9 +4,14 @@
 //! * **Advertiser.** When a dataset is stored (uploaded, or downloaded in full) its manifest CID
 //!   and tree CID are queued ([`ADVERTISE_QUEUE`]) and announced with `provide`, at most
 //!   [`ADVERTISE_CONCURRENCY`] at a time. Every `reannounce_interval` (30 min by default, as the
-//!   reference) every stored dataset is announced again, because provider records expire after
-//!   24 h on the nodes that hold them. A full queue drops the announcement (the next round
-//!   repeats it) rather than make an upload wait for the DHT. The first round runs as soon as
+//!   reference) every dataset held whole (its manifest and every leaf stored: an upload, a
+//!   download that completed; not a manifest stored alone, a range, a stopped download) is
+//!   announced again, because provider records expire after 24 h on the nodes that hold them.
+//!   A round lists the datasets once and queues them [`ROUND_STEP`] at a time, the next step
+//!   once the backlog has room for it again, so it reaches every dataset however many there
+//!   are; a round still running when the next is due goes on (the next starts after it). A
+//!   full queue drops the announcement (the next round repeats it) rather than make an upload
+//!   wait for the DHT. The first round runs as soon as
 //!   the routing table holds a node that answered (checked every [`JOIN_CHECK_INTERVAL`]), so
 //!   a restarted node is findable at once rather than half an hour later; an announcement that
 //!   reached nobody is tried again every [`UNTOLD_RETRY_INTERVAL`] while the table holds such a
@@ -39,13 +44,19 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use parking_lot::Mutex;
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::engine::EngineHandle;
 
 /// CIDs waiting to be announced. Beyond this an announcement is dropped (the periodic round
 /// repeats it).
 pub const ADVERTISE_QUEUE: usize = 1024;
+
+/// Datasets a re-announce round queues at a time (two CIDs each, half the backlog): the round
+/// goes on where it stopped once the backlog has room for another step, and an upload's
+/// announcement still finds room meanwhile. Checking a step's datasets are held whole is one
+/// blocking call (a seek each for a dataset whose tree is kept).
+pub(crate) const ROUND_STEP: usize = ADVERTISE_QUEUE / 4;
 
 /// Announcements (each a DHT lookup plus ADDPROVIDER messages) running at once.
 pub const ADVERTISE_CONCURRENCY: usize = 4;
@@ -330,7 +341,22 @@ async fn advertise(
     let mut backlog: Vec<Cid> = Vec::new();
     // Announced to nobody: tried again on `retry`.
     let mut untold: Vec<Cid> = Vec::new();
+    // The datasets the running re-announce round has not queued yet.
+    let mut round_left: Option<std::vec::IntoIter<(Cid, Cid, u64)>> = None;
     loop {
+        // Go on with the round while the backlog has room for a step.
+        while backlog.len() + 2 * ROUND_STEP <= ADVERTISE_QUEUE
+            && let Some(left) = round_left.as_mut()
+        {
+            let step: Vec<_> = left.by_ref().take(ROUND_STEP).collect();
+            if left.len() == 0 {
+                round_left = None;
+            }
+            for (manifest, tree) in held_whole(&store, step).await {
+                backlog.push(manifest);
+                backlog.push(tree);
+            }
+        }
         // Start what fits.
         while running.len() < ADVERTISE_CONCURRENCY
             && let Some(cid) = backlog.pop()
@@ -360,9 +386,9 @@ async fn advertise(
                 if joined_dht(&dht) {
                     joined = true;
                     info!("joined the DHT; announcing every stored dataset");
-                    // The round covers whatever reached nobody so far.
+                    // A round from the start covers whatever reached nobody so far.
                     untold.clear();
-                    queue_round(&store, &mut backlog).await;
+                    round_left = list_round(&store).await;
                 }
             }
             _ = retry.tick(), if !untold.is_empty() => {
@@ -387,7 +413,13 @@ async fn advertise(
                     }
                 }
             }
-            _ = round.tick() => queue_round(&store, &mut backlog).await,
+            _ = round.tick() => {
+                if round_left.is_some() {
+                    debug!("the last re-announce round is still running; it goes on");
+                } else {
+                    round_left = list_round(&store).await;
+                }
+            }
         }
     }
     running.shutdown().await;
@@ -399,17 +431,44 @@ fn joined_dht(dht: &Discovery) -> bool {
     dht.table().iter().any(|n| n.seen)
 }
 
-/// Queues every stored dataset's manifest and tree CIDs, as far as the backlog has room.
-async fn queue_round(store: &Store, backlog: &mut Vec<Cid>) {
+/// The datasets a re-announce round goes through: every listed one's manifest CID, tree CID
+/// and leaf count, in the store's order. `None` when the store cannot list them (the next
+/// round tries again).
+async fn list_round(store: &Store) -> Option<std::vec::IntoIter<(Cid, Cid, u64)>> {
     let s = store.clone();
-    let listed = tokio::task::spawn_blocking(move || s.list_manifests()).await;
-    if let Ok(Ok(list)) = listed {
-        for (cid, m) in list {
-            if backlog.len() + 2 > ADVERTISE_QUEUE {
-                break;
-            }
-            backlog.push(cid);
-            backlog.push(m.tree_cid);
+    match tokio::task::spawn_blocking(move || s.list_manifests()).await {
+        Ok(Ok(list)) => Some(
+            list.into_iter()
+                .map(|(cid, m)| (cid, m.tree_cid, m.blocks_count()))
+                .collect::<Vec<_>>()
+                .into_iter(),
+        ),
+        Ok(Err(e)) => {
+            warn!(error = %e, "cannot list the datasets to announce them again");
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot list the datasets to announce them again");
+            None
         }
     }
+}
+
+/// The `(manifest, tree)` CIDs of the datasets in `step` (manifest, tree, leaf count) this node
+/// holds whole: the manifest block and every leaf stored. A provider must serve every block,
+/// so a manifest stored alone, a range or a stopped download is not announced; nor a dataset
+/// deleted since the round listed it.
+async fn held_whole(store: &Store, step: Vec<(Cid, Cid, u64)>) -> Vec<(Cid, Cid)> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || {
+        step.into_iter()
+            .filter(|(manifest, tree, leaves)| {
+                s.has_block(manifest).unwrap_or(false)
+                    && matches!(s.first_missing_leaf(tree, 0..*leaves), Ok(None))
+            })
+            .map(|(manifest, tree, _)| (manifest, tree))
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }

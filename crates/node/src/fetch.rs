@@ -31,9 +31,11 @@
 //!   gets the rate. A consumer-limited download (the rate does not depend on the window)
 //!   shrinks to the minimum.
 //!
-//! The window stays within [`MIN_WINDOW`]..=[`MAX_WINDOW`] and grows at most twofold per
-//! interval; `MAX_WINDOW` bounds memory per download (`MAX_WINDOW` × 64 KiB), and the engine
-//! caps what one provider is asked for at once.
+//! The window stays within [`MIN_WINDOW`]..=[`MAX_WINDOW`] blocks and [`MAX_WINDOW_BYTES`], and
+//! grows at most twofold per interval; these bound memory per download (`MAX_WINDOW` × 64 KiB
+//! at the default block size, and never more than `MAX_WINDOW_BYTES`, or one block when a
+//! manifest gives a block larger than that), and the engine caps what one provider is asked for
+//! at once. A local read batch fits in the window, so it is bounded the same way.
 //!
 //! The engine hands over each block as soon as it is verified and writes it behind; a
 //! background download ends with `check_stored`, which waits for those writes.
@@ -74,8 +76,14 @@ pub const READER_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 pub const INITIAL_WINDOW: usize = 32;
 /// Smallest window.
 pub const MIN_WINDOW: usize = 16;
-/// Largest window: 512 blocks, 32 MiB in flight per download.
+/// Largest window: 512 blocks, 32 MiB in flight per download at the default block size.
 pub const MAX_WINDOW: usize = 512;
+/// Largest window in bytes, whatever the block size: a manifest may give blocks of up to
+/// `MAX_BLOCK_SIZE` (100 MiB; about 8 MiB can be delivered in one frame), and [`MAX_WINDOW`] of
+/// them held 4 GiB per download. 32 MiB is what `MAX_WINDOW` blocks of 64 KiB take, so the
+/// default block size keeps its window (and its measured throughput); a larger block size gets
+/// fewer blocks, at least one. Found by review.
+pub const MAX_WINDOW_BYTES: u64 = MAX_WINDOW as u64 * 64 * 1024;
 /// Window gain over the estimated bandwidth-delay product.
 pub const WINDOW_GAIN: f64 = 2.0;
 /// Interval over which the delivery rate is measured and the window re-sized.
@@ -116,12 +124,29 @@ pub(crate) struct WindowEstimator {
     min_latency: Option<Duration>,
     phase: Phase,
     probes: u32,
+    /// The smallest and largest window for the download's block size (blocks).
+    min: usize,
+    max: usize,
 }
 
 impl WindowEstimator {
+    /// An estimator for blocks of 64 KiB (the default block size).
+    #[cfg(test)]
     pub(crate) fn new(now: Instant) -> WindowEstimator {
+        WindowEstimator::for_block_size(now, 64 * 1024)
+    }
+
+    /// An estimator for a download of blocks of `block_size` bytes: its window holds at most
+    /// [`MAX_WINDOW_BYTES`] of them (at least one).
+    pub(crate) fn for_block_size(now: Instant, block_size: u64) -> WindowEstimator {
+        let fit = MAX_WINDOW_BYTES / block_size.max(1);
+        let max = usize::try_from(fit)
+            .unwrap_or(MAX_WINDOW)
+            .clamp(1, MAX_WINDOW);
         WindowEstimator {
-            window: INITIAL_WINDOW,
+            window: INITIAL_WINDOW.min(max),
+            min: MIN_WINDOW.min(max),
+            max,
             interval_start: now,
             completed_in_interval: 0,
             min_latency: None,
@@ -191,7 +216,7 @@ impl WindowEstimator {
         };
         self.window = next
             .max(floor)
-            .clamp(MIN_WINDOW, MAX_WINDOW)
+            .clamp(self.min, self.max)
             .min(w.saturating_mul(2));
     }
 }
@@ -214,12 +239,34 @@ pub(crate) fn refill(window: usize, inflight: usize, remaining: u64) -> u64 {
 
 /// Where a streaming download's blocks go: the reader's channel, and how long it may take
 /// nothing before the download stops.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Reader {
     /// The stream's channel.
     pub(crate) tx: mpsc::Sender<Result<Bytes, NodeError>>,
     /// The stall limit ([`READER_STALL_TIMEOUT`] unless configured).
     pub(crate) stall: Duration,
+}
+
+impl Reader {
+    /// Sends `item` to the reader, waiting at most the stall limit for room; false when the
+    /// reader went away or took nothing for that long. Every send to a stream goes through
+    /// here, its last chunk and its error included, so a reader that stops reading holds the
+    /// download (its task, reservation, provider watch and buffers) for the stall limit at
+    /// most.
+    pub(crate) async fn send(&self, item: Result<Bytes, NodeError>) -> bool {
+        match tokio::time::timeout(self.stall, self.tx.send(item)).await {
+            Ok(Ok(())) => true,
+            // The reader went away; pending wants are dropped by the engine.
+            Ok(Err(_)) => false,
+            Err(_) => {
+                info!(
+                    "stream reader took nothing for {} s; download stopped",
+                    self.stall.as_secs()
+                );
+                false
+            }
+        }
+    }
 }
 
 /// Downloads the blocks of `manifest` that hold `range`, in order, into `out`: each item is
@@ -255,7 +302,7 @@ pub(crate) async fn fetch_dataset(
                 .await??,
         );
     }
-    let mut est = WindowEstimator::new(Instant::now());
+    let mut est = WindowEstimator::for_block_size(Instant::now(), block_size);
     let mut inflight: FuturesOrdered<BlockFuture> = FuturesOrdered::new();
     let mut next = span.start;
     // Index of the next block handed on (blocks complete in order).
@@ -353,20 +400,10 @@ pub(crate) async fn fetch_dataset(
         if next >= span.end && inflight.is_empty() {
             return Ok(Some(part)); // the last chunk: the caller sends it once stored
         }
-        if let Some(Reader { tx, stall }) = &out {
-            match tokio::time::timeout(*stall, tx.send(Ok(part))).await {
-                Ok(Ok(())) => {}
-                // The reader went away; pending wants are dropped by the engine.
-                Ok(Err(_)) => return Ok(None),
-                Err(_) => {
-                    info!(
-                        %tree,
-                        "stream reader took nothing for {} s; download stopped",
-                        stall.as_secs()
-                    );
-                    return Ok(None);
-                }
-            }
+        if let Some(reader) = &out
+            && !reader.send(Ok(part)).await
+        {
+            return Ok(None);
         }
     }
     Ok(Some(Bytes::new()))
@@ -552,6 +589,45 @@ mod tests {
             late.iter().filter(|w| **w == MIN_WINDOW).count() * 2 >= late.len(),
             "{late:?}"
         );
+    }
+
+    /// A manifest may give blocks of up to `MAX_BLOCK_SIZE`: 512 of them in flight were 4 GiB
+    /// at a deliverable 8 MiB, 50 GiB at the largest. Whatever the block size, the window (and
+    /// so each local read batch, which fits in it) holds at most `MAX_WINDOW_BYTES`, or one
+    /// block when a block alone is larger; the default block size keeps `MAX_WINDOW` blocks.
+    #[test]
+    fn large_blocks_keep_the_window_within_its_bytes() {
+        let sizes = [
+            65_536,
+            1 << 20,
+            8 << 20,
+            (8 << 20) + 1,
+            MAX_WINDOW_BYTES,
+            cairn_core::manifest::MAX_BLOCK_SIZE,
+        ];
+        for bs in sizes {
+            let within = |w: usize| w == 1 || w as u64 * bs <= MAX_WINDOW_BYTES;
+            let t0 = Instant::now();
+            let mut est = WindowEstimator::for_block_size(t0, bs);
+            assert!(within(est.window()), "{bs}: starts at {}", est.window());
+            assert!(within(refill(est.window(), 0, 1_000) as usize), "{bs}");
+            // A very fast, long link asks for the largest window.
+            let mut now = t0;
+            for _ in 0..100_000 {
+                now += Duration::from_micros(10);
+                est.record(Duration::from_millis(500), now);
+                assert!(within(est.window()), "{bs}: window {}", est.window());
+            }
+            assert!(est.window() >= 1);
+            assert!(within(refill(est.window(), 0, 1_000) as usize), "{bs}");
+        }
+        let mut est = WindowEstimator::for_block_size(Instant::now(), 65_536);
+        let mut now = Instant::now();
+        for _ in 0..100_000 {
+            now += Duration::from_micros(10);
+            est.record(Duration::from_millis(500), now);
+        }
+        assert_eq!(est.window(), MAX_WINDOW);
     }
 
     #[test]

@@ -43,9 +43,10 @@ pub const ISOLATED_GIVE_UP: Duration = Duration::from_secs(5);
 
 /// A background download (`POST /data/{cid}/network`) gives up after this long while no peer
 /// has its next missing block (the first one not stored; blocks stored after it do not count,
-/// as the download is in order). A client streaming a download is told after
-/// the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]; nobody waits on a background one, so it
-/// outlasts a provider's restart or a short outage.
+/// as the download is in order), or while it cannot go on for another passing reason (the
+/// engine holds as many wants as it takes, the disk is full). A client streaming a download is
+/// told after the engine's [`crate::engine::NO_HOLDER_TIMEOUT`]; nobody waits on a background
+/// one, so it outlasts a provider's restart or a short outage.
 pub const BACKGROUND_PATIENCE: Duration = Duration::from_secs(10 * 60);
 
 /// Pause between a background download's attempts while no peer has its next block (each
@@ -187,6 +188,23 @@ async fn blocking<T: Send + 'static>(
     Ok(tokio::task::spawn_blocking(f).await??)
 }
 
+/// Whether a background download that met error `e` may try again (within
+/// [`BACKGROUND_PATIENCE`]): no peer had its next block, the engine held as many wants as it
+/// takes ([`FetchError::Busy`]), or the disk was full (the node carries on once space is
+/// freed). Anything else ends it.
+fn retryable(e: &NodeError) -> bool {
+    matches!(e, NodeError::NotFound | NodeError::Fetch(FetchError::Busy)) || disk_full(e)
+}
+
+/// Whether `e` says the disk is full.
+fn disk_full(e: &NodeError) -> bool {
+    match e {
+        NodeError::Fetch(FetchError::DiskFull(_)) => true,
+        NodeError::Store(e) => e.is_disk_full(),
+        _ => false,
+    }
+}
+
 /// Whether a download ended because its dataset was deleted here: the engine dropped its wants
 /// ([`FetchError::Deleted`]), or the store found the dataset gone as the download went on.
 fn deleted(e: &NodeError) -> bool {
@@ -197,12 +215,19 @@ fn deleted(e: &NodeError) -> bool {
     )
 }
 
-/// The index of the first block of dataset `manifest` not stored here (its block count when it
-/// is whole; 0 when the store cannot say): how far a download in order has come.
+/// The blocks a download of dataset `manifest` fetches: those its bytes
+/// ([`Manifest::download_size`]) come from. All of its tree's leaves, except for a protected
+/// (erasure-coded) dataset: its data blocks, not its parity blocks.
+fn data_blocks(manifest: &Manifest) -> std::ops::Range<u64> {
+    ByteRange::full(manifest.download_size()).blocks(manifest.block_size)
+}
+
+/// The index of the first of the [`data_blocks`] of dataset `manifest` not stored here (their
+/// end when all are; 0 when the store cannot say): how far a download in order has come.
 async fn first_missing(store: &Store, manifest: &Manifest) -> u64 {
     let store = store.clone();
     let tree = manifest.tree_cid;
-    let blocks = 0..manifest.blocks_count();
+    let blocks = data_blocks(manifest);
     let end = blocks.end;
     blocking(move || store.first_missing_leaf(&tree, blocks))
         .await
@@ -298,6 +323,30 @@ impl Node {
     fn announce(&self, manifest_cid: Cid, manifest: &Manifest) {
         if let Some(d) = self.discoverer() {
             d.announce(manifest_cid, manifest.tree_cid);
+        }
+    }
+
+    /// Announces dataset `manifest` under `manifest_cid` after a download, if this node holds
+    /// it whole: the manifest block `manifest_cid` itself (not a CID of the decoded manifest
+    /// encoded again, which decoding's tolerance can make another) and every leaf of its tree.
+    /// A provider must serve every block; a download stopped part-way, a range, or the data
+    /// blocks of a protected dataset without its parity are not announced.
+    async fn announce_if_whole(&self, manifest_cid: Cid, manifest: &Manifest) {
+        if self.discoverer().is_none() {
+            return;
+        }
+        let store = self.store.clone();
+        let tree = manifest.tree_cid;
+        let leaves = 0..manifest.blocks_count();
+        let whole = blocking(move || {
+            Ok(store.has_block(&manifest_cid)?
+                && store.first_missing_leaf(&tree, leaves)?.is_none())
+        })
+        .await;
+        match whole {
+            Ok(true) => self.announce(manifest_cid, manifest),
+            Ok(false) => debug!(%manifest_cid, "not announced: the dataset is not all here"),
+            Err(e) => warn!(%manifest_cid, error = %e, "not announced: cannot check the dataset"),
         }
     }
 
@@ -430,8 +479,27 @@ impl Node {
     /// ([`Node::reserve_room`]), as the REST API does so that a download that cannot fit is
     /// refused before the response starts. Without one, the download reserves it first (and
     /// the stream fails at once when there is no room).
+    ///
+    /// The dataset is announced (when it is then held whole) under the CID of `manifest`
+    /// encoded again; [`Node::stream_network_of`] takes the CID that was asked for instead.
     pub fn stream_network_with(
         &self,
+        manifest: &Manifest,
+        range: ByteRange,
+        reservation: Option<Reservation>,
+    ) -> Result<ByteStream, NodeError> {
+        self.stream_network_of(manifest.cid(), manifest, range, reservation)
+    }
+
+    /// [`Node::stream_network_with`] of the dataset whose manifest block `cid` was fetched (or
+    /// found) as `manifest`. Once every block of the dataset is stored here (the stream
+    /// reached its end, and the range or what was already here covers the whole tree) the
+    /// dataset is announced as `cid`, the block this node holds: decoding a manifest is
+    /// tolerant, so `manifest` encoded again may have another CID. A stream stopped early (its
+    /// reader went away or stalled) or that failed announces nothing.
+    pub fn stream_network_of(
+        &self,
+        cid: Cid,
         manifest: &Manifest,
         range: ByteRange,
         reservation: Option<Reservation>,
@@ -443,7 +511,10 @@ impl Node {
         let manifest = manifest.clone();
         let node = self.clone();
         let metrics = self.config.metrics.downloads.clone();
-        let stall = self.config.reader_stall_timeout;
+        let reader = fetch::Reader {
+            tx,
+            stall: self.config.reader_stall_timeout,
+        };
         tokio::spawn(async move {
             let _watch = node.watch_providers(&manifest);
             let started = std::time::Instant::now();
@@ -456,10 +527,7 @@ impl Node {
                 engine.clone(),
                 manifest.clone(),
                 range,
-                Some(fetch::Reader {
-                    tx: tx.clone(),
-                    stall,
-                }),
+                Some(reader.clone()),
                 &mut reservation,
                 &metrics,
             )
@@ -476,60 +544,76 @@ impl Node {
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
-            download.finish(match &r {
+            let mut outcome = match &r {
                 Ok(Some(_)) => DownloadOutcome::Completed,
                 Ok(None) => DownloadOutcome::Cancelled,
                 Err(_) => DownloadOutcome::Failed,
-            });
-            drop(download);
+            };
             match &r {
                 Ok(Some(_)) => info!(
-                    cid = %manifest.cid(),
+                    %cid,
                     bytes = range.len(),
                     elapsed = ?started.elapsed(),
                     "network stream finished"
                 ),
                 Ok(None) => debug!(
-                    cid = %manifest.cid(),
+                    %cid,
                     elapsed = ?started.elapsed(),
                     "network stream stopped early: its reader went away or stalled"
                 ),
                 Err(_) => {} // said below, with the reason
             }
-            // Only a whole dataset is announced: a provider must serve every block.
-            if r.is_ok() && range.blocks(manifest.block_size) == (0..manifest.blocks_count()) {
-                node.announce(manifest.cid(), &manifest);
+            // Only a stream that reached its end, of a dataset now held whole: a stream whose
+            // reader went away (`Ok(None)`) stored only part of it.
+            if matches!(r, Ok(Some(_))) {
+                node.announce_if_whole(cid, &manifest).await;
             }
+            // The last chunk and the error go out within the stall limit too: a reader that
+            // takes nothing does not keep this task, its reservation and provider watch.
             match r {
                 Ok(Some(last)) if !last.is_empty() => {
-                    let _ = tx.send(Ok(last)).await;
+                    if !reader.send(Ok(last)).await {
+                        outcome = DownloadOutcome::Cancelled;
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     // The client only sees its response end early; say why here.
                     if matches!(e, NodeError::NotFound) {
                         warn!(
-                            cid = %manifest.cid(),
+                            %cid,
                             "network stream failed: no connected peer had the next block in time \
                              (a provider left, or none has it)"
                         );
                     } else {
-                        warn!(cid = %manifest.cid(), error = %e, "network stream failed");
+                        warn!(%cid, error = %e, "network stream failed");
                     }
-                    let _ = tx.send(Err(e)).await;
+                    reader.send(Err(e)).await;
                 }
             }
+            // Counted as running until here: a download holds its resources until its reader
+            // took its end (or stalled), and the stream ends only after this.
+            download.finish(outcome);
+            drop(download);
         });
         Ok(Box::pin(tokio_stream_from(rx)))
     }
 
-    /// Fetches dataset `cid` (manifest and every block) in the background; returns the manifest
-    /// once it is known. The request is kept in the store until the download completes or gives
+    /// Fetches dataset `cid` (manifest and every data block) in the background; returns the
+    /// manifest once it is known. The request is kept in the store until the download completes or gives
     /// up, so a node stopped meanwhile resumes it at its next start
     /// ([`Node::resume_downloads`]). A dataset already downloading in the background is not
     /// fetched twice: asking again answers its manifest and gives the running download its full
     /// patience again ([`BACKGROUND_PATIENCE`]). At most [`MAX_BACKGROUND_DOWNLOADS`] run at once.
     pub async fn download(&self, cid: Cid) -> Result<Manifest, NodeError> {
+        self.start_download(cid, true).await
+    }
+
+    /// [`Node::download`]; with `forget_refused`, a dataset refused for want of room that has
+    /// no block here is not left listed ([`Node::reserve_room`]). A download resumed at start
+    /// keeps it: its record goes with its manifest, and it is to be tried again at the next
+    /// start.
+    async fn start_download(&self, cid: Cid, forget_refused: bool) -> Result<Manifest, NodeError> {
         {
             // Refused before the manifest is fetched (and stored); checked again below.
             let running = self.network()?.background.lock();
@@ -562,7 +646,12 @@ impl Node {
             }
         };
         let reservation = self
-            .reserve_room(cid, &manifest, ByteRange::full(manifest.download_size()))
+            .reserve(
+                cid,
+                &manifest,
+                ByteRange::full(manifest.download_size()),
+                forget_refused,
+            )
             .await?;
         {
             let store = self.store.clone();
@@ -638,7 +727,7 @@ impl Node {
             match r {
                 Ok(()) => {
                     info!(%cid, elapsed = ?started.elapsed(), "dataset downloaded");
-                    self.announce(cid, &m);
+                    self.announce_if_whole(cid, &m).await;
                 }
                 Err(NodeError::NotFound) => warn!(
                     %cid,
@@ -717,15 +806,22 @@ impl Node {
             .await;
             match attempt {
                 Ok(_) => {
-                    return fetch::check_stored(store, engine, m, 0..m.blocks_count()).await;
+                    // What was fetched: a protected dataset's parity blocks are not.
+                    return fetch::check_stored(store, engine, m, data_blocks(m)).await;
                 }
-                Err(NodeError::NotFound) => {
+                // A moment's condition (no holder, the engine's wants full, the disk full):
+                // tried again until `BACKGROUND_PATIENCE` passed without progress.
+                Err(e) if retryable(&e) => {
                     next = first_missing(store, m).await;
                     if next > progress.1 {
-                        // The attempt moved on, then found no holder for its next block for
-                        // the no-holder timeout: that long without progress.
+                        // The attempt moved on, then stopped: a missing holder shows only
+                        // after the no-holder timeout, so that long without progress.
                         let now = std::time::Instant::now();
-                        let since = now.checked_sub(engine::NO_HOLDER_TIMEOUT).unwrap_or(now);
+                        let since = if matches!(e, NodeError::NotFound) {
+                            now.checked_sub(engine::NO_HOLDER_TIMEOUT).unwrap_or(now)
+                        } else {
+                            now
+                        };
                         progress = (since, next);
                     }
                     if running.flags.asked_again.swap(false, Ordering::Relaxed) {
@@ -734,10 +830,20 @@ impl Node {
                     }
                     let idle = progress.0.elapsed();
                     if idle >= BACKGROUND_PATIENCE {
-                        return Err(NodeError::NotFound);
+                        return Err(e);
+                    }
+                    if disk_full(&e) {
+                        // Reserved again at the next attempt: the store goes on refusing a
+                        // dataset whose write failed for want of disk until a reservation
+                        // finds the room back.
+                        *reservation = None;
                     }
                     metrics.stalls.inc();
-                    info!(%cid, block = next, idle = ?idle, "background download: no peer has the next block yet; still looking");
+                    if matches!(e, NodeError::NotFound) {
+                        info!(%cid, block = next, idle = ?idle, "background download: no peer has the next block yet; still looking");
+                    } else {
+                        info!(%cid, block = next, idle = ?idle, error = %e, "background download: cannot go on for the moment; trying again");
+                    }
                     tokio::time::sleep(BACKGROUND_RETRY_PAUSE).await;
                 }
                 Err(e) => return Err(e),
@@ -761,7 +867,7 @@ impl Node {
         };
         let mut resumed = 0;
         for cid in cids {
-            match self.download(cid).await {
+            match self.start_download(cid, false).await {
                 Ok(_) => {
                     info!(%cid, "background download resumed");
                     resumed += 1;
@@ -781,7 +887,8 @@ impl Node {
         resumed
     }
 
-    /// Fetches dataset `cid` and waits until every block is stored.
+    /// Fetches dataset `cid` and waits until every block its bytes come from is stored (of a
+    /// protected dataset, its data blocks; parity blocks are not fetched).
     pub async fn download_and_wait(&self, cid: Cid) -> Result<Manifest, NodeError> {
         let manifest = self.fetch_manifest(cid).await?;
         let reservation = self
@@ -804,7 +911,7 @@ impl Node {
                 metrics,
             )
             .await?;
-            fetch::check_stored(&self.store, &engine, &manifest, 0..manifest.blocks_count()).await
+            fetch::check_stored(&self.store, &engine, &manifest, data_blocks(&manifest)).await
         }
         .await;
         download.finish(match &r {
@@ -813,7 +920,7 @@ impl Node {
         });
         drop(download);
         r?;
-        self.announce(cid, &manifest);
+        self.announce_if_whole(cid, &manifest).await;
         Ok(manifest)
     }
 
@@ -931,13 +1038,29 @@ impl Node {
         manifest: &Manifest,
         range: ByteRange,
     ) -> Result<Reservation, NodeError> {
+        self.reserve(cid, manifest, range, true).await
+    }
+
+    /// [`Node::reserve_room`]; the manifest of a refused bare dataset is dropped only with
+    /// `forget_refused`.
+    async fn reserve(
+        &self,
+        cid: Cid,
+        manifest: &Manifest,
+        range: ByteRange,
+        forget_refused: bool,
+    ) -> Result<Reservation, NodeError> {
         check_range(manifest, &range)?;
         let store = self.store.clone();
         let tree = manifest.tree_cid;
         let blocks = range.blocks(manifest.block_size);
         let block_size = manifest.block_size;
         blocking(move || match store.reserve_room(&tree, blocks, block_size) {
-            Err(e) if matches!(e, cairn_store::StoreError::QuotaExceeded { .. }) || e.is_disk_full() => {
+            Err(e)
+                if forget_refused
+                    && (matches!(e, cairn_store::StoreError::QuotaExceeded { .. })
+                        || e.is_disk_full()) =>
+            {
                 if let Err(f) = store.forget_bare(&cid) {
                     warn!(%cid, error = %f, "could not drop the manifest of a refused download");
                 }

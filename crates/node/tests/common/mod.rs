@@ -122,3 +122,61 @@ pub async fn not_found_early(node: &Node, cid: Cid) -> std::time::Duration {
     );
     took
 }
+
+/// A node on loopback with an in-memory store configured by `store` and node settings `config`.
+pub async fn node_configured(
+    cancel: &CancellationToken,
+    store: StoreConfig,
+    config: NodeConfig,
+) -> (Node, NetworkHandle) {
+    let (net, events) = bare(cancel).await;
+    let node = Node::with_network(
+        Store::in_memory(store).unwrap(),
+        config,
+        net.clone(),
+        events,
+        cancel.clone(),
+    );
+    (node, net)
+}
+
+/// Adds a loopback DHT that knows no other node to `node`, re-announcing every `reannounce`;
+/// returns the node, the DHT and the DHT's metrics (`announcements` counts every `provide`).
+pub async fn with_lone_dht(
+    node: Node,
+    cancel: &CancellationToken,
+    reannounce: std::time::Duration,
+) -> (
+    Node,
+    cairn_node::discovery::Discovery,
+    cairn_node::discovery::Metrics,
+) {
+    let metrics = cairn_node::discovery::Metrics::default();
+    let dht = cairn_node::discovery::Discovery::start(
+        Keypair::generate_secp256k1(),
+        cairn_node::discovery::DiscoveryConfig {
+            metrics: metrics.clone(),
+            ..cairn_node::discovery::DiscoveryConfig::new(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                0,
+            )))
+        },
+        cancel.clone(),
+    )
+    .await
+    .unwrap();
+    let node = node.with_discovery(dht.clone(), reannounce, cancel.clone());
+    (node, dht, metrics)
+}
+
+/// Polls `probe` every 10 ms until it holds; panics naming `what` after `limit`.
+pub async fn wait_until(what: &str, limit: std::time::Duration, mut probe: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !probe() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,55 @@
+//! A network stream's resources (its reservation, provider watch, buffers and task) are held
+//! only while its reader reads (found by review).
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use cairn_node::{NodeConfig, StoreConfig, metrics::NodeMetrics};
+use common::{connect, data, node, node_configured, upload, wait_until};
+use futures::TryStreamExt;
+use tokio_util::sync::CancellationToken;
+
+/// Deadline of every wait.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The reader stall limit of these tests (60 s by default).
+const STALL: Duration = Duration::from_millis(300);
+
+/// A stream whose reader takes nothing is stopped after the stall limit also when what waits
+/// is its last chunk: the dataset has one block more than the stream's channel holds, so every
+/// block but the last fits in the channel and the last chunk was sent without a time limit,
+/// holding the stream's task, its reservation and its provider watch for as long as the
+/// client kept the connection open. The stopped stream counts as cancelled, and its reader
+/// later gets the chunks that were buffered, then the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reader_releases_a_stream_waiting_to_send_its_last_chunk() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let buffered = cairn_node::DOWNLOAD_READAHEAD_BLOCKS;
+    let original = data(buffered * 65536 + 100, 31);
+    let cid = upload(&a, &original).await;
+    let metrics = NodeMetrics::default();
+    let config = NodeConfig {
+        metrics: metrics.clone(),
+        reader_stall_timeout: STALL,
+        ..NodeConfig::default()
+    };
+    let (b, nb) = node_configured(&cancel, StoreConfig::default(), config).await;
+    connect(&nb, &na).await;
+    let m = b.fetch_manifest(cid).await.unwrap();
+    let s = b.stream_network(&m).unwrap();
+    wait_until("the stream stops for its stalled reader", WAIT, || {
+        metrics.downloads.cancelled.count() == 1 && metrics.downloads.active.get() == 0
+    })
+    .await;
+    assert_eq!(metrics.downloads.completed.count(), 0);
+    let got: Vec<Bytes> = tokio::time::timeout(WAIT, s.try_collect())
+        .await
+        .expect("the stopped stream does not end")
+        .unwrap();
+    assert_eq!(got.len(), buffered, "only the buffered chunks");
+    assert_eq!(got.concat(), original[..buffered * 65536]);
+    cancel.cancel();
+}
