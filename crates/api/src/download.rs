@@ -93,7 +93,7 @@ pub(crate) async fn serve(
         match source {
             Source::Local => Body::from_stream(node.stream_dataset_range(&manifest, range)?),
             Source::Network => Body::from_stream(
-                node.stream_network_with(&manifest, range, reservation)
+                node.stream_network_of(cid, &manifest, range, reservation)
                     .map_err(network_error)?,
             ),
         }
