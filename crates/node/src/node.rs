@@ -1083,23 +1083,53 @@ impl Node {
         Ok(self.read_blocks(manifest, range))
     }
 
+    /// The blocks of `range`, read from the store [`DOWNLOAD_READAHEAD_BLOCKS`] at a time on
+    /// the blocking pool and handed to the reader from an async task. Waiting for a slow
+    /// reader holds no blocking thread (review: each local download held one until its client
+    /// read or closed, so enough stalled clients used up the pool every store call needs), and
+    /// a reader that takes nothing for the stall limit stops the stream, as on the network
+    /// path.
     fn read_blocks(&self, manifest: &Manifest, range: ByteRange) -> ByteStream {
         let (tx, rx) = mpsc::channel(DOWNLOAD_READAHEAD_BLOCKS);
+        let reader = fetch::Reader {
+            tx,
+            stall: self.config.reader_stall_timeout,
+        };
         let store = self.store.clone();
         let tree = manifest.tree_cid;
         let block_size = manifest.block_size;
-        tokio::task::spawn_blocking(move || {
-            for index in range.blocks(block_size) {
-                let item = match store.get_leaf(&tree, index) {
-                    Ok(Some((block, _))) => {
-                        fetch::block_part(block.data(), &range, index, block_size)
+        tokio::spawn(async move {
+            let mut blocks = range.blocks(block_size);
+            loop {
+                let batch: Vec<u64> = blocks.by_ref().take(DOWNLOAD_READAHEAD_BLOCKS).collect();
+                if batch.is_empty() {
+                    return;
+                }
+                let store = store.clone();
+                let read = tokio::task::spawn_blocking(move || {
+                    let results = match store.get_leaves(&tree, &batch) {
+                        Ok(results) => results,
+                        Err(e) => return vec![Err(NodeError::Store(e))],
+                    };
+                    batch
+                        .iter()
+                        .zip(results)
+                        .map(|(&index, r)| match r {
+                            Ok(Some((block, _))) => {
+                                fetch::block_part(block.data(), &range, index, block_size)
+                            }
+                            Ok(None) => Err(NodeError::NotFound),
+                            Err(e) => Err(NodeError::Store(e)),
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .await;
+                let items = read.unwrap_or_else(|e| vec![Err(NodeError::from(e))]);
+                for item in items {
+                    let stop = item.is_err();
+                    if !reader.send(item).await || stop {
+                        return; // the reader went away or stalled, or we reported an error
                     }
-                    Ok(None) => Err(NodeError::NotFound),
-                    Err(e) => Err(NodeError::Store(e)),
-                };
-                let stop = item.is_err();
-                if tx.blocking_send(item).is_err() || stop {
-                    return; // the reader went away, or we reported an error
                 }
             }
         });

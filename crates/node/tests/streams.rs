@@ -53,3 +53,53 @@ async fn a_stalled_reader_releases_a_stream_waiting_to_send_its_last_chunk() {
     assert_eq!(got.concat(), original[..buffered * 65536]);
     cancel.cancel();
 }
+
+/// Local downloads whose clients read nothing hold no blocking thread: the node's store calls
+/// (which all run on tokio's blocking pool) still get one. Each local stream used to read on a
+/// blocking thread and wait there for its reader (review: enough stalled clients used up the
+/// pool, and the whole node hung). Here the pool has two threads and four streams wait.
+#[test]
+fn stalled_local_readers_do_not_hold_blocking_threads() {
+    const BLOCKS: usize = 40;
+    let store = cairn_node::Store::in_memory(StoreConfig::default()).unwrap();
+    let original = data(BLOCKS * 65536, 57);
+    // Stored through the store itself: an upload would need more blocking threads than two.
+    let mut w = store.begin_dataset().unwrap();
+    for chunk in original.chunks(65536) {
+        w.write(&cairn_core::Block::data_block(Bytes::copy_from_slice(
+            chunk,
+        )))
+        .unwrap();
+    }
+    let stored = w
+        .finish(cairn_node::DatasetMeta {
+            dataset_size: original.len() as u64,
+            block_size: 65536,
+            filename: None,
+            mimetype: None,
+        })
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let node = cairn_node::Node::new(store, NodeConfig::default());
+        let m = stored.manifest;
+        let streams: Vec<_> = (0..4).map(|_| node.stream_dataset(&m)).collect();
+        tokio::time::timeout(WAIT, node.space())
+            .await
+            .expect("a store call waited for a thread held by a stalled stream")
+            .unwrap();
+        // The streams still read whole and right.
+        for s in streams {
+            let parts: Vec<Bytes> = tokio::time::timeout(WAIT, s.try_collect())
+                .await
+                .expect("stream")
+                .unwrap();
+            assert_eq!(parts.concat(), original);
+        }
+    });
+}
