@@ -32,8 +32,21 @@ use crate::{
 };
 
 /// Blocks read ahead of a streaming download: 8 × 64 KiB keeps the disk busy while the client
-/// drains the previous blocks, and bounds memory per download to half a MiB.
+/// drains the previous blocks, and bounds memory per download to half a MiB. Datasets of larger
+/// blocks get fewer ([`DOWNLOAD_READAHEAD_BYTES`]).
 pub const DOWNLOAD_READAHEAD_BLOCKS: usize = 8;
+/// Bytes read ahead of a streaming download at most (one block at least, whatever its size): a
+/// manifest may give blocks of megabytes, and eight of them per stream would be tens of MiB
+/// (noticed in review).
+pub const DOWNLOAD_READAHEAD_BYTES: u64 = 512 * 1024;
+
+/// Blocks read ahead of a streaming download of blocks of `block_size` bytes.
+fn readahead_blocks(block_size: u64) -> usize {
+    let fit = DOWNLOAD_READAHEAD_BYTES / block_size.max(1);
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, DOWNLOAD_READAHEAD_BLOCKS)
+}
 
 /// A manifest fetch gives up after this long with no connected peer and no DHT node that ever
 /// answered: there is nobody to ask, and the full search ([`crate::engine::NO_HOLDER_TIMEOUT`],
@@ -506,7 +519,7 @@ impl Node {
     ) -> Result<ByteStream, NodeError> {
         check_range(manifest, &range)?;
         let engine = self.network()?.engine.clone();
-        let (tx, rx) = mpsc::channel(DOWNLOAD_READAHEAD_BLOCKS);
+        let (tx, rx) = mpsc::channel(readahead_blocks(manifest.block_size));
         let store = self.store.clone();
         let manifest = manifest.clone();
         let node = self.clone();
@@ -1090,7 +1103,8 @@ impl Node {
     /// a reader that takes nothing for the stall limit stops the stream, as on the network
     /// path.
     fn read_blocks(&self, manifest: &Manifest, range: ByteRange) -> ByteStream {
-        let (tx, rx) = mpsc::channel(DOWNLOAD_READAHEAD_BLOCKS);
+        let ahead = readahead_blocks(manifest.block_size);
+        let (tx, rx) = mpsc::channel(ahead);
         let reader = fetch::Reader {
             tx,
             stall: self.config.reader_stall_timeout,
@@ -1101,7 +1115,7 @@ impl Node {
         tokio::spawn(async move {
             let mut blocks = range.blocks(block_size);
             loop {
-                let batch: Vec<u64> = blocks.by_ref().take(DOWNLOAD_READAHEAD_BLOCKS).collect();
+                let batch: Vec<u64> = blocks.by_ref().take(ahead).collect();
                 if batch.is_empty() {
                     return;
                 }
@@ -1351,5 +1365,19 @@ mod tests {
         ));
         let s = n.stream_dataset(&Manifest::default()).next().await;
         assert!(matches!(s, None | Some(Err(NodeError::NotFound))));
+    }
+}
+
+#[cfg(test)]
+mod readahead_tests {
+    use super::*;
+
+    #[test]
+    fn readahead_is_bounded_in_bytes_and_at_least_one_block() {
+        assert_eq!(readahead_blocks(64 * 1024), DOWNLOAD_READAHEAD_BLOCKS);
+        assert_eq!(readahead_blocks(128 * 1024), 4);
+        assert_eq!(readahead_blocks(8 * 1024 * 1024), 1);
+        assert_eq!(readahead_blocks(1), DOWNLOAD_READAHEAD_BLOCKS);
+        assert_eq!(readahead_blocks(0), DOWNLOAD_READAHEAD_BLOCKS);
     }
 }

@@ -81,7 +81,8 @@ pub async fn connect(from: &NetworkHandle, to: &NetworkHandle) {
 
 /// `len` pseudo-random bytes (xorshift64 from `seed`).
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    // Spread the seed first: `seed | 1` alone gave seeds 2k and 2k + 1 the same bytes.
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
         x ^= x << 13;
