@@ -453,6 +453,12 @@ impl DatasetWriter {
         if let Err(e) = self.drop_segment_if_empty() {
             warn!(error = %e, "could not remove an empty upload segment");
         }
+        // An upload that completed a partial download kept the proofs of the rows it added
+        // (see above); the dataset is whole now, so they go at once rather than at a later
+        // maintenance pass.
+        if keep_proofs && let Err(e) = store.settle_tree(&tree_cid) {
+            warn!(error = %e, "could not drop the proofs of a completed dataset");
+        }
         Ok(StoredDataset {
             manifest_cid: mcid,
             manifest,
