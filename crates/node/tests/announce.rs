@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cairn_core::{Block, cid::Codec};
-use cairn_node::{NodeConfig, StoreConfig, metrics::NodeMetrics};
-use common::{connect, data, node, node_configured, upload, wait_until, with_lone_dht};
+use cairn_node::StoreConfig;
+use common::{connect, data, metered_node, node, upload, wait_until, with_lone_dht};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -26,12 +26,7 @@ async fn a_stream_whose_client_went_away_is_not_announced() {
     let (a, na) = node(&cancel).await;
     let original = data(64 * 65536, 21);
     let cid = upload(&a, &original).await;
-    let metrics = NodeMetrics::default();
-    let config = NodeConfig {
-        metrics: metrics.clone(),
-        ..NodeConfig::default()
-    };
-    let (b, nb) = node_configured(&cancel, StoreConfig::default(), config).await;
+    let (b, nb, metrics) = metered_node(&cancel, StoreConfig::default()).await;
     let (b, dht, dht_metrics) = with_lone_dht(b, &cancel, Duration::from_secs(3600)).await;
     connect(&nb, &na).await;
     let m = b.fetch_manifest(cid).await.unwrap();

@@ -10,8 +10,8 @@ use std::{
 
 use bytes::Bytes;
 use cairn_core::{Block, BlockAddress};
-use cairn_node::{NodeConfig, StoreConfig, metrics::NodeMetrics};
-use common::{connect, data, node, node_configured, node_with, upload, wait_until};
+use cairn_node::StoreConfig;
+use common::{connect, data, metered_node, node, node_with, upload, wait_until};
 use tokio_util::sync::CancellationToken;
 
 /// Deadline of every wait: a retry comes `BACKGROUND_RETRY_PAUSE` (5 s) after a failed attempt.
@@ -34,12 +34,7 @@ async fn a_busy_engine_pauses_a_background_download() {
     let (a, na) = node(&cancel).await;
     let original = data(6 * 65536 + 1, 41);
     let cid = upload(&a, &original).await;
-    let metrics = NodeMetrics::default();
-    let config = NodeConfig {
-        metrics: metrics.clone(),
-        ..NodeConfig::default()
-    };
-    let (b, nb) = node_configured(&cancel, StoreConfig::default(), config).await;
+    let (b, nb, metrics) = metered_node(&cancel, StoreConfig::default()).await;
     connect(&nb, &na).await;
     b.fetch_manifest(cid).await.unwrap();
     // Every want slot taken by blocks nobody has.
@@ -97,17 +92,12 @@ async fn a_full_disk_pauses_a_background_download() {
     let (a, na) = node(&cancel).await;
     let original = data(6 * 65536 + 1, 42);
     let cid = upload(&a, &original).await;
-    let metrics = NodeMetrics::default();
-    let config = NodeConfig {
-        metrics: metrics.clone(),
-        ..NodeConfig::default()
-    };
     let store = StoreConfig {
         free_space_hook: Some(free_space),
         crash_hook: Some(fill_disk),
         ..StoreConfig::default()
     };
-    let (b, nb) = node_configured(&cancel, store, config).await;
+    let (b, nb, metrics) = metered_node(&cancel, store).await;
     connect(&nb, &na).await;
     FILL_AT_CHECK.store(true, Ordering::SeqCst);
     b.download(cid).await.unwrap();
@@ -204,12 +194,7 @@ async fn a_protected_dataset_downloads() {
         "a parity block was fetched"
     );
 
-    let metrics = NodeMetrics::default();
-    let config = NodeConfig {
-        metrics: metrics.clone(),
-        ..NodeConfig::default()
-    };
-    let (c, nc) = node_configured(&cancel, StoreConfig::default(), config).await;
+    let (c, nc, metrics) = metered_node(&cancel, StoreConfig::default()).await;
     connect(&nc, &na).await;
     c.download(cid).await.unwrap();
     wait_until("the background download ends", WAIT, || {

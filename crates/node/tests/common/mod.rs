@@ -141,6 +141,21 @@ pub async fn node_configured(
     (node, net)
 }
 
+/// A node like [`node_configured`] with default node settings, whose engine and downloads
+/// count in the metric handles returned with it.
+pub async fn metered_node(
+    cancel: &CancellationToken,
+    store: StoreConfig,
+) -> (Node, NetworkHandle, NodeMetrics) {
+    let metrics = NodeMetrics::default();
+    let config = NodeConfig {
+        metrics: metrics.clone(),
+        ..NodeConfig::default()
+    };
+    let (node, net) = node_configured(cancel, store, config).await;
+    (node, net, metrics)
+}
+
 /// Adds a loopback DHT that knows no other node to `node`, re-announcing every `reannounce`;
 /// returns the node, the DHT and the DHT's metrics (`announcements` counts every `provide`).
 pub async fn with_lone_dht(
