@@ -32,8 +32,10 @@
 //!     sources in one group lands in at most 32 new buckets, so **one source group holds at
 //!     most `32 * 64 = 2048` peers** ([`params::MAX_NEW_PEERS_PER_SOURCE_GROUP`], 1/8 of the
 //!     new table, 1/10 of the book) however many addresses it sends;
-//!   - old bucket = `H(addr_group, H(peer) % 4) % 64`: peers of one address group share at most
-//!     4 old buckets (256 slots).
+//!   - old bucket = `H(addr_group, H(peer) % 4) % 64`, where `addr_group` is the group of the
+//!     address we connected to (it becomes the entry's first address; review found the first
+//!     *gossiped* address used, which let sybils in one /16 spread over every old bucket): peers
+//!     reached in one address group share at most 4 old buckets (256 slots).
 //! * A known new peer announced again goes into one more new bucket with probability
 //!   `1 / (2 * buckets)`, up to 4 (CometBFT `maxNewBucketsPerAddress`).
 //! * A full new bucket drops a *bad* entry, or else its oldest (by last attempt, or time added);
