@@ -339,8 +339,8 @@ impl<R: Clone> RoutingTable<R> {
         }
     }
 
-    /// A FINDNODE to the node failed (no reply in time, or a bad reply), or any request got a
-    /// reply of the wrong kind: remove it and promote the newest replacement (reference
+    /// A FINDNODE to the node failed (no reply in time, or a bad reply), any request got a
+    /// reply of the wrong kind, or we could not make a handshake with it: remove it and promote the newest replacement (reference
     /// `replaceNode(n)`, whose default threshold always removes). A bootstrap node stays (the miss
     /// is recorded). A failed node waiting in the replacement cache is dropped from it. Returns
     /// what was removed.
