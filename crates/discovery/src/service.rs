@@ -29,7 +29,9 @@
 //! [`PROVIDER_EXPIRY_INTERVAL`].
 //!
 //! **Liveness.** A node that answers is marked *seen* in the table (only seen nodes are given to
-//! others in NODES replies, as the reference does); a request that times out counts as a failure
+//! others in NODES replies, as the reference does); an answer of the wrong kind (a NODES to a
+//! PING) fails the request and the node, as the reference's `replaceNode` after an invalid
+//! response does; a request that times out counts as a failure
 //! and the table replaces the node (never a bootstrap node), as does a handshake we cannot
 //! complete on our side. A background loop pings the least
 //! recently seen node of a random bucket every few seconds, and another runs a random lookup
@@ -305,6 +307,9 @@ struct Pending {
     /// A FINDNODE: a node that fails one is replaced at once (the reference's `replaceNode`);
     /// other requests only count a miss.
     find_node: bool,
+    /// The kind of message that answers the request ([`Message::response_kind`]); a first
+    /// answer of another kind fails the node.
+    answer_kind: Option<u8>,
     deadline: Instant,
     reply: Option<oneshot::Sender<Result<Vec<Message>, RequestError>>>,
 }
@@ -481,6 +486,7 @@ impl Service {
                             msg,
                             Message::FindNode { .. } | Message::FindNodeFast { .. }
                         ),
+                        answer_kind: msg.response_kind(),
                         deadline: now + self.config.request_timeout + self.config.handshake_timeout,
                         reply: Some(reply),
                     },
@@ -1054,6 +1060,30 @@ impl Service {
         };
         let p = entry.get_mut();
         if p.node != src || p.addr != from {
+            return;
+        }
+        if p.answer_kind.is_some_and(|k| k != msg.kind()) {
+            let p = entry.remove();
+            if let Some(nonce) = p.nonce {
+                self.sent.remove(&nonce);
+            }
+            if p.parts.is_empty() {
+                // An answer of the wrong kind is a failure for the table (the reference's
+                // `replaceNode` after an invalid response), not a sign of life: review found
+                // it marked the node seen.
+                debug!(%from, kind = msg.kind(), "answer of the wrong kind");
+                self.shared.table.lock().on_failure(&src);
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(Err(RequestError::BadResponse));
+                }
+            } else {
+                // A later part of another kind ends a multi-part answer with what came (as the
+                // reference's `waitNodes`: "no error on this as we received some nodes").
+                self.shared.table.lock().mark_seen(&src);
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(Ok(p.parts));
+                }
+            }
             return;
         }
         let done = match &msg {

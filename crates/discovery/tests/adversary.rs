@@ -12,7 +12,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use cairn_discovery::{
-    Discovery, DiscoveryConfig, NodeId, Spr,
+    Discovery, DiscoveryConfig, NodeId, RequestError, Spr,
     service::udp_multiaddr,
     wire::{
         Message, Packet, PacketKind, RequestId,
@@ -150,6 +150,35 @@ impl Peer {
             _ => None,
         };
         (keys, reply)
+    }
+}
+
+impl Peer {
+    /// Waits for the node's next request over the session `keys` opened and answers it with
+    /// whatever `answer` makes of it.
+    async fn answer_next_request(
+        &self,
+        node: &Spr,
+        keys: &SessionKeys,
+        answer: impl FnOnce(&Message) -> Message,
+    ) -> Message {
+        let p = self.recv(REPLY_DEADLINE).await.expect("a request");
+        let ad = p.authenticated_data().unwrap();
+        let plaintext = crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad).unwrap();
+        let (id, request) = Message::decode(&plaintext).unwrap();
+        let nonce: [u8; 12] = rand::random();
+        let mut reply = Packet::new(PacketKind::Message { src: self.id }, nonce);
+        let ad = reply.authenticated_data().unwrap();
+        reply.message =
+            crypto::encrypt(&keys.initiator, &nonce, &answer(&request).encode(&id), &ad).unwrap();
+        self.sock
+            .send_to(
+                &reply.encode(&node.node_id()).unwrap(),
+                node.udp_addr().unwrap(),
+            )
+            .await
+            .unwrap();
+        request
     }
 }
 
@@ -541,5 +570,56 @@ async fn a_handshake_from_a_non_secp256k1_identity_is_dropped() {
     let peer = Peer::new().await;
     let (_, reply) = peer.ping_with_handshake(&d.local_spr(), Fault::None).await;
     assert!(matches!(reply, Some(Message::Pong { .. })));
+    cancel.cancel();
+}
+
+/// Review: an answer of the wrong kind (NODES to a PING, PONG to a FINDNODE) counted as a
+/// complete answer and marked the node seen; the handle then called it a bad response, but the
+/// table was never told. It is a failure for the table now, as the reference's `replaceNode`
+/// after an invalid response: the node leaves the table.
+#[tokio::test]
+async fn an_answer_of_the_wrong_kind_fails_the_node() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node = d.local_spr();
+    for ask_ping in [true, false] {
+        let peer = Peer::new().await;
+        let (keys, reply) = peer.ping_with_handshake(&node, Fault::None).await;
+        assert!(matches!(reply, Some(Message::Pong { .. })));
+        assert!(in_table(&d, &peer.id));
+        let d2 = d.clone();
+        let target = peer.spr.clone();
+        let asked = tokio::spawn(async move {
+            if ask_ping {
+                d2.ping(&target).await.map(|_| ())
+            } else {
+                d2.find_node(&target, vec![256]).await.map(|_| ())
+            }
+        });
+        let request = peer
+            .answer_next_request(&node, &keys, |req| match req {
+                Message::Ping { .. } => Message::Nodes {
+                    total: 1,
+                    sprs: Vec::new(),
+                },
+                _ => Message::Pong {
+                    spr_seq: 1,
+                    ip: [127, 0, 0, 1].into(),
+                    port: 9,
+                },
+            })
+            .await;
+        assert_eq!(matches!(request, Message::Ping { .. }), ask_ping);
+        let answer = tokio::time::timeout(REPLY_DEADLINE, asked)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, Err(RequestError::BadResponse));
+        assert!(
+            !in_table(&d, &peer.id),
+            "a wrong-kind answer (to a {}) kept the node",
+            if ask_ping { "PING" } else { "FINDNODE" }
+        );
+    }
     cancel.cancel();
 }
