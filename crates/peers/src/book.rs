@@ -26,9 +26,10 @@ use crate::{
     group::{NetGroup, Reach, Routability, is_public, network_group, reach, validate},
     params::{
         GET_SELECTION_PERCENT, MAX_ADDRS_PER_PEER, MAX_BANS, MAX_FAILURES, MAX_GET_SELECTION,
-        MAX_NEW_BUCKETS_PER_PEER, MIN_BAD_SECS, MIN_GET_SELECTION, MISSING_SECS,
-        NEED_ADDRESS_THRESHOLD, NEW_BUCKET_COUNT, NEW_BUCKET_SIZE, NEW_BUCKETS_PER_SOURCE_GROUP,
-        NUM_RETRIES, OLD_BUCKET_COUNT, OLD_BUCKET_SIZE, OLD_BUCKETS_PER_GROUP, RECENT_ATTEMPT_SECS,
+        MAX_NEW_BUCKETS_PER_PEER, MAX_OLD_FAILURES, MIN_BAD_SECS, MIN_GET_SELECTION,
+        MIN_OLD_BAD_SECS, MISSING_SECS, NEED_ADDRESS_THRESHOLD, NEW_BUCKET_COUNT, NEW_BUCKET_SIZE,
+        NEW_BUCKETS_PER_SOURCE_GROUP, NUM_RETRIES, OLD_BUCKET_COUNT, OLD_BUCKET_SIZE,
+        OLD_BUCKETS_PER_GROUP, RECENT_ATTEMPT_SECS,
     },
 };
 
@@ -223,17 +224,23 @@ impl Entry {
     /// 2. has failed [`NUM_RETRIES`] times and never succeeded, or
     /// 3. has failed [`MAX_FAILURES`] times and not succeeded for [`MIN_BAD_SECS`].
     ///
-    /// Old entries are never bad. btcd's "claims to be from the future" does not apply: every
-    /// time here is our own, none comes from a peer.
+    /// An old entry is bad when, not attempted in the last minute, it has failed
+    /// [`MAX_OLD_FAILURES`] times since a success over [`MIN_OLD_BAD_SECS`] old (CometBFT's
+    /// book never judges an old entry bad, but its reactor marks an address bad after
+    /// `maxAttemptsToDial` failed dials). btcd's "claims to be from the future" does not apply:
+    /// every time here is our own, none comes from a peer.
     pub(crate) fn is_bad(&self, now: u64) -> bool {
-        if self.kind == BucketKind::Old {
-            return false;
-        }
         if self
             .last_attempt
             .is_some_and(|t| now.saturating_sub(t) < RECENT_ATTEMPT_SECS)
         {
             return false;
+        }
+        if self.kind == BucketKind::Old {
+            return self.attempts >= MAX_OLD_FAILURES
+                && self
+                    .last_success
+                    .is_none_or(|t| now.saturating_sub(t) > MIN_OLD_BAD_SECS);
         }
         let last_heard = self.last_seen.max(self.last_attempt.unwrap_or(0));
         if now.saturating_sub(last_heard) > MISSING_SECS {
@@ -514,8 +521,8 @@ impl AddrBook {
         }
     }
 
-    /// Removes every new entry that is bad now (see the crate docs for the rules) and returns
-    /// how many.
+    /// Removes every entry that is bad now, new or old (see the crate docs for the rules), and
+    /// returns how many.
     ///
     /// CometBFT only drops bad entries when a bucket is full, so dead addresses linger
     /// (tendermint/tendermint#3532); the peer manager calls this now and then.
@@ -1600,12 +1607,57 @@ pub(crate) mod tests {
             }
             .is_bad(t0 + 7 * DAY + 1)
         );
-        // Old entries are never bad.
-        let old = Entry {
+        // Old entries: bad only after 16 failures since a success over an hour old.
+        let old = |attempts, last_success| Entry {
             kind: BucketKind::Old,
-            ..with(50, Some(t0), None)
+            ..with(attempts, Some(t0), last_success)
         };
-        assert!(!old.is_bad(t0 + 30 * DAY));
+        assert!(old(16, Some(t0 - 2 * 60 * 60)).is_bad(t0 + 61));
+        assert!(!old(16, Some(t0 - 2 * 60 * 60)).is_bad(t0 + 30));
+        assert!(!old(15, Some(t0 - 30 * DAY)).is_bad(t0 + 61));
+        assert!(!old(50, Some(t0 - 30 * 60)).is_bad(t0 + 61));
+    }
+
+    /// Review: old entries were never bad, so a peer we once reached and that then failed
+    /// every dial for good stayed in the book (and was picked first, old peers being favoured).
+    /// CometBFT gives up on an address after 16 failed dials (`maxAttemptsToDial`); here an
+    /// old entry with that many failures since its last success, which is over an hour old, is
+    /// swept by `remove_bad`.
+    #[test]
+    fn an_old_entry_that_keeps_failing_is_swept() {
+        const HOUR: u64 = 60 * 60;
+        let mut book = book();
+        let t0 = 1_000_000;
+        for i in 0..3 {
+            book.add_address(peer(i), &ip4(1, i as u8, 1, 1), &src(i, 8, 8), t0)
+                .unwrap();
+            assert!(good(&mut book, &peer(i), t0));
+        }
+        // peer 0: 16 failures over two hours; peer 1: 15; peer 2: 16, but reached since.
+        for n in 0..16 {
+            let t = t0 + 60 + n * 7 * 60;
+            book.mark_attempt(&peer(0), t);
+            if n < 15 {
+                book.mark_attempt(&peer(1), t);
+            }
+            book.mark_attempt(&peer(2), t);
+        }
+        let later = t0 + 2 * HOUR + 60;
+        assert!(good(&mut book, &peer(2), later - HOUR / 2));
+        for _ in 0..16 {
+            book.mark_attempt(&peer(2), later - 120);
+        }
+        assert_eq!(book.remove_bad(later), 1);
+        assert!(
+            !book.contains(&peer(0)),
+            "an old peer failing for good stays"
+        );
+        assert!(book.contains(&peer(1)));
+        assert!(
+            book.contains(&peer(2)),
+            "a peer reached half an hour ago went"
+        );
+        check_invariants(&book);
     }
 
     /// CometBFT `expireNew`: a full new bucket drops a bad entry first, else the oldest.
@@ -1680,7 +1732,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn remove_bad_sweeps_failing_new_entries_only() {
+    fn remove_bad_sweeps_failing_entries() {
         let mut book = book();
         for i in 0..10 {
             book.add_address(peer(i), &ip4(1, i as u8, 1, 1), &src(i, 8, 8), 0)
@@ -1688,7 +1740,7 @@ pub(crate) mod tests {
         }
         good(&mut book, &peer(0), 1);
         for t in 0..5 {
-            book.mark_attempt(&peer(0), 10 + t); // old: never bad
+            book.mark_attempt(&peer(0), 10 + t); // old, 5 failures: not bad
             book.mark_attempt(&peer(1), 10 + t); // new, never succeeded: bad
         }
         book.mark_attempt(&peer(2), 10); // one failure: not bad

@@ -47,7 +47,10 @@
 //! * [`AddrBook::mark_attempt`] counts attempts; [`AddrBook::mark_good`] resets them and
 //!   promotes. A new entry is **bad** (CometBFT `isBad`) when, not attempted in the last minute,
 //!   it was neither announced nor attempted for 7 days, or failed 3 times without ever
-//!   succeeding, or failed 10 times with no success in 7 days. Bad entries go first when a
+//!   succeeding, or failed 10 times with no success in 7 days. An old entry is bad when, not
+//!   attempted in the last minute, it failed 16 times since a success over an hour old
+//!   (CometBFT's reactor gives up after `maxAttemptsToDial`; review found old entries never
+//!   bad, so a peer gone for good stayed, favoured by picks). Bad entries go first when a new
 //!   bucket is full, and [`AddrBook::remove_bad`] drops them all at once.
 //! * [`AddrBook::remove_address`] drops one address that turned out not to be the peer's (another
 //!   identity answered there), and the peer only with its last address: gossip can add an
