@@ -29,8 +29,11 @@
 //! [`PROVIDER_EXPIRY_INTERVAL`].
 //!
 //! **Liveness.** A node that answers is marked *seen* in the table (only seen nodes are given to
-//! others in NODES replies, as the reference does); a request that times out counts as a failure
-//! and the table replaces the node (never a bootstrap node). A background loop pings the least
+//! others in NODES replies, as the reference does); an answer of the wrong kind (a NODES to a
+//! PING) fails the request and the node, as the reference's `replaceNode` after an invalid
+//! response does; a request that times out counts as a failure
+//! and the table replaces the node (never a bootstrap node), as does a handshake we cannot
+//! complete on our side. A background loop pings the least
 //! recently seen node of a random bucket every few seconds, and another runs a random lookup
 //! every [`DiscoveryConfig::refresh_interval`] (the reference's `revalidateLoop` and
 //! `refreshLoop`).
@@ -304,6 +307,9 @@ struct Pending {
     /// A FINDNODE: a node that fails one is replaced at once (the reference's `replaceNode`);
     /// other requests only count a miss.
     find_node: bool,
+    /// The kind of message that answers the request ([`Message::response_kind`]); a first
+    /// answer of another kind fails the node.
+    answer_kind: Option<u8>,
     deadline: Instant,
     reply: Option<oneshot::Sender<Result<Vec<Message>, RequestError>>>,
 }
@@ -480,6 +486,7 @@ impl Service {
                             msg,
                             Message::FindNode { .. } | Message::FindNodeFast { .. }
                         ),
+                        answer_kind: msg.response_kind(),
                         deadline: now + self.config.request_timeout + self.config.handshake_timeout,
                         reply: Some(reply),
                     },
@@ -738,6 +745,10 @@ impl Service {
             .handshake_to(&sent.node, packet, enr_seq, from, &first)
             .await
         else {
+            // We cannot run the handshake with this node (its key cannot do ECDH, or our packet
+            // cannot be built): a failure for the table as a bad reply is, or an entry nobody
+            // can reach would stay for good (found by review: only timeouts were counted).
+            self.shared.table.lock().on_failure(&node_id);
             for (id, _) in std::iter::once(first).chain(queue) {
                 self.fail(&id, RequestError::BadResponse);
             }
@@ -1051,6 +1062,30 @@ impl Service {
         if p.node != src || p.addr != from {
             return;
         }
+        if p.answer_kind.is_some_and(|k| k != msg.kind()) {
+            let p = entry.remove();
+            if let Some(nonce) = p.nonce {
+                self.sent.remove(&nonce);
+            }
+            if p.parts.is_empty() {
+                // An answer of the wrong kind is a failure for the table (the reference's
+                // `replaceNode` after an invalid response), not a sign of life: review found
+                // it marked the node seen.
+                debug!(%from, kind = msg.kind(), "answer of the wrong kind");
+                self.shared.table.lock().on_failure(&src);
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(Err(RequestError::BadResponse));
+                }
+            } else {
+                // A later part of another kind ends a multi-part answer with what came (as the
+                // reference's `waitNodes`: "no error on this as we received some nodes").
+                self.shared.table.lock().mark_seen(&src);
+                if let Some(reply) = p.reply {
+                    let _ = reply.send(Ok(p.parts));
+                }
+            }
+            return;
+        }
         let done = match &msg {
             Message::Nodes { total, .. } | Message::Providers { total, .. } => {
                 if p.expected == 0 {
@@ -1258,6 +1293,64 @@ mod tests {
         .await;
         assert!(freed.is_ok(), "an expired record is still held");
         assert!(shared.providers.lock().is_empty());
+        cancel.cancel();
+    }
+
+    /// Review: a handshake that failed on our side (here: the entry's key cannot do ECDH)
+    /// failed the request but told the table nothing, so an entry nobody can reach stayed
+    /// forever. Now it counts as a failure: the entry goes.
+    #[tokio::test]
+    async fn a_failed_handshake_towards_an_entry_removes_it() {
+        let cancel = CancellationToken::new();
+        let config = DiscoveryConfig::new(a("127.0.0.1:0"));
+        let (shared, commands) = start(Keypair::generate_secp256k1(), config, cancel.clone())
+            .await
+            .unwrap();
+        // A node whose record slipped in with an ed25519 key, at a socket we answer from.
+        let sock = UdpSocket::bind(a("127.0.0.1:0")).await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        let key = Keypair::generate_ed25519();
+        let record = Spr::sign_unchecked(&key, 1, vec![udp_multiaddr(addr)]);
+        let id = record.node_id();
+        shared
+            .table
+            .lock()
+            .insert(id, addr, 1, record.clone(), Origin::Discovered);
+        let (tx, rx) = oneshot::channel();
+        commands
+            .send(Command::Request {
+                node: record,
+                msg: Message::Ping { spr_seq: 1 },
+                reply: tx,
+            })
+            .await
+            .unwrap();
+        // Its random packet is challenged.
+        let mut buf = vec![0u8; 2048];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let packet = Packet::decode(&id, &buf[..n]).unwrap();
+        let who = Packet::new(
+            PacketKind::WhoAreYou {
+                id_nonce: rand::random(),
+                enr_seq: 0,
+            },
+            packet.nonce,
+        );
+        sock.send_to(&who.encode(&shared.local_id).unwrap(), from)
+            .await
+            .unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(3), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer, Err(RequestError::BadResponse));
+        assert!(
+            shared.table.lock().get(&id).is_none(),
+            "an entry we cannot handshake with stays in the table"
+        );
         cancel.cancel();
     }
 

@@ -17,6 +17,12 @@
 //! - Decoding follows the reference's checks (nim-libp2p `signed_envelope.nim`,
 //!   `routing_record.nim`): the signature must verify with the domain, the payload type must be
 //!   `03 01`, the record needs a peer id and a seq, the record's peer id must be the signing key's.
+//!   The key must be secp256k1 ([`SprError::KeyType`]): the reference's envelope decoder takes
+//!   any libp2p key, but its handshake (ECDH with the node's static key) works with secp256k1
+//!   only, so a node with another key can never be reached. Review found such records accepted
+//!   and their table entries kept for good; they are refused here, which also refuses an
+//!   inbound handshake from such an identity (its record does not decode), and
+//!   [`Spr::sign`] refuses to sign with another key.
 //!   Like the reference, an address it cannot parse is skipped, but a record whose addresses all
 //!   fail is rejected. On top of that, the size and address count are capped
 //!   ([`MAX_SPR_BYTES`], [`MAX_SPR_ADDRS`]).
@@ -27,7 +33,8 @@
 //! ADD_PROVIDER samples); that our record and envelope encoders reproduce the reference's bytes;
 //! that signing node A's record as the reference's packet test does gives byte-identical
 //! envelopes (both sides sign deterministically, RFC 6979); and the rejections (bad signature,
-//! wrong domain, wrong payload type, mismatched peer id, oversize, too many addresses).
+//! wrong domain, wrong payload type, mismatched peer id, oversize, too many addresses, a key
+//! that is not secp256k1).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -97,6 +104,10 @@ pub enum SprError {
     /// The record's peer id is not the peer id of the signing key.
     #[error("peer record is for another peer than its signer")]
     PeerIdMismatch,
+    /// The signing key is not a secp256k1 key: no node can run a handshake with its node
+    /// (discv5's ECDH, in the reference too, takes secp256k1 keys only).
+    #[error("SPR is not signed with a secp256k1 key")]
+    KeyType,
     /// The record lists addresses, but none of them parses.
     #[error("peer record has no valid address")]
     NoValidAddress,
@@ -161,6 +172,9 @@ impl Spr {
             return Err(SprError::TooManyAddresses(addrs.len()));
         }
         let public_key = keypair.public();
+        if public_key.clone().try_into_secp256k1().is_err() {
+            return Err(SprError::KeyType);
+        }
         let peer_id = public_key.to_peer_id();
         let payload = encode_record(&peer_id, seq, &addrs);
         let envelope = SignedEnvelope::new(
@@ -183,6 +197,30 @@ impl Spr {
         })
     }
 
+    /// A record signed with any key type, bypassing the checks of [`Spr::sign`]: for tests
+    /// that need a record the node would refuse.
+    #[cfg(test)]
+    pub(crate) fn sign_unchecked(keypair: &Keypair, seq: u64, addrs: Vec<Multiaddr>) -> Spr {
+        let public_key = keypair.public();
+        let peer_id = public_key.to_peer_id();
+        let payload = encode_record(&peer_id, seq, &addrs);
+        let envelope = SignedEnvelope::new(
+            keypair,
+            SPR_DOMAIN.to_owned(),
+            SPR_PAYLOAD_TYPE.to_vec(),
+            payload,
+        )
+        .expect("signing");
+        Spr {
+            encoded: envelope.into_protobuf_encoding(),
+            node_id: NodeId::from_peer_id(&peer_id),
+            public_key,
+            peer_id,
+            seq,
+            addrs,
+        }
+    }
+
     /// Decodes and verifies an envelope (see the module docs for the checks).
     pub fn decode(bytes: &[u8]) -> Result<Spr, SprError> {
         if bytes.len() > MAX_SPR_BYTES {
@@ -200,6 +238,9 @@ impl Spr {
                     SprError::Signature
                 }
             })?;
+        if key.clone().try_into_secp256k1().is_err() {
+            return Err(SprError::KeyType);
+        }
         let record = PeerRecordPb::decode(payload)?;
         let peer_id_bytes = record.peer_id.ok_or(SprError::MissingField("peer id"))?;
         let seq = record.seq.ok_or(SprError::MissingField("seq"))?;
@@ -334,6 +375,26 @@ pub(crate) mod tests {
 
     fn ma(s: &str) -> Multiaddr {
         s.parse().unwrap()
+    }
+
+    /// Review: a record signed with another key type than secp256k1 was accepted, though no
+    /// handshake with its node can work (the reference's ECDH takes secp256k1 keys only), and
+    /// its table entry was never removed. It is refused now, and cannot be signed.
+    #[test]
+    fn a_record_not_signed_with_secp256k1_is_refused() {
+        let ed = Keypair::generate_ed25519();
+        let addrs = vec![ma("/ip4/1.2.3.4/udp/9000")];
+        let record = Spr::sign_unchecked(&ed, 1, addrs.clone());
+        assert!(
+            matches!(Spr::decode(record.encoded()), Err(SprError::KeyType)),
+            "{:?}",
+            Spr::decode(record.encoded())
+        );
+        assert!(matches!(
+            Spr::from_uri(&record.to_uri()),
+            Err(SprError::KeyType)
+        ));
+        assert!(matches!(Spr::sign(&ed, 1, addrs), Err(SprError::KeyType)));
     }
 
     /// Rebuilds an envelope from its parts with rust-libp2p's encoder and our record encoder,

@@ -46,7 +46,8 @@
 //!   record's address). Only seen nodes are handed to others in FINDNODE replies
 //!   ([`RoutingTable::at_distances`]); lookups use all nodes.
 //! * Every answer moves the node to the head of its bucket ([`RoutingTable::mark_seen`],
-//!   `setJustSeen`), so the tail is the least recently seen node, which revalidation pings
+//!   `setJustSeen`), so the tail is the least recently seen node (a bootstrap node that missed
+//!   goes to the head too, see below), which revalidation pings
 //!   ([`RoutingTable::revalidation_candidate`], `nodeToRevalidate`).
 //! * A reliability average, as the reference keeps in `Node.seen`: 1.0 at the first answer, then
 //!   `0.9 · r + 0.1 · answered` per request ([`SEEN_SMOOTHING_FACTOR`]).
@@ -56,7 +57,9 @@
 //!   ([`RoutingTable::on_no_reply`], `replaceNode(n, NoreplyRemoveThreshold)`), so a short outage
 //!   of our own does not empty the table. On removal the newest replacement takes the free place
 //!   (at the tail). Bootstrap entries are never removed this way (`Protocol.replaceNode` skips
-//!   bootstrap records).
+//!   bootstrap records). A bootstrap node that misses moves to the head of its bucket instead,
+//!   so revalidation goes on to the other nodes there; the reference leaves it at the tail,
+//!   where a dead one is the only node of its bucket revalidation ever pings (found by review).
 //!
 //! # Where we differ from the reference on purpose
 //!
@@ -339,11 +342,11 @@ impl<R: Clone> RoutingTable<R> {
         }
     }
 
-    /// A FINDNODE to the node failed (no reply in time, or a bad reply), or any request got a
-    /// reply of the wrong kind: remove it and promote the newest replacement (reference
+    /// A FINDNODE to the node failed (no reply in time, or a bad reply), any request got a
+    /// reply of the wrong kind, or we could not make a handshake with it: remove it and promote the newest replacement (reference
     /// `replaceNode(n)`, whose default threshold always removes). A bootstrap node stays (the miss
-    /// is recorded). A failed node waiting in the replacement cache is dropped from it. Returns
-    /// what was removed.
+    /// is recorded, and it moves to the head of its bucket so revalidation passes it). A failed
+    /// node waiting in the replacement cache is dropped from it. Returns what was removed.
     pub fn on_failure(&mut self, id: &NodeId) -> Option<Entry<R>> {
         self.fail(id, true)
     }
@@ -351,7 +354,8 @@ impl<R: Clone> RoutingTable<R> {
     /// A PING, TALKREQ or GETPROVIDERS to the node went unanswered: record the miss, and remove
     /// the node (promoting the newest replacement) only if a replacement is waiting or its
     /// reliability is at or below [`NO_REPLY_REMOVE_THRESHOLD`] (reference
-    /// `replaceNode(n, NoreplyRemoveThreshold)`). Bootstrap nodes stay. Returns what was removed.
+    /// `replaceNode(n, NoreplyRemoveThreshold)`). Bootstrap nodes stay (moved to the head, see
+    /// [`RoutingTable::on_failure`]). Returns what was removed.
     pub fn on_no_reply(&mut self, id: &NodeId) -> Option<Entry<R>> {
         self.fail(id, false)
     }
@@ -362,10 +366,17 @@ impl<R: Clone> RoutingTable<R> {
         if let Some(pos) = bucket.node_pos(id) {
             let e = &mut bucket.nodes[pos];
             e.register_miss();
-            let remove = !e.bootstrap
-                && (always_remove
-                    || !bucket.replacements.is_empty()
-                    || e.reliability <= NO_REPLY_REMOVE_THRESHOLD);
+            if e.bootstrap {
+                // It stays, but not at the tail: revalidation pings the tail, and a dead
+                // bootstrap node kept there would be the only node of its bucket ever checked
+                // (found by review). At the head, the others are checked before it again.
+                let e = bucket.nodes.remove(pos);
+                bucket.nodes.insert(0, e);
+                return None;
+            }
+            let remove = always_remove
+                || !bucket.replacements.is_empty()
+                || e.reliability <= NO_REPLY_REMOVE_THRESHOLD;
             remove.then(|| bucket.remove_and_promote(pos))
         } else {
             let pos = bucket.replacement_pos(id)?;
@@ -780,6 +791,35 @@ mod tests {
         assert!(t.mark_seen(&ids[0]));
         assert_eq!(t.revalidation_candidate(&mut rng), Some(ids[2]));
         assert!(!t.mark_seen(&NodeId([0xee; 32])));
+    }
+
+    /// Review: a bootstrap node that stopped answering stayed at the tail of its bucket (it is
+    /// never removed), so every revalidation of that bucket pinged it and no other node there
+    /// was ever checked. A bootstrap node that misses now goes to the head: revalidation moves
+    /// on to the others, and comes back to it after them.
+    #[test]
+    fn a_dead_bootstrap_node_does_not_block_revalidation_of_its_bucket() {
+        let mut rng = StdRng::seed_from_u64(17);
+        let local = NodeId(rng.random());
+        let ids = ids_at(&local, 256, 3, &mut rng);
+        let mut t = RoutingTable::new(local);
+        t.insert(ids[0], addr(1), 1, 0u32, Origin::Discovered);
+        t.insert(ids[1], addr(2), 1, 1, Origin::Discovered);
+        t.insert(ids[2], addr(3), 1, 2, Origin::Bootstrap);
+        let mut checked = Vec::new();
+        for _ in 0..3 {
+            let c = t.revalidation_candidate(&mut rng).unwrap();
+            checked.push(c);
+            if c == ids[2] {
+                // The dead bootstrap node misses (PING and FINDNODE alike), and stays.
+                assert!(t.on_no_reply(&c).is_none());
+                assert!(t.on_failure(&c).is_none());
+            } else {
+                assert!(t.mark_seen(&c));
+            }
+        }
+        assert_eq!(checked, vec![ids[2], ids[1], ids[0]]);
+        assert!(t.get(&ids[2]).is_some_and(|e| e.bootstrap));
     }
 
     #[test]

@@ -798,10 +798,11 @@ impl Service {
                 }
                 self.book_dials.remove(&peer_id);
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
-                    // A peer we reached: its address goes to the book's old buckets.
+                    // A peer we reached: it goes to the old bucket of the address we reached it
+                    // on (not of the first address gossip gave us for it).
                     let now = unix_now();
                     let _ = self.book.add_address(peer_id, address, &Source::Local, now);
-                    self.book.mark_good(&peer_id, now);
+                    self.book.mark_good(&peer_id, address, now);
                 }
                 self.fixed_connected(peer_id);
                 match self.connected.get_mut(&peer_id) {

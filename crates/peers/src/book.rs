@@ -26,9 +26,10 @@ use crate::{
     group::{NetGroup, Reach, Routability, is_public, network_group, reach, validate},
     params::{
         GET_SELECTION_PERCENT, MAX_ADDRS_PER_PEER, MAX_BANS, MAX_FAILURES, MAX_GET_SELECTION,
-        MAX_NEW_BUCKETS_PER_PEER, MIN_BAD_SECS, MIN_GET_SELECTION, MISSING_SECS,
-        NEED_ADDRESS_THRESHOLD, NEW_BUCKET_COUNT, NEW_BUCKET_SIZE, NEW_BUCKETS_PER_SOURCE_GROUP,
-        NUM_RETRIES, OLD_BUCKET_COUNT, OLD_BUCKET_SIZE, OLD_BUCKETS_PER_GROUP, RECENT_ATTEMPT_SECS,
+        MAX_NEW_BUCKETS_PER_PEER, MAX_OLD_FAILURES, MIN_BAD_SECS, MIN_GET_SELECTION,
+        MIN_OLD_BAD_SECS, MISSING_SECS, NEED_ADDRESS_THRESHOLD, NEW_BUCKET_COUNT, NEW_BUCKET_SIZE,
+        NEW_BUCKETS_PER_SOURCE_GROUP, NUM_RETRIES, OLD_BUCKET_COUNT, OLD_BUCKET_SIZE,
+        OLD_BUCKETS_PER_GROUP, RECENT_ATTEMPT_SECS,
     },
 };
 
@@ -153,7 +154,8 @@ pub enum AddrRemoval {
 /// What the book knows about one peer (a copy, for display and decisions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
-    /// Its addresses, the first one the primary (the one old-bucket placement uses).
+    /// Its addresses, the first one the primary: once we connected, the address we last
+    /// connected to (the one old-bucket placement used).
     pub addrs: Vec<Multiaddr>,
     /// New or old.
     pub kind: BucketKind,
@@ -185,7 +187,8 @@ pub struct Stats {
 /// One peer in the book (CometBFT `knownAddress`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
-    /// 1..=MAX_ADDRS_PER_PEER validated addresses, without `/p2p/` suffix; the first is primary.
+    /// 1..=MAX_ADDRS_PER_PEER validated addresses, without `/p2p/` suffix; the first is primary
+    /// (the address [`AddrBook::mark_good`] last reached the peer on, once it did).
     pub(crate) addrs: Vec<Multiaddr>,
     /// Network group of the first source (used again when the entry is demoted or reinstated).
     pub(crate) src_group: NetGroup,
@@ -221,17 +224,23 @@ impl Entry {
     /// 2. has failed [`NUM_RETRIES`] times and never succeeded, or
     /// 3. has failed [`MAX_FAILURES`] times and not succeeded for [`MIN_BAD_SECS`].
     ///
-    /// Old entries are never bad. btcd's "claims to be from the future" does not apply: every
-    /// time here is our own, none comes from a peer.
+    /// An old entry is bad when, not attempted in the last minute, it has failed
+    /// [`MAX_OLD_FAILURES`] times since a success over [`MIN_OLD_BAD_SECS`] old (CometBFT's
+    /// book never judges an old entry bad, but its reactor marks an address bad after
+    /// `maxAttemptsToDial` failed dials). btcd's "claims to be from the future" does not apply:
+    /// every time here is our own, none comes from a peer.
     pub(crate) fn is_bad(&self, now: u64) -> bool {
-        if self.kind == BucketKind::Old {
-            return false;
-        }
         if self
             .last_attempt
             .is_some_and(|t| now.saturating_sub(t) < RECENT_ATTEMPT_SECS)
         {
             return false;
+        }
+        if self.kind == BucketKind::Old {
+            return self.attempts >= MAX_OLD_FAILURES
+                && self
+                    .last_success
+                    .is_none_or(|t| now.saturating_sub(t) > MIN_OLD_BAD_SECS);
         }
         let last_heard = self.last_seen.max(self.last_attempt.unwrap_or(0));
         if now.saturating_sub(last_heard) > MISSING_SECS {
@@ -439,17 +448,40 @@ impl AddrBook {
         true
     }
 
-    /// Records a successful connection and moves the peer to an old bucket (CometBFT
+    /// Records a successful connection to `peer` on `addr` (the address we dialled and reached;
+    /// a trailing `/p2p/<peer>` is ignored) and moves the peer to an old bucket (CometBFT
     /// `MarkGood`): attempts reset, last attempt and last success set to `now`. When that old
     /// bucket is full, the entry in it with the oldest success is moved back to a new bucket.
     /// Returns `false` for an unknown peer.
-    pub fn mark_good(&mut self, peer: &PeerId, now: u64) -> bool {
+    ///
+    /// `addr` becomes the peer's primary (first) address, so the old bucket is chosen from it,
+    /// not from whichever address gossip put first: gossip appends addresses to a new entry, and
+    /// review found that sybils in one /16, each given a fake first address in another /16,
+    /// spread over most old buckets. When the list is full, its last address makes room. An
+    /// `addr` the book would not accept (not a dialable address of `peer`, or one the
+    /// [`Routability`] mode refuses) records the success but leaves a new peer new: it is not
+    /// placed by an address nobody connected to.
+    pub fn mark_good(&mut self, peer: &PeerId, addr: &Multiaddr, now: u64) -> bool {
+        let connected = validate(addr, peer)
+            .ok()
+            .filter(|a| is_public(a) || self.config.routability == Routability::AllowLocal);
         let Some(entry) = self.entries.get_mut(peer) else {
             return false;
         };
         entry.attempts = 0;
         entry.last_attempt = Some(now);
         entry.last_success = Some(now);
+        let Some(connected) = connected else {
+            return true;
+        };
+        if let Some(pos) = entry.addrs.iter().position(|a| *a == connected) {
+            if let Some(head) = entry.addrs.get_mut(..=pos) {
+                head.rotate_right(1);
+            }
+        } else {
+            entry.addrs.truncate(MAX_ADDRS_PER_PEER - 1);
+            entry.addrs.insert(0, connected);
+        }
         if entry.kind == BucketKind::New {
             self.move_to_old(*peer, now);
         }
@@ -489,8 +521,8 @@ impl AddrBook {
         }
     }
 
-    /// Removes every new entry that is bad now (see the crate docs for the rules) and returns
-    /// how many.
+    /// Removes every entry that is bad now, new or old (see the crate docs for the rules), and
+    /// returns how many.
     ///
     /// CometBFT only drops bad entries when a bucket is full, so dead addresses linger
     /// (tendermint/tendermint#3532); the peer manager calls this now and then.
@@ -983,6 +1015,15 @@ pub(crate) mod tests {
         AddrBook::with_seed(Config::new(local_id()), 7)
     }
 
+    /// [`AddrBook::mark_good`] on the peer's first address (a dial that reached it there);
+    /// `false` for an unknown peer.
+    pub(crate) fn good(book: &mut AddrBook, p: &PeerId, now: u64) -> bool {
+        let Some(addr) = book.get(p).and_then(|i| i.addrs.first().cloned()) else {
+            return book.mark_good(p, &ip4(1, 1, 1, 1), now);
+        };
+        book.mark_good(p, &addr, now)
+    }
+
     #[test]
     fn crawl_candidates_are_the_least_recently_attempted_not_crawled_lately() {
         let mut b = book();
@@ -1356,7 +1397,7 @@ pub(crate) mod tests {
             }
         );
 
-        assert!(book.mark_good(&p, 40));
+        assert!(good(&mut book, &p, 40));
         let info = book.get(&p).unwrap();
         assert_eq!(info.kind, BucketKind::Old);
         assert_eq!(info.buckets, 1);
@@ -1391,8 +1432,89 @@ pub(crate) mod tests {
             })
         );
         assert_eq!(book.get(&p).unwrap().kind, BucketKind::Old);
-        assert!(!book.mark_good(&peer(2), 60));
+        assert!(!good(&mut book, &peer(2), 60));
         assert!(!book.mark_attempt(&peer(2), 60));
+        check_invariants(&book);
+    }
+
+    /// Review: the old bucket was chosen from the peer's first address, which gossip may have
+    /// set. Sybils from one /16, each gossiped with a fake first address in another /16 and then
+    /// reached on their real address (all in one /16), must share at most
+    /// [`OLD_BUCKETS_PER_GROUP`] old buckets: placement follows the address we connected to.
+    #[test]
+    fn old_bucket_follows_the_connected_address_not_the_first_gossiped() {
+        let mut book = book();
+        let gossiper = Source::Peer {
+            id: peer(1_000_000),
+            addr: ip4(1, 7, 7, 7),
+        };
+        let mut old = BTreeSet::new();
+        for i in 0..64u8 {
+            let sybil = peer(u64::from(i));
+            let fake = ip4(20 + i, i, 1, 1);
+            let real = ip4(9, 9, i, 1);
+            book.add_address(sybil, &fake, &gossiper, 10).unwrap();
+            book.add_address(sybil, &real, &gossiper, 10).unwrap();
+            // What the swarm does when a dial reaches the peer on `real`.
+            let _ = book.add_address(sybil, &real, &Source::Local, 20);
+            assert!(book.mark_good(&sybil, &real, 20));
+            let entry = &book.entries[&sybil];
+            assert_eq!(entry.kind, BucketKind::Old);
+            assert_eq!(
+                entry.addrs.first(),
+                Some(&real),
+                "the connected address is primary"
+            );
+            old.insert(entry.buckets[0]);
+        }
+        check_invariants(&book);
+        assert!(
+            old.len() <= OLD_BUCKETS_PER_GROUP as usize,
+            "64 peers reached in one /16 spread over {} old buckets",
+            old.len()
+        );
+    }
+
+    /// The address a dial reached becomes the first, also when gossip never gave it (a full list
+    /// drops its last to make room); an address the book refuses records the success only.
+    #[test]
+    fn mark_good_makes_the_connected_address_primary() {
+        let mut book = AddrBook::with_seed(
+            Config::new(local_id()).with_routability(Routability::Strict),
+            7,
+        );
+        let p = peer(1);
+        for host in 1..=MAX_ADDRS_PER_PEER as u8 {
+            book.add_address(p, &ip4(30, 1, 1, host), &src(1, 8, 8), 0)
+                .unwrap();
+        }
+        // Refused (private in strict mode): counted as a success, the peer stays new.
+        book.mark_attempt(&p, 5);
+        assert!(book.mark_good(&p, &ma("/ip4/10.0.0.1/tcp/4001"), 10));
+        let info = book.get(&p).unwrap();
+        assert_eq!((info.kind, info.attempts), (BucketKind::New, 0));
+        assert_eq!(info.addrs.first(), Some(&ip4(30, 1, 1, 1)));
+
+        let reached = ip4(40, 2, 2, 2);
+        let with_id = reached.clone().with(Protocol::P2p(p));
+        assert!(book.mark_good(&p, &with_id, 20));
+        let info = book.get(&p).unwrap();
+        assert_eq!(info.kind, BucketKind::Old);
+        assert_eq!(info.addrs.len(), MAX_ADDRS_PER_PEER);
+        assert_eq!(info.addrs.first(), Some(&reached));
+        assert!(
+            !info
+                .addrs
+                .contains(&ip4(30, 1, 1, MAX_ADDRS_PER_PEER as u8))
+        );
+        assert_eq!(
+            book.entries[&p].buckets,
+            vec![book.old_bucket_for(&p, &NetGroup::Ip4([40, 2]))]
+        );
+        // Reached again on a held address: it moves to the front, the order of the rest kept.
+        assert!(book.mark_good(&p, &ip4(30, 1, 1, 3), 30));
+        let addrs = book.get(&p).unwrap().addrs;
+        assert_eq!(&addrs[..3], &[ip4(30, 1, 1, 3), reached, ip4(30, 1, 1, 1)]);
         check_invariants(&book);
     }
 
@@ -1417,7 +1539,7 @@ pub(crate) mod tests {
                 .unwrap();
         }
         for (i, p) in peers.iter().take(OLD_BUCKET_SIZE).enumerate() {
-            book.mark_good(p, 100 + i as u64);
+            good(&mut book, p, 100 + i as u64);
         }
         assert_eq!(book.old_buckets[target].len(), OLD_BUCKET_SIZE);
         assert_eq!(
@@ -1429,7 +1551,7 @@ pub(crate) mod tests {
             }
         );
 
-        book.mark_good(&peers[OLD_BUCKET_SIZE], 1_000);
+        good(&mut book, &peers[OLD_BUCKET_SIZE], 1_000);
         check_invariants(&book);
         let first = book.get(&peers[0]).unwrap();
         assert_eq!(
@@ -1485,12 +1607,57 @@ pub(crate) mod tests {
             }
             .is_bad(t0 + 7 * DAY + 1)
         );
-        // Old entries are never bad.
-        let old = Entry {
+        // Old entries: bad only after 16 failures since a success over an hour old.
+        let old = |attempts, last_success| Entry {
             kind: BucketKind::Old,
-            ..with(50, Some(t0), None)
+            ..with(attempts, Some(t0), last_success)
         };
-        assert!(!old.is_bad(t0 + 30 * DAY));
+        assert!(old(16, Some(t0 - 2 * 60 * 60)).is_bad(t0 + 61));
+        assert!(!old(16, Some(t0 - 2 * 60 * 60)).is_bad(t0 + 30));
+        assert!(!old(15, Some(t0 - 30 * DAY)).is_bad(t0 + 61));
+        assert!(!old(50, Some(t0 - 30 * 60)).is_bad(t0 + 61));
+    }
+
+    /// Review: old entries were never bad, so a peer we once reached and that then failed
+    /// every dial for good stayed in the book (and was picked first, old peers being favoured).
+    /// CometBFT gives up on an address after 16 failed dials (`maxAttemptsToDial`); here an
+    /// old entry with that many failures since its last success, which is over an hour old, is
+    /// swept by `remove_bad`.
+    #[test]
+    fn an_old_entry_that_keeps_failing_is_swept() {
+        const HOUR: u64 = 60 * 60;
+        let mut book = book();
+        let t0 = 1_000_000;
+        for i in 0..3 {
+            book.add_address(peer(i), &ip4(1, i as u8, 1, 1), &src(i, 8, 8), t0)
+                .unwrap();
+            assert!(good(&mut book, &peer(i), t0));
+        }
+        // peer 0: 16 failures over two hours; peer 1: 15; peer 2: 16, but reached since.
+        for n in 0..16 {
+            let t = t0 + 60 + n * 7 * 60;
+            book.mark_attempt(&peer(0), t);
+            if n < 15 {
+                book.mark_attempt(&peer(1), t);
+            }
+            book.mark_attempt(&peer(2), t);
+        }
+        let later = t0 + 2 * HOUR + 60;
+        assert!(good(&mut book, &peer(2), later - HOUR / 2));
+        for _ in 0..16 {
+            book.mark_attempt(&peer(2), later - 120);
+        }
+        assert_eq!(book.remove_bad(later), 1);
+        assert!(
+            !book.contains(&peer(0)),
+            "an old peer failing for good stays"
+        );
+        assert!(book.contains(&peer(1)));
+        assert!(
+            book.contains(&peer(2)),
+            "a peer reached half an hour ago went"
+        );
+        check_invariants(&book);
     }
 
     /// CometBFT `expireNew`: a full new bucket drops a bad entry first, else the oldest.
@@ -1550,7 +1717,7 @@ pub(crate) mod tests {
         check_invariants(&book);
         assert_eq!(book.get(&p).unwrap().addrs, vec![b.clone()]);
         // An old peer too.
-        book.mark_good(&p, 1);
+        good(&mut book, &p, 1);
         book.add_address(p, &a, &Source::Local, 2).unwrap();
         assert_eq!(
             book.remove_address(&p, &b),
@@ -1565,15 +1732,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn remove_bad_sweeps_failing_new_entries_only() {
+    fn remove_bad_sweeps_failing_entries() {
         let mut book = book();
         for i in 0..10 {
             book.add_address(peer(i), &ip4(1, i as u8, 1, 1), &src(i, 8, 8), 0)
                 .unwrap();
         }
-        book.mark_good(&peer(0), 1);
+        good(&mut book, &peer(0), 1);
         for t in 0..5 {
-            book.mark_attempt(&peer(0), 10 + t); // old: never bad
+            book.mark_attempt(&peer(0), 10 + t); // old, 5 failures: not bad
             book.mark_attempt(&peer(1), 10 + t); // new, never succeeded: bad
         }
         book.mark_attempt(&peer(2), 10); // one failure: not bad
@@ -1593,7 +1760,7 @@ pub(crate) mod tests {
         let mut book = book();
         let (p, a, s) = (peer(1), ip4(1, 2, 3, 4), src(1, 8, 8));
         book.add_address(p, &a, &s, 0).unwrap();
-        book.mark_good(&p, 5);
+        good(&mut book, &p, 5);
         book.ban(p, 1_000);
         check_invariants(&book);
         assert!(!book.contains(&p));
@@ -1803,7 +1970,7 @@ pub(crate) mod tests {
         // Only new peers: even a bias of 0 (all old) yields a peer (CometBFT: none).
         assert!(book.pick_address(0).is_some());
         for i in 0..100 {
-            book.mark_good(&peer(i), 1);
+            good(&mut book, &peer(i), 1);
         }
         assert_eq!(
             book.stats(),
@@ -1843,7 +2010,10 @@ pub(crate) mod tests {
             host: u8,
             source: u8,
         },
-        Good(u64),
+        Good {
+            peer: u64,
+            host: u8,
+        },
         Attempt(u64),
         Remove(u64),
         Ban {
@@ -1861,7 +2031,7 @@ pub(crate) mod tests {
         prop_oneof![
             10 => (0..UNIVERSE, prop_oneof![9 => Just(0u8), 1 => Just(1u8)], 0..4u8, 0..3u8)
                 .prop_map(|(peer, group, host, source)| Op::Add { peer, group, host, source }),
-            5 => (0..UNIVERSE).prop_map(Op::Good),
+            5 => (0..UNIVERSE, 0..5u8).prop_map(|(peer, host)| Op::Good { peer, host }),
             3 => (0..UNIVERSE).prop_map(Op::Attempt),
             1 => (0..UNIVERSE).prop_map(Op::Remove),
             1 => (0..UNIVERSE, 1..5_000u64).prop_map(|(peer, secs)| Op::Ban { peer, secs }),
@@ -1914,8 +2084,9 @@ pub(crate) mod tests {
                     Err(e) => panic!("unexpected refusal: {e}"),
                 }
             }
-            Op::Good(p) => {
-                book.mark_good(&at(p), *now);
+            Op::Good { peer: p, host } => {
+                // Hosts 0..4 are the ones adds use; host 4 is an address nobody gossiped.
+                book.mark_good(&at(p), &ip4(20, 1, host, 1), *now);
             }
             Op::Attempt(p) => {
                 book.mark_attempt(&at(p), *now);

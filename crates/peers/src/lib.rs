@@ -32,8 +32,10 @@
 //!     sources in one group lands in at most 32 new buckets, so **one source group holds at
 //!     most `32 * 64 = 2048` peers** ([`params::MAX_NEW_PEERS_PER_SOURCE_GROUP`], 1/8 of the
 //!     new table, 1/10 of the book) however many addresses it sends;
-//!   - old bucket = `H(addr_group, H(peer) % 4) % 64`: peers of one address group share at most
-//!     4 old buckets (256 slots).
+//!   - old bucket = `H(addr_group, H(peer) % 4) % 64`, where `addr_group` is the group of the
+//!     address we connected to (it becomes the entry's first address; review found the first
+//!     *gossiped* address used, which let sybils in one /16 spread over every old bucket): peers
+//!     reached in one address group share at most 4 old buckets (256 slots).
 //! * A known new peer announced again goes into one more new bucket with probability
 //!   `1 / (2 * buckets)`, up to 4 (CometBFT `maxNewBucketsPerAddress`).
 //! * A full new bucket drops a *bad* entry, or else its oldest (by last attempt, or time added);
@@ -45,7 +47,10 @@
 //! * [`AddrBook::mark_attempt`] counts attempts; [`AddrBook::mark_good`] resets them and
 //!   promotes. A new entry is **bad** (CometBFT `isBad`) when, not attempted in the last minute,
 //!   it was neither announced nor attempted for 7 days, or failed 3 times without ever
-//!   succeeding, or failed 10 times with no success in 7 days. Bad entries go first when a
+//!   succeeding, or failed 10 times with no success in 7 days. An old entry is bad when, not
+//!   attempted in the last minute, it failed 16 times since a success over an hour old
+//!   (CometBFT's reactor gives up after `maxAttemptsToDial`; review found old entries never
+//!   bad, so a peer gone for good stayed, favoured by picks). Bad entries go first when a new
 //!   bucket is full, and [`AddrBook::remove_bad`] drops them all at once.
 //! * [`AddrBook::remove_address`] drops one address that turned out not to be the peer's (another
 //!   identity answered there), and the peer only with its last address: gossip can add an

@@ -89,6 +89,17 @@ pub const MAX_FAILURES: u32 = 10;
 /// See [`MAX_FAILURES`]. CometBFT `minBadDays` (7 days).
 pub const MIN_BAD_SECS: u64 = 7 * 24 * 60 * 60;
 
+/// Failed attempts since its last success after which an *old* entry (one we connected to) is
+/// bad, once that success is over [`MIN_OLD_BAD_SECS`] old. CometBFT `maxAttemptsToDial` (16),
+/// after which its reactor marks the address bad; its book never judges an old entry bad, and
+/// review found ours kept (and favoured) old peers that failed every dial for good. With the
+/// peer manager's backoff (2^n s, at most 10 min) 16 failures take over an hour.
+pub const MAX_OLD_FAILURES: u32 = 16;
+
+/// See [`MAX_OLD_FAILURES`]: an old entry that succeeded this recently is never bad, however
+/// many attempts a burst of dials (a short outage on our side) counted since.
+pub const MIN_OLD_BAD_SECS: u64 = 60 * 60;
+
 /// Share of the book returned by a selection (PEX reply), in percent. CometBFT
 /// `getSelectionPercent` (23).
 pub const GET_SELECTION_PERCENT: usize = 23;

@@ -538,7 +538,7 @@ mod tests {
     use super::*;
     use crate::book::{
         Source,
-        tests::{book, check_invariants, ip4, local_id, ma, peer, snapshot, src},
+        tests::{book, check_invariants, good, ip4, local_id, ma, peer, snapshot, src},
     };
 
     fn sample_book() -> AddrBook {
@@ -576,7 +576,7 @@ mod tests {
         }
         for i in 10..60 {
             book.mark_attempt(&peer(i), 500);
-            book.mark_good(&peer(i), 600 + i);
+            good(&mut book, &peer(i), 600 + i);
         }
         book.mark_attempt(&peer(200), 700);
         book.ban(peer(20), 10_000); // old, with entry

@@ -402,6 +402,18 @@ impl Message {
         }
     }
 
+    /// The kind of message that answers this request (`None` for ADDPROVIDER, which is not
+    /// answered, and for responses).
+    pub fn response_kind(&self) -> Option<u8> {
+        match self {
+            Message::Ping { .. } => Some(kind::PONG),
+            Message::FindNode { .. } | Message::FindNodeFast { .. } => Some(kind::NODES),
+            Message::TalkReq { .. } => Some(kind::TALK_RESP),
+            Message::GetProviders { .. } => Some(kind::PROVIDERS),
+            _ => None,
+        }
+    }
+
     /// Whether this is a request (PING, FINDNODE, TALKREQ, ADD_PROVIDER, GET_PROVIDERS,
     /// FINDNODE_FAST) rather than a response. ADD_PROVIDER is a request that gets no response.
     pub fn is_request(&self) -> bool {
