@@ -340,7 +340,8 @@ fn safe_file_name(name: &str) -> Option<String> {
 
 /// Where a download to a file writes, and what is there already.
 struct Target {
-    /// The file written: `FILE.part`, or `FILE` itself when resuming it in place.
+    /// The file whose bytes are checked: `FILE.part`, or `FILE` (only read: what follows the
+    /// bytes that match goes to `FILE.part`); `FILE.part` when there is nothing to check.
     file: std::path::PathBuf,
     /// Bytes already there, to be checked against the dataset before the rest is appended.
     offset: u64,
@@ -436,7 +437,8 @@ struct DownloadOut<'a> {
 /// With `resume`, a `FILE.part` left by an interrupted download, or else an existing `FILE`,
 /// is continued, but not trusted: the dataset is asked for whole and the bytes already there
 /// are compared with it as it arrives (a piece at a time, see [`CHECK_CHUNK`]); when they all
-/// match, the rest is appended. At the first byte that differs the file is not a piece of the
+/// match, the rest is appended (to `FILE.part`: a `FILE` is only read, so one the user cannot
+/// write is resumed too, its checked bytes copied first). At the first byte that differs the file is not a piece of the
 /// dataset: that is said on stderr and the download goes on as a fresh one would (a `FILE`
 /// that differs is left as it was until the dataset, written to `FILE.part`, replaces it). A
 /// file longer than the dataset is not a piece of it either. The check costs reading those
@@ -486,24 +488,30 @@ pub(crate) async fn download(
     let total = resp
         .content_length()
         .with_context(|| format!("{what}: the node did not say how long the dataset is"))?;
+    let part = part_path(path);
     if target.offset > total {
         say(format!(
             "{} is longer than the dataset, so not a piece of it: downloading it whole",
             target.file.display()
         ));
         target = Target {
-            file: part_path(path),
+            file: part.clone(),
             offset: 0,
         };
     }
-    let mut f = tokio::fs::OpenOptions::new()
-        .create(true)
-        .read(true)
-        .write(true)
-        .truncate(target.offset == 0)
-        .open(&target.file)
-        .await
-        .with_context(|| format!("cannot open {}", target.file.display()))?;
+    // The bytes already there are only read (the file may be read-only, or another user's):
+    // what is written goes to `FILE.part`, opened once it is needed.
+    let mut existing = None;
+    let mut out = None;
+    if target.offset > 0 {
+        existing = Some(
+            tokio::fs::File::open(&target.file)
+                .await
+                .with_context(|| format!("cannot open {}", target.file.display()))?,
+        );
+    } else {
+        out = Some(writer(&target.file, &part, 0).await?);
+    }
     // Bytes at the start of the file that are the dataset's: those already there, once checked
     // (`checked` of them so far); after a difference, only those before it.
     let mut kept = target.offset;
@@ -516,11 +524,11 @@ pub(crate) async fn download(
         let chunk =
             chunk.map_err(|e| cut_off(&what, received, Some(total), &e, true, !options.local))?;
         let mut rest: &[u8] = &chunk;
-        if checked < kept {
+        if let Some(f) = existing.as_mut().filter(|_| checked < kept) {
             let n = rest
                 .len()
                 .min(usize::try_from(kept - checked).unwrap_or(usize::MAX));
-            let differs = first_difference(&mut f, &rest[..n], &mut buf)
+            let differs = first_difference(f, &rest[..n], &mut buf)
                 .await
                 .with_context(|| format!("cannot read {}", target.file.display()))?;
             match differs {
@@ -535,6 +543,8 @@ pub(crate) async fn download(
                                 target.file.display()
                             ));
                         });
+                        existing = None;
+                        out = Some(writer(&target.file, &part, kept).await?);
                     }
                 }
                 Some(i) => {
@@ -546,42 +556,49 @@ pub(crate) async fn download(
                             target.file.display()
                         ));
                     });
-                    f = if target.file == path {
-                        // Not ours to overwrite until the dataset is complete.
-                        let part = part_path(path);
-                        let f = part_from(path, &part, at).await?;
-                        target.file = part;
-                        f
-                    } else {
-                        f.set_len(at).await?;
-                        f.seek(std::io::SeekFrom::Start(at)).await?;
-                        f
-                    };
+                    // A `FILE` that differs is not ours to overwrite until the dataset is
+                    // complete: the bytes before the difference go to `FILE.part`.
+                    existing = None;
+                    out = Some(writer(&target.file, &part, at).await?);
                     (kept, checked) = (at, at);
                     rest = &rest[i..];
                 }
             }
         }
-        f.write_all(rest)
-            .await
-            .with_context(|| format!("cannot write {}", target.file.display()))?;
+        if !rest.is_empty() {
+            let f = out
+                .as_mut()
+                .with_context(|| format!("{what}: the node sent more than the dataset"))?;
+            f.write_all(rest)
+                .await
+                .with_context(|| format!("cannot write {}", part.display()))?;
+        }
         received += chunk.len() as u64;
         pb.set_position(received);
     }
     if checked < kept {
         bail!("{what}: the node sent {received} bytes of {total} (run it again to resume)");
     }
-    f.sync_all().await?;
-    let written = f.metadata().await?.len();
-    drop(f);
+    drop(existing);
+    // Nothing written: what was there is the whole dataset.
+    let done = match out {
+        Some(f) => {
+            f.sync_all().await?;
+            let written = f.metadata().await?.len();
+            drop(f);
+            if written != total {
+                pb.finish_and_clear();
+                bail!(
+                    "{what}: {} has {written} bytes, the dataset {total} (run it again to resume)",
+                    part.display()
+                );
+            }
+            part.clone()
+        }
+        None => target.file.clone(),
+    };
     pb.finish_and_clear();
-    if written != total {
-        bail!(
-            "{what}: {} has {written} bytes, the dataset {total} (run it again to resume)",
-            target.file.display()
-        );
-    }
-    finish(&target.file, path).await?;
+    finish(&done, path).await?;
     if options.json {
         output::print_json(&DownloadOut {
             cid,
@@ -598,6 +615,24 @@ pub(crate) async fn download(
     Ok(())
 }
 
+/// `part`, open for writing after the first `len` bytes of `from` (`part` itself, or the
+/// `FILE` whose first bytes were checked to be the dataset's, which is only read).
+async fn writer(from: &Path, part: &Path, len: u64) -> anyhow::Result<tokio::fs::File> {
+    if from != part {
+        return part_from(from, part, len).await;
+    }
+    let mut f = tokio::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(len == 0)
+        .open(part)
+        .await
+        .with_context(|| format!("cannot open {}", part.display()))?;
+    f.set_len(len).await?;
+    f.seek(std::io::SeekFrom::Start(len)).await?;
+    Ok(f)
+}
+
 /// Starts `part` with the first `len` bytes of `file` (checked to be the dataset's); returns it
 /// open, positioned after them.
 async fn part_from(file: &Path, part: &Path, len: u64) -> anyhow::Result<tokio::fs::File> {
@@ -607,7 +642,6 @@ async fn part_from(file: &Path, part: &Path, len: u64) -> anyhow::Result<tokio::
         .take(len);
     let mut to = tokio::fs::OpenOptions::new()
         .create(true)
-        .read(true)
         .write(true)
         .truncate(true)
         .open(part)

@@ -1256,3 +1256,49 @@ fn an_upload_expecting_100_continue_is_refused_before_it_is_sent() {
     assert_eq!(space["quotaReservedBytes"], 0);
     n.stop();
 }
+
+/// A FILE the user cannot write (read-only, or another user's) is still checked and resumed:
+/// it is only read, the rest goes to FILE.part, which then replaces it. A complete one is
+/// checked and left alone. (It used to be opened for writing just to be read: "cannot open",
+/// exit 1. Found by review.)
+#[test]
+fn download_resumes_a_file_it_cannot_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+    let data = random(3 * BLOCK + 999, 23);
+    let cid = upload(&c, &n, &data);
+    common::open_to_other(dir.path(), false);
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    common::open_to_other(&outdir, true);
+    let out = outdir.join("out.bin");
+    let read_only = |bytes: &[u8]| {
+        let _ = std::fs::remove_file(&out);
+        std::fs::write(&out, bytes).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o444)).unwrap();
+    };
+    let run = || {
+        let o = common::cli_as_other(&[
+            "download",
+            &cid,
+            "-o",
+            out.to_str().unwrap(),
+            "--api",
+            &n.api,
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        assert!(std::fs::read(&out).unwrap() == data, "not the dataset");
+        assert!(!common::part_of(&out).exists());
+        stderr
+    };
+    read_only(&data[..100_000]);
+    let stderr = run();
+    assert!(stderr.contains("resuming"), "{stderr}");
+    read_only(&data);
+    let stderr = run();
+    assert!(stderr.contains("already holds"), "{stderr}");
+    n.stop();
+}
