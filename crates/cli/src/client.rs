@@ -355,10 +355,78 @@ fn part_path(path: &Path) -> std::path::PathBuf {
     })
 }
 
+/// Who chose the output file's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Named {
+    /// The user, with `-o FILE`: `FILE` (and `FILE.part`) may be replaced by the dataset.
+    ByUser,
+    /// The dataset, with `-o DIR` (its file name, chosen by whoever uploaded it, or its CID): a
+    /// file already there by that name, or by that name with `.part`, is not cairn's to replace
+    /// unless its bytes are the dataset's first ones.
+    ByDataset,
+}
+
+/// The refusal to touch `file`, which `-o DIR` did not name (see [`Named::ByDataset`]); `why`
+/// follows "already exists".
+fn not_replacing(file: &Path, why: &str) -> anyhow::Error {
+    Failure::new(
+        exit::FAILURE,
+        format!(
+            "{} already exists{why}: not replacing a file the dataset's name chose (remove it, or \
+             give its path to -o to replace it)",
+            file.display()
+        ),
+    )
+    .into()
+}
+
+/// What is at `file`, without following a symlink; `None` when nothing is.
+async fn lstat(file: &Path) -> anyhow::Result<Option<std::fs::Metadata>> {
+    match tokio::fs::symlink_metadata(file).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+}
+
 /// What to resume: a non-empty `FILE.part` left by an interrupted download, else a non-empty
-/// `FILE`; else a fresh `FILE.part`.
-async fn target(path: &Path, resume: bool) -> anyhow::Result<Target> {
+/// `FILE`; else a fresh `FILE.part`. A name the dataset chose ([`Named::ByDataset`]) is
+/// resumed only from a file whose bytes are then checked (a mismatch is refused), and never
+/// with `--no-resume`.
+async fn target(path: &Path, resume: bool, named: Named) -> anyhow::Result<Target> {
     let part = part_path(path);
+    if named == Named::ByDataset {
+        let fresh = Target {
+            file: part.clone(),
+            offset: 0,
+        };
+        let part_meta = lstat(&part).await?;
+        // An empty regular `FILE.part` holds nothing to lose.
+        let part_in_use = part_meta
+            .as_ref()
+            .is_some_and(|m| !m.file_type().is_file() || m.len() > 0);
+        return match lstat(path).await? {
+            Some(m) if !m.file_type().is_file() => Err(not_replacing(path, " and is not a file")),
+            Some(_) if !resume => Err(not_replacing(path, " (--no-resume)")),
+            Some(_) if part_in_use => Err(not_replacing(&part, "")),
+            Some(m) if m.len() == 0 => Err(not_replacing(path, " and is empty")),
+            Some(m) => Ok(Target {
+                file: path.to_path_buf(),
+                offset: m.len(),
+            }),
+            None => match part_meta {
+                Some(m) if !m.file_type().is_file() => {
+                    Err(not_replacing(&part, " and is not a file"))
+                }
+                Some(_) if part_in_use && !resume => Err(not_replacing(&part, " (--no-resume)")),
+                Some(m) if part_in_use => Ok(Target {
+                    file: part,
+                    offset: m.len(),
+                }),
+                _ => Ok(fresh),
+            },
+        };
+    }
     if resume {
         for file in [&part, path] {
             match tokio::fs::metadata(file).await {
@@ -471,25 +539,31 @@ pub(crate) async fn download(
     };
     // Into a directory: the dataset's own file name there (else its CID).
     let in_dir;
-    let path = if tokio::fs::metadata(path).await.is_ok_and(|m| m.is_dir()) {
+    let (path, named) = if tokio::fs::metadata(path).await.is_ok_and(|m| m.is_dir()) {
         let name = dataset_filename(api, segments, &what).await?;
         in_dir = path.join(name.unwrap_or_else(|| cid.to_owned()));
-        in_dir.as_path()
+        (in_dir.as_path(), Named::ByDataset)
     } else {
-        path
+        (path, Named::ByUser)
     };
     let say = |text: String| {
         if !options.json {
             eprintln!("{text}");
         }
     };
-    let mut target = target(path, options.resume).await?;
+    let mut target = target(path, options.resume, named).await?;
     let resp = Api::check(get(api, segments, &what).await?, &what).await?;
     let total = resp
         .content_length()
         .with_context(|| format!("{what}: the node did not say how long the dataset is"))?;
     let part = part_path(path);
     if target.offset > total {
+        if named == Named::ByDataset {
+            return Err(not_replacing(
+                &target.file,
+                " and is longer than the dataset, so not a piece of it",
+            ));
+        }
         say(format!(
             "{} is longer than the dataset, so not a piece of it: downloading it whole",
             target.file.display()
@@ -549,6 +623,13 @@ pub(crate) async fn download(
                 }
                 Some(i) => {
                     let at = checked + i as u64;
+                    if named == Named::ByDataset {
+                        pb.finish_and_clear();
+                        return Err(not_replacing(
+                            &target.file,
+                            &format!(" and is not a piece of {cid} (byte {at} differs)"),
+                        ));
+                    }
                     pb.suspend(|| {
                         say(format!(
                             "{} is not a piece of {cid} (byte {at} differs): not resuming it, \

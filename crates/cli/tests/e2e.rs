@@ -1302,3 +1302,86 @@ fn download_resumes_a_file_it_cannot_write() {
     assert!(stderr.contains("already holds"), "{stderr}");
     n.stop();
 }
+
+/// `-o DIR` writes under a name the uploader chose, so an existing file of that name (or a
+/// `NAME.part`) is not cairn's to replace: unless its bytes are the dataset's first bytes, the
+/// download is refused (exit 1) and the file left as it was, `--no-resume` or not. A file that
+/// is a piece of the dataset is completed; a complete one is left alone. (A dataset named
+/// `.bashrc` downloaded with `-o ~` used to replace `~/.bashrc`, exit 0. Found by review.)
+#[test]
+fn download_into_a_directory_never_replaces_a_file_it_did_not_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+    let data = random(2 * BLOCK + 77, 29);
+    let cid = c
+        .post(n.url("/data"))
+        .header("content-disposition", "attachment; filename=\".bashrc\"")
+        .body(data.clone())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let file = home.join(".bashrc");
+    let part = home.join(".bashrc.part");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "download",
+            cid.as_str(),
+            "-o",
+            home.to_str().unwrap(),
+            "--api",
+            &n.api,
+        ];
+        args.extend_from_slice(extra);
+        let o = cli(&args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let mine = b"alias ls='ls -F'\n".to_vec();
+    for extra in [&[][..], &["--no-resume"]] {
+        // The user's own file by that name, and the user's own NAME.part.
+        for (path, other) in [(&file, &part), (&part, &file)] {
+            std::fs::write(path, &mine).unwrap();
+            let (code, stderr) = run(extra);
+            assert_eq!(code, Some(1), "{extra:?} {path:?}: {stderr}");
+            assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+            assert!(stderr.contains("not replacing"), "{stderr}");
+            assert_eq!(
+                std::fs::read(path).unwrap(),
+                mine,
+                "{extra:?}: {path:?} changed"
+            );
+            assert!(!other.exists(), "{extra:?}: {other:?} was written");
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    // Longer than the dataset: not a piece of it.
+    let mut longer = data.clone();
+    longer.push(0);
+    std::fs::write(&file, &longer).unwrap();
+    assert_eq!(run(&[]).0, Some(1));
+    assert_eq!(std::fs::read(&file).unwrap(), longer);
+    // A piece of the dataset (as FILE, or as FILE.part): completed.
+    for path in [&file, &part] {
+        std::fs::remove_file(&file).ok();
+        std::fs::write(path, &data[..70_000]).unwrap();
+        let (code, stderr) = run(&[]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(std::fs::read(&file).unwrap() == data);
+        assert!(!part.exists());
+    }
+    // The whole dataset: checked and left alone.
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("already holds"), "{stderr}");
+    // Nothing there: a fresh download.
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(run(&["--no-resume"]).0, Some(0));
+    assert!(std::fs::read(&file).unwrap() == data);
+    n.stop();
+}
