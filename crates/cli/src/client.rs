@@ -427,6 +427,13 @@ async fn target(path: &Path, resume: bool, named: Named) -> anyhow::Result<Targe
             },
         };
     }
+    // `FILE.part` is written and renamed: never through a symlink, nor a device or FIFO.
+    if lstat(&part)
+        .await?
+        .is_some_and(|m| !m.file_type().is_file())
+    {
+        bail!("{} exists and is not a regular file", part.display());
+    }
     if resume {
         for file in [&part, path] {
             match tokio::fs::metadata(file).await {
@@ -551,6 +558,18 @@ pub(crate) async fn download(
             eprintln!("{text}");
         }
     };
+    if named == Named::ByUser && lstat(path).await?.is_some_and(|m| !m.file_type().is_file()) {
+        let bytes = download_direct(api, segments, cid, &what, !options.local, path).await?;
+        if options.json {
+            output::print_json(&DownloadOut {
+                cid,
+                file: path.display().to_string(),
+                bytes,
+                fetched: bytes,
+            })?;
+        }
+        return Ok(());
+    }
     let mut target = target(path, options.resume, named).await?;
     let resp = Api::check(get(api, segments, &what).await?, &what).await?;
     let total = resp
@@ -766,6 +785,72 @@ async fn download_to_stdout(
     network: bool,
     terminal_guard: bool,
 ) -> anyhow::Result<()> {
+    let mut out = tokio::io::stdout();
+    let to = Sink {
+        name: "stdout",
+        terminal_guard,
+    };
+    stream_to(api, segments, cid, what, network, &mut out, &to).await?;
+    Ok(())
+}
+
+/// Where [`stream_to`] writes: its name in messages, and whether binary bytes are refused.
+struct Sink<'a> {
+    name: &'a str,
+    terminal_guard: bool,
+}
+
+/// Downloads to `path`, which is not a regular file (a device such as `/dev/null`, a FIFO,
+/// `/dev/stdout`, a symlink): written directly, without `FILE.part`, rename or resume, so what
+/// is there is never replaced (a symlink is followed). Returns the dataset's size.
+async fn download_direct(
+    api: &Api,
+    segments: &[&str],
+    cid: &str,
+    what: &str,
+    network: bool,
+    path: &Path,
+) -> anyhow::Result<u64> {
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        // Emptied below only when it turns out to be a regular file.
+        .truncate(false)
+        .open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // A symlink to a regular file: that file is written over.
+    let regular = f.metadata().await.is_ok_and(|m| m.is_file());
+    if regular {
+        f.set_len(0)
+            .await
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let name = path.display().to_string();
+    let to = Sink {
+        name: &name,
+        terminal_guard: false,
+    };
+    let written = stream_to(api, segments, cid, what, network, &mut f, &to).await?;
+    if regular {
+        f.sync_all()
+            .await
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(written)
+}
+
+/// Streams the dataset at `segments` into `out`; the bytes written.
+async fn stream_to<W: tokio::io::AsyncWrite + Unpin>(
+    api: &Api,
+    segments: &[&str],
+    cid: &str,
+    what: &str,
+    network: bool,
+    out: &mut W,
+    to: &Sink<'_>,
+) -> anyhow::Result<u64> {
+    let terminal_guard = to.terminal_guard;
     let resp = Api::check(get(api, segments, what).await?, what).await?;
     let pb = bar(
         resp.content_length(),
@@ -773,7 +858,6 @@ async fn download_to_stdout(
     );
     let total = resp.content_length();
     let mut body = resp.bytes_stream();
-    let mut out = tokio::io::stdout();
     let mut received = 0;
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| cut_off(what, received, total, &e, false, network))?;
@@ -783,13 +867,15 @@ async fn download_to_stdout(
         }
         out.write_all(&chunk)
             .await
-            .context("cannot write to stdout")?;
+            .with_context(|| format!("cannot write to {}", to.name))?;
         received += chunk.len() as u64;
         pb.inc(chunk.len() as u64);
     }
-    out.flush().await.context("cannot write to stdout")?;
+    out.flush()
+        .await
+        .with_context(|| format!("cannot write to {}", to.name))?;
     pb.finish_and_clear();
-    Ok(())
+    Ok(received)
 }
 
 /// The refusal to write binary bytes to a terminal, after `written` bytes that looked like text.

@@ -1385,3 +1385,45 @@ fn download_into_a_directory_never_replaces_a_file_it_did_not_name() {
     assert!(std::fs::read(&file).unwrap() == data);
     n.stop();
 }
+
+/// `-o PATH` where PATH is not a regular file (a device, a pipe, a symlink) writes to it
+/// directly: no PATH.part, no resume, and the path is never replaced. (`-o /dev/null` used to
+/// exit 1, "exists and is not a file"; with `--no-resume` a symlink, FIFO or device there was
+/// replaced by a regular file. Found by review.)
+#[test]
+fn download_to_a_path_that_is_not_a_regular_file_writes_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+    let data = random(2 * BLOCK + 5, 31);
+    let cid = upload(&c, &n, &data);
+    let download = |to: &str, extra: &[&str]| {
+        let mut args = vec!["download", cid.as_str(), "-o", to, "--api", &n.api];
+        args.extend_from_slice(extra);
+        let o = cli(&args);
+        assert!(
+            o.status.success(),
+            "{to}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    download("/dev/null", &[]);
+    assert!(download("/dev/stdout", &[]) == data, "stdout");
+    // A symlink stays one; the file it points at gets the dataset.
+    let real = dir.path().join("real.bin");
+    let link = dir.path().join("link.bin");
+    std::fs::write(&real, b"old").unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    for extra in [&["--no-resume"][..], &[]] {
+        download(link.to_str().unwrap(), extra);
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        assert!(
+            meta.file_type().is_symlink(),
+            "{extra:?}: the link was replaced"
+        );
+        assert!(std::fs::read(&real).unwrap() == data, "{extra:?}");
+        assert!(!common::part_of(&link).exists());
+    }
+    n.stop();
+}
