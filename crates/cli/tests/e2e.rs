@@ -1427,3 +1427,60 @@ fn download_to_a_path_that_is_not_a_regular_file_writes_to_it() {
     }
     n.stop();
 }
+
+/// A second SIGTERM (or Ctrl-C) while the node shuts down stops it at once, saying so in its
+/// log, instead of waiting for the requests in flight (here an upload whose client sends
+/// nothing, which holds the shutdown for up to its 30 s). It used to be ignored. Found by
+/// review.
+#[test]
+fn a_second_signal_during_shutdown_stops_at_once() {
+    /// How soon the node must be gone after the second signal: far less than the 30 s the
+    /// stalled upload would hold it.
+    const AT_ONCE: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.txt");
+    let mut n = NodeProc::start_logging(&dir.path().join("node"), "info", &log);
+    let addr = n.api.trim_start_matches("http://").to_owned();
+    let mut upload = TcpStream::connect(&addr).unwrap();
+    upload
+        .write_all(
+            b"POST /api/codex/v1/data HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nsome",
+        )
+        .unwrap();
+    // The upload is in flight once the node has a reservation for it.
+    let c = client();
+    let deadline = Instant::now() + WAIT;
+    while space(&c, &n)["quotaReservedBytes"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n.terminate();
+    let logged = |text: &str| std::fs::read_to_string(&log).unwrap().contains(text);
+    while !logged("shutting down") {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not start shutting down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n.terminate();
+    let second = Instant::now();
+    let status = loop {
+        if let Some(status) = n.try_wait() {
+            break status;
+        }
+        assert!(
+            second.elapsed() < AT_ONCE,
+            "the node still runs {:?} after a second SIGTERM",
+            second.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert!(
+        logged("stopping at once"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    drop(upload);
+}

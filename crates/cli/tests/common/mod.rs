@@ -116,6 +116,11 @@ impl NodeProc {
         self.wait_exit()
     }
 
+    /// The node's exit status if it has exited, without waiting.
+    pub(crate) fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Sends SIGTERM.
     pub(crate) fn terminate(&self) {
         let pid = self.child.id().to_string();
