@@ -180,7 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let cfg = resolve_start(*args)?;
             run_on(Box::pin(start(cfg)))
         }
-        Command::Client(command) => runtime()?.block_on(command.run()),
+        Command::Client(command) => run_on(Box::pin(command.run())),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut cli_command(), BIN_NAME, &mut script);

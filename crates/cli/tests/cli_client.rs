@@ -934,3 +934,38 @@ fn a_cut_download_says_what_happened() {
     );
     server.join().unwrap();
 }
+
+/// `cairn upload -` that the node refuses (here for its MIME type, as soon as it reads the
+/// headers) prints the error and exits while its stdin is still open and silent: the read of
+/// stdin no one waits for any more does not hold the process. It used to hang until stdin
+/// ended. Found by review.
+#[test]
+fn a_refused_stdin_upload_exits_without_waiting_for_stdin() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let mut child = Command::new(BIN)
+        .args(["upload", "-", "--mime", "not/a-type", "--api", &n.api])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held open, and nothing written.
+    let stdin = child.stdin.take().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            panic!("cairn upload - still runs after the node refused it");
+        }
+        std::thread::sleep(POLL);
+    };
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(INVALID), "{}", stderr(&o));
+    fails(&o, INVALID);
+}
