@@ -2,6 +2,7 @@
 //! its REST API, with a progress bar on stderr (drawn only when stderr is a terminal).
 
 use std::{
+    os::unix::fs::FileTypeExt,
     path::Path,
     sync::{
         Arc,
@@ -147,13 +148,19 @@ pub(crate) async fn upload(
         )
         .into());
     }
-    // Every input is looked at before the first is sent: a directory or a missing file is a
-    // local mistake, said as such, and nothing is uploaded.
+    // Every input is looked at before the first is sent: a directory, a missing file or one
+    // that cannot be read is a local mistake, said as such, and nothing is uploaded.
     for path in inputs.iter().filter(|p| !is_stdin(p)) {
         let meta = tokio::fs::metadata(path)
             .await
             .with_context(|| format!("cannot open {}", path.display()))?;
         check_input(path, &meta)?;
+        // Opened for reading, as it will be (a FIFO is not: opening it waits for a writer).
+        if !meta.file_type().is_fifo() {
+            tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?;
+        }
         if meta.is_file() && meta.len() == 0 && is_empty_file(path).await? {
             return Err(Failure::new(
                 exit::INVALID,
