@@ -97,14 +97,44 @@ fn check_input(path: &Path, meta: &std::fs::Metadata) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The length of an upload input known before it is read, from its metadata: a regular file's
-/// length when it occupies disk blocks. `None` for a stream whose length is known only at its
-/// end (a FIFO, `/dev/stdin`, a device), and for files of pseudo file systems, whose length
-/// says nothing (`/proc` files say 0, `/sys` files 4096, whatever they hold); such inputs go
-/// chunked.
-fn known_length(meta: &std::fs::Metadata) -> Option<u64> {
+/// File systems whose files' lengths say nothing about what they hold (`/proc` files say 0,
+/// `/sys` files 4096, whatever they hold), by their `statfs` magic numbers (Linux's
+/// `magic.h`): proc, sysfs, debugfs, tracefs, securityfs, configfs, cgroup, cgroup2.
+const PSEUDO_FS_MAGIC: [u64; 8] = [
+    0x9fa0,
+    0x6265_6572,
+    0x6462_6720,
+    0x7472_6163,
+    0x7363_6673,
+    0x6265_6570,
+    0x0027_e0eb,
+    0x6367_7270,
+];
+
+/// The length of the upload input at `path` known before it is read, from its metadata: a
+/// regular file's length. `None` for a stream whose length is known only at its end (a FIFO,
+/// `/dev/stdin`, a device), and for files of pseudo file systems ([`PSEUDO_FS_MAGIC`]); such
+/// inputs go chunked. A file with no disk block is either sparse (its length is right) or a
+/// pseudo file system's, which its file system tells.
+fn known_length(path: &Path, meta: &std::fs::Metadata) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    (meta.is_file() && meta.len() > 0 && meta.blocks() > 0).then_some(meta.len())
+    if !meta.is_file() || meta.len() == 0 {
+        return None;
+    }
+    if meta.blocks() == 0 && on_pseudo_fs(path) {
+        return None;
+    }
+    Some(meta.len())
+}
+
+/// Whether `path` is on a pseudo file system ([`PSEUDO_FS_MAGIC`]); when that cannot be told,
+/// it is taken to be (its length is then not trusted: the input goes chunked).
+fn on_pseudo_fs(path: &Path) -> bool {
+    rustix::fs::statfs(path).map_or(true, |s| {
+        #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+        let magic = s.f_type as u64;
+        PSEUDO_FS_MAGIC.contains(&magic)
+    })
 }
 
 /// Whether the regular file at `path`, which says it is 0 bytes long, really is empty (a
@@ -186,7 +216,7 @@ pub(crate) async fn upload(
                 .metadata()
                 .await
                 .with_context(|| format!("cannot read {shown}"))?;
-            let len = known_length(&meta);
+            let len = known_length(path, &meta);
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
             // At most the length announced in `Content-Length` (a file that grows meanwhile
             // does not overrun it).
@@ -995,19 +1025,33 @@ mod tests {
         let file = dir.path().join("f");
         std::fs::write(&file, b"12345").unwrap();
         assert!(check_input(&file, &meta(&file)).is_ok());
-        assert_eq!(known_length(&meta(&file)), Some(5));
+        assert_eq!(known_length(&file, &meta(&file)), Some(5));
         // A character device is read as a stream, of unknown length.
         let null = Path::new("/dev/null");
-        assert_eq!(known_length(&meta(null)), None);
+        assert_eq!(known_length(null, &meta(null)), None);
         // So are the files of pseudo file systems, whose length says nothing.
         for pseudo in [
             "/proc/self/status",
             "/sys/kernel/mm/transparent_hugepage/enabled",
         ] {
             if let Ok(m) = std::fs::metadata(pseudo) {
-                assert_eq!(known_length(&m), None, "{pseudo}");
+                assert_eq!(known_length(Path::new(pseudo), &m), None, "{pseudo}");
             }
         }
+    }
+
+    /// A sparse regular file (no disk block yet) has a length all the same, which goes in the
+    /// upload's `Content-Length`. (It used to be taken for a pseudo file system's and sent
+    /// chunked, missing the early `507`. Found by review.)
+    #[test]
+    fn a_sparse_file_has_a_known_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = dir.path().join("sparse");
+        let f = std::fs::File::create(&sparse).unwrap();
+        f.set_len(1 << 20).unwrap();
+        drop(f);
+        let meta = std::fs::metadata(&sparse).unwrap();
+        assert_eq!(known_length(&sparse, &meta), Some(1 << 20));
     }
 
     #[test]
