@@ -6,7 +6,9 @@
 //!
 //! * `set(M)` = `Access-Control-Allow-Origin: O`, `Access-Control-Allow-Methods: M, OPTIONS`,
 //!   `Access-Control-Max-Age: 86400` — what the handlers add themselves, whatever the request's
-//!   `Origin`.
+//!   `Origin`. cairn differs in one case: when `O` has no scheme (`app.example`), which no
+//!   browser accepts as it is, it sends the request's matching `Origin` instead (with `Vary:
+//!   Origin`), as `reflect` does.
 //! * `reflect` = what the server library adds to a handler's ordinary (non-error) answer: with
 //!   one `Origin` header, `Access-Control-Allow-Origin: *` if `O` is `*`, or, if the origin
 //!   matches `O` (equal; or equal after `http://`/`https://` when `O` has no scheme),
@@ -264,12 +266,31 @@ fn reflect(allowed: &CorsOrigin, origins: &Origins, h: &mut HeaderMap) -> Result
     Ok(())
 }
 
-/// Adds `set(methods)`; with `keep`, headers already present are left as they are.
-fn set(allowed: &CorsOrigin, methods: &str, h: &mut HeaderMap, keep: bool) {
+/// Whether `allowed` is a host without a scheme (`app.example`), which matches an origin of
+/// either scheme.
+fn schemeless(allowed: &CorsOrigin) -> bool {
+    let o = allowed.as_str();
+    !(o.is_empty() || o == "*" || o.starts_with("http://") || o.starts_with("https://"))
+}
+
+/// Adds `set(methods)`; with `keep`, headers already present are left as they are. The
+/// allowed origin is the option's value, except that a value without a scheme names the
+/// request's matching origin (with its scheme: a browser accepts nothing else), with `Vary:
+/// Origin` (a cairn fix: the reference sends the value as it is, which no browser accepts).
+fn set(allowed: &CorsOrigin, origins: &Origins, methods: &str, h: &mut HeaderMap, keep: bool) {
     let methods = HeaderValue::from_str(&format!("{methods}, OPTIONS"))
         .unwrap_or_else(|_| HeaderValue::from_static("OPTIONS"));
+    let mut origin = allowed.0.clone();
+    if schemeless(allowed) {
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        if let Origins::One(o) = origins
+            && o.to_str().is_ok_and(|o| origins_match(o, allowed.as_str()))
+        {
+            origin = o.clone();
+        }
+    }
     let entries = [
-        (header::ACCESS_CONTROL_ALLOW_ORIGIN, allowed.0.clone()),
+        (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin),
         (header::ACCESS_CONTROL_ALLOW_METHODS, methods),
         (
             header::ACCESS_CONTROL_MAX_AGE,
@@ -315,7 +336,7 @@ pub(crate) async fn layer(State(cors): State<CorsState>, req: Request, next: Nex
         if let Some((methods, allow_headers)) = explicit {
             let mut r = empty(StatusCode::NO_CONTENT);
             if let Some(o) = allowed {
-                set(o, methods, r.headers_mut(), false);
+                set(o, &origins, methods, r.headers_mut(), false);
                 if let Some(v) = allow_headers {
                     r.headers_mut().insert(
                         header::ACCESS_CONTROL_ALLOW_HEADERS,
@@ -360,9 +381,9 @@ pub(crate) async fn layer(State(cors): State<CorsState>, req: Request, next: Nex
     };
     match p {
         Policy::None => {}
-        Policy::Set(m) => set(o, m, h, false),
+        Policy::Set(m) => set(o, &origins, m, h, false),
         Policy::Download => {
-            set(o, "GET", h, false);
+            set(o, &origins, "GET", h, false);
             h.insert(
                 ACCESS_CONTROL_HEADERS,
                 HeaderValue::from_static(REQUESTED_WITH),
@@ -381,7 +402,7 @@ pub(crate) async fn layer(State(cors): State<CorsState>, req: Request, next: Nex
             if reflect(o, &origins, h).is_err() {
                 return several_origins();
             }
-            set(o, m, h, true);
+            set(o, &origins, m, h, true);
         }
     }
     resp

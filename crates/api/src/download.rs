@@ -128,6 +128,16 @@ fn unsatisfiable(size: u64, tag: &str) -> Response {
     r
 }
 
+/// Whether `name` can go in `Content-Disposition` as `filename="name"`: a file name the node
+/// accepts ([`valid_filename`](crate::valid_filename), which checks the characters of the name
+/// before its extension only) without `"`, `\` or a control character anywhere.
+fn quotable_filename(name: &str) -> bool {
+    crate::valid_filename(name)
+        && !name
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '"' | '\\'))
+}
+
 /// A dataset download response: the reference's headers (`Content-Type`,
 /// `Content-Disposition`, `Content-Length` of `len` bytes) plus `Accept-Ranges` and `ETag`,
 /// around `body`.
@@ -136,7 +146,13 @@ fn dataset_response(manifest: &Manifest, cid: &Cid, body: Body, len: u64) -> Res
         .mimetype
         .clone()
         .unwrap_or_else(|| "application/octet-stream".into());
-    let disposition = match &manifest.filename {
+    // The name comes from whoever uploaded the dataset, maybe to another node: it is sent only
+    // when an upload here could have given it and nothing in it ends the quoted string.
+    let disposition = match manifest
+        .filename
+        .as_deref()
+        .filter(|n| quotable_filename(n))
+    {
         Some(name) => format!("attachment; filename=\"{name}\""),
         None => "attachment".to_owned(),
     };
@@ -156,4 +172,45 @@ fn dataset_response(manifest: &Manifest, cid: &Cid, body: Body, len: u64) -> Res
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::ETAG, value(&etag(cid)));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file name from a peer's manifest reaches `Content-Disposition` only when it is one the
+    /// node would accept from an upload and holds nothing that ends or escapes the quoted name
+    /// (`"`, `\`, a control character); else the header is plain `attachment`. A name like
+    /// `x.a"; filename*=UTF-8''evil.sh` passed `valid_filename` (whose character check skips
+    /// the extension) and added a parameter. Found by review.
+    #[test]
+    fn a_remote_file_name_cannot_add_header_parameters() {
+        let cid: Cid = "zDvZRwzm1ePSzKSXt57D5YxHwcSDmsCyYN65wW4HT7fuX9HrzFXy"
+            .parse()
+            .unwrap();
+        let disposition = |name: Option<&str>| {
+            let mut m = Manifest::new(cid, 10, 65536);
+            m.filename = name.map(str::to_owned);
+            let r = dataset_response(&m, &cid, Body::empty(), 10);
+            r.headers()[header::CONTENT_DISPOSITION]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            disposition(Some("notes.txt")),
+            "attachment; filename=\"notes.txt\""
+        );
+        assert_eq!(disposition(None), "attachment");
+        for bad in [
+            "x.a\"; filename*=UTF-8''evil.sh",
+            "x.a\\\"",
+            "a\"b",
+            "con.txt",
+            "x.t\tt",
+            "",
+        ] {
+            assert_eq!(disposition(Some(bad)), "attachment", "{bad:?}");
+        }
+    }
 }

@@ -1132,4 +1132,49 @@ mod tests {
             StatusCode::NO_CONTENT
         );
     }
+
+    /// With a scheme-less `--api-cors-origin` (`app.example`, as the README shows it), the
+    /// answers that carry `set(…)` (downloads, deletes, their preflights) name the request's
+    /// matching origin, with its scheme, as the other answers do: a browser accepts nothing
+    /// else. They used to send the option's value as it is. Found by review.
+    #[tokio::test]
+    async fn cors_without_a_scheme_names_the_matching_origin() {
+        const O: &str = "https://app.example";
+        let app = cors_app("app.example");
+        let cid = upload_bytes(&app, data(1000)).await;
+        let allowed = |h: &HeaderMap| {
+            (
+                h.get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+                    .map(|v| v.to_str().unwrap().to_owned()),
+                h.get(header::VARY).map(|v| v.to_str().unwrap().to_owned()),
+            )
+        };
+        let echoed = (Some(O.to_owned()), Some("Origin".to_owned()));
+        let (s, h, _) = call(&app, get_with(&format!("/data/{cid}"), &[("origin", O)])).await;
+        assert_eq!((s, allowed(&h)), (StatusCode::OK, echoed.clone()));
+        let (s, h, _) = call(&app, options(&format!("/data/{cid}"), Some(O))).await;
+        assert_eq!((s, allowed(&h)), (StatusCode::NO_CONTENT, echoed.clone()));
+        let del = Request::delete(format!("{API_BASE}/data/{cid}"))
+            .header("origin", "http://app.example")
+            .body(Body::empty())
+            .unwrap();
+        let (s, h, _) = call(&app, del).await;
+        assert_eq!(
+            (s, allowed(&h)),
+            (
+                StatusCode::NO_CONTENT,
+                (Some("http://app.example".into()), Some("Origin".into()))
+            )
+        );
+        // Another origin is not named.
+        let (_, h, _) = call(
+            &app,
+            get_with(
+                &format!("/data/{cid}"),
+                &[("origin", "https://evil.example")],
+            ),
+        )
+        .await;
+        assert_ne!(allowed(&h).0.as_deref(), Some("https://evil.example"));
+    }
 }

@@ -84,7 +84,10 @@ pub(crate) enum ClientCommand {
         /// component), else by the CID. A FILE.part left by an interrupted download, or else an
         /// existing FILE, is resumed once the bytes already there are checked against the
         /// dataset (read from the node again); if any differs, the file is not a piece of the
-        /// dataset and is replaced.
+        /// dataset and is replaced. In a directory, a file already there by the dataset's name
+        /// (or that name with .part) is never replaced: unless its bytes are the dataset's
+        /// first ones, the download is refused (also with --no-resume). A FILE that is not a
+        /// regular file (/dev/null, a FIFO, a symlink) is written directly, never replaced.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
         /// Download the whole dataset even if a partial output file exists.

@@ -4,7 +4,8 @@
 //! down in order: stop accepting requests and finish those in flight (bounded by
 //! [`SHUTDOWN_GRACE`]) while the network and the block exchange still run, so a network stream
 //! in flight completes too; then stop the workers, the engine and the network, and close the
-//! store (syncing its open segment).
+//! store (syncing its open segment). The whole shutdown is bounded by [`SHUTDOWN_LIMIT`], and a
+//! second SIGINT/SIGTERM during it exits at once.
 //! The other commands are clients of a running node's REST API (`commands.rs`, `client.rs`),
 //! except `completions`, which prints a shell completion script.
 //!
@@ -31,6 +32,16 @@ use tracing::{info, warn};
 /// How long shutdown waits for requests in flight before giving up on them (an upload cut off
 /// here is rolled back, never half-stored).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The longest a whole shutdown may take, requests in flight ([`SHUTDOWN_GRACE`]) and the
+/// metrics scrapes (waited for at the same time) included: what is left of it once they are
+/// done is for the workers, the block-exchange engine (which writes the verified blocks it
+/// holds) and the network to stop. Past it the node logs what it cut short and exits (1).
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(45);
+
+/// How long the async runtime waits, once a command is done, for blocking work still running
+/// (a read of stdin no one waits for any more, a file read): a command must not hang there.
+const RUNTIME_DRAIN: Duration = Duration::from_secs(1);
 
 /// A shutdown that waited this long for requests in flight says so once they finished (a
 /// shorter wait is not worth a line).
@@ -156,12 +167,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .build()
             .context("cannot start the async runtime")
     };
+    // Blocking work still running when the command is done is not waited for past
+    // `RUNTIME_DRAIN` (dropping a runtime would wait for it without limit).
+    let run_on = |f: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>| {
+        let rt = runtime()?;
+        let result = rt.block_on(f);
+        rt.shutdown_timeout(RUNTIME_DRAIN);
+        result
+    };
     match cli.command {
         Command::Start(args) => {
             let cfg = resolve_start(*args)?;
-            runtime()?.block_on(start(cfg))
+            run_on(Box::pin(start(cfg)))
         }
-        Command::Client(command) => runtime()?.block_on(command.run()),
+        Command::Client(command) => run_on(Box::pin(command.run())),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut cli_command(), BIN_NAME, &mut script);
@@ -233,7 +252,7 @@ fn level_setter<S: 'static>(
 async fn start(cfg: config::Config) -> anyhow::Result<()> {
     // Before anything announces the node: a script that sends SIGTERM as soon as it reads the
     // REST line must stop the node cleanly, not kill it with the default disposition.
-    let shutdown = shutdown_signal()?;
+    let mut signals = Signals::register()?;
     let set_log_level = init_logging(&cfg)?;
     let store_cfg = StoreConfig {
         quota_bytes: cfg.storage_quota,
@@ -363,49 +382,83 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         api_stop.clone(),
     ));
 
-    shutdown.await;
+    signals.next().await;
     info!(
-        "shutting down: new requests are refused, those in flight have up to {} s to finish",
+        "shutting down: new requests are refused, those in flight have up to {} s to finish \
+         (a second SIGINT or SIGTERM stops at once)",
         SHUTDOWN_GRACE.as_secs()
     );
-    let stopping = std::time::Instant::now();
-    // The servers stop first: requests in flight finish with the node still whole (a network
-    // stream needs the block exchange and the peers it fetches from). Then everything else.
-    api_stop.cancel();
-    // A server's failure is returned only after the node has stopped in order (the engine
-    // writes the verified blocks it holds).
-    let mut served: anyhow::Result<()> = Ok(());
-    match tokio::time::timeout(SHUTDOWN_GRACE, api).await {
-        Ok(joined) => {
-            served = joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?));
-            if stopping.elapsed() >= REPORT_SHUTDOWN_WAIT {
-                info!(waited = ?stopping.elapsed(), "the requests in flight finished");
+    let graceful = async move {
+        let stopping = std::time::Instant::now();
+        // The servers stop first: requests in flight finish with the node still whole (a
+        // network stream needs the block exchange and the peers it fetches from). Then
+        // everything else.
+        api_stop.cancel();
+        // A server's failure is returned only after the node has stopped in order (the engine
+        // writes the verified blocks it holds). The REST and metrics servers finish at the
+        // same time, within one grace period.
+        let metrics_done = async move {
+            match metrics_server {
+                Some(m) => Some(tokio::time::timeout(SHUTDOWN_GRACE, m).await),
+                None => None,
             }
-        }
-        Err(_) => warn!("requests still running after the grace period were cut off"),
-    }
-    if let Some(m) = metrics_server {
-        match tokio::time::timeout(SHUTDOWN_GRACE, m).await {
+        };
+        let (api_done, metrics_done) =
+            tokio::join!(tokio::time::timeout(SHUTDOWN_GRACE, api), metrics_done);
+        let mut served: anyhow::Result<()> = Ok(());
+        match api_done {
             Ok(joined) => {
+                served = joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?));
+                if stopping.elapsed() >= REPORT_SHUTDOWN_WAIT {
+                    info!(waited = ?stopping.elapsed(), "the requests in flight finished");
+                }
+            }
+            Err(_) => warn!("requests still running after the grace period were cut off"),
+        }
+        match metrics_done {
+            Some(Ok(joined)) => {
                 let r = joined.map_err(anyhow::Error::from).and_then(|r| Ok(r?));
                 served = served.and(r);
             }
-            Err(_) => warn!("metrics scrapes still running after the grace period were cut off"),
+            Some(Err(_)) => {
+                warn!("metrics scrapes still running after the grace period were cut off");
+            }
+            None => {}
+        }
+        cancel.cancel();
+        while tasks.join_next().await.is_some() {}
+        // The engine writes the verified blocks it still holds before it stops.
+        node.stopped().await;
+        let _ = net_task.await;
+        drop(node);
+        served
+    };
+    tokio::select! {
+        done = tokio::time::timeout(SHUTDOWN_LIMIT, graceful) => match done {
+            Ok(served) => {
+                info!("stopped");
+                served
+            }
+            Err(_) => {
+                warn!(
+                    "the shutdown did not finish within {} s: stopping anyway",
+                    SHUTDOWN_LIMIT.as_secs()
+                );
+                anyhow::bail!(
+                    "the shutdown did not finish within {} s; stopped without waiting longer",
+                    SHUTDOWN_LIMIT.as_secs()
+                )
+            }
+        },
+        () = signals.next() => {
+            warn!(
+                "a second signal: stopping at once, without waiting for the requests in flight, \
+                 the network or the store"
+            );
+            // At once: no destructor, no wait for blocking work (the store is crash-safe).
+            std::process::exit(i32::from(exit::FAILURE));
         }
     }
-    cancel.cancel();
-    while tasks.join_next().await.is_some() {}
-    // The engine writes the verified blocks it still holds before it stops.
-    if tokio::time::timeout(SHUTDOWN_GRACE, node.stopped())
-        .await
-        .is_err()
-    {
-        warn!("the block-exchange engine did not stop within the grace period");
-    }
-    let _ = net_task.await;
-    drop(node);
-    info!("stopped");
-    served
 }
 
 /// The address book's file, in the data directory.
@@ -449,18 +502,30 @@ async fn start_dht(
         })
 }
 
-/// Registers for SIGINT and SIGTERM now (registration happens in this call, not when the
-/// future is first polled) and returns a future that ends at the first of them.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    Ok(async move {
+/// SIGINT and SIGTERM, registered for when made (not when first waited for): a node stopped
+/// as soon as it prints its REST line stops cleanly, and a second signal during the shutdown
+/// is heard.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    /// Ends at the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
         tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-    })
+    }
 }
 
 /// Writes a line for scripts to stdout. A node must not stop (`println!` panics) because

@@ -38,10 +38,32 @@ pub(crate) enum Align {
     Right,
 }
 
-/// A table: a header row and `rows`, columns as wide as their widest cell, separated by
+/// `text` with its control characters escaped as Rust writes them (`\u{1b}`, `\n`): text
+/// from a peer (a file name, an agent string) must not drive the terminal nor forge lines.
+pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// A table: a header row and `rows` (control characters escaped, see [`printable`]), columns as wide as their widest cell, separated by
 /// [`COLUMN_GAP`] spaces. The last column is not padded (it may be long: a file name, an
 /// address), and no line ends in spaces. Every line ends in a newline.
 pub(crate) fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let width = |s: &str| s.chars().count();
     let mut widths: Vec<usize> = columns.iter().map(|(h, _)| width(h)).collect();
     for row in rows {
@@ -77,8 +99,9 @@ pub(crate) fn table(columns: &[(&str, Align)], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Named fields, one per line, values aligned; a field with several values continues on
-/// indented lines, one without any shows `-`.
+/// Named fields, one per line, values aligned (control characters escaped, see
+/// [`printable`]); a field with several values continues on indented lines, one without any
+/// shows `-`.
 pub(crate) fn fields(rows: &[(&str, Vec<String>)]) -> String {
     let width = rows
         .iter()
@@ -88,8 +111,8 @@ pub(crate) fn fields(rows: &[(&str, Vec<String>)]) -> String {
         + COLUMN_GAP;
     let mut out = String::new();
     for (name, values) in rows {
-        let mut lines = values.iter();
-        let first = lines.next().map_or("-", String::as_str);
+        let mut lines = values.iter().map(|v| printable(v));
+        let first = lines.next().unwrap_or_else(|| "-".into());
         out.push_str(format!("{name:width$}{first}").trim_end());
         out.push('\n');
         for more in lines {
@@ -157,6 +180,27 @@ pub(crate) fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What tables and field lists print comes partly from peers (a remote file name in
+    /// `ls`, an agent string in `peers`): control characters in it are shown escaped, never
+    /// written to the terminal (an escape sequence could recolour it, move the cursor or
+    /// rewrite earlier lines; a newline would forge a row). Found by review.
+    #[test]
+    fn control_characters_from_peers_are_escaped() {
+        let evil = "a\x1b[2J\rb\nc\u{7}";
+        let t = table(
+            &[("A", Align::Left), ("B", Align::Left)],
+            &[vec![evil.into(), "ok".into()]],
+        );
+        assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
+        assert_eq!(t.lines().count(), 2, "{t:?}");
+        assert!(t.contains(r"a\u{1b}[2J\rb\nc\u{7}"), "{t:?}");
+        let f = fields(&[("agent", vec![evil.into()])]);
+        assert!(!f.chars().any(|c| c.is_control() && c != '\n'), "{f:?}");
+        // Other text is left as it is.
+        let t = table(&[("A", Align::Left)], &[vec!["été \"q\" \\ 日本".into()]]);
+        assert!(t.contains("été \"q\" \\ 日本"), "{t:?}");
+    }
 
     #[test]
     fn sizes() {

@@ -934,3 +934,65 @@ fn a_cut_download_says_what_happened() {
     );
     server.join().unwrap();
 }
+
+/// `cairn upload -` that the node refuses (here for its MIME type, as soon as it reads the
+/// headers) prints the error and exits while its stdin is still open and silent: the read of
+/// stdin no one waits for any more does not hold the process. It used to hang until stdin
+/// ended. Found by review.
+#[test]
+fn a_refused_stdin_upload_exits_without_waiting_for_stdin() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let mut child = Command::new(BIN)
+        .args(["upload", "-", "--mime", "not/a-type", "--api", &n.api])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held open, and nothing written.
+    let stdin = child.stdin.take().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            panic!("cairn upload - still runs after the node refused it");
+        }
+        std::thread::sleep(POLL);
+    };
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(INVALID), "{}", stderr(&o));
+    fails(&o, INVALID);
+}
+
+/// An input that cannot be read (mode 000) is found before the first input is sent, as the
+/// README says: exit 1 naming it, and nothing uploaded. (Only its metadata used to be looked
+/// at: the inputs before it went up, then it failed. Found by review.)
+#[test]
+fn an_unreadable_input_is_found_before_anything_is_uploaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+    common::open_to_other(dir.path(), false);
+    let readable = dir.path().join("readable.txt");
+    let unreadable = dir.path().join("unreadable.txt");
+    std::fs::write(&readable, b"anyone may read this").unwrap();
+    std::fs::write(&unreadable, b"no one may read this").unwrap();
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let o = common::cli_as_other(&[
+        "upload",
+        readable.to_str().unwrap(),
+        unreadable.to_str().unwrap(),
+        "--api",
+        &n.api,
+    ]);
+    let err = fails(&o, 1);
+    assert!(err.contains("unreadable.txt"), "{err}");
+    assert!(api_cids(&c, &n).is_empty(), "something was uploaded");
+}

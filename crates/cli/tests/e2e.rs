@@ -1256,3 +1256,231 @@ fn an_upload_expecting_100_continue_is_refused_before_it_is_sent() {
     assert_eq!(space["quotaReservedBytes"], 0);
     n.stop();
 }
+
+/// A FILE the user cannot write (read-only, or another user's) is still checked and resumed:
+/// it is only read, the rest goes to FILE.part, which then replaces it. A complete one is
+/// checked and left alone. (It used to be opened for writing just to be read: "cannot open",
+/// exit 1. Found by review.)
+#[test]
+fn download_resumes_a_file_it_cannot_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+    let data = random(3 * BLOCK + 999, 23);
+    let cid = upload(&c, &n, &data);
+    common::open_to_other(dir.path(), false);
+    let outdir = dir.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    common::open_to_other(&outdir, true);
+    let out = outdir.join("out.bin");
+    let read_only = |bytes: &[u8]| {
+        let _ = std::fs::remove_file(&out);
+        std::fs::write(&out, bytes).unwrap();
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o444)).unwrap();
+    };
+    let run = || {
+        let o = common::cli_as_other(&[
+            "download",
+            &cid,
+            "-o",
+            out.to_str().unwrap(),
+            "--api",
+            &n.api,
+        ]);
+        let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{stderr}");
+        assert!(std::fs::read(&out).unwrap() == data, "not the dataset");
+        assert!(!common::part_of(&out).exists());
+        stderr
+    };
+    read_only(&data[..100_000]);
+    let stderr = run();
+    assert!(stderr.contains("resuming"), "{stderr}");
+    read_only(&data);
+    let stderr = run();
+    assert!(stderr.contains("already holds"), "{stderr}");
+    n.stop();
+}
+
+/// `-o DIR` writes under a name the uploader chose, so an existing file of that name (or a
+/// `NAME.part`) is not cairn's to replace: unless its bytes are the dataset's first bytes, the
+/// download is refused (exit 1) and the file left as it was, `--no-resume` or not. A file that
+/// is a piece of the dataset is completed; a complete one is left alone. (A dataset named
+/// `.bashrc` downloaded with `-o ~` used to replace `~/.bashrc`, exit 0. Found by review.)
+#[test]
+fn download_into_a_directory_never_replaces_a_file_it_did_not_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+    let data = random(2 * BLOCK + 77, 29);
+    let cid = c
+        .post(n.url("/data"))
+        .header("content-disposition", "attachment; filename=\".bashrc\"")
+        .body(data.clone())
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let file = home.join(".bashrc");
+    let part = home.join(".bashrc.part");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "download",
+            cid.as_str(),
+            "-o",
+            home.to_str().unwrap(),
+            "--api",
+            &n.api,
+        ];
+        args.extend_from_slice(extra);
+        let o = cli(&args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let mine = b"alias ls='ls -F'\n".to_vec();
+    for extra in [&[][..], &["--no-resume"]] {
+        // The user's own file by that name, and the user's own NAME.part.
+        for (path, other) in [(&file, &part), (&part, &file)] {
+            std::fs::write(path, &mine).unwrap();
+            let (code, stderr) = run(extra);
+            assert_eq!(code, Some(1), "{extra:?} {path:?}: {stderr}");
+            assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+            assert!(stderr.contains("not replacing"), "{stderr}");
+            assert_eq!(
+                std::fs::read(path).unwrap(),
+                mine,
+                "{extra:?}: {path:?} changed"
+            );
+            assert!(!other.exists(), "{extra:?}: {other:?} was written");
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    // Longer than the dataset: not a piece of it.
+    let mut longer = data.clone();
+    longer.push(0);
+    std::fs::write(&file, &longer).unwrap();
+    assert_eq!(run(&[]).0, Some(1));
+    assert_eq!(std::fs::read(&file).unwrap(), longer);
+    // A piece of the dataset (as FILE, or as FILE.part): completed.
+    for path in [&file, &part] {
+        std::fs::remove_file(&file).ok();
+        std::fs::write(path, &data[..70_000]).unwrap();
+        let (code, stderr) = run(&[]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(std::fs::read(&file).unwrap() == data);
+        assert!(!part.exists());
+    }
+    // The whole dataset: checked and left alone.
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("already holds"), "{stderr}");
+    // Nothing there: a fresh download.
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(run(&["--no-resume"]).0, Some(0));
+    assert!(std::fs::read(&file).unwrap() == data);
+    n.stop();
+}
+
+/// `-o PATH` where PATH is not a regular file (a device, a pipe, a symlink) writes to it
+/// directly: no PATH.part, no resume, and the path is never replaced. (`-o /dev/null` used to
+/// exit 1, "exists and is not a file"; with `--no-resume` a symlink, FIFO or device there was
+/// replaced by a regular file. Found by review.)
+#[test]
+fn download_to_a_path_that_is_not_a_regular_file_writes_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
+    let c = client();
+    let data = random(2 * BLOCK + 5, 31);
+    let cid = upload(&c, &n, &data);
+    let download = |to: &str, extra: &[&str]| {
+        let mut args = vec!["download", cid.as_str(), "-o", to, "--api", &n.api];
+        args.extend_from_slice(extra);
+        let o = cli(&args);
+        assert!(
+            o.status.success(),
+            "{to}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    download("/dev/null", &[]);
+    assert!(download("/dev/stdout", &[]) == data, "stdout");
+    // A symlink stays one; the file it points at gets the dataset.
+    let real = dir.path().join("real.bin");
+    let link = dir.path().join("link.bin");
+    std::fs::write(&real, b"old").unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    for extra in [&["--no-resume"][..], &[]] {
+        download(link.to_str().unwrap(), extra);
+        let meta = std::fs::symlink_metadata(&link).unwrap();
+        assert!(
+            meta.file_type().is_symlink(),
+            "{extra:?}: the link was replaced"
+        );
+        assert!(std::fs::read(&real).unwrap() == data, "{extra:?}");
+        assert!(!common::part_of(&link).exists());
+    }
+    n.stop();
+}
+
+/// A second SIGTERM (or Ctrl-C) while the node shuts down stops it at once, saying so in its
+/// log, instead of waiting for the requests in flight (here an upload whose client sends
+/// nothing, which holds the shutdown for up to its 30 s). It used to be ignored. Found by
+/// review.
+#[test]
+fn a_second_signal_during_shutdown_stops_at_once() {
+    /// How soon the node must be gone after the second signal: far less than the 30 s the
+    /// stalled upload would hold it.
+    const AT_ONCE: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.txt");
+    let mut n = NodeProc::start_logging(&dir.path().join("node"), "info", &log);
+    let addr = n.api.trim_start_matches("http://").to_owned();
+    let mut upload = TcpStream::connect(&addr).unwrap();
+    upload
+        .write_all(
+            b"POST /api/codex/v1/data HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nsome",
+        )
+        .unwrap();
+    // The upload is in flight once the node has a reservation for it.
+    let c = client();
+    let deadline = Instant::now() + WAIT;
+    while space(&c, &n)["quotaReservedBytes"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n.terminate();
+    let logged = |text: &str| std::fs::read_to_string(&log).unwrap().contains(text);
+    while !logged("shutting down") {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not start shutting down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    n.terminate();
+    let second = Instant::now();
+    let status = loop {
+        if let Some(status) = n.try_wait() {
+            break status;
+        }
+        assert!(
+            second.elapsed() < AT_ONCE,
+            "the node still runs {:?} after a second SIGTERM",
+            second.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert!(
+        logged("stopping at once"),
+        "{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
+    drop(upload);
+}

@@ -116,6 +116,11 @@ impl NodeProc {
         self.wait_exit()
     }
 
+    /// The node's exit status if it has exited, without waiting.
+    pub(crate) fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
     /// Sends SIGTERM.
     pub(crate) fn terminate(&self) {
         let pid = self.child.id().to_string();
@@ -231,4 +236,52 @@ pub(crate) fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The user and group (`nobody`) a test runs the CLI as when it runs as root, whom no file
+/// mode stops: see [`cli_as_other`].
+pub(crate) const OTHER_ID: u32 = 65534;
+
+/// Whether the tests run as root.
+pub(crate) fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Runs the CLI as a user that does not own the files the test made: as root through
+/// `setpriv` as `nobody` ([`OTHER_ID`]); otherwise as the test's own user, for whom the file
+/// modes the test sets are enough. The test's directories must be open to that user
+/// ([`open_to_other`]).
+pub(crate) fn cli_as_other(args: &[&str]) -> std::process::Output {
+    let mut cmd = if is_root() {
+        let mut c = Command::new("setpriv");
+        let id = OTHER_ID.to_string();
+        c.args([
+            format!("--reuid={id}"),
+            format!("--regid={id}"),
+            "--clear-groups".into(),
+        ])
+        .arg(BIN);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    cmd.args(args).output().unwrap()
+}
+
+/// Lets the user of [`cli_as_other`] into `dir` (mode 0755) and, with `own`, gives it `dir`
+/// (so it may create and rename files there).
+pub(crate) fn open_to_other(dir: &Path, own: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if own && is_root() {
+        std::os::unix::fs::chown(dir, Some(OTHER_ID), Some(OTHER_ID)).unwrap();
+    }
+}
+
+/// `FILE.part`, where `cairn download -o FILE` writes before it renames.
+pub(crate) fn part_of(file: &Path) -> std::path::PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".part");
+    name.into()
 }
