@@ -100,9 +100,10 @@ pub async fn read_frame<R>(io: &mut R, max: usize) -> Result<Option<Bytes>, Fram
 where
     R: AsyncRead + Unpin,
 {
-    let Some(len) = read_frame_len(io, max).await? else {
+    let Some(first) = read_frame_start(io).await? else {
         return Ok(None);
     };
+    let len = read_frame_len(io, first, max).await?;
     let mut body = BytesMut::new();
     read_into(io, &mut body, len).await?;
     Ok(Some(body.freeze()))
@@ -125,9 +126,36 @@ pub async fn read_frame_parts<R>(io: &mut R, max: usize) -> Result<Option<FrameP
 where
     R: AsyncRead + Unpin,
 {
-    let Some(len) = read_frame_len(io, max).await? else {
+    let Some(first) = read_frame_start(io).await? else {
         return Ok(None);
     };
+    read_frame_parts_from(io, first, max).await.map(Some)
+}
+
+/// Waits for the first byte of the next frame; `Ok(None)` at a clean end of stream. The
+/// handler puts no deadline on this wait (a stream may rest between frames for as long as the
+/// connection lasts) and a deadline on [`read_frame_parts_from`], which reads the rest.
+pub async fn read_frame_start<R>(io: &mut R) -> io::Result<Option<u8>>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut byte = [0u8; 1];
+    if io.read(&mut byte).await? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(byte[0]))
+}
+
+/// [`read_frame_parts`] for a frame whose first byte, `first`, [`read_frame_start`] has read.
+pub async fn read_frame_parts_from<R>(
+    io: &mut R,
+    first: u8,
+    max: usize,
+) -> Result<FrameParts, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
+    let len = read_frame_len(io, first, max).await?;
     let mut parts = Vec::new();
     let mut small = BytesMut::new();
     let mut left = len;
@@ -178,23 +206,21 @@ where
     if !small.is_empty() {
         parts.push(small.freeze());
     }
-    Ok(Some(FrameParts { parts, len }))
+    Ok(FrameParts { parts, len })
 }
 
-/// Reads a frame's length prefix and checks it against `max`; `Ok(None)` at a clean end of
-/// stream.
-async fn read_frame_len<R>(io: &mut R, max: usize) -> Result<Option<usize>, FrameError>
+/// Reads the rest of a frame's length prefix, whose first byte is `first`, and checks it
+/// against `max`.
+async fn read_frame_len<R>(io: &mut R, first: u8, max: usize) -> Result<usize, FrameError>
 where
     R: AsyncRead + Unpin,
 {
     let mut prefix = [0u8; MAX_PREFIX_BYTES];
-    let mut n = 0;
-    loop {
+    prefix[0] = first;
+    let mut n = 1;
+    while !unsigned_varint::decode::is_last(prefix[n - 1]) {
         let mut byte = [0u8; 1];
         if io.read(&mut byte).await? == 0 {
-            if n == 0 {
-                return Ok(None);
-            }
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
         if n == MAX_PREFIX_BYTES {
@@ -202,13 +228,10 @@ where
         }
         prefix[n] = byte[0];
         n += 1;
-        if unsigned_varint::decode::is_last(byte[0]) {
-            break;
-        }
     }
     let (len, _) = unsigned_varint::decode::u64(&prefix[..n]).map_err(|_| FrameError::BadPrefix)?;
     match usize::try_from(len) {
-        Ok(l) if l <= max => Ok(Some(l)),
+        Ok(l) if l <= max => Ok(l),
         _ => Err(FrameError::TooLarge { len, max }),
     }
 }

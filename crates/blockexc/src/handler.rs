@@ -13,7 +13,9 @@
 //! Frames are decoded and checked here ([`Message::decode`], which hashes delivered blocks), on
 //! the connection's task rather than the swarm's. A frame that breaks a limit or does not decode
 //! closes the stream it came on and is reported as a [`Violation`]; the connection and the
-//! peer's other streams carry on, as in the reference.
+//! peer's other streams carry on, as in the reference. So does a frame that has started (its
+//! first byte arrived) and is not complete within [`Config::frame_read_timeout`]
+//! ([`Violation::FrameTimeout`]); a stream that rests between frames has no deadline.
 //!
 //! Backpressure: the handler reads the next frame only after the previous message has been
 //! handed to the behaviour, and the swarm takes handler events only as fast as its owner polls
@@ -23,6 +25,7 @@ use std::{
     collections::VecDeque,
     io,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use futures::{
@@ -45,7 +48,7 @@ use tracing::debug;
 
 use crate::{
     Config, DecodeError, Frame, Message, Metrics, PROTOCOL, Violation,
-    codec::{FrameError, read_frame_parts, wire_len, write_frame},
+    codec::{FrameError, read_frame_parts_from, read_frame_start, wire_len, write_frame},
 };
 
 /// Identifies one send request until it is written or has failed.
@@ -110,6 +113,68 @@ impl Closable for futures::io::ReadHalf<Stream> {
         // through the `End` item).
         futures::future::ready(()).boxed()
     }
+}
+
+/// The limits a reading stream applies, copied from [`Config`].
+#[derive(Debug, Clone, Copy)]
+struct ReadLimits {
+    max_frame_bytes: usize,
+    frame_read_timeout: Duration,
+}
+
+impl From<&Config> for ReadLimits {
+    fn from(config: &Config) -> ReadLimits {
+        ReadLimits {
+            max_frame_bytes: config.max_frame_bytes,
+            frame_read_timeout: config.frame_read_timeout,
+        }
+    }
+}
+
+/// Reads and decodes the next frame of `reader`. `Err(None)`: the stream ended between frames
+/// or failed; `Err(Some(_))`: the peer broke the protocol, and the stream has been closed.
+async fn read_next<R>(
+    reader: &mut R,
+    limits: ReadLimits,
+    metrics: &Metrics,
+) -> Result<Box<Message>, Option<Violation>>
+where
+    R: Closable,
+{
+    // No deadline for the first byte: a stream may rest between frames as long as it likes.
+    let first = match read_frame_start(reader).await {
+        Ok(Some(first)) => first,
+        Ok(None) => return Err(None),
+        Err(e) => {
+            debug!(error = %e, "blockexc stream read failed");
+            return Err(None);
+        }
+    };
+    // Once a frame has started, all of it must arrive within the deadline: the bytes of a
+    // frame that never completes would otherwise stay buffered for the life of the connection.
+    let read = read_frame_parts_from(reader, first, limits.max_frame_bytes);
+    let violation = match tokio::time::timeout(limits.frame_read_timeout, read).await {
+        Err(_elapsed) => Violation::FrameTimeout {
+            after: limits.frame_read_timeout,
+        },
+        Ok(Ok(body)) => {
+            metrics.bytes_received.inc_by(wire_len(body.len) as u64);
+            metrics.messages_received.inc();
+            match Message::decode_parts(body) {
+                Ok(m) => return Ok(Box::new(m)),
+                Err(e) => Violation::Decode(e),
+            }
+        }
+        Ok(Err(FrameError::TooLarge { len, max })) => Violation::FrameTooLarge { len, max },
+        Ok(Err(FrameError::BadPrefix)) => Violation::BadFramePrefix,
+        Ok(Err(FrameError::Malformed(what))) => Violation::Decode(DecodeError::Framing(what)),
+        Ok(Err(FrameError::Io(e))) => {
+            debug!(error = %e, "blockexc stream read failed");
+            return Err(None);
+        }
+    };
+    reader.close_stream().await;
+    Err(Some(violation))
 }
 
 /// A finished write: the writer back, the send, and the bytes written.
@@ -181,49 +246,19 @@ impl Handler {
     where
         R: Closable,
     {
-        let max = self.config.max_frame_bytes;
+        let limits = ReadLimits::from(&self.config);
         let metrics = self.metrics.clone();
         let stream = futures::stream::unfold(Some((reader, metrics)), move |state| async move {
             let (mut reader, metrics) = state?;
-            let end = |violation| {
-                Some((
+            match read_next(&mut reader, limits, &metrics).await {
+                Ok(m) => Some((ReadItem::Message(m), Some((reader, metrics)))),
+                Err(violation) => Some((
                     ReadItem::End {
                         violation,
                         generation,
                     },
                     None,
-                ))
-            };
-            let read = read_frame_parts(&mut reader, max).await;
-            if let Ok(Some(body)) = &read {
-                metrics.bytes_received.inc_by(wire_len(body.len) as u64);
-                metrics.messages_received.inc();
-            }
-            match read {
-                Ok(Some(body)) => match Message::decode_parts(body) {
-                    Ok(m) => Some((ReadItem::Message(Box::new(m)), Some((reader, metrics)))),
-                    Err(e) => {
-                        reader.close_stream().await;
-                        end(Some(Violation::Decode(e)))
-                    }
-                },
-                Ok(None) => end(None),
-                Err(FrameError::TooLarge { len, max }) => {
-                    reader.close_stream().await;
-                    end(Some(Violation::FrameTooLarge { len, max }))
-                }
-                Err(FrameError::BadPrefix) => {
-                    reader.close_stream().await;
-                    end(Some(Violation::BadFramePrefix))
-                }
-                Err(FrameError::Malformed(what)) => {
-                    reader.close_stream().await;
-                    end(Some(Violation::Decode(DecodeError::Framing(what))))
-                }
-                Err(FrameError::Io(e)) => {
-                    debug!(error = %e, "blockexc stream read failed");
-                    end(None)
-                }
+                )),
             }
         });
         self.readers.push(stream.boxed());
@@ -402,5 +437,263 @@ impl ConnectionHandler for Handler {
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    use bytes::Bytes;
+    use cairn_core::{BlockAddress, cid::block_cid};
+    use futures::{SinkExt, TryStreamExt, channel::mpsc, stream::IntoAsyncRead};
+    use libp2p::{Multiaddr, Swarm, SwarmBuilder, noise, swarm::SwarmEvent, tcp, yamux};
+    use tokio::time::{Instant, timeout};
+
+    use super::*;
+    use crate::{Behaviour, Event, FRAME_READ_TIMEOUT, WantEntry};
+
+    type Chunks = mpsc::Receiver<io::Result<Vec<u8>>>;
+
+    /// A stream the test feeds chunk by chunk; it stays open (and silent) while the sender lives.
+    struct TestStream {
+        inner: IntoAsyncRead<Chunks>,
+        closed: Arc<AtomicBool>,
+    }
+
+    impl futures::AsyncRead for TestStream {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl Closable for TestStream {
+        fn close_stream(&mut self) -> BoxFuture<'_, ()> {
+            self.closed.store(true, Ordering::SeqCst);
+            futures::future::ready(()).boxed()
+        }
+    }
+
+    fn test_stream() -> (
+        mpsc::Sender<io::Result<Vec<u8>>>,
+        TestStream,
+        Arc<AtomicBool>,
+    ) {
+        let (tx, rx) = mpsc::channel(16);
+        let closed = Arc::new(AtomicBool::new(false));
+        let stream = TestStream {
+            inner: rx.into_async_read(),
+            closed: closed.clone(),
+        };
+        (tx, stream, closed)
+    }
+
+    fn want(i: u64) -> Message {
+        Message::wants(
+            vec![WantEntry::have(BlockAddress::Leaf {
+                tree: block_cid(b"t"),
+                index: i,
+            })],
+            false,
+        )
+    }
+
+    /// A frame announcing a 993-byte body (one 990-byte want-list field) of which only the
+    /// first 10 bytes follow: a peer that starts a frame and stops.
+    fn partial_frame() -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(unsigned_varint::encode::usize(
+            993,
+            &mut unsigned_varint::encode::usize_buffer(),
+        ));
+        bytes.extend_from_slice(&[0x0a, 0xde, 0x07]); // field 1, length-delimited, 990 bytes
+        bytes.extend_from_slice(&[0; 7]);
+        bytes
+    }
+
+    /// With the default deadline (and tokio's clock paused, so nothing really waits): a stream
+    /// that rests between frames for ten deadlines is not given up, and a frame that then
+    /// arrives in two pieces 20 s apart is read; a frame that starts and stalls is given up at
+    /// the deadline, the stream is closed and the peer is reported for `FrameTimeout`.
+    #[tokio::test(start_paused = true)]
+    async fn a_started_frame_must_complete_within_the_deadline_an_idle_stream_need_not() {
+        let limits = ReadLimits::from(&Config::default());
+        let metrics = Metrics::default();
+        let (mut tx, mut stream, closed) = test_stream();
+        {
+            let read = read_next(&mut stream, limits, &metrics);
+            futures::pin_mut!(read);
+            assert!(
+                timeout(10 * FRAME_READ_TIMEOUT, &mut read).await.is_err(),
+                "an idle stream ended"
+            );
+            let frame = want(1).to_frame().as_bytes().to_vec();
+            let (head, tail) = frame.split_at(frame.len() / 2);
+            tx.send(Ok(head.to_vec())).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(20)).await; // paused clock: advances at once
+            tx.send(Ok(tail.to_vec())).await.unwrap();
+            let got = timeout(FRAME_READ_TIMEOUT, &mut read)
+                .await
+                .expect("the frame was not read");
+            assert_eq!(*got.expect("the frame was refused"), want(1));
+        }
+        assert!(!closed.load(Ordering::SeqCst));
+
+        tx.send(Ok(partial_frame())).await.unwrap();
+        let started = Instant::now();
+        let got = timeout(
+            10 * FRAME_READ_TIMEOUT,
+            read_next(&mut stream, limits, &metrics),
+        )
+        .await
+        .expect("a stalled frame was held past ten deadlines");
+        assert!(
+            matches!(
+                got,
+                Err(Some(Violation::FrameTimeout { after })) if after == FRAME_READ_TIMEOUT
+            ),
+            "{got:?}"
+        );
+        assert!(started.elapsed() <= FRAME_READ_TIMEOUT + Duration::from_secs(1));
+        assert!(closed.load(Ordering::SeqCst), "the stream was not closed");
+        drop(tx);
+    }
+
+    fn swarm(config: Config) -> Swarm<Behaviour> {
+        SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| Behaviour::new(config))
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build()
+    }
+
+    /// Two swarms on loopback, the receiver with a short deadline: a peer that starts a frame
+    /// and stops is reported for `FrameTimeout` once the deadline has passed, and its next
+    /// message (on a fresh stream, since the receiver closed the stalled one) still arrives on
+    /// the same connection.
+    #[tokio::test]
+    async fn a_stalled_frame_is_a_violation_and_the_connection_stays() {
+        const WAIT: Duration = Duration::from_secs(10);
+        let deadline = Duration::from_millis(500);
+        let mut sender = swarm(Config::default());
+        let mut receiver = swarm(Config {
+            frame_read_timeout: deadline,
+            ..Config::default()
+        });
+        let receiver_id = *receiver.local_peer_id();
+        receiver
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr: Multiaddr = timeout(WAIT, async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = receiver.select_next_some().await
+                {
+                    return address;
+                }
+            }
+        })
+        .await
+        .expect("no listen address");
+        sender.dial(addr).unwrap();
+
+        // Drives both swarms until the receiver's next block-exchange event (`None` if none
+        // comes within `wait`); fails if a connection closes.
+        async fn next_event(
+            sender: &mut Swarm<Behaviour>,
+            receiver: &mut Swarm<Behaviour>,
+            wait: Duration,
+        ) -> Option<Event> {
+            timeout(wait, async {
+                loop {
+                    tokio::select! {
+                        ev = sender.select_next_some() => {
+                            assert!(!matches!(ev, SwarmEvent::ConnectionClosed { .. }), "{ev:?}");
+                        }
+                        ev = receiver.select_next_some() => match ev {
+                            SwarmEvent::Behaviour(ev) => return ev,
+                            SwarmEvent::ConnectionClosed { .. } => panic!("{ev:?}"),
+                            _ => {}
+                        },
+                    }
+                }
+            })
+            .await
+            .ok()
+        }
+        timeout(WAIT, async {
+            loop {
+                tokio::select! {
+                    ev = sender.select_next_some() => {
+                        if let SwarmEvent::ConnectionEstablished { .. } = ev {
+                            return;
+                        }
+                    }
+                    _ = receiver.select_next_some() => {}
+                }
+            }
+        })
+        .await
+        .expect("no connection");
+
+        sender
+            .behaviour_mut()
+            .send(&receiver_id, want(1).to_frame())
+            .unwrap();
+        match next_event(&mut sender, &mut receiver, WAIT).await {
+            Some(Event::Message { message, .. }) => assert_eq!(*message, want(1)),
+            ev => panic!("want(1): {ev:?}"),
+        }
+
+        sender
+            .behaviour_mut()
+            .send(&receiver_id, Frame::new(Bytes::from(partial_frame())))
+            .unwrap();
+        let started = Instant::now();
+        match next_event(&mut sender, &mut receiver, WAIT).await {
+            Some(Event::Violation {
+                violation: Violation::FrameTimeout { after },
+                ..
+            }) => assert_eq!(after, deadline),
+            ev => panic!("stalled frame: {ev:?}"),
+        }
+        assert!(started.elapsed() >= deadline);
+
+        // The sender notices the close and reopens; the next message arrives on the same
+        // connection. (A send right after the close may race it and be lost, as with the
+        // reference: retry a few times.)
+        let mut got = None;
+        for i in 10..20 {
+            sender
+                .behaviour_mut()
+                .send(&receiver_id, want(i).to_frame())
+                .unwrap();
+            match next_event(&mut sender, &mut receiver, Duration::from_millis(500)).await {
+                Some(Event::Message { message, .. }) => {
+                    got = Some(*message);
+                    break;
+                }
+                None => {}
+                Some(ev) => panic!("after the stalled frame: {ev:?}"),
+            }
+        }
+        let got = got.expect("no message after the stalled frame");
+        assert!(matches!(
+            got.wantlist[0].address,
+            BlockAddress::Leaf { index, .. } if index >= 10
+        ));
     }
 }

@@ -24,6 +24,8 @@
 //! connection and every other peer are unaffected.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+use std::time::Duration;
+
 pub mod behaviour;
 pub mod codec;
 pub mod handler;
@@ -68,6 +70,15 @@ pub const MAX_INBOUND_STREAMS_PER_CONNECTION: usize = 8;
 /// far less in flight per peer; this is the hard stop behind it.
 pub const MAX_QUEUED_BYTES_PER_PEER: usize = 24 * 1024 * 1024;
 
+/// How long a frame may take to arrive once its first byte has: 30 s. The largest legitimate
+/// message (20 blocks of 64 KiB with proofs, about 1.3 MB) arrives in 13 s even at 100 KB/s, so
+/// an honest peer on a slow link has more than twice what it needs. Without a deadline a peer
+/// could announce a frame of almost [`MAX_FRAME_BYTES`], send all but its last byte on every
+/// inbound stream of both its connections and stop, and we held the ~128 MiB for as long as the
+/// connection lasted (found by review). A stream resting *between* frames has no deadline: the
+/// reference keeps its stream open for the life of the connection.
+pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How a peer broke the protocol.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -92,6 +103,13 @@ pub enum Violation {
         /// The limit.
         max: usize,
     },
+    /// A frame started (its first byte arrived) and was not complete within
+    /// [`Config::frame_read_timeout`].
+    #[error("frame not complete {after:?} after its first byte")]
+    FrameTimeout {
+        /// The deadline it missed.
+        after: Duration,
+    },
 }
 
 /// Protocol limits (defaults: the constants above).
@@ -103,6 +121,8 @@ pub struct Config {
     pub max_inbound_streams: usize,
     /// Bytes queued per peer.
     pub max_queued_bytes_per_peer: usize,
+    /// How long a frame may take to arrive once its first byte has.
+    pub frame_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -111,6 +131,7 @@ impl Default for Config {
             max_frame_bytes: MAX_FRAME_BYTES,
             max_inbound_streams: MAX_INBOUND_STREAMS_PER_CONNECTION,
             max_queued_bytes_per_peer: MAX_QUEUED_BYTES_PER_PEER,
+            frame_read_timeout: FRAME_READ_TIMEOUT,
         }
     }
 }
