@@ -105,6 +105,12 @@ const REOPEN_RETRY: Duration = Duration::from_secs(1);
 /// refused write instead).
 const MAX_DISK_FAILURES: usize = 1024;
 
+/// Upload sessions whose rollback failed that the store remembers to end later
+/// ([`Store::retry_failed_rollbacks`]); past this many, the rest are rolled back at the next
+/// start (a failed rollback means the index cannot be written, so they come in bursts of the
+/// uploads running when the disk filled, far fewer than this).
+const MAX_FAILED_ROLLBACKS: usize = 1024;
+
 /// Opens the index database again (after it failed).
 type IndexOpener = Box<dyn Fn() -> Result<Database, StoreError> + Send + Sync>;
 
@@ -292,6 +298,10 @@ pub(crate) struct Inner {
     /// The dataset (tree CID bytes) the last maintenance pass stopped at when settling trees;
     /// empty for the start.
     settle_cursor: Mutex<Vec<u8>>,
+    /// Upload sessions given up whose rollback failed (the index could not be written): ended
+    /// by the next maintenance pass or reclaimer round that can ([`Store::retry_failed_rollbacks`]),
+    /// at most [`MAX_FAILED_ROLLBACKS`].
+    failed_rollbacks: Mutex<Vec<u64>>,
 }
 
 impl Inner {
@@ -536,6 +546,7 @@ impl Store {
             pins: Mutex::new(HashMap::new()),
             reclaim_wake: Mutex::new(None),
             settle_cursor: Mutex::new(Vec::new()),
+            failed_rollbacks: Mutex::new(Vec::new()),
         });
         let store = Store { inner };
         store.recover()?;
@@ -652,6 +663,60 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Removes upload segment `seg` if nothing live is left in it (a session that ended without
+    /// listing anything, or a re-upload of stored data).
+    pub(crate) fn drop_upload_segment_if_empty(&self, seg: u64) -> Result<(), StoreError> {
+        if self.write(0, |t| t.remove_segment_if_empty(seg))? {
+            self.inner.segs.remove(seg)?;
+        }
+        Ok(())
+    }
+
+    /// Remembers upload session `session`, whose rollback failed, to be ended later
+    /// ([`Store::retry_failed_rollbacks`]). Returns whether it is remembered (otherwise the
+    /// next start ends it).
+    pub(crate) fn note_failed_rollback(&self, session: u64) -> bool {
+        let mut failed = self.inner.failed_rollbacks.lock();
+        if failed.contains(&session) {
+            return true;
+        }
+        if failed.len() >= MAX_FAILED_ROLLBACKS {
+            return false;
+        }
+        failed.push(session);
+        true
+    }
+
+    /// Ends the upload sessions whose rollback failed (the index could not be written as they
+    /// were given up, typically on a full disk): until then each kept its segment on the disk,
+    /// the leaves it had committed counted as used and its dataset held. Before, they stayed
+    /// until the next start (found by review). Holds the finish lock, as a rollback does; with
+    /// `wait` false, a finish holding it means "not now". A session that fails again stays
+    /// remembered for the next try.
+    pub(crate) fn retry_failed_rollbacks(&self, wait: bool) -> Result<(), StoreError> {
+        let sessions = self.inner.failed_rollbacks.lock().clone();
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let serial = if wait {
+            self.inner.finish_lock.lock()
+        } else {
+            match self.inner.finish_lock.try_lock() {
+                Some(g) => g,
+                None => return Ok(()),
+            }
+        };
+        for session in sessions {
+            self.end_session(session)?;
+            self.drop_upload_segment_if_empty(session)?;
+            self.inner.failed_rollbacks.lock().retain(|s| *s != session);
+            info!(session, "rolled back an upload whose rollback had failed");
+        }
+        drop(serial);
+        self.reclaim_now()?;
+        Ok(())
     }
 
     /// Runs `f` in one write transaction and commits it. `own_reservation` is the caller's own
@@ -1883,10 +1948,14 @@ impl Store {
         }
     }
 
-    /// One maintenance pass at time `now` (unix seconds): expires up to `maintenance_batch`
-    /// manifests and standalone blocks whose TTL has passed, reclaims deleted datasets, then
-    /// runs one compaction pass ([`Store::compact`]).
+    /// One maintenance pass at time `now` (unix seconds): ends uploads whose rollback failed
+    /// ([`Store::retry_failed_rollbacks`]), expires up to `maintenance_batch` manifests and
+    /// standalone blocks whose TTL has passed, reclaims deleted datasets, then runs one
+    /// compaction pass ([`Store::compact`]).
     pub fn maintenance(&self, now: u64) -> Result<MaintenanceReport, StoreError> {
+        if let Err(e) = self.retry_failed_rollbacks(true) {
+            warn!(error = %e, "rolling back uploads whose rollback failed failed again; tried again later");
+        }
         let batch = self.inner.cfg.maintenance_batch.max(1);
         let expired = self.write(0, |t| {
             let due: Vec<Vec<u8>> = t
@@ -2083,6 +2152,11 @@ fn reclaim_loop(weak: &Weak<Inner>, rx: &Receiver<()>) {
         }
         let Some(inner) = weak.upgrade() else { return };
         let store = Store { inner };
+        // Uploads whose rollback failed (a full disk) are ended as soon as the index can be
+        // written again, not at the next maintenance pass.
+        if let Err(e) = store.retry_failed_rollbacks(false) {
+            debug!(error = %e, "uploads whose rollback failed are still not rolled back");
+        }
         match store.reclaim_now() {
             Ok(0) => {}
             Ok(n) => {
@@ -2609,6 +2683,71 @@ mod tests {
         assert!(matches!(err, StoreError::IndexUnavailable(_)), "{err}");
         assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
         assert_eq!(store.inner.upload_appended.load(Ordering::SeqCst), 0);
+    }
+
+    /// The disk of [`a_rollback_that_failed_is_retried_by_maintenance`], filled by its hook.
+    static ROLLBACK_DISK_FULL: std::sync::LazyLock<Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::LazyLock::new(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+
+    /// Fills the disk once an upload's finish has committed its first leaf batch.
+    fn fill_after_first_batch(point: &'static str) {
+        if point == "finish:leaf-batch" {
+            ROLLBACK_DISK_FULL.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// An upload whose finish fails on a full disk is rolled back as it is dropped, and that
+    /// rollback fails too (the index is unavailable until it is reopened). Its session used to
+    /// stay until the next start: its segment on the full disk, its committed leaves counted
+    /// as used, its dataset held (found by review). The store now remembers it and ends it
+    /// once the index can be written again (here: the next maintenance pass).
+    #[test]
+    fn a_rollback_that_failed_is_retried_by_maintenance() {
+        const BS: usize = 64 * 1024;
+        let dir = tempfile::TempDir::new().unwrap();
+        let full = ROLLBACK_DISK_FULL.clone();
+        let open = filling_disk(dir.path(), &full);
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            leaf_batch: 1,
+            crash_hook: Some(fill_after_first_batch),
+            ..StoreConfig::default()
+        };
+        let store = Store::open_with(dir.path(), cfg, open).unwrap();
+        let mut w = store.begin_dataset().unwrap();
+        for i in 0..3u8 {
+            w.write(&Block::data_block(Bytes::from(vec![i; BS])))
+                .unwrap();
+        }
+        let err = w
+            .finish(crate::DatasetMeta {
+                dataset_size: 3 * BS as u64,
+                block_size: BS as u64,
+                filename: None,
+                mimetype: None,
+            })
+            .unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        assert!(store.disk_bytes().unwrap() >= 3 * BS as u64);
+
+        full.store(false, Ordering::SeqCst);
+        // As if `REOPEN_RETRY` had passed since the rollback's try to reopen the index.
+        *store.inner.last_reopen.lock() = None;
+        let audit = store.audit().unwrap();
+        assert_eq!(audit.open_sessions, 1, "the rollback could not be written");
+        store.maintenance(now_secs()).unwrap();
+        let audit = store.audit().unwrap();
+        assert_eq!(audit.open_sessions, 0, "{audit:?}");
+        assert_eq!(audit.used_actual, 0, "{audit:?}");
+        assert_eq!(audit.used_recorded, 0, "{audit:?}");
+        assert!(audit.segments_consistent, "{audit:?}");
+        assert_eq!(store.space().unwrap().quota_used_bytes, 0);
+        assert_eq!(
+            store.disk_bytes().unwrap(),
+            0,
+            "the upload's segment is gone"
+        );
+        assert!(!store.reclaim_pending().unwrap());
     }
 
     static FREE_SPACE: AtomicU64 = AtomicU64::new(u64::MAX);
