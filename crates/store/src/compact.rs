@@ -22,7 +22,9 @@
 //!    the picked segments (at most [`COMPACT_PASS_BLOCKS`] and [`COMPACT_PASS_BYTES`] per pass;
 //!    the rest waits for the next pass). They are copied in segment-offset order, so the old files are read
 //!    sequentially.
-//! 3. **Copy, sync, commit, per batch** of [`COMPACT_BATCH_BLOCKS`]: each block is read and
+//! 3. **Copy, sync, commit, per batch** of [`COMPACT_BATCH_BLOCKS`], while the disk has room
+//!    for the batch beyond the headroom kept for the index and what reservations will still
+//!    write (otherwise the pass stops, and the rest waits for a later one): each block is read and
 //!    checked against its checksum (a block that fails stays where it is, is counted and logged,
 //!    and is never copied), appended to a new segment of the pass, the new segment is
 //!    `fdatasync`ed, and then one transaction points each row at its copy if the row still
@@ -203,7 +205,10 @@ impl Store {
             return Ok(report);
         }
         let moves = self.live_blocks_in(&picked)?;
-        if !moves.is_empty() {
+        // Copies take disk until the old files go: none is started that the disk has no room
+        // for (the first batch; `copy_into` checks each one).
+        let first = &moves[..moves.len().min(COMPACT_BATCH_BLOCKS)];
+        if !moves.is_empty() && self.room_to_copy(first).is_ok() {
             self.copy_blocks(&moves, &mut report)?;
         }
         // The picked segments that are gone now were freed by this pass.
@@ -384,6 +389,9 @@ impl Store {
         let mut w = self.inner.segs.create(dest, WriteMode::Buffered)?;
         self.inner.segs.sync_dir()?;
         for batch in moves.chunks(COMPACT_BATCH_BLOCKS) {
+            if self.room_to_copy(batch).is_err() {
+                break; // the rest waits for a pass with room; what moved stays moved
+            }
             let mut copied: Vec<(&Move, Loc)> = Vec::with_capacity(batch.len());
             for m in batch {
                 let Some(block) = self.read_for_copy(m, report)? else {
@@ -421,6 +429,22 @@ impl Store {
             self.hook("compact:committed");
         }
         Ok(())
+    }
+
+    /// Whether the disk has room to copy `batch` beside the headroom kept for the index
+    /// ([`MIN_DISK_HEADROOM`](crate::MIN_DISK_HEADROOM)) and what reservations will still
+    /// write (`Inner::disk_room`): a pass borrows disk until the old files go, and copying
+    /// without looking ate room promised to uploads and downloads and ran into `ENOSPC`, after
+    /// which the index could be marked failed (found by review). Logged when it has not.
+    fn room_to_copy(&self, batch: &[Move]) -> Result<(), StoreError> {
+        let bytes = batch.iter().fold(0u64, |n, m| n.saturating_add(m.rec.len));
+        let uploads = self.inner.reserved.lock();
+        let room = self.inner.disk_room(*uploads, bytes, 0);
+        drop(uploads);
+        if let Err(e) = &room {
+            info!(error = %e, "compaction waits for disk room to copy blocks");
+        }
+        room
     }
 
     /// Reads a block to copy and checks it. `None`: gone since it was collected, or corrupt
@@ -685,6 +709,51 @@ mod tests {
             store.read_verified(blocks[1].cid(), gone),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    static FREE_SPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+    /// A pass copies only what the disk has room for beyond the headroom kept for the index
+    /// (`MIN_DISK_HEADROOM`) and what reservations will still write. Before, it copied up to
+    /// `COMPACT_PASS_BYTES` whatever was free, eating room promised to uploads and downloads
+    /// and running into `ENOSPC`, after which the index could be marked failed (found by review).
+    #[test]
+    fn a_pass_without_disk_room_for_its_copies_moves_nothing() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            segment_roll_bytes: 256 * BS as u64,
+            free_space_hook: Some(|| FREE_SPACE.load(Ordering::SeqCst)),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        let blocks: Vec<Block> = (0..257).map(block).collect();
+        for b in &blocks {
+            store.put_block(b).unwrap();
+        }
+        for b in blocks[..256].iter().skip(1).step_by(2) {
+            store.delete(b.cid()).unwrap();
+        }
+        let disk = store.disk_bytes().unwrap();
+        // Room for a few blocks, not for the 128 live ones (8 MiB) of the half-dead segment.
+        FREE_SPACE.store(crate::MIN_DISK_HEADROOM + 4 * BS as u64, Ordering::SeqCst);
+        let r = store.compact().unwrap();
+        assert_eq!(r, CompactReport::default(), "nothing copied");
+        assert_eq!(store.disk_bytes().unwrap(), disk);
+        // Room reserved by an upload is not the pass's either.
+        FREE_SPACE.store(crate::MIN_DISK_HEADROOM + 8 * MIB + MIB, Ordering::SeqCst);
+        let mut w = store.begin_dataset().unwrap();
+        w.reserve(2 * MIB).unwrap();
+        assert_eq!(store.compact().unwrap(), CompactReport::default());
+        drop(w);
+        // With room, the same pass goes ahead.
+        let r = store.compact().unwrap();
+        assert_eq!(r.moved_blocks, 128, "{r:?}");
+        assert_eq!(r.segments_freed, 1, "{r:?}");
+        for b in blocks[..256].iter().step_by(2) {
+            assert_eq!(store.get_block(b.cid()).unwrap().unwrap().data(), b.data());
+        }
     }
 
     fn seg(id: u64, live: u64, size: u64) -> SegmentUse {

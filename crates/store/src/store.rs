@@ -88,7 +88,7 @@ const INDEX_FILE: &str = "index.redb";
 
 /// Free disk space a write must leave beyond its own bytes, at least: room for the index to
 /// commit and grow (redb grows its file in doubling steps, so the room kept is also at least
-/// the index file's size) and for compaction to copy a segment's live blocks. A write that
+/// the index file's size). Compaction copies only into room beyond it too. A write that
 /// would eat into it fails with [`StoreError::DiskFull`] before anything is written, so an
 /// upload or a download that cannot fit stops cleanly instead of filling the disk.
 pub const MIN_DISK_HEADROOM: u64 = 32 * 1024 * 1024;
