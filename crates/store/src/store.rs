@@ -1613,7 +1613,9 @@ impl Store {
     /// leaves and must have `tree` as its root. Returns the number of proofs dropped: 0 when the
     /// dataset is not active, not complete or already kept this way. Safe beside anything else:
     /// the tree is written before any proof goes, each batch is its own transaction, and it
-    /// stops when the dataset is being deleted.
+    /// stops when the dataset is being deleted or is no longer whole (deleted and listed again
+    /// meanwhile: each transaction checks the dataset is active with its tree stored, and the
+    /// tree is stored only while every leaf is).
     pub fn settle_tree(&self, tree: &Cid) -> Result<u64, StoreError> {
         self.hook("settle_tree");
         let key = tree.to_bytes();
@@ -1657,14 +1659,24 @@ impl Store {
                 "the stored leaves do not make their dataset's tree",
             ));
         }
-        let active = |t: &Tables<'_>| -> Result<bool, StoreError> {
-            Ok(t.get_dataset(&key)?.is_some_and(|d| d.state == DS_ACTIVE))
+        // The dataset may have been deleted, reclaimed, listed again and downloaded in part
+        // since the read (or between two batches below): each transaction acts only on a
+        // dataset that is whole now. An active dataset with a stored tree is whole (see
+        // `first_missing_leaf`); one without gets the tree only if every leaf is still stored.
+        // Before, only "active" was checked, and a newer partial copy of the dataset got the
+        // tree or lost its proofs (found by review).
+        let active = |t: &Tables<'_>| -> Result<Option<DatasetRec>, StoreError> {
+            Ok(t.get_dataset(&key)?.filter(|d| d.state == DS_ACTIVE))
         };
         let go = self.write(0, |t| {
-            if !active(t)? {
+            let Some(ds) = active(t)? else {
                 return Ok(false);
-            }
+            };
             if !has_tree(&t.trees, &key)? {
+                // One scan of the leaf keys, as the read above made.
+                if ds.nleaves != nleaves || !t.has_every_leaf(&key, nleaves)? {
+                    return Ok(false);
+                }
                 put_tree(&mut t.trees, &key, &built)?;
             }
             Ok(true)
@@ -1675,7 +1687,9 @@ impl Store {
         while go && start < nleaves {
             let end = (start + SETTLE_BATCH).min(nleaves);
             let done = self.write(0, |t| {
-                if !active(t)? {
+                // The tree goes with the dataset's last leaf when it is reclaimed: a copy listed
+                // again since has none until it is whole.
+                if active(t)?.is_none() || !has_tree(&t.trees, &key)? {
                     return Ok(None);
                 }
                 let range = (key.as_slice(), start)..(key.as_slice(), end);
