@@ -2032,15 +2032,23 @@ impl Store {
                 }
             }
         }
+        // One dataset that cannot be settled (damaged rows, say) is logged and skipped, and the
+        // cursor moves past it: before, its error ended the pass with the cursor in place, so
+        // it stopped the settlement of every other dataset at every pass (found by review). A
+        // failure of the index itself ends the pass (every other dataset would fail alike).
         let mut dropped = 0;
         for key in &trees {
-            let Ok(tree) = cid_from_bytes(key) else {
-                return Err(StoreError::IndexDamaged("tree CID of a kept proof"));
-            };
-            dropped += self.settle_tree(&tree)?;
-        }
-        if let Some(last) = trees.last() {
-            cursor.clone_from(last);
+            let settled = cid_from_bytes(key)
+                .map_err(|_| StoreError::IndexDamaged("tree CID of a kept proof"))
+                .and_then(|tree| self.settle_tree(&tree));
+            match settled {
+                Ok(n) => dropped += n,
+                Err(e) if e.index_failed() => return Err(e),
+                Err(e) => {
+                    warn!(tree = ?key, error = %e, "could not settle a downloaded dataset; skipped");
+                }
+            }
+            cursor.clone_from(key);
         }
         Ok(dropped)
     }
