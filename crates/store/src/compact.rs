@@ -701,14 +701,25 @@ mod tests {
             store.inner.segs.size(stale.seg).is_err(),
             "the old segment is deleted"
         );
-        let read = store.read_verified(kept.cid(), stale).unwrap();
+        let read = store.read_verified(kept.cid(), stale).unwrap().unwrap();
         assert_eq!(read.data(), kept.data());
         // A row that did not move and whose bytes are gone is still reported, not followed.
-        let gone = BlockRec { off: 0, ..stale };
+        let open = &blocks[256];
+        let gone = BlockRec {
+            off: 1 << 30,
+            ..row(&store, open)
+        };
         assert!(matches!(
-            store.read_verified(blocks[1].cid(), gone),
+            store.read_verified(open.cid(), gone),
             Err(StoreError::Corrupt { .. })
         ));
+        // One whose block was deleted since is not stored: nothing, not corrupt.
+        assert!(
+            store
+                .read_verified(blocks[1].cid(), stale)
+                .unwrap()
+                .is_none()
+        );
     }
 
     static FREE_SPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);

@@ -144,7 +144,8 @@ pub struct StoreConfig {
     /// calls), and in `put_block` and `put_leaves` between their look-up and their
     /// transaction (`"put_block:checked"`, `"put_leaves:checked"`), and in every write
     /// transaction between its commit and the update of the in-memory counters
-    /// (`"write:committed"`). It runs on the caller's thread. Not for production use.
+    /// (`"write:committed"`), and in every block read between looking its row up and reading
+    /// its bytes (`"read:looked-up"`). It runs on the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
     /// Test hook: the free disk space to assume (bytes), instead of asking the file system;
@@ -861,19 +862,23 @@ impl Store {
             return Ok(Some(Block::from_parts_unchecked(*cid, Bytes::new())));
         }
         match blocks.get(cid.to_bytes().as_slice())? {
-            Some(v) => self
-                .read_verified(cid, BlockRec::from_tuple(v.value()))
-                .map(Some),
+            Some(v) => self.read_verified(cid, BlockRec::from_tuple(v.value())),
             None => Ok(None),
         }
     }
 
     /// Reads the bytes `rec` locates and checks them against its checksum (or, for rows from
-    /// before checksums, against `cid`).
-    pub(crate) fn read_verified(&self, cid: &Cid, rec: BlockRec) -> Result<Block, StoreError> {
+    /// before checksums, against `cid`). `None` when the bytes are gone because the block was
+    /// deleted since `rec` was looked up (its segment file went with its last live block).
+    pub(crate) fn read_verified(
+        &self,
+        cid: &Cid,
+        rec: BlockRec,
+    ) -> Result<Option<Block>, StoreError> {
         let mut rec = rec;
         let data = loop {
             let len = rec.read_len()?;
+            self.hook("read:looked-up");
             match self.inner.segs.read(rec.seg, rec.off, len) {
                 Ok(d) => break d,
                 Err(e)
@@ -884,10 +889,16 @@ impl Store {
                 {
                     // Compaction may have copied the block elsewhere and deleted this segment
                     // since `rec` was read: follow the row if it moved (each move is to a newer
-                    // segment, so this ends).
-                    if let Some(now) = self.moved_from(cid, &rec)? {
-                        rec = now;
-                        continue;
+                    // segment, so this ends). A delete may have dropped the block and its
+                    // segment meanwhile: it is not stored, and its bytes are not missing
+                    // (before, such a read was reported corrupt; found by review).
+                    match self.row_now(cid)? {
+                        None => return Ok(None),
+                        Some(now) if now.seg > rec.seg => {
+                            rec = now;
+                            continue;
+                        }
+                        Some(_) => {}
                     }
                     warn!(%cid, error = %e, "block bytes missing from its segment");
                     return Err(StoreError::Corrupt { cid: *cid });
@@ -895,19 +906,18 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         };
-        checked_block(cid, &rec, data).ok_or_else(|| {
+        checked_block(cid, &rec, data).map(Some).ok_or_else(|| {
             warn!(%cid, "stored block is corrupt; not serving it");
             StoreError::Corrupt { cid: *cid }
         })
     }
 
-    /// The current row of block `cid` if it now points somewhere other than `rec`.
-    fn moved_from(&self, cid: &Cid, rec: &BlockRec) -> Result<Option<BlockRec>, StoreError> {
+    /// The current row of block `cid`, if it is stored.
+    fn row_now(&self, cid: &Cid) -> Result<Option<BlockRec>, StoreError> {
         let r = self.inner.db()?.begin_read()?;
         Ok(r.open_table(BLOCKS)?
             .get(cid.to_bytes().as_slice())?
-            .map(|v| BlockRec::from_tuple(v.value()))
-            .filter(|now| now.seg > rec.seg))
+            .map(|v| BlockRec::from_tuple(v.value())))
     }
 
     fn with_misc<T>(
@@ -1767,10 +1777,14 @@ impl Store {
             } else {
                 tree_proofs.proof(index)?
             };
-            match self.block_in(&blocks, &cid)? {
-                Some(block) => Ok(Some((block, proof))),
-                None => Err(StoreError::IndexDamaged("leaf names a missing block")),
-            }
+            let Some(row) = blocks.get(cid.to_bytes().as_slice())? else {
+                return Err(StoreError::IndexDamaged("leaf names a missing block"));
+            };
+            // `None`: the dataset was reclaimed since this transaction began, and the block's
+            // segment with it: the leaf is not stored any more.
+            Ok(self
+                .read_verified(&cid, BlockRec::from_tuple(row.value()))?
+                .map(|block| (block, proof)))
         };
         Ok(indices.iter().map(|&i| read_one(i)).collect())
     }
@@ -2770,6 +2784,53 @@ mod tests {
             "the upload's segment is gone"
         );
         assert!(!store.reclaim_pending().unwrap());
+    }
+
+    static READ_RACE: Mutex<Option<(Store, Cid)>> = Mutex::new(None);
+
+    /// Once (when armed): deletes the block of `READ_RACE` as a read has looked its row up.
+    fn delete_after_the_lookup(point: &'static str) {
+        if point != "read:looked-up" {
+            return;
+        }
+        let Some((store, cid)) = READ_RACE.lock().take() else {
+            return;
+        };
+        store.delete(&cid).unwrap();
+    }
+
+    /// A read that looked a block up just before a delete freed its segment file finds no row
+    /// afterwards: the block is not stored, `Ok(None)`. Before, it was reported `Corrupt` (with
+    /// a "block bytes missing" warning), as if the disk had lost it (found by review).
+    #[test]
+    fn a_read_racing_the_delete_of_its_block_finds_nothing() {
+        const BS: usize = 64 * 1024;
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            segment_roll_bytes: BS as u64,
+            crash_hook: Some(delete_after_the_lookup),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        let gone = Block::data_block(Bytes::from(vec![1u8; BS]));
+        let kept = Block::data_block(Bytes::from(vec![2u8; BS]));
+        store.put_block(&gone).unwrap();
+        // Rolls the first segment over (sealed): deleting its only block deletes its file.
+        store.put_block(&kept).unwrap();
+        let disk = store.disk_bytes().unwrap();
+        *READ_RACE.lock() = Some((store.clone(), *gone.cid()));
+        assert!(store.get_block(gone.cid()).unwrap().is_none());
+        assert!(READ_RACE.lock().is_none(), "the hook ran");
+        assert_eq!(
+            store.disk_bytes().unwrap(),
+            disk - BS as u64,
+            "its file went"
+        );
+        assert_eq!(
+            store.get_block(kept.cid()).unwrap().unwrap().data(),
+            kept.data()
+        );
     }
 
     static FREE_SPACE: AtomicU64 = AtomicU64::new(u64::MAX);
