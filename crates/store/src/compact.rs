@@ -239,10 +239,25 @@ impl Store {
     /// used to stay until a restart sealed it. A segment is being written while it is a shared
     /// slot's open segment, an upload session's, or this pass's copy target (passes are
     /// serialised, and this runs before the pass makes one); every other unsealed one is
-    /// sealed. Holding both shared slots keeps one from being opened or rolled over meanwhile.
-    /// The check is made on a read transaction first, so a pass with nothing to seal commits
-    /// nothing.
+    /// sealed. The whole `segments` table is scanned on a read transaction without the shared
+    /// slots (so a pass with nothing to seal commits nothing and puts do not wait for the
+    /// scan); then, holding both slots (none is opened or rolled over meanwhile), the open
+    /// segments are left out and each candidate is checked again in the sealing transaction.
     fn seal_abandoned_segments(&self) -> Result<(), StoreError> {
+        // The scan of the whole table is made without the slots every put needs (found by
+        // review: puts waited for it at every pass); the open segments are left out under them.
+        let found = {
+            let r = self.inner.db()?.begin_read()?;
+            abandoned(
+                &r.open_table(SEGMENTS)?,
+                &r.open_table(SESSIONS)?,
+                &HashSet::new(),
+            )?
+        };
+        self.hook("compact:scanned");
+        if found.is_empty() {
+            return Ok(());
+        }
         let leaves = self.shared_slot(true).lock();
         let misc = self.shared_slot(false).lock();
         let open: HashSet<u64> = [leaves.as_ref(), misc.as_ref()]
@@ -250,18 +265,26 @@ impl Store {
             .flatten()
             .map(|w| w.id())
             .collect();
-        let found = {
-            let r = self.inner.db()?.begin_read()?;
-            abandoned(&r.open_table(SEGMENTS)?, &r.open_table(SESSIONS)?, &open)?
-        };
+        let found: Vec<u64> = found.into_iter().filter(|id| !open.contains(id)).collect();
         if found.is_empty() {
             return Ok(());
         }
         let sealed = self.write(0, |t| {
-            // Checked again where it counts.
-            let ids = abandoned(&t.segments, &t.sessions, &open)?;
-            for id in &ids {
-                t.seal_segment(*id)?;
+            // Checked again where it counts, for the candidates only: a segment the slots
+            // opened since the scan is new (not a candidate), and one an upload session took
+            // is in `sessions`.
+            let uploads: HashSet<u64> = t
+                .sessions
+                .iter()?
+                .map(|e| e.map(|(_, v)| v.value().0))
+                .collect::<Result<_, _>>()?;
+            let mut ids = Vec::new();
+            for id in found {
+                let unsealed = t.segments.get(id)?.is_some_and(|v| v.value().1 == 0);
+                if unsealed && !uploads.contains(&id) {
+                    t.seal_segment(id)?;
+                    ids.push(id);
+                }
             }
             Ok(ids)
         })?;
@@ -765,6 +788,44 @@ mod tests {
         for b in blocks[..256].iter().step_by(2) {
             assert_eq!(store.get_block(b.cid()).unwrap().unwrap().data(), b.data());
         }
+    }
+
+    static SCAN_PUT: std::sync::Mutex<Option<Store>> = std::sync::Mutex::new(None);
+
+    /// Once armed: a put from another thread while the pass has scanned for unsealed segments,
+    /// which must complete (bounded wait) before the pass goes on.
+    fn put_during_the_scan(point: &'static str) {
+        if point != "compact:scanned" {
+            return;
+        }
+        let Some(store) = SCAN_PUT.lock().unwrap().take() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(store.put_block(&block(9999)).is_ok());
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(done, Ok(true), "a put waited for the scan");
+    }
+
+    /// The scan of the `segments` table for segments left unsealed is made without holding the
+    /// shared slots that every put needs (found by review: a put waited for a scan of the whole
+    /// table at every pass).
+    #[test]
+    fn puts_do_not_wait_for_the_scan_for_unsealed_segments() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            crash_hook: Some(put_during_the_scan),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        store.put_block(&block(1)).unwrap();
+        *SCAN_PUT.lock().unwrap() = Some(store.clone());
+        store.compact().unwrap();
+        assert!(SCAN_PUT.lock().unwrap().is_none(), "the hook ran");
+        assert!(store.get_block(block(9999).cid()).unwrap().is_some());
     }
 
     fn seg(id: u64, live: u64, size: u64) -> SegmentUse {

@@ -145,7 +145,8 @@ pub struct StoreConfig {
     /// transaction (`"put_block:checked"`, `"put_leaves:checked"`), and in every write
     /// transaction between its commit and the update of the in-memory counters
     /// (`"write:committed"`), and in every block read between looking its row up and reading
-    /// its bytes (`"read:looked-up"`). It runs on the caller's thread. Not for production use.
+    /// its bytes (`"read:looked-up"`), and in a compaction pass once it has scanned for segments
+    /// left unsealed (`"compact:scanned"`). It runs on the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
     /// Test hook: the free disk space to assume (bytes), instead of asking the file system;
