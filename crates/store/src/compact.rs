@@ -22,7 +22,9 @@
 //!    the picked segments (at most [`COMPACT_PASS_BLOCKS`] and [`COMPACT_PASS_BYTES`] per pass;
 //!    the rest waits for the next pass). They are copied in segment-offset order, so the old files are read
 //!    sequentially.
-//! 3. **Copy, sync, commit, per batch** of [`COMPACT_BATCH_BLOCKS`]: each block is read and
+//! 3. **Copy, sync, commit, per batch** of [`COMPACT_BATCH_BLOCKS`], while the disk has room
+//!    for the batch beyond the headroom kept for the index and what reservations will still
+//!    write (otherwise the pass stops, and the rest waits for a later one): each block is read and
 //!    checked against its checksum (a block that fails stays where it is, is counted and logged,
 //!    and is never copied), appended to a new segment of the pass, the new segment is
 //!    `fdatasync`ed, and then one transaction points each row at its copy if the row still
@@ -203,7 +205,10 @@ impl Store {
             return Ok(report);
         }
         let moves = self.live_blocks_in(&picked)?;
-        if !moves.is_empty() {
+        // Copies take disk until the old files go: none is started that the disk has no room
+        // for (the first batch; `copy_into` checks each one).
+        let first = &moves[..moves.len().min(COMPACT_BATCH_BLOCKS)];
+        if !moves.is_empty() && self.room_to_copy(first).is_ok() {
             self.copy_blocks(&moves, &mut report)?;
         }
         // The picked segments that are gone now were freed by this pass.
@@ -234,10 +239,25 @@ impl Store {
     /// used to stay until a restart sealed it. A segment is being written while it is a shared
     /// slot's open segment, an upload session's, or this pass's copy target (passes are
     /// serialised, and this runs before the pass makes one); every other unsealed one is
-    /// sealed. Holding both shared slots keeps one from being opened or rolled over meanwhile.
-    /// The check is made on a read transaction first, so a pass with nothing to seal commits
-    /// nothing.
+    /// sealed. The whole `segments` table is scanned on a read transaction without the shared
+    /// slots (so a pass with nothing to seal commits nothing and puts do not wait for the
+    /// scan); then, holding both slots (none is opened or rolled over meanwhile), the open
+    /// segments are left out and each candidate is checked again in the sealing transaction.
     fn seal_abandoned_segments(&self) -> Result<(), StoreError> {
+        // The scan of the whole table is made without the slots every put needs (found by
+        // review: puts waited for it at every pass); the open segments are left out under them.
+        let found = {
+            let r = self.inner.db()?.begin_read()?;
+            abandoned(
+                &r.open_table(SEGMENTS)?,
+                &r.open_table(SESSIONS)?,
+                &HashSet::new(),
+            )?
+        };
+        self.hook("compact:scanned");
+        if found.is_empty() {
+            return Ok(());
+        }
         let leaves = self.shared_slot(true).lock();
         let misc = self.shared_slot(false).lock();
         let open: HashSet<u64> = [leaves.as_ref(), misc.as_ref()]
@@ -245,18 +265,26 @@ impl Store {
             .flatten()
             .map(|w| w.id())
             .collect();
-        let found = {
-            let r = self.inner.db()?.begin_read()?;
-            abandoned(&r.open_table(SEGMENTS)?, &r.open_table(SESSIONS)?, &open)?
-        };
+        let found: Vec<u64> = found.into_iter().filter(|id| !open.contains(id)).collect();
         if found.is_empty() {
             return Ok(());
         }
         let sealed = self.write(0, |t| {
-            // Checked again where it counts.
-            let ids = abandoned(&t.segments, &t.sessions, &open)?;
-            for id in &ids {
-                t.seal_segment(*id)?;
+            // Checked again where it counts, for the candidates only: a segment the slots
+            // opened since the scan is new (not a candidate), and one an upload session took
+            // is in `sessions`.
+            let uploads: HashSet<u64> = t
+                .sessions
+                .iter()?
+                .map(|e| e.map(|(_, v)| v.value().0))
+                .collect::<Result<_, _>>()?;
+            let mut ids = Vec::new();
+            for id in found {
+                let unsealed = t.segments.get(id)?.is_some_and(|v| v.value().1 == 0);
+                if unsealed && !uploads.contains(&id) {
+                    t.seal_segment(id)?;
+                    ids.push(id);
+                }
             }
             Ok(ids)
         })?;
@@ -384,6 +412,9 @@ impl Store {
         let mut w = self.inner.segs.create(dest, WriteMode::Buffered)?;
         self.inner.segs.sync_dir()?;
         for batch in moves.chunks(COMPACT_BATCH_BLOCKS) {
+            if self.room_to_copy(batch).is_err() {
+                break; // the rest waits for a pass with room; what moved stays moved
+            }
             let mut copied: Vec<(&Move, Loc)> = Vec::with_capacity(batch.len());
             for m in batch {
                 let Some(block) = self.read_for_copy(m, report)? else {
@@ -421,6 +452,22 @@ impl Store {
             self.hook("compact:committed");
         }
         Ok(())
+    }
+
+    /// Whether the disk has room to copy `batch` beside the headroom kept for the index
+    /// ([`MIN_DISK_HEADROOM`](crate::MIN_DISK_HEADROOM)) and what reservations will still
+    /// write (`Inner::disk_room`): a pass borrows disk until the old files go, and copying
+    /// without looking ate room promised to uploads and downloads and ran into `ENOSPC`, after
+    /// which the index could be marked failed (found by review). Logged when it has not.
+    fn room_to_copy(&self, batch: &[Move]) -> Result<(), StoreError> {
+        let bytes = batch.iter().fold(0u64, |n, m| n.saturating_add(m.rec.len));
+        let uploads = self.inner.reserved.lock();
+        let room = self.inner.disk_room(*uploads, bytes, 0);
+        drop(uploads);
+        if let Err(e) = &room {
+            info!(error = %e, "compaction waits for disk room to copy blocks");
+        }
+        room
     }
 
     /// Reads a block to copy and checks it. `None`: gone since it was collected, or corrupt
@@ -677,14 +724,108 @@ mod tests {
             store.inner.segs.size(stale.seg).is_err(),
             "the old segment is deleted"
         );
-        let read = store.read_verified(kept.cid(), stale).unwrap();
+        let read = store.read_verified(kept.cid(), stale).unwrap().unwrap();
         assert_eq!(read.data(), kept.data());
         // A row that did not move and whose bytes are gone is still reported, not followed.
-        let gone = BlockRec { off: 0, ..stale };
+        let open = &blocks[256];
+        let gone = BlockRec {
+            off: 1 << 30,
+            ..row(&store, open)
+        };
         assert!(matches!(
-            store.read_verified(blocks[1].cid(), gone),
+            store.read_verified(open.cid(), gone),
             Err(StoreError::Corrupt { .. })
         ));
+        // One whose block was deleted since is not stored: nothing, not corrupt.
+        assert!(
+            store
+                .read_verified(blocks[1].cid(), stale)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    static FREE_SPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
+    /// A pass copies only what the disk has room for beyond the headroom kept for the index
+    /// (`MIN_DISK_HEADROOM`) and what reservations will still write. Before, it copied up to
+    /// `COMPACT_PASS_BYTES` whatever was free, eating room promised to uploads and downloads
+    /// and running into `ENOSPC`, after which the index could be marked failed (found by review).
+    #[test]
+    fn a_pass_without_disk_room_for_its_copies_moves_nothing() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            segment_roll_bytes: 256 * BS as u64,
+            free_space_hook: Some(|| FREE_SPACE.load(Ordering::SeqCst)),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        let blocks: Vec<Block> = (0..257).map(block).collect();
+        for b in &blocks {
+            store.put_block(b).unwrap();
+        }
+        for b in blocks[..256].iter().skip(1).step_by(2) {
+            store.delete(b.cid()).unwrap();
+        }
+        let disk = store.disk_bytes().unwrap();
+        // Room for a few blocks, not for the 128 live ones (8 MiB) of the half-dead segment.
+        FREE_SPACE.store(crate::MIN_DISK_HEADROOM + 4 * BS as u64, Ordering::SeqCst);
+        let r = store.compact().unwrap();
+        assert_eq!(r, CompactReport::default(), "nothing copied");
+        assert_eq!(store.disk_bytes().unwrap(), disk);
+        // Room reserved by an upload is not the pass's either.
+        FREE_SPACE.store(crate::MIN_DISK_HEADROOM + 8 * MIB + MIB, Ordering::SeqCst);
+        let mut w = store.begin_dataset().unwrap();
+        w.reserve(2 * MIB).unwrap();
+        assert_eq!(store.compact().unwrap(), CompactReport::default());
+        drop(w);
+        // With room, the same pass goes ahead.
+        let r = store.compact().unwrap();
+        assert_eq!(r.moved_blocks, 128, "{r:?}");
+        assert_eq!(r.segments_freed, 1, "{r:?}");
+        for b in blocks[..256].iter().step_by(2) {
+            assert_eq!(store.get_block(b.cid()).unwrap().unwrap().data(), b.data());
+        }
+    }
+
+    static SCAN_PUT: std::sync::Mutex<Option<Store>> = std::sync::Mutex::new(None);
+
+    /// Once armed: a put from another thread while the pass has scanned for unsealed segments,
+    /// which must complete (bounded wait) before the pass goes on.
+    fn put_during_the_scan(point: &'static str) {
+        if point != "compact:scanned" {
+            return;
+        }
+        let Some(store) = SCAN_PUT.lock().unwrap().take() else {
+            return;
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(store.put_block(&block(9999)).is_ok());
+        });
+        let done = rx.recv_timeout(std::time::Duration::from_secs(10));
+        assert_eq!(done, Ok(true), "a put waited for the scan");
+    }
+
+    /// The scan of the `segments` table for segments left unsealed is made without holding the
+    /// shared slots that every put needs (found by review: a put waited for a scan of the whole
+    /// table at every pass).
+    #[test]
+    fn puts_do_not_wait_for_the_scan_for_unsealed_segments() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            crash_hook: Some(put_during_the_scan),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        store.put_block(&block(1)).unwrap();
+        *SCAN_PUT.lock().unwrap() = Some(store.clone());
+        store.compact().unwrap();
+        assert!(SCAN_PUT.lock().unwrap().is_none(), "the hook ran");
+        assert!(store.get_block(block(9999).cid()).unwrap().is_some());
     }
 
     fn seg(id: u64, live: u64, size: u64) -> SegmentUse {

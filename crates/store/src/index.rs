@@ -487,7 +487,7 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Whether every leaf `0..nleaves` of `tree` is stored: one scan of its leaf rows.
-    fn has_every_leaf(&self, tree: &[u8], nleaves: u64) -> Result<bool, StoreError> {
+    pub(crate) fn has_every_leaf(&self, tree: &[u8], nleaves: u64) -> Result<bool, StoreError> {
         let mut expected = 0u64;
         for entry in self.leaves.range((tree, 0)..(tree, nleaves))? {
             if entry?.0.value().1 != expected {

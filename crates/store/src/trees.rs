@@ -321,6 +321,75 @@ mod tests {
         check(&store);
     }
 
+    /// A dataset `settle_tree` rejects (its stored leaves do not make its tree) is logged and
+    /// skipped by the maintenance pass, which settles the others. Before, the error ended the
+    /// pass (and failed it), and the cursor stayed put, so the same dataset stopped settlement
+    /// of every other at each pass (found by review).
+    #[test]
+    fn a_dataset_settle_tree_rejects_does_not_stop_the_others() {
+        use cairn_core::{Block, Manifest, VerifiedLeaf};
+
+        use crate::{Store, StoreConfig};
+
+        let store = Store::in_memory(StoreConfig {
+            background_reclaim: false,
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        let download = |seed: u8| {
+            let blocks: Vec<Block> = (0..9u8)
+                .map(|i| Block::data_block(bytes::Bytes::from(vec![seed, i, 0, 1])))
+                .collect();
+            let digests: Vec<Digest> = blocks
+                .iter()
+                .map(|b| cairn_core::cid::cid_digest(b.cid()).unwrap())
+                .collect();
+            let tree = CodexTree::new(digests).unwrap();
+            let leaves: Vec<VerifiedLeaf> = (0..9u64)
+                .map(|i| {
+                    let b = blocks[i as usize].clone();
+                    VerifiedLeaf::verify(tree.cid(), i, 9, b, tree.proof(i).unwrap()).unwrap()
+                })
+                .collect();
+            store
+                .put_block(&Manifest::new(tree.cid(), 36, 4).to_block())
+                .unwrap();
+            store.put_leaves(&tree.cid(), &leaves).unwrap();
+            tree.cid().to_bytes()
+        };
+        let mut trees = [download(1), download(2)];
+        trees.sort();
+        // The first in key order (tried first) is damaged: two leaf rows swapped.
+        let bad = trees[0].clone();
+        store
+            .write(0, |t| {
+                let row = |t: &crate::index::Tables<'_>, i: u64| {
+                    t.leaves
+                        .get((bad.as_slice(), i))
+                        .unwrap()
+                        .unwrap()
+                        .value()
+                        .0
+                        .to_vec()
+                };
+                let (a, b) = (row(t, 0), row(t, 1));
+                t.leaves
+                    .insert((bad.as_slice(), 0), (b.as_slice(), &[][..]))?;
+                t.leaves
+                    .insert((bad.as_slice(), 1), (a.as_slice(), &[][..]))?;
+                Ok(())
+            })
+            .unwrap();
+        let report = store.maintenance(0).unwrap();
+        assert_eq!(
+            report.settled, 9,
+            "the other dataset is settled: {report:?}"
+        );
+        let r = store.inner.db().unwrap().begin_read().unwrap();
+        assert!(has_tree(&r.open_table(TREES).unwrap(), &trees[1]).unwrap());
+        assert!(!has_tree(&r.open_table(TREES).unwrap(), &bad).unwrap());
+    }
+
     /// A damaged chunk is an error, never a wrong proof or a panic.
     #[test]
     fn a_short_chunk_is_reported() {

@@ -15,7 +15,9 @@
 //! dataset is settled ([`Store::settle_tree`]).
 //!
 //! If the writer is dropped unfinished (client gone, quota, error) the session is rolled back at
-//! once; if the process dies instead, [`Store::open`] rolls it back at the next start. Either way
+//! once (if that fails, as on a full disk, the store remembers the session and ends it at the
+//! next maintenance pass or reclaimer round that can write the index); if the process dies
+//! instead, [`Store::open`] rolls it back at the next start. Either way
 //! nothing partial is listed by the upload and the space accounting comes back exact; a dataset
 //! a download listed meanwhile stays, as the consistent partial dataset it is.
 //!
@@ -499,12 +501,7 @@ impl DatasetWriter {
     }
 
     fn drop_segment_if_empty(&self) -> Result<(), StoreError> {
-        let seg = self.session;
-        let empty = self.store.write(0, |t| t.remove_segment_if_empty(seg))?;
-        if empty {
-            self.store.inner.segs.remove(seg)?;
-        }
-        Ok(())
+        self.store.drop_upload_segment_if_empty(self.session)
     }
 
     /// Abandons the upload: nothing of it stays listed or counted.
@@ -525,7 +522,13 @@ impl DatasetWriter {
         let res = self.store.end_session(session);
         drop(serial);
         if let Err(e) = res.and_then(|()| self.drop_segment_if_empty()) {
-            warn!(session, error = %e, "rolling back an unfinished upload failed; the next start will");
+            // Typically the index cannot be written (a full disk). Left so, the session would
+            // keep its segment, the leaves it committed and its dataset until the next start.
+            if self.store.note_failed_rollback(session) {
+                warn!(session, error = %e, "rolling back an unfinished upload failed; tried again once the index can be written");
+            } else {
+                warn!(session, error = %e, "rolling back an unfinished upload failed; the next start will");
+            }
         }
         let _ = self.store.reclaim_now();
     }

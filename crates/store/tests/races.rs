@@ -528,3 +528,42 @@ fn leaves_put_racing_the_reclaim_of_their_blocks_are_stored() {
 
 /// The two tests above share the hook's state.
 static PUT_SERIAL: Mutex<()> = Mutex::new(());
+
+static SETTLE_RACE: Shared = Mutex::new(None);
+static SETTLE_ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Once armed, at the next commit (the one `settle_tree` stores the tree in): deletes the
+/// dataset, reclaims it, lists it again and downloads part of it.
+fn relist_after_the_tree_is_stored(point: &'static str) {
+    if point != "write:committed" || !SETTLE_ARMED.swap(false, Ordering::SeqCst) {
+        return;
+    }
+    let (store, data) = shared(&SETTLE_RACE);
+    let m = manifest_of(&data);
+    store.delete(&m.to_block().cid().clone()).unwrap();
+    store.reclaim_now().unwrap();
+    download_part(&store, &data, &[1, 3]);
+}
+
+/// A dataset deleted, reclaimed, listed again and downloaded in part while `settle_tree`
+/// settles its complete predecessor keeps its proofs: the settle does not act on the newer
+/// copy. Before, its batches only checked that the dataset was active, and dropped the new
+/// partial dataset's proofs, whose leaves then could not be served (found by review).
+#[test]
+fn settle_tree_does_not_touch_a_dataset_listed_again_meanwhile() {
+    let store = Store::in_memory(config(8, relist_after_the_tree_is_stored)).unwrap();
+    let data = blocks(9, 5);
+    download_part(&store, &data, &[0, 1, 2, 3, 4]);
+    *SETTLE_RACE.lock().unwrap() = Some((store.clone(), data.clone()));
+    SETTLE_ARMED.store(true, Ordering::SeqCst);
+    let tree = tree_of(&data);
+    store.settle_tree(&tree.cid()).unwrap();
+    assert!(!SETTLE_ARMED.load(Ordering::SeqCst), "the hook ran");
+    assert_partial(&store, &data, &[1, 3], "the dataset listed again");
+    assert_consistent(&store, "the dataset listed again");
+    // Completed, it settles as any download.
+    download_part(&store, &data, &[0, 2, 4]);
+    assert_eq!(store.settle_tree(&tree.cid()).unwrap(), 5);
+    assert_whole(&store, &data, "once settled");
+    SETTLE_RACE.lock().unwrap().take();
+}
