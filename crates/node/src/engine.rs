@@ -2325,6 +2325,25 @@ mod tests {
         });
     }
 
+    /// `peer` said it has `address` (a `Have`).
+    fn said_has(e: &mut Engine, peer: PeerId, address: BlockAddress) {
+        if let Some(st) = e.peers.get_mut(&peer) {
+            st.haves.insert(address);
+        }
+    }
+
+    /// Leaf 0 of the 3-leaf dataset `tree` with its honest block and path but a proof that
+    /// claims 4 leaves: a count the tree does not bind, so the proof still checks out for it.
+    fn forged_leaf(e: &Engine, tree: Cid) -> Delivery {
+        let (block, mut proof) = e.store.get_leaf(&tree, 0).unwrap().unwrap();
+        proof.nleaves = 4;
+        Delivery {
+            block,
+            address: BlockAddress::Leaf { tree, index: 0 },
+            proof: Some(proof),
+        }
+    }
+
     fn leaves(tree: Cid, n: u64) -> Vec<BlockAddress> {
         (0..n)
             .map(|index| BlockAddress::Leaf { tree, index })
@@ -2509,9 +2528,7 @@ mod tests {
         let block = |n: u8| BlockAddress::Block(*Block::data_block(Bytes::from(vec![n; 3])).cid());
         let (lost, fine) = (block(1), block(2));
         for a in [lost, fine] {
-            if let Some(st) = e.peers.get_mut(&busy) {
-                st.haves.insert(a);
-            }
+            said_has(&mut e, busy, a);
             let (tx, rx) = oneshot::channel();
             std::mem::forget(rx); // a requester that stays
             e.add_want(a, None, tx, Instant::now());
@@ -2532,9 +2549,7 @@ mod tests {
             st.outbox_wants.clear();
         }
         connected(&mut e, other);
-        if let Some(st) = e.peers.get_mut(&other) {
-            st.haves.insert(lost);
-        }
+        said_has(&mut e, other, lost);
         e.on_tick(now);
         let st = &e.peers[&busy];
         assert!(!st.outstanding.contains_key(&lost) && st.outstanding.contains_key(&fine));
@@ -2563,33 +2578,21 @@ mod tests {
         let address = BlockAddress::Leaf { tree, index: 0 };
         let (liar, honest) = (PeerId::random(), PeerId::random());
         connected(&mut e, liar);
-        if let Some(st) = e.peers.get_mut(&liar) {
-            st.haves.insert(address);
-        }
+        said_has(&mut e, liar, address);
         let (tx, mut rx) = oneshot::channel();
         e.add_want(address, Some(3), tx, Instant::now());
         e.assign(Instant::now());
         assert_eq!(e.pending[&address].requested_from, Some(liar));
         connected(&mut e, honest);
-        if let Some(st) = e.peers.get_mut(&honest) {
-            st.haves.insert(address);
-        }
+        said_has(&mut e, honest, address);
         // The liar's answer: the honest block and path, with 4 leaves for 3.
-        let (block, mut proof) = e.store.get_leaf(&tree, 0).unwrap().unwrap();
-        proof.nleaves = 4;
+        let forged = forged_leaf(&e, tree);
+        let proof = forged.proof.clone().unwrap();
         assert!(
-            VerifiedLeaf::verify(tree, 0, 4, block.clone(), proof.clone()).is_ok(),
+            VerifiedLeaf::verify(tree, 0, 4, forged.block.clone(), proof).is_ok(),
             "the forged count checks out"
         );
-        e.on_delivery(
-            liar,
-            Delivery {
-                block,
-                address,
-                proof: Some(proof),
-            },
-            Instant::now(),
-        );
+        e.on_delivery(liar, forged, Instant::now());
         assert!(e.pending.contains_key(&address), "still wanted");
         assert!(rx.try_recv().is_err(), "no answer yet");
         assert_eq!(e.reports_in_flight, 0, "nobody penalised");
@@ -2610,25 +2613,13 @@ mod tests {
         let (liar, other) = (PeerId::random(), PeerId::random());
         connected(&mut e, liar);
         connected(&mut e, other);
-        if let Some(st) = e.peers.get_mut(&liar) {
-            st.haves.insert(address);
-        }
+        said_has(&mut e, liar, address);
         let (tx, _rx) = oneshot::channel();
         let t0 = Instant::now();
         e.add_want(address, Some(3), tx, t0);
         e.assign(t0);
         e.announce(); // the first query goes out
-        let (block, mut proof) = e.store.get_leaf(&tree, 0).unwrap().unwrap();
-        proof.nleaves = 4;
-        e.on_delivery(
-            liar,
-            Delivery {
-                block,
-                address,
-                proof: Some(proof),
-            },
-            t0,
-        );
+        e.on_delivery(liar, forged_leaf(&e, tree), t0);
         e.assign(t0);
         for st in e.peers.values_mut() {
             st.outbox_wants.clear();
@@ -2679,9 +2670,7 @@ mod tests {
         let holder = PeerId::random();
         connected(&mut e, holder);
         let address = BlockAddress::Block(*Block::data_block(Bytes::from_static(b"kept")).cid());
-        if let Some(st) = e.peers.get_mut(&holder) {
-            st.haves.insert(address);
-        }
+        said_has(&mut e, holder, address);
         let (tx, _rx) = oneshot::channel();
         let mut now = Instant::now();
         e.add_want(address, None, tx, now);
@@ -2700,9 +2689,7 @@ mod tests {
             e.assign(now); // as the engine does after every tick
             assert_eq!(e.pending[&address].requested_from, None, "round {round}");
             // It says it has it again, and the want is asked about again.
-            if let Some(st) = e.peers.get_mut(&holder) {
-                st.haves.insert(address);
-            }
+            said_has(&mut e, holder, address);
             now += REQUERY_INTERVAL + TICK;
             e.on_tick(now);
         }
@@ -2725,9 +2712,7 @@ mod tests {
         connected(&mut e, fast);
         let block = Block::data_block(Bytes::from_static(b"hedged"));
         let address = BlockAddress::Block(*block.cid());
-        if let Some(st) = e.peers.get_mut(&slow) {
-            st.haves.insert(address);
-        }
+        said_has(&mut e, slow, address);
         let (tx, _rx) = oneshot::channel();
         let t0 = Instant::now();
         e.add_want(address, None, tx, t0);
@@ -2863,9 +2848,7 @@ mod tests {
         let holder = PeerId::random();
         connected(&mut e, holder);
         let address = BlockAddress::Block(*Block::data_block(Bytes::from_static(b"x")).cid());
-        if let Some(st) = e.peers.get_mut(&holder) {
-            st.haves.insert(address);
-        }
+        said_has(&mut e, holder, address);
         // Made long ago, and asked of the holder.
         let (tx, mut rx) = oneshot::channel();
         let long_ago = Instant::now() - 2 * NO_HOLDER_TIMEOUT;
