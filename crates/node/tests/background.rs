@@ -46,16 +46,7 @@ async fn a_busy_engine_pauses_a_background_download() {
         .collect();
     let held = b.engine().unwrap().want_many(fillers).await;
     b.download(cid).await.unwrap();
-    wait_until("the download waits for room", WAIT, || {
-        metrics.downloads.stalls.get() >= 1
-    })
-    .await;
-    assert_eq!(metrics.downloads.failed.count(), 0, "the download gave up");
-    assert_eq!(
-        b.store().fetches(10).unwrap(),
-        vec![cid],
-        "its record is kept"
-    );
+    paused_and_kept(&b, &metrics, cid, "room").await;
     drop(held); // the engine drops wants nobody waits for
     wait_until("the download completes", WAIT, || {
         metrics.downloads.completed.count() == 1
@@ -101,16 +92,7 @@ async fn a_full_disk_pauses_a_background_download() {
     connect(&nb, &na).await;
     FILL_AT_CHECK.store(true, Ordering::SeqCst);
     b.download(cid).await.unwrap();
-    wait_until("the download waits for disk space", WAIT, || {
-        metrics.downloads.stalls.get() >= 1
-    })
-    .await;
-    assert_eq!(metrics.downloads.failed.count(), 0, "the download gave up");
-    assert_eq!(
-        b.store().fetches(10).unwrap(),
-        vec![cid],
-        "its record is kept"
-    );
+    paused_and_kept(&b, &metrics, cid, "disk space").await;
     FREE.store(1 << 40, Ordering::SeqCst);
     wait_until("the download completes", WAIT, || {
         metrics.downloads.completed.count() == 1
@@ -206,4 +188,24 @@ async fn a_protected_dataset_downloads() {
     stored_copy(&c, cid, &bytes).await;
     assert!(c.store().fetches(10).unwrap().is_empty());
     cancel.cancel();
+}
+
+/// Waits (bounded) until `node`'s background download of `cid` has stalled for `what`, then
+/// checks it has not given up and its resume record is kept.
+async fn paused_and_kept(
+    node: &cairn_node::Node,
+    metrics: &cairn_node::metrics::NodeMetrics,
+    cid: cairn_core::Cid,
+    what: &str,
+) {
+    wait_until(&format!("the download waits for {what}"), WAIT, || {
+        metrics.downloads.stalls.get() >= 1
+    })
+    .await;
+    assert_eq!(metrics.downloads.failed.count(), 0, "the download gave up");
+    assert_eq!(
+        node.store().fetches(10).unwrap(),
+        vec![cid],
+        "its record is kept"
+    );
 }
