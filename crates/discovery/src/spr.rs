@@ -171,10 +171,22 @@ impl Spr {
         if addrs.len() > MAX_SPR_ADDRS {
             return Err(SprError::TooManyAddresses(addrs.len()));
         }
-        let public_key = keypair.public();
-        if public_key.clone().try_into_secp256k1().is_err() {
+        if keypair.public().try_into_secp256k1().is_err() {
             return Err(SprError::KeyType);
         }
+        Spr::signed(keypair, seq, addrs)
+    }
+
+    /// A record signed with any key type, bypassing the checks of [`Spr::sign`]: for tests
+    /// that need a record the node would refuse.
+    #[cfg(test)]
+    pub(crate) fn sign_unchecked(keypair: &Keypair, seq: u64, addrs: Vec<Multiaddr>) -> Spr {
+        Spr::signed(keypair, seq, addrs).expect("signing")
+    }
+
+    /// Signs the record and checks only its encoded size.
+    fn signed(keypair: &Keypair, seq: u64, addrs: Vec<Multiaddr>) -> Result<Spr, SprError> {
+        let public_key = keypair.public();
         let peer_id = public_key.to_peer_id();
         let payload = encode_record(&peer_id, seq, &addrs);
         let envelope = SignedEnvelope::new(
@@ -195,30 +207,6 @@ impl Spr {
             seq,
             addrs,
         })
-    }
-
-    /// A record signed with any key type, bypassing the checks of [`Spr::sign`]: for tests
-    /// that need a record the node would refuse.
-    #[cfg(test)]
-    pub(crate) fn sign_unchecked(keypair: &Keypair, seq: u64, addrs: Vec<Multiaddr>) -> Spr {
-        let public_key = keypair.public();
-        let peer_id = public_key.to_peer_id();
-        let payload = encode_record(&peer_id, seq, &addrs);
-        let envelope = SignedEnvelope::new(
-            keypair,
-            SPR_DOMAIN.to_owned(),
-            SPR_PAYLOAD_TYPE.to_vec(),
-            payload,
-        )
-        .expect("signing");
-        Spr {
-            encoded: envelope.into_protobuf_encoding(),
-            node_id: NodeId::from_peer_id(&peer_id),
-            public_key,
-            peer_id,
-            seq,
-            addrs,
-        }
     }
 
     /// Decodes and verifies an envelope (see the module docs for the checks).

@@ -541,11 +541,17 @@ mod tests {
     /// A store whose first shared segment (256 blocks, sealed by the 257th) has every other
     /// block deleted: half live, so compaction picks it. Returns the blocks put, in order.
     fn half_dead_segment() -> (tempfile::TempDir, Store, Vec<Block>) {
+        half_dead_segment_with(StoreConfig::default())
+    }
+
+    /// [`half_dead_segment`] over a store configured by `cfg` (its reclaim and roll-over set
+    /// as there).
+    fn half_dead_segment_with(cfg: StoreConfig) -> (tempfile::TempDir, Store, Vec<Block>) {
         let dir = tempfile::TempDir::new().unwrap();
         let cfg = StoreConfig {
             background_reclaim: false,
             segment_roll_bytes: 256 * BS as u64,
-            ..StoreConfig::default()
+            ..cfg
         };
         let store = Store::open(dir.path(), cfg).unwrap();
         let blocks: Vec<Block> = (0..257).map(block).collect();
@@ -754,21 +760,10 @@ mod tests {
     #[test]
     fn a_pass_without_disk_room_for_its_copies_moves_nothing() {
         use std::sync::atomic::Ordering;
-        let dir = tempfile::TempDir::new().unwrap();
-        let cfg = StoreConfig {
-            background_reclaim: false,
-            segment_roll_bytes: 256 * BS as u64,
+        let (_dir, store, blocks) = half_dead_segment_with(StoreConfig {
             free_space_hook: Some(|| FREE_SPACE.load(Ordering::SeqCst)),
             ..StoreConfig::default()
-        };
-        let store = Store::open(dir.path(), cfg).unwrap();
-        let blocks: Vec<Block> = (0..257).map(block).collect();
-        for b in &blocks {
-            store.put_block(b).unwrap();
-        }
-        for b in blocks[..256].iter().skip(1).step_by(2) {
-            store.delete(b.cid()).unwrap();
-        }
+        });
         let disk = store.disk_bytes().unwrap();
         // Room for a few blocks, not for the 128 live ones (8 MiB) of the half-dead segment.
         FREE_SPACE.store(crate::MIN_DISK_HEADROOM + 4 * BS as u64, Ordering::SeqCst);
