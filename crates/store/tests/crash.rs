@@ -737,21 +737,34 @@ fn check_recovered(store_dir: &Path, reported_a: &str, sc: &Scenario) {
     assert_consistent(&store, &ctx);
 }
 
+/// Runs a child in `mode`, waits until it has reported A and then `event`, and kills it.
+/// Returns the temporary directory (kept until dropped), the store's directory and what the
+/// child reported of A.
+fn killed_after(mode: &str, event: &str) -> (TempDir, std::path::PathBuf, String) {
+    let tmp = TempDir::new().expect("temp dir");
+    let store_dir = tmp.path().join("store");
+    let mut child = Crashee::spawn(mode, &store_dir, tmp.path().join("child.stderr"));
+    let reported_a = child.wait_for("A ");
+    child.wait_for(event);
+    child.kill();
+    drop(child);
+    (tmp, store_dir, reported_a)
+}
+
+/// The leaves of B stored when a child was killed inside B's finish after
+/// `STOP_AT_BATCH` leaf batches, besides `downloaded` (leaves a download had stored before).
+fn stored_after_finish_killed(downloaded: &[u64]) -> Vec<u64> {
+    let written = (LEAF_BATCH * STOP_AT_BATCH) as u64;
+    let mut stored: Vec<u64> = (0..written).collect();
+    stored.extend(downloaded.iter().filter(|&&i| i >= written));
+    stored
+}
+
 /// SIGKILL while B's blocks are being appended: B's session and segment (with bytes on disk) are
 /// rolled back at open, the segment file is deleted, A is untouched.
 #[test]
 fn sigkill_during_block_writes_recovers() {
-    let tmp = TempDir::new().expect("temp dir");
-    let store_dir = tmp.path().join("store");
-    let mut child = Crashee::spawn(
-        MODE_DURING_WRITES,
-        &store_dir,
-        tmp.path().join("child.stderr"),
-    );
-    let reported_a = child.wait_for("A ");
-    child.wait_for("B writing");
-    child.kill();
-    drop(child);
+    let (_tmp, store_dir, reported_a) = killed_after(MODE_DURING_WRITES, "B writing");
     check_recovered(
         &store_dir,
         &reported_a,
@@ -768,13 +781,7 @@ fn sigkill_during_block_writes_recovers() {
 /// exactly those leaves and B's segment.
 #[test]
 fn sigkill_inside_finish_recovers() {
-    let tmp = TempDir::new().expect("temp dir");
-    let store_dir = tmp.path().join("store");
-    let mut child = Crashee::spawn(MODE_IN_FINISH, &store_dir, tmp.path().join("child.stderr"));
-    let reported_a = child.wait_for("A ");
-    child.wait_for("in finish");
-    child.kill();
-    drop(child);
+    let (_tmp, store_dir, reported_a) = killed_after(MODE_IN_FINISH, "in finish");
     check_recovered(
         &store_dir,
         &reported_a,
@@ -881,20 +888,8 @@ fn check_partial_b_recovered(store_dir: &Path, reported_a: &str, stored: &[u64],
 /// leaf was there: the download never fetched the rest (found by review).
 #[test]
 fn sigkill_inside_an_upload_over_a_partial_download_recovers() {
-    let tmp = TempDir::new().expect("temp dir");
-    let store_dir = tmp.path().join("store");
-    let mut child = Crashee::spawn(
-        MODE_OVER_PARTIAL,
-        &store_dir,
-        tmp.path().join("child.stderr"),
-    );
-    let reported_a = child.wait_for("A ");
-    child.wait_for("in finish");
-    child.kill();
-    drop(child);
-    let written = (LEAF_BATCH * STOP_AT_BATCH) as u64;
-    let mut stored: Vec<u64> = (0..written).collect();
-    stored.extend(PARTIAL_B_LEAVES.iter().filter(|&&i| i >= written));
+    let (_tmp, store_dir, reported_a) = killed_after(MODE_OVER_PARTIAL, "in finish");
+    let stored = stored_after_finish_killed(PARTIAL_B_LEAVES);
     check_partial_b_recovered(
         &store_dir,
         &reported_a,
@@ -909,20 +904,8 @@ fn sigkill_inside_an_upload_over_a_partial_download_recovers() {
 /// download of it was told "not stored" for good (found by review).
 #[test]
 fn sigkill_inside_an_upload_whose_dataset_a_download_listed_recovers() {
-    let tmp = TempDir::new().expect("temp dir");
-    let store_dir = tmp.path().join("store");
-    let mut child = Crashee::spawn(
-        MODE_LISTED_WHILE_WRITING,
-        &store_dir,
-        tmp.path().join("child.stderr"),
-    );
-    let reported_a = child.wait_for("A ");
-    child.wait_for("in finish");
-    child.kill();
-    drop(child);
-    let written = (LEAF_BATCH * STOP_AT_BATCH) as u64;
-    let mut stored: Vec<u64> = (0..written).collect();
-    stored.extend(LISTED_B_LEAVES.iter().filter(|&&i| i >= written));
+    let (_tmp, store_dir, reported_a) = killed_after(MODE_LISTED_WHILE_WRITING, "in finish");
+    let stored = stored_after_finish_killed(LISTED_B_LEAVES);
     check_partial_b_recovered(
         &store_dir,
         &reported_a,
