@@ -17,7 +17,9 @@
 //!   expected to deliver them first, by its measured rate and the requests it already holds
 //!   ([`crate::pace`]); each holder may hold about a second of its own work (at most
 //!   [`MAX_OUTSTANDING_PER_PEER`]). Fast holders share a dataset between them; a slow one gets
-//!   little of it, so it cannot hold up an in-order download.
+//!   little of it, so it cannot hold up an in-order download. Ready addresses wait in one
+//!   queue, oldest first; a pass over it goes on while some peer may take a request, so what
+//!   only busy holders have never hides, behind it, what an idle holder could serve.
 //! * **Hedging.** Every [`pace::HEDGE_INTERVAL`], a request that has waited at least
 //!   [`pace::HEDGE_MIN_AGE`] goes to a second holder too, when that holder has room, is expected
 //!   to deliver it [`pace::HEDGE_FACTOR`] times sooner than it has already waited, and is
@@ -498,6 +500,10 @@ struct Peer {
     /// Its measured delivery rate: how many requests it may hold, and whether it is the holder
     /// to ask ([`crate::pace`]).
     pace: Pace,
+    /// The last full pass of [`Engine::assign`] over the ready queue left this peer with room
+    /// and nothing it should take: until that can change (an address it holds becomes ready,
+    /// it delivers, or the next [`TICK`]) a pass does not keep scanning on its behalf.
+    nothing_ready: bool,
     /// Since when it has owed us a block without delivering any: set by a request while unset,
     /// moved on by each delivery, cleared when it owes nothing because it delivered or because
     /// we cancelled. A request another holder answered first (a hedge) does not clear it, so a
@@ -539,6 +545,7 @@ impl Peer {
             haves: HashSet::new(),
             outstanding: HashMap::new(),
             pace: Pace::default(),
+            nothing_ready: false,
             owed_since: None,
             epoch,
             wanted: WantedQueue::default(),
@@ -1003,6 +1010,11 @@ impl Engine {
         {
             p.queued = true;
             self.ready.push_back(address);
+            for st in self.peers.values_mut() {
+                if st.nothing_ready && st.haves.contains(&address) {
+                    st.nothing_ready = false;
+                }
+            }
         }
     }
 
@@ -1024,6 +1036,10 @@ impl Engine {
             NetEvent::PeerDisconnected { peer } => {
                 for p in self.pending.values_mut() {
                     p.denied.remove(&peer);
+                }
+                // A holder the others were waiting for is gone.
+                for st in self.peers.values_mut() {
+                    st.nothing_ready = false;
                 }
                 if let Some(state) = self.peers.remove(&peer) {
                     for a in state.outstanding.into_keys() {
@@ -1172,6 +1188,7 @@ impl Engine {
         let latency = now.saturating_duration_since(asked.at);
         self.metrics.block_request_duration.observe(latency);
         state.pace.observe(asked.ahead, latency, now);
+        state.nothing_ready = false; // more room, and a new rate: it may now be the one to ask
         state.owed_since = (!state.outstanding.is_empty()).then_some(now);
         let Some(pending) = self.pending.get_mut(&d.address) else {
             self.duplicate(peer);
@@ -1545,6 +1562,8 @@ impl Engine {
         // Requests that were on their way when a connection to their peer was lost, and have
         // not come since: asked again (on the peer's newest connection).
         for (peer, st) in &mut self.peers {
+            // Rates drift: every tick, the next pass of `assign` looks at every peer again.
+            st.nothing_ready = false;
             let Some(lost_at) = st.lost_at else {
                 continue;
             };
@@ -1648,6 +1667,7 @@ impl Engine {
         for st in self.peers.values_mut() {
             st.pace.expire(st.outstanding.len(), now);
         }
+        self.sweep_ready();
         // Abandoned wants, wants without holders.
         let mut drop_list = Vec::new();
         let mut requery = Vec::new();
@@ -1705,6 +1725,29 @@ impl Engine {
         }
     }
 
+    /// Takes out of the ready queue what no connected holder can be asked for any more (its
+    /// holders left, or were shunned or excluded for it) and what no longer waits there.
+    /// [`Engine::assign`] stops while no peer has room, so it cannot be relied on to find
+    /// these, and a queued want is exempt from [`NO_HOLDER_TIMEOUT`]: without this sweep a want
+    /// whose last holder left while everyone else was busy would wait for good. Once a
+    /// [`TICK`]: the queue holds at most [`MAX_PENDING_WANTS`] addresses.
+    fn sweep_ready(&mut self) {
+        let (pending, peers) = (&mut self.pending, &self.peers);
+        self.ready.retain(|a| {
+            let Some(p) = pending.get_mut(a) else {
+                return false;
+            };
+            if !p.queued || p.storing || p.requested_from.is_some() {
+                return false;
+            }
+            let held = peers.iter().any(|(id, st)| {
+                st.haves.contains(a) && !p.excluded.contains(id) && !p.shunned.contains(id)
+            });
+            p.queued = held;
+            held
+        });
+    }
+
     /// Sets the gauges (every [`TICK`]: they sum over peers, too much work for every event).
     fn sample_gauges(&self) {
         let (mut in_flight, mut remote) = (0, 0);
@@ -1733,8 +1776,26 @@ impl Engine {
         if self.to_store.len() + self.storing_blocks >= MAX_UNSTORED_BLOCKS {
             return; // the disk is behind: request nothing more until it catches up
         }
+        // Peers that may take a request in this pass. The pass goes on while one is left, so
+        // addresses only busy holders have do not hide, behind them, those an idle holder could
+        // serve (review: the pass stopped after 257 such addresses, and a second download from
+        // another peer waited behind the first one's). Peers the last full pass found nothing
+        // for are not counted (`Peer::nothing_ready`): without that, every delivery from a busy
+        // holder would rescan the whole queue on behalf of a connected peer that holds none of
+        // it.
+        let mut open = self
+            .peers
+            .values()
+            .filter(|st| !st.nothing_ready && st.outstanding.len() < st.pace.limit())
+            .count();
         let mut deferred = Vec::new();
+        let mut full_pass = true;
         while let Some(address) = self.ready.pop_front() {
+            if open == 0 {
+                self.ready.push_front(address);
+                full_pass = false;
+                break;
+            }
             let Some(p) = self.pending.get_mut(&address) else {
                 continue;
             };
@@ -1772,6 +1833,9 @@ impl Engine {
                     self.metrics.block_requests.inc();
                     if let Some(st) = self.peers.get_mut(&peer) {
                         st.ask(address, now);
+                        if st.outstanding.len() >= st.pace.limit() && !st.nothing_ready {
+                            open -= 1; // full now
+                        }
                     }
                 }
                 _ if any_holder => {
@@ -1779,11 +1843,16 @@ impl Engine {
                     // for a busy one: keep it ready for when one has room.
                     p.queued = true;
                     deferred.push(address);
-                    if deferred.len() > MAX_OUTSTANDING_PER_PEER {
-                        break;
-                    }
                 }
                 _ => {} // re-queried on a tick
+            }
+        }
+        if full_pass {
+            // Whoever still has room could take nothing that is queued.
+            for st in self.peers.values_mut() {
+                if st.outstanding.len() < st.pace.limit() {
+                    st.nothing_ready = true;
+                }
             }
         }
         for a in deferred.into_iter().rev() {
@@ -2565,6 +2634,59 @@ mod tests {
         cancel.cancel();
     }
 
+    /// Addresses only a busy holder has do not keep an idle holder from being asked for what
+    /// it has, however many of them are queued first (review: `assign` gave up after 257 of
+    /// them, so a second download from another peer waited behind the first one's queue).
+    /// A peer that had nothing to take is asked again once it says it has something.
+    #[tokio::test]
+    async fn wants_for_a_busy_holder_do_not_hold_up_an_idle_one() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (busy, idle) = (PeerId::random(), PeerId::random());
+        connected(&mut e, busy);
+        connected(&mut e, idle);
+        let tree = |n: u8| *Block::data_block(Bytes::from(vec![n; 5])).cid();
+        let first = leaves(tree(1), 4 * MAX_OUTSTANDING_PER_PEER as u64);
+        let second = leaves(tree(2), 8);
+        let mut keep = Vec::new();
+        for (holder, addrs) in [(busy, &first), (idle, &second)] {
+            for a in addrs {
+                said_has(&mut e, holder, *a);
+                let (tx, rx) = oneshot::channel();
+                keep.push(rx);
+                e.add_want(*a, Some(addrs.len() as u64), tx, Instant::now());
+            }
+        }
+        e.assign(Instant::now());
+        let limit = e.peers[&busy].pace.limit();
+        assert_eq!(
+            e.peers[&busy].outstanding.len(),
+            limit,
+            "the busy one is full"
+        );
+        for a in &second {
+            assert_eq!(e.pending[a].requested_from, Some(idle), "asked at once");
+        }
+        let waiting = first.iter().filter(|a| e.pending[*a].queued).count();
+        assert_eq!(waiting, first.len() - limit, "the rest waits, in the queue");
+        // The idle one has room and nothing to take; told of one more, it gets it.
+        assert!(e.peers[&idle].nothing_ready);
+        let more = BlockAddress::Leaf {
+            tree: tree(3),
+            index: 0,
+        };
+        let (tx, rx) = oneshot::channel();
+        keep.push(rx);
+        e.add_want(more, Some(1), tx, Instant::now());
+        said_has(&mut e, idle, more);
+        e.make_ready(more);
+        e.assign(Instant::now());
+        assert_eq!(e.pending[&more].requested_from, Some(idle));
+        // The busy one's queue kept its order: its oldest waiting address is still first.
+        assert_eq!(e.ready.front(), Some(&first[limit]));
+        cancel.cancel();
+    }
+
     /// A holder whose proof checks out only for a tree of another size than the manifest's
     /// (a forged count: the tree binds it only through the odd nodes on the leaf's path, so a
     /// peer can make one that checks out) is neither penalised nor believed: the leaf is asked
@@ -2858,9 +2980,12 @@ mod tests {
         // The holder goes; nobody else has it.
         e.on_net(NetEvent::PeerDisconnected { peer: holder });
         e.assign(Instant::now());
-        assert!(e.pending[&address].requested_from.is_none() && !e.pending[&address].queued);
         e.on_tick(Instant::now());
         assert!(e.pending.contains_key(&address), "still wanted");
+        assert!(
+            e.pending[&address].requested_from.is_none() && !e.pending[&address].queued,
+            "waiting for a holder, not queued for one"
+        );
         assert!(rx.try_recv().is_err(), "no answer yet");
         cancel.cancel();
     }
