@@ -7,9 +7,10 @@
 //!   reference) every dataset held whole (its manifest and every leaf stored: an upload, a
 //!   download that completed; not a manifest stored alone, a range, a stopped download) is
 //!   announced again, because provider records expire after 24 h on the nodes that hold them.
-//!   A round lists the datasets once and queues them [`ROUND_STEP`] at a time, the next step
-//!   once the backlog has room for it again, so it reaches every dataset however many there
-//!   are; a round still running when the next is due goes on (the next starts after it). A
+//!   A round pages through the listed datasets [`ROUND_STEP`] at a time (never holding every
+//!   manifest at once), the next step once the backlog has room for it again, so it reaches
+//!   every dataset however many there are; a round still running when the next is due goes on
+//!   (the next starts after it). A
 //!   full queue drops the announcement (the next round repeats it) rather than make an upload
 //!   wait for the DHT. The first round runs as soon as
 //!   the routing table holds a node that answered (checked every [`JOIN_CHECK_INTERVAL`]), so
@@ -331,9 +332,9 @@ async fn advertise(
     cancel: CancellationToken,
 ) {
     let mut running: JoinSet<(Cid, usize)> = JoinSet::new();
-    let mut round = tokio::time::interval(reannounce);
-    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    round.tick().await; // the first tick is immediate; later rounds are an interval apart
+    let mut rounds = tokio::time::interval(reannounce);
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rounds.tick().await; // the first tick is immediate; later rounds are an interval apart
     let mut joined = false;
     let mut join_check = tokio::time::interval(JOIN_CHECK_INTERVAL);
     let mut retry = tokio::time::interval(UNTOLD_RETRY_INTERVAL);
@@ -341,18 +342,23 @@ async fn advertise(
     let mut backlog: Vec<Cid> = Vec::new();
     // Announced to nobody: tried again on `retry`.
     let mut untold: Vec<Cid> = Vec::new();
-    // The datasets the running re-announce round has not queued yet.
-    let mut round_left: Option<std::vec::IntoIter<(Cid, Cid, u64)>> = None;
+    // The running re-announce round, if any.
+    let mut round: Option<Round> = None;
     loop {
         // Go on with the round while the backlog has room for a step.
         while backlog.len() + 2 * ROUND_STEP <= ADVERTISE_QUEUE
-            && let Some(left) = round_left.as_mut()
+            && let Some(r) = round.as_mut()
         {
-            let step: Vec<_> = left.by_ref().take(ROUND_STEP).collect();
-            if left.len() == 0 {
-                round_left = None;
+            let Some(step) = round_step(&store, r.after).await else {
+                round = None; // the store could not list: the next round tries again
+                break;
+            };
+            if step.listed < ROUND_STEP {
+                round = None; // that was the last page
+            } else if let Some(r) = round.as_mut() {
+                r.after = step.last;
             }
-            for (manifest, tree) in held_whole(&store, step).await {
+            for (manifest, tree) in step.whole {
                 backlog.push(manifest);
                 backlog.push(tree);
             }
@@ -388,7 +394,7 @@ async fn advertise(
                     info!("joined the DHT; announcing every stored dataset");
                     // A round from the start covers whatever reached nobody so far.
                     untold.clear();
-                    round_left = list_round(&store).await;
+                    round = Some(Round::default());
                 }
             }
             _ = retry.tick(), if !untold.is_empty() => {
@@ -413,11 +419,11 @@ async fn advertise(
                     }
                 }
             }
-            _ = round.tick() => {
-                if round_left.is_some() {
+            _ = rounds.tick() => {
+                if round.is_some() {
                     debug!("the last re-announce round is still running; it goes on");
                 } else {
-                    round_left = list_round(&store).await;
+                    round = Some(Round::default());
                 }
             }
         }
@@ -431,18 +437,53 @@ fn joined_dht(dht: &Discovery) -> bool {
     dht.table().iter().any(|n| n.seen)
 }
 
-/// The datasets a re-announce round goes through: every listed one's manifest CID, tree CID
-/// and leaf count, in the store's order. `None` when the store cannot list them (the next
-/// round tries again).
-async fn list_round(store: &Store) -> Option<std::vec::IntoIter<(Cid, Cid, u64)>> {
+/// Where a re-announce round is: it pages through the listed datasets in the store's order,
+/// [`ROUND_STEP`] at a time, so a node with a million datasets never holds every manifest at
+/// once (it used to list them all when a round started).
+#[derive(Debug, Default)]
+struct Round {
+    /// The manifest CID of the last dataset the round looked at; `None` at its start.
+    after: Option<Cid>,
+}
+
+/// One step of a round: what the page listed and which of its datasets to announce.
+struct Step {
+    /// Datasets on the page: fewer than [`ROUND_STEP`] ends the round.
+    listed: usize,
+    /// The page's last manifest CID, where the next step starts.
+    last: Option<Cid>,
+    /// The `(manifest, tree)` CIDs of the page's datasets held whole.
+    whole: Vec<(Cid, Cid)>,
+}
+
+/// The next [`ROUND_STEP`] listed datasets after `after`, and those of them this node holds
+/// whole: the manifest block and every leaf stored. A provider must serve every block, so a
+/// manifest stored alone, a range or a stopped download is not announced. One blocking call
+/// (a seek each for a dataset whose tree is kept). `None` when the store cannot list.
+async fn round_step(store: &Store, after: Option<Cid>) -> Option<Step> {
     let s = store.clone();
-    match tokio::task::spawn_blocking(move || s.list_manifests()).await {
-        Ok(Ok(list)) => Some(
-            list.into_iter()
-                .map(|(cid, m)| (cid, m.tree_cid, m.blocks_count()))
-                .collect::<Vec<_>>()
-                .into_iter(),
-        ),
+    let step = tokio::task::spawn_blocking(move || {
+        let page = s.manifests_after(after.as_ref(), ROUND_STEP)?;
+        let whole = page
+            .iter()
+            .filter(|(manifest, m)| {
+                s.has_block(manifest).unwrap_or(false)
+                    && matches!(
+                        s.first_missing_leaf(&m.tree_cid, 0..m.blocks_count()),
+                        Ok(None)
+                    )
+            })
+            .map(|(manifest, m)| (*manifest, m.tree_cid))
+            .collect();
+        Ok::<_, cairn_store::StoreError>(Step {
+            listed: page.len(),
+            last: page.last().map(|(c, _)| *c),
+            whole,
+        })
+    })
+    .await;
+    match step {
+        Ok(Ok(step)) => Some(step),
         Ok(Err(e)) => {
             warn!(error = %e, "cannot list the datasets to announce them again");
             None
@@ -452,23 +493,4 @@ async fn list_round(store: &Store) -> Option<std::vec::IntoIter<(Cid, Cid, u64)>
             None
         }
     }
-}
-
-/// The `(manifest, tree)` CIDs of the datasets in `step` (manifest, tree, leaf count) this node
-/// holds whole: the manifest block and every leaf stored. A provider must serve every block,
-/// so a manifest stored alone, a range or a stopped download is not announced; nor a dataset
-/// deleted since the round listed it.
-async fn held_whole(store: &Store, step: Vec<(Cid, Cid, u64)>) -> Vec<(Cid, Cid)> {
-    let s = store.clone();
-    tokio::task::spawn_blocking(move || {
-        step.into_iter()
-            .filter(|(manifest, tree, leaves)| {
-                s.has_block(manifest).unwrap_or(false)
-                    && matches!(s.first_missing_leaf(tree, 0..*leaves), Ok(None))
-            })
-            .map(|(manifest, tree, _)| (manifest, tree))
-            .collect()
-    })
-    .await
-    .unwrap_or_default()
 }

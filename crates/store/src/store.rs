@@ -2,6 +2,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    ops::Bound,
     path::Path,
     sync::{
         Arc, Weak,
@@ -1804,10 +1805,28 @@ impl Store {
     /// Every listed dataset: manifest CID and manifest. A manifest that cannot be read is
     /// skipped with a warning (one damaged entry does not hide the others).
     pub fn list_manifests(&self) -> Result<Vec<(Cid, Manifest)>, StoreError> {
+        self.manifests_after(None, usize::MAX)
+    }
+
+    /// Up to `limit` listed datasets, as [`Store::list_manifests`], whose manifest CIDs come
+    /// after `after` in the store's order (from the first when `None`). A caller that pages
+    /// through with the last CID of each page meets every dataset listed the whole time once,
+    /// and holds one page at a time, not every manifest of the node.
+    pub fn manifests_after(
+        &self,
+        after: Option<&Cid>,
+        limit: usize,
+    ) -> Result<Vec<(Cid, Manifest)>, StoreError> {
+        let after = after.map(|c| c.to_bytes());
         let keys: Vec<Vec<u8>> = {
             let r = self.inner.db()?.begin_read()?;
             let m = r.open_table(MANIFESTS)?;
-            m.iter()?
+            let from = match &after {
+                Some(k) => Bound::Excluded(k.as_slice()),
+                None => Bound::Unbounded,
+            };
+            m.range::<&[u8]>((from, Bound::Unbounded))?
+                .take(limit)
                 .map(|e| e.map(|(k, _)| k.value().to_vec()))
                 .collect::<Result<_, _>>()?
         };

@@ -1317,3 +1317,30 @@ fn background_fetches_are_kept_until_removed_or_deleted() {
     store.delete(&second).unwrap();
     assert_eq!(store.fetches(10).unwrap(), vec![third]);
 }
+
+/// Paging through the listed datasets meets each once, in the order of the whole list, and a
+/// dataset deleted between two pages does not stop the pages after it.
+#[test]
+fn manifests_page_through_every_dataset_once() {
+    for (name, b) in backends(quiet()) {
+        for seed in 0..7u8 {
+            upload(&b.store, &data(BS + usize::from(seed), seed), None).unwrap();
+        }
+        let whole: Vec<_> = b.store.list_manifests().unwrap();
+        assert_eq!(whole.len(), 7, "{name}");
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = b.store.manifests_after(after.as_ref(), 3).unwrap();
+            assert!(page.len() <= 3, "{name}");
+            if paged.is_empty() {
+                // The last CID of the first page goes before the next page is read.
+                b.store.delete(&page[2].0).unwrap();
+            }
+            let Some(last) = page.last() else { break };
+            after = Some(last.0);
+            paged.extend(page);
+        }
+        assert_eq!(paged, whole, "{name}");
+    }
+}
