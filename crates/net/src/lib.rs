@@ -19,6 +19,7 @@ pub mod dht_link;
 pub mod identity;
 pub mod manager;
 pub mod metrics;
+pub mod perf;
 pub mod reputation;
 pub mod service;
 pub mod transport;
@@ -82,6 +83,8 @@ pub struct NetConfig {
     /// Where the discovery DHT plugs in (connected by the node once the DHT runs; see
     /// [`DhtLink`]).
     pub dht: DhtLink,
+    /// Serve the `/perf/1.0.0` self-test to peers ([`perf`]; within its limits). Default on.
+    pub perf_server: bool,
 }
 
 /// Default cap on inbound peers (CometBFT's `MaxNumInboundPeers`).
@@ -117,6 +120,7 @@ impl Default for NetConfig {
             seed_mode: false,
             routability: cairn_peers::Routability::default(),
             dht: DhtLink::default(),
+            perf_server: true,
         }
     }
 }

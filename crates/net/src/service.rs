@@ -83,6 +83,8 @@ pub(crate) struct Behaviour {
     ping: ping::Behaviour,
     blockexc: blockexc::Behaviour,
     pub(crate) pex: libp2p::request_response::Behaviour<cairn_pex::PexCodec>,
+    /// Streams handed to plain async code: the `/perf/1.0.0` self-test ([`crate::perf`]).
+    stream: libp2p_stream::Behaviour,
 }
 
 /// Whether we dialled the peer or it dialled us.
@@ -216,6 +218,7 @@ pub struct NetworkHandle {
     peer_id: PeerId,
     commands: mpsc::Sender<Command>,
     dht: crate::DhtLink,
+    perf: crate::perf::PerfClient,
 }
 
 impl NetworkHandle {
@@ -227,6 +230,17 @@ impl NetworkHandle {
     /// Where the discovery DHT plugs in ([`crate::DhtLink::connect`]).
     pub fn dht_link(&self) -> &crate::DhtLink {
         &self.dht
+    }
+
+    /// Measures the path to `peer` with the `/perf/1.0.0` self-test ([`crate::perf`]): sends
+    /// `upload` bytes and receives `download` bytes over a stream of its own.
+    pub async fn perf(
+        &self,
+        peer: PeerId,
+        upload: u64,
+        download: u64,
+    ) -> Result<crate::perf::PerfReport, crate::perf::PerfError> {
+        crate::perf::run(&mut self.perf.0.clone(), peer, upload, download).await
     }
 
     async fn ask<T>(
@@ -426,7 +440,15 @@ pub async fn start(
             config.metrics.blockexc.clone(),
         ),
         pex: cairn_pex::behaviour_with_traffic(config.metrics.pex.clone()),
+        stream: libp2p_stream::Behaviour::new(),
     };
+    let mut perf = behaviour.stream.new_control();
+    if config.perf_server {
+        let incoming = perf
+            .accept(crate::perf::PERF_PROTOCOL)
+            .map_err(|e| NetError::Transport(e.to_string()))?;
+        tokio::spawn(crate::perf::serve(incoming, cancel.clone()));
+    }
     let mut swarm = Swarm::new(
         transport,
         behaviour,
@@ -552,6 +574,7 @@ pub async fn start(
             peer_id,
             commands: cmd_tx,
             dht: config.dht,
+            perf: crate::perf::PerfClient(perf),
         },
         ev_rx,
         task,
