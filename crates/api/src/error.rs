@@ -25,6 +25,8 @@ pub enum ApiError {
     Unprocessable(String),
     /// 507: the store is full.
     InsufficientStorage(String),
+    /// 502: a peer the request needed failed (a perf run).
+    BadGateway(String),
     /// 503.
     Unavailable(String),
     /// 500.
@@ -87,6 +89,7 @@ impl IntoResponse for ApiError {
             ApiError::RequestTimeout(m) => (StatusCode::REQUEST_TIMEOUT, m),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
             ApiError::InsufficientStorage(m) => (StatusCode::INSUFFICIENT_STORAGE, m),
+            ApiError::BadGateway(m) => (StatusCode::BAD_GATEWAY, m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Internal(m) => {
                 tracing::warn!(error = %m, "request failed");

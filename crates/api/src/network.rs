@@ -465,3 +465,68 @@ pub(crate) async fn debug_info(State(node): State<Node>) -> Result<Response, Api
         serde_json::to_string_pretty(&info).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
+
+/// Bytes a perf run moves each way when the request does not say: 64 MiB, a quarter of a
+/// second or more on a path of up to 250 MB/s, and well within [`PERF_MAX_BYTES`].
+pub(crate) const PERF_DEFAULT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The query of `POST /debug/perf/{peerId}`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct PerfQuery {
+    upload: Option<u64>,
+    download: Option<u64>,
+}
+
+/// The answer of `POST /debug/perf/{peerId}` (a cairn extension).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PerfJson {
+    peer_id: String,
+    upload_bytes: u64,
+    download_bytes: u64,
+    upload_seconds: f64,
+    download_seconds: f64,
+    /// Megabytes (10^6 bytes) per second.
+    upload_mbps: f64,
+    download_mbps: f64,
+}
+
+/// `POST /debug/perf/{peerId}?upload=BYTES&download=BYTES`: runs the `/perf/1.0.0` self-test
+/// against a peer ([`cairn_node::net::perf`]) and answers what it measured.
+pub(crate) async fn perf(
+    State(node): State<Node>,
+    Path(peer): Path<String>,
+    Query(query): Query<PerfQuery>,
+) -> Result<Response, ApiError> {
+    use cairn_node::net::perf::PerfError;
+    let peer: PeerId = peer
+        .parse()
+        .map_err(|_| ApiError::BadRequest("peerid: incorrect PeerId string".into()))?;
+    let net = node
+        .net()
+        .ok_or_else(|| ApiError::Unavailable("This node has no network.".into()))?;
+    if net.local_peer_id() == peer {
+        return Err(ApiError::BadRequest(
+            "That is this node's own peer id.".into(),
+        ));
+    }
+    let upload = query.upload.unwrap_or(PERF_DEFAULT_BYTES);
+    let download = query.download.unwrap_or(PERF_DEFAULT_BYTES);
+    let report = net
+        .perf(peer, upload, download)
+        .await
+        .map_err(|e| match e {
+            PerfError::TooLarge => ApiError::BadRequest(format!("{e}.")),
+            other => ApiError::BadGateway(format!("{other}.")),
+        })?;
+    let out = PerfJson {
+        peer_id: peer.to_string(),
+        upload_bytes: report.uploaded,
+        download_bytes: report.downloaded,
+        upload_seconds: report.upload_time.as_secs_f64(),
+        download_seconds: report.download_time.as_secs_f64(),
+        upload_mbps: report.upload_rate() / 1e6,
+        download_mbps: report.download_rate() / 1e6,
+    };
+    Ok(Json(out).into_response())
+}

@@ -121,6 +121,7 @@ pub fn router_with(node: Node, options: ApiOptions) -> Router {
         .route("/spr", get(network::spr))
         .route("/debug/info", get(network::debug_info))
         .route("/debug/peers", get(network::debug_peers))
+        .route("/debug/perf/{peer}", axum::routing::post(network::perf))
         .route("/space", get(space))
         .route("/openapi.yaml", get(openapi::document))
         .with_state(node)

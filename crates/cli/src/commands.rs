@@ -22,6 +22,8 @@
 //!   null}`.
 //! * `connect`: `{"peer_id", "addrs", "connected"}`.
 //! * `space`: `{"total_bytes", "used_bytes", "reserved_bytes", "free_bytes", "blocks"}`.
+//! * `perf`: `{"peer_id", "upload_bytes", "download_bytes", "upload_seconds",
+//!   "download_seconds", "upload_mbps", "download_mbps"}` (megabytes of 10^6 bytes per second).
 
 use std::path::PathBuf;
 
@@ -145,6 +147,20 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Measure the path from the node to a connected peer (the libp2p perf self-test): what
+    /// the connection carries each way, to read a download's rate against.
+    Perf {
+        /// The peer's id (it must be connected, and serve the test: cairn nodes do by default).
+        peer: String,
+        /// Bytes to send to the peer (units K, M, G; at most 256MiB).
+        #[arg(long, default_value = "64MiB", value_parser = crate::config::parse_size)]
+        upload: u64,
+        /// Bytes to receive from the peer (units K, M, G; at most 256MiB).
+        #[arg(long, default_value = "64MiB", value_parser = crate::config::parse_size)]
+        download: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 impl ClientCommand {
@@ -195,6 +211,12 @@ impl ClientCommand {
                 client,
             } => connect(&Api::new(client.api)?, &peer, &addrs, client.json).await,
             ClientCommand::Space { client } => space(&Api::new(client.api)?, client.json).await,
+            ClientCommand::Perf {
+                peer,
+                upload,
+                download,
+                client,
+            } => perf(&Api::new(client.api)?, &peer, upload, download, client.json).await,
         }
     }
 }
@@ -579,6 +601,75 @@ async fn connect(api: &Api, peer: &str, addrs: &[String], json: bool) -> anyhow:
     }
 }
 
+/// `POST /debug/perf/{peerId}`'s answer; also `cairn perf --json` (in snake_case).
+#[derive(Debug, serde::Deserialize, Serialize, PartialEq)]
+struct PerfOut {
+    #[serde(alias = "peerId")]
+    peer_id: String,
+    #[serde(alias = "uploadBytes")]
+    upload_bytes: u64,
+    #[serde(alias = "downloadBytes")]
+    download_bytes: u64,
+    #[serde(alias = "uploadSeconds")]
+    upload_seconds: f64,
+    #[serde(alias = "downloadSeconds")]
+    download_seconds: f64,
+    #[serde(alias = "uploadMbps")]
+    upload_mbps: f64,
+    #[serde(alias = "downloadMbps")]
+    download_mbps: f64,
+}
+
+/// The longest a perf request may take: the node's own limit on a run (60 s) and the time to
+/// open its stream (10 s), plus a margin.
+const PERF_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(80);
+
+/// `cairn perf`: `POST /debug/perf/{peer}?upload=…&download=…`.
+async fn perf(api: &Api, peer: &str, upload: u64, download: u64, json: bool) -> anyhow::Result<()> {
+    let mut url = api.url(&["debug", "perf", peer]);
+    url.query_pairs_mut()
+        .append_pair("upload", &upload.to_string())
+        .append_pair("download", &download.to_string());
+    let what = format!("measuring the path to {peer}");
+    let req = api
+        .request_to(Method::POST, url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .timeout(PERF_REQUEST_TIMEOUT);
+    let body = api
+        .send(req, &what)
+        .await?
+        .bytes()
+        .await
+        .map_err(|e| anyhow::anyhow!("{what}: reading the answer: {e}"))?;
+    let out: PerfOut = serde_json::from_slice(&body)
+        .map_err(|e| anyhow::anyhow!("{what}: the node's answer is not the JSON expected: {e}"))?;
+    if json {
+        output::print_json(&out)
+    } else {
+        output::print(&perf_text(&out))
+    }
+}
+
+fn perf_text(p: &PerfOut) -> String {
+    let line = |dir: &str, bytes: u64, secs: f64, mbps: f64| {
+        format!(
+            "{dir:<9}{mbps:>10.1} MB/s  ({} in {secs:.3} s)\n",
+            output::size(bytes)
+        )
+    };
+    format!(
+        "path to {}\n{}{}",
+        output::printable(&p.peer_id),
+        line("upload", p.upload_bytes, p.upload_seconds, p.upload_mbps),
+        line(
+            "download",
+            p.download_bytes,
+            p.download_seconds,
+            p.download_mbps
+        ),
+    )
+}
+
 /// `cairn space --json`.
 #[derive(Debug, Serialize, PartialEq, Eq)]
 struct SpaceOut {
@@ -670,5 +761,22 @@ mod tests {
              free        20.0 GiB  (21474770888 bytes)\n\
              blocks    2\n"
         );
+    }
+
+    /// The node's camelCase answer reads into the snake_case output, and reads well.
+    #[test]
+    fn perf_reads_the_nodes_answer_and_reads_well() {
+        let answer = r#"{"peerId":"16Uiu2HAm","uploadBytes":67108864,"downloadBytes":1048576,
+            "uploadSeconds":0.25,"downloadSeconds":0.5,"uploadMbps":268.4,"downloadMbps":2.1}"#;
+        let p: PerfOut = serde_json::from_str(answer).unwrap();
+        assert_eq!((p.upload_bytes, p.download_bytes), (67_108_864, 1_048_576));
+        assert_eq!(
+            perf_text(&p),
+            "path to 16Uiu2HAm\n\
+             upload        268.4 MB/s  (64.0 MiB in 0.250 s)\n\
+             download        2.1 MB/s  (1.0 MiB in 0.500 s)\n"
+        );
+        let out = serde_json::to_value(&p).unwrap();
+        assert_eq!(out["upload_mbps"], 268.4);
     }
 }

@@ -162,6 +162,17 @@ pub(crate) struct StartArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub(crate) seed_mode: Option<bool>,
+    /// Answer peers' `/perf/1.0.0` self-tests (`cairn perf`), within their limits: at most
+    /// 256 MiB each way, one run per peer and two in all at a time [default: on]
+    #[arg(
+        long,
+        env = "CAIRN_PERF_SERVER",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub(crate) perf_server: Option<bool>,
     /// Keep only public addresses in the address book; by default loopback and private
     /// addresses are kept too when we learn them ourselves or from a peer on our own network
     /// (never given to public peers either way) [default: off]
@@ -228,6 +239,7 @@ struct FileConfig {
     persistent_peer: Option<Vec<String>>,
     private_peer_id: Option<Vec<String>>,
     seed_mode: Option<bool>,
+    perf_server: Option<bool>,
     addr_book_strict: Option<bool>,
     net_privkey: Option<PathBuf>,
     muxers: Option<String>,
@@ -260,6 +272,8 @@ pub(crate) struct Config {
     pub(crate) persistent_peers: Vec<Multiaddr>,
     pub(crate) private_peer_ids: Vec<PeerId>,
     pub(crate) seed_mode: bool,
+    /// Whether peers' perf self-tests are answered.
+    pub(crate) perf_server: bool,
     pub(crate) addr_book_strict: bool,
     pub(crate) key_file: PathBuf,
     pub(crate) muxers: Muxers,
@@ -654,6 +668,7 @@ impl StartArgs {
             persistent_peers,
             private_peer_ids,
             seed_mode,
+            perf_server: self.perf_server.or(file.perf_server).unwrap_or(true),
             addr_book_strict: self
                 .addr_book_strict
                 .or(file.addr_book_strict)
@@ -994,6 +1009,7 @@ mod tests {
         assert_eq!(c.outbound_peers, cairn_node::net::DEFAULT_OUTBOUND_TARGET);
         assert_eq!(c.max_inbound_peers, cairn_node::net::DEFAULT_MAX_INBOUND);
         assert!(!c.seed_mode && !c.addr_book_strict);
+        assert!(c.perf_server, "perf self-tests are answered by default");
         assert!(c.persistent_peers.is_empty() && c.private_peer_ids.is_empty());
 
         let id = "16Uiu2HAmFMz54faMd3PJNAF8JUQtLeTA6e48itVw8d6QsQpdRGkh";
@@ -1002,7 +1018,7 @@ mod tests {
         std::fs::write(
             &f,
             format!(
-                "outbound-peers = 4\nmax-inbound-peers = 8\nseed-mode = true\n\
+                "outbound-peers = 4\nmax-inbound-peers = 8\nseed-mode = true\nperf-server = false\n\
                  addr-book-strict = true\nprivate-peer-id = [\"{id}\"]\n\
                  persistent-peer = [\"/ip4/127.0.0.1/tcp/9/p2p/{id}\"]\n"
             ),
@@ -1017,6 +1033,7 @@ mod tests {
         .unwrap();
         assert_eq!((c.outbound_peers, c.max_inbound_peers), (5, 8));
         assert!(c.seed_mode && c.addr_book_strict);
+        assert!(!c.perf_server, "perf-server = false in the file");
         assert_eq!(c.private_peer_ids[0].to_string(), id);
         assert_eq!(
             c.persistent_peers[0].to_string(),

@@ -286,6 +286,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         persistent_peers: cfg.persistent_peers.clone(),
         private_peer_ids: cfg.private_peer_ids.clone(),
         seed_mode: cfg.seed_mode,
+        perf_server: cfg.perf_server,
         routability: if cfg.addr_book_strict {
             cairn_node::net::Routability::Strict
         } else {

@@ -779,6 +779,38 @@ fn two_nodes_connect_and_peers() {
     assert_eq!(text, format!("connected to {a_id}\n"));
     assert_eq!(json(&b, &["info"])["peers"], 1);
 
+    // `cairn perf` measures the path between them (the /perf/1.0.0 self-test): the bytes asked
+    // for, each way.
+    let perf = json(
+        &b,
+        &["perf", &a_id, "--upload", "1MiB", "--download", "3MiB"],
+    );
+    assert_eq!(perf["peer_id"], a_id.as_str(), "{perf}");
+    assert_eq!(perf["upload_bytes"], 1 << 20, "{perf}");
+    assert_eq!(perf["download_bytes"], 3 << 20, "{perf}");
+    assert!(perf["download_mbps"].as_f64().unwrap() > 0.0, "{perf}");
+    let text = ok(&cli(&[
+        "perf",
+        &a_id,
+        "--download",
+        "1MiB",
+        "--api",
+        &b.api,
+    ]));
+    assert!(
+        text.starts_with(&format!("path to {a_id}\nupload ")) && text.contains("MB/s"),
+        "{text}"
+    );
+    // Over the limit: refused as invalid. A peer that is not connected: the run fails.
+    let err = fails(
+        &cli(&["perf", &a_id, "--upload", "257MiB", "--api", &b.api]),
+        INVALID,
+    );
+    assert!(err.contains("at most"), "{err}");
+    let stranger = "16Uiu2HAm4vFYcJtpVQyTNTeoHVmj3zUDaYoy7zvsX7VCdYVvVF9z";
+    let err = fails(&cli(&["perf", stranger, "--api", &b.api]), 1);
+    assert!(err.contains("502"), "{err}");
+
     // The connection carries a download: A's dataset, by CID, through B.
     let data = random(2 * 65536 + 3, 9);
     let file = dir.path().join("x.bin");
