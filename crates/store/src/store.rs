@@ -145,8 +145,10 @@ pub struct StoreConfig {
     /// transaction (`"put_block:checked"`, `"put_leaves:checked"`), and in every write
     /// transaction between its commit and the update of the in-memory counters
     /// (`"write:committed"`), and in every block read between looking its row up and reading
-    /// its bytes (`"read:looked-up"`), and in a compaction pass once it has scanned for segments
-    /// left unsealed (`"compact:scanned"`). It runs on the caller's thread. Not for production use.
+    /// its bytes (`"read:looked-up"`), in a compaction pass once it has scanned for segments
+    /// left unsealed (`"compact:scanned"`), and in [`Store::settle_tree`] between its read of
+    /// the leaves and the transaction that stores the tree (`"settle_tree:read"`). It runs on
+    /// the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
     /// Test hook: the free disk space to assume (bytes), instead of asking the file system;
@@ -1679,6 +1681,7 @@ impl Store {
         let active = |t: &Tables<'_>| -> Result<Option<DatasetRec>, StoreError> {
             Ok(t.get_dataset(&key)?.filter(|d| d.state == DS_ACTIVE))
         };
+        self.hook("settle_tree:read");
         let go = self.write(0, |t| {
             let Some(ds) = active(t)? else {
                 return Ok(false);
@@ -3245,5 +3248,100 @@ mod pool_tests {
         );
         drop((first, again, other));
         assert_eq!(reserved(), 0);
+    }
+}
+
+/// How long [`Store::settle_tree`] holds the single writer for a large dataset (the leaf rows
+/// of a 64 GiB download, 2^20 of them, with their downloaded proofs waiting). A measurement,
+/// not a check: `cargo test -p cairn-store --release -- --ignored --nocapture settle_bench`.
+#[cfg(test)]
+mod settle_bench {
+    use std::{sync::Mutex as StdMutex, time::Instant};
+
+    use cairn_core::cid::cid_from_digest;
+
+    use super::*;
+
+    /// Leaves of the dataset: 64 GiB of 64 KiB blocks.
+    const LEAVES: u64 = 1 << 20;
+    /// Leaf rows per setup transaction.
+    const SETUP_BATCH: u64 = 1 << 16;
+
+    /// When the hook saw each point, in order.
+    static SEEN: StdMutex<Vec<(&'static str, Instant)>> = StdMutex::new(Vec::new());
+
+    fn note(point: &'static str) {
+        if point == "settle_tree:read" || point == "write:committed" {
+            SEEN.lock().unwrap().push((point, Instant::now()));
+        }
+    }
+
+    #[test]
+    #[ignore = "a measurement; run it in release mode with --nocapture"]
+    fn settle_bench() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                background_reclaim: false,
+                crash_hook: Some(note),
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        let digests: Vec<cairn_core::Digest> = (0..LEAVES)
+            .map(|i| {
+                let mut d = [0x5au8; 32];
+                d[..8].copy_from_slice(&i.to_le_bytes());
+                d
+            })
+            .collect();
+        let tree = CodexTree::new(digests.clone()).unwrap();
+        let key = tree.cid().to_bytes();
+        let manifest = cid_from_digest(cairn_core::Codec::Manifest, &[7; 32]).to_bytes();
+        // A download that holds every leaf, one downloaded proof still waiting.
+        store
+            .write(0, |t| {
+                t.add_manifest(&manifest, &key, LEAVES)?;
+                t.proofs.insert((key.as_slice(), 0), &[1u8; 8][..])?;
+                Ok(())
+            })
+            .unwrap();
+        for start in (0..LEAVES).step_by(SETUP_BATCH as usize) {
+            store
+                .write(0, |t| {
+                    for i in start..start + SETUP_BATCH {
+                        let cid = cid_from_digest(cairn_core::Codec::Block, &digests[i as usize]);
+                        t.leaves
+                            .insert((key.as_slice(), i), (cid.to_bytes().as_slice(), &[][..]))?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        drop(tree);
+        // The whole-dataset check alone, under the writer.
+        let started = Instant::now();
+        let whole = store.write(0, |t| t.has_every_leaf(&key, LEAVES)).unwrap();
+        let scan = started.elapsed();
+        assert!(whole);
+        SEEN.lock().unwrap().clear();
+        let started = Instant::now();
+        let dropped = store.settle_tree(&cid_from_bytes(&key).unwrap()).unwrap();
+        let total = started.elapsed();
+        assert_eq!(dropped, 1);
+        let seen = SEEN.lock().unwrap().clone();
+        let read = seen
+            .iter()
+            .position(|(p, _)| *p == "settle_tree:read")
+            .unwrap();
+        let (_, at_read) = seen[read];
+        let (_, committed) = seen[read + 1];
+        println!(
+            "settle_bench: {LEAVES} leaves; check alone (a write transaction scanning every leaf key) {:?}; settle_tree {:?}, of which its tree-storing write transaction {:?}",
+            scan,
+            total,
+            committed - at_read,
+        );
     }
 }
