@@ -29,6 +29,7 @@
 //! | `segments` | segment id | live bytes, sealed flag |
 //! | `sessions` | session id | segment id, tree CID once known |
 //! | `deleting` | tree CID | — |
+//! | `generations` | tree CID | a number that changes whenever the dataset may lose a leaf |
 //! | `meta` | name | counter (used bytes, total blocks, next ids) |
 //!
 //! ## Invariants
