@@ -35,9 +35,9 @@
 //!    Segments an upload still writes are never picked: they are not sealed until the upload
 //!    ends (the open shared segments neither). The pure rule is [`pick_merges`].
 //! 2. **Collect.** One scan of the `blocks` table in a read transaction finds the live blocks in
-//!    the picked segments (of both kinds) (at most [`COMPACT_PASS_BLOCKS`] and [`COMPACT_PASS_BYTES`] per pass;
-//!    the rest waits for the next pass). They are copied in segment-offset order, so the old files are read
-//!    sequentially.
+//!    the picked segments of both kinds (at most [`COMPACT_PASS_BLOCKS`] and
+//!    [`COMPACT_PASS_BYTES`] per pass; the rest waits for the next pass). They are copied in
+//!    segment-offset order, so the old files are read sequentially, into one new segment.
 //! 3. **Copy, sync, commit, per batch** of [`COMPACT_BATCH_BLOCKS`], while the disk has room
 //!    for the batch beyond the headroom kept for the index and what reservations will still
 //!    write (otherwise the pass stops, and the rest waits for a later one): each block is read and
@@ -58,7 +58,7 @@
 //! they are synced. A crash before a batch commits leaves the new segment with no live bytes,
 //! which recovery deletes; a crash after it leaves the old file unknown to the index (or with
 //! live bytes still counted, if only some rows moved), and recovery deletes unknown files.
-//! `tests/crash.rs` kills a process at both points.
+//! `tests/crash.rs` kills a process at both points, in a compaction and in a merge.
 //!
 //! **Readers** are not blocked. A reader that looked up a row before a batch committed may find
 //! the old file already deleted; `Store::read_verified` then looks the row up again and follows
