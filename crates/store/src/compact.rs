@@ -1,4 +1,4 @@
-//! Compaction: rewriting sealed segments that are mostly dead bytes.
+//! Compaction: rewriting sealed segments that are mostly dead bytes, and merging small ones.
 //!
 //! Segments are append-only and a segment file is deleted only when no live block points into
 //! it. An upload has a segment of its own, so deleting its dataset frees the whole file. The
@@ -8,7 +8,14 @@
 //! while the others keep the file alive. The quota counts live bytes only, so this costs disk,
 //! not quota; but a node that keeps caching downloads for a TTL would hold ever more dead bytes.
 //!
-//! A compaction pass ([`Store::compact`], run by every maintenance pass) frees them:
+//! Small segments are the other waste. Each upload writes a segment of its own, so a node that
+//! stores 100,000 small files has 100,000 segment files: a directory entry, an index row and an
+//! open file per read of each (the reader cache holds 64), and dead bytes that the rule for
+//! mostly-dead segments never frees, since a segment under [`COMPACT_MIN_DEAD_BYTES`] cannot
+//! hold that much dead. So sealed segments under [`MERGE_SMALL_BYTES`] are merged, several into
+//! one, with the same machinery.
+//!
+//! A compaction pass ([`Store::compact`], run by every maintenance pass) does both:
 //!
 //! 0. **Seal.** Segments no one writes that were left unsealed (a seal that failed) are
 //!    sealed. The open shared segments are sealed first if they meet the rule below (and no
@@ -18,10 +25,19 @@
 //!    [`COMPACT_MAX_LIVE_PERCENT`] of the file and whose dead bytes are at least
 //!    [`COMPACT_MIN_DEAD_BYTES`], most dead bytes first, as many as fit in
 //!    [`COMPACT_PASS_BYTES`] of live bytes (always at least one). The pure rule is [`pick`].
+//!    Then, in what is left of that budget, **small** sealed segments to merge: files under
+//!    [`MERGE_SMALL_BYTES`] with live bytes, whatever their share of dead ones (a small
+//!    segment cannot meet the rule above, and merging it frees its dead bytes too), none with
+//!    rows on their way into it (a pin), least live bytes first (most files merged per byte
+//!    copied), at most [`MERGE_PASS_SEGMENTS`], and only when the pass finds at least
+//!    [`MERGE_MIN_SEGMENTS`] of them (the segment a merge writes is small itself until it
+//!    outgrows [`MERGE_SMALL_BYTES`], and is copied again only along with that many others).
+//!    Segments an upload still writes are never picked: they are not sealed until the upload
+//!    ends (the open shared segments neither). The pure rule is [`pick_merges`].
 //! 2. **Collect.** One scan of the `blocks` table in a read transaction finds the live blocks in
-//!    the picked segments (at most [`COMPACT_PASS_BLOCKS`] and [`COMPACT_PASS_BYTES`] per pass;
-//!    the rest waits for the next pass). They are copied in segment-offset order, so the old files are read
-//!    sequentially.
+//!    the picked segments of both kinds (at most [`COMPACT_PASS_BLOCKS`] and
+//!    [`COMPACT_PASS_BYTES`] per pass; the rest waits for the next pass). They are copied in
+//!    segment-offset order, so the old files are read sequentially, into one new segment.
 //! 3. **Copy, sync, commit, per batch** of [`COMPACT_BATCH_BLOCKS`], while the disk has room
 //!    for the batch beyond the headroom kept for the index and what reservations will still
 //!    write (otherwise the pass stops, and the rest waits for a later one): each block is read and
@@ -34,11 +50,15 @@
 //!    transaction and its file deleted after the commit, as deletion already does.
 //! 4. **Seal** the new segment (or drop it, if every block it received was deleted meanwhile).
 //!
+//! So a merge is a compaction of segments that were picked for their size rather than their
+//! dead bytes: their live blocks land in one new segment, each old file is deleted in the
+//! transaction that moves its last live row, and the rest below holds for both alike.
+//!
 //! **Crash safety** follows from the store's one rule: no index entry names segment bytes before
 //! they are synced. A crash before a batch commits leaves the new segment with no live bytes,
 //! which recovery deletes; a crash after it leaves the old file unknown to the index (or with
 //! live bytes still counted, if only some rows moved), and recovery deletes unknown files.
-//! `tests/crash.rs` kills a process at both points.
+//! `tests/crash.rs` kills a process at both points, in a compaction and in a merge.
 //!
 //! **Readers** are not blocked. A reader that looked up a row before a batch committed may find
 //! the old file already deleted; `Store::read_verified` then looks the row up again and follows
@@ -73,6 +93,21 @@ pub(crate) const COMPACT_PASS_BLOCKS: usize = 65_536;
 /// Blocks copied per sync and index transaction: 16 MiB of 64 KiB blocks, which amortises the
 /// `fdatasync` and commit and keeps each transaction short.
 pub(crate) const COMPACT_BATCH_BLOCKS: usize = 256;
+/// A sealed segment whose file is smaller than this is *small*, and is merged with other small
+/// ones. The same size as [`COMPACT_MIN_DEAD_BYTES`]: a segment at least this big is rewritten
+/// by the dead-bytes rule once it is mostly dead, one under it never is, so between the two
+/// rules no sealed segment keeps more than about half its size, or this much, dead for good.
+/// Bigger would copy more per file saved (an upload of a few MiB is a fine file of its own).
+pub(crate) const MERGE_SMALL_BYTES: u64 = 8 * 1024 * 1024;
+/// Small segments a pass must find before it merges any: a merge saves files only if there
+/// are several, and the segment it writes is small itself until it outgrows
+/// [`MERGE_SMALL_BYTES`], so it is copied again only along with this many others (at most
+/// [`MERGE_SMALL_BYTES`] copied again per this many segments merged, not per segment).
+pub(crate) const MERGE_MIN_SEGMENTS: usize = 16;
+/// Small segments one pass merges at most (besides the byte and block bounds of every pass):
+/// bounds the files it deletes and the set of segments its scan of `blocks` looks for. 100,000
+/// small uploads are merged in 7 passes.
+pub(crate) const MERGE_PASS_SEGMENTS: usize = 16_384;
 
 /// What one compaction pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -129,6 +164,36 @@ pub(crate) fn pick(segments: &[SegmentUse], pass_bytes: u64) -> Vec<u64> {
         }
         live = live.saturating_add(s.live);
         picked.push(s.id);
+    }
+    picked
+}
+
+/// The small segments one pass merges ([`MERGE_SMALL_BYTES`]; see the module docs): of
+/// `segments` (sealed, and holding no rows on their way), those under that size with live
+/// bytes, least live bytes first, while their live bytes fit in `pass_bytes` and they number
+/// at most [`MERGE_PASS_SEGMENTS`]. None when fewer than [`MERGE_MIN_SEGMENTS`] are small, or
+/// fewer than two fit (one segment rewritten alone saves no file).
+pub(crate) fn pick_merges(segments: &[SegmentUse], pass_bytes: u64) -> Vec<u64> {
+    let mut small: Vec<SegmentUse> = segments
+        .iter()
+        .copied()
+        .filter(|s| s.size < MERGE_SMALL_BYTES && s.live > 0)
+        .collect();
+    if small.len() < MERGE_MIN_SEGMENTS {
+        return Vec::new();
+    }
+    small.sort_by_key(|s| (s.live, s.id));
+    let mut picked = Vec::new();
+    let mut live = 0u64;
+    for s in small {
+        if picked.len() >= MERGE_PASS_SEGMENTS || live.saturating_add(s.live) > pass_bytes {
+            break;
+        }
+        live = live.saturating_add(s.live);
+        picked.push(s.id);
+    }
+    if picked.len() < 2 {
+        picked.clear();
     }
     picked
 }
@@ -193,7 +258,23 @@ impl Store {
         if !empty.is_empty() {
             self.drop_empty_sealed(&empty, &mut report)?;
         }
-        let picked = pick(&sealed, COMPACT_PASS_BYTES);
+        let mut picked = pick(&sealed, COMPACT_PASS_BYTES);
+        // Small segments are merged in what the mostly-dead ones leave of the pass's bytes.
+        let mostly_dead: HashSet<u64> = picked.iter().copied().collect();
+        let taken = sealed
+            .iter()
+            .filter(|s| mostly_dead.contains(&s.id))
+            .fold(0u64, |n, s| n.saturating_add(s.live));
+        let pinned = self.pinned();
+        let mergeable: Vec<SegmentUse> = sealed
+            .iter()
+            .filter(|s| !pinned.contains(&s.id) && !mostly_dead.contains(&s.id))
+            .copied()
+            .collect();
+        picked.extend(pick_merges(
+            &mergeable,
+            COMPACT_PASS_BYTES.saturating_sub(taken),
+        ));
         if picked.is_empty() {
             if report.segments_freed > 0 {
                 info!(
@@ -213,6 +294,7 @@ impl Store {
         }
         // The picked segments that are gone now were freed by this pass.
         let remaining: HashSet<u64> = self.sealed_segments()?.iter().map(|s| s.id).collect();
+        let picked: HashSet<u64> = picked.into_iter().collect();
         for s in sealed.iter().filter(|s| picked.contains(&s.id)) {
             if !remaining.contains(&s.id) {
                 report.segments_freed += 1;
@@ -861,6 +943,153 @@ mod tests {
         }
         let audit = store.audit().unwrap();
         assert!(audit.segments_consistent, "{audit:?}");
+    }
+
+    /// Small sealed segments are merged once a pass finds at least `MERGE_MIN_SEGMENTS` of
+    /// them, whatever their live share, least live first and within the pass's bounds; big
+    /// ones and ones with nothing live are not merged.
+    #[test]
+    fn picks_small_segments_to_merge_once_there_are_enough() {
+        let n = MERGE_MIN_SEGMENTS as u64;
+        // Small: fully live, mostly live, mostly dead; ids given in reverse of their live bytes.
+        let small = |i: u64| {
+            let live = (n + 1 - i) * 64 * 1024;
+            let size = match i % 3 {
+                0 => live,
+                1 => live + 4096,
+                _ => MERGE_SMALL_BYTES - 1,
+            };
+            seg(i, live, size)
+        };
+        let few: Vec<SegmentUse> = (1..n).map(small).collect();
+        assert!(
+            pick_merges(&few, u64::MAX).is_empty(),
+            "fewer than the minimum"
+        );
+        let mut segs: Vec<SegmentUse> = (1..=n).map(small).collect();
+        segs.push(seg(100, MIB, MERGE_SMALL_BYTES)); // not small
+        segs.push(seg(101, 0, MIB)); // nothing live: deleted, not copied
+        segs.push(seg(102, 0, MERGE_SMALL_BYTES - 1));
+        let all: Vec<u64> = (1..=n).rev().collect();
+        assert_eq!(pick_merges(&segs, u64::MAX), all, "least live first");
+        // The pass's byte budget: the least live ones that fit.
+        let budget = (64 + 128 + 192) * 1024;
+        assert_eq!(pick_merges(&segs, budget), vec![n, n - 1, n - 2]);
+        // One alone saves no file.
+        assert!(pick_merges(&segs, 64 * 1024 + 1).is_empty());
+        // At most MERGE_PASS_SEGMENTS per pass.
+        let many: Vec<SegmentUse> = (0..MERGE_PASS_SEGMENTS as u64 + 10)
+            .map(|i| seg(i, 4096, 4096))
+            .collect();
+        assert_eq!(pick_merges(&many, u64::MAX).len(), MERGE_PASS_SEGMENTS);
+        // A small segment can never be picked by the dead-bytes rule: the two rules split the
+        // sealed segments between them.
+        assert!(!seg(1, 0, MERGE_SMALL_BYTES - 1).worth_compacting());
+    }
+
+    /// Uploads `blocks` (the same size each), in one upload session.
+    fn upload(store: &Store, blocks: &[Block]) -> crate::StoredDataset {
+        let mut w = store.begin_dataset().unwrap();
+        for b in blocks {
+            w.write(b).unwrap();
+        }
+        let size = blocks.iter().map(|b| b.data().len() as u64).sum();
+        w.finish(crate::DatasetMeta {
+            dataset_size: size,
+            block_size: blocks[0].data().len() as u64,
+            filename: None,
+            mimetype: None,
+        })
+        .unwrap()
+    }
+
+    /// Every leaf of `stored` reads back as `blocks` with a proof that verifies, and so does
+    /// its manifest.
+    fn assert_reads_back(store: &Store, stored: &crate::StoredDataset, blocks: &[Block]) {
+        use cairn_core::cid::cid_digest;
+        let tree = stored.manifest.tree_cid;
+        let root = cid_digest(&tree).unwrap();
+        let n = blocks.len() as u64;
+        for (i, want) in (0..n).zip(blocks) {
+            let (got, proof) = store.get_leaf(&tree, i).unwrap().unwrap();
+            assert_eq!(got.data(), want.data(), "leaf {i}");
+            proof
+                .verify_leaf(&cid_digest(got.cid()).unwrap(), &root, i, n)
+                .unwrap();
+        }
+        let manifest = store.get_manifest(&stored.manifest_cid).unwrap();
+        assert_eq!(manifest.as_ref(), Some(&stored.manifest));
+    }
+
+    /// Small uploads, a segment file each, are merged into one by a compaction pass: every
+    /// block still reads back verified, the counters are exact, the disk holds the live bytes
+    /// only, and the next pass has nothing to merge. A segment an upload still writes is left
+    /// alone, and so is one with a put's rows on their way (a pin) and a deleted upload's
+    /// (deleted, not copied). Before, each small upload kept its file for good.
+    #[test]
+    fn small_uploads_are_merged_into_one_segment() {
+        let (_dir, store) = store_rolling_at(1 << 20);
+        let n = MERGE_MIN_SEGMENTS + 4;
+        let data: Vec<Vec<Block>> = (0..n as u32)
+            .map(|d| (0..3).map(|i| block(1000 * d + i)).collect())
+            .collect();
+        let stored: Vec<crate::StoredDataset> = data.iter().map(|b| upload(&store, b)).collect();
+        // One upload still writing, and one deleted.
+        let mut writing = store.begin_dataset().unwrap();
+        let late: Vec<Block> = (0..2).map(|i| block(999_000 + i)).collect();
+        for b in &late {
+            writing.write(b).unwrap();
+        }
+        store.delete(&stored[0].manifest_cid).unwrap();
+        store.reclaim_now().unwrap();
+        let files = store.inner.segs.list().unwrap().len();
+        assert_eq!(files, n, "one file per upload (the deleted one's is gone)");
+        let pinned = row(&store, &data[1][0]).seg;
+        let pin = crate::store::SegPin::new(&store, pinned);
+
+        let r = store.compact().unwrap();
+        assert_eq!(r.segments_freed, n as u64 - 2, "{r:?}");
+        assert_eq!(
+            r.moved_blocks,
+            4 * (n as u64 - 2),
+            "3 leaves and a manifest each"
+        );
+        assert_eq!(r.corrupt_blocks, 0, "{r:?}");
+        assert_eq!(
+            store.inner.segs.list().unwrap().len(),
+            3,
+            "the merged segment, the pinned one and the one being written"
+        );
+        assert_eq!(row(&store, &data[1][0]).seg, pinned, "the pinned one stays");
+        drop(pin);
+        for (s, b) in stored.iter().zip(&data).skip(1) {
+            assert_reads_back(&store, s, b);
+        }
+        assert!(
+            store
+                .get_manifest(&stored[0].manifest_cid)
+                .unwrap()
+                .is_none()
+        );
+        // The upload still writing finishes into its own segment, untouched.
+        let last = writing
+            .finish(crate::DatasetMeta {
+                dataset_size: 2 * BS as u64,
+                block_size: BS as u64,
+                filename: None,
+                mimetype: None,
+            })
+            .unwrap();
+        assert_reads_back(&store, &last, &late);
+        let audit = store.audit().unwrap();
+        assert!(audit.segments_consistent, "{audit:?}");
+        assert_eq!(audit.used_recorded, audit.used_actual, "{audit:?}");
+        assert_eq!(
+            store.disk_bytes().unwrap(),
+            store.space().unwrap().quota_used_bytes
+        );
+        // Two small segments are not worth a pass.
+        assert_eq!(store.compact().unwrap(), CompactReport::default());
     }
 
     #[test]

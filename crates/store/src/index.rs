@@ -58,6 +58,12 @@ pub(crate) const SEGMENTS: TableDefinition<u64, (u64, u64)> = TableDefinition::n
 pub(crate) const SESSIONS: TableDefinition<u64, (u64, &[u8])> = TableDefinition::new("sessions");
 /// `deleting`: tree CID bytes → ().
 pub(crate) const DELETING: TableDefinition<&[u8], ()> = TableDefinition::new("deleting");
+/// `generations`: tree CID bytes → the dataset's generation ([`Tables::dataset_generation`]).
+/// A table of its own, not a fifth column of `datasets`: redb checks a table's value type when
+/// it is opened, so a wider `datasets` row would not open an index written before generations
+/// were kept. This table is simply created (empty) when such an index is first opened, and
+/// its datasets read as generation 0 until one changes.
+pub(crate) const GENERATIONS: TableDefinition<&[u8], u64> = TableDefinition::new("generations");
 /// `fetches`: manifest CID bytes → unix seconds when a background download of the dataset
 /// was asked for; the node resumes these at start ([`crate::Store::fetches`]).
 pub(crate) const FETCHES: TableDefinition<&[u8], u64> = TableDefinition::new("fetches");
@@ -67,6 +73,8 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(crate) const META_USED: &str = "used_bytes";
 pub(crate) const META_TOTAL_BLOCKS: &str = "total_blocks";
 pub(crate) const META_NEXT_ID: &str = "next_id";
+/// The next dataset generation to hand out (the first is 1: 0 stands for "none recorded").
+pub(crate) const META_NEXT_GENERATION: &str = "next_generation";
 
 /// Dataset states.
 pub(crate) const DS_ACTIVE: u64 = 0;
@@ -185,6 +193,7 @@ pub(crate) struct Tables<'txn> {
     pub(crate) segments: Table<'txn, u64, (u64, u64)>,
     pub(crate) sessions: Table<'txn, u64, (u64, &'static [u8])>,
     pub(crate) deleting: Table<'txn, &'static [u8], ()>,
+    pub(crate) generations: Table<'txn, &'static [u8], u64>,
     pub(crate) fetches: Table<'txn, &'static [u8], u64>,
     pub(crate) meta: Table<'txn, &'static str, u64>,
     used: u64,
@@ -212,6 +221,7 @@ impl<'txn> Tables<'txn> {
             segments: txn.open_table(SEGMENTS)?,
             sessions: txn.open_table(SESSIONS)?,
             deleting: txn.open_table(DELETING)?,
+            generations: txn.open_table(GENERATIONS)?,
             fetches: txn.open_table(FETCHES)?,
             meta,
             used,
@@ -354,6 +364,50 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    /// Creates the row of dataset `tree` (which has none), with a new generation.
+    pub(crate) fn create_dataset(
+        &mut self,
+        tree: &[u8],
+        rec: DatasetRec,
+    ) -> Result<(), StoreError> {
+        self.put_dataset(tree, rec)?;
+        self.new_generation(tree)
+    }
+
+    /// The generation of dataset `tree`: a number from a store-wide counter that the dataset
+    /// is given whenever it may have lost a leaf row, so that a caller who saw every leaf of
+    /// it in an earlier transaction knows they are all still stored if the generation is the
+    /// same now (see [`crate::Store::settle_tree`]). It is new
+    ///
+    /// * when the dataset's row is created ([`Tables::create_dataset`]): a dataset deleted,
+    ///   reclaimed and listed again is a new one, whatever it holds;
+    /// * when it is marked for deletion ([`Tables::mark_deleting`]);
+    /// * in every transaction that removes leaf rows of it and leaves its row
+    ///   ([`Tables::reclaim_tree`]), and its generation goes with its row.
+    ///
+    /// Those are the only ways a leaf row goes (leaf rows are otherwise only inserted:
+    /// `Store::put_leaves`, an upload's finish). Leaf removal happens only to a dataset being
+    /// deleted, so the last two rules overlap; each is kept so that neither the state machine
+    /// nor the reclaimer alone has to stay as it is for the rule to hold.
+    ///
+    /// 0 means none is recorded: a dataset whose row was written before generations were
+    /// kept (an older index) and has not changed since. Every new generation is at least 1,
+    /// so such a dataset deleted and listed again reads as a different one too.
+    pub(crate) fn dataset_generation(&self, tree: &[u8]) -> Result<u64, StoreError> {
+        Ok(self.generations.get(tree)?.map_or(0, |v| v.value()))
+    }
+
+    /// Gives dataset `tree` a new generation ([`Tables::dataset_generation`]).
+    fn new_generation(&mut self, tree: &[u8]) -> Result<(), StoreError> {
+        let next = self
+            .meta
+            .get(META_NEXT_GENERATION)?
+            .map_or(1, |v| v.value());
+        self.meta.insert(META_NEXT_GENERATION, next + 1)?;
+        self.generations.insert(tree, next)?;
+        Ok(())
+    }
+
     /// Adds a manifest to the listing and a manifest reference to its dataset.
     pub(crate) fn add_manifest(
         &mut self,
@@ -366,14 +420,21 @@ impl<'txn> Tables<'txn> {
         }
         self.reclaim_tree_fully(tree)?;
         self.manifests.insert(manifest_cid, tree)?;
-        let mut ds = self.get_dataset(tree)?.unwrap_or(DatasetRec {
-            nleaves,
-            manifest_refs: 0,
-            state: DS_ACTIVE,
-            session: 0,
-        });
-        ds.manifest_refs += 1;
-        self.put_dataset(tree, ds)
+        match self.get_dataset(tree)? {
+            Some(mut ds) => {
+                ds.manifest_refs += 1;
+                self.put_dataset(tree, ds)
+            }
+            None => self.create_dataset(
+                tree,
+                DatasetRec {
+                    nleaves,
+                    manifest_refs: 1,
+                    state: DS_ACTIVE,
+                    session: 0,
+                },
+            ),
+        }
     }
 
     /// The dataset (tree CID bytes) manifest `manifest_cid` is listed for, if it is.
@@ -539,7 +600,7 @@ impl<'txn> Tables<'txn> {
         ds.state = DS_DELETING;
         self.put_dataset(tree, ds)?;
         self.deleting.insert(tree, ())?;
-        Ok(())
+        self.new_generation(tree)
     }
 
     /// Drops up to `budget` leaves of the first dataset being deleted. Returns the number of
@@ -581,6 +642,10 @@ impl<'txn> Tables<'txn> {
                 .retain_in((tree, 0)..=(tree, u64::MAX), |_, _| false)?;
             self.datasets.remove(tree)?;
             self.deleting.remove(tree)?;
+            self.generations.remove(tree)?;
+        } else if !batch.is_empty() {
+            // The dataset stays, short of some leaves.
+            self.new_generation(tree)?;
         }
         Ok(batch.len())
     }
@@ -740,6 +805,54 @@ mod tests {
         let legacy = BlockRec::from_tuple((1, 2, 3, 4, 0, 5));
         assert!(!legacy.standalone);
         assert_eq!(legacy.checksum, None);
+    }
+
+    /// The rules of [`Tables::dataset_generation`]: a dataset gets a new generation when its
+    /// row is created, when it is marked deleting and in every transaction that drops some of
+    /// its leaves and keeps its row; its generation goes with its row; storing leaves or naming
+    /// it by another manifest does not change it.
+    #[test]
+    fn a_dataset_gets_a_new_generation_whenever_it_may_lose_a_leaf() {
+        let store = crate::Store::in_memory(crate::StoreConfig {
+            background_reclaim: false,
+            ..crate::StoreConfig::default()
+        })
+        .unwrap();
+        let tree: &[u8] = b"a tree";
+        store
+            .write(0, |t| {
+                let mut seen = vec![t.dataset_generation(tree)?];
+                assert_eq!(seen[0], 0, "none before the dataset exists");
+                t.add_manifest(b"first", tree, 10)?;
+                let created = t.dataset_generation(tree)?;
+                assert!(created > 0);
+                seen.push(created);
+                // Named by a second manifest, given leaves: the same dataset, nothing lost.
+                t.add_manifest(b"second", tree, 10)?;
+                for i in 0..10u8 {
+                    t.leaves.insert((tree, u64::from(i)), (&[i][..], &[][..]))?;
+                }
+                assert_eq!(t.dataset_generation(tree)?, created);
+                // One manifest goes, the other names it still.
+                t.remove_manifest(b"first")?;
+                assert_eq!(t.dataset_generation(tree)?, created);
+                t.remove_manifest(b"second")?;
+                let deleting = t.dataset_generation(tree)?;
+                assert!(!seen.contains(&deleting), "marked deleting: {seen:?}");
+                seen.push(deleting);
+                assert_eq!(t.reclaim_some(4)?, (4, true));
+                let fewer = t.dataset_generation(tree)?;
+                assert!(!seen.contains(&fewer), "leaves dropped: {seen:?}");
+                seen.push(fewer);
+                while t.reclaim_some(4)?.1 {}
+                assert!(t.get_dataset(tree)?.is_none());
+                assert!(t.generations.get(tree)?.is_none(), "gone with its row");
+                t.add_manifest(b"first", tree, 10)?;
+                let again = t.dataset_generation(tree)?;
+                assert!(!seen.contains(&again), "listed again: {seen:?}");
+                Ok(())
+            })
+            .unwrap();
     }
 
     #[test]

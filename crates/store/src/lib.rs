@@ -29,7 +29,8 @@
 //! | `segments` | segment id | live bytes, sealed flag |
 //! | `sessions` | session id | segment id, tree CID once known |
 //! | `deleting` | tree CID | — |
-//! | `meta` | name | counter (used bytes, total blocks, next ids) |
+//! | `generations` | tree CID | a number that changes whenever the dataset may lose a leaf |
+//! | `meta` | name | counter (used bytes, total blocks, next ids, next dataset generation) |
 //!
 //! ## Invariants
 //!
@@ -45,7 +46,8 @@
 //!   dataset an upload is finishing is held by its session and not marked deleting until the
 //!   session ends without listing it.
 //! * Sealed segments that are mostly dead bytes are rewritten by compaction (the `compact`
-//!   module), so deleted data frees disk even where it shared a segment with live data.
+//!   module), so deleted data frees disk even where it shared a segment with live data; small
+//!   sealed segments (an upload of a small file writes one) are merged, several into one.
 //! * Every read checks the block's bytes (against the CRC32C stored with them, or by re-hashing
 //!   for rows from before checksums); a mismatch is reported as [`StoreError::Corrupt`] and the
 //!   bytes are never returned.

@@ -26,8 +26,8 @@ use crate::{
     compact::CompactReport,
     index::{
         BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DatasetRec, EXPIRY,
-        FETCHES, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS,
-        SESSIONS, SessionEnd, Tables, checksum,
+        FETCHES, GENERATIONS, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota,
+        SEGMENTS, SESSIONS, SessionEnd, Tables, checksum,
     },
     segments::{SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
@@ -146,8 +146,10 @@ pub struct StoreConfig {
     /// transaction (`"put_block:checked"`, `"put_leaves:checked"`), and in every write
     /// transaction between its commit and the update of the in-memory counters
     /// (`"write:committed"`), and in every block read between looking its row up and reading
-    /// its bytes (`"read:looked-up"`), and in a compaction pass once it has scanned for segments
-    /// left unsealed (`"compact:scanned"`). It runs on the caller's thread. Not for production use.
+    /// its bytes (`"read:looked-up"`), in a compaction pass once it has scanned for segments
+    /// left unsealed (`"compact:scanned"`), and in [`Store::settle_tree`] between its read of
+    /// the leaves and the transaction that stores the tree (`"settle_tree:read"`). It runs on
+    /// the caller's thread. Not for production use.
     #[doc(hidden)]
     pub crash_hook: Option<fn(&'static str)>,
     /// Test hook: the free disk space to assume (bytes), instead of asking the file system;
@@ -1623,19 +1625,25 @@ impl Store {
     /// proofs its leaves were downloaded with (about 520 bytes per leaf at 1 GiB, against 64
     /// bytes per leaf for the tree; see the `trees` module). The tree is rebuilt from the stored
     /// leaves and must have `tree` as its root. Returns the number of proofs dropped: 0 when the
-    /// dataset is not active, not complete or already kept this way. Safe beside anything else:
-    /// the tree is written before any proof goes, each batch is its own transaction, and it
-    /// stops when the dataset is being deleted or is no longer whole (deleted and listed again
-    /// meanwhile: each transaction checks the dataset is active with its tree stored, and the
-    /// tree is stored only while every leaf is).
+    /// dataset is not active, not complete or already kept this way, or when it changed between
+    /// the read of its leaves and the transaction that would store the tree (the next call, or
+    /// the next maintenance pass, settles it). Safe beside anything else: the tree is written
+    /// before any proof goes, each batch is its own transaction, and it stops when the dataset
+    /// is being deleted or is no longer whole (deleted and listed again meanwhile: each
+    /// transaction checks the dataset is active with its tree stored, and the tree is stored
+    /// only while every leaf is).
     pub fn settle_tree(&self, tree: &Cid) -> Result<u64, StoreError> {
         self.hook("settle_tree");
         let key = tree.to_bytes();
-        let digests = {
+        let (digests, generation) = {
             let r = self.inner.db()?.begin_read()?;
             let Some(ds) = active_dataset(&r, &key)? else {
                 return Ok(0);
             };
+            let generation = r
+                .open_table(GENERATIONS)?
+                .get(key.as_slice())?
+                .map_or(0, |v| v.value());
             let range = (key.as_slice(), 0)..(key.as_slice(), ds.nleaves);
             let leaves = r.open_table(LEAVES)?;
             // Nothing to do (the usual case when a stored dataset is streamed again) costs two
@@ -1662,7 +1670,7 @@ impl Store {
             if digests.is_empty() || digests.len() as u64 != ds.nleaves {
                 return Ok(0);
             }
-            digests
+            (digests, generation)
         };
         let nleaves = digests.len() as u64;
         let built = CodexTree::new(digests)?;
@@ -1677,16 +1685,25 @@ impl Store {
         // `first_missing_leaf`); one without gets the tree only if every leaf is still stored.
         // Before, only "active" was checked, and a newer partial copy of the dataset got the
         // tree or lost its proofs (found by review).
+        //
+        // "Every leaf is still stored" is known without looking at the leaves: the read above
+        // saw all of them, and the dataset's generation changes in every transaction that may
+        // remove one of its leaf rows, marks it deleting or creates its row
+        // (`Tables::dataset_generation`). The same generation now means the same dataset, not
+        // a copy listed again, and no leaf gone since: two seeks under the writer. Before, the
+        // transaction scanned every leaf key again, about a million at 64 GiB (0.3 s) while
+        // every other write of the store waited. A copy listed again (a new generation) is not
+        // settled here even if it is whole by now: the next call settles it.
         let active = |t: &Tables<'_>| -> Result<Option<DatasetRec>, StoreError> {
             Ok(t.get_dataset(&key)?.filter(|d| d.state == DS_ACTIVE))
         };
+        self.hook("settle_tree:read");
         let go = self.write(0, |t| {
             let Some(ds) = active(t)? else {
                 return Ok(false);
             };
             if !has_tree(&t.trees, &key)? {
-                // One scan of the leaf keys, as the read above made.
-                if ds.nleaves != nleaves || !t.has_every_leaf(&key, nleaves)? {
+                if ds.nleaves != nleaves || t.dataset_generation(&key)? != generation {
                     return Ok(false);
                 }
                 put_tree(&mut t.trees, &key, &built)?;
@@ -3189,6 +3206,108 @@ mod deleting_tests {
     }
 }
 
+/// Indexes written before dataset generations were kept.
+#[cfg(test)]
+mod generation_tests {
+    use std::sync::Mutex as StdMutex;
+
+    use cairn_core::{Digest, Manifest, VerifiedLeaf};
+
+    use super::*;
+    use crate::index::{GENERATIONS, META_NEXT_GENERATION};
+
+    const LEAVES: u64 = 5;
+
+    /// Dataset `seed`: its blocks and its manifest.
+    fn dataset(seed: u8) -> (Vec<Block>, CodexTree, Manifest) {
+        let blocks: Vec<Block> = (0..LEAVES as u8)
+            .map(|i| Block::data_block(Bytes::from(vec![seed, i, 1, 2])))
+            .collect();
+        let digests: Vec<Digest> = blocks
+            .iter()
+            .map(|b| cid_digest(b.cid()).unwrap())
+            .collect();
+        let tree = CodexTree::new(digests).unwrap();
+        let manifest = Manifest::new(tree.cid(), 4 * LEAVES, 4);
+        (blocks, tree, manifest)
+    }
+
+    /// Stores the manifest of dataset `seed` and its leaves `indices`, as a download.
+    fn download(store: &Store, seed: u8, indices: std::ops::Range<u64>) {
+        let (blocks, tree, manifest) = dataset(seed);
+        store.put_block(&manifest.to_block()).unwrap();
+        let leaves: Vec<VerifiedLeaf> = indices
+            .map(|i| {
+                let b = blocks[i as usize].clone();
+                VerifiedLeaf::verify(tree.cid(), i, LEAVES, b, tree.proof(i).unwrap()).unwrap()
+            })
+            .collect();
+        store.put_leaves(&tree.cid(), &leaves).unwrap();
+    }
+
+    /// The store and the dataset whose copy the hook lists again, once.
+    static RELIST: StdMutex<Option<(Store, u8)>> = StdMutex::new(None);
+
+    /// After `settle_tree` read every leaf: the dataset is deleted, reclaimed, listed again
+    /// and downloaded in part.
+    fn relist_after_the_read(point: &'static str) {
+        if point != "settle_tree:read" {
+            return;
+        }
+        let Some((store, seed)) = RELIST.lock().unwrap().take() else {
+            return;
+        };
+        let (_, _, manifest) = dataset(seed);
+        store.delete(manifest.to_block().cid()).unwrap();
+        store.reclaim_now().unwrap();
+        download(&store, seed, 1..3);
+    }
+
+    /// An index from before generations were kept opens; its datasets (generation 0) settle,
+    /// and one of them deleted and listed again in part between `settle_tree`'s read and its
+    /// transaction is still told apart from its predecessor (it gets a generation of 1 or more)
+    /// and does not get the tree.
+    #[test]
+    fn an_index_from_before_generations_opens_and_is_guarded_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            crash_hook: Some(relist_after_the_read),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg.clone()).unwrap();
+        download(&store, 1, 0..LEAVES);
+        download(&store, 2, 0..LEAVES);
+        drop(store);
+        // What an older version left: no generations, no counter.
+        let db = Database::create(dir.path().join(INDEX_FILE)).unwrap();
+        let w = db.begin_write().unwrap();
+        assert!(w.delete_table(GENERATIONS).unwrap());
+        w.open_table(META)
+            .unwrap()
+            .remove(META_NEXT_GENERATION)
+            .unwrap();
+        w.commit().unwrap();
+        drop(db);
+
+        let store = Store::open(dir.path(), cfg).unwrap();
+        let (_, one, _) = dataset(1);
+        assert_eq!(store.settle_tree(&one.cid()).unwrap(), LEAVES);
+        let (_, two, _) = dataset(2);
+        *RELIST.lock().unwrap() = Some((store.clone(), 2));
+        assert_eq!(store.settle_tree(&two.cid()).unwrap(), 0);
+        assert!(RELIST.lock().unwrap().is_none(), "the hook ran");
+        assert_eq!(
+            store.first_missing_leaf(&two.cid(), 0..LEAVES).unwrap(),
+            Some(0),
+            "still partial"
+        );
+        download(&store, 2, 0..LEAVES);
+        assert_eq!(store.settle_tree(&two.cid()).unwrap(), LEAVES);
+        assert_eq!(store.proof_storage().unwrap().1, 0);
+    }
+}
+
 #[cfg(test)]
 mod pool_tests {
     use cairn_core::{Codec, Manifest, cid::cid_from_digest};
@@ -3264,5 +3383,100 @@ mod pool_tests {
         );
         drop((first, again, other));
         assert_eq!(reserved(), 0);
+    }
+}
+
+/// How long [`Store::settle_tree`] holds the single writer for a large dataset (the leaf rows
+/// of a 64 GiB download, 2^20 of them, with their downloaded proofs waiting). A measurement,
+/// not a check: `cargo test -p cairn-store --release -- --ignored --nocapture settle_bench`.
+#[cfg(test)]
+mod settle_bench {
+    use std::{sync::Mutex as StdMutex, time::Instant};
+
+    use cairn_core::cid::cid_from_digest;
+
+    use super::*;
+
+    /// Leaves of the dataset: 64 GiB of 64 KiB blocks.
+    const LEAVES: u64 = 1 << 20;
+    /// Leaf rows per setup transaction.
+    const SETUP_BATCH: u64 = 1 << 16;
+
+    /// When the hook saw each point, in order.
+    static SEEN: StdMutex<Vec<(&'static str, Instant)>> = StdMutex::new(Vec::new());
+
+    fn note(point: &'static str) {
+        if point == "settle_tree:read" || point == "write:committed" {
+            SEEN.lock().unwrap().push((point, Instant::now()));
+        }
+    }
+
+    #[test]
+    #[ignore = "a measurement; run it in release mode with --nocapture"]
+    fn settle_bench() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                background_reclaim: false,
+                crash_hook: Some(note),
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        let digests: Vec<cairn_core::Digest> = (0..LEAVES)
+            .map(|i| {
+                let mut d = [0x5au8; 32];
+                d[..8].copy_from_slice(&i.to_le_bytes());
+                d
+            })
+            .collect();
+        let tree = CodexTree::new(digests.clone()).unwrap();
+        let key = tree.cid().to_bytes();
+        let manifest = cid_from_digest(cairn_core::Codec::Manifest, &[7; 32]).to_bytes();
+        // A download that holds every leaf, one downloaded proof still waiting.
+        store
+            .write(0, |t| {
+                t.add_manifest(&manifest, &key, LEAVES)?;
+                t.proofs.insert((key.as_slice(), 0), &[1u8; 8][..])?;
+                Ok(())
+            })
+            .unwrap();
+        for start in (0..LEAVES).step_by(SETUP_BATCH as usize) {
+            store
+                .write(0, |t| {
+                    for i in start..start + SETUP_BATCH {
+                        let cid = cid_from_digest(cairn_core::Codec::Block, &digests[i as usize]);
+                        t.leaves
+                            .insert((key.as_slice(), i), (cid.to_bytes().as_slice(), &[][..]))?;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+        drop(tree);
+        // The whole-dataset check alone, under the writer.
+        let started = Instant::now();
+        let whole = store.write(0, |t| t.has_every_leaf(&key, LEAVES)).unwrap();
+        let scan = started.elapsed();
+        assert!(whole);
+        SEEN.lock().unwrap().clear();
+        let started = Instant::now();
+        let dropped = store.settle_tree(&cid_from_bytes(&key).unwrap()).unwrap();
+        let total = started.elapsed();
+        assert_eq!(dropped, 1);
+        let seen = SEEN.lock().unwrap().clone();
+        let read = seen
+            .iter()
+            .position(|(p, _)| *p == "settle_tree:read")
+            .unwrap();
+        let (_, at_read) = seen[read];
+        let (_, committed) = seen[read + 1];
+        println!(
+            "settle_bench: {LEAVES} leaves; check alone (a write transaction scanning every leaf key) {:?}; settle_tree {:?}, of which its tree-storing write transaction {:?}",
+            scan,
+            total,
+            committed - at_read,
+        );
     }
 }

@@ -335,7 +335,7 @@ impl DatasetWriter {
             }
             // The tree goes in before any leaf row that relies on it (their proofs are empty).
             put_tree(&mut t.trees, &tree_key, &tree)?;
-            t.put_dataset(
+            t.create_dataset(
                 &tree_key,
                 DatasetRec {
                     nleaves,

@@ -26,6 +26,12 @@
 //! every deleted one is absent, the counters match, and a compaction pass then leaves the disk
 //! holding exactly the live bytes.
 //!
+//! Two more kill a pass that merges small segments: the child uploads 150 small datasets (a
+//! segment file each) and compacts, and is killed at the same two points of the merge's first
+//! batch. After the reopen every dataset reads back whole with valid proofs, the counters
+//! match, and a pass then merges what is left, leaving the disk holding exactly the live bytes
+//! in a few files.
+//!
 //! The parent then reopens the store and proves that recovery is exact: only A is listed, every
 //! leaf of A reads back byte-for-byte with a valid proof, nothing of B is readable, no session is
 //! left open, the counters match the index (`audit`), the quota counts exactly A's blocks plus
@@ -97,6 +103,18 @@ const DATASET_C: u64 = 0xC;
 const C_BLOCKS: u64 = 4 * C_PER_SEGMENT + 1;
 /// Blocks per shared segment in the compaction scenarios (16 MiB segments).
 const C_PER_SEGMENT: u64 = 256;
+const MODE_MERGE_SYNCED: &str = "merge-synced";
+const MODE_MERGE_COMMITTED: &str = "merge-committed";
+/// Small datasets the merge child uploads, each into a segment of its own: enough that the
+/// merge takes two batches of copies (three blocks each, with the manifest), and that what the
+/// first batch leaves is still enough small segments for the next pass to merge.
+const M_DATASETS: u64 = 150;
+/// Blocks per small dataset of the merge scenarios.
+const M_BLOCKS: u64 = 2;
+/// Seed of the first small dataset (dataset `k` is `DATASET_M + k`).
+const DATASET_M: u64 = 0x1000;
+/// Segment files the merge scenarios may leave after the last pass: the merged ones.
+const M_MAX_FILES_AFTER: usize = 3;
 /// Name of the child test, as `--exact` wants it.
 const CHILD_TEST: &str = "crash_child";
 /// Prefix of the child's event lines (libtest may print "test crash_child ... " on the same line,
@@ -231,6 +249,8 @@ fn crash_child() {
         MODE_IN_FINISH => child_in_finish(&dir),
         MODE_COMPACT_SYNCED => child_in_compaction(&dir, stop_after_synced),
         MODE_COMPACT_COMMITTED => child_in_compaction(&dir, stop_after_committed),
+        MODE_MERGE_SYNCED => child_in_merge(&dir, stop_after_synced),
+        MODE_MERGE_COMMITTED => child_in_merge(&dir, stop_after_committed),
         MODE_OVER_PARTIAL => child_over_partial(&dir),
         MODE_LISTED_WHILE_WRITING => child_listed_while_writing(&dir),
         other => panic!("unknown crash child mode {other:?}"),
@@ -401,6 +421,22 @@ fn child_in_compaction(dir: &Path, hook: fn(&'static str)) {
         store
             .delete(block(DATASET_C, i).cid())
             .expect("child: delete block");
+    }
+    HOOK_ARMED.store(true, Ordering::SeqCst);
+    let res = store.compact();
+    eprintln!("crash child: compaction returned ({res:?}) without the crash hook stopping it");
+    std::process::exit(2);
+}
+
+/// Uploads the small datasets of the merge scenarios and compacts, which merges them.
+fn child_in_merge(dir: &Path, hook: fn(&'static str)) {
+    let cfg = StoreConfig {
+        crash_hook: Some(hook),
+        ..quiet()
+    };
+    let store = Store::open(dir, cfg).expect("child: open store");
+    for k in 0..M_DATASETS {
+        upload(&store, DATASET_M + k, M_BLOCKS).expect("child: upload a small dataset");
     }
     HOOK_ARMED.store(true, Ordering::SeqCst);
     let res = store.compact();
@@ -972,4 +1008,73 @@ fn sigkill_in_compaction_before_commit_recovers() {
 #[test]
 fn sigkill_in_compaction_after_commit_recovers() {
     kill_in_compaction(MODE_COMPACT_COMMITTED, "killed after a compaction commit");
+}
+
+/// After a merge child was killed: every small dataset reads back whole, with its manifest, the
+/// counters match, and one more pass merges what is left into a few files holding exactly the
+/// live bytes.
+fn check_merge_recovered(store_dir: &Path, name: &str) {
+    let store =
+        Store::open(store_dir, quiet()).unwrap_or_else(|e| panic!("{name}: reopening failed: {e}"));
+    let check_datasets = |store: &Store, ctx: &str| {
+        for k in 0..M_DATASETS {
+            let exp = expected(DATASET_M + k, M_BLOCKS);
+            assert_dataset_intact(store, DATASET_M + k, M_BLOCKS, &exp, ctx);
+            let manifest = store
+                .get_manifest(&exp.manifest_cid)
+                .unwrap_or_else(|e| panic!("{ctx}: manifest of dataset {k} unreadable: {e}"));
+            assert_eq!(
+                manifest,
+                Some(exp.manifest),
+                "{ctx}: manifest of dataset {k}"
+            );
+        }
+    };
+    let ctx = format!("{name}, after the reopen");
+    check_datasets(&store, &ctx);
+    assert_consistent(&store, &ctx);
+    let r = store
+        .compact()
+        .unwrap_or_else(|e| panic!("{name}: compaction after the reopen failed: {e}"));
+    assert!(r.moved_blocks > 0, "{name}: nothing left to merge? {r:?}");
+    let ctx = format!("{name}, after merging again");
+    check_datasets(&store, &ctx);
+    assert_consistent(&store, &ctx);
+    assert_eq!(
+        store.disk_bytes().expect("disk bytes"),
+        store.space().expect("space").quota_used_bytes,
+        "{ctx}: segments should hold only live bytes"
+    );
+    let files = std::fs::read_dir(store_dir.join("blocks"))
+        .expect("list the segment files")
+        .count();
+    assert!(
+        files <= M_MAX_FILES_AFTER,
+        "{ctx}: {files} segment files for {M_DATASETS} small datasets"
+    );
+}
+
+fn kill_in_merge(mode: &str, name: &str) {
+    let tmp = TempDir::new().expect("temp dir");
+    let store_dir = tmp.path().join("store");
+    let mut child = Crashee::spawn(mode, &store_dir, tmp.path().join("child.stderr"));
+    child.wait_for("in compaction");
+    child.kill();
+    drop(child);
+    check_merge_recovered(&store_dir, name);
+}
+
+/// SIGKILL after a merge of small segments synced its first batch of copies, before the index
+/// names them: the new segment has no live bytes and is deleted at open; the small segments
+/// are untouched.
+#[test]
+fn sigkill_in_a_merge_before_commit_recovers() {
+    kill_in_merge(MODE_MERGE_SYNCED, "killed before a merge commit");
+}
+
+/// SIGKILL after a merge committed its first batch: the small segments it emptied are gone,
+/// their blocks are read from the new segment (sealed at open), the rest are where they were.
+#[test]
+fn sigkill_in_a_merge_after_commit_recovers() {
+    kill_in_merge(MODE_MERGE_COMMITTED, "killed after a merge commit");
 }

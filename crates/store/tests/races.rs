@@ -567,3 +567,81 @@ fn settle_tree_does_not_touch_a_dataset_listed_again_meanwhile() {
     assert_whole(&store, &data, "once settled");
     SETTLE_RACE.lock().unwrap().take();
 }
+
+// ---------------------------------------------------------------------------------------------
+// settle_tree racing a delete of its dataset and a new listing, between its read of the leaves
+// and the transaction that stores the tree.
+
+static RELIST: Shared = Mutex::new(None);
+/// The leaves the copy listed again holds.
+static RELIST_LEAVES: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+/// Once, after `settle_tree` has read every leaf: the dataset is deleted and reclaimed, listed
+/// again and downloaded as far as `RELIST_LEAVES`.
+fn relist_after_the_read(point: &'static str) {
+    if point != "settle_tree:read" {
+        return;
+    }
+    let Some((store, data)) = RELIST.lock().unwrap().take() else {
+        return;
+    };
+    store.delete(manifest_of(&data).to_block().cid()).unwrap();
+    store.reclaim_now().unwrap();
+    let leaves = RELIST_LEAVES.lock().unwrap().clone();
+    download_part(&store, &data, &leaves);
+}
+
+/// A complete download of `seed`'s 5 blocks, and a `settle_tree` of it during which (after its
+/// read) the dataset is deleted and listed again with the leaves `again`. Returns what that
+/// `settle_tree` answered.
+fn settle_racing_a_relist(seed: u64, again: &[u64]) -> (Store, Vec<Block>, u64) {
+    let store = Store::in_memory(config(8, relist_after_the_read)).unwrap();
+    let data = blocks(seed, 5);
+    download_part(&store, &data, &[0, 1, 2, 3, 4]);
+    *RELIST_LEAVES.lock().unwrap() = again.to_vec();
+    *RELIST.lock().unwrap() = Some((store.clone(), data.clone()));
+    let settled = store.settle_tree(&tree_of(&data).cid()).unwrap();
+    assert!(RELIST.lock().unwrap().is_none(), "the hook ran");
+    (store, data, settled)
+}
+
+/// A dataset deleted, reclaimed, listed again and downloaded in part after `settle_tree` read
+/// every leaf of its complete predecessor does not get the tree: the transaction that stores
+/// it sees a new generation, without scanning the leaves again. A tree stored on the partial
+/// copy would say it is whole, and its missing leaves would never be fetched.
+#[test]
+fn settle_tree_does_not_store_the_tree_of_a_copy_listed_again_after_its_read() {
+    let _serial = RELIST_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (store, data, settled) = settle_racing_a_relist(12, &[0, 2]);
+    assert_eq!(settled, 0);
+    assert_partial(&store, &data, &[0, 2], "the dataset listed again");
+    assert_consistent(&store, "the dataset listed again");
+    // Completed, it settles as any download.
+    download_part(&store, &data, &[1, 3, 4]);
+    assert_eq!(store.settle_tree(&tree_of(&data).cid()).unwrap(), 5);
+    assert_eq!(store.proof_storage().unwrap().1, 0, "no proof kept");
+    assert_whole(&store, &data, "once settled");
+    assert_consistent(&store, "once settled");
+}
+
+/// The transaction that stores the tree decides by the dataset's generation, not by scanning
+/// its leaf keys again (a million at 64 GiB, while every other write waits): a copy listed
+/// again and downloaded whole meanwhile is a new dataset, left for the next `settle_tree`,
+/// which settles it. (With the scan, this `settle_tree` stored the tree.)
+#[test]
+fn settle_tree_leaves_a_copy_listed_again_and_completed_after_its_read_to_the_next_call() {
+    let _serial = RELIST_SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (store, data, settled) = settle_racing_a_relist(13, &[0, 1, 2, 3, 4]);
+    assert_eq!(settled, 0, "the tree is left for the next call");
+    assert_whole(&store, &data, "the dataset listed again");
+    let (tree_chunks, proof_bytes) = store.proof_storage().unwrap();
+    assert_eq!(tree_chunks, 0, "no tree stored");
+    assert!(proof_bytes > 0, "its proofs are kept");
+    assert_eq!(store.settle_tree(&tree_of(&data).cid()).unwrap(), 5);
+    assert_eq!(store.proof_storage().unwrap().1, 0, "no proof kept");
+    assert_whole(&store, &data, "once settled");
+    assert_consistent(&store, "once settled");
+}
+
+/// The two tests above share the hook's state.
+static RELIST_SERIAL: Mutex<()> = Mutex::new(());
