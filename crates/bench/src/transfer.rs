@@ -494,6 +494,13 @@ impl Run {
             self.hashing_ceiling() / self.ceiling(),
             n.download_mb_s / self.hashing_ceiling()
         );
+        if let Some(path) = n.node_path_mb_s {
+            println!(
+                "path through the nodes: {path:.1} MB/s = {:.3} of the ceiling; download / that path: {:.3} (informative; the ratio to the ceiling is the one that counts)",
+                path / self.ceiling(),
+                n.download_mb_s / path
+            );
+        }
         println!(
             "peak RSS: A {:.1} MiB (upload {:.1}, serving {}), B {:.1} MiB (target < {TARGET_PEAK_RSS_MIB} MiB each for 1 GiB)",
             n.a_peak_mib(),
@@ -540,6 +547,7 @@ impl Run {
             "download_s": round(n.download_s, 3),
             "first_byte_ms": round(n.first_byte_s * 1e3, 1),
             "upload_mb_s": round(n.upload_mb_s, 1),
+            "node_path_mb_s": n.node_path_mb_s.map(|m| round(m, 1)),
             "duplicates": n.duplicates,
             "exchange_b": n.exchange_b.clone(),
             "exchange_a": n.exchange_a.clone(),
@@ -1104,6 +1112,8 @@ impl Spawned {
 #[derive(Debug)]
 struct NodeRun {
     upload_mb_s: f64,
+    /// A -> B as the nodes' own swarms carry it (`/perf/1.0.0`); `None` when it failed.
+    node_path_mb_s: Option<f64>,
     download_mb_s: f64,
     download_s: f64,
     first_byte_s: f64,
@@ -1350,6 +1360,7 @@ async fn exercise(a: &NodeProc, b: &NodeProc, pool: &Bytes, size: u64) -> anyhow
     let text = response.text().await.unwrap_or_default();
     ensure!(status.is_success(), "GET {url}: {status}: {text}");
     println!("B connected to A ({peer}) at {addr}");
+    let node_path_mb_s = node_path(&client, b, &peer, size).await;
 
     // Download on B.
     let url = format!("{}/data/{cid}/network/stream", b.api);
@@ -1453,6 +1464,7 @@ async fn exercise(a: &NodeProc, b: &NodeProc, pool: &Bytes, size: u64) -> anyhow
 
     Ok(NodeRun {
         upload_mb_s,
+        node_path_mb_s,
         download_mb_s,
         download_s: took.as_secs_f64(),
         first_byte_s,
@@ -1469,6 +1481,49 @@ async fn exercise(a: &NodeProc, b: &NodeProc, pool: &Bytes, size: u64) -> anyhow
         a_final_peak_mib: f64::NAN,
         b_peak_mib: f64::NAN,
     })
+}
+
+/// Bytes the nodes' path measurement moves at most (the node's own limit on a perf run).
+const NODE_PATH_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Time allowed for the nodes' path measurement (the node allows a run 60 s).
+const NODE_PATH_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Measures A -> B through the nodes themselves: B runs the `/perf/1.0.0` self-test against A
+/// (`POST /debug/perf/{A}`), downloading up to `size` bytes (at most [`NODE_PATH_MAX_BYTES`]).
+/// For information beside the ceiling: it crosses each node's whole swarm, so it shows what
+/// the nodes' connection carries before any block is asked for. `None` (with a note) when it
+/// fails, e.g. against a binary without the endpoint.
+async fn node_path(client: &reqwest::Client, b: &NodeProc, a_peer: &str, size: u64) -> Option<f64> {
+    let bytes = size.min(NODE_PATH_MAX_BYTES);
+    let url = format!("{}/debug/perf/{a_peer}?upload=0&download={bytes}", b.api);
+    let answer = async {
+        let response = client
+            .post(&url)
+            .timeout(NODE_PATH_TIMEOUT)
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        ensure!(status.is_success(), "POST {url}: {status}: {text}");
+        let v: Value = serde_json::from_str(&text).context("the perf answer is not JSON")?;
+        v["downloadMbps"]
+            .as_f64()
+            .with_context(|| format!("no downloadMbps in {v}"))
+    };
+    match answer.await {
+        Ok(mb_s) => {
+            println!(
+                "path A -> B through the nodes (/perf/1.0.0, {bytes} bytes): {mb_s:.1} MB/s (informative)"
+            );
+            Some(mb_s)
+        }
+        Err(e) => {
+            println!("note: the nodes' path measurement failed: {e:#}");
+            None
+        }
+    }
 }
 
 /// Machine-wide CPU seconds since `before`: (busy without softirq, softirq). Softirq time is
