@@ -23,6 +23,7 @@
 
 mod admin;
 mod cors;
+mod disposition;
 mod download;
 mod dto;
 mod error;
@@ -36,6 +37,7 @@ mod routes;
 pub use crate::{
     admin::{LogLevelSetter, MAX_LEVEL_LEN},
     cors::{CORS_MAX_AGE_SECS, CorsOrigin, InvalidCorsOrigin},
+    disposition::download_filename,
     error::ApiError,
     headers::{
         MAX_FILENAME_LEN, parse_content_disposition_filename, valid_filename, valid_mimetype,
