@@ -350,9 +350,10 @@ fn cut_off(
 }
 
 /// The file name a dataset was uploaded with, from the `Content-Disposition` of a `HEAD` of
-/// its download URL (`segments`), if it has one that is safe as a file name here: its last
-/// path component, not `.` or `..`, no control character. (The node stores names as given; a
-/// name is a label, never a path to follow.)
+/// its download URL (`segments`): its `filename*` (how cairn sends a name beyond plain ASCII),
+/// else its `filename` (how the reference sends every name, raw UTF-8 included), if it has one
+/// that is safe as a file name here: its last path component, not `.` or `..`, no control
+/// character. (The node stores names as given; a name is a label, never a path to follow.)
 async fn dataset_filename(
     api: &Api,
     segments: &[&str],
@@ -362,9 +363,14 @@ async fn dataset_filename(
     let name = resp
         .headers()
         .get(reqwest::header::CONTENT_DISPOSITION)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(cairn_api::parse_content_disposition_filename);
-    Ok(name.and_then(|n| safe_file_name(&n)))
+        .and_then(|v| file_name_from_disposition(v.as_bytes()));
+    Ok(name)
+}
+
+/// The file name `-o DIR` saves under for a `Content-Disposition` value: the name it gives
+/// ([`cairn_api::download_filename`]) made safe ([`safe_file_name`]).
+fn file_name_from_disposition(value: &[u8]) -> Option<String> {
+    cairn_api::download_filename(value).and_then(|n| safe_file_name(&n))
 }
 
 /// The last path component of `name` when it can name a file in a directory: not empty, `.` or
@@ -1009,6 +1015,39 @@ mod tests {
         );
         for bad in ["", ".", "..", "dir/", "a/..", "x\ny", "tab\t"] {
             assert_eq!(safe_file_name(bad), None, "{bad:?}");
+        }
+    }
+
+    /// A name in `filename*` is decoded, then kept to its last component like any other:
+    /// escapes cannot smuggle a path or a control character in. A reference node's raw UTF-8
+    /// `filename` is read as it is.
+    #[test]
+    fn names_in_filename_star_stay_in_the_directory() {
+        let name = |v: &str| file_name_from_disposition(v.as_bytes());
+        assert_eq!(
+            name("attachment; filename=\"_t_.txt\"; filename*=UTF-8''%C3%A9t%C3%A9.txt").as_deref(),
+            Some("\u{e9}t\u{e9}.txt")
+        );
+        assert_eq!(
+            name("attachment; filename=\"\u{6570}\u{636e}.csv\"").as_deref(),
+            Some("\u{6570}\u{636e}.csv")
+        );
+        assert_eq!(
+            name("attachment; filename=\"x\"; filename*=UTF-8''..%2F..%2Fetc%2Fpasswd").as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(
+            name("attachment; filename*=UTF-8''..%5C%C3%A9.txt").as_deref(),
+            Some("\u{e9}.txt")
+        );
+        for bad in [
+            "attachment; filename*=UTF-8''..",
+            "attachment; filename*=UTF-8''a%2F..",
+            "attachment; filename*=UTF-8''a%0Ab.txt",
+            "attachment; filename*=UTF-8''a%00b.txt",
+            "attachment; filename*=UTF-8''a%2F",
+        ] {
+            assert_eq!(name(bad), None, "{bad}");
         }
     }
 
