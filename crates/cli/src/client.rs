@@ -882,10 +882,12 @@ fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Whether a hard link failed because the file system has none (not because of `to`).
 fn links_unsupported(e: &std::io::Error) -> bool {
     use rustix::io::Errno;
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
-    ) || Errno::from_io_error(e) == Some(Errno::MLINK)
+    // EPERM is what FAT gives; EACCES (same kind) fails the placeholder's creation as well.
+    e.kind() == std::io::ErrorKind::PermissionDenied
+        || matches!(
+            Errno::from_io_error(e),
+            Some(Errno::OPNOTSUPP | Errno::NOSYS | Errno::MLINK)
+        )
 }
 
 /// [`rename_no_replace`] by a hard link, which fails if `to` exists, then the removal of
@@ -1224,6 +1226,15 @@ mod tests {
             assert!(!part.exists(), "{way}");
             let names = std::fs::read_dir(dir.path()).unwrap().count();
             assert_eq!(names, 1, "{way}");
+        }
+        // A file system without hard links falls back to the placeholder; a taken name not.
+        use rustix::io::Errno;
+        let os = |e: Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
+        for e in [Errno::PERM, Errno::OPNOTSUPP, Errno::NOSYS, Errno::MLINK] {
+            assert!(links_unsupported(&os(e)), "{e}");
+        }
+        for e in [Errno::EXIST, Errno::NOENT, Errno::IO, Errno::NOSPC] {
+            assert!(!links_unsupported(&os(e)), "{e}");
         }
     }
 
