@@ -17,7 +17,7 @@ use cairn_core::{Cid, Manifest};
 use cairn_node::{ByteRange, Node};
 
 use crate::{
-    ApiError,
+    ApiError, disposition,
     network::network_error,
     range::{RangeAnswer, content_range, etag, none_match, range_answer, unsatisfied_range},
     routes::cid_param,
@@ -128,16 +128,6 @@ fn unsatisfiable(size: u64, tag: &str) -> Response {
     r
 }
 
-/// Whether `name` can go in `Content-Disposition` as `filename="name"`: a file name the node
-/// accepts ([`valid_filename`](crate::valid_filename), which checks the characters of the name
-/// before its extension only) without `"`, `\` or a control character anywhere.
-fn quotable_filename(name: &str) -> bool {
-    crate::valid_filename(name)
-        && !name
-            .chars()
-            .any(|c| c.is_control() || matches!(c, '"' | '\\'))
-}
-
 /// A dataset download response: the reference's headers (`Content-Type`,
 /// `Content-Disposition`, `Content-Length` of `len` bytes) plus `Accept-Ranges` and `ETag`,
 /// around `body`.
@@ -146,16 +136,6 @@ fn dataset_response(manifest: &Manifest, cid: &Cid, body: Body, len: u64) -> Res
         .mimetype
         .clone()
         .unwrap_or_else(|| "application/octet-stream".into());
-    // The name comes from whoever uploaded the dataset, maybe to another node: it is sent only
-    // when an upload here could have given it and nothing in it ends the quoted string.
-    let disposition = match manifest
-        .filename
-        .as_deref()
-        .filter(|n| quotable_filename(n))
-    {
-        Some(name) => format!("attachment; filename=\"{name}\""),
-        None => "attachment".to_owned(),
-    };
     let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(
@@ -163,10 +143,11 @@ fn dataset_response(manifest: &Manifest, cid: &Cid, body: Body, len: u64) -> Res
         HeaderValue::from_str(&content_type)
             .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream")),
     );
+    // The name comes from whoever uploaded the dataset, maybe to another node: see
+    // `disposition.rs` for what of it may reach the header, and how.
     h.insert(
         header::CONTENT_DISPOSITION,
-        HeaderValue::from_str(&disposition)
-            .unwrap_or_else(|_| HeaderValue::from_static("attachment")),
+        disposition::attachment(manifest.filename.as_deref()),
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -180,7 +161,8 @@ mod tests {
 
     /// A file name from a peer's manifest reaches `Content-Disposition` only when it is one the
     /// node would accept from an upload and holds nothing that ends or escapes the quoted name
-    /// (`"`, `\`, a control character); else the header is plain `attachment`. A name like
+    /// (`"`, `\`, a control character); else the header is plain `attachment`. A name beyond
+    /// ASCII goes out as an ASCII fallback and an RFC 8187 `filename*`. A name like
     /// `x.a"; filename*=UTF-8''evil.sh` passed `valid_filename` (whose character check skips
     /// the extension) and added a parameter. Found by review.
     #[test]
@@ -202,6 +184,10 @@ mod tests {
             "attachment; filename=\"notes.txt\""
         );
         assert_eq!(disposition(None), "attachment");
+        assert_eq!(
+            disposition(Some("\u{e9}t\u{e9}.txt")),
+            "attachment; filename=\"_t_.txt\"; filename*=UTF-8''%C3%A9t%C3%A9.txt"
+        );
         for bad in [
             "x.a\"; filename*=UTF-8''evil.sh",
             "x.a\\\"",

@@ -9,7 +9,9 @@
 //! Both download endpoints serve HTTP ranges (`206`/`416`), `HEAD`, and entity tags (the
 //! manifest CID; `If-None-Match` → `304`, `If-Range`), reading or fetching only the blocks that
 //! hold the requested bytes (`range.rs`, `download.rs`). With `--api-cors-origin` the API adds
-//! the reference's CORS headers (`cors.rs`).
+//! the reference's CORS headers (`cors.rs`). A dataset's file name goes in `Content-Disposition`
+//! as the reference sends it when it is plain ASCII, and as an ASCII fallback plus an RFC 8187
+//! `filename*` when it is not (`disposition.rs`; [`download_filename`] reads either back).
 //!
 //! The node's Prometheus metrics are served apart from the API, on a listener of their own
 //! (`metrics.rs`: [`serve_metrics`]).
@@ -23,6 +25,7 @@
 
 mod admin;
 mod cors;
+mod disposition;
 mod download;
 mod dto;
 mod error;
@@ -36,6 +39,7 @@ mod routes;
 pub use crate::{
     admin::{LogLevelSetter, MAX_LEVEL_LEN},
     cors::{CORS_MAX_AGE_SECS, CorsOrigin, InvalidCorsOrigin},
+    disposition::download_filename,
     error::ApiError,
     headers::{
         MAX_FILENAME_LEN, parse_content_disposition_filename, valid_filename, valid_mimetype,

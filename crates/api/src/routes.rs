@@ -826,6 +826,52 @@ mod tests {
         );
     }
 
+    /// A name beyond ASCII, uploaded as the reference takes it (raw UTF-8 in the quoted
+    /// `filename`), is sent back on a download, `GET` and `HEAD`, as an ASCII
+    /// fallback and the name itself in `filename*` (RFC 6266/8187), which reads back as the
+    /// name. (It used to go back as raw UTF-8 bytes, which RFC 9110 calls `obs-text` and
+    /// browsers read as Latin-1.)
+    #[tokio::test]
+    async fn a_name_beyond_ascii_is_sent_as_filename_star() {
+        let app = app();
+        for (name, fallback, encoded) in [
+            ("r\u{e9}sum\u{e9}.pdf", "r_sum_.pdf", "r%C3%A9sum%C3%A9.pdf"),
+            (
+                "\u{6570}\u{636e}.csv",
+                "download.csv",
+                "%E6%95%B0%E6%8D%AE.csv",
+            ),
+        ] {
+            let disposition = format!("attachment; filename=\"{name}\"");
+            let req = Request::post(format!("{API_BASE}/data"))
+                .header(
+                    header::CONTENT_DISPOSITION,
+                    axum::http::HeaderValue::from_bytes(disposition.as_bytes()).unwrap(),
+                )
+                .body(Body::from(name.as_bytes().to_vec()))
+                .unwrap();
+            let (s, _, cid) = call(&app, req).await;
+            assert_eq!(s, StatusCode::OK, "{name}");
+            let cid = String::from_utf8(cid).unwrap();
+            let want = format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}");
+            for method in [Method::GET, Method::HEAD] {
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(format!("{API_BASE}/data/{cid}"))
+                    .body(Body::empty())
+                    .unwrap();
+                let (s, h, _) = call(&app, req).await;
+                assert_eq!(s, StatusCode::OK, "{method}");
+                let got = &h[header::CONTENT_DISPOSITION];
+                assert_eq!(got, want.as_str(), "{method}");
+                assert_eq!(
+                    crate::download_filename(got.as_bytes()).as_deref(),
+                    Some(name)
+                );
+            }
+        }
+    }
+
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
     }

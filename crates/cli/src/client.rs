@@ -350,9 +350,10 @@ fn cut_off(
 }
 
 /// The file name a dataset was uploaded with, from the `Content-Disposition` of a `HEAD` of
-/// its download URL (`segments`), if it has one that is safe as a file name here: its last
-/// path component, not `.` or `..`, no control character. (The node stores names as given; a
-/// name is a label, never a path to follow.)
+/// its download URL (`segments`): its `filename*` (how cairn sends a name beyond plain ASCII),
+/// else its `filename` (how the reference sends every name, raw UTF-8 included), if it has one
+/// that is safe as a file name here: its last path component, not `.` or `..`, no control
+/// character. (The node stores names as given; a name is a label, never a path to follow.)
 async fn dataset_filename(
     api: &Api,
     segments: &[&str],
@@ -362,9 +363,14 @@ async fn dataset_filename(
     let name = resp
         .headers()
         .get(reqwest::header::CONTENT_DISPOSITION)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .and_then(cairn_api::parse_content_disposition_filename);
-    Ok(name.and_then(|n| safe_file_name(&n)))
+        .and_then(|v| file_name_from_disposition(v.as_bytes()));
+    Ok(name)
+}
+
+/// The file name `-o DIR` saves under for a `Content-Disposition` value: the name it gives
+/// ([`cairn_api::download_filename`]) made safe ([`safe_file_name`]).
+fn file_name_from_disposition(value: &[u8]) -> Option<String> {
+    cairn_api::download_filename(value).and_then(|n| safe_file_name(&n))
 }
 
 /// The last path component of `name` when it can name a file in a directory: not empty, `.` or
@@ -545,7 +551,8 @@ struct DownloadOut<'a> {
 /// from its peers (`/data/{cid}/network/stream`), or with `local` serves only what it has
 /// (`/data/{cid}`).
 ///
-/// To a file, the bytes go to `FILE.part`, renamed to `FILE` once its size is the dataset's.
+/// To a file, the bytes go to `FILE.part`, renamed to `FILE` once its size is the dataset's
+/// (into a directory, without replacing a file that appeared at `FILE` meanwhile: [`finish`]).
 /// With `resume`, a `FILE.part` left by an interrupted download, or else an existing `FILE`,
 /// is continued, but not trusted: the dataset is asked for whole and the bytes already there
 /// are compared with it as it arrives (a piece at a time, see [`CHECK_CHUNK`]); when they all
@@ -608,6 +615,13 @@ pub(crate) async fn download(
         return Ok(());
     }
     let mut target = target(path, options.resume, named).await?;
+    // A name the dataset chose replaces only the file found there and checked to be a piece of
+    // the dataset; when nothing was there, nothing that turns up there meanwhile is replaced.
+    let place = if named == Named::ByDataset && target.file != path {
+        Place::Free
+    } else {
+        Place::Replace
+    };
     let resp = Api::check(get(api, segments, &what).await?, &what).await?;
     let total = resp
         .content_length()
@@ -735,7 +749,7 @@ pub(crate) async fn download(
         None => target.file.clone(),
     };
     pb.finish_and_clear();
-    finish(&done, path).await?;
+    finish(&done, path, place).await?;
     if options.json {
         output::print_json(&DownloadOut {
             cid,
@@ -795,14 +809,109 @@ async fn get(api: &Api, segments: &[&str], what: &str) -> anyhow::Result<reqwest
     api.send_raw(api.request(Method::GET, segments), what).await
 }
 
-/// Moves the finished `file` to `path` (nothing to do when resumed in place).
-async fn finish(file: &Path, path: &Path) -> anyhow::Result<()> {
-    if file != path {
-        tokio::fs::rename(file, path)
-            .await
-            .with_context(|| format!("cannot rename {} to {}", file.display(), path.display()))?;
+/// Whether [`finish`] may replace what is at the output path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// Yes: the user named it (`-o FILE`), or it was checked to be a piece of the dataset.
+    Replace,
+    /// No: nothing was there when the download started (`-o DIR`), so whatever is there now
+    /// was made by someone else meanwhile ([`rename_no_replace`]).
+    Free,
+}
+
+/// Moves the finished `file` to `path` (nothing to do when resumed in place). With
+/// [`Place::Free`], a file that appeared at `path` during the download is not replaced: that
+/// is refused as [`target`] refuses a file found there at the start, and `file` (the whole
+/// dataset) is kept, so a run after the other file is moved away only checks it.
+async fn finish(file: &Path, path: &Path, place: Place) -> anyhow::Result<()> {
+    if file == path {
+        return Ok(());
     }
-    Ok(())
+    let renamed = match place {
+        Place::Replace => tokio::fs::rename(file, path).await,
+        Place::Free => {
+            let (from, to) = (file.to_owned(), path.to_owned());
+            tokio::task::spawn_blocking(move || rename_no_replace(&from, &to))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|r| r)
+        }
+    };
+    match renamed {
+        Ok(()) => Ok(()),
+        Err(e) if place == Place::Free && e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(not_replacing(
+                path,
+                &format!(
+                    ", made while the dataset downloaded (the whole dataset is in {})",
+                    file.display()
+                ),
+            ))
+        }
+        Err(e) => Err(e)
+            .with_context(|| format!("cannot rename {} to {}", file.display(), path.display())),
+    }
+}
+
+/// Renames `from` to `to` unless something is at `to` (then [`std::io::ErrorKind::AlreadyExists`],
+/// and `from` is left as it was), in one step where the system allows: a plain rename would
+/// replace a file made at `to` after it was found free. On Linux `renameat2` with
+/// `RENAME_NOREPLACE`; where a file system or kernel refuses that flag, or elsewhere, a hard
+/// link then unlink ([`link_then_unlink`]); where hard links are refused too (FAT, some FUSE
+/// file systems), a placeholder then rename ([`reserve_then_rename`]).
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        use rustix::{
+            fs::{CWD, RenameFlags, renameat_with},
+            io::Errno,
+        };
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // The flag is not supported here (NFS, many FUSE file systems, old kernels).
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match link_then_unlink(from, to) {
+        Err(e) if links_unsupported(&e) => reserve_then_rename(from, to),
+        other => other,
+    }
+}
+
+/// Whether a hard link failed because the file system has none (not because of `to`).
+fn links_unsupported(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    // EPERM is what FAT gives; EACCES (same kind) fails the placeholder's creation as well.
+    e.kind() == std::io::ErrorKind::PermissionDenied
+        || matches!(
+            Errno::from_io_error(e),
+            Some(Errno::OPNOTSUPP | Errno::NOSYS | Errno::MLINK)
+        )
+}
+
+/// [`rename_no_replace`] by a hard link, which fails if `to` exists, then the removal of
+/// `from`.
+fn link_then_unlink(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(from, to)?;
+    match std::fs::remove_file(from) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// [`rename_no_replace`] by an empty placeholder at `to`, created only if nothing is there
+/// (`O_EXCL`), then replaced by `from`. Not one step: someone who removes the placeholder in
+/// between and puts a file there loses it; but no file that was there, or that came without
+/// removing ours, is replaced.
+fn reserve_then_rename(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)?;
+    std::fs::rename(from, to).inspect_err(|_| {
+        let _ = std::fs::remove_file(to);
+    })
 }
 
 /// Whether `chunk` is not text, by the rule curl uses before writing to a terminal: it holds a
@@ -1012,6 +1121,39 @@ mod tests {
         }
     }
 
+    /// A name in `filename*` is decoded, then kept to its last component like any other:
+    /// escapes cannot smuggle a path or a control character in. A reference node's raw UTF-8
+    /// `filename` is read as it is.
+    #[test]
+    fn names_in_filename_star_stay_in_the_directory() {
+        let name = |v: &str| file_name_from_disposition(v.as_bytes());
+        assert_eq!(
+            name("attachment; filename=\"_t_.txt\"; filename*=UTF-8''%C3%A9t%C3%A9.txt").as_deref(),
+            Some("\u{e9}t\u{e9}.txt")
+        );
+        assert_eq!(
+            name("attachment; filename=\"\u{6570}\u{636e}.csv\"").as_deref(),
+            Some("\u{6570}\u{636e}.csv")
+        );
+        assert_eq!(
+            name("attachment; filename=\"x\"; filename*=UTF-8''..%2F..%2Fetc%2Fpasswd").as_deref(),
+            Some("passwd")
+        );
+        assert_eq!(
+            name("attachment; filename*=UTF-8''..%5C%C3%A9.txt").as_deref(),
+            Some("\u{e9}.txt")
+        );
+        for bad in [
+            "attachment; filename*=UTF-8''..",
+            "attachment; filename*=UTF-8''a%2F..",
+            "attachment; filename*=UTF-8''a%0Ab.txt",
+            "attachment; filename*=UTF-8''a%00b.txt",
+            "attachment; filename*=UTF-8''a%2F",
+        ] {
+            assert_eq!(name(bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn upload_inputs_are_files_or_streams() {
         let dir = tempfile::tempdir().unwrap();
@@ -1052,6 +1194,71 @@ mod tests {
         drop(f);
         let meta = std::fs::metadata(&sparse).unwrap();
         assert_eq!(known_length(&sparse, &meta), Some(1 << 20));
+    }
+
+    /// Each way of [`rename_no_replace`] moves the file to a free name, and leaves both files
+    /// as they were when the name is taken (the check-then-rename it replaces would have put
+    /// the dataset over the other file).
+    #[test]
+    fn a_no_replace_rename_keeps_a_file_that_took_the_name() {
+        type Rename = fn(&Path, &Path) -> std::io::Result<()>;
+        let ways: [(&str, Rename); 3] = [
+            ("rename_no_replace", rename_no_replace),
+            ("link_then_unlink", link_then_unlink),
+            ("reserve_then_rename", reserve_then_rename),
+        ];
+        for (way, rename) in ways {
+            let dir = tempfile::tempdir().unwrap();
+            let (part, file) = (dir.path().join("d.bin.part"), dir.path().join("d.bin"));
+            std::fs::write(&part, b"dataset").unwrap();
+            std::fs::write(&file, b"theirs").unwrap();
+            let err = rename(&part, &file).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::AlreadyExists,
+                "{way}: {err}"
+            );
+            assert_eq!(std::fs::read(&file).unwrap(), b"theirs", "{way}");
+            assert_eq!(std::fs::read(&part).unwrap(), b"dataset", "{way}");
+            std::fs::remove_file(&file).unwrap();
+            rename(&part, &file).unwrap();
+            assert_eq!(std::fs::read(&file).unwrap(), b"dataset", "{way}");
+            assert!(!part.exists(), "{way}");
+            let names = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(names, 1, "{way}");
+        }
+        // A file system without hard links falls back to the placeholder; a taken name not.
+        use rustix::io::Errno;
+        let os = |e: Errno| std::io::Error::from_raw_os_error(e.raw_os_error());
+        for e in [Errno::PERM, Errno::OPNOTSUPP, Errno::NOSYS, Errno::MLINK] {
+            assert!(links_unsupported(&os(e)), "{e}");
+        }
+        for e in [Errno::EXIST, Errno::NOENT, Errno::IO, Errno::NOSPC] {
+            assert!(!links_unsupported(&os(e)), "{e}");
+        }
+    }
+
+    /// A download into a directory whose file name was taken while it ran fails as one that
+    /// found the name taken at the start does, and keeps both files: theirs as it was, the
+    /// dataset in `NAME.part`. With the name given by the user (`-o FILE`) the file is
+    /// replaced, as before. (The rename used to replace the other file.)
+    #[tokio::test]
+    async fn a_file_made_during_a_download_into_a_directory_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (part, file) = (dir.path().join("d.bin.part"), dir.path().join("d.bin"));
+        std::fs::write(&part, b"dataset").unwrap();
+        std::fs::write(&file, b"theirs").unwrap();
+        let err = finish(&part, &file, Place::Free).await.unwrap_err();
+        assert_eq!(exit::code_of(&err), exit::FAILURE);
+        let said = err.to_string();
+        assert!(said.contains("not replacing"), "{said}");
+        assert!(said.contains("made while the dataset downloaded"), "{said}");
+        assert!(said.contains(&part.display().to_string()), "{said}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"theirs");
+        assert_eq!(std::fs::read(&part).unwrap(), b"dataset");
+        finish(&part, &file, Place::Replace).await.unwrap();
+        assert_eq!(std::fs::read(&file).unwrap(), b"dataset");
+        assert!(!part.exists());
     }
 
     #[test]

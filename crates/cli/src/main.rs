@@ -4,7 +4,8 @@
 //! down in order: stop accepting requests and finish those in flight (bounded by
 //! [`SHUTDOWN_GRACE`]) while the network and the block exchange still run, so a network stream
 //! in flight completes too; then stop the workers, the engine and the network, and close the
-//! store (syncing its open segment). The whole shutdown is bounded by [`SHUTDOWN_LIMIT`], and a
+//! store (syncing its open segment). The whole shutdown is bounded by [`SHUTDOWN_LIMIT`] (past
+//! it the node logs so and exits 1; [`SHUTDOWN_LIMIT_ENV`] shortens it for a test), and a
 //! second SIGINT/SIGTERM during it exits at once.
 //! The other commands are clients of a running node's REST API (`commands.rs`, `client.rs`),
 //! except `completions`, which prints a shell completion script.
@@ -38,6 +39,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// done is for the workers, the block-exchange engine (which writes the verified blocks it
 /// holds) and the network to stop. Past it the node logs what it cut short and exits (1).
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(45);
+
+/// The environment variable that shortens [`SHUTDOWN_LIMIT`] to its value in whole seconds,
+/// for the end-to-end test of a shutdown that cannot finish (which should not take 45 s). It can
+/// only shorten the limit (a longer or unparsable value is ignored), and the node logs a
+/// warning when it does: an operator has no use for it, so it is not an option.
+const SHUTDOWN_LIMIT_ENV: &str = "CAIRN_TEST_SHUTDOWN_LIMIT_SECS";
 
 /// How long the async runtime waits, once a command is done, for blocking work still running
 /// (a read of stdin no one waits for any more, a file read): a command must not hang there.
@@ -254,6 +261,13 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     // REST line must stop the node cleanly, not kill it with the default disposition.
     let mut signals = Signals::register()?;
     let set_log_level = init_logging(&cfg)?;
+    let limit = shutdown_limit(std::env::var_os(SHUTDOWN_LIMIT_ENV).as_deref());
+    if limit < SHUTDOWN_LIMIT {
+        warn!(
+            ?limit,
+            "{SHUTDOWN_LIMIT_ENV} shortens the shutdown limit (for tests)"
+        );
+    }
     let store_cfg = StoreConfig {
         quota_bytes: cfg.storage_quota,
         block_ttl: cfg.block_ttl,
@@ -435,7 +449,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         served
     };
     tokio::select! {
-        done = tokio::time::timeout(SHUTDOWN_LIMIT, graceful) => match done {
+        done = tokio::time::timeout(limit, graceful) => match done {
             Ok(served) => {
                 info!("stopped");
                 served
@@ -443,11 +457,11 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
             Err(_) => {
                 warn!(
                     "the shutdown did not finish within {} s: stopping anyway",
-                    SHUTDOWN_LIMIT.as_secs()
+                    limit.as_secs()
                 );
                 anyhow::bail!(
                     "the shutdown did not finish within {} s; stopped without waiting longer",
-                    SHUTDOWN_LIMIT.as_secs()
+                    limit.as_secs()
                 )
             }
         },
@@ -460,6 +474,16 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
             std::process::exit(i32::from(exit::FAILURE));
         }
     }
+}
+
+/// The shutdown limit: [`SHUTDOWN_LIMIT`], or the shorter one `env` (the value of
+/// [`SHUTDOWN_LIMIT_ENV`]) gives in whole seconds.
+fn shutdown_limit(env: Option<&std::ffi::OsStr>) -> Duration {
+    env.and_then(std::ffi::OsStr::to_str)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .filter(|limit| *limit < SHUTDOWN_LIMIT)
+        .unwrap_or(SHUTDOWN_LIMIT)
 }
 
 /// The address book's file, in the data directory.
@@ -600,6 +624,19 @@ mod tests {
             assert!(output::error_chain(&err).contains(said), "{err:#}");
         }
         assert!(resolve_start(config::StartArgs::default()).is_ok());
+    }
+
+    /// The test variable can shorten the shutdown limit, never lengthen it.
+    #[test]
+    fn the_shutdown_limit_can_only_be_shortened() {
+        use std::ffi::OsStr;
+        let limit = |v: Option<&str>| shutdown_limit(v.map(OsStr::new));
+        assert_eq!(limit(None), SHUTDOWN_LIMIT);
+        assert_eq!(limit(Some("2")), Duration::from_secs(2));
+        assert_eq!(limit(Some("0")), Duration::ZERO);
+        for ignored in ["45", "46", "99999999999", "-1", "2s", "", "x"] {
+            assert_eq!(limit(Some(ignored)), SHUTDOWN_LIMIT, "{ignored:?}");
+        }
     }
 
     #[test]

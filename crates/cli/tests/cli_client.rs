@@ -383,6 +383,21 @@ fn one_node_upload_ls_download_rm_space_info() {
         std::fs::read(into.join(&plain_cid)).unwrap(),
         b"plain stdin"
     );
+    // A name beyond ASCII, which the node sends as an ASCII fallback and an RFC 8187
+    // `filename*`, is saved under the name itself, not the fallback.
+    let d = json(
+        &n,
+        &[
+            "download",
+            accented_cid.trim(),
+            "-o",
+            into.to_str().unwrap(),
+        ],
+    );
+    let named = into.join("\u{e9}t\u{e9}.txt");
+    assert_eq!(d["file"], named.to_str().unwrap());
+    assert_eq!(std::fs::read(&named).unwrap(), b"summer");
+    assert!(!into.join("_t_.txt").exists());
 
     // `rm --json`, then `ls` no longer has it and the API says it is gone.
     let lines = json_lines(&ok(&cli(&["rm", &a_cid, "--json", "--api", &n.api])));

@@ -1428,6 +1428,42 @@ fn download_to_a_path_that_is_not_a_regular_file_writes_to_it() {
     n.stop();
 }
 
+/// Starts an upload on `n` whose client then sends nothing, and returns its connection once
+/// the node holds a reservation for it (it is in flight): it holds a shutdown for up to the
+/// upload idle limit (30 s).
+fn stalled_upload(n: &NodeProc) -> TcpStream {
+    let addr = n.api.trim_start_matches("http://").to_owned();
+    let mut upload = TcpStream::connect(&addr).unwrap();
+    upload
+        .write_all(
+            b"POST /api/codex/v1/data HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nsome",
+        )
+        .unwrap();
+    let c = client();
+    let deadline = Instant::now() + WAIT;
+    while space(&c, n)["quotaReservedBytes"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    upload
+}
+
+/// Sends SIGTERM to `n` and waits until its log (`log`) says it is shutting down.
+fn start_shutdown(n: &NodeProc, log: &std::path::Path) {
+    n.terminate();
+    let deadline = Instant::now() + WAIT;
+    while !std::fs::read_to_string(log)
+        .unwrap()
+        .contains("shutting down")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not start shutting down"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A second SIGTERM (or Ctrl-C) while the node shuts down stops it at once, saying so in its
 /// log, instead of waiting for the requests in flight (here an upload whose client sends
 /// nothing, which holds the shutdown for up to its 30 s). It used to be ignored. Found by
@@ -1440,47 +1476,59 @@ fn a_second_signal_during_shutdown_stops_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log.txt");
     let mut n = NodeProc::start_logging(&dir.path().join("node"), "info", &log);
-    let addr = n.api.trim_start_matches("http://").to_owned();
-    let mut upload = TcpStream::connect(&addr).unwrap();
-    upload
-        .write_all(
-            b"POST /api/codex/v1/data HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nsome",
-        )
-        .unwrap();
-    // The upload is in flight once the node has a reservation for it.
-    let c = client();
-    let deadline = Instant::now() + WAIT;
-    while space(&c, &n)["quotaReservedBytes"].as_u64().unwrap_or(0) == 0 {
-        assert!(Instant::now() < deadline, "the upload did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let upload = stalled_upload(&n);
+    start_shutdown(&n, &log);
     n.terminate();
-    let logged = |text: &str| std::fs::read_to_string(&log).unwrap().contains(text);
-    while !logged("shutting down") {
-        assert!(
-            Instant::now() < deadline,
-            "the node did not start shutting down"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    n.terminate();
-    let second = Instant::now();
-    let status = loop {
-        if let Some(status) = n.try_wait() {
-            break status;
-        }
-        assert!(
-            second.elapsed() < AT_ONCE,
-            "the node still runs {:?} after a second SIGTERM",
-            second.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = n
+        .wait_status(AT_ONCE)
+        .expect("the node still runs after a second SIGTERM");
     assert_eq!(status.code(), Some(1), "{status}");
-    assert!(
-        logged("stopping at once"),
-        "{}",
-        std::fs::read_to_string(&log).unwrap()
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("stopping at once"), "{logged}");
+    drop(upload);
+}
+
+/// A shutdown that does not finish within the shutdown limit is abandoned: the node logs that
+/// it stops anyway, says so on stderr and exits 1 (`exit.rs`: failure). The limit is shortened
+/// to 2 s (`CAIRN_TEST_SHUTDOWN_LIMIT_SECS`, which can only shorten it) and the shutdown held
+/// by an upload in flight whose client sends nothing: with the real limit (45 s) a request is
+/// cut off by the grace period (30 s) first, so what the limit cuts short there is the network,
+/// engine and store stopping after it, which a test cannot make hang without a hook.
+#[test]
+fn a_shutdown_that_cannot_finish_is_cut_off_at_the_limit() {
+    /// The shortened shutdown limit, in seconds.
+    const LIMIT_SECS: u64 = 2;
+    /// How soon after the limit the node must be gone: the runtime's drain (1 s) and slack,
+    /// far less than the 30 s the stalled upload would otherwise hold the shutdown.
+    const AFTER_LIMIT: Duration = Duration::from_secs(10);
+    let limit = Duration::from_secs(LIMIT_SECS);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.txt");
+    let secs = LIMIT_SECS.to_string();
+    let mut n = NodeProc::start_logging_with(
+        &dir.path().join("node"),
+        "info",
+        &log,
+        &[("CAIRN_TEST_SHUTDOWN_LIMIT_SECS", &secs)],
     );
+    let upload = stalled_upload(&n);
+    let signalled = Instant::now();
+    start_shutdown(&n, &log);
+    let status = n
+        .wait_status(limit + AFTER_LIMIT)
+        .expect("the node still runs past the shutdown limit");
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(1), "{status}");
+    assert!(took >= limit, "stopped after {took:?}, before the limit");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    for line in [
+        "shortens the shutdown limit",
+        "the shutdown did not finish within 2 s: stopping anyway",
+        // The failure line on stderr (the log is the node's stderr).
+        "cairn: the shutdown did not finish within 2 s; stopped without waiting longer",
+    ] {
+        assert!(logged.contains(line), "{line:?} not in: {logged}");
+    }
+    assert!(!logged.contains("stopped\n"), "{logged}");
     drop(upload);
 }

@@ -41,8 +41,18 @@ impl NodeProc {
 
     /// A node logging at `level` into `log` (a file, as an operator redirects stderr).
     pub(crate) fn start_logging(data: &Path, level: &str, log: &Path) -> NodeProc {
+        NodeProc::start_logging_with(data, level, log, &[])
+    }
+
+    /// [`NodeProc::start_logging`] with environment variables `envs` set.
+    pub(crate) fn start_logging_with(
+        data: &Path,
+        level: &str,
+        log: &Path,
+        envs: &[(&str, &str)],
+    ) -> NodeProc {
         let file = std::fs::File::create(log).expect("log file");
-        NodeProc::start_with(data, &[], &[], level, Stdio::from(file))
+        NodeProc::start_with(data, &[], envs, level, Stdio::from(file))
     }
 
     fn start_with(
@@ -73,6 +83,7 @@ impl NodeProc {
         .env_remove("CAIRN_METRICS_ADDRESS")
         .env_remove("MALLOC_ARENA_MAX")
         .env_remove("NO_COLOR")
+        .env_remove("CAIRN_TEST_SHUTDOWN_LIMIT_SECS")
         .stdout(Stdio::piped())
         .stderr(stderr);
         for (k, v) in envs {
@@ -131,6 +142,23 @@ impl NodeProc {
                 .unwrap()
                 .success()
         );
+    }
+
+    /// Waits up to `limit` for the node to exit (polling); its exit status, `None` if it still
+    /// runs.
+    pub(crate) fn wait_status(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        /// How often the node is checked.
+        const POLL: Duration = Duration::from_millis(20);
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// Waits for a clean exit (after [`NodeProc::terminate`]); returns the stdout lines not
