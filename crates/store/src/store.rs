@@ -29,7 +29,7 @@ use crate::{
         FETCHES, GENERATIONS, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota,
         SEGMENTS, SESSIONS, SessionEnd, Tables, checksum,
     },
-    segments::{SegmentWriter, Segments, WriteMode},
+    segments::{MAX_SPAN_BYTES, SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
 };
 
@@ -1780,7 +1780,9 @@ impl Store {
         let trees = r.open_table(TREES)?;
         // Leaves stored without a proof take it from `proofs` or the dataset's tree.
         let mut tree_proofs = ProofSource::new(&trees, &key, ds.nleaves);
-        let mut read_one = |index: u64| -> Result<Option<(Block, CodexProof)>, StoreError> {
+        // First every leaf's row, proof and place; then the bytes, a run of blocks stored one
+        // after the other at a time ([`Store::read_runs`]).
+        let mut look_up = |index: u64| -> Result<Option<(Cid, BlockRec, CodexProof)>, StoreError> {
             let Some(v) = leaves.get((key.as_slice(), index))? else {
                 return Ok(None);
             };
@@ -1799,13 +1801,130 @@ impl Store {
             let Some(row) = blocks.get(cid.to_bytes().as_slice())? else {
                 return Err(StoreError::IndexDamaged("leaf names a missing block"));
             };
-            // `None`: the dataset was reclaimed since this transaction began, and the block's
-            // segment with it: the leaf is not stored any more.
-            Ok(self
-                .read_verified(&cid, BlockRec::from_tuple(row.value()))?
-                .map(|block| (block, proof)))
+            Ok(Some((cid, BlockRec::from_tuple(row.value()), proof)))
         };
-        Ok(indices.iter().map(|&i| read_one(i)).collect())
+        let looked: Vec<_> = indices.iter().map(|&i| look_up(i)).collect();
+        drop(r);
+        let mut proofs: Vec<Option<CodexProof>> = Vec::with_capacity(looked.len());
+        let mut wanted = Vec::with_capacity(looked.len());
+        for l in looked {
+            match l {
+                Ok(Some((cid, rec, proof))) => {
+                    proofs.push(Some(proof));
+                    wanted.push(Ok(Some((cid, rec))));
+                }
+                Ok(None) => {
+                    proofs.push(None);
+                    wanted.push(Ok(None));
+                }
+                Err(e) => {
+                    proofs.push(None);
+                    wanted.push(Err(e));
+                }
+            }
+        }
+        Ok(self
+            .read_runs(wanted)
+            .into_iter()
+            .zip(proofs)
+            .map(|(read, proof)| match (read, proof) {
+                (Ok(Some(block)), Some(proof)) => Ok(Some((block, proof))),
+                (Ok(_), _) => Ok(None),
+                (Err(e), _) => Err(e),
+            })
+            .collect())
+    }
+
+    /// Reads the blocks `wanted` (looked up in an earlier read transaction), verified, in
+    /// order; `Ok(None)` stays `None` and an error stays that error. Blocks stored one after
+    /// the other in one segment (a dataset's leaves, as an upload or a download wrote them) are
+    /// read together, up to [`MAX_SPAN_BYTES`] at a time ([`Segments::read_span`]: one read,
+    /// direct where the file system allows). A run whose read fails, or any block of it that
+    /// fails its check, is read again on its own by [`Store::read_verified`], which follows a
+    /// block that compaction moved, reports one that a delete dropped as not stored, and logs
+    /// a corrupt one.
+    fn read_runs(
+        &self,
+        wanted: Vec<Result<Option<(Cid, BlockRec)>, StoreError>>,
+    ) -> Vec<Result<Option<Block>, StoreError>> {
+        let mut out: Vec<Result<Option<Block>, StoreError>> = Vec::with_capacity(wanted.len());
+        let mut run: Vec<(Cid, BlockRec)> = Vec::new();
+        for w in wanted {
+            let next = match w {
+                Ok(Some((cid, rec))) => match rec.read_len() {
+                    Ok(_) => Some((cid, rec)),
+                    Err(e) => {
+                        self.flush_run(&mut run, &mut out);
+                        out.push(Err(e));
+                        continue;
+                    }
+                },
+                Ok(None) => None,
+                Err(e) => {
+                    self.flush_run(&mut run, &mut out);
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            match next {
+                Some((cid, rec)) => {
+                    let joins = run.last().is_some_and(|(_, last)| {
+                        last.seg == rec.seg
+                            && last.off.checked_add(last.len) == Some(rec.off)
+                            && rec.off + rec.len - run[0].1.off <= MAX_SPAN_BYTES
+                    });
+                    if !joins {
+                        self.flush_run(&mut run, &mut out);
+                    }
+                    run.push((cid, rec));
+                }
+                None => {
+                    self.flush_run(&mut run, &mut out);
+                    out.push(Ok(None));
+                }
+            }
+        }
+        self.flush_run(&mut run, &mut out);
+        out
+    }
+
+    /// Reads the blocks of `run` (adjacent in one segment), verified, onto `out`; empties `run`.
+    fn flush_run(
+        &self,
+        run: &mut Vec<(Cid, BlockRec)>,
+        out: &mut Vec<Result<Option<Block>, StoreError>>,
+    ) {
+        match run.len() {
+            0 => return,
+            1 => {
+                let (cid, rec) = run[0];
+                // `None`: the dataset was reclaimed since the lookup, and the block's segment
+                // with it: the leaf is not stored any more.
+                out.push(self.read_verified(&cid, rec));
+            }
+            _ => {
+                let first = run[0].1;
+                let span = run
+                    .last()
+                    .map_or(0, |(_, last)| last.off + last.len - first.off);
+                self.hook("read:looked-up");
+                let read = usize::try_from(span)
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+                    .and_then(|span| self.inner.segs.read_span(first.seg, first.off, span));
+                for (cid, rec) in run.iter() {
+                    let checked = read.as_ref().ok().and_then(|bytes| {
+                        let from = usize::try_from(rec.off - first.off).ok()?;
+                        let to = from.checked_add(usize::try_from(rec.len).ok()?)?;
+                        checked_block(cid, rec, bytes.slice(from..to))
+                    });
+                    out.push(match checked {
+                        Some(block) => Ok(Some(block)),
+                        None => self.read_verified(cid, *rec),
+                    });
+                }
+            }
+        }
+        run.clear();
     }
 
     /// Reads and decodes manifest `cid`, if stored.
@@ -2187,12 +2306,11 @@ impl Store {
 /// `data` as block `cid` if it passes its check: the CRC32C stored in `rec` (the CID was
 /// checked when the block was stored; the checksum shows the bytes read back are the bytes
 /// written), or, for rows from before checksums, the CID hash. `None` when it fails.
-pub(crate) fn checked_block(cid: &Cid, rec: &BlockRec, data: Vec<u8>) -> Option<Block> {
+pub(crate) fn checked_block(cid: &Cid, rec: &BlockRec, data: impl Into<Bytes>) -> Option<Block> {
+    let data: Bytes = data.into();
     match rec.checksum {
-        Some(sum) => {
-            (checksum(&data) == sum).then(|| Block::from_parts_unchecked(*cid, data.into()))
-        }
-        None => Block::verified(*cid, data.into()).ok(),
+        Some(sum) => (checksum(&data) == sum).then(|| Block::from_parts_unchecked(*cid, data)),
+        None => Block::verified(*cid, data).ok(),
     }
 }
 
