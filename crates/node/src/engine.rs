@@ -1134,8 +1134,11 @@ impl Engine {
             match p.presence {
                 Presence::Have => {
                     pending.denied.remove(&peer);
-                    if let Some(state) = self.peers.get_mut(&peer) {
-                        state.haves.insert(p.address);
+                    if let Some(state) = self.peers.get_mut(&peer)
+                        && state.haves.insert(p.address)
+                    {
+                        // It may hold what is queued already (which `make_ready` leaves).
+                        state.nothing_ready = false;
                     }
                     self.make_ready(p.address);
                 }
@@ -1667,7 +1670,7 @@ impl Engine {
         for st in self.peers.values_mut() {
             st.pace.expire(st.outstanding.len(), now);
         }
-        self.sweep_ready();
+        self.sweep_ready(now);
         // Abandoned wants, wants without holders.
         let mut drop_list = Vec::new();
         let mut requery = Vec::new();
@@ -1731,7 +1734,7 @@ impl Engine {
     /// these, and a queued want is exempt from [`NO_HOLDER_TIMEOUT`]: without this sweep a want
     /// whose last holder left while everyone else was busy would wait for good. Once a
     /// [`TICK`]: the queue holds at most [`MAX_PENDING_WANTS`] addresses.
-    fn sweep_ready(&mut self) {
+    fn sweep_ready(&mut self, now: Instant) {
         let (pending, peers) = (&mut self.pending, &self.peers);
         self.ready.retain(|a| {
             let Some(p) = pending.get_mut(a) else {
@@ -1743,6 +1746,11 @@ impl Engine {
             let held = peers.iter().any(|(id, st)| {
                 st.haves.contains(a) && !p.excluded.contains(id) && !p.shunned.contains(id)
             });
+            if !held {
+                // Held until now: the wait for a holder starts here (review: a want that had
+                // waited in the queue longer than the timeout failed at once).
+                p.unheld_since = now;
+            }
             p.queued = held;
             held
         });
@@ -1783,15 +1791,16 @@ impl Engine {
         // for are not counted (`Peer::nothing_ready`): without that, every delivery from a busy
         // holder would rescan the whole queue on behalf of a connected peer that holds none of
         // it.
-        let mut open = self
+        let mut open: Vec<PeerId> = self
             .peers
-            .values()
-            .filter(|st| !st.nothing_ready && st.outstanding.len() < st.pace.limit())
-            .count();
+            .iter()
+            .filter(|(_, st)| !st.nothing_ready && st.outstanding.len() < st.pace.limit())
+            .map(|(id, _)| *id)
+            .collect();
         let mut deferred = Vec::new();
         let mut full_pass = true;
         while let Some(address) = self.ready.pop_front() {
-            if open == 0 {
+            if open.is_empty() {
                 self.ready.push_front(address);
                 full_pass = false;
                 break;
@@ -1801,6 +1810,22 @@ impl Engine {
             };
             p.queued = false;
             if p.storing || p.requested_from.is_some() {
+                continue;
+            }
+            // Only a peer that may take a request now can be given this one: when none of them
+            // holds it, it waits without a look at every other peer, so a long queue for busy
+            // holders costs a lookup or two per address, not one per peer (review). A holder
+            // that left is found by `sweep_ready`.
+            let for_open = open.iter().any(|id| {
+                self.peers
+                    .get(id)
+                    .is_some_and(|st| st.haves.contains(&address))
+                    && !p.excluded.contains(id)
+                    && !p.shunned.contains(id)
+            });
+            if !for_open {
+                p.queued = true;
+                deferred.push(address);
                 continue;
             }
             // The holder expected to deliver it first (`crate::pace`): among those with room,
@@ -1833,8 +1858,8 @@ impl Engine {
                     self.metrics.block_requests.inc();
                     if let Some(st) = self.peers.get_mut(&peer) {
                         st.ask(address, now);
-                        if st.outstanding.len() >= st.pace.limit() && !st.nothing_ready {
-                            open -= 1; // full now
+                        if st.outstanding.len() >= st.pace.limit() {
+                            open.retain(|id| *id != peer); // full now
                         }
                     }
                 }
@@ -1844,7 +1869,7 @@ impl Engine {
                     p.queued = true;
                     deferred.push(address);
                 }
-                _ => {} // re-queried on a tick
+                _ => p.unheld_since = now, // re-queried on a tick
             }
         }
         if full_pass {
@@ -2987,6 +3012,28 @@ mod tests {
             "waiting for a holder, not queued for one"
         );
         assert!(rx.try_recv().is_err(), "no answer yet");
+        cancel.cancel();
+    }
+
+    /// A want that waited in the ready queue longer than [`NO_HOLDER_TIMEOUT`] and then lost
+    /// its only holder waits the timeout for another from then (review: the tick that took it
+    /// out of the queue failed it at once, as if it had never had a holder).
+    #[tokio::test]
+    async fn a_queued_want_that_loses_its_holder_waits_again_for_another() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let holder = PeerId::random();
+        connected(&mut e, holder);
+        let address = BlockAddress::Block(*Block::data_block(Bytes::from_static(b"q")).cid());
+        said_has(&mut e, holder, address);
+        let (tx, mut rx) = oneshot::channel();
+        e.add_want(address, None, tx, Instant::now() - 2 * NO_HOLDER_TIMEOUT);
+        assert!(e.pending[&address].queued, "queued for its holder");
+        e.on_net(NetEvent::PeerDisconnected { peer: holder });
+        e.on_tick(Instant::now());
+        assert!(e.pending.contains_key(&address), "still wanted");
+        assert!(rx.try_recv().is_err(), "no answer yet");
+        assert!(!e.pending[&address].queued);
         cancel.cancel();
     }
 
