@@ -112,12 +112,23 @@ pub(crate) struct SeenRegions {
 
 impl SeenRegions {
     /// Records that `len` bytes at `offset` of segment `seg` are read now; whether any unit of
-    /// them was read before (and is still remembered).
+    /// them was read before (and is still remembered). Only the units the span covers whole
+    /// count (or, for a span inside one unit, that unit): blocks need not start on a unit
+    /// boundary (a merged segment packs datasets one after the other), and a span that began
+    /// in the unit where the previous one ended is not a second read (review: every span
+    /// after the first of such a dataset went through the page cache).
     fn touch(&mut self, seg: u64, offset: u64, len: usize) -> bool {
-        let first = offset / SPAN_UNIT_BYTES;
-        let last = (offset + (len.max(1) as u64) - 1) / SPAN_UNIT_BYTES;
+        let end = offset.saturating_add(len as u64);
+        let first_whole = offset.div_ceil(SPAN_UNIT_BYTES);
+        let end_whole = end / SPAN_UNIT_BYTES;
+        let units = if first_whole < end_whole {
+            first_whole..end_whole
+        } else {
+            let unit = offset / SPAN_UNIT_BYTES;
+            unit..unit + 1
+        };
         let mut again = false;
-        for unit in first..=last {
+        for unit in units {
             let key = (seg, unit / 64);
             let bit = 1u64 << (unit % 64);
             let word = match self.bits.get_mut(&key) {
@@ -157,6 +168,9 @@ pub(crate) enum Segments {
         readers: Mutex<HashMap<u64, Arc<Reader>>>,
         /// Regions span reads went to directly ([`Segments::read_span`]).
         seen: Mutex<SeenRegions>,
+        /// The file system refused direct I/O (at open or at a read): spans go through the
+        /// page cache from then on, without asking again for every segment (review).
+        direct_off: std::sync::atomic::AtomicBool,
     },
     /// Byte vectors in memory.
     Mem {
@@ -180,6 +194,7 @@ impl Segments {
             dir,
             readers: Mutex::new(HashMap::new()),
             seen: Mutex::new(SeenRegions::default()),
+            direct_off: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -267,18 +282,26 @@ impl Segments {
             ));
         }
         match self {
-            Segments::Dir { dir, readers, seen } => {
+            Segments::Dir {
+                dir,
+                readers,
+                seen,
+                direct_off,
+            } => {
+                use std::sync::atomic::Ordering::Relaxed;
                 let reader = Self::reader(dir, readers, id)?;
                 let again = seen.lock().touch(id, offset, len);
-                if !again && let Some(direct) = reader.direct(&Self::path(dir, id)) {
-                    match read_direct(direct, offset, len) {
-                        Ok(bytes) => return Ok(bytes),
-                        // The file system took `O_DIRECT` at open but refuses the read: this
-                        // handle reads through the page cache from now on.
-                        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
-                            reader.refuse_direct();
-                        }
-                        Err(e) => return Err(e),
+                if !again && !direct_off.load(Relaxed) {
+                    match reader.direct(&Self::path(dir, id)) {
+                        Some(direct) => match read_direct(direct, offset, len) {
+                            Ok(bytes) => return Ok(bytes),
+                            // The file system took `O_DIRECT` at open but refuses the read.
+                            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                                direct_off.store(true, Relaxed);
+                            }
+                            Err(e) => return Err(e),
+                        },
+                        None => direct_off.store(true, Relaxed),
                     }
                 }
                 read_exact_at(&reader.file, len, offset).map(Bytes::from)
@@ -433,8 +456,6 @@ pub(crate) struct Reader {
     file: File,
     /// `O_DIRECT`, opened at the first span read; `None` where the file system refuses it.
     direct: std::sync::OnceLock<Option<File>>,
-    /// A direct read was refused after the open succeeded.
-    refused: std::sync::atomic::AtomicBool,
 }
 
 impl Reader {
@@ -442,21 +463,12 @@ impl Reader {
         Reader {
             file,
             direct: std::sync::OnceLock::new(),
-            refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     /// The direct handle, opened on first use; `None` where direct I/O is not available.
     fn direct(&self, path: &std::path::Path) -> Option<&File> {
-        if self.refused.load(std::sync::atomic::Ordering::Relaxed) {
-            return None;
-        }
         self.direct.get_or_init(|| open_direct(path)).as_ref()
-    }
-
-    fn refuse_direct(&self) {
-        self.refused
-            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -482,19 +494,20 @@ fn open_direct(_path: &std::path::Path) -> Option<File> {
 /// ends before `offset + len` is [`io::ErrorKind::UnexpectedEof`]; a refused direct read
 /// (`EINVAL`) is `InvalidInput`.
 fn read_direct(direct: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    // Only a refusal by the file system (`EINVAL` from the read) is `InvalidInput`, which turns
+    // direct reads off: a range that cannot be read is another kind of error.
+    let bad_range = || io::Error::other(format!("no direct read of {len} bytes at {offset}"));
     let align = DIRECT_ALIGN as u64;
-    let end = offset
-        .checked_add(len as u64)
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let end = offset.checked_add(len as u64).ok_or_else(bad_range)?;
     let start = offset / align * align;
-    let stop = end.div_ceil(align) * align;
-    let span = usize::try_from(stop - start).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let stop = end.checked_next_multiple_of(align).ok_or_else(bad_range)?;
+    let span = usize::try_from(stop - start).map_err(|_| bad_range())?;
     let mut mem = vec![0u8; span + DIRECT_ALIGN];
     let pad = mem.as_ptr().align_offset(DIRECT_ALIGN);
     if pad >= DIRECT_ALIGN {
-        return Err(io::ErrorKind::InvalidInput.into());
+        return Err(bad_range());
     }
-    let need = usize::try_from(end - start).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let need = usize::try_from(end - start).map_err(|_| bad_range())?;
     let mut got = 0;
     while got < need {
         // Only whole aligned units can be asked for: after a short read that is not one, the
@@ -509,7 +522,7 @@ fn read_direct(direct: &File, offset: u64, len: usize) -> io::Result<Bytes> {
             Err(e) => return Err(e.into()),
         }
     }
-    let from = pad + usize::try_from(offset - start).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let from = pad + usize::try_from(offset - start).map_err(|_| bad_range())?;
     Ok(Bytes::from(mem).slice(from..from + len))
 }
 
@@ -1020,6 +1033,14 @@ mod tests {
         // Across a region boundary (units 63 and 64).
         assert!(!seen.touch(3, 63 * 65536, 2 * 65536));
         assert!(seen.touch(3, 64 * 65536, 1));
+        // Blocks that do not start on a unit boundary (a merged segment): the next span starts
+        // in the unit where the last one ended, and is still a first read.
+        assert!(!seen.touch(4, 1000, 20 * 65536));
+        assert!(
+            !seen.touch(4, 1000 + 20 * 65536, 20 * 65536),
+            "unaligned next span: a first read"
+        );
+        assert!(seen.touch(4, 1000, 20 * 65536), "the same span again");
         // Forgetting: fill with other regions; the first ones go.
         for r in 0..MAX_SEEN_REGIONS as u64 {
             seen.touch(9, r * 64 * 65536, 1);
