@@ -517,6 +517,7 @@ pub(crate) async fn perf(
         .await
         .map_err(|e| match e {
             PerfError::TooLarge => ApiError::BadRequest(format!("{e}.")),
+            PerfError::Busy => ApiError::Unavailable(format!("{e}.")),
             other => ApiError::BadGateway(format!("{other}.")),
         })?;
     let out = PerfJson {

@@ -163,7 +163,7 @@ pub(crate) struct StartArgs {
     )]
     pub(crate) seed_mode: Option<bool>,
     /// Answer peers' `/perf/1.0.0` self-tests (`cairn perf`), within their limits: at most
-    /// 256 MiB each way, one run per peer and two in all at a time [default: on]
+    /// 256 MiB each way, one run per peer, two in all at a time and four a minute [default: on]
     #[arg(
         long,
         env = "CAIRN_PERF_SERVER",

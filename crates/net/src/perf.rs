@@ -16,10 +16,14 @@
 //!
 //! **Serving is bounded.** A run costs the server the bandwidth the client asks for, so a peer
 //! may ask for at most [`PERF_MAX_BYTES`] each way, one run at a time; the node serves at most
-//! [`PERF_SERVER_RUNS`] runs at once, each for at most [`PERF_RUN_TIMEOUT`]. A stream beyond
-//! these limits is dropped unanswered (the client sees its stream end early), and a run that
-//! breaks them is cut off. A node can also refuse the protocol altogether
-//! ([`crate::NetConfig::perf_server`]).
+//! [`PERF_SERVER_RUNS`] runs at once and [`PERF_SERVER_RUNS_PER_MINUTE`] a minute, each for at
+//! most [`PERF_RUN_TIMEOUT`], and a peer that sends nothing for [`PERF_IDLE_TIMEOUT`] is cut
+//! off. A stream beyond these limits is dropped unanswered (the client sees its stream end
+//! early). A node can also refuse the protocol altogether ([`crate::NetConfig::perf_server`]).
+//!
+//! **Running is bounded too.** The node measures only a peer it is connected to (a stream to
+//! another would be dialled by `libp2p-stream` around the node's own dialling rules), one run
+//! at a time ([`PERF_CLIENT_RUNS`]).
 //!
 //! The protocol rides on `libp2p-stream`, which hands the streams to plain async code: the
 //! rust-libp2p `libp2p-perf` crate serves without any of these limits.
@@ -55,6 +59,19 @@ pub const PERF_RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest the client waits for the stream to open (protocol negotiation included).
 pub const PERF_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Runs a node serves per minute at most, from all peers together: with [`PERF_MAX_BYTES`]
+/// each, at most 1 GiB a minute (about 18 MB/s on average) goes to self-tests, however many
+/// peers ask or how fast they ask again.
+pub const PERF_SERVER_RUNS_PER_MINUTE: usize = 4;
+
+/// Longest the server waits for the next bytes of a run's request or upload: a peer that
+/// trickles them cannot hold a slot for the whole [`PERF_RUN_TIMEOUT`].
+pub const PERF_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs this node makes at once as a client (`cairn perf`, the API): one, so that requests
+/// to the API cannot make the node measure many paths at once.
+pub const PERF_CLIENT_RUNS: usize = 1;
+
 /// Bytes per write and per read: one block's worth, as the block exchange moves them.
 const PERF_CHUNK: usize = 64 * 1024;
 
@@ -69,6 +86,8 @@ pub struct PerfReport {
     pub upload_time: Duration,
     /// From the first byte back to the end of the stream.
     pub download_time: Duration,
+    /// The bytes received after the first read back: what `download_time` timed.
+    pub download_timed: u64,
 }
 
 impl PerfReport {
@@ -77,9 +96,14 @@ impl PerfReport {
         rate(self.uploaded, self.upload_time)
     }
 
-    /// Download rate in bytes per second.
+    /// Download rate in bytes per second: the bytes after the first read over the time from
+    /// that read to the end (the first read's bytes arrived before the clock started). 0 when
+    /// everything came in one read.
     pub fn download_rate(&self) -> f64 {
-        rate(self.downloaded, self.download_time)
+        if self.download_time.is_zero() {
+            return 0.0;
+        }
+        rate(self.download_timed, self.download_time)
     }
 }
 
@@ -113,6 +137,12 @@ pub enum PerfError {
     /// The run took longer than [`PERF_RUN_TIMEOUT`].
     #[error("the perf run with {0} took longer than {PERF_RUN_TIMEOUT:?}")]
     Timeout(PeerId),
+    /// This node is running another test ([`PERF_CLIENT_RUNS`]).
+    #[error("this node is measuring another path; try again when it is done")]
+    Busy,
+    /// The peer is not connected.
+    #[error("{0} is not connected")]
+    NotConnected(PeerId),
     /// The peer ended the stream before it sent what was asked (a server at its limits drops
     /// the stream unanswered).
     #[error("{peer} sent {got} of the {asked} bytes asked for (busy, or it refused the run)")]
@@ -126,9 +156,21 @@ pub enum PerfError {
     },
 }
 
-/// Opens the self-test's streams ([`crate::NetworkHandle::perf`]).
+/// Opens the self-test's streams ([`crate::NetworkHandle::perf`]), one run at a time.
 #[derive(Clone)]
-pub(crate) struct PerfClient(pub(crate) libp2p_stream::Control);
+pub(crate) struct PerfClient {
+    pub(crate) control: libp2p_stream::Control,
+    pub(crate) runs: Arc<Semaphore>,
+}
+
+impl PerfClient {
+    pub(crate) fn new(control: libp2p_stream::Control) -> PerfClient {
+        PerfClient {
+            control,
+            runs: Arc::new(Semaphore::new(PERF_CLIENT_RUNS)),
+        }
+    }
+}
 
 impl std::fmt::Debug for PerfClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -178,12 +220,16 @@ pub(crate) async fn run(
         let mut buf = vec![0u8; PERF_CHUNK];
         let mut got = 0u64;
         let mut first = None;
+        let mut before_clock = 0u64;
         loop {
             let n = stream.read(&mut buf).await.map_err(io)?;
             if n == 0 {
                 break;
             }
-            first.get_or_insert_with(Instant::now);
+            if first.is_none() {
+                first = Some(Instant::now());
+                before_clock = n as u64;
+            }
             got += n as u64;
             if got > download {
                 return Err(PerfError::Io {
@@ -206,6 +252,7 @@ pub(crate) async fn run(
             downloaded: got,
             upload_time: first.duration_since(start),
             download_time: end.duration_since(first),
+            download_timed: got - before_clock,
         })
     };
     tokio::time::timeout(PERF_RUN_TIMEOUT, exchange)
@@ -217,6 +264,8 @@ pub(crate) async fn run(
 pub(crate) async fn serve(mut incoming: libp2p_stream::IncomingStreams, cancel: CancellationToken) {
     let slots = Arc::new(Semaphore::new(PERF_SERVER_RUNS));
     let running: Arc<Mutex<HashSet<PeerId>>> = Arc::default();
+    // When the runs of the last minute started, oldest first.
+    let mut started: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
     loop {
         let (peer, stream) = tokio::select! {
             () = cancel.cancelled() => return,
@@ -225,15 +274,31 @@ pub(crate) async fn serve(mut incoming: libp2p_stream::IncomingStreams, cancel: 
                 None => return,
             },
         };
+        let now = Instant::now();
+        while started
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
+        {
+            started.pop_front();
+        }
+        if started.len() >= PERF_SERVER_RUNS_PER_MINUTE {
+            debug!(%peer, "perf run refused: {PERF_SERVER_RUNS_PER_MINUTE} served this minute");
+            continue; // dropping the stream resets it
+        }
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, "perf run refused: the node serves {PERF_SERVER_RUNS} at once");
-            continue; // dropping the stream resets it
+            continue;
         };
         if !running.lock().insert(peer) {
             debug!(%peer, "perf run refused: the peer has one running");
             continue;
         }
-        let running = running.clone();
+        started.push_back(now);
+        // Lets the peer run again when the task ends, however it ends (a panic included).
+        let guard = Running {
+            set: running.clone(),
+            peer,
+        };
         let cancel = cancel.clone();
         tokio::spawn(async move {
             let outcome = tokio::select! {
@@ -243,7 +308,7 @@ pub(crate) async fn serve(mut incoming: libp2p_stream::IncomingStreams, cancel: 
                     Err(_) => Err(format!("longer than {PERF_RUN_TIMEOUT:?}")),
                 },
             };
-            running.lock().remove(&peer);
+            drop(guard);
             drop(slot);
             match outcome {
                 Ok((uploaded, sent)) => debug!(%peer, uploaded, sent, "perf run served"),
@@ -253,12 +318,25 @@ pub(crate) async fn serve(mut incoming: libp2p_stream::IncomingStreams, cancel: 
     }
 }
 
+/// A peer's place in the set of peers with a run going, given up on drop.
+struct Running {
+    set: Arc<Mutex<HashSet<PeerId>>>,
+    peer: PeerId,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.set.lock().remove(&self.peer);
+    }
+}
+
 /// One run, server side: `(bytes read, bytes sent)`.
 async fn serve_run(mut stream: libp2p::Stream) -> Result<(u64, u64), String> {
+    let idle = || format!("nothing for {PERF_IDLE_TIMEOUT:?}");
     let mut ask = [0u8; 8];
-    stream
-        .read_exact(&mut ask)
+    tokio::time::timeout(PERF_IDLE_TIMEOUT, stream.read_exact(&mut ask))
         .await
+        .map_err(|_| idle())?
         .map_err(|e| e.to_string())?;
     let asked = u64::from_be_bytes(ask);
     if asked > PERF_MAX_BYTES {
@@ -269,7 +347,10 @@ async fn serve_run(mut stream: libp2p::Stream) -> Result<(u64, u64), String> {
     let mut buf = vec![0u8; PERF_CHUNK];
     let mut uploaded = 0u64;
     loop {
-        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let n = tokio::time::timeout(PERF_IDLE_TIMEOUT, stream.read(&mut buf))
+            .await
+            .map_err(|_| idle())?
+            .map_err(|e| e.to_string())?;
         if n == 0 {
             break;
         }
@@ -308,13 +389,18 @@ mod tests {
             downloaded: 2_000_000,
             upload_time: Duration::from_millis(500),
             download_time: Duration::from_secs(1),
+            download_timed: 1_500_000,
         };
         assert!((r.upload_rate() - 2_000_000.0).abs() < 1.0);
-        assert!((r.download_rate() - 2_000_000.0).abs() < 1.0);
-        let zero = PerfReport {
+        assert!(
+            (r.download_rate() - 1_500_000.0).abs() < 1.0,
+            "the first read's bytes came before the clock started"
+        );
+        let one_read = PerfReport {
             download_time: Duration::ZERO,
+            download_timed: 0,
             ..r
         };
-        assert!(zero.download_rate().is_finite());
+        assert_eq!(one_read.download_rate(), 0.0, "not measured, not infinite");
     }
 }

@@ -240,7 +240,23 @@ impl NetworkHandle {
         upload: u64,
         download: u64,
     ) -> Result<crate::perf::PerfReport, crate::perf::PerfError> {
-        crate::perf::run(&mut self.perf.0.clone(), peer, upload, download).await
+        use crate::perf::PerfError;
+        let Ok(_run) = self.perf.runs.clone().try_acquire_owned() else {
+            return Err(PerfError::Busy);
+        };
+        let connected = self
+            .peers()
+            .await
+            .map_err(|e| PerfError::Open {
+                peer,
+                reason: e.to_string(),
+            })?
+            .iter()
+            .any(|p| p.peer == peer);
+        if !connected {
+            return Err(PerfError::NotConnected(peer));
+        }
+        crate::perf::run(&mut self.perf.control.clone(), peer, upload, download).await
     }
 
     async fn ask<T>(
@@ -574,7 +590,7 @@ pub async fn start(
             peer_id,
             commands: cmd_tx,
             dht: config.dht,
-            perf: crate::perf::PerfClient(perf),
+            perf: crate::perf::PerfClient::new(perf),
         },
         ev_rx,
         task,

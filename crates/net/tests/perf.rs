@@ -218,3 +218,51 @@ async fn a_peer_gets_one_run_at_a_time() {
     assert_eq!(read_all(&mut greedy).await, 0);
     cancel.cancel();
 }
+
+/// A node serves at most `PERF_SERVER_RUNS_PER_MINUTE` runs a minute from all peers together:
+/// the next is dropped unanswered, whoever asks.
+#[tokio::test]
+async fn a_node_serves_a_bounded_number_of_runs_a_minute() {
+    let cancel = CancellationToken::new();
+    let (b, ev_b) = node(Muxers::Yamux, true, &cancel).await;
+    drain(ev_b);
+    let addr = b.listen_addrs().await.unwrap()[0]
+        .clone()
+        .with(Protocol::P2p(b.local_peer_id()));
+    let peer = b.local_peer_id();
+    for i in 0..=cairn_net::perf::PERF_SERVER_RUNS_PER_MINUTE {
+        // A peer of its own each time: no run waits for another's.
+        let mut raw = Raw::connect(addr.clone()).await;
+        let mut run = raw.start(peer, 10, 0).await;
+        run.close().await.ok();
+        let want = if i < cairn_net::perf::PERF_SERVER_RUNS_PER_MINUTE {
+            10
+        } else {
+            0
+        };
+        assert_eq!(read_all(&mut run).await, want, "run {i}");
+    }
+    cancel.cancel();
+}
+
+/// The client side: only a connected peer is measured, and one run at a time.
+#[tokio::test]
+async fn a_node_measures_connected_peers_one_at_a_time() {
+    let cancel = CancellationToken::new();
+    let (a, b) = connected_pair(Muxers::Yamux, true, &cancel).await;
+    let stranger = PeerId::random();
+    let r = a.perf(stranger, 0, 0).await;
+    assert!(
+        matches!(r, Err(PerfError::NotConnected(p)) if p == stranger),
+        "{r:?}"
+    );
+    let (one, two) = tokio::join!(
+        a.perf(b.local_peer_id(), MIB, MIB),
+        a.perf(b.local_peer_id(), MIB, MIB)
+    );
+    assert!(one.is_ok(), "{one:?}");
+    assert!(matches!(two, Err(PerfError::Busy)), "{two:?}");
+    // Free again once the first is done.
+    assert!(a.perf(b.local_peer_id(), 0, MIB).await.is_ok());
+    cancel.cancel();
+}

@@ -59,6 +59,10 @@ pub const ADVERTISE_QUEUE: usize = 1024;
 /// blocking call (a seek each for a dataset whose tree is kept).
 pub(crate) const ROUND_STEP: usize = ADVERTISE_QUEUE / 4;
 
+/// A round step the store could not list is tried again after this (the round keeps its
+/// place; the next event of the advertiser after that retries it).
+pub(crate) const ROUND_RETRY_DELAY: Duration = Duration::from_secs(10);
+
 /// Announcements (each a DHT lookup plus ADDPROVIDER messages) running at once.
 pub const ADVERTISE_CONCURRENCY: usize = 4;
 
@@ -349,14 +353,19 @@ async fn advertise(
         while backlog.len() + 2 * ROUND_STEP <= ADVERTISE_QUEUE
             && let Some(r) = round.as_mut()
         {
-            let Some(step) = round_step(&store, r.after).await else {
-                round = None; // the store could not list: the next round tries again
+            if r.retry_at.is_some_and(|t| Instant::now() < t) {
+                break; // the store could not list lately: the round waits a little
+            }
+            let Some(step) = round_step(&store, r.after.clone()).await else {
+                // The store could not list: the same step is tried again later.
+                r.retry_at = Some(Instant::now() + ROUND_RETRY_DELAY);
                 break;
             };
-            if step.listed < ROUND_STEP {
+            r.retry_at = None;
+            if step.looked_at < ROUND_STEP {
                 round = None; // that was the last page
-            } else if let Some(r) = round.as_mut() {
-                r.after = step.last;
+            } else {
+                r.after = step.next;
             }
             for (manifest, tree) in step.whole {
                 backlog.push(manifest);
@@ -442,16 +451,18 @@ fn joined_dht(dht: &Discovery) -> bool {
 /// once (it used to list them all when a round started).
 #[derive(Debug, Default)]
 struct Round {
-    /// The manifest CID of the last dataset the round looked at; `None` at its start.
-    after: Option<Cid>,
+    /// The store's key of the last dataset the round looked at; `None` at its start.
+    after: Option<Vec<u8>>,
+    /// The store could not list: the step waits until then.
+    retry_at: Option<Instant>,
 }
 
-/// One step of a round: what the page listed and which of its datasets to announce.
+/// One step of a round: how many datasets the page looked at and which to announce.
 struct Step {
-    /// Datasets on the page: fewer than [`ROUND_STEP`] ends the round.
-    listed: usize,
-    /// The page's last manifest CID, where the next step starts.
-    last: Option<Cid>,
+    /// Datasets the page looked at: fewer than [`ROUND_STEP`] ends the round.
+    looked_at: usize,
+    /// Where the next step starts.
+    next: Option<Vec<u8>>,
     /// The `(manifest, tree)` CIDs of the page's datasets held whole.
     whole: Vec<(Cid, Cid)>,
 }
@@ -460,11 +471,12 @@ struct Step {
 /// whole: the manifest block and every leaf stored. A provider must serve every block, so a
 /// manifest stored alone, a range or a stopped download is not announced. One blocking call
 /// (a seek each for a dataset whose tree is kept). `None` when the store cannot list.
-async fn round_step(store: &Store, after: Option<Cid>) -> Option<Step> {
+async fn round_step(store: &Store, after: Option<Vec<u8>>) -> Option<Step> {
     let s = store.clone();
     let step = tokio::task::spawn_blocking(move || {
-        let page = s.manifests_after(after.as_ref(), ROUND_STEP)?;
+        let page = s.manifest_page(after.as_deref(), ROUND_STEP)?;
         let whole = page
+            .manifests
             .iter()
             .filter(|(manifest, m)| {
                 s.has_block(manifest).unwrap_or(false)
@@ -476,8 +488,8 @@ async fn round_step(store: &Store, after: Option<Cid>) -> Option<Step> {
             .map(|(manifest, m)| (*manifest, m.tree_cid))
             .collect();
         Ok::<_, cairn_store::StoreError>(Step {
-            listed: page.len(),
-            last: page.last().map(|(c, _)| *c),
+            looked_at: page.looked_at,
+            next: page.next,
             whole,
         })
     })

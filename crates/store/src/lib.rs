@@ -72,7 +72,7 @@ pub use crate::{
         Audit, DEFAULT_BLOCK_TTL, DEFAULT_LEAF_BATCH, DEFAULT_MAINTENANCE_BATCH,
         DEFAULT_MAINTENANCE_INTERVAL, DEFAULT_QUOTA, DEFAULT_RECLAIM_BATCH,
         DEFAULT_SEGMENT_ROLL_BYTES, MAX_BLOCK_BYTES, MIN_DISK_HEADROOM, MaintenanceReport,
-        Reservation, Space, Store, StoreConfig,
+        ManifestPage, Reservation, Space, Store, StoreConfig,
     },
     writer::{DatasetMeta, DatasetWriter, StoredDataset, UPLOAD_ROOM_POLL, UPLOAD_ROOM_WAIT},
 };

@@ -1958,24 +1958,26 @@ impl Store {
     /// Every listed dataset: manifest CID and manifest. A manifest that cannot be read is
     /// skipped with a warning (one damaged entry does not hide the others).
     pub fn list_manifests(&self) -> Result<Vec<(Cid, Manifest)>, StoreError> {
-        self.manifests_after(None, usize::MAX)
+        Ok(self.manifest_page(None, usize::MAX)?.manifests)
     }
 
-    /// Up to `limit` listed datasets, as [`Store::list_manifests`], whose manifest CIDs come
-    /// after `after` in the store's order (from the first when `None`). A caller that pages
-    /// through with the last CID of each page meets every dataset listed the whole time once,
-    /// and holds one page at a time, not every manifest of the node.
-    pub fn manifests_after(
+    /// The listed datasets after the key `after` in the store's order (from the first when
+    /// `None`), looking at up to `limit` of them, as [`Store::list_manifests`]. A caller that
+    /// pages through with each page's [`ManifestPage::next`] meets every dataset listed the
+    /// whole time once, and holds one page at a time, not every manifest of the node. A page
+    /// may hold fewer manifests than it looked at (one deleted meanwhile, or unreadable):
+    /// only a page that looked at fewer than `limit` is the last (review: a damaged manifest
+    /// ended every re-announce round at its page).
+    pub fn manifest_page(
         &self,
-        after: Option<&Cid>,
+        after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Cid, Manifest)>, StoreError> {
-        let after = after.map(|c| c.to_bytes());
+    ) -> Result<ManifestPage, StoreError> {
         let keys: Vec<Vec<u8>> = {
             let r = self.inner.db()?.begin_read()?;
             let m = r.open_table(MANIFESTS)?;
-            let from = match &after {
-                Some(k) => Bound::Excluded(k.as_slice()),
+            let from = match after {
+                Some(k) => Bound::Excluded(k),
                 None => Bound::Unbounded,
             };
             m.range::<&[u8]>((from, Bound::Unbounded))?
@@ -1983,18 +1985,23 @@ impl Store {
                 .map(|e| e.map(|(k, _)| k.value().to_vec()))
                 .collect::<Result<_, _>>()?
         };
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let Ok(cid) = cid_from_bytes(&key) else {
+        let mut manifests = Vec::with_capacity(keys.len());
+        for key in &keys {
+            let Ok(cid) = cid_from_bytes(key) else {
+                warn!("skipping a listed manifest whose CID does not parse");
                 continue;
             };
             match self.get_manifest(&cid) {
-                Ok(Some(m)) => out.push((cid, m)),
+                Ok(Some(m)) => manifests.push((cid, m)),
                 Ok(None) => {}
                 Err(e) => warn!(%cid, error = %e, "skipping unreadable manifest"),
             }
         }
-        Ok(out)
+        Ok(ManifestPage {
+            manifests,
+            looked_at: keys.len(),
+            next: keys.last().cloned(),
+        })
     }
 
     /// Records that a background download of the dataset of manifest `cid` was asked for, so
@@ -2329,6 +2336,18 @@ pub(crate) fn checked_block(cid: &Cid, rec: &BlockRec, data: impl Into<Bytes>) -
         Some(sum) => (checksum(&data) == sum).then(|| Block::from_parts_unchecked(*cid, data)),
         None => Block::verified(*cid, data).ok(),
     }
+}
+
+/// One page of listed datasets ([`Store::manifest_page`]).
+#[derive(Debug, Clone)]
+pub struct ManifestPage {
+    /// The datasets of the page that could be read: manifest CID and manifest.
+    pub manifests: Vec<(Cid, Manifest)>,
+    /// How many listed datasets the page looked at: fewer than the limit asked for means
+    /// there are no more.
+    pub looked_at: usize,
+    /// Where the next page starts (after this key); `None` when the page was empty.
+    pub next: Option<Vec<u8>>,
 }
 
 /// Whether dataset `key` (tree CID bytes) is active (fully stored and not being deleted) in read
