@@ -373,11 +373,18 @@ fn file_name_from_disposition(value: &[u8]) -> Option<String> {
     cairn_api::download_filename(value).and_then(|n| safe_file_name(&n))
 }
 
-/// The last path component of `name` when it can name a file in a directory: not empty, `.` or
-/// `..`, and without control characters.
+/// The last path component of `name` when it can name a file in a directory: not empty, not
+/// hidden (a leading `.`: a peer's `.bashrc` or `.ssh` would land in the directory unseen), and
+/// without control characters or the format characters that reorder or hide text (U+200B to
+/// U+200F, U+202A to U+202E, U+2066 to U+2069, U+FEFF: a name shown as `txt.exe` that is
+/// `exe.txt`). Review, both.
 fn safe_file_name(name: &str) -> Option<String> {
     let last = name.rsplit(['/', '\\']).next()?;
-    (!matches!(last, "" | "." | "..") && !last.chars().any(char::is_control))
+    let deceptive = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    (!last.is_empty() && !last.starts_with('.') && !last.chars().any(deceptive))
         .then(|| last.to_owned())
 }
 
@@ -894,10 +901,17 @@ fn links_unsupported(e: &std::io::Error) -> bool {
 /// `from`.
 fn link_then_unlink(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::hard_link(from, to)?;
-    match std::fs::remove_file(from) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
+    // The file is in place once linked: a temporary name that cannot be removed is only noted
+    // (review: it was an error, with the download in place under both names).
+    if let Err(e) = std::fs::remove_file(from)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        crate::output::note(&format!(
+            "the download is in place, but its temporary name {} could not be removed: {e}",
+            from.display()
+        ));
     }
+    Ok(())
 }
 
 /// [`rename_no_replace`] by an empty placeholder at `to`, created only if nothing is there
@@ -905,12 +919,19 @@ fn link_then_unlink(from: &Path, to: &Path) -> std::io::Result<()> {
 /// between and puts a file there loses it; but no file that was there, or that came without
 /// removing ours, is replaced.
 fn reserve_then_rename(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
+    use std::os::unix::fs::MetadataExt;
+    let placeholder = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(to)?;
+        .open(to)?
+        .metadata()?;
     std::fs::rename(from, to).inspect_err(|_| {
-        let _ = std::fs::remove_file(to);
+        // Only our placeholder is removed: a file someone put there meanwhile stays (review).
+        if std::fs::symlink_metadata(to)
+            .is_ok_and(|m| m.dev() == placeholder.dev() && m.ino() == placeholder.ino())
+        {
+            let _ = std::fs::remove_file(to);
+        }
     })
 }
 
@@ -1116,7 +1137,19 @@ mod tests {
             safe_file_name("\u{e9}t\u{e9}.txt").as_deref(),
             Some("\u{e9}t\u{e9}.txt")
         );
-        for bad in ["", ".", "..", "dir/", "a/..", "x\ny", "tab\t"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "dir/",
+            "a/..",
+            "x\ny",
+            "tab\t",
+            ".bashrc",
+            "a/.ssh",
+            "invoice\u{202e}fdp.exe",
+            "zero\u{200b}width",
+        ] {
             assert_eq!(safe_file_name(bad), None, "{bad:?}");
         }
     }

@@ -483,8 +483,12 @@ fn shutdown_limit(env: Option<&std::ffi::OsStr>) -> Duration {
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
         .filter(|limit| *limit < SHUTDOWN_LIMIT)
-        .unwrap_or(SHUTDOWN_LIMIT)
+        .map_or(SHUTDOWN_LIMIT, |limit| limit.max(MIN_TEST_SHUTDOWN_LIMIT))
 }
+
+/// The shortest limit [`SHUTDOWN_LIMIT_ENV`] can set: zero would stop a node without closing
+/// its store even when nothing hangs (review).
+const MIN_TEST_SHUTDOWN_LIMIT: Duration = Duration::from_secs(1);
 
 /// The address book's file, in the data directory.
 const PEERS_FILE: &str = "peers.json";
@@ -633,7 +637,11 @@ mod tests {
         let limit = |v: Option<&str>| shutdown_limit(v.map(OsStr::new));
         assert_eq!(limit(None), SHUTDOWN_LIMIT);
         assert_eq!(limit(Some("2")), Duration::from_secs(2));
-        assert_eq!(limit(Some("0")), Duration::ZERO);
+        assert_eq!(
+            limit(Some("0")),
+            MIN_TEST_SHUTDOWN_LIMIT,
+            "never below the floor"
+        );
         for ignored in ["45", "46", "99999999999", "-1", "2s", "", "x"] {
             assert_eq!(limit(Some(ignored)), SHUTDOWN_LIMIT, "{ignored:?}");
         }
