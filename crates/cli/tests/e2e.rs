@@ -1307,25 +1307,31 @@ fn download_resumes_a_file_it_cannot_write() {
 /// `NAME.part`) is not cairn's to replace: unless its bytes are the dataset's first bytes, the
 /// download is refused (exit 1) and the file left as it was, `--no-resume` or not. A file that
 /// is a piece of the dataset is completed; a complete one is left alone. (A dataset named
-/// `.bashrc` downloaded with `-o ~` used to replace `~/.bashrc`, exit 0. Found by review.)
+/// `.bashrc` downloaded with `-o ~` used to replace `~/.bashrc`, exit 0. Found by review.) A
+/// hidden name is not taken at all: such a dataset is saved under its CID.
 #[test]
 fn download_into_a_directory_never_replaces_a_file_it_did_not_name() {
     let dir = tempfile::tempdir().unwrap();
     let n = NodeProc::start(&dir.path().join("node"), &[], &[]);
     let c = client();
+    let named = |data: &[u8], name: &str| {
+        c.post(n.url("/data"))
+            .header(
+                "content-disposition",
+                format!("attachment; filename=\"{name}\""),
+            )
+            .body(data.to_vec())
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    };
     let data = random(2 * BLOCK + 77, 29);
-    let cid = c
-        .post(n.url("/data"))
-        .header("content-disposition", "attachment; filename=\".bashrc\"")
-        .body(data.clone())
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let cid = named(&data, "notes.txt");
     let home = dir.path().join("home");
     std::fs::create_dir(&home).unwrap();
-    let file = home.join(".bashrc");
-    let part = home.join(".bashrc.part");
+    let file = home.join("notes.txt");
+    let part = home.join("notes.txt.part");
     let run = |extra: &[&str]| {
         let mut args = vec![
             "download",
@@ -1383,6 +1389,26 @@ fn download_into_a_directory_never_replaces_a_file_it_did_not_name() {
     std::fs::remove_file(&file).unwrap();
     assert_eq!(run(&["--no-resume"]).0, Some(0));
     assert!(std::fs::read(&file).unwrap() == data);
+    // A dataset named `.bashrc` goes under its CID, beside the user's own `.bashrc`.
+    let hidden = random(BLOCK + 3, 30);
+    let hidden_cid = named(&hidden, ".bashrc");
+    let rc = home.join(".bashrc");
+    std::fs::write(&rc, &mine).unwrap();
+    let o = cli(&[
+        "download",
+        hidden_cid.as_str(),
+        "-o",
+        home.to_str().unwrap(),
+        "--api",
+        &n.api,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(std::fs::read(home.join(&hidden_cid)).unwrap() == hidden);
+    assert_eq!(
+        std::fs::read(&rc).unwrap(),
+        mine,
+        "the user's .bashrc is untouched"
+    );
     n.stop();
 }
 
