@@ -155,6 +155,26 @@ struct RunFlags {
     asked_again: AtomicBool,
     /// Set when the dataset is deleted while the download runs.
     deleted: AtomicBool,
+    /// Wakes an attempt waiting on its blocks when `deleted` is set.
+    deleted_signal: tokio::sync::Notify,
+}
+
+impl RunFlags {
+    /// Returns once `deleted` is set (at once if it is). A delete drops the engine's wants for
+    /// the dataset, but an attempt that registers its wants just after that would otherwise
+    /// wait for them until the engine's no-holder timeout (found in CI, under load).
+    async fn until_deleted(&self) {
+        loop {
+            let signal = self.deleted_signal.notified();
+            tokio::pin!(signal);
+            // Registered before the flag is read, so a delete in between is not missed.
+            signal.as_mut().enable();
+            if self.deleted.load(Ordering::Relaxed) {
+                return;
+            }
+            signal.await;
+        }
+    }
 }
 
 /// A background download's place among the running ones, given back when it ends.
@@ -807,16 +827,18 @@ impl Node {
         loop {
             let from = next.saturating_mul(m.block_size);
             let range = ByteRange::new(from.min(all.end()), all.end()).unwrap_or(all);
-            let attempt = fetch::fetch_dataset(
-                store.clone(),
-                engine.clone(),
-                m.clone(),
-                range,
-                None,
-                reservation,
-                metrics,
-            )
-            .await;
+            let attempt = tokio::select! {
+                r = fetch::fetch_dataset(
+                    store.clone(),
+                    engine.clone(),
+                    m.clone(),
+                    range,
+                    None,
+                    reservation,
+                    metrics,
+                ) => r,
+                () = running.flags.until_deleted() => Err(NodeError::Fetch(FetchError::Deleted)),
+            };
             match attempt {
                 Ok(_) => {
                     // What was fetched: a protected dataset's parity blocks are not.
@@ -1181,6 +1203,7 @@ impl Node {
         {
             flags.asked_again.store(false, Ordering::Relaxed);
             flags.deleted.store(true, Ordering::Relaxed);
+            flags.deleted_signal.notify_waiters();
         }
         if let (Some(tree), Some(engine)) = (gone, self.engine()) {
             engine.forget(tree, cid).await;
