@@ -97,6 +97,18 @@ async fn a_node_that_does_not_serve_refuses_the_protocol() {
     cancel.cancel();
 }
 
+/// A node that serves the test, for raw clients: its handle (the node runs while it is
+/// held), peer id and address with it.
+async fn serving_node(cancel: &CancellationToken) -> (NetworkHandle, PeerId, Multiaddr) {
+    let (b, ev_b) = node(Muxers::Yamux, true, cancel).await;
+    drain(ev_b);
+    let peer = b.local_peer_id();
+    let addr = b.listen_addrs().await.unwrap()[0]
+        .clone()
+        .with(Protocol::P2p(peer));
+    (b, peer, addr)
+}
+
 /// A swarm that speaks only raw streams, with the node's transport: a hand-written client.
 struct Raw {
     control: libp2p_stream::Control,
@@ -173,13 +185,8 @@ async fn read_all(s: &mut libp2p::Stream) -> u64 {
 #[tokio::test]
 async fn a_peer_gets_one_run_at_a_time() {
     let cancel = CancellationToken::new();
-    let (b, ev_b) = node(Muxers::Yamux, true, &cancel).await;
-    drain(ev_b);
-    let addr = b.listen_addrs().await.unwrap()[0]
-        .clone()
-        .with(Protocol::P2p(b.local_peer_id()));
+    let (_node, peer, addr) = serving_node(&cancel).await;
     let mut raw = Raw::connect(addr).await;
-    let peer = b.local_peer_id();
 
     let mut first = raw.start(peer, 100_000, 70_000).await;
     let mut second = raw.start(peer, 1_000, 10).await;
@@ -224,12 +231,7 @@ async fn a_peer_gets_one_run_at_a_time() {
 #[tokio::test]
 async fn a_node_serves_a_bounded_number_of_runs_a_minute() {
     let cancel = CancellationToken::new();
-    let (b, ev_b) = node(Muxers::Yamux, true, &cancel).await;
-    drain(ev_b);
-    let addr = b.listen_addrs().await.unwrap()[0]
-        .clone()
-        .with(Protocol::P2p(b.local_peer_id()));
-    let peer = b.local_peer_id();
+    let (_node, peer, addr) = serving_node(&cancel).await;
     for i in 0..=cairn_net::perf::PERF_SERVER_RUNS_PER_MINUTE {
         // A peer of its own each time: no run waits for another's.
         let mut raw = Raw::connect(addr.clone()).await;

@@ -254,15 +254,7 @@ impl Segments {
             Segments::Dir { dir, readers, .. } => {
                 read_exact_at(&Self::reader(dir, readers, id)?.file, len, offset)
             }
-            Segments::Mem { segs } => {
-                let seg = segs.read().get(&id).cloned().ok_or_else(|| missing(id))?;
-                let data = seg.read();
-                let start = usize::try_from(offset).map_err(|_| short(id))?;
-                let end = start.checked_add(len).ok_or_else(|| short(id))?;
-                data.get(start..end)
-                    .map(<[u8]>::to_vec)
-                    .ok_or_else(|| short(id))
-            }
+            Segments::Mem { segs } => mem_read(segs, id, offset, len, <[u8]>::to_vec),
         }
     }
 
@@ -306,15 +298,7 @@ impl Segments {
                 }
                 read_exact_at(&reader.file, len, offset).map(Bytes::from)
             }
-            Segments::Mem { segs } => {
-                let seg = segs.read().get(&id).cloned().ok_or_else(|| missing(id))?;
-                let data = seg.read();
-                let start = usize::try_from(offset).map_err(|_| short(id))?;
-                let end = start.checked_add(len).ok_or_else(|| short(id))?;
-                data.get(start..end)
-                    .map(Bytes::copy_from_slice)
-                    .ok_or_else(|| short(id))
-            }
+            Segments::Mem { segs } => mem_read(segs, id, offset, len, Bytes::copy_from_slice),
         }
     }
 
@@ -433,6 +417,21 @@ impl Segments {
             Segments::Mem { .. } => Ok(()),
         }
     }
+}
+
+/// `len` bytes at `offset` of memory segment `id`, copied out by `copy`.
+fn mem_read<T>(
+    segs: &RwLock<HashMap<u64, Arc<RwLock<Vec<u8>>>>>,
+    id: u64,
+    offset: u64,
+    len: usize,
+    copy: impl FnOnce(&[u8]) -> T,
+) -> io::Result<T> {
+    let seg = segs.read().get(&id).cloned().ok_or_else(|| missing(id))?;
+    let data = seg.read();
+    let start = usize::try_from(offset).map_err(|_| short(id))?;
+    let end = start.checked_add(len).ok_or_else(|| short(id))?;
+    data.get(start..end).map(copy).ok_or_else(|| short(id))
 }
 
 fn missing(id: u64) -> io::Error {
