@@ -466,6 +466,12 @@ struct Pending {
 }
 
 impl Pending {
+    /// Whether `peer`, if it holds this block, may be asked for it: not excluded (it failed
+    /// it) and not shunned (its proof disagreed, or it let the request time out twice).
+    fn may_ask(&self, peer: &PeerId) -> bool {
+        !self.excluded.contains(peer) && !self.shunned.contains(peer)
+    }
+
     /// Whether `peer` was asked for this block and may deliver it.
     fn asked_of(&self, peer: PeerId) -> bool {
         self.requested_from == Some(peer) || self.hedged == Some(peer)
@@ -1713,13 +1719,13 @@ impl Engine {
             }
         }
         for a in requery {
-            // Holders not shunned for this want: a shunned one would make the want ready for
-            // nobody, and the others would never be asked again (review).
-            let shunned = self.pending.get(&a).map(|p| &p.shunned);
+            // Holders that may be asked for this want: a shunned one would make the want ready
+            // for nobody, and the others would never be asked again (review).
+            let want = self.pending.get(&a);
             let holders = self
                 .peers
                 .iter()
-                .any(|(id, p)| p.haves.contains(&a) && shunned.is_none_or(|s| !s.contains(id)));
+                .any(|(id, st)| st.haves.contains(&a) && want.is_none_or(|p| p.may_ask(id)));
             if holders {
                 self.make_ready(a);
             } else {
@@ -1743,9 +1749,9 @@ impl Engine {
             if !p.queued || p.storing || p.requested_from.is_some() {
                 return false;
             }
-            let held = peers.iter().any(|(id, st)| {
-                st.haves.contains(a) && !p.excluded.contains(id) && !p.shunned.contains(id)
-            });
+            let held = peers
+                .iter()
+                .any(|(id, st)| st.haves.contains(a) && p.may_ask(id));
             if !held {
                 // Held until now: the wait for a holder starts here (review: a want that had
                 // waited in the queue longer than the timeout failed at once).
@@ -1820,8 +1826,7 @@ impl Engine {
                 self.peers
                     .get(id)
                     .is_some_and(|st| st.haves.contains(&address))
-                    && !p.excluded.contains(id)
-                    && !p.shunned.contains(id)
+                    && p.may_ask(id)
             });
             if !for_open {
                 p.queued = true;
@@ -1834,10 +1839,7 @@ impl Engine {
             let mut full = f64::INFINITY;
             let mut any_holder = false;
             for (peer, st) in &self.peers {
-                if !st.haves.contains(&address)
-                    || p.excluded.contains(peer)
-                    || p.shunned.contains(peer)
-                {
+                if !st.haves.contains(&address) || !p.may_ask(peer) {
                     continue;
                 }
                 any_holder = true;
@@ -1924,11 +1926,7 @@ impl Engine {
                 .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
             let mut best: Option<(f64, PeerId)> = None;
             for (peer, st) in &self.peers {
-                if *peer == from
-                    || !st.haves.contains(&address)
-                    || p.excluded.contains(peer)
-                    || p.shunned.contains(peer)
-                {
+                if *peer == from || !st.haves.contains(&address) || !p.may_ask(peer) {
                     continue;
                 }
                 let load = st.outstanding.len();
