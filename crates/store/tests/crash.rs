@@ -950,12 +950,51 @@ fn sigkill_inside_an_upload_whose_dataset_a_download_listed_recovers() {
     );
 }
 
+/// Runs a child in `mode`, kills it once it says it is in a compaction pass (a merge is one),
+/// and checks with `check` the store it left.
+fn kill_in_compaction(mode: &str, name: &str, check: fn(&Path, &str)) {
+    let tmp = TempDir::new().expect("temp dir");
+    let store_dir = tmp.path().join("store");
+    let mut child = Crashee::spawn(mode, &store_dir, tmp.path().join("child.stderr"));
+    child.wait_for("in compaction");
+    child.kill();
+    drop(child);
+    check(&store_dir, name);
+}
+
+/// Reopens the store a compaction child was killed in: `check` holds after the reopen, then a
+/// pass moves what is left and `check` holds again, the counters match each time, and the disk
+/// ends up holding exactly the live bytes. Returns the store.
+fn reopen_and_compact_again(
+    store_dir: &Path,
+    config: StoreConfig,
+    name: &str,
+    check: impl Fn(&Store, &str),
+) -> Store {
+    let store =
+        Store::open(store_dir, config).unwrap_or_else(|e| panic!("{name}: reopening failed: {e}"));
+    let ctx = format!("{name}, after the reopen");
+    check(&store, &ctx);
+    assert_consistent(&store, &ctx);
+    let r = store
+        .compact()
+        .unwrap_or_else(|e| panic!("{name}: compaction after the reopen failed: {e}"));
+    assert!(r.moved_blocks > 0, "{name}: nothing left to compact? {r:?}");
+    let ctx = format!("{name}, after compacting again");
+    check(&store, &ctx);
+    assert_consistent(&store, &ctx);
+    assert_eq!(
+        store.disk_bytes().expect("disk bytes"),
+        store.space().expect("space").quota_used_bytes,
+        "{ctx}: segments should hold only live bytes"
+    );
+    store
+}
+
 /// After a compaction child was killed: every kept block is intact and every deleted one absent,
 /// the counters match, and one more pass leaves the disk holding exactly the live bytes.
 fn check_compaction_recovered(store_dir: &Path, name: &str) {
-    let store = Store::open(store_dir, c_config())
-        .unwrap_or_else(|e| panic!("{name}: reopening failed: {e}"));
-    let check_blocks = |store: &Store, ctx: &str| {
+    reopen_and_compact_again(store_dir, c_config(), name, |store, ctx| {
         for i in 0..C_BLOCKS {
             let want = block(DATASET_C, i);
             let got = store
@@ -968,55 +1007,36 @@ fn check_compaction_recovered(store_dir: &Path, name: &str) {
                 assert!(got.is_none(), "{ctx}: deleted block {i} is back");
             }
         }
-    };
-    let ctx = format!("{name}, after the reopen");
-    check_blocks(&store, &ctx);
-    assert_consistent(&store, &ctx);
-    let r = store
-        .compact()
-        .unwrap_or_else(|e| panic!("{name}: compaction after the reopen failed: {e}"));
-    assert!(r.moved_blocks > 0, "{name}: nothing left to compact? {r:?}");
-    let ctx = format!("{name}, after compacting again");
-    check_blocks(&store, &ctx);
-    assert_consistent(&store, &ctx);
-    assert_eq!(
-        store.disk_bytes().expect("disk bytes"),
-        store.space().expect("space").quota_used_bytes,
-        "{ctx}: segments should hold only live bytes"
-    );
-}
-
-fn kill_in_compaction(mode: &str, name: &str) {
-    let tmp = TempDir::new().expect("temp dir");
-    let store_dir = tmp.path().join("store");
-    let mut child = Crashee::spawn(mode, &store_dir, tmp.path().join("child.stderr"));
-    child.wait_for("in compaction");
-    child.kill();
-    drop(child);
-    check_compaction_recovered(&store_dir, name);
+    });
 }
 
 /// SIGKILL after compaction synced its first batch of copies, before the index names them: the
 /// new segment has no live bytes and is deleted at open; the old segments are untouched.
 #[test]
 fn sigkill_in_compaction_before_commit_recovers() {
-    kill_in_compaction(MODE_COMPACT_SYNCED, "killed before a compaction commit");
+    kill_in_compaction(
+        MODE_COMPACT_SYNCED,
+        "killed before a compaction commit",
+        check_compaction_recovered,
+    );
 }
 
 /// SIGKILL after compaction committed its first batch: those blocks are read from the new
 /// (unsealed) segment, which the open seals; the rest are still in their old segments.
 #[test]
 fn sigkill_in_compaction_after_commit_recovers() {
-    kill_in_compaction(MODE_COMPACT_COMMITTED, "killed after a compaction commit");
+    kill_in_compaction(
+        MODE_COMPACT_COMMITTED,
+        "killed after a compaction commit",
+        check_compaction_recovered,
+    );
 }
 
 /// After a merge child was killed: every small dataset reads back whole, with its manifest, the
 /// counters match, and one more pass merges what is left into a few files holding exactly the
 /// live bytes.
 fn check_merge_recovered(store_dir: &Path, name: &str) {
-    let store =
-        Store::open(store_dir, quiet()).unwrap_or_else(|e| panic!("{name}: reopening failed: {e}"));
-    let check_datasets = |store: &Store, ctx: &str| {
+    reopen_and_compact_again(store_dir, quiet(), name, |store, ctx| {
         for k in 0..M_DATASETS {
             let exp = expected(DATASET_M + k, M_BLOCKS);
             assert_dataset_intact(store, DATASET_M + k, M_BLOCKS, &exp, ctx);
@@ -1029,39 +1049,14 @@ fn check_merge_recovered(store_dir: &Path, name: &str) {
                 "{ctx}: manifest of dataset {k}"
             );
         }
-    };
-    let ctx = format!("{name}, after the reopen");
-    check_datasets(&store, &ctx);
-    assert_consistent(&store, &ctx);
-    let r = store
-        .compact()
-        .unwrap_or_else(|e| panic!("{name}: compaction after the reopen failed: {e}"));
-    assert!(r.moved_blocks > 0, "{name}: nothing left to merge? {r:?}");
-    let ctx = format!("{name}, after merging again");
-    check_datasets(&store, &ctx);
-    assert_consistent(&store, &ctx);
-    assert_eq!(
-        store.disk_bytes().expect("disk bytes"),
-        store.space().expect("space").quota_used_bytes,
-        "{ctx}: segments should hold only live bytes"
-    );
+    });
     let files = std::fs::read_dir(store_dir.join("blocks"))
         .expect("list the segment files")
         .count();
     assert!(
         files <= M_MAX_FILES_AFTER,
-        "{ctx}: {files} segment files for {M_DATASETS} small datasets"
+        "{name}, after merging again: {files} segment files for {M_DATASETS} small datasets"
     );
-}
-
-fn kill_in_merge(mode: &str, name: &str) {
-    let tmp = TempDir::new().expect("temp dir");
-    let store_dir = tmp.path().join("store");
-    let mut child = Crashee::spawn(mode, &store_dir, tmp.path().join("child.stderr"));
-    child.wait_for("in compaction");
-    child.kill();
-    drop(child);
-    check_merge_recovered(&store_dir, name);
 }
 
 /// SIGKILL after a merge of small segments synced its first batch of copies, before the index
@@ -1069,12 +1064,20 @@ fn kill_in_merge(mode: &str, name: &str) {
 /// are untouched.
 #[test]
 fn sigkill_in_a_merge_before_commit_recovers() {
-    kill_in_merge(MODE_MERGE_SYNCED, "killed before a merge commit");
+    kill_in_compaction(
+        MODE_MERGE_SYNCED,
+        "killed before a merge commit",
+        check_merge_recovered,
+    );
 }
 
 /// SIGKILL after a merge committed its first batch: the small segments it emptied are gone,
 /// their blocks are read from the new segment (sealed at open), the rest are where they were.
 #[test]
 fn sigkill_in_a_merge_after_commit_recovers() {
-    kill_in_merge(MODE_MERGE_COMMITTED, "killed after a merge commit");
+    kill_in_compaction(
+        MODE_MERGE_COMMITTED,
+        "killed after a merge commit",
+        check_merge_recovered,
+    );
 }
