@@ -284,7 +284,7 @@ impl Segments {
                 let reader = Self::reader(dir, readers, id)?;
                 let again = seen.lock().touch(id, offset, len);
                 if !again && !direct_off.load(Relaxed) {
-                    match reader.direct(&Self::path(dir, id)) {
+                    match reader.direct(|| Self::path(dir, id)) {
                         Some(direct) => match read_direct(direct, offset, len) {
                             Ok(bytes) => return Ok(bytes),
                             // The file system took `O_DIRECT` at open but refuses the read.
@@ -465,9 +465,10 @@ impl Reader {
         }
     }
 
-    /// The direct handle, opened on first use; `None` where direct I/O is not available.
-    fn direct(&self, path: &std::path::Path) -> Option<&File> {
-        self.direct.get_or_init(|| open_direct(path)).as_ref()
+    /// The direct handle, opened (at `path()`) on first use; `None` where direct I/O is not
+    /// available.
+    fn direct(&self, path: impl FnOnce() -> PathBuf) -> Option<&File> {
+        self.direct.get_or_init(|| open_direct(&path())).as_ref()
     }
 }
 
