@@ -94,7 +94,7 @@ impl CorsOrigin {
             .ok_or_else(|| InvalidCorsOrigin(origin.to_owned()))
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // Built from a `&str` of visible ASCII.
         self.0.to_str().unwrap_or_default()
     }
@@ -231,7 +231,7 @@ fn origins(headers: &HeaderMap) -> Origins {
 }
 
 /// The reference's origin match (`originsMatch` in nim-presto).
-fn origins_match(request: &str, allowed: &str) -> bool {
+pub(crate) fn origins_match(request: &str, allowed: &str) -> bool {
     if allowed.starts_with("http://") || allowed.starts_with("https://") {
         request == allowed
     } else if let Some(host) = request.strip_prefix("http://") {

@@ -9,7 +9,8 @@
 //! Both download endpoints serve HTTP ranges (`206`/`416`), `HEAD`, and entity tags (the
 //! manifest CID; `If-None-Match` → `304`, `If-Range`), reading or fetching only the blocks that
 //! hold the requested bytes (`range.rs`, `download.rs`). With `--api-cors-origin` the API adds
-//! the reference's CORS headers (`cors.rs`). A dataset's file name goes in `Content-Disposition`
+//! the reference's CORS headers (`cors.rs`). Requests that web pages send behind the user's back
+//! (cross-site requests, DNS rebinding) are refused (`guard.rs`). A dataset's file name goes in `Content-Disposition`
 //! as the reference sends it when it is plain ASCII, and as an ASCII fallback plus an RFC 8187
 //! `filename*` when it is not (`disposition.rs`; [`download_filename`] reads either back).
 //!
@@ -29,6 +30,7 @@ mod disposition;
 mod download;
 mod dto;
 mod error;
+mod guard;
 mod headers;
 mod metrics;
 mod network;
@@ -41,6 +43,7 @@ pub use crate::{
     cors::{CORS_MAX_AGE_SECS, CorsOrigin, InvalidCorsOrigin},
     disposition::download_filename,
     error::ApiError,
+    guard::{AllowedHosts, InvalidAllowedHost, MAX_ALLOWED_HOSTS, MAX_HOST_NAME_LEN},
     headers::{
         MAX_FILENAME_LEN, parse_content_disposition_filename, valid_filename, valid_mimetype,
     },

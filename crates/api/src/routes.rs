@@ -22,6 +22,7 @@ use crate::{
     cors::{self, CorsOrigin},
     download::{self, Source},
     dto::{DataItem, DataList, SpaceJson},
+    guard,
     headers::{parse_content_disposition_filename, valid_filename, valid_mimetype},
     network, openapi,
 };
@@ -38,6 +39,8 @@ pub struct ApiOptions {
     /// `--api-cors-origin`: with it, the API adds the reference's CORS headers and answers
     /// preflights (see `cors.rs`); without it, no CORS header is sent.
     pub cors_origin: Option<CorsOrigin>,
+    /// The names requests may address the API by (`--api-allowed-hosts`; see `guard.rs`).
+    pub allowed_hosts: crate::AllowedHosts,
     /// How many uploads run at once, and how long one more waits for its turn.
     pub uploads: UploadLimits,
 }
@@ -47,6 +50,7 @@ impl std::fmt::Debug for ApiOptions {
         f.debug_struct("ApiOptions")
             .field("log_level", &self.log_level.is_some())
             .field("cors_origin", &self.cors_origin)
+            .field("allowed_hosts", &self.allowed_hosts)
             .field("uploads", &self.uploads)
             .finish()
     }
@@ -126,10 +130,16 @@ pub fn router_with(node: Node, options: ApiOptions) -> Router {
         .route("/openapi.yaml", get(openapi::document))
         .with_state(node)
         .merge(admin::routes(options.log_level));
+    let guard = std::sync::Arc::new(crate::guard::Guard {
+        hosts: options.allowed_hosts,
+        cors: options.cors_origin.clone(),
+    });
     let cors = std::sync::Arc::new(options.cors_origin);
+    // The guard is the outer layer: what it refuses never reaches a handler.
     Router::new()
         .nest(API_BASE, api)
         .layer(axum::middleware::from_fn_with_state(cors, cors::layer))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::layer))
 }
 
 /// Serves the API on `listener` until `cancel` fires, then finishes in-flight requests.
@@ -1178,6 +1188,59 @@ mod tests {
             call(&app, options("/data", None)).await.0,
             StatusCode::NO_CONTENT
         );
+    }
+
+    /// The guard (`guard.rs`) sits in front of every route: a page's upload from another site,
+    /// a rebound host name and a cross-site `<img>` of a download are refused before a handler
+    /// runs (nothing is stored), and the node's own clients pass.
+    #[tokio::test]
+    async fn requests_from_web_pages_are_refused_before_any_handler() {
+        const HOST: (&str, &str) = ("host", "127.0.0.1:8080");
+        let app = app();
+        let cid = upload_bytes(&app, data(1000)).await;
+        let listed = |app: Router| async move {
+            let (s, _, body) = call(&app, get_with("/data", &[])).await;
+            assert_eq!(s, StatusCode::OK);
+            String::from_utf8(body).unwrap().matches("\"cid\"").count()
+        };
+        assert_eq!(listed(app.clone()).await, 1);
+        let (s, _, body) = call(
+            &app,
+            post(b"from a page", &[HOST, ("origin", "http://evil.example")]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert!(
+            String::from_utf8(body)
+                .unwrap()
+                .contains("--api-cors-origin")
+        );
+        let (s, _, _) = call(&app, post(b"rebound", &[("host", "evil.example:8080")])).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        assert_eq!(listed(app.clone()).await, 1, "nothing was stored");
+        let img = [
+            HOST,
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "no-cors"),
+        ];
+        let (s, _, _) = call(&app, get_with(&format!("/data/{cid}"), &img)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        // The API's own page, a followed link and a plain client pass.
+        let (s, _, _) = call(
+            &app,
+            post(b"own page", &[HOST, ("origin", "http://127.0.0.1:8080")]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        let link = [
+            HOST,
+            ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-mode", "navigate"),
+        ];
+        let (s, _, body) = call(&app, get_with(&format!("/data/{cid}"), &link)).await;
+        assert_eq!((s, body), (StatusCode::OK, data(1000)));
+        let (s, _, _) = call(&app, get_with("/space", &[("host", "localhost:8080")])).await;
+        assert_eq!(s, StatusCode::OK);
     }
 
     /// With a scheme-less `--api-cors-origin` (`app.example`, as the README shows it), the

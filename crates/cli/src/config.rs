@@ -72,6 +72,15 @@ pub(crate) struct StartArgs {
     /// or '*'. Without it no CORS header is sent [default: none]
     #[arg(long, env = "CAIRN_API_CORS_ORIGIN")]
     pub(crate) api_cors_origin: Option<String>,
+    /// A host name requests may address the API by besides IP addresses and localhost,
+    /// repeatable; '*' allows any (protection against DNS rebinding) [default: none when
+    /// --api-bindaddr is a loopback address, any name otherwise]
+    #[arg(
+        long = "api-allowed-hosts",
+        env = "CAIRN_API_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub(crate) api_allowed_hosts: Vec<String>,
     /// Storage quota: bytes, or with a binary unit (20GiB, 500M, 1T) [default: 20GiB]
     #[arg(long, short = 'q', env = "CAIRN_STORAGE_QUOTA", value_parser = parse_size)]
     pub(crate) storage_quota: Option<u64>,
@@ -223,6 +232,7 @@ struct FileConfig {
     api_bindaddr: Option<IpAddr>,
     api_port: Option<u16>,
     api_cors_origin: Option<String>,
+    api_allowed_hosts: Option<Vec<String>>,
     storage_quota: Option<toml::Value>,
     block_ttl: Option<toml::Value>,
     block_mi: Option<toml::Value>,
@@ -255,6 +265,7 @@ pub(crate) struct Config {
     pub(crate) api_bindaddr: IpAddr,
     pub(crate) api_port: u16,
     pub(crate) api_cors_origin: Option<cairn_api::CorsOrigin>,
+    pub(crate) api_allowed_hosts: cairn_api::AllowedHosts,
     pub(crate) storage_quota: u64,
     pub(crate) block_ttl: Duration,
     pub(crate) block_mi: Duration,
@@ -635,6 +646,16 @@ impl StartArgs {
             .map(|o| cairn_api::CorsOrigin::new(&o))
             .transpose()
             .context("--api-cors-origin")?;
+        let api_bindaddr = match self.api_bindaddr.or(file.api_bindaddr) {
+            Some(a) => a,
+            None => DEFAULT_API_BINDADDR.parse()?,
+        };
+        let allowed_names = match (self.api_allowed_hosts.is_empty(), file.api_allowed_hosts) {
+            (true, Some(l)) => l,
+            _ => self.api_allowed_hosts,
+        };
+        let api_allowed_hosts = cairn_api::AllowedHosts::for_bind(api_bindaddr, &allowed_names)
+            .context("--api-allowed-hosts")?;
         // Absolute, so the node's logs and `/debug/info` (`cairn info`) name the directory
         // wherever they are read from, not relative to where the node was started.
         let data_dir = self
@@ -675,12 +696,10 @@ impl StartArgs {
                 .unwrap_or(false),
             key_file,
             muxers,
-            api_bindaddr: match self.api_bindaddr.or(file.api_bindaddr) {
-                Some(a) => a,
-                None => DEFAULT_API_BINDADDR.parse()?,
-            },
+            api_bindaddr,
             api_port: self.api_port.or(file.api_port).unwrap_or(DEFAULT_API_PORT),
             api_cors_origin,
+            api_allowed_hosts,
             storage_quota,
             block_ttl,
             block_mi,
@@ -1119,6 +1138,51 @@ mod tests {
             StartArgs::default().resolve().unwrap().api_cors_origin,
             None
         );
+        // Allowed host names: flag over file; by default none on loopback (the default
+        // address), any on another address; a name that cannot be one is refused.
+        use cairn_api::AllowedHosts;
+        std::fs::write(&f, "api-allowed-hosts = [\"file.example\"]\n").unwrap();
+        let hosts = |flag: &[&str], bind: Option<&str>| {
+            StartArgs {
+                config_file: Some(f.clone()),
+                api_allowed_hosts: flag.iter().map(|s| s.to_string()).collect(),
+                api_bindaddr: bind.map(|b| b.parse().unwrap()),
+                ..Default::default()
+            }
+            .resolve()
+        };
+        assert_eq!(
+            hosts(&[], None).unwrap().api_allowed_hosts,
+            AllowedHosts::Local(vec!["file.example".into()])
+        );
+        assert_eq!(
+            hosts(&["Flag.Example"], Some("0.0.0.0"))
+                .unwrap()
+                .api_allowed_hosts,
+            AllowedHosts::Local(vec!["flag.example".into()])
+        );
+        assert_eq!(
+            hosts(&["*"], None).unwrap().api_allowed_hosts,
+            AllowedHosts::Any
+        );
+        let err = hosts(&["host:80"], None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("--api-allowed-hosts"),
+            "{err:#}"
+        );
+        let default = |bind: Option<&str>| {
+            StartArgs {
+                api_bindaddr: bind.map(|b| b.parse().unwrap()),
+                ..Default::default()
+            }
+            .resolve()
+            .unwrap()
+            .api_allowed_hosts
+        };
+        assert_eq!(default(None), AllowedHosts::default());
+        assert_eq!(default(Some("::1")), AllowedHosts::default());
+        assert_eq!(default(Some("0.0.0.0")), AllowedHosts::Any);
+        assert_eq!(default(Some("192.168.1.2")), AllowedHosts::Any);
         // A bad value in the file says which file it is in.
         std::fs::write(&f, "storage-quota = \"lots\"\n").unwrap();
         let err = StartArgs {

@@ -388,6 +388,7 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
     let options = cairn_api::ApiOptions {
         log_level: Some(set_log_level),
         cors_origin: cfg.api_cors_origin.clone(),
+        allowed_hosts: cfg.api_allowed_hosts.clone(),
         ..cairn_api::ApiOptions::default()
     };
     let api = tokio::spawn(cairn_api::serve(

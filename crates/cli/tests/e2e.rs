@@ -677,6 +677,25 @@ fn ranges_head_etag_and_cors() {
         !h.keys().any(|k| k.as_str().starts_with("access-control-")),
         "{h:?}"
     );
+    // That answer was a refusal: without the option, no web page may use B's API
+    // (`guard.rs`); nor may a request addressed by a name that could have been rebound to
+    // 127.0.0.1. A plain client passes.
+    let (s, _, body) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &b.url("/space"),
+        &[("origin", ORIGIN)],
+    );
+    assert_eq!(s, 403, "{}", String::from_utf8_lossy(&body));
+    let (s, _, _) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &b.url("/space"),
+        &[("host", "evil.example")],
+    );
+    assert_eq!(s, 403);
+    let (s, _, _) = fetch(&c, reqwest::Method::GET, &b.url("/space"), &[]);
+    assert_eq!(s, 200);
 
     // B fetches ranges over the network: only the covering blocks.
     connect(&c, &b, &a);
