@@ -493,6 +493,16 @@ struct Asked {
 /// a CID nobody holds can be answered "not found" as soon as every peer has said so
 /// ([`EngineHandle::denied_by_all`]). Leaf queries leave it unset, as the reference does: a
 /// download asks for thousands of leaves and only their holders need to answer.
+/// One peer fewer reads `address` (its `in_serve` entry went): see [`Engine::reading`].
+fn done_reading(reading: &mut HashMap<BlockAddress, usize>, address: &BlockAddress) {
+    if let Some(n) = reading.get_mut(address) {
+        *n -= 1;
+        if *n == 0 {
+            reading.remove(address);
+        }
+    }
+}
+
 fn query(address: BlockAddress) -> WantEntry {
     WantEntry {
         send_dont_have: matches!(address, BlockAddress::Block(_)),
@@ -700,6 +710,11 @@ pub struct Engine {
     ready: VecDeque<BlockAddress>,
     unannounced: Vec<BlockAddress>,
     parked: HashMap<BlockAddress, HashSet<PeerId>>,
+    /// How many peers' serving tasks are reading each address (the sum of the peers'
+    /// `in_serve`): a block stored meanwhile is queued again only for those peers, and
+    /// [`Engine::unpark`] looks at every peer only when the address is here, not for every
+    /// block stored.
+    reading: HashMap<BlockAddress, usize>,
     to_store: VecDeque<ToStore>,
     /// Standalone blocks (manifests) in `to_store`: their requesters wait for the write, so
     /// the batch goes at once.
@@ -754,6 +769,7 @@ impl Engine {
             ready: VecDeque::new(),
             unannounced: Vec::new(),
             parked: HashMap::new(),
+            reading: HashMap::new(),
             to_store: VecDeque::new(),
             standalone_queued: 0,
             storing: 0,
@@ -1048,6 +1064,9 @@ impl Engine {
                     st.nothing_ready = false;
                 }
                 if let Some(state) = self.peers.remove(&peer) {
+                    for a in state.in_serve.keys() {
+                        done_reading(&mut self.reading, a);
+                    }
                     for a in state.outstanding.into_keys() {
                         self.release(a, peer, false, now);
                     }
@@ -1424,10 +1443,13 @@ impl Engine {
         // A serving task may be reading it for a peer right now, from before it was stored: it
         // goes to that peer's queue too, so the read finding nothing does not park it for good
         // (review). The read that finds it takes it off the queue again.
-        for (peer, st) in &mut self.peers {
-            if st.in_serve.get(&address) == Some(&false) && st.wanted.push(address) && !st.in_rr {
-                st.in_rr = true;
-                self.serve_rr.push_back(*peer);
+        if self.reading.contains_key(&address) {
+            for (peer, st) in &mut self.peers {
+                if st.in_serve.get(&address) == Some(&false) && st.wanted.push(address) && !st.in_rr
+                {
+                    st.in_rr = true;
+                    self.serve_rr.push_back(*peer);
+                }
             }
         }
         let Some(peers) = self.parked.remove(&address) else {
@@ -1494,18 +1516,23 @@ impl Engine {
                     return;
                 };
                 for a in missing {
+                    let was = state.in_serve.remove(&a);
+                    if was.is_some() {
+                        done_reading(&mut self.reading, &a);
+                    }
                     // Cancelled while it was read: forgotten.
-                    if state.in_serve.remove(&a) == Some(false)
-                        && !state.wanted.contains(&a)
-                        && state.parked.insert(a)
-                    {
+                    if was == Some(false) && !state.wanted.contains(&a) && state.parked.insert(a) {
                         self.parked.entry(a).or_default().insert(peer);
                     }
                 }
                 let found: Vec<Delivery> = found
                     .into_iter()
                     .filter(|d| {
-                        let asked = state.in_serve.remove(&d.address) == Some(false);
+                        let was = state.in_serve.remove(&d.address);
+                        if was.is_some() {
+                            done_reading(&mut self.reading, &d.address);
+                        }
+                        let asked = was == Some(false);
                         if asked {
                             // Queued again meanwhile (it was stored while read): sent once.
                             state.wanted.remove(&d.address);
@@ -2025,7 +2052,13 @@ impl Engine {
                 continue;
             }
             let addrs = st.wanted.take(MAX_BLOCKS_PER_MESSAGE);
-            st.in_serve.extend(addrs.iter().map(|a| (*a, false)));
+            for a in &addrs {
+                // One entry per peer and address: one queued again by `unpark` while it is
+                // read is read twice but counted once, as `in_serve` holds it once.
+                if st.in_serve.insert(*a, false).is_none() {
+                    *self.reading.entry(*a).or_default() += 1;
+                }
+            }
             st.serve_tasks += 1;
             if st.wanted.is_empty() {
                 st.in_rr = false;
@@ -2533,6 +2566,7 @@ mod tests {
             e.start_serving();
         }
         assert_eq!(e.serving, SERVE_TASKS, "every read slot taken");
+        check_reading(&e);
         // Their reads finish; their sends would wait for good (they are not reported here).
         let mut reads = Vec::new();
         for p in &stuck {
@@ -2556,6 +2590,8 @@ mod tests {
             e.on_done(r);
         }
         assert_eq!(e.serving, 0, "sending does not hold a read slot");
+        check_reading(&e);
+        assert!(e.reading.is_empty());
         for p in &stuck {
             assert_eq!(e.peers[p].serve_tasks, SERVE_TASKS_PER_PEER);
             assert!(e.peers[p].in_serve.is_empty());
@@ -2604,6 +2640,8 @@ mod tests {
         let st = &e.peers[&peer];
         assert!(st.parked.is_empty() && e.parked.is_empty(), "not parked");
         assert!(st.in_serve.is_empty() && st.wanted.is_empty());
+        check_reading(&e);
+        assert!(e.reading.is_empty());
         assert_eq!(st.serve_tasks, 0, "nothing left to send");
         cancel.cancel();
     }
@@ -2779,6 +2817,17 @@ mod tests {
         cancel.cancel();
     }
 
+    /// `Engine::reading` counts, for each address, the peers whose `in_serve` holds it.
+    fn check_reading(e: &Engine) {
+        let mut counted: HashMap<BlockAddress, usize> = HashMap::new();
+        for st in e.peers.values() {
+            for a in st.in_serve.keys() {
+                *counted.entry(*a).or_default() += 1;
+            }
+        }
+        assert_eq!(e.reading, counted);
+    }
+
     /// A block stored while a serving task reads it for a peer (from before it was stored) is
     /// sent to that peer, not parked for good (review).
     #[tokio::test]
@@ -2791,6 +2840,7 @@ mod tests {
         e.on_wantlist(peer, wants(&[address]));
         e.start_serving();
         let epoch = e.peers[&peer].epoch;
+        assert_eq!(e.reading.get(&address), Some(&1));
         // Stored now; the read had found nothing.
         e.unpark(address);
         e.on_done(Done::Read {
@@ -2799,9 +2849,20 @@ mod tests {
             found: Vec::new(),
             missing: vec![address],
         });
+        check_reading(&e);
         let st = &e.peers[&peer];
         assert!(st.wanted.contains(&address), "queued to be sent");
         assert!(!st.parked.contains(&address) && !e.parked.contains_key(&address));
+        // Read again, and the peer leaves meanwhile: nothing is counted as read any more.
+        e.start_serving();
+        let other = PeerId::random();
+        connected(&mut e, other);
+        e.on_wantlist(other, wants(&[address]));
+        e.start_serving();
+        assert_eq!(e.reading.get(&address), Some(&2));
+        e.on_net(NetEvent::PeerDisconnected { peer });
+        check_reading(&e);
+        assert_eq!(e.reading.get(&address), Some(&1));
         cancel.cancel();
     }
 
