@@ -19,21 +19,29 @@
 //!
 //! 1. a request whose `Host` names something other than an IP address, `localhost`, a name
 //!    under `.localhost`, or a name given with `--api-allowed-hosts` ([`AllowedHosts`]). This
-//!    is the default when the API listens on a loopback address; on any other address every
-//!    name is allowed unless names are given (the operator exposed the API on purpose, and its
-//!    clients may know it by any name). A request without `Host` (HTTP/1.0) passes: browsers
-//!    always send one.
+//!    is the default when the API listens on a loopback address or on all addresses
+//!    (`0.0.0.0`, `::`, which include loopback); on one other address every name is allowed
+//!    unless names are given (the operator exposed the API there on purpose, and its clients
+//!    may know it by any name). A request without `Host` (HTTP/1.0) passes: browsers always
+//!    send one.
 //! 2. a request (other than a preflight `OPTIONS`) whose `Origin` is neither the API's own
 //!    (the same host and port as `Host`) nor allowed by `--api-cors-origin` (matched as
 //!    `cors.rs` matches it; `*` allows every origin). `Origin: null` (sandboxed frames, local
-//!    files) is never the API's own. Several `Origin` headers are left to `cors.rs`, which
-//!    answers them `400` as the reference does.
-//! 3. without `--api-cors-origin`, a request without `Origin` that `Sec-Fetch-Site` says comes
-//!    from another site (`cross-site`, `same-site`), unless it is a `GET` or `HEAD` navigation
-//!    (`Sec-Fetch-Mode: navigate`: the user followed a link to a download). This is an
-//!    `<img>`, `<script>` or `no-cors` fetch, none of which a page has any business sending to
-//!    the node. With `--api-cors-origin` set the operator runs a web application on the API,
-//!    whose media elements send such requests without `Origin`, so they pass.
+//!    files) is never the API's own. Several `Origin` headers, which no browser sends, pass on
+//!    to the handlers as before.
+//! 3. without `--api-cors-origin` (or with it empty), a request without `Origin` that
+//!    `Sec-Fetch-Site` says comes from another site (`cross-site`, `same-site`), unless the
+//!    user clicked a link to a download: a `GET` or `HEAD` of `/data/{cid}` or
+//!    `/data/{cid}/network/stream` with `Sec-Fetch-Mode: navigate`, `Sec-Fetch-Dest: document`
+//!    and `Sec-Fetch-User: ?1` (frames, `<object>` and navigations by script without a click
+//!    send other values). The rest is an `<img>`, `<script>`, frame or `no-cors` fetch, none of
+//!    which a page has any business sending to the node. With `--api-cors-origin` set the
+//!    operator runs a web application on the API, whose media elements send such requests
+//!    without `Origin`, so they pass.
+//!
+//! Browsers send `Sec-Fetch-*` only to potentially trustworthy addresses (loopback, HTTPS): an
+//! API exposed over plain HTTP on a LAN address gets none, so there rule 3 does not apply and
+//! only rules 1 and 2 protect it.
 //!
 //! Programs that are not browsers (the CLI, curl, scripts written for the reference) send
 //! neither `Origin` nor `Sec-Fetch-Site`, and address the API by IP address or `localhost`:
@@ -52,7 +60,10 @@ use axum::{
 };
 use tracing::debug;
 
-use crate::cors::{CorsOrigin, origins_match};
+use crate::{
+    cors::{CorsOrigin, origins_match},
+    routes::API_BASE,
+};
 
 /// Most names `--api-allowed-hosts` may list.
 pub const MAX_ALLOWED_HOSTS: usize = 64;
@@ -63,6 +74,10 @@ pub const MAX_HOST_NAME_LEN: usize = 253;
 const SEC_FETCH_SITE: &str = "sec-fetch-site";
 /// The `Sec-Fetch-Mode` request header.
 const SEC_FETCH_MODE: &str = "sec-fetch-mode";
+/// The `Sec-Fetch-Dest` request header.
+const SEC_FETCH_DEST: &str = "sec-fetch-dest";
+/// The `Sec-Fetch-User` request header (`?1`: a navigation the user started).
+const SEC_FETCH_USER: &str = "sec-fetch-user";
 
 /// The names requests may address the API by (rule 1 of the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +111,8 @@ pub enum InvalidAllowedHost {
 
 impl AllowedHosts {
     /// The hosts allowed by `names` (the values of `--api-allowed-hosts`) for an API listening
-    /// on `bind`: with no names, [`AllowedHosts::default`] on a loopback address and
-    /// [`AllowedHosts::Any`] on any other; `*` among them allows every name.
+    /// on `bind`: with no names, [`AllowedHosts::default`] on a loopback or unspecified
+    /// address and [`AllowedHosts::Any`] on any other; `*` among them allows every name.
     pub fn for_bind(bind: IpAddr, names: &[String]) -> Result<AllowedHosts, InvalidAllowedHost> {
         if names.len() > MAX_ALLOWED_HOSTS {
             return Err(InvalidAllowedHost::TooMany(names.len()));
@@ -105,7 +120,7 @@ impl AllowedHosts {
         if names.iter().any(|n| n == "*") {
             return Ok(AllowedHosts::Any);
         }
-        if names.is_empty() && !bind.is_loopback() {
+        if names.is_empty() && !bind.is_loopback() && !bind.is_unspecified() {
             return Ok(AllowedHosts::Any);
         }
         let mut list = Vec::with_capacity(names.len());
@@ -179,7 +194,9 @@ fn origin_authority(origin: &str) -> Option<String> {
 
 /// Whether `origin` names the API itself, as the request's `Host` does. The scheme is not
 /// compared: behind a proxy that ends TLS the page is `https://` while the API speaks HTTP, and
-/// no page can be served over HTTPS from the port where the API speaks plain HTTP.
+/// no page can be served over HTTPS from the port where the API speaks plain HTTP. (With a
+/// `Host` without port, a page served over the other scheme's default port of the same host
+/// counts as the API's own: that takes a server of the attacker's on the node's machine.)
 fn own_origin(origin: &str, host: &str) -> bool {
     let origin = origin.to_ascii_lowercase();
     let Some(authority) = origin_authority(&origin) else {
@@ -192,6 +209,19 @@ fn own_origin(origin: &str, host: &str) -> bool {
             || (origin.starts_with("https://") && host.strip_suffix(":443") == Some(&authority)))
 }
 
+/// Whether `path` is one of the two downloads a user may follow a link to: `/data/{cid}` or
+/// `/data/{cid}/network/stream` under the API's base.
+fn download_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(API_BASE) else {
+        return false;
+    };
+    let segs: Vec<&str> = rest.splitn(6, '/').collect();
+    matches!(
+        segs.as_slice(),
+        ["", "data", cid] | ["", "data", cid, "network", "stream"] if !cid.is_empty()
+    )
+}
+
 /// What the layer needs: the allowed names and the CORS option.
 #[derive(Debug, Clone)]
 pub(crate) struct Guard {
@@ -200,7 +230,7 @@ pub(crate) struct Guard {
 }
 
 /// Why a request was refused: the answer's text.
-fn verdict(guard: &Guard, method: &Method, headers: &HeaderMap) -> Result<(), String> {
+fn verdict(guard: &Guard, method: &Method, path: &str, headers: &HeaderMap) -> Result<(), String> {
     let host = match headers.get(header::HOST).map(|h| h.to_str()) {
         None => None,
         Some(Ok(h)) => Some(h),
@@ -234,13 +264,17 @@ fn verdict(guard: &Guard, method: &Method, headers: &HeaderMap) -> Result<(), St
              with --api-cors-origin naming that origin to let it use the API"
         ));
     }
-    if guard.cors.is_none() {
+    if guard.cors.as_ref().is_none_or(|o| o.as_str().is_empty()) {
         let site = headers.get(SEC_FETCH_SITE).map(|v| v.as_bytes());
-        let navigate = headers
-            .get(SEC_FETCH_MODE)
-            .is_some_and(|v| v.as_bytes() == b"navigate");
+        let is =
+            |name: &str, value: &[u8]| headers.get(name).is_some_and(|v| v.as_bytes() == value);
+        let clicked = is(SEC_FETCH_MODE, b"navigate")
+            && is(SEC_FETCH_DEST, b"document")
+            && is(SEC_FETCH_USER, b"?1");
         let get = method == Method::GET || method == Method::HEAD;
-        if matches!(site, Some(b"cross-site" | b"same-site")) && !(navigate && get) {
+        if matches!(site, Some(b"cross-site" | b"same-site"))
+            && !(clicked && get && download_path(path))
+        {
             return Err(
                 "requests from other web sites are not allowed: start the node with \
                         --api-cors-origin naming the site's origin to let it use the API"
@@ -253,7 +287,7 @@ fn verdict(guard: &Guard, method: &Method, headers: &HeaderMap) -> Result<(), St
 
 /// The middleware: refuses what the module docs list, passes the rest on.
 pub(crate) async fn layer(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
-    match verdict(&guard, req.method(), req.headers()) {
+    match verdict(&guard, req.method(), req.uri().path(), req.headers()) {
         Ok(()) => next.run(req).await,
         Err(why) => {
             debug!(method = %req.method(), path = req.uri().path(), %why, "request refused");
@@ -279,7 +313,15 @@ mod tests {
 
     #[test]
     fn allowed_hosts_depend_on_the_bind_address_and_the_names() {
-        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        // All addresses include loopback: as strict as loopback. One other address: open.
+        for all in ["0.0.0.0", "::"] {
+            let all: IpAddr = all.parse().unwrap();
+            assert_eq!(
+                AllowedHosts::for_bind(all, &[]),
+                Ok(AllowedHosts::default())
+            );
+        }
+        let any: IpAddr = "192.168.1.2".parse().unwrap();
         assert_eq!(AllowedHosts::for_bind(any, &[]), Ok(AllowedHosts::Any));
         assert_eq!(local(&[]), AllowedHosts::default());
         assert_eq!(local(&["*"]), AllowedHosts::Any);
@@ -360,25 +402,27 @@ mod tests {
     }
 
     const HOST: (&str, &str) = ("host", "127.0.0.1:8080");
+    /// A path the verdicts below do not depend on.
+    const P: &str = "/api/codex/v1/space";
 
     #[test]
     fn origins_other_than_the_api_itself_need_the_cors_option() {
         let post = Method::POST;
         let g = guard(None);
         // Not a browser: no Origin, no Sec-Fetch-Site.
-        assert_eq!(verdict(&g, &post, &headers(&[HOST])), Ok(()));
-        assert_eq!(verdict(&g, &post, &headers(&[])), Ok(()));
+        assert_eq!(verdict(&g, &post, P, &headers(&[HOST])), Ok(()));
+        assert_eq!(verdict(&g, &post, P, &headers(&[])), Ok(()));
         // The API's own page.
         for own in ["http://127.0.0.1:8080", "HTTP://127.0.0.1:8080"] {
             assert_eq!(
-                verdict(&g, &post, &headers(&[HOST, ("origin", own)])),
+                verdict(&g, &post, P, &headers(&[HOST, ("origin", own)])),
                 Ok(())
             );
         }
         let default_port = headers(&[("host", "127.0.0.1"), ("origin", "http://127.0.0.1:80")]);
-        assert_eq!(verdict(&g, &post, &default_port), Ok(()));
+        assert_eq!(verdict(&g, &post, P, &default_port), Ok(()));
         let default_port = headers(&[("host", "127.0.0.1:80"), ("origin", "http://127.0.0.1")]);
-        assert_eq!(verdict(&g, &post, &default_port), Ok(()));
+        assert_eq!(verdict(&g, &post, P, &default_port), Ok(()));
         // Behind a proxy that ends TLS, the page's scheme is not the API's: the authority
         // decides (no page can be served over HTTPS on the port where the API speaks HTTP).
         let tls = headers(&[("host", "node.example"), ("origin", "https://node.example")]);
@@ -386,7 +430,7 @@ mod tests {
             hosts: AllowedHosts::Any,
             cors: None,
         };
-        assert_eq!(verdict(&open, &post, &tls), Ok(()));
+        assert_eq!(verdict(&open, &post, P, &tls), Ok(()));
         // Another page: refused, whatever the method, but for a preflight.
         for other in [
             "http://evil.example",
@@ -397,48 +441,94 @@ mod tests {
         ] {
             let h = headers(&[HOST, ("origin", other)]);
             for m in [Method::POST, Method::GET, Method::DELETE] {
-                let e = verdict(&g, &m, &h).unwrap_err();
+                let e = verdict(&g, &m, P, &h).unwrap_err();
                 assert!(e.contains("--api-cors-origin"), "{e}");
             }
-            assert_eq!(verdict(&g, &Method::OPTIONS, &h), Ok(()));
+            assert_eq!(verdict(&g, &Method::OPTIONS, P, &h), Ok(()));
         }
         // Without Host, only the CORS option lets an origin in.
         let no_host = headers(&[("origin", "http://127.0.0.1:8080")]);
-        assert!(verdict(&g, &post, &no_host).is_err());
+        assert!(verdict(&g, &post, P, &no_host).is_err());
         // The option: its origin passes (as cors.rs matches it), others do not; `*` lets all in.
         let g = guard(Some("https://app.example"));
         let app = headers(&[HOST, ("origin", "https://app.example")]);
-        assert_eq!(verdict(&g, &post, &app), Ok(()));
+        assert_eq!(verdict(&g, &post, P, &app), Ok(()));
         let evil = headers(&[HOST, ("origin", "https://evil.example")]);
-        assert!(verdict(&g, &post, &evil).is_err());
+        assert!(verdict(&g, &post, P, &evil).is_err());
         let g = guard(Some("app.example"));
         let app = headers(&[HOST, ("origin", "http://app.example")]);
-        assert_eq!(verdict(&g, &post, &app), Ok(()));
-        assert_eq!(verdict(&guard(Some("*")), &post, &evil), Ok(()));
-        // Several Origin headers are cors.rs's to answer (400, as the reference).
+        assert_eq!(verdict(&g, &post, P, &app), Ok(()));
+        assert_eq!(verdict(&guard(Some("*")), &post, P, &evil), Ok(()));
+        // Several Origin headers (no browser sends them) pass on as before.
         let two = headers(&[HOST, ("origin", "http://a.example"), ("origin", "http://b")]);
-        assert_eq!(verdict(&guard(None), &post, &two), Ok(()));
+        assert_eq!(verdict(&guard(None), &post, P, &two), Ok(()));
     }
 
     #[test]
-    fn requests_from_other_sites_without_origin_pass_only_as_navigations() {
+    fn requests_from_other_sites_without_origin_pass_only_as_clicks_on_download_links() {
         let g = guard(None);
-        let h = |site: &str, mode: &str| {
-            headers(&[HOST, ("sec-fetch-site", site), ("sec-fetch-mode", mode)])
+        let h = |site: &str, mode: &str, dest: &str, user: Option<&str>| {
+            let mut h = headers(&[
+                HOST,
+                ("sec-fetch-site", site),
+                ("sec-fetch-mode", mode),
+                ("sec-fetch-dest", dest),
+            ]);
+            if let Some(u) = user {
+                h.insert("sec-fetch-user", HeaderValue::from_str(u).unwrap());
+            }
+            h
         };
+        let cid = "zDvZRwzkzdhL6T7rNyU3K5NhnMxuWJTqPLU6TMGbw1LJw4tRyhnf";
+        let data = format!("{API_BASE}/data/{cid}");
+        let stream = format!("{data}/network/stream");
+        let click = |site| h(site, "navigate", "document", Some("?1"));
         for site in ["cross-site", "same-site"] {
-            // An <img> or no-cors fetch of a download: refused.
-            assert!(verdict(&g, &Method::GET, &h(site, "no-cors")).is_err());
-            // A followed link: passes (GET and HEAD only).
-            assert_eq!(verdict(&g, &Method::GET, &h(site, "navigate")), Ok(()));
-            assert_eq!(verdict(&g, &Method::HEAD, &h(site, "navigate")), Ok(()));
-            assert!(verdict(&g, &Method::POST, &h(site, "navigate")).is_err());
-            // With the CORS option, the operator's web application may embed downloads.
+            for path in [&data, &stream] {
+                // A user's click on a download link: passes (GET and HEAD only).
+                assert_eq!(verdict(&g, &Method::GET, path, &click(site)), Ok(()));
+                assert_eq!(verdict(&g, &Method::HEAD, path, &click(site)), Ok(()));
+                assert!(verdict(&g, &Method::POST, path, &click(site)).is_err());
+                assert!(verdict(&g, &Method::DELETE, path, &click(site)).is_err());
+                // An <img>, a frame, a navigation by script (no click): refused.
+                for other in [
+                    h(site, "no-cors", "image", None),
+                    h(site, "navigate", "iframe", None),
+                    h(site, "navigate", "iframe", Some("?1")),
+                    h(site, "navigate", "document", None),
+                    h(site, "navigate", "document", Some("?0")),
+                ] {
+                    assert!(
+                        verdict(&g, &Method::GET, path, &other).is_err(),
+                        "{other:?}"
+                    );
+                }
+            }
+            // A click on a link to anything but a download: refused.
+            for path in [
+                format!("{API_BASE}/connect/16Uiu2HAm9MVtPwkuZTxHCeKnBu7vQP5VQkvT184L3ZLzt4NXsMaF"),
+                format!("{data}/network/manifest"),
+                format!("{data}/network"),
+                format!("{API_BASE}/data/"),
+                format!("{API_BASE}/data"),
+                format!("{API_BASE}/debug/info"),
+                format!("{stream}/more"),
+            ] {
+                assert!(
+                    verdict(&g, &Method::GET, &path, &click(site)).is_err(),
+                    "{path}"
+                );
+            }
+            // With the CORS option, the operator's web application may embed downloads; an
+            // empty option allows no origin and so changes nothing.
             let app = guard(Some("https://app.example"));
-            assert_eq!(verdict(&app, &Method::GET, &h(site, "no-cors")), Ok(()));
+            let img = h(site, "no-cors", "image", None);
+            assert_eq!(verdict(&app, &Method::GET, &data, &img), Ok(()));
+            assert!(verdict(&guard(Some("")), &Method::GET, &data, &img).is_err());
         }
         for site in ["same-origin", "none"] {
-            assert_eq!(verdict(&g, &Method::POST, &h(site, "cors")), Ok(()));
+            let h = h(site, "cors", "empty", None);
+            assert_eq!(verdict(&g, &Method::POST, P, &h), Ok(()));
         }
     }
 
@@ -449,12 +539,12 @@ mod tests {
             ("host", "evil.example:8080"),
             ("origin", "http://evil.example:8080"),
         ]);
-        let e = verdict(&g, &Method::GET, &h).unwrap_err();
+        let e = verdict(&g, &Method::GET, P, &h).unwrap_err();
         assert!(e.contains("--api-allowed-hosts evil.example"), "{e}");
-        assert!(verdict(&g, &Method::OPTIONS, &h).is_err());
+        assert!(verdict(&g, &Method::OPTIONS, P, &h).is_err());
         let mut h = HeaderMap::new();
         h.insert("host", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
-        assert!(verdict(&g, &Method::GET, &h).is_err());
+        assert!(verdict(&g, &Method::GET, P, &h).is_err());
         let open = Guard {
             hosts: AllowedHosts::Any,
             cors: None,
@@ -463,6 +553,6 @@ mod tests {
             ("host", "node.example:8080"),
             ("origin", "http://node.example:8080"),
         ]);
-        assert_eq!(verdict(&open, &Method::POST, &h), Ok(()));
+        assert_eq!(verdict(&open, &Method::POST, P, &h), Ok(()));
     }
 }

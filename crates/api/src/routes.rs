@@ -1172,18 +1172,27 @@ mod tests {
         assert_eq!(cors_of(&h), pairs(&[("access-control-allow-origin", "*")]));
 
         // Without the option: no CORS header anywhere; the explicit preflight routes answer 204.
+        // (Requests from another origin are refused before cors.rs sees them (guard.rs), so
+        // the answers checked here are to the API's own page.)
         let app = self::app();
         let cid = upload_bytes(&app, data(1000)).await;
+        let own = [
+            ("host", "127.0.0.1:8080"),
+            ("origin", "http://127.0.0.1:8080"),
+        ];
         for req in [
             options("/data", Some(O)),
             options(&format!("/data/{cid}"), Some(O)),
-            get_with(&format!("/data/{cid}"), &[("origin", O)]),
-            get_with("/space", &[("origin", O)]),
-            get_with("/sales/slots", &[("origin", O)]),
+            get_with(&format!("/data/{cid}"), &own),
+            get_with("/space", &own),
+            get_with("/sales/slots", &own),
         ] {
             let (s, h, _) = call(&app, req).await;
+            assert_ne!(s, StatusCode::FORBIDDEN);
             assert_eq!(cors_of(&h), vec![], "{s}");
         }
+        let (s, h, _) = call(&app, get_with("/space", &[("origin", O)])).await;
+        assert_eq!((s, cors_of(&h)), (StatusCode::FORBIDDEN, vec![]));
         assert_eq!(
             call(&app, options("/data", None)).await.0,
             StatusCode::NO_CONTENT
@@ -1236,6 +1245,8 @@ mod tests {
             HOST,
             ("sec-fetch-site", "cross-site"),
             ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
+            ("sec-fetch-user", "?1"),
         ];
         let (s, _, body) = call(&app, get_with(&format!("/data/{cid}"), &link)).await;
         assert_eq!((s, body), (StatusCode::OK, data(1000)));
@@ -1276,8 +1287,22 @@ mod tests {
                 (Some("http://app.example".into()), Some("Origin".into()))
             )
         );
-        // Another origin is not named.
-        let (_, h, _) = call(
+        // Another origin is not named: the API's own page (which guard.rs lets through; another
+        // site's is refused before cors.rs sees it) gets the option's value.
+        let (s, h, _) = call(
+            &app,
+            get_with(
+                &format!("/data/{cid}"),
+                &[
+                    ("host", "127.0.0.1:8080"),
+                    ("origin", "http://127.0.0.1:8080"),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "deleted above");
+        assert_eq!(allowed(&h).0.as_deref(), Some("app.example"));
+        let (s, _, _) = call(
             &app,
             get_with(
                 &format!("/data/{cid}"),
@@ -1285,6 +1310,6 @@ mod tests {
             ),
         )
         .await;
-        assert_ne!(allowed(&h).0.as_deref(), Some("https://evil.example"));
+        assert_eq!(s, StatusCode::FORBIDDEN);
     }
 }

@@ -74,7 +74,7 @@ pub(crate) struct StartArgs {
     pub(crate) api_cors_origin: Option<String>,
     /// A host name requests may address the API by besides IP addresses and localhost,
     /// repeatable; '*' allows any (protection against DNS rebinding) [default: none when
-    /// --api-bindaddr is a loopback address, any name otherwise]
+    /// --api-bindaddr is a loopback address or 0.0.0.0 / ::, any name otherwise]
     #[arg(
         long = "api-allowed-hosts",
         env = "CAIRN_API_ALLOWED_HOSTS",
@@ -1139,7 +1139,8 @@ mod tests {
             None
         );
         // Allowed host names: flag over file; by default none on loopback (the default
-        // address), any on another address; a name that cannot be one is refused.
+        // address) and on all addresses, any on one other address; a name that cannot be one
+        // is refused.
         use cairn_api::AllowedHosts;
         std::fs::write(&f, "api-allowed-hosts = [\"file.example\"]\n").unwrap();
         let hosts = |flag: &[&str], bind: Option<&str>| {
@@ -1181,7 +1182,7 @@ mod tests {
         };
         assert_eq!(default(None), AllowedHosts::default());
         assert_eq!(default(Some("::1")), AllowedHosts::default());
-        assert_eq!(default(Some("0.0.0.0")), AllowedHosts::Any);
+        assert_eq!(default(Some("0.0.0.0")), AllowedHosts::default());
         assert_eq!(default(Some("192.168.1.2")), AllowedHosts::Any);
         // A bad value in the file says which file it is in.
         std::fs::write(&f, "storage-quota = \"lots\"\n").unwrap();
