@@ -240,11 +240,29 @@ mod tests {
         w.commit().unwrap();
     }
 
+    /// The tree of `blocks` and each block as a leaf verified against it.
+    fn verified_leaves(blocks: &[cairn_core::Block]) -> (CodexTree, Vec<cairn_core::VerifiedLeaf>) {
+        let digests: Vec<Digest> = blocks
+            .iter()
+            .map(|b| cairn_core::cid::cid_digest(b.cid()).unwrap())
+            .collect();
+        let tree = CodexTree::new(digests).unwrap();
+        let n = blocks.len() as u64;
+        let leaves = (0..n)
+            .map(|i| {
+                let b = blocks[i as usize].clone();
+                cairn_core::VerifiedLeaf::verify(tree.cid(), i, n, b, tree.proof(i).unwrap())
+                    .unwrap()
+            })
+            .collect();
+        (tree, leaves)
+    }
+
     /// Leaf rows written before proofs moved out of them (the proof inline in the row) read
     /// back as before, and settling the dataset moves them to the tree too.
     #[test]
     fn rows_with_inline_proofs_still_serve_and_settle() {
-        use cairn_core::{Block, VerifiedLeaf};
+        use cairn_core::Block;
 
         use crate::{Store, StoreConfig, index::LEAVES};
 
@@ -255,19 +273,7 @@ mod tests {
         let blocks: Vec<Block> = (0..9u8)
             .map(|i| Block::data_block(bytes::Bytes::from(vec![i; 1000])))
             .collect();
-        let digests: Vec<Digest> = blocks
-            .iter()
-            .map(|b| cairn_core::cid::cid_digest(b.cid()).unwrap())
-            .collect();
-        let tree = CodexTree::new(digests).unwrap();
-        let leaves: Vec<VerifiedLeaf> = blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let i = i as u64;
-                VerifiedLeaf::verify(tree.cid(), i, 9, b.clone(), tree.proof(i).unwrap()).unwrap()
-            })
-            .collect();
+        let (tree, leaves) = verified_leaves(&blocks);
         let store = Store::in_memory(cfg).unwrap();
         let manifest = cairn_core::Manifest::new(tree.cid(), 9000, 1000);
         store.put_block(&manifest.to_block()).unwrap();
@@ -327,7 +333,7 @@ mod tests {
     /// of every other at each pass (found by review).
     #[test]
     fn a_dataset_settle_tree_rejects_does_not_stop_the_others() {
-        use cairn_core::{Block, Manifest, VerifiedLeaf};
+        use cairn_core::{Block, Manifest};
 
         use crate::{Store, StoreConfig};
 
@@ -340,17 +346,7 @@ mod tests {
             let blocks: Vec<Block> = (0..9u8)
                 .map(|i| Block::data_block(bytes::Bytes::from(vec![seed, i, 0, 1])))
                 .collect();
-            let digests: Vec<Digest> = blocks
-                .iter()
-                .map(|b| cairn_core::cid::cid_digest(b.cid()).unwrap())
-                .collect();
-            let tree = CodexTree::new(digests).unwrap();
-            let leaves: Vec<VerifiedLeaf> = (0..9u64)
-                .map(|i| {
-                    let b = blocks[i as usize].clone();
-                    VerifiedLeaf::verify(tree.cid(), i, 9, b, tree.proof(i).unwrap()).unwrap()
-                })
-                .collect();
+            let (tree, leaves) = verified_leaves(&blocks);
             store
                 .put_block(&Manifest::new(tree.cid(), 36, 4).to_block())
                 .unwrap();
