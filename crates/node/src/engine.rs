@@ -213,12 +213,14 @@ pub enum FetchError {
     /// ([`EngineHandle::forget`]).
     #[error("the dataset was deleted on this node")]
     Deleted,
-    /// Holders sent the leaf with a proof that checks out against the dataset's tree only for a
-    /// tree of another size than the manifest says, and no holder sent one that agrees with the
-    /// manifest within [`NO_HOLDER_TIMEOUT`]: most likely the manifest names a real tree with a
-    /// made-up size (or every holder asked lied about it).
+    /// The manifest names a real tree with another size: holders sent the leaf with a proof
+    /// that checks out against the dataset's tree only for a tree of another size than the
+    /// manifest says, and no holder sent one that agrees with the manifest within
+    /// [`NO_HOLDER_TIMEOUT`] (or every holder asked lied about it); or the dataset is stored
+    /// whole here with another size, and the manifest was refused at once
+    /// ([`StoreError::ManifestConflict`]).
     #[error(
-        "the manifest does not match its dataset: it says {manifest_blocks} blocks, and its holders' proofs are for a tree of {tree_leaves} leaves"
+        "the manifest does not match its dataset: it says {manifest_blocks} blocks, and the dataset's tree has {tree_leaves} leaves"
     )]
     ManifestMismatch {
         /// Blocks by the manifest.
@@ -2262,6 +2264,15 @@ fn store_error(e: &StoreError) -> FetchError {
             needed,
             used,
             quota,
+        },
+        // A manifest naming a dataset stored whole here with another size.
+        StoreError::ManifestConflict {
+            manifest_blocks,
+            dataset_blocks,
+            ..
+        } => FetchError::ManifestMismatch {
+            manifest_blocks,
+            tree_leaves: dataset_blocks,
         },
         _ if e.is_disk_full() => FetchError::DiskFull(e.to_string()),
         _ => FetchError::Store(e.to_string()),

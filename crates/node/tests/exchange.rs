@@ -1598,7 +1598,32 @@ async fn a_manifest_with_the_wrong_size_blames_the_manifest_not_the_holder() {
     assert!(holder.score >= 0.0, "score {}", holder.score);
     let stats = v.engine().unwrap().stats().await.unwrap();
     assert_eq!(stats.rejected, 0);
-    // The real dataset still downloads from it.
+    // The real dataset still downloads from it, though the forged manifest listed the dataset
+    // first with its size: the tree kept is the real one's (store: `Tables::add_manifest`).
     assert_eq!(network_bytes(&v, cid).await, local_bytes(&a, cid).await);
+    v.store().settle_tree(&real.tree_cid).unwrap();
+    assert_eq!(v.store().proof_storage().unwrap().1, 0, "not settled");
+    // Whole here now: a manifest with yet another size, offered by a third node, fails at once
+    // (well within NO_HOLDER_TIMEOUT) and is not listed.
+    let (w, nw) = node(&cancel).await;
+    let other = cairn_core::Manifest::new(real.tree_cid, 7 * 65536, 65536).to_block();
+    w.store().put_block(&other).unwrap();
+    connect(&nv, &nw).await;
+    let e = tokio::time::timeout(Duration::from_secs(10), v.fetch_manifest(*other.cid()))
+        .await
+        .expect("the refusal waits")
+        .expect_err("a manifest that contradicts a whole dataset is refused");
+    assert!(
+        matches!(
+            e,
+            cairn_node::NodeError::Fetch(cairn_node::engine::FetchError::ManifestMismatch {
+                manifest_blocks: 7,
+                tree_leaves: 5
+            })
+        ),
+        "{e:?}"
+    );
+    assert!(!v.store().has_block(other.cid()).unwrap());
+    assert!(!nv.is_banned(nw.local_peer_id()).await.unwrap());
     cancel.cancel();
 }

@@ -76,6 +76,31 @@ pub enum StoreError {
         /// The dataset's tree CID.
         tree: Box<Cid>,
     },
+    /// A manifest's block count disagrees with its dataset, which is stored whole here: its
+    /// leaves make the tree the manifest names with `dataset_blocks` leaves, so the manifest
+    /// names a real tree with a made-up size. Nothing was stored.
+    #[error(
+        "the manifest does not match its dataset: it says {manifest_blocks} blocks, and dataset {tree} is stored here whole with {dataset_blocks}"
+    )]
+    ManifestConflict {
+        /// The dataset's tree CID.
+        tree: Box<Cid>,
+        /// Blocks by the manifest.
+        manifest_blocks: u64,
+        /// Leaves of the stored dataset.
+        dataset_blocks: u64,
+    },
+    /// Manifests naming one dataset claim more different block counts than the store keeps
+    /// while the dataset is not whole ([`crate::MAX_COUNT_CLAIMS`]). Nothing was stored.
+    #[error(
+        "manifests name dataset {tree} with too many different block counts (at most {max} are kept until it is whole)"
+    )]
+    TooManyCountClaims {
+        /// The dataset's tree CID.
+        tree: Box<Cid>,
+        /// The most counts kept.
+        max: usize,
+    },
     /// A manifest could not be decoded.
     #[error(transparent)]
     Manifest(#[from] ManifestError),

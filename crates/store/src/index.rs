@@ -67,6 +67,10 @@ pub(crate) const GENERATIONS: TableDefinition<&[u8], u64> = TableDefinition::new
 /// `fetches`: manifest CID bytes → unix seconds when a background download of the dataset
 /// was asked for; the node resumes these at start ([`crate::Store::fetches`]).
 pub(crate) const FETCHES: TableDefinition<&[u8], u64> = TableDefinition::new("fetches");
+/// `counts`: (tree CID bytes, leaf count) → nothing: the leaf counts that manifests naming a
+/// dataset claim, kept only while those claims disagree and the dataset is not whole (see
+/// [`Tables::add_manifest`]). A table of its own for the reason given at `generations`.
+pub(crate) const COUNTS: TableDefinition<LeafKey, ()> = TableDefinition::new("counts");
 /// `meta`: counter name → value.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -195,6 +199,7 @@ pub(crate) struct Tables<'txn> {
     pub(crate) deleting: Table<'txn, &'static [u8], ()>,
     pub(crate) generations: Table<'txn, &'static [u8], u64>,
     pub(crate) fetches: Table<'txn, &'static [u8], u64>,
+    pub(crate) counts: Table<'txn, LeafKey, ()>,
     pub(crate) meta: Table<'txn, &'static str, u64>,
     used: u64,
     total_blocks: u64,
@@ -223,6 +228,7 @@ impl<'txn> Tables<'txn> {
             deleting: txn.open_table(DELETING)?,
             generations: txn.open_table(GENERATIONS)?,
             fetches: txn.open_table(FETCHES)?,
+            counts: txn.open_table(COUNTS)?,
             meta,
             used,
             total_blocks,
@@ -409,6 +415,22 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Adds a manifest to the listing and a manifest reference to its dataset.
+    ///
+    /// A manifest's block count is a claim: a manifest can name a real tree with a made-up
+    /// size, and the first manifest of a dataset to arrive (from the network, say) may be such
+    /// a one. So the dataset's leaf count is trusted only once its tree is stored, which
+    /// happens only when the leaves are known to make that tree with that count (an upload
+    /// built it, or [`crate::Store::settle_tree`] rebuilt it from the stored leaves):
+    ///
+    /// * a dataset stored whole: a manifest with another count is refused
+    ///   ([`StoreError::ManifestConflict`]);
+    /// * a dataset not whole: the counts claimed are kept in `counts` (at most
+    ///   [`crate::MAX_COUNT_CLAIMS`], [`StoreError::TooManyCountClaims`] beyond) and the
+    ///   dataset's row says the largest, so that `0..nleaves` covers every claim. Settling
+    ///   tries each and keeps the one the leaves prove ([`Tables::count_proven`]).
+    ///
+    /// Before, the first manifest's count stayed: a made-up one made the real dataset's tree
+    /// stored under the wrong count (wrong proofs served) or never settle.
     pub(crate) fn add_manifest(
         &mut self,
         manifest_cid: &[u8],
@@ -419,22 +441,80 @@ impl<'txn> Tables<'txn> {
             return Ok(());
         }
         self.reclaim_tree_fully(tree)?;
-        self.manifests.insert(manifest_cid, tree)?;
+        let tree_cid = || {
+            cairn_core::cid::cid_from_bytes(tree)
+                .map(Box::new)
+                .map_err(|_| StoreError::IndexDamaged("dataset tree CID"))
+        };
         match self.get_dataset(tree)? {
             Some(mut ds) => {
+                if ds.nleaves != nleaves {
+                    if has_tree(&self.trees, tree)? {
+                        return Err(StoreError::ManifestConflict {
+                            tree: tree_cid()?,
+                            manifest_blocks: nleaves,
+                            dataset_blocks: ds.nleaves,
+                        });
+                    }
+                    let known = self.claimed_counts(tree)?;
+                    let mut claims = known.clone();
+                    for c in [ds.nleaves, nleaves] {
+                        if !claims.contains(&c) {
+                            claims.push(c);
+                        }
+                    }
+                    if claims.len() > crate::MAX_COUNT_CLAIMS {
+                        return Err(StoreError::TooManyCountClaims {
+                            tree: tree_cid()?,
+                            max: crate::MAX_COUNT_CLAIMS,
+                        });
+                    }
+                    for c in claims.iter().filter(|c| !known.contains(c)) {
+                        self.counts.insert((tree, *c), ())?;
+                    }
+                    ds.nleaves = ds.nleaves.max(nleaves);
+                }
+                self.manifests.insert(manifest_cid, tree)?;
                 ds.manifest_refs += 1;
                 self.put_dataset(tree, ds)
             }
-            None => self.create_dataset(
-                tree,
-                DatasetRec {
-                    nleaves,
-                    manifest_refs: 1,
-                    state: DS_ACTIVE,
-                    session: 0,
-                },
-            ),
+            None => {
+                self.manifests.insert(manifest_cid, tree)?;
+                self.create_dataset(
+                    tree,
+                    DatasetRec {
+                        nleaves,
+                        manifest_refs: 1,
+                        state: DS_ACTIVE,
+                        session: 0,
+                    },
+                )
+            }
         }
+    }
+
+    /// The leaf counts claimed for dataset `tree` by manifests that disagree
+    /// ([`Tables::add_manifest`]); empty when they agree or the dataset is whole.
+    pub(crate) fn claimed_counts(&self, tree: &[u8]) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.counts.range((tree, 0)..=(tree, u64::MAX))? {
+            out.push(entry?.0.value().1);
+        }
+        Ok(out)
+    }
+
+    /// Dataset `tree` is known to have `nleaves` leaves: its tree, stored with this count, was
+    /// built from them. Its row takes the count, and the claims kept while it was not known go.
+    pub(crate) fn count_proven(&mut self, tree: &[u8], nleaves: u64) -> Result<(), StoreError> {
+        if let Some(mut ds) = self.get_dataset(tree)?
+            && ds.nleaves != nleaves
+        {
+            ds.nleaves = nleaves;
+            self.put_dataset(tree, ds)?;
+        }
+        self.counts
+            .retain_in((tree, 0)..=(tree, u64::MAX), |_, _| false)?;
+        Ok(())
     }
 
     /// The dataset (tree CID bytes) manifest `manifest_cid` is listed for, if it is.
@@ -643,6 +723,8 @@ impl<'txn> Tables<'txn> {
             self.datasets.remove(tree)?;
             self.deleting.remove(tree)?;
             self.generations.remove(tree)?;
+            self.counts
+                .retain_in((tree, 0)..=(tree, u64::MAX), |_, _| false)?;
         } else if !batch.is_empty() {
             // The dataset stays, short of some leaves.
             self.new_generation(tree)?;

@@ -30,6 +30,7 @@
 //! | `sessions` | session id | segment id, tree CID once known |
 //! | `deleting` | tree CID | — |
 //! | `generations` | tree CID | a number that changes whenever the dataset may lose a leaf |
+//! | `counts` | (tree CID, leaf count) | — (counts that disagreeing manifests claim, until the dataset is whole) |
 //! | `meta` | name | counter (used bytes, total blocks, next ids, next dataset generation) |
 //!
 //! ## Invariants
@@ -71,8 +72,8 @@ pub use crate::{
     store::{
         Audit, DEFAULT_BLOCK_TTL, DEFAULT_LEAF_BATCH, DEFAULT_MAINTENANCE_BATCH,
         DEFAULT_MAINTENANCE_INTERVAL, DEFAULT_QUOTA, DEFAULT_RECLAIM_BATCH,
-        DEFAULT_SEGMENT_ROLL_BYTES, MAX_BLOCK_BYTES, MIN_DISK_HEADROOM, MaintenanceReport,
-        ManifestPage, Reservation, Space, Store, StoreConfig,
+        DEFAULT_SEGMENT_ROLL_BYTES, MAX_BLOCK_BYTES, MAX_COUNT_CLAIMS, MIN_DISK_HEADROOM,
+        MaintenanceReport, ManifestPage, Reservation, Space, Store, StoreConfig,
     },
     writer::{DatasetMeta, DatasetWriter, StoredDataset, UPLOAD_ROOM_POLL, UPLOAD_ROOM_WAIT},
 };

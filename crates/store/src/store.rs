@@ -25,9 +25,9 @@ use crate::{
     StoreError,
     compact::CompactReport,
     index::{
-        BLOCKS, BlockRec, BlockRow, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DatasetRec, EXPIRY,
-        FETCHES, GENERATIONS, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED, Quota,
-        SEGMENTS, SESSIONS, SessionEnd, Tables, checksum,
+        BLOCKS, BlockRec, BlockRow, COUNTS, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DatasetRec,
+        EXPIRY, FETCHES, GENERATIONS, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED,
+        Quota, SEGMENTS, SESSIONS, SessionEnd, Tables, checksum,
     },
     segments::{MAX_SPAN_BYTES, SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
@@ -93,6 +93,12 @@ const INDEX_FILE: &str = "index.redb";
 /// would eat into it fails with [`StoreError::DiskFull`] before anything is written, so an
 /// upload or a download that cannot fit stops cleanly instead of filling the disk.
 pub const MIN_DISK_HEADROOM: u64 = 32 * 1024 * 1024;
+
+/// Different block counts kept for one dataset while manifests naming it disagree and it is
+/// not whole (see `Tables::add_manifest`); a manifest claiming one more is refused. Honest
+/// manifests of one tree all agree, so this only bounds what made-up ones cost: settling
+/// rebuilds the tree once for each count the stored leaves could prove.
+pub const MAX_COUNT_CLAIMS: usize = 8;
 
 /// After the index failed to write, the least free disk space at which reopening it is tried
 /// (opening a database that was not closed cleanly writes while it repairs it).
@@ -1642,7 +1648,7 @@ impl Store {
     pub fn settle_tree(&self, tree: &Cid) -> Result<u64, StoreError> {
         self.hook("settle_tree");
         let key = tree.to_bytes();
-        let (digests, generation) = {
+        let (mut digests, generation, mut candidates, claimed) = {
             let r = self.inner.db()?.begin_read()?;
             let Some(ds) = active_dataset(&r, &key)? else {
                 return Ok(0);
@@ -1663,29 +1669,71 @@ impl Store {
             if !waiting && !first_inline {
                 return Ok(0);
             }
+            // The leaf counts disagreeing manifests claim (`Tables::add_manifest`): the row's
+            // count is then the largest, and the dataset may be whole at a smaller one.
+            let mut claims = Vec::new();
+            match r.open_table(COUNTS) {
+                Ok(counts) => {
+                    for entry in counts.range((key.as_slice(), 0)..=(key.as_slice(), u64::MAX))? {
+                        claims.push(entry?.0.value().1);
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
             // Bounded by what is stored: the scan stops at the first missing leaf.
             let mut digests = Vec::new();
             for entry in leaves.range(range)? {
                 let (k, v) = entry?;
                 if k.value().1 != digests.len() as u64 {
-                    return Ok(0);
+                    break;
                 }
                 let cid = cid_from_bytes(v.value().0)
                     .map_err(|_| StoreError::IndexDamaged("leaf CID"))?;
                 digests.push(cid_digest(&cid).map_err(|_| StoreError::IndexDamaged("leaf CID"))?);
             }
-            if digests.is_empty() || digests.len() as u64 != ds.nleaves {
+            let held = digests.len() as u64;
+            // The counts the stored leaves could make the tree with, smallest first.
+            let claimed = !claims.is_empty();
+            if !claimed {
+                claims.push(ds.nleaves);
+            }
+            claims.retain(|&c| c > 0 && c <= held);
+            claims.sort_unstable();
+            if claims.is_empty() {
                 return Ok(0);
             }
-            (digests, generation)
+            (digests, generation, claims, claimed)
         };
-        let nleaves = digests.len() as u64;
-        let built = CodexTree::new(digests)?;
-        if built.cid() != *tree {
+        // Each count tried is a tree built; the largest takes the digests themselves.
+        let mut proven = None;
+        while let Some(count) = candidates.pop() {
+            let Ok(n) = usize::try_from(count) else {
+                continue;
+            };
+            let leaves = if n == digests.len() {
+                std::mem::take(&mut digests)
+            } else {
+                digests[..n].to_vec()
+            };
+            let built = CodexTree::new(leaves)?;
+            if built.cid() == *tree {
+                proven = Some(built);
+                break;
+            }
+        }
+        drop(digests);
+        let Some(built) = proven else {
+            // With one count claimed, the leaves (each checked against the tree when stored)
+            // should make the tree: they do not.
+            if claimed {
+                return Ok(0);
+            }
             return Err(StoreError::IndexDamaged(
                 "the stored leaves do not make their dataset's tree",
             ));
-        }
+        };
+        let nleaves = built.leaves_count();
         // The dataset may have been deleted, reclaimed, listed again and downloaded in part
         // since the read (or between two batches below): each transaction acts only on a
         // dataset that is whole now. An active dataset with a stored tree is whole (see
@@ -1706,15 +1754,18 @@ impl Store {
         };
         self.hook("settle_tree:read");
         let go = self.write(0, |t| {
-            let Some(ds) = active(t)? else {
+            if active(t)?.is_none() {
                 return Ok(false);
-            };
+            }
             if !has_tree(&t.trees, &key)? {
-                if ds.nleaves != nleaves || t.dataset_generation(&key)? != generation {
+                if t.dataset_generation(&key)? != generation {
                     return Ok(false);
                 }
                 put_tree(&mut t.trees, &key, &built)?;
             }
+            // The row's count may have been a made-up manifest's claim (`Tables::add_manifest`);
+            // the tree is what the leaves make.
+            t.count_proven(&key, nleaves)?;
             Ok(true)
         })?;
         drop(built);

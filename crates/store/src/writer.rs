@@ -429,13 +429,17 @@ impl DatasetWriter {
         let expiry = store.expiry_from_now();
         store.write(self.reserved, |t| {
             t.add_ref(&mkey, Some(mloc), true, expiry)?;
-            t.add_manifest(&mkey, &tree_key, nleaves)?;
             // Every leaf is stored now (the dataset was held: none went), so the tree may say
             // so. The proofs kept meanwhile go when the dataset is settled
             // (`Store::settle_tree`, the maintenance pass).
             if keep_proofs && !has_tree(&t.trees, &tree_key)? {
                 put_tree(&mut t.trees, &tree_key, &tree)?;
             }
+            // The count of a dataset that manifests from the network listed first is only
+            // what they claimed (`Tables::add_manifest`); this upload built the tree. Before
+            // the manifest goes in, so that claims made up by others cannot refuse it.
+            t.count_proven(&tree_key, nleaves)?;
+            t.add_manifest(&mkey, &tree_key, nleaves)?;
             // Every leaf is stored now. Being written (by this upload, or by one given up
             // that this one took over: finishes are serialised), the dataset turns active.
             if let Some(mut ds) = t.get_dataset(&tree_key)?

@@ -477,6 +477,81 @@ fn a_complete_download_keeps_its_tree_once() {
     }
 }
 
+/// A manifest's block count is only a claim: one can name a real tree with a made-up size, and
+/// it may be the first of its dataset a node stores. Before, the first count stayed: the real
+/// download then never settled (a smaller made-up count failed as a damaged index), and an
+/// upload over it stored the tree under the wrong count. Now the count the leaves prove wins,
+/// and once the dataset is whole a manifest that disagrees is refused.
+#[test]
+fn made_up_block_counts_cannot_spoil_a_dataset() {
+    let src = Store::in_memory(quiet()).unwrap();
+    let n = 5u64;
+    let bytes = data(n as usize * BS, 31);
+    let (mcid, m) = upload(&src, &bytes, None).unwrap();
+    let real = src.get_block(&mcid).unwrap().unwrap();
+    let leaves: Vec<_> = (0..n).map(|i| leaf_of(&src, &m, i)).collect();
+    let forged = |blocks: u64| Manifest::new(m.tree_cid, blocks * BS as u64, BS as u64).to_block();
+    let conflict =
+        |r: Result<bool, StoreError>| matches!(r, Err(StoreError::ManifestConflict { .. }));
+    let too_many =
+        |r: Result<bool, StoreError>| matches!(r, Err(StoreError::TooManyCountClaims { .. }));
+
+    // A smaller count first, then the real manifest and every leaf: settles at the real count.
+    for (name, b) in backends(quiet()) {
+        b.store.put_block(&forged(3)).unwrap();
+        b.store.put_block(&real).unwrap();
+        b.store.put_leaves(&m.tree_cid, &leaves).unwrap();
+        assert_eq!(b.store.settle_tree(&m.tree_cid).unwrap(), n, "{name}");
+        assert_eq!(b.store.proof_storage().unwrap().1, 0, "{name}: proofs left");
+        assert_eq!(download(&b.store, &m), bytes, "{name}: served proofs");
+        // Whole now: another count is refused, and nothing of it is stored.
+        let late = forged(7);
+        let r = b.store.put_block(&late);
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.to_string().contains("it says 7 blocks"))
+                && r.as_ref()
+                    .is_err_and(|e| e.to_string().contains("whole with 5")),
+            "{name}: a made-up count after the dataset is whole: {r:?}"
+        );
+        assert!(conflict(r), "{name}");
+        assert!(!b.store.has_block(late.cid()).unwrap(), "{name}");
+        assert_eq!(b.store.list_manifests().unwrap().len(), 2, "{name}");
+        assert_consistent(&b.store, name);
+    }
+
+    // A larger count first, then an upload of the real data: the upload's tree and count win.
+    for (name, b) in backends(quiet()) {
+        b.store.put_block(&forged(8)).unwrap();
+        let (_, up) = upload(&b.store, &bytes, None).unwrap();
+        assert_eq!(up.tree_cid, m.tree_cid);
+        assert_eq!(b.store.proof_storage().unwrap().1, 0, "{name}: not settled");
+        assert_eq!(download(&b.store, &m), bytes, "{name}: served proofs");
+        assert_eq!(b.store.first_missing_leaf(&m.tree_cid, 0..n).unwrap(), None);
+        assert!(
+            conflict(b.store.put_block(&forged(6))),
+            "{name}: count proven"
+        );
+        assert_consistent(&b.store, name);
+    }
+
+    // Claims are bounded; the real count among them still settles.
+    for (name, b) in backends(quiet()) {
+        let max = cairn_store::MAX_COUNT_CLAIMS as u64;
+        for blocks in 1..=max {
+            b.store.put_block(&forged(blocks)).unwrap();
+        }
+        assert!(too_many(b.store.put_block(&forged(max + 1))), "{name}");
+        b.store.put_leaves(&m.tree_cid, &leaves).unwrap();
+        assert_eq!(b.store.settle_tree(&m.tree_cid).unwrap(), n, "{name}");
+        assert_eq!(download(&b.store, &m), bytes, "{name}");
+        // Settled: the count is known, so the manifest refused before is refused as a
+        // conflict now.
+        assert!(conflict(b.store.put_block(&forged(max + 1))), "{name}");
+        assert_consistent(&b.store, name);
+    }
+}
+
 /// Leaves are only taken for a stored dataset: not before its manifest is stored, and not after
 /// it was deleted (a download that outlives a delete of its dataset). Before, such leaves made
 /// the dataset anew with no manifest naming it, and nothing ever reclaimed it.
