@@ -93,6 +93,11 @@ pub(crate) const COMPACT_PASS_BLOCKS: usize = 65_536;
 /// Blocks copied per sync and index transaction: 16 MiB of 64 KiB blocks, which amortises the
 /// `fdatasync` and commit and keeps each transaction short.
 pub(crate) const COMPACT_BATCH_BLOCKS: usize = 256;
+/// The bytes a pass's first batch is taken to copy when the pass decides whether the disk has
+/// room to start, before it looks for the blocks ([`COMPACT_BATCH_BLOCKS`] of 64 KiB, or the
+/// picked segments' live bytes if fewer): larger blocks are checked batch by batch as they
+/// are copied.
+const COMPACT_FIRST_BATCH_BYTES: u64 = COMPACT_BATCH_BLOCKS as u64 * 64 * 1024;
 /// A sealed segment whose file is smaller than this is *small*, and is merged with other small
 /// ones. The same size as [`COMPACT_MIN_DEAD_BYTES`]: a segment at least this big is rewritten
 /// by the dead-bytes rule once it is mostly dead, one under it never is, so between the two
@@ -294,12 +299,24 @@ impl Store {
             }
             return Ok(report);
         }
-        let moves = self.live_blocks_in(&picked)?;
         // Copies take disk until the old files go: none is started that the disk has no room
-        // for (the first batch; `copy_into` checks each one).
-        let first = &moves[..moves.len().min(COMPACT_BATCH_BLOCKS)];
-        if !moves.is_empty() && self.room_to_copy(first).is_ok() {
-            self.copy_blocks(&moves, &mut report)?;
+        // for. The first batch is judged from the picked segments' live bytes, before the scan
+        // of the `blocks` table that finds their blocks (every row of it: a pass on a full disk
+        // used to pay that scan only to copy nothing); `copy_into` checks each batch's own
+        // bytes.
+        let picked_set: HashSet<u64> = picked.iter().copied().collect();
+        let picked_live = sealed
+            .iter()
+            .filter(|s| picked_set.contains(&s.id))
+            .fold(0u64, |n, s| n.saturating_add(s.live));
+        if self
+            .room_to_copy(picked_live.min(COMPACT_FIRST_BATCH_BYTES))
+            .is_ok()
+        {
+            let moves = self.live_blocks_in(&picked)?;
+            if !moves.is_empty() {
+                self.copy_blocks(&moves, &mut report)?;
+            }
         }
         // The picked segments that are gone now were freed by this pass.
         let now_sealed = self.sealed_segments()?;
@@ -457,6 +474,7 @@ impl Store {
     /// [`COMPACT_PASS_BLOCKS`] of them and [`COMPACT_PASS_BYTES`] (a segment not collected whole
     /// is still picked by the next pass).
     fn live_blocks_in(&self, segments: &[u64]) -> Result<Vec<Move>, StoreError> {
+        self.hook("compact:scan-blocks");
         let wanted: HashSet<u64> = segments.iter().copied().collect();
         let r = self.inner.db()?.begin_read()?;
         let blocks = r.open_table(BLOCKS)?;
@@ -513,7 +531,8 @@ impl Store {
         let mut w = self.inner.segs.create(dest, WriteMode::Buffered)?;
         self.inner.segs.sync_dir()?;
         for batch in moves.chunks(COMPACT_BATCH_BLOCKS) {
-            if self.room_to_copy(batch).is_err() {
+            let bytes = batch.iter().fold(0u64, |n, m| n.saturating_add(m.rec.len));
+            if self.room_to_copy(bytes).is_err() {
                 break; // the rest waits for a pass with room; what moved stays moved
             }
             let mut copied: Vec<(&Move, Loc)> = Vec::with_capacity(batch.len());
@@ -560,8 +579,7 @@ impl Store {
     /// write (`Inner::disk_room`): a pass borrows disk until the old files go, and copying
     /// without looking ate room promised to uploads and downloads and ran into `ENOSPC`, after
     /// which the index could be marked failed (found by review). Logged when it has not.
-    fn room_to_copy(&self, batch: &[Move]) -> Result<(), StoreError> {
-        let bytes = batch.iter().fold(0u64, |n, m| n.saturating_add(m.rec.len));
+    fn room_to_copy(&self, bytes: u64) -> Result<(), StoreError> {
         let uploads = self.inner.reserved.lock();
         let room = self.inner.disk_room(*uploads, bytes, 0);
         drop(uploads);
@@ -856,6 +874,13 @@ mod tests {
     }
 
     static FREE_SPACE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+    static BLOCK_SCANS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn count_block_scans(point: &'static str) {
+        if point == "compact:scan-blocks" {
+            BLOCK_SCANS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
 
     /// A pass copies only what the disk has room for beyond the headroom kept for the index
     /// (`MIN_DISK_HEADROOM`) and what reservations will still write. Before, it copied up to
@@ -866,22 +891,31 @@ mod tests {
         use std::sync::atomic::Ordering;
         let (_dir, store, blocks) = half_dead_segment_with(StoreConfig {
             free_space_hook: Some(|| FREE_SPACE.load(Ordering::SeqCst)),
+            crash_hook: Some(count_block_scans),
             ..StoreConfig::default()
         });
         let disk = store.disk_bytes().unwrap();
         // Room for a few blocks, not for the 128 live ones (8 MiB) of the half-dead segment.
         FREE_SPACE.store(crate::MIN_DISK_HEADROOM + 4 * BS as u64, Ordering::SeqCst);
+        let scans = BLOCK_SCANS.load(Ordering::SeqCst);
         let r = store.compact().unwrap();
         assert_eq!(r, CompactReport::default(), "nothing copied");
         assert_eq!(store.disk_bytes().unwrap(), disk);
+        // Nor was the block table scanned for blocks the pass could not copy.
+        assert_eq!(BLOCK_SCANS.load(Ordering::SeqCst), scans, "scanned");
         // Room reserved by an upload is not the pass's either.
         FREE_SPACE.store(crate::MIN_DISK_HEADROOM + 8 * MIB + MIB, Ordering::SeqCst);
         let mut w = store.begin_dataset().unwrap();
         w.reserve(2 * MIB).unwrap();
         assert_eq!(store.compact().unwrap(), CompactReport::default());
         drop(w);
+        assert_eq!(BLOCK_SCANS.load(Ordering::SeqCst), scans, "scanned");
         // With room, the same pass goes ahead.
         let r = store.compact().unwrap();
+        assert!(
+            BLOCK_SCANS.load(Ordering::SeqCst) > scans,
+            "the hook counts scans"
+        );
         assert_eq!(r.moved_blocks, 128, "{r:?}");
         assert_eq!(r.segments_freed, 1, "{r:?}");
         for b in blocks[..256].iter().step_by(2) {
