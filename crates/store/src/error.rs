@@ -90,17 +90,6 @@ pub enum StoreError {
         /// Leaves of the stored dataset.
         dataset_blocks: u64,
     },
-    /// Manifests naming one dataset claim more different block counts than the store keeps
-    /// while the dataset is not whole ([`crate::MAX_COUNT_CLAIMS`]). Nothing was stored.
-    #[error(
-        "manifests name dataset {tree} with too many different block counts (at most {max} are kept until it is whole)"
-    )]
-    TooManyCountClaims {
-        /// The dataset's tree CID.
-        tree: Box<Cid>,
-        /// The most counts kept.
-        max: usize,
-    },
     /// A manifest could not be decoded.
     #[error(transparent)]
     Manifest(#[from] ManifestError),

@@ -10,7 +10,7 @@ use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
 use crate::{
     StoreError,
-    trees::{PROOFS, ProofSource, TREES, TreeKey, has_tree, remove_tree},
+    trees::{PROOFS, ProofSource, TREES, TreeKey, has_tree, remove_tree, tree_leaf_count},
 };
 
 /// What [`Tables::end_session`] did.
@@ -418,16 +418,15 @@ impl<'txn> Tables<'txn> {
     ///
     /// A manifest's block count is a claim: a manifest can name a real tree with a made-up
     /// size, and the first manifest of a dataset to arrive (from the network, say) may be such
-    /// a one. So the dataset's leaf count is trusted only once its tree is stored, which
-    /// happens only when the leaves are known to make that tree with that count (an upload
-    /// built it, or [`crate::Store::settle_tree`] rebuilt it from the stored leaves):
+    /// a one. So a dataset's leaf count is known only once its tree is stored, which happens
+    /// only when the leaves are known to make that tree with that count (an upload built it,
+    /// or [`crate::Store::settle_tree`] rebuilt it from the stored leaves):
     ///
-    /// * a dataset stored whole: a manifest with another count is refused
-    ///   ([`StoreError::ManifestConflict`]);
-    /// * a dataset not whole: the counts claimed are kept in `counts` (at most
-    ///   [`crate::MAX_COUNT_CLAIMS`], [`StoreError::TooManyCountClaims`] beyond) and the
-    ///   dataset's row says the largest, so that `0..nleaves` covers every claim. Settling
-    ///   tries each and keeps the one the leaves prove ([`Tables::count_proven`]).
+    /// * a dataset whose tree is stored: a manifest with another count than the tree's is
+    ///   refused ([`StoreError::ManifestConflict`]);
+    /// * a dataset without: the counts claimed are kept in `counts` ([`Tables::claim_count`])
+    ///   and the row says the largest, so that `0..nleaves` covers every claim. Settling tries
+    ///   them and keeps the one the leaves prove ([`Tables::count_proven`]).
     ///
     /// Before, the first manifest's count stayed: a made-up one made the real dataset's tree
     /// stored under the wrong count (wrong proofs served) or never settle.
@@ -441,38 +440,17 @@ impl<'txn> Tables<'txn> {
             return Ok(());
         }
         self.reclaim_tree_fully(tree)?;
-        let tree_cid = || {
-            cairn_core::cid::cid_from_bytes(tree)
-                .map(Box::new)
-                .map_err(|_| StoreError::IndexDamaged("dataset tree CID"))
-        };
         match self.get_dataset(tree)? {
             Some(mut ds) => {
-                if ds.nleaves != nleaves {
-                    if has_tree(&self.trees, tree)? {
-                        return Err(StoreError::ManifestConflict {
-                            tree: tree_cid()?,
-                            manifest_blocks: nleaves,
-                            dataset_blocks: ds.nleaves,
-                        });
+                if has_tree(&self.trees, tree)? {
+                    let proven = check_manifest_count(&self.trees, tree, nleaves, ds.nleaves)?;
+                    // A row an older version left with a made-up count beside its tree.
+                    if ds.nleaves != proven {
+                        self.count_proven(tree, proven)?;
+                        ds.nleaves = proven;
                     }
-                    let known = self.claimed_counts(tree)?;
-                    let mut claims = known.clone();
-                    for c in [ds.nleaves, nleaves] {
-                        if !claims.contains(&c) {
-                            claims.push(c);
-                        }
-                    }
-                    if claims.len() > crate::MAX_COUNT_CLAIMS {
-                        return Err(StoreError::TooManyCountClaims {
-                            tree: tree_cid()?,
-                            max: crate::MAX_COUNT_CLAIMS,
-                        });
-                    }
-                    for c in claims.iter().filter(|c| !known.contains(c)) {
-                        self.counts.insert((tree, *c), ())?;
-                    }
-                    ds.nleaves = ds.nleaves.max(nleaves);
+                } else {
+                    self.claim_count(tree, &mut ds, nleaves)?;
                 }
                 self.manifests.insert(manifest_cid, tree)?;
                 ds.manifest_refs += 1;
@@ -491,6 +469,34 @@ impl<'txn> Tables<'txn> {
                 )
             }
         }
+    }
+
+    /// Notes that a manifest (or an upload) claims `count` leaves for dataset `tree`, whose
+    /// tree is not stored and whose row is `ds` (the caller writes it back): when the claims
+    /// disagree, each is kept in `counts`, up to [`crate::MAX_COUNT_CLAIMS`] (more are not
+    /// kept, and settling then also tries the count of leaves held), and `ds.nleaves` becomes
+    /// the largest.
+    pub(crate) fn claim_count(
+        &mut self,
+        tree: &[u8],
+        ds: &mut DatasetRec,
+        count: u64,
+    ) -> Result<(), StoreError> {
+        let known = self.claimed_counts(tree)?;
+        if ds.nleaves == count && known.is_empty() {
+            return Ok(());
+        }
+        let mut kept = known.len();
+        for c in [ds.nleaves, count] {
+            if kept < crate::MAX_COUNT_CLAIMS
+                && !known.contains(&c)
+                && self.counts.insert((tree, c), ())?.is_none()
+            {
+                kept += 1;
+            }
+        }
+        ds.nleaves = ds.nleaves.max(count);
+        Ok(())
     }
 
     /// The leaf counts claimed for dataset `tree` by manifests that disagree
@@ -850,6 +856,30 @@ impl<'txn> Tables<'txn> {
         }
         Ok(dead)
     }
+}
+
+/// The leaf count of dataset `tree`, whose tree is stored, when a manifest claims `claimed`
+/// ([`Tables::add_manifest`]): the count of the stored tree (or the row's, `row`, for a tree
+/// stored without its leaf layer), or [`StoreError::ManifestConflict`] when the claim is
+/// another.
+pub(crate) fn check_manifest_count(
+    trees: &impl ReadableTable<TreeKey, &'static [u8]>,
+    tree: &[u8],
+    claimed: u64,
+    row: u64,
+) -> Result<u64, StoreError> {
+    let proven = tree_leaf_count(trees, tree)?.unwrap_or(row);
+    if proven == claimed {
+        return Ok(proven);
+    }
+    Err(StoreError::ManifestConflict {
+        tree: Box::new(
+            cairn_core::cid::cid_from_bytes(tree)
+                .map_err(|_| StoreError::IndexDamaged("dataset tree CID"))?,
+        ),
+        manifest_blocks: claimed,
+        dataset_blocks: proven,
+    })
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use crate::{
     index::{
         BLOCKS, BlockRec, BlockRow, COUNTS, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DatasetRec,
         EXPIRY, FETCHES, GENERATIONS, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED,
-        Quota, SEGMENTS, SESSIONS, SessionEnd, Tables, checksum,
+        Quota, SEGMENTS, SESSIONS, SessionEnd, Tables, check_manifest_count, checksum,
     },
     segments::{MAX_SPAN_BYTES, SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
@@ -94,10 +94,12 @@ const INDEX_FILE: &str = "index.redb";
 /// upload or a download that cannot fit stops cleanly instead of filling the disk.
 pub const MIN_DISK_HEADROOM: u64 = 32 * 1024 * 1024;
 
-/// Different block counts kept for one dataset while manifests naming it disagree and it is
-/// not whole (see `Tables::add_manifest`); a manifest claiming one more is refused. Honest
-/// manifests of one tree all agree, so this only bounds what made-up ones cost: settling
-/// rebuilds the tree once for each count the stored leaves could prove.
+/// Different block counts kept for one dataset while manifests naming it disagree and its
+/// tree is not stored (see `Tables::add_manifest`). Honest manifests of one tree all agree, so
+/// this only bounds what made-up ones cost: settling rebuilds the tree once for each count
+/// kept that the stored leaves reach (and drops those that fail), plus once for the number of
+/// leaves held. More claims are listed but not kept; the real count is then found as the
+/// number of leaves held.
 pub const MAX_COUNT_CLAIMS: usize = 8;
 
 /// After the index failed to write, the least free disk space at which reopening it is tried
@@ -1214,10 +1216,12 @@ impl Store {
         } else {
             None
         };
+        let key = cid.to_bytes();
         if let Some(m) = &manifest {
             self.finish_deleting(&m.tree_cid.to_bytes())?;
+            // Refused before its bytes are appended; the transaction checks again.
+            self.check_manifest_count(&key, m)?;
         }
-        let key = cid.to_bytes();
         let expiry = self.expiry_from_now();
         // A block found stored is not appended again; if it is deleted before the transaction
         // below, the put goes round once more and appends it after all (`force`).
@@ -1231,6 +1235,29 @@ impl Store {
             }
             force = true;
         }
+    }
+
+    /// [`StoreError::ManifestConflict`] when manifest `m` (CID bytes `key`), not listed yet,
+    /// names a dataset whose tree is stored with another leaf count (`Tables::add_manifest`).
+    fn check_manifest_count(&self, key: &[u8], m: &Manifest) -> Result<(), StoreError> {
+        let r = self.inner.db()?.begin_read()?;
+        if r.open_table(MANIFESTS)?.get(key)?.is_some() {
+            return Ok(());
+        }
+        let tree = m.tree_cid.to_bytes();
+        let Some(ds) = r
+            .open_table(DATASETS)?
+            .get(tree.as_slice())?
+            .map(|v| DatasetRec::from_tuple(v.value()))
+            .filter(|d| d.state != DS_DELETING)
+        else {
+            return Ok(());
+        };
+        let trees = r.open_table(TREES)?;
+        if has_tree(&trees, &tree)? {
+            check_manifest_count(&trees, &tree, m.blocks_count(), ds.nleaves)?;
+        }
+        Ok(())
     }
 
     /// One try of [`Store::put_block`]: `None` when the block was found stored (nothing
@@ -1648,7 +1675,7 @@ impl Store {
     pub fn settle_tree(&self, tree: &Cid) -> Result<u64, StoreError> {
         self.hook("settle_tree");
         let key = tree.to_bytes();
-        let (mut digests, generation, mut candidates, claimed) = {
+        let (mut digests, generation, mut candidates, claims, any_claims) = {
             let r = self.inner.db()?.begin_read()?;
             let Some(ds) = active_dataset(&r, &key)? else {
                 return Ok(0);
@@ -1693,25 +1720,32 @@ impl Store {
                 digests.push(cid_digest(&cid).map_err(|_| StoreError::IndexDamaged("leaf CID"))?);
             }
             let held = digests.len() as u64;
-            // The counts the stored leaves could make the tree with, smallest first.
-            let claimed = !claims.is_empty();
-            if !claimed {
-                claims.push(ds.nleaves);
-            }
+            // The counts the stored leaves could make the tree with: the row's when no claims
+            // are kept; else each claim the leaves reach, and the number held (the real count
+            // may be a claim not kept, `MAX_COUNT_CLAIMS`). Smallest first; tried largest
+            // first.
+            let any_claims = !claims.is_empty();
             claims.retain(|&c| c > 0 && c <= held);
-            claims.sort_unstable();
-            if claims.is_empty() {
+            let mut candidates = claims.clone();
+            if any_claims || held == ds.nleaves {
+                candidates.push(held);
+            }
+            candidates.retain(|&c| c > 0);
+            candidates.sort_unstable();
+            candidates.dedup();
+            if candidates.is_empty() {
                 return Ok(0);
             }
-            (digests, generation, claims, claimed)
+            (digests, generation, candidates, claims, any_claims)
         };
-        // Each count tried is a tree built; the largest takes the digests themselves.
+        // Each count tried is a tree built; the last one tried takes the digests themselves.
         let mut proven = None;
+        let mut disproven = Vec::new();
         while let Some(count) = candidates.pop() {
             let Ok(n) = usize::try_from(count) else {
                 continue;
             };
-            let leaves = if n == digests.len() {
+            let leaves = if candidates.is_empty() && n == digests.len() {
                 std::mem::take(&mut digests)
             } else {
                 digests[..n].to_vec()
@@ -1721,17 +1755,30 @@ impl Store {
                 proven = Some(built);
                 break;
             }
+            if claims.contains(&count) {
+                disproven.push(count);
+            }
         }
         drop(digests);
+        // A claimed count the stored leaves reach but do not make the tree with is wrong for
+        // good (the leaves below it are fixed by the tree): it is not tried again.
+        if !disproven.is_empty() {
+            self.write(0, |t| {
+                for c in &disproven {
+                    t.counts.remove((key.as_slice(), *c))?;
+                }
+                Ok(())
+            })?;
+        }
         let Some(built) = proven else {
-            // With one count claimed, the leaves (each checked against the tree when stored)
-            // should make the tree: they do not.
-            if claimed {
-                return Ok(0);
+            // With no claim kept, the leaves (each checked against the tree when stored)
+            // should make the tree with the row's count: they do not.
+            if !any_claims {
+                return Err(StoreError::IndexDamaged(
+                    "the stored leaves do not make their dataset's tree",
+                ));
             }
-            return Err(StoreError::IndexDamaged(
-                "the stored leaves do not make their dataset's tree",
-            ));
+            return Ok(0);
         };
         let nleaves = built.leaves_count();
         // The dataset may have been deleted, reclaimed, listed again and downloaded in part
@@ -3588,6 +3635,91 @@ mod pool_tests {
         );
         drop((first, again, other));
         assert_eq!(reserved(), 0);
+    }
+}
+
+/// Leaf counts that manifests claim (`Tables::add_manifest`) against what an index holds.
+#[cfg(test)]
+mod count_tests {
+    use bytes::Bytes;
+    use cairn_core::Block;
+
+    use super::*;
+    use crate::DatasetMeta;
+
+    const BS: usize = 64 * 1024;
+    const LEAVES: u64 = 300;
+
+    /// An index an older version left with a stored tree but a made-up count in the dataset's
+    /// row (an upload over a dataset a made-up manifest listed first stored the tree under
+    /// that manifest's count). The tree's own leaf layer is the count: a manifest with the
+    /// real count is taken (not refused as a conflict with the row), the row is put right,
+    /// and the proofs served verify again; one with the row's made-up count is refused.
+    #[test]
+    fn a_row_with_a_made_up_count_beside_its_tree_is_put_right() {
+        let store = Store::in_memory(StoreConfig {
+            background_reclaim: false,
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        let mut w = store.begin_dataset().unwrap();
+        for i in 0..LEAVES {
+            let mut data = vec![7u8; BS];
+            data[..8].copy_from_slice(&i.to_le_bytes());
+            w.write(&Block::data_block(Bytes::from(data))).unwrap();
+        }
+        let meta = |filename: Option<&str>| DatasetMeta {
+            dataset_size: LEAVES * BS as u64,
+            block_size: BS as u64,
+            filename: filename.map(str::to_owned),
+            mimetype: None,
+        };
+        let up = w.finish(meta(None)).unwrap();
+        let tree = up.manifest.tree_cid;
+        let key = tree.to_bytes();
+        let set_row = |n: u64| {
+            store
+                .write(0, |t| {
+                    let mut ds = t.get_dataset(&key)?.unwrap();
+                    ds.nleaves = n;
+                    t.put_dataset(&key, ds)
+                })
+                .unwrap();
+        };
+        let proof_ok = |i: u64| {
+            let Ok(Some((b, p))) = store.get_leaf(&tree, i) else {
+                return false;
+            };
+            p.verify_leaf(
+                &cid_digest(b.cid()).unwrap(),
+                &cid_digest(&tree).unwrap(),
+                i,
+                LEAVES,
+            )
+            .is_ok()
+        };
+        set_row(LEAVES + 77);
+        assert!(
+            !proof_ok(299),
+            "the damage this test repairs is there (no good proof)"
+        );
+        // The row's made-up count is no claim against the tree.
+        let made_up = Manifest::new(tree, (LEAVES + 77) * BS as u64, BS as u64).to_block();
+        assert!(matches!(
+            store.put_block(&made_up),
+            Err(StoreError::ManifestConflict {
+                manifest_blocks: 377,
+                dataset_blocks: LEAVES,
+                ..
+            })
+        ));
+        // Another honest manifest of the same data (a file name) is taken and puts it right.
+        let named = Manifest::new(tree, LEAVES * BS as u64, BS as u64)
+            .with_filename(Some("named.bin".into()))
+            .to_block();
+        store.put_block(&named).unwrap();
+        assert!(proof_ok(299) && proof_ok(0) && proof_ok(128));
+        assert_eq!(store.first_missing_leaf(&tree, 0..LEAVES).unwrap(), None);
     }
 }
 

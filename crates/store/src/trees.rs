@@ -84,6 +84,31 @@ pub(crate) fn has_tree(
     Ok(table.get((tree_key, 0, 0))?.is_some())
 }
 
+/// The number of leaves of the stored tree of `tree_key`, from its leaf layer's last chunk;
+/// `None` when no tree is stored.
+pub(crate) fn tree_leaf_count(
+    table: &impl ReadableTable<TreeKey, &'static [u8]>,
+    tree_key: &[u8],
+) -> Result<Option<u64>, StoreError> {
+    let last = table
+        .range((tree_key, 0, 0)..=(tree_key, 0, u64::MAX))?
+        .next_back()
+        .transpose()?;
+    let Some((k, v)) = last else {
+        return Ok(None);
+    };
+    let nodes = v.value().len();
+    if nodes == 0 || nodes % NODE_BYTES != 0 || nodes / NODE_BYTES > TREE_CHUNK_NODES as usize {
+        return Err(StoreError::IndexDamaged("tree chunk"));
+    }
+    k.value()
+        .2
+        .checked_mul(TREE_CHUNK_NODES)
+        .and_then(|n| n.checked_add((nodes / NODE_BYTES) as u64))
+        .map(Some)
+        .ok_or(StoreError::IndexDamaged("tree chunk"))
+}
+
 /// Removes every chunk of the tree of `tree_key`.
 pub(crate) fn remove_tree(
     table: &mut Table<'_, TreeKey, &'static [u8]>,

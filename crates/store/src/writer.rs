@@ -325,13 +325,21 @@ impl DatasetWriter {
             t.reclaim_tree_fully(&tree_key)?;
             // From here the session holds the dataset: it is not deleted while the upload
             // writes, whatever happens to the manifests naming it (`Tables::session_holds`).
-            if t.get_dataset(&tree_key)?.is_some() {
+            if let Some(mut ds) = t.get_dataset(&tree_key)? {
                 // Stored already. With its tree it is whole (or being written by an upload
                 // given up, whose rows rely on that tree); without, it is a partial download,
                 // and a stored tree would say it is whole before this upload has written every
                 // leaf (a crash or an error between leaf batches would leave it so): the rows
                 // added carry their proofs, and the tree goes in with the last leaf.
-                return Ok(!has_tree(&t.trees, &tree_key)?);
+                let whole = has_tree(&t.trees, &tree_key)?;
+                if !whole {
+                    // The manifests that listed it may have made up its count; until the last
+                    // transaction proves this one, it is a claim like theirs, so that settling
+                    // meanwhile (or after this upload is given up) can find it.
+                    t.claim_count(&tree_key, &mut ds, nleaves)?;
+                    t.put_dataset(&tree_key, ds)?;
+                }
+                return Ok(!whole);
             }
             // The tree goes in before any leaf row that relies on it (their proofs are empty).
             put_tree(&mut t.trees, &tree_key, &tree)?;

@@ -645,3 +645,50 @@ fn settle_tree_leaves_a_copy_listed_again_and_completed_after_its_read_to_the_ne
 
 /// The two tests above share the hook's state.
 static RELIST_SERIAL: Mutex<()> = Mutex::new(());
+
+// ---------------------------------------------------------------------------------------------
+// An upload into a dataset a manifest with a made-up size listed.
+
+static MADE_UP: Shared = Mutex::new(None);
+static MADE_UP_SETTLES: AtomicUsize = AtomicUsize::new(0);
+
+/// At every leaf batch, the dataset is settled, as a maintenance pass may do.
+fn settle_between_batches(point: &'static str) {
+    if point != "finish:leaf-batch" || MADE_UP.lock().unwrap().is_none() {
+        return;
+    }
+    let (store, data) = shared(&MADE_UP);
+    let tree = tree_of(&data).cid();
+    let settled = store.settle_tree(&tree);
+    // Nothing to do until the upload has written every leaf; after that, the tree may be
+    // stored here already (the dataset is listed and whole).
+    assert!(
+        settled.is_ok(),
+        "settling a dataset an upload is writing: {settled:?}"
+    );
+    MADE_UP_SETTLES.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A manifest naming the dataset's tree with fewer blocks than it has was listed first; an
+/// upload of the real data then writes its leaves into that dataset. Settling between its leaf
+/// batches (the maintenance pass) never fails. Before, once the upload had written as
+/// many leaves as the made-up count, it rebuilt a tree of that many leaves, found the wrong
+/// root and failed as a damaged index (found by review); the upload's own count is now a claim
+/// too (`Tables::claim_count`).
+#[test]
+fn an_upload_into_a_dataset_listed_with_a_made_up_size_settles() {
+    let store = Store::in_memory(config(1, settle_between_batches)).unwrap();
+    let data = blocks(7, 5);
+    let tree = tree_of(&data);
+    let made_up = Manifest::new(tree.cid(), 3 * BS as u64, BS as u64).to_block();
+    store.put_block(&made_up).unwrap();
+    *MADE_UP.lock().unwrap() = Some((store.clone(), data.clone()));
+    let up = upload(&store, &data).unwrap();
+    MADE_UP.lock().unwrap().take();
+    assert_eq!(up.manifest.tree_cid, tree.cid());
+    assert!(MADE_UP_SETTLES.load(Ordering::SeqCst) >= 4, "the hook ran");
+    assert_whole(&store, &data, "after the upload");
+    assert_eq!(store.proof_storage().unwrap().1, 0, "settled by the upload");
+    assert_eq!(store.list_manifests().unwrap().len(), 2);
+    assert_consistent(&store, "after the upload");
+}
