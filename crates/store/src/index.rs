@@ -71,6 +71,9 @@ pub(crate) const FETCHES: TableDefinition<&[u8], u64> = TableDefinition::new("fe
 /// dataset claim, kept only while those claims disagree and the dataset is not whole (see
 /// [`Tables::add_manifest`]). A table of its own for the reason given at `generations`.
 pub(crate) const COUNTS: TableDefinition<LeafKey, ()> = TableDefinition::new("counts");
+/// The `counts` row (tree, 0) says a claim was not kept ([`crate::MAX_COUNT_CLAIMS`]): no
+/// dataset has 0 leaves, so it cannot be mistaken for a claim.
+pub(crate) const COUNT_NOT_KEPT: u64 = 0;
 /// `meta`: counter name → value.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -473,9 +476,9 @@ impl<'txn> Tables<'txn> {
 
     /// Notes that a manifest (or an upload) claims `count` leaves for dataset `tree`, whose
     /// tree is not stored and whose row is `ds` (the caller writes it back): when the claims
-    /// disagree, each is kept in `counts`, up to [`crate::MAX_COUNT_CLAIMS`] (more are not
-    /// kept, and settling then also tries the count of leaves held), and `ds.nleaves` becomes
-    /// the largest.
+    /// disagree, each is kept in `counts`, up to [`crate::MAX_COUNT_CLAIMS`]; one more is not
+    /// kept but leaves the marker [`COUNT_NOT_KEPT`], so that settling also tries the number
+    /// of leaves held. `ds.nleaves` becomes the largest.
     pub(crate) fn claim_count(
         &mut self,
         tree: &[u8],
@@ -486,13 +489,17 @@ impl<'txn> Tables<'txn> {
         if ds.nleaves == count && known.is_empty() {
             return Ok(());
         }
-        let mut kept = known.len();
+        let mut kept = known.iter().filter(|&&c| c != COUNT_NOT_KEPT).count();
         for c in [ds.nleaves, count] {
-            if kept < crate::MAX_COUNT_CLAIMS
-                && !known.contains(&c)
-                && self.counts.insert((tree, c), ())?.is_none()
-            {
-                kept += 1;
+            if known.contains(&c) || c == COUNT_NOT_KEPT {
+                continue;
+            }
+            if kept < crate::MAX_COUNT_CLAIMS {
+                if self.counts.insert((tree, c), ())?.is_none() {
+                    kept += 1;
+                }
+            } else {
+                self.counts.insert((tree, COUNT_NOT_KEPT), ())?;
             }
         }
         ds.nleaves = ds.nleaves.max(count);

@@ -25,12 +25,13 @@ use crate::{
     StoreError,
     compact::CompactReport,
     index::{
-        BLOCKS, BlockRec, BlockRow, COUNTS, DATASETS, DELETING, DS_ACTIVE, DS_DELETING, DatasetRec,
-        EXPIRY, FETCHES, GENERATIONS, LEAVES, Loc, MANIFESTS, META, META_TOTAL_BLOCKS, META_USED,
-        Quota, SEGMENTS, SESSIONS, SessionEnd, Tables, check_manifest_count, checksum,
+        BLOCKS, BlockRec, BlockRow, COUNT_NOT_KEPT, COUNTS, DATASETS, DELETING, DS_ACTIVE,
+        DS_DELETING, DatasetRec, EXPIRY, FETCHES, GENERATIONS, LEAVES, Loc, MANIFESTS, META,
+        META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS, SESSIONS, SessionEnd, Tables,
+        check_manifest_count, checksum,
     },
     segments::{MAX_SPAN_BYTES, SegmentWriter, Segments, WriteMode},
-    trees::{PROOFS, ProofSource, TREES, has_tree, put_tree},
+    trees::{PROOFS, ProofSource, TREES, has_tree, put_tree, tree_leaf_count},
 };
 
 /// Leaves per transaction when [`Store::settle_tree`] drops their downloaded proofs (as the
@@ -618,6 +619,31 @@ impl Store {
                 warn!(
                     datasets = orphans.len(),
                     "datasets no manifest names will be reclaimed"
+                );
+            }
+            // Rows an older version left with another count than their stored tree's (an
+            // upload over a dataset that a manifest with a made-up size listed first): the tree
+            // is what the leaves make, and its proofs are built with the row's count.
+            let counts: Vec<(Vec<u8>, u64)> = t
+                .datasets
+                .iter()?
+                .map(|e| e.map(|(k, v)| (k.value().to_vec(), DatasetRec::from_tuple(v.value()))))
+                .filter(|e| e.as_ref().map_or(true, |(_, d)| d.state != DS_DELETING))
+                .map(|e| e.map(|(k, d)| (k, d.nleaves)))
+                .collect::<Result<_, _>>()?;
+            let mut repaired = 0usize;
+            for (tree, nleaves) in &counts {
+                if let Some(count) = tree_leaf_count(&t.trees, tree)?
+                    && count != *nleaves
+                {
+                    t.count_proven(tree, count)?;
+                    repaired += 1;
+                }
+            }
+            if repaired > 0 {
+                warn!(
+                    datasets = repaired,
+                    "dataset leaf counts put right from their stored trees"
                 );
             }
             let segs: Vec<(u64, u64, u64)> = t
@@ -1721,13 +1747,14 @@ impl Store {
             }
             let held = digests.len() as u64;
             // The counts the stored leaves could make the tree with: the row's when no claims
-            // are kept; else each claim the leaves reach, and the number held (the real count
-            // may be a claim not kept, `MAX_COUNT_CLAIMS`). Smallest first; tried largest
+            // are kept; else each claim the leaves reach, and if a claim was not kept (the
+            // real count may be that one) the number held. Smallest first; tried largest
             // first.
             let any_claims = !claims.is_empty();
-            claims.retain(|&c| c > 0 && c <= held);
+            let not_kept = claims.contains(&COUNT_NOT_KEPT);
+            claims.retain(|&c| c != COUNT_NOT_KEPT && c <= held);
             let mut candidates = claims.clone();
-            if any_claims || held == ds.nleaves {
+            if not_kept || (!any_claims && held == ds.nleaves) {
                 candidates.push(held);
             }
             candidates.retain(|&c| c > 0);
@@ -1738,18 +1765,26 @@ impl Store {
             }
             (digests, generation, candidates, claims, any_claims)
         };
-        // Each count tried is a tree built; the last one tried takes the digests themselves.
+        // Each count tried is a tree built: the largest from the digests themselves, a smaller
+        // one from the leaves of the last tree that failed.
         let mut proven = None;
+        let mut failed: Option<CodexTree> = None;
         let mut disproven = Vec::new();
         while let Some(count) = candidates.pop() {
             let Ok(n) = usize::try_from(count) else {
                 continue;
             };
-            let leaves = if candidates.is_empty() && n == digests.len() {
-                std::mem::take(&mut digests)
-            } else {
-                digests[..n].to_vec()
-            };
+            let leaves = match &failed {
+                Some(t) => t.leaves().get(..n).map(<[_]>::to_vec),
+                None if n <= digests.len() => {
+                    digests.truncate(n);
+                    Some(std::mem::take(&mut digests))
+                }
+                None => None,
+            }
+            .ok_or(StoreError::IndexDamaged(
+                "a leaf count past the leaves held",
+            ))?;
             let built = CodexTree::new(leaves)?;
             if built.cid() == *tree {
                 proven = Some(built);
@@ -1758,21 +1793,22 @@ impl Store {
             if claims.contains(&count) {
                 disproven.push(count);
             }
+            failed = Some(built);
         }
-        drop(digests);
-        // A claimed count the stored leaves reach but do not make the tree with is wrong for
-        // good (the leaves below it are fixed by the tree): it is not tried again.
-        if !disproven.is_empty() {
-            self.write(0, |t| {
-                for c in &disproven {
-                    t.counts.remove((key.as_slice(), *c))?;
-                }
-                Ok(())
-            })?;
-        }
+        drop((digests, failed));
         let Some(built) = proven else {
-            // With no claim kept, the leaves (each checked against the tree when stored)
-            // should make the tree with the row's count: they do not.
+            // A claimed count the stored leaves reach but do not make the tree with is wrong
+            // for good (the leaves below it are fixed by the tree): it is not tried again.
+            if !disproven.is_empty() {
+                self.write(0, |t| {
+                    for c in &disproven {
+                        t.counts.remove((key.as_slice(), *c))?;
+                    }
+                    Ok(())
+                })?;
+            }
+            // With no claims, the leaves (each checked against the tree when stored) should
+            // make the tree with the row's count: they do not.
             if !any_claims {
                 return Err(StoreError::IndexDamaged(
                     "the stored leaves do not make their dataset's tree",
@@ -3720,6 +3756,53 @@ mod count_tests {
         store.put_block(&named).unwrap();
         assert!(proof_ok(299) && proof_ok(0) && proof_ok(128));
         assert_eq!(store.first_missing_leaf(&tree, 0..LEAVES).unwrap(), None);
+    }
+
+    /// Such a row is put right when the store opens, before any manifest comes.
+    #[test]
+    fn a_row_with_a_made_up_count_is_put_right_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            ..StoreConfig::default()
+        };
+        let tree = {
+            let store = Store::open(dir.path(), cfg.clone()).unwrap();
+            let mut w = store.begin_dataset().unwrap();
+            for i in 0..LEAVES {
+                let mut data = vec![9u8; BS];
+                data[..8].copy_from_slice(&i.to_le_bytes());
+                w.write(&Block::data_block(Bytes::from(data))).unwrap();
+            }
+            let up = w
+                .finish(DatasetMeta {
+                    dataset_size: LEAVES * BS as u64,
+                    block_size: BS as u64,
+                    filename: None,
+                    mimetype: None,
+                })
+                .unwrap();
+            let tree = up.manifest.tree_cid;
+            let key = tree.to_bytes();
+            store
+                .write(0, |t| {
+                    let mut ds = t.get_dataset(&key)?.unwrap();
+                    ds.nleaves = 3;
+                    t.put_dataset(&key, ds)
+                })
+                .unwrap();
+            assert!(store.get_leaf(&tree, 299).is_err(), "the damage is there");
+            tree
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        let (b, p) = store.get_leaf(&tree, 299).unwrap().unwrap();
+        p.verify_leaf(
+            &cid_digest(b.cid()).unwrap(),
+            &cid_digest(&tree).unwrap(),
+            299,
+            LEAVES,
+        )
+        .unwrap();
     }
 }
 

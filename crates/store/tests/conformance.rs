@@ -533,20 +533,31 @@ fn made_up_block_counts_cannot_spoil_a_dataset() {
         assert_consistent(&b.store, name);
     }
 
-    // More made-up counts than are kept: none is refused, the real manifest is listed after
-    // them, and the leaves still prove the real count (the number held, not a claim kept).
+    // More made-up counts than are kept, the real one among those not kept: none is refused,
+    // the made-up counts the leaves reach are dropped as they fail, and the leaves still prove
+    // the real count (the number held, tried because a claim was not kept).
+    let big = 20u64;
+    let bytes = data(big as usize * BS, 32);
+    let (mcid, m) = upload(&src, &bytes, None).unwrap();
+    let real = src.get_block(&mcid).unwrap().unwrap();
+    let leaves: Vec<_> = (0..big).map(|i| leaf_of(&src, &m, i)).collect();
+    let forged = |blocks: u64| Manifest::new(m.tree_cid, blocks * BS as u64, BS as u64).to_block();
     for (name, b) in backends(quiet()) {
         let max = cairn_store::MAX_COUNT_CLAIMS as u64;
-        let made_up: Vec<u64> = (1..=max + 2).filter(|&c| c != n).collect();
-        for &blocks in &made_up {
+        assert!(
+            max < 9,
+            "the claims kept stop short of the leaves put first"
+        );
+        for blocks in (1..=max).chain([100]) {
             b.store.put_block(&forged(blocks)).unwrap();
         }
         b.store.put_block(&real).unwrap();
-        b.store.put_leaves(&m.tree_cid, &leaves[..3]).unwrap();
+        b.store.put_leaves(&m.tree_cid, &leaves[..9]).unwrap();
         // Partial: nothing settles, and nothing fails.
         assert_eq!(b.store.settle_tree(&m.tree_cid).unwrap(), 0, "{name}");
-        b.store.put_leaves(&m.tree_cid, &leaves[3..]).unwrap();
-        assert_eq!(b.store.settle_tree(&m.tree_cid).unwrap(), n, "{name}");
+        b.store.put_leaves(&m.tree_cid, &leaves[9..]).unwrap();
+        assert_eq!(b.store.settle_tree(&m.tree_cid).unwrap(), big, "{name}");
+        assert_eq!(b.store.proof_storage().unwrap().1, 0, "{name}");
         assert_eq!(download(&b.store, &m), bytes, "{name}");
         // Settled: the count is known, so another made-up one is refused now.
         assert!(conflict(b.store.put_block(&forged(max + 3))), "{name}");
