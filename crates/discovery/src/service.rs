@@ -328,6 +328,10 @@ struct SentPacket {
     addr: SocketAddr,
     /// The request it carried (none for the random packet of a handshake).
     request: Option<(RequestId, Message)>,
+    /// It was our handshake packet: a WHOAREYOU answering it refuses the handshake, and the
+    /// request fails rather than starting another (a node that challenged every handshake
+    /// kept us signing new ones for as long as it liked; found by review).
+    handshake: bool,
     deadline: Instant,
 }
 
@@ -535,6 +539,7 @@ impl Service {
                     node,
                     addr,
                     request: Some((id, msg)),
+                    handshake: false,
                     deadline,
                 },
             );
@@ -569,6 +574,7 @@ impl Service {
                 node,
                 addr,
                 request: None,
+                handshake: false,
                 deadline,
             },
         );
@@ -732,6 +738,20 @@ impl Service {
             return;
         }
         let node_id = sent.node.node_id();
+        if sent.handshake {
+            // It challenged the handshake we made for this request: no second one.
+            debug!(%from, "WHOAREYOU answering our handshake");
+            self.handshakes.remove(&(node_id, from));
+            if let Some((id, _)) = &sent.request {
+                self.fail(id, RequestError::BadResponse);
+            }
+            return;
+        }
+        // The requests' time, not a new one: a late WHOAREYOU does not make them live longer.
+        let deadline = sent.deadline;
+        if Instant::now() >= deadline {
+            return;
+        }
         let mut queue = match self.handshakes.remove(&(node_id, from)) {
             Some(h) => h.queue,
             None => sent.request.clone().into_iter().collect(),
@@ -742,7 +762,7 @@ impl Service {
         self.sessions.remove(&node_id, from);
         let first = queue.remove(0);
         let Some(session) = self
-            .handshake_to(&sent.node, packet, enr_seq, from, &first)
+            .handshake_to(&sent.node, packet, enr_seq, from, &first, deadline)
             .await
         else {
             // We cannot run the handshake with this node (its key cannot do ECDH, or our packet
@@ -755,7 +775,6 @@ impl Service {
             return;
         };
         self.sessions.insert(node_id, from, session);
-        let deadline = Instant::now() + self.config.request_timeout;
         for (id, msg) in queue {
             let Some(s) = self.sessions.get(&node_id, from, Instant::now()) else {
                 break;
@@ -771,6 +790,7 @@ impl Service {
                     node: sent.node.clone(),
                     addr: from,
                     request: Some((id, msg)),
+                    handshake: false,
                     deadline,
                 },
             );
@@ -786,6 +806,7 @@ impl Service {
         enr_seq: u64,
         to: SocketAddr,
         first: &(RequestId, Message),
+        deadline: Instant,
     ) -> Option<Session> {
         let node_id = node.node_id();
         let remote = crypto::k256_public(node.public_key()).ok()?;
@@ -817,7 +838,8 @@ impl Service {
                 node: node.clone(),
                 addr: to,
                 request: Some(first.clone()),
-                deadline: Instant::now() + self.config.request_timeout,
+                handshake: true,
+                deadline,
             },
         );
         self.send(&bytes, to).await;

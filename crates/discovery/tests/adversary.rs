@@ -623,3 +623,59 @@ async fn an_answer_of_the_wrong_kind_fails_the_node() {
     }
     cancel.cancel();
 }
+
+/// A node that answers our handshake with another WHOAREYOU gets no second handshake: the
+/// request fails at once. Before, each such challenge made us build and sign a new handshake
+/// (an ECDH and a signature each) with a fresh deadline, for as long as the node went on
+/// (found by review).
+#[tokio::test]
+async fn a_node_that_challenges_our_handshake_gets_no_second_one() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node = d.local_spr();
+    let peer = Peer::new().await;
+    let d2 = d.clone();
+    let target = peer.spr.clone();
+    let asked = tokio::spawn(async move { d2.ping(&target).await });
+    let challenge = |nonce: [u8; 12]| {
+        Packet::new(
+            PacketKind::WhoAreYou {
+                id_nonce: rand::random(),
+                enr_seq: 0,
+            },
+            nonce,
+        )
+        .encode(&node.node_id())
+        .unwrap()
+    };
+    let to = node.udp_addr().unwrap();
+    // The node has no session with us: random bytes first, which we challenge.
+    let first = peer.recv(REPLY_DEADLINE).await.expect("the first packet");
+    assert!(
+        matches!(first.kind, PacketKind::Message { .. }),
+        "{:?}",
+        first.kind
+    );
+    peer.sock
+        .send_to(&challenge(first.nonce), to)
+        .await
+        .unwrap();
+    // Its handshake, which we challenge too.
+    let hs = peer.recv(REPLY_DEADLINE).await.expect("the handshake");
+    assert!(
+        matches!(hs.kind, PacketKind::Handshake { .. }),
+        "{:?}",
+        hs.kind
+    );
+    peer.sock.send_to(&challenge(hs.nonce), to).await.unwrap();
+    // No second handshake, and the PING fails.
+    if let Some(p) = peer.recv(SILENCE).await {
+        panic!("the node sent another packet: {:?}", p.kind);
+    }
+    let answer = tokio::time::timeout(REPLY_DEADLINE, asked)
+        .await
+        .expect("the PING still waits")
+        .unwrap();
+    assert_eq!(answer, Err(RequestError::BadResponse));
+    cancel.cancel();
+}
