@@ -924,8 +924,16 @@ impl Service {
                 if let Some(p) = peer_id {
                     self.fixed_failed(p, &error.to_string());
                     // The book counted the attempt when the dial started; a peer failing often
-                    // enough becomes "bad" there and is evicted.
-                    self.book_dials.remove(&p);
+                    // enough becomes "bad" there and is evicted. Not for another peer's answer
+                    // or our own limits: those say nothing about this peer.
+                    if self.book_dials.remove(&p)
+                        && matches!(
+                            error,
+                            DialError::WrongPeerId { .. } | DialError::Denied { .. }
+                        )
+                    {
+                        self.book.forgive_attempt(&p);
+                    }
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {

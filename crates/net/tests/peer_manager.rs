@@ -566,16 +566,23 @@ async fn a_bad_address_from_a_third_party_does_not_cost_a_good_peer_its_entry() 
                 .book_entry(good)
                 .await
                 .unwrap()
-                .is_some_and(|e| e.attempts >= 1 && e.addrs.len() < 2);
+                .is_some_and(|e| e.last_attempt.is_some() && e.addrs.len() < 2);
             dialled || a.status().await.unwrap().book.banned > 0
         },
     )
     .await;
     let entry = a.book_entry(good).await.unwrap();
     assert_eq!(
-        entry.map(|e| e.addrs),
+        entry.as_ref().map(|e| e.addrs.clone()),
         Some(vec![good_addr]),
         "the good peer lost its entry, or kept the other node's address"
+    );
+    // Nor is the other node's answer counted as a failed attempt of the good peer: three of
+    // them made it "bad" (evicted, and kept out for an hour at its last address).
+    assert_eq!(
+        entry.map(|e| e.attempts),
+        Some(0),
+        "another peer's answer charged to the good peer"
     );
     assert_eq!(
         a.status().await.unwrap().book.banned,

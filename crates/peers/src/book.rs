@@ -448,6 +448,20 @@ impl AddrBook {
         true
     }
 
+    /// Takes back the attempt [`AddrBook::mark_attempt`] counted for a dial of `peer` that
+    /// failed for reasons that say nothing about the peer: another peer answered at one of
+    /// its addresses (which a third party may have given us), or our own limits refused the
+    /// dial. Counted, such failures made a good peer "bad" and evicted it (found by review).
+    /// The time of the attempt stays, so the dial is not retried at once. Returns `false` for
+    /// an unknown peer.
+    pub fn forgive_attempt(&mut self, peer: &PeerId) -> bool {
+        let Some(entry) = self.entries.get_mut(peer) else {
+            return false;
+        };
+        entry.attempts = entry.attempts.saturating_sub(1);
+        true
+    }
+
     /// Records a successful connection to `peer` on `addr` (the address we dialled and reached;
     /// a trailing `/p2p/<peer>` is ignored) and moves the peer to an old bucket (CometBFT
     /// `MarkGood`): attempts reset, last attempt and last success set to `now`. When that old
@@ -766,7 +780,18 @@ impl AddrBook {
     /// `calcOldBucket`, with the peer id where CometBFT hashes the `id@ip:port` string):
     /// `H(key, addr_group, H(key, peer) % 4) % 64`. One address group reaches at most
     /// [`OLD_BUCKETS_PER_GROUP`] buckets.
+    ///
+    /// Hosts that are each their own group (non-public addresses under
+    /// [`crate::Routability::AllowLocal`]) share the group [`NetGroup::Local`] here: one host
+    /// on the local network that can take many addresses (IPv6 unique-local ones, say) was
+    /// otherwise a new group for each, could fill every old bucket and push out the peers we
+    /// reached on the Internet (found by review). Local peers keep the
+    /// [`OLD_BUCKETS_PER_GROUP`] buckets of that group.
     pub(crate) fn old_bucket_for(&self, peer: &PeerId, addr_group: &NetGroup) -> usize {
+        let addr_group = match addr_group {
+            NetGroup::Host(_) => &NetGroup::Local,
+            g => g,
+        };
         let mut buf = Vec::with_capacity(64);
         buf.extend_from_slice(b"cairn-addrbook-old-1");
         buf.extend_from_slice(&peer.to_bytes());
@@ -1207,6 +1232,34 @@ pub(crate) mod tests {
             all_old.len() >= 60,
             "old placement spreads: {}",
             all_old.len()
+        );
+    }
+
+    /// Private hosts, each its own group under `AllowLocal`, share the old buckets of one
+    /// group: however many addresses a host on the local network takes, its peers land in
+    /// at most `OLD_BUCKETS_PER_GROUP` old buckets.
+    #[test]
+    fn private_hosts_share_one_groups_old_buckets() {
+        let book = book();
+        let buckets: BTreeSet<usize> = (0..2000u64)
+            .map(|i| {
+                let host = NetGroup::Host(format!("fd00::{i:x}"));
+                book.old_bucket_for(&peer(i), &host)
+            })
+            .collect();
+        assert!(
+            buckets.len() <= OLD_BUCKETS_PER_GROUP as usize,
+            "{} old buckets",
+            buckets.len()
+        );
+        // Public groups still spread over the old buckets.
+        let public: BTreeSet<usize> = (0..2000u64)
+            .map(|i| book.old_bucket_for(&peer(i), &NetGroup::Ip4([(i % 200) as u8 + 1, 7])))
+            .collect();
+        assert!(
+            public.len() > OLD_BUCKETS_PER_GROUP as usize * 4,
+            "{}",
+            public.len()
         );
     }
 

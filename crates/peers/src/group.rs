@@ -34,7 +34,7 @@ use std::{
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::params::MAX_MULTIADDR_LEN;
+use crate::params::{MAX_MULTIADDR_LEN, MAX_MULTIADDR_TEXT_LEN};
 
 /// Which addresses the book accepts. The default is [`Routability::AllowLocal`].
 ///
@@ -243,6 +243,12 @@ pub enum InvalidAddr {
     /// file keeps addresses as text, so such an address could not be read back.
     #[error("address does not survive its text form")]
     NoTextForm,
+    /// Its text form is longer than [`MAX_MULTIADDR_TEXT_LEN`] characters.
+    #[error("address is {len} characters long as text, more than {MAX_MULTIADDR_TEXT_LEN}")]
+    TextTooLong {
+        /// Its length in characters.
+        len: usize,
+    },
 }
 
 /// Checks that `addr` is a dialable address of `peer`, and returns it without a trailing
@@ -253,7 +259,11 @@ pub enum InvalidAddr {
 /// looked at closely, and the components after them come from peers in binary form.
 pub fn validate(addr: &Multiaddr, peer: &PeerId) -> Result<Multiaddr, InvalidAddr> {
     let addr = validate_shape(addr, peer)?;
-    if addr.to_string().parse::<Multiaddr>().ok().as_ref() != Some(&addr) {
+    let text = addr.to_string();
+    if text.len() > MAX_MULTIADDR_TEXT_LEN {
+        return Err(InvalidAddr::TextTooLong { len: text.len() });
+    }
+    if text.parse::<Multiaddr>().ok().as_ref() != Some(&addr) {
         return Err(InvalidAddr::NoTextForm);
     }
     Ok(addr)
@@ -308,6 +318,12 @@ fn check_ip(ip: IpAddr) -> Result<(), InvalidAddr> {
 }
 
 fn check_name(name: &str) -> Result<(), InvalidAddr> {
+    // An IP address written as a name would pass as a public host whatever it is
+    // (`/dns4/10.0.0.1`, `/dns/127.0.0.1`): resolvers answer such a name with the address itself
+    // (found by review). Addresses go in `/ip4` and `/ip6`, where they are judged.
+    if name.trim_end_matches('.').parse::<IpAddr>().is_ok() {
+        return Err(InvalidAddr::BadName);
+    }
     let ok = !name.is_empty()
         && name
             .bytes()
@@ -586,8 +602,20 @@ mod tests {
         ));
         assert_eq!(ok("/tcp/5"), Err(InvalidAddr::NoHost));
         assert_eq!(ok("/dns/a..b/tcp/5"), Err(InvalidAddr::BadName));
+        assert_eq!(ok("/dns4/10.0.0.1/tcp/5"), Err(InvalidAddr::BadName));
+        assert_eq!(ok("/dns/127.0.0.1./tcp/5"), Err(InvalidAddr::BadName));
+        assert!(ok("/dns4/10.0.0.1.example.org/tcp/5").is_ok());
         let long = format!("/dns/{}/tcp/5", "a".repeat(400));
         assert!(matches!(ok(&long), Err(InvalidAddr::TooLong { .. })));
+        // Short as bytes, long as text (the form the book file keeps): 253 bytes, over 1,000
+        // characters.
+        let padded = format!("/ip4/1.2.3.4/tcp/5{}", "/ip4/255.255.255.255".repeat(49));
+        let padded: Multiaddr = padded.parse().unwrap();
+        assert!(padded.len() <= MAX_MULTIADDR_LEN, "{}", padded.len());
+        assert!(matches!(
+            validate(&padded, &p),
+            Err(InvalidAddr::TextTooLong { .. })
+        ));
         // Binary forms that do not survive their text form, after the host and port.
         for tail in [Protocol::Dns("x/y".into()), Protocol::Dnsaddr("p/q".into())] {
             let odd = ma("/ip4/1.2.3.4/tcp/5").with(tail);

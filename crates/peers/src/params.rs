@@ -61,6 +61,13 @@ pub const MAX_ADDRS_PER_PEER: usize = 8;
 /// not an address a node would announce, and would only cost us memory.
 pub const MAX_MULTIADDR_LEN: usize = 320;
 
+/// Longest multiaddr accepted, in characters of its text form (the form the book file keeps).
+///
+/// The text form can be four times the binary one (`/ip4/255.255.255.255` is 20 characters for
+/// 5 bytes), so the binary limit alone let peers make the saved book too large to read back
+/// (found by review). A DNS name of up to 240 characters with its transport and port fits.
+pub const MAX_MULTIADDR_TEXT_LEN: usize = 256;
+
 /// Below this many peers the book asks for more (PEX requests). CometBFT `needAddressThreshold`
 /// (1000).
 pub const NEED_ADDRESS_THRESHOLD: usize = 1000;
@@ -126,6 +133,7 @@ pub const MAX_BANS: usize = 4096;
 /// Version of the file format written by [`crate::AddrBook::save`].
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Largest book file read. A full book (20 480 peers of 8 long addresses) is under 16 MiB of JSON;
-/// a larger file is not ours.
+/// Largest book file read or written. A full book (20 480 peers and 4 096 bans, each with 8
+/// addresses of at most [`MAX_MULTIADDR_TEXT_LEN`] characters) is about 61 MB of JSON; a larger
+/// file is not ours, and a book that would write one keeps the last file it saved instead.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;

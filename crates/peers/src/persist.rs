@@ -150,8 +150,14 @@ struct BanRecord {
 impl AddrBook {
     /// Writes the book to `path` atomically (temporary file in the same directory, fsync,
     /// rename, fsync of the directory). Creates the directory if needed.
+    /// A book whose file would be larger than [`MAX_FILE_BYTES`], which [`AddrBook::load`]
+    /// refuses, is not written ([`PersistError::TooLarge`]): the last file saved stays.
     pub fn save(&self, path: &Path) -> Result<(), PersistError> {
         let bytes = serde_json::to_vec_pretty(&self.to_file()).map_err(PersistError::Encode)?;
+        let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        if size > MAX_FILE_BYTES {
+            return Err(PersistError::TooLarge { size });
+        }
         write_atomic(path, &bytes)
     }
 
