@@ -53,6 +53,12 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most provider records one `find_providers` returns.
 pub const MAX_PROVIDERS_FOUND: usize = 256;
 
+/// Records of one node's answer (NODES or PROVIDERS, all its parts) that are decoded and
+/// checked; the rest are ignored. A NODES answer holds at most 16 and a PROVIDERS answer what
+/// fits a packet, but an answer may carry up to 8 parts of any number, and each record costs a
+/// signature check (found by review).
+pub const MAX_RECORDS_READ_PER_ANSWER: usize = 32;
+
 /// One node of the routing table, for `debug/info` (the reference's `table.nodes` entries).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -207,11 +213,18 @@ impl Discovery {
             .await?;
         let responder = node.node_id();
         let mut out: Vec<Spr> = Vec::new();
+        // Records looked at, whatever became of them: an answer has at most BUCKET_SIZE, and a
+        // node that sends more (up to 8 parts of 16) does not make us check every signature.
+        let mut examined = 0usize;
         for part in parts {
             let Message::Nodes { sprs, .. } = part else {
                 return Err(RequestError::BadResponse);
             };
             for bytes in sprs {
+                if examined >= MAX_RECORDS_READ_PER_ANSWER || out.len() >= BUCKET_SIZE {
+                    break;
+                }
+                examined += 1;
                 let Ok(spr) = self.shared.decode_record(&bytes) else {
                     continue;
                 };
@@ -404,15 +417,16 @@ impl Discovery {
                     break;
                 }
             };
-            for part in parts {
-                if let Message::Providers { providers, .. } = part {
-                    for s in providers
-                        .iter()
-                        .filter_map(|b| self.shared.decode_record(b).ok())
-                    {
-                        merge(&mut found, s);
-                    }
-                }
+            // At most MAX_RECORDS_READ_PER_ANSWER records of one node's answer are checked.
+            let records = parts.into_iter().flat_map(|part| match part {
+                Message::Providers { providers, .. } => providers,
+                _ => Vec::new(),
+            });
+            for s in records
+                .take(MAX_RECORDS_READ_PER_ANSWER)
+                .filter_map(|b| self.shared.decode_record(&b).ok())
+            {
+                merge(&mut found, s);
             }
         }
         if found.is_empty() {

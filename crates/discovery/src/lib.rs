@@ -22,6 +22,7 @@
 //! - [`records`]: a bounded cache of records already verified (a byte-identical copy skips the
 //!   signature check).
 //! - [`session`]: session keys per remote node, bounded.
+//! - [`limits`]: rate limits on the handshake work an unauthenticated packet causes.
 //! - [`service`]: the task owning the socket: handshakes, answering requests, matching
 //!   responses, timeouts.
 //! - [`handle`]: [`Discovery`], and the DHT operations built on single requests (lookup,
@@ -33,6 +34,7 @@
 
 pub mod handle;
 pub mod ids;
+pub mod limits;
 pub mod lookup;
 pub mod metrics;
 pub mod providers;

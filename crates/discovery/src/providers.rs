@@ -23,6 +23,8 @@
 //! * At most [`MAX_PROVIDERS_PER_KEY`] providers per key: a new provider for a full key drops
 //!   the one closest to expiry, that is the one stored or refreshed longest ago. With one TTL for
 //!   all records this is the reference's LRU order by last store.
+//! * At most [`MAX_PROVIDER_RECORDS`] records in all (not a reference limit): a new record when
+//!   that many are held drops the key whose newest record is the oldest, as below.
 //! * At most [`MAX_PROVIDER_KEYS`] keys: a new key when all are in use drops the key whose newest
 //!   record is the oldest. The reference's key LRU also counts reads (`get` moves a key to the
 //!   front); ours counts only stores, so a read does not need `&mut`, and a key nobody announces
@@ -44,6 +46,12 @@ pub const MAX_PROVIDERS_PER_KEY: usize = 200;
 
 /// Most content keys kept (reference `MaxProvidersEntries`, providers/cache.nim).
 pub const MAX_PROVIDER_KEYS: usize = 1000;
+
+/// Most records kept in all. The two limits above allow 200,000 records of up to about 2.5 KB
+/// each (a record with 16 addresses, decoded), half a gigabyte (found by review); this keeps
+/// the store to a few tens of megabytes. A new record when all are in use drops the key whose
+/// newest record is the oldest, as a new key does.
+pub const MAX_PROVIDER_RECORDS: usize = 20_000;
 
 /// What [`ProviderStore::add`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +95,9 @@ pub struct ProviderStore<R> {
     keys: HashMap<NodeId, KeyProviders<R>>,
     max_keys: usize,
     max_per_key: usize,
+    max_records: usize,
+    /// Records held (expired ones not yet removed included).
+    records: usize,
     ttl: Duration,
 }
 
@@ -109,8 +120,16 @@ impl<R: Clone> ProviderStore<R> {
             keys: HashMap::new(),
             max_keys: max_keys.max(1),
             max_per_key: max_per_key.max(1),
+            max_records: MAX_PROVIDER_RECORDS,
+            records: 0,
             ttl,
         }
+    }
+
+    /// The same store with at most `max_records` records in all (at least one).
+    pub fn with_max_records(mut self, max_records: usize) -> Self {
+        self.max_records = max_records.max(1);
+        self
     }
 
     /// Stores `provider`'s record (sequence number `seq`) for content `key`, received at `now`
@@ -125,6 +144,15 @@ impl<R: Clone> ProviderStore<R> {
     ) -> AddOutcome {
         let ttl = self.ttl;
         if !self.keys.contains_key(&key) && self.keys.len() >= self.max_keys {
+            self.drop_oldest_key();
+        }
+        let known = self
+            .keys
+            .get(&key)
+            .is_some_and(|k| k.providers.contains_key(&provider));
+        // Room for a new record: whole keys go, oldest first (a key is never left empty, so
+        // each round frees at least one record).
+        while !known && self.records >= self.max_records && !self.keys.is_empty() {
             self.drop_oldest_key();
         }
         let entry = self.keys.entry(key).or_insert_with(|| KeyProviders {
@@ -157,10 +185,13 @@ impl<R: Clone> ProviderStore<R> {
                 .iter()
                 .min_by_key(|(_, s)| s.stored)
                 .map(|(p, _)| *p);
-            if let Some(p) = oldest {
-                entry.providers.remove(&p);
+            if let Some(p) = oldest
+                && entry.providers.remove(&p).is_some()
+            {
+                self.records -= 1;
             }
         }
+        self.records += 1;
         entry.providers.insert(
             provider,
             Stored {
@@ -180,8 +211,10 @@ impl<R: Clone> ProviderStore<R> {
             .iter()
             .min_by_key(|(_, k)| k.newest)
             .map(|(key, _)| *key);
-        if let Some(key) = oldest {
-            self.keys.remove(&key);
+        if let Some(key) = oldest
+            && let Some(k) = self.keys.remove(&key)
+        {
+            self.records -= k.providers.len();
         }
     }
 
@@ -209,12 +242,13 @@ impl<R: Clone> ProviderStore<R> {
             removed += before - k.providers.len();
             !k.providers.is_empty()
         });
+        self.records -= removed;
         removed
     }
 
     /// Records held, expired ones not yet removed by [`ProviderStore::expire`] included.
     pub fn len(&self) -> usize {
-        self.keys.values().map(|k| k.providers.len()).sum()
+        self.records
     }
 
     /// No record held.
@@ -399,6 +433,33 @@ mod tests {
         }
         assert_eq!(s.keys(), MAX_PROVIDER_KEYS);
         assert!(s.get(&NodeId([0; 32]), t0 + 2000 * SEC).is_empty());
+    }
+
+    #[test]
+    fn records_in_all_are_bounded() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::with_limits(100, 10, PROVIDER_TTL).with_max_records(25);
+        // Ten keys of five records, one key per second.
+        for k in 0..10u8 {
+            for _ in 0..5 {
+                s.add(key(k), PeerId::random(), 1, k, t0 + u32::from(k) * SEC);
+            }
+        }
+        assert!(s.len() <= 25, "{}", s.len());
+        assert_eq!(s.len(), s.keys() * 5, "whole keys went");
+        // The oldest keys went; the newest are all there.
+        assert!(s.get(&key(0), t0 + 10 * SEC).is_empty());
+        assert_eq!(s.get(&key(9), t0 + 10 * SEC).len(), 5);
+        // A known provider refreshing its record takes no room.
+        let p = PeerId::random();
+        s.add(key(9), p, 1, 9, t0 + 11 * SEC);
+        let before = s.keys();
+        assert_eq!(s.add(key(9), p, 2, 9, t0 + 12 * SEC), AddOutcome::Updated);
+        assert_eq!(s.keys(), before);
+        // Expiry keeps the count right.
+        s.expire(t0 + 30 * SEC + PROVIDER_TTL);
+        assert_eq!(s.len(), 0);
+        assert!(s.is_empty());
     }
 
     #[test]

@@ -45,19 +45,35 @@ impl VerifiedRecords {
 
     /// Decodes and verifies `bytes`, or returns the record a byte-identical copy verified to.
     pub fn decode(&mut self, bytes: &[u8]) -> Result<Spr, SprError> {
-        if let Some(spr) = self.map.get(bytes) {
-            self.hits += 1;
-            return Ok(spr.clone());
+        if let Some(spr) = self.lookup(bytes) {
+            return Ok(spr);
         }
         let spr = Spr::decode(bytes)?;
+        self.insert(bytes, spr.clone());
+        Ok(spr)
+    }
+
+    /// The record a byte-identical copy of `bytes` verified to, if one did.
+    pub fn lookup(&mut self, bytes: &[u8]) -> Option<Spr> {
+        let spr = self.map.get(bytes)?.clone();
+        self.hits += 1;
+        Some(spr)
+    }
+
+    /// Remembers that `bytes` verified to `spr` (which the caller checked with
+    /// [`Spr::decode`]): the check runs outside the cache's lock, so a lookup and the service
+    /// task do not queue behind another's signature checks.
+    pub fn insert(&mut self, bytes: &[u8], spr: Spr) {
+        if self.map.contains_key(bytes) {
+            return;
+        }
         if self.order.len() >= self.cap
             && let Some(old) = self.order.pop_front()
         {
             self.map.remove(&old);
         }
         self.order.push_back(bytes.to_vec());
-        self.map.insert(bytes.to_vec(), spr.clone());
-        Ok(spr)
+        self.map.insert(bytes.to_vec(), spr);
     }
 
     /// Records held.

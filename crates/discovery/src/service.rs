@@ -240,7 +240,13 @@ impl Shared {
     /// Decodes and verifies a record of another node, skipping the signature check for a
     /// byte-identical copy of one already verified.
     pub(crate) fn decode_record(&self, bytes: &[u8]) -> Result<Spr, crate::spr::SprError> {
-        self.verified.lock().decode(bytes)
+        if let Some(spr) = self.verified.lock().lookup(bytes) {
+            return Ok(spr);
+        }
+        // The signature check (~50 µs) runs without the lock held.
+        let spr = Spr::decode(bytes)?;
+        self.verified.lock().insert(bytes, spr.clone());
+        Ok(spr)
     }
 
     pub(crate) fn local_records(&self) -> LocalRecords {
@@ -350,6 +356,8 @@ struct Service {
     config: DiscoveryConfig,
     sessions: Sessions,
     handshakes: HashMap<(NodeId, SocketAddr), HandshakeOut>,
+    /// Budgets for the WHOAREYOUs we send ([`crate::limits`]).
+    limiter: crate::limits::ChallengeLimiter,
     sent: HashMap<Nonce, SentPacket>,
     challenges: HashMap<(NodeId, SocketAddr), Challenge>,
     pending: HashMap<RequestId, Pending>,
@@ -415,6 +423,7 @@ pub(crate) async fn start(
         config,
         sessions: Sessions::default(),
         handshakes: HashMap::new(),
+        limiter: crate::limits::ChallengeLimiter::new(Instant::now()),
         sent: HashMap::new(),
         challenges: HashMap::new(),
         pending: HashMap::new(),
@@ -701,6 +710,10 @@ impl Service {
         if let Some(c) = self.challenges.get(&(src, from))
             && now.saturating_duration_since(c.created) < self.config.handshake_timeout
         {
+            return;
+        }
+        if !self.limiter.allow(from.ip(), now) {
+            trace!(%from, "challenge budget spent; packet dropped");
             return;
         }
         let enr_seq = self.shared.table.lock().get(&src).map_or(0, |e| e.seq);
@@ -1003,6 +1016,14 @@ impl Service {
             }
             Message::AddProvider { content, provider } => {
                 match self.shared.decode_record(&provider) {
+                    // A node announces itself (the reference's `addProvider` sends the node's
+                    // own record, signed with the key of its node id). A record of someone
+                    // else is refused: anyone could otherwise replay a node's signed record
+                    // under any content and send downloaders to dial it, or fill our store
+                    // with throwaway identities over one session (found by review).
+                    Ok(record) if record.node_id() != src => {
+                        debug!(%from, "provider record is not the sender's; not stored");
+                    }
                     Ok(record) => {
                         let peer = record.peer_id();
                         let seq = record.seq();
@@ -1047,8 +1068,9 @@ impl Service {
         }
     }
 
-    /// Answers a FINDNODE(FAST) with `sprs` split into NODES messages of
-    /// [`NODES_PER_MESSAGE`]; an empty answer is one message with `total = 1`.
+    /// Answers a FINDNODE(FAST) with `sprs` split into NODES messages of at most
+    /// [`NODES_PER_MESSAGE`] that each fit a packet; an empty answer is one message with
+    /// `total = 1`.
     async fn send_nodes(
         &mut self,
         src: &NodeId,
@@ -1064,10 +1086,37 @@ impl Service {
             self.respond(src, from, id, &msg).await;
             return;
         }
-        let chunks: Vec<Vec<Vec<u8>>> = sprs
-            .chunks(NODES_PER_MESSAGE)
-            .map(<[Vec<u8>]>::to_vec)
-            .collect();
+        // At most NODES_PER_MESSAGE records a message, as the reference, and no more than fit
+        // one packet: records in our table can be 1 KiB each, and three of them made packets of
+        // 3 KB (found by review). A record too large for a packet alone is left out, and so
+        // are records past MAX_RESPONSE_PARTS messages (a receiver drops those parts).
+        let budget = MAX_PACKET_SIZE - PACKET_OVERHEAD - PROVIDERS_FRAMING;
+        let mut chunks: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut size = 0usize;
+        for spr in sprs {
+            let len = spr.len() + RECORD_FRAMING;
+            if len > budget {
+                continue;
+            }
+            let fits = chunks
+                .last()
+                .is_some_and(|c| c.len() < NODES_PER_MESSAGE && size + len <= budget);
+            if fits {
+                if let Some(c) = chunks.last_mut() {
+                    c.push(spr);
+                    size += len;
+                }
+            } else {
+                if chunks.len() >= MAX_RESPONSE_PARTS as usize {
+                    break;
+                }
+                chunks.push(vec![spr]);
+                size = len;
+            }
+        }
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
         let total = u32::try_from(chunks.len()).unwrap_or(u32::MAX);
         for chunk in chunks {
             let msg = Message::Nodes { total, sprs: chunk };

@@ -13,7 +13,7 @@ use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::NodeId;
+use crate::{NodeId, limits::MAX_SESSIONS_PER_IP};
 
 /// Most sessions kept at once. A session costs about 100 bytes; the reference keeps an LRU
 /// cache of the same order. Far above the routing table's 256 × 16 useful peers in practice.
@@ -79,6 +79,16 @@ impl Sessions {
         if let Some(old) = self.map.get(&(id, addr)) {
             session.previous_read_key = Some(old.read_key);
         }
+        // One host (loopback aside) keeps at most MAX_SESSIONS_PER_IP: made-up node ids from
+        // one address cannot push everyone else's sessions out (found by review).
+        if !addr.ip().is_loopback() && !self.map.contains_key(&(id, addr)) {
+            let same_host = self.map.iter().filter(|((_, a), _)| a.ip() == addr.ip());
+            if same_host.clone().count() >= MAX_SESSIONS_PER_IP
+                && let Some(oldest) = same_host.min_by_key(|(_, s)| s.last_used).map(|(k, _)| *k)
+            {
+                self.map.remove(&oldest);
+            }
+        }
         if self.map.len() >= MAX_SESSIONS
             && !self.map.contains_key(&(id, addr))
             && let Some(oldest) = self
@@ -114,6 +124,40 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn one_host_keeps_a_bounded_number_of_sessions() {
+        let now = Instant::now();
+        let mut s = Sessions::default();
+        let host = |port| SocketAddr::from(([192, 0, 2, 7], port));
+        for port in 0..(MAX_SESSIONS_PER_IP as u16 * 3) {
+            s.insert(
+                NodeId::random(),
+                host(port),
+                Session::new([1; 16], [2; 16], now),
+            );
+        }
+        assert_eq!(s.len(), MAX_SESSIONS_PER_IP);
+        // Others are not pushed out by it; loopback is not bounded.
+        let other = NodeId::random();
+        s.insert(
+            other,
+            SocketAddr::from(([192, 0, 2, 8], 1)),
+            Session::new([1; 16], [2; 16], now),
+        );
+        for port in 0..(MAX_SESSIONS_PER_IP as u16 * 2) {
+            s.insert(
+                NodeId::random(),
+                addr(port),
+                Session::new([1; 16], [2; 16], now),
+            );
+        }
+        assert_eq!(s.len(), MAX_SESSIONS_PER_IP * 3 + 1);
+        assert!(
+            s.get(&other, SocketAddr::from(([192, 0, 2, 8], 1)), now)
+                .is_some()
+        );
     }
 
     #[test]

@@ -291,16 +291,21 @@ async fn a_providers_answer_fits_one_packet() {
     let (keys, reply) = peer.ping_with_handshake(&node_spr, Fault::None).await;
     assert!(matches!(reply, Some(Message::Pong { .. })));
     let content = NodeId::from_cid_bytes(b"many providers");
+    // Thirty providers, each announcing itself over its own session (a record of someone else
+    // is not stored: see `a_provider_record_of_someone_else_is_not_stored`).
     for i in 0..30u16 {
-        let key = Keypair::generate_secp256k1();
+        let provider = Peer::new().await;
+        let (pkeys, _) = provider.ping_with_handshake(&node_spr, Fault::None).await;
         let addr = format!("/ip4/127.0.0.1/tcp/{}", 4000 + i).parse().unwrap();
-        let record = Spr::sign(&key, 1, vec![addr]).unwrap();
+        let record = Spr::sign(&provider.key, 2, vec![addr]).unwrap();
         let add = Message::AddProvider {
             content,
             provider: record.encoded().to_vec(),
         };
         // ADDPROVIDER has no answer.
-        peer.request(&node_spr, &keys, &add, Duration::ZERO).await;
+        provider
+            .request(&node_spr, &pkeys, &add, Duration::ZERO)
+            .await;
     }
     // The records land in the order sent; ask until the answer holds some (bounded tries).
     let mut got = None;
@@ -677,5 +682,111 @@ async fn a_node_that_challenges_our_handshake_gets_no_second_one() {
         .expect("the PING still waits")
         .unwrap();
     assert_eq!(answer, Err(RequestError::BadResponse));
+    cancel.cancel();
+}
+
+/// A provider record is stored only from the node it names: anyone could otherwise replay a
+/// node's signed record under any content (sending downloaders to dial it), or fill the store
+/// with throwaway identities over one session. The reference's nodes only ever announce
+/// their own record (dht-verified.md: the node's ADD_PROVIDER carries its own key).
+#[tokio::test]
+async fn a_provider_record_of_someone_else_is_not_stored() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node_spr = d.local_spr();
+    let peer = Peer::new().await;
+    let (keys, reply) = peer.ping_with_handshake(&node_spr, Fault::None).await;
+    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let content = NodeId::from_cid_bytes(b"someone else's content");
+    let addr: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/4000".parse().unwrap();
+    let someone = Keypair::generate_secp256k1();
+    let theirs = Spr::sign(&someone, 1, vec![addr.clone()]).unwrap();
+    let add = |record: &Spr| Message::AddProvider {
+        content,
+        provider: record.encoded().to_vec(),
+    };
+    peer.request(&node_spr, &keys, &add(&theirs), Duration::ZERO)
+        .await;
+    // Its own record, sent after, is stored: once it is answered, the other was not.
+    let own = Spr::sign(&peer.key, 2, vec![addr]).unwrap();
+    peer.request(&node_spr, &keys, &add(&own), Duration::ZERO)
+        .await;
+    let mut answered = Vec::new();
+    for _ in 0..20 {
+        answered = peer.providers_of(&node_spr, &keys, content).await;
+        if !answered.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(
+        answered,
+        vec![own.peer_id()],
+        "only the sender's own record"
+    );
+    cancel.cancel();
+}
+
+/// A FINDNODE answer is cut so that each NODES packet fits 1280 bytes, whatever the records in
+/// the table weigh: three records of about 1 KiB in one message made 3 KB packets (found by
+/// review). Every record still arrives, in more messages.
+#[tokio::test]
+async fn a_nodes_answer_fits_packets_whatever_its_records_weigh() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node_spr = d.local_spr();
+    let mut heavy = Vec::new();
+    for _ in 0..4 {
+        let mut p = Peer::new().await;
+        let mut addrs = vec![udp_multiaddr(p.sock.local_addr().unwrap())];
+        for port in 0..12u16 {
+            let name = format!("/dns4/{}.example.org/tcp/{}", "n".repeat(48), 5000 + port);
+            addrs.push(name.parse().unwrap());
+        }
+        p.spr = Spr::sign(&p.key, 1, addrs).unwrap();
+        assert!(p.spr.encoded().len() > 700, "{}", p.spr.encoded().len());
+        let (_, reply) = p.ping_with_handshake(&node_spr, Fault::None).await;
+        assert!(matches!(reply, Some(Message::Pong { .. })));
+        assert!(in_table(&d, &p.id));
+        heavy.push(p);
+    }
+    let asker = Peer::new().await;
+    let (keys, _) = asker.ping_with_handshake(&node_spr, Fault::None).await;
+    let mut distances: Vec<u16> = heavy
+        .iter()
+        .map(|p| p.id.log_distance(&node_spr.node_id()))
+        .collect();
+    distances.sort_unstable();
+    distances.dedup();
+    let first = asker
+        .request(
+            &node_spr,
+            &keys,
+            &Message::FindNode { distances },
+            REPLY_DEADLINE,
+        )
+        .await
+        .expect("a NODES answer");
+    let mut raws = vec![first];
+    let mut buf = vec![0u8; 65536];
+    while let Ok(Ok((n, _))) = tokio::time::timeout(SILENCE, asker.sock.recv_from(&mut buf)).await {
+        raws.push(buf[..n].to_vec());
+    }
+    let mut found = Vec::new();
+    for raw in &raws {
+        assert!(
+            raw.len() <= cairn_discovery::wire::packet::MAX_PACKET_SIZE,
+            "a packet of {} bytes",
+            raw.len()
+        );
+        let p = Packet::decode(&asker.id, raw).unwrap();
+        let ad = p.authenticated_data().unwrap();
+        let pt = crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad).unwrap();
+        if let (_, Message::Nodes { sprs, .. }) = Message::decode(&pt).unwrap() {
+            found.extend(sprs.iter().map(|r| Spr::decode(r).unwrap().node_id()));
+        }
+    }
+    for p in &heavy {
+        assert!(found.contains(&p.id), "a record left out: {found:?}");
+    }
     cancel.cancel();
 }
