@@ -130,6 +130,11 @@ pub const DEFAULT_BAN: Duration = Duration::from_secs(24 * 60 * 60);
 /// own score still refuses a peer that keeps misbehaving.
 pub const MAX_BANS: usize = 4096;
 
+/// Longest ban a loaded book keeps, from the time it is loaded. Bans are saved as wall-clock end
+/// times, so one made while the clock was far ahead would otherwise last for years once the
+/// clock is put right (found by review). The node's own bans are far shorter ([`DEFAULT_BAN`]).
+pub const MAX_LOADED_BAN: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// Version of the file format written by [`crate::AddrBook::save`].
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -37,8 +37,8 @@ use crate::{
     error::PersistError,
     group::{NetGroup, Routability, is_public, validate},
     params::{
-        FORMAT_VERSION, MAX_ADDRS_PER_PEER, MAX_BANS, MAX_FILE_BYTES, MAX_NEW_BUCKETS_PER_PEER,
-        NEW_BUCKET_SIZE, OLD_BUCKET_SIZE,
+        FORMAT_VERSION, MAX_ADDRS_PER_PEER, MAX_BANS, MAX_FILE_BYTES, MAX_LOADED_BAN,
+        MAX_NEW_BUCKETS_PER_PEER, NEW_BUCKET_SIZE, OLD_BUCKET_SIZE,
     },
 };
 
@@ -164,11 +164,12 @@ impl AddrBook {
     /// Reads the book at `path`. Never fails: a missing file gives an empty book, and an
     /// unusable one is moved aside to `<name>.corrupt-<now>` with a `tracing` warning and gives
     /// an empty book (with a fresh key); the outcome says which happened. `now` is the current
-    /// Unix time, used only to name that file.
+    /// Unix time: it names that file, and no ban loaded ends later than [`MAX_LOADED_BAN`]
+    /// after it.
     pub fn load(path: &Path, config: Config, now: u64) -> (AddrBook, LoadOutcome) {
         let error = match read_file(path) {
             Ok(None) => return (AddrBook::new(config), LoadOutcome::NotFound),
-            Ok(Some(bytes)) => match decode(&bytes, config.clone()) {
+            Ok(Some(bytes)) => match decode(&bytes, config.clone(), now) {
                 Ok((book, counts)) => {
                     if counts.bad_records > 0 || counts.bad_addrs > 0 {
                         tracing::warn!(
@@ -322,7 +323,7 @@ struct Counts {
     bad_addrs: usize,
 }
 
-fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, Counts), PersistError> {
+fn decode(bytes: &[u8], config: Config, now: u64) -> Result<(AddrBook, Counts), PersistError> {
     let probe: VersionProbe = serde_json::from_slice(bytes).map_err(PersistError::Decode)?;
     if probe.version != FORMAT_VERSION {
         return Err(PersistError::WrongVersion {
@@ -421,7 +422,9 @@ fn decode(bytes: &[u8], config: Config) -> Result<(AddrBook, Counts), PersistErr
         book.bans.insert(
             peer,
             Ban {
-                until: record.until,
+                until: record
+                    .until
+                    .min(now.saturating_add(MAX_LOADED_BAN.as_secs())),
                 entry,
             },
         );
@@ -663,6 +666,25 @@ mod tests {
         assert!(snapshot(&reloaded) == snapshot(&original));
         assert_eq!(fs::read(&path).unwrap(), first);
         assert_eq!(files_in(dir.path()), ["addrbook.json"]);
+    }
+
+    /// A ban saved with an end far ahead (the clock was wrong when it was made) is cut to
+    /// [`MAX_LOADED_BAN`] from the load.
+    #[test]
+    fn bans_far_ahead_are_cut_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        let mut book = AddrBook::new(Config::new(local_id()));
+        book.ban(peer(5), u64::MAX / 2);
+        book.ban(peer(6), 1_000 + 60);
+        book.save(&path).unwrap();
+        let (loaded, _) = AddrBook::load(&path, Config::new(local_id()), 1_000);
+        let cut = 1_000 + MAX_LOADED_BAN.as_secs();
+        assert!(loaded.is_banned(&peer(5), cut - 1));
+        assert!(!loaded.is_banned(&peer(5), cut), "a ban for years");
+        // A short ban stays as it was.
+        assert!(loaded.is_banned(&peer(6), 1_059));
+        assert!(!loaded.is_banned(&peer(6), 1_060));
     }
 
     #[test]
