@@ -423,8 +423,33 @@ impl Service {
         }
     }
 
-    /// Writes the address book to its file, if it has one.
+    /// Writes the address book to its file, if it has one: encoded here, written (with its
+    /// fsyncs) on a blocking thread, so the swarm's events do not wait for the disk (found by
+    /// review: a large book stalled the network task at every save). A save while the last
+    /// write is still under way is skipped; the next one comes at the next due time.
     pub(crate) fn save_book(&mut self) {
+        if self.book_write.as_ref().is_some_and(|w| !w.is_finished()) {
+            return;
+        }
+        self.last_book_save = Instant::now();
+        self.book_empty_when_saved = self.book.is_empty();
+        let Some(path) = self.book_path.clone() else {
+            return;
+        };
+        match self.book.encode_file() {
+            Ok(bytes) => {
+                self.book_write = Some(tokio::task::spawn_blocking(move || {
+                    if let Err(e) = cairn_peers::persist::write_book_file(&path, &bytes) {
+                        warn!(path = %path.display(), error = %e, "cannot save the address book");
+                    }
+                }));
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot save the address book"),
+        }
+    }
+
+    /// Writes the address book to its file now, on this thread (when the task stops).
+    pub(crate) fn save_book_now(&mut self) {
         self.last_book_save = Instant::now();
         self.book_empty_when_saved = self.book.is_empty();
         if let Some(path) = &self.book_path

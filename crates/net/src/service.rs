@@ -394,6 +394,9 @@ pub(crate) struct Service {
     /// Whether the book was empty when it was last saved or loaded (see
     /// [`crate::manager::book_save_due`]).
     pub(crate) book_empty_when_saved: bool,
+    /// The book file being written on a blocking thread, if a write is under way
+    /// ([`Service::save_book`]).
+    pub(crate) book_write: Option<tokio::task::JoinHandle<()>>,
     pub(crate) outbound_target: usize,
     max_inbound: u32,
     max_peers: u32,
@@ -569,6 +572,7 @@ pub async fn start(
         book_path: config.book_path.clone(),
         last_book_save: Instant::now(),
         book_empty_when_saved,
+        book_write: None,
         outbound_target: config.outbound_target,
         max_inbound: config.max_inbound,
         max_peers: config.max_peers,
@@ -631,7 +635,12 @@ impl Service {
                 _ = housekeeping.tick() => self.housekeeping(),
             }
         }
-        self.save_book();
+        // The last save waits for a write under way, then writes here: nothing is left
+        // half done when the task ends.
+        if let Some(write) = self.book_write.take() {
+            let _ = write.await;
+        }
+        self.save_book_now();
         debug!("network task stopped");
     }
 

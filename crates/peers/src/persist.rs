@@ -153,12 +153,18 @@ impl AddrBook {
     /// A book whose file would be larger than [`MAX_FILE_BYTES`], which [`AddrBook::load`]
     /// refuses, is not written ([`PersistError::TooLarge`]): the last file saved stays.
     pub fn save(&self, path: &Path) -> Result<(), PersistError> {
+        write_book_file(path, &self.encode_file()?)
+    }
+
+    /// The bytes [`AddrBook::save`] writes, for a caller that writes them elsewhere (off its
+    /// event loop) with [`write_book_file`]; [`PersistError::TooLarge`] as there.
+    pub fn encode_file(&self) -> Result<Vec<u8>, PersistError> {
         let bytes = serde_json::to_vec_pretty(&self.to_file()).map_err(PersistError::Encode)?;
         let size = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
         if size > MAX_FILE_BYTES {
             return Err(PersistError::TooLarge { size });
         }
-        write_atomic(path, &bytes)
+        Ok(bytes)
     }
 
     /// Reads the book at `path`. Never fails: a missing file gives an empty book, and an
@@ -455,6 +461,13 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, PersistError> {
         return Err(PersistError::TooLarge { size });
     }
     Ok(Some(bytes))
+}
+
+/// Writes `bytes` ([`AddrBook::encode_file`]) as the book file at `path`, atomically
+/// (temporary file in the same directory, fsync, rename, fsync of the directory). Blocking:
+/// one write at a time per path.
+pub fn write_book_file(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
+    write_atomic(path, bytes)
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
