@@ -178,20 +178,50 @@ pub(crate) const UPLOAD_IDLE_TIMEOUT: std::time::Duration = std::time::Duration:
 #[error("no body bytes for {} s", .0.as_secs())]
 pub(crate) struct UploadIdle(pub(crate) std::time::Duration);
 
-/// `body`'s data, ending with [`UploadIdle`] when nothing arrives for `idle`.
+/// The rest of an upload's body: if the upload stops reading it before its end (the store
+/// refused a block: quota, a full disk), it is read and dropped in a task of its own when this
+/// goes, as [`refuse`] does, so that the client reads the answer instead of a reset connection
+/// (found by review: `cairn upload -` from a pipe that ran over the quota said "broken pipe").
+struct RestOfBody(Option<axum::body::BodyDataStream>);
+
+impl Drop for RestOfBody {
+    fn drop(&mut self) {
+        if let Some(rest) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(drain_stream(rest));
+        }
+    }
+}
+
+/// `body`'s data, ending with [`UploadIdle`] when nothing arrives for `idle`. Dropped before
+/// its end, the rest of the body is drained ([`RestOfBody`]).
 fn idle_limited(
     body: Body,
     idle: std::time::Duration,
 ) -> impl futures::Stream<Item = Result<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>> + Send
 {
     use futures::StreamExt as _;
-    futures::stream::unfold(Some(body.into_data_stream()), move |state| async move {
-        let mut body = state?;
-        match tokio::time::timeout(idle, body.next()).await {
-            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(body))),
-            Ok(Some(Err(e))) => Some((Err(e.into()), None)),
-            Ok(None) => None,
-            Err(_) => Some((Err(UploadIdle(idle).into()), None)),
+    let rest = RestOfBody(Some(body.into_data_stream()));
+    futures::stream::unfold(Some(rest), move |state| async move {
+        let mut rest = state?;
+        let body = rest.0.as_mut()?;
+        let next = tokio::time::timeout(idle, body.next()).await;
+        match next {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(rest))),
+            // Ended, failed or gone quiet: nothing more to read.
+            Ok(Some(Err(e))) => {
+                rest.0 = None;
+                Some((Err(e.into()), None))
+            }
+            Ok(None) => {
+                rest.0 = None;
+                None
+            }
+            Err(_) => {
+                rest.0 = None;
+                Some((Err(UploadIdle(idle).into()), None))
+            }
         }
     })
 }
@@ -267,8 +297,12 @@ fn expects_continue(headers: &HeaderMap) -> bool {
 /// Reads and drops `body` to its end (or its first error), for at most
 /// [`REFUSED_UPLOAD_DRAIN_TIME`].
 async fn drain(body: Body) {
+    drain_stream(body.into_data_stream()).await;
+}
+
+/// [`drain`] for a body already being read.
+async fn drain_stream(mut stream: axum::body::BodyDataStream) {
     use futures::StreamExt as _;
-    let mut stream = body.into_data_stream();
     let _ = tokio::time::timeout(REFUSED_UPLOAD_DRAIN_TIME, async {
         while let Some(Ok(_)) = stream.next().await {}
     })
@@ -631,6 +665,76 @@ mod tests {
         let (s, _, _) = call(&app, req).await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(store.space().unwrap().quota_reserved_bytes, 0);
+    }
+
+    /// An upload without a length that runs over the quota part-way is answered `507`, and the
+    /// rest of its body is then read (and dropped): a client still sending reads the answer
+    /// instead of a reset connection (found by review: only uploads refused up front were
+    /// drained).
+    #[tokio::test]
+    async fn an_upload_that_runs_over_the_quota_is_answered_and_its_body_read_after() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        };
+        use tokio::sync::Notify;
+        const CHUNK: usize = 64 * 1024;
+        /// Sent before the answer: more than the quota.
+        const BEFORE: usize = 8;
+        const CHUNKS: usize = 64;
+        let store = Store::in_memory(StoreConfig {
+            quota_bytes: 4 * CHUNK as u64,
+            ..StoreConfig::default()
+        })
+        .unwrap();
+        let app = router(Node::new(store.clone(), NodeConfig::default()));
+        let read = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(Notify::new());
+        let ended = Arc::new(Notify::new());
+        let body = {
+            let (read, answered, ended) = (read.clone(), answered.clone(), ended.clone());
+            futures::stream::unfold(0usize, move |i| {
+                let (read, answered, ended) = (read.clone(), answered.clone(), ended.clone());
+                async move {
+                    if i == BEFORE {
+                        answered.notified().await;
+                    }
+                    if i == CHUNKS {
+                        ended.notify_one();
+                        return None;
+                    }
+                    read.fetch_add(1, Ordering::SeqCst);
+                    Some((
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![i as u8; CHUNK])),
+                        i + 1,
+                    ))
+                }
+            })
+        };
+        let req = Request::post(format!("{API_BASE}/data"))
+            .body(Body::from_stream(body))
+            .unwrap();
+        let (s, _, text) = tokio::time::timeout(WAIT, call(&app, req))
+            .await
+            .expect("no answer");
+        assert_eq!(
+            s,
+            StatusCode::INSUFFICIENT_STORAGE,
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        answered.notify_one();
+        tokio::time::timeout(WAIT, ended.notified())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the rest of the body was not read after the answer ({} chunks read)",
+                    read.load(Ordering::SeqCst)
+                )
+            });
+        assert_eq!(read.load(Ordering::SeqCst), CHUNKS);
+        let space = store.space().unwrap();
+        assert_eq!((space.quota_used_bytes, space.quota_reserved_bytes), (0, 0));
     }
 
     /// A dataset only partly stored here (a download stopped, or fetched a range) is a 404

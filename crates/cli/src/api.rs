@@ -59,6 +59,19 @@ pub(crate) fn parse_api_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
+/// Whether `url` names this machine: a loopback address, `localhost` or a `*.localhost` name.
+fn is_local(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback();
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
 /// A client of one node's REST API.
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
@@ -69,10 +82,15 @@ pub(crate) struct Api {
 impl Api {
     /// A client of the node at `root` (as `--api` gives it, without the API base).
     pub(crate) fn new(root: Url) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .context("cannot set up the HTTP client")?;
+        let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        // A node on this machine is reached directly, whatever `http_proxy` says: a proxy
+        // would carry the data (and answer with its own errors) for a connection that never
+        // leaves the host (found by review). A remote node still goes through the proxy the
+        // environment names.
+        if is_local(&root) {
+            builder = builder.no_proxy();
+        }
+        let http = builder.build().context("cannot set up the HTTP client")?;
         Ok(Api { root, http })
     }
 
@@ -457,6 +475,24 @@ fn non_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn local_nodes_are_known() {
+        for (url, local) in [
+            ("http://127.0.0.1:8080", true),
+            ("http://127.9.0.1", true),
+            ("http://[::1]:8080", true),
+            ("http://localhost:8080", true),
+            ("http://Node.Localhost.", true),
+            ("http://10.0.0.1:8080", false),
+            ("http://[::2]:8080", false),
+            ("http://example.org", false),
+            ("http://localhost.example.org", false),
+        ] {
+            let parsed = reqwest::Url::parse(url).unwrap();
+            assert_eq!(super::is_local(&parsed), local, "{url}");
+        }
+    }
+
     use super::*;
 
     #[test]

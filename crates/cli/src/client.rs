@@ -609,6 +609,23 @@ pub(crate) async fn download(
             eprintln!("{text}");
         }
     };
+    // A symlink to a regular file: that file is written the usual way (`FILE.part`, then
+    // renamed over it), and the link stays. Before, the file was emptied and written in place
+    // before the node was even asked, so a wrong CID or a node that was down wiped it (found by
+    // review).
+    let resolved;
+    let path = match lstat(path).await? {
+        Some(m) if named == Named::ByUser && m.file_type().is_symlink() => {
+            match tokio::fs::canonicalize(path).await {
+                Ok(real) if tokio::fs::metadata(&real).await.is_ok_and(|m| m.is_file()) => {
+                    resolved = real;
+                    resolved.as_path()
+                }
+                _ => path,
+            }
+        }
+        _ => path,
+    };
     if named == Named::ByUser && lstat(path).await?.is_some_and(|m| !m.file_type().is_file()) {
         let bytes = download_direct(api, segments, cid, &what, !options.local, path).await?;
         if options.json {
@@ -968,8 +985,9 @@ struct Sink<'a> {
 }
 
 /// Downloads to `path`, which is not a regular file (a device such as `/dev/null`, a FIFO,
-/// `/dev/stdout`, a symlink): written directly, without `FILE.part`, rename or resume, so what
-/// is there is never replaced (a symlink is followed). Returns the dataset's size.
+/// `/dev/stdout`, a symlink to one, or to nothing yet): written directly, without `FILE.part`,
+/// rename or resume, so what is there is never replaced (a symlink is followed). Returns the
+/// dataset's size.
 async fn download_direct(
     api: &Api,
     segments: &[&str],

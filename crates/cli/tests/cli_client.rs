@@ -931,9 +931,9 @@ fn a_cut_download_says_what_happened() {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let api = format!("http://{}", listener.local_addr().unwrap());
-    // Answers two requests: a 100,000-byte body cut after 10 bytes.
+    // Answers four requests: a 100,000-byte body cut after 10 bytes.
     let server = std::thread::spawn(move || {
-        for _ in 0..2 {
+        for _ in 0..4 {
             let (mut s, _) = listener.accept().unwrap();
             // The whole request head, so that closing leaves nothing unread (which would reset
             // the connection and could lose the 10 bytes).
@@ -968,6 +968,55 @@ fn a_cut_download_says_what_happened() {
         err.contains("stopped sending after 10 of 100000 bytes")
             && err.contains("the node's log says which")
             && err.contains("run it again to resume"),
+        "{err}"
+    );
+    // What came is in `out.bin.part`, and nothing has the final name.
+    assert!(
+        !out.exists(),
+        "a cut download left a file under its final name"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("out.bin.part")).unwrap(),
+        b"0123456789"
+    );
+    // Through a symlink to a file: the file is left as it was (found by review: it was
+    // emptied and written in place, so a cut or failed download wiped it).
+    let real = dir.path().join("real.bin");
+    std::fs::write(&real, b"precious").unwrap();
+    let link = dir.path().join("current");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let o = cli(&[
+        "download",
+        UNKNOWN_CID,
+        "-o",
+        link.to_str().unwrap(),
+        "--api",
+        &api,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&real).unwrap(), b"precious");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // A node on this machine is reached directly, whatever the proxy settings say (found by
+    // review: the client went through `http_proxy`, here a closed port, and failed to reach
+    // it).
+    let proxy = "http://127.0.0.1:9";
+    let o = Command::new(BIN)
+        .args(["download", UNKNOWN_CID, "-o", "/dev/null", "--api", &api])
+        .env("http_proxy", proxy)
+        .env("HTTP_PROXY", proxy)
+        .env("ALL_PROXY", proxy)
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    let err = stderr(&o);
+    assert!(
+        o.status.code() == Some(1) && err.contains("stopped sending after 10"),
         "{err}"
     );
     // To stdout: what came is written (a pipe cannot be taken back), then the same failure.

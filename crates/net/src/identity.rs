@@ -90,19 +90,38 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
+    // A name of our own, created new: an existing file there (left over, or someone else's,
+    // with its own permissions, or a symlink) is never written through. Before, the key went
+    // into `<name>.tmp` whatever was there, keeping that file's mode (found by review).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = path
+        .file_name()
+        .map_or_else(|| "key".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}-{nanos}.tmp", std::process::id()));
     let mut opts = fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
     let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let written = (|| {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
     drop(f);
-    fs::rename(&tmp, path)?;
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Some(dir) = path.parent() {
         fs::File::open(dir)?.sync_all()?;
     }
@@ -162,6 +181,29 @@ mod tests {
     }
 
     #[cfg(unix)]
+    /// A file already at the old temporary name (`<name>.tmp`, another user's, readable by
+    /// all) is neither written through nor renamed into place: the key is created 0600.
+    #[test]
+    fn a_file_at_the_temporary_name_is_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let decoy = dir.path().join("node.tmp");
+        fs::write(&decoy, b"someone's notes").unwrap();
+        fs::set_permissions(&decoy, fs::Permissions::from_mode(0o644)).unwrap();
+        let key = load_or_create_key(&path).unwrap();
+        assert_eq!(fs::read(&decoy).unwrap(), b"someone's notes");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            load_or_create_key(&path).unwrap().public(),
+            key.public(),
+            "the key reads back"
+        );
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 2, "a temporary file was left behind");
+    }
+
     #[test]
     fn readable_by_others_is_refused() {
         use std::os::unix::fs::PermissionsExt;

@@ -114,20 +114,28 @@ where
     // Stage 3: append to the store on another thread, taking block k from lane k mod lanes so
     // the blocks reach the segment in upload order. The first lane that has nothing more marks
     // the end: blocks were dealt out in order, so no later block exists either.
-    let writer_task = tokio::task::spawn_blocking(move || {
-        let mut writer: DatasetWriter = writer;
-        let mut result: Result<(), StoreError> = Ok(());
-        for lane in (0..hashed_rxs.len()).cycle() {
-            let Ok(block) = hashed_rxs[lane].recv() else {
-                break;
-            };
-            if let Err(e) = writer.write(&block) {
-                result = Err(e);
-                break;
+    // Set when the writer fails, so that the body is not waited for any more: a client that
+    // paused (or waits for an answer) got it only when it sent more, or at the idle limit
+    // (found by review).
+    let failed = tokio_util::sync::CancellationToken::new();
+    let writer_task = {
+        let failed = failed.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut writer: DatasetWriter = writer;
+            let mut result: Result<(), StoreError> = Ok(());
+            for lane in (0..hashed_rxs.len()).cycle() {
+                let Ok(block) = hashed_rxs[lane].recv() else {
+                    break;
+                };
+                if let Err(e) = writer.write(&block) {
+                    result = Err(e);
+                    failed.cancel();
+                    break;
+                }
             }
-        }
-        (writer, result)
-    });
+            (writer, result)
+        })
+    };
 
     // Stage 1: read the body and cut blocks, here on the runtime (it is I/O bound).
     let mut chunker = Chunker::new(DEFAULT_BLOCK_SIZE);
@@ -135,7 +143,15 @@ where
     let mut body_error = None;
     let mut blocks = Vec::with_capacity(2);
     let mut next_lane = 0usize;
-    'read: while let Some(item) = body.next().await {
+    'read: loop {
+        let item = tokio::select! {
+            biased;
+            () = failed.cancelled() => break 'read,
+            item = body.next() => item,
+        };
+        let Some(item) = item else {
+            break;
+        };
         match item {
             Ok(bytes) => {
                 chunker.push_bytes(&bytes, |b| blocks.push(b));
