@@ -737,6 +737,31 @@ mod tests {
         assert_eq!((space.quota_used_bytes, space.quota_reserved_bytes), (0, 0));
     }
 
+    /// A manifest whose blocks cannot fit a block-exchange message is refused (`422`, saying
+    /// why) before any block is asked for: no peer could deliver one.
+    #[tokio::test]
+    async fn a_network_download_of_blocks_too_large_to_receive_is_refused() {
+        let store = Store::in_memory(StoreConfig::default()).unwrap();
+        let app = router(Node::new(store.clone(), NodeConfig::default()));
+        let (s, _, cid) = call(&app, post(b"some bytes", &[])).await;
+        assert_eq!(s, StatusCode::OK);
+        let cid = parse_cid(std::str::from_utf8(&cid).unwrap()).unwrap();
+        let real = store.get_manifest(&cid).unwrap().unwrap();
+        let big = cairn_node::MAX_NETWORK_BLOCK_SIZE + 1;
+        let block = cairn_core::Manifest::new(real.tree_cid, big, big).to_block();
+        store.put_block(&block).unwrap();
+        let (s, _, body) = call(
+            &app,
+            Request::get(format!("{API_BASE}/data/{}/network/stream", block.cid()))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{text}");
+        assert!(text.contains("block-exchange message"), "{text}");
+    }
+
     /// A dataset only partly stored here (a download stopped, or fetched a range) is a 404
     /// with a clear message for the parts it lacks, also for HEAD, and not a 200 whose body is
     /// cut off; the blocks it has are served.

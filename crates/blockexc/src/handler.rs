@@ -24,6 +24,7 @@
 use std::{
     collections::VecDeque,
     io,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -44,10 +45,12 @@ use libp2p::{
         },
     },
 };
+use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::{
-    Config, DecodeError, Frame, Message, Metrics, PROTOCOL, Violation,
+    Config, DecodeError, Frame, MAX_FRAMES_IN_PROGRESS_PER_CONNECTION, Message, Metrics, PROTOCOL,
+    Violation,
     codec::{FrameError, read_frame_parts_from, read_frame_start, wire_len, write_frame},
 };
 
@@ -116,10 +119,13 @@ impl Closable for futures::io::ReadHalf<Stream> {
 }
 
 /// The limits a reading stream applies, copied from [`Config`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ReadLimits {
     max_frame_bytes: usize,
     frame_read_timeout: Duration,
+    /// Frames of this connection being read at once ([`MAX_FRAMES_IN_PROGRESS_PER_CONNECTION`]),
+    /// shared by its streams.
+    frames: Arc<Semaphore>,
 }
 
 impl From<&Config> for ReadLimits {
@@ -127,6 +133,7 @@ impl From<&Config> for ReadLimits {
         ReadLimits {
             max_frame_bytes: config.max_frame_bytes,
             frame_read_timeout: config.frame_read_timeout,
+            frames: Arc::new(Semaphore::new(MAX_FRAMES_IN_PROGRESS_PER_CONNECTION)),
         }
     }
 }
@@ -149,6 +156,14 @@ where
             debug!(error = %e, "blockexc stream read failed");
             return Err(None);
         }
+    };
+    // A connection reads at most MAX_FRAMES_IN_PROGRESS_PER_CONNECTION frames at once: a peer
+    // that starts a large frame on each of its streams and never ends them held that many
+    // frame buffers (found by review: 8 streams × 8 MiB for 30 s, per connection). The others
+    // wait here, their bytes left in the muxer's window, and their deadline starts when their
+    // turn comes: a peer is not blamed for our waiting.
+    let Ok(_turn) = limits.frames.acquire().await else {
+        return Err(None);
     };
     // Once a frame has started, all of it must arrive within the deadline: the bytes of a
     // frame that never completes would otherwise stay buffered for the life of the connection.
@@ -214,6 +229,8 @@ pub struct Handler {
     events: VecDeque<ToBehaviour>,
     /// The peer refused the protocol; sends fail at once.
     unsupported: bool,
+    /// Turns to read a frame, shared by the connection's streams ([`read_next`]).
+    frames: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -239,6 +256,7 @@ impl Handler {
             queue: VecDeque::new(),
             events: VecDeque::new(),
             unsupported: false,
+            frames: Arc::new(Semaphore::new(MAX_FRAMES_IN_PROGRESS_PER_CONNECTION)),
         }
     }
 
@@ -246,19 +264,25 @@ impl Handler {
     where
         R: Closable,
     {
-        let limits = ReadLimits::from(&self.config);
+        let limits = ReadLimits {
+            frames: self.frames.clone(),
+            ..ReadLimits::from(&self.config)
+        };
         let metrics = self.metrics.clone();
-        let stream = futures::stream::unfold(Some((reader, metrics)), move |state| async move {
-            let (mut reader, metrics) = state?;
-            match read_next(&mut reader, limits, &metrics).await {
-                Ok(m) => Some((ReadItem::Message(m), Some((reader, metrics)))),
-                Err(violation) => Some((
-                    ReadItem::End {
-                        violation,
-                        generation,
-                    },
-                    None,
-                )),
+        let stream = futures::stream::unfold(Some((reader, metrics)), move |state| {
+            let limits = limits.clone();
+            async move {
+                let (mut reader, metrics) = state?;
+                match read_next(&mut reader, limits, &metrics).await {
+                    Ok(m) => Some((ReadItem::Message(m), Some((reader, metrics)))),
+                    Err(violation) => Some((
+                        ReadItem::End {
+                            violation,
+                            generation,
+                        },
+                        None,
+                    )),
+                }
             }
         });
         self.readers.push(stream.boxed());
@@ -528,7 +552,7 @@ mod tests {
         let metrics = Metrics::default();
         let (mut tx, mut stream, closed) = test_stream();
         {
-            let read = read_next(&mut stream, limits, &metrics);
+            let read = read_next(&mut stream, limits.clone(), &metrics);
             futures::pin_mut!(read);
             assert!(
                 timeout(10 * FRAME_READ_TIMEOUT, &mut read).await.is_err(),
@@ -564,6 +588,50 @@ mod tests {
         assert!(started.elapsed() <= FRAME_READ_TIMEOUT + Duration::from_secs(1));
         assert!(closed.load(Ordering::SeqCst), "the stream was not closed");
         drop(tx);
+    }
+
+    /// A connection reads at most MAX_FRAMES_IN_PROGRESS_PER_CONNECTION frames at once: with
+    /// three streams each starting a frame that never ends, two are read (and given up at the
+    /// deadline) while the third waits; the third's deadline starts with its turn.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_reads_a_bounded_number_of_frames_at_once() {
+        assert_eq!(MAX_FRAMES_IN_PROGRESS_PER_CONNECTION, 2);
+        let limits = ReadLimits::from(&Config::default());
+        let metrics = Metrics::default();
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let (mut tx, stream, _) = test_stream();
+            tx.send(Ok(partial_frame())).await.unwrap();
+            streams.push((tx, stream));
+        }
+        let started = Instant::now();
+        let mut reads: futures::stream::FuturesUnordered<_> = streams
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (_, stream))| {
+                let (limits, metrics) = (limits.clone(), &metrics);
+                async move { (i, read_next(stream, limits, metrics).await, Instant::now()) }
+            })
+            .collect();
+        let mut ends = Vec::new();
+        while let Some((i, got, at)) = timeout(10 * FRAME_READ_TIMEOUT, reads.next())
+            .await
+            .unwrap()
+        {
+            assert!(
+                matches!(got, Err(Some(Violation::FrameTimeout { .. }))),
+                "{i}: {got:?}"
+            );
+            ends.push(at.duration_since(started));
+        }
+        ends.sort();
+        assert_eq!(ends.len(), 3);
+        // Two at the first deadline, the third a deadline later.
+        assert!(
+            ends[1] < FRAME_READ_TIMEOUT + Duration::from_secs(1),
+            "{ends:?}"
+        );
+        assert!(ends[2] >= 2 * FRAME_READ_TIMEOUT, "{ends:?}");
     }
 
     fn swarm(config: Config) -> Swarm<Behaviour> {

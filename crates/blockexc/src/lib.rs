@@ -66,6 +66,12 @@ pub const MAX_BLOCKS_PER_MESSAGE: usize = 20;
 /// [`MAX_FRAME_BYTES`] is buffered per stream, so this also bounds memory per connection.
 pub const MAX_INBOUND_STREAMS_PER_CONNECTION: usize = 8;
 
+/// Frames of one connection read at once, whatever its number of streams: each may buffer up
+/// to [`MAX_FRAME_BYTES`] for up to [`FRAME_READ_TIMEOUT`]. A cairn or reference peer sends on
+/// one stream, so this costs honest peers nothing; the other streams' bytes wait in the muxer's
+/// window.
+pub const MAX_FRAMES_IN_PROGRESS_PER_CONNECTION: usize = 2;
+
 /// Bytes queued for one peer and not yet written: 16 delivery messages. The serving engine keeps
 /// far less in flight per peer; this is the hard stop behind it.
 pub const MAX_QUEUED_BYTES_PER_PEER: usize = 24 * 1024 * 1024;

@@ -47,6 +47,18 @@ pub enum NodeError {
     /// A network operation failed.
     #[error(transparent)]
     Net(#[from] cairn_net::NetError),
+    /// The dataset's blocks are larger than a block-exchange message this node (and cairn
+    /// peers) accept can carry ([`crate::MAX_NETWORK_BLOCK_SIZE`]): no peer could deliver one,
+    /// and each that tried would be blamed for an oversized frame.
+    #[error(
+        "the dataset's blocks are {block_size} bytes, more than the {max} bytes this node can receive in one block-exchange message"
+    )]
+    BlockTooLarge {
+        /// The manifest's block size.
+        block_size: u64,
+        /// The largest block a download takes.
+        max: u64,
+    },
     /// A requested byte range reaches past the end of the dataset.
     #[error("bytes {start}..{end} are outside the dataset of {size} bytes")]
     RangeOutOfBounds {

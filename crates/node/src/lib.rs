@@ -68,7 +68,8 @@ pub use crate::{
     node::{
         BACKGROUND_PATIENCE, BACKGROUND_RETRY_PAUSE, ByteStream, DOWNLOAD_READAHEAD_BLOCKS,
         DOWNLOAD_READAHEAD_BYTES, ISOLATED_GIVE_UP, MAINTENANCE_AFTER_DELETE,
-        MAX_BACKGROUND_DOWNLOADS, MAX_RESUMED_DOWNLOADS, Node, NodeConfig, StoredDataset,
+        MAX_BACKGROUND_DOWNLOADS, MAX_NETWORK_BLOCK_SIZE, MAX_RESUMED_DOWNLOADS, Node, NodeConfig,
+        StoredDataset,
     },
     range::{ByteRange, InvertedRange},
 };

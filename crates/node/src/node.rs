@@ -31,6 +31,19 @@ use crate::{
     range::ByteRange,
 };
 
+/// The largest block a network download takes: one block, its CID, its proof and the message
+/// framing must fit a block-exchange frame ([`cairn_blockexc::MAX_FRAME_BYTES`]). A manifest
+/// naming larger blocks (valid, up to 100 MiB) is refused before anything is fetched
+/// ([`NodeError::BlockTooLarge`]): each peer that sent one would have been blamed for an
+/// oversized frame, and the download could never end (found by review).
+pub const MAX_NETWORK_BLOCK_SIZE: u64 = (cairn_blockexc::MAX_FRAME_BYTES
+    - cairn_core::merkle::MAX_PROOF_BYTES
+    - BLOCK_FRAMING_BYTES) as u64;
+
+/// Bytes of a delivery message besides its block and proof: CIDs, the block address and the
+/// protobuf field headers (well under this).
+const BLOCK_FRAMING_BYTES: usize = 1024;
+
 /// Blocks read ahead of a streaming download: 8 × 64 KiB keeps the disk busy while the client
 /// drains the previous blocks, and bounds memory per download to half a MiB. Datasets of larger
 /// blocks get fewer ([`DOWNLOAD_READAHEAD_BYTES`]).
@@ -1085,6 +1098,12 @@ impl Node {
         range: ByteRange,
         forget_refused: bool,
     ) -> Result<Reservation, NodeError> {
+        if manifest.block_size > crate::MAX_NETWORK_BLOCK_SIZE {
+            return Err(NodeError::BlockTooLarge {
+                block_size: manifest.block_size,
+                max: crate::MAX_NETWORK_BLOCK_SIZE,
+            });
+        }
         check_range(manifest, &range)?;
         let store = self.store.clone();
         let tree = manifest.tree_cid;
