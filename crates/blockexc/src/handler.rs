@@ -118,6 +118,9 @@ impl Closable for futures::io::ReadHalf<Stream> {
     }
 }
 
+/// How long closing a stream after a violation may take before the stream is dropped instead.
+const STREAM_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The limits a reading stream applies, copied from [`Config`].
 #[derive(Debug, Clone)]
 struct ReadLimits {
@@ -188,7 +191,9 @@ where
             return Err(None);
         }
     };
-    reader.close_stream().await;
+    // Bounded: a peer that stops reading can stall the close, and the stream's inbound slot
+    // would be held meanwhile (found by review). After the bound the stream is simply dropped.
+    let _ = tokio::time::timeout(STREAM_CLOSE_TIMEOUT, reader.close_stream()).await;
     Err(Some(violation))
 }
 
@@ -503,6 +508,51 @@ mod tests {
             self.closed.store(true, Ordering::SeqCst);
             futures::future::ready(()).boxed()
         }
+    }
+
+    /// A stream whose close never completes (a peer that stopped reading).
+    struct HangingClose(TestStream);
+
+    impl futures::AsyncRead for HangingClose {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl Closable for HangingClose {
+        fn close_stream(&mut self) -> BoxFuture<'_, ()> {
+            futures::future::pending().boxed()
+        }
+    }
+
+    /// Closing a stream after a violation is bounded: a close that never completes does not
+    /// hold the read (and the stream's slot) for good.
+    #[tokio::test(start_paused = true)]
+    async fn a_close_that_hangs_does_not_hold_the_stream() {
+        let limits = ReadLimits::from(&Config::default());
+        let metrics = Metrics::default();
+        let (mut tx, stream, _) = test_stream();
+        let mut stream = HangingClose(stream);
+        tx.send(Ok(partial_frame())).await.unwrap();
+        let started = Instant::now();
+        let got = timeout(
+            10 * FRAME_READ_TIMEOUT,
+            read_next(&mut stream, limits, &metrics),
+        )
+        .await
+        .expect("the read waited on the close for good");
+        assert!(
+            matches!(got, Err(Some(Violation::FrameTimeout { .. }))),
+            "{got:?}"
+        );
+        assert!(
+            started.elapsed() <= FRAME_READ_TIMEOUT + STREAM_CLOSE_TIMEOUT + Duration::from_secs(1)
+        );
+        drop(tx);
     }
 
     fn test_stream() -> (

@@ -78,8 +78,12 @@ struct UploadOut<'a> {
 /// ([`cairn_api::valid_filename`]) and a header can carry it (no control character).
 fn sendable_filename(name: &str) -> bool {
     // `valid_filename` looks at the last path component only, but a `"` anywhere would end
-    // the header's quoted name.
-    cairn_api::valid_filename(name) && !name.chars().any(|c| c.is_control() || c == '"')
+    // the header's quoted name, and with a `\` the node's answer leaves the name out (a
+    // quoted-pair is not trusted by clients): it would be stored but never given back (review).
+    cairn_api::valid_filename(name)
+        && !name
+            .chars()
+            .any(|c| c.is_control() || c == '"' || c == '\\')
 }
 
 fn is_stdin(path: &Path) -> bool {
@@ -384,9 +388,16 @@ fn safe_file_name(name: &str) -> Option<String> {
         c.is_control()
             || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
     };
-    (!last.is_empty() && !last.starts_with('.') && !last.chars().any(deceptive))
+    // The file is first written as `NAME.part`, which must fit a file name too (255 bytes
+    // on common file systems): a longer name falls back to the CID (found by review: a
+    // 251-byte name failed with "File name too long").
+    let fits = last.len() + ".part".len() <= MAX_FILE_NAME_BYTES;
+    (!last.is_empty() && !last.starts_with('.') && !last.chars().any(deceptive) && fits)
         .then(|| last.to_owned())
 }
+
+/// The longest file name common file systems take (ext4, XFS, btrfs, APFS: 255 bytes).
+const MAX_FILE_NAME_BYTES: usize = 255;
 
 /// Where a download to a file writes, and what is there already.
 struct Target {
@@ -792,13 +803,23 @@ pub(crate) async fn download(
 
 /// `part`, open for writing after the first `len` bytes of `from` (`part` itself, or the
 /// `FILE` whose first bytes were checked to be the dataset's, which is only read).
+/// How `FILE.part` is opened for writing: created if missing, and never through a symlink (one
+/// put there after the checks, in a shared directory such as `/tmp`, would have had its target
+/// written over; found by review). A symlink there fails the open ("too many levels of
+/// symbolic links").
+fn part_options() -> tokio::fs::OpenOptions {
+    let mut o = tokio::fs::OpenOptions::new();
+    o.create(true).write(true);
+    #[cfg(unix)]
+    o.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed());
+    o
+}
+
 async fn writer(from: &Path, part: &Path, len: u64) -> anyhow::Result<tokio::fs::File> {
     if from != part {
         return part_from(from, part, len).await;
     }
-    let mut f = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
+    let mut f = part_options()
         .truncate(len == 0)
         .open(part)
         .await
@@ -815,9 +836,7 @@ async fn part_from(file: &Path, part: &Path, len: u64) -> anyhow::Result<tokio::
         .await
         .with_context(|| format!("cannot open {}", file.display()))?
         .take(len);
-    let mut to = tokio::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
+    let mut to = part_options()
         .truncate(true)
         .open(part)
         .await
@@ -1143,6 +1162,19 @@ mod tests {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
     }
 
+    /// `FILE.part` is never opened through a symlink: whatever the link names is left alone.
+    #[tokio::test]
+    async fn a_part_file_is_not_written_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep me").unwrap();
+        let part = dir.path().join("out.bin.part");
+        std::os::unix::fs::symlink(&target, &part).unwrap();
+        assert!(part_options().truncate(true).open(&part).await.is_err());
+        assert!(writer(&part, &part, 0).await.is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep me");
+    }
+
     #[test]
     fn names_from_the_node_stay_in_the_directory() {
         assert_eq!(safe_file_name("notes.txt").as_deref(), Some("notes.txt"));
@@ -1170,6 +1202,14 @@ mod tests {
         ] {
             assert_eq!(safe_file_name(bad), None, "{bad:?}");
         }
+        // A name whose `NAME.part` would not fit a file name falls back to the CID.
+        let long = "n".repeat(MAX_FILE_NAME_BYTES - ".part".len());
+        assert_eq!(safe_file_name(&long).as_deref(), Some(long.as_str()));
+        assert_eq!(safe_file_name(&format!("{long}x")), None);
+        // Names the node would not give back are not sent.
+        assert!(sendable_filename("notes.txt"));
+        assert!(!sendable_filename("x.a\\b"));
+        assert!(!sendable_filename("say \"hi\""));
     }
 
     /// A name in `filename*` is decoded, then kept to its last component like any other:
