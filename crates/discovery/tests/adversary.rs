@@ -324,10 +324,7 @@ async fn a_providers_answer_fits_one_packet() {
             "answer of {} bytes",
             raw.len()
         );
-        let p = Packet::decode(&peer.id, &raw).unwrap();
-        let ad = p.authenticated_data().unwrap();
-        let pt = crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad).unwrap();
-        if let (_, Message::Providers { providers, .. }) = Message::decode(&pt).unwrap()
+        if let Some(Message::Providers { providers, .. }) = peer.open(&keys, &raw)
             && providers.len() >= 5
         {
             got = Some(providers.len());
@@ -340,6 +337,15 @@ async fn a_providers_answer_fits_one_packet() {
 }
 
 impl Peer {
+    /// The message in `raw`, a datagram the node sent us over the session `keys` opened;
+    /// `None` if it is not one.
+    fn open(&self, keys: &SessionKeys, raw: &[u8]) -> Option<Message> {
+        let p = Packet::decode(&self.id, raw).ok()?;
+        let ad = p.authenticated_data().ok()?;
+        let pt = crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad).ok()?;
+        Message::decode(&pt).ok().map(|(_, m)| m)
+    }
+
     /// Asks `node` for the providers of `content` and returns the peer ids in its answer;
     /// other packets that arrive meanwhile (a liveness PING) are skipped, within bounded tries.
     async fn providers_of(
@@ -360,16 +366,7 @@ impl Peer {
             else {
                 continue;
             };
-            let Ok(p) = Packet::decode(&self.id, &raw) else {
-                continue;
-            };
-            let Ok(ad) = p.authenticated_data() else {
-                continue;
-            };
-            let Ok(pt) = crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad) else {
-                continue;
-            };
-            if let Ok((_, Message::Providers { providers, .. })) = Message::decode(&pt) {
+            if let Some(Message::Providers { providers, .. }) = self.open(keys, &raw) {
                 return providers
                     .iter()
                     .map(|r| Spr::decode(r).expect("a valid record").peer_id())
@@ -778,10 +775,7 @@ async fn a_nodes_answer_fits_packets_whatever_its_records_weigh() {
             "a packet of {} bytes",
             raw.len()
         );
-        let p = Packet::decode(&asker.id, raw).unwrap();
-        let ad = p.authenticated_data().unwrap();
-        let pt = crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad).unwrap();
-        if let (_, Message::Nodes { sprs, .. }) = Message::decode(&pt).unwrap() {
+        if let Some(Message::Nodes { sprs, .. }) = asker.open(&keys, raw) {
             found.extend(sprs.iter().map(|r| Spr::decode(r).unwrap().node_id()));
         }
     }
