@@ -556,11 +556,6 @@ mod tests {
     /// 1 MiB, answer and close, and a client sending more could see a broken pipe instead.)
     #[tokio::test]
     async fn a_refused_upload_is_answered_first_and_its_body_read_after() {
-        use std::sync::{
-            Arc,
-            atomic::{AtomicUsize, Ordering},
-        };
-        use tokio::sync::Notify;
         const CHUNK: usize = 16 * 1024;
         /// 16 MiB: far more than the node used to read.
         const CHUNKS: usize = 1000;
@@ -578,50 +573,21 @@ mod tests {
                 StatusCode::INSUFFICIENT_STORAGE,
             ),
         ] {
-            let read = Arc::new(AtomicUsize::new(0));
             // The body's first chunk comes at once, the others once the answer is in.
-            let answered = Arc::new(Notify::new());
-            let ended = Arc::new(Notify::new());
-            let body = {
-                let (read, answered, ended) = (read.clone(), answered.clone(), ended.clone());
-                futures::stream::unfold(0usize, move |i| {
-                    let (read, answered, ended) = (read.clone(), answered.clone(), ended.clone());
-                    async move {
-                        if i == 1 {
-                            answered.notified().await;
-                        }
-                        if i == CHUNKS {
-                            ended.notify_one();
-                            return None;
-                        }
-                        read.fetch_add(CHUNK, Ordering::SeqCst);
-                        Some((
-                            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; CHUNK])),
-                            i + 1,
-                        ))
-                    }
-                })
-            };
+            let (stream, body) = HeldBody::new(CHUNK, 1, CHUNKS);
             let mut req = Request::post(format!("{API_BASE}/data"));
             for (k, v) in headers {
                 req = req.header(k, v);
             }
-            let req = req.body(Body::from_stream(body)).unwrap();
+            let req = req.body(stream).unwrap();
             let (s, _, _) = tokio::time::timeout(WAIT, call(&app, req))
                 .await
                 .expect("no answer");
             assert_eq!(s, status);
-            assert!(read.load(Ordering::SeqCst) <= CHUNK);
-            answered.notify_one();
-            tokio::time::timeout(WAIT, ended.notified())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "{status}: the body was not read after the answer ({} bytes read)",
-                        read.load(Ordering::SeqCst)
-                    )
-                });
-            assert_eq!(read.load(Ordering::SeqCst), CHUNK * CHUNKS);
+            assert!(body.read() <= 1);
+            body.answered.notify_one();
+            body.wait_for_end(&format!("{status}")).await;
+            assert_eq!(body.read(), CHUNKS);
         }
         let (_, _, list) = call(
             &app,
@@ -673,11 +639,6 @@ mod tests {
     /// drained).
     #[tokio::test]
     async fn an_upload_that_runs_over_the_quota_is_answered_and_its_body_read_after() {
-        use std::sync::{
-            Arc,
-            atomic::{AtomicUsize, Ordering},
-        };
-        use tokio::sync::Notify;
         const CHUNK: usize = 64 * 1024;
         /// Sent before the answer: more than the quota.
         const BEFORE: usize = 8;
@@ -688,31 +649,9 @@ mod tests {
         })
         .unwrap();
         let app = router(Node::new(store.clone(), NodeConfig::default()));
-        let read = Arc::new(AtomicUsize::new(0));
-        let answered = Arc::new(Notify::new());
-        let ended = Arc::new(Notify::new());
-        let body = {
-            let (read, answered, ended) = (read.clone(), answered.clone(), ended.clone());
-            futures::stream::unfold(0usize, move |i| {
-                let (read, answered, ended) = (read.clone(), answered.clone(), ended.clone());
-                async move {
-                    if i == BEFORE {
-                        answered.notified().await;
-                    }
-                    if i == CHUNKS {
-                        ended.notify_one();
-                        return None;
-                    }
-                    read.fetch_add(1, Ordering::SeqCst);
-                    Some((
-                        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![i as u8; CHUNK])),
-                        i + 1,
-                    ))
-                }
-            })
-        };
+        let (stream, body) = HeldBody::new(CHUNK, BEFORE, CHUNKS);
         let req = Request::post(format!("{API_BASE}/data"))
-            .body(Body::from_stream(body))
+            .body(stream)
             .unwrap();
         let (s, _, text) = tokio::time::timeout(WAIT, call(&app, req))
             .await
@@ -723,18 +662,72 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&text)
         );
-        answered.notify_one();
-        tokio::time::timeout(WAIT, ended.notified())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the rest of the body was not read after the answer ({} chunks read)",
-                    read.load(Ordering::SeqCst)
-                )
-            });
-        assert_eq!(read.load(Ordering::SeqCst), CHUNKS);
+        body.answered.notify_one();
+        body.wait_for_end("over the quota").await;
+        assert_eq!(body.read(), CHUNKS);
         let space = store.space().unwrap();
         assert_eq!((space.quota_used_bytes, space.quota_reserved_bytes), (0, 0));
+    }
+
+    /// An upload body of `chunks` chunks of `size` bytes, each chunk distinct, and what the
+    /// test sees of it: the first `before` chunks come at once, the rest once `answered` is
+    /// notified; `ended` is notified when the body has been read to its end.
+    struct HeldBody {
+        read: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        answered: std::sync::Arc<tokio::sync::Notify>,
+        ended: std::sync::Arc<tokio::sync::Notify>,
+    }
+
+    impl HeldBody {
+        fn new(size: usize, before: usize, chunks: usize) -> (Body, HeldBody) {
+            use std::sync::{Arc, atomic::Ordering};
+            let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let answered = Arc::new(tokio::sync::Notify::new());
+            let ended = Arc::new(tokio::sync::Notify::new());
+            let (r, a, e) = (read.clone(), answered.clone(), ended.clone());
+            let stream = futures::stream::unfold(0usize, move |i| {
+                let (read, answered, ended) = (r.clone(), a.clone(), e.clone());
+                async move {
+                    if i == before {
+                        answered.notified().await;
+                    }
+                    if i == chunks {
+                        ended.notify_one();
+                        return None;
+                    }
+                    read.fetch_add(1, Ordering::SeqCst);
+                    Some((
+                        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![i as u8; size])),
+                        i + 1,
+                    ))
+                }
+            });
+            (
+                Body::from_stream(stream),
+                HeldBody {
+                    read,
+                    answered,
+                    ended,
+                },
+            )
+        }
+
+        /// Chunks read so far.
+        fn read(&self) -> usize {
+            self.read.load(std::sync::atomic::Ordering::SeqCst)
+        }
+
+        async fn wait_for_end(&self, what: &str) {
+            if tokio::time::timeout(WAIT, self.ended.notified())
+                .await
+                .is_err()
+            {
+                panic!(
+                    "{what}: the body was not read after the answer ({} chunks read)",
+                    self.read()
+                );
+            }
+        }
     }
 
     /// A manifest whose blocks cannot fit a block-exchange message is refused (`422`, saying

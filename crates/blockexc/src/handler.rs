@@ -491,6 +491,8 @@ mod tests {
     struct TestStream {
         inner: IntoAsyncRead<Chunks>,
         closed: Arc<AtomicBool>,
+        /// Its close never completes (a peer that stopped reading).
+        close_hangs: bool,
     }
 
     impl futures::AsyncRead for TestStream {
@@ -505,27 +507,11 @@ mod tests {
 
     impl Closable for TestStream {
         fn close_stream(&mut self) -> BoxFuture<'_, ()> {
+            if self.close_hangs {
+                return futures::future::pending().boxed();
+            }
             self.closed.store(true, Ordering::SeqCst);
             futures::future::ready(()).boxed()
-        }
-    }
-
-    /// A stream whose close never completes (a peer that stopped reading).
-    struct HangingClose(TestStream);
-
-    impl futures::AsyncRead for HangingClose {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut [u8],
-        ) -> Poll<io::Result<usize>> {
-            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
-
-    impl Closable for HangingClose {
-        fn close_stream(&mut self) -> BoxFuture<'_, ()> {
-            futures::future::pending().boxed()
         }
     }
 
@@ -535,8 +521,8 @@ mod tests {
     async fn a_close_that_hangs_does_not_hold_the_stream() {
         let limits = ReadLimits::from(&Config::default());
         let metrics = Metrics::default();
-        let (mut tx, stream, _) = test_stream();
-        let mut stream = HangingClose(stream);
+        let (mut tx, mut stream, _) = test_stream();
+        stream.close_hangs = true;
         tx.send(Ok(partial_frame())).await.unwrap();
         let started = Instant::now();
         let got = timeout(
@@ -565,6 +551,7 @@ mod tests {
         let stream = TestStream {
             inner: rx.into_async_read(),
             closed: closed.clone(),
+            close_hangs: false,
         };
         (tx, stream, closed)
     }

@@ -382,6 +382,42 @@ mod props {
             )
     }
 
+    /// A message of these wants, presences (address, have) and delivered blocks (by CID).
+    fn message(
+        wantlist: Vec<WantEntry>,
+        full: bool,
+        presences: Vec<(BlockAddress, bool)>,
+        datas: Vec<Vec<u8>>,
+    ) -> Message {
+        Message {
+            wantlist,
+            full,
+            presences: presences
+                .into_iter()
+                .map(|(address, have)| BlockPresence {
+                    address,
+                    presence: if have {
+                        Presence::Have
+                    } else {
+                        Presence::DontHave
+                    },
+                })
+                .collect(),
+            deliveries: datas
+                .into_iter()
+                .map(|d| {
+                    let block = Block::data_block(Bytes::from(d));
+                    Delivery {
+                        address: BlockAddress::Block(*block.cid()),
+                        block,
+                        proof: None,
+                    }
+                })
+                .collect(),
+            ..Message::default()
+        }
+    }
+
     proptest! {
         /// Whatever cairn encodes decodes to the same values.
         #[test]
@@ -391,19 +427,7 @@ mod props {
             presences in proptest::collection::vec((address(), any::<bool>()), 0..40),
             datas in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..5),
         ) {
-            let m = Message {
-                wantlist: wants,
-                full,
-                presences: presences.into_iter().map(|(address, have)| BlockPresence {
-                    address,
-                    presence: if have { Presence::Have } else { Presence::DontHave },
-                }).collect(),
-                deliveries: datas.into_iter().map(|d| {
-                    let block = Block::data_block(Bytes::from(d));
-                    Delivery { address: BlockAddress::Block(*block.cid()), block, proof: None }
-                }).collect(),
-                ..Message::default()
-            };
+            let m = message(wants, full, presences, datas);
             let back = Message::decode(Bytes::from(m.encode())).unwrap();
             prop_assert_eq!(back, m);
         }
@@ -426,19 +450,7 @@ mod props {
             changes in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6),
             cut in proptest::option::of(any::<usize>()),
         ) {
-            let m = Message {
-                wantlist: wants,
-                full: false,
-                presences: presences.into_iter().map(|(address, have)| BlockPresence {
-                    address,
-                    presence: if have { Presence::Have } else { Presence::DontHave },
-                }).collect(),
-                deliveries: datas.into_iter().map(|d| {
-                    let block = Block::data_block(Bytes::from(d));
-                    Delivery { address: BlockAddress::Block(*block.cid()), block, proof: None }
-                }).collect(),
-                ..Message::default()
-            };
+            let m = message(wants, false, presences, datas);
             let mut body = m.encode();
             if body.is_empty() {
                 body.push(0);

@@ -467,10 +467,6 @@ fn read_file(path: &Path) -> Result<Option<Vec<u8>>, PersistError> {
 /// (temporary file in the same directory, fsync, rename, fsync of the directory). Blocking:
 /// one write at a time per path.
 pub fn write_book_file(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
-    write_atomic(path, bytes)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PersistError> {
     let io_err = |op, p: &Path| {
         let path = p.to_path_buf();
         move |source| PersistError::Io { op, path, source }

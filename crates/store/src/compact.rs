@@ -330,8 +330,7 @@ impl Store {
                 }
             }
         }
-        let picked: HashSet<u64> = picked.into_iter().collect();
-        for s in sealed.iter().filter(|s| picked.contains(&s.id)) {
+        for s in sealed.iter().filter(|s| picked_set.contains(&s.id)) {
             if !remaining.contains(&s.id) {
                 report.segments_freed += 1;
                 report.freed_bytes += s.size;

@@ -509,11 +509,14 @@ impl<'txn> Tables<'txn> {
     /// The leaf counts claimed for dataset `tree` by manifests that disagree
     /// ([`Tables::add_manifest`]); empty when they agree or the dataset is whole.
     pub(crate) fn claimed_counts(&self, tree: &[u8]) -> Result<Vec<u64>, StoreError> {
-        let mut out = Vec::new();
-        for entry in self.counts.range((tree, 0)..=(tree, u64::MAX))? {
-            out.push(entry?.0.value().1);
-        }
-        Ok(out)
+        claimed_counts(&self.counts, tree)
+    }
+
+    /// Forgets the counts claimed for dataset `tree` (its count is known, or it is gone).
+    fn drop_claims(&mut self, tree: &[u8]) -> Result<(), StoreError> {
+        self.counts
+            .retain_in((tree, 0)..=(tree, u64::MAX), |_, _| false)?;
+        Ok(())
     }
 
     /// Dataset `tree` is known to have `nleaves` leaves: its tree, stored with this count, was
@@ -525,9 +528,7 @@ impl<'txn> Tables<'txn> {
             ds.nleaves = nleaves;
             self.put_dataset(tree, ds)?;
         }
-        self.counts
-            .retain_in((tree, 0)..=(tree, u64::MAX), |_, _| false)?;
-        Ok(())
+        self.drop_claims(tree)
     }
 
     /// The dataset (tree CID bytes) manifest `manifest_cid` is listed for, if it is.
@@ -736,8 +737,7 @@ impl<'txn> Tables<'txn> {
             self.datasets.remove(tree)?;
             self.deleting.remove(tree)?;
             self.generations.remove(tree)?;
-            self.counts
-                .retain_in((tree, 0)..=(tree, u64::MAX), |_, _| false)?;
+            self.drop_claims(tree)?;
         } else if !batch.is_empty() {
             // The dataset stays, short of some leaves.
             self.new_generation(tree)?;
@@ -863,6 +863,18 @@ impl<'txn> Tables<'txn> {
         }
         Ok(dead)
     }
+}
+
+/// The rows of `counts` for dataset `tree` ([`Tables::add_manifest`]), in order.
+pub(crate) fn claimed_counts(
+    counts: &impl ReadableTable<LeafKey, ()>,
+    tree: &[u8],
+) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    for entry in counts.range((tree, 0)..=(tree, u64::MAX))? {
+        out.push(entry?.0.value().1);
+    }
+    Ok(out)
 }
 
 /// The leaf count of dataset `tree`, whose tree is stored, when a manifest claims `claimed`

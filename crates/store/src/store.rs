@@ -28,7 +28,7 @@ use crate::{
         BLOCKS, BlockRec, BlockRow, COUNT_NOT_KEPT, COUNTS, DATASETS, DELETING, DS_ACTIVE,
         DS_DELETING, DatasetRec, EXPIRY, FETCHES, GENERATIONS, LEAVES, Loc, MANIFESTS, META,
         META_TOTAL_BLOCKS, META_USED, Quota, SEGMENTS, SESSIONS, SessionEnd, Tables,
-        check_manifest_count, checksum,
+        check_manifest_count, checksum, claimed_counts,
     },
     segments::{MAX_SPAN_BYTES, SegmentWriter, Segments, WriteMode},
     trees::{PROOFS, ProofSource, TREES, has_tree, put_tree, tree_leaf_count},
@@ -1724,16 +1724,11 @@ impl Store {
             }
             // The leaf counts disagreeing manifests claim (`Tables::add_manifest`): the row's
             // count is then the largest, and the dataset may be whole at a smaller one.
-            let mut claims = Vec::new();
-            match r.open_table(COUNTS) {
-                Ok(counts) => {
-                    for entry in counts.range((key.as_slice(), 0)..=(key.as_slice(), u64::MAX))? {
-                        claims.push(entry?.0.value().1);
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
+            let mut claims = match r.open_table(COUNTS) {
+                Ok(counts) => claimed_counts(&counts, &key)?,
+                Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
                 Err(e) => return Err(e.into()),
-            }
+            };
             // Bounded by what is stored: the scan stops at the first missing leaf.
             let mut digests = Vec::new();
             for entry in leaves.range(range)? {
