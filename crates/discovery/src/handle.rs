@@ -152,6 +152,22 @@ impl Discovery {
         self.shared.table.lock().len()
     }
 
+    /// Whether this DHT takes `addr` as a node's address when a sender at `sender` gives it
+    /// ([`address_acceptable`]: no loopback or private address from a public sender, unless the
+    /// DHT allows local addresses). A sender known by no IP address counts as public.
+    pub fn accepts_address_from(
+        &self,
+        addr: std::net::SocketAddr,
+        sender: Option<std::net::IpAddr>,
+    ) -> bool {
+        let sender = sender.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        address_acceptable(
+            addr,
+            std::net::SocketAddr::new(sender, 0),
+            self.config.allow_local_addrs,
+        )
+    }
+
     /// Adds a node (e.g. a bootstrap record given later) and pings it.
     pub async fn add_node(&self, spr: Spr) -> Result<(), RequestError> {
         let addr = spr.udp_addr().ok_or(RequestError::NoAddress)?;

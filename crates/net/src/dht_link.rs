@@ -7,13 +7,14 @@
 //! signed DHT record (`cairn_pex::Addrs::dht_record`): the manager puts its node's record into
 //! the lists it answers ([`DhtHooks::local_record`]), asks a new outbound peer for addresses
 //! while the DHT has no node ([`DhtHooks::needs_nodes`]), and hands every record it receives to
-//! the DHT ([`DhtHooks::offer`]), which checks the signature and that the record is the
-//! sender's before it adds the node.
+//! the DHT ([`DhtHooks::offer`], with the IP the sender's connection comes from), which checks
+//! the signature, that the record is the sender's and that its address is one the DHT would take
+//! from that sender, before it pings and adds the node.
 //!
 //! The DHT starts after the network, so records that arrive before [`DhtLink::connect`] are
 //! kept (the last [`MAX_EARLY_RECORDS`]) and handed over when it connects.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use libp2p::PeerId;
 use parking_lot::Mutex;
@@ -28,14 +29,15 @@ pub trait DhtHooks: Send + Sync {
     /// Whether the DHT knows no node yet (new outbound peers are then asked for addresses, and
     /// so for their records, even when the address book has enough).
     fn needs_nodes(&self) -> bool;
-    /// A record `peer` sent as its own. Must not block (called on the swarm's task).
-    fn offer(&self, peer: PeerId, record: Vec<u8>);
+    /// A record `peer` sent as its own, over a connection from `from` (`None`: not an IP
+    /// address). Must not block (called on the swarm's task).
+    fn offer(&self, peer: PeerId, from: Option<IpAddr>, record: Vec<u8>);
 }
 
 #[derive(Default)]
 struct State {
     hooks: Option<Arc<dyn DhtHooks>>,
-    early: Vec<(PeerId, Vec<u8>)>,
+    early: Vec<(PeerId, Option<IpAddr>, Vec<u8>)>,
 }
 
 /// A shared slot for the DHT's hooks: cheap to clone, empty until [`DhtLink::connect`].
@@ -60,8 +62,8 @@ impl DhtLink {
             s.hooks = Some(hooks.clone());
             std::mem::take(&mut s.early)
         };
-        for (peer, record) in early {
-            hooks.offer(peer, record);
+        for (peer, from, record) in early {
+            hooks.offer(peer, from, record);
         }
     }
 
@@ -80,7 +82,7 @@ impl DhtLink {
     }
 
     /// Hands `peer`'s record to the DHT, or keeps it until one connects.
-    pub(crate) fn offer(&self, peer: PeerId, record: Vec<u8>) {
+    pub(crate) fn offer(&self, peer: PeerId, from: Option<IpAddr>, record: Vec<u8>) {
         let hooks = {
             let mut s = self.0.lock();
             match &s.hooks {
@@ -89,12 +91,12 @@ impl DhtLink {
                     if s.early.len() == MAX_EARLY_RECORDS {
                         s.early.remove(0);
                     }
-                    s.early.push((peer, record));
+                    s.early.push((peer, from, record));
                     return;
                 }
             }
         };
-        hooks.offer(peer, record);
+        hooks.offer(peer, from, record);
     }
 }
 
@@ -112,7 +114,7 @@ mod tests {
         fn needs_nodes(&self) -> bool {
             false
         }
-        fn offer(&self, peer: PeerId, _record: Vec<u8>) {
+        fn offer(&self, peer: PeerId, _from: Option<IpAddr>, _record: Vec<u8>) {
             self.0.lock().push(peer);
         }
     }
@@ -126,13 +128,13 @@ mod tests {
             .map(|_| PeerId::random())
             .collect();
         for p in &peers {
-            link.offer(*p, vec![0]);
+            link.offer(*p, None, vec![0]);
         }
         let seen = Arc::new(Seen::default());
         link.connect(seen.clone());
         assert_eq!(*seen.0.lock(), peers[2..].to_vec(), "the latest, in order");
         let late = PeerId::random();
-        link.offer(late, vec![0]);
+        link.offer(late, None, vec![0]);
         assert_eq!(seen.0.lock().last(), Some(&late));
         assert!(!link.needs_nodes());
         assert_eq!(link.local_record(), Some(vec![1]));

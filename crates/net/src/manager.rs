@@ -71,6 +71,15 @@ use crate::{
     service::{Direction, Service},
 };
 
+/// The IP address a multiaddr starts with (`None` for a DNS name or anything else).
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    match addr.iter().next() {
+        Some(libp2p::multiaddr::Protocol::Ip4(ip)) => Some(ip.into()),
+        Some(libp2p::multiaddr::Protocol::Ip6(ip)) => Some(ip.into()),
+        _ => None,
+    }
+}
+
 /// How often the same peer is asked for addresses by the periodic round (below).
 pub const PEX_ASK_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -668,13 +677,13 @@ impl Service {
         let Some(from) = self.connected.get(&peer).map(|c| c.info.address.clone()) else {
             return;
         };
+        if let Some(record) = addrs.dht_record {
+            self.dht.offer(peer, ip_of(&from), record);
+        }
         let src = Source::Peer {
             id: peer,
             addr: from,
         };
-        if let Some(record) = addrs.dht_record {
-            self.dht.offer(peer, record);
-        }
         let now = unix_now();
         let mut added = 0usize;
         for p in addrs.peers {

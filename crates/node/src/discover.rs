@@ -299,15 +299,13 @@ impl cairn_net::DhtHooks for DhtRecords {
         !joined_dht(&self.dht)
     }
 
-    fn offer(&self, peer: cairn_net::PeerId, record: Vec<u8>) {
-        let spr = match Spr::decode(&record) {
-            Ok(spr) if spr.peer_id() == peer && spr.udp_addr().is_some() => spr,
-            Ok(_) => {
-                debug!(%peer, "a peer sent a DHT record not its own, or without a UDP address");
-                return;
-            }
-            Err(e) => {
-                debug!(%peer, error = %e, "a peer sent a DHT record that does not verify");
+    fn offer(&self, peer: cairn_net::PeerId, from: Option<std::net::IpAddr>, record: Vec<u8>) {
+        let spr = match offered_record(&record, peer, from, |a, f| {
+            self.dht.accepts_address_from(a, f)
+        }) {
+            Ok(spr) => spr,
+            Err(why) => {
+                debug!(%peer, ?from, why, "a DHT record from peer exchange is not taken");
                 return;
             }
         };
@@ -325,6 +323,28 @@ impl cairn_net::DhtHooks for DhtRecords {
             }
         });
     }
+}
+
+/// The record `peer`, connected from `from`, sent as its own through peer exchange, if the DHT
+/// should ping it: it verifies, it is `peer`'s, and its UDP address is one the DHT takes from that
+/// sender (`accepts`; the rule it applies to records in NODES answers). Without the last check a
+/// peer on a public address could make us ping any private or loopback address of our own
+/// network, once per address list we ask it for (found by review). `Err` says why not.
+fn offered_record(
+    record: &[u8],
+    peer: cairn_net::PeerId,
+    from: Option<std::net::IpAddr>,
+    accepts: impl Fn(std::net::SocketAddr, Option<std::net::IpAddr>) -> bool,
+) -> Result<Spr, &'static str> {
+    let spr = Spr::decode(record).map_err(|_| "does not verify")?;
+    if spr.peer_id() != peer {
+        return Err("not the sender's own");
+    }
+    let addr = spr.udp_addr().ok_or("no UDP address")?;
+    if !accepts(addr, from) {
+        return Err("an address not taken from this sender");
+    }
+    Ok(spr)
 }
 
 /// The advertiser task.
@@ -504,5 +524,66 @@ async fn round_step(store: &Store, after: Option<Vec<u8>>) -> Option<Step> {
             warn!(error = %e, "cannot list the datasets to announce them again");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use cairn_discovery::service::address_acceptable;
+    use cairn_net::Keypair;
+
+    use super::*;
+
+    /// The rule [`Discovery::accepts_address_from`] applies with local addresses not allowed
+    /// (the default).
+    fn default_rule(addr: std::net::SocketAddr, from: Option<IpAddr>) -> bool {
+        let from = from.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        address_acceptable(addr, std::net::SocketAddr::new(from, 0), false)
+    }
+
+    fn record(key: &Keypair, ip: &str) -> Vec<u8> {
+        let addr = format!("/ip4/{ip}/udp/8090").parse().expect("multiaddr");
+        Spr::sign(key, 1, vec![addr])
+            .expect("record")
+            .encoded()
+            .to_vec()
+    }
+
+    /// A record offered through peer exchange is pinged only when its address is one the DHT
+    /// takes from the sender: a public peer cannot make us ping our own loopback or private
+    /// network.
+    #[test]
+    fn a_record_from_peer_exchange_is_pinged_only_at_an_address_fit_for_its_sender() {
+        let key = Keypair::generate_secp256k1();
+        let peer = key.public().to_peer_id();
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        let offer = |r: &[u8], from| offered_record(r, peer, from, default_rule);
+
+        let loopback = record(&key, "127.0.0.1");
+        let private = record(&key, "10.1.2.3");
+        let public = record(&key, "203.0.113.7");
+        assert_eq!(
+            offer(&loopback, ip("198.51.100.4")).err(),
+            Some("an address not taken from this sender")
+        );
+        assert!(offer(&loopback, ip("127.0.0.1")).is_ok());
+        assert!(offer(&loopback, None).is_err(), "no IP: counts as public");
+        assert!(offer(&private, ip("198.51.100.4")).is_err());
+        assert!(offer(&private, ip("192.168.1.9")).is_ok());
+        assert!(offer(&private, ip("::ffff:192.168.1.9")).is_ok());
+        assert!(offer(&public, ip("198.51.100.4")).is_ok());
+        assert!(offer(&public, None).is_ok());
+        let taken = offer(&public, ip("198.51.100.4")).expect("record");
+        assert_eq!(taken.peer_id(), peer);
+
+        // Someone else's record, and bytes that are no record.
+        let other = Keypair::generate_secp256k1();
+        assert_eq!(
+            offer(&record(&other, "203.0.113.8"), None).err(),
+            Some("not the sender's own")
+        );
+        assert_eq!(offer(b"not a record", None).err(), Some("does not verify"));
     }
 }
