@@ -1660,6 +1660,7 @@ impl Engine {
                     st.outbox_wants.push(WantEntry::cancel(a));
                     st.haves.remove(&a);
                 }
+                self.note_timeout(a, peer);
                 self.release(a, peer, true, now);
             }
             self.report(peer, PeerAction::HighTolerance, "requests timed out".into());
@@ -1691,15 +1692,7 @@ impl Engine {
                     st.owed_since = None;
                 }
             }
-            // Once may be a message lost on the way; twice, the holder does not send this
-            // block (a cairn holder whose copy is damaged parks the request): it is not asked
-            // for it again, so a want only it "holds" ends as not found instead of going round
-            // for good (review).
-            if let Some(p) = self.pending.get_mut(&a)
-                && !p.timed_out.insert(peer)
-            {
-                p.shunned.insert(peer);
-            }
+            self.note_timeout(a, peer);
             self.release(a, peer, true, now);
         }
         for st in self.peers.values_mut() {
@@ -1760,6 +1753,21 @@ impl Engine {
             } else {
                 self.unannounced.push(a);
             }
+        }
+    }
+
+    /// A request for `a` at `peer` timed out, whether the peer went silent or only this request
+    /// was lost. Once may be a message lost on the way; twice, the holder does not send this
+    /// block (a cairn holder whose copy is damaged parks the request): it is not asked for it
+    /// again, so a want only it "holds" ends as not found instead of going round for good
+    /// (review). Both ways of timing out count: a holder whose only request was the one it
+    /// withheld went silent every time, was asked again after each re-query, and the download
+    /// never ended (found by review).
+    fn note_timeout(&mut self, a: BlockAddress, peer: PeerId) {
+        if let Some(p) = self.pending.get_mut(&a)
+            && !p.timed_out.insert(peer)
+        {
+            p.shunned.insert(peer);
         }
     }
 
@@ -2914,6 +2922,62 @@ mod tests {
         assert_eq!(
             e.pending[&address].requested_from, None,
             "not asked a third time"
+        );
+        cancel.cancel();
+    }
+
+    /// The same for a holder whose only request is the one it withholds, so that it goes
+    /// silent ([`ACTIVITY_TIMEOUT`]) rather than losing one request among others: asked twice
+    /// at most, and the download then fails as not found (found by review: the silent path did
+    /// not count, the holder was asked again after every re-query, and the download never
+    /// ended).
+    #[tokio::test]
+    async fn a_silent_holder_of_a_withheld_block_is_asked_twice_at_most() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let holder = PeerId::random();
+        connected(&mut e, holder);
+        let address = BlockAddress::Block(*Block::data_block(Bytes::from_static(b"kept")).cid());
+        said_has(&mut e, holder, address);
+        let (tx, mut rx) = oneshot::channel();
+        let mut now = Instant::now();
+        e.add_want(address, None, tx, now);
+        for round in 0..2 {
+            e.assign(now);
+            assert_eq!(
+                e.pending[&address].requested_from,
+                Some(holder),
+                "round {round}"
+            );
+            now += ACTIVITY_TIMEOUT + TICK;
+            e.on_tick(now);
+            e.assign(now);
+            assert_eq!(e.pending[&address].requested_from, None, "round {round}");
+            said_has(&mut e, holder, address);
+            now += REQUERY_INTERVAL + TICK;
+            e.on_tick(now);
+        }
+        e.assign(now);
+        assert_eq!(
+            e.pending[&address].requested_from, None,
+            "not asked a third time"
+        );
+        // It keeps saying it has the block; nobody else has it: the want fails.
+        let mut failed_at = None;
+        for _ in 0..(2 * NO_HOLDER_TIMEOUT.as_millis() / TICK.as_millis()) {
+            now += TICK;
+            said_has(&mut e, holder, address);
+            e.on_tick(now);
+            e.assign(now);
+            assert_eq!(e.pending.get(&address).and_then(|p| p.requested_from), None);
+            if let Ok(got) = rx.try_recv() {
+                failed_at = Some(got);
+                break;
+            }
+        }
+        assert!(
+            matches!(failed_at, Some(Err(FetchError::NotFound))),
+            "{failed_at:?}"
         );
         cancel.cancel();
     }
