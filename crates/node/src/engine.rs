@@ -47,7 +47,8 @@
 //!   (from [`STORE_MIN_BATCH_BLOCKS`] to [`STORE_BATCH_BLOCKS`], sooner after [`STORE_LINGER`]
 //!   or when nothing more is coming; at most [`STORE_TASKS`] at once) so one commit and one
 //!   `fdatasync` cover many blocks; at most [`MAX_UNSTORED_BLOCKS`] wait for the disk before
-//!   requests pause. [`EngineHandle::flush`] waits for the writes; a stopping engine makes them
+//!   requests pause. [`EngineHandle::flush`] waits for the writes of the blocks queued before
+//!   it (not for those other downloads queue after it); a stopping engine makes them
 //!   all before it ends (within [`STOP_WRITE_GRACE`]), so a graceful stop loses no verified
 //!   block. Other peers still asked for it get a cancel. A standalone block (a manifest) goes to
 //!   its requesters once stored, since storing it lists its dataset.
@@ -77,7 +78,7 @@
 //! want lists, the blocks in flight and those waiting for the disk, set every [`TICK`].
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -384,8 +385,8 @@ impl EngineHandle {
             .await;
     }
 
-    /// Waits until every block accepted so far has been written (or failed to be). Under a
-    /// steady stream of new blocks this waits for a moment when the write queue is empty.
+    /// Waits until every block accepted so far has been written (or failed to be); blocks
+    /// accepted after the call are not waited for.
     pub async fn flush(&self) -> Result<(), FetchError> {
         self.ask(|tx| Command::Flush { done: tx }).await
     }
@@ -642,7 +643,11 @@ impl WantedQueue {
 }
 
 enum Done {
-    Stored(Vec<(BlockAddress, Result<Block, FetchError>)>),
+    /// A batch was written; `first` is the `seq` of its first block.
+    Stored {
+        first: u64,
+        results: Vec<(BlockAddress, Result<Block, FetchError>)>,
+    },
     /// A serving task read its blocks.
     Read {
         peer: PeerId,
@@ -674,6 +679,8 @@ struct ToStore {
     block: Verified,
     /// When it was verified and queued.
     queued: Instant,
+    /// Its place in the order blocks were queued ([`Engine::stored_below`]).
+    seq: u64,
 }
 
 /// A delivered block that passed [`verify`].
@@ -729,7 +736,15 @@ pub struct Engine {
     next_epoch: u64,
     tasks: JoinSet<Done>,
     storing_blocks: usize,
-    flush_waiters: Vec<oneshot::Sender<()>>,
+    /// The `seq` the next queued block gets.
+    next_store_seq: u64,
+    /// The `seq` of the first block of each batch being written.
+    writing: BTreeSet<u64>,
+    /// Flushes waiting, each for the blocks queued before it (`seq` below its number): a
+    /// flush does not wait for blocks other downloads queue after it (found by review: it
+    /// waited until no block at all was queued or being written, which never came while
+    /// another download kept bringing blocks in).
+    flush_waiters: Vec<(u64, oneshot::Sender<()>)>,
     /// The engine is stopping: everything queued is written at once ([`Engine::write_out`]).
     stopping: bool,
     reports_in_flight: usize,
@@ -780,6 +795,8 @@ impl Engine {
             next_epoch: 0,
             tasks: JoinSet::new(),
             storing_blocks: 0,
+            next_store_seq: 0,
+            writing: BTreeSet::new(),
             flush_waiters: Vec::new(),
             stopping: false,
             reports_in_flight: 0,
@@ -928,10 +945,10 @@ impl Engine {
                 let _ = done.send(all);
             }
             Command::Flush { done } => {
-                if self.to_store.is_empty() && self.storing == 0 {
+                if self.stored_below() >= self.next_store_seq {
                     let _ = done.send(());
                 } else {
-                    self.flush_waiters.push(done);
+                    self.flush_waiters.push((self.next_store_seq, done));
                 }
             }
         }
@@ -1290,13 +1307,41 @@ impl Engine {
                 st.outbox_wants.push(WantEntry::cancel(address));
             }
         }
-        if matches!(verified, Verified::Block(_)) {
+        self.queue_store(verified, now);
+    }
+
+    fn queue_store(&mut self, block: Verified, now: Instant) {
+        if matches!(block, Verified::Block(_)) {
             self.standalone_queued += 1;
         }
         self.to_store.push_back(ToStore {
-            block: verified,
+            block,
             queued: now,
+            seq: self.next_store_seq,
         });
+        self.next_store_seq += 1;
+    }
+
+    /// Every block queued with a `seq` below this is written (or failed to be).
+    fn stored_below(&self) -> u64 {
+        let queued = self.to_store.front().map(|b| b.seq);
+        let writing = self.writing.first().copied();
+        [queued, writing]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.next_store_seq)
+    }
+
+    /// Answers the flushes whose blocks are all written.
+    fn answer_flushes(&mut self) {
+        let below = self.stored_below();
+        for (_, done) in self
+            .flush_waiters
+            .extract_if(.., |(upto, _)| *upto <= below)
+        {
+            let _ = done.send(());
+        }
     }
 
     fn on_wantlist(&mut self, peer: PeerId, entries: Vec<WantEntry>) {
@@ -1471,8 +1516,9 @@ impl Engine {
 
     fn on_done(&mut self, done: Done) {
         match done {
-            Done::Stored(results) => {
+            Done::Stored { first, results } => {
                 self.storing -= 1;
+                self.writing.remove(&first);
                 self.storing_blocks -= results.len();
                 // One log line per failed batch (a full store fails every block of it).
                 let mut failed: Option<(BlockAddress, String, usize)> = None;
@@ -1500,11 +1546,7 @@ impl Engine {
                 if let Some((first, error, blocks)) = failed {
                     warn!(%first, blocks, %error, "verified blocks not stored");
                 }
-                if self.to_store.is_empty() && self.storing == 0 {
-                    for done in self.flush_waiters.drain(..) {
-                        let _ = done.send(());
-                    }
-                }
+                self.answer_flushes();
             }
             Done::Read {
                 peer,
@@ -1998,7 +2040,12 @@ impl Engine {
             store_due(
                 self.to_store.len(),
                 now.saturating_duration_since(oldest.queued),
-                self.stopping || !self.flush_waiters.is_empty() || self.standalone_queued > 0,
+                self.stopping
+                    || self.standalone_queued > 0
+                    || self
+                        .flush_waiters
+                        .iter()
+                        .any(|(upto, _)| oldest.seq < *upto),
                 self.pending
                     .len()
                     .saturating_sub(self.to_store.len() + self.storing_blocks),
@@ -2019,6 +2066,8 @@ impl Engine {
         while self.storing < STORE_TASKS && self.store_due(now) {
             let n = self.to_store.len().min(STORE_BATCH_BLOCKS);
             let batch: Vec<ToStore> = self.to_store.drain(..n).collect();
+            let first = batch.first().map_or(self.next_store_seq, |b| b.seq);
+            self.writing.insert(first);
             let standalone = batch
                 .iter()
                 .filter(|b| matches!(b.block, Verified::Block(_)))
@@ -2031,13 +2080,14 @@ impl Engine {
                 let addresses: Vec<BlockAddress> =
                     batch.iter().map(|b| b.block.address()).collect();
                 match tokio::task::spawn_blocking(move || store_batch(&store, batch)).await {
-                    Ok(results) => Done::Stored(results),
-                    Err(e) => Done::Stored(
-                        addresses
+                    Ok(results) => Done::Stored { first, results },
+                    Err(e) => Done::Stored {
+                        first,
+                        results: addresses
                             .into_iter()
                             .map(|a| (a, Err(FetchError::Store(e.to_string()))))
                             .collect(),
-                    ),
+                    },
                 }
             });
         }
@@ -3016,6 +3066,56 @@ mod tests {
         e.on_delivery(slow, delivery(), t0);
         e.on_tick(t0 + ACTIVITY_TIMEOUT + TICK);
         assert_eq!(e.reports_in_flight, 0, "nobody penalised");
+        cancel.cancel();
+    }
+
+    /// A flush waits for the blocks queued before it, not for those queued after it (found by
+    /// review: it waited until nothing at all was queued or being written, so a download that
+    /// finished while another kept bringing blocks in did not end until the other paused).
+    #[tokio::test]
+    async fn a_flush_waits_only_for_the_blocks_queued_before_it() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let block = |n: u8| Verified::Block(Block::data_block(Bytes::from(vec![n; 10])));
+        let now = Instant::now();
+        e.queue_store(block(1), now);
+        let (done, mut first) = oneshot::channel();
+        e.on_command(Command::Flush { done });
+        assert!(first.try_recv().is_err(), "block 1 is not written yet");
+        e.start_store(now);
+        assert_eq!(e.storing, 1);
+        // Another download's blocks come in while block 1 is written, and after.
+        e.queue_store(block(2), now);
+        let written = tokio::time::timeout(Duration::from_secs(10), e.tasks.join_next())
+            .await
+            .expect("the write did not end")
+            .expect("a task")
+            .expect("the task failed");
+        e.queue_store(block(3), now);
+        e.on_done(written);
+        assert_eq!(e.to_store.len(), 2, "blocks 2 and 3 are still queued");
+        assert!(
+            first.try_recv().is_ok(),
+            "the flush waited for later blocks"
+        );
+        // A flush now waits for blocks 2 and 3, and no longer.
+        let (done, mut second) = oneshot::channel();
+        e.on_command(Command::Flush { done });
+        assert!(second.try_recv().is_err());
+        e.start_store(now);
+        while e.storing > 0 {
+            let written = tokio::time::timeout(Duration::from_secs(10), e.tasks.join_next())
+                .await
+                .expect("the write did not end")
+                .expect("a task")
+                .expect("the task failed");
+            e.on_done(written);
+        }
+        assert!(second.try_recv().is_ok());
+        // Nothing queued: a flush is answered at once.
+        let (done, mut third) = oneshot::channel();
+        e.on_command(Command::Flush { done });
+        assert!(third.try_recv().is_ok());
         cancel.cancel();
     }
 
