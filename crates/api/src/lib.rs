@@ -15,7 +15,8 @@
 //! `filename*` when it is not (`disposition.rs`; [`download_filename`] reads either back).
 //!
 //! The node's Prometheus metrics are served apart from the API, on a listener of their own
-//! (`metrics.rs`: [`serve_metrics`]).
+//! (`metrics.rs`: [`serve_metrics`]). Both listeners bound their connections: a head-read
+//! timeout, a write deadline and a connection limit (`server.rs`).
 //! The API is described by `docs/openapi.yaml` (OpenAPI 3.0), which the node serves at
 //! `GET /api/codex/v1/openapi.yaml` and whose agreement with the router is tested (`openapi.rs`).
 //!
@@ -37,6 +38,7 @@ mod network;
 mod openapi;
 mod range;
 mod routes;
+mod server;
 
 pub use crate::{
     admin::{LogLevelSetter, MAX_LEVEL_LEN},
@@ -60,4 +62,5 @@ pub use crate::{
         API_BASE, ApiOptions, MAX_CONCURRENT_UPLOADS, UPLOAD_SLOT_WAIT, UploadLimits, router,
         router_with, serve,
     },
+    server::{HEADER_READ_TIMEOUT, MAX_HTTP_CONNECTIONS, WRITE_STALL_TIMEOUT},
 };

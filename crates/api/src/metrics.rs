@@ -56,9 +56,7 @@ pub async fn serve_metrics(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     info!(addr = %listener.local_addr()?, "metrics listening");
-    axum::serve(listener, metrics_router(registry))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    crate::server::serve_router(listener, metrics_router(registry), cancel).await
 }
 
 async fn scrape(State(s): State<Scrape>) -> Response {

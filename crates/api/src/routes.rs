@@ -150,9 +150,7 @@ pub async fn serve(
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
     info!(addr = %listener.local_addr()?, "REST API listening");
-    axum::serve(listener, router_with(node, options))
-        .with_graceful_shutdown(async move { cancel.cancelled().await })
-        .await
+    crate::server::serve_router(listener, router_with(node, options), cancel).await
 }
 
 pub(crate) fn cid_param(text: &str) -> Result<Cid, ApiError> {
