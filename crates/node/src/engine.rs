@@ -207,6 +207,10 @@ pub enum FetchError {
     /// The block could not be stored: the store's disk is full (HTTP 507 in the API).
     #[error("storing the block failed: {0}")]
     DiskFull(String),
+    /// The block came under a manifest CID and does not decode as a manifest (anyone can
+    /// make such a block and serve it): not stored, and not a failure of the store.
+    #[error("the block does not decode as a manifest: {0}")]
+    NotAManifest(String),
     /// The engine stopped.
     #[error("the block exchange has stopped")]
     Stopped,
@@ -1525,6 +1529,9 @@ impl Engine {
                 for (address, result) in results {
                     match &result {
                         Ok(_) => self.unpark(address),
+                        Err(FetchError::NotAManifest(e)) => {
+                            debug!(%address, error = %e, "a block under a manifest CID is no manifest");
+                        }
                         Err(e) => {
                             self.stats.store_failures += 1;
                             self.metrics.store_failures.inc();
@@ -2332,6 +2339,9 @@ fn store_error(e: &StoreError) -> FetchError {
             manifest_blocks,
             tree_leaves: dataset_blocks,
         },
+        // A block under a manifest CID that is no manifest (review: answered 500, and counted
+        // and logged as a store failure).
+        StoreError::Manifest(ref m) => FetchError::NotAManifest(m.to_string()),
         _ if e.is_disk_full() => FetchError::DiskFull(e.to_string()),
         _ => FetchError::Store(e.to_string()),
     }
@@ -3066,6 +3076,56 @@ mod tests {
         e.on_delivery(slow, delivery(), t0);
         e.on_tick(t0 + ACTIVITY_TIMEOUT + TICK);
         assert_eq!(e.reports_in_flight, 0, "nobody penalised");
+        cancel.cancel();
+    }
+
+    /// A block delivered under a manifest CID that does not decode as a manifest (anyone can
+    /// make one and serve it) is not stored, its requester learns it is no manifest (the API's
+    /// 404), and it is no store failure (found by review: the API answered 500, and the store
+    /// failure was counted and logged).
+    #[tokio::test]
+    async fn a_block_under_a_manifest_cid_that_is_no_manifest_is_not_a_store_failure() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let block = Block::new(
+            cairn_core::Codec::Manifest,
+            Bytes::from_static(b"no manifest"),
+        );
+        let cid = *block.cid();
+        let address = BlockAddress::Block(cid);
+        let peer = PeerId::random();
+        connected(&mut e, peer);
+        said_has(&mut e, peer, address);
+        let (tx, mut rx) = oneshot::channel();
+        let now = Instant::now();
+        e.add_want(address, None, tx, now);
+        e.assign(now);
+        assert_eq!(e.pending[&address].requested_from, Some(peer));
+        let delivery = Delivery {
+            block,
+            address,
+            proof: None,
+        };
+        e.on_delivery(peer, delivery, now);
+        e.start_store(now);
+        let written = tokio::time::timeout(Duration::from_secs(10), e.tasks.join_next())
+            .await
+            .expect("the write did not end")
+            .expect("a task")
+            .expect("the task failed");
+        e.on_done(written);
+        let got = rx.try_recv().expect("answered");
+        let Err(error) = got else {
+            panic!("stored as a manifest");
+        };
+        assert!(matches!(error, FetchError::NotAManifest(_)), "{error:?}");
+        assert!(matches!(
+            crate::NodeError::from(error),
+            crate::NodeError::NotAManifest
+        ));
+        assert_eq!(e.stats.store_failures, 0);
+        assert_eq!(e.reports_in_flight, 0, "the peer sent what was asked");
+        assert!(!e.store.has_block(&cid).unwrap());
         cancel.cancel();
     }
 

@@ -97,6 +97,7 @@ impl From<crate::engine::FetchError> for NodeError {
                 used,
                 quota,
             }),
+            crate::engine::FetchError::NotAManifest(_) => NodeError::NotAManifest,
             e => NodeError::Fetch(e),
         }
     }
