@@ -141,7 +141,8 @@ pub(crate) struct StartArgs {
     /// [default: 10]
     #[arg(long, env = "CAIRN_OUTBOUND_PEERS")]
     pub(crate) outbound_peers: Option<usize>,
-    /// Most peers that dialled us; more are refused [default: 40; with --seed-mode, --max-peers]
+    /// Most peers that dialled us; more are refused. At most --max-peers minus --outbound-peers
+    /// [default: 40, or that difference if smaller; with --seed-mode, --max-peers]
     #[arg(long, env = "CAIRN_MAX_INBOUND_PEERS")]
     pub(crate) max_inbound_peers: Option<u32>,
     /// A peer to stay connected to, repeatable: a multiaddr ending in /p2p/<peer id>, redialled
@@ -362,10 +363,16 @@ pub(crate) fn parse_nat(text: &str) -> anyhow::Result<Nat> {
         return Ok(Nat::Auto);
     }
     if let Some(ip) = t.strip_prefix("extip:") {
-        return ip
+        let addr: IpAddr = ip
             .parse()
-            .map(Nat::ExtIp)
-            .with_context(|| format!("--nat: '{ip}' is not an IP address"));
+            .with_context(|| format!("--nat: '{ip}' is not an IP address"))?;
+        // The address goes into the DHT record and every provider record: one no peer can dial
+        // made the node's datasets unreachable through the DHT without a word (found by review).
+        let broadcast = matches!(addr, IpAddr::V4(v4) if v4.is_broadcast());
+        if addr.is_unspecified() || addr.is_multicast() || broadcast {
+            bail!("--nat: '{ip}' is not an address peers can dial");
+        }
+        return Ok(Nat::ExtIp(addr));
     }
     bail!("--nat: '{t}': expected any, none or extip:<IP> (UPnP and NAT-PMP are not supported)")
 }
@@ -622,14 +629,22 @@ impl StartArgs {
         let seed_mode = self.seed_mode.or(file.seed_mode).unwrap_or(false);
         // A seed's connections last a second each, and a network starting at once dials it all
         // at once: by default it takes as many as --max-peers allows.
-        let max_inbound_peers =
-            self.max_inbound_peers
-                .or(file.max_inbound_peers)
-                .unwrap_or(if seed_mode {
-                    max_peers
-                } else {
-                    cairn_node::net::DEFAULT_MAX_INBOUND
-                });
+        // Outside seed mode, inbound peers leave room for the outbound ones: --max-peers counts
+        // both, and nothing closes an inbound connection to make room, so with more inbound
+        // room than that the peers that dialled us could take every slot, and every dial
+        // (providers, bootstrap nodes, persistent peers) would then be refused (found by
+        // review: `--max-peers 30` kept the default 40 inbound).
+        let inbound_room = max_peers.saturating_sub(outbound_peers as u32);
+        let max_inbound_peers = match self.max_inbound_peers.or(file.max_inbound_peers) {
+            Some(n) if !seed_mode && n > inbound_room => bail!(
+                "--max-inbound-peers ({n}) plus --outbound-peers ({outbound_peers}) must not \
+                 exceed --max-peers ({max_peers}): inbound peers could take every connection \
+                 and no dial would succeed"
+            ),
+            Some(n) => n,
+            None if seed_mode => max_peers,
+            None => cairn_node::net::DEFAULT_MAX_INBOUND.min(inbound_room),
+        };
         let persistent_peers = match (self.persistent_peer.is_empty(), &file.persistent_peer) {
             (false, _) => parse_persistent(&self.persistent_peer)?,
             (true, Some(l)) => parse_persistent(l)?,
@@ -1022,6 +1037,31 @@ mod tests {
         assert!(format!("{err:#}").contains("--max-peers"), "{err:#}");
     }
 
+    /// `--nat extip:` takes an address peers can dial, and refuses the unspecified, multicast
+    /// and broadcast ones (found by review: they went into the DHT records, and the node's
+    /// datasets could not be reached through the DHT).
+    #[test]
+    fn nat_extip_must_be_dialable() {
+        assert!(matches!(parse_nat("any"), Ok(Nat::Auto)));
+        assert!(matches!(parse_nat("none"), Ok(Nat::Auto)));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for good in ["203.0.113.5", "2001:db8::7", "10.0.0.2"] {
+            match parse_nat(&format!("extip:{good}")) {
+                Ok(Nat::ExtIp(got)) => assert_eq!(got, ip(good)),
+                other => panic!("{good}: {other:?}"),
+            }
+        }
+        for bad in ["0.0.0.0", "::", "224.0.0.1", "ff02::1", "255.255.255.255"] {
+            let err = parse_nat(&format!("extip:{bad}")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("not an address peers can dial"),
+                "{bad}: {err:#}"
+            );
+        }
+        assert!(parse_nat("extip:host.example").is_err());
+        assert!(parse_nat("upnp").is_err());
+    }
+
     #[test]
     fn peer_manager_options_resolve_and_bad_values_are_named() {
         let c = StartArgs::default().resolve().unwrap();
@@ -1059,6 +1099,23 @@ mod tests {
             format!("/ip4/127.0.0.1/tcp/9/p2p/{id}")
         );
 
+        // Inbound peers leave room for the outbound ones (review: with --max-peers 30 they
+        // could take all 30 slots, and every dial failed).
+        let small = StartArgs {
+            max_peers: Some(30),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (
+                small.max_peers,
+                small.outbound_peers,
+                small.max_inbound_peers
+            ),
+            (30, 10, 20)
+        );
+
         for (args, option) in [
             (
                 StartArgs {
@@ -1088,6 +1145,14 @@ mod tests {
                     ..Default::default()
                 },
                 "--storage-quota must be at least 64KiB",
+            ),
+            (
+                StartArgs {
+                    max_peers: Some(30),
+                    max_inbound_peers: Some(25),
+                    ..Default::default()
+                },
+                "--max-inbound-peers (25) plus --outbound-peers (10) must not exceed --max-peers (30)",
             ),
         ] {
             let err = args.resolve().unwrap_err();

@@ -868,7 +868,17 @@ impl Service {
                                 (Direction::Inbound, send_back_addr)
                             }
                         };
-                        info!(peer = %peer_id, %address, ?direction, "peer connected");
+                        // Inbound peers at debug: a host that dials us in a loop chooses how
+                        // often these lines come (found by review), and the peer gauges count
+                        // them anyway. The peers we dial are ours to choose.
+                        match direction {
+                            Direction::Outbound => {
+                                info!(peer = %peer_id, %address, ?direction, "peer connected");
+                            }
+                            Direction::Inbound => {
+                                debug!(peer = %peer_id, %address, ?direction, "peer connected");
+                            }
+                        }
                         self.metrics.peers(direction).inc();
                         self.connected.insert(
                             peer_id,
@@ -906,11 +916,16 @@ impl Service {
                 if num_established == 0 {
                     // `pex_served` and `pex_asked` stay (pruned on the tick): reconnecting must
                     // not reset the request rate limits.
-                    if let Some(c) = self.connected.remove(&peer_id) {
+                    let direction = self.connected.remove(&peer_id).map(|c| {
                         self.metrics.peers(c.info.direction).dec();
-                    }
+                        c.info.direction
+                    });
                     let cause = cause.map_or_else(|| "closed".to_owned(), |c| c.to_string());
-                    info!(peer = %peer_id, %cause, "peer disconnected");
+                    if direction == Some(Direction::Outbound) {
+                        info!(peer = %peer_id, %cause, "peer disconnected");
+                    } else {
+                        debug!(peer = %peer_id, %cause, "peer disconnected");
+                    }
                     self.emit(NetEvent::PeerDisconnected { peer: peer_id });
                     self.fixed_disconnected(peer_id);
                 } else if let Some(c) = self.connected.get_mut(&peer_id) {
