@@ -488,8 +488,14 @@ impl Pending {
 /// A request outstanding at a peer.
 #[derive(Debug, Clone, Copy)]
 struct Asked {
-    /// When it was sent.
+    /// When it was sent (last sent: a request asked again after a lost connection counts from
+    /// then, for the peer's rate).
     at: Instant,
+    /// When it was first sent to this peer: [`REQUEST_TIMEOUT`] and the hedge's age count from
+    /// here, so that asking again after a lost connection does not restart them (found by
+    /// review: a peer that withheld one block and closed a second connection every 15 s kept
+    /// the request from ever timing out).
+    since: Instant,
     /// Requests to the same peer outstanding before it (the queue it joined), for the peer's
     /// [`Pace`].
     ahead: usize,
@@ -558,7 +564,14 @@ impl Peer {
     /// Sends the peer a `WantBlock` for `address`.
     fn ask(&mut self, address: BlockAddress, now: Instant) {
         let ahead = self.outstanding.len();
-        self.outstanding.insert(address, Asked { at: now, ahead });
+        self.outstanding.insert(
+            address,
+            Asked {
+                at: now,
+                since: now,
+                ahead,
+            },
+        );
         self.outbox_wants.push(WantEntry::block(address));
         self.owed_since.get_or_insert(now);
     }
@@ -1309,6 +1322,12 @@ impl Engine {
                     now,
                 );
                 st.outbox_wants.push(WantEntry::cancel(address));
+                // We stopped asking: it owes nothing (found by review: an honest peer that
+                // obeyed the cancel sent no late copy, and was penalised as silent 10 s later
+                // at the end of every download that hedged away from it).
+                if st.outstanding.is_empty() {
+                    st.owed_since = None;
+                }
             }
         }
         self.queue_store(verified, now);
@@ -1658,21 +1677,22 @@ impl Engine {
                 continue;
             }
             st.lost_at = None;
-            let again: Vec<BlockAddress> = st
+            let again: Vec<(BlockAddress, Instant)> = st
                 .outstanding
                 .iter()
                 .filter(|(_, asked)| asked.at <= lost_at)
-                .map(|(a, _)| *a)
+                .map(|(a, asked)| (*a, asked.since))
                 .collect();
             if !again.is_empty() {
                 debug!(%peer, requests = again.len(), "asking again what a lost connection held");
             }
             let ahead = st.outstanding.len() - again.len();
-            for (i, a) in again.into_iter().enumerate() {
+            for (i, (a, since)) in again.into_iter().enumerate() {
                 st.outstanding.insert(
                     a,
                     Asked {
                         at: now,
+                        since,
                         ahead: ahead + i,
                     },
                 );
@@ -1719,7 +1739,7 @@ impl Engine {
         let mut lost = Vec::new();
         for (peer, st) in &self.peers {
             for (a, asked) in &st.outstanding {
-                if now.saturating_duration_since(asked.at) > REQUEST_TIMEOUT {
+                if now.saturating_duration_since(asked.since) > REQUEST_TIMEOUT {
                     lost.push((*peer, *a));
                 }
             }
@@ -1986,7 +2006,7 @@ impl Engine {
         let mut stuck: Vec<(Duration, BlockAddress, PeerId)> = Vec::new();
         for (peer, st) in &self.peers {
             for (a, asked) in &st.outstanding {
-                let age = now.saturating_duration_since(asked.at);
+                let age = now.saturating_duration_since(asked.since);
                 if age >= pace::HEDGE_MIN_AGE {
                     stuck.push((age, *a, *peer));
                 }
@@ -2750,10 +2770,18 @@ mod tests {
                 lost,
                 Asked {
                     at: Instant::now(),
+                    since: Instant::now(),
                     ahead: 0,
                 },
             );
-            st.outstanding.insert(fine, Asked { at: now, ahead: 1 });
+            st.outstanding.insert(
+                fine,
+                Asked {
+                    at: now,
+                    since: now,
+                    ahead: 1,
+                },
+            );
             st.owed_since = Some(now);
             st.outbox_wants.clear();
         }
@@ -3042,6 +3070,97 @@ mod tests {
         cancel.cancel();
     }
 
+    /// A request asked again after each lost connection still times out [`REQUEST_TIMEOUT`]
+    /// after it was first asked (found by review: a peer that withheld one block, delivered
+    /// others and closed a second connection every few seconds restarted the timeout each time,
+    /// and the block never moved).
+    #[tokio::test]
+    async fn a_request_asked_again_after_lost_connections_still_times_out() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let holder = PeerId::random();
+        connected(&mut e, holder);
+        let address = BlockAddress::Block(*Block::data_block(Bytes::from_static(b"held")).cid());
+        said_has(&mut e, holder, address);
+        let (tx, _rx) = oneshot::channel();
+        let t0 = Instant::now();
+        e.add_want(address, None, tx, t0);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, Some(holder));
+        let mut now = t0;
+        let mut reasked = 0;
+        while now < t0 + REQUEST_TIMEOUT + LOST_CONNECTION_GRACE + 2 * TICK {
+            let Some(st) = e.peers.get_mut(&holder) else {
+                panic!("the holder left");
+            };
+            if !st.outstanding.contains_key(&address) {
+                break;
+            }
+            // A second connection closes; the request is asked again after the grace, while
+            // the peer keeps delivering other blocks.
+            st.lost_at = Some(now);
+            now += LOST_CONNECTION_GRACE + TICK;
+            st.owed_since = Some(now);
+            st.outbox_wants.clear();
+            e.on_tick(now);
+            if e.peers[&holder]
+                .outbox_wants
+                .contains(&WantEntry::block(address))
+            {
+                reasked += 1;
+            }
+        }
+        assert!(reasked > 1, "the request was not asked again");
+        assert!(
+            !e.peers[&holder].outstanding.contains_key(&address),
+            "still waiting at the holder {:?} after it was first asked",
+            now - t0
+        );
+        assert_eq!(e.stats.timeouts, 1);
+        cancel.cancel();
+    }
+
+    /// A peer whose last request was answered first by another holder (a hedge) and that obeys
+    /// our cancel (it sends no late copy) is not taken for silent (found by review: it was
+    /// penalised 10 s later).
+    #[tokio::test]
+    async fn a_peer_that_obeys_the_cancel_after_a_hedge_is_not_silent() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (slow, fast) = (PeerId::random(), PeerId::random());
+        connected(&mut e, slow);
+        connected(&mut e, fast);
+        let block = Block::data_block(Bytes::from_static(b"hedged away"));
+        let address = BlockAddress::Block(*block.cid());
+        said_has(&mut e, slow, address);
+        let (tx, _rx) = oneshot::channel();
+        let t0 = Instant::now();
+        e.add_want(address, None, tx, t0);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, Some(slow));
+        assert!(e.peers[&slow].owed_since.is_some());
+        if let Some(p) = e.pending.get_mut(&address) {
+            p.hedged = Some(fast);
+        }
+        if let Some(st) = e.peers.get_mut(&fast) {
+            st.ask(address, t0);
+        }
+        let delivery = Delivery {
+            block,
+            address,
+            proof: None,
+        };
+        e.on_delivery(fast, delivery, t0);
+        assert!(
+            e.peers[&slow]
+                .outbox_wants
+                .contains(&WantEntry::cancel(address))
+        );
+        e.on_tick(t0 + ACTIVITY_TIMEOUT + TICK);
+        assert_eq!(e.reports_in_flight, 0, "nobody penalised");
+        cancel.cancel();
+    }
+
     /// A peer whose request was answered first by another holder (a hedge), and whose own copy
     /// arrives late, is not taken for silent (review: it was penalised 10 s later).
     #[tokio::test]
@@ -3264,7 +3383,14 @@ mod tests {
         if let Some(st) = e.peers.get_mut(&peer) {
             for n in 0..5u8 {
                 let a = BlockAddress::Block(*Block::data_block(Bytes::from(vec![n; 2])).cid());
-                st.outstanding.insert(a, Asked { at: t0, ahead: 0 });
+                st.outstanding.insert(
+                    a,
+                    Asked {
+                        at: t0,
+                        since: t0,
+                        ahead: 0,
+                    },
+                );
             }
             st.control_in_flight = true;
             st.outbox_wants = vec![WantEntry::have(filler); MAX_QUEUED_WANTS];
