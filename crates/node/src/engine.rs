@@ -535,10 +535,15 @@ struct Peer {
     nothing_ready: bool,
     /// Since when it has owed us a block without delivering any: set by a request while unset,
     /// moved on by each delivery, cleared when it owes nothing because it delivered or because
-    /// we cancelled. A request another holder answered first (a hedge) does not clear it, so a
-    /// peer that claims blocks and never sends them is found silent ([`ACTIVITY_TIMEOUT`]) even
-    /// when hedging takes every request away from it.
+    /// we cancelled. A request another holder answered first (a hedge) clears it only for a
+    /// peer that has delivered since it began to owe (`last_delivery`), so a peer that claims
+    /// blocks and sends none of them is found silent ([`ACTIVITY_TIMEOUT`]) even when hedging
+    /// takes every request away from it, and a slow peer that delivers and obeys the cancel is
+    /// not (found by review: it was penalised at the end of every download that hedged away
+    /// from it).
     owed_since: Option<Instant>,
+    /// When it last delivered a block it was asked for (a late copy included).
+    last_delivery: Option<Instant>,
     /// Which connection of the peer this state is for: tasks report with it, and a report of
     /// an earlier one (the peer left and came back meanwhile) does not touch this state.
     epoch: u64,
@@ -583,6 +588,7 @@ impl Peer {
             pace: Pace::default(),
             nothing_ready: false,
             owed_since: None,
+            last_delivery: None,
             epoch,
             wanted: WantedQueue::default(),
             in_serve: HashMap::new(),
@@ -1254,6 +1260,7 @@ impl Engine {
         state.pace.observe(asked.ahead, latency, now);
         state.nothing_ready = false; // more room, and a new rate: it may now be the one to ask
         state.owed_since = (!state.outstanding.is_empty()).then_some(now);
+        state.last_delivery = Some(now);
         let Some(pending) = self.pending.get_mut(&d.address) else {
             self.duplicate(peer);
             return;
@@ -1322,10 +1329,12 @@ impl Engine {
                     now,
                 );
                 st.outbox_wants.push(WantEntry::cancel(address));
-                // We stopped asking: it owes nothing (found by review: an honest peer that
-                // obeyed the cancel sent no late copy, and was penalised as silent 10 s later
-                // at the end of every download that hedged away from it).
-                if st.outstanding.is_empty() {
+                // We stopped asking: a peer that has delivered since it began to owe owes
+                // nothing (see `owed_since`).
+                let delivers = st
+                    .last_delivery
+                    .is_some_and(|t| st.owed_since.is_none_or(|owed| t >= owed));
+                if st.outstanding.is_empty() && delivers {
                     st.owed_since = None;
                 }
             }
@@ -3145,6 +3154,9 @@ mod tests {
         if let Some(st) = e.peers.get_mut(&fast) {
             st.ask(address, t0);
         }
+        if let Some(st) = e.peers.get_mut(&slow) {
+            st.last_delivery = Some(t0); // it delivered another block a moment ago
+        }
         let delivery = Delivery {
             block,
             address,
@@ -3158,6 +3170,40 @@ mod tests {
         );
         e.on_tick(t0 + ACTIVITY_TIMEOUT + TICK);
         assert_eq!(e.reports_in_flight, 0, "nobody penalised");
+        cancel.cancel();
+    }
+
+    /// A peer that claims blocks and has delivered none is still found silent when hedging
+    /// takes its last request away: the cancel does not clear what it owes.
+    #[tokio::test]
+    async fn a_peer_that_never_delivers_is_silent_even_when_hedged_away() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (liar, fast) = (PeerId::random(), PeerId::random());
+        connected(&mut e, liar);
+        connected(&mut e, fast);
+        let block = Block::data_block(Bytes::from_static(b"never sent"));
+        let address = BlockAddress::Block(*block.cid());
+        said_has(&mut e, liar, address);
+        let (tx, _rx) = oneshot::channel();
+        let t0 = Instant::now();
+        e.add_want(address, None, tx, t0);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, Some(liar));
+        if let Some(p) = e.pending.get_mut(&address) {
+            p.hedged = Some(fast);
+        }
+        if let Some(st) = e.peers.get_mut(&fast) {
+            st.ask(address, t0);
+        }
+        let delivery = Delivery {
+            block,
+            address,
+            proof: None,
+        };
+        e.on_delivery(fast, delivery, t0);
+        e.on_tick(t0 + ACTIVITY_TIMEOUT + TICK);
+        assert_eq!(e.reports_in_flight, 1, "the liar is penalised");
         cancel.cancel();
     }
 
