@@ -30,7 +30,7 @@ use crate::{
     lookup::{Lookup, lookup_distances},
     service::{
         self, Command, DiscoveryConfig, DiscoveryError, LocalRecords, RequestError, Shared,
-        address_acceptable, is_own,
+        address_acceptable, address_acceptable_from, is_own,
     },
     spr::Spr,
     table::{BUCKET_SIZE, Origin},
@@ -153,19 +153,14 @@ impl Discovery {
     }
 
     /// Whether this DHT takes `addr` as a node's address when a sender at `sender` gives it
-    /// ([`address_acceptable`]: no loopback or private address from a public sender, unless the
-    /// DHT allows local addresses). A sender known by no IP address counts as public.
+    /// ([`address_acceptable_from`]: no loopback or private address from a public sender,
+    /// unless the DHT allows local addresses).
     pub fn accepts_address_from(
         &self,
         addr: std::net::SocketAddr,
         sender: Option<std::net::IpAddr>,
     ) -> bool {
-        let sender = sender.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        address_acceptable(
-            addr,
-            std::net::SocketAddr::new(sender, 0),
-            self.config.allow_local_addrs,
-        )
+        address_acceptable_from(addr, sender, self.config.allow_local_addrs)
     }
 
     /// Adds a node (e.g. a bootstrap record given later) and pings it.

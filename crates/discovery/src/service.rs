@@ -1284,6 +1284,17 @@ pub fn address_acceptable(addr: SocketAddr, sender: SocketAddr, allow_local: boo
     true
 }
 
+/// [`address_acceptable`] for a sender known by its IP alone; one known by no IP address (a
+/// DNS name, a relay) counts as public.
+pub fn address_acceptable_from(
+    addr: SocketAddr,
+    sender: Option<IpAddr>,
+    allow_local: bool,
+) -> bool {
+    let sender = sender.unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    address_acceptable(addr, SocketAddr::new(sender, 0), allow_local)
+}
+
 /// The peer id of a record's key, for filtering our own records out of answers.
 pub(crate) fn is_own(shared: &Shared, peer: &PeerId) -> bool {
     shared.keypair.public().to_peer_id() == *peer

@@ -529,9 +529,9 @@ async fn round_step(store: &Store, after: Option<Vec<u8>>) -> Option<Step> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::net::IpAddr;
 
-    use cairn_discovery::service::address_acceptable;
+    use cairn_discovery::service::address_acceptable_from;
     use cairn_net::Keypair;
 
     use super::*;
@@ -539,8 +539,7 @@ mod tests {
     /// The rule [`Discovery::accepts_address_from`] applies with local addresses not allowed
     /// (the default).
     fn default_rule(addr: std::net::SocketAddr, from: Option<IpAddr>) -> bool {
-        let from = from.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        address_acceptable(addr, std::net::SocketAddr::new(from, 0), false)
+        address_acceptable_from(addr, from, false)
     }
 
     fn record(key: &Keypair, ip: &str) -> Vec<u8> {

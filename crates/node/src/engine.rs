@@ -2982,101 +2982,71 @@ mod tests {
         cancel.cancel();
     }
 
-    /// A holder whose request for a block times out twice ([`REQUEST_TIMEOUT`]) while it
-    /// delivers others is not asked for that block again (review: it was asked every ~22 s for
-    /// good, and the want never ended).
+    /// A holder that never sends a block is asked for it twice at most, and the want then fails
+    /// as not found, whichever way its requests time out: lost among others it delivers
+    /// ([`REQUEST_TIMEOUT`]; review: it was asked every ~22 s for good, and the want never
+    /// ended), or as its only request, so that it goes silent ([`ACTIVITY_TIMEOUT`]; found by
+    /// review: the silent path did not count, and the download never ended).
     #[tokio::test]
     async fn a_holder_that_never_sends_a_block_is_asked_twice_at_most() {
-        let cancel = CancellationToken::new();
-        let mut e = engine(&cancel).await;
-        let holder = PeerId::random();
-        connected(&mut e, holder);
-        let address = BlockAddress::Block(*Block::data_block(Bytes::from_static(b"kept")).cid());
-        said_has(&mut e, holder, address);
-        let (tx, _rx) = oneshot::channel();
-        let mut now = Instant::now();
-        e.add_want(address, None, tx, now);
-        for round in 0..2 {
+        for delivers_others in [true, false] {
+            let cancel = CancellationToken::new();
+            let mut e = engine(&cancel).await;
+            let holder = PeerId::random();
+            connected(&mut e, holder);
+            let address =
+                BlockAddress::Block(*Block::data_block(Bytes::from_static(b"kept")).cid());
+            said_has(&mut e, holder, address);
+            let (tx, mut rx) = oneshot::channel();
+            let mut now = Instant::now();
+            e.add_want(address, None, tx, now);
+            for round in 0..2 {
+                e.assign(now);
+                assert_eq!(
+                    e.pending[&address].requested_from,
+                    Some(holder),
+                    "round {round}, delivers others: {delivers_others}"
+                );
+                if delivers_others {
+                    now += REQUEST_TIMEOUT + TICK;
+                    if let Some(st) = e.peers.get_mut(&holder) {
+                        st.owed_since = Some(now); // it delivers other blocks meanwhile
+                    }
+                } else {
+                    now += ACTIVITY_TIMEOUT + TICK;
+                }
+                e.on_tick(now);
+                e.assign(now); // as the engine does after every tick
+                assert_eq!(e.pending[&address].requested_from, None, "round {round}");
+                // It says it has it again, and the want is asked about again.
+                said_has(&mut e, holder, address);
+                now += REQUERY_INTERVAL + TICK;
+                e.on_tick(now);
+            }
             e.assign(now);
             assert_eq!(
-                e.pending[&address].requested_from,
-                Some(holder),
-                "round {round}"
+                e.pending[&address].requested_from, None,
+                "not asked a third time (delivers others: {delivers_others})"
             );
-            now += REQUEST_TIMEOUT + TICK;
-            if let Some(st) = e.peers.get_mut(&holder) {
-                st.owed_since = Some(now); // it delivers other blocks meanwhile
+            // It keeps saying it has the block; nobody else has it: the want fails.
+            let mut failed_at = None;
+            for _ in 0..(2 * NO_HOLDER_TIMEOUT.as_millis() / TICK.as_millis()) {
+                now += TICK;
+                said_has(&mut e, holder, address);
+                e.on_tick(now);
+                e.assign(now);
+                assert_eq!(e.pending.get(&address).and_then(|p| p.requested_from), None);
+                if let Ok(got) = rx.try_recv() {
+                    failed_at = Some(got);
+                    break;
+                }
             }
-            e.on_tick(now);
-            e.assign(now); // as the engine does after every tick
-            assert_eq!(e.pending[&address].requested_from, None, "round {round}");
-            // It says it has it again, and the want is asked about again.
-            said_has(&mut e, holder, address);
-            now += REQUERY_INTERVAL + TICK;
-            e.on_tick(now);
-        }
-        e.assign(now);
-        assert_eq!(
-            e.pending[&address].requested_from, None,
-            "not asked a third time"
-        );
-        cancel.cancel();
-    }
-
-    /// The same for a holder whose only request is the one it withholds, so that it goes
-    /// silent ([`ACTIVITY_TIMEOUT`]) rather than losing one request among others: asked twice
-    /// at most, and the download then fails as not found (found by review: the silent path did
-    /// not count, the holder was asked again after every re-query, and the download never
-    /// ended).
-    #[tokio::test]
-    async fn a_silent_holder_of_a_withheld_block_is_asked_twice_at_most() {
-        let cancel = CancellationToken::new();
-        let mut e = engine(&cancel).await;
-        let holder = PeerId::random();
-        connected(&mut e, holder);
-        let address = BlockAddress::Block(*Block::data_block(Bytes::from_static(b"kept")).cid());
-        said_has(&mut e, holder, address);
-        let (tx, mut rx) = oneshot::channel();
-        let mut now = Instant::now();
-        e.add_want(address, None, tx, now);
-        for round in 0..2 {
-            e.assign(now);
-            assert_eq!(
-                e.pending[&address].requested_from,
-                Some(holder),
-                "round {round}"
+            assert!(
+                matches!(failed_at, Some(Err(FetchError::NotFound))),
+                "{failed_at:?} (delivers others: {delivers_others})"
             );
-            now += ACTIVITY_TIMEOUT + TICK;
-            e.on_tick(now);
-            e.assign(now);
-            assert_eq!(e.pending[&address].requested_from, None, "round {round}");
-            said_has(&mut e, holder, address);
-            now += REQUERY_INTERVAL + TICK;
-            e.on_tick(now);
+            cancel.cancel();
         }
-        e.assign(now);
-        assert_eq!(
-            e.pending[&address].requested_from, None,
-            "not asked a third time"
-        );
-        // It keeps saying it has the block; nobody else has it: the want fails.
-        let mut failed_at = None;
-        for _ in 0..(2 * NO_HOLDER_TIMEOUT.as_millis() / TICK.as_millis()) {
-            now += TICK;
-            said_has(&mut e, holder, address);
-            e.on_tick(now);
-            e.assign(now);
-            assert_eq!(e.pending.get(&address).and_then(|p| p.requested_from), None);
-            if let Ok(got) = rx.try_recv() {
-                failed_at = Some(got);
-                break;
-            }
-        }
-        assert!(
-            matches!(failed_at, Some(Err(FetchError::NotFound))),
-            "{failed_at:?}"
-        );
-        cancel.cancel();
     }
 
     /// A request asked again after each lost connection still times out [`REQUEST_TIMEOUT`]
