@@ -688,14 +688,10 @@ impl Service {
     async fn on_message_packet(&mut self, packet: &Packet, src: NodeId, from: SocketAddr) {
         let now = Instant::now();
         let ad = packet.authenticated_data().ok();
-        let plaintext = self.sessions.get(&src, from, now).and_then(|s| {
-            let ad = ad.as_deref()?;
-            crypto::decrypt(&s.read_key, &packet.nonce, &packet.message, ad)
-                .ok()
-                .or_else(|| {
-                    let prev = s.previous_read_key?;
-                    crypto::decrypt(&prev, &packet.nonce, &packet.message, ad).ok()
-                })
+        let plaintext = ad.as_deref().and_then(|ad| {
+            self.sessions.open(&src, from, now, |key| {
+                crypto::decrypt(key, &packet.nonce, &packet.message, ad).ok()
+            })
         });
         match plaintext {
             Some(pt) => self.on_plaintext(&pt, src, from).await,
@@ -1218,6 +1214,11 @@ impl Service {
                 // A node that does not answer is replaced (never a bootstrap node). A partial
                 // multi-part answer still counts as an answer.
                 if p.parts.is_empty() {
+                    // Nothing came back: the session may be one the node cannot use (it reads
+                    // us but we cannot read it, and it ignores our challenges of its answers),
+                    // so the next request starts a new handshake, as rust-discv5 does on a
+                    // failed request. Keeping it left such a pair unable to talk for good.
+                    self.sessions.remove(&p.node, p.addr);
                     let mut table = self.shared.table.lock();
                     if p.find_node {
                         table.on_failure(&p.node);

@@ -8,6 +8,16 @@
 //! The cache is bounded ([`MAX_SESSIONS`]): when full, the least recently used session is
 //! dropped; its peer simply answers our next packet with WHOAREYOU and we redo the handshake.
 //! Idle sessions expire after [`SESSION_IDLE_TIMEOUT`].
+//!
+//! # Crossed handshakes
+//!
+//! When two nodes start handshakes with each other at the same moment, each may end up
+//! holding, as its current session, the one the *other* started, while packets under the
+//! crossed one are still in flight. A replaced session's keys are therefore kept as
+//! [`Session::previous`], and a packet that only they open switches the session back to them
+//! ([`Sessions::open`], as rust-discv5 does with its old keys): our answers then go out under
+//! keys the sender is known to read. Answering under the current keys instead left a pair of
+//! nodes where one side could read the other's requests but never its answers, for good.
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
@@ -22,6 +32,15 @@ pub const MAX_SESSIONS: usize = 4096;
 /// A session unused for this long is dropped (rust-discv5 uses a day; the peer re-handshakes).
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The two keys of one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keys {
+    /// Key we encrypt with.
+    pub write: [u8; 16],
+    /// Key we decrypt with.
+    pub read: [u8; 16],
+}
+
 /// The keys of one session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
@@ -29,11 +48,8 @@ pub struct Session {
     pub write_key: [u8; 16],
     /// Key we decrypt with.
     pub read_key: [u8; 16],
-    /// The read key of the session this one replaced, if any. When two nodes start handshakes
-    /// with each other at the same moment, each ends up holding the session the *other*
-    /// initiated while packets of the crossed one are still in flight; reading with either key
-    /// lets those through instead of losing a response and waiting for a timeout.
-    pub previous_read_key: Option<[u8; 16]>,
+    /// The keys of the session this one replaced, if any (module docs, "Crossed handshakes").
+    pub previous: Option<Keys>,
     last_used: Instant,
 }
 
@@ -43,8 +59,15 @@ impl Session {
         Session {
             write_key,
             read_key,
-            previous_read_key: None,
+            previous: None,
             last_used: now,
+        }
+    }
+
+    fn keys(&self) -> Keys {
+        Keys {
+            write: self.write_key,
+            read: self.read_key,
         }
     }
 }
@@ -72,12 +95,34 @@ impl Sessions {
         Some(s)
     }
 
+    /// Decrypts a packet from `(id, addr)` with the session's read key, or else with the
+    /// previous session's, which then become the current keys again (module docs). `open`
+    /// tries one read key. `None`: no session, or neither key opens the packet.
+    pub fn open<T>(
+        &mut self,
+        id: &NodeId,
+        addr: SocketAddr,
+        now: Instant,
+        open: impl Fn(&[u8; 16]) -> Option<T>,
+    ) -> Option<T> {
+        self.get(id, addr, now)?;
+        let s = self.map.get_mut(&(*id, addr))?;
+        if let Some(plaintext) = open(&s.read_key) {
+            return Some(plaintext);
+        }
+        let previous = s.previous?;
+        let plaintext = open(&previous.read)?;
+        s.previous = Some(s.keys());
+        s.write_key = previous.write;
+        s.read_key = previous.read;
+        Some(plaintext)
+    }
+
     /// Stores (or replaces) the session with `(id, addr)`, evicting the least recently used one
-    /// when the cache is full. A replaced session's read key stays usable as
-    /// [`Session::previous_read_key`].
+    /// when the cache is full. A replaced session's keys stay usable as [`Session::previous`].
     pub fn insert(&mut self, id: NodeId, addr: SocketAddr, mut session: Session) {
         if let Some(old) = self.map.get(&(id, addr)) {
-            session.previous_read_key = Some(old.read_key);
+            session.previous = Some(old.keys());
         }
         // One host (loopback aside) keeps at most MAX_SESSIONS_PER_IP: made-up node ids from
         // one address cannot push everyone else's sessions out (found by review).
@@ -174,16 +219,38 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_session_keeps_its_read_key_as_the_previous_one() {
+    fn a_packet_only_the_previous_keys_open_switches_back_to_them() {
         let now = Instant::now();
         let mut s = Sessions::default();
         let id = NodeId::random();
         s.insert(id, addr(1), Session::new([1; 16], [2; 16], now));
-        assert_eq!(s.get(&id, addr(1), now).unwrap().previous_read_key, None);
+        assert_eq!(s.get(&id, addr(1), now).unwrap().previous, None);
         s.insert(id, addr(1), Session::new([3; 16], [4; 16], now));
-        let got = s.get(&id, addr(1), now).unwrap();
-        assert_eq!((got.write_key, got.read_key), ([3; 16], [4; 16]));
-        assert_eq!(got.previous_read_key, Some([2; 16]));
+        let old = Keys {
+            write: [1; 16],
+            read: [2; 16],
+        };
+        let new = Keys {
+            write: [3; 16],
+            read: [4; 16],
+        };
+        let current = |s: &mut Sessions| s.get(&id, addr(1), now).map(|x| (x.keys(), x.previous));
+        assert_eq!(current(&mut s), Some((new, Some(old))));
+        // "Decrypting" succeeds only with the key given here.
+        let only = |key: [u8; 16]| move |k: &[u8; 16]| (*k == key).then_some(k[0]);
+        // The current key: nothing changes.
+        assert_eq!(s.open(&id, addr(1), now, only([4; 16])), Some(4));
+        assert_eq!(current(&mut s), Some((new, Some(old))));
+        // Only the previous key: it is current again, and the newer one is kept.
+        assert_eq!(s.open(&id, addr(1), now, only([2; 16])), Some(2));
+        assert_eq!(current(&mut s), Some((old, Some(new))));
+        // And back.
+        assert_eq!(s.open(&id, addr(1), now, only([4; 16])), Some(4));
+        assert_eq!(current(&mut s), Some((new, Some(old))));
+        // Neither, or no session: nothing, nothing changes.
+        assert_eq!(s.open(&id, addr(1), now, only([9; 16])), None);
+        assert_eq!(current(&mut s), Some((new, Some(old))));
+        assert_eq!(s.open(&id, addr(2), now, only([4; 16])), None);
     }
 
     #[test]

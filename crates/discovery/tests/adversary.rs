@@ -682,6 +682,93 @@ async fn a_node_that_challenges_our_handshake_gets_no_second_one() {
     cancel.cancel();
 }
 
+/// A packet that only the keys of the session a new handshake replaced can open is answered
+/// under those keys, which become current again (crossed handshakes, session.rs): answering
+/// under the newer keys, which the sender may not hold, lost every answer to it.
+#[tokio::test]
+async fn a_packet_under_replaced_keys_is_answered_under_them() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node = d.local_spr();
+    let peer = Peer::new().await;
+    let (old, reply) = peer.ping_with_handshake(&node, Fault::None).await;
+    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let (new, reply) = peer.ping_with_handshake(&node, Fault::None).await;
+    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let ping = Message::Ping { spr_seq: 1 };
+    for (keys, which) in [(&old, "replaced"), (&new, "newer"), (&old, "replaced")] {
+        let raw = peer
+            .request(&node, keys, &ping, REPLY_DEADLINE)
+            .await
+            .unwrap_or_else(|| panic!("no answer to a PING under the {which} keys"));
+        assert!(
+            matches!(peer.open(keys, &raw), Some(Message::Pong { .. })),
+            "a PING under the {which} keys was not answered under them"
+        );
+    }
+    cancel.cancel();
+}
+
+/// A request that times out over a session ends the session: the next request starts a new
+/// handshake. A node whose answers we cannot read (it holds keys of a crossed handshake we
+/// replaced, and ignores our challenges of its answers, since they answer no request of its)
+/// otherwise stayed unreachable for good: the rare one-pair failure of the fifty-node test.
+#[tokio::test]
+async fn a_request_that_times_out_ends_the_session() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node = d.local_spr();
+    let peer = Peer::new().await;
+    let (keys, reply) = peer.ping_with_handshake(&node, Fault::None).await;
+    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let read = |p: &Packet| {
+        let ad = p.authenticated_data().unwrap();
+        crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad).is_ok()
+    };
+    // A PING over the session, which the peer reads and leaves unanswered.
+    let d2 = d.clone();
+    let target = peer.spr.clone();
+    let asked = tokio::spawn(async move { d2.ping(&target).await });
+    let first = peer.recv(REPLY_DEADLINE).await.expect("the PING");
+    assert!(read(&first), "the first PING goes over the session");
+    let answer = tokio::time::timeout(REPLY_DEADLINE, asked)
+        .await
+        .expect("the PING times out")
+        .unwrap();
+    assert_eq!(answer, Err(RequestError::Timeout));
+    // The next one starts a handshake: random bytes, then, challenged, a handshake packet.
+    let d2 = d.clone();
+    let target = peer.spr.clone();
+    let asked = tokio::spawn(async move { d2.ping(&target).await });
+    let second = peer.recv(REPLY_DEADLINE).await.expect("the second PING");
+    assert!(
+        matches!(second.kind, PacketKind::Message { .. }) && !read(&second),
+        "the second PING went over the old session"
+    );
+    let challenge = Packet::new(
+        PacketKind::WhoAreYou {
+            id_nonce: rand::random(),
+            enr_seq: 0,
+        },
+        second.nonce,
+    );
+    peer.sock
+        .send_to(
+            &challenge.encode(&node.node_id()).unwrap(),
+            node.udp_addr().unwrap(),
+        )
+        .await
+        .unwrap();
+    let hs = peer.recv(REPLY_DEADLINE).await.expect("the handshake");
+    assert!(
+        matches!(hs.kind, PacketKind::Handshake { .. }),
+        "{:?}",
+        hs.kind
+    );
+    asked.abort();
+    cancel.cancel();
+}
+
 /// A provider record is stored only from the node it names: anyone could otherwise replay a
 /// node's signed record under any content (sending downloaders to dial it), or fill the store
 /// with throwaway identities over one session. The reference's nodes only ever announce
