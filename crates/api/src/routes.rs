@@ -242,7 +242,9 @@ async fn upload(
             slots.limits.max.max(1),
             slots.limits.wait.as_secs()
         ));
-        return Err(refuse(&headers, body, error));
+        // The client waited as long: one that said `Expect: 100-continue` has given up
+        // waiting for our go (curl does after 1 s) and may be sending its body by now.
+        return Err(refuse_after_wait(body, error));
     };
     // With a length, an upload that cannot fit is refused before its body is read, and the
     // room for one that fits is reserved.
@@ -280,6 +282,17 @@ fn refuse(headers: &HeaderMap, body: Body, error: ApiError) -> ApiError {
     if !expects_continue(headers) {
         tokio::spawn(drain(body));
     }
+    error
+}
+
+/// Refuses an upload with `error` after it waited for a turn: its body is drained as in
+/// [`refuse`], whatever it said about `Expect: 100-continue`. A client waits for the go to
+/// send only so long (curl: 1 s), then sends anyway, and closing the connection on a body
+/// being sent would make it see a reset instead of the answer (review). If the client has
+/// sent nothing yet, the drain may tell it to go on, and reads for at most
+/// [`REFUSED_UPLOAD_DRAIN_TIME`].
+fn refuse_after_wait(body: Body, error: ApiError) -> ApiError {
+    tokio::spawn(drain(body));
     error
 }
 
@@ -546,6 +559,50 @@ mod tests {
             b = b.header(*k, *v);
         }
         b.body(Body::from(body)).unwrap()
+    }
+
+    /// An upload refused `503` after waiting for a turn has its body read after the answer
+    /// even when it said `Expect: 100-continue`: the client stopped waiting for our go long
+    /// before (curl: after 1 s) and is sending it (review: it was left unread, and the closed
+    /// connection reset the client).
+    #[tokio::test]
+    async fn an_upload_refused_after_its_wait_is_drained_despite_expect() {
+        const CHUNK: usize = 16 * 1024;
+        const CHUNKS: usize = 64;
+        let app = router_with(
+            Node::new(
+                Store::in_memory(StoreConfig::default()).unwrap(),
+                NodeConfig::default(),
+            ),
+            ApiOptions {
+                uploads: UploadLimits {
+                    max: 1,
+                    wait: std::time::Duration::from_millis(100),
+                },
+                ..ApiOptions::default()
+            },
+        );
+        let (first, tx) = fed_upload();
+        tx.send(Ok(bytes::Bytes::from(vec![5u8; 1000])))
+            .await
+            .unwrap();
+        let running = tokio::spawn(call_owned(app.clone(), first));
+        read_by_its_upload(&tx).await;
+        let (stream, body) = HeldBody::new(CHUNK, 0, CHUNKS);
+        let req = Request::post(format!("{API_BASE}/data"))
+            .header(header::EXPECT, "100-continue")
+            .body(stream)
+            .unwrap();
+        let (status, _, _) = tokio::time::timeout(WAIT, call(&app, req))
+            .await
+            .expect("no answer");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        body.answered.notify_one();
+        body.wait_for_end("refused after its wait").await;
+        assert_eq!(body.read(), CHUNKS);
+        drop(tx);
+        let (status, _, _) = tokio::time::timeout(WAIT, running).await.unwrap().unwrap();
+        assert_eq!(status, StatusCode::OK);
     }
 
     /// An upload refused from its headers (`422`) or for its length (`507`) is answered at
