@@ -59,8 +59,9 @@
 //! * `WantBlock` adds the address to the peer's wanted queue (at most
 //!   [`MAX_WANTED_PER_PEER`]). Serving tasks take up to [`cairn_blockexc::MAX_BLOCKS_PER_MESSAGE`]
 //!   addresses from one peer at a time, round-robin over peers. A task reads its blocks from the
-//!   store (at most [`SERVE_TASKS`] reads in all), then sends them and waits until the message
-//!   is written; a peer has at most [`SERVE_TASKS_PER_PEER`] tasks in either step. So a greedy
+//!   store (at most [`SERVE_TASKS`] reads in all, at most [`MAX_SERVE_READ_BYTES`] each: what is
+//!   left unread goes back to the front of the peer's queue), then sends them and waits until
+//!   the message is written; a peer has at most [`SERVE_TASKS_PER_PEER`] tasks in either step. So a greedy
 //!   peer gets its share and no more, the bytes queued per peer stay bounded, and a peer that
 //!   stops reading holds up only its own tasks, never the reads of everyone else's (review: four
 //!   peers that asked for blocks and never read them held every serving slot).
@@ -167,6 +168,12 @@ pub const SERVE_TASKS_PER_PEER: usize = 2;
 /// message of 20 blocks is about 1.3 MB at the usual 64 KiB, but a dataset of large blocks
 /// would make frames over the 8 MiB that cairn receivers accept (review).
 pub const MAX_DELIVERY_BYTES: usize = 4 * 1024 * 1024;
+/// Block bytes one serving task reads at most (passed by one block at most): it holds them
+/// until they are written, so the bytes a peer that does not read holds of ours are
+/// [`SERVE_TASKS_PER_PEER`] times this, whatever the size of the blocks it asked for. Twenty
+/// blocks of the usual 64 KiB (1.3 MB) fit; addresses left unread go back to the front of the
+/// peer's queue (review: twenty blocks of a large-block dataset were read at once).
+pub const MAX_SERVE_READ_BYTES: u64 = MAX_DELIVERY_BYTES as u64;
 /// Presence answers queued for one peer while its previous control message is still being
 /// written. Beyond it, its queries wait unanswered (bounded by [`MAX_QUEUED_HAVE_QUERIES`]), so
 /// a peer that floods queries and never reads cannot grow our memory.
@@ -611,9 +618,12 @@ impl Peer {
 /// message of 1,024 cancels cost about four million comparisons on the engine task (review).
 #[derive(Debug, Default)]
 struct WantedQueue {
-    order: BTreeMap<u64, BlockAddress>,
-    seq: HashMap<BlockAddress, u64>,
-    next: u64,
+    order: BTreeMap<i64, BlockAddress>,
+    seq: HashMap<BlockAddress, i64>,
+    /// The key of the next address queued last.
+    next: i64,
+    /// The key of the address last queued first ([`WantedQueue::push_front`]).
+    first: i64,
 }
 
 impl WantedQueue {
@@ -637,6 +647,17 @@ impl WantedQueue {
         self.seq.insert(address, self.next);
         self.order.insert(self.next, address);
         self.next += 1;
+        true
+    }
+
+    /// Queues `address` first (it was taken and not read); `false` when it is queued already.
+    fn push_front(&mut self, address: BlockAddress) -> bool {
+        if self.seq.contains_key(&address) {
+            return false;
+        }
+        self.first -= 1;
+        self.seq.insert(address, self.first);
+        self.order.insert(self.first, address);
         true
     }
 
@@ -677,6 +698,8 @@ enum Done {
         epoch: u64,
         found: Vec<Delivery>,
         missing: Vec<BlockAddress>,
+        /// Not read: the task had read [`MAX_SERVE_READ_BYTES`] (queued again, first).
+        unread: Vec<BlockAddress>,
     },
     /// ... and sent them: `sent` blocks went out; `unsent` are the ones a failed write lost
     /// on a connection (they are queued again while the peer stays connected).
@@ -1588,12 +1611,23 @@ impl Engine {
                 epoch,
                 found,
                 missing,
+                unread,
             } => {
                 self.serving -= 1;
                 // A peer that left (or came back as a new state) meanwhile is not served.
                 let Some(state) = self.peers.get_mut(&peer).filter(|s| s.epoch == epoch) else {
                     return;
                 };
+                // Unread, and not cancelled meanwhile: first in line again, in order.
+                for a in unread.into_iter().rev() {
+                    let was = state.in_serve.remove(&a);
+                    if was.is_some() {
+                        done_reading(&mut self.reading, &a);
+                    }
+                    if was == Some(false) {
+                        state.wanted.push_front(a);
+                    }
+                }
                 for a in missing {
                     let was = state.in_serve.remove(&a);
                     if was.is_some() {
@@ -2376,32 +2410,49 @@ fn store_error(e: &StoreError) -> FetchError {
     }
 }
 
-/// Reads the blocks of one serve batch: the deliveries found and the addresses missing. Runs of
-/// leaves of one dataset (the usual batch) are read in one store transaction. A block that is
-/// corrupt or cannot be read is never served: it counts as missing.
-fn read_for_serving(store: &Store, addrs: Vec<BlockAddress>) -> (Vec<Delivery>, Vec<BlockAddress>) {
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
-    let mut record =
-        |address: BlockAddress, r: Result<Option<(Block, Option<CodexProof>)>, StoreError>| match r
-        {
-            Ok(Some((block, proof))) => found.push(Delivery {
+/// What a serving task read: the deliveries found, the addresses missing, and those left
+/// unread once [`MAX_SERVE_READ_BYTES`] were read.
+#[derive(Debug, Default)]
+struct ServeRead {
+    found: Vec<Delivery>,
+    missing: Vec<BlockAddress>,
+    unread: Vec<BlockAddress>,
+}
+
+/// Reads the blocks of one serve batch, in order, until `max_bytes` are read (passed by one
+/// block at most). Runs of leaves of one dataset (the usual batch) are read in one store
+/// transaction. A block that is corrupt or cannot be read is never served: it counts as
+/// missing.
+fn read_for_serving(store: &Store, addrs: Vec<BlockAddress>, max_bytes: u64) -> ServeRead {
+    let mut out = ServeRead::default();
+    let record =
+        |out: &mut ServeRead,
+         address: BlockAddress,
+         r: Result<Option<(Block, Option<CodexProof>)>, StoreError>| match r {
+            Ok(Some((block, proof))) => out.found.push(Delivery {
                 block,
                 address,
                 proof,
             }),
-            Ok(None) => missing.push(address),
+            Ok(None) => out.missing.push(address),
             Err(e) => {
                 warn!(%address, error = %e, "cannot serve block");
-                missing.push(address);
+                out.missing.push(address);
             }
         };
     let mut rest = addrs.into_iter().peekable();
     while let Some(address) = rest.next() {
+        let left =
+            max_bytes.saturating_sub(out.found.iter().map(|d| d.block.data().len() as u64).sum());
+        if left == 0 {
+            out.unread.push(address);
+            out.unread.extend(rest);
+            break;
+        }
         let tree = match address {
             BlockAddress::Block(cid) => {
                 let r = store.get_block(&cid).map(|b| b.map(|b| (b, None)));
-                record(address, r);
+                record(&mut out, address, r);
                 continue;
             }
             BlockAddress::Leaf { tree, .. } => tree,
@@ -2419,32 +2470,54 @@ fn read_for_serving(store: &Store, addrs: Vec<BlockAddress>) -> (Vec<Delivery>, 
                 BlockAddress::Block(_) => None,
             })
             .collect();
-        match store.get_leaves(&tree, &indices) {
+        match store.get_leaves_within(&tree, &indices, left) {
             Ok(results) => {
-                for (address, r) in run.into_iter().zip(results) {
-                    record(address, r.map(|l| l.map(|(b, p)| (b, Some(p)))));
+                let mut run = run.into_iter();
+                // `results` first: `zip` then takes no address past the last result.
+                for (r, address) in results.into_iter().zip(run.by_ref()) {
+                    record(&mut out, address, r.map(|l| l.map(|(b, p)| (b, Some(p)))));
+                }
+                // Past the bytes: these and the rest stay unread.
+                let unread: Vec<BlockAddress> = run.collect();
+                if !unread.is_empty() {
+                    out.unread.extend(unread);
+                    out.unread.extend(rest);
+                    break;
                 }
             }
             Err(e) => {
                 warn!(%tree, error = %e, "cannot serve leaves");
                 for address in run {
-                    record(address, Ok(None));
+                    record(&mut out, address, Ok(None));
                 }
             }
         }
     }
-    (found, missing)
+    out
 }
 
 /// The first step of a serving task: reads `addrs` for `peer` (state `epoch`).
 async fn read_blocks(store: Store, peer: PeerId, epoch: u64, addrs: Vec<BlockAddress>) -> Done {
-    let read = tokio::task::spawn_blocking(move || read_for_serving(&store, addrs)).await;
-    let (found, missing) = read.unwrap_or_default();
+    let asked = addrs.clone();
+    let read =
+        tokio::task::spawn_blocking(move || read_for_serving(&store, addrs, MAX_SERVE_READ_BYTES))
+            .await;
+    // A read that panicked found nothing: every address counts as missing, so that none stays
+    // marked as being read.
+    let ServeRead {
+        found,
+        missing,
+        unread,
+    } = read.unwrap_or_else(|_| ServeRead {
+        missing: asked,
+        ..ServeRead::default()
+    });
     Done::Read {
         peer,
         epoch,
         found,
         missing,
+        unread,
     }
 }
 
@@ -2602,6 +2675,90 @@ mod tests {
         assert!(q.push(a[2]), "a removed address can be queued again, last");
         assert_eq!(q.take(10), vec![a[3], a[4], a[2]]);
         assert!(q.is_empty() && q.take(1).is_empty());
+        // Taken and put back first, in order, ahead of what was queued meanwhile.
+        q.push(a[0]);
+        let taken = q.take(1);
+        q.push(a[1]);
+        q.push(a[2]);
+        let more = q.take(1);
+        for x in more.iter().chain(&taken).rev() {
+            assert!(q.push_front(*x));
+        }
+        assert!(!q.push_front(a[0]), "queued once");
+        assert_eq!(q.take(10), vec![a[1], a[0], a[2]]);
+    }
+
+    /// What a serving task reads stops at its bytes (passing them by one block at most, and
+    /// reading one block whatever its size); the rest is left unread, in order.
+    #[test]
+    fn a_serve_batch_stops_at_its_bytes() {
+        let store = Store::in_memory(StoreConfig::default()).unwrap();
+        let (m1, t1) = dataset(&store, 4, 1);
+        let (_, t2) = dataset(&store, 2, 2);
+        let leaf = |tree, index| BlockAddress::Leaf { tree, index };
+        let asked = vec![
+            leaf(t1, 0),
+            leaf(t1, 1),
+            leaf(t1, 2),
+            BlockAddress::Block(m1),
+            leaf(t2, 0),
+        ];
+        let addresses = |r: &ServeRead| r.found.iter().map(|d| d.address).collect::<Vec<_>>();
+        for (max, read) in [
+            (1, 1),
+            (BS as u64, 1),
+            (BS as u64 + 1, 2),
+            (2 * BS as u64, 2),
+            (3 * BS as u64, 3),
+            (3 * BS as u64 + 1, 4),
+            (u64::MAX, 5),
+        ] {
+            let r = read_for_serving(&store, asked.clone(), max);
+            assert_eq!(addresses(&r), asked[..read], "within {max} bytes");
+            assert_eq!(r.unread, asked[read..], "within {max} bytes");
+            assert!(r.missing.is_empty());
+        }
+        // A plain block first: the run of leaves after it is not read once it used the bytes.
+        let asked = vec![BlockAddress::Block(m1), leaf(t1, 0), leaf(t1, 1)];
+        let r = read_for_serving(&store, asked.clone(), 1);
+        assert_eq!(
+            (addresses(&r), r.unread),
+            (asked[..1].to_vec(), asked[1..].to_vec())
+        );
+    }
+
+    /// Addresses a serving task left unread go back to the front of the peer's queue, in
+    /// order, and are served next; one cancelled while it was taken is forgotten.
+    #[tokio::test]
+    async fn unread_addresses_are_served_next() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (_, tree) = dataset(&e.store, 8, 3);
+        let peer = PeerId::random();
+        connected(&mut e, peer);
+        let first = leaves(tree, 4);
+        e.on_wantlist(peer, wants(&first));
+        e.start_serving();
+        let epoch = e.peers[&peer].epoch;
+        assert!(e.peers[&peer].wanted.is_empty(), "all four taken");
+        // Meanwhile: one more wanted, and one of the taken cancelled.
+        let later = BlockAddress::Leaf { tree, index: 6 };
+        e.on_wantlist(peer, wants(&[later]));
+        e.on_wantlist(peer, vec![WantEntry::cancel(first[3])]);
+        let r = read_for_serving(&e.store, first.clone(), BS as u64);
+        assert_eq!(r.unread, first[1..]);
+        e.on_done(Done::Read {
+            peer,
+            epoch,
+            found: r.found,
+            missing: r.missing,
+            unread: r.unread,
+        });
+        let st = e.peers.get_mut(&peer).unwrap();
+        assert_eq!(st.wanted.take(10), vec![first[1], first[2], later]);
+        assert!(st.in_serve.is_empty());
+        check_reading(&e);
+        cancel.cancel();
     }
 
     /// A serving task of a peer's earlier connection that reports after the peer came back
@@ -2628,6 +2785,7 @@ mod tests {
             epoch: old_epoch,
             found: Vec::new(),
             missing: leaves(tree, 2),
+            unread: Vec::new(),
         });
         e.on_done(Done::Sent {
             peer,
@@ -2685,12 +2843,13 @@ mod tests {
                 BlockAddress::Block(_) => 0,
             });
             for chunk in taken.chunks(MAX_BLOCKS_PER_MESSAGE) {
-                let (found, missing) = read_for_serving(&e.store, chunk.to_vec());
+                let (found, missing) = read_all(&e.store, chunk.to_vec());
                 reads.push(Done::Read {
                     peer: *p,
                     epoch,
                     found,
                     missing,
+                    unread: Vec::new(),
                 });
             }
         }
@@ -2737,13 +2896,14 @@ mod tests {
         let epoch = e.peers[&peer].epoch;
         let cancels: Vec<WantEntry> = asked.iter().map(|a| WantEntry::cancel(*a)).collect();
         e.on_wantlist(peer, cancels);
-        let (found, missing) = read_for_serving(&e.store, asked.clone());
+        let (found, missing) = read_all(&e.store, asked.clone());
         assert_eq!((found.len(), missing.len()), (1, 1));
         e.on_done(Done::Read {
             peer,
             epoch,
             found,
             missing,
+            unread: Vec::new(),
         });
         let st = &e.peers[&peer];
         assert!(st.parked.is_empty() && e.parked.is_empty(), "not parked");
@@ -2964,6 +3124,7 @@ mod tests {
             epoch,
             found: Vec::new(),
             missing: vec![address],
+            unread: Vec::new(),
         });
         check_reading(&e);
         let st = &e.peers[&peer];
@@ -3295,12 +3456,13 @@ mod tests {
         e.on_wantlist(peer, wants(&leaves(tree, 2)));
         e.start_serving();
         let epoch = e.peers[&peer].epoch;
-        let (found, missing) = read_for_serving(&e.store, leaves(tree, 2));
+        let (found, missing) = read_all(&e.store, leaves(tree, 2));
         e.on_done(Done::Read {
             peer,
             epoch,
             found,
             missing,
+            unread: Vec::new(),
         });
         e.on_done(Done::Sent {
             peer,
@@ -3504,6 +3666,13 @@ mod tests {
         assert_eq!(split_wants(plain.clone()), (Vec::new(), plain));
     }
 
+    /// [`read_for_serving`] without a limit on bytes: (found, missing).
+    fn read_all(store: &Store, addrs: Vec<BlockAddress>) -> (Vec<Delivery>, Vec<BlockAddress>) {
+        let r = read_for_serving(store, addrs, u64::MAX);
+        assert!(r.unread.is_empty());
+        (r.found, r.missing)
+    }
+
     /// A serve batch mixing plain blocks and leaves of two datasets (read in runs, one store
     /// transaction per run) yields every block found, in the order asked, each with a proof
     /// for its own index and tree, and lists exactly the addresses that are not stored.
@@ -3524,7 +3693,7 @@ mod tests {
             BlockAddress::Block(unknown),
             leaf(unknown, 0),
         ];
-        let (found, missing) = read_for_serving(&store, asked.clone());
+        let (found, missing) = read_all(&store, asked.clone());
         let served: Vec<_> = found.iter().map(|d| d.address).collect();
         assert_eq!(served, [asked[0], asked[1], asked[2], asked[3], asked[5]]);
         assert_eq!(missing, [asked[4], asked[6], asked[7]]);

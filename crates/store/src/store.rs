@@ -1904,6 +1904,22 @@ impl Store {
         tree: &Cid,
         indices: &[u64],
     ) -> Result<Vec<Result<Option<(Block, CodexProof)>, StoreError>>, StoreError> {
+        self.get_leaves_within(tree, indices, u64::MAX)
+    }
+
+    /// [`Store::get_leaves`] for the first of `indices` whose blocks add up to `max_bytes`:
+    /// leaves are read in order while the bytes read so far are below `max_bytes`, so the
+    /// answer is a prefix of one result per index, at least one long, that passes `max_bytes`
+    /// by one block at most. The serving path holds what it reads until it is sent, and a
+    /// message's worth of addresses can name blocks of any size (up to
+    /// [`crate::MAX_BLOCK_BYTES`] each): the count alone did not bound it (review).
+    #[allow(clippy::type_complexity)]
+    pub fn get_leaves_within(
+        &self,
+        tree: &Cid,
+        indices: &[u64],
+        max_bytes: u64,
+    ) -> Result<Vec<Result<Option<(Block, CodexProof)>, StoreError>>, StoreError> {
         self.hook("get_leaves");
         let key = tree.to_bytes();
         let r = self.inner.db()?.begin_read()?;
@@ -1939,7 +1955,18 @@ impl Store {
             };
             Ok(Some((cid, BlockRec::from_tuple(row.value()), proof)))
         };
-        let looked: Vec<_> = indices.iter().map(|&i| look_up(i)).collect();
+        let mut looked = Vec::with_capacity(indices.len());
+        let mut bytes = 0u64;
+        for &i in indices {
+            if bytes >= max_bytes && !looked.is_empty() {
+                break;
+            }
+            let l = look_up(i);
+            if let Ok(Some((_, rec, _))) = &l {
+                bytes = bytes.saturating_add(rec.len);
+            }
+            looked.push(l);
+        }
         drop(r);
         let mut proofs: Vec<Option<CodexProof>> = Vec::with_capacity(looked.len());
         let mut wanted = Vec::with_capacity(looked.len());
