@@ -7,6 +7,7 @@
 //!   and receives [`NetEvent`]s.
 //! * [`manager`]: the peer manager: the address book, bootstrap and persistent peers, the
 //!   outbound target and inbound cap, peer exchange (`/cairn/pex/1.0.0`) and seed mode.
+//! * [`ip_limits`]: inbound connections per remote host.
 //! * [`reputation`]: peer scores, fed by every protocol's complaints ([`PeerAction`]).
 //! * [`metrics`]: connected peers by direction, penalties, and the block-exchange traffic.
 //!
@@ -17,6 +18,7 @@
 
 pub mod dht_link;
 pub mod identity;
+pub mod ip_limits;
 pub mod manager;
 pub mod metrics;
 pub mod perf;

@@ -24,8 +24,11 @@
 //! each tick dials peers picked from the book (known-good peers more likely:
 //! [`BOOK_BIAS_TOWARDS_NEW`]), never one already connected or being dialled, nor one whose score
 //! is at or below the disconnect level, nor one that failed `n` attempts in the last `2^n`
-//! seconds ([`book_dial_backoff`]; the book evicts peers that keep failing). Inbound connections are capped by
-//! [`crate::NetConfig::max_inbound`] and all connections by [`crate::NetConfig::max_peers`] (rust-libp2p's
+//! seconds ([`book_dial_backoff`]; the book evicts peers that keep failing). A dial counts as a
+//! success (attempts reset, the peer moves to an old bucket) only once its connection has lasted
+//! [`BOOK_STABLE_CONNECTION`], so a peer that accepts and hangs up backs off like one that
+//! refuses. Inbound connections are capped by [`crate::NetConfig::max_inbound`], per remote host
+//! by [`crate::ip_limits`], and all connections by [`crate::NetConfig::max_peers`] (rust-libp2p's
 //! `connection_limits`, which refuses the connection before any protocol runs on it).
 //!
 //! ## Peer exchange (`/cairn/pex/1.0.0`)
@@ -119,6 +122,13 @@ pub fn book_dial_backoff(attempts: u32) -> Duration {
     let secs = 1u64.checked_shl(attempts.min(63)).unwrap_or(u64::MAX);
     Duration::from_secs(secs).min(BOOK_DIAL_BACKOFF_MAX)
 }
+
+/// How long an outbound connection to a book peer must last before the book records it as a
+/// success (CometBFT `MarkGood`: attempts reset, the peer goes to an old bucket). A peer that
+/// accepts and hangs up at once (full, or it banned us) was recorded good at every connection,
+/// which reset its backoff, so it was dialled again every second (review); now its attempts
+/// add up and its backoff grows as for a failed dial.
+pub const BOOK_STABLE_CONNECTION: Duration = Duration::from_secs(10);
 
 /// First redial delay of a persistent peer.
 pub const FIXED_BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -324,6 +334,7 @@ impl Service {
             self.dial_from_book();
         }
         self.dial_fixed_peers(now);
+        self.promote_stable(now, wall);
         self.pex_served
             .retain(|_, t| now.duration_since(*t) < PEX_MIN_REQUEST_INTERVAL);
         self.pex_asked
@@ -341,6 +352,20 @@ impl Service {
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
         }
         self.book.lift_expired_bans(wall);
+    }
+
+    /// Records in the book the outbound connections that have lasted
+    /// [`BOOK_STABLE_CONNECTION`], once each.
+    fn promote_stable(&mut self, now: Instant, wall: u64) {
+        for (peer, c) in &mut self.connected {
+            if !c.promoted
+                && c.info.direction == Direction::Outbound
+                && now.saturating_duration_since(c.since) >= BOOK_STABLE_CONNECTION
+            {
+                c.promoted = true;
+                self.book.mark_good(peer, &c.info.address, wall);
+            }
+        }
     }
 
     /// Outbound peers connected now.

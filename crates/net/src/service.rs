@@ -79,6 +79,8 @@ pub const IDENTIFY_PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 pub(crate) struct Behaviour {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     limits: connection_limits::Behaviour,
+    /// Inbound connections per remote host ([`crate::ip_limits`]).
+    per_host: crate::ip_limits::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     blockexc: blockexc::Behaviour,
@@ -369,6 +371,9 @@ pub(crate) struct Connected {
     /// We closed every connection it had ([`Service::hang_up`]) and none has opened since:
     /// it is going away, so a dial makes a new connection instead of reusing it.
     pub(crate) closing: bool,
+    /// Its success is recorded in the address book (an outbound connection that lasted
+    /// [`crate::manager::BOOK_STABLE_CONNECTION`]).
+    pub(crate) promoted: bool,
 }
 
 /// The swarm task's state. The peer-manager half of its methods is in [`crate::manager`].
@@ -443,6 +448,7 @@ pub async fn start(
                 .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
                 .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
         ),
+        per_host: crate::ip_limits::Behaviour::default(),
         // No signed peer record in identify: libp2p-identify 0.48 signs it only in rust-libp2p's
         // legacy format (domain "libp2p-routing-state"), and the reference (nim-libp2p,
         // `identify.nim` `decodeMsg`) then rejects the whole message and drops the connection
@@ -847,10 +853,14 @@ impl Service {
                 self.book_dials.remove(&peer_id);
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {
                     // A peer we reached: it goes to the old bucket of the address we reached it
-                    // on (not of the first address gossip gave us for it).
+                    // on (not of the first address gossip gave us for it), once the connection
+                    // has lasted (`Service::promote_stable`); a seed's crawl hangs up by design,
+                    // so there at once.
                     let now = unix_now();
                     let _ = self.book.add_address(peer_id, address, &Source::Local, now);
-                    self.book.mark_good(&peer_id, address, now);
+                    if self.seed_mode {
+                        self.book.mark_good(&peer_id, address, now);
+                    }
                 }
                 self.fixed_connected(peer_id);
                 match self.connected.get_mut(&peer_id) {
@@ -897,6 +907,7 @@ impl Service {
                                 answered: false,
                                 hang_up_at: None,
                                 closing: false,
+                                promoted: self.seed_mode,
                             },
                         );
                         self.emit(NetEvent::PeerConnected {

@@ -595,3 +595,77 @@ async fn a_bad_address_from_a_third_party_does_not_cost_a_good_peer_its_entry() 
     );
     cancel.cancel();
 }
+
+/// A book peer that accepts our connections and hangs up at once (a full node, or one that
+/// banned us) is not recorded as a success: its attempts add up and its dials back off. Before,
+/// every connection reset its attempts and moved it to an old bucket, so it was dialled again
+/// at the next one-second tick, for good (review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_hangs_up_at_once_backs_off() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let cancel = CancellationToken::new();
+    // The peer: a bare swarm that closes every connection as soon as it is up.
+    let mut r = abuser();
+    let r_id = *r.local_peer_id();
+    r.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let r_addr = tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = r.select_next_some().await {
+                return address;
+            }
+        }
+    })
+    .await
+    .expect("the peer listens");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                ev = r.select_next_some() => {
+                    if let SwarmEvent::ConnectionEstablished { peer_id, .. } = ev {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let _ = r.disconnect_peer_id(peer_id);
+                    }
+                }
+            }
+        }
+    });
+    // A learns of it from a third party and dials it from its book.
+    let list = Addrs::new(vec![PeerAddrs {
+        peer: r_id,
+        addrs: vec![r_addr],
+    }]);
+    let (third, third_addr) = gossiper(list, &cancel).await;
+    let (a, _) = node_with(
+        NetConfig {
+            outbound_target: 2,
+            ..config()
+        },
+        &cancel,
+    )
+    .await;
+    a.connect(third, vec![third_addr]).await.unwrap();
+    until("the peer was dialled twice", || async {
+        accepted.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    // A counted the second dial before making it: two attempts, none taken for a success.
+    let entry = a
+        .book_entry(r_id)
+        .await
+        .unwrap()
+        .expect("the peer is in the book");
+    assert!(
+        entry.attempts >= 2,
+        "a connection that was hung up at once counted as a success: {entry:?}"
+    );
+    assert_eq!(entry.kind, cairn_peers::BucketKind::New, "{entry:?}");
+    cancel.cancel();
+}
