@@ -285,7 +285,7 @@ impl Segments {
                 let again = seen.lock().touch(id, offset, len);
                 if !again && !direct_off.load(Relaxed) {
                     match reader.direct(|| Self::path(dir, id)) {
-                        Some(direct) => match read_direct(direct, offset, len) {
+                        DirectHandle::Open(direct) => match read_direct(direct, offset, len) {
                             Ok(bytes) => return Ok(bytes),
                             // The file system took `O_DIRECT` at open but refuses the read.
                             Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
@@ -293,7 +293,12 @@ impl Segments {
                             }
                             Err(e) => return Err(e),
                         },
-                        None => direct_off.store(true, Relaxed),
+                        DirectHandle::Refused => direct_off.store(true, Relaxed),
+                        // Not opened this time (the file was just unlinked by a compaction or
+                        // a delete, or no descriptor was free): this read goes through the
+                        // page cache, and the next one tries again. Taken for a refusal, it
+                        // turned direct reads off for the life of the process (review).
+                        DirectHandle::Failed => {}
                     }
                 }
                 read_exact_at(&reader.file, len, offset).map(Bytes::from)
@@ -465,28 +470,70 @@ impl Reader {
         }
     }
 
-    /// The direct handle, opened (at `path()`) on first use; `None` where direct I/O is not
-    /// available.
-    fn direct(&self, path: impl FnOnce() -> PathBuf) -> Option<&File> {
-        self.direct.get_or_init(|| open_direct(&path())).as_ref()
+    /// The direct handle, opened (at `path()`) on first use. A refusal by the file system is
+    /// kept; any other failure to open is tried again next time.
+    fn direct(&self, path: impl FnOnce() -> PathBuf) -> DirectHandle<'_> {
+        if let Some(known) = self.direct.get() {
+            return known
+                .as_ref()
+                .map_or(DirectHandle::Refused, DirectHandle::Open);
+        }
+        match open_direct(&path()) {
+            DirectOpen::Opened(file) => {
+                // Another reader may have opened it at the same moment: either handle is fine.
+                let _ = self.direct.set(Some(file));
+                self.direct
+                    .get()
+                    .and_then(Option::as_ref)
+                    .map_or(DirectHandle::Failed, DirectHandle::Open)
+            }
+            DirectOpen::Refused => {
+                let _ = self.direct.set(None);
+                DirectHandle::Refused
+            }
+            DirectOpen::Failed => DirectHandle::Failed,
+        }
     }
 }
 
+/// A segment's `O_DIRECT` read handle, as [`Reader::direct`] finds it.
+#[derive(Debug)]
+enum DirectHandle<'a> {
+    /// Open.
+    Open(&'a File),
+    /// The file system does not do direct I/O (`EINVAL` at open).
+    Refused,
+    /// It could not be opened this time, for another reason.
+    Failed,
+}
+
+/// What opening a segment for direct reads came to.
+#[derive(Debug)]
+enum DirectOpen {
+    Opened(File),
+    /// `EINVAL`: the file system does not do `O_DIRECT` (tmpfs, some FUSE).
+    Refused,
+    /// Any other error (the file is gone, no descriptor free, …).
+    Failed,
+}
+
 #[cfg(target_os = "linux")]
-fn open_direct(path: &std::path::Path) -> Option<File> {
+fn open_direct(path: &std::path::Path) -> DirectOpen {
     use rustix::fs::{Mode, OFlags};
-    rustix::fs::open(
+    match rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECT | OFlags::CLOEXEC,
         Mode::empty(),
-    )
-    .ok()
-    .map(File::from)
+    ) {
+        Ok(fd) => DirectOpen::Opened(File::from(fd)),
+        Err(rustix::io::Errno::INVAL) => DirectOpen::Refused,
+        Err(_) => DirectOpen::Failed,
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &std::path::Path) -> Option<File> {
-    None
+fn open_direct(_path: &std::path::Path) -> DirectOpen {
+    DirectOpen::Refused
 }
 
 /// Reads `len` bytes at `offset` through `direct` (an `O_DIRECT` handle): the aligned range
@@ -929,6 +976,42 @@ mod tests {
         if let Some(hook) = BEFORE_UNLINK.with(std::cell::Cell::take) {
             hook(segs, id);
         }
+    }
+
+    /// A segment file that is gone when its first span read opens it for direct I/O (a
+    /// compaction or a delete unlinked it meanwhile) is read through the handle already open,
+    /// and direct reads stay on for every other segment: the failed open used to be taken for
+    /// a file system without direct I/O, which turned them off for the life of the process.
+    #[test]
+    fn a_segment_unlinked_before_its_direct_open_leaves_direct_reads_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let segs = Segments::dir(dir.path().join("blocks")).unwrap();
+        let data = pattern(7, 3 * DIRECT_ALIGN);
+        for id in [1, 2] {
+            let mut w = segs.create(id, WriteMode::Buffered).unwrap();
+            w.append(&data).unwrap();
+            w.sync().unwrap();
+        }
+        if matches!(
+            open_direct(&Segments::path(&dir.path().join("blocks"), 2)),
+            DirectOpen::Refused
+        ) {
+            eprintln!("this file system does not do O_DIRECT: nothing to check");
+            return;
+        }
+        // Segment 1's page-cache handle is open and cached; then its file goes.
+        assert_eq!(segs.read(1, 0, 16).unwrap(), data[..16]);
+        std::fs::remove_file(Segments::path(&dir.path().join("blocks"), 1)).unwrap();
+        let got = segs.read_span(1, 0, data.len()).unwrap();
+        assert_eq!(&got[..], &data[..], "read through the open handle");
+        let Segments::Dir { direct_off, .. } = &segs else {
+            unreachable!("a directory of segments")
+        };
+        assert!(
+            !direct_off.load(std::sync::atomic::Ordering::Relaxed),
+            "one failed open turned direct reads off"
+        );
+        assert_eq!(&segs.read_span(2, 0, data.len()).unwrap()[..], &data[..]);
     }
 
     /// A reader that misses the cache while a segment is being deleted (its cached handle
