@@ -87,7 +87,17 @@ pub struct NetConfig {
     pub dht: DhtLink,
     /// Serve the `/perf/1.0.0` self-test to peers ([`perf`]; within its limits). Default on.
     pub perf_server: bool,
+    /// How often each connection is pinged ([`DEFAULT_PING_INTERVAL`]).
+    pub ping_interval: std::time::Duration,
+    /// How long a ping may wait for its answer ([`DEFAULT_PING_TIMEOUT`]); a connection whose
+    /// pings keep failing is closed ([`service::MAX_PING_FAILURES`]).
+    pub ping_timeout: std::time::Duration,
 }
+
+/// Default ping interval (rust-libp2p's).
+pub const DEFAULT_PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+/// Default ping timeout (rust-libp2p's).
+pub const DEFAULT_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Default cap on inbound peers (CometBFT's `MaxNumInboundPeers`).
 pub const DEFAULT_MAX_INBOUND: u32 = 40;
@@ -123,6 +133,8 @@ impl Default for NetConfig {
             routability: cairn_peers::Routability::default(),
             dht: DhtLink::default(),
             perf_server: true,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            ping_timeout: DEFAULT_PING_TIMEOUT,
         }
     }
 }

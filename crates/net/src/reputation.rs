@@ -79,6 +79,9 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Reputation {
     peers: HashMap<PeerId, Entry>,
+    /// Banned peers forgotten to make room ([`Reputation::forget_some`]): their ban ends with
+    /// the next [`Reputation::expired_bans`].
+    evicted_bans: Vec<PeerId>,
 }
 
 fn decayed(score: f64, elapsed: Duration) -> f64 {
@@ -132,9 +135,10 @@ impl Reputation {
             .count()
     }
 
-    /// Peers whose ban has ended by `now`; their ban is cleared.
+    /// Peers whose ban has ended by `now`, or who were forgotten while banned to make room;
+    /// their ban is cleared.
     pub fn expired_bans(&mut self, now: Instant) -> Vec<PeerId> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.evicted_bans);
         for (peer, e) in &mut self.peers {
             if e.banned_until.is_some_and(|until| until <= now) {
                 e.banned_until = None;
@@ -144,9 +148,14 @@ impl Reputation {
         out
     }
 
+    /// Forgets one peer to make room: the unbanned peer whose score has decayed closest to
+    /// zero, or, when every tracked peer is banned, the one whose ban ends first (its ban ends
+    /// now). Only unbanned peers were forgotten, so throwaway identities banned one after the
+    /// other (one bad block each) grew the table and the swarm's block list without bound, and
+    /// made each report scan all of them (review). A banned peer let go early can come back;
+    /// one with a fresh identity could anyway.
     fn forget_some(&mut self, now: Instant) {
-        // Forget the unbanned peer whose score has decayed closest to zero.
-        if let Some(peer) = self
+        let unbanned = self
             .peers
             .iter()
             .filter(|(_, e)| e.banned_until.is_none_or(|u| u <= now))
@@ -155,16 +164,67 @@ impl Reputation {
                 let sb = decayed(b.1.score, now.saturating_duration_since(b.1.updated)).abs();
                 sa.total_cmp(&sb)
             })
-            .map(|(p, _)| *p)
+            .map(|(p, _)| *p);
+        let victim = unbanned.or_else(|| {
+            self.peers
+                .iter()
+                .min_by_key(|(_, e)| e.banned_until)
+                .map(|(p, _)| *p)
+        });
+        if let Some(peer) = victim
+            && let Some(e) = self.peers.remove(&peer)
+            && e.banned_until.is_some_and(|u| u > now)
         {
-            self.peers.remove(&peer);
+            self.evicted_bans.push(peer);
         }
+    }
+
+    /// Peers tracked.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no peer is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Banned identities beyond [`MAX_TRACKED_PEERS`] do not grow the table: the ban that
+    /// ends first makes room, and is reported as ended so the swarm lets the peer in again.
+    #[test]
+    fn bans_beyond_the_table_push_out_the_one_ending_first() {
+        let mut r = Reputation::default();
+        let t = Instant::now();
+        let first = PeerId::random();
+        assert_eq!(r.report(first, PeerAction::Fatal, t), Verdict::Ban);
+        for i in 1..MAX_TRACKED_PEERS as u64 {
+            let at = t + Duration::from_millis(i);
+            assert_eq!(
+                r.report(PeerId::random(), PeerAction::Fatal, at),
+                Verdict::Ban
+            );
+        }
+        assert_eq!(r.len(), MAX_TRACKED_PEERS);
+        let late = t + Duration::from_secs(10);
+        assert!(r.expired_bans(late).is_empty());
+        for _ in 0..10 {
+            assert_eq!(
+                r.report(PeerId::random(), PeerAction::Fatal, late),
+                Verdict::Ban
+            );
+        }
+        assert_eq!(r.len(), MAX_TRACKED_PEERS, "the table grew past its bound");
+        assert!(!r.is_banned(&first, late));
+        let ended = r.expired_bans(late);
+        assert_eq!(ended.len(), 10);
+        assert_eq!(ended[0], first, "the ban ending first made room first");
+        assert!(r.expired_bans(late).is_empty());
+    }
 
     #[test]
     fn fatal_bans_and_ban_expires() {

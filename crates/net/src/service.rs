@@ -70,6 +70,14 @@ pub const STALE_PEER_MEMORY: Duration = Duration::from_secs(60 * 60);
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Connections still in their handshake, inbound.
 pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Ping failures in a row, as the ping behaviour reports them, after which a connection is
+/// closed. It reports from the second failure on (the first is free), so this is three pings
+/// that went unanswered, about two minutes at the default interval and timeout. Since
+/// libp2p-ping 0.44 a failed ping closes nothing by itself, and the block exchange keeps every
+/// connection alive, so a peer that vanished without closing (power or link lost) held a slot,
+/// counted as an outbound peer (none replaced it) and, if persistent, was never redialled
+/// (review). A peer that does not speak ping is left alone.
+pub const MAX_PING_FAILURES: u32 = 2;
 /// Identify protocol version string, as the reference sends it.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "ipfs/0.1.0";
 
@@ -421,6 +429,8 @@ pub(crate) struct Service {
     pub(crate) pex_served: HashMap<PeerId, Instant>,
     /// The discovery DHT, once the node connects it (records in address lists).
     pub(crate) dht: crate::DhtLink,
+    /// Ping failures in a row per open connection ([`MAX_PING_FAILURES`]).
+    ping_failures: HashMap<ConnectionId, u32>,
 }
 
 /// Builds the swarm, binds `config.listen`, and spawns the task that runs it until `cancel`.
@@ -459,7 +469,11 @@ pub async fn start(
             identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_string(), key.public())
                 .with_agent_version(config.agent.clone()),
         ),
-        ping: ping::Behaviour::default(),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(config.ping_interval)
+                .with_timeout(config.ping_timeout),
+        ),
         blockexc: blockexc::Behaviour::with_metrics(
             config.blockexc.clone(),
             config.metrics.blockexc.clone(),
@@ -589,6 +603,7 @@ pub async fn start(
         pex_asked: HashMap::new(),
         pex_served: HashMap::new(),
         dht: config.dht.clone(),
+        ping_failures: HashMap::new(),
     };
     // Every line the task logs names the node (several run in one process in tests and
     // benchmarks): the last characters of its peer id.
@@ -840,6 +855,25 @@ impl Service {
                 self.on_identified(peer_id);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Pex(ev)) => self.pex_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    self.ping_failures.remove(&connection);
+                }
+                Err(ping::Failure::Unsupported) => {}
+                Err(e) => {
+                    let n = self.ping_failures.entry(connection).or_default();
+                    *n += 1;
+                    if *n >= MAX_PING_FAILURES {
+                        info!(%peer, error = %e, "peer stopped answering pings; connection closed");
+                        self.ping_failures.remove(&connection);
+                        self.swarm.close_connection(connection);
+                    }
+                }
+            },
             SwarmEvent::Behaviour(_) => {}
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -920,10 +954,12 @@ impl Service {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
+                self.ping_failures.remove(&connection_id);
                 if num_established == 0 {
                     // `pex_served` and `pex_asked` stay (pruned on the tick): reconnecting must
                     // not reset the request rate limits.

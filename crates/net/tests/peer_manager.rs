@@ -669,3 +669,84 @@ async fn a_peer_that_hangs_up_at_once_backs_off() {
     assert_eq!(entry.kind, cairn_peers::BucketKind::New, "{entry:?}");
     cancel.cancel();
 }
+
+/// A connection whose pings go unanswered (a peer that lost power or its link closes nothing)
+/// is closed after [`cairn_net::service::MAX_PING_FAILURES`] reported failures. Before, it
+/// stayed open for good: failed pings close nothing since libp2p-ping 0.44, and the block
+/// exchange keeps connections alive (review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_pings_is_disconnected() {
+    use libp2p::StreamProtocol;
+    let cancel = CancellationToken::new();
+    // The peer: accepts ping streams and never answers on them (the streams stay open).
+    let mut silent =
+        SwarmBuilder::with_existing_identity(libp2p::identity::Keypair::generate_ed25519())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+    let mut incoming = silent
+        .behaviour()
+        .new_control()
+        .accept(StreamProtocol::new("/ipfs/ping/1.0.0"))
+        .unwrap();
+    let silent_id = *silent.local_peer_id();
+    silent
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let silent_addr = tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::NewListenAddr { address, .. } = silent.select_next_some().await {
+                return address;
+            }
+        }
+    })
+    .await
+    .expect("the peer listens");
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = silent.select_next_some() => {}
+                Some((_, stream)) = incoming.next() => held.push(stream),
+            }
+        }
+    });
+    let (a, _) = node_with(
+        NetConfig {
+            ping_interval: Duration::from_millis(200),
+            ping_timeout: Duration::from_millis(300),
+            ..quiet()
+        },
+        &cancel,
+    )
+    .await;
+    a.connect(silent_id, vec![silent_addr]).await.unwrap();
+    assert!(
+        a.status()
+            .await
+            .unwrap()
+            .peers
+            .iter()
+            .any(|p| p.peer == silent_id)
+    );
+    until("the silent peer's connection is closed", || async {
+        !a.status()
+            .await
+            .unwrap()
+            .peers
+            .iter()
+            .any(|p| p.peer == silent_id)
+    })
+    .await;
+    cancel.cancel();
+}
