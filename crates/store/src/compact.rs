@@ -620,7 +620,21 @@ impl Store {
                 self.inner.unmovable.lock().insert(m.rec.seg, None);
                 return Ok(None);
             }
-            Err(e) => return Err(e.into()),
+            // Any other read error (a bad sector's EIO): the block stays where it is, and its
+            // segment is left alone until its live bytes change, as for a corrupt block.
+            // Failing the pass made every pass pick the same segment and fail again, and
+            // nothing after it was compacted (review).
+            Err(e) => {
+                warn!(
+                    seg = m.rec.seg,
+                    off = m.rec.off,
+                    error = %e,
+                    "block bytes unreadable; not compacted"
+                );
+                report.corrupt_blocks += 1;
+                self.inner.unmovable.lock().insert(m.rec.seg, None);
+                return Ok(None);
+            }
         };
         let block = cid_from_bytes(&m.cid)
             .ok()
@@ -1001,6 +1015,28 @@ mod tests {
         // The next pass leaves that segment alone while its live bytes stay as they are:
         // nothing else in it can move (review: every pass read the same bad block again, and
         // bad blocks in 16 small segments made every pass merge nothing).
+        let again = store.compact().unwrap();
+        assert_eq!(
+            (again.corrupt_blocks, again.moved_blocks),
+            (0, 0),
+            "{again:?}"
+        );
+    }
+
+    /// A block whose bytes cannot be read at all (an error that is neither "gone" nor "short":
+    /// a bad sector's EIO, injected here) is counted and left in place like a corrupt one: the
+    /// pass goes on instead of failing, and the next pass leaves the segment alone.
+    #[test]
+    fn an_unreadable_block_does_not_fail_the_pass() {
+        let (_dir, store, blocks) = half_dead_segment();
+        let at = row(&store, &blocks[0]);
+        crate::segments::UNREADABLE.with(|u| u.set(Some(at.seg)));
+        let report = store.compact();
+        crate::segments::UNREADABLE.with(|u| u.set(None));
+        let report = report.expect("the pass fails on an unreadable block");
+        assert!(report.corrupt_blocks > 0, "{report:?}");
+        assert_eq!(report.moved_blocks, 0, "{report:?}");
+        assert_eq!(row(&store, &blocks[0]), at, "its row is unchanged");
         let again = store.compact().unwrap();
         assert_eq!(
             (again.corrupt_blocks, again.moved_blocks),

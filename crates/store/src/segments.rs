@@ -250,6 +250,10 @@ impl Segments {
                 format!("a read of {len} bytes is longer than any block"),
             ));
         }
+        #[cfg(test)]
+        if UNREADABLE.with(std::cell::Cell::get) == Some(id) {
+            return Err(io::Error::from_raw_os_error(5)); // EIO
+        }
         match self {
             Segments::Dir { dir, readers, .. } => {
                 read_exact_at(&Self::reader(dir, readers, id)?.file, len, offset)
@@ -956,6 +960,14 @@ fn write_behind(file: &File, behind: &mut u64, end: u64) {
         rustix::fs::Advice::DontNeed,
     );
     *behind = end;
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: every [`Segments::read`] of this segment on this thread fails with `EIO`, as
+    /// a bad sector's would.
+    pub(crate) static UNREADABLE: std::cell::Cell<Option<u64>> =
+        const { std::cell::Cell::new(None) };
 }
 
 #[cfg(test)]
