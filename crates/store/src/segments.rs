@@ -210,6 +210,10 @@ impl Segments {
 
     /// Creates segment `id` (truncating any leftover of the same id) and opens it for appending.
     pub(crate) fn create(&self, id: u64, mode: WriteMode) -> io::Result<SegmentWriter> {
+        #[cfg(test)]
+        if FAIL_CREATE.with(std::cell::Cell::take) {
+            return Err(io::Error::from_raw_os_error(24)); // EMFILE
+        }
         match self {
             Segments::Dir { dir, .. } => {
                 let path = Self::path(dir, id);
@@ -968,6 +972,8 @@ thread_local! {
     /// a bad sector's would.
     pub(crate) static UNREADABLE: std::cell::Cell<Option<u64>> =
         const { std::cell::Cell::new(None) };
+    /// Tests: the next [`Segments::create`] on this thread fails (no file descriptor free).
+    pub(crate) static FAIL_CREATE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[cfg(test)]

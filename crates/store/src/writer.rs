@@ -152,7 +152,23 @@ impl Store {
             t.sessions.insert(id, (id, &[][..]))?;
             Ok(id)
         })?;
-        let seg = self.inner.segs.create(session, WriteMode::Bulk)?;
+        let seg = match self.inner.segs.create(session, WriteMode::Bulk) {
+            Ok(seg) => seg,
+            Err(e) => {
+                // No writer will end this session: end it here, or its row and its segment's
+                // stayed until the next start, one more for each failure (no descriptor free,
+                // a full disk; review).
+                let ended = self
+                    .end_session(session)
+                    .and_then(|()| self.drop_upload_segment_if_empty(session));
+                if let Err(end) = ended
+                    && !self.note_failed_rollback(session)
+                {
+                    warn!(session, error = %end, "an upload that could not start left its session; the next start ends it");
+                }
+                return Err(e.into());
+            }
+        };
         Ok(DatasetWriter {
             store: self.clone(),
             session,
@@ -558,6 +574,23 @@ mod tests {
     use crate::StoreConfig;
     use bytes::Bytes;
     use std::time::{Duration, Instant};
+
+    /// An upload whose segment file cannot be created fails and leaves nothing behind: no
+    /// open session, no segment row.
+    #[test]
+    fn an_upload_that_cannot_create_its_segment_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let before = store.audit().unwrap();
+        crate::segments::FAIL_CREATE.with(|f| f.set(true));
+        assert!(store.begin_dataset().is_err());
+        let after = store.audit().unwrap();
+        assert_eq!(after.open_sessions, 0, "{after:?}");
+        assert_eq!(after, before, "the failed start left rows behind");
+        assert!(after.segments_consistent, "{after:?}");
+        // And the next upload works.
+        assert!(store.begin_dataset().is_ok());
+    }
 
     const BS: usize = 64 * 1024;
 
