@@ -182,6 +182,32 @@ impl Peer {
     }
 }
 
+impl Peer {
+    /// Sends `node` a WHOAREYOU answering its packet `nonce`.
+    async fn challenge(&self, node: &Spr, nonce: [u8; 12]) {
+        let p = Packet::new(
+            PacketKind::WhoAreYou {
+                id_nonce: rand::random(),
+                enr_seq: 0,
+            },
+            nonce,
+        );
+        self.sock
+            .send_to(
+                &p.encode(&node.node_id()).unwrap(),
+                node.udp_addr().unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// `d` pings this peer, in a task of its own.
+    fn pinged_by(&self, d: &Discovery) -> tokio::task::JoinHandle<Result<u64, RequestError>> {
+        let (d, target) = (d.clone(), self.spr.clone());
+        tokio::spawn(async move { d.ping(&target).await })
+    }
+}
+
 async fn node(cancel: &CancellationToken) -> Discovery {
     let c = DiscoveryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)));
     Discovery::start(Keypair::generate_secp256k1(), c, cancel.clone())
@@ -636,21 +662,7 @@ async fn a_node_that_challenges_our_handshake_gets_no_second_one() {
     let d = node(&cancel).await;
     let node = d.local_spr();
     let peer = Peer::new().await;
-    let d2 = d.clone();
-    let target = peer.spr.clone();
-    let asked = tokio::spawn(async move { d2.ping(&target).await });
-    let challenge = |nonce: [u8; 12]| {
-        Packet::new(
-            PacketKind::WhoAreYou {
-                id_nonce: rand::random(),
-                enr_seq: 0,
-            },
-            nonce,
-        )
-        .encode(&node.node_id())
-        .unwrap()
-    };
-    let to = node.udp_addr().unwrap();
+    let asked = peer.pinged_by(&d);
     // The node has no session with us: random bytes first, which we challenge.
     let first = peer.recv(REPLY_DEADLINE).await.expect("the first packet");
     assert!(
@@ -658,10 +670,7 @@ async fn a_node_that_challenges_our_handshake_gets_no_second_one() {
         "{:?}",
         first.kind
     );
-    peer.sock
-        .send_to(&challenge(first.nonce), to)
-        .await
-        .unwrap();
+    peer.challenge(&node, first.nonce).await;
     // Its handshake, which we challenge too.
     let hs = peer.recv(REPLY_DEADLINE).await.expect("the handshake");
     assert!(
@@ -669,7 +678,7 @@ async fn a_node_that_challenges_our_handshake_gets_no_second_one() {
         "{:?}",
         hs.kind
     );
-    peer.sock.send_to(&challenge(hs.nonce), to).await.unwrap();
+    peer.challenge(&node, hs.nonce).await;
     // No second handshake, and the PING fails.
     if let Some(p) = peer.recv(SILENCE).await {
         panic!("the node sent another packet: {:?}", p.kind);
@@ -726,9 +735,7 @@ async fn a_request_that_times_out_ends_the_session() {
         crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad).is_ok()
     };
     // A PING over the session, which the peer reads and leaves unanswered.
-    let d2 = d.clone();
-    let target = peer.spr.clone();
-    let asked = tokio::spawn(async move { d2.ping(&target).await });
+    let asked = peer.pinged_by(&d);
     let first = peer.recv(REPLY_DEADLINE).await.expect("the PING");
     assert!(read(&first), "the first PING goes over the session");
     let answer = tokio::time::timeout(REPLY_DEADLINE, asked)
@@ -737,28 +744,13 @@ async fn a_request_that_times_out_ends_the_session() {
         .unwrap();
     assert_eq!(answer, Err(RequestError::Timeout));
     // The next one starts a handshake: random bytes, then, challenged, a handshake packet.
-    let d2 = d.clone();
-    let target = peer.spr.clone();
-    let asked = tokio::spawn(async move { d2.ping(&target).await });
+    let asked = peer.pinged_by(&d);
     let second = peer.recv(REPLY_DEADLINE).await.expect("the second PING");
     assert!(
         matches!(second.kind, PacketKind::Message { .. }) && !read(&second),
         "the second PING went over the old session"
     );
-    let challenge = Packet::new(
-        PacketKind::WhoAreYou {
-            id_nonce: rand::random(),
-            enr_seq: 0,
-        },
-        second.nonce,
-    );
-    peer.sock
-        .send_to(
-            &challenge.encode(&node.node_id()).unwrap(),
-            node.udp_addr().unwrap(),
-        )
-        .await
-        .unwrap();
+    peer.challenge(&node, second.nonce).await;
     let hs = peer.recv(REPLY_DEADLINE).await.expect("the handshake");
     assert!(
         matches!(hs.kind, PacketKind::Handshake { .. }),

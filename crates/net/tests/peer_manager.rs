@@ -484,12 +484,11 @@ async fn an_identity_gone_from_its_address_leaves_the_book() {
 
 /// Starts a bare address-exchange swarm on loopback that answers every address request with
 /// `list`; returns its id and address.
-async fn gossiper(list: Addrs, cancel: &CancellationToken) -> (PeerId, Multiaddr) {
-    let mut s = abuser();
-    let id = *s.local_peer_id();
+/// Makes `s` listen on a loopback port; returns its address.
+async fn listen_on_loopback<B: libp2p::swarm::NetworkBehaviour>(s: &mut Swarm<B>) -> Multiaddr {
     s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
-    let addr = tokio::time::timeout(WAIT, async {
+    tokio::time::timeout(WAIT, async {
         loop {
             if let SwarmEvent::NewListenAddr { address, .. } = s.select_next_some().await {
                 return address;
@@ -497,7 +496,13 @@ async fn gossiper(list: Addrs, cancel: &CancellationToken) -> (PeerId, Multiaddr
         }
     })
     .await
-    .expect("the gossiper listens");
+    .expect("the swarm listens")
+}
+
+async fn gossiper(list: Addrs, cancel: &CancellationToken) -> (PeerId, Multiaddr) {
+    let mut s = abuser();
+    let id = *s.local_peer_id();
+    let addr = listen_on_loopback(&mut s).await;
     let cancel = cancel.clone();
     tokio::spawn(async move {
         loop {
@@ -610,17 +615,7 @@ async fn a_peer_that_hangs_up_at_once_backs_off() {
     // The peer: a bare swarm that closes every connection as soon as it is up.
     let mut r = abuser();
     let r_id = *r.local_peer_id();
-    r.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let r_addr = tokio::time::timeout(WAIT, async {
-        loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = r.select_next_some().await {
-                return address;
-            }
-        }
-    })
-    .await
-    .expect("the peer listens");
+    let r_addr = listen_on_loopback(&mut r).await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
     let stop = cancel.clone();
@@ -698,18 +693,7 @@ async fn a_peer_that_stops_answering_pings_is_disconnected() {
         .accept(StreamProtocol::new("/ipfs/ping/1.0.0"))
         .unwrap();
     let silent_id = *silent.local_peer_id();
-    silent
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let silent_addr = tokio::time::timeout(WAIT, async {
-        loop {
-            if let SwarmEvent::NewListenAddr { address, .. } = silent.select_next_some().await {
-                return address;
-            }
-        }
-    })
-    .await
-    .expect("the peer listens");
+    let silent_addr = listen_on_loopback(&mut silent).await;
     let stop = cancel.clone();
     tokio::spawn(async move {
         let mut held = Vec::new();
