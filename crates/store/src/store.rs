@@ -812,8 +812,31 @@ impl Store {
         // Taken while holding the writer: every transaction numbered lower has ended.
         let seq = self.inner.write_seq.fetch_add(1, Ordering::Relaxed) + 1;
         // Read once this transaction holds the writer: a transaction committed before it has
-        // moved what it consumed out of the reservations already.
-        let reserved = self.inner.reserved.lock().saturating_sub(own_reservation);
+        // moved what it consumed out of the reservations already. Downloads' reservations
+        // count too, all but the one this transaction draws on: checked only before the bytes
+        // were appended (`check_quota`), a put that raced a download's reservation could take
+        // the room the download had been promised, and its last leaves were refused (review).
+        let own_download = match &consume {
+            Consume::Download { tree, .. } => self
+                .inner
+                .download_pools
+                .lock()
+                .by_tree
+                .get(*tree)
+                .map_or(0, |p| p.bytes),
+            Consume::Nothing | Consume::Upload { .. } => 0,
+        };
+        let downloads = self
+            .inner
+            .download_reserved
+            .load(Ordering::Relaxed)
+            .saturating_sub(own_download);
+        let reserved = self
+            .inner
+            .reserved
+            .lock()
+            .saturating_sub(own_reservation)
+            .saturating_add(downloads);
         let quota = Quota {
             max: self.inner.cfg.quota_bytes,
             reserved,
@@ -1303,6 +1326,7 @@ impl Store {
             (None, None)
         } else {
             self.check_quota(block.data().len() as u64, None)?;
+            self.hook("put_block:checked");
             let (loc, pin) = self.with_misc(|w| {
                 let off = w.append(block.data())?;
                 w.sync()?;

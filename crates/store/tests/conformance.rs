@@ -773,6 +773,66 @@ fn a_download_reservation_holds_its_room() {
     }
 }
 
+/// What the `put_block:checked` hook of the test below does: reserve room for a download in
+/// this store, for this tree, keeping the reservation.
+type RacingReservation = (
+    Option<(Store, cairn_core::Cid)>,
+    Vec<cairn_store::Reservation>,
+);
+static RACING: std::sync::Mutex<RacingReservation> = std::sync::Mutex::new((None, Vec::new()));
+
+fn reserve_at_put_check(point: &'static str) {
+    if point != "put_block:checked" {
+        return;
+    }
+    let Some((store, tree)) = RACING.lock().unwrap().0.take() else {
+        return;
+    };
+    let r = store
+        .reserve_room(&tree, 0..4, BS as u64)
+        .expect("the download's room fits before the put commits");
+    RACING.lock().unwrap().1.push(r);
+}
+
+/// A download that reserves its room while a put is between its quota check and its commit
+/// keeps that room: the put is refused when its transaction checks again. Before, the
+/// transaction counted uploads' reservations but not downloads', so the put took the room and
+/// the download's last leaves were refused (review).
+#[test]
+fn a_put_racing_a_download_reservation_does_not_take_its_room() {
+    let src = Store::in_memory(quiet()).unwrap();
+    let (mc, m) = upload(&src, &data(4 * BS, 81), None).unwrap();
+    let manifest = src.get_block(&mc).unwrap().unwrap();
+    // Room for the download's 4 blocks or for one more block, not for both.
+    let quota = manifest.data().len() as u64 + 4 * BS as u64 + BS as u64 / 2;
+    let dir = TempDir::new().unwrap();
+    let store = Store::open(
+        dir.path(),
+        StoreConfig {
+            quota_bytes: quota,
+            crash_hook: Some(reserve_at_put_check),
+            ..quiet()
+        },
+    )
+    .unwrap();
+    store.put_block(&manifest).unwrap();
+    *RACING.lock().unwrap() = (Some((store.clone(), m.tree_cid)), Vec::new());
+    let other = Block::data_block(Bytes::from(data(BS, 82)));
+    let put = store.put_block(&other);
+    let held = std::mem::take(&mut RACING.lock().unwrap().1);
+    assert_eq!(held.len(), 1, "the hook reserved the download's room");
+    assert!(
+        matches!(put, Err(StoreError::QuotaExceeded { .. })),
+        "the put took the download's room: {put:?}"
+    );
+    // The download's leaves all fit.
+    let leaves: Vec<_> = (0..4).map(|i| leaf_of(&src, &m, i)).collect();
+    store.put_leaves(&m.tree_cid, &leaves).unwrap();
+    assert_eq!(download(&store, &m), data(4 * BS, 81));
+    drop(held);
+    assert_consistent(&store, "disk");
+}
+
 #[test]
 fn background_reclaimer_frees_space() {
     for (name, b) in backends(StoreConfig::default()) {
