@@ -183,6 +183,14 @@ impl Peer {
 }
 
 impl Peer {
+    /// Opens a session with `node` by a correct handshake, whose PING must be answered;
+    /// returns its keys.
+    async fn session_with(&self, node: &Spr) -> SessionKeys {
+        let (keys, reply) = self.ping_with_handshake(node, Fault::None).await;
+        assert!(matches!(reply, Some(Message::Pong { .. })), "{reply:?}");
+        keys
+    }
+
     /// Sends `node` a WHOAREYOU answering its packet `nonce`.
     async fn challenge(&self, node: &Spr, nonce: [u8; 12]) {
         let p = Packet::new(
@@ -314,8 +322,7 @@ async fn a_providers_answer_fits_one_packet() {
     let d = node(&cancel).await;
     let node_spr = d.local_spr();
     let peer = Peer::new().await;
-    let (keys, reply) = peer.ping_with_handshake(&node_spr, Fault::None).await;
-    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let keys = peer.session_with(&node_spr).await;
     let content = NodeId::from_cid_bytes(b"many providers");
     // Thirty providers, each announcing itself over its own session (a record of someone else
     // is not stored: see `a_provider_record_of_someone_else_is_not_stored`).
@@ -425,8 +432,7 @@ async fn a_provider_answers_getproviders_with_its_own_record() {
 
     let peer = Peer::new().await;
     let node_spr = provider.local_spr();
-    let (keys, reply) = peer.ping_with_handshake(&node_spr, Fault::None).await;
-    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let keys = peer.session_with(&node_spr).await;
     let answered = peer.providers_of(&node_spr, &keys, content).await;
     assert_eq!(answered, vec![me], "the provider names itself");
 
@@ -612,8 +618,7 @@ async fn an_answer_of_the_wrong_kind_fails_the_node() {
     let node = d.local_spr();
     for ask_ping in [true, false] {
         let peer = Peer::new().await;
-        let (keys, reply) = peer.ping_with_handshake(&node, Fault::None).await;
-        assert!(matches!(reply, Some(Message::Pong { .. })));
+        let keys = peer.session_with(&node).await;
         assert!(in_table(&d, &peer.id));
         let d2 = d.clone();
         let target = peer.spr.clone();
@@ -700,10 +705,8 @@ async fn a_packet_under_replaced_keys_is_answered_under_them() {
     let d = node(&cancel).await;
     let node = d.local_spr();
     let peer = Peer::new().await;
-    let (old, reply) = peer.ping_with_handshake(&node, Fault::None).await;
-    assert!(matches!(reply, Some(Message::Pong { .. })));
-    let (new, reply) = peer.ping_with_handshake(&node, Fault::None).await;
-    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let old = peer.session_with(&node).await;
+    let new = peer.session_with(&node).await;
     let ping = Message::Ping { spr_seq: 1 };
     for (keys, which) in [(&old, "replaced"), (&new, "newer"), (&old, "replaced")] {
         let raw = peer
@@ -728,8 +731,7 @@ async fn a_request_that_times_out_ends_the_session() {
     let d = node(&cancel).await;
     let node = d.local_spr();
     let peer = Peer::new().await;
-    let (keys, reply) = peer.ping_with_handshake(&node, Fault::None).await;
-    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let keys = peer.session_with(&node).await;
     let read = |p: &Packet| {
         let ad = p.authenticated_data().unwrap();
         crypto::decrypt(&keys.recipient, &p.nonce, &p.message, &ad).is_ok()
@@ -771,8 +773,7 @@ async fn a_provider_record_of_someone_else_is_not_stored() {
     let d = node(&cancel).await;
     let node_spr = d.local_spr();
     let peer = Peer::new().await;
-    let (keys, reply) = peer.ping_with_handshake(&node_spr, Fault::None).await;
-    assert!(matches!(reply, Some(Message::Pong { .. })));
+    let keys = peer.session_with(&node_spr).await;
     let content = NodeId::from_cid_bytes(b"someone else's content");
     let addr: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/4000".parse().unwrap();
     let someone = Keypair::generate_secp256k1();
@@ -820,8 +821,7 @@ async fn a_nodes_answer_fits_packets_whatever_its_records_weigh() {
         }
         p.spr = Spr::sign(&p.key, 1, addrs).unwrap();
         assert!(p.spr.encoded().len() > 700, "{}", p.spr.encoded().len());
-        let (_, reply) = p.ping_with_handshake(&node_spr, Fault::None).await;
-        assert!(matches!(reply, Some(Message::Pong { .. })));
+        let _ = p.session_with(&node_spr).await;
         assert!(in_table(&d, &p.id));
         heavy.push(p);
     }

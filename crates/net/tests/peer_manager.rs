@@ -84,6 +84,16 @@ fn abuser() -> Swarm<Pex> {
 
 /// A bare address-exchange swarm with identity `key` (a node restarted with its key file).
 fn abuser_with(key: libp2p::identity::Keypair) -> Swarm<Pex> {
+    bare_swarm(key, cairn_pex::behaviour(), Duration::from_secs(30))
+}
+
+/// A bare TCP + Noise + Yamux swarm of `behaviour`, with identity `key`, that closes a
+/// connection after `idle`.
+fn bare_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    key: libp2p::identity::Keypair,
+    behaviour: B,
+    idle: Duration,
+) -> Swarm<B> {
     SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -92,9 +102,9 @@ fn abuser_with(key: libp2p::identity::Keypair) -> Swarm<Pex> {
             yamux::Config::default,
         )
         .unwrap()
-        .with_behaviour(|_| cairn_pex::behaviour())
+        .with_behaviour(|_| behaviour)
         .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build()
 }
 
@@ -523,6 +533,22 @@ async fn gossiper(list: Addrs, cancel: &CancellationToken) -> (PeerId, Multiaddr
     (id, addr)
 }
 
+/// A node that learns `peers` from a third party (which it dials and asks for addresses) and
+/// then dials from its book, towards a target of two outbound peers.
+async fn dialling_from_book(peers: Vec<PeerAddrs>, cancel: &CancellationToken) -> NetworkHandle {
+    let (third, third_addr) = gossiper(Addrs::new(peers), cancel).await;
+    let (a, _) = node_with(
+        NetConfig {
+            outbound_target: 2,
+            ..config()
+        },
+        cancel,
+    )
+    .await;
+    a.connect(third, vec![third_addr]).await.unwrap();
+    a
+}
+
 /// A loopback TCP address nothing listens on (a peer that is down): dials to it are refused.
 async fn closed_port() -> Multiaddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -547,22 +573,15 @@ async fn a_bad_address_from_a_third_party_does_not_cost_a_good_peer_its_entry() 
         .public()
         .to_peer_id();
     let good_addr = closed_port().await;
-    let list = Addrs::new(vec![PeerAddrs {
-        peer: good,
-        addrs: vec![good_addr.clone(), other_addr.clone()],
-    }]);
-    let (third, third_addr) = gossiper(list, &cancel).await;
-    // A dials the third party (and asks it for addresses), then dials from its book towards a
-    // target of two outbound peers: the good peer is the one it knows.
-    let (a, _) = node_with(
-        NetConfig {
-            outbound_target: 2,
-            ..config()
-        },
+    // A learns of the good peer from a third party: the one peer its book dials.
+    let a = dialling_from_book(
+        vec![PeerAddrs {
+            peer: good,
+            addrs: vec![good_addr.clone(), other_addr.clone()],
+        }],
         &cancel,
     )
     .await;
-    a.connect(third, vec![third_addr]).await.unwrap();
     // Done when the entry has lost an address after a dial, or a ban took it out.
     until(
         "the dial of the good peer from the book has failed",
@@ -633,20 +652,14 @@ async fn a_peer_that_hangs_up_at_once_backs_off() {
         }
     });
     // A learns of it from a third party and dials it from its book.
-    let list = Addrs::new(vec![PeerAddrs {
-        peer: r_id,
-        addrs: vec![r_addr],
-    }]);
-    let (third, third_addr) = gossiper(list, &cancel).await;
-    let (a, _) = node_with(
-        NetConfig {
-            outbound_target: 2,
-            ..config()
-        },
+    let a = dialling_from_book(
+        vec![PeerAddrs {
+            peer: r_id,
+            addrs: vec![r_addr],
+        }],
         &cancel,
     )
     .await;
-    a.connect(third, vec![third_addr]).await.unwrap();
     until("the peer was dialled twice", || async {
         accepted.load(Ordering::SeqCst) >= 2
     })
@@ -674,19 +687,11 @@ async fn a_peer_that_stops_answering_pings_is_disconnected() {
     use libp2p::StreamProtocol;
     let cancel = CancellationToken::new();
     // The peer: accepts ping streams and never answers on them (the streams stay open).
-    let mut silent =
-        SwarmBuilder::with_existing_identity(libp2p::identity::Keypair::generate_ed25519())
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .unwrap()
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
-            .unwrap()
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-            .build();
+    let mut silent = bare_swarm(
+        libp2p::identity::Keypair::generate_ed25519(),
+        libp2p_stream::Behaviour::new(),
+        Duration::from_secs(120),
+    );
     let mut incoming = silent
         .behaviour()
         .new_control()

@@ -523,6 +523,21 @@ fn done_reading(reading: &mut HashMap<BlockAddress, usize>, address: &BlockAddre
     }
 }
 
+/// A serving task of a peer is done with `address`: its `in_serve` entry goes, and with it the
+/// peer's part in [`Engine::reading`]. Returns the entry: `Some(true)` if the address was
+/// cancelled while it was read, `None` if it was not being read for the peer.
+fn end_serve(
+    in_serve: &mut HashMap<BlockAddress, bool>,
+    reading: &mut HashMap<BlockAddress, usize>,
+    address: &BlockAddress,
+) -> Option<bool> {
+    let was = in_serve.remove(address);
+    if was.is_some() {
+        done_reading(reading, address);
+    }
+    was
+}
+
 fn query(address: BlockAddress) -> WantEntry {
     WantEntry {
         send_dont_have: matches!(address, BlockAddress::Block(_)),
@@ -1620,19 +1635,12 @@ impl Engine {
                 };
                 // Unread, and not cancelled meanwhile: first in line again, in order.
                 for a in unread.into_iter().rev() {
-                    let was = state.in_serve.remove(&a);
-                    if was.is_some() {
-                        done_reading(&mut self.reading, &a);
-                    }
-                    if was == Some(false) {
+                    if end_serve(&mut state.in_serve, &mut self.reading, &a) == Some(false) {
                         state.wanted.push_front(a);
                     }
                 }
                 for a in missing {
-                    let was = state.in_serve.remove(&a);
-                    if was.is_some() {
-                        done_reading(&mut self.reading, &a);
-                    }
+                    let was = end_serve(&mut state.in_serve, &mut self.reading, &a);
                     // Cancelled while it was read: forgotten.
                     if was == Some(false) && !state.wanted.contains(&a) && state.parked.insert(a) {
                         self.parked.entry(a).or_default().insert(peer);
@@ -1641,10 +1649,7 @@ impl Engine {
                 let found: Vec<Delivery> = found
                     .into_iter()
                     .filter(|d| {
-                        let was = state.in_serve.remove(&d.address);
-                        if was.is_some() {
-                            done_reading(&mut self.reading, &d.address);
-                        }
+                        let was = end_serve(&mut state.in_serve, &mut self.reading, &d.address);
                         let asked = was == Some(false);
                         if asked {
                             // Queued again meanwhile (it was stored while read): sent once.
@@ -2417,6 +2422,8 @@ struct ServeRead {
     found: Vec<Delivery>,
     missing: Vec<BlockAddress>,
     unread: Vec<BlockAddress>,
+    /// Block bytes in `found`.
+    bytes: u64,
 }
 
 /// Reads the blocks of one serve batch, in order, until `max_bytes` are read (passed by one
@@ -2429,11 +2436,14 @@ fn read_for_serving(store: &Store, addrs: Vec<BlockAddress>, max_bytes: u64) -> 
         |out: &mut ServeRead,
          address: BlockAddress,
          r: Result<Option<(Block, Option<CodexProof>)>, StoreError>| match r {
-            Ok(Some((block, proof))) => out.found.push(Delivery {
-                block,
-                address,
-                proof,
-            }),
+            Ok(Some((block, proof))) => {
+                out.bytes = out.bytes.saturating_add(block.data().len() as u64);
+                out.found.push(Delivery {
+                    block,
+                    address,
+                    proof,
+                });
+            }
             Ok(None) => out.missing.push(address),
             Err(e) => {
                 warn!(%address, error = %e, "cannot serve block");
@@ -2442,8 +2452,7 @@ fn read_for_serving(store: &Store, addrs: Vec<BlockAddress>, max_bytes: u64) -> 
         };
     let mut rest = addrs.into_iter().peekable();
     while let Some(address) = rest.next() {
-        let left =
-            max_bytes.saturating_sub(out.found.iter().map(|d| d.block.data().len() as u64).sum());
+        let left = max_bytes.saturating_sub(out.bytes);
         if left == 0 {
             out.unread.push(address);
             out.unread.extend(rest);
@@ -2508,6 +2517,7 @@ async fn read_blocks(store: Store, peer: PeerId, epoch: u64, addrs: Vec<BlockAdd
         found,
         missing,
         unread,
+        ..
     } = read.unwrap_or_else(|_| ServeRead {
         missing: asked,
         ..ServeRead::default()
