@@ -31,7 +31,11 @@
 //!   before they are stored: the data already hashes to its CID (checked on the connection
 //!   task); a non-leaf must be the CID asked for; a leaf's proof must lead to the tree root for
 //!   exactly the requested index and the manifest's leaf count. A peer that fails this is
-//!   penalised as [`PeerAction::Fatal`] and the want goes to another holder.
+//!   penalised as [`PeerAction::Fatal`] and the want goes to another holder. A proof that
+//!   checks out for another leaf count (the tree binds the count only loosely) is not the
+//!   peer's fault: it answers the requesters whose manifests claim that count, if any; else
+//!   that holder is not asked for the leaf again. Requesters of one leaf under different
+//!   counts each get a leaf proven for their own ([`Pending`]).
 //! * A peer that owes us blocks and delivers nothing for [`ACTIVITY_TIMEOUT`] loses its requests
 //!   to other holders and is penalised (the reference disconnects it after a minute); requests
 //!   hedged away from it still count as owed. A single request that waits [`REQUEST_TIMEOUT`]
@@ -449,8 +453,30 @@ impl EngineHandle {
     }
 }
 
+/// A requester of a want, with the tree size its manifest claims (a leaf's; `None` for a
+/// standalone block, or a leaf asked for without a count, which takes any verified one).
+struct Waiter {
+    reply: Reply,
+    nleaves: Option<u64>,
+}
+
+impl Waiter {
+    fn send(self, result: Result<Block, FetchError>) {
+        let _ = self.reply.send(result);
+    }
+}
+
+/// One want per address, shared by its requesters. Requesters of a leaf whose manifests claim
+/// different tree sizes share it too, but a proof checks out for one size: the want is
+/// verified against `nleaves` (the first requester's size) and answers the requesters of that
+/// size (they "match"); a proof for the size of others makes them the matching ones instead
+/// (see [`Engine::on_delivery`]). Requesters left over when the want ends (their size was not
+/// the one delivered, or not the one that failed) want it again on their own (review: a
+/// manifest with a made-up size, fetched first on a gateway, failed every honest download of
+/// the same tree).
 struct Pending {
-    waiters: Vec<Reply>,
+    waiters: Vec<Waiter>,
+    /// The tree size deliveries are verified against (`None` for standalone blocks).
     nleaves: Option<u64>,
     requested_from: Option<PeerId>,
     /// A second holder asked because the request waited too long at the first
@@ -468,6 +494,10 @@ struct Pending {
     /// [`FetchError::ManifestMismatch`] rather than [`FetchError::NotFound`] if nobody else
     /// delivers it.
     claimed_leaves: Option<u64>,
+    /// The size each holder shunned for a proof of another size claimed: a requester whose
+    /// manifest claims that size, joining later, makes them holders again (at most one entry
+    /// per holder, and only for holders that delivered).
+    claims: HashMap<PeerId, u64>,
     /// Connected peers that answered `DontHave` (non-leaf wants only, see [`query`]) and have
     /// not said `Have` since; at most one entry per connected peer.
     denied: HashSet<PeerId>,
@@ -489,6 +519,19 @@ impl Pending {
     /// Whether `peer` was asked for this block and may deliver it.
     fn asked_of(&self, peer: PeerId) -> bool {
         self.requested_from == Some(peer) || self.hedged == Some(peer)
+    }
+
+    /// Whether a requester claiming `nleaves` takes a block verified for this want's size.
+    fn matches(&self, nleaves: Option<u64>) -> bool {
+        nleaves.is_none() || self.nleaves.is_none() || nleaves == self.nleaves
+    }
+
+    /// Takes the requesters this want's size answers, leaving the others.
+    fn take_matching(&mut self) -> Vec<Waiter> {
+        let waiters = std::mem::take(&mut self.waiters);
+        let (matching, others) = waiters.into_iter().partition(|w| self.matches(w.nleaves));
+        self.waiters = others;
+        matching
     }
 }
 
@@ -906,7 +949,7 @@ impl Engine {
         self.write_out().await;
         for (_, p) in self.pending.drain() {
             for w in p.waiters {
-                let _ = w.send(Err(FetchError::Stopped));
+                w.send(Err(FetchError::Stopped));
             }
         }
         self.tasks.abort_all();
@@ -1031,7 +1074,7 @@ impl Engine {
         for a in gone {
             if let Some(p) = self.drop_want(a) {
                 for w in p.waiters {
-                    let _ = w.send(Err(FetchError::Deleted));
+                    w.send(Err(FetchError::Deleted));
                 }
             }
         }
@@ -1065,10 +1108,34 @@ impl Engine {
         now: Instant,
     ) {
         if let Some(p) = self.pending.get_mut(&address) {
-            if p.nleaves.is_none() {
+            if p.nleaves.is_none() && matches!(address, BlockAddress::Leaf { .. }) {
                 p.nleaves = nleaves;
             }
-            p.waiters.push(reply);
+            let other_size = !p.matches(nleaves);
+            p.waiters.push(Waiter { reply, nleaves });
+            if let (true, Some(n)) = (other_size, nleaves) {
+                // Holders shunned because their proofs claimed this requester's size are
+                // holders again: what they deliver now answers it.
+                let back: Vec<PeerId> = p
+                    .claims
+                    .extract_if(|_, claimed| *claimed == n)
+                    .map(|(id, _)| id)
+                    .collect();
+                let mut holds = false;
+                for id in &back {
+                    p.shunned.remove(id);
+                    if let Some(st) = self.peers.get_mut(id)
+                        && st.haves.contains(&address)
+                    {
+                        // It may be asked for what is queued already (which `make_ready` leaves).
+                        st.nothing_ready = false;
+                        holds = true;
+                    }
+                }
+                if holds {
+                    self.make_ready(address);
+                }
+            }
             return;
         }
         if matches!(address, BlockAddress::Leaf { .. }) && nleaves.is_none() {
@@ -1082,7 +1149,7 @@ impl Engine {
         self.pending.insert(
             address,
             Pending {
-                waiters: vec![reply],
+                waiters: vec![Waiter { reply, nleaves }],
                 nleaves,
                 requested_from: None,
                 hedged: None,
@@ -1090,6 +1157,7 @@ impl Engine {
                 shunned: HashSet::new(),
                 timed_out: HashSet::new(),
                 claimed_leaves: None,
+                claims: HashMap::new(),
                 denied: HashSet::new(),
                 storing: false,
                 queued: false,
@@ -1101,6 +1169,16 @@ impl Engine {
         // Peers that already told us they have it (a re-want after a failure) are used at once.
         if self.peers.values().any(|p| p.haves.contains(&address)) {
             self.make_ready(address);
+        }
+    }
+
+    /// Requesters left when their want ended answering others (their manifests claim another
+    /// tree size) want it again, as a new want verified against their size.
+    fn want_again(&mut self, address: BlockAddress, waiters: Vec<Waiter>, now: Instant) {
+        for w in waiters {
+            if !w.reply.is_closed() {
+                self.add_want(address, w.nleaves, w.reply, now);
+            }
         }
     }
 
@@ -1311,7 +1389,20 @@ impl Engine {
         let manifest_blocks = pending.nleaves.unwrap_or(0);
         let verified = match verify(d, pending.nleaves) {
             Ok(v) => v,
-            Err(Rejected::Manifest { tree_leaves }) => {
+            Err(Rejected::Manifest { tree_leaves, leaf })
+                if pending
+                    .waiters
+                    .iter()
+                    .any(|w| w.nleaves == Some(tree_leaves)) =>
+            {
+                // Not the size the want is verified against, but another requester's: the
+                // leaf is theirs, and the others wait for a proof of their own size once this
+                // want ends.
+                debug!(%peer, %address, manifest_blocks, tree_leaves, "proof for another requester's tree size");
+                pending.nleaves = Some(tree_leaves);
+                Verified::Leaf(*leaf)
+            }
+            Err(Rejected::Manifest { tree_leaves, .. }) => {
                 // The manifest or the peer is wrong about the tree's size, and the proof cannot
                 // tell which: it binds the size only through the odd nodes on its own path. The
                 // peer is not penalised (when the manifest is the liar, every honest holder was
@@ -1322,6 +1413,7 @@ impl Engine {
                 debug!(%peer, %address, manifest_blocks, tree_leaves, "proof for a tree of another size than the manifest's");
                 pending.shunned.insert(peer);
                 pending.claimed_leaves = Some(tree_leaves);
+                pending.claims.insert(peer, tree_leaves);
                 self.release(address, peer, false, now);
                 return;
             }
@@ -1350,8 +1442,8 @@ impl Engine {
         // must be listed before its leaves come, and a delete right after the fetch must find
         // it there (a late write would list the dataset again).
         if matches!(address, BlockAddress::Leaf { .. }) {
-            for w in pending.waiters.drain(..) {
-                let _ = w.send(Ok(verified.block().clone()));
+            for w in pending.take_matching() {
+                w.send(Ok(verified.block().clone()));
             }
         }
         // Anyone else we asked (a hedge, or a peer asked before a timeout) can stop. It has not
@@ -1607,10 +1699,11 @@ impl Engine {
                             }
                         }
                     }
-                    if let Some(p) = self.pending.remove(&address) {
-                        for w in p.waiters {
-                            let _ = w.send(result.clone());
+                    if let Some(mut p) = self.pending.remove(&address) {
+                        for w in p.take_matching() {
+                            w.send(result.clone());
                         }
+                        self.want_again(address, p.waiters, Instant::now());
                     }
                     for st in self.peers.values_mut() {
                         st.haves.remove(&address);
@@ -1824,8 +1917,9 @@ impl Engine {
             if p.storing {
                 continue;
             }
-            p.waiters.retain(|w| !w.is_closed());
-            if p.waiters.is_empty() {
+            p.waiters.retain(|w| !w.reply.is_closed());
+            // Gone, or left only with requesters of another size: they want it again.
+            if !p.waiters.iter().any(|w| p.matches(w.nleaves)) {
                 drop_list.push(*a);
                 continue;
             }
@@ -1841,10 +1935,12 @@ impl Engine {
             }
         }
         for a in drop_list {
-            self.drop_want(a);
+            if let Some(p) = self.drop_want(a) {
+                self.want_again(a, p.waiters, now);
+            }
         }
         for a in failed {
-            if let Some(p) = self.drop_want(a) {
+            if let Some(mut p) = self.drop_want(a) {
                 let error = match p.claimed_leaves {
                     Some(tree_leaves) => FetchError::ManifestMismatch {
                         manifest_blocks: p.nleaves.unwrap_or(0),
@@ -1852,9 +1948,10 @@ impl Engine {
                     },
                     None => FetchError::NotFound,
                 };
-                for w in p.waiters {
-                    let _ = w.send(Err(error.clone()));
+                for w in p.take_matching() {
+                    w.send(Err(error.clone()));
                 }
+                self.want_again(a, p.waiters, now);
             }
         }
         for a in requery {
@@ -2319,7 +2416,11 @@ enum Rejected {
     /// binds the count only through the odd nodes on the leaf's own path, so a peer can forge
     /// a count that still checks out (review found most positions allow one), and a manifest
     /// can name a real tree with a made-up size.
-    Manifest { tree_leaves: u64 },
+    Manifest {
+        tree_leaves: u64,
+        /// The leaf, verified for the proof's own size.
+        leaf: Box<VerifiedLeaf>,
+    },
 }
 
 fn verify(d: Delivery, nleaves: Option<u64>) -> Result<Verified, Rejected> {
@@ -2341,7 +2442,10 @@ fn verify(d: Delivery, nleaves: Option<u64>) -> Result<Verified, Rejected> {
                 let tree_leaves = proof.nleaves;
                 return Err(
                     match VerifiedLeaf::verify(tree, index, tree_leaves, d.block, proof) {
-                        Ok(_) => Rejected::Manifest { tree_leaves },
+                        Ok(leaf) => Rejected::Manifest {
+                            tree_leaves,
+                            leaf: Box::new(leaf),
+                        },
                         Err(e) => Rejected::Peer(e.to_string()),
                     },
                 );
@@ -3100,6 +3204,154 @@ mod tests {
             "the other peer is asked who has it"
         );
         assert!(e.pending.contains_key(&address));
+        cancel.cancel();
+    }
+
+    /// Leaf `index` of `tree` as an honest holder sends it: with its proof for the tree's size.
+    fn honest_leaf(e: &Engine, tree: Cid, index: u64) -> Delivery {
+        let (block, proof) = e.store.get_leaf(&tree, index).unwrap().unwrap();
+        Delivery {
+            block,
+            address: BlockAddress::Leaf { tree, index },
+            proof: Some(proof),
+        }
+    }
+
+    /// Writes everything queued for the store, and takes in the results.
+    async fn write_queued(e: &mut Engine) {
+        e.start_store(Instant::now());
+        while e.storing > 0 {
+            let written = tokio::time::timeout(Duration::from_secs(10), e.tasks.join_next())
+                .await
+                .expect("the write did not end")
+                .expect("a task")
+                .expect("the task failed");
+            e.on_done(written);
+        }
+    }
+
+    /// A leaf wanted for a made-up manifest (4 leaves) and, after it, for the honest one (3
+    /// leaves): the honest holder's proof answers the honest requester at once, and the other
+    /// wants it again on its own once the leaf is stored (review: the shared want was checked
+    /// against the first requester's size only, so the honest holder was shunned and the
+    /// honest download failed as `ManifestMismatch`).
+    #[tokio::test]
+    async fn a_leaf_wanted_under_two_tree_sizes_answers_each_with_its_own() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (_, tree) = dataset(&e.store, 3, 9);
+        let address = BlockAddress::Leaf { tree, index: 0 };
+        let holder = PeerId::random();
+        connected(&mut e, holder);
+        said_has(&mut e, holder, address);
+        let (made_up, mut made_up_rx) = oneshot::channel();
+        let (honest, mut honest_rx) = oneshot::channel();
+        let t0 = Instant::now();
+        e.add_want(address, Some(4), made_up, t0);
+        e.add_want(address, Some(3), honest, t0);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, Some(holder));
+        e.on_delivery(holder, honest_leaf(&e, tree, 0), t0);
+        let got = honest_rx
+            .try_recv()
+            .expect("the honest requester is answered");
+        assert_eq!(
+            got.unwrap().cid(),
+            e.store.get_leaf(&tree, 0).unwrap().unwrap().0.cid()
+        );
+        assert!(made_up_rx.try_recv().is_err(), "not for the made-up size");
+        assert_eq!(e.reports_in_flight, 0, "nobody penalised");
+        write_queued(&mut e).await;
+        let again = &e.pending[&address];
+        assert_eq!(again.nleaves, Some(4), "wanted again for its own size");
+        assert_eq!(again.waiters.len(), 1);
+        assert!(!again.storing);
+        assert!(made_up_rx.try_recv().is_err());
+        // The same holder's proof still checks out only for 3 leaves: shunned for this one.
+        said_has(&mut e, holder, address);
+        e.make_ready(address);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, Some(holder));
+        e.on_delivery(holder, honest_leaf(&e, tree, 0), t0);
+        assert!(e.pending[&address].shunned.contains(&holder));
+        assert!(made_up_rx.try_recv().is_err());
+        cancel.cancel();
+    }
+
+    /// The same with the honest requester first: a forged size matching the made-up manifest's
+    /// answers only that one, and the honest requester still gets the leaf from an honest
+    /// holder, against its own size.
+    #[tokio::test]
+    async fn a_forged_size_answers_only_the_requester_of_that_size() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (_, tree) = dataset(&e.store, 3, 10);
+        let address = BlockAddress::Leaf { tree, index: 0 };
+        let (liar, holder) = (PeerId::random(), PeerId::random());
+        connected(&mut e, liar);
+        said_has(&mut e, liar, address);
+        let (honest, mut honest_rx) = oneshot::channel();
+        let (made_up, mut made_up_rx) = oneshot::channel();
+        let t0 = Instant::now();
+        e.add_want(address, Some(3), honest, t0);
+        e.add_want(address, Some(4), made_up, t0);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, Some(liar));
+        e.on_delivery(liar, forged_leaf(&e, tree), t0);
+        assert!(
+            made_up_rx.try_recv().is_ok(),
+            "the forged size answers its requester"
+        );
+        assert!(honest_rx.try_recv().is_err(), "but not the honest one");
+        write_queued(&mut e).await;
+        assert_eq!(e.pending[&address].nleaves, Some(3));
+        connected(&mut e, holder);
+        said_has(&mut e, holder, address);
+        e.make_ready(address);
+        e.assign(t0);
+        let asked = e.pending[&address].requested_from;
+        let from = asked.expect("asked again");
+        let leaf = if from == holder {
+            honest_leaf(&e, tree, 0)
+        } else {
+            forged_leaf(&e, tree)
+        };
+        e.on_delivery(from, leaf, t0);
+        if from == liar {
+            // Its forged size is another size than this want's now: shunned, and the honest
+            // holder asked.
+            e.assign(t0);
+            assert_eq!(e.pending[&address].requested_from, Some(holder));
+            e.on_delivery(holder, honest_leaf(&e, tree, 0), t0);
+        }
+        assert!(honest_rx.try_recv().unwrap().is_ok());
+        cancel.cancel();
+    }
+
+    /// A holder shunned because its proof was for another size than the want's is asked again
+    /// when a requester of its size joins the want (without waiting for the want to fail).
+    #[tokio::test]
+    async fn a_requester_of_a_shunned_holders_size_brings_it_back() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (_, tree) = dataset(&e.store, 3, 11);
+        let address = BlockAddress::Leaf { tree, index: 0 };
+        let holder = PeerId::random();
+        connected(&mut e, holder);
+        said_has(&mut e, holder, address);
+        let (made_up, _made_up_rx) = oneshot::channel();
+        let t0 = Instant::now();
+        e.add_want(address, Some(4), made_up, t0);
+        e.assign(t0);
+        e.on_delivery(holder, honest_leaf(&e, tree, 0), t0);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, None, "shunned");
+        let (honest, mut honest_rx) = oneshot::channel();
+        e.add_want(address, Some(3), honest, t0);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, Some(holder));
+        e.on_delivery(holder, honest_leaf(&e, tree, 0), t0);
+        assert!(honest_rx.try_recv().unwrap().is_ok());
         cancel.cancel();
     }
 
