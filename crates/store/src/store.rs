@@ -110,6 +110,12 @@ const REOPEN_MIN_FREE: u64 = 4 * 1024 * 1024;
 /// How often reopening a failed index is tried at most.
 const REOPEN_RETRY: Duration = Duration::from_secs(1);
 
+/// How many times one read follows its block to where it was moved or stored again since it
+/// was looked up (each a segment gone from under it) before it gives up and reports the block
+/// corrupt: a move needs a compaction pass or a delete and a put in between, so a few are
+/// already unlikely, and the bound keeps a read from chasing a block forever.
+const MAX_READ_MOVES_FOLLOWED: usize = 8;
+
 /// Datasets remembered as having had a download's blocks refused for want of disk
 /// ([`Store::download_disk_room`]); more are not remembered (their downloads stop at the next
 /// refused write instead).
@@ -944,6 +950,7 @@ impl Store {
         rec: BlockRec,
     ) -> Result<Option<Block>, StoreError> {
         let mut rec = rec;
+        let mut moves = 0;
         let data = loop {
             let len = rec.read_len()?;
             self.hook("read:looked-up");
@@ -956,13 +963,18 @@ impl Store {
                     ) =>
                 {
                     // Compaction may have copied the block elsewhere and deleted this segment
-                    // since `rec` was read: follow the row if it moved (each move is to a newer
-                    // segment, so this ends). A delete may have dropped the block and its
-                    // segment meanwhile: it is not stored, and its bytes are not missing
-                    // (before, such a read was reported corrupt; found by review).
+                    // since `rec` was read, or a delete dropped it and a put stored it again
+                    // (into any open segment, an older one too; review): follow the row if it
+                    // moved, a bounded number of times. A delete may have dropped the block
+                    // and its segment meanwhile: it is not stored, and its bytes are not
+                    // missing (before, such a read was reported corrupt; found by review).
                     match self.row_now(cid)? {
                         None => return Ok(None),
-                        Some(now) if now.seg > rec.seg => {
+                        Some(now)
+                            if (now.seg, now.off) != (rec.seg, rec.off)
+                                && moves < MAX_READ_MOVES_FOLLOWED =>
+                        {
+                            moves += 1;
                             rec = now;
                             continue;
                         }
@@ -3208,6 +3220,65 @@ mod tests {
         );
     }
 
+    static RESTORE_RACE: Mutex<Option<(Store, Cid, Block)>> = Mutex::new(None);
+
+    /// Once (when armed): as a read has looked its block up, deletes the dataset holding it,
+    /// frees its segment, and stores the block again on its own (in the older shared segment).
+    fn restore_after_the_lookup(point: &'static str) {
+        if point != "read:looked-up" {
+            return;
+        }
+        let Some((store, manifest, block)) = RESTORE_RACE.lock().take() else {
+            return;
+        };
+        store.delete(&manifest).unwrap();
+        store.reclaim_now().unwrap();
+        assert!(store.put_block(&block).unwrap());
+    }
+
+    /// A read whose block was deleted and stored again into an older segment meanwhile reads it
+    /// there. Before, only moves to newer segments (compaction's) were followed, and the block
+    /// was reported `Corrupt` with a "bytes missing" warning (found by review).
+    #[test]
+    fn a_read_follows_its_block_stored_again_in_an_older_segment() {
+        const BS: usize = 64 * 1024;
+        let dir = tempfile::TempDir::new().unwrap();
+        let cfg = StoreConfig {
+            background_reclaim: false,
+            crash_hook: Some(restore_after_the_lookup),
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), cfg).unwrap();
+        // The shared segment for standalone blocks opens first: the older one.
+        store
+            .put_block(&Block::data_block(Bytes::from(vec![9u8; 100])))
+            .unwrap();
+        let block = Block::data_block(Bytes::from(vec![1u8; BS]));
+        let mut w = store.begin_dataset().unwrap();
+        w.write(&block).unwrap();
+        w.write(&Block::data_block(Bytes::from(vec![2u8; BS])))
+            .unwrap();
+        let manifest = w
+            .finish(crate::DatasetMeta {
+                dataset_size: 2 * BS as u64,
+                block_size: BS as u64,
+                filename: None,
+                mimetype: None,
+            })
+            .unwrap()
+            .manifest_cid;
+        let before = store.row_now(block.cid()).unwrap().unwrap().seg;
+        *RESTORE_RACE.lock() = Some((store.clone(), manifest, block.clone()));
+        let got = store.get_block(block.cid()).unwrap().expect("stored again");
+        assert!(RESTORE_RACE.lock().is_none(), "the hook ran");
+        assert_eq!(got.data(), block.data());
+        let after = store.row_now(block.cid()).unwrap().unwrap().seg;
+        assert!(
+            after < before,
+            "stored in an older segment: {after} < {before}"
+        );
+    }
+
     static FREE_SPACE: AtomicU64 = AtomicU64::new(u64::MAX);
 
     /// Writes that the quota allows but the disk cannot take fail before anything is written,
@@ -3825,7 +3896,7 @@ mod count_tests {
                 w.write(&Block::data_block(Bytes::from(data))).unwrap();
             }
             let up = w
-                .finish(DatasetMeta {
+                .finish(crate::DatasetMeta {
                     dataset_size: LEAVES * BS as u64,
                     block_size: BS as u64,
                     filename: None,
