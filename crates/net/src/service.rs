@@ -111,7 +111,7 @@ pub enum Direction {
 pub struct PeerInfo {
     /// Its id.
     pub peer: PeerId,
-    /// Its address on the first connection.
+    /// Its address on its oldest open connection.
     pub address: Multiaddr,
     /// Who dialled.
     pub direction: Direction,
@@ -366,9 +366,13 @@ impl NetworkHandle {
 type DialReply = (Option<PeerId>, oneshot::Sender<Result<PeerId, NetError>>);
 
 pub(crate) struct Connected {
+    /// The peer as its oldest open connection shows it (direction, address).
     pub(crate) info: PeerInfo,
-    pub(crate) connections: usize,
-    /// When the first connection was established.
+    /// Its open connections, oldest first (at most [`MAX_CONNECTIONS_PER_PEER`]). When the
+    /// oldest closes, `info`, `since` and `promoted` follow the next one (review: the peer kept
+    /// the first connection's direction and address for as long as any other stayed open).
+    links: Vec<Link>,
+    /// When the oldest open connection was established.
     pub(crate) since: Instant,
     /// Its identify message arrived (we know where it listens).
     pub(crate) identified: bool,
@@ -382,6 +386,31 @@ pub(crate) struct Connected {
     /// Its success is recorded in the address book (an outbound connection that lasted
     /// [`crate::manager::BOOK_STABLE_CONNECTION`]).
     pub(crate) promoted: bool,
+}
+
+/// One open connection of a connected peer.
+struct Link {
+    id: ConnectionId,
+    direction: Direction,
+    address: Multiaddr,
+    since: Instant,
+}
+
+impl Connected {
+    /// The connection `id` closed and others stay: the peer is now as the oldest of them shows
+    /// it. Returns the direction it had before, if that changed.
+    fn connection_closed(&mut self, id: ConnectionId, seed_mode: bool) -> Option<Direction> {
+        let was_oldest = self.links.first().is_some_and(|l| l.id == id);
+        self.links.retain(|l| l.id != id);
+        let oldest = self.links.first().filter(|_| was_oldest)?;
+        let before = self.info.direction;
+        self.info.direction = oldest.direction;
+        self.info.address = oldest.address.clone();
+        self.since = oldest.since;
+        // Its success is for the book again (an outbound one that lasts), once.
+        self.promoted = seed_mode;
+        (before != oldest.direction).then_some(before)
+    }
 }
 
 /// The swarm task's state. The peer-manager half of its methods is in [`crate::manager`].
@@ -897,21 +926,25 @@ impl Service {
                     }
                 }
                 self.fixed_connected(peer_id);
+                let (direction, address) = match endpoint {
+                    ConnectedPoint::Dialer { address, .. } => (Direction::Outbound, address),
+                    ConnectedPoint::Listener { send_back_addr, .. } => {
+                        (Direction::Inbound, send_back_addr)
+                    }
+                };
+                let link = Link {
+                    id: connection_id,
+                    direction,
+                    address: address.clone(),
+                    since: Instant::now(),
+                };
                 match self.connected.get_mut(&peer_id) {
                     Some(c) => {
                         // Opened after the hang-up, so it stays.
-                        c.connections += 1;
+                        c.links.push(link);
                         c.closing = false;
                     }
                     None => {
-                        let (direction, address) = match endpoint {
-                            ConnectedPoint::Dialer { address, .. } => {
-                                (Direction::Outbound, address)
-                            }
-                            ConnectedPoint::Listener { send_back_addr, .. } => {
-                                (Direction::Inbound, send_back_addr)
-                            }
-                        };
                         // Inbound peers at debug: a host that dials us in a loop chooses how
                         // often these lines come (found by review), and the peer gauges count
                         // them anyway. The peers we dial are ours to choose.
@@ -935,8 +968,8 @@ impl Service {
                                     score: 0.0,
                                     connected_for: Duration::ZERO,
                                 },
-                                connections: 1,
-                                since: Instant::now(),
+                                since: link.since,
+                                links: vec![link],
                                 identified: false,
                                 answered: false,
                                 hang_up_at: None,
@@ -976,7 +1009,10 @@ impl Service {
                     self.emit(NetEvent::PeerDisconnected { peer: peer_id });
                     self.fixed_disconnected(peer_id);
                 } else if let Some(c) = self.connected.get_mut(&peer_id) {
-                    c.connections = num_established as usize;
+                    if let Some(before) = c.connection_closed(connection_id, self.seed_mode) {
+                        self.metrics.peers(before).dec();
+                        self.metrics.peers(c.info.direction).inc();
+                    }
                     debug!(peer = %peer_id, left = num_established, "one connection to the peer closed");
                 }
             }

@@ -492,8 +492,6 @@ async fn an_identity_gone_from_its_address_leaves_the_book() {
     cancel.cancel();
 }
 
-/// Starts a bare address-exchange swarm on loopback that answers every address request with
-/// `list`; returns its id and address.
 /// Makes `s` listen on a loopback port; returns its address.
 async fn listen_on_loopback<B: libp2p::swarm::NetworkBehaviour>(s: &mut Swarm<B>) -> Multiaddr {
     s.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
@@ -509,6 +507,8 @@ async fn listen_on_loopback<B: libp2p::swarm::NetworkBehaviour>(s: &mut Swarm<B>
     .expect("the swarm listens")
 }
 
+/// Starts a bare address-exchange swarm on loopback that answers every address request with
+/// `list`; returns its id and address.
 async fn gossiper(list: Addrs, cancel: &CancellationToken) -> (PeerId, Multiaddr) {
     let mut s = abuser();
     let id = *s.local_peer_id();
@@ -737,5 +737,101 @@ async fn a_peer_that_stops_answering_pings_is_disconnected() {
             .any(|p| p.peer == silent_id)
     })
     .await;
+    cancel.cancel();
+}
+
+/// A peer with two connections, the first of which closes: the node sees it as the remaining
+/// connection shows it (its direction and address). Before, the peer kept the first
+/// connection's for as long as the second stayed open: counted as inbound, and with the
+/// closed connection's address.
+#[tokio::test]
+async fn a_peer_is_seen_through_its_remaining_connection() {
+    use libp2p::swarm::dial_opts::DialOpts;
+    let cancel = CancellationToken::new();
+    let (node, node_addr) = node_with(quiet(), &cancel).await;
+    let node_id = node.local_peer_id();
+    let mut other = bare_swarm(
+        libp2p::identity::Keypair::generate_ed25519(),
+        libp2p_stream::Behaviour::new(),
+        Duration::from_secs(120),
+    );
+    let other_id = *other.local_peer_id();
+    let other_addr = listen_on_loopback(&mut other).await;
+    // It dials the node first (inbound there).
+    let first = DialOpts::peer_id(node_id)
+        .addresses(vec![node_addr])
+        .build();
+    let first_id = first.connection_id();
+    other.dial(first).unwrap();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::ConnectionEstablished { connection_id, .. } =
+                other.select_next_some().await
+                && connection_id == first_id
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the first connection opens");
+    // The test drives the other swarm from here on; it closes the first connection on a word.
+    let (close_tx, mut close_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                Some(()) = close_rx.recv() => {
+                    other.close_connection(first_id);
+                }
+                ev = other.select_next_some() => {
+                    if let SwarmEvent::ConnectionClosed { connection_id, .. } = ev
+                        && connection_id == first_id
+                    {
+                        let _ = closed_tx.send(()).await;
+                    }
+                }
+            }
+        }
+    });
+    let seen = |node: NetworkHandle| async move {
+        node.peers()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|p| p.peer == other_id)
+    };
+    until("the node sees the peer", || {
+        let node = node.clone();
+        async move { seen(node).await.is_some() }
+    })
+    .await;
+    let inbound = seen(node.clone()).await.expect("connected");
+    assert_eq!(inbound.direction, cairn_net::Direction::Inbound);
+    // The node dials it too (a second connection, outbound there).
+    assert_eq!(node.dial(other_addr.clone()).await.unwrap(), other_id);
+    close_tx.send(()).await.unwrap();
+    tokio::time::timeout(WAIT, closed_rx.recv())
+        .await
+        .expect("the first connection closes");
+    until(
+        "the node sees the peer through its outbound connection",
+        || {
+            let node = node.clone();
+            async move {
+                seen(node)
+                    .await
+                    .is_some_and(|p| p.direction == cairn_net::Direction::Outbound)
+            }
+        },
+    )
+    .await;
+    let outbound = seen(node.clone()).await.expect("still connected");
+    assert_eq!(
+        outbound.address, other_addr,
+        "the address it was dialled on"
+    );
     cancel.cancel();
 }
