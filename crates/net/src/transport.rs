@@ -4,6 +4,12 @@
 //! The reference offers only Mplex (`/mplex/6.7.0`); cairn offers Yamux first and Mplex second,
 //! so two cairn nodes use Yamux and a reference node gets Mplex. [`Muxers`] can narrow the
 //! offer to one of them (benchmarks compare the two).
+//!
+//! Every TCP connection, dialled or accepted, has keepalive probes on ([`TCP_KEEPALIVE_IDLE`]):
+//! the reference mounts no ping protocol, and the block exchange keeps connections open, so
+//! without them a reference peer that vanished (powered off, cut off) kept its connection, and
+//! the slot it takes, for good. libp2p-tcp has no keepalive setting; the option is set on each
+//! socket as the transport hands it over.
 
 use std::time::Duration;
 
@@ -29,6 +35,44 @@ pub const MPLEX_MAX_BUFFERED_FRAMES: usize = 64;
 /// Mplex frame size when sending: 64 KiB, so a 1.3 MB delivery is 21 frames rather than 165 of
 /// the default 8 KiB (the spec allows up to 1 MiB).
 pub const MPLEX_SPLIT_SEND_BYTES: usize = 64 * 1024;
+
+/// Idle time on a TCP connection before the kernel sends the first keepalive probe. Idle
+/// means nothing sent or received, not even the swarm's pings.
+pub const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// Time between unanswered keepalive probes.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Unanswered keepalive probes after which the kernel closes the connection: a vanished peer's
+/// connection closes about 2 minutes after it went quiet ([`TCP_KEEPALIVE_IDLE`] + 6 ×
+/// [`TCP_KEEPALIVE_INTERVAL`]). A live peer answers probes from its kernel, whatever its
+/// process is doing.
+pub const TCP_KEEPALIVE_PROBES: u32 = 6;
+
+/// Turns keepalive probes on for `stream` ([`TCP_KEEPALIVE_IDLE`]). A socket that refuses is
+/// used as it is: probes only close dead connections sooner.
+fn with_keepalive(stream: tcp::tokio::TcpStream) -> tcp::tokio::TcpStream {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    if let Err(e) = socket2::SockRef::from(&stream.0).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "TCP keepalive not set");
+    }
+    stream
+}
+
+/// TCP (no delay, keepalive probes), before any upgrade.
+fn tcp_transport() -> impl Transport<
+    Output = tcp::tokio::TcpStream,
+    Error = std::io::Error,
+    ListenerUpgrade: Send,
+    Dial: Send,
+> + Send
++ Unpin {
+    tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .map(|stream, _| with_keepalive(stream))
+}
 
 /// Which stream multiplexers to offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -57,7 +101,7 @@ pub fn build(
     muxers: Muxers,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, noise::Error> {
     let noise = noise::Config::new(key)?;
-    let base = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+    let base = tcp_transport()
         .upgrade(upgrade::Version::V1)
         .authenticate(noise);
     Ok(match muxers {
@@ -114,4 +158,77 @@ pub fn probe_free_port(addr: &libp2p::Multiaddr) -> std::io::Result<()> {
     socket.set_reuse_address(true)?;
     socket.bind(&at.into())?;
     socket.listen(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+
+    use libp2p::core::{
+        Endpoint,
+        transport::{DialOpts, ListenerId, PortUse, TransportEvent},
+    };
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn check_keepalive(stream: &tcp::tokio::TcpStream, side: &str) {
+        let socket = socket2::SockRef::from(&stream.0);
+        assert!(socket.keepalive().unwrap(), "{side}: probes on");
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_IDLE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            TCP_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().unwrap(),
+            TCP_KEEPALIVE_PROBES
+        );
+    }
+
+    /// The next event of transport `t`.
+    async fn next<T: Transport + Unpin>(t: &mut T) -> TransportEvent<T::ListenerUpgrade, T::Error> {
+        futures::future::poll_fn(|cx| Pin::new(&mut *t).poll(cx)).await
+    }
+
+    /// Both ends of a connection made by the transport have keepalive probes on, as set.
+    #[tokio::test]
+    async fn dialled_and_accepted_connections_have_keepalive_probes() {
+        let mut listener = tcp_transport();
+        listener
+            .listen_on(ListenerId::next(), "/ip4/127.0.0.1/tcp/0".parse().unwrap())
+            .unwrap();
+        let addr = tokio::time::timeout(WAIT, async {
+            loop {
+                if let TransportEvent::NewAddress { listen_addr, .. } = next(&mut listener).await {
+                    return listen_addr;
+                }
+            }
+        })
+        .await
+        .expect("listening");
+        let mut dialer = tcp_transport();
+        let dial = dialer
+            .dial(
+                addr,
+                DialOpts {
+                    role: Endpoint::Dialer,
+                    port_use: PortUse::New,
+                },
+            )
+            .unwrap();
+        let accept = async {
+            loop {
+                if let TransportEvent::Incoming { upgrade, .. } = next(&mut listener).await {
+                    return upgrade.await;
+                }
+            }
+        };
+        let (dialled, accepted) = tokio::time::timeout(WAIT, futures::future::join(dial, accept))
+            .await
+            .expect("connected");
+        check_keepalive(&dialled.unwrap(), "dialled");
+        check_keepalive(&accepted.unwrap(), "accepted");
+    }
 }
