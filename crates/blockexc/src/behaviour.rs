@@ -30,7 +30,7 @@ use libp2p::{
 
 use crate::{
     Config, Frame, Message, Metrics, Violation,
-    handler::{FromBehaviour, Handler, SendId, ToBehaviour},
+    handler::{FrameMemory, FromBehaviour, Handler, SendId, ToBehaviour},
 };
 
 /// What the behaviour reports.
@@ -104,6 +104,8 @@ struct InFlight {
 pub struct Behaviour {
     config: Config,
     metrics: Metrics,
+    /// Room for frames being read by all connections ([`Config::max_frame_memory_bytes`]).
+    frame_memory: FrameMemory,
     /// Open connections per peer, oldest first.
     connections: HashMap<PeerId, Vec<ConnectionId>>,
     /// Open connections that carried a block-exchange frame, either way.
@@ -123,6 +125,7 @@ impl Behaviour {
     /// A behaviour with `config` that counts its traffic in `metrics`.
     pub fn with_metrics(config: Config, metrics: Metrics) -> Behaviour {
         Behaviour {
+            frame_memory: FrameMemory::new(&config),
             config,
             metrics,
             connections: HashMap::new(),
@@ -195,7 +198,11 @@ impl Behaviour {
 
     fn new_handler(&mut self, peer: PeerId, connection: ConnectionId) -> Handler {
         self.connections.entry(peer).or_default().push(connection);
-        Handler::new(self.config.clone(), self.metrics.clone())
+        Handler::new(
+            self.config.clone(),
+            self.metrics.clone(),
+            self.frame_memory.clone(),
+        )
     }
 }
 

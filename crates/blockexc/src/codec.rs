@@ -163,6 +163,15 @@ where
     R: AsyncRead + Unpin,
 {
     let len = read_frame_len(io, first, max).await?;
+    read_frame_body(io, len).await
+}
+
+/// The body of a frame whose length prefix, `len`, [`read_frame_len`] has read, as
+/// [`FrameParts`].
+pub async fn read_frame_body<R>(io: &mut R, len: usize) -> Result<FrameParts, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut parts = Vec::new();
     let mut small = BytesMut::new();
     let mut left = len;
@@ -225,7 +234,7 @@ where
 
 /// Reads the rest of a frame's length prefix, whose first byte is `first`, and checks it
 /// against `max`.
-async fn read_frame_len<R>(io: &mut R, first: u8, max: usize) -> Result<usize, FrameError>
+pub async fn read_frame_len<R>(io: &mut R, first: u8, max: usize) -> Result<usize, FrameError>
 where
     R: AsyncRead + Unpin,
 {

@@ -51,7 +51,7 @@ use tracing::debug;
 use crate::{
     Config, DecodeError, Frame, MAX_FRAMES_IN_PROGRESS_PER_CONNECTION, Message, Metrics, PROTOCOL,
     Violation,
-    codec::{FrameError, read_frame_parts_from, read_frame_start, wire_len, write_frame},
+    codec::{FrameError, read_frame_body, read_frame_len, read_frame_start, wire_len, write_frame},
 };
 
 /// Identifies one send request until it is written or has failed.
@@ -121,6 +121,45 @@ impl Closable for futures::io::ReadHalf<Stream> {
 /// How long closing a stream after a violation may take before the stream is dropped instead.
 const STREAM_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Frame memory is counted in units of this many bytes, a semaphore permit each (so the
+/// 128 MiB default is 131,072 permits, and any frame's count fits a `u32`).
+const FRAME_MEMORY_UNIT_BYTES: usize = 1024;
+
+/// The budget for frames being read ([`Config::max_frame_memory_bytes`]), shared by every
+/// connection of one [`crate::Behaviour`].
+#[derive(Debug, Clone)]
+pub(crate) struct FrameMemory {
+    permits: Arc<Semaphore>,
+    /// All of them: a frame never asks for more (it would wait for good).
+    units: u32,
+}
+
+impl FrameMemory {
+    pub(crate) fn new(config: &Config) -> FrameMemory {
+        let bytes = config.max_frame_memory_bytes.max(config.max_frame_bytes);
+        let units = u32::try_from(bytes.div_ceil(FRAME_MEMORY_UNIT_BYTES)).unwrap_or(u32::MAX);
+        FrameMemory {
+            permits: Arc::new(Semaphore::new(units as usize)),
+            units,
+        }
+    }
+
+    /// Takes room for a frame of `len` bytes, waiting until there is some; `None` if the
+    /// budget is gone (never, in practice).
+    async fn take(&self, len: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let units = u32::try_from(len.div_ceil(FRAME_MEMORY_UNIT_BYTES))
+            .unwrap_or(u32::MAX)
+            .min(self.units);
+        match self.permits.try_acquire_many(units) {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                debug!(len, "frame waits for the node's frame memory");
+                self.permits.acquire_many(units).await.ok()
+            }
+        }
+    }
+}
+
 /// The limits a reading stream applies, copied from [`Config`].
 #[derive(Debug, Clone)]
 struct ReadLimits {
@@ -129,6 +168,8 @@ struct ReadLimits {
     /// Frames of this connection being read at once ([`MAX_FRAMES_IN_PROGRESS_PER_CONNECTION`]),
     /// shared by its streams.
     frames: Arc<Semaphore>,
+    /// Bytes of frames being read, shared by all connections.
+    memory: FrameMemory,
 }
 
 impl From<&Config> for ReadLimits {
@@ -137,6 +178,7 @@ impl From<&Config> for ReadLimits {
             max_frame_bytes: config.max_frame_bytes,
             frame_read_timeout: config.frame_read_timeout,
             frames: Arc::new(Semaphore::new(MAX_FRAMES_IN_PROGRESS_PER_CONNECTION)),
+            memory: FrameMemory::new(config),
         }
     }
 }
@@ -170,31 +212,56 @@ where
     };
     // Once a frame has started, all of it must arrive within the deadline: the bytes of a
     // frame that never completes would otherwise stay buffered for the life of the connection.
-    let read = read_frame_parts_from(reader, first, limits.max_frame_bytes);
-    let violation = match tokio::time::timeout(limits.frame_read_timeout, read).await {
-        Err(_elapsed) => Violation::FrameTimeout {
-            after: limits.frame_read_timeout,
-        },
-        Ok(Ok(body)) => {
-            metrics.bytes_received.inc_by(wire_len(body.len) as u64);
-            metrics.messages_received.inc();
-            match Message::decode_parts(body) {
-                Ok(m) => return Ok(Box::new(m)),
-                Err(e) => Violation::Decode(e),
-            }
-        }
-        Ok(Err(FrameError::TooLarge { len, max })) => Violation::FrameTooLarge { len, max },
-        Ok(Err(FrameError::BadPrefix)) => Violation::BadFramePrefix,
-        Ok(Err(FrameError::Malformed(what))) => Violation::Decode(DecodeError::Framing(what)),
-        Ok(Err(FrameError::Io(e))) => {
-            debug!(error = %e, "blockexc stream read failed");
+    let deadline = limits.frame_read_timeout;
+    let timed_out = || Violation::FrameTimeout { after: deadline };
+    let violation = 'read: {
+        let prefix = read_frame_len(reader, first, limits.max_frame_bytes);
+        let len = match tokio::time::timeout(deadline, prefix).await {
+            Err(_elapsed) => break 'read timed_out(),
+            Ok(Ok(len)) => len,
+            Ok(Err(e)) => match frame_violation(e) {
+                Some(v) => break 'read v,
+                None => return Err(None),
+            },
+        };
+        // Room for the body in the node's frame memory, before any of it is read: the wait is
+        // ours, so the body's deadline starts after it.
+        let Some(_memory) = limits.memory.take(len).await else {
             return Err(None);
+        };
+        match tokio::time::timeout(deadline, read_frame_body(reader, len)).await {
+            Err(_elapsed) => timed_out(),
+            Ok(Ok(body)) => {
+                metrics.bytes_received.inc_by(wire_len(body.len) as u64);
+                metrics.messages_received.inc();
+                match Message::decode_parts(body) {
+                    Ok(m) => return Ok(Box::new(m)),
+                    Err(e) => Violation::Decode(e),
+                }
+            }
+            Ok(Err(e)) => match frame_violation(e) {
+                Some(v) => v,
+                None => return Err(None),
+            },
         }
     };
     // Bounded: a peer that stops reading can stall the close, and the stream's inbound slot
     // would be held meanwhile (found by review). After the bound the stream is simply dropped.
     let _ = tokio::time::timeout(STREAM_CLOSE_TIMEOUT, reader.close_stream()).await;
     Err(Some(violation))
+}
+
+/// The violation a frame read failed with; `None` if the stream failed instead (logged here).
+fn frame_violation(e: FrameError) -> Option<Violation> {
+    match e {
+        FrameError::TooLarge { len, max } => Some(Violation::FrameTooLarge { len, max }),
+        FrameError::BadPrefix => Some(Violation::BadFramePrefix),
+        FrameError::Malformed(what) => Some(Violation::Decode(DecodeError::Framing(what))),
+        FrameError::Io(e) => {
+            debug!(error = %e, "blockexc stream read failed");
+            None
+        }
+    }
 }
 
 /// A finished write: the writer back, the send, and the bytes written.
@@ -236,6 +303,8 @@ pub struct Handler {
     unsupported: bool,
     /// Turns to read a frame, shared by the connection's streams ([`read_next`]).
     frames: Arc<Semaphore>,
+    /// Room for frames being read, shared by every connection of the behaviour.
+    memory: FrameMemory,
 }
 
 impl std::fmt::Debug for Handler {
@@ -249,8 +318,9 @@ impl std::fmt::Debug for Handler {
 }
 
 impl Handler {
-    pub(crate) fn new(config: Config, metrics: Metrics) -> Handler {
+    pub(crate) fn new(config: Config, metrics: Metrics, memory: FrameMemory) -> Handler {
         Handler {
+            memory,
             config,
             metrics,
             readers: SelectAll::new(),
@@ -270,8 +340,10 @@ impl Handler {
         R: Closable,
     {
         let limits = ReadLimits {
+            max_frame_bytes: self.config.max_frame_bytes,
+            frame_read_timeout: self.config.frame_read_timeout,
             frames: self.frames.clone(),
-            ..ReadLimits::from(&self.config)
+            memory: self.memory.clone(),
         };
         let metrics = self.metrics.clone();
         let stream = futures::stream::unfold(Some((reader, metrics)), move |state| {
@@ -669,6 +741,63 @@ mod tests {
             "{ends:?}"
         );
         assert!(ends[2] >= 2 * FRAME_READ_TIMEOUT, "{ends:?}");
+    }
+
+    /// Frames being read share the node's frame memory across connections: with room for one
+    /// frame, a second connection's frame waits, unread, until the first is decoded, and is
+    /// then read in full. Before, every connection buffered its frames whatever the others
+    /// held (up to 640 MiB; found by review).
+    #[tokio::test(start_paused = true)]
+    async fn frames_of_all_connections_share_the_frame_memory() {
+        let big = Message::wants(
+            (0..100)
+                .map(|i| {
+                    WantEntry::have(BlockAddress::Leaf {
+                        tree: block_cid(b"t"),
+                        index: i,
+                    })
+                })
+                .collect(),
+            false,
+        );
+        let frame = big.to_frame().as_bytes().to_vec();
+        assert!(frame.len() > 2 * FRAME_MEMORY_UNIT_BYTES);
+        let config = Config {
+            max_frame_bytes: frame.len(),
+            max_frame_memory_bytes: frame.len(),
+            ..Config::default()
+        };
+        let first_connection = ReadLimits::from(&config);
+        let memory = first_connection.memory.clone();
+        let other_connection = ReadLimits {
+            frames: Arc::new(Semaphore::new(MAX_FRAMES_IN_PROGRESS_PER_CONNECTION)),
+            ..first_connection.clone()
+        };
+        let metrics = Metrics::default();
+        let (mut tx_a, mut a, _) = test_stream();
+        let (mut tx_b, mut b, _) = test_stream();
+        let (head, tail) = frame.split_at(frame.len() / 2);
+        tx_a.send(Ok(head.to_vec())).await.unwrap();
+        tx_b.send(Ok(frame.clone())).await.unwrap();
+        let read_a = read_next(&mut a, first_connection, &metrics);
+        let read_b = read_next(&mut b, other_connection, &metrics);
+        futures::pin_mut!(read_a, read_b);
+        assert!(
+            timeout(Duration::from_secs(1), &mut read_a).await.is_err(),
+            "the first frame waits for the rest of its body"
+        );
+        assert!(memory.permits.available_permits() < memory.units as usize / 2);
+        assert!(
+            timeout(FRAME_READ_TIMEOUT / 2, &mut read_b).await.is_err(),
+            "the second frame was read while the first held the memory"
+        );
+        tx_a.send(Ok(tail.to_vec())).await.unwrap();
+        let got_a = timeout(FRAME_READ_TIMEOUT, &mut read_a).await.unwrap();
+        assert_eq!(*got_a.unwrap(), big);
+        let got_b = timeout(FRAME_READ_TIMEOUT, &mut read_b).await.unwrap();
+        assert_eq!(*got_b.unwrap(), big);
+        assert_eq!(memory.permits.available_permits(), memory.units as usize);
+        drop((tx_a, tx_b));
     }
 
     fn swarm(config: Config) -> Swarm<Behaviour> {

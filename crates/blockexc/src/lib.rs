@@ -72,6 +72,16 @@ pub const MAX_INBOUND_STREAMS_PER_CONNECTION: usize = 8;
 /// window.
 pub const MAX_FRAMES_IN_PROGRESS_PER_CONNECTION: usize = 2;
 
+/// Bytes of block-exchange frames being read at once, by all connections together: 128 MiB.
+/// A frame takes its announced length from this budget once its length prefix is read, before
+/// any of its body, and gives it back once it is decoded; a frame that finds too little left
+/// waits (its bytes stay in the muxer's window, its deadline not yet started). Without it, the
+/// per-connection bounds still let the peers of every inbound connection hold two started
+/// frames of [`MAX_FRAME_BYTES`] each, about 640 MiB for 40 connections (found by review).
+/// Honest frames are at most about 1.3 MB: this fits those of about fifty busy connections at
+/// once, and a wait only slows a frame down.
+pub const MAX_FRAME_MEMORY_BYTES: usize = 128 * 1024 * 1024;
+
 /// Bytes queued for one peer and not yet written: 16 delivery messages. The serving engine keeps
 /// far less in flight per peer; this is the hard stop behind it.
 pub const MAX_QUEUED_BYTES_PER_PEER: usize = 24 * 1024 * 1024;
@@ -127,6 +137,9 @@ pub struct Config {
     pub max_inbound_streams: usize,
     /// Bytes queued per peer.
     pub max_queued_bytes_per_peer: usize,
+    /// Bytes of frames being read at once by all connections of one [`Behaviour`] (at least
+    /// `max_frame_bytes` is allowed, whatever this says).
+    pub max_frame_memory_bytes: usize,
     /// How long a frame may take to arrive once its first byte has.
     pub frame_read_timeout: Duration,
 }
@@ -137,6 +150,7 @@ impl Default for Config {
             max_frame_bytes: MAX_FRAME_BYTES,
             max_inbound_streams: MAX_INBOUND_STREAMS_PER_CONNECTION,
             max_queued_bytes_per_peer: MAX_QUEUED_BYTES_PER_PEER,
+            max_frame_memory_bytes: MAX_FRAME_MEMORY_BYTES,
             frame_read_timeout: FRAME_READ_TIMEOUT,
         }
     }
