@@ -146,6 +146,11 @@ pub const STORE_LINGER: Duration = Duration::from_millis(50);
 /// Verified blocks waiting for or in a store write. Past this no new block is requested, so a
 /// slow disk slows the download instead of filling memory (1024 blocks = 64 MiB).
 pub const MAX_UNSTORED_BLOCKS: usize = 1024;
+/// Bytes of verified blocks waiting for or in a store write: past this no new block is
+/// requested either. 1024 blocks of 64 KiB stay under it; it is what bounds memory when the
+/// blocks are larger (a tree of 8 MiB leaves under a manifest that claims 64 KiB ones held up
+/// to 8 GiB here; review).
+pub const MAX_UNSTORED_BYTES: usize = 128 * 1024 * 1024;
 /// How long a stopping engine waits for its store writes (those in flight, then the blocks still
 /// queued, at most [`MAX_UNSTORED_BLOCKS`]) before it gives up on them.
 pub const STOP_WRITE_GRACE: Duration = Duration::from_secs(10);
@@ -748,6 +753,8 @@ enum Done {
     /// A batch was written; `first` is the `seq` of its first block.
     Stored {
         first: u64,
+        /// The bytes of the batch's blocks.
+        bytes: usize,
         results: Vec<(BlockAddress, Result<Block, FetchError>)>,
     },
     /// A serving task read its blocks.
@@ -840,6 +847,8 @@ pub struct Engine {
     next_epoch: u64,
     tasks: JoinSet<Done>,
     storing_blocks: usize,
+    /// Bytes of the blocks queued or being written ([`MAX_UNSTORED_BYTES`]).
+    unstored_bytes: usize,
     /// The `seq` the next queued block gets.
     next_store_seq: u64,
     /// The `seq` of the first block of each batch being written.
@@ -899,6 +908,7 @@ impl Engine {
             next_epoch: 0,
             tasks: JoinSet::new(),
             storing_blocks: 0,
+            unstored_bytes: 0,
             next_store_seq: 0,
             writing: BTreeSet::new(),
             flush_waiters: Vec::new(),
@@ -1476,6 +1486,7 @@ impl Engine {
         if matches!(block, Verified::Block(_)) {
             self.standalone_queued += 1;
         }
+        self.unstored_bytes += block.block().data().len();
         self.to_store.push_back(ToStore {
             block,
             queued: now,
@@ -1678,7 +1689,12 @@ impl Engine {
 
     fn on_done(&mut self, done: Done) {
         match done {
-            Done::Stored { first, results } => {
+            Done::Stored {
+                first,
+                bytes,
+                results,
+            } => {
+                self.unstored_bytes -= bytes;
                 self.storing -= 1;
                 self.writing.remove(&first);
                 self.storing_blocks -= results.len();
@@ -2038,7 +2054,9 @@ impl Engine {
     }
 
     fn assign(&mut self, now: Instant) {
-        if self.to_store.len() + self.storing_blocks >= MAX_UNSTORED_BLOCKS {
+        if self.to_store.len() + self.storing_blocks >= MAX_UNSTORED_BLOCKS
+            || self.unstored_bytes >= MAX_UNSTORED_BYTES
+        {
             return; // the disk is behind: request nothing more until it catches up
         }
         // Peers that may take a request in this pass. The pass goes on while one is left, so
@@ -2245,6 +2263,7 @@ impl Engine {
                 .filter(|b| matches!(b.block, Verified::Block(_)))
                 .count();
             self.standalone_queued -= standalone;
+            let bytes = batch.iter().map(|b| b.block.block().data().len()).sum();
             let store = self.store.clone();
             self.storing += 1;
             self.storing_blocks += n;
@@ -2252,9 +2271,14 @@ impl Engine {
                 let addresses: Vec<BlockAddress> =
                     batch.iter().map(|b| b.block.address()).collect();
                 match tokio::task::spawn_blocking(move || store_batch(&store, batch)).await {
-                    Ok(results) => Done::Stored { first, results },
+                    Ok(results) => Done::Stored {
+                        first,
+                        bytes,
+                        results,
+                    },
                     Err(e) => Done::Stored {
                         first,
+                        bytes,
                         results: addresses
                             .into_iter()
                             .map(|a| (a, Err(FetchError::Store(e.to_string()))))
@@ -3228,6 +3252,48 @@ mod tests {
                 .expect("the task failed");
             e.on_done(written);
         }
+    }
+
+    /// Verified blocks waiting for the disk stop new requests once their bytes reach
+    /// `MAX_UNSTORED_BYTES`, however few they are, and requests start again once they are
+    /// written (review: only their count was bounded, so blocks of 8 MiB could hold 8 GiB).
+    #[tokio::test]
+    async fn unstored_bytes_hold_back_new_requests() {
+        let cancel = CancellationToken::new();
+        let mut e = engine(&cancel).await;
+        let (_, tree) = dataset(&e.store, 1, 12);
+        let address = BlockAddress::Leaf { tree, index: 0 };
+        let holder = PeerId::random();
+        connected(&mut e, holder);
+        said_has(&mut e, holder, address);
+        // Blocks sharing one buffer (the memory is the test's, the count is the engine's).
+        const BIG: usize = 8 * 1024 * 1024;
+        let data = Bytes::from(vec![0u8; BIG]);
+        let t0 = Instant::now();
+        let n = MAX_UNSTORED_BYTES / BIG;
+        assert!(n < MAX_UNSTORED_BLOCKS);
+        for i in 0..n {
+            let cid = *Block::data_block(Bytes::from(i.to_le_bytes().to_vec())).cid();
+            let block = Block::from_parts_unchecked(cid, data.clone());
+            e.queue_store(Verified::Block(block), t0);
+        }
+        let (tx, _rx) = oneshot::channel();
+        e.add_want(address, Some(1), tx, t0);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, None, "held back");
+        e.start_store(t0 + 2 * STORE_LINGER);
+        while e.storing > 0 {
+            let written = tokio::time::timeout(Duration::from_secs(30), e.tasks.join_next())
+                .await
+                .expect("the write did not end")
+                .expect("a task")
+                .expect("the task failed");
+            e.on_done(written);
+        }
+        assert_eq!(e.unstored_bytes, 0);
+        e.assign(t0);
+        assert_eq!(e.pending[&address].requested_from, Some(holder));
+        cancel.cancel();
     }
 
     /// A leaf wanted for a made-up manifest (4 leaves) and, after it, for the honest one (3
