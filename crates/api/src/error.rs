@@ -66,7 +66,9 @@ impl From<NodeError> for ApiError {
             NodeError::Fetch(cairn_node::engine::FetchError::DiskFull(m)) => {
                 ApiError::InsufficientStorage(format!("The node's disk is full: {m}"))
             }
-            e @ NodeError::BlockTooLarge { .. } => ApiError::Unprocessable(format!("{e}.")),
+            e @ (NodeError::BlockTooLarge { .. } | NodeError::LongBlock { .. }) => {
+                ApiError::Unprocessable(format!("{e}."))
+            }
             NodeError::Incomplete { .. } => ApiError::NotFound(
                 "The dataset is not complete on this node (a download stopped, or fetched only a \
                  range); fetch it with /data/{cid}/network/stream.",

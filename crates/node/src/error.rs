@@ -80,6 +80,18 @@ pub enum NodeError {
         /// The length its place in the dataset needs.
         needed: u64,
     },
+    /// A fetched block is longer than the manifest's block size: the manifest does not
+    /// describe the tree it names (every block of a dataset is exactly its block size, the
+    /// last one padded).
+    #[error("block {index} has {len} bytes, more than the manifest's block size of {block_size}")]
+    LongBlock {
+        /// The block's index in the dataset.
+        index: u64,
+        /// Its length.
+        len: u64,
+        /// The manifest's block size.
+        block_size: u64,
+    },
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

@@ -292,6 +292,13 @@ pub(crate) async fn fetch_dataset(
     let tree = manifest.tree_cid;
     let leaves = manifest.blocks_count();
     let block_size = manifest.block_size;
+    // No peer could deliver such blocks (every path refuses them here, not only the API's).
+    if block_size > crate::MAX_NETWORK_BLOCK_SIZE {
+        return Err(NodeError::BlockTooLarge {
+            block_size,
+            max: crate::MAX_NETWORK_BLOCK_SIZE,
+        });
+    }
     let span = range.blocks(block_size);
     // The caller keeps the reservation until its `check_stored` saw every block stored.
     if reservation.is_none() {
@@ -362,13 +369,24 @@ pub(crate) async fn fetch_dataset(
                 .await
                 .into_iter();
             let asked = Instant::now();
-            for (_, data) in found {
+            for (index, data) in found {
                 // A receiver per missing block, in order: only a missing block takes one.
                 let rx = if data.is_none() { rxs.next() } else { None };
                 let fut: BlockFuture = match (data, rx) {
                     (Some(d), _) => Box::pin(async move { (Ok(d), None, Instant::now()) }),
                     (None, Some(rx)) => Box::pin(async move {
                         let r = match rx.await {
+                            // Checked as it arrives, not when its turn comes: the window is
+                            // sized for blocks of the manifest's size, and blocks waiting for
+                            // an earlier one must not hold more (review: a tree of 8 MiB
+                            // leaves under a manifest claiming 64 KiB held up to 4 GiB here).
+                            Ok(Ok(b)) if b.data().len() as u64 > block_size => {
+                                Err(NodeError::LongBlock {
+                                    index,
+                                    len: b.data().len() as u64,
+                                    block_size,
+                                })
+                            }
                             Ok(Ok(b)) => Ok(b.data().clone()),
                             Ok(Err(FetchError::NotFound)) => Err(NodeError::NotFound),
                             Ok(Err(e)) => Err(e.into()),
@@ -388,7 +406,17 @@ pub(crate) async fn fetch_dataset(
                 inflight.push_back(fut);
             }
         }
-        let Some((result, latency, at)) = inflight.next().await else {
+        // A stream's reader that went away stops the download now, not when the next block
+        // is ready for it (review: a client that hung up held the window's wants, the
+        // reservation and the provider watch until the head block came or failed).
+        let head = match &out {
+            Some(reader) => tokio::select! {
+                head = inflight.next() => head,
+                () = reader.tx.closed() => return Ok(None),
+            },
+            None => inflight.next().await,
+        };
+        let Some((result, latency, at)) = head else {
             continue;
         };
         let data = result?;

@@ -1,5 +1,6 @@
 //! A network stream's resources (its reservation, provider watch, buffers and task) are held
-//! only while its reader reads (found by review).
+//! only while its reader reads, and a stream of a manifest that does not fit its tree, or the
+//! network, fails with a clear error (found by review).
 
 mod common;
 
@@ -102,4 +103,123 @@ fn stalled_local_readers_do_not_hold_blocking_threads() {
             assert_eq!(parts.concat(), original);
         }
     });
+}
+
+/// A stream whose reader hangs up while the download waits for a block (nobody has it) stops
+/// at once: its wants, reservation and provider watch go with it. Before, the download noticed
+/// only when the block came or failed (`NO_HOLDER_TIMEOUT`, 30 s), and a client that opened
+/// and dropped streams in a loop could fill the engine's want list (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_reader_hangs_up_stops_while_waiting_for_a_block() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let cid = upload(&a, &data(3 * 65536, 32)).await;
+    let metrics = NodeMetrics::default();
+    let config = NodeConfig {
+        metrics: metrics.clone(),
+        ..NodeConfig::default()
+    };
+    let (b, nb) = node_configured(&cancel, StoreConfig::default(), config).await;
+    connect(&nb, &na).await;
+    let m = b.fetch_manifest(cid).await.unwrap();
+    // Nobody has the blocks now.
+    a.delete(cid).await.unwrap();
+    let s = b.stream_network(&m).unwrap();
+    wait_until("the stream waits for its first block", WAIT, || {
+        metrics.downloads.active.get() == 1
+    })
+    .await;
+    drop(s);
+    // Well within the time the want would take to fail.
+    let limit = cairn_node::engine::NO_HOLDER_TIMEOUT / 3;
+    wait_until("the stream stops for its gone reader", limit, || {
+        metrics.downloads.cancelled.count() == 1 && metrics.downloads.active.get() == 0
+    })
+    .await;
+    assert_eq!(metrics.downloads.failed.count(), 0);
+    cancel.cancel();
+}
+
+/// A manifest that claims smaller blocks than its tree's (here 64 KiB for 128 KiB leaves)
+/// fails the download with `LongBlock` as the first leaf arrives. Before, leaves were cut to
+/// the claimed size and the download "succeeded" with the first half of each, while the
+/// window, sized for the claimed blocks, could hold far more memory than it was meant to
+/// (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_claiming_smaller_blocks_than_its_tree_fails_the_download() {
+    const CLAIMED: usize = 65536;
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let mut w = a.store().begin_dataset().unwrap();
+    for i in 0..2u64 {
+        let bytes = data(2 * CLAIMED, 40 + i);
+        w.write(&cairn_core::Block::data_block(Bytes::from(bytes)))
+            .unwrap();
+    }
+    let cid = w
+        .finish(cairn_store::DatasetMeta {
+            dataset_size: 2 * CLAIMED as u64,
+            block_size: CLAIMED as u64,
+            filename: None,
+            mimetype: None,
+        })
+        .unwrap()
+        .manifest_cid;
+    let (b, nb) = node(&cancel).await;
+    connect(&nb, &na).await;
+    let m = b.fetch_manifest(cid).await.unwrap();
+    let s = b.stream_network(&m).unwrap();
+    let got: Result<Vec<Bytes>, _> = tokio::time::timeout(WAIT, s.try_collect())
+        .await
+        .expect("the stream does not end");
+    match got {
+        Err(cairn_node::NodeError::LongBlock {
+            index: 0,
+            len,
+            block_size,
+        }) => {
+            assert_eq!(len, 2 * CLAIMED as u64);
+            assert_eq!(block_size, CLAIMED as u64);
+        }
+        other => panic!(
+            "expected LongBlock for block 0, got {:?}",
+            other.map(|chunks| chunks.iter().map(Bytes::len).collect::<Vec<_>>())
+        ),
+    }
+    cancel.cancel();
+}
+
+/// A network stream of a dataset whose blocks no block-exchange message could carry fails at
+/// once with `BlockTooLarge`, as the API's downloads do; the node's own stream methods used to
+/// fetch it anyway (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_blocks_too_large_for_the_network_is_refused() {
+    let cancel = CancellationToken::new();
+    let (a, na) = node(&cancel).await;
+    let block_size = cairn_node::MAX_NETWORK_BLOCK_SIZE + 1;
+    let mut w = a.store().begin_dataset().unwrap();
+    w.write(&cairn_core::Block::data_block(Bytes::from(data(100, 50))))
+        .unwrap();
+    let cid = w
+        .finish(cairn_store::DatasetMeta {
+            dataset_size: 100,
+            block_size,
+            filename: None,
+            mimetype: None,
+        })
+        .unwrap()
+        .manifest_cid;
+    let (b, nb) = node(&cancel).await;
+    connect(&nb, &na).await;
+    let m = b.fetch_manifest(cid).await.unwrap();
+    let s = b.stream_network(&m).unwrap();
+    let got: Result<Vec<Bytes>, _> = tokio::time::timeout(WAIT, s.try_collect())
+        .await
+        .expect("the stream does not end");
+    assert!(
+        matches!(got, Err(cairn_node::NodeError::BlockTooLarge { .. })),
+        "{:?}",
+        got.map(|chunks| chunks.len())
+    );
+    cancel.cancel();
 }
