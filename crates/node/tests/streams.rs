@@ -149,29 +149,8 @@ async fn a_stream_whose_reader_hangs_up_stops_while_waiting_for_a_block() {
 async fn a_manifest_claiming_smaller_blocks_than_its_tree_fails_the_download() {
     const CLAIMED: usize = 65536;
     let cancel = CancellationToken::new();
-    let (a, na) = node(&cancel).await;
-    let mut w = a.store().begin_dataset().unwrap();
-    for i in 0..2u64 {
-        let bytes = data(2 * CLAIMED, 40 + i);
-        w.write(&cairn_core::Block::data_block(Bytes::from(bytes)))
-            .unwrap();
-    }
-    let cid = w
-        .finish(cairn_store::DatasetMeta {
-            dataset_size: 2 * CLAIMED as u64,
-            block_size: CLAIMED as u64,
-            filename: None,
-            mimetype: None,
-        })
-        .unwrap()
-        .manifest_cid;
-    let (b, nb) = node(&cancel).await;
-    connect(&nb, &na).await;
-    let m = b.fetch_manifest(cid).await.unwrap();
-    let s = b.stream_network(&m).unwrap();
-    let got: Result<Vec<Bytes>, _> = tokio::time::timeout(WAIT, s.try_collect())
-        .await
-        .expect("the stream does not end");
+    let blocks = [data(2 * CLAIMED, 40), data(2 * CLAIMED, 41)];
+    let got = stream_of_made_up_dataset(&cancel, &blocks, 2 * CLAIMED as u64, CLAIMED as u64).await;
     match got {
         Err(cairn_node::NodeError::LongBlock {
             index: 0,
@@ -195,31 +174,44 @@ async fn a_manifest_claiming_smaller_blocks_than_its_tree_fails_the_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_blocks_too_large_for_the_network_is_refused() {
     let cancel = CancellationToken::new();
-    let (a, na) = node(&cancel).await;
     let block_size = cairn_node::MAX_NETWORK_BLOCK_SIZE + 1;
-    let mut w = a.store().begin_dataset().unwrap();
-    w.write(&cairn_core::Block::data_block(Bytes::from(data(100, 50))))
-        .unwrap();
-    let cid = w
-        .finish(cairn_store::DatasetMeta {
-            dataset_size: 100,
-            block_size,
-            filename: None,
-            mimetype: None,
-        })
-        .unwrap()
-        .manifest_cid;
-    let (b, nb) = node(&cancel).await;
-    connect(&nb, &na).await;
-    let m = b.fetch_manifest(cid).await.unwrap();
-    let s = b.stream_network(&m).unwrap();
-    let got: Result<Vec<Bytes>, _> = tokio::time::timeout(WAIT, s.try_collect())
-        .await
-        .expect("the stream does not end");
+    let got = stream_of_made_up_dataset(&cancel, &[data(100, 50)], 100, block_size).await;
     assert!(
         matches!(got, Err(cairn_node::NodeError::BlockTooLarge { .. })),
         "{:?}",
         got.map(|chunks| chunks.len())
     );
     cancel.cancel();
+}
+
+/// Stores `blocks` on a node as a dataset whose manifest says `dataset_size` and `block_size`
+/// (whatever the blocks are), and streams it from a second node over the network.
+async fn stream_of_made_up_dataset(
+    cancel: &CancellationToken,
+    blocks: &[Vec<u8>],
+    dataset_size: u64,
+    block_size: u64,
+) -> Result<Vec<Bytes>, cairn_node::NodeError> {
+    let (a, na) = node(cancel).await;
+    let mut w = a.store().begin_dataset().unwrap();
+    for b in blocks {
+        w.write(&cairn_core::Block::data_block(Bytes::from(b.clone())))
+            .unwrap();
+    }
+    let cid = w
+        .finish(cairn_store::DatasetMeta {
+            dataset_size,
+            block_size,
+            filename: None,
+            mimetype: None,
+        })
+        .unwrap()
+        .manifest_cid;
+    let (b, nb) = node(cancel).await;
+    connect(&nb, &na).await;
+    let m = b.fetch_manifest(cid).await.unwrap();
+    let s = b.stream_network(&m).unwrap();
+    tokio::time::timeout(WAIT, s.try_collect())
+        .await
+        .expect("the stream does not end")
 }
