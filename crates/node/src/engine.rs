@@ -1118,7 +1118,7 @@ impl Engine {
         now: Instant,
     ) {
         if let Some(p) = self.pending.get_mut(&address) {
-            if p.nleaves.is_none() && matches!(address, BlockAddress::Leaf { .. }) {
+            if p.nleaves.is_none() {
                 p.nleaves = nleaves;
             }
             let other_size = !p.matches(nleaves);
@@ -3231,6 +3231,14 @@ mod tests {
         cancel.cancel();
     }
 
+    /// A newly connected peer that said it has `address`.
+    fn holder_of(e: &mut Engine, address: BlockAddress) -> PeerId {
+        let holder = PeerId::random();
+        connected(e, holder);
+        said_has(e, holder, address);
+        holder
+    }
+
     /// Leaf `index` of `tree` as an honest holder sends it: with its proof for the tree's size.
     fn honest_leaf(e: &Engine, tree: Cid, index: u64) -> Delivery {
         let (block, proof) = e.store.get_leaf(&tree, index).unwrap().unwrap();
@@ -3264,9 +3272,7 @@ mod tests {
         let mut e = engine(&cancel).await;
         let (_, tree) = dataset(&e.store, 1, 12);
         let address = BlockAddress::Leaf { tree, index: 0 };
-        let holder = PeerId::random();
-        connected(&mut e, holder);
-        said_has(&mut e, holder, address);
+        let holder = holder_of(&mut e, address);
         // Blocks sharing one buffer (the memory is the test's, the count is the engine's).
         const BIG: usize = 8 * 1024 * 1024;
         let data = Bytes::from(vec![0u8; BIG]);
@@ -3300,9 +3306,7 @@ mod tests {
         let mut e = engine(&cancel).await;
         let (_, tree) = dataset(&e.store, 3, 9);
         let address = BlockAddress::Leaf { tree, index: 0 };
-        let holder = PeerId::random();
-        connected(&mut e, holder);
-        said_has(&mut e, holder, address);
+        let holder = holder_of(&mut e, address);
         let (made_up, mut made_up_rx) = oneshot::channel();
         let (honest, mut honest_rx) = oneshot::channel();
         let t0 = Instant::now();
@@ -3395,9 +3399,7 @@ mod tests {
         let mut e = engine(&cancel).await;
         let (_, tree) = dataset(&e.store, 3, 11);
         let address = BlockAddress::Leaf { tree, index: 0 };
-        let holder = PeerId::random();
-        connected(&mut e, holder);
-        said_has(&mut e, holder, address);
+        let holder = holder_of(&mut e, address);
         let (made_up, _made_up_rx) = oneshot::channel();
         let t0 = Instant::now();
         e.add_want(address, Some(4), made_up, t0);
