@@ -103,6 +103,14 @@ pub const LOCAL_CHECK_BATCH: usize = 64;
 /// wake-up and a store read for that one want): about two context switches per block on each
 /// node. 8: a window of 128 asks 16 blocks at a time while keeping at least 7/8 of it in flight.
 pub const REFILL_DIVISOR: usize = 8;
+/// A block the engine refused for want of room ([`FetchError::Busy`]: it holds
+/// `MAX_PENDING_WANTS` wants across all downloads) is wanted again after this pause. Room comes
+/// back as other downloads' blocks arrive, within a block's round trip.
+pub const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// A block refused as `Busy` for this long fails the download with `Busy` (HTTP 503): as long
+/// as the engine waits for a block nobody holds (`NO_HOLDER_TIMEOUT`). Before, a streamed
+/// download failed mid-body at the first refusal (found by review).
+pub const BUSY_PATIENCE: Duration = Duration::from_secs(30);
 
 /// What the current interval measures (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -374,27 +382,31 @@ pub(crate) async fn fetch_dataset(
                 let rx = if data.is_none() { rxs.next() } else { None };
                 let fut: BlockFuture = match (data, rx) {
                     (Some(d), _) => Box::pin(async move { (Ok(d), None, Instant::now()) }),
-                    (None, Some(rx)) => Box::pin(async move {
-                        let r = match rx.await {
-                            // Checked as it arrives, not when its turn comes: the window is
-                            // sized for blocks of the manifest's size, and blocks waiting for
-                            // an earlier one must not hold more (review: a tree of 8 MiB
-                            // leaves under a manifest claiming 64 KiB held up to 4 GiB here).
-                            Ok(Ok(b)) if b.data().len() as u64 > block_size => {
-                                Err(NodeError::LongBlock {
-                                    index,
-                                    len: b.data().len() as u64,
-                                    block_size,
-                                })
-                            }
-                            Ok(Ok(b)) => Ok(b.data().clone()),
-                            Ok(Err(FetchError::NotFound)) => Err(NodeError::NotFound),
-                            Ok(Err(e)) => Err(e.into()),
-                            Err(_) => Err(NodeError::Fetch(FetchError::Stopped)),
-                        };
-                        let now = Instant::now();
-                        (r, Some(now.duration_since(asked)), now)
-                    }),
+                    (None, Some(rx)) => {
+                        let engine = engine.clone();
+                        let address = BlockAddress::Leaf { tree, index };
+                        Box::pin(async move {
+                            let r = match wait_for_room(rx, &engine, address, leaves).await {
+                                // Checked as it arrives, not when its turn comes: the window is
+                                // sized for blocks of the manifest's size, and blocks waiting for
+                                // an earlier one must not hold more (review: a tree of 8 MiB
+                                // leaves under a manifest claiming 64 KiB held up to 4 GiB here).
+                                Ok(Ok(b)) if b.data().len() as u64 > block_size => {
+                                    Err(NodeError::LongBlock {
+                                        index,
+                                        len: b.data().len() as u64,
+                                        block_size,
+                                    })
+                                }
+                                Ok(Ok(b)) => Ok(b.data().clone()),
+                                Ok(Err(FetchError::NotFound)) => Err(NodeError::NotFound),
+                                Ok(Err(e)) => Err(e.into()),
+                                Err(_) => Err(NodeError::Fetch(FetchError::Stopped)),
+                            };
+                            let now = Instant::now();
+                            (r, Some(now.duration_since(asked)), now)
+                        })
+                    }
                     (None, None) => Box::pin(async move {
                         (
                             Err(NodeError::Fetch(FetchError::Stopped)),
@@ -435,6 +447,31 @@ pub(crate) async fn fetch_dataset(
         }
     }
     Ok(Some(Bytes::new()))
+}
+
+/// What the engine answers for a wanted block (its receiver `rx`), wanting it again while the
+/// engine refuses it for want of room, for up to [`BUSY_PATIENCE`].
+async fn wait_for_room(
+    rx: tokio::sync::oneshot::Receiver<Result<cairn_core::Block, FetchError>>,
+    engine: &EngineHandle,
+    address: BlockAddress,
+    nleaves: u64,
+) -> Result<Result<cairn_core::Block, FetchError>, tokio::sync::oneshot::error::RecvError> {
+    let mut answer = rx.await;
+    let refused = Instant::now();
+    while matches!(answer, Ok(Err(FetchError::Busy))) && refused.elapsed() < BUSY_PATIENCE {
+        tokio::time::sleep(BUSY_RETRY_PAUSE).await;
+        let Some(rx) = engine
+            .want_many(vec![(address, Some(nleaves))])
+            .await
+            .into_iter()
+            .next()
+        else {
+            break;
+        };
+        answer = rx.await;
+    }
+    answer
 }
 
 /// The part of block `index` (its bytes `data`) inside `range`; a block too short to hold that
