@@ -303,6 +303,8 @@ struct BookJson {
     old: usize,
     /// Bans held by the book.
     banned: usize,
+    /// Addresses refused for a while for a peer: another peer answered there.
+    wrong_addrs: usize,
 }
 
 /// `GET /debug/peers`.
@@ -328,6 +330,7 @@ pub(crate) async fn debug_peers(State(node): State<Node>) -> Result<Response, Ap
             new: s.book.new,
             old: s.book.old,
             banned: s.book.banned,
+            wrong_addrs: s.book.wrong_addrs,
         },
         pex_bytes_sent: s.pex_bytes.0,
         pex_bytes_received: s.pex_bytes.1,

@@ -410,6 +410,10 @@ pub(crate) struct BookJson {
     pub(crate) old: usize,
     /// Bans the book holds.
     pub(crate) banned: usize,
+    /// Addresses refused for a while for a peer (another peer answered there); absent from
+    /// older nodes.
+    #[serde(default, rename(deserialize = "wrongAddrs"))]
+    pub(crate) wrong_addrs: usize,
 }
 
 /// Block-exchange counters; read in the API's camelCase, printed in snake_case.

@@ -16,7 +16,7 @@
 //! * `peers`: `{"peers": [{"peer_id", "address", "direction", "agent", "score",
 //!   "connected_secs", "exchange": {"blocks_received", "blocks_sent", "duplicates", "rejected",
 //!   "requests", "request_limit", "blocks_per_sec", "wanted"} or null}], "manager": {"inbound", "outbound", "outbound_target", "max_inbound",
-//!   "max_peers", "seed_mode", "banned", "book": {"new", "old", "banned"}, "pex_bytes_sent",
+//!   "max_peers", "seed_mode", "banned", "book": {"new", "old", "banned", "wrong_addrs"}, "pex_bytes_sent",
 //!   "pex_bytes_received"} or null (a node without `/debug/peers`), "dht": {"node_id", "size",
 //!   "nodes": [{"node_id", "peer_id", "address" (null when unknown), "seen", "record"}]} or
 //!   null}`.
@@ -553,8 +553,8 @@ fn manager_text(m: &api::ManagerJson) -> String {
     let mode = if m.seed_mode { " (seed mode)" } else { "" };
     format!(
         "outbound {}/{}, inbound {}/{}, at most {} connections{mode}\n\
-         address book: {} peers ({} connected before, {} heard of), {} banned; \
-         {} peers banned for their score\n\
+         address book: {} peers ({} connected before, {} heard of), {} banned, \
+         {} wrong addresses; {} peers banned for their score\n\
          peer exchange: {} sent, {} received\n",
         m.outbound,
         m.outbound_target,
@@ -565,6 +565,7 @@ fn manager_text(m: &api::ManagerJson) -> String {
         m.book.old,
         m.book.new,
         m.book.banned,
+        m.book.wrong_addrs,
         m.banned,
         output::size(m.pex_bytes_sent),
         output::size(m.pex_bytes_received),

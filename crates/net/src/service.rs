@@ -61,9 +61,9 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 /// How long [`start`] waits for the listeners to report their addresses.
 pub const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a peer whose last address answered with another peer's id stays out of the address
-/// book (neither dialled nor gossiped; its connections are not refused): an entry dropped only
-/// would come back with the next peer-exchange answer of a peer that learned it from us.
+/// How long an address of a peer where another peer's id answered stays refused for that peer
+/// in the address book (the peer's other addresses are taken): an address dropped only would
+/// come back with the next peer-exchange answer of a peer that learned it from us.
 pub const STALE_PEER_MEMORY: Duration = Duration::from_secs(60 * 60);
 
 /// Connections to one peer (one each way when both dial at once).
@@ -834,19 +834,20 @@ impl Service {
     /// book marks such an address bad). Only that address: a dial goes to all of a peer's
     /// addresses at once, and the first handshake to complete decides it, so one bad address
     /// added by a third party used to get a good peer dropped and banned (found in review).
-    /// When it was the peer's last address the peer leaves the book, and is kept out for
-    /// [`STALE_PEER_MEMORY`] (a ban in the book): a peer that learned the stale entry from us
-    /// would gossip it back, and each dial would reach the other peer.
+    /// When it was the peer's last address the peer leaves the book. The address stays refused
+    /// for the peer for [`STALE_PEER_MEMORY`]: a peer that learned the stale entry from us
+    /// would gossip it back, and each dial would reach the other peer. The peer itself is not
+    /// kept out: it used to be banned for that hour, so a third party gossiping a peer at its
+    /// own address kept the peer from our book (found by review).
     fn wrong_peer_at(&mut self, peer: PeerId, obtained: PeerId, address: &Multiaddr) {
-        match self.book.remove_address(&peer, address) {
+        let until = unix_now() + STALE_PEER_MEMORY.as_secs();
+        match self.book.remove_address(&peer, address, until) {
             cairn_peers::AddrRemoval::NotHeld => {}
             cairn_peers::AddrRemoval::Removed { left } => {
                 info!(%peer, %obtained, %address, left, "another peer answers at one of its addresses; that address dropped from the address book");
             }
             cairn_peers::AddrRemoval::LastAddress => {
-                self.book
-                    .ban(peer, unix_now() + STALE_PEER_MEMORY.as_secs());
-                info!(%peer, %obtained, %address, "another peer answers at its last address; dropped from the address book for an hour");
+                info!(%peer, %obtained, %address, "another peer answers at its last address; the peer dropped from the address book, the address refused for it for an hour");
             }
         }
     }

@@ -8,7 +8,7 @@
 //! * every peer listed in a bucket has an entry of that bucket's kind naming that bucket;
 //! * no bucket holds more than its size; `n_new` and `n_old` count the entries of each kind;
 //! * every entry has 1 to [`MAX_ADDRS_PER_PEER`] addresses; no banned peer has an entry; there
-//!   are at most [`MAX_BANS`] bans.
+//!   are at most [`MAX_BANS`] bans and at most [`MAX_WRONG_ADDRS`] wrong addresses.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -26,10 +26,10 @@ use crate::{
     group::{NetGroup, Reach, Routability, is_public, network_group, reach, validate},
     params::{
         GET_SELECTION_PERCENT, MAX_ADDRS_PER_PEER, MAX_BANS, MAX_FAILURES, MAX_GET_SELECTION,
-        MAX_NEW_BUCKETS_PER_PEER, MAX_OLD_FAILURES, MIN_BAD_SECS, MIN_GET_SELECTION,
-        MIN_OLD_BAD_SECS, MISSING_SECS, NEED_ADDRESS_THRESHOLD, NEW_BUCKET_COUNT, NEW_BUCKET_SIZE,
-        NEW_BUCKETS_PER_SOURCE_GROUP, NUM_RETRIES, OLD_BUCKET_COUNT, OLD_BUCKET_SIZE,
-        OLD_BUCKETS_PER_GROUP, RECENT_ATTEMPT_SECS,
+        MAX_NEW_BUCKETS_PER_PEER, MAX_OLD_FAILURES, MAX_WRONG_ADDRS, MIN_BAD_SECS,
+        MIN_GET_SELECTION, MIN_OLD_BAD_SECS, MISSING_SECS, NEED_ADDRESS_THRESHOLD,
+        NEW_BUCKET_COUNT, NEW_BUCKET_SIZE, NEW_BUCKETS_PER_SOURCE_GROUP, NUM_RETRIES,
+        OLD_BUCKET_COUNT, OLD_BUCKET_SIZE, OLD_BUCKETS_PER_GROUP, RECENT_ATTEMPT_SECS,
     },
 };
 
@@ -182,6 +182,9 @@ pub struct Stats {
     pub old: usize,
     /// Bans held (including expired ones not yet lifted by [`AddrBook::lift_expired_bans`]).
     pub banned: usize,
+    /// Wrong addresses remembered ([`AddrBook::remove_address`]; including ended ones not yet
+    /// swept by [`AddrBook::lift_expired_bans`]).
+    pub wrong_addrs: usize,
 }
 
 /// One peer in the book (CometBFT `knownAddress`).
@@ -303,6 +306,9 @@ pub struct AddrBook {
     pub(crate) n_new: usize,
     pub(crate) n_old: usize,
     pub(crate) bans: HashMap<PeerId, Ban>,
+    /// (peer, address) pairs where another identity answered, refused until the time given
+    /// (Unix seconds). Not saved.
+    pub(crate) wrong_addrs: HashMap<(PeerId, Multiaddr), u64>,
     rng: StdRng,
 }
 
@@ -349,6 +355,7 @@ impl AddrBook {
             n_new: 0,
             n_old: 0,
             bans: HashMap::new(),
+            wrong_addrs: HashMap::new(),
             rng,
         }
     }
@@ -363,7 +370,8 @@ impl AddrBook {
     /// Adds `addr` for `peer`, heard from `src` (CometBFT `AddAddress`).
     ///
     /// * Refused: our own id, a banned peer (a ban that has ended is lifted first), an address
-    ///   that is not a dialable address of `peer`, and a non-public address the
+    ///   that is not a dialable address of `peer`, an address where another identity answered
+    ///   until its time ends ([`AddrBook::remove_address`]), and a non-public address the
     ///   [`Routability`] mode does not allow.
     /// * An unknown peer goes into the new bucket chosen by the keyed hash of the address's and
     ///   the source's network groups.
@@ -392,6 +400,14 @@ impl AddrBook {
             }
             self.lift_ban(&peer, now);
         }
+        let pair = (peer, addr);
+        if let Some(&until) = self.wrong_addrs.get(&pair) {
+            if until > now {
+                return Err(AddrBookError::WrongAddress { until });
+            }
+            self.wrong_addrs.remove(&pair);
+        }
+        let (_, addr) = pair;
         if !is_public(&addr) {
             match self.config.routability {
                 Routability::Strict => return Err(AddrBookError::NonRoutable { addr }),
@@ -488,6 +504,8 @@ impl AddrBook {
         let Some(connected) = connected else {
             return true;
         };
+        // We reached the peer there: it is its address after all (it came back).
+        self.wrong_addrs.remove(&(*peer, connected.clone()));
         if let Some(pos) = entry.addrs.iter().position(|a| *a == connected) {
             if let Some(head) = entry.addrs.get_mut(..=pos) {
                 head.rotate_right(1);
@@ -508,13 +526,18 @@ impl AddrBook {
     }
 
     /// Drops one address of `peer` (a trailing `/p2p/<peer>` is ignored), and the peer with it
-    /// when it was the last one.
+    /// when it was the last one. The address stays refused for `peer` until `until` (Unix
+    /// seconds), unless we reach the peer there meanwhile ([`AddrBook::mark_good`]).
     ///
     /// For an address that turned out not to be the peer's (another identity answered there):
     /// gossip may add addresses to a peer we have not connected to yet, so one bad address is no
     /// reason to drop the peer's good ones. The peer keeps its buckets; an old peer whose first
-    /// address goes keeps its old bucket too (placement is only computed on promotion).
-    pub fn remove_address(&mut self, peer: &PeerId, addr: &Multiaddr) -> AddrRemoval {
+    /// address goes keeps its old bucket too (placement is only computed on promotion). Only
+    /// the pair is refused, not the peer: a peer that learned the stale entry from us would
+    /// gossip it back, but the peer's own addresses must still get in. The peer used to be
+    /// banned when it was its last address, and a third party that gossiped a peer at its own
+    /// address kept that peer out of the book for an hour (found by review).
+    pub fn remove_address(&mut self, peer: &PeerId, addr: &Multiaddr, until: u64) -> AddrRemoval {
         let mut addr = addr.clone();
         if matches!(addr.iter().last(), Some(Protocol::P2p(id)) if id == *peer) {
             addr.pop();
@@ -525,14 +548,35 @@ impl AddrBook {
         let Some(pos) = entry.addrs.iter().position(|a| *a == addr) else {
             return AddrRemoval::NotHeld;
         };
-        if entry.addrs.len() == 1 {
+        let removal = if entry.addrs.len() == 1 {
             self.take_entry(peer);
-            return AddrRemoval::LastAddress;
+            AddrRemoval::LastAddress
+        } else {
+            entry.addrs.remove(pos);
+            AddrRemoval::Removed {
+                left: entry.addrs.len(),
+            }
+        };
+        self.remember_wrong(*peer, addr, until);
+        removal
+    }
+
+    /// Refuses `addr` for `peer` until `until`, within [`MAX_WRONG_ADDRS`] pairs (the one
+    /// ending first makes room).
+    fn remember_wrong(&mut self, peer: PeerId, addr: Multiaddr, until: u64) {
+        let pair = (peer, addr);
+        if !self.wrong_addrs.contains_key(&pair)
+            && self.wrong_addrs.len() >= MAX_WRONG_ADDRS
+            && let Some(first) = self
+                .wrong_addrs
+                .iter()
+                .min_by_key(|(_, until)| **until)
+                .map(|(k, _)| k.clone())
+        {
+            self.wrong_addrs.remove(&first);
         }
-        entry.addrs.remove(pos);
-        AddrRemoval::Removed {
-            left: entry.addrs.len(),
-        }
+        let held = self.wrong_addrs.entry(pair).or_insert(until);
+        *held = (*held).max(until);
     }
 
     /// Removes every entry that is bad now, new or old (see the crate docs for the rules), and
@@ -594,7 +638,8 @@ impl AddrBook {
 
     /// Lifts every ban that has ended, putting the entries they removed back into new buckets
     /// (CometBFT `ReinstateBadPeers`; CometBFT cannot reinstate a peer that was old, we put it in
-    /// a new bucket like any other). Returns how many bans were lifted.
+    /// a new bucket like any other), and forgets wrong addresses whose time ended. Returns how
+    /// many bans were lifted.
     pub fn lift_expired_bans(&mut self, now: u64) -> usize {
         let ended: Vec<PeerId> = self
             .bans
@@ -605,6 +650,7 @@ impl AddrBook {
         for p in &ended {
             self.lift_ban(p, now);
         }
+        self.wrong_addrs.retain(|_, until| *until > now);
         ended.len()
     }
 
@@ -649,6 +695,7 @@ impl AddrBook {
             new: self.n_new,
             old: self.n_old,
             banned: self.bans.len(),
+            wrong_addrs: self.wrong_addrs.len(),
         }
     }
 
@@ -1126,6 +1173,7 @@ pub(crate) mod tests {
         assert_eq!(book.size(), book.entries.len());
         assert!(book.size() <= MAX_BOOK_SIZE);
         assert!(book.bans.len() <= MAX_BANS);
+        assert!(book.wrong_addrs.len() <= MAX_WRONG_ADDRS);
         for ban in book.bans.values() {
             if let Some(e) = &ban.entry {
                 assert!(e.buckets.is_empty());
@@ -1446,7 +1494,8 @@ pub(crate) mod tests {
             Stats {
                 new: 1,
                 old: 0,
-                banned: 0
+                banned: 0,
+                wrong_addrs: 0,
             }
         );
 
@@ -1461,7 +1510,8 @@ pub(crate) mod tests {
             Stats {
                 new: 0,
                 old: 1,
-                banned: 0
+                banned: 0,
+                wrong_addrs: 0,
             }
         );
         assert_eq!(new_buckets_used(&book), 0);
@@ -1600,7 +1650,8 @@ pub(crate) mod tests {
             Stats {
                 new: 1,
                 old: OLD_BUCKET_SIZE,
-                banned: 0
+                banned: 0,
+                wrong_addrs: 0,
             }
         );
 
@@ -1624,7 +1675,8 @@ pub(crate) mod tests {
             Stats {
                 new: 1,
                 old: OLD_BUCKET_SIZE,
-                banned: 0
+                banned: 0,
+                wrong_addrs: 0,
             }
         );
     }
@@ -1753,18 +1805,18 @@ pub(crate) mod tests {
         book.add_address(p, &a, &src(1, 8, 8), 0).unwrap();
         book.add_address(p, &b, &src(2, 9, 9), 0).unwrap();
         assert_eq!(
-            book.remove_address(&p, &ip4(9, 9, 9, 9)),
+            book.remove_address(&p, &ip4(9, 9, 9, 9), 1),
             AddrRemoval::NotHeld
         );
         assert_eq!(
-            book.remove_address(&peer(2), &a),
+            book.remove_address(&peer(2), &a, 1),
             AddrRemoval::NotHeld,
             "unknown peer"
         );
         // The swarm reports the dialled address with the expected peer's id appended.
         let a_p2p = a.clone().with(Protocol::P2p(p));
         assert_eq!(
-            book.remove_address(&p, &a_p2p),
+            book.remove_address(&p, &a_p2p, 1),
             AddrRemoval::Removed { left: 1 }
         );
         check_invariants(&book);
@@ -1773,15 +1825,91 @@ pub(crate) mod tests {
         good(&mut book, &p, 1);
         book.add_address(p, &a, &Source::Local, 2).unwrap();
         assert_eq!(
-            book.remove_address(&p, &b),
+            book.remove_address(&p, &b, 3),
             AddrRemoval::Removed { left: 1 }
         );
         check_invariants(&book);
         assert_eq!(book.get(&p).unwrap().kind, BucketKind::Old);
-        assert_eq!(book.remove_address(&p, &a), AddrRemoval::LastAddress);
+        assert_eq!(book.remove_address(&p, &a, 3), AddrRemoval::LastAddress);
         check_invariants(&book);
         assert!(!book.contains(&p));
         assert_eq!(book.size(), 0);
+    }
+
+    /// A wrong address stays out for the peer until its time ends, gossiped back or not; the
+    /// peer itself does not: its other addresses get in at once, though the wrong one was its
+    /// last (a third party gossiping a peer at the third party's own address used to get the
+    /// peer banned for an hour). Reaching the peer there clears the mark.
+    #[test]
+    fn a_wrong_address_is_refused_for_a_while_and_its_peer_is_not() {
+        let mut book = book();
+        let p = peer(1);
+        let (wrong, own) = (ip4(1, 2, 3, 4), ip4(5, 6, 7, 8));
+        let gossip = src(2, 9, 9);
+        book.add_address(p, &wrong, &gossip, 0).unwrap();
+        assert_eq!(
+            book.remove_address(&p, &wrong, 100),
+            AddrRemoval::LastAddress
+        );
+        assert!(!book.is_banned(&p, 1));
+        assert_eq!(book.stats().wrong_addrs, 1);
+        assert_eq!(
+            book.add_address(p, &wrong, &gossip, 50),
+            Err(AddrBookError::WrongAddress { until: 100 })
+        );
+        // With its `/p2p/` suffix too.
+        let wrong_p2p = wrong.clone().with(Protocol::P2p(p));
+        assert!(book.add_address(p, &wrong_p2p, &gossip, 50).is_err());
+        assert_eq!(
+            book.add_address(p, &own, &gossip, 50),
+            Ok(AddOutcome::Added),
+            "the peer is kept out"
+        );
+        check_invariants(&book);
+        // Once its time ends the address is taken again, and the mark is swept.
+        assert!(matches!(
+            book.add_address(p, &wrong, &gossip, 100),
+            Ok(AddOutcome::Updated {
+                addr_added: true,
+                ..
+            })
+        ));
+        assert_eq!(book.stats().wrong_addrs, 0);
+        // Reaching the peer at a marked address clears the mark at once.
+        book.remove_address(&p, &wrong, 1_000);
+        assert_eq!(book.stats().wrong_addrs, 1);
+        book.mark_good(&p, &wrong, 200);
+        assert_eq!(book.stats().wrong_addrs, 0);
+        assert!(book.add_address(p, &wrong, &Source::Local, 201).is_ok());
+        check_invariants(&book);
+        // Ended marks go when bans are lifted.
+        book.remove_address(&p, &own, 300);
+        assert_eq!(book.stats().wrong_addrs, 1);
+        book.lift_expired_bans(299);
+        assert_eq!(book.stats().wrong_addrs, 1);
+        book.lift_expired_bans(300);
+        assert_eq!(book.stats().wrong_addrs, 0);
+    }
+
+    /// At most `MAX_WRONG_ADDRS` pairs are remembered; the one ending first makes room.
+    #[test]
+    fn wrong_addresses_are_bounded() {
+        let mut book = book();
+        let p = peer(1);
+        let extra = 3;
+        for i in 0..(MAX_WRONG_ADDRS + extra) as u64 {
+            let a = ip4(1, 2, (i >> 8) as u8, i as u8);
+            book.add_address(p, &a, &Source::Local, 0).unwrap();
+            book.remove_address(&p, &a, 1_000 + i);
+            check_invariants(&book);
+        }
+        assert_eq!(book.stats().wrong_addrs, MAX_WRONG_ADDRS);
+        let ends: Vec<u64> = book.wrong_addrs.values().copied().collect();
+        assert_eq!(
+            ends.iter().min(),
+            Some(&(1_000 + extra as u64)),
+            "not the first ending went"
+        );
     }
 
     #[test]
@@ -1824,7 +1952,8 @@ pub(crate) mod tests {
             Stats {
                 new: 0,
                 old: 0,
-                banned: 1
+                banned: 1,
+                wrong_addrs: 0,
             }
         );
         assert_eq!(
@@ -1847,7 +1976,8 @@ pub(crate) mod tests {
             Stats {
                 new: 1,
                 old: 0,
-                banned: 0
+                banned: 0,
+                wrong_addrs: 0,
             }
         );
         check_invariants(&book);
@@ -2030,7 +2160,8 @@ pub(crate) mod tests {
             Stats {
                 new: 100,
                 old: 100,
-                banned: 0
+                banned: 0,
+                wrong_addrs: 0,
             }
         );
         for _ in 0..200 {
@@ -2069,6 +2200,11 @@ pub(crate) mod tests {
         },
         Attempt(u64),
         Remove(u64),
+        WrongAddr {
+            peer: u64,
+            host: u8,
+            secs: u64,
+        },
         Ban {
             peer: u64,
             secs: u64,
@@ -2087,6 +2223,8 @@ pub(crate) mod tests {
             5 => (0..UNIVERSE, 0..5u8).prop_map(|(peer, host)| Op::Good { peer, host }),
             3 => (0..UNIVERSE).prop_map(Op::Attempt),
             1 => (0..UNIVERSE).prop_map(Op::Remove),
+            1 => (0..UNIVERSE, 0..4u8, 1..5_000u64)
+                .prop_map(|(peer, host, secs)| Op::WrongAddr { peer, host, secs }),
             1 => (0..UNIVERSE, 1..5_000u64).prop_map(|(peer, secs)| Op::Ban { peer, secs }),
             1 => Just(Op::LiftBans),
             1 => Just(Op::RemoveBad),
@@ -2133,7 +2271,9 @@ pub(crate) mod tests {
                 };
                 match book.add_address(at(p), &addr, &src, *now) {
                     Ok(_) => {}
-                    Err(AddrBookError::Banned { until }) => assert!(until > *now),
+                    Err(
+                        AddrBookError::Banned { until } | AddrBookError::WrongAddress { until },
+                    ) => assert!(until > *now),
                     Err(e) => panic!("unexpected refusal: {e}"),
                 }
             }
@@ -2146,6 +2286,13 @@ pub(crate) mod tests {
             }
             Op::Remove(p) => {
                 book.remove(&at(p));
+            }
+            Op::WrongAddr {
+                peer: p,
+                host,
+                secs,
+            } => {
+                book.remove_address(&at(p), &ip4(20, 1, host, 1), *now + secs);
             }
             Op::Ban { peer: p, secs } => book.ban(at(p), *now + secs),
             Op::LiftBans => {

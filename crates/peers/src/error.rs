@@ -15,6 +15,13 @@ pub enum AddrBookError {
     /// The address is our own peer id's (CometBFT `ErrAddrBookSelf`).
     #[error("not adding our own peer id")]
     OwnId,
+    /// Another identity answered at this address of the peer not long ago
+    /// ([`crate::AddrBook::remove_address`]).
+    #[error("another peer answered at this address; refused until {until} (Unix seconds)")]
+    WrongAddress {
+        /// When the address is accepted for the peer again, in Unix seconds.
+        until: u64,
+    },
     /// The peer is banned (CometBFT `ErrAddressBanned`).
     #[error("peer is banned until {until} (Unix seconds)")]
     Banned {

@@ -54,7 +54,9 @@
 //!   bucket is full, and [`AddrBook::remove_bad`] drops them all at once.
 //! * [`AddrBook::remove_address`] drops one address that turned out not to be the peer's (another
 //!   identity answered there), and the peer only with its last address: gossip can add an
-//!   address to someone else's entry, and that must not cost the peer its good ones.
+//!   address to someone else's entry, and that must not cost the peer its good ones. The
+//!   (peer, address) pair is then refused for a while (at most [`params::MAX_WRONG_ADDRS`]
+//!   pairs, not saved), the peer's other addresses are not.
 //! * [`AddrBook::ban`] removes a peer until a given time and refuses it meanwhile;
 //!   [`AddrBook::lift_expired_bans`] puts ended bans' entries back into new buckets (CometBFT
 //!   `MarkBad` / `ReinstateBadPeers`). At most [`params::MAX_BANS`] bans are held.

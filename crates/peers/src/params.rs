@@ -130,6 +130,13 @@ pub const DEFAULT_BAN: Duration = Duration::from_secs(24 * 60 * 60);
 /// own score still refuses a peer that keeps misbehaving.
 pub const MAX_BANS: usize = 4096;
 
+/// Wrong addresses remembered at once: (peer, address) pairs where another identity answered,
+/// refused for the peer until their time ends ([`crate::AddrBook::remove_address`]). They come
+/// from remote behaviour (gossip), so they are bounded; when full, the pair whose time ends
+/// first is forgotten. Not saved with the book: after a restart such a pair costs one more
+/// dial before it is dropped again.
+pub const MAX_WRONG_ADDRS: usize = 4096;
+
 /// Longest ban a loaded book keeps, from the time it is loaded. Bans are saved as wall-clock end
 /// times, so one made while the clock was far ahead would otherwise last for years once the
 /// clock is put right (found by review). The node's own bans are far shorter ([`DEFAULT_BAN`]).
