@@ -105,9 +105,13 @@ impl ChallengeLimiter {
         }
     }
 
-    /// Whether a challenge may go to `ip` now; takes one from both budgets if so.
-    pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
-        if ip.is_loopback() {
+    /// Whether a challenge may go to `ip` now; takes one from both budgets if so. A `known`
+    /// sender (a node of the routing table writing from its record's address) is not
+    /// rationed: packets spoofed from many addresses spend the budgets, and used to keep every
+    /// node, known ones too, from opening a session with us (found by review). The service
+    /// keeps one live challenge per node, so spoofing a known node sends it no more than that.
+    pub fn allow(&mut self, ip: IpAddr, known: bool, now: Instant) -> bool {
+        if known || ip.is_loopback() {
             return true;
         }
         let (rate, burst) = (self.per_ip_rate, self.per_ip_burst);
@@ -161,25 +165,37 @@ mod tests {
     fn one_source_gets_its_burst_then_its_rate() {
         let t0 = Instant::now();
         let mut l = ChallengeLimiter::with_rates((10.0, 5.0), (1000.0, 1000.0), t0);
-        let granted = (0..20).filter(|_| l.allow(ip(1), t0)).count();
+        let granted = (0..20).filter(|_| l.allow(ip(1), false, t0)).count();
         assert_eq!(granted, 5);
         // Another source is not held back by the first.
-        assert!(l.allow(ip(2), t0));
+        assert!(l.allow(ip(2), false, t0));
         // A tenth of a second later, one more.
         let t1 = t0 + Duration::from_millis(100);
-        assert!(l.allow(ip(1), t1));
-        assert!(!l.allow(ip(1), t1));
+        assert!(l.allow(ip(1), false, t1));
+        assert!(!l.allow(ip(1), false, t1));
     }
 
     #[test]
     fn the_whole_budget_bounds_many_sources() {
         let t0 = Instant::now();
         let mut l = ChallengeLimiter::with_rates((10.0, 5.0), (100.0, 50.0), t0);
-        let granted = (0..1000).filter(|i| l.allow(ip(*i), t0)).count();
+        let granted = (0..1000).filter(|i| l.allow(ip(*i), false, t0)).count();
         assert_eq!(granted, 50);
         // A refused source keeps its own budget: it was the node's that ran out.
         let t1 = t0 + Duration::from_millis(20);
-        assert!(l.allow(ip(999), t1));
+        assert!(l.allow(ip(999), false, t1));
+    }
+
+    #[test]
+    fn known_senders_are_not_rationed() {
+        let t0 = Instant::now();
+        let mut l = ChallengeLimiter::with_rates((10.0, 5.0), (100.0, 50.0), t0);
+        // Spoofed packets from many addresses spend the node's budget...
+        let granted = (0..1000).filter(|i| l.allow(ip(*i), false, t0)).count();
+        assert_eq!(granted, 50);
+        assert!(!l.allow(ip(5000), false, t0));
+        // ...and a node of the table still gets its challenge, as often as it asks.
+        assert!((0..20).all(|_| l.allow(ip(5000), true, t0)));
     }
 
     #[test]
@@ -187,7 +203,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = ChallengeLimiter::with_rates((1.0, 1.0), (1.0, 1.0), t0);
         let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        assert!((0..100).all(|_| l.allow(lo, t0)));
+        assert!((0..100).all(|_| l.allow(lo, false, t0)));
         assert_eq!(l.tracked(), 0);
     }
 
@@ -196,12 +212,12 @@ mod tests {
         let t0 = Instant::now();
         let mut l = ChallengeLimiter::new(t0);
         for i in 0..(MAX_TRACKED_IPS as u32 + 500) {
-            l.allow(ip(i), t0);
+            l.allow(ip(i), false, t0);
         }
         assert!(l.tracked() <= MAX_TRACKED_IPS, "{}", l.tracked());
         // Idle sources make room first: all are refilled a few seconds later.
         let later = t0 + Duration::from_secs(10);
-        assert!(l.allow(ip(1_000_000), later));
+        assert!(l.allow(ip(1_000_000), false, later));
         assert!(l.tracked() <= MAX_TRACKED_IPS);
     }
 }

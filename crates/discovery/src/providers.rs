@@ -23,14 +23,27 @@
 //! * At most [`MAX_PROVIDERS_PER_KEY`] providers per key: a new provider for a full key drops
 //!   the one closest to expiry, that is the one stored or refreshed longest ago. With one TTL for
 //!   all records this is the reference's LRU order by last store.
-//! * At most [`MAX_PROVIDER_RECORDS`] records in all (not a reference limit): a new record when
-//!   that many are held drops the key whose newest record is the oldest, as below.
-//! * At most [`MAX_PROVIDER_KEYS`] keys: a new key when all are in use drops the key whose newest
-//!   record is the oldest. The reference's key LRU also counts reads (`get` moves a key to the
-//!   front); ours counts only stores, so a read does not need `&mut`, and a key nobody announces
-//!   any more goes first even if it is read often.
+//! * **Room is taken from the heaviest providers** (not reference limits; found by review).
+//!   The reference's key LRU lets one identity replace every record a node holds: 1000
+//!   announcements of made-up content ids, about 300 KB of traffic, and the content a node is
+//!   among the closest for can no longer be found until its providers announce again. Here a
+//!   provider's *weight* is how many records it holds (counting the one it is adding):
+//!   * At most [`MAX_PROVIDER_RECORDS`] records in all: a new record when that many are held
+//!     drops the oldest record of the heaviest provider (of the heaviest, the one holding the
+//!     oldest record).
+//!   * At most [`MAX_PROVIDER_KEYS`] keys: a new key when all are in use drops the key whose
+//!     lightest provider is the heaviest (ties: the key whose newest record is the oldest).
+//!     A key with one provider of ordinary weight (a dataset its uploader announces) therefore
+//!     outlasts keys whose every provider holds many, which is what flooding takes.
+//!
+//!   A flood from one identity thus only ever replaces its own records; identities sharing the
+//!   store get about equal shares of it, whatever their rate.
+//! * Records are answered in the order they were first stored, not refreshed: re-announcing
+//!   does not move a provider ahead of the others (an announcement every few seconds used to
+//!   keep one at the head of every answer).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -49,8 +62,8 @@ pub const MAX_PROVIDER_KEYS: usize = 1000;
 
 /// Most records kept in all. The two limits above allow 200,000 records of up to about 2.5 KB
 /// each (a record with 16 addresses, decoded), half a gigabyte (found by review); this keeps
-/// the store to a few tens of megabytes. A new record when all are in use drops the key whose
-/// newest record is the oldest, as a new key does.
+/// the store to a few tens of megabytes. A new record when all are in use drops the oldest
+/// record of the heaviest provider (module docs).
 pub const MAX_PROVIDER_RECORDS: usize = 20_000;
 
 /// What [`ProviderStore::add`] did.
@@ -72,6 +85,8 @@ struct Stored<R> {
     record: R,
     /// When it was stored or last refreshed; it expires `ttl` later.
     stored: Instant,
+    /// When this provider's record for the key was first stored (answers go in this order).
+    since: Instant,
 }
 
 impl<R> Stored<R> {
@@ -83,16 +98,23 @@ impl<R> Stored<R> {
 #[derive(Clone, Debug)]
 struct KeyProviders<R> {
     providers: HashMap<PeerId, Stored<R>>,
-    /// When the most recent of its records was stored or refreshed. Only ever moves forward:
-    /// evicting a provider removes the oldest, and expiry removes a key's newest record only
-    /// with all the others.
+    /// When the most recent of its records was stored or refreshed. Only ever moves forward
+    /// (after a removal it may name a record that is gone); it orders keys of equal weight.
     newest: Instant,
 }
+
+/// A provider's place among all providers by weight: records held, then the oldest of them
+/// (the older, the heavier), then its id. The largest is the heaviest.
+type Weight = (usize, Reverse<Instant>, PeerId);
 
 /// Provider records of others, by content key (module docs).
 #[derive(Clone, Debug)]
 pub struct ProviderStore<R> {
     keys: HashMap<NodeId, KeyProviders<R>>,
+    /// Each provider's records, oldest stored first.
+    by_provider: HashMap<PeerId, BTreeSet<(Instant, NodeId)>>,
+    /// Every provider's [`Weight`].
+    weights: BTreeSet<Weight>,
     max_keys: usize,
     max_per_key: usize,
     max_records: usize,
@@ -118,6 +140,8 @@ impl<R: Clone> ProviderStore<R> {
     pub fn with_limits(max_keys: usize, max_per_key: usize, ttl: Duration) -> Self {
         ProviderStore {
             keys: HashMap::new(),
+            by_provider: HashMap::new(),
+            weights: BTreeSet::new(),
             max_keys: max_keys.max(1),
             max_per_key: max_per_key.max(1),
             max_records: MAX_PROVIDER_RECORDS,
@@ -143,24 +167,11 @@ impl<R: Clone> ProviderStore<R> {
         now: Instant,
     ) -> AddOutcome {
         let ttl = self.ttl;
-        if !self.keys.contains_key(&key) && self.keys.len() >= self.max_keys {
-            self.drop_oldest_key();
-        }
-        let known = self
+        if let Some(s) = self
             .keys
-            .get(&key)
-            .is_some_and(|k| k.providers.contains_key(&provider));
-        // Room for a new record: whole keys go, oldest first (a key is never left empty, so
-        // each round frees at least one record).
-        while !known && self.records >= self.max_records && !self.keys.is_empty() {
-            self.drop_oldest_key();
-        }
-        let entry = self.keys.entry(key).or_insert_with(|| KeyProviders {
-            providers: HashMap::new(),
-            newest: now,
-        });
-
-        if let Some(s) = entry.providers.get_mut(&provider) {
+            .get_mut(&key)
+            .and_then(|k| k.providers.get_mut(&provider))
+        {
             let outcome = if s.expired(now, ttl) {
                 AddOutcome::Added
             } else if seq > s.seq {
@@ -174,51 +185,159 @@ impl<R: Clone> ProviderStore<R> {
                 s.seq = seq;
                 s.record = record;
             }
-            s.stored = now;
-            entry.newest = entry.newest.max(now);
+            if outcome == AddOutcome::Added {
+                s.since = now;
+            }
+            let before = std::mem::replace(&mut s.stored, now);
+            self.reindex(provider, key, Some(before), Some(now));
+            if let Some(k) = self.keys.get_mut(&key) {
+                k.newest = k.newest.max(now);
+            }
             return outcome;
         }
 
-        if entry.providers.len() >= self.max_per_key {
-            let oldest = entry
-                .providers
-                .iter()
-                .min_by_key(|(_, s)| s.stored)
-                .map(|(p, _)| *p);
-            if let Some(p) = oldest
-                && entry.providers.remove(&p).is_some()
-            {
-                self.records -= 1;
-            }
+        if !self.keys.contains_key(&key) && self.keys.len() >= self.max_keys {
+            self.drop_heaviest_key(provider);
         }
-        self.records += 1;
+        // Room for a new record (each round frees one).
+        while self.records >= self.max_records && !self.keys.is_empty() {
+            self.drop_heaviest_record(provider);
+        }
+        let full = self
+            .keys
+            .get(&key)
+            .filter(|k| k.providers.len() >= self.max_per_key)
+            .and_then(|k| k.providers.iter().min_by_key(|(_, s)| s.stored))
+            .map(|(p, _)| *p);
+        if let Some(p) = full {
+            self.remove_record(&key, &p);
+        }
+        let entry = self.keys.entry(key).or_insert_with(|| KeyProviders {
+            providers: HashMap::new(),
+            newest: now,
+        });
         entry.providers.insert(
             provider,
             Stored {
                 seq,
                 record,
                 stored: now,
+                since: now,
             },
         );
         entry.newest = entry.newest.max(now);
+        self.records += 1;
+        self.reindex(provider, key, None, Some(now));
         AddOutcome::Added
     }
 
-    /// Drops the key whose newest record is the oldest.
-    fn drop_oldest_key(&mut self) {
-        let oldest = self
-            .keys
-            .iter()
-            .min_by_key(|(_, k)| k.newest)
-            .map(|(key, _)| *key);
-        if let Some(key) = oldest
-            && let Some(k) = self.keys.remove(&key)
-        {
-            self.records -= k.providers.len();
+    /// Moves `provider`'s record for `key` in the indexes from `before` (its stored time, or
+    /// none: a new record) to `after` (none: removed).
+    fn reindex(
+        &mut self,
+        provider: PeerId,
+        key: NodeId,
+        before: Option<Instant>,
+        after: Option<Instant>,
+    ) {
+        let set = self.by_provider.entry(provider).or_default();
+        if let Some((oldest, _)) = set.first() {
+            self.weights
+                .remove(&(set.len(), Reverse(*oldest), provider));
+        }
+        if let Some(t) = before {
+            set.remove(&(t, key));
+        }
+        if let Some(t) = after {
+            set.insert((t, key));
+        }
+        match set.first() {
+            Some((oldest, _)) => {
+                self.weights.insert((set.len(), Reverse(*oldest), provider));
+            }
+            None => {
+                self.by_provider.remove(&provider);
+            }
         }
     }
 
-    /// The unexpired records for `key`, most recently stored first.
+    /// Records `provider` holds, plus one when it is `adding`'s.
+    fn weight(&self, provider: &PeerId, adding: &PeerId) -> usize {
+        self.by_provider.get(provider).map_or(0, BTreeSet::len) + usize::from(provider == adding)
+    }
+
+    /// Removes `provider`'s record for `key`, and the key when it was its last.
+    fn remove_record(&mut self, key: &NodeId, provider: &PeerId) {
+        let Some(k) = self.keys.get_mut(key) else {
+            return;
+        };
+        let Some(s) = k.providers.remove(provider) else {
+            return;
+        };
+        if k.providers.is_empty() {
+            self.keys.remove(key);
+        }
+        self.records -= 1;
+        self.reindex(*provider, *key, Some(s.stored), None);
+    }
+
+    /// Drops the oldest record of the heaviest provider, counting the record `adding` is about
+    /// to add.
+    fn drop_heaviest_record(&mut self, adding: PeerId) {
+        let Some((count, Reverse(oldest), heaviest)) = self.weights.last().copied() else {
+            return;
+        };
+        // The one adding weighs one more than it holds: it gives up its own oldest record
+        // when that makes it the heaviest.
+        let own = self.by_provider.get(&adding).and_then(|set| {
+            set.first()
+                .filter(|(t, _)| (set.len() + 1, Reverse(*t)) > (count, Reverse(oldest)))
+                .map(|_| adding)
+        });
+        let victim = own.unwrap_or(heaviest);
+        if let Some((_, key)) = self
+            .by_provider
+            .get(&victim)
+            .and_then(|s| s.first())
+            .copied()
+        {
+            self.remove_record(&key, &victim);
+        }
+    }
+
+    /// Drops the key whose lightest provider is the heaviest, counting the record `adding` is
+    /// about to add (ties: the key whose newest record is the oldest).
+    fn drop_heaviest_key(&mut self, adding: PeerId) {
+        // (lightest provider's weight, key's newest record reversed, key): the largest goes.
+        let mut worst: Option<(usize, Reverse<Instant>, NodeId)> = None;
+        for (key, k) in &self.keys {
+            let mut lightest = usize::MAX;
+            for p in k.providers.keys() {
+                lightest = lightest.min(self.weight(p, &adding));
+                // A key no heavier than the worst so far can stop here: it will not go.
+                if worst.is_some_and(|(w, ..)| lightest < w) {
+                    break;
+                }
+            }
+            let candidate = (lightest, Reverse(k.newest), *key);
+            if worst.is_none_or(|w| candidate > w) {
+                worst = Some(candidate);
+            }
+        }
+        let Some((.., key)) = worst else {
+            return;
+        };
+        let providers: Vec<PeerId> = self
+            .keys
+            .get(&key)
+            .map(|k| k.providers.keys().copied().collect())
+            .unwrap_or_default();
+        for p in providers {
+            self.remove_record(&key, &p);
+        }
+    }
+
+    /// The unexpired records for `key`, in the order their providers first stored them.
     pub fn get(&self, key: &NodeId, now: Instant) -> Vec<R> {
         let Some(k) = self.keys.get(key) else {
             return Vec::new();
@@ -228,22 +347,27 @@ impl<R: Clone> ProviderStore<R> {
             .values()
             .filter(|s| !s.expired(now, self.ttl))
             .collect();
-        live.sort_by_key(|s| std::cmp::Reverse(s.stored));
+        live.sort_by_key(|s| s.since);
         live.into_iter().map(|s| s.record.clone()).collect()
     }
 
     /// Removes every record expired at `now` and keys left empty; returns how many records went.
     pub fn expire(&mut self, now: Instant) -> usize {
         let ttl = self.ttl;
-        let mut removed = 0;
-        self.keys.retain(|_, k| {
-            let before = k.providers.len();
-            k.providers.retain(|_, s| !s.expired(now, ttl));
-            removed += before - k.providers.len();
-            !k.providers.is_empty()
-        });
-        self.records -= removed;
-        removed
+        let expired: Vec<(NodeId, PeerId)> = self
+            .keys
+            .iter()
+            .flat_map(|(key, k)| {
+                k.providers
+                    .iter()
+                    .filter(|(_, s)| s.expired(now, ttl))
+                    .map(|(p, _)| (*key, *p))
+            })
+            .collect();
+        for (key, p) in &expired {
+            self.remove_record(key, p);
+        }
+        expired.len()
     }
 
     /// Records held, expired ones not yet removed by [`ProviderStore::expire`] included.
@@ -364,7 +488,7 @@ mod tests {
         let (p, q) = (PeerId::random(), PeerId::random());
         assert_eq!(s.add(key(1), p, 1, "p", t0), AddOutcome::Added);
         assert_eq!(s.add(key(1), q, 1, "q", t0 + 10 * SEC), AddOutcome::Added);
-        assert_eq!(s.get(&key(1), t0 + PROVIDER_TTL - SEC), vec!["q", "p"]);
+        assert_eq!(s.get(&key(1), t0 + PROVIDER_TTL - SEC), vec!["p", "q"]);
         assert_eq!(s.get(&key(1), t0 + PROVIDER_TTL), vec!["q"]);
         assert!(s.get(&key(1), t0 + PROVIDER_TTL + 10 * SEC).is_empty());
         assert_eq!(s.len(), 2, "expired records stay until expire()");
@@ -394,9 +518,10 @@ mod tests {
             AddOutcome::Refreshed
         );
         assert_eq!(s.add(key(1), p[3], 1, 3, t0 + 4 * SEC), AddOutcome::Added);
-        assert_eq!(s.get(&key(1), t0 + 4 * SEC), vec![3, 0, 2]);
+        // In the order first stored: p0's refresh did not move it.
+        assert_eq!(s.get(&key(1), t0 + 4 * SEC), vec![0, 2, 3]);
         assert_eq!(s.add(key(1), p[4], 1, 4, t0 + 5 * SEC), AddOutcome::Added);
-        assert_eq!(s.get(&key(1), t0 + 5 * SEC), vec![4, 3, 0]);
+        assert_eq!(s.get(&key(1), t0 + 5 * SEC), vec![0, 3, 4]);
         assert_eq!(s.len(), 3);
         // The default cap is the reference's 200.
         let mut s = ProviderStore::new();
@@ -404,7 +529,11 @@ mod tests {
             s.add(key(1), PeerId::random(), 1, i, t0 + i as u32 * SEC);
         }
         assert_eq!(s.len(), MAX_PROVIDERS_PER_KEY);
-        assert_eq!(s.get(&key(1), t0 + 300 * SEC)[0], MAX_PROVIDERS_PER_KEY + 4);
+        let held = s.get(&key(1), t0 + 300 * SEC);
+        assert_eq!(
+            (held[0], held[held.len() - 1]),
+            (5, MAX_PROVIDERS_PER_KEY + 4)
+        );
     }
 
     #[test]
@@ -419,7 +548,7 @@ mod tests {
         assert_eq!(s.add(key(3), p, 1, "c", t0 + 3 * SEC), AddOutcome::Added);
         assert_eq!(s.keys(), 2);
         assert!(s.get(&key(2), t0 + 3 * SEC).is_empty());
-        assert_eq!(s.get(&key(1), t0 + 3 * SEC), vec!["a2", "a"]);
+        assert_eq!(s.get(&key(1), t0 + 3 * SEC), vec!["a", "a2"]);
         assert_eq!(s.get(&key(3), t0 + 3 * SEC), vec!["c"]);
         // Adding to a key already held never drops another key.
         s.add(key(3), PeerId::random(), 1, "c2", t0 + 4 * SEC);
@@ -433,6 +562,110 @@ mod tests {
         }
         assert_eq!(s.keys(), MAX_PROVIDER_KEYS);
         assert!(s.get(&NodeId([0; 32]), t0 + 2000 * SEC).is_empty());
+    }
+
+    /// Key `i` (distinct for every `i`).
+    fn nth_key(i: usize) -> NodeId {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        k[31] = 0xff;
+        NodeId(k)
+    }
+
+    /// Review: one identity announcing 1000 made-up content ids replaced every record the node
+    /// held (the oldest key went for each new one). Now its flood only ever replaces its own
+    /// keys; the others' stay, whatever the rate, and so does the flood's newest part.
+    #[test]
+    fn a_flood_of_keys_from_one_provider_replaces_only_its_own() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::with_limits(100, 10, PROVIDER_TTL);
+        let honest: Vec<PeerId> = (0..20).map(|_| PeerId::random()).collect();
+        for (i, p) in honest.iter().enumerate() {
+            // Each honest provider announces one dataset (two keys: manifest and tree).
+            s.add(key(i as u8), *p, 1, "honest", t0);
+            s.add(key(100 + i as u8), *p, 1, "honest", t0);
+        }
+        let flooder = PeerId::random();
+        for i in 0..1000 {
+            s.add(nth_key(i), flooder, 1, "flood", t0 + SEC + i as u32 * SEC);
+        }
+        let later = t0 + 2000 * SEC;
+        for i in 0..20u8 {
+            assert_eq!(s.get(&key(i), later), vec!["honest"], "key {i} evicted");
+            assert_eq!(s.get(&key(100 + i), later), vec!["honest"]);
+        }
+        assert_eq!(s.keys(), 100);
+        assert_eq!(s.get(&nth_key(999), later), vec!["flood"]);
+        assert!(s.get(&nth_key(0), later).is_empty(), "its oldest went");
+        // Two flooding identities on every key change nothing: each key's lightest provider
+        // still holds far more than an honest one.
+        let second = PeerId::random();
+        for i in 1000..1500 {
+            let t = t0 + 2000 * SEC + i as u32 * SEC;
+            s.add(nth_key(i), flooder, 1, "flood", t);
+            s.add(nth_key(i), second, 1, "flood", t);
+        }
+        for i in 0..20u8 {
+            assert_eq!(s.get(&key(i), later), vec!["honest"], "key {i} evicted");
+        }
+        // An honest provider's new key still gets in, taking a flooded key's place.
+        let newcomer = PeerId::random();
+        s.add(key(250), newcomer, 1, "new", t0 + 4000 * SEC);
+        assert_eq!(s.get(&key(250), t0 + 4000 * SEC), vec!["new"]);
+        assert_eq!(s.keys(), 100);
+    }
+
+    /// A full store of records gives room from the heaviest provider: a flood of records
+    /// (one identity in many keys) takes its own oldest, not the records of others.
+    #[test]
+    fn a_full_store_takes_records_from_the_heaviest_provider() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::with_limits(1000, 10, PROVIDER_TTL).with_max_records(30);
+        let honest: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
+        for (i, p) in honest.iter().enumerate() {
+            s.add(key(i as u8), *p, 1, "honest", t0);
+        }
+        let flooder = PeerId::random();
+        for i in 0..500 {
+            s.add(nth_key(i), flooder, 1, "flood", t0 + SEC + i as u32 * SEC);
+        }
+        let later = t0 + 600 * SEC;
+        assert_eq!(s.len(), 30);
+        for i in 0..10u8 {
+            assert_eq!(
+                s.get(&key(i), later),
+                vec!["honest"],
+                "key {i} lost its record"
+            );
+        }
+        assert_eq!(s.get(&nth_key(499), later), vec!["flood"]);
+        assert!(s.get(&nth_key(479), later).is_empty(), "not its oldest");
+        // With equal weights, the oldest record goes.
+        let mut s = ProviderStore::with_limits(1000, 10, PROVIDER_TTL).with_max_records(3);
+        for i in 0..4u8 {
+            s.add(key(i), PeerId::random(), 1, i, t0 + u32::from(i) * SEC);
+        }
+        assert!(s.get(&key(0), t0 + 5 * SEC).is_empty());
+        assert_eq!(s.len(), 3);
+        // Expiry keeps the indexes right: all weights go with the records.
+        assert_eq!(s.expire(t0 + PROVIDER_TTL + 10 * SEC), 3);
+        assert!(s.weights.is_empty() && s.by_provider.is_empty());
+    }
+
+    /// Answers list providers in the order they were first stored: one re-announcing every
+    /// few seconds (its TTL restarts) no longer moves ahead of the others (review: a large
+    /// record kept at the head of every answer pushed the others out of the packet).
+    #[test]
+    fn re_announcing_does_not_move_a_provider_ahead() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::new();
+        let (honest, pushy) = (PeerId::random(), PeerId::random());
+        s.add(key(1), honest, 1, "honest", t0);
+        s.add(key(1), pushy, 1, "pushy", t0 + SEC);
+        for i in 2..10 {
+            s.add(key(1), pushy, 1, "pushy", t0 + i * SEC);
+        }
+        assert_eq!(s.get(&key(1), t0 + 10 * SEC), vec!["honest", "pushy"]);
     }
 
     #[test]

@@ -85,6 +85,10 @@ pub const MAX_QUEUED_PER_HANDSHAKE: usize = 16;
 /// WHOAREYOU challenges we sent and keep for the handshake that should answer them. One per
 /// `(node, address)`; when full, the oldest is dropped.
 pub const MAX_CHALLENGES: usize = 1024;
+/// Handshakes claiming to answer one challenge that may fail before it is dropped. One node's
+/// real handshake survives a junk one spoofed from its address; each costs a signature check at
+/// most, so the count is kept small.
+pub const MAX_FAILED_HANDSHAKES: u8 = 3;
 
 /// Packets whose nonce we remember, so that a WHOAREYOU answering one can be matched to the
 /// request it carried.
@@ -240,12 +244,24 @@ impl Shared {
     /// Decodes and verifies a record of another node, skipping the signature check for a
     /// byte-identical copy of one already verified.
     pub(crate) fn decode_record(&self, bytes: &[u8]) -> Result<Spr, crate::spr::SprError> {
+        self.decode_record_if(bytes, |_| true)
+    }
+
+    /// [`Shared::decode_record`], remembering the record as verified only if `keep` says so:
+    /// records that are refused anyway must not push useful ones out of the cache.
+    pub(crate) fn decode_record_if(
+        &self,
+        bytes: &[u8],
+        keep: impl FnOnce(&Spr) -> bool,
+    ) -> Result<Spr, crate::spr::SprError> {
         if let Some(spr) = self.verified.lock().lookup(bytes) {
             return Ok(spr);
         }
         // The signature check (~50 µs) runs without the lock held.
         let spr = Spr::decode(bytes)?;
-        self.verified.lock().insert(bytes, spr.clone());
+        if keep(&spr) {
+            self.verified.lock().insert(bytes, spr.clone());
+        }
         Ok(spr)
     }
 
@@ -342,10 +358,12 @@ struct SentPacket {
 }
 
 /// A WHOAREYOU we sent.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Challenge {
     data: Vec<u8>,
     created: Instant,
+    /// Handshakes that claimed to answer it and failed.
+    failed: u8,
 }
 
 /// The task.
@@ -708,7 +726,14 @@ impl Service {
         {
             return;
         }
-        if !self.limiter.allow(from.ip(), now) {
+        // A node of our table writing from its record's address is not rationed (`allow`).
+        let known = self
+            .shared
+            .table
+            .lock()
+            .get(&src)
+            .is_some_and(|e| e.addr == from);
+        if !self.limiter.allow(from.ip(), known, now) {
             trace!(%from, "challenge budget spent; packet dropped");
             return;
         }
@@ -732,8 +757,14 @@ impl Service {
         {
             self.challenges.remove(&oldest);
         }
-        self.challenges
-            .insert((src, from), Challenge { data, created: now });
+        self.challenges.insert(
+            (src, from),
+            Challenge {
+                data,
+                created: now,
+                failed: 0,
+            },
+        );
         self.send(&bytes, from).await;
     }
 
@@ -865,8 +896,20 @@ impl Service {
         spr: Option<&[u8]>,
         from: SocketAddr,
     ) {
-        let Some(challenge) = self.challenges.remove(&(src, from)) else {
+        // The challenge goes once a handshake answers it, or after
+        // `MAX_FAILED_HANDSHAKES` that do not: a junk handshake spoofed from the node's
+        // address used to take it, and the node's real one was then ignored (found by review).
+        let Some(challenge) = self.challenges.get_mut(&(src, from)) else {
             trace!(%from, "handshake without a challenge");
+            return;
+        };
+        challenge.failed += 1;
+        let challenge = if challenge.failed >= MAX_FAILED_HANDSHAKES {
+            self.challenges.remove(&(src, from))
+        } else {
+            Some(challenge.clone())
+        };
+        let Some(challenge) = challenge else {
             return;
         };
         // The sender's key: from the record it sent, or from our table.
@@ -917,6 +960,7 @@ impl Service {
             debug!(%from, "handshake message does not decrypt");
             return;
         };
+        self.challenges.remove(&(src, from));
         self.sessions.insert(
             src,
             from,
@@ -1011,7 +1055,12 @@ impl Service {
                 self.respond(&src, from, &id, &resp).await;
             }
             Message::AddProvider { content, provider } => {
-                match self.shared.decode_record(&provider) {
+                // A record of someone else is not cached as verified: a flood of them used to
+                // push the records lookups verify again and again out of the cache (review).
+                match self
+                    .shared
+                    .decode_record_if(&provider, |r| r.node_id() == src)
+                {
                     // A node announces itself (the reference's `addProvider` sends the node's
                     // own record, signed with the key of its node id). A record of someone
                     // else is refused: anyone could otherwise replay a node's signed record
@@ -1037,19 +1086,25 @@ impl Service {
             Message::GetProviders { content } => {
                 let now = Instant::now().into_std();
                 let mut records = self.shared.providers.lock().get(&content, now);
+                // The smallest first (of equal size, the first stored): the answer then holds
+                // as many as fit, and a provider cannot crowd the others out with a large
+                // record (found by review).
+                records.sort_by_key(|r| r.encoded().len());
                 if self.shared.own.lock().contains(&content, now) {
                     // Ours first (see `OwnKeys`); a copy someone stored with us goes.
                     let ours = self.shared.local_records().provider;
                     records.retain(|r| r.peer_id() != ours.peer_id());
                     records.insert(0, ours);
                 }
-                // One PROVIDERS message (total 1), as the reference; cut to fit one packet.
+                // One PROVIDERS message (total 1), as the reference; cut to fit one packet. A
+                // record that does not fit is skipped, not the end: one large record used to
+                // keep every record after it out (found by review).
                 let mut providers = Vec::new();
                 let mut size = 0usize;
                 for r in records {
                     let len = r.encoded().len() + RECORD_FRAMING;
                     if size + len > MAX_PACKET_SIZE - PACKET_OVERHEAD - PROVIDERS_FRAMING {
-                        break;
+                        continue;
                     }
                     size += len;
                     providers.push(r.encoded().to_vec());
@@ -1337,6 +1392,33 @@ mod tests {
         // The setting for local networks lifts the scope rules only.
         assert!(address_acceptable(lo, public, true));
         assert!(address_acceptable(private, public, true));
+    }
+
+    /// A record decoded for a request that refuses it (a provider record of someone else) is
+    /// not remembered as verified; one that is kept is.
+    #[tokio::test]
+    async fn refused_records_stay_out_of_the_verified_cache() {
+        let cancel = CancellationToken::new();
+        let config = DiscoveryConfig::new(a("127.0.0.1:0"));
+        let (shared, _commands) = start(Keypair::generate_secp256k1(), config, cancel.clone())
+            .await
+            .unwrap();
+        let record = |seq| {
+            let key = Keypair::generate_secp256k1();
+            Spr::sign(&key, seq, vec!["/ip4/1.2.3.4/tcp/4001".parse().unwrap()]).unwrap()
+        };
+        let before = shared.verified.lock().len();
+        let refused = record(1);
+        assert!(
+            shared
+                .decode_record_if(refused.encoded(), |_| false)
+                .is_ok()
+        );
+        assert_eq!(shared.verified.lock().len(), before);
+        let kept = record(2);
+        assert!(shared.decode_record_if(kept.encoded(), |_| true).is_ok());
+        assert_eq!(shared.verified.lock().len(), before + 1);
+        cancel.cancel();
     }
 
     /// Review found that provider records were never freed: `ProviderStore::expire` was only

@@ -36,6 +36,9 @@ enum Fault {
     BadSignature,
     /// The record in the handshake belongs to another key.
     ForeignRecord,
+    /// A correct handshake, after a junk one from the same address (a third party spoofing
+    /// the peer's address).
+    AfterJunk,
 }
 
 struct Peer {
@@ -115,6 +118,22 @@ impl Peer {
         } else {
             self.spr.clone()
         };
+        if fault == Fault::AfterJunk {
+            let mut junk = Packet::new(
+                PacketKind::Handshake {
+                    src: self.id,
+                    id_signature: vec![1u8; 64],
+                    eph_pubkey: eph_pub.clone(),
+                    spr: None,
+                },
+                rand::random(),
+            );
+            junk.message = vec![7u8; 40];
+            self.sock
+                .send_to(&junk.encode(&node_id).unwrap(), to)
+                .await
+                .unwrap();
+        }
         let nonce: [u8; 12] = rand::random();
         let mut hs = Packet::new(
             PacketKind::Handshake {
@@ -134,7 +153,7 @@ impl Peer {
             .unwrap();
 
         // 3. The answer, if any, under the recipient key.
-        let wait = if fault == Fault::None {
+        let wait = if matches!(fault, Fault::None | Fault::AfterJunk) {
             REPLY_DEADLINE
         } else {
             SILENCE
@@ -276,6 +295,22 @@ async fn bad_handshakes_are_dropped_and_change_nothing() {
     cancel.cancel();
 }
 
+/// Review: a junk handshake claiming to come from a node, sent from its address, took the
+/// node's challenge before anything was checked, and the node's real handshake was then
+/// ignored. The challenge now stays until a handshake answers it (or a few fail).
+#[tokio::test]
+async fn a_junk_handshake_does_not_take_the_real_ones_challenge() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let peer = Peer::new().await;
+    let (_, reply) = peer
+        .ping_with_handshake(&d.local_spr(), Fault::AfterJunk)
+        .await;
+    assert!(matches!(reply, Some(Message::Pong { .. })), "{reply:?}");
+    assert!(in_table(&d, &peer.id));
+    cancel.cancel();
+}
+
 impl Peer {
     /// Sends `msg` over the session `keys` (we initiated it) and returns the raw answer
     /// datagram, if one comes within `within`.
@@ -369,7 +404,69 @@ async fn a_providers_answer_fits_one_packet() {
     cancel.cancel();
 }
 
+/// Review: one provider with a large record, re-announcing to stay at the head of the
+/// answer, kept every other provider out of the one-packet PROVIDERS answer (the answer was
+/// cut at the first record that did not fit). Smaller records go first now, and a record that
+/// does not fit is skipped.
+#[tokio::test]
+async fn a_large_record_does_not_crowd_out_the_others() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node_spr = d.local_spr();
+    let asker = Peer::new().await;
+    let keys = asker.session_with(&node_spr).await;
+    let content = NodeId::from_cid_bytes(b"a crowded key");
+    // The large one: 12 long DNS addresses, about 900 bytes of record.
+    let pushy = Peer::new().await;
+    let pushy_keys = pushy.session_with(&node_spr).await;
+    let long: Vec<libp2p::Multiaddr> = (0..12)
+        .map(|i| {
+            format!("/dns4/{}.example/tcp/{}", "x".repeat(54), 4000 + i)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    pushy
+        .announce(&node_spr, &pushy_keys, content, long.clone())
+        .await;
+    let honest = Peer::new().await;
+    let honest_keys = honest.session_with(&node_spr).await;
+    let own = vec!["/ip4/127.0.0.1/tcp/4100".parse().unwrap()];
+    honest.announce(&node_spr, &honest_keys, content, own).await;
+    // The large one announces again: before, that put it first.
+    pushy.announce(&node_spr, &pushy_keys, content, long).await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held = asker.providers_of(&node_spr, &keys, content).await;
+        if held.contains(&honest.key.public().to_peer_id()) {
+            break;
+        }
+    }
+    assert!(
+        held.contains(&honest.key.public().to_peer_id()),
+        "the honest provider is left out: {held:?}"
+    );
+    cancel.cancel();
+}
+
 impl Peer {
+    /// Announces itself to `node` as a provider of `content` at `addrs`, over the session
+    /// `keys` (ADDPROVIDER has no answer).
+    async fn announce(
+        &self,
+        node: &Spr,
+        keys: &SessionKeys,
+        content: NodeId,
+        addrs: Vec<libp2p::Multiaddr>,
+    ) {
+        let record = Spr::sign(&self.key, 2, addrs).unwrap();
+        let add = Message::AddProvider {
+            content,
+            provider: record.encoded().to_vec(),
+        };
+        self.request(node, keys, &add, Duration::ZERO).await;
+    }
+
     /// The message in `raw`, a datagram the node sent us over the session `keys` opened;
     /// `None` if it is not one.
     fn open(&self, keys: &SessionKeys, raw: &[u8]) -> Option<Message> {
