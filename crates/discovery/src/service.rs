@@ -326,6 +326,8 @@ struct Pending {
     expected: u32,
     /// Nonce of the last packet that carried the request.
     nonce: Option<Nonce>,
+    /// When that packet went out.
+    sent_at: Option<Instant>,
     /// A FINDNODE: a node that fails one is replaced at once (the reference's `replaceNode`);
     /// other requests only count a miss.
     find_node: bool,
@@ -513,6 +515,7 @@ impl Service {
                         parts: Vec::new(),
                         expected: 0,
                         nonce: None,
+                        sent_at: None,
                         find_node: matches!(
                             msg,
                             Message::FindNode { .. } | Message::FindNodeFast { .. }
@@ -614,6 +617,7 @@ impl Service {
             && let Some(p) = self.pending.get_mut(id)
         {
             p.nonce = Some(nonce);
+            p.sent_at = Some(Instant::now());
         }
         if self.sent.len() >= MAX_TRACKED_NONCES
             && let Some(oldest) = self
@@ -799,6 +803,27 @@ impl Service {
         if queue.is_empty() {
             return;
         }
+        // The node lost our session: the other requests we sent it under that session are
+        // lost too (it challenges one packet at a time and drops the rest). They go again
+        // under the new session, each with its own deadline; before, they timed out.
+        let lost: Vec<Nonce> = self
+            .sent
+            .iter()
+            .filter(|(_, s)| {
+                !s.handshake
+                    && s.addr == from
+                    && s.node.node_id() == node_id
+                    && s.request.as_ref().is_some_and(|(id, _)| {
+                        self.pending.contains_key(id) && !queue.iter().any(|(q, _)| q == id)
+                    })
+            })
+            .map(|(n, _)| *n)
+            .collect();
+        let again: Vec<(RequestId, Message, Instant)> = lost
+            .iter()
+            .filter_map(|n| self.sent.remove(n))
+            .filter_map(|s| s.request.map(|(id, msg)| (id, msg, s.deadline)))
+            .collect();
         self.sessions.remove(&node_id, from);
         let first = queue.remove(0);
         let Some(session) = self
@@ -809,13 +834,15 @@ impl Service {
             // cannot be built): a failure for the table as a bad reply is, or an entry nobody
             // can reach would stay for good (found by review: only timeouts were counted).
             self.shared.table.lock().on_failure(&node_id);
-            for (id, _) in std::iter::once(first).chain(queue) {
+            let ids = std::iter::once(first.0).chain(queue.into_iter().map(|(id, _)| id));
+            for id in ids.chain(again.into_iter().map(|(id, ..)| id)) {
                 self.fail(&id, RequestError::BadResponse);
             }
             return;
         };
         self.sessions.insert(node_id, from, session);
-        for (id, msg) in queue {
+        let queued = queue.into_iter().map(|(id, msg)| (id, msg, deadline));
+        for (id, msg, deadline) in queued.chain(again) {
             let Some(s) = self.sessions.get(&node_id, from, Instant::now()) else {
                 break;
             };
@@ -1273,7 +1300,11 @@ impl Service {
                     // us but we cannot read it, and it ignores our challenges of its answers),
                     // so the next request starts a new handshake, as rust-discv5 does on a
                     // failed request. Keeping it left such a pair unable to talk for good.
-                    self.sessions.remove(&p.node, p.addr);
+                    // Only a session that carried the request, not a newer one (found by
+                    // review: a request lost to a session the node had forgotten tore down
+                    // the session another request had just set up).
+                    self.sessions
+                        .remove_set_up_by(&p.node, p.addr, p.sent_at.unwrap_or(now));
                     let mut table = self.shared.table.lock();
                     if p.find_node {
                         table.on_failure(&p.node);

@@ -51,6 +51,8 @@ pub struct Session {
     /// The keys of the session this one replaced, if any (module docs, "Crossed handshakes").
     pub previous: Option<Keys>,
     last_used: Instant,
+    /// When the session was set up.
+    created: Instant,
 }
 
 impl Session {
@@ -61,6 +63,7 @@ impl Session {
             read_key,
             previous: None,
             last_used: now,
+            created: now,
         }
     }
 
@@ -152,6 +155,15 @@ impl Sessions {
         self.map.remove(&(*id, addr));
     }
 
+    /// Forgets the session with `(id, addr)` if it was set up at or before `at`: a request sent
+    /// at `at` that went unanswered says nothing about a session set up after it (a handshake
+    /// another request started meanwhile).
+    pub fn remove_set_up_by(&mut self, id: &NodeId, addr: SocketAddr, at: Instant) {
+        if self.map.get(&(*id, addr)).is_some_and(|s| s.created <= at) {
+            self.map.remove(&(*id, addr));
+        }
+    }
+
     /// Sessions held.
     pub fn len(&self) -> usize {
         self.map.len()
@@ -169,6 +181,20 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// An unanswered request ends the session it went over, not one set up after it.
+    #[test]
+    fn a_timed_out_request_ends_only_an_older_session() {
+        let t0 = Instant::now();
+        let later = t0 + std::time::Duration::from_millis(10);
+        let mut s = Sessions::default();
+        let id = NodeId::random();
+        s.insert(id, addr(1), Session::new([1; 16], [2; 16], later));
+        s.remove_set_up_by(&id, addr(1), t0);
+        assert!(s.get(&id, addr(1), later).is_some(), "a newer session went");
+        s.remove_set_up_by(&id, addr(1), later);
+        assert!(s.get(&id, addr(1), later).is_none());
     }
 
     #[test]

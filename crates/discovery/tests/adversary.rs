@@ -860,6 +860,92 @@ async fn a_request_that_times_out_ends_the_session() {
     cancel.cancel();
 }
 
+/// Review: when a peer has lost our session, it challenges one of the packets we sent under
+/// it and drops the others; only the challenged request went again under the new session, the
+/// others timed out, and their timeout tore down the new session. Now every request lost with
+/// the session goes again, and both PINGs here are answered.
+#[tokio::test]
+async fn requests_lost_with_a_session_go_again_under_the_new_one() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node = d.local_spr();
+    let peer = Peer::new().await;
+    let _forgotten = peer.session_with(&node).await;
+    // Two PINGs at once, over the session the peer no longer holds.
+    let one = peer.pinged_by(&d);
+    let two = peer.pinged_by(&d);
+    let first = peer.recv(REPLY_DEADLINE).await.expect("a PING");
+    let _second = peer.recv(REPLY_DEADLINE).await.expect("the other PING");
+    // The peer challenges the first only, and takes the handshake that answers it.
+    let who = Packet::new(
+        PacketKind::WhoAreYou {
+            id_nonce: rand::random(),
+            enr_seq: 0,
+        },
+        first.nonce,
+    );
+    let challenge = who.authenticated_data().unwrap();
+    peer.sock
+        .send_to(
+            &who.encode(&node.node_id()).unwrap(),
+            node.udp_addr().unwrap(),
+        )
+        .await
+        .unwrap();
+    let hs = peer.recv(REPLY_DEADLINE).await.expect("the handshake");
+    let PacketKind::Handshake { eph_pubkey, .. } = &hs.kind else {
+        panic!("{:?}", hs.kind);
+    };
+    let eph = crypto::decode_eph_pubkey(eph_pubkey).unwrap();
+    let secret = crypto::static_secret(&peer.key).unwrap();
+    let keys = crypto::derive_keys(
+        &crypto::ecdh(&eph, &secret),
+        &node.node_id(),
+        &peer.id,
+        &challenge,
+    );
+    // It answers every PING that comes under the new session: the handshake's, and the other.
+    let mut answered = 0;
+    let mut packet = Some(hs);
+    while let Some(p) = packet.take() {
+        let ad = p.authenticated_data().unwrap();
+        let plaintext = crypto::decrypt(&keys.initiator, &p.nonce, &p.message, &ad)
+            .expect("a packet under the new session");
+        let (id, msg) = Message::decode(&plaintext).unwrap();
+        assert!(matches!(msg, Message::Ping { .. }), "{msg:?}");
+        let here = peer.sock.local_addr().unwrap();
+        let pong = Message::Pong {
+            spr_seq: 1,
+            ip: here.ip(),
+            port: here.port(),
+        };
+        let nonce: [u8; 12] = rand::random();
+        let mut reply = Packet::new(PacketKind::Message { src: peer.id }, nonce);
+        let ad = reply.authenticated_data().unwrap();
+        reply.message = crypto::encrypt(&keys.recipient, &nonce, &pong.encode(&id), &ad).unwrap();
+        peer.sock
+            .send_to(
+                &reply.encode(&node.node_id()).unwrap(),
+                node.udp_addr().unwrap(),
+            )
+            .await
+            .unwrap();
+        answered += 1;
+        if answered < 2 {
+            packet = peer.recv(REPLY_DEADLINE).await;
+        }
+    }
+    for (which, asked) in [("first", one), ("second", two)] {
+        let answer = tokio::time::timeout(REPLY_DEADLINE, asked)
+            .await
+            .expect("the PING still waits")
+            .unwrap();
+        assert!(answer.is_ok(), "the {which} PING: {answer:?}");
+    }
+    assert!(in_table(&d, &peer.id), "the peer left the table");
+    cancel.cancel();
+}
+
 /// A provider record is stored only from the node it names: anyone could otherwise replay a
 /// node's signed record under any content (sending downloaders to dial it), or fill the store
 /// with throwaway identities over one session. The reference's nodes only ever announce
