@@ -59,14 +59,16 @@ pub(crate) fn parse_api_url(text: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// Whether `url` names this machine: a loopback address, `localhost` or a `*.localhost` name.
+/// Whether `url` names this machine: a loopback or unspecified address (`0.0.0.0`, `::`: what
+/// `cairn start --api-bindaddr 0.0.0.0` prints, reached here as this machine), `localhost` or a
+/// `*.localhost` name.
 fn is_local(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return ip.is_loopback();
+        return ip.is_loopback() || ip.is_unspecified();
     }
     let name = host.trim_end_matches('.').to_ascii_lowercase();
     name == "localhost" || name.ends_with(".localhost")
@@ -485,6 +487,8 @@ mod tests {
             ("http://127.0.0.1:8080", true),
             ("http://127.9.0.1", true),
             ("http://[::1]:8080", true),
+            ("http://0.0.0.0:8080", true),
+            ("http://[::]:8080", true),
             ("http://localhost:8080", true),
             ("http://Node.Localhost.", true),
             ("http://10.0.0.1:8080", false),

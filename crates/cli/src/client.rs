@@ -441,6 +441,16 @@ fn not_replacing(file: &Path, why: &str) -> anyhow::Error {
     .into()
 }
 
+/// Whether `path`, or where its link points, is under `/dev` or `/proc`: a stream or a
+/// descriptor (`/dev/stdout`, `/proc/self/fd/1`), written in place, never as `FILE.part`.
+async fn is_special_path(path: &Path) -> bool {
+    let special = |p: &Path| p.starts_with("/dev") || p.starts_with("/proc");
+    special(path)
+        || tokio::fs::read_link(path)
+            .await
+            .is_ok_and(|target| special(&target))
+}
+
 /// What is at `file`, without following a symlink; `None` when nothing is.
 async fn lstat(file: &Path) -> anyhow::Result<Option<std::fs::Metadata>> {
     match tokio::fs::symlink_metadata(file).await {
@@ -607,8 +617,19 @@ pub(crate) async fn download(
         return download_to_stdout(api, segments, cid, &what, !options.local, guard).await;
     };
     // Into a directory: the dataset's own file name there (else its CID).
+    let is_dir = tokio::fs::metadata(path).await.is_ok_and(|m| m.is_dir());
+    // `-o newdir/` where there is no such directory: said before anything is fetched. It was
+    // taken as a file name, the dataset went to `newdir.part`, and the rename to `newdir/`
+    // failed after the whole transfer, every time (found by review).
+    if !is_dir && path.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("--output {}: no such directory", path.display()),
+        )
+        .into());
+    }
     let in_dir;
-    let (path, named) = if tokio::fs::metadata(path).await.is_ok_and(|m| m.is_dir()) {
+    let (path, named) = if is_dir {
         let name = dataset_filename(api, segments, &what).await?;
         in_dir = path.join(name.unwrap_or_else(|| cid.to_owned()));
         (in_dir.as_path(), Named::ByDataset)
@@ -626,6 +647,10 @@ pub(crate) async fn download(
     // review).
     let resolved;
     let path = match lstat(path).await? {
+        // `/dev/stdout`, `/proc/self/fd/N`: written directly, whatever they lead to (the
+        // README's promise). Resolved, `/dev/stdout` redirected to a file (`>> all.bin`) named
+        // that file, which was then replaced by `FILE.part` (found by review).
+        Some(_) if named == Named::ByUser && is_special_path(path).await => path,
         Some(m) if named == Named::ByUser && m.file_type().is_symlink() => {
             match tokio::fs::canonicalize(path).await {
                 Ok(real) if tokio::fs::metadata(&real).await.is_ok_and(|m| m.is_file()) => {
@@ -637,7 +662,10 @@ pub(crate) async fn download(
         }
         _ => path,
     };
-    if named == Named::ByUser && lstat(path).await?.is_some_and(|m| !m.file_type().is_file()) {
+    let direct = named == Named::ByUser
+        && (is_special_path(path).await
+            || lstat(path).await?.is_some_and(|m| !m.file_type().is_file()));
+    if direct {
         let bytes = download_direct(api, segments, cid, &what, !options.local, path).await?;
         if options.json {
             output::print_json(&DownloadOut {
@@ -1015,9 +1043,13 @@ async fn download_direct(
     network: bool,
     path: &Path,
 ) -> anyhow::Result<u64> {
+    // `/dev/stdout` and the like lead to what the shell opened: appended to, as the shell's
+    // own descriptor would be (`>> all.bin` keeps what all.bin held).
+    let special = is_special_path(path).await;
     let mut f = tokio::fs::OpenOptions::new()
         .write(true)
         .create(true)
+        .append(special)
         // Emptied below only when it turns out to be a regular file.
         .truncate(false)
         .open(path)
@@ -1025,7 +1057,7 @@ async fn download_direct(
         .with_context(|| format!("cannot open {}", path.display()))?;
     // A symlink to a regular file: that file is written over.
     let regular = f.metadata().await.is_ok_and(|m| m.is_file());
-    if regular {
+    if regular && !special {
         f.set_len(0)
             .await
             .with_context(|| format!("cannot write {}", path.display()))?;

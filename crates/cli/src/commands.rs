@@ -285,31 +285,47 @@ struct RemovedOut<'a> {
 }
 
 /// `cairn rm`: each CID in turn; one the node does not hold is an error unless `force` (the
-/// node's `DELETE` itself succeeds for absent data, as the reference's).
+/// node's `DELETE` itself succeeds for absent data, as the reference's). As `rm` does, a CID
+/// that fails does not stop the others: each failure is reported as it comes, and the last
+/// one decides the exit code (review: `xargs cairn rm` left every CID after an absent one).
 async fn rm(api: &Api, cids: &[String], force: bool, json: bool) -> anyhow::Result<()> {
+    let mut failed: Option<anyhow::Error> = None;
     for cid in cids {
-        let what = format!("deleting {cid}");
-        let held = exists(api, cid, &what).await?;
-        if !held && !force {
-            return Err(Failure::new(
-                exit::NOT_FOUND,
-                format!("{what}: the node does not hold it (--force to ignore)"),
-            )
-            .into());
+        if let Err(e) = rm_one(api, cid, force, json).await {
+            if crate::is_broken_pipe(&e) {
+                return Err(e);
+            }
+            if let Some(earlier) = failed.replace(e) {
+                eprintln!("{}: {}", crate::BIN_NAME, output::error_chain(&earlier));
+            }
         }
-        if held {
-            let req = api
-                .request(Method::DELETE, &["data", cid])
-                .timeout(api::REQUEST_TIMEOUT);
-            api.send(req, &what).await?;
-        }
-        if json {
-            output::print_json(&RemovedOut { cid, removed: held })?;
-        } else if held {
-            output::print(&format!("removed {cid}\n"))?;
-        } else {
-            output::print(&format!("not held: {cid}\n"))?;
-        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// One CID of [`rm`].
+async fn rm_one(api: &Api, cid: &str, force: bool, json: bool) -> anyhow::Result<()> {
+    let what = format!("deleting {cid}");
+    let held = exists(api, cid, &what).await?;
+    if !held && !force {
+        return Err(Failure::new(
+            exit::NOT_FOUND,
+            format!("{what}: the node does not hold it (--force to ignore)"),
+        )
+        .into());
+    }
+    if held {
+        let req = api
+            .request(Method::DELETE, &["data", cid])
+            .timeout(api::REQUEST_TIMEOUT);
+        api.send(req, &what).await?;
+    }
+    if json {
+        output::print_json(&RemovedOut { cid, removed: held })?;
+    } else if held {
+        output::print(&format!("removed {cid}\n"))?;
+    } else {
+        output::print(&format!("not held: {cid}\n"))?;
     }
     Ok(())
 }
@@ -454,7 +470,10 @@ async fn peers(api: &Api, json: bool) -> anyhow::Result<()> {
         .await
     {
         Ok(p) => (p.peers, Some(p.manager)),
-        Err(_) => (d.peers, None),
+        // Only a node without the route; a cairn node failing to answer is an error, not
+        // "a reference node" (review: a 500 or a timeout printed `manager: null`, exit 0).
+        Err(e) if exit::code_of(&e) == exit::NOT_FOUND => (d.peers, None),
+        Err(e) => return Err(e),
     };
     let out = PeersOut {
         peers,

@@ -415,12 +415,11 @@ async fn start(cfg: config::Config) -> anyhow::Result<()> {
         // same time, within one grace period.
         let metrics_done = async move {
             match metrics_server {
-                Some(m) => Some(tokio::time::timeout(SHUTDOWN_GRACE, m).await),
+                Some(m) => Some(within_grace(m).await),
                 None => None,
             }
         };
-        let (api_done, metrics_done) =
-            tokio::join!(tokio::time::timeout(SHUTDOWN_GRACE, api), metrics_done);
+        let (api_done, metrics_done) = tokio::join!(within_grace(api), metrics_done);
         let mut served: anyhow::Result<()> = Ok(());
         match api_done {
             Ok(joined) => {
@@ -485,6 +484,21 @@ fn shutdown_limit(env: Option<&std::ffi::OsStr>) -> Duration {
         .map(Duration::from_secs)
         .filter(|limit| *limit < SHUTDOWN_LIMIT)
         .map_or(SHUTDOWN_LIMIT, |limit| limit.max(MIN_TEST_SHUTDOWN_LIMIT))
+}
+
+/// Waits for a server task for [`SHUTDOWN_GRACE`]; past it the task is aborted, and its
+/// requests with it, before the node stops. Timing out alone dropped the handle, which
+/// detaches the task: "cut off" requests went on while the node stopped, and an upload could
+/// hand its client a CID after the log said it was cut off (found by review).
+async fn within_grace<T>(
+    mut task: tokio::task::JoinHandle<T>,
+) -> Result<Result<T, tokio::task::JoinError>, tokio::time::error::Elapsed> {
+    let done = tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await;
+    if done.is_err() {
+        task.abort();
+        let _ = task.await;
+    }
+    done
 }
 
 /// The shortest limit [`SHUTDOWN_LIMIT_ENV`] can set: zero would stop a node without closing

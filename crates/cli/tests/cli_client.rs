@@ -419,8 +419,12 @@ fn one_node_upload_ls_download_rm_space_info() {
     fails(&cli(&["rm", &a_cid, "--api", &n.api]), NOT_FOUND);
     let lines = json_lines(&ok(&cli(&["rm", &a_cid, "-f", "--json", "--api", &n.api])));
     assert_eq!(lines[0]["removed"], false);
-    // Several at once, in the readable form.
-    let text = ok(&cli(&["rm", &b_cid, &p_cid, "--api", &n.api]));
+    // Several at once, in the readable form. One not held (first) does not stop the others:
+    // they are removed, and the exit code is its (review: `xargs cairn rm` stopped there).
+    let out = cli(&["rm", &a_cid, &b_cid, &p_cid, "--api", &n.api]);
+    assert_eq!(out.status.code(), Some(NOT_FOUND), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&a_cid), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout.clone()).unwrap();
     assert_eq!(text, format!("removed {b_cid}\nremoved {p_cid}\n"));
     ok(&cli(&[
         "rm",
@@ -922,6 +926,54 @@ fn completions_and_help() {
     ] {
         assert!(help.contains(&format!("  {cmd} ")), "{cmd}: {help}");
     }
+}
+
+/// Serves `answers` in turn on a loopback port, one connection each: the request head is read
+/// and `answer` (a status line and a JSON body) written. Returns the API URL.
+fn json_stub(answers: Vec<(&'static str, &'static str)>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (status, body) in answers {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                    _ => break,
+                }
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    api
+}
+
+/// `cairn peers` falls back to `/debug/info`'s peers only for a node without `/debug/peers`
+/// (a reference node answers 404); a cairn node failing to answer it is an error. Review: a
+/// 500 there printed `"manager": null`, the sign of a reference node, and exited 0.
+#[test]
+fn peers_reports_a_failing_peer_manager() {
+    let info = r#"{"id":"16Uiu2HAmPUsJ6nHZ6Ybp3uiCckRFe2tVLYbQ8BRfhYyVxjQo4jYD","addrs":[]}"#;
+    let reference = json_stub(vec![("200 OK", info), ("404 Not Found", r#""not found""#)]);
+    let out = ok(&cli(&["peers", "--json", "--api", &reference]));
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(v["manager"].is_null(), "{v}");
+    let failing = json_stub(vec![
+        ("200 OK", info),
+        ("500 Internal Server Error", r#""broken""#),
+    ]);
+    let err = fails(&cli(&["peers", "--json", "--api", &failing]), 1);
+    assert!(err.contains("500"), "{err}");
 }
 
 /// A download whose response stops before its length (what a node does when no peer has the

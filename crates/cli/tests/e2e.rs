@@ -1472,6 +1472,41 @@ fn download_to_a_path_that_is_not_a_regular_file_writes_to_it() {
     };
     download("/dev/null", &[]);
     assert!(download("/dev/stdout", &[]) == data, "stdout");
+    // `-o /dev/stdout >> all.bin`: appended to what all.bin holds, and no all.bin.part (the
+    // path used to be resolved to all.bin, which FILE.part then replaced; found by review).
+    let all = dir.path().join("all.bin");
+    std::fs::write(&all, b"header\n").unwrap();
+    let appending = std::fs::OpenOptions::new().append(true).open(&all).unwrap();
+    let o = std::process::Command::new(BIN)
+        .args([
+            "download",
+            cid.as_str(),
+            "-o",
+            "/dev/stdout",
+            "--api",
+            &n.api,
+        ])
+        .stdout(appending)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let held = std::fs::read(&all).unwrap();
+    assert!(
+        held.starts_with(b"header\n") && held[7..] == data[..],
+        "all.bin holds {} bytes",
+        held.len()
+    );
+    assert!(!common::part_of(&all).exists());
+    // `-o nodir/`, a directory that is not there: refused before any transfer.
+    let nodir = format!("{}/", dir.path().join("nodir").display());
+    let o = cli(&["download", cid.as_str(), "-o", &nodir, "--api", &n.api]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!dir.path().join("nodir.part").exists());
     // A symlink stays one; the file it points at gets the dataset.
     let real = dir.path().join("real.bin");
     let link = dir.path().join("link.bin");
