@@ -375,7 +375,8 @@ impl AddrBook {
     ///   [`Routability`] mode does not allow.
     /// * An unknown peer goes into the new bucket chosen by the keyed hash of the address's and
     ///   the source's network groups.
-    /// * A known new peer gets the address appended (up to [`MAX_ADDRS_PER_PEER`]) and, with
+    /// * A known new peer gets the address appended (up to [`MAX_ADDRS_PER_PEER`]; an address
+    ///   from the peer itself or from us takes the last one's place in a full list) and, with
     ///   probability `1 / (2 * buckets)`, one more new bucket (up to
     ///   [`MAX_NEW_BUCKETS_PER_PEER`]), as CometBFT does.
     /// * A known old peer is left alone (CometBFT: gossip must not move a peer we have
@@ -430,12 +431,21 @@ impl AddrBook {
             return Ok(AddOutcome::Added);
         };
         let mut addr_added = false;
-        let may_add_addr = entry.kind == BucketKind::New
-            || matches!(src, Source::Local)
-            || matches!(src, Source::Peer { id, .. } if *id == peer);
-        if may_add_addr && !entry.addrs.contains(&addr) && entry.addrs.len() < MAX_ADDRS_PER_PEER {
-            entry.addrs.push(addr);
-            addr_added = true;
+        let first_hand =
+            matches!(src, Source::Local) || matches!(src, Source::Peer { id, .. } if *id == peer);
+        let may_add_addr = entry.kind == BucketKind::New || first_hand;
+        if may_add_addr && !entry.addrs.contains(&addr) {
+            // A full list takes an address from the peer itself, or our own, in place of its
+            // last one (the newest but the list's first keeps its place): gossip filled the 8
+            // slots of a peer we had not reached, and its own addresses were then refused
+            // (found by review).
+            if entry.addrs.len() >= MAX_ADDRS_PER_PEER && first_hand {
+                entry.addrs.pop();
+            }
+            if entry.addrs.len() < MAX_ADDRS_PER_PEER {
+                entry.addrs.push(addr);
+                addr_added = true;
+            }
         }
         if entry.kind == BucketKind::Old {
             return Ok(outcome(addr_added, false));
@@ -1834,6 +1844,39 @@ pub(crate) mod tests {
         check_invariants(&book);
         assert!(!book.contains(&p));
         assert_eq!(book.size(), 0);
+    }
+
+    /// Gossip that filled a peer's address list does not keep out the addresses the peer gives
+    /// itself: one takes the place of the list's last.
+    #[test]
+    fn a_peers_own_address_gets_into_a_list_gossip_filled() {
+        let mut book = book();
+        let p = peer(1);
+        for i in 0..MAX_ADDRS_PER_PEER as u8 {
+            book.add_address(p, &ip4(9, 9, 9, i), &src(2, 9, 9), 0)
+                .unwrap();
+        }
+        let own = ip4(5, 6, 7, 8);
+        // More gossip changes nothing.
+        book.add_address(p, &ip4(9, 9, 8, 1), &src(3, 9, 9), 1)
+            .unwrap();
+        assert!(!book.get(&p).unwrap().addrs.contains(&ip4(9, 9, 8, 1)));
+        let itself = Source::Peer {
+            id: p,
+            addr: ip4(5, 6, 7, 8),
+        };
+        assert!(matches!(
+            book.add_address(p, &own, &itself, 2),
+            Ok(AddOutcome::Updated {
+                addr_added: true,
+                ..
+            })
+        ));
+        let addrs = book.get(&p).unwrap().addrs;
+        assert_eq!(addrs.len(), MAX_ADDRS_PER_PEER);
+        assert_eq!(addrs.first(), Some(&ip4(9, 9, 9, 0)), "the first moved");
+        assert_eq!(addrs.last(), Some(&own));
+        check_invariants(&book);
     }
 
     /// A wrong address stays out for the peer until its time ends, gossiped back or not; the

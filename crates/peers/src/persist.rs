@@ -267,7 +267,10 @@ impl PeerRecord {
     /// The record as an entry, checked. Unreadable addresses are dropped (counted in
     /// `counts.bad_addrs`); the whole record is [`RecordRead::Bad`] when its id does not parse
     /// or no address is left.
-    fn into_entry(self, config: &Config, counts: &mut Counts) -> RecordRead {
+    /// The entry this record holds. Its times are clamped to `now`: a book saved while the
+    /// clock ran ahead would otherwise hold entries "seen" in the future, never bad and never
+    /// the oldest in a bucket, until the clock caught up (found by review).
+    fn into_entry(self, config: &Config, now: u64, counts: &mut Counts) -> RecordRead {
         let Ok(peer) = self.peer.parse::<PeerId>() else {
             return RecordRead::Bad("unparsable peer id");
         };
@@ -301,10 +304,10 @@ impl PeerRecord {
             kind: self.kind,
             buckets: self.buckets,
             attempts: self.attempts,
-            added: self.added,
-            last_seen: self.last_seen,
-            last_attempt: self.last_attempt,
-            last_success: self.last_success,
+            added: self.added.min(now),
+            last_seen: self.last_seen.min(now),
+            last_attempt: self.last_attempt.map(|t| t.min(now)),
+            last_success: self.last_success.map(|t| t.min(now)),
         };
         RecordRead::Kept(peer, entry)
     }
@@ -354,7 +357,7 @@ fn decode(bytes: &[u8], config: Config, now: u64) -> Result<(AddrBook, Counts), 
         if !seen.insert(record.peer.clone()) {
             return Err(invalid("peer listed twice"));
         }
-        let (peer, entry) = match record.into_entry(&book.config, &mut counts) {
+        let (peer, entry) = match record.into_entry(&book.config, now, &mut counts) {
             RecordRead::Kept(peer, entry) => (peer, entry),
             RecordRead::Disallowed => {
                 counts.dropped += 1;
@@ -414,7 +417,7 @@ fn decode(bytes: &[u8], config: Config, now: u64) -> Result<(AddrBook, Counts), 
         let entry = match record.entry {
             Some(r) if !r.buckets.is_empty() => return Err(invalid("banned entry has buckets")),
             // The ban holds whatever became of the entry it keeps.
-            Some(r) => match r.into_entry(&book.config, &mut counts) {
+            Some(r) => match r.into_entry(&book.config, now, &mut counts) {
                 RecordRead::Kept(_, e) => Some(e),
                 RecordRead::Disallowed => None,
                 RecordRead::Bad(what) => {
@@ -631,7 +634,7 @@ mod tests {
             "no temporary file left"
         );
 
-        let (mut loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1);
+        let (mut loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1_000);
         match outcome {
             LoadOutcome::Loaded {
                 peers,
@@ -671,7 +674,7 @@ mod tests {
         loaded.remove(&peer(7_000));
         loaded.save(&path).unwrap();
         original.remove(&peer(7_000));
-        let (reloaded, _) = AddrBook::load(&path, Config::new(local_id()), 2);
+        let (reloaded, _) = AddrBook::load(&path, Config::new(local_id()), 1_000);
         assert!(snapshot(&reloaded) == snapshot(&original));
         assert_eq!(fs::read(&path).unwrap(), first);
         assert_eq!(files_in(dir.path()), ["addrbook.json"]);
@@ -694,6 +697,28 @@ mod tests {
         // A short ban stays as it was.
         assert!(loaded.is_banned(&peer(6), 1_059));
         assert!(!loaded.is_banned(&peer(6), 1_060));
+    }
+
+    /// Times saved ahead of the clock (it was wrong when they were made) are taken as now at
+    /// load: the entry can then go bad and be the oldest as any other.
+    #[test]
+    fn times_ahead_of_the_clock_are_cut_to_now_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        let mut book = AddrBook::new(Config::new(local_id()));
+        let far = 5_000_000_000;
+        book.add_address(peer(5), &ip4(1, 2, 3, 4), &Source::Local, far)
+            .unwrap();
+        book.mark_attempt(&peer(5), far);
+        book.save(&path).unwrap();
+        let now = 1_000;
+        let (loaded, _) = AddrBook::load(&path, Config::new(local_id()), now);
+        let e = &loaded.entries[&peer(5)];
+        assert_eq!(
+            (e.added, e.last_seen, e.last_attempt),
+            (now, now, Some(now))
+        );
+        assert_eq!(e.last_success, None);
     }
 
     #[test]
@@ -892,7 +917,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("addrbook.json");
         book.save(&path).unwrap();
-        let (loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1);
+        let (loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1_000);
         assert!(
             matches!(outcome, LoadOutcome::Loaded { bad_records: 0, .. }),
             "{outcome:?}"
@@ -933,7 +958,7 @@ mod tests {
         let path = dir.path().join("addrbook.json");
         let bytes = serde_json::to_vec(&v).unwrap();
         fs::write(&path, &bytes).unwrap();
-        let (loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1);
+        let (loaded, outcome) = AddrBook::load(&path, Config::new(local_id()), 1_000);
         let LoadOutcome::Loaded {
             peers,
             bans: n_bans,

@@ -46,11 +46,18 @@ fn prefix_len(len: usize) -> u64 {
     unsigned_varint::encode::usize(len, &mut buf).len() as u64
 }
 
-/// Reads one frame of at most `max` bytes.
-pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
+/// Reads one frame of at most `max` bytes, counting into `received` what it read: the prefix
+/// as soon as it is read (a frame refused for its size counts too), the body once read.
+/// Counted only after a decode, refused and cut frames went uncounted (found by review).
+pub async fn read_frame<T: AsyncRead + Unpin>(
+    io: &mut T,
+    max: usize,
+    received: &Counter,
+) -> io::Result<Vec<u8>> {
     let len = unsigned_varint::aio::read_usize(&mut *io)
         .await
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    received.inc_by(prefix_len(len));
     if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -59,6 +66,7 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Res
     }
     let mut body = vec![0u8; len];
     io.read_exact(&mut body).await?;
+    received.inc_by(len as u64);
     Ok(body)
 }
 
@@ -84,10 +92,7 @@ impl libp2p::request_response::Codec for PexCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let body = read_frame(io, MAX_REQUEST_BYTES).await?;
-        self.traffic
-            .bytes_received
-            .inc_by(prefix_len(body.len()) + body.len() as u64);
+        let body = read_frame(io, MAX_REQUEST_BYTES, &self.traffic.bytes_received).await?;
         Request::decode(&body).map_err(invalid)
     }
 
@@ -95,10 +100,7 @@ impl libp2p::request_response::Codec for PexCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        let body = read_frame(io, MAX_RESPONSE_BYTES).await?;
-        self.traffic
-            .bytes_received
-            .inc_by(prefix_len(body.len()) + body.len() as u64);
+        let body = read_frame(io, MAX_RESPONSE_BYTES, &self.traffic.bytes_received).await?;
         Addrs::decode(&body).map_err(invalid)
     }
 
@@ -213,15 +215,29 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_prefixes_are_refused_before_reading_the_body() {
-        // A prefix announcing 1 GiB, followed by nothing: refused on the prefix alone.
+        // A prefix announcing 1 GiB, followed by nothing: refused on the prefix alone, which
+        // is counted as received.
         let mut prefix = unsigned_varint::encode::usize_buffer();
         let bytes = unsigned_varint::encode::usize(1 << 30, &mut prefix).to_vec();
-        let mut c = PexCodec::default();
+        let traffic = Traffic::default();
+        let mut c = PexCodec::with_traffic(traffic.clone());
         let err = c
             .read_response(&PROTOCOL, &mut Cursor::new(bytes.clone()))
             .await
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(traffic.bytes_received.get(), bytes.len() as u64);
+        // A frame read whole that does not decode counts whole.
+        let garbage = [3u8, 0xff, 0xff, 0xff];
+        assert!(
+            c.read_request(&PROTOCOL, &mut Cursor::new(garbage.to_vec()))
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            traffic.bytes_received.get(),
+            (bytes.len() + garbage.len()) as u64
+        );
         // A push as large as a full answer (250 peers, 8 addresses each) is over the request
         // limit.
         let mut wide = list(250);
