@@ -27,6 +27,15 @@ pub const CHALLENGE_BURST_PER_IP: f64 = 64.0;
 pub const CHALLENGES_PER_SEC: f64 = 500.0;
 /// Challenges the node sends in a burst, in all.
 pub const CHALLENGE_BURST: f64 = 1000.0;
+/// Requests (over a session) one source IP address may make per second, sustained. Each is
+/// handled on the service's one task; some cost a table sort or a signature check. A node's
+/// lookups ask us a few requests each, so this is far above a real node's rate (or a NAT's
+/// few), and a flood from one host no longer takes the task from everyone else (found by
+/// review). Requests over it are dropped unanswered, as a lost packet.
+pub const REQUESTS_PER_IP_PER_SEC: f64 = 200.0;
+/// Requests one source IP address may make in a burst.
+pub const REQUEST_BURST_PER_IP: f64 = 400.0;
+
 /// Source addresses whose budget is tracked. When full, the entries that have refilled (idle
 /// sources) go first, then the least recently seen: a flood from many addresses costs at most
 /// this many entries.
@@ -89,6 +98,16 @@ impl ChallengeLimiter {
         ChallengeLimiter::with_rates(
             (CHALLENGES_PER_IP_PER_SEC, CHALLENGE_BURST_PER_IP),
             (CHALLENGES_PER_SEC, CHALLENGE_BURST),
+            now,
+        )
+    }
+
+    /// The request budget: [`REQUESTS_PER_IP_PER_SEC`] per source address, none for the node
+    /// as a whole (many hosts asking us is what a DHT node is for).
+    pub fn for_requests(now: Instant) -> ChallengeLimiter {
+        ChallengeLimiter::with_rates(
+            (REQUESTS_PER_IP_PER_SEC, REQUEST_BURST_PER_IP),
+            (f64::MAX, f64::MAX),
             now,
         )
     }
@@ -196,6 +215,21 @@ mod tests {
         assert!(!l.allow(ip(5000), false, t0));
         // ...and a node of the table still gets its challenge, as often as it asks.
         assert!((0..20).all(|_| l.allow(ip(5000), true, t0)));
+    }
+
+    #[test]
+    fn requests_are_rationed_per_source_only() {
+        let t0 = Instant::now();
+        let mut l = ChallengeLimiter::for_requests(t0);
+        let burst = REQUEST_BURST_PER_IP as usize;
+        let granted = (0..burst * 2).filter(|_| l.allow(ip(1), false, t0)).count();
+        assert_eq!(granted, burst);
+        // Many other hosts are not held back, whatever their number.
+        assert!((2..1_000).all(|i| l.allow(ip(i), false, t0)));
+        // A second later, one second's worth again.
+        let t1 = t0 + Duration::from_secs(1);
+        let again = (0..burst).filter(|_| l.allow(ip(1), false, t1)).count();
+        assert_eq!(again, REQUESTS_PER_IP_PER_SEC as usize);
     }
 
     #[test]

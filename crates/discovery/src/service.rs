@@ -378,6 +378,8 @@ struct Service {
     handshakes: HashMap<(NodeId, SocketAddr), HandshakeOut>,
     /// Budgets for the WHOAREYOUs we send ([`crate::limits`]).
     limiter: crate::limits::ChallengeLimiter,
+    /// The request budget per source address (`limits::REQUESTS_PER_IP_PER_SEC`).
+    requests: crate::limits::ChallengeLimiter,
     sent: HashMap<Nonce, SentPacket>,
     challenges: HashMap<(NodeId, SocketAddr), Challenge>,
     pending: HashMap<RequestId, Pending>,
@@ -444,6 +446,7 @@ pub(crate) async fn start(
         sessions: Sessions::default(),
         handshakes: HashMap::new(),
         limiter: crate::limits::ChallengeLimiter::new(Instant::now()),
+        requests: crate::limits::ChallengeLimiter::for_requests(Instant::now()),
         sent: HashMap::new(),
         challenges: HashMap::new(),
         pending: HashMap::new(),
@@ -1031,6 +1034,10 @@ impl Service {
 
     async fn on_request(&mut self, src: NodeId, from: SocketAddr, id: RequestId, msg: Message) {
         self.config.metrics.requests_received.inc();
+        if !self.requests.allow(from.ip(), false, Instant::now()) {
+            trace!(%from, "request budget spent; request dropped");
+            return;
+        }
         match msg {
             Message::Ping { .. } => {
                 let spr_seq = self.shared.records.lock().dht.seq();
