@@ -441,10 +441,17 @@ fn not_replacing(file: &Path, why: &str) -> anyhow::Error {
     .into()
 }
 
-/// Whether `path`, or where its link points, is under `/dev` or `/proc`: a stream or a
-/// descriptor (`/dev/stdout`, `/proc/self/fd/1`), written in place, never as `FILE.part`.
+/// Whether `path`, or where its link points, names one of this process's descriptors
+/// (`/dev/stdout`, `/dev/stderr`, `/dev/fd/N`, `/proc/<pid>/fd/N`): written in place, never as
+/// `FILE.part`. Not all of `/dev`: a regular file in `/dev/shm` is a file like any other.
 async fn is_special_path(path: &Path) -> bool {
-    let special = |p: &Path| p.starts_with("/dev") || p.starts_with("/proc");
+    let special = |p: &Path| {
+        p == Path::new("/dev/stdout")
+            || p == Path::new("/dev/stderr")
+            || p.starts_with("/dev/fd")
+            || (p.starts_with("/proc")
+                && p.components().nth(3).is_some_and(|c| c.as_os_str() == "fd"))
+    };
     special(path)
         || tokio::fs::read_link(path)
             .await
@@ -1131,6 +1138,30 @@ fn binary_to_terminal(cid: &str, written: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only this process's descriptors are written in place; a file elsewhere under `/dev`
+    /// (`/dev/shm`) goes through `FILE.part` as any other (review: it was appended to).
+    #[tokio::test]
+    async fn only_descriptors_are_special_paths() {
+        for p in [
+            "/dev/stdout",
+            "/dev/stderr",
+            "/dev/fd/1",
+            "/proc/self/fd/1",
+            "/proc/42/fd/3",
+        ] {
+            assert!(is_special_path(Path::new(p)).await, "{p}");
+        }
+        for p in [
+            "/dev/shm/data.bin",
+            "/dev/null2",
+            "/proc/self/status",
+            "/tmp/x",
+            "/devx/fd/1",
+        ] {
+            assert!(!is_special_path(Path::new(p)).await, "{p}");
+        }
+    }
 
     /// Text in the usual encodings passes; anything with a NUL byte (images, archives, most
     /// binary formats within their first bytes) is binary.

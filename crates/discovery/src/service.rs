@@ -85,7 +85,8 @@ pub const MAX_QUEUED_PER_HANDSHAKE: usize = 16;
 /// WHOAREYOU challenges we sent and keep for the handshake that should answer them. One per
 /// `(node, address)`; when full, the oldest is dropped.
 pub const MAX_CHALLENGES: usize = 1024;
-/// Handshakes claiming to answer one challenge that may fail before it is dropped. One node's
+/// Handshakes claiming to answer one challenge that may fail before it is spent (kept, and
+/// answering none, until it ages out). One node's
 /// real handshake survives a junk one spoofed from its address; each costs a signature check at
 /// most, so the count is kept small.
 pub const MAX_FAILED_HANDSHAKES: u8 = 3;
@@ -902,6 +903,9 @@ impl Service {
         packet.message =
             crypto::encrypt(&keys.initiator, &nonce, &first.1.encode(&first.0), &ad).ok()?;
         let bytes = packet.encode(&node_id).ok()?;
+        // Set up before the request it carries is sent: that request going unanswered ends
+        // this session (`Sessions::remove_set_up_by`).
+        let set_up = Instant::now();
         self.track_nonce(
             nonce,
             SentPacket {
@@ -913,7 +917,7 @@ impl Service {
             },
         );
         self.send(&bytes, to).await;
-        Some(Session::new(keys.initiator, keys.recipient, Instant::now()))
+        Some(Session::new(keys.initiator, keys.recipient, set_up))
     }
 
     /// A handshake answering our WHOAREYOU.
@@ -929,19 +933,20 @@ impl Service {
         // The challenge goes once a handshake answers it, or after
         // `MAX_FAILED_HANDSHAKES` that do not: a junk handshake spoofed from the node's
         // address used to take it, and the node's real one was then ignored (found by review).
+        // Spent after `MAX_FAILED_HANDSHAKES` tries, it stays until it ages out: it keeps
+        // answering handshakes no more, and keeps `challenge` from sending a new one meanwhile
+        // (a spoofer would otherwise buy a WHOAREYOU and three signature checks per four
+        // packets, unrationed for a node of our table).
         let Some(challenge) = self.challenges.get_mut(&(src, from)) else {
             trace!(%from, "handshake without a challenge");
             return;
         };
-        challenge.failed += 1;
-        let challenge = if challenge.failed >= MAX_FAILED_HANDSHAKES {
-            self.challenges.remove(&(src, from))
-        } else {
-            Some(challenge.clone())
-        };
-        let Some(challenge) = challenge else {
+        if challenge.failed >= MAX_FAILED_HANDSHAKES {
+            trace!(%from, "handshake for a spent challenge");
             return;
-        };
+        }
+        challenge.failed += 1;
+        let challenge = challenge.clone();
         // The sender's key: from the record it sent, or from our table.
         let record = match spr {
             Some(bytes) => match self.shared.decode_record(bytes) {

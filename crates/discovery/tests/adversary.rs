@@ -311,6 +311,52 @@ async fn a_junk_handshake_does_not_take_the_real_ones_challenge() {
     cancel.cancel();
 }
 
+/// A challenge that three junk handshakes spent answers no more, and no new one is sent
+/// while it lives: it used to be dropped at the third failure, and the next spoofed packet
+/// bought a new challenge (and three more signature checks) at once (found by review).
+#[tokio::test]
+async fn a_spent_challenge_is_not_renewed_at_once() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node = d.local_spr();
+    let peer = Peer::new().await;
+    let to = node.udp_addr().unwrap();
+    let random_packet = || {
+        let mut p = Packet::new(PacketKind::Message { src: peer.id }, rand::random());
+        p.message = vec![7u8; 20];
+        p.encode(&node.node_id()).unwrap()
+    };
+    peer.sock.send_to(&random_packet(), to).await.unwrap();
+    let who = peer.recv(REPLY_DEADLINE).await.expect("WHOAREYOU");
+    assert!(
+        matches!(who.kind, PacketKind::WhoAreYou { .. }),
+        "{:?}",
+        who.kind
+    );
+    let eph = crypto::encode_eph_pubkey(&crypto::ephemeral_secret().public_key());
+    for _ in 0..cairn_discovery::service::MAX_FAILED_HANDSHAKES {
+        let mut junk = Packet::new(
+            PacketKind::Handshake {
+                src: peer.id,
+                id_signature: vec![1u8; 64],
+                eph_pubkey: eph.clone(),
+                spr: Some(peer.spr.encoded().to_vec()),
+            },
+            rand::random(),
+        );
+        junk.message = vec![7u8; 40];
+        peer.sock
+            .send_to(&junk.encode(&node.node_id()).unwrap(), to)
+            .await
+            .unwrap();
+    }
+    peer.sock.send_to(&random_packet(), to).await.unwrap();
+    if let Some(p) = peer.recv(SILENCE).await {
+        panic!("a new challenge at once: {:?}", p.kind);
+    }
+    cancel.cancel();
+}
+
 impl Peer {
     /// Sends `msg` over the session `keys` (we initiated it) and returns the raw answer
     /// datagram, if one comes within `within`.
@@ -943,6 +989,63 @@ async fn requests_lost_with_a_session_go_again_under_the_new_one() {
         assert!(answer.is_ok(), "the {which} PING: {answer:?}");
     }
     assert!(in_table(&d, &peer.id), "the peer left the table");
+    cancel.cancel();
+}
+
+/// A request carried by our own handshake that goes unanswered ends the session that
+/// handshake set up, as any unanswered request does: the session was stamped after the request
+/// was sent, so it outlived the timeout, and the next request went over a session the node may
+/// not hold (found by review).
+#[tokio::test]
+async fn a_request_in_our_handshake_that_times_out_ends_its_session() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node = d.local_spr();
+    let peer = Peer::new().await;
+    let asked = peer.pinged_by(&d);
+    let first = peer.recv(REPLY_DEADLINE).await.expect("the random packet");
+    let who = Packet::new(
+        PacketKind::WhoAreYou {
+            id_nonce: rand::random(),
+            enr_seq: 0,
+        },
+        first.nonce,
+    );
+    let challenge = who.authenticated_data().unwrap();
+    peer.sock
+        .send_to(
+            &who.encode(&node.node_id()).unwrap(),
+            node.udp_addr().unwrap(),
+        )
+        .await
+        .unwrap();
+    let hs = peer.recv(REPLY_DEADLINE).await.expect("the handshake");
+    let PacketKind::Handshake { eph_pubkey, .. } = &hs.kind else {
+        panic!("{:?}", hs.kind);
+    };
+    let eph = crypto::decode_eph_pubkey(eph_pubkey).unwrap();
+    let secret = crypto::static_secret(&peer.key).unwrap();
+    let keys = crypto::derive_keys(
+        &crypto::ecdh(&eph, &secret),
+        &node.node_id(),
+        &peer.id,
+        &challenge,
+    );
+    // The PING in the handshake is left unanswered.
+    let answer = tokio::time::timeout(REPLY_DEADLINE, asked)
+        .await
+        .expect("the PING times out")
+        .unwrap();
+    assert_eq!(answer, Err(RequestError::Timeout));
+    // The next one starts a new handshake instead of using that session.
+    let asked = peer.pinged_by(&d);
+    let next = peer.recv(REPLY_DEADLINE).await.expect("the second PING");
+    let ad = next.authenticated_data().unwrap();
+    assert!(
+        crypto::decrypt(&keys.initiator, &next.nonce, &next.message, &ad).is_err(),
+        "the second PING went over the session of the unanswered handshake"
+    );
+    asked.abort();
     cancel.cancel();
 }
 

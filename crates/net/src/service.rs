@@ -921,6 +921,7 @@ impl Service {
                     // has lasted (`Service::promote_stable`); a seed's crawl hangs up by design,
                     // so there at once.
                     let now = unix_now();
+                    self.book.reached(&peer_id, address);
                     let _ = self.book.add_address(peer_id, address, &Source::Local, now);
                     if self.seed_mode {
                         self.book.mark_good(&peer_id, address, now);

@@ -505,6 +505,9 @@ impl AddrBook {
         let connected = validate(addr, peer)
             .ok()
             .filter(|a| is_public(a) || self.config.routability == Routability::AllowLocal);
+        if let Some(a) = &connected {
+            self.reached(peer, a);
+        }
         let Some(entry) = self.entries.get_mut(peer) else {
             return false;
         };
@@ -514,8 +517,6 @@ impl AddrBook {
         let Some(connected) = connected else {
             return true;
         };
-        // We reached the peer there: it is its address after all (it came back).
-        self.wrong_addrs.remove(&(*peer, connected.clone()));
         if let Some(pos) = entry.addrs.iter().position(|a| *a == connected) {
             if let Some(head) = entry.addrs.get_mut(..=pos) {
                 head.rotate_right(1);
@@ -569,6 +570,22 @@ impl AddrBook {
         };
         self.remember_wrong(*peer, addr, until);
         removal
+    }
+
+    /// We reached `peer` at `addr` (a trailing `/p2p/<peer>` is ignored): if it was marked
+    /// wrong ([`AddrBook::remove_address`]), it is the peer's after all (the peer came back
+    /// there), and it is taken again at once. Called on every connection we dial, before the
+    /// address goes into the book: the mark used to be cleared only for a peer still in the
+    /// book, so a peer whose last address it was stayed out for the hour (found by review).
+    pub fn reached(&mut self, peer: &PeerId, addr: &Multiaddr) {
+        if self.wrong_addrs.is_empty() {
+            return;
+        }
+        let mut addr = addr.clone();
+        if matches!(addr.iter().last(), Some(Protocol::P2p(id)) if id == *peer) {
+            addr.pop();
+        }
+        self.wrong_addrs.remove(&(*peer, addr));
     }
 
     /// Refuses `addr` for `peer` until `until`, within [`MAX_WRONG_ADDRS`] pairs (the one
@@ -1925,6 +1942,16 @@ pub(crate) mod tests {
         assert_eq!(book.stats().wrong_addrs, 0);
         assert!(book.add_address(p, &wrong, &Source::Local, 201).is_ok());
         check_invariants(&book);
+        // Reaching the peer at the address that was its last clears the mark too, though
+        // the peer has left the book.
+        book.remove(&p);
+        book.add_address(p, &own, &gossip, 400).unwrap();
+        book.remove_address(&p, &own, 1_000);
+        assert!(!book.contains(&p));
+        book.reached(&p, &own.clone().with(Protocol::P2p(p)));
+        assert!(book.add_address(p, &own, &Source::Local, 401).is_ok());
+        book.remove(&p);
+        book.add_address(p, &own, &gossip, 402).unwrap();
         // Ended marks go when bans are lifted.
         book.remove_address(&p, &own, 300);
         assert_eq!(book.stats().wrong_addrs, 1);
