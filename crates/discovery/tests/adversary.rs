@@ -210,8 +210,9 @@ impl Peer {
         keys
     }
 
-    /// Sends `node` a WHOAREYOU answering its packet `nonce`.
-    async fn challenge(&self, node: &Spr, nonce: [u8; 12]) {
+    /// Sends `node` a WHOAREYOU answering its packet `nonce`; returns the challenge data (what
+    /// the session keys are derived from).
+    async fn challenge(&self, node: &Spr, nonce: [u8; 12]) -> Vec<u8> {
         let p = Packet::new(
             PacketKind::WhoAreYou {
                 id_nonce: rand::random(),
@@ -226,6 +227,26 @@ impl Peer {
             )
             .await
             .unwrap();
+        p.authenticated_data().unwrap()
+    }
+
+    /// Challenges `node`'s packet `nonce` and takes the handshake that answers it; returns the
+    /// keys of the session it sets up (the node initiated it) and the handshake packet.
+    async fn take_handshake(&self, node: &Spr, nonce: [u8; 12]) -> (SessionKeys, Packet) {
+        let challenge = self.challenge(node, nonce).await;
+        let hs = self.recv(REPLY_DEADLINE).await.expect("the handshake");
+        let PacketKind::Handshake { eph_pubkey, .. } = &hs.kind else {
+            panic!("{:?}", hs.kind);
+        };
+        let eph = crypto::decode_eph_pubkey(eph_pubkey).unwrap();
+        let secret = crypto::static_secret(&self.key).unwrap();
+        let keys = crypto::derive_keys(
+            &crypto::ecdh(&eph, &secret),
+            &node.node_id(),
+            &self.id,
+            &challenge,
+        );
+        (keys, hs)
     }
 
     /// `d` pings this peer, in a task of its own.
@@ -923,33 +944,7 @@ async fn requests_lost_with_a_session_go_again_under_the_new_one() {
     let first = peer.recv(REPLY_DEADLINE).await.expect("a PING");
     let _second = peer.recv(REPLY_DEADLINE).await.expect("the other PING");
     // The peer challenges the first only, and takes the handshake that answers it.
-    let who = Packet::new(
-        PacketKind::WhoAreYou {
-            id_nonce: rand::random(),
-            enr_seq: 0,
-        },
-        first.nonce,
-    );
-    let challenge = who.authenticated_data().unwrap();
-    peer.sock
-        .send_to(
-            &who.encode(&node.node_id()).unwrap(),
-            node.udp_addr().unwrap(),
-        )
-        .await
-        .unwrap();
-    let hs = peer.recv(REPLY_DEADLINE).await.expect("the handshake");
-    let PacketKind::Handshake { eph_pubkey, .. } = &hs.kind else {
-        panic!("{:?}", hs.kind);
-    };
-    let eph = crypto::decode_eph_pubkey(eph_pubkey).unwrap();
-    let secret = crypto::static_secret(&peer.key).unwrap();
-    let keys = crypto::derive_keys(
-        &crypto::ecdh(&eph, &secret),
-        &node.node_id(),
-        &peer.id,
-        &challenge,
-    );
+    let (keys, hs) = peer.take_handshake(&node, first.nonce).await;
     // It answers every PING that comes under the new session: the handshake's, and the other.
     let mut answered = 0;
     let mut packet = Some(hs);
@@ -1004,33 +999,7 @@ async fn a_request_in_our_handshake_that_times_out_ends_its_session() {
     let peer = Peer::new().await;
     let asked = peer.pinged_by(&d);
     let first = peer.recv(REPLY_DEADLINE).await.expect("the random packet");
-    let who = Packet::new(
-        PacketKind::WhoAreYou {
-            id_nonce: rand::random(),
-            enr_seq: 0,
-        },
-        first.nonce,
-    );
-    let challenge = who.authenticated_data().unwrap();
-    peer.sock
-        .send_to(
-            &who.encode(&node.node_id()).unwrap(),
-            node.udp_addr().unwrap(),
-        )
-        .await
-        .unwrap();
-    let hs = peer.recv(REPLY_DEADLINE).await.expect("the handshake");
-    let PacketKind::Handshake { eph_pubkey, .. } = &hs.kind else {
-        panic!("{:?}", hs.kind);
-    };
-    let eph = crypto::decode_eph_pubkey(eph_pubkey).unwrap();
-    let secret = crypto::static_secret(&peer.key).unwrap();
-    let keys = crypto::derive_keys(
-        &crypto::ecdh(&eph, &secret),
-        &node.node_id(),
-        &peer.id,
-        &challenge,
-    );
+    let (keys, _) = peer.take_handshake(&node, first.nonce).await;
     // The PING in the handshake is left unanswered.
     let answer = tokio::time::timeout(REPLY_DEADLINE, asked)
         .await
