@@ -119,20 +119,7 @@ impl Peer {
             self.spr.clone()
         };
         if fault == Fault::AfterJunk {
-            let mut junk = Packet::new(
-                PacketKind::Handshake {
-                    src: self.id,
-                    id_signature: vec![1u8; 64],
-                    eph_pubkey: eph_pub.clone(),
-                    spr: None,
-                },
-                rand::random(),
-            );
-            junk.message = vec![7u8; 40];
-            self.sock
-                .send_to(&junk.encode(&node_id).unwrap(), to)
-                .await
-                .unwrap();
+            self.send_junk_handshake(node).await;
         }
         let nonce: [u8; 12] = rand::random();
         let mut hs = Packet::new(
@@ -228,6 +215,29 @@ impl Peer {
             .await
             .unwrap();
         p.authenticated_data().unwrap()
+    }
+
+    /// Sends `node` a handshake in this peer's name, with its record, that answers nothing:
+    /// its signature is junk (what a third party spoofing the peer's address can send).
+    async fn send_junk_handshake(&self, node: &Spr) {
+        let eph = crypto::encode_eph_pubkey(&crypto::ephemeral_secret().public_key());
+        let mut junk = Packet::new(
+            PacketKind::Handshake {
+                src: self.id,
+                id_signature: vec![1u8; 64],
+                eph_pubkey: eph,
+                spr: Some(self.spr.encoded().to_vec()),
+            },
+            rand::random(),
+        );
+        junk.message = vec![7u8; 40];
+        self.sock
+            .send_to(
+                &junk.encode(&node.node_id()).unwrap(),
+                node.udp_addr().unwrap(),
+            )
+            .await
+            .unwrap();
     }
 
     /// Challenges `node`'s packet `nonce` and takes the handshake that answers it; returns the
@@ -354,22 +364,8 @@ async fn a_spent_challenge_is_not_renewed_at_once() {
         "{:?}",
         who.kind
     );
-    let eph = crypto::encode_eph_pubkey(&crypto::ephemeral_secret().public_key());
     for _ in 0..cairn_discovery::service::MAX_FAILED_HANDSHAKES {
-        let mut junk = Packet::new(
-            PacketKind::Handshake {
-                src: peer.id,
-                id_signature: vec![1u8; 64],
-                eph_pubkey: eph.clone(),
-                spr: Some(peer.spr.encoded().to_vec()),
-            },
-            rand::random(),
-        );
-        junk.message = vec![7u8; 40];
-        peer.sock
-            .send_to(&junk.encode(&node.node_id()).unwrap(), to)
-            .await
-            .unwrap();
+        peer.send_junk_handshake(&node).await;
     }
     peer.sock.send_to(&random_packet(), to).await.unwrap();
     if let Some(p) = peer.recv(SILENCE).await {
