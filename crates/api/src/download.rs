@@ -1,6 +1,8 @@
-//! The two download endpoints, `GET|HEAD /data/{cid}` (local) and
-//! `GET|HEAD /data/{cid}/network/stream` (fetching what is missing): the reference's headers,
-//! plus ranges, entity tags and `HEAD` (see [`crate::range`] for the rules).
+//! The two download endpoints, `GET|HEAD /data/{cid}` (local: the manifest must be here, and
+//! blocks that are not are fetched, as the reference does) and
+//! `GET|HEAD /data/{cid}/network/stream` (fetching what is missing, the manifest too): the
+//! reference's headers, plus ranges, entity tags and `HEAD` (see [`crate::range`] for the
+//! rules).
 //!
 //! Order of evaluation, as RFC 9110 §13.2.2 wants it: the CID and the manifest first (a `400`
 //! or `404` ignores every precondition), then `If-None-Match` (`304`), then `Range` with
@@ -14,7 +16,7 @@ use axum::{
     response::Response,
 };
 use cairn_core::{Cid, Manifest};
-use cairn_node::{ByteRange, Node};
+use cairn_node::{ByteRange, Node, NodeError};
 
 use crate::{
     ApiError, disposition,
@@ -26,7 +28,8 @@ use crate::{
 /// Where a download's blocks come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
-    /// The local store only (`/data/{cid}`).
+    /// The manifest from the local store (`/data/{cid}`); blocks that are not stored here
+    /// are fetched.
     Local,
     /// The local store, and peers for what is missing (`/data/{cid}/network/stream`).
     Network,
@@ -73,30 +76,39 @@ pub(crate) async fn serve(
         RangeAnswer::Full => (StatusCode::OK, ByteRange::full(size)),
         RangeAnswer::Partial(r) => (StatusCode::PARTIAL_CONTENT, r),
     };
-    // Refuse up front what would be cut off later: a dataset not all stored here (local), or
-    // one that does not fit in the quota left (network; the room is reserved for this download).
+    // Whether blocks of the range must come from peers. On the local endpoint, a dataset whose
+    // manifest is here but not every block the range needs (a background download still
+    // running, or one that stopped) is streamed as the network endpoint streams it: the
+    // reference's `/data/{cid}` checks only that the manifest is local and fetches the rest
+    // (nim-codex `codex/node.nim`, `retrieve` and `streamEntireDataset`). A node without a
+    // network answers 404 for it, up front, not with a body cut off later.
+    let fetch = match source {
+        Source::Network => true,
+        Source::Local => match node.check_local(&manifest, range).await {
+            Ok(()) => false,
+            Err(NodeError::Incomplete { .. }) if node.net().is_some() => true,
+            Err(e) => return Err(e.into()),
+        },
+    };
+    // Refuse up front a fetch that does not fit in the quota left (the room is reserved for
+    // this download).
     let mut reservation = None;
-    match source {
-        Source::Local => node.check_local(&manifest, range).await?,
-        Source::Network if !head => {
-            reservation = Some(
-                node.reserve_room(cid, &manifest, range)
-                    .await
-                    .map_err(network_error)?,
-            );
-        }
-        Source::Network => {}
+    if fetch && !head {
+        reservation = Some(
+            node.reserve_room(cid, &manifest, range)
+                .await
+                .map_err(network_error)?,
+        );
     }
     let body = if head {
         Body::empty()
+    } else if fetch {
+        Body::from_stream(
+            node.stream_network_of(cid, &manifest, range, reservation)
+                .map_err(network_error)?,
+        )
     } else {
-        match source {
-            Source::Local => Body::from_stream(node.stream_dataset_range(&manifest, range)?),
-            Source::Network => Body::from_stream(
-                node.stream_network_of(cid, &manifest, range, reservation)
-                    .map_err(network_error)?,
-            ),
-        }
+        Body::from_stream(node.stream_dataset_range(&manifest, range)?)
     };
     let mut resp = dataset_response(&manifest, &cid, body, range.len());
     *resp.status_mut() = status;

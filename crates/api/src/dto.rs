@@ -1,11 +1,14 @@
 //! JSON shapes of the API (the reference's keys; no internal types leak into JSON).
 
-use cairn_core::{Cid, Manifest, cid::Codec};
+use cairn_core::{Cid, Manifest};
 use serde::Serialize;
 
-/// A manifest as the reference serialises it (`treeCid`, `datasetSize`, `blockSize`,
-/// `filename`, `mimetype`, `protected`), plus `codec`, `hcodec` and `version` for clients that
-/// want them.
+/// A manifest as the reference serialises it: `treeCid`, `datasetSize`, `blockSize`,
+/// `filename`, `mimetype`, `protected`, and `verifiable` for an erasure-coded one. These are
+/// the fields its `Manifest` marks `{.serialize.}` (nim-codex `codex/manifest/manifest.nim`;
+/// nim-serde serialises opt-in), and all a live reference node sent (docs/INTEROP.md). Nothing
+/// more: a client built on the reference's own types deserialises every key it gets, and
+/// `codec` as a name, which cairn used to add, failed it (its `MultiCodec` is an integer).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ManifestJson {
@@ -17,9 +20,6 @@ pub(crate) struct ManifestJson {
     protected: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     verifiable: Option<bool>,
-    codec: String,
-    hcodec: String,
-    version: String,
 }
 
 impl From<&Manifest> for ManifestJson {
@@ -32,17 +32,6 @@ impl From<&Manifest> for ManifestJson {
             mimetype: m.mimetype.clone(),
             protected: m.protected(),
             verifiable: m.erasure.as_ref().map(|e| e.verification.is_some()),
-            codec: Codec::from_code(m.codec)
-                .map_or_else(|| format!("{:#x}", m.codec), |c| c.name().into()),
-            hcodec: match m.hcodec {
-                cairn_core::cid::SHA2_256 => "sha2-256".into(),
-                other => format!("{other:#x}"),
-            },
-            version: match m.version {
-                cairn_core::manifest::VERSION_CIDV1 => "CIDv1".into(),
-                1 => "CIDv0".into(),
-                other => other.to_string(),
-            },
         }
     }
 }

@@ -903,6 +903,26 @@ mod tests {
             "zDzSvJTezk7bJNQqFq8k1iHXY84psNuUfZVusA5bBQQUSuyzDSVL"
         );
         assert_eq!(v["content"][0]["manifest"]["datasetSize"], 18);
+        // Exactly the reference's keys (nim-codex `codex/manifest/manifest.nim`, the fields
+        // marked `{.serialize.}`): its clients parse every key they get.
+        let mut keys: Vec<&str> = v["content"][0]["manifest"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "blockSize",
+                "datasetSize",
+                "filename",
+                "mimetype",
+                "protected",
+                "treeCid"
+            ]
+        );
         assert_eq!(
             v["content"][0]["manifest"]["filename"],
             serde_json::Value::Null

@@ -14,8 +14,9 @@
 //! the connection's task rather than the swarm's. A frame that breaks a limit or does not decode
 //! closes the stream it came on and is reported as a [`Violation`]; the connection and the
 //! peer's other streams carry on, as in the reference. So does a frame that has started (its
-//! first byte arrived) and is not complete within [`Config::frame_read_timeout`]
-//! ([`Violation::FrameTimeout`]); a stream that rests between frames has no deadline.
+//! first byte arrived) and is not complete within [`Config::frame_read_timeout`] plus time for
+//! its length at [`crate::MIN_FRAME_BYTES_PER_SEC`] ([`Violation::FrameTimeout`]); a stream
+//! that rests between frames has no deadline.
 //!
 //! Backpressure: the handler reads the next frame only after the previous message has been
 //! handed to the behaviour, and the swarm takes handler events only as fast as its owner polls
@@ -213,11 +214,10 @@ where
     // Once a frame has started, all of it must arrive within the deadline: the bytes of a
     // frame that never completes would otherwise stay buffered for the life of the connection.
     let deadline = limits.frame_read_timeout;
-    let timed_out = || Violation::FrameTimeout { after: deadline };
     let violation = 'read: {
         let prefix = read_frame_len(reader, first, limits.max_frame_bytes);
         let len = match tokio::time::timeout(deadline, prefix).await {
-            Err(_elapsed) => break 'read timed_out(),
+            Err(_elapsed) => break 'read Violation::FrameTimeout { after: deadline },
             Ok(Ok(len)) => len,
             Ok(Err(e)) => match frame_violation(e) {
                 Some(v) => break 'read v,
@@ -229,8 +229,10 @@ where
         let Some(_memory) = limits.memory.take(len).await else {
             return Err(None);
         };
+        // A large frame of an honest peer on a slow link needs more than the deadline.
+        let deadline = deadline + crate::frame_body_allowance(len);
         match tokio::time::timeout(deadline, read_frame_body(reader, len)).await {
-            Err(_elapsed) => timed_out(),
+            Err(_elapsed) => Violation::FrameTimeout { after: deadline },
             Ok(Ok(body)) => {
                 metrics.bytes_received.inc_by(wire_len(body.len) as u64);
                 metrics.messages_received.inc();
@@ -690,12 +692,72 @@ mod tests {
         assert!(
             matches!(
                 got,
-                Err(Some(Violation::FrameTimeout { after })) if after == FRAME_READ_TIMEOUT
+                Err(Some(Violation::FrameTimeout { after }))
+                    if after == FRAME_READ_TIMEOUT + crate::frame_body_allowance(993)
             ),
             "{got:?}"
         );
         assert!(started.elapsed() <= FRAME_READ_TIMEOUT + Duration::from_secs(1));
         assert!(closed.load(Ordering::SeqCst), "the stream was not closed");
+        drop(tx);
+    }
+
+    /// Review: a large frame from an honest peer on a slow link was given up after the fixed
+    /// 30 s. A 3 MiB delivery (three blocks of 1 MiB) arriving at 64 KiB/s takes 48 s and is
+    /// read; the same frame stalled after its first chunk is given up, once its allowance is
+    /// spent too.
+    #[tokio::test(start_paused = true)]
+    async fn a_large_frame_is_given_time_for_its_length() {
+        const CHUNK: usize = 64 * 1024;
+        let limits = ReadLimits::from(&Config::default());
+        let metrics = Metrics::default();
+        let blocks: Vec<cairn_core::Block> = (0..3u8)
+            .map(|i| cairn_core::Block::data_block(Bytes::from(vec![i; 1 << 20])))
+            .collect();
+        let message = Message::deliveries(
+            blocks
+                .iter()
+                .map(|b| crate::Delivery {
+                    block: b.clone(),
+                    address: BlockAddress::Block(*b.cid()),
+                    proof: None,
+                })
+                .collect(),
+        );
+        let frame = message.to_frame().as_bytes().to_vec();
+        assert!(frame.len() > 3 << 20);
+        let body = frame.len() - 4; // the length prefix of a 3 MiB body has 4 bytes
+
+        // Slow but steady: one chunk a second.
+        let (mut tx, mut stream, _) = test_stream();
+        let chunks: Vec<Vec<u8>> = frame.chunks(CHUNK).map(<[u8]>::to_vec).collect();
+        let sender = tokio::spawn(async move {
+            for c in chunks {
+                tx.send(Ok(c)).await.unwrap();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tx
+        });
+        let started = Instant::now();
+        let got = read_next(&mut stream, limits.clone(), &metrics).await;
+        assert!(
+            started.elapsed() > FRAME_READ_TIMEOUT,
+            "the test is too fast"
+        );
+        assert_eq!(*got.expect("a slow honest frame was refused"), message);
+        drop(sender.await.unwrap());
+
+        // Stalled: given up at the deadline plus the frame's allowance.
+        let (mut tx, mut stream, _) = test_stream();
+        tx.send(Ok(frame[..CHUNK].to_vec())).await.unwrap();
+        let allowed = FRAME_READ_TIMEOUT + crate::frame_body_allowance(body);
+        let got = timeout(10 * allowed, read_next(&mut stream, limits, &metrics))
+            .await
+            .expect("a stalled frame was held for good");
+        assert!(
+            matches!(got, Err(Some(Violation::FrameTimeout { after })) if after == allowed),
+            "{got:?}"
+        );
         drop(tx);
     }
 
@@ -901,7 +963,7 @@ mod tests {
             Some(Event::Violation {
                 violation: Violation::FrameTimeout { after },
                 ..
-            }) => assert_eq!(after, deadline),
+            }) => assert_eq!(after, deadline + crate::frame_body_allowance(993)),
             ev => panic!("stalled frame: {ev:?}"),
         }
         assert!(started.elapsed() >= deadline);

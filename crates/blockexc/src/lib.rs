@@ -51,9 +51,19 @@ pub const PROTOCOL: libp2p::StreamProtocol = libp2p::StreamProtocol::new("/codex
 /// rather than 100 MiB. Bodies are buffered as they arrive, never pre-allocated from the prefix.
 pub const MAX_FRAME_BYTES: usize = 8 * 1024 * 1024;
 
-/// Want-list entries accepted in one message: the reference sends at most 1024
-/// (`MaxWantListBatchSize`), so a compliant peer never exceeds it.
+/// Want-list entries cairn puts in one message it sends: the reference's batch size
+/// (`MaxWantListBatchSize`, nim-codex `codex/blockexchange/engine/engine.nim`).
 pub const MAX_WANTLIST_ENTRIES: usize = 1024;
+
+/// Want-list entries accepted in one received message: 16 × 1024. The reference batches its
+/// want-list refresh by 1024, but answers a presence message with one `WantBlock` list of every
+/// pending block the peer says it has and nobody else was asked for (`blockPresenceHandler`
+/// in `engine.nim`, sent unbatched by `network.nim`'s `sendWantList`): two downloads' windows
+/// of 1024 make 2048 entries, and refusing them penalised a compliant peer (found by review).
+/// Entries are counted on the raw bytes before any is decoded, and each takes at least 2
+/// bytes of the frame, so a frame of [`MAX_FRAME_BYTES`] cannot make millions of them; what
+/// the engine then keeps per peer has its own bounds.
+pub const MAX_WANTLIST_ENTRIES_RECEIVED: usize = 16 * 1024;
 
 /// Presences accepted in one message: the reference batches presences by 1024 too.
 pub const MAX_PRESENCES_PER_MESSAGE: usize = 1024;
@@ -86,14 +96,27 @@ pub const MAX_FRAME_MEMORY_BYTES: usize = 128 * 1024 * 1024;
 /// far less in flight per peer; this is the hard stop behind it.
 pub const MAX_QUEUED_BYTES_PER_PEER: usize = 24 * 1024 * 1024;
 
-/// How long a frame may take to arrive once its first byte has: 30 s. The largest legitimate
-/// message (20 blocks of 64 KiB with proofs, about 1.3 MB) arrives in 13 s even at 100 KB/s, so
-/// an honest peer on a slow link has more than twice what it needs. Without a deadline a peer
+/// How long a frame may take to arrive once its first byte has: 30 s, plus
+/// [`frame_body_allowance`] for its body. The largest message of 64 KiB blocks (20 with proofs,
+/// about 1.3 MB) then has 50 s, which a link of 27 KB/s meets. Without a deadline a peer
 /// could announce a frame of almost [`MAX_FRAME_BYTES`], send all but its last byte on every
 /// inbound stream of both its connections and stop, and we held the ~128 MiB for as long as the
 /// connection lasted (found by review). A stream resting *between* frames has no deadline: the
 /// reference keeps its stream open for the life of the connection.
 pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The slowest rate a frame's body is given time for, beyond [`FRAME_READ_TIMEOUT`]: 64 KiB/s.
+/// cairn's own delivery messages hold up to 4 MiB of larger blocks, and one block of up to
+/// 8 MiB goes alone; a fixed 30 s failed those of an honest peer below 140–280 KB/s, and
+/// blamed it (found by review). A peer that stalls a frame of [`MAX_FRAME_BYTES`] holds its
+/// memory for at most 30 + 128 s, still bounded by [`MAX_FRAME_MEMORY_BYTES`] for all peers.
+pub const MIN_FRAME_BYTES_PER_SEC: u64 = 64 * 1024;
+
+/// Time a frame body of `len` bytes is given beyond the deadline: `len` at
+/// [`MIN_FRAME_BYTES_PER_SEC`].
+pub fn frame_body_allowance(len: usize) -> Duration {
+    Duration::from_millis((len as u64).saturating_mul(1000) / MIN_FRAME_BYTES_PER_SEC)
+}
 
 /// How a peer broke the protocol.
 #[derive(Debug, thiserror::Error)]

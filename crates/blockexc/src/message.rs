@@ -17,7 +17,9 @@ use bytes::Bytes;
 use cairn_core::{Block, BlockAddress, Cid, CodexProof, MerkleError, cid::cid_from_bytes};
 use prost::Message as _;
 
-use crate::{MAX_BLOCKS_PER_MESSAGE, MAX_PRESENCES_PER_MESSAGE, MAX_WANTLIST_ENTRIES, proto};
+use crate::{
+    MAX_BLOCKS_PER_MESSAGE, MAX_PRESENCES_PER_MESSAGE, MAX_WANTLIST_ENTRIES_RECEIVED, proto,
+};
 
 /// Length of the price field the reference sends in every presence (a big-endian UInt256).
 const PRICE_BYTES: usize = 32;
@@ -136,8 +138,8 @@ pub enum DecodeError {
     /// The frame body is not a sequence of whole protobuf fields (found while reading it).
     #[error("malformed protobuf: {0}")]
     Framing(&'static str),
-    /// More want-list entries than [`MAX_WANTLIST_ENTRIES`].
-    #[error("{0} want-list entries in one message (limit {MAX_WANTLIST_ENTRIES})")]
+    /// More want-list entries than [`MAX_WANTLIST_ENTRIES_RECEIVED`].
+    #[error("{0} want-list entries in one message (limit {MAX_WANTLIST_ENTRIES_RECEIVED})")]
     TooManyEntries(usize),
     /// More presences than [`MAX_PRESENCES_PER_MESSAGE`].
     #[error("{0} presences in one message (limit {MAX_PRESENCES_PER_MESSAGE})")]
@@ -291,7 +293,7 @@ impl Message {
             Some(w) => (w.entries, w.full.unwrap_or(false)),
             None => (Vec::new(), false),
         };
-        if entries.len() > MAX_WANTLIST_ENTRIES {
+        if entries.len() > MAX_WANTLIST_ENTRIES_RECEIVED {
             return Err(DecodeError::TooManyEntries(entries.len()));
         }
         if pb.block_presences.len() > MAX_PRESENCES_PER_MESSAGE {
@@ -432,7 +434,7 @@ fn check_counts(parts: &[Bytes]) -> Result<(), DecodeError> {
             Ok(())
         })?;
     }
-    if entries > MAX_WANTLIST_ENTRIES {
+    if entries > MAX_WANTLIST_ENTRIES_RECEIVED {
         return Err(DecodeError::TooManyEntries(entries));
     }
     if presences > MAX_PRESENCES_PER_MESSAGE {

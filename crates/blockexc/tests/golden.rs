@@ -311,8 +311,28 @@ fn leaf_delivery_without_proof_and_limits_are_refused() {
         Message::decode(Bytes::from(m.encode())),
         Err(DecodeError::MissingProof(_))
     ));
+    // The reference answers a presence message with one unbatched `WantBlock` list
+    // (nim-codex `engine.nim`, `blockPresenceHandler`): more than the 1024 of its batches is
+    // taken; more than the receive bound is refused before decoding.
+    let wants = |n: u64| {
+        Message::wants(
+            (0..n)
+                .map(|i| {
+                    WantEntry::block(BlockAddress::Leaf {
+                        tree: tree_cid(),
+                        index: i,
+                    })
+                })
+                .collect(),
+            false,
+        )
+    };
+    match Message::decode(Bytes::from(wants(2048).encode())) {
+        Ok(m) => assert_eq!(m.wantlist.len(), 2048),
+        Err(e) => panic!("a 2048-entry want list is refused: {e}"),
+    }
     let many = Message::wants(
-        (0..=cairn_blockexc::MAX_WANTLIST_ENTRIES as u64)
+        (0..=cairn_blockexc::MAX_WANTLIST_ENTRIES_RECEIVED as u64)
             .map(|i| {
                 WantEntry::have(BlockAddress::Leaf {
                     tree: tree_cid(),
@@ -324,7 +344,7 @@ fn leaf_delivery_without_proof_and_limits_are_refused() {
     );
     assert!(matches!(
         Message::decode(Bytes::from(many.encode())),
-        Err(DecodeError::TooManyEntries(1025))
+        Err(DecodeError::TooManyEntries(n)) if n == cairn_blockexc::MAX_WANTLIST_ENTRIES_RECEIVED + 1
     ));
     let small = Block::data_block(Bytes::from_static(b"x"));
     let blocks = Message::deliveries(

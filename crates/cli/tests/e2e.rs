@@ -748,7 +748,18 @@ fn ranges_head_etag_and_cors() {
         (s, h["content-range"].to_str().unwrap()),
         (416, format!("bytes */{size}").as_str())
     );
-    // Then the rest, whole.
+    // B's local endpoint, on a dataset it holds in part (blocks 0, 2, 3 and 6), fetches the
+    // rest, as the reference's does (nim-codex `codex/node.nim`, `retrieve`: only the manifest
+    // must be local); it used to answer 404.
+    let (s, _, body) = fetch(
+        &c,
+        reqwest::Method::GET,
+        &b.url(&format!("/data/{cid}")),
+        &[],
+    );
+    assert!(s == 200 && body == data, "local GET of a part: {s}");
+    assert_eq!(received(&b), 8, "blocks 1, 4 and 5 fetched");
+    // Then, whole, from B's store.
     let (s, _, body) = fetch(&c, reqwest::Method::GET, &stream, &[]);
     assert!(s == 200 && body == data, "full network download");
     assert_eq!(received(&b), 8);

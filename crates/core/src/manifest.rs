@@ -27,6 +27,13 @@ use crate::{
 /// The reference's largest block size (`MaxBlockSize` = 100 MiB).
 pub const MAX_BLOCK_SIZE: u64 = 100 * 1024 * 1024;
 
+/// Largest dataset size a manifest may claim: `i64::MAX`. The reference holds sizes and leaf
+/// indices in Nim's signed `int` (`NBytes`, `Natural`); a leaf index above it in a want list
+/// makes its decoder's range check abort the whole process (blockexc-verified.md saw this for
+/// the priority field). Refusing such a manifest keeps every index cairn asks for below it, so
+/// a made-up manifest cannot turn a cairn node against its reference peers (found by review).
+pub const MAX_DATASET_SIZE: u64 = i64::MAX as u64;
+
 /// The largest manifest encoding cairn decodes. An unprotected manifest is ~60 bytes plus its
 /// filename and MIME type; a verifiable one adds a 38-byte CID per slot. 1 MiB is far above any
 /// real manifest and keeps a hostile one from costing more than a block.
@@ -55,6 +62,9 @@ pub enum ManifestError {
     /// The block size is zero or above [`MAX_BLOCK_SIZE`].
     #[error("manifest block size {0} out of range")]
     BlockSize(u64),
+    /// The dataset size is above [`MAX_DATASET_SIZE`].
+    #[error("manifest dataset size {0} is larger than a signed 64-bit integer holds")]
+    DatasetSize(u64),
     /// A protected manifest's block count does not match its erasure parameters and original
     /// size (or ecK is zero).
     #[error(
@@ -262,10 +272,14 @@ impl Manifest {
                 },
             }),
         };
+        let dataset_size = h.dataset_size.unwrap_or(0);
+        if dataset_size > MAX_DATASET_SIZE {
+            return Err(ManifestError::DatasetSize(dataset_size));
+        }
         let m = Manifest {
             tree_cid,
             block_size,
-            dataset_size: h.dataset_size.unwrap_or(0),
+            dataset_size,
             codec: h.codec.unwrap_or(0),
             hcodec: h.hcodec.unwrap_or(0),
             version: h.version.unwrap_or(0),
@@ -453,6 +467,17 @@ mod tests {
             Manifest::decode(&vec![0; MAX_MANIFEST_BYTES + 1]),
             Err(ManifestError::TooLarge(_))
         ));
+        // Sizes beyond the reference's signed integers (leaf indices up to 2^64 - 1).
+        let huge = Manifest::new(some_file_tree(), u64::MAX, 1);
+        assert!(matches!(
+            Manifest::decode(&huge.encode()),
+            Err(ManifestError::DatasetSize(u64::MAX))
+        ));
+        let largest = Manifest::new(some_file_tree(), MAX_DATASET_SIZE, 1);
+        assert_eq!(
+            Manifest::decode(&largest.encode()).unwrap().dataset_size,
+            MAX_DATASET_SIZE
+        );
         let block = Block::data_block(m_bytes());
         assert!(matches!(
             Manifest::from_block(&block),

@@ -49,7 +49,7 @@ pub use handle::{Discovery, NodeInfo};
 pub use ids::NodeId;
 pub use lookup::{Lookup, lookup_distances};
 pub use metrics::Metrics;
-pub use providers::{AddOutcome, OwnKeys, ProviderStore};
+pub use providers::{AddOutcome, OwnKeys, ProviderStore, SourceGroup};
 pub use service::{DiscoveryConfig, DiscoveryError, LocalRecords, RequestError};
 pub use spr::Spr;
 pub use table::{Entry, InsertOutcome, Origin, RoutingTable};

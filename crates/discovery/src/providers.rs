@@ -20,9 +20,15 @@
 //!   service calls it every [`crate::service::PROVIDER_EXPIRY_INTERVAL`]. The reference's
 //!   in-memory cache does not look at the TTL at all; only its persistent store is cleaned,
 //!   once a day.
-//! * At most [`MAX_PROVIDERS_PER_KEY`] providers per key: a new provider for a full key drops
-//!   the one closest to expiry, that is the one stored or refreshed longest ago. With one TTL for
-//!   all records this is the reference's LRU order by last store.
+//! * At most [`MAX_PROVIDERS_PER_KEY`] providers per key. A new provider for a full key drops
+//!   one of the **most crowded source group** ([`SourceGroup`]: the /24 or /48 its announcement
+//!   came from, counting the newcomer), of those the one stored or refreshed longest ago. The
+//!   reference drops the least recently stored of all (its LRU), so 200 identities made up on
+//!   one host, announcing a key, pushed every honest provider of it out (found by review);
+//!   here they only replace each other, and a provider from another network keeps its place.
+//!   Providers spread over as many networks as the key has places still can; that takes
+//!   addresses, not key pairs. When every provider and the newcomer come from groups of their
+//!   own, this is the reference's order.
 //! * **Room is taken from the heaviest providers** (not reference limits; found by review).
 //!   The reference's key LRU lets one identity replace every record a node holds: 1000
 //!   announcements of made-up content ids, about 300 KB of traffic, and the content a node is
@@ -44,6 +50,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
@@ -66,6 +73,43 @@ pub const MAX_PROVIDER_KEYS: usize = 1000;
 /// record of the heaviest provider (module docs).
 pub const MAX_PROVIDER_RECORDS: usize = 20_000;
 
+/// Leading bits of an IPv4 source address that make its [`SourceGroup`]: a /24, the unit of
+/// address space a host is usually given among others (discv5 implementations limit a table
+/// bucket per /24 as well).
+pub const IPV4_GROUP_BITS: u32 = 24;
+
+/// Leading bits of an IPv6 source address that make its [`SourceGroup`]: a /48, what one site
+/// is usually given (an attacker with one site has 2^16 /64s).
+pub const IPV6_GROUP_BITS: u32 = 48;
+
+/// The network an announcement came from: its source address cut to [`IPV4_GROUP_BITS`] or
+/// [`IPV6_GROUP_BITS`] (an IPv4-mapped IPv6 address counts as IPv4). A loopback address is a
+/// group of its own: nothing from outside the host sends from one, and local tests can then
+/// stand for several networks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceGroup(IpAddr);
+
+impl SourceGroup {
+    /// The group of source address `ip`.
+    pub fn of(ip: IpAddr) -> SourceGroup {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        if ip.is_loopback() {
+            return SourceGroup(ip);
+        }
+        SourceGroup(match ip {
+            IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from_bits(
+                v4.to_bits() & (u32::MAX << (32 - IPV4_GROUP_BITS)),
+            )),
+            IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(
+                v6.to_bits() & (u128::MAX << (128 - IPV6_GROUP_BITS)),
+            )),
+        })
+    }
+}
+
 /// What [`ProviderStore::add`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddOutcome {
@@ -87,6 +131,8 @@ struct Stored<R> {
     stored: Instant,
     /// When this provider's record for the key was first stored (answers go in this order).
     since: Instant,
+    /// Where its latest announcement came from.
+    group: SourceGroup,
 }
 
 impl<R> Stored<R> {
@@ -156,14 +202,15 @@ impl<R: Clone> ProviderStore<R> {
         self
     }
 
-    /// Stores `provider`'s record (sequence number `seq`) for content `key`, received at `now`
-    /// (rules in the module docs).
+    /// Stores `provider`'s record (sequence number `seq`) for content `key`, announced from
+    /// `group` and received at `now` (rules in the module docs).
     pub fn add(
         &mut self,
         key: NodeId,
         provider: PeerId,
         seq: u64,
         record: R,
+        group: SourceGroup,
         now: Instant,
     ) -> AddOutcome {
         let ttl = self.ttl;
@@ -188,6 +235,7 @@ impl<R: Clone> ProviderStore<R> {
             if outcome == AddOutcome::Added {
                 s.since = now;
             }
+            s.group = group;
             let before = std::mem::replace(&mut s.stored, now);
             self.reindex(provider, key, Some(before), Some(now));
             if let Some(k) = self.keys.get_mut(&key) {
@@ -203,13 +251,7 @@ impl<R: Clone> ProviderStore<R> {
         while self.records >= self.max_records && !self.keys.is_empty() {
             self.drop_heaviest_record(provider);
         }
-        let full = self
-            .keys
-            .get(&key)
-            .filter(|k| k.providers.len() >= self.max_per_key)
-            .and_then(|k| k.providers.iter().min_by_key(|(_, s)| s.stored))
-            .map(|(p, _)| *p);
-        if let Some(p) = full {
+        if let Some(p) = self.crowded_out(&key, group) {
             self.remove_record(&key, &p);
         }
         let entry = self.keys.entry(key).or_insert_with(|| KeyProviders {
@@ -223,6 +265,7 @@ impl<R: Clone> ProviderStore<R> {
                 record,
                 stored: now,
                 since: now,
+                group,
             },
         );
         entry.newest = entry.newest.max(now);
@@ -259,6 +302,25 @@ impl<R: Clone> ProviderStore<R> {
                 self.by_provider.remove(&provider);
             }
         }
+    }
+
+    /// The provider a newcomer from `group` takes the place of when `key` is full: of the
+    /// source group holding the most of the key's providers (the newcomer counted), the one
+    /// stored or refreshed longest ago. None when the key has room.
+    fn crowded_out(&self, key: &NodeId, group: SourceGroup) -> Option<PeerId> {
+        let k = self
+            .keys
+            .get(key)
+            .filter(|k| k.providers.len() >= self.max_per_key)?;
+        let mut crowd: HashMap<SourceGroup, usize> = HashMap::new();
+        for s in k.providers.values() {
+            *crowd.entry(s.group).or_default() += 1;
+        }
+        *crowd.entry(group).or_default() += 1;
+        k.providers
+            .iter()
+            .max_by_key(|(_, s)| (crowd.get(&s.group).copied(), Reverse(s.stored)))
+            .map(|(p, _)| *p)
     }
 
     /// Records `provider` holds, plus one when it is `adding`'s.
@@ -476,6 +538,98 @@ mod tests {
     use super::*;
 
     const SEC: Duration = Duration::from_secs(1);
+    /// One source group for the tests where the source does not matter.
+    const G: SourceGroup = SourceGroup(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 0)));
+
+    fn group(ip: &str) -> SourceGroup {
+        SourceGroup::of(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn source_groups_are_networks() {
+        assert_eq!(group("203.0.113.7"), group("203.0.113.250"));
+        assert_ne!(group("203.0.113.7"), group("203.0.114.7"));
+        assert_eq!(group("2001:db8:1:2::1"), group("2001:db8:1:ffff::9"));
+        assert_ne!(group("2001:db8:1::1"), group("2001:db8:2::1"));
+        // An IPv4-mapped address is its IPv4 address.
+        assert_eq!(group("::ffff:203.0.113.9"), group("203.0.113.1"));
+        // Loopback addresses are groups of their own.
+        assert_ne!(group("127.0.0.1"), group("127.0.0.2"));
+        assert_eq!(group("::ffff:127.0.0.2"), group("127.0.0.2"));
+    }
+
+    /// Review: a full key dropped the provider stored longest ago, whoever crowded it, so 200
+    /// identities made up on one host pushed an honest provider out of a key. Now the newcomer
+    /// takes the place of one of the most crowded group.
+    #[test]
+    fn a_crowd_from_one_network_replaces_only_itself() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::with_limits(10, 5, PROVIDER_TTL);
+        let honest = PeerId::random();
+        assert_eq!(
+            s.add(key(1), honest, 1, "honest", group("198.51.100.7"), t0),
+            AddOutcome::Added
+        );
+        let crowd = group("203.0.113.1");
+        for i in 0..20u32 {
+            let at = t0 + (i + 1) * SEC;
+            assert_eq!(
+                s.add(key(1), PeerId::random(), 1, "sybil", crowd, at),
+                AddOutcome::Added
+            );
+        }
+        let held = s.get(&key(1), t0 + 30 * SEC);
+        assert_eq!(held.len(), 5);
+        assert_eq!(held[0], "honest", "the oldest, but of the smaller group");
+        // A second network's newcomer gets in too, again at the crowd's expense.
+        let other = PeerId::random();
+        s.add(
+            key(1),
+            other,
+            1,
+            "other",
+            group("2001:db8::1"),
+            t0 + 40 * SEC,
+        );
+        let held = s.get(&key(1), t0 + 40 * SEC);
+        assert_eq!(held.iter().filter(|r| **r == "sybil").count(), 3);
+        assert!(held.contains(&"honest") && held.contains(&"other"));
+        // With groups of equal size, the one stored longest ago goes: the honest provider.
+        let mut s = ProviderStore::with_limits(10, 2, PROVIDER_TTL);
+        s.add(key(1), honest, 1, "honest", group("198.51.100.7"), t0);
+        s.add(key(1), other, 1, "other", group("2001:db8::1"), t0 + SEC);
+        s.add(key(1), PeerId::random(), 1, "new", crowd, t0 + 2 * SEC);
+        assert_eq!(s.get(&key(1), t0 + 2 * SEC), vec!["other", "new"]);
+    }
+
+    /// A provider's group is that of its latest announcement: one that moves to the crowded
+    /// network is counted in it.
+    #[test]
+    fn a_provider_counts_in_the_group_it_last_announced_from() {
+        let t0 = Instant::now();
+        let mut s = ProviderStore::with_limits(10, 3, PROVIDER_TTL);
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let crowd = group("203.0.113.1");
+        s.add(key(1), PeerId::random(), 1, "r", group("2001:db8::1"), t0);
+        s.add(key(1), q, 1, "q", crowd, t0 + SEC);
+        s.add(key(1), p, 1, "p", group("198.51.100.7"), t0 + 2 * SEC);
+        // p announces again, now from the crowd's network.
+        assert_eq!(
+            s.add(key(1), p, 1, "p", crowd, t0 + 3 * SEC),
+            AddOutcome::Refreshed
+        );
+        // Full; a newcomer from a fourth network: the crowd (q and p) gives up q, refreshed
+        // longest ago, though r was stored before it.
+        s.add(
+            key(1),
+            PeerId::random(),
+            1,
+            "s",
+            group("192.0.2.1"),
+            t0 + 4 * SEC,
+        );
+        assert_eq!(s.get(&key(1), t0 + 4 * SEC), vec!["r", "p", "s"]);
+    }
 
     fn key(b: u8) -> NodeId {
         NodeId([b; 32])
@@ -486,8 +640,11 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ProviderStore::new();
         let (p, q) = (PeerId::random(), PeerId::random());
-        assert_eq!(s.add(key(1), p, 1, "p", t0), AddOutcome::Added);
-        assert_eq!(s.add(key(1), q, 1, "q", t0 + 10 * SEC), AddOutcome::Added);
+        assert_eq!(s.add(key(1), p, 1, "p", G, t0), AddOutcome::Added);
+        assert_eq!(
+            s.add(key(1), q, 1, "q", G, t0 + 10 * SEC),
+            AddOutcome::Added
+        );
         assert_eq!(s.get(&key(1), t0 + PROVIDER_TTL - SEC), vec!["p", "q"]);
         assert_eq!(s.get(&key(1), t0 + PROVIDER_TTL), vec!["q"]);
         assert!(s.get(&key(1), t0 + PROVIDER_TTL + 10 * SEC).is_empty());
@@ -498,9 +655,9 @@ mod tests {
         assert_eq!((s.len(), s.keys()), (0, 0));
         assert!(s.is_empty());
         // An expired record counts as absent: any seq is taken, as new.
-        assert_eq!(s.add(key(2), p, 9, "p9", t0), AddOutcome::Added);
+        assert_eq!(s.add(key(2), p, 9, "p9", G, t0), AddOutcome::Added);
         let later = t0 + PROVIDER_TTL;
-        assert_eq!(s.add(key(2), p, 3, "p3", later), AddOutcome::Added);
+        assert_eq!(s.add(key(2), p, 3, "p3", G, later), AddOutcome::Added);
         assert_eq!(s.get(&key(2), later), vec!["p3"]);
     }
 
@@ -510,23 +667,29 @@ mod tests {
         let mut s = ProviderStore::with_limits(10, 3, PROVIDER_TTL);
         let p: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
         for (i, peer) in p.iter().take(3).enumerate() {
-            s.add(key(1), *peer, 1, i, t0 + i as u32 * SEC);
+            s.add(key(1), *peer, 1, i, G, t0 + i as u32 * SEC);
         }
         // p0 re-announces: now p1 is the oldest.
         assert_eq!(
-            s.add(key(1), p[0], 1, 0, t0 + 3 * SEC),
+            s.add(key(1), p[0], 1, 0, G, t0 + 3 * SEC),
             AddOutcome::Refreshed
         );
-        assert_eq!(s.add(key(1), p[3], 1, 3, t0 + 4 * SEC), AddOutcome::Added);
+        assert_eq!(
+            s.add(key(1), p[3], 1, 3, G, t0 + 4 * SEC),
+            AddOutcome::Added
+        );
         // In the order first stored: p0's refresh did not move it.
         assert_eq!(s.get(&key(1), t0 + 4 * SEC), vec![0, 2, 3]);
-        assert_eq!(s.add(key(1), p[4], 1, 4, t0 + 5 * SEC), AddOutcome::Added);
+        assert_eq!(
+            s.add(key(1), p[4], 1, 4, G, t0 + 5 * SEC),
+            AddOutcome::Added
+        );
         assert_eq!(s.get(&key(1), t0 + 5 * SEC), vec![0, 3, 4]);
         assert_eq!(s.len(), 3);
         // The default cap is the reference's 200.
         let mut s = ProviderStore::new();
         for i in 0..MAX_PROVIDERS_PER_KEY + 5 {
-            s.add(key(1), PeerId::random(), 1, i, t0 + i as u32 * SEC);
+            s.add(key(1), PeerId::random(), 1, i, G, t0 + i as u32 * SEC);
         }
         assert_eq!(s.len(), MAX_PROVIDERS_PER_KEY);
         let held = s.get(&key(1), t0 + 300 * SEC);
@@ -541,24 +704,24 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ProviderStore::with_limits(2, 10, PROVIDER_TTL);
         let p = PeerId::random();
-        s.add(key(1), p, 1, "a", t0);
-        s.add(key(2), p, 1, "b", t0 + SEC);
+        s.add(key(1), p, 1, "a", G, t0);
+        s.add(key(2), p, 1, "b", G, t0 + SEC);
         // Key 1 gets a newer record than key 2's.
-        s.add(key(1), PeerId::random(), 1, "a2", t0 + 2 * SEC);
-        assert_eq!(s.add(key(3), p, 1, "c", t0 + 3 * SEC), AddOutcome::Added);
+        s.add(key(1), PeerId::random(), 1, "a2", G, t0 + 2 * SEC);
+        assert_eq!(s.add(key(3), p, 1, "c", G, t0 + 3 * SEC), AddOutcome::Added);
         assert_eq!(s.keys(), 2);
         assert!(s.get(&key(2), t0 + 3 * SEC).is_empty());
         assert_eq!(s.get(&key(1), t0 + 3 * SEC), vec!["a", "a2"]);
         assert_eq!(s.get(&key(3), t0 + 3 * SEC), vec!["c"]);
         // Adding to a key already held never drops another key.
-        s.add(key(3), PeerId::random(), 1, "c2", t0 + 4 * SEC);
+        s.add(key(3), PeerId::random(), 1, "c2", G, t0 + 4 * SEC);
         assert_eq!(s.keys(), 2);
         // The default cap is the reference's 1000.
         let mut s = ProviderStore::new();
         for i in 0..MAX_PROVIDER_KEYS + 3 {
             let mut k = [0u8; 32];
             k[..8].copy_from_slice(&(i as u64).to_be_bytes());
-            s.add(NodeId(k), p, 1, i, t0 + i as u32 * SEC);
+            s.add(NodeId(k), p, 1, i, G, t0 + i as u32 * SEC);
         }
         assert_eq!(s.keys(), MAX_PROVIDER_KEYS);
         assert!(s.get(&NodeId([0; 32]), t0 + 2000 * SEC).is_empty());
@@ -582,12 +745,19 @@ mod tests {
         let honest: Vec<PeerId> = (0..20).map(|_| PeerId::random()).collect();
         for (i, p) in honest.iter().enumerate() {
             // Each honest provider announces one dataset (two keys: manifest and tree).
-            s.add(key(i as u8), *p, 1, "honest", t0);
-            s.add(key(100 + i as u8), *p, 1, "honest", t0);
+            s.add(key(i as u8), *p, 1, "honest", G, t0);
+            s.add(key(100 + i as u8), *p, 1, "honest", G, t0);
         }
         let flooder = PeerId::random();
         for i in 0..1000 {
-            s.add(nth_key(i), flooder, 1, "flood", t0 + SEC + i as u32 * SEC);
+            s.add(
+                nth_key(i),
+                flooder,
+                1,
+                "flood",
+                G,
+                t0 + SEC + i as u32 * SEC,
+            );
         }
         let later = t0 + 2000 * SEC;
         for i in 0..20u8 {
@@ -602,15 +772,15 @@ mod tests {
         let second = PeerId::random();
         for i in 1000..1500 {
             let t = t0 + 2000 * SEC + i as u32 * SEC;
-            s.add(nth_key(i), flooder, 1, "flood", t);
-            s.add(nth_key(i), second, 1, "flood", t);
+            s.add(nth_key(i), flooder, 1, "flood", G, t);
+            s.add(nth_key(i), second, 1, "flood", G, t);
         }
         for i in 0..20u8 {
             assert_eq!(s.get(&key(i), later), vec!["honest"], "key {i} evicted");
         }
         // An honest provider's new key still gets in, taking a flooded key's place.
         let newcomer = PeerId::random();
-        s.add(key(250), newcomer, 1, "new", t0 + 4000 * SEC);
+        s.add(key(250), newcomer, 1, "new", G, t0 + 4000 * SEC);
         assert_eq!(s.get(&key(250), t0 + 4000 * SEC), vec!["new"]);
         assert_eq!(s.keys(), 100);
     }
@@ -623,11 +793,18 @@ mod tests {
         let mut s = ProviderStore::with_limits(1000, 10, PROVIDER_TTL).with_max_records(30);
         let honest: Vec<PeerId> = (0..10).map(|_| PeerId::random()).collect();
         for (i, p) in honest.iter().enumerate() {
-            s.add(key(i as u8), *p, 1, "honest", t0);
+            s.add(key(i as u8), *p, 1, "honest", G, t0);
         }
         let flooder = PeerId::random();
         for i in 0..500 {
-            s.add(nth_key(i), flooder, 1, "flood", t0 + SEC + i as u32 * SEC);
+            s.add(
+                nth_key(i),
+                flooder,
+                1,
+                "flood",
+                G,
+                t0 + SEC + i as u32 * SEC,
+            );
         }
         let later = t0 + 600 * SEC;
         assert_eq!(s.len(), 30);
@@ -643,7 +820,7 @@ mod tests {
         // With equal weights, the oldest record goes.
         let mut s = ProviderStore::with_limits(1000, 10, PROVIDER_TTL).with_max_records(3);
         for i in 0..4u8 {
-            s.add(key(i), PeerId::random(), 1, i, t0 + u32::from(i) * SEC);
+            s.add(key(i), PeerId::random(), 1, i, G, t0 + u32::from(i) * SEC);
         }
         assert!(s.get(&key(0), t0 + 5 * SEC).is_empty());
         assert_eq!(s.len(), 3);
@@ -660,10 +837,10 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ProviderStore::new();
         let (honest, pushy) = (PeerId::random(), PeerId::random());
-        s.add(key(1), honest, 1, "honest", t0);
-        s.add(key(1), pushy, 1, "pushy", t0 + SEC);
+        s.add(key(1), honest, 1, "honest", G, t0);
+        s.add(key(1), pushy, 1, "pushy", G, t0 + SEC);
         for i in 2..10 {
-            s.add(key(1), pushy, 1, "pushy", t0 + i * SEC);
+            s.add(key(1), pushy, 1, "pushy", G, t0 + i * SEC);
         }
         assert_eq!(s.get(&key(1), t0 + 10 * SEC), vec!["honest", "pushy"]);
     }
@@ -675,7 +852,7 @@ mod tests {
         // Ten keys of five records, one key per second.
         for k in 0..10u8 {
             for _ in 0..5 {
-                s.add(key(k), PeerId::random(), 1, k, t0 + u32::from(k) * SEC);
+                s.add(key(k), PeerId::random(), 1, k, G, t0 + u32::from(k) * SEC);
             }
         }
         assert!(s.len() <= 25, "{}", s.len());
@@ -685,9 +862,12 @@ mod tests {
         assert_eq!(s.get(&key(9), t0 + 10 * SEC).len(), 5);
         // A known provider refreshing its record takes no room.
         let p = PeerId::random();
-        s.add(key(9), p, 1, 9, t0 + 11 * SEC);
+        s.add(key(9), p, 1, 9, G, t0 + 11 * SEC);
         let before = s.keys();
-        assert_eq!(s.add(key(9), p, 2, 9, t0 + 12 * SEC), AddOutcome::Updated);
+        assert_eq!(
+            s.add(key(9), p, 2, 9, G, t0 + 12 * SEC),
+            AddOutcome::Updated
+        );
         assert_eq!(s.keys(), before);
         // Expiry keeps the count right.
         s.expire(t0 + 30 * SEC + PROVIDER_TTL);
@@ -700,18 +880,18 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ProviderStore::new();
         let p = PeerId::random();
-        assert_eq!(s.add(key(1), p, 5, "seq5", t0), AddOutcome::Added);
+        assert_eq!(s.add(key(1), p, 5, "seq5", G, t0), AddOutcome::Added);
         // A lower seq (say, a replayed old record) is ignored: the reference would take it.
-        assert_eq!(s.add(key(1), p, 4, "seq4", t0 + SEC), AddOutcome::Stale);
+        assert_eq!(s.add(key(1), p, 4, "seq4", G, t0 + SEC), AddOutcome::Stale);
         assert_eq!(s.get(&key(1), t0 + SEC), vec!["seq5"]);
         assert_eq!(
-            s.add(key(1), p, 6, "seq6", t0 + 2 * SEC),
+            s.add(key(1), p, 6, "seq6", G, t0 + 2 * SEC),
             AddOutcome::Updated
         );
         assert_eq!(s.get(&key(1), t0 + 2 * SEC), vec!["seq6"]);
         // The same seq keeps the record and restarts the TTL.
         assert_eq!(
-            s.add(key(1), p, 6, "other", t0 + 3 * SEC),
+            s.add(key(1), p, 6, "other", G, t0 + 3 * SEC),
             AddOutcome::Refreshed
         );
         assert_eq!(s.get(&key(1), t0 + 3 * SEC), vec!["seq6"]);
@@ -721,7 +901,7 @@ mod tests {
         );
         // A stale record does not restart it.
         assert_eq!(
-            s.add(key(1), p, 1, "seq1", t0 + 10 * SEC),
+            s.add(key(1), p, 1, "seq1", G, t0 + 10 * SEC),
             AddOutcome::Stale
         );
         assert!(s.get(&key(1), t0 + 3 * SEC + PROVIDER_TTL).is_empty());
@@ -733,9 +913,9 @@ mod tests {
         let t0 = Instant::now();
         let mut s = ProviderStore::new();
         let p = PeerId::random();
-        s.add(key(1), p, 1, "old address", t0);
-        s.add(key(1), p, 2, "new address", t0 + SEC);
-        s.add(key(2), p, 1, "other key", t0 + SEC);
+        s.add(key(1), p, 1, "old address", G, t0);
+        s.add(key(1), p, 2, "new address", G, t0 + SEC);
+        s.add(key(2), p, 1, "other key", G, t0 + SEC);
         assert_eq!(s.get(&key(1), t0 + SEC), vec!["new address"]);
         assert_eq!(s.get(&key(2), t0 + SEC), vec!["other key"]);
         assert_eq!((s.len(), s.keys()), (2, 2));

@@ -58,7 +58,7 @@ use tracing::{debug, trace, warn};
 use crate::{
     Metrics, NodeId,
     ids::MAX_LOG_DISTANCE,
-    providers::{OwnKeys, ProviderStore},
+    providers::{OwnKeys, ProviderStore, SourceGroup},
     records::VerifiedRecords,
     session::{Session, Sessions},
     spr::Spr,
@@ -1116,6 +1116,7 @@ impl Service {
                             peer,
                             seq,
                             record,
+                            SourceGroup::of(from.ip()),
                             Instant::now().into_std(),
                         );
                     }
@@ -1484,6 +1485,7 @@ mod tests {
             record.peer_id(),
             1,
             record,
+            SourceGroup::of("192.0.2.1".parse().unwrap()),
             Instant::now().into_std(),
         );
         let held = || shared.providers.lock().len();

@@ -13,6 +13,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use cairn_discovery::{
     Discovery, DiscoveryConfig, NodeId, RequestError, Spr,
+    providers::MAX_PROVIDERS_PER_KEY,
     service::udp_multiaddr,
     wire::{
         Message, Packet, PacketKind, RequestId,
@@ -50,7 +51,12 @@ struct Peer {
 
 impl Peer {
     async fn new() -> Peer {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        Peer::new_at("127.0.0.1").await
+    }
+
+    /// A peer sending from loopback address `ip` (each is a source group of its own).
+    async fn new_at(ip: &str) -> Peer {
+        let sock = UdpSocket::bind((ip, 0)).await.unwrap();
         let key = Keypair::generate_secp256k1();
         let id = NodeId::from_peer_id(&key.public().to_peer_id());
         let addr = sock.local_addr().unwrap();
@@ -1050,6 +1056,44 @@ async fn a_provider_record_of_someone_else_is_not_stored() {
         answered,
         vec![own.peer_id()],
         "only the sender's own record"
+    );
+    cancel.cancel();
+}
+
+/// Review: a key's full provider list dropped the provider stored longest ago, so identities
+/// made up on one host ([`MAX_PROVIDERS_PER_KEY`] of them, each over its own session) pushed
+/// an honest provider out. Now they take each other's places; the honest one, announcing from
+/// another network (here another loopback address), stays.
+#[tokio::test]
+async fn a_crowd_of_identities_from_one_host_does_not_push_a_provider_out() {
+    let cancel = CancellationToken::new();
+    let d = node(&cancel).await;
+    let node_spr = d.local_spr();
+    let content = NodeId::from_cid_bytes(b"a contested key");
+    let addr: libp2p::Multiaddr = "/ip4/127.0.0.1/tcp/4100".parse().unwrap();
+    let honest = Peer::new_at("127.0.0.2").await;
+    let keys = honest.session_with(&node_spr).await;
+    honest
+        .announce(&node_spr, &keys, content, vec![addr.clone()])
+        .await;
+    // The crowd's records are larger (two addresses), so the honest one, the smallest, is
+    // first in any answer that holds it (an answer is one packet: it cannot hold them all).
+    let mut last = None;
+    for _ in 0..MAX_PROVIDERS_PER_KEY + 10 {
+        let sybil = Peer::new().await;
+        let keys = sybil.session_with(&node_spr).await;
+        sybil
+            .announce(&node_spr, &keys, content, vec![addr.clone(), addr.clone()])
+            .await;
+        last = Some((sybil, keys));
+    }
+    // The last one asks: its answer comes after its own announcement was handled.
+    let (sybil, keys) = last.unwrap();
+    let held = sybil.providers_of(&node_spr, &keys, content).await;
+    assert!(
+        held.contains(&honest.key.public().to_peer_id()),
+        "the honest provider was pushed out: {} others answered",
+        held.len()
     );
     cancel.cancel();
 }

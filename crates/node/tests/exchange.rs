@@ -539,7 +539,8 @@ async fn malicious_peer(
                     None
                 }
                 Attack::WantListFlood => {
-                    let flood: Vec<WantEntry> = (0..2000)
+                    let entries = cairn_blockexc::MAX_WANTLIST_ENTRIES_RECEIVED as u64 + 1;
+                    let flood: Vec<WantEntry> = (0..entries)
                         .map(|i| {
                             WantEntry::block(BlockAddress::Leaf {
                                 tree,
