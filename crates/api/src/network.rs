@@ -137,12 +137,31 @@ pub(crate) async fn connect(
     }
 }
 
+/// Whether `Accept` prefers `text/plain`: the media range of the highest quality (`q`, 1 when
+/// absent; of equal ones, the first) is `text/plain`. The reference answers text exactly then
+/// (`preferredContentType()` of nim-chronos `httpserver.nim`, which orders by quality); taking
+/// the first range listed answered text to `text/plain;q=0.5, application/json` (found by
+/// review).
 fn wants_text(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .is_some_and(|first| first.trim().starts_with("text/plain"))
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut best: Option<(f32, &str)> = None;
+    for range in accept.split(',') {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim();
+        if media.is_empty() {
+            continue;
+        }
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|v| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if best.is_none_or(|(top, _)| q > top) {
+            best = Some((q, media));
+        }
+    }
+    best.is_some_and(|(_, media)| media.eq_ignore_ascii_case("text/plain"))
 }
 
 /// `GET /spr`: the node's DHT record (`spr:…`), text/plain when preferred by `Accept`, else
@@ -533,4 +552,36 @@ pub(crate) async fn perf(
         download_mbps: report.download_rate() / 1e6,
     };
     Ok(Json(out).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, v.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn the_highest_quality_media_range_decides() {
+        assert!(wants_text(&accept("text/plain")));
+        assert!(wants_text(&accept(
+            "text/plain; charset=utf-8, application/json"
+        )));
+        assert!(!wants_text(&accept("application/json, text/plain")));
+        // Quality first, then order.
+        assert!(!wants_text(&accept("text/plain;q=0.5, application/json")));
+        assert!(wants_text(&accept("application/json;q=0.1, text/plain")));
+        assert!(wants_text(&accept(
+            "application/json;q=0.4, TEXT/PLAIN;q=0.5;x=1, */*;q=0.2"
+        )));
+        assert!(!wants_text(&accept(
+            "application/json;q=0.5, text/plain;q=0.5"
+        )));
+        assert!(!wants_text(&accept("*/*")));
+        assert!(!wants_text(&accept("text/plainx")));
+        assert!(!wants_text(&HeaderMap::new()));
+    }
 }
