@@ -91,14 +91,14 @@ pub(crate) async fn serve(
         },
     };
     // Refuse up front a fetch that does not fit in the quota left (the room is reserved for
-    // this download).
+    // this download). A refusal on the local endpoint leaves the manifest it found here.
     let mut reservation = None;
     if fetch && !head {
-        reservation = Some(
-            node.reserve_room(cid, &manifest, range)
-                .await
-                .map_err(network_error)?,
-        );
+        let reserved = match source {
+            Source::Local => node.reserve_room_for_stored(cid, &manifest, range).await,
+            Source::Network => node.reserve_room(cid, &manifest, range).await,
+        };
+        reservation = Some(reserved.map_err(network_error)?);
     }
     let body = if head {
         Body::empty()

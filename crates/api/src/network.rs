@@ -40,6 +40,10 @@ pub(crate) fn network_error(e: NodeError) -> ApiError {
         e @ NodeError::TooManyDownloads { .. } => {
             ApiError::Unavailable(format!("{e}; try again when one has ended."))
         }
+        // Deleted between reading its manifest and reserving room for its blocks.
+        NodeError::Store(cairn_node::StoreError::DatasetNotStored { .. }) => {
+            ApiError::NotFound(NOT_FOUND_NETWORK)
+        }
         other => other.into(),
     }
 }
@@ -157,6 +161,9 @@ fn wants_text(headers: &HeaderMap) -> bool {
             .filter_map(|p| p.trim().strip_prefix("q="))
             .find_map(|v| v.trim().parse::<f32>().ok())
             .unwrap_or(1.0);
+        if q.is_nan() || q <= 0.0 {
+            continue; // not acceptable
+        }
         if best.is_none_or(|(top, _)| q > top) {
             best = Some((q, media));
         }
@@ -581,6 +588,7 @@ mod tests {
             "application/json;q=0.5, text/plain;q=0.5"
         )));
         assert!(!wants_text(&accept("*/*")));
+        assert!(!wants_text(&accept("text/plain;q=0")));
         assert!(!wants_text(&accept("text/plainx")));
         assert!(!wants_text(&HeaderMap::new()));
     }

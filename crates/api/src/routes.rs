@@ -810,9 +810,10 @@ mod tests {
         assert!(text.contains("block-exchange message"), "{text}");
     }
 
-    /// A dataset only partly stored here (a download stopped, or fetched a range) is a 404
-    /// with a clear message for the parts it lacks, also for HEAD, and not a 200 whose body is
-    /// cut off; the blocks it has are served.
+    /// On a node without a network, a dataset only partly stored here (a download stopped, or
+    /// fetched a range) is a 404 with a clear message for the parts it lacks, also for HEAD,
+    /// and not a 200 whose body is cut off; the blocks it has are served. (With a network the
+    /// missing blocks are fetched: `ranges_head_etag_and_cors` in the CLI's end-to-end tests.)
     #[tokio::test]
     async fn a_partly_stored_dataset_is_not_served_as_whole() {
         use cairn_core::{Chunker, VerifiedLeaf};

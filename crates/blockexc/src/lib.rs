@@ -77,7 +77,9 @@ pub const MAX_BLOCKS_PER_MESSAGE: usize = 20;
 pub const MAX_INBOUND_STREAMS_PER_CONNECTION: usize = 8;
 
 /// Frames of one connection read at once, whatever its number of streams: each may buffer up
-/// to [`MAX_FRAME_BYTES`] for up to [`FRAME_READ_TIMEOUT`]. A cairn or reference peer sends on
+/// to [`MAX_FRAME_BYTES`] for up to its deadline ([`FRAME_READ_TIMEOUT`] for the length, then
+/// again for the body plus the time what has arrived takes at [`MIN_FRAME_BYTES_PER_SEC`]).
+/// A cairn or reference peer sends on
 /// one stream, so this costs honest peers nothing; the other streams' bytes wait in the muxer's
 /// window.
 pub const MAX_FRAMES_IN_PROGRESS_PER_CONNECTION: usize = 2;
@@ -96,9 +98,11 @@ pub const MAX_FRAME_MEMORY_BYTES: usize = 128 * 1024 * 1024;
 /// far less in flight per peer; this is the hard stop behind it.
 pub const MAX_QUEUED_BYTES_PER_PEER: usize = 24 * 1024 * 1024;
 
-/// How long a frame may take to arrive once its first byte has: 30 s, plus
-/// [`frame_body_allowance`] for its body. The largest message of 64 KiB blocks (20 with proofs,
-/// about 1.3 MB) then has 50 s, which a link of 27 KB/s meets. Without a deadline a peer
+/// How long a frame's length prefix may take once its first byte has arrived, and its body
+/// once the prefix has, beyond [`frame_body_allowance`] of the body bytes that have arrived:
+/// 30 s. A body is given up once 30 s have passed beyond the time what it has sent takes at
+/// [`MIN_FRAME_BYTES_PER_SEC`], so any peer sending at least that fast finishes, and one that
+/// stalls is given up 30 s after its bytes stopped buying time. Without a deadline a peer
 /// could announce a frame of almost [`MAX_FRAME_BYTES`], send all but its last byte on every
 /// inbound stream of both its connections and stop, and we held the ~128 MiB for as long as the
 /// connection lasted (found by review). A stream resting *between* frames has no deadline: the
@@ -108,11 +112,12 @@ pub const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The slowest rate a frame's body is given time for, beyond [`FRAME_READ_TIMEOUT`]: 64 KiB/s.
 /// cairn's own delivery messages hold up to 4 MiB of larger blocks, and one block of up to
 /// 8 MiB goes alone; a fixed 30 s failed those of an honest peer below 140–280 KB/s, and
-/// blamed it (found by review). A peer that stalls a frame of [`MAX_FRAME_BYTES`] holds its
-/// memory for at most 30 + 128 s, still bounded by [`MAX_FRAME_MEMORY_BYTES`] for all peers.
+/// blamed it (found by review). The time is bought by bytes that arrive, not by the length
+/// announced: a peer that announces [`MAX_FRAME_BYTES`] and sends nothing holds that memory for
+/// 30 s, as before.
 pub const MIN_FRAME_BYTES_PER_SEC: u64 = 64 * 1024;
 
-/// Time a frame body of `len` bytes is given beyond the deadline: `len` at
+/// Time `len` bytes of a frame body buy beyond the deadline: `len` at
 /// [`MIN_FRAME_BYTES_PER_SEC`].
 pub fn frame_body_allowance(len: usize) -> Duration {
     Duration::from_millis((len as u64).saturating_mul(1000) / MIN_FRAME_BYTES_PER_SEC)
@@ -142,11 +147,12 @@ pub enum Violation {
         /// The limit.
         max: usize,
     },
-    /// A frame started (its first byte arrived) and was not complete within
-    /// [`Config::frame_read_timeout`].
-    #[error("frame not complete {after:?} after its first byte")]
+    /// A frame started (its first byte arrived) and did not arrive within its deadline
+    /// ([`Config::frame_read_timeout`] for its length, and for its body beyond what its
+    /// arrived bytes bought).
+    #[error("frame not complete within its deadline of {after:?}")]
     FrameTimeout {
-        /// The deadline it missed.
+        /// The deadline it missed: for its length prefix, or (from the prefix on) for its body.
         after: Duration,
     },
 }
@@ -163,7 +169,9 @@ pub struct Config {
     /// Bytes of frames being read at once by all connections of one [`Behaviour`] (at least
     /// `max_frame_bytes` is allowed, whatever this says).
     pub max_frame_memory_bytes: usize,
-    /// How long a frame may take to arrive once its first byte has.
+    /// How long a frame's length may take to arrive once its first byte has, and its body
+    /// beyond the time its arrived bytes take at [`MIN_FRAME_BYTES_PER_SEC`]
+    /// ([`FRAME_READ_TIMEOUT`]).
     pub frame_read_timeout: Duration,
 }
 

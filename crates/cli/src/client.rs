@@ -563,7 +563,7 @@ async fn first_difference<R: AsyncRead + Unpin>(
 pub(crate) struct DownloadOptions {
     /// Continue a partial output file (not `--no-resume`).
     pub(crate) resume: bool,
-    /// `--local`: only from the node's own store.
+    /// `--local`: only a dataset whose manifest the node holds (`/data/{cid}`).
     pub(crate) local: bool,
     /// `--json`: print a JSON summary (needs an output file); nothing else is said on stderr
     /// unless something fails.
@@ -583,8 +583,8 @@ struct DownloadOut<'a> {
 }
 
 /// Downloads a dataset to `output` or stdout. The node serves what it has and fetches the rest
-/// from its peers (`/data/{cid}/network/stream`), or with `local` serves only what it has
-/// (`/data/{cid}`).
+/// from its peers (`/data/{cid}/network/stream`), or with `local` only a dataset whose manifest
+/// it holds (`/data/{cid}`; missing blocks of it are still fetched).
 ///
 /// To a file, the bytes go to `FILE.part`, renamed to `FILE` once its size is the dataset's
 /// (into a directory, without replacing a file that appeared at `FILE` meanwhile: [`finish`]).

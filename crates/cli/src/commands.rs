@@ -95,8 +95,9 @@ pub(crate) enum ClientCommand {
         /// Download the whole dataset even if a partial output file exists.
         #[arg(long)]
         no_resume: bool,
-        /// Only what the node holds itself: no fetching from peers (an unknown CID fails at
-        /// once instead of after the network search).
+        /// Only a dataset whose manifest the node holds (`/data/{cid}`): an unknown CID fails
+        /// at once instead of after the network search. Blocks of it the node lacks are still
+        /// fetched from peers, as the reference's endpoint does.
         #[arg(long)]
         local: bool,
         #[command(flatten)]

@@ -1089,6 +1089,19 @@ impl Node {
         self.reserve(cid, manifest, range, true).await
     }
 
+    /// [`Node::reserve_room`] for a dataset whose manifest was stored here before this request
+    /// (`GET /data/{cid}` of a dataset held in part): a refusal changes nothing. Dropping the
+    /// manifest then would have taken a pending background download's record, or a manifest
+    /// fetched alone, away on a plain `GET` (found by review).
+    pub async fn reserve_room_for_stored(
+        &self,
+        cid: Cid,
+        manifest: &Manifest,
+        range: ByteRange,
+    ) -> Result<Reservation, NodeError> {
+        self.reserve(cid, manifest, range, false).await
+    }
+
     /// [`Node::reserve_room`]; the manifest of a refused bare dataset is dropped only with
     /// `forget_refused`.
     async fn reserve(
@@ -1390,6 +1403,41 @@ mod tests {
         let err = n.store_dataset(body(vec![]), None, None).await.unwrap_err();
         assert!(matches!(err, NodeError::EmptyUpload));
         assert_eq!(n.space().await.unwrap().quota_used_bytes, 0);
+    }
+
+    /// A refused reservation for a manifest stored before keeps it listed; one for a manifest
+    /// that came with the request (`reserve_room`) drops it when it has no block here.
+    #[tokio::test]
+    async fn a_refused_reservation_keeps_a_manifest_stored_before() {
+        let n = Node::new(
+            Store::in_memory(StoreConfig {
+                quota_bytes: 4096,
+                ..StoreConfig::default()
+            })
+            .unwrap(),
+            NodeConfig::default(),
+        );
+        let tree = cairn_core::cid::cid_from_digest(cairn_core::Codec::Root, &[7; 32]);
+        let m = Manifest::new(tree, 3 * 65536, 65536);
+        let block = m.to_block();
+        n.store().put_block(&block).unwrap();
+        let cid = *block.cid();
+        let all = ByteRange::full(m.download_size());
+        let listed = || async { n.list().await.unwrap().len() };
+        assert_eq!(listed().await, 1);
+        let refused = n.reserve_room_for_stored(cid, &m, all).await;
+        assert!(
+            matches!(
+                refused,
+                Err(NodeError::Store(
+                    cairn_store::StoreError::QuotaExceeded { .. }
+                ))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(listed().await, 1, "the manifest stored before went");
+        assert!(n.reserve_room(cid, &m, all).await.is_err());
+        assert_eq!(listed().await, 0);
     }
 
     #[tokio::test]
