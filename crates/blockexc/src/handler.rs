@@ -14,9 +14,9 @@
 //! the connection's task rather than the swarm's. A frame that breaks a limit or does not decode
 //! closes the stream it came on and is reported as a [`Violation`]; the connection and the
 //! peer's other streams carry on, as in the reference. So does a frame that has started (its
-//! first byte arrived) and is not complete within [`Config::frame_read_timeout`] plus time for
-//! its length at [`crate::MIN_FRAME_BYTES_PER_SEC`] ([`Violation::FrameTimeout`]); a stream
-//! that rests between frames has no deadline.
+//! first byte arrived) and is not complete within [`Config::frame_read_timeout`] plus the time
+//! its arrived bytes take at [`crate::MIN_FRAME_BYTES_PER_SEC`] ([`Violation::FrameTimeout`]);
+//! a stream that rests between frames has no deadline.
 //!
 //! Backpressure: the handler reads the next frame only after the previous message has been
 //! handed to the behaviour, and the swarm takes handler events only as fast as its owner polls
