@@ -401,28 +401,35 @@ struct DhtNodeJson {
     node_id: String,
     peer_id: String,
     record: String,
-    address: String,
+    /// `ip:port`, or `null` when unknown (the reference's `Option[Address]`).
+    address: Option<String>,
     seen: bool,
+}
+
+/// A DHT node's UDP address as the reference writes it: its `$` of `Address` is the IP's own
+/// text, a colon and the port, with no brackets around an IPv6 address.
+fn reference_address(addr: std::net::SocketAddr) -> String {
+    format!("{}:{}", addr.ip(), addr.port())
 }
 
 fn table_json(dht: &cairn_node::discovery::Discovery) -> TableJson {
     let own = dht.local_spr();
     TableJson {
         local_node: DhtNodeJson {
-            node_id: dht.local_id().to_string(),
+            node_id: dht.local_id().to_reference_hex(),
             peer_id: dht.peer_id().to_string(),
             record: own.to_uri(),
-            address: dht.dht_addr().to_string(),
+            address: Some(reference_address(dht.dht_addr())),
             seen: false,
         },
         nodes: dht
             .table()
             .into_iter()
             .map(|n| DhtNodeJson {
-                node_id: n.node_id.to_string(),
+                node_id: n.node_id.to_reference_hex(),
                 peer_id: n.peer_id.to_string(),
                 record: n.record.to_uri(),
-                address: n.address.map(|a| a.to_string()).unwrap_or_default(),
+                address: n.address.map(reference_address),
                 seen: n.seen,
             })
             .collect(),

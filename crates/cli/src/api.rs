@@ -463,7 +463,7 @@ pub(crate) struct DhtNodeJson {
     /// Its peer id.
     #[serde(default)]
     pub(crate) peer_id: String,
-    /// Its UDP address, when known: a reference node sends `null` for none, a cairn node `""`.
+    /// Its UDP address, when known: `null` for none (older cairn nodes sent `""`, also none).
     #[serde(default, deserialize_with = "non_empty")]
     pub(crate) address: Option<String>,
     /// Whether it has answered.

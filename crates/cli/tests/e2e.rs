@@ -953,6 +953,17 @@ fn five_nodes_find_a_dataset_through_the_dht() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Written as the reference writes it: hexadecimal without leading zeros; the address is
+    // `ip:port`.
+    assert!(
+        !first_id.starts_with('0') && !first_id.is_empty(),
+        "{first_id}"
+    );
+    let local_addr = info["table"]["localNode"]["address"].as_str().unwrap();
+    assert!(
+        local_addr.parse::<std::net::SocketAddrV4>().is_ok(),
+        "{local_addr}"
+    );
     for n in &nodes[1..] {
         wait_info(&c, n, "the bootstrap node in the table", |i| {
             i["table"]["nodes"].as_array().is_some_and(|a| {

@@ -98,12 +98,40 @@ impl fmt::Display for NodeId {
     }
 }
 
+impl NodeId {
+    /// The id as the reference prints it (its `$` is stint's `toHex` of the 256-bit integer):
+    /// lowercase hexadecimal without leading zeros, `"0"` for zero. The REST API's
+    /// `/debug/info` writes ids this way; logs use the fixed-width [`Display`](fmt::Display).
+    pub fn to_reference_hex(&self) -> String {
+        let full = hex::encode(self.0);
+        match full.trim_start_matches('0') {
+            "" => "0".to_owned(),
+            digits => digits.to_owned(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn id(hex_str: &str) -> NodeId {
         NodeId(hex::decode(hex_str).unwrap().try_into().unwrap())
+    }
+
+    /// The reference's `$` of a `NodeId` (stint `toHex`, nim-stint `stint/io.nim`) strips
+    /// leading zeros; `/debug/info` must print ids the same way.
+    #[test]
+    fn reference_hex_has_no_leading_zeros() {
+        let mut bytes = [0u8; 32];
+        assert_eq!(NodeId(bytes).to_reference_hex(), "0");
+        bytes[31] = 0x0a;
+        assert_eq!(NodeId(bytes).to_reference_hex(), "a");
+        bytes[1] = 0x01;
+        let want = format!("1{}0a", "0".repeat(58));
+        assert_eq!(NodeId(bytes).to_reference_hex(), want);
+        bytes[0] = 0xf0;
+        assert_eq!(NodeId(bytes).to_reference_hex(), hex::encode(bytes));
     }
 
     /// codex-protocol.md §11.1 item 6: the node ids of the reference's packet-test keys.

@@ -32,13 +32,16 @@ pub const MAX_SESSIONS: usize = 4096;
 /// A session unused for this long is dropped (rust-discv5 uses a day; the peer re-handshakes).
 pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The two keys of one session.
+/// The two keys of one session, and when they were agreed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Keys {
     /// Key we encrypt with.
     pub write: [u8; 16],
     /// Key we decrypt with.
     pub read: [u8; 16],
+    /// When the handshake that made them ended: a session switched back to these keys is as
+    /// old as they are ([`Sessions::remove_set_up_by`]).
+    pub created: Instant,
 }
 
 /// The keys of one session.
@@ -71,6 +74,7 @@ impl Session {
         Keys {
             write: self.write_key,
             read: self.read_key,
+            created: self.created,
         }
     }
 }
@@ -118,6 +122,7 @@ impl Sessions {
         s.previous = Some(s.keys());
         s.write_key = previous.write;
         s.read_key = previous.read;
+        s.created = previous.created;
         Some(plaintext)
     }
 
@@ -249,16 +254,19 @@ mod tests {
         let now = Instant::now();
         let mut s = Sessions::default();
         let id = NodeId::random();
+        let later = now + Duration::from_millis(10);
         s.insert(id, addr(1), Session::new([1; 16], [2; 16], now));
         assert_eq!(s.get(&id, addr(1), now).unwrap().previous, None);
-        s.insert(id, addr(1), Session::new([3; 16], [4; 16], now));
+        s.insert(id, addr(1), Session::new([3; 16], [4; 16], later));
         let old = Keys {
             write: [1; 16],
             read: [2; 16],
+            created: now,
         };
         let new = Keys {
             write: [3; 16],
             read: [4; 16],
+            created: later,
         };
         let current = |s: &mut Sessions| s.get(&id, addr(1), now).map(|x| (x.keys(), x.previous));
         assert_eq!(current(&mut s), Some((new, Some(old))));
@@ -270,6 +278,16 @@ mod tests {
         // Only the previous key: it is current again, and the newer one is kept.
         assert_eq!(s.open(&id, addr(1), now, only([2; 16])), Some(2));
         assert_eq!(current(&mut s), Some((old, Some(new))));
+        // Switched back, the session is as old as its keys: a request sent between the two
+        // handshakes, under these keys, that went unanswered ends it.
+        let between = now + Duration::from_millis(5);
+        let mut copy = Sessions::default();
+        copy.map.clone_from(&s.map);
+        copy.remove_set_up_by(&id, addr(1), between);
+        assert!(
+            copy.is_empty(),
+            "the older keys' session outlived a failed request"
+        );
         // And back.
         assert_eq!(s.open(&id, addr(1), now, only([4; 16])), Some(4));
         assert_eq!(current(&mut s), Some((new, Some(old))));

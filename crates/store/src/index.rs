@@ -16,8 +16,9 @@ use crate::{
 /// What [`Tables::end_session`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum SessionEnd {
-    /// The session is gone.
-    Ended,
+    /// The session is gone. `deleting`: the dataset (tree key) it left to nothing, now being
+    /// deleted, whose leaves are still to be reclaimed.
+    Ended { deleting: Option<Vec<u8>> },
     /// Nothing changed: the listed dataset `tree` (of `nleaves` leaves) the session was writing
     /// is partial, and its rows that rely on its tree need their proofs before it can go.
     NeedsProofs { tree: Vec<u8>, nleaves: u64 },
@@ -609,8 +610,9 @@ impl<'txn> Tables<'txn> {
             .get(session)?
             .map(|v| (v.value().0, v.value().1.to_vec()))
         else {
-            return Ok(SessionEnd::Ended);
+            return Ok(SessionEnd::Ended { deleting: None });
         };
+        let mut deleting = None;
         if !tree.is_empty()
             && let Some(mut ds) = self.get_dataset(&tree)?
             && ds.state != DS_DELETING
@@ -618,6 +620,7 @@ impl<'txn> Tables<'txn> {
             if ds.manifest_refs == 0 {
                 if !self.session_holds(&tree, Some(session))? {
                     self.mark_deleting(&tree, ds)?;
+                    deleting = Some(tree);
                 }
             } else if ds.state == DS_WRITING {
                 if has_tree(&self.trees, &tree)? && !self.has_every_leaf(&tree, ds.nleaves)? {
@@ -638,7 +641,7 @@ impl<'txn> Tables<'txn> {
         if self.segments.get(seg)?.is_some() {
             self.seal_segment(seg)?;
         }
-        Ok(SessionEnd::Ended)
+        Ok(SessionEnd::Ended { deleting })
     }
 
     /// Whether every leaf `0..nleaves` of `tree` is stored: one scan of its leaf rows.

@@ -601,6 +601,7 @@ impl Store {
         // In id order: a dataset two interrupted sessions held goes (if nothing else keeps it)
         // when the last of them ends. Each ends in transactions of its own; one a crash
         // interrupts is still recorded, and ended again at the next open.
+        // What they leave is reclaimed by `reclaim_now` or the reclaimer, as every deletion.
         for session in &sessions {
             self.end_session(*session)?;
         }
@@ -697,12 +698,14 @@ impl Store {
     /// crash; see [`Tables::end_session`]). A dataset a manifest names that the session was
     /// writing stays, as the partial dataset it is: the leaf rows that relied on its tree get
     /// their proofs first, [`StoreConfig::leaf_batch`] leaves per transaction, and then the
-    /// tree goes. The caller holds the finish lock, or runs at open.
-    pub(crate) fn end_session(&self, session: u64) -> Result<(), StoreError> {
+    /// tree goes. The caller holds the finish lock, or runs at open. Returns the dataset (tree
+    /// key) the session left to nothing, if any: it is being deleted, and the caller reclaims
+    /// it ([`Store::finish_deleting`]) or leaves it to the reclaimer.
+    pub(crate) fn end_session(&self, session: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let mut proofs_kept = false;
         loop {
             match self.write(0, |t| t.end_session(session, proofs_kept))? {
-                SessionEnd::Ended => return Ok(()),
+                SessionEnd::Ended { deleting } => return Ok(deleting),
                 SessionEnd::NeedsProofs { tree, nleaves } => {
                     let batch = self.inner.cfg.leaf_batch.max(1) as u64;
                     let mut start = 0;
@@ -760,14 +763,17 @@ impl Store {
                 None => return Ok(()),
             }
         };
+        let mut left = Vec::new();
         for session in sessions {
-            self.end_session(session)?;
+            left.extend(self.end_session(session)?);
             self.drop_upload_segment_if_empty(session)?;
             self.inner.failed_rollbacks.lock().retain(|s| *s != session);
             info!(session, "rolled back an upload whose rollback had failed");
         }
         drop(serial);
-        self.reclaim_now()?;
+        for tree in left {
+            self.finish_deleting(&tree)?;
+        }
         Ok(())
     }
 

@@ -160,7 +160,7 @@ impl Store {
                 // a full disk; review).
                 let ended = self
                     .end_session(session)
-                    .and_then(|()| self.drop_upload_segment_if_empty(session));
+                    .and_then(|_| self.drop_upload_segment_if_empty(session));
                 if let Err(end) = ended
                     && !self.note_failed_rollback(session)
                 {
@@ -549,16 +549,27 @@ impl DatasetWriter {
         let serial = self.named.then(|| self.store.inner.finish_lock.lock());
         let res = self.store.end_session(session);
         drop(serial);
-        if let Err(e) = res.and_then(|()| self.drop_segment_if_empty()) {
-            // Typically the index cannot be written (a full disk). Left so, the session would
-            // keep its segment, the leaves it committed and its dataset until the next start.
-            if self.store.note_failed_rollback(session) {
-                warn!(session, error = %e, "rolling back an unfinished upload failed; tried again once the index can be written");
-            } else {
-                warn!(session, error = %e, "rolling back an unfinished upload failed; the next start will");
+        let left = match res.and_then(|left| self.drop_segment_if_empty().map(|()| left)) {
+            Ok(left) => left,
+            Err(e) => {
+                // Typically the index cannot be written (a full disk). Left so, the session would
+                // keep its segment, the leaves it committed and its dataset until the next start.
+                if self.store.note_failed_rollback(session) {
+                    warn!(session, error = %e, "rolling back an unfinished upload failed; tried again once the index can be written");
+                } else {
+                    warn!(session, error = %e, "rolling back an unfinished upload failed; the next start will");
+                }
+                None
             }
+        };
+        // Only the dataset this upload leaves to nothing is reclaimed here (its own leaves);
+        // other deletions going on are the reclaimer's. Reclaiming every one of them here made
+        // a failed upload's answer wait for, say, the deletion of an unrelated 64 GiB dataset.
+        if let Some(tree) = left
+            && let Err(e) = self.store.finish_deleting(&tree)
+        {
+            warn!(session, error = %e, "reclaiming an unfinished upload's blocks failed; the reclaimer or the next maintenance pass will");
         }
-        let _ = self.store.reclaim_now();
     }
 }
 

@@ -273,6 +273,29 @@ fn quota_refuses_and_leaves_nothing() {
     }
 }
 
+/// An upload given up does not wait for other datasets' deletions: they stay the reclaimer's.
+/// Before, its rollback reclaimed every deletion going on before it returned, so a failed
+/// upload's answer could wait for the deletion of a large unrelated dataset.
+#[test]
+fn an_aborted_upload_leaves_other_deletions_to_the_reclaimer() {
+    for (name, b) in backends(quiet()) {
+        let (mcid, _) = upload(&b.store, &data(6 * BS, 7), None).unwrap();
+        b.store.delete(&mcid).unwrap();
+        assert!(b.store.reclaim_pending().unwrap(), "{name}");
+        let mut w = b.store.begin_dataset().unwrap();
+        w.write(&Block::data_block(Bytes::from(vec![9; BS])))
+            .unwrap();
+        drop(w);
+        assert!(
+            b.store.reclaim_pending().unwrap(),
+            "{name}: the rollback reclaimed another dataset"
+        );
+        assert_eq!(b.store.reclaim_now().unwrap(), 6, "{name}");
+        assert_eq!(b.store.space().unwrap().quota_used_bytes, 0, "{name}");
+        assert_consistent(&b.store, name);
+    }
+}
+
 #[test]
 fn aborted_upload_leaves_nothing() {
     for (name, b) in backends(quiet()) {
