@@ -52,12 +52,6 @@ impl DataItem {
     }
 }
 
-/// `GET /data`.
-#[derive(Debug, Serialize)]
-pub(crate) struct DataList {
-    pub(crate) content: Vec<DataItem>,
-}
-
 /// `GET /space`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

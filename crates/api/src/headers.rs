@@ -20,6 +20,13 @@ const MIMETYPES: &str = include_str!("mimetypes.txt");
 /// The longest file name accepted (Nim's `isValidFilename` default).
 pub const MAX_FILENAME_LEN: usize = 259;
 
+/// The longest file name accepted with the directories before it (Linux's `PATH_MAX`). The
+/// reference checks only the part after the last `/`, so a request head's worth of
+/// directories (hyper takes heads of about 400 KB) went into the manifest, past the room an
+/// upload reserves for it, and into every download's `Content-Disposition`, larger than curl
+/// takes (review). A cairn node refuses such a name (`422`) where the reference stores it.
+pub const MAX_FILENAME_PATH_LEN: usize = 4096;
+
 fn mimetypes() -> &'static HashSet<&'static str> {
     static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
     SET.get_or_init(|| {
@@ -50,6 +57,9 @@ pub fn parse_content_disposition_filename(value: &str) -> Option<String> {
 
 /// Whether `filename` passes the reference's file name check.
 pub fn valid_filename(filename: &str) -> bool {
+    if filename.len() > MAX_FILENAME_PATH_LEN {
+        return false;
+    }
     let base = filename.rsplit('/').next().unwrap_or(filename);
     let (name, ext) = match base.rfind('.') {
         Some(p) if p > 0 && p + 1 < base.len() => base.split_at(p),
@@ -127,6 +137,7 @@ mod tests {
             "con.tar.gz",
             "x.t*t",
             "name with space.txt",
+            &format!("{}x.txt", "d/".repeat((MAX_FILENAME_PATH_LEN - 5) / 2)),
         ] {
             assert!(valid_filename(ok), "{ok}");
         }
@@ -143,6 +154,7 @@ mod tests {
             "foo/",
             "a:b",
             &"x".repeat(260),
+            &format!("{}x.txt", "d/".repeat(MAX_FILENAME_PATH_LEN / 2)),
         ] {
             assert!(!valid_filename(bad), "{bad:?}");
         }

@@ -47,12 +47,14 @@ pub use crate::{
     error::ApiError,
     guard::{AllowedHosts, InvalidAllowedHost, MAX_ALLOWED_HOSTS, MAX_HOST_NAME_LEN},
     headers::{
-        MAX_FILENAME_LEN, parse_content_disposition_filename, valid_filename, valid_mimetype,
+        MAX_FILENAME_LEN, MAX_FILENAME_PATH_LEN, parse_content_disposition_filename,
+        valid_filename, valid_mimetype,
     },
     metrics::{
         MAX_CONCURRENT_SCRAPES, METRICS_PATH, OPENMETRICS_CONTENT_TYPE, metrics_router,
         serve_metrics,
     },
+    network::{MAX_CONCURRENT_CONNECTS, MAX_CONNECT_ADDRS},
     openapi::{OPENAPI_CONTENT_TYPE, OPENAPI_YAML},
     range::{
         MAX_RANGE_HEADER_LEN, MAX_RANGE_SPECS, RangeAnswer, RangeRequest, RangeSpec, content_range,

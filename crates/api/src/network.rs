@@ -37,7 +37,7 @@ pub(crate) fn network_error(e: NodeError) -> ApiError {
         e @ NodeError::Fetch(cairn_node::engine::FetchError::ManifestMismatch { .. }) => {
             ApiError::Unprocessable(format!("{e}."))
         }
-        e @ NodeError::TooManyDownloads { .. } => {
+        e @ (NodeError::TooManyDownloads { .. } | NodeError::TooManyStreams { .. }) => {
             ApiError::Unavailable(format!("{e}; try again when one has ended."))
         }
         // Deleted between reading its manifest and reserving room for its blocks.
@@ -80,11 +80,22 @@ pub(crate) async fn network_stream(
     download::serve(&node, &method, &headers, &cid, Source::Network).await
 }
 
+/// Addresses one `GET /connect` may give. libp2p tries a peer's addresses 8 at a time, each for
+/// up to the transport's 20 s upgrade timeout, and the dial goes on after the client hung up:
+/// unbounded, one request of a few thousand addresses that drop their SYNs kept 8 sockets busy
+/// for over an hour (review). Sixteen bound a dial at about 40 s; a peer has a handful.
+pub const MAX_CONNECT_ADDRS: usize = 16;
+
+/// `GET /connect` calls dialling at once; one more is answered `503` at once. With
+/// [`MAX_CONNECT_ADDRS`] they hold at most 64 sockets, whatever the number of clients.
+pub const MAX_CONCURRENT_CONNECTS: usize = 8;
+
 /// `GET /connect/{peerId}?addrs=<multiaddr>&addrs=…`.
 pub(crate) async fn connect(
     State(node): State<Node>,
     Path(peer): Path<String>,
     Query(query): Query<Vec<(String, String)>>,
+    dials: std::sync::Arc<tokio::sync::Semaphore>,
 ) -> Result<Response, ApiError> {
     // The reference's text (its path decoder's error, seen on a live node).
     let peer: PeerId = peer
@@ -98,12 +109,24 @@ pub(crate) async fn connect(
     let mut addrs = Vec::new();
     for (k, v) in query {
         if k == "addrs" {
+            if addrs.len() == MAX_CONNECT_ADDRS {
+                return Err(ApiError::BadRequest(format!(
+                    "Too many addresses: at most {MAX_CONNECT_ADDRS}"
+                )));
+            }
             let a: Multiaddr = v
                 .parse()
                 .map_err(|_| ApiError::BadRequest(format!("Invalid address: {v}")))?;
             addrs.push(a);
         }
     }
+    // Held until the dial has ended, by a task of its own: a client that hangs up drops this
+    // handler, but not the dial, which the turn must go on counting.
+    let Ok(turn) = dials.try_acquire_owned() else {
+        return Err(ApiError::Unavailable(format!(
+            "{MAX_CONCURRENT_CONNECTS} connects are in progress, the most this node runs at once; try again when one has ended."
+        )));
+    };
     if addrs.is_empty() {
         // Without addresses, ask the DHT for the peer's record (as the reference's findPeer).
         // That record carries the UDP discovery address; only its TCP addresses can be dialled,
@@ -124,7 +147,18 @@ pub(crate) async fn connect(
             .cloned()
             .collect();
     }
-    match node.connect(peer, addrs).await {
+    let dial = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let r = node.connect(peer, addrs).await;
+            drop(turn);
+            r
+        })
+    };
+    let connected = dial
+        .await
+        .map_err(|e| ApiError::Internal(format!("the dial task failed: {e}")))?;
+    match connected {
         Ok(()) => Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

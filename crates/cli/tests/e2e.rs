@@ -516,6 +516,42 @@ fn download_from_another_node() {
     assert_eq!(r.status(), 400);
     let text = r.text().unwrap();
     assert!(text.contains("own peer id"), "{text}");
+
+    // More addresses than a connect takes: refused before any dial.
+    let peer = "16Uiu2HAm7ATeXPwZ5g1KaSktf1azLNz54tDQbhvqV34eWBdebwmi";
+    let many: Vec<String> = (1..=17)
+        .map(|p| format!("addrs=/ip4/127.0.0.1/tcp/{p}"))
+        .collect();
+    let r = c
+        .get(b.url(&format!("/connect/{peer}?{}", many.join("&"))))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.text().unwrap(), "Too many addresses: at most 16");
+    // Dials that hang (a listener that never answers the handshake, so each lasts the
+    // transport's 20 s upgrade timeout) keep their turn after their clients hung up: the ninth
+    // is refused at once. The dial that failed above gave its turn back.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = b.url(&format!(
+        "/connect/{peer}?addrs=/ip4/127.0.0.1/tcp/{}",
+        silent.local_addr().unwrap().port()
+    ));
+    let impatient = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    for i in 0..8 {
+        let r = impatient.get(&url).send();
+        assert!(
+            r.as_ref().is_err_and(reqwest::Error::is_timeout),
+            "connect {i}: {:?}",
+            r.map(|r| r.status())
+        );
+    }
+    let r = c.get(&url).send().unwrap();
+    assert_eq!(r.status(), 503);
+    let text = r.text().unwrap();
+    assert!(text.starts_with("8 connects are in progress"), "{text}");
     a.stop();
     b.stop();
 }

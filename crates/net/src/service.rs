@@ -70,6 +70,10 @@ pub const STALE_PEER_MEMORY: Duration = Duration::from_secs(60 * 60);
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Connections still in their handshake, inbound.
 pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Dials under way at once, whoever asked (the peer manager, provider searches, the API): one
+/// more fails at once as denied. Each dial tries up to 8 of its addresses at a time, so this
+/// bounds the sockets dials hold whatever asks for them (review: nothing did).
+pub const MAX_PENDING_OUTGOING: u32 = 64;
 /// Ping failures in a row, as the ping behaviour reports them, after which a connection is
 /// closed. It reports from the second failure on (the first is free), so this is three pings
 /// that went unanswered, about two minutes at the default interval and timeout. Since
@@ -485,7 +489,8 @@ pub async fn start(
                 .with_max_established(Some(config.max_peers))
                 .with_max_established_incoming(Some(config.max_inbound))
                 .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
-                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING)),
         ),
         per_host: crate::ip_limits::Behaviour::default(),
         // No signed peer record in identify: libp2p-identify 0.48 signs it only in rust-libp2p's

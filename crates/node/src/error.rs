@@ -41,6 +41,13 @@ pub enum NodeError {
         /// The limit.
         max: usize,
     },
+    /// As many network streams as the node runs at once are running
+    /// ([`crate::MAX_NETWORK_STREAMS`]).
+    #[error("{max} network streams are running, the most this node runs at once")]
+    TooManyStreams {
+        /// The limit.
+        max: usize,
+    },
     /// The node runs without a network.
     #[error("this node has no network")]
     NoNetwork,

@@ -45,8 +45,9 @@ pub(crate) struct UploadInfo {
 }
 
 /// Room an upload's manifest takes beside its blocks: its fixed fields take under 200 bytes,
-/// plus the filename (at most 259 bytes in the API) and the mimetype.
-pub(crate) const MANIFEST_ROOM: u64 = 1024;
+/// plus the filename (at most 4,096 bytes in the API, directories included) and the mimetype
+/// (under 100 bytes for every type the API takes).
+pub(crate) const MANIFEST_ROOM: u64 = 8192;
 
 /// Bytes an upload of `size` bytes of data takes in the store at most: whole blocks (the last
 /// one is zero-padded) and its manifest.

@@ -68,13 +68,14 @@ pub use crate::{
     node::{
         BACKGROUND_PATIENCE, BACKGROUND_RETRY_PAUSE, ByteStream, DOWNLOAD_READAHEAD_BLOCKS,
         DOWNLOAD_READAHEAD_BYTES, ISOLATED_GIVE_UP, MAINTENANCE_AFTER_DELETE,
-        MAX_BACKGROUND_DOWNLOADS, MAX_NETWORK_BLOCK_SIZE, MAX_RESUMED_DOWNLOADS, Node, NodeConfig,
-        StoredDataset,
+        MAX_BACKGROUND_DOWNLOADS, MAX_NETWORK_BLOCK_SIZE, MAX_NETWORK_STREAMS,
+        MAX_RESUMED_DOWNLOADS, Node, NodeConfig, StoredDataset,
     },
     range::{ByteRange, InvertedRange},
 };
 pub use cairn_discovery as discovery;
 pub use cairn_net as net;
 pub use cairn_store::{
-    DatasetMeta, MIN_DISK_HEADROOM, Reservation, Space, Store, StoreConfig, StoreError,
+    DatasetMeta, MIN_DISK_HEADROOM, ManifestPage, Reservation, Space, Store, StoreConfig,
+    StoreError,
 };

@@ -84,6 +84,16 @@ pub const BACKGROUND_RETRY_PAUSE: Duration = Duration::from_secs(5);
 /// reservation and a provider watch; the engine's limit on pending wants bounds their blocks.
 pub const MAX_BACKGROUND_DOWNLOADS: usize = 256;
 
+/// Network streams running at once ([`Node::stream_network_of`]: `GET
+/// /data/{cid}/network/stream`, and `GET /data/{cid}` of a dataset held in part); one more is
+/// refused with [`NodeError::TooManyStreams`] (`503`) until one ends. Unlike a background
+/// download, a stream holds the blocks of its window that arrived until its reader takes them:
+/// up to [`crate::fetch::MAX_WINDOW_BYTES`] for a reader that slows down, as long as it reads
+/// within the stall limit. Sixteen bound that at 512 MiB, and their windows at 8,192 of the
+/// engine's 16,384 pending wants, so streams alone cannot make every other download `Busy`
+/// (review: nothing bounded them but the API's 256 connections, about 8 GiB).
+pub const MAX_NETWORK_STREAMS: usize = 16;
+
 /// Background downloads resumed at start ([`Node::resume_downloads`]): as many as may run, so
 /// a restart resumes every one that was running.
 pub const MAX_RESUMED_DOWNLOADS: usize = MAX_BACKGROUND_DOWNLOADS;
@@ -159,6 +169,8 @@ struct Network {
     discoverer: Option<Discoverer>,
     /// The background downloads running, by manifest CID, each with its flags.
     background: Arc<Mutex<HashMap<Cid, Arc<RunFlags>>>>,
+    /// The turns of the network streams ([`MAX_NETWORK_STREAMS`]).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// What happened to a running background download's dataset meanwhile.
@@ -317,6 +329,7 @@ impl Node {
                 engine_task: Arc::new(Mutex::new(Some(engine_task))),
                 discoverer: None,
                 background: Arc::default(),
+                streams: Arc::new(tokio::sync::Semaphore::new(MAX_NETWORK_STREAMS)),
             }),
         }
     }
@@ -551,7 +564,17 @@ impl Node {
         reservation: Option<Reservation>,
     ) -> Result<ByteStream, NodeError> {
         check_range(manifest, &range)?;
-        let engine = self.network()?.engine.clone();
+        let network = self.network()?;
+        let engine = network.engine.clone();
+        // Held by the task until the stream has ended.
+        let turn =
+            network
+                .streams
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| NodeError::TooManyStreams {
+                    max: MAX_NETWORK_STREAMS,
+                })?;
         let (tx, rx) = mpsc::channel(readahead_blocks(manifest.block_size));
         let store = self.store.clone();
         let manifest = manifest.clone();
@@ -641,6 +664,7 @@ impl Node {
             // took its end (or stalled), and the stream ends only after this.
             download.finish(outcome);
             drop(download);
+            drop(turn);
         });
         Ok(Box::pin(tokio_stream_from(rx)))
     }
@@ -1208,6 +1232,17 @@ impl Node {
     pub async fn list(&self) -> Result<Vec<(Cid, Manifest)>, NodeError> {
         let store = self.store.clone();
         blocking(move || store.list_manifests()).await
+    }
+
+    /// One page of [`Node::list`]: the datasets after key `after` (from the first when `None`),
+    /// looking at up to `limit` of them ([`Store::manifest_page`], which says how to page on).
+    pub async fn list_page(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<cairn_store::ManifestPage, NodeError> {
+        let store = self.store.clone();
+        blocking(move || store.manifest_page(after.as_deref(), limit)).await
     }
 
     /// Deletes `cid` (a whole dataset when it is a manifest).

@@ -1458,6 +1458,67 @@ async fn background_downloads_are_bounded() {
     cancel.cancel();
 }
 
+/// At most `MAX_NETWORK_STREAMS` network streams run at once: with that many waiting for
+/// blocks no peer has, one more is refused with `TooManyStreams` (a `503` in the API), and once
+/// one's reader goes away its turn comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_streams_are_bounded() {
+    let max = cairn_node::MAX_NETWORK_STREAMS;
+    let cancel = CancellationToken::new();
+    let (c, _nc) = node(&cancel).await;
+    let mut cids = Vec::new();
+    for i in 0..=max {
+        cids.push(upload(&c, &data(1000, 3001 + 2 * i as u64)).await);
+    }
+    let nm = manifest_only_peer(&cancel, &c, &cids).await;
+    let (b, nb) = node(&cancel).await;
+    connect(&nb, &nm).await;
+    let open = |cid: cairn_core::Cid| {
+        let b = b.clone();
+        async move {
+            let m = tokio::time::timeout(WAIT, b.fetch_manifest(cid))
+                .await
+                .expect("the manifest fetch hangs")
+                .unwrap();
+            b.stream_network_of(
+                cid,
+                &m,
+                cairn_node::ByteRange::full(m.download_size()),
+                None,
+            )
+        }
+    };
+    let mut streams = Vec::new();
+    for cid in &cids[..max] {
+        streams.push(open(*cid).await.unwrap());
+    }
+    let r = open(cids[max]).await;
+    assert!(
+        matches!(r, Err(cairn_node::NodeError::TooManyStreams { max: m }) if m == max),
+        "{:?}",
+        r.err()
+    );
+    drop(streams.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match open(cids[max]).await {
+            Ok(s) => {
+                streams.push(s);
+                break;
+            }
+            Err(cairn_node::NodeError::TooManyStreams { .. }) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a stream whose reader went away kept its turn"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    cancel.cancel();
+}
+
 /// The disk space of a deleted download comes back soon after the delete, not at the next
 /// maintenance interval: downloaded leaves share a segment that only compaction frees, and a
 /// delete brings the maintenance pass forward (`maintenance_after_delete`). Here the interval is
