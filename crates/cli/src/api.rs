@@ -28,6 +28,14 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// DHT. Uploads and downloads have no overall limit: they take as long as the data needs.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// An upload or download in which nothing moves for this long fails as not answered in time
+/// (exit 3): no answer to the request, no byte of the body from the node, no byte of an upload
+/// taken by it. They have no overall limit, and a node that froze with its port still open
+/// (stopped, its disk hung) held them for good (found by review). The node's own limits end
+/// sooner: an upload that sends nothing for 30 s, a network stream whose next block no peer
+/// has for 30 s.
+pub(crate) const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Most characters of a node's error message quoted on stderr.
 pub(crate) const MAX_ERROR_BODY_CHARS: usize = 300;
 
@@ -169,6 +177,19 @@ impl Api {
             .map_err(|e| self.transport_error(&e, what))?;
         serde_json::from_slice(&body)
             .with_context(|| format!("{what}: the node's answer is not the JSON expected"))
+    }
+
+    /// The failure of a transfer in which nothing moved for [`STALL_TIMEOUT`].
+    pub(crate) fn stalled(&self, what: &str) -> anyhow::Error {
+        Failure::new(
+            exit::UNREACHABLE,
+            format!(
+                "{what}: the node at {} did not answer in time (nothing moved for {} s)",
+                self.shown(),
+                STALL_TIMEOUT.as_secs()
+            ),
+        )
+        .into()
     }
 
     /// Classifies a failed request.

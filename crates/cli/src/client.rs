@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::{
-    api::Api,
+    api::{Api, STALL_TIMEOUT},
     exit::{self, Failure},
     output,
 };
@@ -295,7 +295,9 @@ pub(crate) async fn upload(
             );
         }
         let what = format!("uploading {shown}");
-        let answer = api.send(req, &what).await;
+        let answer = until_stalled(api.send(req, &what), &sent, api, &what)
+            .await
+            .and_then(|r| r);
         pb.finish_and_clear();
         let cid = answer?
             .text()
@@ -363,7 +365,13 @@ async fn dataset_filename(
     segments: &[&str],
     what: &str,
 ) -> anyhow::Result<Option<String>> {
-    let resp = api.send(api.request(Method::HEAD, segments), what).await?;
+    let resp = api
+        .send(
+            api.request(Method::HEAD, segments)
+                .timeout(crate::api::REQUEST_TIMEOUT),
+            what,
+        )
+        .await?;
     let name = resp
         .headers()
         .get(reqwest::header::CONTENT_DISPOSITION)
@@ -406,6 +414,106 @@ struct Target {
     file: std::path::PathBuf,
     /// Bytes already there, to be checked against the dataset before the rest is appended.
     offset: u64,
+}
+
+/// Times [`lock_part`] opens and locks `FILE.part` again when the file it locked was renamed
+/// to `FILE` in between (by the download that held it, ending).
+const PART_LOCK_TRIES: usize = 3;
+
+/// An exclusive lock on a download's `FILE.part`, held for the download's whole run. Two
+/// downloads of one file at once took turns with `FILE.part`: one resumed from the bytes the
+/// other had written so far, the other renamed the finished file to `FILE`, and the first then
+/// renamed its `FILE.part`, which held only the bytes after its resume point, over it: a
+/// corrupt `FILE` and exit 0 both times (found by review, 4 runs in 5 of two overlapping
+/// `cairn download CID -o FILE`). A second download of the same file now fails at once.
+struct PartLock {
+    /// `FILE.part`, open and locked; `None` where it could not be (see [`lock_part`]).
+    file: Option<std::fs::File>,
+    path: std::path::PathBuf,
+}
+
+impl Drop for PartLock {
+    fn drop(&mut self) {
+        // A `FILE.part` the lock made and nobody wrote (the download failed before its first
+        // byte, e.g. a wrong CID) goes. One renamed to `FILE` is no longer at the path.
+        if let Some(file) = &self.file
+            && let (Ok(held), Ok(there)) = (file.metadata(), std::fs::symlink_metadata(&self.path))
+            && same_file(&held, &there)
+            && held.len() == 0
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether `a` and `b` are the metadata of one file.
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+/// Locks `part` (created if missing, never through a symlink) for one download. Another
+/// download holding it is an error. Where it cannot be locked (a `FILE.part` that is not a
+/// regular file, which [`target`] refuses with its own message; a directory this user cannot
+/// write into, where only a `FILE` already whole can be "resumed"; a file system without locks),
+/// the download goes on unlocked, as before the lock existed.
+fn lock_part(part: &Path) -> anyhow::Result<PartLock> {
+    let unlocked = || PartLock {
+        file: None,
+        path: part.to_path_buf(),
+    };
+    for _ in 0..PART_LOCK_TRIES {
+        match std::fs::symlink_metadata(part) {
+            Ok(m) if !m.file_type().is_file() => return Ok(unlocked()),
+            _ => {}
+        }
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).write(true);
+        std::os::unix::fs::OpenOptionsExt::custom_flags(
+            &mut options,
+            rustix::fs::OFlags::NOFOLLOW.bits().cast_signed(),
+        );
+        let file = match options.open(part) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(unlocked()),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", part.display())),
+        };
+        // `flock`: held by the open file, so it goes when this download ends, however it ends.
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(Failure::new(
+                    exit::FAILURE,
+                    format!(
+                        "another download is writing {}: wait for it to end, then run this again",
+                        part.display()
+                    ),
+                )
+                .into());
+            }
+            // A file system without locks.
+            Err(rustix::io::Errno::NOLCK | rustix::io::Errno::NOTSUP) => return Ok(unlocked()),
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("cannot lock {}", part.display()));
+            }
+        }
+        // The download that held it may have renamed it to `FILE` between the open and the
+        // lock: then what is locked is not `FILE.part` any more.
+        let held = file
+            .metadata()
+            .with_context(|| format!("cannot read {}", part.display()))?;
+        if std::fs::symlink_metadata(part).is_ok_and(|there| same_file(&held, &there)) {
+            return Ok(PartLock {
+                file: Some(file),
+                path: part.to_path_buf(),
+            });
+        }
+    }
+    bail!(
+        "{} kept being renamed by other downloads of the same file",
+        part.display()
+    )
 }
 
 /// `FILE.part` for `FILE`.
@@ -684,6 +792,14 @@ pub(crate) async fn download(
         }
         return Ok(());
     }
+    // One download of a file at a time: held until this one has ended.
+    let _lock = {
+        let part = part_path(path);
+        tokio::task::spawn_blocking(move || lock_part(&part))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)?
+    };
     let mut target = target(path, options.resume, named).await?;
     // A name the dataset chose replaces only the file found there and checked to be a piece of
     // the dataset; when nothing was there, nothing that turns up there meanwhile is replaced.
@@ -734,7 +850,10 @@ pub(crate) async fn download(
     let pb = bar(Some(total), cid.chars().take(BAR_CID_CHARS).collect());
     let mut body = resp.bytes_stream();
     let mut received = 0;
-    while let Some(chunk) = body.next().await {
+    while let Some(chunk) = tokio::time::timeout(STALL_TIMEOUT, body.next())
+        .await
+        .map_err(|_| api.stalled(&what))?
+    {
         let chunk =
             chunk.map_err(|e| cut_off(&what, received, Some(total), &e, true, !options.local))?;
         let mut rest: &[u8] = &chunk;
@@ -883,8 +1002,44 @@ async fn part_from(file: &Path, part: &Path, len: u64) -> anyhow::Result<tokio::
 }
 
 /// `GET` the API path made of `segments`: the whole dataset.
+/// The answer's head must come within [`STALL_TIMEOUT`].
 async fn get(api: &Api, segments: &[&str], what: &str) -> anyhow::Result<reqwest::Response> {
-    api.send_raw(api.request(Method::GET, segments), what).await
+    tokio::time::timeout(
+        STALL_TIMEOUT,
+        api.send_raw(api.request(Method::GET, segments), what),
+    )
+    .await
+    .map_err(|_| api.stalled(what))?
+}
+
+/// How often [`until_stalled`] looks at the progress.
+const STALL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs `work` (a request whose body is being sent) until it ends, or fails it once `progress`
+/// (bytes the node took) has not moved for [`STALL_TIMEOUT`].
+async fn until_stalled<T>(
+    work: impl std::future::Future<Output = T>,
+    progress: &AtomicU64,
+    api: &Api,
+    what: &str,
+) -> anyhow::Result<T> {
+    let mut work = std::pin::pin!(work);
+    let mut seen = progress.load(Ordering::Relaxed);
+    let mut since = tokio::time::Instant::now();
+    let mut check = tokio::time::interval(STALL_CHECK);
+    loop {
+        tokio::select! {
+            out = &mut work => return Ok(out),
+            _ = check.tick() => {
+                let now = progress.load(Ordering::Relaxed);
+                if now != seen {
+                    (seen, since) = (now, tokio::time::Instant::now());
+                } else if since.elapsed() >= STALL_TIMEOUT {
+                    return Err(api.stalled(what));
+                }
+            }
+        }
+    }
 }
 
 /// Whether [`finish`] may replace what is at the output path.
@@ -1102,7 +1257,10 @@ async fn stream_to<W: tokio::io::AsyncWrite + Unpin>(
     let total = resp.content_length();
     let mut body = resp.bytes_stream();
     let mut received = 0;
-    while let Some(chunk) = body.next().await {
+    while let Some(chunk) = tokio::time::timeout(STALL_TIMEOUT, body.next())
+        .await
+        .map_err(|_| api.stalled(what))?
+    {
         let chunk = chunk.map_err(|e| cut_off(what, received, total, &e, false, network))?;
         if terminal_guard && looks_binary(&chunk) {
             pb.finish_and_clear();
@@ -1223,6 +1381,75 @@ mod tests {
     /// `len` bytes that are not all alike.
     fn bytes(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// A transfer in which nothing moves for the stall limit fails as not answered in time
+    /// (exit 3); one that keeps moving, however slowly, is left to go on.
+    #[tokio::test(start_paused = true)]
+    async fn a_transfer_in_which_nothing_moves_fails_as_not_answered() {
+        let api = Api::new(crate::api::parse_api_url("http://127.0.0.1:9").unwrap()).unwrap();
+        let still = AtomicU64::new(0);
+        let started = tokio::time::Instant::now();
+        let err = until_stalled(std::future::pending::<()>(), &still, &api, "uploading x")
+            .await
+            .expect_err("a transfer that never moves ends");
+        assert_eq!(exit::code_of(&err), exit::UNREACHABLE, "{err}");
+        let took = started.elapsed();
+        assert!(
+            took >= STALL_TIMEOUT && took <= STALL_TIMEOUT + 2 * STALL_CHECK,
+            "{took:?}"
+        );
+        let moving = Arc::new(AtomicU64::new(0));
+        let work = {
+            let moving = moving.clone();
+            async move {
+                for _ in 0..3 {
+                    tokio::time::sleep(STALL_TIMEOUT - 2 * STALL_CHECK).await;
+                    moving.fetch_add(1, Ordering::Relaxed);
+                }
+                7
+            }
+        };
+        assert_eq!(until_stalled(work, &moving, &api, "x").await.unwrap(), 7);
+    }
+
+    /// One download of a file at a time: a second lock of its `FILE.part` fails while the
+    /// first is held, and succeeds after. A `FILE.part` renamed to `FILE` by the download that
+    /// held it is not what the next one locks: it gets a new `FILE.part`. An empty one the lock
+    /// made goes with the lock; one with bytes stays, for a resume.
+    #[test]
+    fn a_part_file_is_locked_by_one_download_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("out.bin");
+        let part = part_path(&file);
+        let first = lock_part(&part).unwrap();
+        let err = lock_part(&part)
+            .err()
+            .expect("a second lock while the first is held");
+        assert!(
+            err.to_string().starts_with("another download is writing"),
+            "{err}"
+        );
+        assert_eq!(exit::code_of(&err), exit::FAILURE);
+        // The first ends: its empty FILE.part goes, and the next lock makes a new one.
+        drop(first);
+        assert!(!part.exists());
+        let second = lock_part(&part).unwrap();
+        std::fs::write(&part, b"some bytes").unwrap();
+        // It finishes: FILE.part becomes FILE, and the lock is still held meanwhile.
+        std::fs::rename(&part, &file).unwrap();
+        let third = lock_part(&part).expect("the renamed file's lock is not FILE.part's");
+        let held = third.file.as_ref().unwrap().metadata().unwrap();
+        assert!(!same_file(&held, &std::fs::metadata(&file).unwrap()));
+        drop(second);
+        drop(third);
+        assert_eq!(std::fs::read(&file).unwrap(), b"some bytes");
+        assert!(!part.exists(), "the empty FILE.part the lock made stayed");
+        // Bytes in FILE.part stay after the lock (a later run resumes them).
+        let fourth = lock_part(&part).unwrap();
+        std::fs::write(&part, b"partial").unwrap();
+        drop(fourth);
+        assert_eq!(std::fs::read(&part).unwrap(), b"partial");
     }
 
     /// `FILE.part` is never opened through a symlink: whatever the link names is left alone.

@@ -89,7 +89,9 @@ pub(crate) enum ClientCommand {
         /// dataset and is replaced. In a directory, a file already there by the dataset's name
         /// (or that name with .part) is never replaced: unless its bytes are the dataset's
         /// first ones, the download is refused (also with --no-resume). A FILE that is not a
-        /// regular file (/dev/null, a FIFO, a symlink) is written directly, never replaced.
+        /// regular file (/dev/null, a FIFO) is written directly, never replaced; a symlink to
+        /// a regular file stays, and the file it names is downloaded as a FILE is. One download
+        /// of a FILE at a time: a second one fails.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
         /// Download the whole dataset even if a partial output file exists.

@@ -551,7 +551,7 @@ fn failures_have_their_exit_codes() {
     assert!(err.contains("quota"), "{err}");
     // Refused up front for its whole size (16 blocks and the manifest's room): the CLI says
     // how long the file is (`Content-Length`), rather than streaming it into a full store.
-    assert!(err.contains("1049600 more bytes needed"), "{err}");
+    assert!(err.contains("1056768 more bytes needed"), "{err}");
     assert_eq!(json(&n, &["ls"]), serde_json::json!([]));
     // An empty file among others: refused before anything is sent.
     let empty = dir.path().join("empty.bin");
