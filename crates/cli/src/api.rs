@@ -217,7 +217,13 @@ impl Api {
 /// The failure for an error `status` with `body`.
 pub(crate) fn status_error(what: &str, status: StatusCode, body: &str) -> Failure {
     let body = output::one_line(body, MAX_ERROR_BODY_CHARS);
-    let message = if body.is_empty() {
+    let message = if body.is_empty() && status == StatusCode::NOT_FOUND {
+        // The node's own 404s say what is missing; an empty one is a path it does not serve.
+        format!(
+            "{what}: the node answered {status} with no reason: no such API path there; is \
+             --api the node's REST API address (e.g. {DEFAULT_API})?"
+        )
+    } else if body.is_empty() {
         format!("{what}: the node answered {status}")
     } else {
         format!("{what}: the node answered {status}: {body}")
@@ -600,6 +606,10 @@ mod tests {
             "deleting x: the node answered 404 Not Found: The requested CID could not be \
              retrieved (Block not found)."
         );
+        // An empty 404 is a path the node does not serve: likely a wrong --api.
+        let f = status_error("listing the datasets", StatusCode::NOT_FOUND, "");
+        assert_eq!(f.code, exit::NOT_FOUND);
+        assert!(f.to_string().contains("is --api the node's REST API address"), "{f}");
         let f = status_error("x", StatusCode::INTERNAL_SERVER_ERROR, "  ");
         assert_eq!(
             (f.code, f.to_string()),

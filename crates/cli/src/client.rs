@@ -365,13 +365,20 @@ async fn dataset_filename(
     segments: &[&str],
     what: &str,
 ) -> anyhow::Result<Option<String>> {
-    let resp = api
-        .send(
-            api.request(Method::HEAD, segments)
-                .timeout(crate::api::REQUEST_TIMEOUT),
-            what,
-        )
-        .await?;
+    let ask = |method| {
+        api.request(method, segments)
+            .timeout(crate::api::REQUEST_TIMEOUT)
+    };
+    let resp = api.send_raw(ask(Method::HEAD), what).await?;
+    if !resp.status().is_success() {
+        // An answer to `HEAD` has no body, so no reason: the same `GET` gives it (an error
+        // answer starts nothing). Review: `-o DIR` said only "400 Bad Request".
+        let again = api.send_raw(ask(Method::GET), what).await?;
+        if !again.status().is_success() {
+            Api::check(again, what).await?;
+        }
+        return Err(crate::api::status_error(what, resp.status(), "").into());
+    }
     let name = resp
         .headers()
         .get(reqwest::header::CONTENT_DISPOSITION)
@@ -392,10 +399,7 @@ fn file_name_from_disposition(value: &[u8]) -> Option<String> {
 /// `exe.txt`). Review, both.
 fn safe_file_name(name: &str) -> Option<String> {
     let last = name.rsplit(['/', '\\']).next()?;
-    let deceptive = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
-    };
+    let deceptive = output::deceptive;
     // The file is first written as `NAME.part`, which must fit a file name too (255 bytes
     // on common file systems): a longer name falls back to the CID (found by review: a
     // 251-byte name failed with "File name too long").

@@ -38,16 +38,28 @@ pub(crate) enum Align {
     Right,
 }
 
-/// `text` with its control characters escaped as Rust writes them (`\u{1b}`, `\n`): text
-/// from a peer (a file name, an agent string) must not drive the terminal nor forge lines.
+/// Whether `c` is a control character or a format character that reorders or hides text
+/// (U+200B to U+200F, U+202A to U+202E, U+2066 to U+2069, U+FEFF: a name shown as `txt.exe`
+/// that is `exe.txt`).
+pub(crate) fn deceptive(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+}
+
+/// `text` with its control characters, and the format characters that reorder or hide text
+/// ([`deceptive`]), escaped as Rust writes them (`\u{1b}`, `\n`, `\u{202e}`): text from a peer
+/// (a file name, an agent string) must not drive the terminal, forge lines nor show other
+/// text than it holds (review: `cairn ls` showed `ab\u{202e}cod.exe` as `abexe.doc`).
 pub(crate) fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(deceptive) {
         return text.into();
     }
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {
             out.extend(c.escape_debug());
+        } else if deceptive(c) {
+            out.extend(c.escape_unicode());
         } else {
             out.push(c);
         }
@@ -197,6 +209,12 @@ mod tests {
         assert!(t.contains(r"a\u{1b}[2J\rb\nc\u{7}"), "{t:?}");
         let f = fields(&[("agent", vec![evil.into()])]);
         assert!(!f.chars().any(|c| c.is_control() && c != '\n'), "{f:?}");
+        // Characters that reorder or hide text are shown for what they are.
+        let t = table(
+            &[("A", Align::Left)],
+            &[vec!["ab\u{202e}cod.exe\u{200b}".into()]],
+        );
+        assert!(t.contains(r"ab\u{202e}cod.exe\u{200b}"), "{t:?}");
         // Other text is left as it is.
         let t = table(&[("A", Align::Left)], &[vec!["été \"q\" \\ 日本".into()]]);
         assert!(t.contains("été \"q\" \\ 日本"), "{t:?}");
