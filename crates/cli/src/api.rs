@@ -609,7 +609,11 @@ mod tests {
         // An empty 404 is a path the node does not serve: likely a wrong --api.
         let f = status_error("listing the datasets", StatusCode::NOT_FOUND, "");
         assert_eq!(f.code, exit::NOT_FOUND);
-        assert!(f.to_string().contains("is --api the node's REST API address"), "{f}");
+        assert!(
+            f.to_string()
+                .contains("is --api the node's REST API address"),
+            "{f}"
+        );
         let f = status_error("x", StatusCode::INTERNAL_SERVER_ERROR, "  ");
         assert_eq!(
             (f.code, f.to_string()),
