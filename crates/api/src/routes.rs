@@ -371,7 +371,7 @@ fn upload_headers(headers: &HeaderMap) -> Result<(Option<String>, Option<String>
 /// 300,000 datasets, and building the whole answer took 100–200 MB per call (review).
 pub(crate) const LIST_PAGE: usize = 128;
 
-/// Where `GET /data`'s body is.
+/// Where `GET /data`'s body is, after its opening `{"content":[`.
 struct Listing {
     node: Node,
     /// The page read and not yet written (the first is read before the answer starts).
@@ -380,7 +380,6 @@ struct Listing {
     next: Option<Vec<u8>>,
     /// Whether an item was written (the next one needs a comma).
     any: bool,
-    started: bool,
     ended: bool,
 }
 
@@ -403,10 +402,6 @@ impl Listing {
             },
         };
         let mut out = Vec::new();
-        if !self.started {
-            out.extend_from_slice(b"{\"content\":[");
-            self.started = true;
-        }
         for (cid, manifest) in &page.manifests {
             if self.any {
                 out.push(b',');
@@ -436,10 +431,13 @@ async fn list(State(node): State<Node>) -> Result<Response, ApiError> {
         page: Some(first),
         next: None,
         any: false,
-        started: false,
         ended: false,
     };
-    let body = Body::from_stream(futures::stream::unfold(listing, Listing::part));
+    let opening = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+        b"{\"content\":[",
+    ))]);
+    let rest = futures::stream::unfold(listing, Listing::part);
+    let body = Body::from_stream(futures::StreamExt::chain(opening, rest));
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
